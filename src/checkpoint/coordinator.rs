@@ -1,0 +1,207 @@
+//! The checkpoint coordinator: triggers checkpoints, collects the subtasks' acknowledgements, writes the
+//! metadata last and atomically, and hands completed checkpoints to the store (as Flink's
+//! `CheckpointCoordinator`, for an engine embedding this crate).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::checkpoint::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
+use crate::checkpoint::store::{discard, CancellationPolicy, CompletedCheckpointStore};
+use crate::error::{Error, Result};
+use crate::format::metadata;
+use crate::keyed::backend::SnapshotMetrics;
+use crate::storage::{checkpoint_dir, CheckpointStorage, METADATA_FILE};
+
+/// Settings of a coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoordinatorConfig {
+    /// Subtasks that must acknowledge each checkpoint.
+    pub expected_tasks: usize,
+    /// Completed checkpoints to keep (Flink's `state.checkpoints.num-retained`, default 1).
+    pub retained_checkpoints: usize,
+}
+
+/// Figures of one completed checkpoint, summed over its subtasks (durations: the slowest subtask).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Checkpoint id.
+    pub checkpoint_id: u64,
+    /// Longest synchronous phase of a subtask.
+    pub sync_duration: Duration,
+    /// Longest asynchronous phase of a subtask.
+    pub async_duration: Duration,
+    /// Bytes uploaded by this checkpoint.
+    pub checkpointed_bytes: u64,
+    /// Bytes of all files the checkpoint references.
+    pub full_bytes: u64,
+    /// Uncompressed state bytes written.
+    pub state_bytes: u64,
+    /// Files uploaded.
+    pub files_uploaded: u32,
+    /// Files reused from earlier checkpoints.
+    pub files_reused: u32,
+    /// Checkpoints subsumed by this one.
+    pub subsumed: Vec<u64>,
+}
+
+struct Pending {
+    timestamp_ms: u64,
+    tasks: Vec<TaskStateSnapshot>,
+    metrics: Vec<SnapshotMetrics>,
+}
+
+/// Drives checkpoints of one job.
+pub struct CheckpointCoordinator {
+    storage: CheckpointStorage,
+    store: CompletedCheckpointStore,
+    config: CoordinatorConfig,
+    next_id: u64,
+    pending: BTreeMap<u64, Pending>,
+}
+
+impl CheckpointCoordinator {
+    /// Opens the job's checkpoint storage. Checkpoint ids continue after the highest one ever started in
+    /// storage, so an id is never reused; directories of checkpoints that never completed (no metadata) are
+    /// deleted, as nothing can be in flight before the coordinator starts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for zero expected tasks or retained checkpoints; storage errors.
+    pub async fn open(storage: CheckpointStorage, config: CoordinatorConfig) -> Result<Self> {
+        if config.expected_tasks == 0 {
+            return Err(Error::InvalidArgument("a checkpoint needs at least one task".into()));
+        }
+        let store = CompletedCheckpointStore::open(storage.clone(), config.retained_checkpoints).await?;
+        let dirs = storage.list_checkpoint_dirs().await?;
+        for id in &dirs {
+            let known = store.get(*id).is_some() || store.unreadable().iter().any(|u| u.checkpoint_id == *id);
+            if !known {
+                tracing::info!(checkpoint_id = id, "deleting files of a checkpoint that never completed");
+                storage.delete_dir(&checkpoint_dir(*id)).await?;
+            }
+        }
+        let next_id = dirs.last().map_or(1, |last| last + 1);
+        Ok(CheckpointCoordinator {
+            storage,
+            store,
+            config,
+            next_id,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    /// The completed-checkpoint store.
+    pub fn store(&self) -> &CompletedCheckpointStore {
+        &self.store
+    }
+
+    /// The checkpoint storage.
+    pub fn storage(&self) -> &CheckpointStorage {
+        &self.storage
+    }
+
+    /// Ids of checkpoints triggered but neither completed nor aborted.
+    pub fn pending(&self) -> Vec<u64> {
+        self.pending.keys().copied().collect()
+    }
+
+    /// Starts checkpoint `n` (the engine injects barrier `n`); returns its id.
+    pub fn trigger(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.pending.insert(
+            id,
+            Pending {
+                timestamp_ms,
+                tasks: Vec::new(),
+                metrics: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// A subtask finished its part of `checkpoint_id`. When the last expected subtask acknowledged, the
+    /// metadata is written (create-if-absent) and the checkpoint completes: its stats are returned, and the
+    /// engine must then call `notify_checkpoint_complete` on every backend.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`] for an unknown (aborted, subsumed) checkpoint: the task's files are deleted.
+    /// Storage errors while writing the metadata: the checkpoint is aborted and its files deleted.
+    pub async fn acknowledge(
+        &mut self,
+        checkpoint_id: u64,
+        task: TaskStateSnapshot,
+        metrics: Option<SnapshotMetrics>,
+    ) -> Result<Option<CheckpointStats>> {
+        let Some(pending) = self.pending.get_mut(&checkpoint_id) else {
+            for file in task.keyed_state.iter().flat_map(|h| &h.files) {
+                if file.created_by == checkpoint_id {
+                    self.storage.delete(&file.path).await?;
+                }
+            }
+            return Err(Error::IllegalState(format!(
+                "checkpoint {checkpoint_id} is not pending (aborted or unknown); the late state was discarded"
+            )));
+        };
+        pending.tasks.push(task);
+        pending.metrics.extend(metrics);
+        if pending.tasks.len() < self.config.expected_tasks {
+            return Ok(None);
+        }
+        let Some(pending) = self.pending.remove(&checkpoint_id) else {
+            return Ok(None);
+        };
+        let meta = CheckpointMetadata {
+            checkpoint_id,
+            timestamp_ms: pending.timestamp_ms,
+            kind: SnapshotKind::Checkpoint,
+            tasks: pending.tasks,
+        };
+        let relative = format!("{}/{METADATA_FILE}", checkpoint_dir(checkpoint_id));
+        if let Err(e) = self.storage.put_if_absent(&relative, Bytes::from(metadata::encode(&meta))).await {
+            // Never completed: delete what it wrote (its metadata may or may not exist).
+            let _ = discard(&self.storage, checkpoint_id).await;
+            return Err(e);
+        }
+        let subsumed = self.store.add(meta).await?;
+        let m = &pending.metrics;
+        Ok(Some(CheckpointStats {
+            checkpoint_id,
+            sync_duration: m.iter().map(|m| m.sync_duration).max().unwrap_or_default(),
+            async_duration: m.iter().map(|m| m.async_duration).max().unwrap_or_default(),
+            checkpointed_bytes: m.iter().map(|m| m.checkpointed_bytes).sum(),
+            full_bytes: m.iter().map(|m| m.full_bytes).sum(),
+            state_bytes: m.iter().map(|m| m.state_bytes).sum(),
+            files_uploaded: m.iter().map(|m| m.files_uploaded).sum(),
+            files_reused: m.iter().map(|m| m.files_reused).sum(),
+            subsumed,
+        }))
+    }
+
+    /// Aborts a pending checkpoint (a subtask failed, or it timed out): deletes what it wrote. The engine
+    /// must then call `notify_checkpoint_aborted` on every backend.
+    ///
+    /// # Errors
+    /// Storage errors while deleting.
+    pub async fn abort(&mut self, checkpoint_id: u64) -> Result<()> {
+        if self.pending.remove(&checkpoint_id).is_some() {
+            discard(&self.storage, checkpoint_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the coordinator with the job: aborts pending checkpoints, then keeps or deletes completed ones.
+    ///
+    /// # Errors
+    /// Storage errors while deleting.
+    pub async fn shutdown(mut self, policy: CancellationPolicy) -> Result<()> {
+        for id in self.pending() {
+            self.abort(id).await?;
+        }
+        self.store.shutdown(policy).await
+    }
+}

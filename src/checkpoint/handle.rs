@@ -1,0 +1,127 @@
+//! State handles: the small, serializable descriptions of what a snapshot wrote (as Flink's
+//! `KeyedStateHandle` / `StreamStateHandle`), and the checkpoint metadata that collects them.
+
+use std::collections::BTreeMap;
+
+use crate::keyed::key_group::KeyGroupRange;
+
+/// Whether a file belongs to one checkpoint or may be shared by several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileScope {
+    /// Exclusive to the checkpoint that wrote it; deleted with that checkpoint.
+    Private,
+    /// May be referenced by later checkpoints (incremental); deleted when no retained checkpoint uses it.
+    Shared,
+}
+
+/// One file a state handle refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFile {
+    /// Object-store path relative to the job's root directory (e.g. `chk-7/op-0-kg-0-127.keyed`).
+    pub path: String,
+    /// Private or shared.
+    pub scope: FileScope,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// CRC32 (IEEE, as crc32fast) of the whole file.
+    pub crc32: u32,
+    /// Checkpoint that uploaded the file (a placeholder of a later checkpoint keeps the original id).
+    pub created_by: u64,
+}
+
+/// How the files of a [`KeyedStateHandle`] are to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandleFormat {
+    /// One keyed snapshot file (`docs/formats.md`): a full snapshot of the heap backend.
+    KeyedFile,
+}
+
+impl HandleFormat {
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            HandleFormat::KeyedFile => 0,
+        }
+    }
+    pub(crate) fn from_tag(tag: u8) -> Option<Self> {
+        (tag == 0).then_some(HandleFormat::KeyedFile)
+    }
+}
+
+/// What one keyed state backend wrote for one checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedStateHandle {
+    /// Identity of the backend instance that wrote it (stable across its checkpoints).
+    pub backend_id: String,
+    /// Checkpoint this handle belongs to.
+    pub checkpoint_id: u64,
+    /// Max parallelism of the job (fixed for its life).
+    pub max_parallelism: u32,
+    /// Key groups whose state the files hold.
+    pub key_groups: KeyGroupRange,
+    /// How to read the files.
+    pub format: HandleFormat,
+    /// The files, private and shared.
+    pub files: Vec<StateFile>,
+}
+
+impl KeyedStateHandle {
+    /// Bytes of all files this handle references ("full size").
+    pub fn full_size_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size_bytes).sum()
+    }
+
+    /// Bytes this checkpoint uploaded itself ("checkpointed size"): files created by it.
+    pub fn checkpointed_size_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| f.created_by == self.checkpoint_id)
+            .map(|f| f.size_bytes)
+            .sum()
+    }
+}
+
+/// Everything one subtask of one operator contributed to a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskStateSnapshot {
+    /// Operator identity (stable across job versions).
+    pub operator_id: String,
+    /// Index of the subtask that wrote it.
+    pub subtask_index: u32,
+    /// Keyed state, if the operator has any.
+    pub keyed_state: Option<KeyedStateHandle>,
+    /// Small named blobs of non-keyed operator state (e.g. a source offset), stored inline.
+    pub operator_state: BTreeMap<String, Vec<u8>>,
+}
+
+/// Checkpoint or savepoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Taken by the system; owned and cleaned up by it.
+    Checkpoint,
+    /// Taken by the user; self-contained, never deleted by the system.
+    Savepoint,
+}
+
+/// Contents of a checkpoint's `_metadata` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointMetadata {
+    /// Checkpoint id, increasing within a job.
+    pub checkpoint_id: u64,
+    /// Wall-clock time the checkpoint was triggered, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Checkpoint or savepoint.
+    pub kind: SnapshotKind,
+    /// One entry per acknowledging subtask.
+    pub tasks: Vec<TaskStateSnapshot>,
+}
+
+impl CheckpointMetadata {
+    /// Every file the checkpoint references.
+    pub fn files(&self) -> impl Iterator<Item = &StateFile> {
+        self.tasks
+            .iter()
+            .filter_map(|t| t.keyed_state.as_ref())
+            .flat_map(|h| h.files.iter())
+    }
+}

@@ -1,0 +1,217 @@
+//! The `_metadata` file of a checkpoint. Byte layout: `docs/formats.md`, "Checkpoint metadata file".
+
+use crate::checkpoint::handle::{
+    CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
+    TaskStateSnapshot,
+};
+use crate::error::{Error, Result};
+use crate::format::bytes::{Decoder, PutExt};
+use crate::keyed::key_group::KeyGroupRange;
+
+/// First 8 bytes of a metadata file.
+pub(crate) const MAGIC: &[u8; 8] = b"SBCHKMD\x01";
+/// Current format version.
+pub(crate) const VERSION: u16 = 1;
+
+/// Encodes `meta` into the bytes of a `_metadata` file.
+pub(crate) fn encode(meta: &CheckpointMetadata) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.put_u64(meta.checkpoint_id);
+    body.put_u64(meta.timestamp_ms);
+    body.put_u8(match meta.kind {
+        SnapshotKind::Checkpoint => 0,
+        SnapshotKind::Savepoint => 1,
+    });
+    body.put_u32(meta.tasks.len() as u32);
+    for t in &meta.tasks {
+        body.put_str(&t.operator_id);
+        body.put_u32(t.subtask_index);
+        match &t.keyed_state {
+            None => body.put_u8(0),
+            Some(h) => {
+                body.put_u8(1);
+                encode_handle(h, &mut body);
+            }
+        }
+        body.put_u32(t.operator_state.len() as u32);
+        for (name, value) in &t.operator_state {
+            body.put_str(name);
+            body.put_bytes(value);
+        }
+    }
+    let mut out = Vec::with_capacity(body.len() + 18);
+    out.extend_from_slice(MAGIC);
+    out.put_u16(VERSION);
+    out.put_bytes(&body);
+    out.put_u32(crc32fast::hash(&body));
+    out
+}
+
+fn encode_handle(h: &KeyedStateHandle, out: &mut Vec<u8>) {
+    out.put_str(&h.backend_id);
+    out.put_u64(h.checkpoint_id);
+    out.put_u32(h.max_parallelism);
+    out.put_u32(h.key_groups.start());
+    out.put_u32(h.key_groups.len());
+    out.put_u8(h.format.tag());
+    out.put_u32(h.files.len() as u32);
+    for f in &h.files {
+        out.put_str(&f.path);
+        out.put_u8(match f.scope {
+            FileScope::Private => 0,
+            FileScope::Shared => 1,
+        });
+        out.put_u64(f.size_bytes);
+        out.put_u32(f.crc32);
+        out.put_u64(f.created_by);
+    }
+}
+
+/// Decodes a `_metadata` file read from `path`.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `path` for a bad magic, version, checksum, length or field.
+pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
+    let mut d = Decoder::new(bytes, 0, path);
+    if d.take(8, "magic")? != MAGIC {
+        return Err(Error::corrupt(path, "bad magic: not a checkpoint metadata file"));
+    }
+    let version = d.u16("version")?;
+    if version != VERSION {
+        return Err(Error::corrupt(path, format!("unsupported metadata version {version}, this build reads {VERSION}")));
+    }
+    let body = d.bytes("metadata body")?;
+    let crc = d.u32("metadata crc")?;
+    d.finish("metadata")?;
+    if crc32fast::hash(body) != crc {
+        return Err(Error::corrupt(path, "metadata checksum mismatch"));
+    }
+    let mut d = Decoder::new(body, 14, path);
+    let checkpoint_id = d.u64("checkpoint id")?;
+    let timestamp_ms = d.u64("timestamp")?;
+    let kind = match d.u8("kind")? {
+        0 => SnapshotKind::Checkpoint,
+        1 => SnapshotKind::Savepoint,
+        other => return Err(d.error(format!("unknown snapshot kind {other}"))),
+    };
+    let n = d.count("task count", 13)?;
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let operator_id = d.str("operator id")?.to_string();
+        let subtask_index = d.u32("subtask index")?;
+        let keyed_state = match d.u8("keyed state flag")? {
+            0 => None,
+            1 => Some(decode_handle(&mut d)?),
+            other => return Err(d.error(format!("bad keyed state flag {other}"))),
+        };
+        let m = d.count("operator state count", 8)?;
+        let mut operator_state = std::collections::BTreeMap::new();
+        for _ in 0..m {
+            let name = d.str("operator state name")?.to_string();
+            operator_state.insert(name, d.bytes("operator state")?.to_vec());
+        }
+        tasks.push(TaskStateSnapshot {
+            operator_id,
+            subtask_index,
+            keyed_state,
+            operator_state,
+        });
+    }
+    d.finish("metadata body")?;
+    Ok(CheckpointMetadata {
+        checkpoint_id,
+        timestamp_ms,
+        kind,
+        tasks,
+    })
+}
+
+fn decode_handle(d: &mut Decoder<'_>) -> Result<KeyedStateHandle> {
+    let backend_id = d.str("backend id")?.to_string();
+    let checkpoint_id = d.u64("handle checkpoint id")?;
+    let max_parallelism = d.u32("max parallelism")?;
+    let start = d.u32("key-group start")?;
+    let count = d.u32("key-group count")?;
+    let key_groups = match count {
+        0 => KeyGroupRange::EMPTY,
+        n => start
+            .checked_add(n - 1)
+            .and_then(|end| KeyGroupRange::new(start, end).ok())
+            .filter(|r| r.end().is_some_and(|e| e < max_parallelism))
+            .ok_or_else(|| d.error("key-group range does not fit max parallelism"))?,
+    };
+    let tag = d.u8("handle format")?;
+    let format = HandleFormat::from_tag(tag).ok_or_else(|| d.error(format!("unknown handle format {tag}")))?;
+    let n = d.count("file count", 29)?;
+    let mut files = Vec::with_capacity(n);
+    for _ in 0..n {
+        let path = d.str("file path")?.to_string();
+        let scope = match d.u8("file scope")? {
+            0 => FileScope::Private,
+            1 => FileScope::Shared,
+            other => return Err(d.error(format!("unknown file scope {other}"))),
+        };
+        files.push(StateFile {
+            path,
+            scope,
+            size_bytes: d.u64("file size")?,
+            crc32: d.u32("file crc")?,
+            created_by: d.u64("file created by")?,
+        });
+    }
+    Ok(KeyedStateHandle {
+        backend_id,
+        checkpoint_id,
+        max_parallelism,
+        key_groups,
+        format,
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> CheckpointMetadata {
+        CheckpointMetadata {
+            checkpoint_id: 7,
+            timestamp_ms: 1_700_000_000_000,
+            kind: SnapshotKind::Checkpoint,
+            tasks: vec![TaskStateSnapshot {
+                operator_id: "counter".into(),
+                subtask_index: 1,
+                keyed_state: Some(KeyedStateHandle {
+                    backend_id: "b-1".into(),
+                    checkpoint_id: 7,
+                    max_parallelism: 128,
+                    key_groups: KeyGroupRange::new(64, 127).unwrap(),
+                    format: HandleFormat::KeyedFile,
+                    files: vec![StateFile {
+                        path: "chk-7/counter-1.keyed".into(),
+                        scope: FileScope::Private,
+                        size_bytes: 1234,
+                        crc32: 0xdead_beef,
+                        created_by: 7,
+                    }],
+                }),
+                operator_state: [("offset".to_string(), 42u64.to_le_bytes().to_vec())].into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_corruption_is_caught() {
+        let meta = sample();
+        let bytes = encode(&meta);
+        assert_eq!(decode(&bytes, "m").unwrap(), meta);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            assert!(decode(&bad, "m").is_err(), "flip at byte {i} went unnoticed");
+        }
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len], "m").is_err());
+        }
+    }
+}

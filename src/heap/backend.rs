@@ -1,0 +1,480 @@
+//! The heap keyed state backend (as Flink's `HeapKeyedStateBackend` with `CopyOnWriteStateMap`, but with a
+//! synchronous phase that does not grow with the state: see `docs/design.md`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::heap::snapshot::SnapshotJob;
+use crate::heap::table::{
+    entry_hash, list_serde, map_serde, value_serde, ErasedTable, ListCell, MapCell, RawTable,
+    StateTable, ValueSerde,
+};
+use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
+use crate::keyed::descriptor::{
+    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
+    StateKind, StateMeta, ValueStateDescriptor,
+};
+use crate::keyed::key_group::{
+    key_group_for_hash, key_group_range_for_operator, stable_key_hash, KeyGroupRange,
+};
+use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use crate::storage::CheckpointStorage;
+
+/// Settings of a heap backend (plain data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeapBackendConfig {
+    /// Operator identity; part of snapshot file names, so letters, digits, `-` and `_` only.
+    pub operator_id: String,
+    /// Index of this subtask.
+    pub subtask_index: u32,
+    /// Max parallelism of the job (number of key groups), fixed for the job's life.
+    pub max_parallelism: u32,
+    /// Key groups this backend owns.
+    pub key_groups: KeyGroupRange,
+    /// zstd level of snapshot frames; `None` stores them uncompressed. Default `Some(1)`.
+    pub zstd_level: Option<i32>,
+    /// Uncompressed bytes per snapshot frame. Default 1 MiB.
+    pub frame_bytes: usize,
+}
+
+impl HeapBackendConfig {
+    /// Config of subtask `subtask_index` of `parallelism`, owning the key groups Flink's formula gives it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an impossible parallelism or operator id.
+    pub fn for_subtask(
+        operator_id: &str,
+        max_parallelism: u32,
+        parallelism: u32,
+        subtask_index: u32,
+    ) -> Result<Self> {
+        let config = HeapBackendConfig {
+            operator_id: operator_id.to_string(),
+            subtask_index,
+            max_parallelism,
+            key_groups: key_group_range_for_operator(max_parallelism, parallelism, subtask_index)?,
+            zstd_level: Some(1),
+            frame_bytes: 1 << 20,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let id_ok = !self.operator_id.is_empty()
+            && self
+                .operator_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !id_ok {
+            return Err(Error::InvalidArgument(format!(
+                "operator id `{}` must be non-empty ASCII letters, digits, `-` or `_`",
+                self.operator_id
+            )));
+        }
+        KeyGroupRange::all(self.max_parallelism)?;
+        if self.key_groups.end().is_some_and(|e| e >= self.max_parallelism) {
+            return Err(Error::InvalidArgument(format!(
+                "key-group range {} exceeds max parallelism {}",
+                self.key_groups, self.max_parallelism
+            )));
+        }
+        if self.frame_bytes == 0 {
+            return Err(Error::InvalidArgument("frame_bytes must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct CurrentKey<K> {
+    key: K,
+    key_hash: u64,
+    key_group: u32,
+    kg_index: usize,
+}
+
+/// Keyed state kept in memory in copy-on-write maps, snapshotted as full keyed snapshot files.
+pub struct HeapKeyedStateBackend<K> {
+    pub(crate) config: HeapBackendConfig,
+    pub(crate) backend_id: String,
+    pub(crate) tables: Vec<Box<dyn ErasedTable<K>>>,
+    pub(crate) by_name: HashMap<String, StateId>,
+    current: Option<CurrentKey<K>>,
+    key_buf: Vec<u8>,
+    last_completed_checkpoint: Option<u64>,
+}
+
+fn no_current_key() -> Error {
+    Error::IllegalState("no current key: call set_current_key first".into())
+}
+
+impl<K: StateKey> HeapKeyedStateBackend<K> {
+    /// An empty backend.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `config` is invalid.
+    pub fn new(config: HeapBackendConfig) -> Result<Self> {
+        config.validate()?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let backend_id = format!(
+            "{}-{}-{:016x}",
+            config.operator_id,
+            config.subtask_index,
+            crate::heap::table::fmix64(nanos ^ u64::from(std::process::id()))
+        );
+        Ok(HeapKeyedStateBackend {
+            config,
+            backend_id,
+            tables: Vec::new(),
+            by_name: HashMap::new(),
+            current: None,
+            key_buf: Vec::with_capacity(64),
+            last_completed_checkpoint: None,
+        })
+    }
+
+    /// The settings this backend runs with.
+    pub fn config(&self) -> &HeapBackendConfig {
+        &self.config
+    }
+
+    /// Identity of this backend instance (recorded in its state handles).
+    pub fn backend_id(&self) -> &str {
+        &self.backend_id
+    }
+
+    /// Entries (key, namespace pairs) of all states together.
+    pub fn total_entries(&self) -> usize {
+        self.tables.iter().map(|t| t.len()).sum()
+    }
+
+    /// Names of all states, registered or restored.
+    pub fn state_names(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.meta().name.clone()).collect()
+    }
+
+    /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
+    pub fn last_completed_checkpoint(&self) -> Option<u64> {
+        self.last_completed_checkpoint
+    }
+
+    fn register<N: StateKey, S: Clone + Send + Sync + 'static>(
+        &mut self,
+        meta: StateMeta,
+        serde: ValueSerde<S>,
+    ) -> Result<StateId> {
+        let groups = self.config.key_groups.len() as usize;
+        let Some(&id) = self.by_name.get(&meta.name) else {
+            let id = StateId(self.tables.len() as u32);
+            self.tables
+                .push(Box::new(StateTable::<K, N, S>::new(meta.clone(), groups, serde)));
+            self.by_name.insert(meta.name, id);
+            return Ok(id);
+        };
+        let existing = &self.tables[id.0 as usize];
+        meta.check_compatible(existing.meta())?;
+        if existing.as_any().is::<StateTable<K, N, S>>() {
+            return Ok(id);
+        }
+        let Some(raw) = existing.as_any().downcast_ref::<RawTable>() else {
+            return Err(Error::InvalidArgument(format!(
+                "state `{}` is registered with other Rust types",
+                meta.name
+            )));
+        };
+        let mut table = StateTable::<K, N, S>::new(meta, groups, serde);
+        for record in raw.records() {
+            let (kg_index, k, n, v) = record?;
+            let (key, ns) = (K::decode(k)?, N::decode(n)?);
+            let value = (serde.decode)(v)?;
+            let hash = entry_hash(stable_key_hash(k), &ns);
+            table.map.insert(kg_index, hash, &key, &ns, value);
+        }
+        self.tables[id.0 as usize] = Box::new(table);
+        Ok(id)
+    }
+
+    #[inline]
+    fn table<N: StateKey, S: 'static>(&self, id: StateId) -> Result<(&StateTable<K, N, S>, &CurrentKey<K>)> {
+        let current = self.current.as_ref().ok_or_else(no_current_key)?;
+        let table = self
+            .tables
+            .get(id.0 as usize)
+            .and_then(|t| t.as_any().downcast_ref())
+            .ok_or_else(|| wrong_state(id))?;
+        Ok((table, current))
+    }
+
+    #[inline]
+    fn table_mut<N: StateKey, S: 'static>(
+        &mut self,
+        id: StateId,
+    ) -> Result<(&mut StateTable<K, N, S>, &CurrentKey<K>)> {
+        let current = self.current.as_ref().ok_or_else(no_current_key)?;
+        let table = self
+            .tables
+            .get_mut(id.0 as usize)
+            .and_then(|t| t.as_any_mut().downcast_mut())
+            .ok_or_else(|| wrong_state(id))?;
+        Ok((table, current))
+    }
+}
+
+fn wrong_state(id: StateId) -> Error {
+    Error::InvalidArgument(format!(
+        "state {} is not registered in this backend with these types",
+        id.0
+    ))
+}
+
+impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
+    fn max_parallelism(&self) -> u32 {
+        self.config.max_parallelism
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.config.key_groups
+    }
+
+    #[inline]
+    fn set_current_key(&mut self, key: K) -> Result<()> {
+        self.key_buf.clear();
+        key.encode(&mut self.key_buf);
+        let key_hash = stable_key_hash(&self.key_buf);
+        let key_group = key_group_for_hash(key_hash, self.config.max_parallelism);
+        let kg_index = self.config.key_groups.index_of(key_group).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "key group {key_group} of the key is not in this backend's range {}",
+                self.config.key_groups
+            ))
+        })?;
+        self.current = Some(CurrentKey {
+            key,
+            key_hash,
+            key_group,
+            kg_index,
+        });
+        Ok(())
+    }
+
+    fn current_key(&self) -> Option<&K> {
+        self.current.as_ref().map(|c| &c.key)
+    }
+
+    fn current_key_group(&self) -> Option<u32> {
+        self.current.as_ref().map(|c| c.key_group)
+    }
+
+    fn value_state<N: StateKey, V: StateValue>(&mut self, d: &ValueStateDescriptor<N, V>) -> Result<ValueState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
+        Ok(ValueState::new(self.register::<N, V>(meta, value_serde())?))
+    }
+
+    fn list_state<N: StateKey, V: StateValue>(&mut self, d: &ListStateDescriptor<N, V>) -> Result<ListState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
+        Ok(ListState::new(self.register::<N, ListCell<V>>(meta, list_serde())?))
+    }
+
+    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        d: &MapStateDescriptor<N, UK, V>,
+    ) -> Result<MapState<N, UK, V>> {
+        let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
+        meta.user_key_codec = UK::ID.to_string();
+        Ok(MapState::new(self.register::<N, MapCell<UK, V>>(meta, map_serde())?))
+    }
+
+    fn reducing_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ReducingStateDescriptor<N, V>,
+    ) -> Result<ReducingState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
+        Ok(ReducingState::new(self.register::<N, V>(meta, value_serde())?, d.reduce.clone()))
+    }
+
+    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
+        &mut self,
+        d: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
+    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
+        let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
+        let id = self.register::<N, ACC>(meta, value_serde())?;
+        Ok(AggregatingState::new(id, d.function.clone()))
+    }
+
+    #[inline]
+    fn value_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<V>> {
+        let (t, c) = self.table::<N, V>(state)?;
+        Ok(t.map.get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns).cloned())
+    }
+
+    #[inline]
+    fn value_put<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, value: V) -> Result<()> {
+        let (t, c) = self.table_mut::<N, V>(state)?;
+        t.map.insert(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns, value);
+        Ok(())
+    }
+
+    fn value_modify<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        f: &mut dyn FnMut(Option<&V>) -> Option<V>,
+    ) -> Result<()> {
+        let (t, c) = self.table_mut::<N, V>(state)?;
+        let hash = entry_hash(c.key_hash, ns);
+        if let Some(slot) = t.map.get_mut(c.kg_index, hash, &c.key, ns) {
+            match f(Some(slot)) {
+                Some(new) => *slot = new,
+                None => {
+                    t.map.remove(c.kg_index, hash, &c.key, ns);
+                }
+            }
+        } else if let Some(new) = f(None) {
+            t.map.insert(c.kg_index, hash, &c.key, ns, new);
+        }
+        Ok(())
+    }
+
+    fn value_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
+        let (t, c) = self.table_mut::<N, V>(state)?;
+        t.map.remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
+        Ok(())
+    }
+
+    fn list_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<Vec<V>>> {
+        let (t, c) = self.table::<N, ListCell<V>>(state)?;
+        Ok(t.map
+            .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns)
+            .map(|l| l.as_ref().clone()))
+    }
+
+    fn list_add_all<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, values: Vec<V>) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let (t, c) = self.table_mut::<N, ListCell<V>>(state)?;
+        let hash = entry_hash(c.key_hash, ns);
+        let list = t.map.get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
+        Arc::make_mut(list).extend(values);
+        Ok(())
+    }
+
+    fn list_update<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, values: Vec<V>) -> Result<()> {
+        let (t, c) = self.table_mut::<N, ListCell<V>>(state)?;
+        let hash = entry_hash(c.key_hash, ns);
+        if values.is_empty() {
+            t.map.remove(c.kg_index, hash, &c.key, ns);
+        } else {
+            t.map.insert(c.kg_index, hash, &c.key, ns, Arc::new(values));
+        }
+        Ok(())
+    }
+
+    fn list_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
+        let (t, c) = self.table_mut::<N, ListCell<V>>(state)?;
+        t.map.remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
+        Ok(())
+    }
+
+    fn map_get<N: StateKey, UK: StateKey, V: StateValue>(&self, state: StateId, ns: &N, uk: &UK) -> Result<Option<V>> {
+        let (t, c) = self.table::<N, MapCell<UK, V>>(state)?;
+        Ok(t.map
+            .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns)
+            .and_then(|m| m.get(uk).cloned()))
+    }
+
+    fn map_put<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, uk: UK, value: V) -> Result<()> {
+        let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
+        let hash = entry_hash(c.key_hash, ns);
+        let map = t.map.get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
+        Arc::make_mut(map).insert(uk, value);
+        Ok(())
+    }
+
+    fn map_remove<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, uk: &UK) -> Result<()> {
+        let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
+        let hash = entry_hash(c.key_hash, ns);
+        let Some(map) = t.map.get(c.kg_index, hash, &c.key, ns) else {
+            return Ok(());
+        };
+        if !map.contains_key(uk) {
+            return Ok(());
+        }
+        if map.len() == 1 {
+            t.map.remove(c.kg_index, hash, &c.key, ns);
+        } else if let Some(map) = t.map.get_mut(c.kg_index, hash, &c.key, ns) {
+            Arc::make_mut(map).remove(uk);
+        }
+        Ok(())
+    }
+
+    fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Vec<(UK, V)>> {
+        let (t, c) = self.table::<N, MapCell<UK, V>>(state)?;
+        Ok(t.map
+            .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
+        let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
+        t.map.remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
+        Ok(())
+    }
+
+    fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
+        let table = self
+            .tables
+            .get(state.0 as usize)
+            .ok_or_else(|| wrong_state(state))?;
+        if let Some(keys) = table.keys_in_namespace(ns) {
+            return Ok(keys);
+        }
+        if let Some(keys) = table_keys_any::<K, N>(table.as_ref(), ns) {
+            return keys;
+        }
+        Err(wrong_state(state))
+    }
+
+    fn snapshot(&mut self, checkpoint_id: u64, storage: &CheckpointStorage) -> Result<PendingSnapshot> {
+        let start = Instant::now();
+        let job = SnapshotJob {
+            checkpoint_id,
+            states: self.tables.iter().map(|t| t.meta().clone()).collect(),
+            frozen: self.tables.iter().map(|t| t.freeze()).collect(),
+            config: self.config.clone(),
+            backend_id: self.backend_id.clone(),
+        };
+        let sync_duration = start.elapsed();
+        Ok(PendingSnapshot::new(checkpoint_id, sync_duration, job.run(storage.clone(), sync_duration)))
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
+        self.last_completed_checkpoint = Some(
+            self.last_completed_checkpoint
+                .map_or(checkpoint_id, |c| c.max(checkpoint_id)),
+        );
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
+        // Heap snapshots are full and private: an aborted one leaves nothing behind in the backend.
+        tracing::debug!(checkpoint_id, "heap backend: checkpoint aborted");
+    }
+}
+
+/// Keys of a raw (restored, unregistered) table, decoded.
+fn table_keys_any<K: StateKey, N: StateKey>(table: &dyn ErasedTable<K>, ns: &N) -> Option<Result<Vec<K>>> {
+    let raw = table.as_any().downcast_ref::<RawTable>()?;
+    let mut want = Vec::new();
+    ns.encode(&mut want);
+    Some(
+        raw.records()
+            .filter(|r| r.as_ref().map_or(true, |(_, _, n, _)| *n == want.as_slice()))
+            .map(|r| r.and_then(|(_, k, _, _)| K::decode(k)))
+            .collect(),
+    )
+}

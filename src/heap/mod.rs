@@ -1,0 +1,7 @@
+//! The heap state backend: copy-on-write maps in memory, full snapshots as keyed snapshot files.
+
+pub(crate) mod backend;
+pub(crate) mod cow_map;
+mod restore;
+mod snapshot;
+pub(crate) mod table;

@@ -1,0 +1,248 @@
+//! Heap state tables: the typed copy-on-write table of a registered state, the raw table of a restored
+//! state not yet registered, and their frozen views for the asynchronous phase.
+
+use std::any::Any;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use crate::codec::Codec;
+use crate::error::Result;
+use crate::format::bytes::{Decoder, PutExt};
+use crate::format::keyed_file::KeyedFileWriter;
+use crate::heap::cow_map::{CowMap, CowSnapshot};
+use crate::keyed::backend::StateKey;
+use crate::keyed::descriptor::StateMeta;
+
+/// murmur3's 64-bit finalizer: a bijection that spreads every input bit over the output.
+#[inline]
+pub(crate) fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Map hash of `(key, namespace)` from the key's stable hash.
+#[inline]
+pub(crate) fn entry_hash<N: std::hash::Hash>(key_hash: u64, ns: &N) -> u64 {
+    fmix64(key_hash ^ foldhash::fast::FixedState::with_seed(0).hash_one(ns))
+}
+
+/// How a table's stored value becomes bytes and back (value, list or map encoding).
+pub(crate) struct ValueSerde<S> {
+    pub(crate) encode: fn(&S, &mut Vec<u8>),
+    pub(crate) decode: fn(&[u8]) -> Result<S>,
+}
+
+impl<S> Clone for ValueSerde<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for ValueSerde<S> {}
+
+/// Stored form of list state.
+pub(crate) type ListCell<V> = Arc<Vec<V>>;
+/// Stored form of map state.
+pub(crate) type MapCell<UK, V> = Arc<hashbrown::HashMap<UK, V, foldhash::fast::FixedState>>;
+
+/// Serde of value, reducing and aggregating state: the value's codec.
+pub(crate) fn value_serde<V: Codec>() -> ValueSerde<V> {
+    ValueSerde {
+        encode: V::encode,
+        decode: V::decode,
+    }
+}
+
+/// Serde of list state: `u32` count, then each element `u32` length + bytes (little-endian).
+pub(crate) fn list_serde<V: Codec>() -> ValueSerde<ListCell<V>> {
+    ValueSerde {
+        encode: |list, out| {
+            out.put_u32(list.len() as u32);
+            for v in list.iter() {
+                out.put_len_prefixed(|b| v.encode(b));
+            }
+        },
+        decode: |bytes| {
+            let mut d = Decoder::new(bytes, 0, "<list value>");
+            let n = d.count("list length", 4)?;
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push(V::decode(d.bytes("list element")?)?);
+            }
+            d.finish("list")?;
+            Ok(Arc::new(list))
+        },
+    }
+}
+
+/// Serde of map state: `u32` count, then each entry: `u32` length + user key, `u32` length + value.
+pub(crate) fn map_serde<UK: StateKey, V: Codec>() -> ValueSerde<MapCell<UK, V>> {
+    ValueSerde {
+        encode: |map, out| {
+            out.put_u32(map.len() as u32);
+            for (k, v) in map.iter() {
+                out.put_len_prefixed(|b| k.encode(b));
+                out.put_len_prefixed(|b| v.encode(b));
+            }
+        },
+        decode: |bytes| {
+            let mut d = Decoder::new(bytes, 0, "<map value>");
+            let n = d.count("map size", 8)?;
+            let mut map = hashbrown::HashMap::with_capacity_and_hasher(n, Default::default());
+            for _ in 0..n {
+                let k = UK::decode(d.bytes("map user key")?)?;
+                map.insert(k, V::decode(d.bytes("map value")?)?);
+            }
+            d.finish("map")?;
+            Ok(Arc::new(map))
+        },
+    }
+}
+
+/// A state table whose types are erased, as the backend keeps them.
+pub(crate) trait ErasedTable<K>: Send {
+    fn meta(&self) -> &StateMeta;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Synchronous phase: a frozen view, O(key groups).
+    fn freeze(&self) -> Box<dyn FrozenTable>;
+    /// Entries in the table.
+    fn len(&self) -> usize;
+    /// Keys with an entry in namespace `ns`; `None` if `ns` is not this table's namespace type.
+    fn keys_in_namespace(&self, ns: &dyn Any) -> Option<Vec<K>>;
+}
+
+/// A frozen table, written out key group by key group.
+pub(crate) trait FrozenTable: Send {
+    /// Writes the records of key group `kg_index` as state number `state`, then releases that group.
+    fn write_group(&mut self, kg_index: usize, state: u32, writer: &mut KeyedFileWriter) -> Result<()>;
+}
+
+/// The typed table of a registered state: `(key, namespace) -> S`.
+pub(crate) struct StateTable<K, N, S> {
+    pub(crate) meta: StateMeta,
+    pub(crate) map: CowMap<K, N, S>,
+    pub(crate) serde: ValueSerde<S>,
+}
+
+impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N, S> {
+    pub(crate) fn new(meta: StateMeta, groups: usize, serde: ValueSerde<S>) -> Self {
+        StateTable {
+            meta,
+            map: CowMap::new(groups),
+            serde,
+        }
+    }
+}
+
+impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K> for StateTable<K, N, S> {
+    fn meta(&self) -> &StateMeta {
+        &self.meta
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn freeze(&self) -> Box<dyn FrozenTable> {
+        Box::new(FrozenStateTable {
+            snapshot: self.map.snapshot(),
+            serde: self.serde,
+        })
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn keys_in_namespace(&self, ns: &dyn Any) -> Option<Vec<K>> {
+        let ns = ns.downcast_ref::<N>()?;
+        Some(
+            (0..self.map.groups())
+                .flat_map(|g| self.map.iter_group(g))
+                .filter(|e| e.ns == *ns)
+                .map(|e| e.key.clone())
+                .collect(),
+        )
+    }
+}
+
+struct FrozenStateTable<K, N, S> {
+    snapshot: CowSnapshot<K, N, S>,
+    serde: ValueSerde<S>,
+}
+
+impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenStateTable<K, N, S> {
+    fn write_group(&mut self, kg_index: usize, state: u32, writer: &mut KeyedFileWriter) -> Result<()> {
+        let Some(group) = self.snapshot.take_group(kg_index) else {
+            return Ok(());
+        };
+        let encode = self.serde.encode;
+        for e in group.iter() {
+            writer.add_record(state, |b| e.key.encode(b), |b| e.ns.encode(b), |b| encode(&e.value, b))?;
+        }
+        Ok(())
+    }
+}
+
+/// Records of a restored state that the job has not registered yet, per key-group index: the raw
+/// `u32 len + key, u32 len + namespace, u32 len + value` triples exactly as restored.
+pub(crate) struct RawTable {
+    pub(crate) meta: StateMeta,
+    pub(crate) groups: Arc<Vec<Vec<u8>>>,
+    pub(crate) len: usize,
+}
+
+impl RawTable {
+    /// Iterates `(kg_index, key, namespace, value)` of every record.
+    pub(crate) fn records(&self) -> impl Iterator<Item = Result<(usize, &[u8], &[u8], &[u8])>> {
+        self.groups.iter().enumerate().flat_map(|(kg, bytes)| {
+            let mut d = Decoder::new(bytes, 0, "<restored records>");
+            std::iter::from_fn(move || {
+                if d.is_empty() {
+                    return None;
+                }
+                Some((|| Ok((kg, d.bytes("key")?, d.bytes("namespace")?, d.bytes("value")?)))())
+            })
+        })
+    }
+}
+
+impl<K: StateKey> ErasedTable<K> for RawTable {
+    fn meta(&self) -> &StateMeta {
+        &self.meta
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn freeze(&self) -> Box<dyn FrozenTable> {
+        Box::new(FrozenRawTable(self.groups.clone()))
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn keys_in_namespace(&self, _ns: &dyn Any) -> Option<Vec<K>> {
+        // Raw records need the namespace's codec; the backend answers for them (it knows `N`).
+        None
+    }
+}
+
+struct FrozenRawTable(Arc<Vec<Vec<u8>>>);
+
+impl FrozenTable for FrozenRawTable {
+    fn write_group(&mut self, kg_index: usize, state: u32, writer: &mut KeyedFileWriter) -> Result<()> {
+        let Some(bytes) = self.0.get(kg_index) else {
+            return Ok(());
+        };
+        let mut d = Decoder::new(bytes, 0, "<restored records>");
+        while !d.is_empty() {
+            let (k, n, v) = (d.bytes("key")?, d.bytes("namespace")?, d.bytes("value")?);
+            writer.add_record(state, |b| b.extend_from_slice(k), |b| b.extend_from_slice(n), |b| b.extend_from_slice(v))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! State descriptors: the name, kind and codecs of a keyed state, and the functions of reducing and
+//! aggregating state (as Flink's `StateDescriptor` family).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+
+/// The kind of a keyed state; its tag is stored in snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    /// One value per key and namespace.
+    Value,
+    /// A list of values per key and namespace.
+    List,
+    /// A map of user keys to values per key and namespace.
+    Map,
+    /// One value combined with each added value by a reduce function.
+    Reducing,
+    /// An accumulator folded by an aggregate function.
+    Aggregating,
+}
+
+impl StateKind {
+    /// The byte stored in snapshot headers.
+    pub fn tag(self) -> u8 {
+        match self {
+            StateKind::Value => 0,
+            StateKind::List => 1,
+            StateKind::Map => 2,
+            StateKind::Reducing => 3,
+            StateKind::Aggregating => 4,
+        }
+    }
+
+    /// The kind for a stored tag, if known.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            0 => StateKind::Value,
+            1 => StateKind::List,
+            2 => StateKind::Map,
+            3 => StateKind::Reducing,
+            4 => StateKind::Aggregating,
+            _ => return None,
+        })
+    }
+}
+
+/// What a snapshot records about one state: enough to refuse restoring it with other codecs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateMeta {
+    /// Unique name of the state within the backend.
+    pub name: String,
+    /// Kind of the state.
+    pub kind: StateKind,
+    /// [`Codec::ID`] of the key type.
+    pub key_codec: String,
+    /// [`Codec::ID`] of the namespace type.
+    pub namespace_codec: String,
+    /// [`Codec::ID`] of the value (for aggregating state: the accumulator; for list: the element).
+    pub value_codec: String,
+    /// [`Codec::ID`] of the map's user key; empty for other kinds.
+    pub user_key_codec: String,
+}
+
+impl StateMeta {
+    pub(crate) fn new<K: Codec, N: Codec, V: Codec>(name: &str, kind: StateKind) -> Self {
+        StateMeta {
+            name: name.to_string(),
+            kind,
+            key_codec: K::ID.to_string(),
+            namespace_codec: N::ID.to_string(),
+            value_codec: V::ID.to_string(),
+            user_key_codec: String::new(),
+        }
+    }
+
+    /// Checks that a restored state can be read as `self` describes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first field that differs.
+    pub fn check_compatible(&self, restored: &StateMeta) -> Result<()> {
+        let fields = [
+            ("kind", format!("{:?}", self.kind), format!("{:?}", restored.kind)),
+            ("key codec", self.key_codec.clone(), restored.key_codec.clone()),
+            ("namespace codec", self.namespace_codec.clone(), restored.namespace_codec.clone()),
+            ("value codec", self.value_codec.clone(), restored.value_codec.clone()),
+            ("user key codec", self.user_key_codec.clone(), restored.user_key_codec.clone()),
+        ];
+        for (what, ours, theirs) in fields {
+            if ours != theirs {
+                return Err(Error::InvalidArgument(format!(
+                    "state `{}`: {what} `{ours}` does not match the restored `{theirs}`",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Describes a value state holding `V` under namespace `N`.
+pub struct ValueStateDescriptor<N, V> {
+    pub(crate) name: String,
+    _types: PhantomData<fn() -> (N, V)>,
+}
+
+impl<N, V> ValueStateDescriptor<N, V> {
+    /// A value state named `name` (unique within a backend).
+    pub fn new(name: impl Into<String>) -> Self {
+        ValueStateDescriptor {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+}
+
+/// Describes a list state of `V` elements under namespace `N`.
+pub struct ListStateDescriptor<N, V> {
+    pub(crate) name: String,
+    _types: PhantomData<fn() -> (N, V)>,
+}
+
+impl<N, V> ListStateDescriptor<N, V> {
+    /// A list state named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        ListStateDescriptor {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+}
+
+/// Describes a map state from `UK` to `V` under namespace `N`.
+pub struct MapStateDescriptor<N, UK, V> {
+    pub(crate) name: String,
+    _types: PhantomData<fn() -> (N, UK, V)>,
+}
+
+impl<N, UK, V> MapStateDescriptor<N, UK, V> {
+    /// A map state named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        MapStateDescriptor {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+}
+
+/// A reduce function: combines the stored value with an added one.
+pub type ReduceFn<V> = Arc<dyn Fn(&V, &V) -> V + Send + Sync>;
+
+/// Describes a reducing state of `V` under namespace `N`.
+pub struct ReducingStateDescriptor<N, V> {
+    pub(crate) name: String,
+    pub(crate) reduce: ReduceFn<V>,
+    _types: PhantomData<fn() -> N>,
+}
+
+impl<N, V> ReducingStateDescriptor<N, V> {
+    /// A reducing state named `name` that combines values with `reduce(stored, added)`.
+    pub fn new(name: impl Into<String>, reduce: impl Fn(&V, &V) -> V + Send + Sync + 'static) -> Self {
+        ReducingStateDescriptor {
+            name: name.into(),
+            reduce: Arc::new(reduce),
+            _types: PhantomData,
+        }
+    }
+}
+
+/// An aggregate function, as Flink's `AggregateFunction`: folds inputs `IN` into an accumulator `ACC` and
+/// reads a result `OUT` from it.
+pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync {
+    /// A fresh accumulator.
+    fn create_accumulator(&self) -> ACC;
+    /// Folds `value` into `acc`.
+    fn add(&self, value: &IN, acc: &mut ACC);
+    /// The result of an accumulator.
+    fn get_result(&self, acc: &ACC) -> OUT;
+}
+
+/// Describes an aggregating state under namespace `N`; only the accumulator `ACC` is stored.
+pub struct AggregatingStateDescriptor<N, IN, ACC, OUT> {
+    pub(crate) name: String,
+    pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
+    _types: PhantomData<fn() -> N>,
+}
+
+impl<N, IN, ACC, OUT> AggregatingStateDescriptor<N, IN, ACC, OUT> {
+    /// An aggregating state named `name` driven by `function`.
+    pub fn new(
+        name: impl Into<String>,
+        function: impl AggregateFunction<IN, ACC, OUT> + 'static,
+    ) -> Self {
+        AggregatingStateDescriptor {
+            name: name.into(),
+            function: Arc::new(function),
+            _types: PhantomData,
+        }
+    }
+}

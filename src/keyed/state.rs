@@ -1,0 +1,296 @@
+//! Typed state objects (as Flink's `ValueState`, `ListState`, `MapState`, `ReducingState`,
+//! `AggregatingState`). Each is a cheap, clonable reference to a registered state; its methods act on the
+//! backend's current key and the given namespace.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::keyed::backend::{KeyedStateBackend, StateId, StateKey, StateValue};
+use crate::keyed::descriptor::{AggregateFunction, ReduceFn};
+
+/// A single value per key and namespace.
+pub struct ValueState<N, V> {
+    pub(crate) id: StateId,
+    _types: PhantomData<fn() -> (N, V)>,
+}
+
+impl<N, V> Clone for ValueState<N, V> {
+    fn clone(&self) -> Self {
+        ValueState {
+            id: self.id,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<N: StateKey, V: StateValue> ValueState<N, V> {
+    pub(crate) fn new(id: StateId) -> Self {
+        ValueState {
+            id,
+            _types: PhantomData,
+        }
+    }
+
+    /// The value of the current key, `None` if unset.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
+    #[inline]
+    pub fn value<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Option<V>> {
+        backend.value_get(self.id, ns)
+    }
+
+    /// Sets the value of the current key. Errors as [`ValueState::value`].
+    #[inline]
+    pub fn update<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, value: V) -> Result<()> {
+        backend.value_put(self.id, ns, value)
+    }
+
+    /// Removes the value of the current key. Errors as [`ValueState::value`].
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+        backend.value_clear::<N, V>(self.id, ns)
+    }
+
+    /// The id of this state in its backend (for [`KeyedStateBackend::keys`]).
+    pub fn id(&self) -> StateId {
+        self.id
+    }
+}
+
+/// A list of values per key and namespace. An empty list is the same as no list.
+pub struct ListState<N, V> {
+    pub(crate) id: StateId,
+    _types: PhantomData<fn() -> (N, V)>,
+}
+
+impl<N, V> Clone for ListState<N, V> {
+    fn clone(&self) -> Self {
+        ListState {
+            id: self.id,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<N: StateKey, V: StateValue> ListState<N, V> {
+    pub(crate) fn new(id: StateId) -> Self {
+        ListState {
+            id,
+            _types: PhantomData,
+        }
+    }
+
+    /// The list of the current key (empty if none).
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
+    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<V>> {
+        Ok(backend.list_get(self.id, ns)?.unwrap_or_default())
+    }
+
+    /// Appends `value`. Errors as [`ListState::get`].
+    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, value: V) -> Result<()> {
+        backend.list_add_all(self.id, ns, vec![value])
+    }
+
+    /// Appends all `values`. Errors as [`ListState::get`].
+    pub fn add_all<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, values: Vec<V>) -> Result<()> {
+        backend.list_add_all(self.id, ns, values)
+    }
+
+    /// Replaces the list with `values`. Errors as [`ListState::get`].
+    pub fn update<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, values: Vec<V>) -> Result<()> {
+        backend.list_update(self.id, ns, values)
+    }
+
+    /// Removes the list. Errors as [`ListState::get`].
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+        backend.list_clear::<N, V>(self.id, ns)
+    }
+
+    /// The id of this state in its backend.
+    pub fn id(&self) -> StateId {
+        self.id
+    }
+}
+
+/// A map from user keys `UK` to values `V` per key and namespace.
+pub struct MapState<N, UK, V> {
+    pub(crate) id: StateId,
+    _types: PhantomData<fn() -> (N, UK, V)>,
+}
+
+impl<N, UK, V> Clone for MapState<N, UK, V> {
+    fn clone(&self) -> Self {
+        MapState {
+            id: self.id,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
+    pub(crate) fn new(id: StateId) -> Self {
+        MapState {
+            id,
+            _types: PhantomData,
+        }
+    }
+
+    /// The value of `uk` under the current key.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
+    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N, uk: &UK) -> Result<Option<V>> {
+        backend.map_get::<N, UK, V>(self.id, ns, uk)
+    }
+
+    /// Whether `uk` is present. Errors as [`MapState::get`].
+    pub fn contains<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N, uk: &UK) -> Result<bool> {
+        Ok(self.get(backend, ns, uk)?.is_some())
+    }
+
+    /// Sets `uk` to `value`. Errors as [`MapState::get`].
+    pub fn put<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, uk: UK, value: V) -> Result<()> {
+        backend.map_put(self.id, ns, uk, value)
+    }
+
+    /// Removes `uk`. Errors as [`MapState::get`].
+    pub fn remove<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, uk: &UK) -> Result<()> {
+        backend.map_remove::<N, UK, V>(self.id, ns, uk)
+    }
+
+    /// All entries, in no particular order. Errors as [`MapState::get`].
+    pub fn entries<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<(UK, V)>> {
+        backend.map_entries(self.id, ns)
+    }
+
+    /// Whether the map is empty. Errors as [`MapState::get`].
+    pub fn is_empty<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<bool> {
+        Ok(self.entries(backend, ns)?.is_empty())
+    }
+
+    /// Removes the whole map. Errors as [`MapState::get`].
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+        backend.map_clear::<N, UK, V>(self.id, ns)
+    }
+
+    /// The id of this state in its backend.
+    pub fn id(&self) -> StateId {
+        self.id
+    }
+}
+
+/// A value combined with every added value by a reduce function.
+pub struct ReducingState<N, V> {
+    pub(crate) id: StateId,
+    pub(crate) reduce: ReduceFn<V>,
+    _types: PhantomData<fn() -> N>,
+}
+
+impl<N, V> Clone for ReducingState<N, V> {
+    fn clone(&self) -> Self {
+        ReducingState {
+            id: self.id,
+            reduce: self.reduce.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<N: StateKey, V: StateValue> ReducingState<N, V> {
+    pub(crate) fn new(id: StateId, reduce: ReduceFn<V>) -> Self {
+        ReducingState {
+            id,
+            reduce,
+            _types: PhantomData,
+        }
+    }
+
+    /// The reduced value of the current key.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
+    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Option<V>> {
+        backend.value_get(self.id, ns)
+    }
+
+    /// Combines `value` into the stored value (or stores it if none). Errors as [`ReducingState::get`].
+    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, value: V) -> Result<()> {
+        let mut value = Some(value);
+        backend.value_modify::<N, V>(self.id, ns, &mut |old| {
+            let added = value.take()?;
+            Some(match old {
+                Some(old) => (self.reduce)(old, &added),
+                None => added,
+            })
+        })
+    }
+
+    /// Removes the value. Errors as [`ReducingState::get`].
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+        backend.value_clear::<N, V>(self.id, ns)
+    }
+
+    /// The id of this state in its backend.
+    pub fn id(&self) -> StateId {
+        self.id
+    }
+}
+
+/// An accumulator folded by an [`AggregateFunction`]; reads give the function's result.
+pub struct AggregatingState<N, IN, ACC, OUT> {
+    pub(crate) id: StateId,
+    pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
+    _types: PhantomData<fn() -> N>,
+}
+
+impl<N, IN, ACC, OUT> Clone for AggregatingState<N, IN, ACC, OUT> {
+    fn clone(&self) -> Self {
+        AggregatingState {
+            id: self.id,
+            function: self.function.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
+    pub(crate) fn new(id: StateId, function: Arc<dyn AggregateFunction<IN, ACC, OUT>>) -> Self {
+        AggregatingState {
+            id,
+            function,
+            _types: PhantomData,
+        }
+    }
+
+    /// The aggregate of the current key, `None` if nothing was added.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
+    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Option<OUT>> {
+        Ok(backend
+            .value_get::<N, ACC>(self.id, ns)?
+            .map(|acc| self.function.get_result(&acc)))
+    }
+
+    /// Folds `value` into the accumulator. Errors as [`AggregatingState::get`].
+    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, value: &IN) -> Result<()> {
+        backend.value_modify::<N, ACC>(self.id, ns, &mut |old| {
+            let mut acc = old.cloned().unwrap_or_else(|| self.function.create_accumulator());
+            self.function.add(value, &mut acc);
+            Some(acc)
+        })
+    }
+
+    /// Removes the accumulator. Errors as [`AggregatingState::get`].
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+        backend.value_clear::<N, ACC>(self.id, ns)
+    }
+
+    /// The id of this state in its backend.
+    pub fn id(&self) -> StateId {
+        self.id
+    }
+}

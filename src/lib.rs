@@ -1,0 +1,85 @@
+//! # statebackend
+//!
+//! Keyed operator state and checkpoints for Rust stream-processing engines, in the manner of Apache
+//! Flink's state backends: value, list, map, reducing and aggregating state under a current key and a
+//! namespace; keys partitioned into **key groups** so state can be restored at another parallelism; a
+//! copy-on-write **heap backend** whose synchronous snapshot phase only freezes a version; **checkpoint
+//! storage** on `object_store` (local directory, in-memory, S3/GCS/Azure); and a checkpoint lifecycle
+//! (trigger, acknowledge, complete, abort, subsume, restore with fallback).
+//!
+//! ```
+//! use statebackend::*;
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> statebackend::Result<()> {
+//! let storage = CheckpointStorage::in_memory("wordcount")?;
+//! let config = HeapBackendConfig::for_subtask("counter", 128, 1, 0)?;
+//! let mut backend: HeapKeyedStateBackend<String> = HeapKeyedStateBackend::new(config.clone())?;
+//! let counts = backend.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("count"))?;
+//!
+//! for word in ["to", "be", "or", "not", "to", "be"] {
+//!     backend.set_current_key(word.to_string())?;
+//!     let n = counts.value(&backend, &VoidNamespace)?.unwrap_or(0);
+//!     counts.update(&mut backend, &VoidNamespace, n + 1)?;
+//! }
+//!
+//! // Checkpoint: the synchronous phase freezes, the asynchronous phase writes.
+//! let mut coordinator = CheckpointCoordinator::open(
+//!     storage.clone(),
+//!     CoordinatorConfig { expected_tasks: 1, retained_checkpoints: 2 },
+//! ).await?;
+//! let id = coordinator.trigger();
+//! let pending = backend.snapshot(id, &storage)?;
+//! let result = pending.run().await?;
+//! let task = TaskStateSnapshot {
+//!     operator_id: "counter".into(),
+//!     keyed_state: Some(result.handle),
+//!     ..Default::default()
+//! };
+//! coordinator.acknowledge(id, task, Some(result.metrics)).await?;
+//! backend.notify_checkpoint_complete(id);
+//!
+//! // Restore a fresh backend from the latest completed checkpoint.
+//! let latest = coordinator.store().latest().expect("one checkpoint").clone();
+//! let handles: Vec<_> = latest.tasks.iter().filter_map(|t| t.keyed_state.clone()).collect();
+//! let mut restored = HeapKeyedStateBackend::<String>::restore(config, &storage, &handles).await?;
+//! let counts = restored.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("count"))?;
+//! restored.set_current_key("to".to_string())?;
+//! assert_eq!(counts.value(&restored, &VoidNamespace)?, Some(2));
+//! # Ok(())
+//! # }
+//! ```
+
+mod checkpoint;
+mod codec;
+mod error;
+mod format;
+mod heap;
+mod keyed;
+mod storage;
+
+pub use checkpoint::coordinator::{CheckpointCoordinator, CheckpointStats, CoordinatorConfig};
+pub use checkpoint::handle::{
+    CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
+    TaskStateSnapshot,
+};
+pub use checkpoint::store::{
+    CancellationPolicy, CompletedCheckpointStore, RestoreOutcome, SkippedCheckpoint,
+};
+pub use codec::{Codec, VoidNamespace};
+pub use error::{Error, ErrorKind, Result};
+pub use heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
+pub use keyed::backend::{
+    KeyedStateBackend, PendingSnapshot, SnapshotMetrics, SnapshotResult, StateId, StateKey,
+    StateValue,
+};
+pub use keyed::descriptor::{
+    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
+    ReduceFn, ReducingStateDescriptor, StateKind, StateMeta, ValueStateDescriptor,
+};
+pub use keyed::key_group::{
+    assign_to_key_group, default_max_parallelism, key_group_range_for_operator,
+    operator_index_for_key_group, stable_key_hash, KeyGroupRange, UPPER_BOUND_MAX_PARALLELISM,
+};
+pub use keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+pub use storage::{checkpoint_dir, CheckpointStorage, METADATA_FILE, SHARED_DIR};

@@ -1,0 +1,299 @@
+//! Checkpoint storage over `object_store`: where checkpoint files and metadata live.
+//!
+//! Layout under the job's root (`<root>/<job_id>/`, see `docs/formats.md`):
+//! - `chk-<n>/_metadata`: the checkpoint's metadata; **a checkpoint exists iff this file exists**. It is
+//!   written last, with `PutMode::Create`.
+//! - `chk-<n>/<files>`: private (exclusive) state files of checkpoint `n`.
+//! - `shared/<files>`: files that several checkpoints may reference (incremental backends).
+
+mod local_read;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+
+/// Name of the metadata file inside a checkpoint directory.
+pub const METADATA_FILE: &str = "_metadata";
+/// Directory (relative to the job root) of shared files.
+pub const SHARED_DIR: &str = "shared";
+
+/// Directory name of checkpoint `id`: `chk-<id>`.
+pub fn checkpoint_dir(id: u64) -> String {
+    format!("chk-{id}")
+}
+
+/// Checkpoint storage of one job: an object store and the job's root path in it.
+///
+/// Cheap to clone; all clones share the store.
+#[derive(Clone, Debug)]
+pub struct CheckpointStorage {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    /// Set for a local directory: files are read through a memory map instead of copies.
+    local: Option<Arc<LocalFileSystem>>,
+}
+
+impl CheckpointStorage {
+    /// Storage in the local directory `dir` (created if missing), under `dir/<job_id>/`. This is the embedded
+    /// default. With `fsync`, every file is synced to disk before it counts as written.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `dir` cannot be created or `job_id` is not a valid path segment.
+    pub fn local(dir: impl AsRef<std::path::Path>, job_id: &str, fsync: bool) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::InvalidArgument(format!("cannot create checkpoint directory {}: {e}", dir.display()))
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint directory {}: {e}", dir.display())))?
+            .with_automatic_cleanup(true)
+            .with_fsync(fsync);
+        let fs = Arc::new(fs);
+        let mut storage = CheckpointStorage::new(fs.clone(), job_id)?;
+        storage.local = Some(fs);
+        Ok(storage)
+    }
+
+    /// Storage in memory (tests, or jobs that only need to survive task failures within the process).
+    pub fn in_memory(job_id: &str) -> Result<Self> {
+        CheckpointStorage::new(Arc::new(InMemory::new()), job_id)
+    }
+
+    /// Storage in any object store (S3, GCS, Azure, ...), under `<job_id>/`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `job_id` is empty or not a valid path segment.
+    pub fn new(store: Arc<dyn ObjectStore>, job_id: &str) -> Result<Self> {
+        let root = Path::parse(job_id)
+            .ok()
+            .filter(|p| p.parts().count() >= 1)
+            .ok_or_else(|| Error::InvalidArgument(format!("job id `{job_id}` is not a valid path")))?;
+        Ok(CheckpointStorage {
+            store,
+            root,
+            local: None,
+        })
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Object-store path of `relative` (a path below the job root).
+    pub fn path(&self, relative: &str) -> Path {
+        Path::from(format!("{}/{relative}", self.root))
+    }
+
+    /// Creates `relative` with `bytes` atomically, failing if it exists with other content.
+    ///
+    /// A retried create may find its own earlier success: the content is compared before reporting a
+    /// conflict (DESIGN.md section 6).
+    pub(crate) async fn put_if_absent(&self, relative: &str, bytes: Bytes) -> Result<()> {
+        let path = self.path(relative);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_bytes(bytes.clone()), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                if self.read(relative).await? == bytes {
+                    Ok(())
+                } else {
+                    Err(Error::IllegalState(format!("`{path}` already exists with other content")))
+                }
+            }
+            Err(e) => Err(Error::storage(&path, e)),
+        }
+    }
+
+    /// Streams a new file to `relative`.
+    pub(crate) fn writer(&self, relative: &str) -> FileWriter {
+        let path = self.path(relative);
+        FileWriter {
+            inner: object_store::buffered::BufWriter::with_capacity(
+                self.store.clone(),
+                path.clone(),
+                8 << 20,
+            ),
+            path,
+        }
+    }
+
+    /// The whole content of `relative` (memory-mapped for a local directory).
+    pub(crate) async fn read(&self, relative: &str) -> Result<Bytes> {
+        let path = self.path(relative);
+        if let Some(fs) = &self.local {
+            return local_read::map_file(fs, &path);
+        }
+        let result = self.store.get(&path).await.map_err(|e| Error::storage(&path, e))?;
+        result.bytes().await.map_err(|e| Error::storage(&path, e))
+    }
+
+    /// A source for range reads of `relative`: a memory map for a local directory, ranged requests otherwise.
+    pub(crate) async fn open(&self, relative: &str) -> Result<RangeSource> {
+        let path = self.path(relative);
+        if self.local.is_some() {
+            let bytes = self.read(relative).await?;
+            return Ok(RangeSource::Bytes { bytes, path });
+        }
+        let meta = self.store.head(&path).await.map_err(|e| Error::storage(&path, e))?;
+        Ok(RangeSource::Remote {
+            store: self.store.clone(),
+            len: meta.size,
+            path,
+        })
+    }
+
+    /// Deletes `relative`; a missing file is not an error.
+    pub(crate) async fn delete(&self, relative: &str) -> Result<()> {
+        let path = self.path(relative);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::storage(&path, e)),
+        }
+    }
+
+    /// Deletes every file below the directory `relative`.
+    pub(crate) async fn delete_dir(&self, relative: &str) -> Result<()> {
+        let prefix = self.path(relative);
+        let locations = self.store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::storage(&prefix, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of the directories `chk-<n>` under the job root, ascending (with or without metadata).
+    pub(crate) async fn list_checkpoint_dirs(&self) -> Result<Vec<u64>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map_err(|e| Error::storage(&self.root, e))?;
+        let mut ids: Vec<u64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.strip_prefix("chk-")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+/// A file being streamed to checkpoint storage (multipart above 8 MiB).
+pub(crate) struct FileWriter {
+    inner: object_store::buffered::BufWriter,
+    path: Path,
+}
+
+impl FileWriter {
+    pub(crate) async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .put(Bytes::from(chunk))
+            .await
+            .map_err(|e| Error::storage(&self.path, e))
+    }
+
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.inner
+            .shutdown()
+            .await
+            .map_err(|e| Error::storage(&self.path, object_store::Error::Generic {
+                store: "BufWriter",
+                source: Box::new(e),
+            }))
+    }
+
+    pub(crate) async fn abort(mut self) {
+        if let Err(e) = self.inner.abort().await {
+            tracing::warn!(path = %self.path, error = %e, "aborting an upload failed");
+        }
+    }
+}
+
+/// Random access to one stored file.
+pub(crate) enum RangeSource {
+    /// The whole file in memory (or memory-mapped).
+    Bytes { bytes: Bytes, path: Path },
+    /// A remote object read with range requests.
+    Remote {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        len: u64,
+    },
+}
+
+impl RangeSource {
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            RangeSource::Bytes { bytes, .. } => bytes.len() as u64,
+            RangeSource::Remote { len, .. } => *len,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            RangeSource::Bytes { path, .. } | RangeSource::Remote { path, .. } => path,
+        }
+    }
+
+    /// Bytes `range` of the file.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the range exceeds the file; [`Error::Storage`]/[`Error::NotFound`] from the store.
+    pub(crate) async fn read(&self, range: Range<u64>) -> Result<Bytes> {
+        if range.start > range.end || range.end > self.len() {
+            return Err(Error::corrupt(self.path(), format!("range {range:?} exceeds the file of {} bytes", self.len())));
+        }
+        match self {
+            RangeSource::Bytes { bytes, .. } => {
+                Ok(bytes.slice(range.start as usize..range.end as usize))
+            }
+            RangeSource::Remote { store, path, .. } => store
+                .get_range(path, range)
+                .await
+                .map_err(|e| Error::storage(path, e)),
+        }
+    }
+
+    /// Several ranges at once (coalesced by the store).
+    pub(crate) async fn read_many(&self, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        match self {
+            RangeSource::Remote { store, path, len } => {
+                if let Some(r) = ranges.iter().find(|r| r.start > r.end || r.end > *len) {
+                    return Err(Error::corrupt(path, format!("range {r:?} exceeds the file of {len} bytes")));
+                }
+                store.get_ranges(path, ranges).await.map_err(|e| Error::storage(path, e))
+            }
+            RangeSource::Bytes { .. } => {
+                let mut out = Vec::with_capacity(ranges.len());
+                for r in ranges {
+                    out.push(self.read(r.clone()).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
