@@ -1,0 +1,514 @@
+//! The main job: a checkpointed word count, as Flink's checkpointing demo.
+//!
+//! Reads lines from `--input FILE` (`-` for stdin), `--socket HOST:PORT` (as Flink's `socketTextStream`), or
+//! generates a seeded Zipf-distributed word stream (`--records`, `--distinct`). Counts words in a
+//! `ValueState<u64>` per word, checkpoints every `--checkpoint-every` records into `--checkpoint-dir`
+//! (the source offset goes into the checkpoint), fails on purpose after `--fail-after` records, restarts under
+//! `--restart`, restores from the latest checkpoint and replays the source from the stored offset. At the end
+//! it writes `--output`, prints the checkpoint table and the restores, and verifies the counts against a plain
+//! single-pass count: `verified: ... exactly-once`, or exits non-zero.
+//!
+//! Stdin and socket input are buffered in memory as they arrive so that they can be replayed after a failure
+//! (a replayable source is what exactly-once state needs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Zipf};
+use statebackend::{
+    default_max_parallelism, operator_index_for_key_group, stable_key_hash, CancellationPolicy,
+    CheckpointCoordinator, CheckpointStats, CheckpointStorage, CoordinatorConfig,
+    HeapBackendConfig, HeapKeyedStateBackend, KeyedStateBackend, TaskStateSnapshot, ValueState,
+    ValueStateDescriptor, VoidNamespace,
+};
+use statebackend::Codec;
+
+const OPERATOR: &str = "word-counter";
+const OFFSET_STATE: &str = "source-offset";
+
+#[derive(Parser, Debug)]
+#[command(about = "Checkpointed word count on the statebackend heap backend")]
+struct Args {
+    /// Input file (`-` for stdin); without it a seeded Zipf word stream is generated.
+    #[arg(long)]
+    input: Option<String>,
+    /// Read lines from a TCP socket (HOST:PORT) until it closes.
+    #[arg(long, conflicts_with = "input")]
+    socket: Option<String>,
+    /// Generated records (one word each).
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Distinct words of the generated stream.
+    #[arg(long, default_value_t = 50_000)]
+    distinct: u64,
+    /// Seed of the generated stream.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Checkpoint every N records (lines).
+    #[arg(long, default_value_t = 100_000)]
+    checkpoint_every: u64,
+    /// Checkpoint directory (the embedded default: a local directory).
+    #[arg(long, default_value = "checkpoints")]
+    checkpoint_dir: PathBuf,
+    /// Job id: checkpoints go to CHECKPOINT_DIR/JOB_ID.
+    #[arg(long, default_value = "wordcount")]
+    job_id: String,
+    /// Completed checkpoints to retain.
+    #[arg(long, default_value_t = 2)]
+    retained: usize,
+    /// Fail on purpose after N records of an attempt; the k-th flag applies to attempt k.
+    #[arg(long)]
+    fail_after: Vec<u64>,
+    /// fixed-delay:ATTEMPTS:DELAY_MS | failure-rate:MAX:INTERVAL_MS:DELAY_MS | none
+    #[arg(long, default_value = "fixed-delay:3:100")]
+    restart: String,
+    /// Subtasks of the counting operator.
+    #[arg(long, default_value_t = 1)]
+    parallelism: u32,
+    /// Subtasks after the first restart (rescaled restore).
+    #[arg(long)]
+    rescale_to: Option<u32>,
+    /// Max parallelism (number of key groups); default as Flink's.
+    #[arg(long)]
+    max_parallelism: Option<u32>,
+    /// Where to write `word<TAB>count` lines, sorted by word.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Delete the checkpoints when the job ends (default: retain them).
+    #[arg(long)]
+    delete_checkpoints: bool,
+    /// Resume from the latest checkpoint of this job id left by an earlier run. Without it the job starts
+    /// from scratch and first deletes such checkpoints.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// A replayable source of lines with an offset that a checkpoint stores.
+enum Source {
+    /// A file; the offset is the byte position of the next line.
+    File { reader: BufReader<std::fs::File>, offset: u64 },
+    /// Lines in memory (generated, stdin or socket); the offset is the next line's index.
+    Memory { lines: Vec<String>, next: u64 },
+}
+
+impl Source {
+    fn seek(&mut self, offset: u64) -> std::io::Result<()> {
+        match self {
+            Source::File { reader, offset: o } => {
+                reader.seek(SeekFrom::Start(offset))?;
+                *o = offset;
+            }
+            Source::Memory { next, .. } => *next = offset,
+        }
+        Ok(())
+    }
+
+    fn offset(&self) -> u64 {
+        match self {
+            Source::File { offset, .. } => *offset,
+            Source::Memory { next, .. } => *next,
+        }
+    }
+
+    fn next_line(&mut self, buf: &mut String) -> std::io::Result<bool> {
+        buf.clear();
+        match self {
+            Source::File { reader, offset } => {
+                let mut bytes = Vec::new();
+                let n = reader.read_until(b'\n', &mut bytes)?;
+                *offset += n as u64;
+                buf.push_str(&String::from_utf8_lossy(&bytes));
+                Ok(n > 0)
+            }
+            Source::Memory { lines, next } => match lines.get(*next as usize) {
+                Some(line) => {
+                    buf.push_str(line);
+                    *next += 1;
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+}
+
+fn open_source(args: &Args) -> Result<Source, String> {
+    match (&args.input, &args.socket) {
+        (Some(path), _) if path == "-" => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: {e}"))?;
+            Ok(Source::Memory { lines: text.lines().map(str::to_string).collect(), next: 0 })
+        }
+        (Some(path), _) => {
+            let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+            Ok(Source::File { reader: BufReader::new(file), offset: 0 })
+        }
+        (None, Some(addr)) => {
+            let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+            let lines = BufReader::new(stream).lines().collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+            Ok(Source::Memory { lines, next: 0 })
+        }
+        (None, None) => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+            let zipf = Zipf::new(args.distinct.max(1) as f64, 1.1).map_err(|e| e.to_string())?;
+            let lines = (0..args.records)
+                .map(|_| format!("w{}", zipf.sample(&mut rng) as u64))
+                .collect();
+            Ok(Source::Memory { lines, next: 0 })
+        }
+    }
+}
+
+/// Words of a line: maximal runs of alphanumeric characters, lowercased.
+fn words(line: &str) -> impl Iterator<Item = String> + '_ {
+    line.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RestartStrategy {
+    FixedDelay { attempts: u32, delay: Duration },
+    FailureRate { max: usize, interval: Duration, delay: Duration },
+    None,
+}
+
+fn parse_restart(s: &str) -> Result<RestartStrategy, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |p: &str| p.parse::<u64>().map_err(|_| format!("bad number `{p}` in --restart {s}"));
+    match parts.as_slice() {
+        ["none"] => Ok(RestartStrategy::None),
+        ["fixed-delay", a, d] => Ok(RestartStrategy::FixedDelay {
+            attempts: num(a)? as u32,
+            delay: Duration::from_millis(num(d)?),
+        }),
+        ["failure-rate", m, i, d] => Ok(RestartStrategy::FailureRate {
+            max: num(m)? as usize,
+            interval: Duration::from_millis(num(i)?),
+            delay: Duration::from_millis(num(d)?),
+        }),
+        _ => Err(format!("unknown restart strategy `{s}`")),
+    }
+}
+
+impl RestartStrategy {
+    /// Delay before the next attempt, or `None` if the job must fail. `failures` are the failure times.
+    fn next(&self, failures: &[Instant]) -> Option<Duration> {
+        match *self {
+            RestartStrategy::None => None,
+            RestartStrategy::FixedDelay { attempts, delay } => (failures.len() as u32 <= attempts).then_some(delay),
+            RestartStrategy::FailureRate { max, interval, delay } => {
+                let now = Instant::now();
+                let recent = failures.iter().filter(|t| now.duration_since(**t) <= interval).count();
+                (recent <= max).then_some(delay)
+            }
+        }
+    }
+}
+
+/// The running operator: one heap backend per subtask.
+struct Task {
+    parallelism: u32,
+    max_parallelism: u32,
+    backends: Vec<HeapKeyedStateBackend<String>>,
+    counts: Vec<ValueState<VoidNamespace, u64>>,
+}
+
+fn descriptor() -> ValueStateDescriptor<VoidNamespace, u64> {
+    ValueStateDescriptor::new("word-count")
+}
+
+impl Task {
+    fn new(backends: Vec<HeapKeyedStateBackend<String>>, parallelism: u32, max_parallelism: u32) -> statebackend::Result<Self> {
+        let mut task = Task { parallelism, max_parallelism, backends, counts: Vec::new() };
+        for b in &mut task.backends {
+            task.counts.push(b.value_state(&descriptor())?);
+        }
+        Ok(task)
+    }
+
+    fn count(&mut self, word: String) -> statebackend::Result<()> {
+        let mut key_bytes = Vec::with_capacity(word.len());
+        word.encode(&mut key_bytes);
+        let kg = (stable_key_hash(&key_bytes) % u64::from(self.max_parallelism)) as u32;
+        let i = operator_index_for_key_group(self.max_parallelism, self.parallelism, kg) as usize;
+        let (backend, counts) = (&mut self.backends[i], &self.counts[i]);
+        backend.set_current_key(word)?;
+        let n = counts.value(backend, &VoidNamespace)?.unwrap_or(0);
+        counts.update(backend, &VoidNamespace, n + 1)
+    }
+
+    fn results(&mut self) -> statebackend::Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for (b, counts) in self.backends.iter_mut().zip(&self.counts) {
+            for word in b.keys(counts.id(), &VoidNamespace)? {
+                b.set_current_key(word.clone())?;
+                out.insert(word, counts.value(b, &VoidNamespace)?.unwrap_or(0));
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct InFlight {
+    id: u64,
+    offset: u64,
+    tasks: Vec<tokio::task::JoinHandle<statebackend::Result<statebackend::SnapshotResult>>>,
+}
+
+struct Job {
+    args: Args,
+    rt: tokio::runtime::Runtime,
+    storage: CheckpointStorage,
+    coordinator: CheckpointCoordinator,
+    completed: Vec<CheckpointStats>,
+    restores: Vec<String>,
+}
+
+enum AttemptEnd {
+    Finished(BTreeMap<String, u64>),
+    Failed(String),
+}
+
+impl Job {
+    /// Finishes the in-flight checkpoint: waits for its asynchronous phases, acknowledges, notifies.
+    fn complete(&mut self, task: &mut Task, flight: InFlight) -> statebackend::Result<()> {
+        let mut results = Vec::new();
+        for handle in flight.tasks {
+            let r = self.rt.block_on(handle).map_err(|e| statebackend::Error::IllegalState(e.to_string()))?;
+            results.push(r);
+        }
+        if let Some(Err(_)) = results.iter().find(|r| r.is_err()) {
+            self.rt.block_on(self.coordinator.abort(flight.id))?;
+            task.backends.iter_mut().for_each(|b| b.notify_checkpoint_aborted(flight.id));
+            return results.into_iter().find_map(Result::err).map_or(Ok(()), Err);
+        }
+        for (i, r) in results.into_iter().enumerate() {
+            let r = r?;
+            let mut state = TaskStateSnapshot {
+                operator_id: OPERATOR.into(),
+                subtask_index: i as u32,
+                keyed_state: Some(r.handle),
+                ..Default::default()
+            };
+            if i == 0 {
+                state.operator_state.insert(OFFSET_STATE.into(), flight.offset.to_le_bytes().to_vec());
+            }
+            if let Some(stats) = self.rt.block_on(self.coordinator.acknowledge(flight.id, state, Some(r.metrics)))? {
+                self.completed.push(stats);
+            }
+        }
+        task.backends.iter_mut().for_each(|b| b.notify_checkpoint_complete(flight.id));
+        Ok(())
+    }
+
+    /// Restores the task from the latest checkpoint (or starts empty) and positions the source.
+    fn start_task(&mut self, parallelism: u32, max_parallelism: u32, source: &mut Source, attempt: u32) -> statebackend::Result<Task> {
+        let configs: Vec<HeapBackendConfig> = (0..parallelism)
+            .map(|i| HeapBackendConfig::for_subtask(OPERATOR, max_parallelism, parallelism, i))
+            .collect::<statebackend::Result<_>>()?;
+        if self.coordinator.store().latest().is_none() {
+            source.seek(0).map_err(io_err)?;
+            let backends = configs.into_iter().map(HeapKeyedStateBackend::new).collect::<statebackend::Result<_>>()?;
+            return Task::new(backends, parallelism, max_parallelism);
+        }
+        let started = Instant::now();
+        let storage = self.storage.clone();
+        let outcome = self.rt.block_on(self.coordinator.store().restore_latest(|meta| {
+            let storage = storage.clone();
+            let configs = configs.clone();
+            async move {
+                let handles: Vec<_> = meta.tasks.iter().filter_map(|t| t.keyed_state.clone()).collect();
+                let offset = meta
+                    .tasks
+                    .iter()
+                    .find_map(|t| t.operator_state.get(OFFSET_STATE))
+                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                    .map(u64::from_le_bytes)
+                    .ok_or_else(|| statebackend::Error::InvalidArgument("checkpoint has no source offset".into()))?;
+                let mut backends = Vec::new();
+                for config in configs {
+                    backends.push(HeapKeyedStateBackend::restore(config, &storage, &handles).await?);
+                }
+                Ok((backends, offset))
+            }
+        }))?;
+        let (backends, offset) = outcome.value;
+        source.seek(offset).map_err(io_err)?;
+        let skipped: Vec<String> = outcome.skipped.iter().map(|s| format!("chk-{} ({})", s.checkpoint_id, s.reason)).collect();
+        let entries: usize = backends.iter().map(|b| b.total_entries()).sum();
+        self.restores.push(format!(
+            "attempt {attempt}: restored checkpoint {} at parallelism {parallelism} in {:.1} ms, {entries} entries, source offset {offset}{}",
+            outcome.checkpoint_id,
+            started.elapsed().as_secs_f64() * 1e3,
+            if skipped.is_empty() { String::new() } else { format!(", skipped unreadable {}", skipped.join(", ")) }
+        ));
+        Task::new(backends, parallelism, max_parallelism)
+    }
+
+    fn run_attempt(&mut self, attempt: u32, parallelism: u32, max_parallelism: u32, source: &mut Source) -> statebackend::Result<AttemptEnd> {
+        let mut task = self.start_task(parallelism, max_parallelism, source, attempt)?;
+        let fail_after = self.args.fail_after.get(attempt as usize - 1).copied();
+        let mut line = String::new();
+        let mut processed = 0u64;
+        let mut since_checkpoint = 0u64;
+        let mut in_flight: Option<InFlight> = None;
+        while source.next_line(&mut line).map_err(io_err)? {
+            for word in words(&line) {
+                task.count(word)?;
+            }
+            processed += 1;
+            since_checkpoint += 1;
+            if fail_after == Some(processed) {
+                if let Some(flight) = in_flight.take() {
+                    // The failure interrupts the checkpoint: wait for its writers, then abort it.
+                    for handle in flight.tasks {
+                        let _ = self.rt.block_on(handle);
+                    }
+                    self.rt.block_on(self.coordinator.abort(flight.id))?;
+                }
+                return Ok(AttemptEnd::Failed(format!("attempt {attempt} failed on purpose after {processed} records")));
+            }
+            // Complete a checkpoint as soon as its asynchronous phases are done (checked every 1024 records).
+            if processed % 1024 == 0 && in_flight.as_ref().is_some_and(|f| f.tasks.iter().all(|t| t.is_finished())) {
+                if let Some(flight) = in_flight.take() {
+                    self.complete(&mut task, flight)?;
+                }
+            }
+            if since_checkpoint >= self.args.checkpoint_every {
+                since_checkpoint = 0;
+                if let Some(flight) = in_flight.take() {
+                    self.complete(&mut task, flight)?;
+                }
+                let id = self.coordinator.trigger();
+                let mut tasks = Vec::new();
+                for b in &mut task.backends {
+                    let pending = b.snapshot(id, &self.storage)?;
+                    tasks.push(self.rt.spawn(pending.run()));
+                }
+                in_flight = Some(InFlight { id, offset: source.offset(), tasks });
+            }
+        }
+        if let Some(flight) = in_flight.take() {
+            self.complete(&mut task, flight)?;
+        }
+        Ok(AttemptEnd::Finished(task.results()?))
+    }
+}
+
+fn io_err(e: std::io::Error) -> statebackend::Error {
+    statebackend::Error::InvalidArgument(format!("source: {e}"))
+}
+
+fn single_pass_count(source: &mut Source) -> std::io::Result<(HashMap<String, u64>, u64)> {
+    source.seek(0)?;
+    let mut counts = HashMap::new();
+    let mut total = 0;
+    let mut line = String::new();
+    while source.next_line(&mut line)? {
+        for w in words(&line) {
+            *counts.entry(w).or_insert(0) += 1;
+            total += 1;
+        }
+    }
+    Ok((counts, total))
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("wordcount failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let restart = parse_restart(&args.restart)?;
+    let mut source = open_source(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let storage = CheckpointStorage::local(&args.checkpoint_dir, &args.job_id, true).map_err(|e| e.to_string())?;
+    if !args.resume {
+        let old = rt.block_on(CheckpointCoordinator::open(storage.clone(), CoordinatorConfig { expected_tasks: 1, retained_checkpoints: args.retained.max(1) })).map_err(|e| e.to_string())?;
+        let n = old.store().checkpoints().count();
+        if n > 0 {
+            println!("starting from scratch: deleting {n} checkpoint(s) of an earlier run of job `{}` (use --resume to continue it)", args.job_id);
+        }
+        rt.block_on(old.shutdown(CancellationPolicy::DeleteOnCancellation)).map_err(|e| e.to_string())?;
+    }
+    let mut parallelism = args.parallelism;
+    let max_parallelism = args.max_parallelism.unwrap_or_else(|| default_max_parallelism(parallelism.max(args.rescale_to.unwrap_or(0))));
+    let coordinator = rt
+        .block_on(CheckpointCoordinator::open(storage.clone(), CoordinatorConfig { expected_tasks: parallelism as usize, retained_checkpoints: args.retained }))
+        .map_err(|e| e.to_string())?;
+    let mut job = Job { args, rt, storage, coordinator, completed: Vec::new(), restores: Vec::new() };
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut attempt = 1;
+    let result = loop {
+        match job.run_attempt(attempt, parallelism, max_parallelism, &mut source).map_err(|e| e.to_string())? {
+            AttemptEnd::Finished(result) => break result,
+            AttemptEnd::Failed(why) => {
+                println!("{why}");
+                failures.push(Instant::now());
+                let Some(delay) = restart.next(&failures) else {
+                    return Err(format!("{why}; restart strategy {:?} gives up", restart));
+                };
+                std::thread::sleep(delay);
+                attempt += 1;
+                if let Some(p) = job.args.rescale_to.take() {
+                    parallelism = p;
+                    let retained = job.args.retained;
+                    let storage = job.storage.clone();
+                    job.coordinator = job.rt.block_on(CheckpointCoordinator::open(storage, CoordinatorConfig { expected_tasks: p as usize, retained_checkpoints: retained })).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+
+    if let Some(path) = &job.args.output {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?);
+        for (word, count) in &result {
+            writeln!(out, "{word}\t{count}").map_err(|e| e.to_string())?;
+        }
+        out.flush().map_err(|e| e.to_string())?;
+    }
+
+    println!("\ncheckpoints (checkpoint dir {}):", job.args.checkpoint_dir.join(&job.args.job_id).display());
+    println!("{:>4} {:>9} {:>10} {:>14} {:>12} {:>12}", "id", "sync ms", "async ms", "checkpointed B", "full B", "state B");
+    for c in &job.completed {
+        println!(
+            "{:>4} {:>9.3} {:>10.1} {:>14} {:>12} {:>12}",
+            c.checkpoint_id,
+            c.sync_duration.as_secs_f64() * 1e3,
+            c.async_duration.as_secs_f64() * 1e3,
+            c.checkpointed_bytes,
+            c.full_bytes,
+            c.state_bytes
+        );
+    }
+    println!("restores:");
+    if job.restores.is_empty() {
+        println!("  none");
+    }
+    for r in &job.restores {
+        println!("  {r}");
+    }
+    let policy = if job.args.delete_checkpoints { CancellationPolicy::DeleteOnCancellation } else { CancellationPolicy::RetainOnCancellation };
+    let Job { rt, coordinator, .. } = job;
+    rt.block_on(coordinator.shutdown(policy)).map_err(|e| e.to_string())?;
+
+    let (expected, total) = single_pass_count(&mut source).map_err(|e| e.to_string())?;
+    let got_total: u64 = result.values().sum();
+    let mismatches = expected.iter().filter(|(w, c)| result.get(*w) != Some(c)).count() + result.keys().filter(|w| !expected.contains_key(*w)).count();
+    println!("processed in {:.2} s ({} attempts)", elapsed.as_secs_f64(), attempt);
+    if mismatches > 0 || got_total != total {
+        return Err(format!("counts differ from a single-pass count: {mismatches} words differ, {got_total} counted vs {total} expected"));
+    }
+    println!("verified: {total} words, {} distinct, exactly-once", expected.len());
+    Ok(())
+}
