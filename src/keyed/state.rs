@@ -52,6 +52,14 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         backend.value_clear::<N, V>(self.id, ns)
     }
 
+    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+        backend.keys(self.id, ns)
+    }
+
     /// The id of this state in its backend (for [`KeyedStateBackend::keys`]).
     pub fn id(&self) -> StateId {
         self.id
@@ -107,6 +115,14 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
     /// Removes the list. Errors as [`ListState::get`].
     pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
         backend.list_clear::<N, V>(self.id, ns)
+    }
+
+    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+        backend.keys(self.id, ns)
     }
 
     /// The id of this state in its backend.
@@ -176,6 +192,14 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         backend.map_clear::<N, UK, V>(self.id, ns)
     }
 
+    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+        backend.keys(self.id, ns)
+    }
+
     /// The id of this state in its backend.
     pub fn id(&self) -> StateId {
         self.id
@@ -233,6 +257,14 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         backend.value_clear::<N, V>(self.id, ns)
     }
 
+    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+        backend.keys(self.id, ns)
+    }
+
     /// The id of this state in its backend.
     pub fn id(&self) -> StateId {
         self.id
@@ -287,6 +319,14 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
     /// Removes the accumulator. Errors as [`AggregatingState::get`].
     pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
         backend.value_clear::<N, ACC>(self.id, ns)
+    }
+
+    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+        backend.keys(self.id, ns)
     }
 
     /// The id of this state in its backend.

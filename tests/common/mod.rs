@@ -1,0 +1,77 @@
+//! Shared helpers of the integration tests: backend factories, the checkpoint cycle, restore, faults.
+
+#![allow(dead_code)]
+
+pub mod faulty;
+
+use statebackend::*;
+
+/// A multi-threaded runtime for tests that drive async phases from synchronous code.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Config of subtask `index` of `parallelism` for operator `op`.
+pub fn config(max_parallelism: u32, parallelism: u32, index: u32) -> HeapBackendConfig {
+    HeapBackendConfig::for_subtask("op", max_parallelism, parallelism, index).expect("config")
+}
+
+/// Snapshots every backend into checkpoint `id` and completes it through the coordinator.
+pub async fn checkpoint<K: StateKey>(
+    coordinator: &mut CheckpointCoordinator,
+    backends: &mut [HeapKeyedStateBackend<K>],
+) -> CheckpointStats {
+    let id = coordinator.trigger();
+    let storage = coordinator.storage().clone();
+    let pending: Vec<_> = backends
+        .iter_mut()
+        .map(|b| b.snapshot(id, &storage).expect("sync phase"))
+        .collect();
+    let mut stats = None;
+    for (i, p) in pending.into_iter().enumerate() {
+        let result = p.run().await.expect("async phase");
+        let task = TaskStateSnapshot {
+            operator_id: "op".into(),
+            subtask_index: i as u32,
+            keyed_state: Some(result.handle),
+            ..Default::default()
+        };
+        stats = coordinator
+            .acknowledge(id, task, Some(result.metrics))
+            .await
+            .expect("acknowledge");
+    }
+    backends.iter_mut().for_each(|b| b.notify_checkpoint_complete(id));
+    stats.expect("the last acknowledgement completes the checkpoint")
+}
+
+/// Keyed state handles of a checkpoint.
+pub fn handles(meta: &CheckpointMetadata) -> Vec<KeyedStateHandle> {
+    meta.tasks.iter().filter_map(|t| t.keyed_state.clone()).collect()
+}
+
+/// Restores `parallelism` backends from checkpoint metadata.
+pub async fn restore<K: StateKey>(
+    storage: &CheckpointStorage,
+    meta: &CheckpointMetadata,
+    max_parallelism: u32,
+    parallelism: u32,
+) -> Result<Vec<HeapKeyedStateBackend<K>>> {
+    let handles = handles(meta);
+    let mut out = Vec::new();
+    for i in 0..parallelism {
+        out.push(HeapKeyedStateBackend::restore(config(max_parallelism, parallelism, i), storage, &handles).await?);
+    }
+    Ok(out)
+}
+
+/// The subtask of `parallelism` that owns `key`.
+pub fn owner<K: Codec>(key: &K, max_parallelism: u32, parallelism: u32) -> usize {
+    let mut bytes = Vec::new();
+    key.encode(&mut bytes);
+    operator_index_for_key_group(max_parallelism, parallelism, assign_to_key_group(&bytes, max_parallelism)) as usize
+}
