@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
-use statebackend::{
-    default_max_parallelism, operator_index_for_key_group, stable_key_hash, CancellationPolicy,
-    CheckpointCoordinator, CheckpointStats, CheckpointStorage, CoordinatorConfig,
-    HeapBackendConfig, HeapKeyedStateBackend, KeyedStateBackend, TaskStateSnapshot, ValueState,
-    ValueStateDescriptor, VoidNamespace,
-};
 use statebackend::Codec;
+use statebackend::{
+    CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
+    CoordinatorConfig, HeapBackendConfig, HeapKeyedStateBackend, KeyedStateBackend,
+    TaskStateSnapshot, ValueState, ValueStateDescriptor, VoidNamespace, default_max_parallelism,
+    operator_index_for_key_group, stable_key_hash,
+};
 
 const OPERATOR: &str = "word-counter";
 const OFFSET_STATE: &str = "source-offset";
@@ -90,7 +90,10 @@ struct Args {
 /// A replayable source of lines with an offset that a checkpoint stores.
 enum Source {
     /// A file; the offset is the byte position of the next line.
-    File { reader: BufReader<std::fs::File>, offset: u64 },
+    File {
+        reader: BufReader<std::fs::File>,
+        offset: u64,
+    },
     /// Lines in memory (generated, stdin or socket); the offset is the next line's index.
     Memory { lines: Vec<String>, next: u64 },
 }
@@ -140,16 +143,27 @@ fn open_source(args: &Args) -> Result<Source, String> {
     match (&args.input, &args.socket) {
         (Some(path), _) if path == "-" => {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: {e}"))?;
-            Ok(Source::Memory { lines: text.lines().map(str::to_string).collect(), next: 0 })
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("stdin: {e}"))?;
+            Ok(Source::Memory {
+                lines: text.lines().map(str::to_string).collect(),
+                next: 0,
+            })
         }
         (Some(path), _) => {
             let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-            Ok(Source::File { reader: BufReader::new(file), offset: 0 })
+            Ok(Source::File {
+                reader: BufReader::new(file),
+                offset: 0,
+            })
         }
         (None, Some(addr)) => {
             let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-            let lines = BufReader::new(stream).lines().collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+            let lines = BufReader::new(stream)
+                .lines()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
             Ok(Source::Memory { lines, next: 0 })
         }
         (None, None) => {
@@ -172,14 +186,24 @@ fn words(line: &str) -> impl Iterator<Item = String> + '_ {
 
 #[derive(Debug, Clone, Copy)]
 enum RestartStrategy {
-    FixedDelay { attempts: u32, delay: Duration },
-    FailureRate { max: usize, interval: Duration, delay: Duration },
+    FixedDelay {
+        attempts: u32,
+        delay: Duration,
+    },
+    FailureRate {
+        max: usize,
+        interval: Duration,
+        delay: Duration,
+    },
     None,
 }
 
 fn parse_restart(s: &str) -> Result<RestartStrategy, String> {
     let parts: Vec<&str> = s.split(':').collect();
-    let num = |p: &str| p.parse::<u64>().map_err(|_| format!("bad number `{p}` in --restart {s}"));
+    let num = |p: &str| {
+        p.parse::<u64>()
+            .map_err(|_| format!("bad number `{p}` in --restart {s}"))
+    };
     match parts.as_slice() {
         ["none"] => Ok(RestartStrategy::None),
         ["fixed-delay", a, d] => Ok(RestartStrategy::FixedDelay {
@@ -200,10 +224,19 @@ impl RestartStrategy {
     fn next(&self, failures: &[Instant]) -> Option<Duration> {
         match *self {
             RestartStrategy::None => None,
-            RestartStrategy::FixedDelay { attempts, delay } => (failures.len() as u32 <= attempts).then_some(delay),
-            RestartStrategy::FailureRate { max, interval, delay } => {
+            RestartStrategy::FixedDelay { attempts, delay } => {
+                (failures.len() as u32 <= attempts).then_some(delay)
+            }
+            RestartStrategy::FailureRate {
+                max,
+                interval,
+                delay,
+            } => {
                 let now = Instant::now();
-                let recent = failures.iter().filter(|t| now.duration_since(**t) <= interval).count();
+                let recent = failures
+                    .iter()
+                    .filter(|t| now.duration_since(**t) <= interval)
+                    .count();
                 (recent <= max).then_some(delay)
             }
         }
@@ -223,8 +256,17 @@ fn descriptor() -> ValueStateDescriptor<VoidNamespace, u64> {
 }
 
 impl Task {
-    fn new(backends: Vec<HeapKeyedStateBackend<String>>, parallelism: u32, max_parallelism: u32) -> statebackend::Result<Self> {
-        let mut task = Task { parallelism, max_parallelism, backends, counts: Vec::new() };
+    fn new(
+        backends: Vec<HeapKeyedStateBackend<String>>,
+        parallelism: u32,
+        max_parallelism: u32,
+    ) -> statebackend::Result<Self> {
+        let mut task = Task {
+            parallelism,
+            max_parallelism,
+            backends,
+            counts: Vec::new(),
+        };
         for b in &mut task.backends {
             task.counts.push(b.value_state(&descriptor())?);
         }
@@ -279,13 +321,21 @@ impl Job {
     fn complete(&mut self, task: &mut Task, flight: InFlight) -> statebackend::Result<()> {
         let mut results = Vec::new();
         for handle in flight.tasks {
-            let r = self.rt.block_on(handle).map_err(|e| statebackend::Error::IllegalState(e.to_string()))?;
+            let r = self
+                .rt
+                .block_on(handle)
+                .map_err(|e| statebackend::Error::IllegalState(e.to_string()))?;
             results.push(r);
         }
         if let Some(Err(_)) = results.iter().find(|r| r.is_err()) {
             self.rt.block_on(self.coordinator.abort(flight.id))?;
-            task.backends.iter_mut().for_each(|b| b.notify_checkpoint_aborted(flight.id));
-            return results.into_iter().find_map(Result::err).map_or(Ok(()), Err);
+            task.backends
+                .iter_mut()
+                .for_each(|b| b.notify_checkpoint_aborted(flight.id));
+            return results
+                .into_iter()
+                .find_map(Result::err)
+                .map_or(Ok(()), Err);
         }
         for (i, r) in results.into_iter().enumerate() {
             let r = r?;
@@ -296,50 +346,83 @@ impl Job {
                 ..Default::default()
             };
             if i == 0 {
-                state.operator_state.insert(OFFSET_STATE.into(), flight.offset.to_le_bytes().to_vec());
+                state
+                    .operator_state
+                    .insert(OFFSET_STATE.into(), flight.offset.to_le_bytes().to_vec());
             }
-            if let Some(stats) = self.rt.block_on(self.coordinator.acknowledge(flight.id, state, Some(r.metrics)))? {
+            if let Some(stats) = self.rt.block_on(self.coordinator.acknowledge(
+                flight.id,
+                state,
+                Some(r.metrics),
+            ))? {
                 self.completed.push(stats);
             }
         }
-        task.backends.iter_mut().for_each(|b| b.notify_checkpoint_complete(flight.id));
+        task.backends
+            .iter_mut()
+            .for_each(|b| b.notify_checkpoint_complete(flight.id));
         Ok(())
     }
 
     /// Restores the task from the latest checkpoint (or starts empty) and positions the source.
-    fn start_task(&mut self, parallelism: u32, max_parallelism: u32, source: &mut Source, attempt: u32) -> statebackend::Result<Task> {
+    fn start_task(
+        &mut self,
+        parallelism: u32,
+        max_parallelism: u32,
+        source: &mut Source,
+        attempt: u32,
+    ) -> statebackend::Result<Task> {
         let configs: Vec<HeapBackendConfig> = (0..parallelism)
             .map(|i| HeapBackendConfig::for_subtask(OPERATOR, max_parallelism, parallelism, i))
             .collect::<statebackend::Result<_>>()?;
         if self.coordinator.store().latest().is_none() {
             source.seek(0).map_err(io_err)?;
-            let backends = configs.into_iter().map(HeapKeyedStateBackend::new).collect::<statebackend::Result<_>>()?;
+            let backends = configs
+                .into_iter()
+                .map(HeapKeyedStateBackend::new)
+                .collect::<statebackend::Result<_>>()?;
             return Task::new(backends, parallelism, max_parallelism);
         }
         let started = Instant::now();
         let storage = self.storage.clone();
-        let outcome = self.rt.block_on(self.coordinator.store().restore_latest(|meta| {
-            let storage = storage.clone();
-            let configs = configs.clone();
-            async move {
-                let handles: Vec<_> = meta.tasks.iter().filter_map(|t| t.keyed_state.clone()).collect();
-                let offset = meta
-                    .tasks
-                    .iter()
-                    .find_map(|t| t.operator_state.get(OFFSET_STATE))
-                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                    .map(u64::from_le_bytes)
-                    .ok_or_else(|| statebackend::Error::InvalidArgument("checkpoint has no source offset".into()))?;
-                let mut backends = Vec::new();
-                for config in configs {
-                    backends.push(HeapKeyedStateBackend::restore(config, &storage, &handles).await?);
+        let outcome = self
+            .rt
+            .block_on(self.coordinator.store().restore_latest(|meta| {
+                let storage = storage.clone();
+                let configs = configs.clone();
+                async move {
+                    let handles: Vec<_> = meta
+                        .tasks
+                        .iter()
+                        .filter_map(|t| t.keyed_state.clone())
+                        .collect();
+                    let offset = meta
+                        .tasks
+                        .iter()
+                        .find_map(|t| t.operator_state.get(OFFSET_STATE))
+                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                        .map(u64::from_le_bytes)
+                        .ok_or_else(|| {
+                            statebackend::Error::InvalidArgument(
+                                "checkpoint has no source offset".into(),
+                            )
+                        })?;
+                    let mut backends = Vec::new();
+                    for config in configs {
+                        backends.push(
+                            HeapKeyedStateBackend::restore(config, &storage, &handles).await?,
+                        );
+                    }
+                    Ok((backends, offset))
                 }
-                Ok((backends, offset))
-            }
-        }))?;
+            }))?;
         let (backends, offset) = outcome.value;
         source.seek(offset).map_err(io_err)?;
-        let skipped: Vec<String> = outcome.skipped.iter().map(|s| format!("chk-{} ({})", s.checkpoint_id, s.reason)).collect();
+        let skipped: Vec<String> = outcome
+            .skipped
+            .iter()
+            .map(|s| format!("chk-{} ({})", s.checkpoint_id, s.reason))
+            .collect();
         let entries: usize = backends.iter().map(|b| b.total_entries()).sum();
         self.restores.push(format!(
             "attempt {attempt}: restored checkpoint {} at parallelism {parallelism} in {:.1} ms, {entries} entries, source offset {offset}{}",
@@ -350,7 +433,13 @@ impl Job {
         Task::new(backends, parallelism, max_parallelism)
     }
 
-    fn run_attempt(&mut self, attempt: u32, parallelism: u32, max_parallelism: u32, source: &mut Source) -> statebackend::Result<AttemptEnd> {
+    fn run_attempt(
+        &mut self,
+        attempt: u32,
+        parallelism: u32,
+        max_parallelism: u32,
+        source: &mut Source,
+    ) -> statebackend::Result<AttemptEnd> {
         let mut task = self.start_task(parallelism, max_parallelism, source, attempt)?;
         let fail_after = self.args.fail_after.get(attempt as usize - 1).copied();
         let mut line = String::new();
@@ -371,10 +460,16 @@ impl Job {
                     }
                     self.rt.block_on(self.coordinator.abort(flight.id))?;
                 }
-                return Ok(AttemptEnd::Failed(format!("attempt {attempt} failed on purpose after {processed} records")));
+                return Ok(AttemptEnd::Failed(format!(
+                    "attempt {attempt} failed on purpose after {processed} records"
+                )));
             }
             // Complete a checkpoint as soon as its asynchronous phases are done (checked every 1024 records).
-            if processed % 1024 == 0 && in_flight.as_ref().is_some_and(|f| f.tasks.iter().all(|t| t.is_finished())) {
+            if processed % 1024 == 0
+                && in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.tasks.iter().all(|t| t.is_finished()))
+            {
                 if let Some(flight) = in_flight.take() {
                     self.complete(&mut task, flight)?;
                 }
@@ -390,7 +485,11 @@ impl Job {
                     let pending = b.snapshot(id, &self.storage)?;
                     tasks.push(self.rt.spawn(pending.run()));
                 }
-                in_flight = Some(InFlight { id, offset: source.offset(), tasks });
+                in_flight = Some(InFlight {
+                    id,
+                    offset: source.offset(),
+                    tasks,
+                });
             }
         }
         if let Some(flight) = in_flight.take() {
@@ -429,27 +528,62 @@ fn main() {
 fn run(args: Args) -> Result<(), String> {
     let restart = parse_restart(&args.restart)?;
     let mut source = open_source(&args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
-    let storage = CheckpointStorage::local(&args.checkpoint_dir, &args.job_id, true).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let storage = CheckpointStorage::local(&args.checkpoint_dir, &args.job_id, true)
+        .map_err(|e| e.to_string())?;
     if !args.resume {
-        let old = rt.block_on(CheckpointCoordinator::open(storage.clone(), CoordinatorConfig { expected_tasks: 1, retained_checkpoints: args.retained.max(1) })).map_err(|e| e.to_string())?;
+        let old = rt
+            .block_on(CheckpointCoordinator::open(
+                storage.clone(),
+                CoordinatorConfig {
+                    expected_tasks: 1,
+                    retained_checkpoints: args.retained.max(1),
+                },
+            ))
+            .map_err(|e| e.to_string())?;
         let n = old.store().checkpoints().count();
         if n > 0 {
-            println!("starting from scratch: deleting {n} checkpoint(s) of an earlier run of job `{}` (use --resume to continue it)", args.job_id);
+            println!(
+                "starting from scratch: deleting {n} checkpoint(s) of an earlier run of job `{}` (use --resume to continue it)",
+                args.job_id
+            );
         }
-        rt.block_on(old.shutdown(CancellationPolicy::DeleteOnCancellation)).map_err(|e| e.to_string())?;
+        rt.block_on(old.shutdown(CancellationPolicy::DeleteOnCancellation))
+            .map_err(|e| e.to_string())?;
     }
     let mut parallelism = args.parallelism;
-    let max_parallelism = args.max_parallelism.unwrap_or_else(|| default_max_parallelism(parallelism.max(args.rescale_to.unwrap_or(0))));
+    let max_parallelism = args
+        .max_parallelism
+        .unwrap_or_else(|| default_max_parallelism(parallelism.max(args.rescale_to.unwrap_or(0))));
     let coordinator = rt
-        .block_on(CheckpointCoordinator::open(storage.clone(), CoordinatorConfig { expected_tasks: parallelism as usize, retained_checkpoints: args.retained }))
+        .block_on(CheckpointCoordinator::open(
+            storage.clone(),
+            CoordinatorConfig {
+                expected_tasks: parallelism as usize,
+                retained_checkpoints: args.retained,
+            },
+        ))
         .map_err(|e| e.to_string())?;
-    let mut job = Job { args, rt, storage, coordinator, completed: Vec::new(), restores: Vec::new() };
+    let mut job = Job {
+        args,
+        rt,
+        storage,
+        coordinator,
+        completed: Vec::new(),
+        restores: Vec::new(),
+    };
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut attempt = 1;
     let result = loop {
-        match job.run_attempt(attempt, parallelism, max_parallelism, &mut source).map_err(|e| e.to_string())? {
+        match job
+            .run_attempt(attempt, parallelism, max_parallelism, &mut source)
+            .map_err(|e| e.to_string())?
+        {
             AttemptEnd::Finished(result) => break result,
             AttemptEnd::Failed(why) => {
                 println!("{why}");
@@ -463,7 +597,16 @@ fn run(args: Args) -> Result<(), String> {
                     parallelism = p;
                     let retained = job.args.retained;
                     let storage = job.storage.clone();
-                    job.coordinator = job.rt.block_on(CheckpointCoordinator::open(storage, CoordinatorConfig { expected_tasks: p as usize, retained_checkpoints: retained })).map_err(|e| e.to_string())?;
+                    job.coordinator = job
+                        .rt
+                        .block_on(CheckpointCoordinator::open(
+                            storage,
+                            CoordinatorConfig {
+                                expected_tasks: p as usize,
+                                retained_checkpoints: retained,
+                            },
+                        ))
+                        .map_err(|e| e.to_string())?;
                 }
             }
         }
@@ -471,15 +614,23 @@ fn run(args: Args) -> Result<(), String> {
     let elapsed = started.elapsed();
 
     if let Some(path) = &job.args.output {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?);
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        );
         for (word, count) in &result {
             writeln!(out, "{word}\t{count}").map_err(|e| e.to_string())?;
         }
         out.flush().map_err(|e| e.to_string())?;
     }
 
-    println!("\ncheckpoints (checkpoint dir {}):", job.args.checkpoint_dir.join(&job.args.job_id).display());
-    println!("{:>4} {:>9} {:>10} {:>14} {:>12} {:>12}", "id", "sync ms", "async ms", "checkpointed B", "full B", "state B");
+    println!(
+        "\ncheckpoints (checkpoint dir {}):",
+        job.args.checkpoint_dir.join(&job.args.job_id).display()
+    );
+    println!(
+        "{:>4} {:>9} {:>10} {:>14} {:>12} {:>12}",
+        "id", "sync ms", "async ms", "checkpointed B", "full B", "state B"
+    );
     for c in &job.completed {
         println!(
             "{:>4} {:>9.3} {:>10.1} {:>14} {:>12} {:>12}",
@@ -498,17 +649,37 @@ fn run(args: Args) -> Result<(), String> {
     for r in &job.restores {
         println!("  {r}");
     }
-    let policy = if job.args.delete_checkpoints { CancellationPolicy::DeleteOnCancellation } else { CancellationPolicy::RetainOnCancellation };
-    let Job { rt, coordinator, .. } = job;
-    rt.block_on(coordinator.shutdown(policy)).map_err(|e| e.to_string())?;
+    let policy = if job.args.delete_checkpoints {
+        CancellationPolicy::DeleteOnCancellation
+    } else {
+        CancellationPolicy::RetainOnCancellation
+    };
+    let Job {
+        rt, coordinator, ..
+    } = job;
+    rt.block_on(coordinator.shutdown(policy))
+        .map_err(|e| e.to_string())?;
 
     let (expected, total) = single_pass_count(&mut source).map_err(|e| e.to_string())?;
     let got_total: u64 = result.values().sum();
-    let mismatches = expected.iter().filter(|(w, c)| result.get(*w) != Some(c)).count() + result.keys().filter(|w| !expected.contains_key(*w)).count();
-    println!("processed in {:.2} s ({} attempts)", elapsed.as_secs_f64(), attempt);
+    let mismatches = expected
+        .iter()
+        .filter(|(w, c)| result.get(*w) != Some(c))
+        .count()
+        + result.keys().filter(|w| !expected.contains_key(*w)).count();
+    println!(
+        "processed in {:.2} s ({} attempts)",
+        elapsed.as_secs_f64(),
+        attempt
+    );
     if mismatches > 0 || got_total != total {
-        return Err(format!("counts differ from a single-pass count: {mismatches} words differ, {got_total} counted vs {total} expected"));
+        return Err(format!(
+            "counts differ from a single-pass count: {mismatches} words differ, {got_total} counted vs {total} expected"
+        ));
     }
-    println!("verified: {total} words, {} distinct, exactly-once", expected.len());
+    println!(
+        "verified: {total} words, {} distinct, exactly-once",
+        expected.len()
+    );
     Ok(())
 }

@@ -155,9 +155,15 @@ impl<A: Codec, B: Codec> Codec for (A, B) {
     }
     fn decode(bytes: &[u8]) -> Result<Self> {
         let bad = || Error::corrupt("<pair value>", "length prefix exceeds the value");
-        let len_bytes: [u8; 4] = bytes.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+        let len_bytes: [u8; 4] = bytes
+            .get(..4)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?;
         let len = u32::from_be_bytes(len_bytes) as usize;
-        let a = bytes.get(4..4usize.checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
+        let a = bytes
+            .get(4..4usize.checked_add(len).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
         Ok((A::decode(a)?, B::decode(&bytes[4 + len..])?))
     }
 }
@@ -182,7 +188,10 @@ mod tests {
 
     #[test]
     fn decode_rejects_wrong_lengths_without_panicking() {
-        assert_eq!(u64::decode(&[1, 2]).unwrap_err().kind(), crate::ErrorKind::Corrupt);
+        assert_eq!(
+            u64::decode(&[1, 2]).unwrap_err().kind(),
+            crate::ErrorKind::Corrupt
+        );
         assert!(bool::decode(&[2]).is_err());
         assert!(String::decode(&[0xff, 0xfe]).is_err());
         assert!(<(u32, u32)>::decode(&[0, 0, 0, 9, 1]).is_err());

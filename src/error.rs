@@ -70,9 +70,9 @@ impl Error {
     /// The path of the file this error is about, if it is about a file.
     pub fn path(&self) -> Option<&str> {
         match self {
-            Error::Storage { path, .. } | Error::Corrupt { path, .. } | Error::NotFound { path } => {
-                Some(path)
-            }
+            Error::Storage { path, .. }
+            | Error::Corrupt { path, .. }
+            | Error::NotFound { path } => Some(path),
             _ => None,
         }
     }

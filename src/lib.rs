@@ -78,8 +78,8 @@ pub use keyed::descriptor::{
     ReduceFn, ReducingStateDescriptor, StateKind, StateMeta, ValueStateDescriptor,
 };
 pub use keyed::key_group::{
-    assign_to_key_group, default_max_parallelism, key_group_range_for_operator,
-    operator_index_for_key_group, stable_key_hash, KeyGroupRange, UPPER_BOUND_MAX_PARALLELISM,
+    KeyGroupRange, UPPER_BOUND_MAX_PARALLELISM, assign_to_key_group, default_max_parallelism,
+    key_group_range_for_operator, operator_index_for_key_group, stable_key_hash,
 };
 pub use keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
-pub use storage::{checkpoint_dir, CheckpointStorage, METADATA_FILE, SHARED_DIR};
+pub use storage::{CheckpointStorage, METADATA_FILE, SHARED_DIR, checkpoint_dir};

@@ -1,6 +1,8 @@
 //! The conformance suite: semantics every keyed state backend must have. Each check is generic over
 //! `KeyedStateBackend`; the `backends!` list at the bottom runs it against every backend.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
 mod common;
 
 use statebackend::*;
@@ -23,8 +25,14 @@ impl AggregateFunction<u64, (u64, u64), f64> for Sum {
 }
 
 fn value_state_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
-    let s = b.value_state(&ValueStateDescriptor::<Ns, String>::new("v")).unwrap();
-    assert_eq!(s.value(b, &NS).unwrap_err().kind(), ErrorKind::IllegalState, "no current key yet");
+    let s = b
+        .value_state(&ValueStateDescriptor::<Ns, String>::new("v"))
+        .unwrap();
+    assert_eq!(
+        s.value(b, &NS).unwrap_err().kind(),
+        ErrorKind::IllegalState,
+        "no current key yet"
+    );
     b.set_current_key(1).unwrap();
     assert_eq!(s.value(b, &NS).unwrap(), None);
     s.update(b, &NS, "a".into()).unwrap();
@@ -43,7 +51,9 @@ fn value_state_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
 }
 
 fn namespaces_are_isolated<B: KeyedStateBackend<u64>>(b: &mut B) {
-    let s = b.value_state(&ValueStateDescriptor::<u64, u64>::new("windowed")).unwrap();
+    let s = b
+        .value_state(&ValueStateDescriptor::<u64, u64>::new("windowed"))
+        .unwrap();
     b.set_current_key(7).unwrap();
     s.update(b, &100, 1).unwrap();
     s.update(b, &200, 2).unwrap();
@@ -57,7 +67,9 @@ fn namespaces_are_isolated<B: KeyedStateBackend<u64>>(b: &mut B) {
 }
 
 fn list_state_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
-    let s = b.list_state(&ListStateDescriptor::<Ns, i32>::new("l")).unwrap();
+    let s = b
+        .list_state(&ListStateDescriptor::<Ns, i32>::new("l"))
+        .unwrap();
     b.set_current_key(3).unwrap();
     assert!(s.get(b, &NS).unwrap().is_empty());
     s.add(b, &NS, 1).unwrap();
@@ -67,14 +79,19 @@ fn list_state_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
     assert_eq!(s.get(b, &NS).unwrap(), vec![9]);
     s.update(b, &NS, vec![]).unwrap();
     assert!(s.get(b, &NS).unwrap().is_empty());
-    assert!(s.keys(b, &NS).unwrap().is_empty(), "an empty list is no list");
+    assert!(
+        s.keys(b, &NS).unwrap().is_empty(),
+        "an empty list is no list"
+    );
     s.add(b, &NS, 5).unwrap();
     s.clear(b, &NS).unwrap();
     assert!(s.get(b, &NS).unwrap().is_empty());
 }
 
 fn map_state_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
-    let s = b.map_state(&MapStateDescriptor::<Ns, String, u64>::new("m")).unwrap();
+    let s = b
+        .map_state(&MapStateDescriptor::<Ns, String, u64>::new("m"))
+        .unwrap();
     b.set_current_key(4).unwrap();
     assert!(s.is_empty(b, &NS).unwrap());
     s.put(b, &NS, "x".into(), 1).unwrap();
@@ -99,8 +116,14 @@ fn map_state_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
 }
 
 fn reducing_and_aggregating_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
-    let r = b.reducing_state(&ReducingStateDescriptor::<Ns, u64>::new("max", |a, b| *a.max(b))).unwrap();
-    let a = b.aggregating_state(&AggregatingStateDescriptor::<Ns, u64, (u64, u64), f64>::new("avg", Sum)).unwrap();
+    let r = b
+        .reducing_state(&ReducingStateDescriptor::<Ns, u64>::new("max", |a, b| {
+            *a.max(b)
+        }))
+        .unwrap();
+    let a = b
+        .aggregating_state(&AggregatingStateDescriptor::<Ns, u64, (u64, u64), f64>::new("avg", Sum))
+        .unwrap();
     b.set_current_key(6).unwrap();
     assert_eq!(r.get(b, &NS).unwrap(), None);
     assert_eq!(a.get(b, &NS).unwrap(), None);
@@ -117,13 +140,35 @@ fn reducing_and_aggregating_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
 }
 
 fn registration_rules<B: KeyedStateBackend<u64>>(b: &mut B) {
-    let first = b.value_state(&ValueStateDescriptor::<Ns, u64>::new("same")).unwrap();
-    let again = b.value_state(&ValueStateDescriptor::<Ns, u64>::new("same")).unwrap();
-    assert_eq!(first.id(), again.id(), "registering twice gives the same state");
-    let err = b.list_state(&ListStateDescriptor::<Ns, u64>::new("same")).map(|_| ()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "another kind under the same name");
-    let err = b.value_state(&ValueStateDescriptor::<Ns, String>::new("same")).map(|_| ()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "another codec under the same name");
+    let first = b
+        .value_state(&ValueStateDescriptor::<Ns, u64>::new("same"))
+        .unwrap();
+    let again = b
+        .value_state(&ValueStateDescriptor::<Ns, u64>::new("same"))
+        .unwrap();
+    assert_eq!(
+        first.id(),
+        again.id(),
+        "registering twice gives the same state"
+    );
+    let err = b
+        .list_state(&ListStateDescriptor::<Ns, u64>::new("same"))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidArgument,
+        "another kind under the same name"
+    );
+    let err = b
+        .value_state(&ValueStateDescriptor::<Ns, String>::new("same"))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidArgument,
+        "another codec under the same name"
+    );
 }
 
 fn keys_outside_the_range_are_rejected<B: KeyedStateBackend<u64>>(b: &mut B) {
@@ -131,11 +176,16 @@ fn keys_outside_the_range_are_rejected<B: KeyedStateBackend<u64>>(b: &mut B) {
     let outside = (0u64..10_000)
         .find(|k| !range.contains(assign_to_key_group(&k.to_be_bytes(), b.max_parallelism())))
         .expect("a key of another subtask");
-    assert_eq!(b.set_current_key(outside).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        b.set_current_key(outside).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
 }
 
 fn many_keys_grow_and_stay_correct<B: KeyedStateBackend<u64>>(b: &mut B) {
-    let s = b.value_state(&ValueStateDescriptor::<Ns, u64>::new("many")).unwrap();
+    let s = b
+        .value_state(&ValueStateDescriptor::<Ns, u64>::new("many"))
+        .unwrap();
     for k in 0..50_000u64 {
         b.set_current_key(k).unwrap();
         s.update(b, &NS, k * 2).unwrap();
@@ -151,14 +201,38 @@ macro_rules! conformance {
     ($backend:ident, $make:expr, $make_half:expr) => {
         mod $backend {
             use super::*;
-            #[test] fn value_state() { value_state_semantics(&mut $make); }
-            #[test] fn namespaces() { namespaces_are_isolated(&mut $make); }
-            #[test] fn list_state() { list_state_semantics(&mut $make); }
-            #[test] fn map_state() { map_state_semantics(&mut $make); }
-            #[test] fn reducing_and_aggregating() { reducing_and_aggregating_semantics(&mut $make); }
-            #[test] fn registration() { registration_rules(&mut $make); }
-            #[test] fn key_range() { keys_outside_the_range_are_rejected(&mut $make_half); }
-            #[test] fn many_keys() { many_keys_grow_and_stay_correct(&mut $make); }
+            #[test]
+            fn value_state() {
+                value_state_semantics(&mut $make);
+            }
+            #[test]
+            fn namespaces() {
+                namespaces_are_isolated(&mut $make);
+            }
+            #[test]
+            fn list_state() {
+                list_state_semantics(&mut $make);
+            }
+            #[test]
+            fn map_state() {
+                map_state_semantics(&mut $make);
+            }
+            #[test]
+            fn reducing_and_aggregating() {
+                reducing_and_aggregating_semantics(&mut $make);
+            }
+            #[test]
+            fn registration() {
+                registration_rules(&mut $make);
+            }
+            #[test]
+            fn key_range() {
+                keys_outside_the_range_are_rejected(&mut $make_half);
+            }
+            #[test]
+            fn many_keys() {
+                many_keys_grow_and_stay_correct(&mut $make);
+            }
         }
     };
 }

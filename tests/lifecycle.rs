@@ -1,6 +1,8 @@
 //! Checkpoint lifecycle: retention and subsumption, abort, ids, cancellation policies, storage failures,
 //! corrupt and missing files, and the fallback to the previous checkpoint.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
 mod common;
 
 use std::sync::Arc;
@@ -32,14 +34,33 @@ fn value_of(b: &mut HeapKeyedStateBackend<u64>, key: u64) -> Option<u64> {
 
 async fn files(store: &Arc<dyn ObjectStore>) -> Vec<String> {
     use futures::TryStreamExt;
-    let mut v: Vec<String> = store.list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+    let mut v: Vec<String> = store
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
     v.sort();
     v
 }
 
-async fn setup(storage: &CheckpointStorage, retained: usize) -> (CheckpointCoordinator, Vec<HeapKeyedStateBackend<u64>>) {
-    let coordinator = CheckpointCoordinator::open(storage.clone(), CoordinatorConfig { expected_tasks: 1, retained_checkpoints: retained }).await.unwrap();
-    (coordinator, vec![HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap()])
+async fn setup(
+    storage: &CheckpointStorage,
+    retained: usize,
+) -> (CheckpointCoordinator, Vec<HeapKeyedStateBackend<u64>>) {
+    let coordinator = CheckpointCoordinator::open(
+        storage.clone(),
+        CoordinatorConfig {
+            expected_tasks: 1,
+            retained_checkpoints: retained,
+        },
+    )
+    .await
+    .unwrap();
+    (
+        coordinator,
+        vec![HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap()],
+    )
 }
 
 #[test]
@@ -52,18 +73,33 @@ fn retains_the_last_n_and_deletes_subsumed_checkpoints() {
             let stats = checkpoint(&mut c, &mut b).await;
             assert_eq!(stats.checkpoint_id, round);
             assert!(stats.full_bytes > 0 && stats.checkpointed_bytes == stats.full_bytes);
-            assert_eq!(stats.subsumed, if round > 2 { vec![round - 2] } else { vec![] });
+            assert_eq!(
+                stats.subsumed,
+                if round > 2 { vec![round - 2] } else { vec![] }
+            );
         }
         let ids: Vec<u64> = c.store().checkpoints().map(|m| m.checkpoint_id).collect();
         assert_eq!(ids, vec![3, 4]);
         let all = files(storage.object_store()).await;
-        assert!(all.iter().all(|f| f.contains("chk-3/") || f.contains("chk-4/")), "{all:?}");
-        assert_eq!(all.len(), 4, "metadata and one keyed file per retained checkpoint: {all:?}");
+        assert!(
+            all.iter()
+                .all(|f| f.contains("chk-3/") || f.contains("chk-4/")),
+            "{all:?}"
+        );
+        assert_eq!(
+            all.len(),
+            4,
+            "metadata and one keyed file per retained checkpoint: {all:?}"
+        );
 
         // A reopened store finds the same checkpoints (derived from storage, not memory).
-        let store = CompletedCheckpointStore::open(storage.clone(), 2).await.unwrap();
+        let store = CompletedCheckpointStore::open(storage.clone(), 2)
+            .await
+            .unwrap();
         assert_eq!(store.latest().unwrap().checkpoint_id, 4);
-        let mut r = restore::<u64>(&storage, store.latest().unwrap(), 128, 1).await.unwrap();
+        let mut r = restore::<u64>(&storage, store.latest().unwrap(), 128, 1)
+            .await
+            .unwrap();
         assert_eq!(value_of(&mut r[0], 7), Some(4));
     });
 }
@@ -79,17 +115,43 @@ fn abort_deletes_what_the_checkpoint_wrote_and_ids_are_never_reused() {
         let result = b[0].snapshot(id, &storage).unwrap().run().await.unwrap();
         c.abort(id).await.unwrap();
         b[0].notify_checkpoint_aborted(id);
-        assert!(files(storage.object_store()).await.iter().all(|f| !f.contains(&format!("chk-{id}/"))));
+        assert!(
+            files(storage.object_store())
+                .await
+                .iter()
+                .all(|f| !f.contains(&format!("chk-{id}/")))
+        );
         // A late acknowledgement of the aborted checkpoint is refused and its file discarded.
-        let late = TaskStateSnapshot { operator_id: "op".into(), keyed_state: Some(result.handle), ..Default::default() };
-        assert_eq!(c.acknowledge(id, late, None).await.unwrap_err().kind(), ErrorKind::IllegalState);
+        let late = TaskStateSnapshot {
+            operator_id: "op".into(),
+            keyed_state: Some(result.handle),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.acknowledge(id, late, None).await.unwrap_err().kind(),
+            ErrorKind::IllegalState
+        );
         assert_eq!(c.store().latest().unwrap().checkpoint_id, 1);
         // A new coordinator continues after the highest id ever used, even one that never completed.
         let id3 = c.trigger();
         let _ = b[0].snapshot(id3, &storage).unwrap().run().await.unwrap();
         drop(c);
-        let mut c2 = CheckpointCoordinator::open(storage.clone(), CoordinatorConfig { expected_tasks: 1, retained_checkpoints: 1 }).await.unwrap();
-        assert!(files(storage.object_store()).await.iter().all(|f| !f.contains(&format!("chk-{id3}/"))), "incomplete checkpoint cleaned at start");
+        let mut c2 = CheckpointCoordinator::open(
+            storage.clone(),
+            CoordinatorConfig {
+                expected_tasks: 1,
+                retained_checkpoints: 1,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            files(storage.object_store())
+                .await
+                .iter()
+                .all(|f| !f.contains(&format!("chk-{id3}/"))),
+            "incomplete checkpoint cleaned at start"
+        );
         assert_eq!(c2.trigger(), id3 + 1);
     });
 }
@@ -97,14 +159,21 @@ fn abort_deletes_what_the_checkpoint_wrote_and_ids_are_never_reused() {
 #[test]
 fn cancellation_retains_or_deletes() {
     runtime().block_on(async {
-        for (policy, left) in [(CancellationPolicy::RetainOnCancellation, 2), (CancellationPolicy::DeleteOnCancellation, 0)] {
+        for (policy, left) in [
+            (CancellationPolicy::RetainOnCancellation, 2),
+            (CancellationPolicy::DeleteOnCancellation, 0),
+        ] {
             let storage = CheckpointStorage::in_memory("cancel").unwrap();
             let (mut c, mut b) = setup(&storage, 1).await;
             write_round(&mut b[0], 1);
             checkpoint(&mut c, &mut b).await;
             let _pending = c.trigger();
             c.shutdown(policy).await.unwrap();
-            assert_eq!(files(storage.object_store()).await.len(), left, "{policy:?}");
+            assert_eq!(
+                files(storage.object_store()).await.len(),
+                left,
+                "{policy:?}"
+            );
         }
     });
 }
@@ -122,7 +191,12 @@ fn a_failed_upload_fails_the_checkpoint_and_keeps_the_previous_one() {
         faulty.fail_writes_to("chk-2/");
         write_round(&mut b[0], 2);
         let id = c.trigger();
-        let err = b[0].snapshot(id, &storage).unwrap().run().await.unwrap_err();
+        let err = b[0]
+            .snapshot(id, &storage)
+            .unwrap()
+            .run()
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Storage);
         assert!(err.to_string().contains("chk-2"), "{err}");
         c.abort(id).await.unwrap();
@@ -132,14 +206,26 @@ fn a_failed_upload_fails_the_checkpoint_and_keeps_the_previous_one() {
         faulty.fail_writes_to("chk-3/_metadata");
         let id = c.trigger();
         let result = b[0].snapshot(id, &storage).unwrap().run().await.unwrap();
-        let task = TaskStateSnapshot { operator_id: "op".into(), keyed_state: Some(result.handle), ..Default::default() };
-        assert_eq!(c.acknowledge(id, task, None).await.unwrap_err().kind(), ErrorKind::Storage);
+        let task = TaskStateSnapshot {
+            operator_id: "op".into(),
+            keyed_state: Some(result.handle),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.acknowledge(id, task, None).await.unwrap_err().kind(),
+            ErrorKind::Storage
+        );
         faulty.heal();
 
         assert_eq!(c.store().latest().unwrap().checkpoint_id, 1);
         let all = files(storage.object_store()).await;
-        assert!(all.iter().all(|f| f.contains("chk-1/")), "failed checkpoints left files: {all:?}");
-        let mut r = restore::<u64>(&storage, c.store().latest().unwrap(), 128, 1).await.unwrap();
+        assert!(
+            all.iter().all(|f| f.contains("chk-1/")),
+            "failed checkpoints left files: {all:?}"
+        );
+        let mut r = restore::<u64>(&storage, c.store().latest().unwrap(), 128, 1)
+            .await
+            .unwrap();
         assert_eq!(value_of(&mut r[0], 1), Some(1));
     });
 }
@@ -153,13 +239,19 @@ async fn two_checkpoints(dir: &std::path::Path) -> (CheckpointStorage, object_st
         checkpoint(&mut c, &mut b).await;
     }
     let latest = c.store().latest().unwrap();
-    let file = latest.tasks[0].keyed_state.as_ref().unwrap().files[0].path.clone();
+    let file = latest.tasks[0].keyed_state.as_ref().unwrap().files[0]
+        .path
+        .clone();
     (storage.clone(), storage.path(&file))
 }
 
-async fn restore_latest(storage: &CheckpointStorage) -> Result<RestoreOutcome<Vec<HeapKeyedStateBackend<u64>>>> {
+async fn restore_latest(
+    storage: &CheckpointStorage,
+) -> Result<RestoreOutcome<Vec<HeapKeyedStateBackend<u64>>>> {
     let store = CompletedCheckpointStore::open(storage.clone(), 2).await?;
-    store.restore_latest(|meta| async move { restore::<u64>(storage, &meta, 128, 1).await }).await
+    store
+        .restore_latest(|meta| async move { restore::<u64>(storage, &meta, 128, 1).await })
+        .await
 }
 
 #[test]
@@ -167,33 +259,86 @@ fn corrupt_truncated_and_missing_files_are_typed_errors_and_restore_falls_back()
     runtime().block_on(async {
         type Damage = fn(Vec<u8>) -> Option<Vec<u8>>;
         let cases: [(&str, Damage, ErrorKind); 4] = [
-            ("flipped byte", |mut b| { let i = b.len() / 2; b[i] ^= 0xff; Some(b) }, ErrorKind::Corrupt),
-            ("truncated", |mut b| { b.truncate(b.len() - 10); Some(b) }, ErrorKind::Corrupt),
-            ("wrong magic", |mut b| { b[0] = b'X'; let n = b.len(); b[n - 1] = b'X'; Some(b) }, ErrorKind::Corrupt),
+            (
+                "flipped byte",
+                |mut b| {
+                    let i = b.len() / 2;
+                    b[i] ^= 0xff;
+                    Some(b)
+                },
+                ErrorKind::Corrupt,
+            ),
+            (
+                "truncated",
+                |mut b| {
+                    b.truncate(b.len() - 10);
+                    Some(b)
+                },
+                ErrorKind::Corrupt,
+            ),
+            (
+                "wrong magic",
+                |mut b| {
+                    b[0] = b'X';
+                    let n = b.len();
+                    b[n - 1] = b'X';
+                    Some(b)
+                },
+                ErrorKind::Corrupt,
+            ),
             ("missing", |_| None, ErrorKind::NotFound),
         ];
         for (name, damage, kind) in cases {
             let dir = tempfile::tempdir().unwrap();
             let (storage, file) = two_checkpoints(dir.path()).await;
             let store = storage.object_store();
-            let bytes = store.get(&file).await.unwrap().bytes().await.unwrap().to_vec();
+            let bytes = store
+                .get(&file)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec();
             match damage(bytes) {
-                Some(b) => { store.put(&file, b.into()).await.unwrap(); }
+                Some(b) => {
+                    store.put(&file, b.into()).await.unwrap();
+                }
                 None => store.delete(&file).await.unwrap(),
             }
-            let meta = CompletedCheckpointStore::open(storage.clone(), 2).await.unwrap().latest().unwrap().clone();
-            let err = restore::<u64>(&storage, &meta, 128, 1).await.map(|_| ()).unwrap_err();
+            let meta = CompletedCheckpointStore::open(storage.clone(), 2)
+                .await
+                .unwrap()
+                .latest()
+                .unwrap()
+                .clone();
+            let err = restore::<u64>(&storage, &meta, 128, 1)
+                .await
+                .map(|_| ())
+                .unwrap_err();
             assert_eq!(err.kind(), kind, "{name}: {err}");
-            assert!(err.to_string().contains("chk-2/op-0.keyed"), "{name}: error must name the file: {err}");
+            assert!(
+                err.to_string().contains("chk-2/op-0.keyed"),
+                "{name}: error must name the file: {err}"
+            );
 
             let outcome = restore_latest(&storage).await.unwrap();
-            assert_eq!(outcome.checkpoint_id, 1, "{name}: falls back to the previous checkpoint");
+            assert_eq!(
+                outcome.checkpoint_id, 1,
+                "{name}: falls back to the previous checkpoint"
+            );
             assert_eq!(outcome.skipped.len(), 1);
             assert_eq!(outcome.skipped[0].checkpoint_id, 2);
             let mut b = outcome.value;
             assert_eq!(value_of(&mut b[0], 3), Some(1));
             // The bad checkpoint was reported, not deleted.
-            assert!(CompletedCheckpointStore::open(storage.clone(), 2).await.unwrap().get(2).is_some());
+            assert!(
+                CompletedCheckpointStore::open(storage.clone(), 2)
+                    .await
+                    .unwrap()
+                    .get(2)
+                    .is_some()
+            );
         }
     });
 }
@@ -204,16 +349,36 @@ fn corrupt_metadata_is_skipped_and_never_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, _) = two_checkpoints(dir.path()).await;
         let meta_path = storage.path("chk-2/_metadata");
-        storage.object_store().put(&meta_path, b"garbage".to_vec().into()).await.unwrap();
-        let store = CompletedCheckpointStore::open(storage.clone(), 2).await.unwrap();
+        storage
+            .object_store()
+            .put(&meta_path, b"garbage".to_vec().into())
+            .await
+            .unwrap();
+        let store = CompletedCheckpointStore::open(storage.clone(), 2)
+            .await
+            .unwrap();
         assert_eq!(store.latest().unwrap().checkpoint_id, 1);
         assert_eq!(store.unreadable().len(), 1);
         let outcome = restore_latest(&storage).await.unwrap();
         assert_eq!(outcome.checkpoint_id, 1);
         assert_eq!(outcome.skipped[0].checkpoint_id, 2);
         // Opening a coordinator must not delete the unreadable checkpoint's files either.
-        let _c = CheckpointCoordinator::open(storage.clone(), CoordinatorConfig { expected_tasks: 1, retained_checkpoints: 2 }).await.unwrap();
-        assert!(storage.object_store().head(&storage.path("chk-2/op-0.keyed")).await.is_ok());
+        let _c = CheckpointCoordinator::open(
+            storage.clone(),
+            CoordinatorConfig {
+                expected_tasks: 1,
+                retained_checkpoints: 2,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            storage
+                .object_store()
+                .head(&storage.path("chk-2/op-0.keyed"))
+                .await
+                .is_ok()
+        );
     });
 }
 
@@ -223,10 +388,17 @@ fn no_restorable_checkpoint_is_a_not_found_error_listing_the_reasons() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, _) = two_checkpoints(dir.path()).await;
         for id in [1, 2] {
-            storage.object_store().delete(&storage.path(&format!("chk-{id}/op-0.keyed"))).await.unwrap();
+            storage
+                .object_store()
+                .delete(&storage.path(&format!("chk-{id}/op-0.keyed")))
+                .await
+                .unwrap();
         }
         let err = restore_latest(&storage).await.map(|_| ()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
-        assert!(err.to_string().contains("chk-1") && err.to_string().contains("chk-2"), "{err}");
+        assert!(
+            err.to_string().contains("chk-1") && err.to_string().contains("chk-2"),
+            "{err}"
+        );
     });
 }

@@ -1,6 +1,8 @@
 //! Property test: random operations on value, list and map state, interleaved with checkpoints and
 //! restores at parallelism 1 or 2, checked against a `BTreeMap` model after every restore.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -13,13 +15,33 @@ const MAX_P: u32 = 32;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { key: u64, ns: u8, value: u32 },
-    Clear { key: u64, ns: u8 },
-    ListAdd { key: u64, value: u32 },
-    MapPut { key: u64, uk: u8, value: u32 },
-    MapRemove { key: u64, uk: u8 },
+    Put {
+        key: u64,
+        ns: u8,
+        value: u32,
+    },
+    Clear {
+        key: u64,
+        ns: u8,
+    },
+    ListAdd {
+        key: u64,
+        value: u32,
+    },
+    MapPut {
+        key: u64,
+        uk: u8,
+        value: u32,
+    },
+    MapRemove {
+        key: u64,
+        uk: u8,
+    },
     /// Snapshot, then write more before the asynchronous phase runs, then restore at `parallelism`.
-    CheckpointRestore { parallelism: u32, writes_during_async: u8 },
+    CheckpointRestore {
+        parallelism: u32,
+        writes_during_async: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -58,7 +80,11 @@ fn states(b: &mut HeapKeyedStateBackend<u64>) -> States {
 fn apply(backends: &mut [HeapKeyedStateBackend<u64>], model: &mut Model, op: &Op) {
     let p = backends.len() as u32;
     let key = match op {
-        Op::Put { key, .. } | Op::Clear { key, .. } | Op::ListAdd { key, .. } | Op::MapPut { key, .. } | Op::MapRemove { key, .. } => *key,
+        Op::Put { key, .. }
+        | Op::Clear { key, .. }
+        | Op::ListAdd { key, .. }
+        | Op::MapPut { key, .. }
+        | Op::MapRemove { key, .. } => *key,
         Op::CheckpointRestore { .. } => return,
     };
     let b = &mut backends[owner(&key, MAX_P, p)];
@@ -96,7 +122,10 @@ fn observe(backends: &mut [HeapKeyedStateBackend<u64>]) -> Model {
     for b in backends.iter_mut() {
         let s = states(b);
         for key in 0..64u64 {
-            if !b.key_group_range().contains(assign_to_key_group(&key.to_be_bytes(), MAX_P)) {
+            if !b
+                .key_group_range()
+                .contains(assign_to_key_group(&key.to_be_bytes(), MAX_P))
+            {
                 continue;
             }
             b.set_current_key(key).unwrap();

@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::checkpoint::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
-use crate::checkpoint::store::{discard, CancellationPolicy, CompletedCheckpointStore};
+use crate::checkpoint::store::{CancellationPolicy, CompletedCheckpointStore, discard};
 use crate::error::{Error, Result};
 use crate::format::metadata;
 use crate::keyed::backend::SnapshotMetrics;
-use crate::storage::{checkpoint_dir, CheckpointStorage, METADATA_FILE};
+use crate::storage::{CheckpointStorage, METADATA_FILE, checkpoint_dir};
 
 /// Settings of a coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,14 +70,21 @@ impl CheckpointCoordinator {
     /// [`Error::InvalidArgument`] for zero expected tasks or retained checkpoints; storage errors.
     pub async fn open(storage: CheckpointStorage, config: CoordinatorConfig) -> Result<Self> {
         if config.expected_tasks == 0 {
-            return Err(Error::InvalidArgument("a checkpoint needs at least one task".into()));
+            return Err(Error::InvalidArgument(
+                "a checkpoint needs at least one task".into(),
+            ));
         }
-        let store = CompletedCheckpointStore::open(storage.clone(), config.retained_checkpoints).await?;
+        let store =
+            CompletedCheckpointStore::open(storage.clone(), config.retained_checkpoints).await?;
         let dirs = storage.list_checkpoint_dirs().await?;
         for id in &dirs {
-            let known = store.get(*id).is_some() || store.unreadable().iter().any(|u| u.checkpoint_id == *id);
+            let known = store.get(*id).is_some()
+                || store.unreadable().iter().any(|u| u.checkpoint_id == *id);
             if !known {
-                tracing::info!(checkpoint_id = id, "deleting files of a checkpoint that never completed");
+                tracing::info!(
+                    checkpoint_id = id,
+                    "deleting files of a checkpoint that never completed"
+                );
                 storage.delete_dir(&checkpoint_dir(*id)).await?;
             }
         }
@@ -162,7 +169,11 @@ impl CheckpointCoordinator {
             tasks: pending.tasks,
         };
         let relative = format!("{}/{METADATA_FILE}", checkpoint_dir(checkpoint_id));
-        if let Err(e) = self.storage.put_if_absent(&relative, Bytes::from(metadata::encode(&meta))).await {
+        if let Err(e) = self
+            .storage
+            .put_if_absent(&relative, Bytes::from(metadata::encode(&meta)))
+            .await
+        {
             // Never completed: delete what it wrote (its metadata may or may not exist).
             let _ = discard(&self.storage, checkpoint_id).await;
             return Err(e);

@@ -117,6 +117,19 @@ pub struct CheckpointMetadata {
 }
 
 impl CheckpointMetadata {
+    /// Encodes the metadata as the bytes of a `_metadata` file (`docs/formats.md`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::format::metadata::encode(self)
+    }
+
+    /// Decodes the bytes of a `_metadata` file.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`](crate::Error::Corrupt) naming `path` for a bad magic, version, checksum or field.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> crate::Result<Self> {
+        crate::format::metadata::decode(bytes, path)
+    }
+
     /// Every file the checkpoint references.
     pub fn files(&self) -> impl Iterator<Item = &StateFile> {
         self.tasks

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::checkpoint::handle::CheckpointMetadata;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::metadata;
-use crate::storage::{checkpoint_dir, CheckpointStorage, METADATA_FILE};
+use crate::storage::{CheckpointStorage, METADATA_FILE, checkpoint_dir};
 
 /// What happens to retained checkpoints when the job is cancelled (as Flink's
 /// `ExternalizedCheckpointCleanup`).
@@ -57,7 +57,9 @@ impl CompletedCheckpointStore {
     /// [`Error::InvalidArgument`] if `retained` is 0; storage errors other than corrupt metadata.
     pub async fn open(storage: CheckpointStorage, retained: usize) -> Result<Self> {
         if retained == 0 {
-            return Err(Error::InvalidArgument("at least one checkpoint must be retained".into()));
+            return Err(Error::InvalidArgument(
+                "at least one checkpoint must be retained".into(),
+            ));
         }
         let mut checkpoints = VecDeque::new();
         let mut unreadable = Vec::new();
@@ -66,7 +68,10 @@ impl CompletedCheckpointStore {
                 Ok(meta) if meta.checkpoint_id == id => checkpoints.push_back(meta),
                 Ok(meta) => unreadable.push(SkippedCheckpoint {
                     checkpoint_id: id,
-                    reason: format!("metadata of chk-{id} names checkpoint {}", meta.checkpoint_id),
+                    reason: format!(
+                        "metadata of chk-{id} names checkpoint {}",
+                        meta.checkpoint_id
+                    ),
                 }),
                 Err(e) if e.kind() == ErrorKind::NotFound => {} // incomplete: no metadata yet
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
@@ -99,7 +104,9 @@ impl CompletedCheckpointStore {
 
     /// A retained checkpoint by id.
     pub fn get(&self, checkpoint_id: u64) -> Option<&CheckpointMetadata> {
-        self.checkpoints.iter().find(|c| c.checkpoint_id == checkpoint_id)
+        self.checkpoints
+            .iter()
+            .find(|c| c.checkpoint_id == checkpoint_id)
     }
 
     /// Checkpoints found at open whose metadata could not be read.
@@ -124,7 +131,10 @@ impl CompletedCheckpointStore {
     /// [`Error::InvalidArgument`] if the id is not above the latest; storage errors while deleting (the
     /// store is consistent either way: a subsumed checkpoint's metadata is deleted before its files).
     pub async fn add(&mut self, checkpoint: CheckpointMetadata) -> Result<Vec<u64>> {
-        if self.latest().is_some_and(|l| l.checkpoint_id >= checkpoint.checkpoint_id) {
+        if self
+            .latest()
+            .is_some_and(|l| l.checkpoint_id >= checkpoint.checkpoint_id)
+        {
             return Err(Error::InvalidArgument(format!(
                 "checkpoint {} is not newer than the latest completed one",
                 checkpoint.checkpoint_id
@@ -133,7 +143,9 @@ impl CompletedCheckpointStore {
         self.checkpoints.push_back(checkpoint);
         let mut subsumed = Vec::new();
         while self.checkpoints.len() > self.retained {
-            let Some(oldest) = self.checkpoints.pop_front() else { break };
+            let Some(oldest) = self.checkpoints.pop_front() else {
+                break;
+            };
             discard(&self.storage, oldest.checkpoint_id).await?;
             subsumed.push(oldest.checkpoint_id);
         }
@@ -173,9 +185,16 @@ impl CompletedCheckpointStore {
                 Err(e) => return Err(e),
             }
         }
-        let reasons: Vec<String> = skipped.iter().map(|s| format!("chk-{}: {}", s.checkpoint_id, s.reason)).collect();
+        let reasons: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("chk-{}: {}", s.checkpoint_id, s.reason))
+            .collect();
         Err(Error::NotFound {
-            path: format!("{} (no restorable checkpoint; {})", self.storage.path(""), reasons.join("; ")),
+            path: format!(
+                "{} (no restorable checkpoint; {})",
+                self.storage.path(""),
+                reasons.join("; ")
+            ),
         })
     }
 
@@ -194,7 +213,10 @@ impl CompletedCheckpointStore {
 }
 
 /// Reads and decodes the metadata of checkpoint `id`.
-pub(crate) async fn read_metadata(storage: &CheckpointStorage, id: u64) -> Result<CheckpointMetadata> {
+pub(crate) async fn read_metadata(
+    storage: &CheckpointStorage,
+    id: u64,
+) -> Result<CheckpointMetadata> {
     let relative = format!("{}/{METADATA_FILE}", checkpoint_dir(id));
     let bytes: Bytes = storage.read(&relative).await?;
     metadata::decode(&bytes, storage.path(&relative).as_ref())

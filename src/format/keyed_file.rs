@@ -169,9 +169,10 @@ impl KeyedFileWriter {
             )));
         }
         let compressed = match &mut self.compressor {
-            Some(c) => Some(c.compress(&self.frame).map_err(|e| {
-                Error::InvalidArgument(format!("zstd compression failed: {e}"))
-            })?),
+            Some(c) => Some(
+                c.compress(&self.frame)
+                    .map_err(|e| Error::InvalidArgument(format!("zstd compression failed: {e}")))?,
+            ),
             None => None,
         };
         let (codec, stored): (u8, &[u8]) = match &compressed {
@@ -263,16 +264,28 @@ pub(crate) fn parse_footer(bytes: &[u8], file_len: u64, path: &str) -> Result<Fo
     let version = d.u16("footer version")?;
     let reserved = d.u16("reserved")?;
     if d.take(8, "magic")? != MAGIC {
-        return Err(Error::corrupt(path, "bad magic at the end: not a keyed snapshot file or truncated"));
+        return Err(Error::corrupt(
+            path,
+            "bad magic at the end: not a keyed snapshot file or truncated",
+        ));
     }
     if version != VERSION {
-        return Err(Error::corrupt(path, format!("unsupported format version {version}, this build reads {VERSION}")));
+        return Err(Error::corrupt(
+            path,
+            format!("unsupported format version {version}, this build reads {VERSION}"),
+        ));
     }
     if reserved != 0 {
-        return Err(Error::corrupt(path, format!("unknown footer flags {reserved:#x}")));
+        return Err(Error::corrupt(
+            path,
+            format!("unknown footer flags {reserved:#x}"),
+        ));
     }
     if index_offset.checked_add(index_len) != Some(file_len - FOOTER_LEN as u64) {
-        return Err(Error::corrupt(path, "index does not end where the footer starts"));
+        return Err(Error::corrupt(
+            path,
+            "index does not end where the footer starts",
+        ));
     }
     Ok(Footer {
         index_offset,
@@ -296,10 +309,17 @@ pub(crate) fn parse_index(bytes: &[u8], footer: &Footer, path: &str) -> Result<V
             offset: d.u64("key group offset")?,
             len: d.u64("key group length")?,
         };
-        let in_order = previous.is_none_or(|p| p.key_group < e.key_group && p.offset + p.len <= e.offset);
-        let in_file = e.offset.checked_add(e.len).is_some_and(|end| end <= footer.index_offset);
+        let in_order =
+            previous.is_none_or(|p| p.key_group < e.key_group && p.offset + p.len <= e.offset);
+        let in_file = e
+            .offset
+            .checked_add(e.len)
+            .is_some_and(|end| end <= footer.index_offset);
         if !in_order || !in_file || e.len == 0 {
-            return Err(d.error(format!("index entry of key group {} is out of order or out of the file", e.key_group)));
+            return Err(d.error(format!(
+                "index entry of key group {} is out of order or out of the file",
+                e.key_group
+            )));
         }
         index.push(e);
         previous = index.last();
@@ -316,7 +336,10 @@ pub(crate) fn header_len(prefix: &[u8], footer: &Footer, path: &str) -> Result<u
     }
     let version = d.u16("version")?;
     if version != VERSION {
-        return Err(Error::corrupt(path, format!("unsupported format version {version}, this build reads {VERSION}")));
+        return Err(Error::corrupt(
+            path,
+            format!("unsupported format version {version}, this build reads {VERSION}"),
+        ));
     }
     let len = HEADER_PREFIX_LEN as u64 + u64::from(d.u32("header length")?) + 4;
     if len > footer.index_offset {
@@ -355,7 +378,8 @@ pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
     for _ in 0..n {
         let name = d.str("state name")?.to_string();
         let tag = d.u8("state kind")?;
-        let kind = StateKind::from_tag(tag).ok_or_else(|| d.error(format!("unknown state kind {tag}")))?;
+        let kind =
+            StateKind::from_tag(tag).ok_or_else(|| d.error(format!("unknown state kind {tag}")))?;
         states.push(StateMeta {
             name,
             kind,
@@ -422,7 +446,10 @@ pub(crate) struct Record<'a> {
 }
 
 /// Iterates the records of raw bytes from [`decode_frames`].
-pub(crate) fn records<'a>(raw: &'a [u8], path: &'a str) -> impl Iterator<Item = Result<Record<'a>>> + 'a {
+pub(crate) fn records<'a>(
+    raw: &'a [u8],
+    path: &'a str,
+) -> impl Iterator<Item = Result<Record<'a>>> + 'a {
     let mut d = Decoder::new(raw, 0, path);
     let mut failed = false;
     std::iter::from_fn(move || {
@@ -462,12 +489,25 @@ mod tests {
     }
 
     fn write(level: Option<i32>) -> (Vec<u8>, FileSummary) {
-        let mut w = KeyedFileWriter::new(&header(), WriterOptions { zstd_level: level, frame_bytes: 64 }).unwrap();
+        let mut w = KeyedFileWriter::new(
+            &header(),
+            WriterOptions {
+                zstd_level: level,
+                frame_bytes: 64,
+            },
+        )
+        .unwrap();
         let mut file = Vec::new();
         for kg in [1u32, 5, 9] {
             w.begin_key_group(kg).unwrap();
             for i in 0..20u64 {
-                w.add_record(0, |b| b.extend_from_slice(&(i * 100 + u64::from(kg)).to_be_bytes()), |_| {}, |b| b.extend_from_slice(&i.to_be_bytes())).unwrap();
+                w.add_record(
+                    0,
+                    |b| b.extend_from_slice(&(i * 100 + u64::from(kg)).to_be_bytes()),
+                    |_| {},
+                    |b| b.extend_from_slice(&i.to_be_bytes()),
+                )
+                .unwrap();
             }
             file.extend(w.take_output());
         }
@@ -480,15 +520,27 @@ mod tests {
         let path = "test";
         let len = file.len() as u64;
         let footer = parse_footer(&file[file.len().saturating_sub(FOOTER_LEN)..], len, path)?;
-        let index = parse_index(&file[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize], &footer, path)?;
+        let index = parse_index(
+            &file[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize],
+            &footer,
+            path,
+        )?;
         let hl = header_len(&file[..HEADER_PREFIX_LEN], &footer, path)?;
         assert_eq!(parse_header(&file[..hl as usize], path)?, header());
         let mut out = Vec::new();
         for e in index {
-            let raw = decode_frames(&file[e.offset as usize..(e.offset + e.len) as usize], e.offset, path)?;
+            let raw = decode_frames(
+                &file[e.offset as usize..(e.offset + e.len) as usize],
+                e.offset,
+                path,
+            )?;
             for r in records(&raw, path) {
                 let r = r?;
-                out.push((e.key_group, u64::from_be_bytes(r.key.try_into().unwrap()), u64::from_be_bytes(r.value.try_into().unwrap())));
+                out.push((
+                    e.key_group,
+                    u64::from_be_bytes(r.key.try_into().unwrap()),
+                    u64::from_be_bytes(r.value.try_into().unwrap()),
+                ));
             }
         }
         Ok(out)
@@ -522,7 +574,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let (file, _) = write(Some(1));
         for len in 0..file.len() {
-            assert!(read_all(&file[..len]).is_err(), "truncation to {len} bytes was accepted");
+            assert!(
+                read_all(&file[..len]).is_err(),
+                "truncation to {len} bytes was accepted"
+            );
         }
     }
 }

@@ -74,11 +74,17 @@ fn encode_handle(h: &KeyedStateHandle, out: &mut Vec<u8>) {
 pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
     let mut d = Decoder::new(bytes, 0, path);
     if d.take(8, "magic")? != MAGIC {
-        return Err(Error::corrupt(path, "bad magic: not a checkpoint metadata file"));
+        return Err(Error::corrupt(
+            path,
+            "bad magic: not a checkpoint metadata file",
+        ));
     }
     let version = d.u16("version")?;
     if version != VERSION {
-        return Err(Error::corrupt(path, format!("unsupported metadata version {version}, this build reads {VERSION}")));
+        return Err(Error::corrupt(
+            path,
+            format!("unsupported metadata version {version}, this build reads {VERSION}"),
+        ));
     }
     let body = d.bytes("metadata body")?;
     let crc = d.u32("metadata crc")?;
@@ -141,7 +147,8 @@ fn decode_handle(d: &mut Decoder<'_>) -> Result<KeyedStateHandle> {
             .ok_or_else(|| d.error("key-group range does not fit max parallelism"))?,
     };
     let tag = d.u8("handle format")?;
-    let format = HandleFormat::from_tag(tag).ok_or_else(|| d.error(format!("unknown handle format {tag}")))?;
+    let format = HandleFormat::from_tag(tag)
+        .ok_or_else(|| d.error(format!("unknown handle format {tag}")))?;
     let n = d.count("file count", 29)?;
     let mut files = Vec::with_capacity(n);
     for _ in 0..n {
@@ -208,7 +215,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
-            assert!(decode(&bad, "m").is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                decode(&bad, "m").is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len], "m").is_err());

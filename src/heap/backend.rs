@@ -8,8 +8,8 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::heap::snapshot::SnapshotJob;
 use crate::heap::table::{
-    entry_hash, list_serde, map_serde, value_serde, ErasedTable, ListCell, MapCell, RawTable,
-    StateTable, ValueSerde,
+    ErasedTable, ListCell, MapCell, RawTable, StateTable, ValueSerde, entry_hash, list_serde,
+    map_serde, value_serde,
 };
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{
@@ -17,7 +17,7 @@ use crate::keyed::descriptor::{
     StateKind, StateMeta, ValueStateDescriptor,
 };
 use crate::keyed::key_group::{
-    key_group_for_hash, key_group_range_for_operator, stable_key_hash, KeyGroupRange,
+    KeyGroupRange, key_group_for_hash, key_group_range_for_operator, stable_key_hash,
 };
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::storage::CheckpointStorage;
@@ -75,18 +75,27 @@ impl HeapBackendConfig {
             )));
         }
         KeyGroupRange::all(self.max_parallelism)?;
-        if self.key_groups.end().is_some_and(|e| e >= self.max_parallelism) {
+        if self
+            .key_groups
+            .end()
+            .is_some_and(|e| e >= self.max_parallelism)
+        {
             return Err(Error::InvalidArgument(format!(
                 "key-group range {} exceeds max parallelism {}",
                 self.key_groups, self.max_parallelism
             )));
         }
         if self.frame_bytes == 0 {
-            return Err(Error::InvalidArgument("frame_bytes must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "frame_bytes must be positive".into(),
+            ));
         }
         Ok(())
     }
 }
+
+type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);
+type TableMut<'a, K, N, S> = (&'a mut StateTable<K, N, S>, &'a CurrentKey<K>);
 
 pub(crate) struct CurrentKey<K> {
     key: K,
@@ -170,8 +179,11 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let groups = self.config.key_groups.len() as usize;
         let Some(&id) = self.by_name.get(&meta.name) else {
             let id = StateId(self.tables.len() as u32);
-            self.tables
-                .push(Box::new(StateTable::<K, N, S>::new(meta.clone(), groups, serde)));
+            self.tables.push(Box::new(StateTable::<K, N, S>::new(
+                meta.clone(),
+                groups,
+                serde,
+            )));
             self.by_name.insert(meta.name, id);
             return Ok(id);
         };
@@ -199,7 +211,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     }
 
     #[inline]
-    fn table<N: StateKey, S: 'static>(&self, id: StateId) -> Result<(&StateTable<K, N, S>, &CurrentKey<K>)> {
+    fn table<N: StateKey, S: 'static>(&self, id: StateId) -> Result<TableRef<'_, K, N, S>> {
         let current = self.current.as_ref().ok_or_else(no_current_key)?;
         let table = self
             .tables
@@ -210,10 +222,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     }
 
     #[inline]
-    fn table_mut<N: StateKey, S: 'static>(
-        &mut self,
-        id: StateId,
-    ) -> Result<(&mut StateTable<K, N, S>, &CurrentKey<K>)> {
+    fn table_mut<N: StateKey, S: 'static>(&mut self, id: StateId) -> Result<TableMut<'_, K, N, S>> {
         let current = self.current.as_ref().ok_or_else(no_current_key)?;
         let table = self
             .tables
@@ -269,14 +278,22 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         self.current.as_ref().map(|c| c.key_group)
     }
 
-    fn value_state<N: StateKey, V: StateValue>(&mut self, d: &ValueStateDescriptor<N, V>) -> Result<ValueState<N, V>> {
+    fn value_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ValueStateDescriptor<N, V>,
+    ) -> Result<ValueState<N, V>> {
         let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
         Ok(ValueState::new(self.register::<N, V>(meta, value_serde())?))
     }
 
-    fn list_state<N: StateKey, V: StateValue>(&mut self, d: &ListStateDescriptor<N, V>) -> Result<ListState<N, V>> {
+    fn list_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ListStateDescriptor<N, V>,
+    ) -> Result<ListState<N, V>> {
         let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
-        Ok(ListState::new(self.register::<N, ListCell<V>>(meta, list_serde())?))
+        Ok(ListState::new(
+            self.register::<N, ListCell<V>>(meta, list_serde())?,
+        ))
     }
 
     fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
@@ -285,7 +302,9 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     ) -> Result<MapState<N, UK, V>> {
         let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
         meta.user_key_codec = UK::ID.to_string();
-        Ok(MapState::new(self.register::<N, MapCell<UK, V>>(meta, map_serde())?))
+        Ok(MapState::new(
+            self.register::<N, MapCell<UK, V>>(meta, map_serde())?,
+        ))
     }
 
     fn reducing_state<N: StateKey, V: StateValue>(
@@ -293,7 +312,10 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         d: &ReducingStateDescriptor<N, V>,
     ) -> Result<ReducingState<N, V>> {
         let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
-        Ok(ReducingState::new(self.register::<N, V>(meta, value_serde())?, d.reduce.clone()))
+        Ok(ReducingState::new(
+            self.register::<N, V>(meta, value_serde())?,
+            d.reduce.clone(),
+        ))
     }
 
     fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
@@ -308,13 +330,21 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     #[inline]
     fn value_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<V>> {
         let (t, c) = self.table::<N, V>(state)?;
-        Ok(t.map.get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns).cloned())
+        Ok(t.map
+            .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns)
+            .cloned())
     }
 
     #[inline]
-    fn value_put<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, value: V) -> Result<()> {
+    fn value_put<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         let (t, c) = self.table_mut::<N, V>(state)?;
-        t.map.insert(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns, value);
+        t.map
+            .insert(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns, value);
         Ok(())
     }
 
@@ -341,29 +371,46 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     fn value_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
         let (t, c) = self.table_mut::<N, V>(state)?;
-        t.map.remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
+        t.map
+            .remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
         Ok(())
     }
 
-    fn list_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<Vec<V>>> {
+    fn list_get<N: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<Option<Vec<V>>> {
         let (t, c) = self.table::<N, ListCell<V>>(state)?;
         Ok(t.map
             .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns)
             .map(|l| l.as_ref().clone()))
     }
 
-    fn list_add_all<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, values: Vec<V>) -> Result<()> {
+    fn list_add_all<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()> {
         if values.is_empty() {
             return Ok(());
         }
         let (t, c) = self.table_mut::<N, ListCell<V>>(state)?;
         let hash = entry_hash(c.key_hash, ns);
-        let list = t.map.get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
+        let list = t
+            .map
+            .get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
         Arc::make_mut(list).extend(values);
         Ok(())
     }
 
-    fn list_update<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, values: Vec<V>) -> Result<()> {
+    fn list_update<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()> {
         let (t, c) = self.table_mut::<N, ListCell<V>>(state)?;
         let hash = entry_hash(c.key_hash, ns);
         if values.is_empty() {
@@ -376,26 +423,45 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     fn list_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
         let (t, c) = self.table_mut::<N, ListCell<V>>(state)?;
-        t.map.remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
+        t.map
+            .remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
         Ok(())
     }
 
-    fn map_get<N: StateKey, UK: StateKey, V: StateValue>(&self, state: StateId, ns: &N, uk: &UK) -> Result<Option<V>> {
+    fn map_get<N: StateKey, UK: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+        uk: &UK,
+    ) -> Result<Option<V>> {
         let (t, c) = self.table::<N, MapCell<UK, V>>(state)?;
         Ok(t.map
             .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns)
             .and_then(|m| m.get(uk).cloned()))
     }
 
-    fn map_put<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, uk: UK, value: V) -> Result<()> {
+    fn map_put<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        uk: UK,
+        value: V,
+    ) -> Result<()> {
         let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
         let hash = entry_hash(c.key_hash, ns);
-        let map = t.map.get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
+        let map = t
+            .map
+            .get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
         Arc::make_mut(map).insert(uk, value);
         Ok(())
     }
 
-    fn map_remove<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, uk: &UK) -> Result<()> {
+    fn map_remove<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        uk: &UK,
+    ) -> Result<()> {
         let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
         let hash = entry_hash(c.key_hash, ns);
         let Some(map) = t.map.get(c.kg_index, hash, &c.key, ns) else {
@@ -412,7 +478,11 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         Ok(())
     }
 
-    fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Vec<(UK, V)>> {
+    fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<Vec<(UK, V)>> {
         let (t, c) = self.table::<N, MapCell<UK, V>>(state)?;
         Ok(t.map
             .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns)
@@ -420,9 +490,14 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
             .unwrap_or_default())
     }
 
-    fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
+    fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<()> {
         let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
-        t.map.remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
+        t.map
+            .remove(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns);
         Ok(())
     }
 
@@ -440,7 +515,11 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         Err(wrong_state(state))
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64, storage: &CheckpointStorage) -> Result<PendingSnapshot> {
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        storage: &CheckpointStorage,
+    ) -> Result<PendingSnapshot> {
         let start = Instant::now();
         let job = SnapshotJob {
             checkpoint_id,
@@ -450,7 +529,11 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
             backend_id: self.backend_id.clone(),
         };
         let sync_duration = start.elapsed();
-        Ok(PendingSnapshot::new(checkpoint_id, sync_duration, job.run(storage.clone(), sync_duration)))
+        Ok(PendingSnapshot::new(
+            checkpoint_id,
+            sync_duration,
+            job.run(storage.clone(), sync_duration),
+        ))
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
@@ -467,13 +550,19 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 }
 
 /// Keys of a raw (restored, unregistered) table, decoded.
-fn table_keys_any<K: StateKey, N: StateKey>(table: &dyn ErasedTable<K>, ns: &N) -> Option<Result<Vec<K>>> {
+fn table_keys_any<K: StateKey, N: StateKey>(
+    table: &dyn ErasedTable<K>,
+    ns: &N,
+) -> Option<Result<Vec<K>>> {
     let raw = table.as_any().downcast_ref::<RawTable>()?;
     let mut want = Vec::new();
     ns.encode(&mut want);
     Some(
         raw.records()
-            .filter(|r| r.as_ref().map_or(true, |(_, _, n, _)| *n == want.as_slice()))
+            .filter(|r| {
+                r.as_ref()
+                    .map_or(true, |(_, _, n, _)| *n == want.as_slice())
+            })
             .map(|r| r.and_then(|(_, k, _, _)| K::decode(k)))
             .collect(),
     )

@@ -104,7 +104,11 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
         let mut low = Page::new(depth + 1, old.table.len());
         let mut high = Page::new(depth + 1, old.table.len());
         let mut place = |e: Entry<K, N, S>| {
-            let page = if e.hash & bit == 0 { &mut low } else { &mut high };
+            let page = if e.hash & bit == 0 {
+                &mut low
+            } else {
+                &mut high
+            };
             page.table.insert_unique(e.hash, e, |e| e.hash);
         };
         match Arc::try_unwrap(old) {
@@ -281,14 +285,19 @@ mod tests {
         let mut snapshots = Vec::new();
         let mut x = 7u64;
         for step in 0..40_000u64 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let key = (x >> 33) % 3000;
             let ns = ((x >> 20) % 3) as u32;
             let kg = (key % 3) as usize;
             let hash = h(key ^ u64::from(ns) << 40);
             match (x >> 60) % 4 {
                 0 => {
-                    assert_eq!(map.remove(kg, hash, &key, &ns), model.remove(&(kg, key, ns)));
+                    assert_eq!(
+                        map.remove(kg, hash, &key, &ns),
+                        model.remove(&(kg, key, ns))
+                    );
                 }
                 1 => {
                     if let Some(v) = map.get_mut(kg, hash, &key, &ns) {

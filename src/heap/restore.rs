@@ -6,11 +6,11 @@ use std::sync::Arc;
 use crate::checkpoint::handle::{HandleFormat, KeyedStateHandle};
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
-use crate::format::keyed_file::{self, FileHeader, FOOTER_LEN, HEADER_PREFIX};
+use crate::format::keyed_file::{self, FOOTER_LEN, FileHeader, HEADER_PREFIX};
 use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
 use crate::heap::table::RawTable;
 use crate::keyed::backend::{StateId, StateKey};
-use crate::keyed::key_group::{assign_to_key_group, KeyGroupRange};
+use crate::keyed::key_group::{KeyGroupRange, assign_to_key_group};
 use crate::storage::{CheckpointStorage, RangeSource};
 
 /// The key groups of one file that a restore needs, decoded to raw record bytes.
@@ -47,7 +47,9 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 )));
             }
         }
-        let relevant = handles.iter().filter(|h| !h.key_groups.intersection(&range).is_empty());
+        let relevant = handles
+            .iter()
+            .filter(|h| !h.key_groups.intersection(&range).is_empty());
         let loads = relevant.map(|h| load_handle(storage, h, range));
         let loaded = futures::future::try_join_all(loads).await?;
 
@@ -61,12 +63,20 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                     raw.len() - 1
                 });
                 if raw[slot].0 != *meta {
-                    return Err(Error::corrupt(&file.path, format!("state `{}` is described differently than in another file of the same checkpoint", meta.name)));
+                    return Err(Error::corrupt(
+                        &file.path,
+                        format!(
+                            "state `{}` is described differently than in another file of the same checkpoint",
+                            meta.name
+                        ),
+                    ));
                 }
                 slots.push(slot);
             }
             for (key_group, bytes) in &file.groups {
-                let kg_index = range.index_of(*key_group).ok_or_else(|| Error::corrupt(&file.path, "key group outside the restore range"))?;
+                let kg_index = range.index_of(*key_group).ok_or_else(|| {
+                    Error::corrupt(&file.path, "key group outside the restore range")
+                })?;
                 for record in keyed_file::records(bytes, &file.path) {
                     let r = record?;
                     let slot = *slots.get(r.state as usize).ok_or_else(|| {
@@ -74,9 +84,12 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                     })?;
                     let actual = assign_to_key_group(r.key, file.header.max_parallelism);
                     if actual != *key_group {
-                        return Err(Error::corrupt(&file.path, format!(
-                            "a key of key group {actual} is stored in key group {key_group}"
-                        )));
+                        return Err(Error::corrupt(
+                            &file.path,
+                            format!(
+                                "a key of key group {actual} is stored in key group {key_group}"
+                            ),
+                        ));
                     }
                     let (_, groups, len) = &mut raw[slot];
                     let out = &mut groups[kg_index];
@@ -101,7 +114,11 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 }
 
 /// Reads and checks one handle's file; decodes the key groups in `range`.
-async fn load_handle(storage: &CheckpointStorage, handle: &KeyedStateHandle, range: KeyGroupRange) -> Result<LoadedFile> {
+async fn load_handle(
+    storage: &CheckpointStorage,
+    handle: &KeyedStateHandle,
+    range: KeyGroupRange,
+) -> Result<LoadedFile> {
     let HandleFormat::KeyedFile = handle.format;
     let [file] = handle.files.as_slice() else {
         return Err(Error::InvalidArgument(format!(
@@ -113,30 +130,46 @@ async fn load_handle(storage: &CheckpointStorage, handle: &KeyedStateHandle, ran
     let source = storage.open(&file.path).await?;
     let path = source.path().to_string();
     if source.len() != file.size_bytes {
-        return Err(Error::corrupt(&path, format!(
-            "file has {} bytes, its handle says {}: truncated or replaced",
-            source.len(),
-            file.size_bytes
-        )));
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "file has {} bytes, its handle says {}: truncated or replaced",
+                source.len(),
+                file.size_bytes
+            ),
+        ));
     }
     if let RangeSource::Bytes { bytes, .. } = &source {
         if crc32fast::hash(bytes) != file.crc32 {
-            return Err(Error::corrupt(&path, "file checksum does not match its handle"));
+            return Err(Error::corrupt(
+                &path,
+                "file checksum does not match its handle",
+            ));
         }
     }
     let len = source.len();
-    let footer_bytes = source.read(len.saturating_sub(FOOTER_LEN as u64)..len).await?;
+    let footer_bytes = source
+        .read(len.saturating_sub(FOOTER_LEN as u64)..len)
+        .await?;
     let footer = keyed_file::parse_footer(&footer_bytes, len, &path)?;
-    let index_bytes = source.read(footer.index_offset..footer.index_offset + footer.index_len).await?;
+    let index_bytes = source
+        .read(footer.index_offset..footer.index_offset + footer.index_len)
+        .await?;
     let index = keyed_file::parse_index(&index_bytes, &footer, &path)?;
     let prefix = source.read(0..HEADER_PREFIX.min(len)).await?;
     let header_len = keyed_file::header_len(&prefix, &footer, &path)?;
     let header = keyed_file::parse_header(&source.read(0..header_len).await?, &path)?;
     if header.max_parallelism != handle.max_parallelism || header.key_groups != handle.key_groups {
-        return Err(Error::corrupt(&path, format!(
-            "file holds key groups {} of max parallelism {}, its handle says {} of {}",
-            header.key_groups, header.max_parallelism, handle.key_groups, handle.max_parallelism
-        )));
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "file holds key groups {} of max parallelism {}, its handle says {} of {}",
+                header.key_groups,
+                header.max_parallelism,
+                handle.key_groups,
+                handle.max_parallelism
+            ),
+        ));
     }
     let wanted: Vec<_> = index
         .iter()
@@ -145,7 +178,10 @@ async fn load_handle(storage: &CheckpointStorage, handle: &KeyedStateHandle, ran
         .copied()
         .collect();
     if wanted.len() != index.iter().filter(|e| range.contains(e.key_group)).count() {
-        return Err(Error::corrupt(&path, "index lists a key group outside the file's range or inside its header"));
+        return Err(Error::corrupt(
+            &path,
+            "index lists a key group outside the file's range or inside its header",
+        ));
     }
     let ranges: Vec<_> = wanted.iter().map(|e| e.offset..e.offset + e.len).collect();
     let blocks = source.read_many(&ranges).await?;
@@ -154,10 +190,19 @@ async fn load_handle(storage: &CheckpointStorage, handle: &KeyedStateHandle, ran
         wanted
             .iter()
             .zip(blocks)
-            .map(|(e, bytes)| Ok((e.key_group, keyed_file::decode_frames(&bytes, e.offset, &decode_path)?)))
+            .map(|(e, bytes)| {
+                Ok((
+                    e.key_group,
+                    keyed_file::decode_frames(&bytes, e.offset, &decode_path)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()
     })
     .await
     .map_err(|e| Error::IllegalState(format!("restore decoder panicked: {e}")))??;
-    Ok(LoadedFile { path, header, groups })
+    Ok(LoadedFile {
+        path,
+        header,
+        groups,
+    })
 }

@@ -10,7 +10,7 @@ use crate::heap::backend::HeapBackendConfig;
 use crate::heap::table::FrozenTable;
 use crate::keyed::backend::{SnapshotMetrics, SnapshotResult};
 use crate::keyed::descriptor::StateMeta;
-use crate::storage::{checkpoint_dir, CheckpointStorage};
+use crate::storage::{CheckpointStorage, checkpoint_dir};
 
 /// Chunks handed to the uploader are at least this large (bytes), except the last.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -37,11 +37,18 @@ pub(crate) fn snapshot_file_name(config: &HeapBackendConfig, checkpoint_id: u64)
 }
 
 impl SnapshotJob {
-    pub(crate) async fn run(self, storage: CheckpointStorage, sync_duration: Duration) -> Result<SnapshotResult> {
+    pub(crate) async fn run(
+        self,
+        storage: CheckpointStorage,
+        sync_duration: Duration,
+    ) -> Result<SnapshotResult> {
         let started = Instant::now();
         let relative = snapshot_file_name(&self.config, self.checkpoint_id);
-        let (checkpoint_id, config, backend_id) =
-            (self.checkpoint_id, self.config.clone(), self.backend_id.clone());
+        let (checkpoint_id, config, backend_id) = (
+            self.checkpoint_id,
+            self.config.clone(),
+            self.backend_id.clone(),
+        );
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
         let encoder = tokio::task::spawn_blocking(move || self.encode(tx));
         let mut file = storage.writer(&relative);
@@ -115,7 +122,8 @@ impl SnapshotJob {
             writer.end_key_group()?;
             pending.extend(writer.take_output());
             if pending.len() >= CHUNK_BYTES {
-                tx.blocking_send(std::mem::take(&mut pending)).map_err(|_| cancelled())?;
+                tx.blocking_send(std::mem::take(&mut pending))
+                    .map_err(|_| cancelled())?;
             }
         }
         let (last, summary) = writer.finish()?;

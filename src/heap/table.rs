@@ -117,7 +117,12 @@ pub(crate) trait ErasedTable<K>: Send {
 /// A frozen table, written out key group by key group.
 pub(crate) trait FrozenTable: Send {
     /// Writes the records of key group `kg_index` as state number `state`, then releases that group.
-    fn write_group(&mut self, kg_index: usize, state: u32, writer: &mut KeyedFileWriter) -> Result<()>;
+    fn write_group(
+        &mut self,
+        kg_index: usize,
+        state: u32,
+        writer: &mut KeyedFileWriter,
+    ) -> Result<()>;
 }
 
 /// The typed table of a registered state: `(key, namespace) -> S`.
@@ -137,7 +142,9 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N
     }
 }
 
-impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K> for StateTable<K, N, S> {
+impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
+    for StateTable<K, N, S>
+{
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
@@ -174,17 +181,30 @@ struct FrozenStateTable<K, N, S> {
 }
 
 impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenStateTable<K, N, S> {
-    fn write_group(&mut self, kg_index: usize, state: u32, writer: &mut KeyedFileWriter) -> Result<()> {
+    fn write_group(
+        &mut self,
+        kg_index: usize,
+        state: u32,
+        writer: &mut KeyedFileWriter,
+    ) -> Result<()> {
         let Some(group) = self.snapshot.take_group(kg_index) else {
             return Ok(());
         };
         let encode = self.serde.encode;
         for e in group.iter() {
-            writer.add_record(state, |b| e.key.encode(b), |b| e.ns.encode(b), |b| encode(&e.value, b))?;
+            writer.add_record(
+                state,
+                |b| e.key.encode(b),
+                |b| e.ns.encode(b),
+                |b| encode(&e.value, b),
+            )?;
         }
         Ok(())
     }
 }
+
+/// One restored record: key-group index, key, namespace and value bytes.
+pub(crate) type RawRecord<'a> = (usize, &'a [u8], &'a [u8], &'a [u8]);
 
 /// Records of a restored state that the job has not registered yet, per key-group index: the raw
 /// `u32 len + key, u32 len + namespace, u32 len + value` triples exactly as restored.
@@ -196,14 +216,21 @@ pub(crate) struct RawTable {
 
 impl RawTable {
     /// Iterates `(kg_index, key, namespace, value)` of every record.
-    pub(crate) fn records(&self) -> impl Iterator<Item = Result<(usize, &[u8], &[u8], &[u8])>> {
+    pub(crate) fn records(&self) -> impl Iterator<Item = Result<RawRecord<'_>>> {
         self.groups.iter().enumerate().flat_map(|(kg, bytes)| {
             let mut d = Decoder::new(bytes, 0, "<restored records>");
             std::iter::from_fn(move || {
                 if d.is_empty() {
                     return None;
                 }
-                Some((|| Ok((kg, d.bytes("key")?, d.bytes("namespace")?, d.bytes("value")?)))())
+                Some((|| {
+                    Ok((
+                        kg,
+                        d.bytes("key")?,
+                        d.bytes("namespace")?,
+                        d.bytes("value")?,
+                    ))
+                })())
             })
         })
     }
@@ -234,14 +261,24 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
 struct FrozenRawTable(Arc<Vec<Vec<u8>>>);
 
 impl FrozenTable for FrozenRawTable {
-    fn write_group(&mut self, kg_index: usize, state: u32, writer: &mut KeyedFileWriter) -> Result<()> {
+    fn write_group(
+        &mut self,
+        kg_index: usize,
+        state: u32,
+        writer: &mut KeyedFileWriter,
+    ) -> Result<()> {
         let Some(bytes) = self.0.get(kg_index) else {
             return Ok(());
         };
         let mut d = Decoder::new(bytes, 0, "<restored records>");
         while !d.is_empty() {
             let (k, n, v) = (d.bytes("key")?, d.bytes("namespace")?, d.bytes("value")?);
-            writer.add_record(state, |b| b.extend_from_slice(k), |b| b.extend_from_slice(n), |b| b.extend_from_slice(v))?;
+            writer.add_record(
+                state,
+                |b| b.extend_from_slice(k),
+                |b| b.extend_from_slice(n),
+                |b| b.extend_from_slice(v),
+            )?;
         }
         Ok(())
     }

@@ -155,7 +155,12 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     /// Primitive: value of the current key in `ns`.
     fn value_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<V>>;
     /// Primitive: sets the value of the current key in `ns`.
-    fn value_put<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, value: V) -> Result<()>;
+    fn value_put<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        value: V,
+    ) -> Result<()>;
     /// Primitive: replaces the value with `f(old)` (removes it if `f` returns `None`) in one lookup.
     fn value_modify<N: StateKey, V: StateValue>(
         &mut self,
@@ -167,24 +172,62 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     fn value_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()>;
 
     /// Primitive: the list of the current key in `ns` (`None` if empty).
-    fn list_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<Vec<V>>>;
+    fn list_get<N: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<Option<Vec<V>>>;
     /// Primitive: appends `values` to the list.
-    fn list_add_all<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, values: Vec<V>) -> Result<()>;
+    fn list_add_all<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()>;
     /// Primitive: replaces the list (an empty `values` clears it).
-    fn list_update<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, values: Vec<V>) -> Result<()>;
+    fn list_update<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()>;
     /// Primitive: removes the list.
     fn list_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()>;
 
     /// Primitive: the value of user key `uk`.
-    fn map_get<N: StateKey, UK: StateKey, V: StateValue>(&self, state: StateId, ns: &N, uk: &UK) -> Result<Option<V>>;
+    fn map_get<N: StateKey, UK: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+        uk: &UK,
+    ) -> Result<Option<V>>;
     /// Primitive: sets user key `uk` to `value`.
-    fn map_put<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, uk: UK, value: V) -> Result<()>;
+    fn map_put<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        uk: UK,
+        value: V,
+    ) -> Result<()>;
     /// Primitive: removes user key `uk`.
-    fn map_remove<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N, uk: &UK) -> Result<()>;
+    fn map_remove<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        uk: &UK,
+    ) -> Result<()>;
     /// Primitive: all entries of the map (in no particular order).
-    fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Vec<(UK, V)>>;
+    fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<Vec<(UK, V)>>;
     /// Primitive: removes the whole map.
-    fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()>;
+    fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<()>;
 
     /// Keys that have state `state` in namespace `ns` (as Flink's `getKeys`), in no particular order.
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>>;
@@ -194,7 +237,11 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     ///
     /// # Errors
     /// [`Error::IllegalState`](crate::Error::IllegalState) if the backend cannot snapshot now.
-    fn snapshot(&mut self, checkpoint_id: u64, storage: &CheckpointStorage) -> Result<PendingSnapshot>;
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+        storage: &CheckpointStorage,
+    ) -> Result<PendingSnapshot>;
 
     /// The checkpoint `checkpoint_id` completed (all tasks acknowledged, metadata written).
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64);

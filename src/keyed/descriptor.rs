@@ -2,6 +2,9 @@
 //! aggregating state (as Flink's `StateDescriptor` family).
 
 use std::marker::PhantomData;
+
+/// Marks the types a descriptor or state object stands for without owning them.
+type Types<T> = PhantomData<fn() -> T>;
 use std::sync::Arc;
 
 use crate::codec::Codec;
@@ -82,11 +85,31 @@ impl StateMeta {
     /// [`Error::InvalidArgument`] naming the first field that differs.
     pub fn check_compatible(&self, restored: &StateMeta) -> Result<()> {
         let fields = [
-            ("kind", format!("{:?}", self.kind), format!("{:?}", restored.kind)),
-            ("key codec", self.key_codec.clone(), restored.key_codec.clone()),
-            ("namespace codec", self.namespace_codec.clone(), restored.namespace_codec.clone()),
-            ("value codec", self.value_codec.clone(), restored.value_codec.clone()),
-            ("user key codec", self.user_key_codec.clone(), restored.user_key_codec.clone()),
+            (
+                "kind",
+                format!("{:?}", self.kind),
+                format!("{:?}", restored.kind),
+            ),
+            (
+                "key codec",
+                self.key_codec.clone(),
+                restored.key_codec.clone(),
+            ),
+            (
+                "namespace codec",
+                self.namespace_codec.clone(),
+                restored.namespace_codec.clone(),
+            ),
+            (
+                "value codec",
+                self.value_codec.clone(),
+                restored.value_codec.clone(),
+            ),
+            (
+                "user key codec",
+                self.user_key_codec.clone(),
+                restored.user_key_codec.clone(),
+            ),
         ];
         for (what, ours, theirs) in fields {
             if ours != theirs {
@@ -103,7 +126,7 @@ impl StateMeta {
 /// Describes a value state holding `V` under namespace `N`.
 pub struct ValueStateDescriptor<N, V> {
     pub(crate) name: String,
-    _types: PhantomData<fn() -> (N, V)>,
+    _types: Types<(N, V)>,
 }
 
 impl<N, V> ValueStateDescriptor<N, V> {
@@ -119,7 +142,7 @@ impl<N, V> ValueStateDescriptor<N, V> {
 /// Describes a list state of `V` elements under namespace `N`.
 pub struct ListStateDescriptor<N, V> {
     pub(crate) name: String,
-    _types: PhantomData<fn() -> (N, V)>,
+    _types: Types<(N, V)>,
 }
 
 impl<N, V> ListStateDescriptor<N, V> {
@@ -135,7 +158,7 @@ impl<N, V> ListStateDescriptor<N, V> {
 /// Describes a map state from `UK` to `V` under namespace `N`.
 pub struct MapStateDescriptor<N, UK, V> {
     pub(crate) name: String,
-    _types: PhantomData<fn() -> (N, UK, V)>,
+    _types: Types<(N, UK, V)>,
 }
 
 impl<N, UK, V> MapStateDescriptor<N, UK, V> {
@@ -155,12 +178,15 @@ pub type ReduceFn<V> = Arc<dyn Fn(&V, &V) -> V + Send + Sync>;
 pub struct ReducingStateDescriptor<N, V> {
     pub(crate) name: String,
     pub(crate) reduce: ReduceFn<V>,
-    _types: PhantomData<fn() -> N>,
+    _types: Types<N>,
 }
 
 impl<N, V> ReducingStateDescriptor<N, V> {
     /// A reducing state named `name` that combines values with `reduce(stored, added)`.
-    pub fn new(name: impl Into<String>, reduce: impl Fn(&V, &V) -> V + Send + Sync + 'static) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        reduce: impl Fn(&V, &V) -> V + Send + Sync + 'static,
+    ) -> Self {
         ReducingStateDescriptor {
             name: name.into(),
             reduce: Arc::new(reduce),
@@ -184,7 +210,7 @@ pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync {
 pub struct AggregatingStateDescriptor<N, IN, ACC, OUT> {
     pub(crate) name: String,
     pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
-    _types: PhantomData<fn() -> N>,
+    _types: Types<N>,
 }
 
 impl<N, IN, ACC, OUT> AggregatingStateDescriptor<N, IN, ACC, OUT> {

@@ -59,7 +59,9 @@ impl KeyGroupRange {
 
     /// Last key group, inclusive; `None` for an empty range.
     pub fn end(&self) -> Option<u32> {
-        self.end_exclusive.checked_sub(1).filter(|_| !self.is_empty())
+        self.end_exclusive
+            .checked_sub(1)
+            .filter(|_| !self.is_empty())
     }
 
     /// Number of key groups.
@@ -181,7 +183,10 @@ pub fn operator_index_for_key_group(max_parallelism: u32, parallelism: u32, key_
 /// Flink's `computeDefaultMaxParallelism`.
 pub fn default_max_parallelism(parallelism: u32) -> u32 {
     let wanted = (parallelism + parallelism / 2).max(1).next_power_of_two();
-    wanted.clamp(DEFAULT_LOWER_BOUND_MAX_PARALLELISM, UPPER_BOUND_MAX_PARALLELISM)
+    wanted.clamp(
+        DEFAULT_LOWER_BOUND_MAX_PARALLELISM,
+        UPPER_BOUND_MAX_PARALLELISM,
+    )
 }
 
 #[cfg(test)]
@@ -205,7 +210,10 @@ mod tests {
             }
         }
         // Values Flink gives for maxP 128, p 3: [0,42], [43,85], [86,127].
-        assert_eq!(key_group_range_for_operator(128, 3, 1).unwrap(), KeyGroupRange::new(43, 85).unwrap());
+        assert_eq!(
+            key_group_range_for_operator(128, 3, 1).unwrap(),
+            KeyGroupRange::new(43, 85).unwrap()
+        );
     }
 
     #[test]
@@ -220,7 +228,10 @@ mod tests {
     fn the_stable_hash_is_pinned() {
         // Pinned values: if these change, every existing snapshot would restore into the wrong groups.
         assert_eq!(stable_key_hash(b""), 0x2d06800538d394c2);
-        assert_eq!(assign_to_key_group(b"hello", 128), (stable_key_hash(b"hello") % 128) as u32);
+        assert_eq!(
+            assign_to_key_group(b"hello", 128),
+            (stable_key_hash(b"hello") % 128) as u32
+        );
     }
 
     #[test]
@@ -228,7 +239,10 @@ mod tests {
         let a = KeyGroupRange::new(0, 63).unwrap();
         let b = KeyGroupRange::new(32, 127).unwrap();
         assert_eq!(a.intersection(&b), KeyGroupRange::new(32, 63).unwrap());
-        assert!(a.intersection(&KeyGroupRange::new(64, 64).unwrap()).is_empty());
+        assert!(
+            a.intersection(&KeyGroupRange::new(64, 64).unwrap())
+                .is_empty()
+        );
         assert_eq!(KeyGroupRange::EMPTY.iter().count(), 0);
         assert_eq!(b.index_of(33), Some(1));
         assert!(KeyGroupRange::new(5, 4).is_err());

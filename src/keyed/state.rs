@@ -3,6 +3,9 @@
 //! backend's current key and the given namespace.
 
 use std::marker::PhantomData;
+
+/// Marks the types a descriptor or state object stands for without owning them.
+type Types<T> = PhantomData<fn() -> T>;
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -12,7 +15,7 @@ use crate::keyed::descriptor::{AggregateFunction, ReduceFn};
 /// A single value per key and namespace.
 pub struct ValueState<N, V> {
     pub(crate) id: StateId,
-    _types: PhantomData<fn() -> (N, V)>,
+    _types: Types<(N, V)>,
 }
 
 impl<N, V> Clone for ValueState<N, V> {
@@ -37,18 +40,31 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
     /// # Errors
     /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
     #[inline]
-    pub fn value<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Option<V>> {
+    pub fn value<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Option<V>> {
         backend.value_get(self.id, ns)
     }
 
     /// Sets the value of the current key. Errors as [`ValueState::value`].
     #[inline]
-    pub fn update<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, value: V) -> Result<()> {
+    pub fn update<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         backend.value_put(self.id, ns, value)
     }
 
     /// Removes the value of the current key. Errors as [`ValueState::value`].
-    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+    ) -> Result<()> {
         backend.value_clear::<N, V>(self.id, ns)
     }
 
@@ -56,7 +72,11 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Vec<K>> {
         backend.keys(self.id, ns)
     }
 
@@ -69,7 +89,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
 /// A list of values per key and namespace. An empty list is the same as no list.
 pub struct ListState<N, V> {
     pub(crate) id: StateId,
-    _types: PhantomData<fn() -> (N, V)>,
+    _types: Types<(N, V)>,
 }
 
 impl<N, V> Clone for ListState<N, V> {
@@ -98,22 +118,41 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
     }
 
     /// Appends `value`. Errors as [`ListState::get`].
-    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, value: V) -> Result<()> {
+    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         backend.list_add_all(self.id, ns, vec![value])
     }
 
     /// Appends all `values`. Errors as [`ListState::get`].
-    pub fn add_all<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, values: Vec<V>) -> Result<()> {
+    pub fn add_all<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()> {
         backend.list_add_all(self.id, ns, values)
     }
 
     /// Replaces the list with `values`. Errors as [`ListState::get`].
-    pub fn update<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, values: Vec<V>) -> Result<()> {
+    pub fn update<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()> {
         backend.list_update(self.id, ns, values)
     }
 
     /// Removes the list. Errors as [`ListState::get`].
-    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+    ) -> Result<()> {
         backend.list_clear::<N, V>(self.id, ns)
     }
 
@@ -121,7 +160,11 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Vec<K>> {
         backend.keys(self.id, ns)
     }
 
@@ -134,7 +177,7 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
 /// A map from user keys `UK` to values `V` per key and namespace.
 pub struct MapState<N, UK, V> {
     pub(crate) id: StateId,
-    _types: PhantomData<fn() -> (N, UK, V)>,
+    _types: Types<(N, UK, V)>,
 }
 
 impl<N, UK, V> Clone for MapState<N, UK, V> {
@@ -158,37 +201,70 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
     ///
     /// # Errors
     /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
-    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N, uk: &UK) -> Result<Option<V>> {
+    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+        uk: &UK,
+    ) -> Result<Option<V>> {
         backend.map_get::<N, UK, V>(self.id, ns, uk)
     }
 
     /// Whether `uk` is present. Errors as [`MapState::get`].
-    pub fn contains<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N, uk: &UK) -> Result<bool> {
+    pub fn contains<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+        uk: &UK,
+    ) -> Result<bool> {
         Ok(self.get(backend, ns, uk)?.is_some())
     }
 
     /// Sets `uk` to `value`. Errors as [`MapState::get`].
-    pub fn put<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, uk: UK, value: V) -> Result<()> {
+    pub fn put<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        uk: UK,
+        value: V,
+    ) -> Result<()> {
         backend.map_put(self.id, ns, uk, value)
     }
 
     /// Removes `uk`. Errors as [`MapState::get`].
-    pub fn remove<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, uk: &UK) -> Result<()> {
+    pub fn remove<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        uk: &UK,
+    ) -> Result<()> {
         backend.map_remove::<N, UK, V>(self.id, ns, uk)
     }
 
     /// All entries, in no particular order. Errors as [`MapState::get`].
-    pub fn entries<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<(UK, V)>> {
+    pub fn entries<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Vec<(UK, V)>> {
         backend.map_entries(self.id, ns)
     }
 
     /// Whether the map is empty. Errors as [`MapState::get`].
-    pub fn is_empty<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<bool> {
+    pub fn is_empty<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<bool> {
         Ok(self.entries(backend, ns)?.is_empty())
     }
 
     /// Removes the whole map. Errors as [`MapState::get`].
-    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+    ) -> Result<()> {
         backend.map_clear::<N, UK, V>(self.id, ns)
     }
 
@@ -196,7 +272,11 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Vec<K>> {
         backend.keys(self.id, ns)
     }
 
@@ -210,7 +290,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
 pub struct ReducingState<N, V> {
     pub(crate) id: StateId,
     pub(crate) reduce: ReduceFn<V>,
-    _types: PhantomData<fn() -> N>,
+    _types: Types<N>,
 }
 
 impl<N, V> Clone for ReducingState<N, V> {
@@ -236,12 +316,21 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
     ///
     /// # Errors
     /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
-    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Option<V>> {
+    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Option<V>> {
         backend.value_get(self.id, ns)
     }
 
     /// Combines `value` into the stored value (or stores it if none). Errors as [`ReducingState::get`].
-    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, value: V) -> Result<()> {
+    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         let mut value = Some(value);
         backend.value_modify::<N, V>(self.id, ns, &mut |old| {
             let added = value.take()?;
@@ -253,7 +342,11 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
     }
 
     /// Removes the value. Errors as [`ReducingState::get`].
-    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+    ) -> Result<()> {
         backend.value_clear::<N, V>(self.id, ns)
     }
 
@@ -261,7 +354,11 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Vec<K>> {
         backend.keys(self.id, ns)
     }
 
@@ -275,7 +372,7 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
 pub struct AggregatingState<N, IN, ACC, OUT> {
     pub(crate) id: StateId,
     pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
-    _types: PhantomData<fn() -> N>,
+    _types: Types<N>,
 }
 
 impl<N, IN, ACC, OUT> Clone for AggregatingState<N, IN, ACC, OUT> {
@@ -301,23 +398,38 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
     ///
     /// # Errors
     /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
-    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Option<OUT>> {
+    pub fn get<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Option<OUT>> {
         Ok(backend
             .value_get::<N, ACC>(self.id, ns)?
             .map(|acc| self.function.get_result(&acc)))
     }
 
     /// Folds `value` into the accumulator. Errors as [`AggregatingState::get`].
-    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N, value: &IN) -> Result<()> {
+    pub fn add<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        value: &IN,
+    ) -> Result<()> {
         backend.value_modify::<N, ACC>(self.id, ns, &mut |old| {
-            let mut acc = old.cloned().unwrap_or_else(|| self.function.create_accumulator());
+            let mut acc = old
+                .cloned()
+                .unwrap_or_else(|| self.function.create_accumulator());
             self.function.add(value, &mut acc);
             Some(acc)
         })
     }
 
     /// Removes the accumulator. Errors as [`AggregatingState::get`].
-    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &mut B, ns: &N) -> Result<()> {
+    pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+    ) -> Result<()> {
         backend.value_clear::<N, ACC>(self.id, ns)
     }
 
@@ -325,7 +437,11 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<K>> {
+    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &B,
+        ns: &N,
+    ) -> Result<Vec<K>> {
         backend.keys(self.id, ns)
     }
 

@@ -16,10 +16,13 @@ pub(super) fn map_file(fs: &LocalFileSystem, path: &Path) -> Result<Bytes> {
         std::io::ErrorKind::NotFound => Error::NotFound {
             path: path.to_string(),
         },
-        _ => Error::storage(path, object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(e),
-        }),
+        _ => Error::storage(
+            path,
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        ),
     })?;
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
         // An empty file cannot be mapped on every platform; it is simply empty.
@@ -31,10 +34,13 @@ pub(super) fn map_file(fs: &LocalFileSystem, path: &Path) -> Result<Bytes> {
     // foreign process truncating the file while it is mapped, is outside the storage contract
     // (docs/formats.md) and would make any reader fail.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| {
-        Error::storage(path, object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(e),
-        })
+        Error::storage(
+            path,
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        )
     })?;
     Ok(Bytes::from_owner(map))
 }

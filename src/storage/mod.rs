@@ -50,10 +50,15 @@ impl CheckpointStorage {
     pub fn local(dir: impl AsRef<std::path::Path>, job_id: &str, fsync: bool) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| {
-            Error::InvalidArgument(format!("cannot create checkpoint directory {}: {e}", dir.display()))
+            Error::InvalidArgument(format!(
+                "cannot create checkpoint directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let fs = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| Error::InvalidArgument(format!("checkpoint directory {}: {e}", dir.display())))?
+            .map_err(|e| {
+                Error::InvalidArgument(format!("checkpoint directory {}: {e}", dir.display()))
+            })?
             .with_automatic_cleanup(true)
             .with_fsync(fsync);
         let fs = Arc::new(fs);
@@ -75,7 +80,9 @@ impl CheckpointStorage {
         let root = Path::parse(job_id)
             .ok()
             .filter(|p| p.parts().count() >= 1)
-            .ok_or_else(|| Error::InvalidArgument(format!("job id `{job_id}` is not a valid path")))?;
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("job id `{job_id}` is not a valid path"))
+            })?;
         Ok(CheckpointStorage {
             store,
             root,
@@ -113,7 +120,9 @@ impl CheckpointStorage {
                 if self.read(relative).await? == bytes {
                     Ok(())
                 } else {
-                    Err(Error::IllegalState(format!("`{path}` already exists with other content")))
+                    Err(Error::IllegalState(format!(
+                        "`{path}` already exists with other content"
+                    )))
                 }
             }
             Err(e) => Err(Error::storage(&path, e)),
@@ -139,7 +148,11 @@ impl CheckpointStorage {
         if let Some(fs) = &self.local {
             return local_read::map_file(fs, &path);
         }
-        let result = self.store.get(&path).await.map_err(|e| Error::storage(&path, e))?;
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| Error::storage(&path, e))?;
         result.bytes().await.map_err(|e| Error::storage(&path, e))
     }
 
@@ -150,7 +163,11 @@ impl CheckpointStorage {
             let bytes = self.read(relative).await?;
             return Ok(RangeSource::Bytes { bytes, path });
         }
-        let meta = self.store.head(&path).await.map_err(|e| Error::storage(&path, e))?;
+        let meta = self
+            .store
+            .head(&path)
+            .await
+            .map_err(|e| Error::storage(&path, e))?;
         Ok(RangeSource::Remote {
             store: self.store.clone(),
             len: meta.size,
@@ -170,7 +187,11 @@ impl CheckpointStorage {
     /// Deletes every file below the directory `relative`.
     pub(crate) async fn delete_dir(&self, relative: &str) -> Result<()> {
         let prefix = self.path(relative);
-        let locations = self.store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+        let locations = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .boxed();
         let mut deleted = self.store.delete_stream(locations);
         while let Some(result) = deleted.next().await {
             match result {
@@ -217,13 +238,15 @@ impl FileWriter {
 
     pub(crate) async fn finish(mut self) -> Result<()> {
         use tokio::io::AsyncWriteExt;
-        self.inner
-            .shutdown()
-            .await
-            .map_err(|e| Error::storage(&self.path, object_store::Error::Generic {
-                store: "BufWriter",
-                source: Box::new(e),
-            }))
+        self.inner.shutdown().await.map_err(|e| {
+            Error::storage(
+                &self.path,
+                object_store::Error::Generic {
+                    store: "BufWriter",
+                    source: Box::new(e),
+                },
+            )
+        })
     }
 
     pub(crate) async fn abort(mut self) {
@@ -265,7 +288,10 @@ impl RangeSource {
     /// [`Error::Corrupt`] if the range exceeds the file; [`Error::Storage`]/[`Error::NotFound`] from the store.
     pub(crate) async fn read(&self, range: Range<u64>) -> Result<Bytes> {
         if range.start > range.end || range.end > self.len() {
-            return Err(Error::corrupt(self.path(), format!("range {range:?} exceeds the file of {} bytes", self.len())));
+            return Err(Error::corrupt(
+                self.path(),
+                format!("range {range:?} exceeds the file of {} bytes", self.len()),
+            ));
         }
         match self {
             RangeSource::Bytes { bytes, .. } => {
@@ -283,9 +309,15 @@ impl RangeSource {
         match self {
             RangeSource::Remote { store, path, len } => {
                 if let Some(r) = ranges.iter().find(|r| r.start > r.end || r.end > *len) {
-                    return Err(Error::corrupt(path, format!("range {r:?} exceeds the file of {len} bytes")));
+                    return Err(Error::corrupt(
+                        path,
+                        format!("range {r:?} exceeds the file of {len} bytes"),
+                    ));
                 }
-                store.get_ranges(path, ranges).await.map_err(|e| Error::storage(path, e))
+                store
+                    .get_ranges(path, ranges)
+                    .await
+                    .map_err(|e| Error::storage(path, e))
             }
             RangeSource::Bytes { .. } => {
                 let mut out = Vec::with_capacity(ranges.len());

@@ -1,5 +1,7 @@
 //! An `ObjectStore` wrapper that fails writes to chosen paths on demand (fault injection).
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -36,7 +38,12 @@ impl FaultyStore {
     }
 
     fn check(&self, location: &Path) -> Result<()> {
-        if self.failing.lock().iter().any(|p| location.as_ref().contains(p.as_str())) {
+        if self
+            .failing
+            .lock()
+            .iter()
+            .any(|p| location.as_ref().contains(p.as_str()))
+        {
             return Err(object_store::Error::Generic {
                 store: "FaultyStore",
                 source: format!("injected write failure on {location}").into(),
@@ -54,12 +61,21 @@ impl fmt::Display for FaultyStore {
 
 #[async_trait::async_trait]
 impl ObjectStore for FaultyStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         self.check(location)?;
         self.inner.put_opts(location, payload, opts).await
     }
 
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
         self.check(location)?;
         self.inner.put_multipart_opts(location, opts).await
     }
@@ -72,7 +88,10 @@ impl ObjectStore for FaultyStore {
         self.inner.get_ranges(location, ranges).await
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         self.inner.delete_stream(locations)
     }
 
@@ -80,7 +99,11 @@ impl ObjectStore for FaultyStore {
         self.inner.list(prefix)
     }
 
-    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
         self.inner.list_with_offset(prefix, offset)
     }
 

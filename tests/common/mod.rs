@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: backend factories, the checkpoint cycle, restore, faults.
 
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+#![allow(dead_code, reason = "each test binary uses part of the helpers")]
 
 pub mod faulty;
 
@@ -45,13 +46,18 @@ pub async fn checkpoint<K: StateKey>(
             .await
             .expect("acknowledge");
     }
-    backends.iter_mut().for_each(|b| b.notify_checkpoint_complete(id));
+    backends
+        .iter_mut()
+        .for_each(|b| b.notify_checkpoint_complete(id));
     stats.expect("the last acknowledgement completes the checkpoint")
 }
 
 /// Keyed state handles of a checkpoint.
 pub fn handles(meta: &CheckpointMetadata) -> Vec<KeyedStateHandle> {
-    meta.tasks.iter().filter_map(|t| t.keyed_state.clone()).collect()
+    meta.tasks
+        .iter()
+        .filter_map(|t| t.keyed_state.clone())
+        .collect()
 }
 
 /// Restores `parallelism` backends from checkpoint metadata.
@@ -64,7 +70,14 @@ pub async fn restore<K: StateKey>(
     let handles = handles(meta);
     let mut out = Vec::new();
     for i in 0..parallelism {
-        out.push(HeapKeyedStateBackend::restore(config(max_parallelism, parallelism, i), storage, &handles).await?);
+        out.push(
+            HeapKeyedStateBackend::restore(
+                config(max_parallelism, parallelism, i),
+                storage,
+                &handles,
+            )
+            .await?,
+        );
     }
     Ok(out)
 }
@@ -73,5 +86,9 @@ pub async fn restore<K: StateKey>(
 pub fn owner<K: Codec>(key: &K, max_parallelism: u32, parallelism: u32) -> usize {
     let mut bytes = Vec::new();
     key.encode(&mut bytes);
-    operator_index_for_key_group(max_parallelism, parallelism, assign_to_key_group(&bytes, max_parallelism)) as usize
+    operator_index_for_key_group(
+        max_parallelism,
+        parallelism,
+        assign_to_key_group(&bytes, max_parallelism),
+    ) as usize
 }

@@ -1,0 +1,206 @@
+//! Flink's HashMapStateBackend workload, run on our heap backend for a side-by-side comparison:
+//! `ValueState<i64>`, keys `0..1_000_000` written, read and overwritten in shuffled order, max parallelism
+//! 128, one subtask owning all key groups; checkpoint 1; update 10,000 keys; checkpoint 2; restore into a
+//! fresh backend from the local checkpoint directory; verify every key.
+//!
+//! Run: `cargo bench --bench flink_workload` (prints the median of 5 runs of each figure).
+
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use statebackend::*;
+
+const KEYS: i64 = 1_000_000;
+const UPDATED: usize = 10_000;
+const RUNS: usize = 5;
+
+#[derive(Default, Clone)]
+struct Figures {
+    insert_ops: f64,
+    get_ops: f64,
+    overwrite_ops: f64,
+    cp1_sync: Duration,
+    cp1_async: Duration,
+    cp1_bytes: u64,
+    cp2_sync: Duration,
+    cp2_async: Duration,
+    cp2_bytes: u64,
+    restore: Duration,
+}
+
+fn ops(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn run_once(rt: &tokio::runtime::Runtime, dir: &std::path::Path, run: usize) -> Figures {
+    let mut keys: Vec<i64> = (0..KEYS).collect();
+    keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(run as u64));
+    let config = HeapBackendConfig::for_subtask("flink", 128, 1, 0).expect("config");
+    let storage = CheckpointStorage::local(dir, &format!("run-{run}"), false).expect("storage");
+    let mut b: HeapKeyedStateBackend<i64> =
+        HeapKeyedStateBackend::new(config.clone()).expect("backend");
+    let desc = ValueStateDescriptor::<VoidNamespace, i64>::new("value");
+    let s = b.value_state(&desc).expect("state");
+    let ns = VoidNamespace;
+    let mut f = Figures::default();
+
+    let t = Instant::now();
+    for &k in &keys {
+        b.set_current_key(k).expect("key");
+        s.update(&mut b, &ns, k).expect("insert");
+    }
+    f.insert_ops = ops(keys.len(), t.elapsed());
+
+    keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(run as u64 + 100));
+    let t = Instant::now();
+    let mut sum = 0i64;
+    for &k in &keys {
+        b.set_current_key(k).expect("key");
+        sum = sum.wrapping_add(s.value(&b, &ns).expect("get").expect("present"));
+    }
+    f.get_ops = ops(keys.len(), t.elapsed());
+    assert_eq!(sum, (0..KEYS).sum::<i64>());
+
+    let t = Instant::now();
+    for &k in &keys {
+        b.set_current_key(k).expect("key");
+        s.update(&mut b, &ns, k + 1).expect("overwrite");
+    }
+    f.overwrite_ops = ops(keys.len(), t.elapsed());
+
+    let cp1 = rt
+        .block_on(b.snapshot(1, &storage).expect("sync").run())
+        .expect("async");
+    (f.cp1_sync, f.cp1_async, f.cp1_bytes) = (
+        cp1.metrics.sync_duration,
+        cp1.metrics.async_duration,
+        cp1.metrics.checkpointed_bytes,
+    );
+
+    for &k in keys.iter().take(UPDATED) {
+        b.set_current_key(k).expect("key");
+        s.update(&mut b, &ns, -k).expect("update");
+    }
+    let cp2 = rt
+        .block_on(b.snapshot(2, &storage).expect("sync").run())
+        .expect("async");
+    (f.cp2_sync, f.cp2_async, f.cp2_bytes) = (
+        cp2.metrics.sync_duration,
+        cp2.metrics.async_duration,
+        cp2.metrics.checkpointed_bytes,
+    );
+
+    let t = Instant::now();
+    let mut r = rt
+        .block_on(HeapKeyedStateBackend::<i64>::restore(
+            config,
+            &storage,
+            &[cp2.handle],
+        ))
+        .expect("restore");
+    let rs = r.value_state(&desc).expect("state");
+    f.restore = t.elapsed();
+
+    let updated: std::collections::HashSet<i64> = keys.iter().take(UPDATED).copied().collect();
+    for k in 0..KEYS {
+        r.set_current_key(k).expect("key");
+        let expected = if updated.contains(&k) { -k } else { k + 1 };
+        assert_eq!(rs.value(&r, &ns).expect("get"), Some(expected), "key {k}");
+    }
+    f
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with `--test`-less args too; keep it quick there.
+    let runs = if std::env::args().any(|a| a == "--bench") {
+        RUNS
+    } else {
+        1
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let dir = tempfile::tempdir().expect("dir");
+    let all: Vec<Figures> = (0..runs).map(|i| run_once(&rt, dir.path(), i)).collect();
+    let m = |f: fn(&Figures) -> f64| median(all.iter().map(f).collect());
+    println!(
+        "flink_workload: heap backend, median of {runs} run(s) ({} keys, max parallelism 128)",
+        KEYS
+    );
+    println!(
+        "{:<28} {:>14} {:>16}",
+        "figure", "statebackend", "Flink 2.3 heap"
+    );
+    println!(
+        "{:<28} {:>14.2} {:>16}",
+        "insert (M ops/s)",
+        m(|f| f.insert_ops) / 1e6,
+        "1.57"
+    );
+    println!(
+        "{:<28} {:>14.2} {:>16}",
+        "get (M ops/s)",
+        m(|f| f.get_ops) / 1e6,
+        "2.96"
+    );
+    println!(
+        "{:<28} {:>14.2} {:>16}",
+        "overwrite (M ops/s)",
+        m(|f| f.overwrite_ops) / 1e6,
+        "2.61"
+    );
+    println!(
+        "{:<28} {:>14.3} {:>16}",
+        "checkpoint 1 sync (ms)",
+        m(|f| ms(f.cp1_sync)),
+        "5.8"
+    );
+    println!(
+        "{:<28} {:>14.1} {:>16}",
+        "checkpoint 1 async (ms)",
+        m(|f| ms(f.cp1_async)),
+        "422"
+    );
+    println!(
+        "{:<28} {:>14.2} {:>16}",
+        "checkpoint 1 size (MB)",
+        m(|f| f.cp1_bytes as f64) / 1e6,
+        "17.0"
+    );
+    println!(
+        "{:<28} {:>14.3} {:>16}",
+        "checkpoint 2 sync (ms)",
+        m(|f| ms(f.cp2_sync)),
+        "-"
+    );
+    println!(
+        "{:<28} {:>14.1} {:>16}",
+        "checkpoint 2 async (ms)",
+        m(|f| ms(f.cp2_async)),
+        "-"
+    );
+    println!(
+        "{:<28} {:>14.2} {:>16}",
+        "checkpoint 2 size (MB)",
+        m(|f| f.cp2_bytes as f64) / 1e6,
+        "17.0"
+    );
+    println!(
+        "{:<28} {:>14.1} {:>16}",
+        "restore, local file (ms)",
+        m(|f| ms(f.restore)),
+        "1800"
+    );
+}
