@@ -402,3 +402,38 @@ fn no_restorable_checkpoint_is_a_not_found_error_listing_the_reasons() {
         );
     });
 }
+
+/// Found by `cargo fuzz run restore`: an empty snapshot file on in-memory storage gave a storage error (an
+/// empty range request) instead of `Corrupt`.
+#[test]
+fn fuzz_empty_snapshot_file_is_corrupt_not_a_storage_error() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("empty").unwrap();
+        let path = "chk-1/op-0.keyed";
+        storage
+            .object_store()
+            .put(&storage.path(path), Vec::<u8>::new().into())
+            .await
+            .unwrap();
+        let handle = KeyedStateHandle {
+            backend_id: "b".into(),
+            checkpoint_id: 1,
+            max_parallelism: 128,
+            key_groups: KeyGroupRange::new(0, 127).unwrap(),
+            format: HandleFormat::KeyedFile,
+            files: vec![StateFile {
+                path: path.into(),
+                scope: FileScope::Private,
+                size_bytes: 0,
+                crc32: 0,
+                created_by: 1,
+            }],
+        };
+        let err = HeapKeyedStateBackend::<u64>::restore(config(128, 1, 0), &storage, &[handle])
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(err.to_string().contains("chk-1/op-0.keyed"), "{err}");
+    });
+}

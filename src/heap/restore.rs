@@ -148,6 +148,12 @@ async fn load_handle(
         }
     }
     let len = source.len();
+    if len < HEADER_PREFIX + FOOTER_LEN as u64 {
+        return Err(Error::corrupt(
+            &path,
+            format!("truncated: {len} bytes is shorter than any snapshot file"),
+        ));
+    }
     let footer_bytes = source
         .read(len.saturating_sub(FOOTER_LEN as u64)..len)
         .await?;

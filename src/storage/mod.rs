@@ -293,6 +293,9 @@ impl RangeSource {
                 format!("range {range:?} exceeds the file of {} bytes", self.len()),
             ));
         }
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
         match self {
             RangeSource::Bytes { bytes, .. } => {
                 Ok(bytes.slice(range.start as usize..range.end as usize))
