@@ -12,6 +12,28 @@ use crate::error::Result;
 use crate::keyed::backend::{KeyedStateBackend, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{AggregateFunction, ReduceFn};
 
+/// `keys()` and `id()`, the same for every state object.
+macro_rules! common_methods {
+    () => {
+        /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
+        pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
+            &self,
+            backend: &B,
+            ns: &N,
+        ) -> Result<Vec<K>> {
+            backend.keys(self.id, ns)
+        }
+
+        /// The id of this state in its backend (for [`KeyedStateBackend::keys`]).
+        pub fn id(&self) -> StateId {
+            self.id
+        }
+    };
+}
+
 /// A single value per key and namespace.
 pub struct ValueState<N, V> {
     pub(crate) id: StateId,
@@ -68,22 +90,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         backend.value_clear::<N, V>(self.id, ns)
     }
 
-    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
-        &self,
-        backend: &B,
-        ns: &N,
-    ) -> Result<Vec<K>> {
-        backend.keys(self.id, ns)
-    }
-
-    /// The id of this state in its backend (for [`KeyedStateBackend::keys`]).
-    pub fn id(&self) -> StateId {
-        self.id
-    }
+    common_methods!();
 }
 
 /// A list of values per key and namespace. An empty list is the same as no list.
@@ -156,22 +163,7 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
         backend.list_clear::<N, V>(self.id, ns)
     }
 
-    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
-        &self,
-        backend: &B,
-        ns: &N,
-    ) -> Result<Vec<K>> {
-        backend.keys(self.id, ns)
-    }
-
-    /// The id of this state in its backend.
-    pub fn id(&self) -> StateId {
-        self.id
-    }
+    common_methods!();
 }
 
 /// A map from user keys `UK` to values `V` per key and namespace.
@@ -268,22 +260,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         backend.map_clear::<N, UK, V>(self.id, ns)
     }
 
-    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
-        &self,
-        backend: &B,
-        ns: &N,
-    ) -> Result<Vec<K>> {
-        backend.keys(self.id, ns)
-    }
-
-    /// The id of this state in its backend.
-    pub fn id(&self) -> StateId {
-        self.id
-    }
+    common_methods!();
 }
 
 /// A value combined with every added value by a reduce function.
@@ -350,22 +327,7 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         backend.value_clear::<N, V>(self.id, ns)
     }
 
-    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
-        &self,
-        backend: &B,
-        ns: &N,
-    ) -> Result<Vec<K>> {
-        backend.keys(self.id, ns)
-    }
-
-    /// The id of this state in its backend.
-    pub fn id(&self) -> StateId {
-        self.id
-    }
+    common_methods!();
 }
 
 /// An accumulator folded by an [`AggregateFunction`]; reads give the function's result.
@@ -433,20 +395,5 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
         backend.value_clear::<N, ACC>(self.id, ns)
     }
 
-    /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-    pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
-        &self,
-        backend: &B,
-        ns: &N,
-    ) -> Result<Vec<K>> {
-        backend.keys(self.id, ns)
-    }
-
-    /// The id of this state in its backend.
-    pub fn id(&self) -> StateId {
-        self.id
-    }
+    common_methods!();
 }
