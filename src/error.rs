@@ -33,6 +33,14 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    /// The backend's local working directory failed on `path` (a disk error, or RocksDB's `message`).
+    #[error("local state failed on `{path}`: {message}")]
+    Local {
+        /// Local file or directory, or the RocksDB operation.
+        path: String,
+        /// What the OS or RocksDB reported.
+        message: String,
+    },
     /// The file at `path` is corrupt or truncated.
     #[error("corrupt file `{path}`: {reason}")]
     Corrupt {
@@ -59,7 +67,7 @@ impl Error {
     /// What the caller can do about this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Storage { .. } => ErrorKind::Storage,
+            Error::Storage { .. } | Error::Local { .. } => ErrorKind::Storage,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
@@ -71,6 +79,7 @@ impl Error {
     pub fn path(&self) -> Option<&str> {
         match self {
             Error::Storage { path, .. }
+            | Error::Local { path, .. }
             | Error::Corrupt { path, .. }
             | Error::NotFound { path } => Some(path),
             _ => None,
@@ -81,6 +90,18 @@ impl Error {
         Error::Corrupt {
             path: path.to_string(),
             reason: reason.to_string(),
+        }
+    }
+
+    /// An error of the local working directory or of RocksDB.
+    #[cfg_attr(
+        not(feature = "rocksdb"),
+        allow(dead_code, reason = "used by the LSM backend")
+    )]
+    pub(crate) fn local(path: impl fmt::Display, message: impl fmt::Display) -> Self {
+        Error::Local {
+            path: path.to_string(),
+            message: message.to_string(),
         }
     }
 

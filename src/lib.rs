@@ -56,15 +56,21 @@ mod error;
 mod format;
 mod heap;
 mod keyed;
+#[cfg(feature = "rocksdb")]
+mod lsm;
 mod storage;
 
-pub use checkpoint::coordinator::{CheckpointCoordinator, CheckpointStats, CoordinatorConfig};
+pub use checkpoint::coordinator::{
+    CheckpointCoordinator, CheckpointStats, CoordinatorConfig, SweepReport,
+};
 pub use checkpoint::handle::{
     CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
     TaskStateSnapshot,
 };
+pub use checkpoint::registry::{SharedFileEntry, SharedFileRegistry};
 pub use checkpoint::store::{
-    CancellationPolicy, CompletedCheckpointStore, RestoreOutcome, SkippedCheckpoint,
+    CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode, RestoreOutcome,
+    SkippedCheckpoint,
 };
 pub use codec::{Codec, VoidNamespace};
 pub use error::{Error, ErrorKind, Result};
@@ -82,4 +88,8 @@ pub use keyed::key_group::{
     key_group_range_for_operator, operator_index_for_key_group, stable_key_hash,
 };
 pub use keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
-pub use storage::{CheckpointStorage, METADATA_FILE, SHARED_DIR, checkpoint_dir};
+#[cfg(feature = "rocksdb")]
+pub use lsm::{LsmBackendConfig, LsmKeyedStateBackend, lsm_db_options};
+pub use storage::{
+    CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir,
+};

@@ -242,3 +242,10 @@ conformance!(
     HeapKeyedStateBackend::<u64>::new(common::config(128, 1, 0)).unwrap(),
     HeapKeyedStateBackend::<u64>::new(common::config(128, 2, 0)).unwrap()
 );
+
+#[cfg(feature = "rocksdb")]
+conformance!(
+    lsm,
+    common::lsm::<u64>(128, 1, 0),
+    common::lsm::<u64>(128, 2, 0)
+);

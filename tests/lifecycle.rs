@@ -427,6 +427,7 @@ fn fuzz_empty_snapshot_file_is_corrupt_not_a_storage_error() {
                 size_bytes: 0,
                 crc32: 0,
                 created_by: 1,
+                local_name: String::new(),
             }],
         };
         let err = HeapKeyedStateBackend::<u64>::restore(config(128, 1, 0), &storage, &[handle])

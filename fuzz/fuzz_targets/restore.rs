@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 size_bytes: data.len() as u64,
                 crc32: 0,
                 created_by: 1,
+                local_name: String::new(),
             }],
         };
         // Rescaled restores read only some key groups: attack both paths.

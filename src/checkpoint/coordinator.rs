@@ -2,17 +2,19 @@
 //! metadata last and atomically, and hands completed checkpoints to the store (as Flink's
 //! `CheckpointCoordinator`, for an engine embedding this crate).
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::checkpoint::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
-use crate::checkpoint::store::{CancellationPolicy, CompletedCheckpointStore, discard};
+use crate::checkpoint::store::{
+    CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode, discard,
+};
 use crate::error::{Error, Result};
 use crate::format::metadata;
 use crate::keyed::backend::SnapshotMetrics;
-use crate::storage::{CheckpointStorage, METADATA_FILE, checkpoint_dir};
+use crate::storage::{CheckpointStorage, METADATA_FILE, SHARED_DIR, checkpoint_dir};
 
 /// Settings of a coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,24 @@ pub struct CheckpointStats {
     pub files_reused: u32,
     /// Checkpoints subsumed by this one.
     pub subsumed: Vec<u64>,
+    /// Older pending checkpoints aborted because this one completed (as Flink's coordinator does); the
+    /// engine must call `notify_checkpoint_aborted` for each on every backend.
+    pub aborted_pending: Vec<u64>,
+    /// The shared-file registry after the subsumption.
+    pub registry: RegistryStats,
+}
+
+/// What an orphan sweep found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Files listed under `shared/`.
+    pub listed: usize,
+    /// Of those, referenced by a retained or pinned checkpoint (kept).
+    pub referenced: usize,
+    /// Unreferenced, but not for `min_age` yet (kept; e.g. uploads of a checkpoint still in flight).
+    pub too_young: usize,
+    /// Unreferenced for at least `min_age`: deleted (paths relative to the job root).
+    pub deleted: Vec<String>,
 }
 
 struct Pending {
@@ -59,6 +79,8 @@ pub struct CheckpointCoordinator {
     config: CoordinatorConfig,
     next_id: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Shared files seen unreferenced by a sweep, and when they were first seen so (SlateDB #204).
+    orphan_candidates: HashMap<String, Instant>,
 }
 
 impl CheckpointCoordinator {
@@ -95,7 +117,21 @@ impl CheckpointCoordinator {
             config,
             next_id,
             pending: BTreeMap::new(),
+            orphan_candidates: HashMap::new(),
         })
+    }
+
+    /// Tells the coordinator the job was restored from its own checkpoint `checkpoint_id` in `mode`.
+    /// With [`RestoreMode::NoClaim`] the checkpoint is pinned: it and its files are never deleted by the
+    /// job (FLINK-26985). With [`RestoreMode::Claim`] nothing changes: the job owns it already.
+    ///
+    /// # Errors
+    /// Storage errors while writing the pin marker.
+    pub async fn restored_from(&mut self, checkpoint_id: u64, mode: RestoreMode) -> Result<()> {
+        if mode == RestoreMode::NoClaim {
+            self.store.pin(checkpoint_id).await?;
+        }
+        Ok(())
     }
 
     /// The completed-checkpoint store.
@@ -168,6 +204,11 @@ impl CheckpointCoordinator {
             kind: SnapshotKind::Checkpoint,
             tasks: pending.tasks,
         };
+        if let Err(e) = self.store.check_references(&meta) {
+            tracing::warn!(checkpoint_id, error = %e, "declining checkpoint");
+            self.discard_uploads(checkpoint_id, &meta.tasks).await?;
+            return Err(e);
+        }
         let relative = format!("{}/{METADATA_FILE}", checkpoint_dir(checkpoint_id));
         if let Err(e) = self
             .storage
@@ -175,10 +216,18 @@ impl CheckpointCoordinator {
             .await
         {
             // Never completed: delete what it wrote (its metadata may or may not exist).
-            let _ = discard(&self.storage, checkpoint_id).await;
+            let _ = self.discard_uploads(checkpoint_id, &meta.tasks).await;
             return Err(e);
         }
-        let subsumed = self.store.add(meta).await?;
+        let (subsumed, registry) = self.store.add(meta).await?;
+        let older: Vec<u64> = self
+            .pending
+            .range(..checkpoint_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &older {
+            self.abort(*id).await?;
+        }
         let m = &pending.metrics;
         Ok(Some(CheckpointStats {
             checkpoint_id,
@@ -190,6 +239,8 @@ impl CheckpointCoordinator {
             files_uploaded: m.iter().map(|m| m.files_uploaded).sum(),
             files_reused: m.iter().map(|m| m.files_reused).sum(),
             subsumed,
+            aborted_pending: older,
+            registry,
         }))
     }
 
@@ -199,10 +250,70 @@ impl CheckpointCoordinator {
     /// # Errors
     /// Storage errors while deleting.
     pub async fn abort(&mut self, checkpoint_id: u64) -> Result<()> {
-        if self.pending.remove(&checkpoint_id).is_some() {
-            discard(&self.storage, checkpoint_id).await?;
+        if let Some(pending) = self.pending.remove(&checkpoint_id) {
+            self.discard_uploads(checkpoint_id, &pending.tasks).await?;
         }
         Ok(())
+    }
+
+    /// Deletes what an incomplete checkpoint wrote: its directory and the shared files its acknowledged
+    /// tasks uploaded (FLINK-30461). Files it reused belong to other checkpoints and stay.
+    async fn discard_uploads(&self, checkpoint_id: u64, tasks: &[TaskStateSnapshot]) -> Result<()> {
+        discard(&self.storage, checkpoint_id).await?;
+        for file in tasks
+            .iter()
+            .filter_map(|t| t.keyed_state.as_ref())
+            .flat_map(|h| &h.files)
+        {
+            if file.created_by == checkpoint_id && !self.store.references(&file.path) {
+                self.storage.delete(&file.path).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Orphan sweep of `shared/`: lists it, then (after listing, so an upload that completes meanwhile is
+    /// seen as referenced or young) classifies every file; deletes only files that no retained or pinned
+    /// checkpoint references and that were already unreferenced at a sweep at least `min_age` before `now`.
+    /// Age counts from when a file was first seen unreferenced, not from when it was written (SlateDB #204),
+    /// which protects uploads of checkpoints still in flight (SlateDB #1758) however slow they are, as long
+    /// as `min_age` exceeds the longest checkpoint. A restarted coordinator starts with no candidates, so its
+    /// first sweep deletes nothing. `now` comes from the caller (an injected clock in tests).
+    ///
+    /// # Errors
+    /// Storage errors while listing or deleting (files classified before the error stay candidates).
+    pub async fn sweep_orphans(&mut self, min_age: Duration, now: Instant) -> Result<SweepReport> {
+        let listed = self.storage.list_files(SHARED_DIR).await?;
+        let mut report = SweepReport {
+            listed: listed.len(),
+            ..SweepReport::default()
+        };
+        let mut doomed = Vec::new();
+        let mut candidates = HashMap::new();
+        for file in listed {
+            if self.store.references(&file.path) {
+                report.referenced += 1;
+                continue;
+            }
+            let since = self
+                .orphan_candidates
+                .get(&file.path)
+                .copied()
+                .unwrap_or(now);
+            if now.saturating_duration_since(since) >= min_age && since != now {
+                doomed.push(file.path);
+            } else {
+                report.too_young += 1;
+                candidates.insert(file.path, since);
+            }
+        }
+        self.orphan_candidates = candidates;
+        for path in doomed {
+            tracing::info!(path = %path, "orphan sweep: deleting an unreferenced shared file");
+            self.storage.delete(&path).await?;
+            report.deleted.push(path);
+        }
+        Ok(report)
     }
 
     /// Stops the coordinator with the job: aborts pending checkpoints, then keeps or deletes completed ones.

@@ -27,6 +27,9 @@ pub struct StateFile {
     pub crc32: u32,
     /// Checkpoint that uploaded the file (a placeholder of a later checkpoint keeps the original id).
     pub created_by: u64,
+    /// Name the file has in the backend's local directory (e.g. RocksDB's `000012.sst`); empty when the
+    /// format does not need one (keyed files). Never an identity: only `path` is (DESIGN.md section 4).
+    pub local_name: String,
 }
 
 /// How the files of a [`KeyedStateHandle`] are to be read.
@@ -35,16 +38,24 @@ pub struct StateFile {
 pub enum HandleFormat {
     /// One keyed snapshot file (`docs/formats.md`): a full snapshot of the heap backend.
     KeyedFile,
+    /// The files of a native RocksDB checkpoint of the LSM backend: shared SST files (uploaded once, reused
+    /// by later checkpoints) and private MANIFEST/CURRENT/OPTIONS files, each with its local name.
+    RocksIncremental,
 }
 
 impl HandleFormat {
     pub(crate) fn tag(self) -> u8 {
         match self {
             HandleFormat::KeyedFile => 0,
+            HandleFormat::RocksIncremental => 1,
         }
     }
     pub(crate) fn from_tag(tag: u8) -> Option<Self> {
-        (tag == 0).then_some(HandleFormat::KeyedFile)
+        match tag {
+            0 => Some(HandleFormat::KeyedFile),
+            1 => Some(HandleFormat::RocksIncremental),
+            _ => None,
+        }
     }
 }
 
@@ -128,6 +139,11 @@ impl CheckpointMetadata {
     /// [`Error::Corrupt`](crate::Error::Corrupt) naming `path` for a bad magic, version, checksum or field.
     pub fn from_bytes(bytes: &[u8], path: &str) -> crate::Result<Self> {
         crate::format::metadata::decode(bytes, path)
+    }
+
+    /// Every shared file the checkpoint references.
+    pub fn shared_files(&self) -> impl Iterator<Item = &StateFile> {
+        self.files().filter(|f| f.scope == FileScope::Shared)
     }
 
     /// Every file the checkpoint references.

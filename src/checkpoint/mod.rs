@@ -2,4 +2,5 @@
 
 pub(crate) mod coordinator;
 pub(crate) mod handle;
+pub(crate) mod registry;
 pub(crate) mod store;

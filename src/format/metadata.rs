@@ -10,8 +10,8 @@ use crate::keyed::key_group::KeyGroupRange;
 
 /// First 8 bytes of a metadata file.
 pub(crate) const MAGIC: &[u8; 8] = b"SBCHKMD\x01";
-/// Current format version.
-pub(crate) const VERSION: u16 = 1;
+/// Current format version. Version 2 added each file's local name; version 1 files are still read.
+pub(crate) const VERSION: u16 = 2;
 
 /// Encodes `meta` into the bytes of a `_metadata` file.
 pub(crate) fn encode(meta: &CheckpointMetadata) -> Vec<u8> {
@@ -64,6 +64,7 @@ fn encode_handle(h: &KeyedStateHandle, out: &mut Vec<u8>) {
         out.put_u64(f.size_bytes);
         out.put_u32(f.crc32);
         out.put_u64(f.created_by);
+        out.put_str(&f.local_name);
     }
 }
 
@@ -80,7 +81,7 @@ pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
         ));
     }
     let version = d.u16("version")?;
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(Error::corrupt(
             path,
             format!("unsupported metadata version {version}, this build reads {VERSION}"),
@@ -107,7 +108,7 @@ pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
         let subtask_index = d.u32("subtask index")?;
         let keyed_state = match d.u8("keyed state flag")? {
             0 => None,
-            1 => Some(decode_handle(&mut d)?),
+            1 => Some(decode_handle(&mut d, version)?),
             other => return Err(d.error(format!("bad keyed state flag {other}"))),
         };
         let m = d.count("operator state count", 8)?;
@@ -132,7 +133,7 @@ pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
     })
 }
 
-fn decode_handle(d: &mut Decoder<'_>) -> Result<KeyedStateHandle> {
+fn decode_handle(d: &mut Decoder<'_>, version: u16) -> Result<KeyedStateHandle> {
     let backend_id = d.str("backend id")?.to_string();
     let checkpoint_id = d.u64("handle checkpoint id")?;
     let max_parallelism = d.u32("max parallelism")?;
@@ -164,6 +165,11 @@ fn decode_handle(d: &mut Decoder<'_>) -> Result<KeyedStateHandle> {
             size_bytes: d.u64("file size")?,
             crc32: d.u32("file crc")?,
             created_by: d.u64("file created by")?,
+            local_name: if version >= 2 {
+                d.str("file local name")?.to_string()
+            } else {
+                String::new()
+            },
         });
     }
     Ok(KeyedStateHandle {
@@ -200,6 +206,7 @@ mod tests {
                         size_bytes: 1234,
                         crc32: 0xdead_beef,
                         created_by: 7,
+                        local_name: String::new(),
                     }],
                 }),
                 operator_state: [("offset".to_string(), 42u64.to_le_bytes().to_vec())].into(),

@@ -119,7 +119,13 @@ async fn load_handle(
     handle: &KeyedStateHandle,
     range: KeyGroupRange,
 ) -> Result<LoadedFile> {
-    let HandleFormat::KeyedFile = handle.format;
+    if handle.format != HandleFormat::KeyedFile {
+        return Err(Error::InvalidArgument(format!(
+            "the heap backend restores keyed-file snapshots; backend {} wrote {:?} (restore it with the \
+             backend that wrote it)",
+            handle.backend_id, handle.format
+        )));
+    }
     let [file] = handle.files.as_slice() else {
         return Err(Error::InvalidArgument(format!(
             "a keyed-file handle has exactly one file, backend {} lists {}",

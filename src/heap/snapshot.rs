@@ -85,6 +85,7 @@ impl SnapshotJob {
                 size_bytes: summary.size,
                 crc32: summary.crc32,
                 created_by: checkpoint_id,
+                local_name: String::new(),
             }],
         };
         let metrics = SnapshotMetrics {

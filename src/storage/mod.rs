@@ -7,6 +7,8 @@
 //! - `shared/<files>`: files that several checkpoints may reference (incremental backends).
 
 mod local_read;
+#[cfg(feature = "rocksdb")]
+pub(crate) mod transfer;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -24,6 +26,11 @@ use crate::error::{Error, Result};
 pub const METADATA_FILE: &str = "_metadata";
 /// Directory (relative to the job root) of shared files.
 pub const SHARED_DIR: &str = "shared";
+/// Marker file in a checkpoint directory: the checkpoint is pinned (restored in NO_CLAIM mode) and never
+/// deleted by the job.
+pub const PINNED_MARKER: &str = "_pinned";
+/// Directory (relative to the job root) of savepoints.
+pub const SAVEPOINT_DIR: &str = "savepoints";
 
 /// Directory name of checkpoint `id`: `chk-<id>`.
 pub fn checkpoint_dir(id: u64) -> String {
@@ -175,6 +182,43 @@ impl CheckpointStorage {
         })
     }
 
+    /// Succeeds if `relative` exists.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if it does not; other storage errors.
+    pub(crate) async fn head(&self, relative: &str) -> Result<()> {
+        let path = self.path(relative);
+        self.store
+            .head(&path)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::storage(&path, e))
+    }
+
+    /// Files below the directory `relative`: their paths relative to the job root, sizes in bytes and
+    /// last-modified times, in no particular order.
+    pub(crate) async fn list_files(&self, relative: &str) -> Result<Vec<ListedFile>> {
+        let prefix = self.path(relative);
+        let root = self.root.as_ref().len() + 1;
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::storage(&prefix, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.as_ref();
+                Some(ListedFile {
+                    path: full.get(root..)?.to_string(),
+                    size_bytes: m.size,
+                    last_modified: m.last_modified.into(),
+                })
+            })
+            .collect())
+    }
+
     /// Deletes `relative`; a missing file is not an error.
     pub(crate) async fn delete(&self, relative: &str) -> Result<()> {
         let path = self.path(relative);
@@ -217,6 +261,17 @@ impl CheckpointStorage {
         ids.sort_unstable();
         Ok(ids)
     }
+}
+
+/// One file found by [`CheckpointStorage::list_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListedFile {
+    /// Path relative to the job root.
+    pub(crate) path: String,
+    /// Size in bytes.
+    pub(crate) size_bytes: u64,
+    /// When the store last wrote it.
+    pub(crate) last_modified: std::time::SystemTime,
 }
 
 /// A file being streamed to checkpoint storage (multipart above 8 MiB).

@@ -21,10 +21,32 @@ pub fn config(max_parallelism: u32, parallelism: u32, index: u32) -> HeapBackend
     HeapBackendConfig::for_subtask("op", max_parallelism, parallelism, index).expect("config")
 }
 
+/// Config of LSM subtask `index` of `parallelism` for operator `op`, in a new temporary directory (the
+/// backend removes it when dropped).
+#[cfg(feature = "rocksdb")]
+pub fn lsm_config(max_parallelism: u32, parallelism: u32, index: u32) -> LsmBackendConfig {
+    let dir = tempfile::Builder::new()
+        .prefix("sb-lsm-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    LsmBackendConfig::for_subtask("op", max_parallelism, parallelism, index, dir).expect("config")
+}
+
+/// A new LSM backend of subtask `index` of `parallelism`.
+#[cfg(feature = "rocksdb")]
+pub fn lsm<K: StateKey>(
+    max_parallelism: u32,
+    parallelism: u32,
+    index: u32,
+) -> LsmKeyedStateBackend<K> {
+    LsmKeyedStateBackend::new(lsm_config(max_parallelism, parallelism, index)).expect("lsm backend")
+}
+
 /// Snapshots every backend into checkpoint `id` and completes it through the coordinator.
-pub async fn checkpoint<K: StateKey>(
+pub async fn checkpoint<K: StateKey, B: KeyedStateBackend<K>>(
     coordinator: &mut CheckpointCoordinator,
-    backends: &mut [HeapKeyedStateBackend<K>],
+    backends: &mut [B],
 ) -> CheckpointStats {
     let id = coordinator.trigger();
     let storage = coordinator.storage().clone();

@@ -1,0 +1,11 @@
+//! The LSM keyed state backend on RocksDB, with incremental checkpoints (as Flink's
+//! `EmbeddedRocksDBStateBackend` with `RocksIncrementalSnapshotStrategy`). Design: `docs/lsm.md`.
+
+mod backend;
+mod keys;
+mod options;
+mod restore;
+mod snapshot;
+
+pub use backend::LsmKeyedStateBackend;
+pub use options::{LsmBackendConfig, lsm_db_options};

@@ -1,0 +1,149 @@
+//! Settings of the LSM backend and the RocksDB options it runs with.
+
+use std::path::PathBuf;
+
+use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options};
+
+use crate::error::{Error, Result};
+use crate::keyed::key_group::{KeyGroupRange, key_group_range_for_operator};
+
+/// Settings of an LSM backend (plain data; units in the names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LsmBackendConfig {
+    /// Operator identity; part of file names, so ASCII letters, digits, `-` and `_` only.
+    pub operator_id: String,
+    /// Index of this subtask.
+    pub subtask_index: u32,
+    /// Max parallelism of the job (number of key groups, at most 2^15), fixed for the job's life.
+    pub max_parallelism: u32,
+    /// Key groups this backend owns.
+    pub key_groups: KeyGroupRange,
+    /// Local working directory of this backend (its DB, native checkpoints, restore downloads). It should
+    /// be on a local disk and belong to this backend alone; its content is disposable.
+    pub local_dir: PathBuf,
+    /// Files uploaded or downloaded at the same time (Flink's `state.backend.rocksdb.checkpoint.transfer.
+    /// thread.num`, default 4).
+    pub transfer_concurrency: usize,
+    /// Size of the LRU block cache in bytes (default 64 MiB).
+    pub block_cache_bytes: usize,
+    /// Size of one memtable in bytes (RocksDB's `write_buffer_size`, default 64 MiB).
+    pub write_buffer_bytes: usize,
+}
+
+impl LsmBackendConfig {
+    /// Config of subtask `subtask_index` of `parallelism`, owning the key groups Flink's formula gives it,
+    /// working in `local_dir`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an impossible parallelism or operator id.
+    pub fn for_subtask(
+        operator_id: &str,
+        max_parallelism: u32,
+        parallelism: u32,
+        subtask_index: u32,
+        local_dir: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let config = LsmBackendConfig {
+            operator_id: operator_id.to_string(),
+            subtask_index,
+            max_parallelism,
+            key_groups: key_group_range_for_operator(max_parallelism, parallelism, subtask_index)?,
+            local_dir: local_dir.into(),
+            transfer_concurrency: 4,
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let id_ok = !self.operator_id.is_empty()
+            && self
+                .operator_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !id_ok {
+            return Err(Error::InvalidArgument(format!(
+                "operator id `{}` must be non-empty ASCII letters, digits, `-` or `_`",
+                self.operator_id
+            )));
+        }
+        KeyGroupRange::all(self.max_parallelism)?;
+        if self
+            .key_groups
+            .end()
+            .is_some_and(|e| e >= self.max_parallelism)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "key-group range {} exceeds max parallelism {}",
+                self.key_groups, self.max_parallelism
+            )));
+        }
+        if self.transfer_concurrency == 0 {
+            return Err(Error::InvalidArgument(
+                "transfer_concurrency must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn db_dir(&self) -> PathBuf {
+        self.local_dir.join("db")
+    }
+
+    pub(crate) fn checkpoint_dir(&self, checkpoint_id: u64) -> PathBuf {
+        self.local_dir
+            .join("checkpoints")
+            .join(format!("chk-{checkpoint_id}"))
+    }
+}
+
+/// Name of the merge operator that appends list elements.
+pub(crate) const LIST_MERGE_OPERATOR: &str = "sb-list-append";
+
+/// Concatenates list encodings (each element is length-prefixed, so concatenation is list append).
+fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let extra: usize = operands.iter().map(<[u8]>::len).sum();
+    let mut out = Vec::with_capacity(existing.map_or(0, <[u8]>::len) + extra);
+    if let Some(existing) = existing {
+        out.extend_from_slice(existing);
+    }
+    for operand in operands {
+        out.extend_from_slice(operand);
+    }
+    Some(out)
+}
+
+/// The RocksDB options of every column family and of the DB (the raw-RocksDB baseline of
+/// `benches/lsm_ops.rs` uses the same function):
+/// - `create_if_missing`, `create_missing_column_families`;
+/// - WAL is disabled on every write (the backend's `WriteOptions`), durability comes from checkpoints,
+///   and the synchronous phase flushes the memtables before the native checkpoint;
+/// - `write_buffer_size = write_buffer_bytes`, at most 3 memtables per column family;
+/// - LZ4 compression on every level (cheap to compress and decompress);
+/// - level compaction with `level_compaction_dynamic_level_bytes`, `max_background_jobs = 2` (this
+///   crate targets small task managers; RocksDB's default is 2 as well);
+/// - block-based tables with 16 KiB blocks, a shared LRU cache of `block_cache_bytes`, index and filter
+///   blocks in the cache, and a 10 bits/key bloom filter on whole keys (point reads are the common case);
+/// - the list merge operator `sb-list-append` (harmless on column families without lists).
+pub fn lsm_db_options(block_cache_bytes: usize, write_buffer_bytes: usize) -> (Options, Cache) {
+    let cache = Cache::new_lru_cache(block_cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_block_size(16 << 10);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_bloom_filter(10.0, false);
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_write_buffer_size(write_buffer_bytes);
+    opts.set_max_write_buffer_number(3);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_level_compaction_dynamic_level_bytes(true);
+    opts.set_max_background_jobs(2);
+    opts.set_block_based_table_factory(&table);
+    opts.set_merge_operator_associative(LIST_MERGE_OPERATOR, list_append);
+    (opts, cache)
+}

@@ -1,0 +1,248 @@
+//! Restore of the LSM backend from incremental checkpoint handles, at the same or another parallelism
+//! (`docs/lsm.md`, "Restore").
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use rocksdb::{DB, WriteBatch};
+
+use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle};
+use crate::checkpoint::store::RestoreMode;
+use crate::error::{Error, Result};
+use crate::keyed::backend::StateKey;
+use crate::keyed::key_group::KeyGroupRange;
+use crate::lsm::backend::{
+    DiffBase, LsmKeyedStateBackend, db_error, new_backend_id, remove_dir_if_exists,
+};
+use crate::lsm::keys::key_group_prefix;
+use crate::lsm::options::{LsmBackendConfig, lsm_db_options};
+use crate::storage::CheckpointStorage;
+use crate::storage::transfer::Transferred;
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::local(path.display().to_string(), e)
+}
+
+/// `[start, end)` row-key bounds of a key-group range.
+fn bounds(range: KeyGroupRange) -> Option<([u8; 2], [u8; 2])> {
+    let end = range.end()?;
+    Some((key_group_prefix(range.start()), key_group_prefix(end + 1)))
+}
+
+/// Downloads every file of `handle` into the new directory `dir`, in parallel, checking sizes and CRC32s.
+async fn download(
+    storage: &CheckpointStorage,
+    handle: &KeyedStateHandle,
+    dir: &Path,
+    concurrency: usize,
+) -> Result<()> {
+    remove_dir_if_exists(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    let mut seen = std::collections::HashSet::new();
+    for f in &handle.files {
+        let ok = !f.local_name.is_empty()
+            && !f.local_name.contains(['/', '\\'])
+            && f.local_name != "."
+            && f.local_name != ".."
+            && seen.insert(f.local_name.as_str());
+        if !ok {
+            return Err(Error::corrupt(
+                storage.path(&f.path),
+                format!(
+                    "bad or repeated local file name `{}` in the handle",
+                    f.local_name
+                ),
+            ));
+        }
+    }
+    let results: Vec<Result<()>> = futures::stream::iter(&handle.files)
+        .map(|f| async move {
+            let expected = Transferred {
+                size_bytes: f.size_bytes,
+                crc32: f.crc32,
+            };
+            storage
+                .download_file(&f.path, &dir.join(&f.local_name), expected)
+                .await
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+impl<K: StateKey> LsmKeyedStateBackend<K> {
+    /// Restores a backend from the keyed state handles of a checkpoint (all subtasks' handles, or those
+    /// that overlap `config.key_groups`), keeping only the owned key groups.
+    ///
+    /// With one handle of exactly the owned range and [`RestoreMode::Claim`], the backend keeps the
+    /// handle's backend id and reuses its files, so the next checkpoint stays incremental. Otherwise (NO_CLAIM
+    /// or a rescale) the next checkpoint uploads every file.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] if a handle has another max parallelism or is not an LSM handle.
+    /// - [`Error::NotFound`] if a file is missing; [`Error::Corrupt`] naming the file if its size or CRC32
+    ///   differs from the handle, or if RocksDB cannot open the downloaded files.
+    /// - [`Error::Storage`] for other storage or local errors.
+    ///
+    /// On error the local directory may hold partial downloads; the checkpoint itself is never modified.
+    pub async fn restore(
+        config: LsmBackendConfig,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+    ) -> Result<Self> {
+        config.validate()?;
+        for h in handles {
+            if h.max_parallelism != config.max_parallelism {
+                return Err(Error::InvalidArgument(format!(
+                    "handle of backend {} has max parallelism {}, this backend {}",
+                    h.backend_id, h.max_parallelism, config.max_parallelism
+                )));
+            }
+            if h.format != HandleFormat::RocksIncremental {
+                return Err(Error::InvalidArgument(format!(
+                    "the LSM backend restores its own incremental snapshots; backend {} wrote {:?}",
+                    h.backend_id, h.format
+                )));
+            }
+        }
+        let owned = config.key_groups;
+        let mut overlapping: Vec<&KeyedStateHandle> = handles
+            .iter()
+            .filter(|h| !h.key_groups.intersection(&owned).is_empty())
+            .collect();
+        // The handle with the largest overlap becomes the DB; the others are copied in (FLINK-21321).
+        overlapping.sort_by_key(|h| std::cmp::Reverse(h.key_groups.intersection(&owned).len()));
+        remove_dir_if_exists(&config.local_dir)?;
+        let Some((first, rest)) = overlapping.split_first() else {
+            return Self::new(config);
+        };
+        download(
+            storage,
+            first,
+            &config.db_dir(),
+            config.transfer_concurrency,
+        )
+        .await?;
+        let keep_identity =
+            mode == RestoreMode::Claim && handles.len() == 1 && first.key_groups == owned;
+        let backend_id = if keep_identity {
+            first.backend_id.clone()
+        } else {
+            new_backend_id(&config)
+        };
+        let db_dir = config.db_dir();
+        let mut backend = Self::open_db(config.clone(), backend_id)
+            .map_err(|e| corrupt_if_db(e, storage, first))?;
+        if first.key_groups != owned {
+            backend.clip_to(owned)?;
+        }
+        for (i, other) in rest.iter().enumerate() {
+            let dir = config.local_dir.join(format!("restore-{i}"));
+            download(storage, other, &dir, config.transfer_concurrency).await?;
+            let copied = backend.copy_owned_from(&dir);
+            remove_dir_if_exists(&dir)?;
+            copied.map_err(|e| corrupt_if_db(e, storage, other))?;
+        }
+        if keep_identity {
+            backend.base = Some(DiffBase {
+                checkpoint_id: first.checkpoint_id,
+                shared: first
+                    .files
+                    .iter()
+                    .filter(|f| f.scope == FileScope::Shared)
+                    .map(|f| (f.local_name.clone(), f.clone()))
+                    .collect::<HashMap<_, _>>(),
+            });
+        }
+        tracing::info!(
+            dir = %db_dir.display(),
+            handles = overlapping.len(),
+            incremental = keep_identity,
+            "lsm backend restored"
+        );
+        Ok(backend)
+    }
+
+    /// Removes every row outside `owned` from every column family (`delete_range`).
+    fn clip_to(&mut self, owned: KeyGroupRange) -> Result<()> {
+        let max = key_group_prefix(self.config.max_parallelism);
+        let (start, end) = bounds(owned).unwrap_or((max, max));
+        for state in &self.states {
+            let Some(cf) = self.db.cf_handle(&state.cf) else {
+                continue;
+            };
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf, [0u8, 0].as_slice(), start.as_slice());
+            batch.delete_range_cf(cf, end.as_slice(), [0xffu8, 0xff, 0xff].as_slice());
+            self.db
+                .write_opt(batch, &self.write_options)
+                .map_err(|e| db_error("delete_range on restore", e))?;
+        }
+        Ok(())
+    }
+
+    /// Copies the owned key groups of every state of the DB in `dir` into this backend.
+    fn copy_owned_from(&mut self, dir: &PathBuf) -> Result<()> {
+        let Some((start, end)) = bounds(self.config.key_groups) else {
+            return Ok(());
+        };
+        let (options, _cache) = lsm_db_options(
+            self.config.block_cache_bytes,
+            self.config.write_buffer_bytes,
+        );
+        let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(dir.display(), e))?;
+        let other = DB::open_cf_for_read_only(&options, dir, &cfs, false)
+            .map_err(|e| db_error(dir.display(), e))?;
+        let path = dir.display().to_string();
+        for item in other.prefix_iterator(b"meta:") {
+            let (key, value) = item.map_err(|e| db_error(&path, e))?;
+            if !key.starts_with(b"meta:") {
+                break;
+            }
+            let meta = crate::lsm::keys::decode_meta(&value, &path)?;
+            let id = self.register(meta)?;
+            let cf_name = self.states[id.0 as usize].cf.clone();
+            let (Some(from), Some(to)) = (other.cf_handle(&cf_name), self.db.cf_handle(&cf_name))
+            else {
+                return Err(Error::corrupt(
+                    &path,
+                    format!("column family {cf_name} is missing"),
+                ));
+            };
+            let mut it = other.raw_iterator_cf(from);
+            it.seek(start);
+            let mut batch = WriteBatch::default();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if k >= end.as_slice() {
+                    break;
+                }
+                batch.put_cf(to, k, v);
+                if batch.len() >= 10_000 {
+                    self.db
+                        .write_opt(std::mem::take(&mut batch), &self.write_options)
+                        .map_err(|e| db_error("copy on restore", e))?;
+                }
+                it.next();
+            }
+            it.status().map_err(|e| db_error(&path, e))?;
+            self.db
+                .write_opt(batch, &self.write_options)
+                .map_err(|e| db_error("copy on restore", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// RocksDB refusing downloaded files that passed their CRC checks means the checkpoint is unusable.
+fn corrupt_if_db(e: Error, storage: &CheckpointStorage, handle: &KeyedStateHandle) -> Error {
+    match e {
+        Error::Local { path, message } => Error::corrupt(
+            storage.path(handle.files.first().map_or("", |f| f.path.as_str())),
+            format!("RocksDB cannot open the restored files ({path}): {message}"),
+        ),
+        other => other,
+    }
+}

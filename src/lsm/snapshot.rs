@@ -1,0 +1,238 @@
+//! The asynchronous phase of an LSM checkpoint: diff the native checkpoint's SST files against the diff
+//! base, upload the new ones under unique names, reuse the others as placeholders (`docs/lsm.md`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
+use crate::error::{Error, Result};
+use crate::keyed::backend::{SnapshotMetrics, SnapshotResult};
+use crate::keyed::key_group::KeyGroupRange;
+use crate::lsm::backend::{DiffBase, PendingUploads, remove_dir_if_exists};
+use crate::storage::{CheckpointStorage, SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
+
+/// Where a snapshot goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SnapshotTarget {
+    /// An incremental checkpoint: SSTs shared, diffed against the base.
+    Checkpoint,
+    /// A native savepoint: every file uploaded, private, never a base.
+    Savepoint,
+}
+
+/// Everything the asynchronous phase needs; owns no reference to the DB.
+pub(crate) struct UploadJob {
+    pub(crate) checkpoint_id: u64,
+    pub(crate) target: SnapshotTarget,
+    /// The native checkpoint directory (hard links), removed when the job ends.
+    pub(crate) local_dir: PathBuf,
+    pub(crate) base: Option<DiffBase>,
+    pub(crate) pending: PendingUploads,
+    pub(crate) storage: CheckpointStorage,
+    pub(crate) backend_id: String,
+    pub(crate) operator_id: String,
+    pub(crate) subtask_index: u32,
+    pub(crate) max_parallelism: u32,
+    pub(crate) key_groups: KeyGroupRange,
+    pub(crate) concurrency: usize,
+    pub(crate) entries: u64,
+}
+
+/// A file of the native checkpoint and what to do with it.
+enum Plan {
+    Reuse(StateFile),
+    Upload {
+        local: PathBuf,
+        local_name: String,
+        remote: String,
+        scope: FileScope,
+    },
+}
+
+/// 64 random bits for unique upload names: std's per-instance random hasher keys, mixed with the time.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+impl UploadJob {
+    pub(crate) async fn run(self, sync_duration: Duration) -> Result<SnapshotResult> {
+        let local_dir = self.local_dir.clone();
+        let result = self.run_inner(sync_duration).await;
+        // The native checkpoint is no longer needed, whatever happened (its SSTs are hard links).
+        let _ = tokio::task::spawn_blocking(move || remove_dir_if_exists(&local_dir)).await;
+        result
+    }
+
+    fn plan(&self) -> Result<Vec<Plan>> {
+        let read_dir = std::fs::read_dir(&self.local_dir)
+            .map_err(|e| Error::local(self.local_dir.display().to_string(), e))?;
+        let nonce = random_u64();
+        let mut plans = Vec::new();
+        for entry in read_dir {
+            let entry = entry.map_err(|e| Error::local(self.local_dir.display().to_string(), e))?;
+            let local_name = entry.file_name().to_string_lossy().into_owned();
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            let is_sst = local_name.ends_with(".sst");
+            if is_sst
+                && self.target == SnapshotTarget::Checkpoint
+                && let Some(reused) = self
+                    .base
+                    .as_ref()
+                    .and_then(|b| b.shared.get(&local_name))
+                    .filter(|f| f.size_bytes == size)
+            {
+                plans.push(Plan::Reuse(reused.clone()));
+                continue;
+            }
+            let (remote, scope) = match (self.target, is_sst) {
+                (SnapshotTarget::Checkpoint, true) => (
+                    format!(
+                        "{SHARED_DIR}/{}-{}-{nonce:016x}-{local_name}",
+                        self.backend_id, self.checkpoint_id
+                    ),
+                    FileScope::Shared,
+                ),
+                (SnapshotTarget::Checkpoint, false) => (
+                    format!(
+                        "{}/{}-{}/{local_name}",
+                        checkpoint_dir(self.checkpoint_id),
+                        self.operator_id,
+                        self.subtask_index
+                    ),
+                    FileScope::Private,
+                ),
+                (SnapshotTarget::Savepoint, _) => (
+                    format!(
+                        "{SAVEPOINT_DIR}/sp-{}/{}-{}/{local_name}",
+                        self.checkpoint_id, self.operator_id, self.subtask_index
+                    ),
+                    FileScope::Private,
+                ),
+            };
+            plans.push(Plan::Upload {
+                local: entry.path(),
+                local_name,
+                remote,
+                scope,
+            });
+        }
+        Ok(plans)
+    }
+
+    async fn run_inner(self, sync_duration: Duration) -> Result<SnapshotResult> {
+        let started = Instant::now();
+        let plans = match self.plan() {
+            Ok(plans) => plans,
+            Err(e) => {
+                self.pending.lock().remove(&self.checkpoint_id);
+                return Err(e);
+            }
+        };
+        let mut files = Vec::with_capacity(plans.len());
+        let mut uploads = Vec::new();
+        for plan in plans {
+            match plan {
+                Plan::Reuse(file) => files.push(file),
+                Plan::Upload {
+                    local,
+                    local_name,
+                    remote,
+                    scope,
+                } => uploads.push((local, local_name, remote, scope)),
+            }
+        }
+        let files_reused = files.len() as u32;
+        let checkpoint_id = self.checkpoint_id;
+        let storage = &self.storage;
+        let results: Vec<Result<StateFile>> = futures::stream::iter(uploads)
+            .map(|(local, local_name, remote, scope)| async move {
+                let t = storage.upload_file(&local, &remote).await?;
+                Ok(StateFile {
+                    path: remote,
+                    scope,
+                    size_bytes: t.size_bytes,
+                    crc32: t.crc32,
+                    created_by: checkpoint_id,
+                    local_name,
+                })
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let mut uploaded = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(f) => uploaded.push(f),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let aborted = self
+            .pending
+            .lock()
+            .get(&checkpoint_id)
+            .is_some_and(|p| p.aborted);
+        if first_error.is_some() || aborted {
+            // Nothing of a failed or aborted checkpoint stays in storage (FLINK-30461), and it never
+            // becomes a diff base.
+            self.pending.lock().remove(&checkpoint_id);
+            for f in &uploaded {
+                if let Err(e) = self.storage.delete(&f.path).await {
+                    tracing::warn!(path = %f.path, error = %e, "could not delete an upload of a failed checkpoint; the orphan sweep will");
+                }
+            }
+            return Err(first_error.unwrap_or_else(|| {
+                Error::IllegalState(format!(
+                    "checkpoint {checkpoint_id} was aborted during its asynchronous phase"
+                ))
+            }));
+        }
+        let checkpointed_bytes: u64 = uploaded.iter().map(|f| f.size_bytes).sum();
+        let files_uploaded = uploaded.len() as u32;
+        files.extend(uploaded);
+        files.sort_by(|a, b| a.local_name.cmp(&b.local_name));
+        if self.target == SnapshotTarget::Checkpoint {
+            let shared: HashMap<String, StateFile> = files
+                .iter()
+                .filter(|f| f.scope == FileScope::Shared)
+                .map(|f| (f.local_name.clone(), f.clone()))
+                .collect();
+            if let Some(p) = self.pending.lock().get_mut(&checkpoint_id) {
+                p.shared = Some(shared);
+            }
+        }
+        let full_bytes: u64 = files.iter().map(|f| f.size_bytes).sum();
+        let handle = KeyedStateHandle {
+            backend_id: self.backend_id.clone(),
+            checkpoint_id,
+            max_parallelism: self.max_parallelism,
+            key_groups: self.key_groups,
+            format: HandleFormat::RocksIncremental,
+            files,
+        };
+        let metrics = SnapshotMetrics {
+            sync_duration,
+            async_duration: started.elapsed(),
+            checkpointed_bytes,
+            full_bytes,
+            state_bytes: full_bytes,
+            entries: self.entries,
+            files_uploaded,
+            files_reused,
+        };
+        tracing::debug!(checkpoint_id, ?metrics, "lsm snapshot written");
+        Ok(SnapshotResult { handle, metrics })
+    }
+}
