@@ -1,0 +1,343 @@
+//! The shared-file registry and its garbage collection, driven through the coordinator with hand-made
+//! state handles (no backend needed), one test per pitfall of DESIGN.md section 5 (named after its bug).
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::runtime;
+use object_store::ObjectStoreExt;
+use statebackend::*;
+
+async fn coordinator(
+    storage: &CheckpointStorage,
+    retained: usize,
+    tasks: usize,
+) -> CheckpointCoordinator {
+    CheckpointCoordinator::open(
+        storage.clone(),
+        CoordinatorConfig {
+            expected_tasks: tasks,
+            retained_checkpoints: retained,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn upload(storage: &CheckpointStorage, path: &str) {
+    storage
+        .object_store()
+        .put(
+            &storage.path(path),
+            bytes::Bytes::from(path.to_string()).into(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn exists(storage: &CheckpointStorage, path: &str) -> bool {
+    storage
+        .object_store()
+        .head(&storage.path(path))
+        .await
+        .is_ok()
+}
+
+/// A task of `subtask` in checkpoint `id` referencing shared files `(path, created_by)`.
+fn task(subtask: u32, id: u64, files: &[(&str, u64)]) -> TaskStateSnapshot {
+    TaskStateSnapshot {
+        operator_id: "op".into(),
+        subtask_index: subtask,
+        keyed_state: Some(KeyedStateHandle {
+            backend_id: format!("b{subtask}"),
+            checkpoint_id: id,
+            max_parallelism: 8,
+            key_groups: KeyGroupRange::all(8).unwrap(),
+            format: HandleFormat::RocksIncremental,
+            files: files
+                .iter()
+                .map(|(path, created_by)| StateFile {
+                    path: (*path).into(),
+                    scope: FileScope::Shared,
+                    size_bytes: path.len() as u64,
+                    crc32: crc32fast::hash(path.as_bytes()),
+                    created_by: *created_by,
+                    local_name: path.rsplit('-').next().unwrap().into(),
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Completes checkpoint `id` with one task, uploading the files it creates.
+async fn complete(coord: &mut CheckpointCoordinator, files: &[(&str, u64)]) -> CheckpointStats {
+    let id = coord.trigger();
+    for (path, created_by) in files {
+        if *created_by == id {
+            upload(coord.storage(), path).await;
+        }
+    }
+    coord
+        .acknowledge(id, task(0, id, files), None)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn subsumption_deletes_only_files_no_retained_checkpoint_uses() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("gc").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        complete(&mut coord, &[("shared/a-1.sst", 1), ("shared/b-1.sst", 1)]).await;
+        let stats = complete(&mut coord, &[("shared/a-1.sst", 1), ("shared/c-2.sst", 2)]).await;
+        assert_eq!(stats.subsumed, vec![1]);
+        assert_eq!(stats.registry.files, 2);
+        assert_eq!(stats.registry.deleted_files, 1);
+        assert!(
+            exists(&storage, "shared/a-1.sst").await,
+            "still used by checkpoint 2"
+        );
+        assert!(!exists(&storage, "shared/b-1.sst").await, "used by nobody");
+        assert!(exists(&storage, "shared/c-2.sst").await);
+    });
+}
+
+/// FLINK-29913: two subtasks upload files with the same local name in the same checkpoint. Keyed by
+/// physical path, neither hides the other, and dropping one subtask's reference does not delete the
+/// other's file.
+#[test]
+fn flink_29913_registry_is_keyed_by_physical_path() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("f29913").unwrap();
+        let mut coord = coordinator(&storage, 1, 2).await;
+        let id = coord.trigger();
+        upload(&storage, "shared/b0-000009.sst").await;
+        upload(&storage, "shared/b1-000009.sst").await;
+        coord
+            .acknowledge(id, task(0, id, &[("shared/b0-000009.sst", id)]), None)
+            .await
+            .unwrap();
+        coord
+            .acknowledge(id, task(1, id, &[("shared/b1-000009.sst", id)]), None)
+            .await
+            .unwrap();
+        assert_eq!(coord.store().registry().len(), 2);
+        // Next checkpoint: subtask 0 compacted its file away, subtask 1 still uses its own.
+        let id2 = coord.trigger();
+        upload(&storage, "shared/b0-000012.sst").await;
+        coord
+            .acknowledge(id2, task(0, id2, &[("shared/b0-000012.sst", id2)]), None)
+            .await
+            .unwrap();
+        coord
+            .acknowledge(id2, task(1, id2, &[("shared/b1-000009.sst", id)]), None)
+            .await
+            .unwrap();
+        assert!(!exists(&storage, "shared/b0-000009.sst").await);
+        assert!(
+            exists(&storage, "shared/b1-000009.sst").await,
+            "the same local name of another subtask stays"
+        );
+    });
+}
+
+/// FLINK-24611: aborting a checkpoint that reused files must not delete them (no reference counts that an
+/// abort decrements).
+#[test]
+fn flink_24611_abort_never_deletes_reused_files() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("f24611").unwrap();
+        let mut coord = coordinator(&storage, 1, 2).await;
+        let id = coord.trigger();
+        upload(&storage, "shared/a-1.sst").await;
+        coord
+            .acknowledge(id, task(0, id, &[("shared/a-1.sst", id)]), None)
+            .await
+            .unwrap();
+        coord.acknowledge(id, task(1, id, &[]), None).await.unwrap();
+        let id2 = coord.trigger();
+        upload(&storage, "shared/b-2.sst").await;
+        coord
+            .acknowledge(
+                id2,
+                task(0, id2, &[("shared/a-1.sst", id), ("shared/b-2.sst", id2)]),
+                None,
+            )
+            .await
+            .unwrap();
+        coord.abort(id2).await.unwrap();
+        assert!(
+            exists(&storage, "shared/a-1.sst").await,
+            "reused by the aborted checkpoint, owned by 1"
+        );
+        assert!(
+            !exists(&storage, "shared/b-2.sst").await,
+            "uploaded by the aborted checkpoint"
+        );
+        complete_two(&mut coord, &[("shared/a-1.sst", id)]).await;
+        assert!(exists(&storage, "shared/a-1.sst").await);
+    });
+}
+
+async fn complete_two(coord: &mut CheckpointCoordinator, files: &[(&str, u64)]) {
+    let id = coord.trigger();
+    coord
+        .acknowledge(id, task(0, id, files), None)
+        .await
+        .unwrap();
+    coord
+        .acknowledge(id, task(1, id, &[]), None)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// FLINK-26985: a checkpoint restored in NO_CLAIM mode is pinned: neither it nor its files are deleted
+/// when later checkpoints subsume it, also after the coordinator restarts. In CLAIM mode it is subsumed.
+#[test]
+fn flink_26985_no_claim_never_deletes_the_restored_checkpoint() {
+    runtime().block_on(async {
+        for mode in [RestoreMode::NoClaim, RestoreMode::Claim] {
+            let storage = CheckpointStorage::in_memory("f26985").unwrap();
+            let mut coord = coordinator(&storage, 1, 1).await;
+            complete(&mut coord, &[("shared/a-1.sst", 1)]).await;
+            drop(coord);
+            let mut coord = coordinator(&storage, 1, 1).await;
+            coord.restored_from(1, mode).await.unwrap();
+            // The first checkpoint after a NO_CLAIM restore is full: it never references the old files.
+            complete(&mut coord, &[("shared/b-2.sst", 2)]).await;
+            complete(&mut coord, &[("shared/c-3.sst", 3)]).await;
+            let kept = mode == RestoreMode::NoClaim;
+            assert_eq!(exists(&storage, "shared/a-1.sst").await, kept, "{mode:?}");
+            assert_eq!(exists(&storage, "chk-1/_metadata").await, kept, "{mode:?}");
+            assert!(!exists(&storage, "shared/b-2.sst").await);
+            let coord = coordinator(&storage, 1, 1).await;
+            assert_eq!(coord.store().pinned().len(), usize::from(kept));
+            assert_eq!(coord.store().references("shared/a-1.sst"), kept);
+        }
+    });
+}
+
+/// FLINK-7268: the registry is rebuilt from the retained checkpoints when the coordinator opens, so GC
+/// after a restart deletes exactly what no retained checkpoint uses.
+#[test]
+fn flink_7268_registry_is_rebuilt_on_open() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("f7268").unwrap();
+        let mut coord = coordinator(&storage, 2, 1).await;
+        complete(&mut coord, &[("shared/a-1.sst", 1), ("shared/b-1.sst", 1)]).await;
+        complete(&mut coord, &[("shared/a-1.sst", 1), ("shared/c-2.sst", 2)]).await;
+        let before = coord.store().registry().clone();
+        drop(coord);
+        let mut coord = coordinator(&storage, 2, 1).await;
+        assert_eq!(coord.store().registry(), &before);
+        complete(&mut coord, &[("shared/a-1.sst", 1), ("shared/d-3.sst", 3)]).await;
+        // Checkpoint 1 is subsumed: b is used by nobody, a by 3, c by 2.
+        assert!(!exists(&storage, "shared/b-1.sst").await);
+        for path in ["shared/a-1.sst", "shared/c-2.sst", "shared/d-3.sst"] {
+            assert!(exists(&storage, path).await, "{path}");
+        }
+    });
+}
+
+/// Concurrent checkpoints: checkpoint 3 was built on base 1 and reuses a file that checkpoint 2's
+/// completion (retain 1) deleted. It is declined, never completed with a dangling reference.
+#[test]
+fn concurrent_checkpoint_reusing_a_deleted_file_is_declined() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("concurrent").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        complete(&mut coord, &[("shared/a-1.sst", 1)]).await;
+        let id2 = coord.trigger();
+        let id3 = coord.trigger();
+        upload(&storage, "shared/b-2.sst").await;
+        upload(&storage, "shared/c-3.sst").await;
+        coord
+            .acknowledge(id2, task(0, id2, &[("shared/b-2.sst", id2)]), None)
+            .await
+            .unwrap();
+        assert!(!exists(&storage, "shared/a-1.sst").await);
+        let err = coord
+            .acknowledge(
+                id3,
+                task(0, id3, &[("shared/a-1.sst", 1), ("shared/c-3.sst", id3)]),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::IllegalState);
+        assert!(err.to_string().contains("shared/a-1.sst"), "{err}");
+        assert!(
+            !exists(&storage, "shared/c-3.sst").await,
+            "the declined checkpoint's uploads are deleted"
+        );
+        assert_eq!(coord.store().latest().unwrap().checkpoint_id, id2);
+    });
+}
+
+/// A completed checkpoint aborts the older pending ones (as Flink), and says so.
+#[test]
+fn completion_aborts_older_pending_checkpoints() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("older").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let old = coord.trigger();
+        let stats = complete(&mut coord, &[("shared/a-2.sst", 2)]).await;
+        assert_eq!(stats.aborted_pending, vec![old]);
+        assert!(coord.pending().is_empty());
+    });
+}
+
+/// SlateDB #1758 and #204: the orphan sweep never deletes an upload of a checkpoint still in flight, counts
+/// age from when a file was first seen unreferenced, classifies before deleting, and does delete real
+/// orphans once they are old enough.
+#[test]
+fn slatedb_1758_204_orphan_sweep_spares_in_flight_uploads() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("sweep").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        complete(&mut coord, &[("shared/a-1.sst", 1)]).await;
+        upload(&storage, "shared/orphan-0.sst").await; // left by a crashed attempt
+        let min_age = Duration::from_secs(600);
+        let t0 = Instant::now();
+        let r = coord.sweep_orphans(min_age, t0).await.unwrap();
+        assert_eq!(
+            (r.listed, r.referenced, r.too_young, r.deleted.len()),
+            (2, 1, 1, 0)
+        );
+        // A slow checkpoint uploads now; its file is unreferenced until it completes.
+        let id = coord.trigger();
+        upload(&storage, "shared/inflight-2.sst").await;
+        let r = coord.sweep_orphans(min_age, t0 + min_age).await.unwrap();
+        assert_eq!(r.deleted, vec!["shared/orphan-0.sst".to_string()]);
+        assert!(
+            exists(&storage, "shared/inflight-2.sst").await,
+            "first seen unreferenced just now"
+        );
+        coord
+            .acknowledge(id, task(0, id, &[("shared/inflight-2.sst", id)]), None)
+            .await
+            .unwrap();
+        let r = coord
+            .sweep_orphans(min_age, t0 + min_age * 3)
+            .await
+            .unwrap();
+        assert!(r.deleted.is_empty(), "{r:?}");
+        assert!(exists(&storage, "shared/inflight-2.sst").await);
+        // A coordinator that restarts forgets its candidates: its first sweep deletes nothing.
+        upload(&storage, "shared/orphan-9.sst").await;
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let r = coord.sweep_orphans(Duration::ZERO, t0).await.unwrap();
+        assert!(r.deleted.is_empty());
+        let r = coord
+            .sweep_orphans(Duration::ZERO, t0 + Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert_eq!(r.deleted, vec!["shared/orphan-9.sst".to_string()]);
+    });
+}
