@@ -341,3 +341,30 @@ fn slatedb_1758_204_orphan_sweep_spares_in_flight_uploads() {
         assert_eq!(r.deleted, vec!["shared/orphan-9.sst".to_string()]);
     });
 }
+
+/// Found by `registry_model`: a checkpoint in flight longer than `min_age` had its uploads swept. A file
+/// first seen unreferenced while a checkpoint was pending stays until that checkpoint completes or aborts.
+#[test]
+fn registry_model_sweep_spares_uploads_of_a_checkpoint_pending_longer_than_min_age() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("slow").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let id = coord.trigger();
+        upload(&storage, "shared/slow-1.sst").await;
+        let t0 = Instant::now();
+        for i in 0..3 {
+            let r = coord
+                .sweep_orphans(Duration::from_secs(1), t0 + Duration::from_secs(100 * i))
+                .await
+                .unwrap();
+            assert!(r.deleted.is_empty(), "{r:?}");
+        }
+        coord.abort(id).await.unwrap();
+        upload(&storage, "shared/slow-1.sst").await; // a late upload after the abort
+        let r = coord
+            .sweep_orphans(Duration::from_secs(1), t0 + Duration::from_secs(400))
+            .await
+            .unwrap();
+        assert_eq!(r.deleted, vec!["shared/slow-1.sst".to_string()]);
+    });
+}

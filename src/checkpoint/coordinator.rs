@@ -60,7 +60,7 @@ pub struct SweepReport {
     pub listed: usize,
     /// Of those, referenced by a retained or pinned checkpoint (kept).
     pub referenced: usize,
-    /// Unreferenced, but not for `min_age` yet (kept; e.g. uploads of a checkpoint still in flight).
+    /// Unreferenced, but not for `min_age` yet or possibly uploaded by a checkpoint still pending (kept).
     pub too_young: usize,
     /// Unreferenced for at least `min_age`: deleted (paths relative to the job root).
     pub deleted: Vec<String>,
@@ -79,8 +79,9 @@ pub struct CheckpointCoordinator {
     config: CoordinatorConfig,
     next_id: u64,
     pending: BTreeMap<u64, Pending>,
-    /// Shared files seen unreferenced by a sweep, and when they were first seen so (SlateDB #204).
-    orphan_candidates: HashMap<String, Instant>,
+    /// Shared files seen unreferenced by a sweep: when they were first seen so (SlateDB #204), and the
+    /// checkpoints pending at that moment (one of them may be uploading the file).
+    orphan_candidates: HashMap<String, (Instant, Vec<u64>)>,
 }
 
 impl CheckpointCoordinator {
@@ -274,11 +275,13 @@ impl CheckpointCoordinator {
 
     /// Orphan sweep of `shared/`: lists it, then (after listing, so an upload that completes meanwhile is
     /// seen as referenced or young) classifies every file; deletes only files that no retained or pinned
-    /// checkpoint references and that were already unreferenced at a sweep at least `min_age` before `now`.
-    /// Age counts from when a file was first seen unreferenced, not from when it was written (SlateDB #204),
-    /// which protects uploads of checkpoints still in flight (SlateDB #1758) however slow they are, as long
-    /// as `min_age` exceeds the longest checkpoint. A restarted coordinator starts with no candidates, so its
-    /// first sweep deletes nothing. `now` comes from the caller (an injected clock in tests).
+    /// checkpoint references, that were already unreferenced at a sweep at least `min_age` before `now`, and
+    /// for which no checkpoint that was pending at that sweep is still pending (it could be uploading the
+    /// file: SlateDB #1758). Age counts from when a file was first seen unreferenced, not from when it was
+    /// written (SlateDB #204). `min_age` protects uploads this coordinator does not know of (another
+    /// coordinator's, or of a checkpoint not yet triggered here), so it should exceed the longest
+    /// checkpoint. A restarted coordinator starts with no candidates: its first sweep deletes nothing.
+    /// `now` comes from the caller (an injected clock in tests).
     ///
     /// # Errors
     /// Storage errors while listing or deleting (files classified before the error stay candidates).
@@ -295,16 +298,17 @@ impl CheckpointCoordinator {
                 report.referenced += 1;
                 continue;
             }
-            let since = self
+            let (since, pending_then) = self
                 .orphan_candidates
-                .get(&file.path)
-                .copied()
-                .unwrap_or(now);
-            if now.saturating_duration_since(since) >= min_age && since != now {
+                .remove(&file.path)
+                .unwrap_or_else(|| (now, self.pending.keys().copied().collect()));
+            let old_enough = now.saturating_duration_since(since) >= min_age && since != now;
+            let uploader_gone = pending_then.iter().all(|id| !self.pending.contains_key(id));
+            if old_enough && uploader_gone {
                 doomed.push(file.path);
             } else {
                 report.too_young += 1;
-                candidates.insert(file.path, since);
+                candidates.insert(file.path, (since, pending_then));
             }
         }
         self.orphan_candidates = candidates;
