@@ -26,13 +26,22 @@ use statebackend::{
     TaskStateSnapshot, ValueState, ValueStateDescriptor, VoidNamespace, default_max_parallelism,
     operator_index_for_key_group, stable_key_hash,
 };
+#[cfg(feature = "rocksdb")]
+use statebackend::{LsmBackendConfig, LsmKeyedStateBackend, RestoreMode};
 
 const OPERATOR: &str = "word-counter";
 const OFFSET_STATE: &str = "source-offset";
 
 #[derive(Parser, Debug)]
-#[command(about = "Checkpointed word count on the statebackend heap backend")]
+#[command(about = "Checkpointed word count on a statebackend keyed state backend")]
 struct Args {
+    /// State backend: `heap` (copy-on-write maps, full snapshots) or `rocksdb` (LSM, incremental
+    /// checkpoints).
+    #[arg(long, default_value = "heap", value_parser = ["heap", "rocksdb"])]
+    backend: String,
+    /// Local working directory of the rocksdb backend (one subdirectory per subtask, removed at the end).
+    #[arg(long)]
+    local_dir: Option<PathBuf>,
     /// Input file (`-` for stdin); without it a seeded Zipf word stream is generated.
     #[arg(long)]
     input: Option<String>,
@@ -243,11 +252,40 @@ impl RestartStrategy {
     }
 }
 
-/// The running operator: one heap backend per subtask.
+/// One subtask's keyed state backend.
+enum Backend {
+    Heap(HeapKeyedStateBackend<String>),
+    #[cfg(feature = "rocksdb")]
+    Lsm(LsmKeyedStateBackend<String>),
+}
+
+/// Runs `$e` with `$x` bound to the concrete backend inside `$b`.
+macro_rules! on {
+    ($b:expr, $x:ident => $e:expr) => {
+        match $b {
+            Backend::Heap($x) => $e,
+            #[cfg(feature = "rocksdb")]
+            Backend::Lsm($x) => $e,
+        }
+    };
+}
+
+impl Backend {
+    /// Entries (heap: exact; rocksdb: RocksDB's estimate).
+    fn entries(&self) -> u64 {
+        match self {
+            Backend::Heap(b) => b.total_entries() as u64,
+            #[cfg(feature = "rocksdb")]
+            Backend::Lsm(b) => b.estimated_entries(),
+        }
+    }
+}
+
+/// The running operator: one backend per subtask.
 struct Task {
     parallelism: u32,
     max_parallelism: u32,
-    backends: Vec<HeapKeyedStateBackend<String>>,
+    backends: Vec<Backend>,
     counts: Vec<ValueState<VoidNamespace, u64>>,
 }
 
@@ -257,7 +295,7 @@ fn descriptor() -> ValueStateDescriptor<VoidNamespace, u64> {
 
 impl Task {
     fn new(
-        backends: Vec<HeapKeyedStateBackend<String>>,
+        backends: Vec<Backend>,
         parallelism: u32,
         max_parallelism: u32,
     ) -> statebackend::Result<Self> {
@@ -268,7 +306,7 @@ impl Task {
             counts: Vec::new(),
         };
         for b in &mut task.backends {
-            task.counts.push(b.value_state(&descriptor())?);
+            task.counts.push(on!(b, x => x.value_state(&descriptor()))?);
         }
         Ok(task)
     }
@@ -278,21 +316,60 @@ impl Task {
         word.encode(&mut key_bytes);
         let kg = (stable_key_hash(&key_bytes) % u64::from(self.max_parallelism)) as u32;
         let i = operator_index_for_key_group(self.max_parallelism, self.parallelism, kg) as usize;
-        let (backend, counts) = (&mut self.backends[i], &self.counts[i]);
-        backend.set_current_key(word)?;
-        let n = counts.value(backend, &VoidNamespace)?.unwrap_or(0);
-        counts.update(backend, &VoidNamespace, n + 1)
+        let counts = &self.counts[i];
+        on!(&mut self.backends[i], b => {
+            b.set_current_key(word)?;
+            let n = counts.value(b, &VoidNamespace)?.unwrap_or(0);
+            counts.update(b, &VoidNamespace, n + 1)
+        })
     }
 
     fn results(&mut self) -> statebackend::Result<BTreeMap<String, u64>> {
         let mut out = BTreeMap::new();
         for (b, counts) in self.backends.iter_mut().zip(&self.counts) {
-            for word in b.keys(counts.id(), &VoidNamespace)? {
-                b.set_current_key(word.clone())?;
-                out.insert(word, counts.value(b, &VoidNamespace)?.unwrap_or(0));
-            }
+            on!(b, b => {
+                for word in b.keys(counts.id(), &VoidNamespace)? {
+                    b.set_current_key(word.clone())?;
+                    out.insert(word, counts.value(b, &VoidNamespace)?.unwrap_or(0));
+                }
+            });
         }
         Ok(out)
+    }
+}
+
+/// Settings of one subtask's backend.
+#[derive(Clone)]
+enum BackendConfig {
+    Heap(HeapBackendConfig),
+    #[cfg(feature = "rocksdb")]
+    Lsm(LsmBackendConfig),
+}
+
+impl BackendConfig {
+    fn create(self) -> statebackend::Result<Backend> {
+        Ok(match self {
+            BackendConfig::Heap(c) => Backend::Heap(HeapKeyedStateBackend::new(c)?),
+            #[cfg(feature = "rocksdb")]
+            BackendConfig::Lsm(c) => Backend::Lsm(LsmKeyedStateBackend::new(c)?),
+        })
+    }
+
+    async fn restore(
+        self,
+        storage: &CheckpointStorage,
+        handles: &[statebackend::KeyedStateHandle],
+    ) -> statebackend::Result<Backend> {
+        Ok(match self {
+            BackendConfig::Heap(c) => {
+                Backend::Heap(HeapKeyedStateBackend::restore(c, storage, handles).await?)
+            }
+            // A failover resumes the job's own checkpoints: CLAIM, so checkpoints stay incremental.
+            #[cfg(feature = "rocksdb")]
+            BackendConfig::Lsm(c) => Backend::Lsm(
+                LsmKeyedStateBackend::restore(c, storage, handles, RestoreMode::Claim).await?,
+            ),
+        })
     }
 }
 
@@ -331,7 +408,7 @@ impl Job {
             self.rt.block_on(self.coordinator.abort(flight.id))?;
             task.backends
                 .iter_mut()
-                .for_each(|b| b.notify_checkpoint_aborted(flight.id));
+                .for_each(|b| on!(b, b => b.notify_checkpoint_aborted(flight.id)));
             return results
                 .into_iter()
                 .find_map(Result::err)
@@ -355,12 +432,17 @@ impl Job {
                 state,
                 Some(r.metrics),
             ))? {
+                for old in &stats.aborted_pending {
+                    task.backends
+                        .iter_mut()
+                        .for_each(|b| on!(b, b => b.notify_checkpoint_aborted(*old)));
+                }
                 self.completed.push(stats);
             }
         }
         task.backends
             .iter_mut()
-            .for_each(|b| b.notify_checkpoint_complete(flight.id));
+            .for_each(|b| on!(b, b => b.notify_checkpoint_complete(flight.id)));
         Ok(())
     }
 
@@ -372,14 +454,14 @@ impl Job {
         source: &mut Source,
         attempt: u32,
     ) -> statebackend::Result<Task> {
-        let configs: Vec<HeapBackendConfig> = (0..parallelism)
-            .map(|i| HeapBackendConfig::for_subtask(OPERATOR, max_parallelism, parallelism, i))
+        let configs: Vec<BackendConfig> = (0..parallelism)
+            .map(|i| self.backend_config(max_parallelism, parallelism, i, attempt))
             .collect::<statebackend::Result<_>>()?;
         if self.coordinator.store().latest().is_none() {
             source.seek(0).map_err(io_err)?;
             let backends = configs
                 .into_iter()
-                .map(HeapKeyedStateBackend::new)
+                .map(BackendConfig::create)
                 .collect::<statebackend::Result<_>>()?;
             return Task::new(backends, parallelism, max_parallelism);
         }
@@ -409,9 +491,7 @@ impl Job {
                         })?;
                     let mut backends = Vec::new();
                     for config in configs {
-                        backends.push(
-                            HeapKeyedStateBackend::restore(config, &storage, &handles).await?,
-                        );
+                        backends.push(config.restore(&storage, &handles).await?);
                     }
                     Ok((backends, offset))
                 }
@@ -423,7 +503,7 @@ impl Job {
             .iter()
             .map(|s| format!("chk-{} ({})", s.checkpoint_id, s.reason))
             .collect();
-        let entries: usize = backends.iter().map(|b| b.total_entries()).sum();
+        let entries: u64 = backends.iter().map(Backend::entries).sum();
         self.restores.push(format!(
             "attempt {attempt}: restored checkpoint {} at parallelism {parallelism} in {:.1} ms, {entries} entries, source offset {offset}{}",
             outcome.checkpoint_id,
@@ -431,6 +511,43 @@ impl Job {
             if skipped.is_empty() { String::new() } else { format!(", skipped unreadable {}", skipped.join(", ")) }
         ));
         Task::new(backends, parallelism, max_parallelism)
+    }
+
+    fn backend_config(
+        &self,
+        max_parallelism: u32,
+        parallelism: u32,
+        index: u32,
+        attempt: u32,
+    ) -> statebackend::Result<BackendConfig> {
+        match self.args.backend.as_str() {
+            #[cfg(feature = "rocksdb")]
+            "rocksdb" => {
+                let root = self.args.local_dir.clone().unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("statebackend-{}", self.args.job_id))
+                });
+                let dir = root.join(format!("attempt-{attempt}-subtask-{index}"));
+                Ok(BackendConfig::Lsm(LsmBackendConfig::for_subtask(
+                    OPERATOR,
+                    max_parallelism,
+                    parallelism,
+                    index,
+                    dir,
+                )?))
+            }
+            "heap" => Ok(BackendConfig::Heap(HeapBackendConfig::for_subtask(
+                OPERATOR,
+                max_parallelism,
+                parallelism,
+                index,
+            )?)),
+            other => {
+                let _ = attempt;
+                Err(statebackend::Error::InvalidArgument(format!(
+                    "backend `{other}` is not built in (rocksdb needs the default `rocksdb` feature)"
+                )))
+            }
+        }
     }
 
     fn run_attempt(
@@ -482,7 +599,7 @@ impl Job {
                 let id = self.coordinator.trigger();
                 let mut tasks = Vec::new();
                 for b in &mut task.backends {
-                    let pending = b.snapshot(id, &self.storage)?;
+                    let pending = on!(b, b => b.snapshot(id, &self.storage))?;
                     tasks.push(self.rt.spawn(pending.run()));
                 }
                 in_flight = Some(InFlight {
@@ -624,22 +741,34 @@ fn run(args: Args) -> Result<(), String> {
     }
 
     println!(
-        "\ncheckpoints (checkpoint dir {}):",
+        "\ncheckpoints ({} backend, checkpoint dir {}):",
+        job.args.backend,
         job.args.checkpoint_dir.join(&job.args.job_id).display()
     );
     println!(
-        "{:>4} {:>9} {:>10} {:>14} {:>12} {:>12}",
-        "id", "sync ms", "async ms", "checkpointed B", "full B", "state B"
+        "{:>4} {:>9} {:>10} {:>14} {:>12} {:>12} {:>8} {:>7} {:>16}",
+        "id",
+        "sync ms",
+        "async ms",
+        "checkpointed B",
+        "full B",
+        "state B",
+        "uploaded",
+        "reused",
+        "registry files/B"
     );
     for c in &job.completed {
         println!(
-            "{:>4} {:>9.3} {:>10.1} {:>14} {:>12} {:>12}",
+            "{:>4} {:>9.3} {:>10.1} {:>14} {:>12} {:>12} {:>8} {:>7} {:>16}",
             c.checkpoint_id,
             c.sync_duration.as_secs_f64() * 1e3,
             c.async_duration.as_secs_f64() * 1e3,
             c.checkpointed_bytes,
             c.full_bytes,
-            c.state_bytes
+            c.state_bytes,
+            c.files_uploaded,
+            c.files_reused,
+            format!("{}/{}", c.registry.files, c.registry.bytes)
         );
     }
     println!("restores:");

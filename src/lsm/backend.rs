@@ -283,7 +283,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             max_parallelism: self.config.max_parallelism,
             key_groups: self.config.key_groups,
             concurrency: self.config.transfer_concurrency,
-            entries: self.estimate_entries(),
+            entries: self.estimated_entries(),
         };
         Ok(PendingSnapshot::new(
             checkpoint_id,
@@ -292,7 +292,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         ))
     }
 
-    fn estimate_entries(&self) -> u64 {
+    /// Entries of all states, as RocksDB estimates them (`rocksdb.estimate-num-keys`; map entries count one
+    /// each).
+    pub fn estimated_entries(&self) -> u64 {
         self.states
             .iter()
             .filter_map(|s| self.db.cf_handle(&s.cf))

@@ -76,7 +76,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// Restores a backend from the keyed state handles of a checkpoint (all subtasks' handles, or those
     /// that overlap `config.key_groups`), keeping only the owned key groups.
     ///
-    /// With one handle of exactly the owned range and [`RestoreMode::Claim`], the backend keeps the
+    /// With one overlapping handle of exactly the owned range and [`RestoreMode::Claim`], the backend keeps the
     /// handle's backend id and reuses its files, so the next checkpoint stays incremental. Otherwise (NO_CLAIM
     /// or a rescale) the next checkpoint uploads every file.
     ///
@@ -127,7 +127,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         )
         .await?;
         let keep_identity =
-            mode == RestoreMode::Claim && handles.len() == 1 && first.key_groups == owned;
+            mode == RestoreMode::Claim && rest.is_empty() && first.key_groups == owned;
         let backend_id = if keep_identity {
             first.backend_id.clone()
         } else {
