@@ -1,9 +1,10 @@
-//! Flink's HashMapStateBackend workload, run on our heap backend for a side-by-side comparison:
+//! Flink's state backend workload, run on our heap and LSM backends for a side-by-side comparison with
+//! Flink 2.3's HashMapStateBackend and EmbeddedRocksDBStateBackend (incremental) measured on this machine:
 //! `ValueState<i64>`, keys `0..1_000_000` written, read and overwritten in shuffled order, max parallelism
-//! 128, one subtask owning all key groups; checkpoint 1; update 10,000 keys; checkpoint 2; restore into a
-//! fresh backend from the local checkpoint directory; verify every key.
+//! 128, one subtask owning all key groups; checkpoint 1 (confirmed); update 10,000 keys; checkpoint 2;
+//! restore into a fresh backend from the local checkpoint directory; verify every key.
 //!
-//! Run: `cargo bench --bench flink_workload` (prints the median of 5 runs of each figure).
+//! Run: `cargo bench --bench flink_workload` (prints the median of 5 runs of each figure per backend).
 
 use std::time::{Duration, Instant};
 
@@ -33,13 +34,86 @@ fn ops(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-fn run_once(rt: &tokio::runtime::Runtime, dir: &std::path::Path, run: usize) -> Figures {
+/// A backend under test: how to make an empty one and how to restore one.
+trait Subject: KeyedStateBackend<i64> + Sized {
+    const NAME: &'static str;
+    /// Flink 2.3's figures for the same rows (from the issue), `-` where not measured.
+    const FLINK: [&'static str; 10];
+    fn create(dir: &std::path::Path) -> Self;
+    fn restore(
+        rt: &tokio::runtime::Runtime,
+        dir: &std::path::Path,
+        storage: &CheckpointStorage,
+        handle: KeyedStateHandle,
+    ) -> Self;
+}
+
+impl Subject for HeapKeyedStateBackend<i64> {
+    const NAME: &'static str = "heap";
+    const FLINK: [&'static str; 10] = [
+        "1.57", "2.96", "2.61", "5.8", "422", "17.0", "-", "-", "17.0", "1800",
+    ];
+    fn create(_: &std::path::Path) -> Self {
+        HeapKeyedStateBackend::new(heap_config()).expect("backend")
+    }
+    fn restore(
+        rt: &tokio::runtime::Runtime,
+        _: &std::path::Path,
+        storage: &CheckpointStorage,
+        handle: KeyedStateHandle,
+    ) -> Self {
+        rt.block_on(HeapKeyedStateBackend::restore(
+            heap_config(),
+            storage,
+            &[handle],
+        ))
+        .expect("restore")
+    }
+}
+
+fn heap_config() -> HeapBackendConfig {
+    HeapBackendConfig::for_subtask("flink", 128, 1, 0).expect("config")
+}
+
+#[cfg(feature = "rocksdb")]
+impl Subject for LsmKeyedStateBackend<i64> {
+    const NAME: &'static str = "rocksdb";
+    const FLINK: [&'static str; 10] = [
+        "0.309", "0.299", "-", "362", "37", "24.0", "7.6", "5.3", "0.148", "33",
+    ];
+    fn create(dir: &std::path::Path) -> Self {
+        let config = LsmBackendConfig::for_subtask("flink", 128, 1, 0, dir.join("lsm-local"))
+            .expect("config");
+        LsmKeyedStateBackend::new(config).expect("backend")
+    }
+    fn restore(
+        rt: &tokio::runtime::Runtime,
+        dir: &std::path::Path,
+        storage: &CheckpointStorage,
+        handle: KeyedStateHandle,
+    ) -> Self {
+        let config = LsmBackendConfig::for_subtask("flink", 128, 1, 0, dir.join("lsm-restored"))
+            .expect("config");
+        rt.block_on(LsmKeyedStateBackend::restore(
+            config,
+            storage,
+            &[handle],
+            RestoreMode::Claim,
+        ))
+        .expect("restore")
+    }
+}
+
+fn run_once<B: Subject>(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    run: usize,
+) -> Figures {
     let mut keys: Vec<i64> = (0..KEYS).collect();
     keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(run as u64));
-    let config = HeapBackendConfig::for_subtask("flink", 128, 1, 0).expect("config");
-    let storage = CheckpointStorage::local(dir, &format!("run-{run}"), false).expect("storage");
-    let mut b: HeapKeyedStateBackend<i64> =
-        HeapKeyedStateBackend::new(config.clone()).expect("backend");
+    let storage =
+        CheckpointStorage::local(dir, &format!("{}-run-{run}", B::NAME), false).expect("storage");
+    let mut b = B::create(dir);
     let desc = ValueStateDescriptor::<VoidNamespace, i64>::new("value");
     let s = b.value_state(&desc).expect("state");
     let ns = VoidNamespace;
@@ -77,6 +151,7 @@ fn run_once(rt: &tokio::runtime::Runtime, dir: &std::path::Path, run: usize) -> 
         cp1.metrics.async_duration,
         cp1.metrics.checkpointed_bytes,
     );
+    b.notify_checkpoint_complete(1);
 
     for &k in keys.iter().take(UPDATED) {
         b.set_current_key(k).expect("key");
@@ -91,14 +166,9 @@ fn run_once(rt: &tokio::runtime::Runtime, dir: &std::path::Path, run: usize) -> 
         cp2.metrics.checkpointed_bytes,
     );
 
+    drop(b);
     let t = Instant::now();
-    let mut r = rt
-        .block_on(HeapKeyedStateBackend::<i64>::restore(
-            config,
-            &storage,
-            &[cp2.handle],
-        ))
-        .expect("restore");
+    let mut r = B::restore(rt, dir, &storage, cp2.handle);
     let rs = r.value_state(&desc).expect("state");
     f.restore = t.elapsed();
 
@@ -132,75 +202,43 @@ fn main() {
         .enable_all()
         .build()
         .expect("rt");
+    report::<HeapKeyedStateBackend<i64>>(&rt, runs);
+    #[cfg(feature = "rocksdb")]
+    report::<LsmKeyedStateBackend<i64>>(&rt, runs);
+}
+
+fn report<B: Subject>(rt: &tokio::runtime::Runtime, runs: usize) {
     let dir = tempfile::tempdir().expect("dir");
-    let all: Vec<Figures> = (0..runs).map(|i| run_once(&rt, dir.path(), i)).collect();
+    let all: Vec<Figures> = (0..runs)
+        .map(|i| run_once::<B>(rt, dir.path(), i))
+        .collect();
     let m = |f: fn(&Figures) -> f64| median(all.iter().map(f).collect());
     println!(
-        "flink_workload: heap backend, median of {runs} run(s) ({} keys, max parallelism 128)",
-        KEYS
+        "flink_workload: {} backend, median of {runs} run(s) ({KEYS} keys, max parallelism 128)",
+        B::NAME
     );
     println!(
         "{:<28} {:>14} {:>16}",
-        "figure", "statebackend", "Flink 2.3 heap"
+        "figure",
+        "statebackend",
+        format!("Flink 2.3 {}", B::NAME)
     );
-    println!(
-        "{:<28} {:>14.2} {:>16}",
-        "insert (M ops/s)",
-        m(|f| f.insert_ops) / 1e6,
-        "1.57"
-    );
-    println!(
-        "{:<28} {:>14.2} {:>16}",
-        "get (M ops/s)",
-        m(|f| f.get_ops) / 1e6,
-        "2.96"
-    );
-    println!(
-        "{:<28} {:>14.2} {:>16}",
-        "overwrite (M ops/s)",
-        m(|f| f.overwrite_ops) / 1e6,
-        "2.61"
-    );
-    println!(
-        "{:<28} {:>14.3} {:>16}",
-        "checkpoint 1 sync (ms)",
-        m(|f| ms(f.cp1_sync)),
-        "5.8"
-    );
-    println!(
-        "{:<28} {:>14.1} {:>16}",
-        "checkpoint 1 async (ms)",
-        m(|f| ms(f.cp1_async)),
-        "422"
-    );
-    println!(
-        "{:<28} {:>14.2} {:>16}",
-        "checkpoint 1 size (MB)",
-        m(|f| f.cp1_bytes as f64) / 1e6,
-        "17.0"
-    );
-    println!(
-        "{:<28} {:>14.3} {:>16}",
-        "checkpoint 2 sync (ms)",
-        m(|f| ms(f.cp2_sync)),
-        "-"
-    );
-    println!(
-        "{:<28} {:>14.1} {:>16}",
-        "checkpoint 2 async (ms)",
-        m(|f| ms(f.cp2_async)),
-        "-"
-    );
-    println!(
-        "{:<28} {:>14.2} {:>16}",
-        "checkpoint 2 size (MB)",
-        m(|f| f.cp2_bytes as f64) / 1e6,
-        "17.0"
-    );
-    println!(
-        "{:<28} {:>14.1} {:>16}",
-        "restore, local file (ms)",
-        m(|f| ms(f.restore)),
-        "1800"
-    );
+    let rows: [(&str, f64); 10] = [
+        ("insert (M ops/s)", m(|f| f.insert_ops) / 1e6),
+        ("get (M ops/s)", m(|f| f.get_ops) / 1e6),
+        ("overwrite (M ops/s)", m(|f| f.overwrite_ops) / 1e6),
+        ("checkpoint 1 sync (ms)", m(|f| ms(f.cp1_sync))),
+        ("checkpoint 1 async (ms)", m(|f| ms(f.cp1_async))),
+        ("checkpoint 1 size (MB)", m(|f| f.cp1_bytes as f64) / 1e6),
+        ("checkpoint 2 sync (ms)", m(|f| ms(f.cp2_sync))),
+        ("checkpoint 2 async (ms)", m(|f| ms(f.cp2_async))),
+        (
+            "checkpoint 2 uploaded (MB)",
+            m(|f| f.cp2_bytes as f64) / 1e6,
+        ),
+        ("restore, local dir (ms)", m(|f| ms(f.restore))),
+    ];
+    for ((name, value), flink) in rows.iter().zip(B::FLINK) {
+        println!("{name:<28} {value:>14.3} {flink:>16}");
+    }
 }

@@ -1,0 +1,169 @@
+//! LSM backend value get / update / put-new against raw `rocksdb` calls in the same run, with the same
+//! options (`lsm_db_options`, WAL off), a column family each, the same key and value sizes (18-byte keys:
+//! the backend's `[kg u16][len u32][i64 key][ns len u32]`, 8-byte values) and the same key order.
+//!
+//! Run: `cargo bench --bench lsm_ops`. Target (issue 3): the backend ≤ 1.3× the raw calls' time per op.
+
+#![allow(missing_docs, reason = "criterion macros generate undocumented items")]
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rocksdb::{DB, WriteOptions};
+use statebackend::*;
+
+const KEYS: i64 = 1_000_000;
+const NS: VoidNamespace = VoidNamespace;
+
+/// The raw baseline: a DB with the backend's options and one column family.
+struct Raw {
+    db: DB,
+    write: WriteOptions,
+    _cache: rocksdb::Cache,
+    _dir: tempfile::TempDir,
+}
+
+/// A row key of the same length as the backend's for an i64 key in the void namespace.
+fn raw_key(k: i64) -> [u8; 18] {
+    let mut key = [0u8; 18];
+    key[0..2].copy_from_slice(&((k as u64 % 128) as u16).to_be_bytes());
+    key[2..6].copy_from_slice(&8u32.to_be_bytes());
+    key[6..14].copy_from_slice(&k.to_be_bytes());
+    key
+}
+
+impl Raw {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let (opts, cache) = lsm_db_options(64 << 20, 64 << 20);
+        let db = DB::open_cf(&opts, dir.path(), ["default", "s:value"]).expect("open");
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        Raw {
+            db,
+            write,
+            _cache: cache,
+            _dir: dir,
+        }
+    }
+    fn put(&self, k: i64, v: i64) {
+        let cf = self.db.cf_handle("s:value").expect("cf");
+        self.db
+            .put_cf_opt(cf, raw_key(k), v.to_be_bytes(), &self.write)
+            .expect("put");
+    }
+    fn get(&self, k: i64) -> Option<i64> {
+        let cf = self.db.cf_handle("s:value").expect("cf");
+        self.db
+            .get_pinned_cf(cf, raw_key(k))
+            .expect("get")
+            .map(|v| i64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")))
+    }
+    fn flush(&self) {
+        let cf = self.db.cf_handle("s:value").expect("cf");
+        self.db.flush_cf(cf).expect("flush");
+    }
+}
+
+fn backend() -> (
+    LsmKeyedStateBackend<i64>,
+    ValueState<VoidNamespace, i64>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let config =
+        LsmBackendConfig::for_subtask("bench", 128, 1, 0, dir.path().join("b")).expect("config");
+    let mut b = LsmKeyedStateBackend::new(config).expect("backend");
+    let s = b
+        .value_state(&ValueStateDescriptor::<VoidNamespace, i64>::new("value"))
+        .expect("state");
+    (b, s, dir)
+}
+
+fn shuffled(seed: u64) -> Vec<i64> {
+    let mut keys: Vec<i64> = (0..KEYS).collect();
+    keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    keys
+}
+
+fn bench(c: &mut Criterion) {
+    let raw = Raw::new();
+    let (mut b, s, _dir) = backend();
+    for k in shuffled(1) {
+        raw.put(k, k);
+        b.set_current_key(k).expect("key");
+        s.update(&mut b, &NS, k).expect("put");
+    }
+    // Both from SST files, as a state larger than memory would be.
+    raw.flush();
+    let cf = b.db().cf_handle("s:value").expect("cf");
+    b.db().flush_cf(cf).expect("flush");
+    let keys = shuffled(2);
+
+    let mut g = c.benchmark_group("lsm_value_get_1M");
+    let mut i = 0;
+    g.bench_function("rocksdb", |bench| {
+        bench.iter(|| {
+            i = (i + 1) % keys.len();
+            raw.get(keys[i])
+        })
+    });
+    g.bench_function("lsm_backend", |bench| {
+        bench.iter(|| {
+            i = (i + 1) % keys.len();
+            b.set_current_key(keys[i]).expect("key");
+            s.value(&b, &NS).expect("get")
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("lsm_value_update_1M");
+    g.bench_function("rocksdb", |bench| {
+        bench.iter(|| {
+            i = (i + 1) % keys.len();
+            let k = keys[i];
+            let v = raw.get(k).unwrap_or(0);
+            raw.put(k, v + 1);
+        })
+    });
+    g.bench_function("lsm_backend", |bench| {
+        bench.iter(|| {
+            i = (i + 1) % keys.len();
+            b.set_current_key(keys[i]).expect("key");
+            let v = s.value(&b, &NS).expect("get").unwrap_or(0);
+            s.update(&mut b, &NS, v + 1).expect("put");
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("lsm_value_put_new");
+    let mut next_raw = KEYS;
+    g.bench_function("rocksdb", |bench| {
+        bench.iter_batched(
+            || {
+                next_raw += 1;
+                next_raw
+            },
+            |k| raw.put(k, k),
+            BatchSize::SmallInput,
+        )
+    });
+    let mut next = KEYS;
+    g.bench_function("lsm_backend", |bench| {
+        bench.iter_batched(
+            || {
+                next += 1;
+                next
+            },
+            |k| {
+                b.set_current_key(k).expect("key");
+                s.update(&mut b, &NS, k).expect("put");
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
