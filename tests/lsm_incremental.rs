@@ -452,8 +452,18 @@ fn spark_43404_reused_file_numbers_never_pass_for_uploaded_files() {
 /// NotFound; `restore_latest` then falls back to the previous checkpoint.
 #[test]
 fn corrupt_or_missing_sst_is_a_typed_error_and_restore_falls_back() {
+    corrupt_or_missing_sst(CheckpointStorage::in_memory("corrupt").unwrap());
+}
+
+/// The same from a local directory, where restore hard-links SSTs and still verifies their CRC32.
+#[test]
+fn corrupt_or_missing_sst_in_a_local_directory_is_caught_despite_hard_links() {
+    let dir = tempfile::tempdir().unwrap();
+    corrupt_or_missing_sst(CheckpointStorage::local(dir.path(), "corrupt", false).unwrap());
+}
+
+fn corrupt_or_missing_sst(storage: CheckpointStorage) {
     runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("corrupt").unwrap();
         let mut coord = coordinator(&storage, 2, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
         write(&mut b[0], 0..3_000, 1);

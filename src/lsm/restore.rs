@@ -62,8 +62,10 @@ async fn download(
                 size_bytes: f.size_bytes,
                 crc32: f.crc32,
             };
+            // SSTs are immutable in RocksDB too: a hard link is safe. Other files are copied.
+            let link = f.local_name.ends_with(".sst");
             storage
-                .download_file(&f.path, &dir.join(&f.local_name), expected)
+                .download_file(&f.path, &dir.join(&f.local_name), expected, link)
                 .await
         })
         .buffer_unordered(concurrency)

@@ -77,6 +77,11 @@ impl CheckpointStorage {
     /// Downloads `relative` into the new local file `local` and checks it against the expected size and
     /// CRC32.
     ///
+    /// From a local-directory storage, the file is hard-linked when `hard_link` is set and both are on one
+    /// file system (stored files are immutable, and RocksDB never writes an SST in place; it is what
+    /// RocksDB's own checkpoints do), otherwise copied by the kernel; the local file's CRC32 is then
+    /// verified all the same.
+    ///
     /// # Errors
     /// [`Error::NotFound`] if the object is missing; [`Error::Corrupt`] naming the object if its size or
     /// checksum differ; [`Error::Storage`] for store or local write errors.
@@ -85,8 +90,21 @@ impl CheckpointStorage {
         relative: &str,
         local: &LocalPath,
         expected: Transferred,
+        hard_link: bool,
     ) -> Result<()> {
         let path = self.path(relative);
+        if let Some(fs) = &self.local {
+            let source = fs
+                .path_to_filesystem(&path)
+                .map_err(|e| Error::storage(&path, e))?;
+            let local = local.to_path_buf();
+            let shown = path.clone();
+            return tokio::task::spawn_blocking(move || {
+                copy_local(&source, &local, expected, hard_link, &shown)
+            })
+            .await
+            .map_err(|e| Error::local(relative, e))?;
+        }
         let result = self
             .store
             .get(&path)
@@ -123,4 +141,57 @@ impl CheckpointStorage {
         }
         Ok(())
     }
+}
+
+/// The local-directory path of [`CheckpointStorage::download_file`]: link or copy, then verify.
+fn copy_local(
+    source: &LocalPath,
+    local: &LocalPath,
+    expected: Transferred,
+    hard_link: bool,
+    shown: &object_store::path::Path,
+) -> Result<()> {
+    use std::io::Read;
+    let meta = match std::fs::metadata(source) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound {
+                path: shown.to_string(),
+            });
+        }
+        Err(e) => return Err(local_error(source, e)),
+    };
+    if meta.len() != expected.size_bytes {
+        return Err(Error::corrupt(
+            shown,
+            format!(
+                "size {} bytes, the handle says {}",
+                meta.len(),
+                expected.size_bytes
+            ),
+        ));
+    }
+    if !(hard_link && std::fs::hard_link(source, local).is_ok()) {
+        std::fs::copy(source, local).map_err(|e| local_error(local, e))?;
+    }
+    let mut file = std::fs::File::open(local).map_err(|e| local_error(local, e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| local_error(local, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let crc = hasher.finalize();
+    if crc != expected.crc32 {
+        // Never leave a link to a bad file where RocksDB would open it.
+        let _ = std::fs::remove_file(local);
+        return Err(Error::corrupt(
+            shown,
+            format!("CRC32 {crc:08x}, the handle says {:08x}", expected.crc32),
+        ));
+    }
+    Ok(())
 }
