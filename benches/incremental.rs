@@ -278,6 +278,10 @@ fn bench(c: &mut Criterion) {
         syncs.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         peer.borrow().backup_dir.display()
     );
+    println!(
+        "incremental: sync phases (ms, sorted): {:?}",
+        syncs.iter().map(|d| (d.as_secs_f64() * 1e3).round()).collect::<Vec<_>>()
+    );
 }
 
 criterion_group!(benches, bench);

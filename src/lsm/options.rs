@@ -124,6 +124,9 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 /// - LZ4 compression on every level (cheap to compress and decompress);
 /// - level compaction with `level_compaction_dynamic_level_bytes`, `max_background_jobs = 2` (this
 ///   crate targets small task managers; RocksDB's default is 2 as well);
+/// - `bytes_per_sync = 1 MiB`: SST writes are synced as they go, so the memtable flush of a checkpoint's
+///   synchronous phase does not end in one long sync (`benches/incremental.rs`: sync phase max 376 ms
+///   without it, 45 ms with it, at 1% churn of a 0.55 GB DB);
 /// - block-based tables with 16 KiB blocks, a shared LRU cache of `block_cache_bytes`, index and filter
 ///   blocks in the cache, and a 10 bits/key bloom filter on whole keys (point reads are the common case);
 /// - the list merge operator `sb-list-append` (harmless on column families without lists).
@@ -143,6 +146,7 @@ pub fn lsm_db_options(block_cache_bytes: usize, write_buffer_bytes: usize) -> (O
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_level_compaction_dynamic_level_bytes(true);
     opts.set_max_background_jobs(2);
+    opts.set_bytes_per_sync(1 << 20);
     opts.set_block_based_table_factory(&table);
     opts.set_merge_operator_associative(LIST_MERGE_OPERATOR, list_append);
     (opts, cache)
