@@ -280,7 +280,10 @@ fn bench(c: &mut Criterion) {
     );
     println!(
         "incremental: sync phases (ms, sorted): {:?}",
-        syncs.iter().map(|d| (d.as_secs_f64() * 1e3).round()).collect::<Vec<_>>()
+        syncs
+            .iter()
+            .map(|d| (d.as_secs_f64() * 1e3).round())
+            .collect::<Vec<_>>()
     );
 }
 

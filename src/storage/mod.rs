@@ -46,6 +46,8 @@ pub struct CheckpointStorage {
     root: Path,
     /// Set for a local directory: files are read through a memory map instead of copies.
     local: Option<Arc<LocalFileSystem>>,
+    /// For a local directory: sync files (and their directory) before they count as written.
+    local_fsync: bool,
 }
 
 impl CheckpointStorage {
@@ -71,6 +73,7 @@ impl CheckpointStorage {
         let fs = Arc::new(fs);
         let mut storage = CheckpointStorage::new(fs.clone(), job_id)?;
         storage.local = Some(fs);
+        storage.local_fsync = fsync;
         Ok(storage)
     }
 
@@ -94,6 +97,7 @@ impl CheckpointStorage {
             store,
             root,
             local: None,
+            local_fsync: false,
         })
     }
 

@@ -27,8 +27,9 @@ fn local_error(path: &LocalPath, e: std::io::Error) -> Error {
 }
 
 impl CheckpointStorage {
-    /// Uploads the local file `local` to `relative` (multipart above 8 MiB). On error, the partial upload
-    /// is aborted and nothing is left at `relative`.
+    /// Uploads the local file `local` to `relative` (multipart above 8 MiB; to a local-directory storage,
+    /// a kernel copy renamed into place). On error, the partial upload is aborted and nothing is left at
+    /// `relative`.
     ///
     /// # Errors
     /// [`Error::Storage`] for a local read or a store error.
@@ -37,6 +38,16 @@ impl CheckpointStorage {
         local: &LocalPath,
         relative: &str,
     ) -> Result<Transferred> {
+        if let Some(fs) = &self.local {
+            let path = self.path(relative);
+            let target = fs
+                .path_to_filesystem(&path)
+                .map_err(|e| Error::storage(&path, e))?;
+            let (source, fsync) = (local.to_path_buf(), self.local_fsync);
+            return tokio::task::spawn_blocking(move || copy_in(&source, &target, fsync))
+                .await
+                .map_err(|e| Error::local(relative, e))?;
+        }
         let mut file = tokio::fs::File::open(local)
             .await
             .map_err(|e| local_error(local, e))?;
@@ -194,4 +205,62 @@ fn copy_local(
         ));
     }
     Ok(())
+}
+
+/// The local-directory path of [`CheckpointStorage::upload_file`]: the kernel copies the file to a
+/// temporary name next to the target (`copy_file_range`), the CRC32 is computed from the source (in the
+/// page cache), then the copy is synced if asked and renamed into place, so a reader never sees a partial
+/// file (as `LocalFileSystem::put` does).
+fn copy_in(source: &LocalPath, target: &LocalPath, fsync: bool) -> Result<Transferred> {
+    use std::io::Read;
+    let dir = target
+        .parent()
+        .ok_or_else(|| Error::local(target.display(), "no parent directory"))?;
+    std::fs::create_dir_all(dir).map_err(|e| local_error(dir, e))?;
+    let mut tmp_name = target.as_os_str().to_owned();
+    tmp_name.push(format!(
+        ".{:016x}.tmp",
+        std::process::id() as u64 ^ source.as_os_str().len() as u64
+    ));
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let result = (|| {
+        let size_bytes = std::fs::copy(source, &tmp).map_err(|e| local_error(&tmp, e))?;
+        let mut file = std::fs::File::open(source).map_err(|e| local_error(source, e))?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut read = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| local_error(source, e))?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        if read != size_bytes {
+            return Err(Error::local(
+                source.display(),
+                "file changed while it was uploaded",
+            ));
+        }
+        if fsync {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| local_error(&tmp, e))?;
+        }
+        std::fs::rename(&tmp, target).map_err(|e| local_error(target, e))?;
+        if fsync {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| local_error(dir, e))?;
+        }
+        Ok(Transferred {
+            size_bytes,
+            crc32: hasher.finalize(),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
