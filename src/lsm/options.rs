@@ -26,7 +26,8 @@ pub struct LsmBackendConfig {
     pub transfer_concurrency: usize,
     /// Size of the LRU block cache in bytes (default 64 MiB).
     pub block_cache_bytes: usize,
-    /// Size of one memtable in bytes (RocksDB's `write_buffer_size`, default 64 MiB).
+    /// Size of one memtable in bytes (RocksDB's `write_buffer_size`; default 16 MiB: a smaller memtable
+    /// makes the flush in a checkpoint's synchronous phase short, `benches/flink_workload.rs`).
     pub write_buffer_bytes: usize,
 }
 
@@ -51,7 +52,7 @@ impl LsmBackendConfig {
             local_dir: local_dir.into(),
             transfer_concurrency: 4,
             block_cache_bytes: 64 << 20,
-            write_buffer_bytes: 64 << 20,
+            write_buffer_bytes: 16 << 20,
         };
         config.validate()?;
         Ok(config)
@@ -120,7 +121,7 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 /// - `create_if_missing`, `create_missing_column_families`;
 /// - WAL is disabled on every write (the backend's `WriteOptions`), durability comes from checkpoints,
 ///   and the synchronous phase flushes the memtables before the native checkpoint;
-/// - `write_buffer_size = write_buffer_bytes`, at most 3 memtables per column family;
+/// - `write_buffer_size = write_buffer_bytes` (default 16 MiB), at most 3 memtables per column family;
 /// - LZ4 compression on every level (cheap to compress and decompress);
 /// - level compaction with `level_compaction_dynamic_level_bytes`, `max_background_jobs = 2` (this
 ///   crate targets small task managers; RocksDB's default is 2 as well);
