@@ -112,6 +112,7 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("dir");
     let config =
         LsmBackendConfig::for_subtask("incr", 128, 1, 0, dir.path().join("ours")).expect("config");
+    let (cache_bytes, buffer_bytes) = (config.block_cache_bytes, config.write_buffer_bytes);
     let mut backend = LsmKeyedStateBackend::new(config).expect("backend");
     let state = backend
         .value_state(&ValueStateDescriptor::<VoidNamespace, Vec<u8>>::new(
@@ -128,8 +129,9 @@ fn bench(c: &mut Criterion) {
         last: None,
         stats: Vec::new(),
     };
-    let (opts, cache) = lsm_db_options(64 << 20, 64 << 20);
-    let db = DB::open_cf(&opts, dir.path().join("peer"), ["default", "s:value"]).expect("peer db");
+    let (opts, cache) = lsm_db_options(cache_bytes, buffer_bytes);
+    let db = DB::open_cf_descriptors(&opts, dir.path().join("peer"), same_options(&opts))
+        .expect("peer db");
     let backup_dir = dir.path().join("backups");
     let engine = BackupEngine::open(
         &BackupEngineOptions::new(&backup_dir).expect("backup options"),
@@ -250,8 +252,9 @@ fn bench(c: &mut Criterion) {
                 p.engine
                     .restore_from_latest_backup(&target, &target, &RestoreOptions::default())
                     .expect("restore");
-                let (opts, _cache) = lsm_db_options(64 << 20, 64 << 20);
-                let db = DB::open_cf(&opts, &target, ["default", "s:value"]).expect("open");
+                let (opts, _cache) = lsm_db_options(cache_bytes, buffer_bytes);
+                let db =
+                    DB::open_cf_descriptors(&opts, &target, same_options(&opts)).expect("open");
                 total += t.elapsed();
                 drop(db);
                 let _ = std::fs::remove_dir_all(&target);
@@ -289,3 +292,11 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// The two column families with the backend's options (`DB::open_cf` would give them defaults).
+fn same_options(opts: &rocksdb::Options) -> Vec<rocksdb::ColumnFamilyDescriptor> {
+    ["default", "s:value"]
+        .into_iter()
+        .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, opts.clone()))
+        .collect()
+}

@@ -35,8 +35,9 @@ fn raw_key(k: i64) -> [u8; 18] {
 impl Raw {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("dir");
-        let (opts, cache) = lsm_db_options(64 << 20, 64 << 20);
-        let db = DB::open_cf(&opts, dir.path(), ["default", "s:value"]).expect("open");
+        // The backend's defaults (`LsmBackendConfig::for_subtask`).
+        let (opts, cache) = lsm_db_options(64 << 20, 16 << 20);
+        let db = DB::open_cf_descriptors(&opts, dir.path(), same_options(&opts)).expect("open");
         let mut write = WriteOptions::default();
         write.disable_wal(true);
         Raw {
@@ -99,6 +100,22 @@ fn bench(c: &mut Criterion) {
     let cf = b.db().cf_handle("s:value").expect("cf");
     b.db().flush_cf(cf).expect("flush");
     let keys = shuffled(2);
+    for (name, db) in [("rocksdb", &raw.db), ("lsm_backend", b.db())] {
+        let cf = db.cf_handle("s:value").expect("cf");
+        let p = |k: &str| {
+            db.property_value_cf(cf, k)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        eprintln!(
+            "{name}: L0 files {}, cache capacity {}, usage {}, sst bytes {}",
+            p("rocksdb.num-files-at-level0"),
+            p("rocksdb.block-cache-capacity"),
+            p("rocksdb.block-cache-usage"),
+            p("rocksdb.total-sst-files-size")
+        );
+    }
 
     let mut g = c.benchmark_group("lsm_value_get_1M");
     let mut i = 0;
@@ -167,3 +184,11 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// The two column families with the backend's options (`DB::open_cf` would give them defaults).
+fn same_options(opts: &rocksdb::Options) -> Vec<rocksdb::ColumnFamilyDescriptor> {
+    ["default", "s:value"]
+        .into_iter()
+        .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, opts.clone()))
+        .collect()
+}

@@ -20,7 +20,7 @@ use crate::lsm::keys::{
     cf_name, decode_meta, encode_meta, key_prefix, meta_key, push_list_element, split_list,
     split_row_key,
 };
-use crate::lsm::options::{LsmBackendConfig, lsm_db_options};
+use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
 use crate::lsm::snapshot::{SnapshotTarget, UploadJob};
 use crate::storage::CheckpointStorage;
 
@@ -133,7 +133,8 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         } else {
             vec!["default".to_string()]
         };
-        let db = DB::open_cf(&options, &dir, &cfs).map_err(|e| db_error(dir.display(), e))?;
+        let db = DB::open_cf_descriptors(&options, &dir, cf_descriptors(&cfs, &options))
+            .map_err(|e| db_error(dir.display(), e))?;
         let guard = LocalDirGuard(config.local_dir.clone());
         let mut backend = LsmKeyedStateBackend {
             config,

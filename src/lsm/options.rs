@@ -152,3 +152,15 @@ pub fn lsm_db_options(block_cache_bytes: usize, write_buffer_bytes: usize) -> (O
     opts.set_merge_operator_associative(LIST_MERGE_OPERATOR, list_append);
     (opts, cache)
 }
+
+/// Column family descriptors for `names`, each with `options` (RocksDB's `open_cf` would give every column
+/// family default options: no merge operator, no bloom filter, another cache).
+pub(crate) fn cf_descriptors(
+    names: &[String],
+    options: &Options,
+) -> Vec<rocksdb::ColumnFamilyDescriptor> {
+    names
+        .iter()
+        .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, options.clone()))
+        .collect()
+}

@@ -196,8 +196,13 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             self.config.write_buffer_bytes,
         );
         let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(dir.display(), e))?;
-        let other = DB::open_cf_for_read_only(&options, dir, &cfs, false)
-            .map_err(|e| db_error(dir.display(), e))?;
+        let other = DB::open_cf_descriptors_read_only(
+            &options,
+            dir,
+            crate::lsm::options::cf_descriptors(&cfs, &options),
+            false,
+        )
+        .map_err(|e| db_error(dir.display(), e))?;
         let path = dir.display().to_string();
         for item in other.prefix_iterator(b"meta:") {
             let (key, value) = item.map_err(|e| db_error(&path, e))?;
