@@ -95,10 +95,15 @@ fn bench(c: &mut Criterion) {
         b.set_current_key(k).expect("key");
         s.update(&mut b, &NS, k).expect("put");
     }
-    // Both from SST files, as a state larger than memory would be.
+    // Both from SST files, as a state larger than memory would be, and compacted into the same shape so
+    // that neither side pays for the other's pending compactions.
     raw.flush();
     let cf = b.db().cf_handle("s:value").expect("cf");
     b.db().flush_cf(cf).expect("flush");
+    b.db().compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+    let raw_cf = raw.db.cf_handle("s:value").expect("cf");
+    raw.db
+        .compact_range_cf(raw_cf, None::<&[u8]>, None::<&[u8]>);
     let keys = shuffled(2);
     for (name, db) in [("rocksdb", &raw.db), ("lsm_backend", b.db())] {
         let cf = db.cf_handle("s:value").expect("cf");

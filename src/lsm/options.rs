@@ -128,16 +128,18 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 /// - `bytes_per_sync = 1 MiB`: SST writes are synced as they go, so the memtable flush of a checkpoint's
 ///   synchronous phase does not end in one long sync (`benches/incremental.rs`: sync phase max 376 ms
 ///   without it, 45 ms with it, at 1% churn of a 0.55 GB DB);
-/// - block-based tables with 16 KiB blocks, a shared LRU cache of `block_cache_bytes`, index and filter
-///   blocks in the cache, and a 10 bits/key bloom filter on whole keys (point reads are the common case);
+/// - block-based tables with 16 KiB blocks, a shared LRU cache of `block_cache_bytes` for data blocks
+///   (index and filter blocks stay in the table readers), and a 10 bits/key bloom filter on whole keys
+///   (point reads are the common case);
 /// - the list merge operator `sb-list-append` (harmless on column families without lists).
 pub fn lsm_db_options(block_cache_bytes: usize, write_buffer_bytes: usize) -> (Options, Cache) {
     let cache = Cache::new_lru_cache(block_cache_bytes);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&cache);
     table.set_block_size(16 << 10);
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Index and filter blocks stay in the table readers, outside the cache: a filter block of a large SST
+    // is hundreds of KB, larger than one shard of a 64-shard LRU cache, and was read and checksummed again
+    // on nearly every get (`benches/lsm_ops.rs`: 190 µs per get with them in the cache, see docs/lsm.md).
     table.set_bloom_filter(10.0, false);
     let mut opts = Options::default();
     opts.create_if_missing(true);
