@@ -252,20 +252,26 @@ impl RestartStrategy {
     }
 }
 
-/// One subtask's keyed state backend.
+/// One subtask's keyed state backend (boxed: the two differ much in size).
 enum Backend {
-    Heap(HeapKeyedStateBackend<String>),
+    Heap(Box<HeapKeyedStateBackend<String>>),
     #[cfg(feature = "rocksdb")]
-    Lsm(LsmKeyedStateBackend<String>),
+    Lsm(Box<LsmKeyedStateBackend<String>>),
 }
 
 /// Runs `$e` with `$x` bound to the concrete backend inside `$b`.
 macro_rules! on {
     ($b:expr, $x:ident => $e:expr) => {
         match $b {
-            Backend::Heap($x) => $e,
+            Backend::Heap(boxed) => {
+                let $x = &mut **boxed;
+                $e
+            }
             #[cfg(feature = "rocksdb")]
-            Backend::Lsm($x) => $e,
+            Backend::Lsm(boxed) => {
+                let $x = &mut **boxed;
+                $e
+            }
         }
     };
 }
@@ -349,9 +355,9 @@ enum BackendConfig {
 impl BackendConfig {
     fn create(self) -> statebackend::Result<Backend> {
         Ok(match self {
-            BackendConfig::Heap(c) => Backend::Heap(HeapKeyedStateBackend::new(c)?),
+            BackendConfig::Heap(c) => Backend::Heap(Box::new(HeapKeyedStateBackend::new(c)?)),
             #[cfg(feature = "rocksdb")]
-            BackendConfig::Lsm(c) => Backend::Lsm(LsmKeyedStateBackend::new(c)?),
+            BackendConfig::Lsm(c) => Backend::Lsm(Box::new(LsmKeyedStateBackend::new(c)?)),
         })
     }
 
@@ -361,14 +367,14 @@ impl BackendConfig {
         handles: &[statebackend::KeyedStateHandle],
     ) -> statebackend::Result<Backend> {
         Ok(match self {
-            BackendConfig::Heap(c) => {
-                Backend::Heap(HeapKeyedStateBackend::restore(c, storage, handles).await?)
-            }
+            BackendConfig::Heap(c) => Backend::Heap(Box::new(
+                HeapKeyedStateBackend::restore(c, storage, handles).await?,
+            )),
             // A failover resumes the job's own checkpoints: CLAIM, so checkpoints stay incremental.
             #[cfg(feature = "rocksdb")]
-            BackendConfig::Lsm(c) => Backend::Lsm(
+            BackendConfig::Lsm(c) => Backend::Lsm(Box::new(
                 LsmKeyedStateBackend::restore(c, storage, handles, RestoreMode::Claim).await?,
-            ),
+            )),
         })
     }
 }
@@ -582,14 +588,13 @@ impl Job {
                 )));
             }
             // Complete a checkpoint as soon as its asynchronous phases are done (checked every 1024 records).
-            if processed % 1024 == 0
+            if processed.is_multiple_of(1024)
                 && in_flight
                     .as_ref()
                     .is_some_and(|f| f.tasks.iter().all(|t| t.is_finished()))
+                && let Some(flight) = in_flight.take()
             {
-                if let Some(flight) = in_flight.take() {
-                    self.complete(&mut task, flight)?;
-                }
+                self.complete(&mut task, flight)?;
             }
             if since_checkpoint >= self.args.checkpoint_every {
                 since_checkpoint = 0;

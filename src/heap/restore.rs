@@ -145,13 +145,13 @@ async fn load_handle(
             ),
         ));
     }
-    if let RangeSource::Bytes { bytes, .. } = &source {
-        if crc32fast::hash(bytes) != file.crc32 {
-            return Err(Error::corrupt(
-                &path,
-                "file checksum does not match its handle",
-            ));
-        }
+    if let RangeSource::Bytes { bytes, .. } = &source
+        && crc32fast::hash(bytes) != file.crc32
+    {
+        return Err(Error::corrupt(
+            &path,
+            "file checksum does not match its handle",
+        ));
     }
     let len = source.len();
     if len < HEADER_PREFIX + FOOTER_LEN as u64 {
