@@ -63,28 +63,7 @@ impl HeapBackendConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let id_ok = !self.operator_id.is_empty()
-            && self
-                .operator_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !id_ok {
-            return Err(Error::InvalidArgument(format!(
-                "operator id `{}` must be non-empty ASCII letters, digits, `-` or `_`",
-                self.operator_id
-            )));
-        }
-        KeyGroupRange::all(self.max_parallelism)?;
-        if self
-            .key_groups
-            .end()
-            .is_some_and(|e| e >= self.max_parallelism)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "key-group range {} exceeds max parallelism {}",
-                self.key_groups, self.max_parallelism
-            )));
-        }
+        validate_subtask(&self.operator_id, self.max_parallelism, self.key_groups)?;
         if self.frame_bytes == 0 {
             return Err(Error::InvalidArgument(
                 "frame_bytes must be positive".into(),
@@ -92,6 +71,34 @@ impl HeapBackendConfig {
         }
         Ok(())
     }
+}
+
+/// Checks the settings every backend shares: an operator id usable in file names (ASCII letters, digits,
+/// `-`, `_`), a valid max parallelism, and a key-group range inside it.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming what is wrong.
+pub(crate) fn validate_subtask(
+    operator_id: &str,
+    max_parallelism: u32,
+    key_groups: KeyGroupRange,
+) -> Result<()> {
+    let id_ok = !operator_id.is_empty()
+        && operator_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !id_ok {
+        return Err(Error::InvalidArgument(format!(
+            "operator id `{operator_id}` must be non-empty ASCII letters, digits, `-` or `_`"
+        )));
+    }
+    KeyGroupRange::all(max_parallelism)?;
+    if key_groups.end().is_some_and(|e| e >= max_parallelism) {
+        return Err(Error::InvalidArgument(format!(
+            "key-group range {key_groups} exceeds max parallelism {max_parallelism}"
+        )));
+    }
+    Ok(())
 }
 
 type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options};
 
 use crate::error::{Error, Result};
+use crate::heap::backend::validate_subtask;
 use crate::keyed::key_group::{KeyGroupRange, key_group_range_for_operator};
 
 /// Settings of an LSM backend (plain data; units in the names).
@@ -59,28 +60,7 @@ impl LsmBackendConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        let id_ok = !self.operator_id.is_empty()
-            && self
-                .operator_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !id_ok {
-            return Err(Error::InvalidArgument(format!(
-                "operator id `{}` must be non-empty ASCII letters, digits, `-` or `_`",
-                self.operator_id
-            )));
-        }
-        KeyGroupRange::all(self.max_parallelism)?;
-        if self
-            .key_groups
-            .end()
-            .is_some_and(|e| e >= self.max_parallelism)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "key-group range {} exceeds max parallelism {}",
-                self.key_groups, self.max_parallelism
-            )));
-        }
+        validate_subtask(&self.operator_id, self.max_parallelism, self.key_groups)?;
         if self.transfer_concurrency == 0 {
             return Err(Error::InvalidArgument(
                 "transfer_concurrency must be positive".into(),
