@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use common::faulty::FaultyStore;
 use common::*;
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use statebackend::*;
 
@@ -30,72 +29,8 @@ fn write(b: &mut Lsm, keys: impl Iterator<Item = u64>, value: u64) {
     }
 }
 
-fn read_all(b: &mut Lsm) -> BTreeMap<u64, u64> {
-    let s = b.value_state(&counts()).unwrap();
-    let mut out = BTreeMap::new();
-    for k in s.keys(b, &NS).unwrap() {
-        b.set_current_key(k).unwrap();
-        out.insert(k, s.value(b, &NS).unwrap().unwrap());
-    }
-    out
-}
-
-async fn coordinator(
-    storage: &CheckpointStorage,
-    retained: usize,
-    tasks: usize,
-) -> CheckpointCoordinator {
-    CheckpointCoordinator::open(
-        storage.clone(),
-        CoordinatorConfig {
-            expected_tasks: tasks,
-            retained_checkpoints: retained,
-        },
-    )
-    .await
-    .unwrap()
-}
-
-/// Paths (relative to the job root) of every object of the job.
-async fn objects(storage: &CheckpointStorage) -> Vec<String> {
-    let root = storage.path("");
-    let prefix = format!("{}/", root.as_ref().trim_end_matches('/'));
-    let mut v: Vec<String> = storage
-        .object_store()
-        .list(None)
-        .map_ok(|m| m.location.to_string())
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|p| p.strip_prefix(&prefix).map(str::to_string))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Every file referenced by a retained checkpoint exists with the recorded size and CRC32.
-async fn assert_retained_files_intact(coordinator: &CheckpointCoordinator) {
-    let storage = coordinator.storage();
-    for meta in coordinator.store().checkpoints() {
-        for f in meta.files() {
-            let bytes = storage
-                .object_store()
-                .get(&storage.path(&f.path))
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "chk-{} references missing {}: {e}",
-                        meta.checkpoint_id, f.path
-                    )
-                })
-                .bytes()
-                .await
-                .unwrap();
-            assert_eq!(bytes.len() as u64, f.size_bytes, "{}", f.path);
-            assert_eq!(crc32fast::hash(&bytes), f.crc32, "{}", f.path);
-        }
-    }
+fn read_all_counts(b: &mut Lsm) -> BTreeMap<u64, u64> {
+    read_all(b, &counts())
 }
 
 async fn restore_one(
@@ -151,7 +86,7 @@ fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
             "uploaded = new SSTs + MANIFEST/CURRENT/OPTIONS"
         );
         assert!(s2.checkpointed_bytes < s2.full_bytes / 2, "{s2:?}");
-        assert_retained_files_intact(&coord).await;
+        assert_retained_files_intact(&coord, true).await;
         // The local native checkpoint directories are gone.
         let local = b[0].config().local_dir.join("checkpoints");
         assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
@@ -159,7 +94,7 @@ fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
         let model: BTreeMap<u64, u64> = (0..20_000)
             .map(|k| (k, if k < 200 { 2 } else { 1 }))
             .collect();
-        assert_eq!(read_all(&mut restored), model);
+        assert_eq!(read_all_counts(&mut restored), model);
     });
 }
 
@@ -188,7 +123,7 @@ fn claim_restore_stays_incremental_and_no_claim_restore_is_full() {
             s.files_reused, 0,
             "NO_CLAIM: the first checkpoint is full: {s:?}"
         );
-        assert_retained_files_intact(&coord).await;
+        assert_retained_files_intact(&coord, true).await;
     });
 }
 
@@ -211,7 +146,7 @@ fn rescale_one_to_two_and_two_to_one_clips_key_groups() {
             )
             .await
             .unwrap();
-            let got = read_all(&mut b);
+            let got = read_all_counts(&mut b);
             assert!(
                 got.keys().all(|k| owner(k, 128, 2) == i as usize),
                 "only owned keys survive"
@@ -241,7 +176,7 @@ fn rescale_one_to_two_and_two_to_one_clips_key_groups() {
         let expected: BTreeMap<u64, u64> = (0..6_000)
             .map(|k| (k, if k < 5_000 { 7 } else { 8 }))
             .collect();
-        assert_eq!(read_all(&mut back), expected);
+        assert_eq!(read_all_counts(&mut back), expected);
     });
 }
 
@@ -281,8 +216,8 @@ fn flink_25395_unconfirmed_checkpoint_is_never_the_diff_base() {
         checkpoint(&mut coord, &mut b).await;
         let third = coord.store().latest().unwrap();
         assert!(third.files().all(|f| !created_by_2.contains(&f.path)));
-        assert_retained_files_intact(&coord).await;
-        let all = objects(&storage).await;
+        assert_retained_files_intact(&coord, true).await;
+        let all = objects(&storage, None).await;
         assert!(
             created_by_2.iter().all(|p| !all.contains(p)),
             "the aborted uploads are deleted"
@@ -326,10 +261,10 @@ fn flink_23949_savepoint_never_moves_the_diff_base() {
         }
         write(&mut b[0], 100..200, 3);
         checkpoint(&mut coord, &mut b).await;
-        assert_retained_files_intact(&coord).await;
+        assert_retained_files_intact(&coord, true).await;
         let latest = coord.store().latest().unwrap().clone();
         let mut restored = restore_one(&storage, &latest, RestoreMode::Claim).await;
-        let got = read_all(&mut restored);
+        let got = read_all_counts(&mut restored);
         assert_eq!((got[&0], got[&150], got[&4_000]), (2, 3, 1));
     });
 }
@@ -343,7 +278,7 @@ fn flink_30461_abort_during_the_async_phase_deletes_its_uploads() {
         let mut b = vec![lsm::<u64>(128, 1, 0)];
         write(&mut b[0], 0..5_000, 1);
         checkpoint(&mut coord, &mut b).await;
-        let before = objects(&storage).await;
+        let before = objects(&storage, None).await;
         write(&mut b[0], 0..100, 2);
         let id = coord.trigger();
         let pending = b[0].snapshot(id, &storage).unwrap();
@@ -352,7 +287,7 @@ fn flink_30461_abort_during_the_async_phase_deletes_its_uploads() {
         let err = pending.run().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::IllegalState);
         assert_eq!(
-            objects(&storage).await,
+            objects(&storage, None).await,
             before,
             "nothing of the aborted checkpoint remains"
         );
@@ -371,7 +306,7 @@ fn failed_upload_deletes_partial_uploads_and_keeps_the_base() {
         let mut b = vec![lsm::<u64>(128, 1, 0)];
         write(&mut b[0], 0..5_000, 1);
         checkpoint(&mut coord, &mut b).await;
-        let before = objects(&storage).await;
+        let before = objects(&storage, None).await;
         write(&mut b[0], 0..100, 2);
         faulty.fail_writes_to("MANIFEST");
         let id = coord.trigger();
@@ -384,11 +319,11 @@ fn failed_upload_deletes_partial_uploads_and_keeps_the_base() {
         assert_eq!(err.kind(), ErrorKind::Storage);
         coord.abort(id).await.unwrap();
         b[0].notify_checkpoint_aborted(id);
-        assert_eq!(objects(&storage).await, before);
+        assert_eq!(objects(&storage, None).await, before);
         faulty.heal();
         let s = checkpoint(&mut coord, &mut b).await;
         assert!(s.files_reused >= 1);
-        assert_retained_files_intact(&coord).await;
+        assert_retained_files_intact(&coord, true).await;
     });
 }
 
@@ -441,10 +376,10 @@ fn spark_43404_reused_file_numbers_never_pass_for_uploaded_files() {
         );
         let latest = coord.store().latest().unwrap().clone();
         let mut restored = restore_one(&storage, &latest, RestoreMode::Claim).await;
-        let got = read_all(&mut restored);
+        let got = read_all_counts(&mut restored);
         assert_eq!(got.len(), 3_000);
         assert!(got.values().all(|v| *v == 3), "only the new run's data");
-        assert_retained_files_intact(&coord).await;
+        assert_retained_files_intact(&coord, true).await;
     });
 }
 
@@ -523,7 +458,7 @@ fn corrupt_or_missing_sst(storage: CheckpointStorage) {
         assert_eq!(outcome.checkpoint_id, 1);
         assert_eq!(outcome.skipped.len(), 1);
         let mut restored = outcome.value;
-        assert!(read_all(&mut restored).values().all(|v| *v == 1));
+        assert!(read_all_counts(&mut restored).values().all(|v| *v == 1));
         storage.object_store().delete(&path).await.unwrap();
         let err = Lsm::restore(
             lsm_config(128, 1, 0),

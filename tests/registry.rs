@@ -7,25 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::runtime;
+use common::{coordinator, runtime};
 use object_store::ObjectStoreExt;
 use statebackend::*;
-
-async fn coordinator(
-    storage: &CheckpointStorage,
-    retained: usize,
-    tasks: usize,
-) -> CheckpointCoordinator {
-    CheckpointCoordinator::open(
-        storage.clone(),
-        CoordinatorConfig {
-            expected_tasks: tasks,
-            retained_checkpoints: retained,
-        },
-    )
-    .await
-    .unwrap()
-}
 
 async fn upload(storage: &CheckpointStorage, path: &str) {
     storage

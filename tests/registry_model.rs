@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use proptest::prelude::*;
 use statebackend::*;
 
@@ -44,61 +42,9 @@ fn desc() -> ValueStateDescriptor<VoidNamespace, u64> {
     ValueStateDescriptor::new("v")
 }
 
-fn read_all(b: &mut Lsm) -> BTreeMap<u64, u64> {
-    let s = b.value_state(&desc()).unwrap();
-    let mut out = BTreeMap::new();
-    for k in s.keys(b, &NS).unwrap() {
-        b.set_current_key(k).unwrap();
-        out.insert(k, s.value(b, &NS).unwrap().unwrap());
-    }
-    out
-}
-
-async fn open(storage: &CheckpointStorage) -> CheckpointCoordinator {
-    CheckpointCoordinator::open(
-        storage.clone(),
-        CoordinatorConfig {
-            expected_tasks: 1,
-            retained_checkpoints: 2,
-        },
-    )
-    .await
-    .unwrap()
-}
-
-async fn shared_objects(storage: &CheckpointStorage) -> Vec<String> {
-    let prefix = format!("{}/", storage.path("").as_ref().trim_end_matches('/'));
-    storage
-        .object_store()
-        .list(Some(&storage.path(SHARED_DIR)))
-        .map_ok(|m| m.location.to_string())
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|p| p.strip_prefix(&prefix).map(str::to_string))
-        .collect()
-}
-
-async fn check_retained(coord: &CheckpointCoordinator) {
-    let storage = coord.storage();
-    for meta in coord.store().checkpoints() {
-        for f in meta.files() {
-            let head = storage.object_store().head(&storage.path(&f.path)).await;
-            let head = head.unwrap_or_else(|e| {
-                panic!(
-                    "chk-{} references missing {}: {e}",
-                    meta.checkpoint_id, f.path
-                )
-            });
-            assert_eq!(head.size, f.size_bytes);
-        }
-    }
-}
-
 async fn run(ops: Vec<Op>) {
     let storage = CheckpointStorage::in_memory("model").unwrap();
-    let mut coord = open(&storage).await;
+    let mut coord = coordinator(&storage, 2, 1).await;
     let mut backend = lsm::<u64>(128, 1, 0);
     let mut model: BTreeMap<u64, u64> = BTreeMap::new();
     let mut at_checkpoint: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
@@ -160,7 +106,7 @@ async fn run(ops: Vec<Op>) {
                 // restores the latest completed checkpoint.
                 in_flight.clear();
                 drop(coord);
-                coord = open(&storage).await;
+                coord = coordinator(&storage, 2, 1).await;
                 match coord.store().latest().cloned() {
                     Some(meta) => {
                         backend = Lsm::restore(
@@ -173,7 +119,7 @@ async fn run(ops: Vec<Op>) {
                         .unwrap();
                         model = at_checkpoint[&meta.checkpoint_id].clone();
                         assert_eq!(
-                            read_all(&mut backend),
+                            read_all(&mut backend, &desc()),
                             model,
                             "restore of chk-{}",
                             meta.checkpoint_id
@@ -203,7 +149,7 @@ async fn run(ops: Vec<Op>) {
                 }
             }
         }
-        check_retained(&coord).await;
+        assert_retained_files_intact(&coord, false).await;
     }
     // Quiet moment: nothing in flight. Two sweeps later, only referenced files remain in shared/.
     for (id, _) in in_flight.drain(..) {
@@ -219,13 +165,13 @@ async fn run(ops: Vec<Op>) {
             .await
             .unwrap();
     }
-    for path in shared_objects(&storage).await {
+    for path in objects(&storage, Some(SHARED_DIR)).await {
         assert!(
             coord.store().references(&path),
             "unreferenced {path} survived the sweeps"
         );
     }
-    check_retained(&coord).await;
+    assert_retained_files_intact(&coord, false).await;
 }
 
 proptest! {

@@ -7,6 +7,79 @@ pub mod faulty;
 
 use statebackend::*;
 
+/// Opens a coordinator on `storage` expecting `tasks` acknowledgements and retaining `retained` checkpoints.
+pub async fn coordinator(
+    storage: &CheckpointStorage,
+    retained: usize,
+    tasks: usize,
+) -> CheckpointCoordinator {
+    CheckpointCoordinator::open(
+        storage.clone(),
+        CoordinatorConfig {
+            expected_tasks: tasks,
+            retained_checkpoints: retained,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Every key and value of the value state `desc` (void namespace).
+pub fn read_all<B: KeyedStateBackend<u64>>(
+    b: &mut B,
+    desc: &ValueStateDescriptor<VoidNamespace, u64>,
+) -> std::collections::BTreeMap<u64, u64> {
+    let s = b.value_state(desc).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for k in s.keys(b, &VoidNamespace).unwrap() {
+        b.set_current_key(k).unwrap();
+        out.insert(k, s.value(b, &VoidNamespace).unwrap().unwrap());
+    }
+    out
+}
+
+/// Paths (relative to the job root) of the job's objects below `dir` (`None`: all), sorted.
+pub async fn objects(storage: &CheckpointStorage, dir: Option<&str>) -> Vec<String> {
+    use futures::TryStreamExt;
+    let prefix = format!("{}/", storage.path("").as_ref().trim_end_matches('/'));
+    let listed = dir.map(|d| storage.path(d));
+    let mut v: Vec<String> = storage
+        .object_store()
+        .list(listed.as_ref())
+        .map_ok(|m| m.location.to_string())
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every file referenced by a retained checkpoint exists with the recorded size (and, with `verify_crc`,
+/// the recorded CRC32).
+pub async fn assert_retained_files_intact(coordinator: &CheckpointCoordinator, verify_crc: bool) {
+    use object_store::ObjectStoreExt;
+    let storage = coordinator.storage();
+    for meta in coordinator.store().checkpoints() {
+        for f in meta.files() {
+            let get = storage.object_store().get(&storage.path(&f.path)).await;
+            let get = get.unwrap_or_else(|e| {
+                panic!(
+                    "chk-{} references missing {}: {e}",
+                    meta.checkpoint_id, f.path
+                )
+            });
+            assert_eq!(get.meta.size, f.size_bytes, "{}", f.path);
+            if verify_crc {
+                let bytes = get.bytes().await.unwrap();
+                assert_eq!(crc32fast::hash(&bytes), f.crc32, "{}", f.path);
+            }
+        }
+    }
+}
+
 /// A multi-threaded runtime for tests that drive async phases from synchronous code.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
