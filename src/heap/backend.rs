@@ -1,6 +1,7 @@
 //! The heap keyed state backend (as Flink's `HeapKeyedStateBackend` with `CopyOnWriteStateMap`, but with a
 //! synchronous phase that does not grow with the state: see `docs/design.md`).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -196,10 +197,10 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         };
         let existing = &self.tables[id.0 as usize];
         meta.check_compatible(existing.meta())?;
-        if existing.as_any().is::<StateTable<K, N, S>>() {
+        if (existing.as_ref() as &dyn Any).is::<StateTable<K, N, S>>() {
             return Ok(id);
         }
-        let Some(raw) = existing.as_any().downcast_ref::<RawTable>() else {
+        let Some(raw) = (existing.as_ref() as &dyn Any).downcast_ref::<RawTable>() else {
             return Err(Error::InvalidArgument(format!(
                 "state `{}` is registered with other Rust types",
                 meta.name
@@ -223,7 +224,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let table = self
             .tables
             .get(id.0 as usize)
-            .and_then(|t| t.as_any().downcast_ref())
+            .and_then(|t| (t.as_ref() as &dyn Any).downcast_ref())
             .ok_or_else(|| wrong_state(id))?;
         Ok((table, current))
     }
@@ -234,7 +235,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let table = self
             .tables
             .get_mut(id.0 as usize)
-            .and_then(|t| t.as_any_mut().downcast_mut())
+            .and_then(|t| (t.as_mut() as &mut dyn Any).downcast_mut())
             .ok_or_else(|| wrong_state(id))?;
         Ok((table, current))
     }
@@ -561,7 +562,7 @@ fn table_keys_any<K: StateKey, N: StateKey>(
     table: &dyn ErasedTable<K>,
     ns: &N,
 ) -> Option<Result<Vec<K>>> {
-    let raw = table.as_any().downcast_ref::<RawTable>()?;
+    let raw = (table as &dyn Any).downcast_ref::<RawTable>()?;
     let mut want = Vec::new();
     ns.encode(&mut want);
     Some(

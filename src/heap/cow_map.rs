@@ -1,139 +1,327 @@
-//! The copy-on-write map behind every heap state: one extendible-hash directory of pages per key group,
-//! shared with snapshots through `Arc` (see `docs/design.md`, "Copy-on-write heap map").
+//! The copy-on-write map behind every heap state (see `docs/design.md`, "Copy-on-write heap map").
+//!
+//! Shape: one [`KeyGroupMap`] per key group, shared with snapshots through an `Arc`. A key-group map is a
+//! linear-hashing directory (Litwin, 1980) of pages; a page is an `Arc<[Slot]>` probed linearly, with the
+//! entries stored inline in the slots. A lookup therefore touches the key-group pointer, one directory
+//! element and the slots it probes: one likely cache miss where a SwissTable pays two (control byte, entry).
 //!
 //! Invariant: a snapshot holds `Arc`s to the key-group maps as they were when it was taken; every mutation
-//! goes through `Arc::make_mut`, so a map or page still held by a snapshot is copied (shallowly: pointers
-//! for a directory, at most [`PAGE_CAPACITY`] entries for a page) before it changes. Reads never copy.
+//! first makes the key-group map and then the page unique (copying them if a snapshot still holds them), so
+//! a snapshot never sees a later write. The copy is shallow for a directory (page pointers) and one page of
+//! entries otherwise. Reads never copy.
+//!
+//! Growth never rehashes more than one page at a time: an insert that takes the key group above
+//! [`SPLIT_AT`] entries per page splits the next page in linear-hashing order, and a page whose slots are
+//! more than 7/8 full doubles its own slots. Removal is backward-shift deletion, so there are no tombstones.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
 
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry as TableEntry;
-
-/// Entries per page before it splits: the load limit of a 128-bucket hashbrown table.
-pub(crate) const PAGE_CAPACITY: usize = 112;
-/// The directory indexes pages with hash bits `DIR_SHIFT..`; hashbrown uses the low bits (bucket) and the
-/// top 7 bits (tag), so none of the three correlate.
-const DIR_SHIFT: u32 = 16;
-/// Largest directory depth (2^20 slots per key group); pages beyond it grow instead of splitting.
-const MAX_DEPTH: u8 = 20;
+/// Average entries per page above which the next page of the key group splits.
+pub(crate) const SPLIT_AT: usize = 64;
+/// Slots of the smallest page (a power of two).
+const MIN_SLOTS: usize = 8;
 
 /// One mapping `(key, namespace) -> value` with its map hash.
 #[derive(Clone, Debug)]
 pub(crate) struct Entry<K, N, S> {
-    pub(crate) hash: u64,
+    /// The map hash; never zero so that an empty slot (`None`) costs no extra byte.
+    pub(crate) hash: NonZeroU64,
     pub(crate) key: K,
     pub(crate) ns: N,
     pub(crate) value: S,
 }
 
+/// A page slot: empty or one entry.
+type Slot<K, N, S> = Option<Entry<K, N, S>>;
+
+/// The stored form of a map hash: zero becomes `u64::MAX`, so equal hashes stay equal.
+#[inline]
+fn stored_hash(hash: u64) -> NonZeroU64 {
+    NonZeroU64::new(hash).unwrap_or(NonZeroU64::MAX)
+}
+
+/// First slot to probe for `hash` in a page of `slots` slots (a power of two). Uses bits 32.., which the
+/// directory (low bits, at most 2^32 pages) never uses.
+#[inline]
+fn home(hash: u64, slots: usize) -> usize {
+    (hash >> 32) as usize & (slots - 1)
+}
+
+/// Slots for a page that will hold `entries`: a power of two, at most 3/4 full.
+fn slots_for(entries: usize) -> usize {
+    (entries * 4 / 3 + 1).next_power_of_two().max(MIN_SLOTS)
+}
+
+/// Slot of `(key, ns)` in `slots`, or `None`: a walk of the probe run from the home slot, which most
+/// entries occupy, so that check comes first in straight-line code. Pages always keep an empty slot, and
+/// the walk is bounded by the page size in any case.
+///
+/// (Comparing the first four slots of the run branch-free, SwissTable style, measured slower here: it
+/// touches more cache lines per lookup.)
+#[inline]
+fn find_in<K: Eq, N: Eq, S>(
+    slots: &[Slot<K, N, S>],
+    hash: NonZeroU64,
+    key: &K,
+    ns: &N,
+) -> Option<usize> {
+    let mask = slots.len().wrapping_sub(1);
+    let mut i = home(hash.get(), slots.len());
+    match slots.get(i) {
+        Some(Some(e)) if e.hash == hash && e.key == *key && e.ns == *ns => return Some(i),
+        Some(None) | None => return None,
+        Some(Some(_)) => i = (i + 1) & mask,
+    }
+    for _ in 1..slots.len() {
+        match &slots[i] {
+            None => return None,
+            Some(e) if e.hash == hash && e.key == *key && e.ns == *ns => return Some(i),
+            Some(_) => i = (i + 1) & mask,
+        }
+    }
+    None
+}
+
+/// Puts `entry` into its probe run, Robin Hood style (Celis, 1986): walking from its home slot, it takes
+/// the place of the first resident that is closer to its own home, which then moves on in its place.
+/// Displacements stay even, so the entries inserted last (into fuller pages) are not the ones that sit
+/// far from home. Returns the slot `entry` ended in. The caller guarantees a free slot.
+#[inline]
+fn place<K, N, S>(slots: &mut [Slot<K, N, S>], mut entry: Entry<K, N, S>) -> usize {
+    let mask = slots.len() - 1;
+    let mut i = home(entry.hash.get(), slots.len());
+    let mut displacement = 0;
+    let mut landed = None;
+    loop {
+        match &mut slots[i] {
+            None => {
+                slots[i] = Some(entry);
+                return landed.unwrap_or(i);
+            }
+            Some(resident) => {
+                let theirs = i.wrapping_sub(home(resident.hash.get(), mask + 1)) & mask;
+                if theirs < displacement {
+                    std::mem::swap(resident, &mut entry);
+                    landed.get_or_insert(i);
+                    displacement = theirs;
+                }
+            }
+        }
+        i = (i + 1) & mask;
+        displacement += 1;
+    }
+}
+
+/// Removes the entry in slot `i` by backward-shift deletion (Knuth, TAOCP vol. 3, algorithm 6.4R): later
+/// entries of the same probe run move back, so lookups never need tombstones.
+fn remove_at<K, N, S>(slots: &mut [Slot<K, N, S>], i: usize) -> Option<Entry<K, N, S>> {
+    let mask = slots.len() - 1;
+    let removed = slots[i].take();
+    let mut hole = i;
+    let mut j = i;
+    loop {
+        j = (j + 1) & mask;
+        let Some(e) = &slots[j] else { break };
+        let home = home(e.hash.get(), slots.len());
+        // The entry at `j` may fill the hole unless its home lies cyclically in (hole, j].
+        if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+            slots[hole] = slots[j].take();
+            hole = j;
+        }
+    }
+    removed
+}
+
+/// Mutable access to the value behind `arc`, copying it first if a snapshot still shares it.
+///
+/// Same result as `Arc::make_mut`, without its atomic compare-and-swap when the value is not shared: a
+/// locked instruction per write drains the store buffer and stops the processor from running ahead into
+/// the next records' cache misses (`benches/heap_ops.rs`, update: see `docs/design.md`).
+#[inline]
+#[allow(
+    unsafe_code,
+    reason = "measured: see the doc comment and docs/design.md"
+)]
+fn unique<T: ?Sized>(arc: &mut Arc<T>, copy: impl FnOnce(&T) -> Arc<T>) -> &mut T {
+    if Arc::strong_count(arc) != 1 {
+        *arc = copy(arc);
+    }
+    // Pairs with the release decrement of the last other handle (a snapshot dropping its copy on another
+    // thread), so that handle's reads happen before our writes; `Arc::get_mut` orders the same way.
+    fence(Ordering::Acquire);
+    // SAFETY: the strong count is 1 and the map never creates a `Weak` to its pages or key-group maps
+    // (no `Arc::downgrade` in this module; the types are private), so `arc` is the only handle to the
+    // value. We hold `&mut arc`, so no other handle can be cloned from it while the returned borrow lives,
+    // and the borrow is tied to `arc`'s. The pointer comes from `Arc::as_ptr`, valid while `arc` is.
+    unsafe { &mut *Arc::as_ptr(arc).cast_mut() }
+}
+
+/// Mutable access to the slots of a page, copying them first if a snapshot still shares them.
+#[inline]
+fn unique_slots<K: Clone, N: Clone, S: Clone>(
+    page: &mut Arc<[Slot<K, N, S>]>,
+) -> &mut [Slot<K, N, S>] {
+    unique(page, |slots| slots.iter().cloned().collect())
+}
+
+/// Mutable access to a key-group map, copying its directory (page pointers) first if a snapshot still
+/// shares it.
+#[inline]
+fn unique_group<K: Clone, N: Clone, S: Clone>(
+    group: &mut Arc<KeyGroupMap<K, N, S>>,
+) -> &mut KeyGroupMap<K, N, S> {
+    unique(group, |g| Arc::new(g.clone()))
+}
+
+/// A page of a key-group map, with the number of entries in its slots.
 #[derive(Clone)]
 struct Page<K, N, S> {
-    /// Number of hash bits shared by all entries of this page.
-    local_depth: u8,
-    table: HashTable<Entry<K, N, S>>,
+    slots: Arc<[Slot<K, N, S>]>,
+    entries: u32,
 }
 
 impl<K, N, S> Page<K, N, S> {
-    fn new(local_depth: u8, capacity: usize) -> Self {
+    fn with_slots(slots: usize) -> Self {
         Page {
-            local_depth,
-            table: HashTable::with_capacity(capacity),
+            slots: (0..slots).map(|_| None).collect(),
+            entries: 0,
         }
     }
 }
 
-/// All entries of one key group of one state.
+/// All entries of one key group of one state: a linear-hashing directory of pages.
+///
+/// With `2^level + split` pages, a hash `h` lives in page `h mod 2^level`, or `h mod 2^(level+1)` if that
+/// is below `split` (those pages are already split at this level).
 #[derive(Clone)]
 pub(crate) struct KeyGroupMap<K, N, S> {
-    global_depth: u8,
-    /// `2^global_depth` slots, each the number of a page in `pages`; a page of local depth `d` fills the
-    /// `2^(global_depth - d)` slots whose low `d` bits equal its own.
-    slots: Vec<u32>,
-    /// Each page exactly once, so that an `Arc` count above one always means "shared with a snapshot".
-    pages: Vec<Arc<Page<K, N, S>>>,
+    pages: Vec<Page<K, N, S>>,
+    level: u32,
+    split: usize,
     len: usize,
-}
-
-#[inline]
-fn dir_index(hash: u64, depth: u8) -> usize {
-    ((hash >> DIR_SHIFT) as usize) & ((1usize << depth) - 1)
 }
 
 impl<K, N, S> KeyGroupMap<K, N, S> {
     fn new() -> Self {
         KeyGroupMap {
-            global_depth: 0,
-            slots: vec![0],
-            pages: vec![Arc::new(Page::new(0, 0))],
+            pages: Vec::new(),
+            level: 0,
+            split: 0,
             len: 0,
         }
     }
 
-    /// Number of the page that holds `hash`.
+    /// Number of the page that holds `hash`; the directory must not be empty.
     #[inline]
     fn page_no(&self, hash: u64) -> usize {
-        self.slots[dir_index(hash, self.global_depth)] as usize
-    }
-
-    #[inline]
-    fn page(&self, hash: u64) -> &Page<K, N, S> {
-        &self.pages[self.page_no(hash)]
+        let low = (1usize << self.level) - 1;
+        let p = hash as usize & low;
+        if p < self.split {
+            hash as usize & (low << 1 | 1)
+        } else {
+            p
+        }
     }
 
     /// Iterates every entry once.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry<K, N, S>> {
-        self.pages.iter().flat_map(|page| page.table.iter())
+        self.pages.iter().flat_map(|p| p.slots.iter().flatten())
+    }
+}
+
+impl<K: Eq, N: Eq, S> KeyGroupMap<K, N, S> {
+    /// `(page, slot)` of `(key, ns)`.
+    #[inline]
+    fn find(&self, hash: NonZeroU64, key: &K, ns: &N) -> Option<(usize, usize)> {
+        if self.pages.is_empty() {
+            return None;
+        }
+        let p = self.page_no(hash.get());
+        find_in(&self.pages[p].slots, hash, key, ns).map(|i| (p, i))
     }
 }
 
 impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
-    /// Splits the page that holds `hash` on its next hash bit, doubling the directory if needed.
-    fn split(&mut self, hash: u64) {
-        let page_no = self.page_no(hash);
-        let depth = self.pages[page_no].local_depth;
-        if depth >= MAX_DEPTH {
+    /// Moves (or, from a page a snapshot shares, copies) the entries of `page` into fresh pages.
+    fn redistribute(
+        mut page: Page<K, N, S>,
+        mut target: impl FnMut(&Entry<K, N, S>) -> usize,
+        pages: &mut [Page<K, N, S>],
+    ) {
+        let mut put = |e: Entry<K, N, S>| {
+            let page = &mut pages[target(&e)];
+            place(unique_slots(&mut page.slots), e);
+            page.entries += 1;
+        };
+        match Arc::get_mut(&mut page.slots) {
+            Some(slots) => slots.iter_mut().filter_map(Option::take).for_each(&mut put),
+            None => page.slots.iter().flatten().cloned().for_each(&mut put),
+        }
+    }
+
+    /// Splits the next page in linear-hashing order (or creates the first page).
+    fn split_next(&mut self) {
+        if self.pages.is_empty() {
+            self.pages.push(Page::with_slots(MIN_SLOTS));
             return;
         }
-        if depth == self.global_depth {
-            self.slots.extend_from_within(..);
-            self.global_depth += 1;
-        }
-        let old = std::mem::replace(&mut self.pages[page_no], Arc::new(Page::new(depth, 0)));
-        let bit = 1u64 << (DIR_SHIFT + u32::from(depth));
-        let mut low = Page::new(depth + 1, old.table.len());
-        let mut high = Page::new(depth + 1, old.table.len());
-        let mut place = |e: Entry<K, N, S>| {
-            let page = if e.hash & bit == 0 {
-                &mut low
+        let s = self.split;
+        let bit = 1u64 << self.level;
+        let old = std::mem::replace(&mut self.pages[s], Page::with_slots(MIN_SLOTS));
+        let (mut low, mut high) = (0, 0);
+        for e in old.slots.iter().flatten() {
+            if e.hash.get() & bit == 0 {
+                low += 1;
             } else {
-                &mut high
-            };
-            page.table.insert_unique(e.hash, e, |e| e.hash);
-        };
-        match Arc::try_unwrap(old) {
-            // Not shared with a snapshot: move the entries.
-            Ok(page) => page.table.into_iter().for_each(&mut place),
-            // Still part of a snapshot: copy them, the snapshot keeps the old page.
-            Err(shared) => shared.table.iter().cloned().for_each(&mut place),
-        }
-        self.pages[page_no] = Arc::new(low);
-        let high_no = self.pages.len() as u32;
-        self.pages.push(Arc::new(high));
-        let stride = 1usize << depth;
-        let base = dir_index(hash, depth);
-        for slot in (base..self.slots.len()).step_by(stride) {
-            if slot & stride != 0 {
-                self.slots[slot] = high_no;
+                high += 1;
             }
         }
+        self.pages[s] = Page::with_slots(slots_for(2 * low));
+        self.pages.push(Page::with_slots(slots_for(2 * high)));
+        let high_no = self.pages.len() - 1;
+        Self::redistribute(
+            old,
+            |e| if e.hash.get() & bit == 0 { s } else { high_no },
+            &mut self.pages,
+        );
+        self.split += 1;
+        if self.split == 1 << self.level {
+            self.level += 1;
+            self.split = 0;
+        }
+    }
+
+    /// Doubles the slots of page `p` (it is about to pass 7/8 full).
+    fn grow_page(&mut self, p: usize) {
+        let slots =
+            slots_for(self.pages[p].entries as usize + 1).max(2 * self.pages[p].slots.len());
+        let old = std::mem::replace(&mut self.pages[p], Page::with_slots(slots));
+        Self::redistribute(old, |_| p, &mut self.pages);
+    }
+
+    /// Inserts an entry known to be absent; returns its `(page, slot)`.
+    fn insert_new(&mut self, entry: Entry<K, N, S>) -> (usize, usize) {
+        self.len += 1;
+        if self.len > self.pages.len() * SPLIT_AT || self.pages.is_empty() {
+            self.split_next();
+        }
+        let p = self.page_no(entry.hash.get());
+        if (self.pages[p].entries as usize + 1) * 8 > self.pages[p].slots.len() * 7 {
+            self.grow_page(p);
+        }
+        let page = &mut self.pages[p];
+        page.entries += 1;
+        (p, place(unique_slots(&mut page.slots), entry))
     }
 }
 
 /// A copy-on-write map from `(key, namespace)` to `S`, partitioned by key group.
 ///
 /// Key groups are addressed by their index inside the backend's key-group range (`0..groups`); `hash` is
-/// the caller's map hash of `(key, namespace)` and must be the same for equal pairs.
+/// the caller's map hash of `(key, namespace)`, which must be equal for equal pairs and well mixed in every
+/// bit (the directory uses the low bits, the pages bits 32..).
 pub(crate) struct CowMap<K, N, S> {
     groups: Vec<Arc<KeyGroupMap<K, N, S>>>,
     len: usize,
@@ -145,10 +333,11 @@ where
     N: Eq + Clone,
     S: Clone,
 {
-    /// An empty map of `groups` key groups.
+    /// An empty map of `groups` key groups; they share one empty key-group map until first written.
     pub(crate) fn new(groups: usize) -> Self {
+        let empty = Arc::new(KeyGroupMap::new());
         CowMap {
-            groups: (0..groups).map(|_| Arc::new(KeyGroupMap::new())).collect(),
+            groups: vec![empty; groups],
             len: 0,
         }
     }
@@ -166,23 +355,18 @@ where
     /// The value of `(key, ns)` in key group `kg`.
     #[inline]
     pub(crate) fn get(&self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<&S> {
-        self.groups[kg]
-            .page(hash)
-            .table
-            .find(hash, |e| e.hash == hash && e.key == *key && e.ns == *ns)
-            .map(|e| &e.value)
+        let group = &self.groups[kg];
+        let (p, i) = group.find(stored_hash(hash), key, ns)?;
+        group.pages[p].slots[i].as_ref().map(|e| &e.value)
     }
 
     /// Mutable access to the value of `(key, ns)`; copies shared structure only if the entry exists.
     #[inline]
     pub(crate) fn get_mut(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<&mut S> {
-        let eq = |e: &Entry<K, N, S>| e.hash == hash && e.key == *key && e.ns == *ns;
-        self.groups[kg].page(hash).table.find(hash, eq)?;
-        let group = Arc::make_mut(&mut self.groups[kg]);
-        let page_no = group.page_no(hash);
-        Arc::make_mut(&mut group.pages[page_no])
-            .table
-            .find_mut(hash, eq)
+        let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
+        let group = unique_group(&mut self.groups[kg]);
+        unique_slots(&mut group.pages[p].slots)[i]
+            .as_mut()
             .map(|e| &mut e.value)
     }
 
@@ -196,27 +380,21 @@ where
         ns: &N,
         make: impl FnOnce() -> S,
     ) -> &mut S {
-        let eq = |e: &Entry<K, N, S>| e.hash == hash && e.key == *key && e.ns == *ns;
-        let group = Arc::make_mut(&mut self.groups[kg]);
-        let full = group.page(hash).table.len() >= PAGE_CAPACITY;
-        if full && group.page(hash).table.find(hash, eq).is_none() {
-            group.split(hash);
-        }
-        let page_no = group.page_no(hash);
-        let page = Arc::make_mut(&mut group.pages[page_no]);
-        match page.table.entry(hash, eq, |e| e.hash) {
-            TableEntry::Occupied(o) => &mut o.into_mut().value,
-            TableEntry::Vacant(v) => {
-                group.len += 1;
-                self.len += 1;
-                let entry = Entry {
-                    hash,
-                    key: key.clone(),
-                    ns: ns.clone(),
-                    value: make(),
-                };
-                &mut v.insert(entry).into_mut().value
-            }
+        let hash = stored_hash(hash);
+        let found = self.groups[kg].find(hash, key, ns);
+        let group = unique_group(&mut self.groups[kg]);
+        let (p, i) = found.unwrap_or_else(|| {
+            self.len += 1;
+            group.insert_new(Entry {
+                hash,
+                key: key.clone(),
+                ns: ns.clone(),
+                value: make(),
+            })
+        });
+        match &mut unique_slots(&mut group.pages[p].slots)[i] {
+            Some(e) => &mut e.value,
+            None => unreachable!("slot {i} of page {p} was just found or filled"),
         }
     }
 
@@ -232,12 +410,11 @@ where
 
     /// Removes `(key, ns)`; copies shared structure only if the entry exists.
     pub(crate) fn remove(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<S> {
-        let eq = |e: &Entry<K, N, S>| e.hash == hash && e.key == *key && e.ns == *ns;
-        self.groups[kg].page(hash).table.find(hash, eq)?;
-        let group = Arc::make_mut(&mut self.groups[kg]);
-        let page_no = group.page_no(hash);
-        let page = Arc::make_mut(&mut group.pages[page_no]);
-        let removed = page.table.find_entry(hash, eq).ok()?.remove().0;
+        let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
+        let group = unique_group(&mut self.groups[kg]);
+        let page = &mut group.pages[p];
+        let removed = remove_at(unique_slots(&mut page.slots), i)?;
+        page.entries -= 1;
         group.len -= 1;
         self.len -= 1;
         Some(removed.value)
@@ -278,20 +455,29 @@ mod tests {
         crate::heap::table::fmix64(k)
     }
 
-    #[test]
-    fn model_check_with_splits_and_snapshots() {
+    fn contents(map: &CowMap<u64, u32, u64>, groups: usize) -> Vec<((usize, u64, u32), u64)> {
+        let mut all: Vec<_> = (0..groups)
+            .flat_map(|g| map.iter_group(g).map(move |e| ((g, e.key, e.ns), e.value)))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Random inserts, updates and removes against a `BTreeMap`, with `hash` deciding how well spread the
+    /// entries are; snapshots taken on the way must keep showing the state of their moment.
+    fn model_check(steps: u64, keys: u64, hash: impl Fn(u64, u32) -> u64) {
         let mut map: CowMap<u64, u32, u64> = CowMap::new(3);
         let mut model: BTreeMap<(usize, u64, u32), u64> = BTreeMap::new();
         let mut snapshots = Vec::new();
         let mut x = 7u64;
-        for step in 0..40_000u64 {
+        for step in 0..steps {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let key = (x >> 33) % 3000;
+            let key = (x >> 33) % keys;
             let ns = ((x >> 20) % 3) as u32;
             let kg = (key % 3) as usize;
-            let hash = h(key ^ u64::from(ns) << 40);
+            let hash = hash(key, ns);
             match (x >> 60) % 4 {
                 0 => {
                     assert_eq!(
@@ -315,16 +501,12 @@ mod tests {
                 }
             }
             assert_eq!(map.get(kg, hash, &key, &ns), model.get(&(kg, key, ns)));
-            if step % 5000 == 0 {
+            if step % (steps / 8) == 0 {
                 snapshots.push((map.snapshot(), model.clone()));
             }
         }
         assert_eq!(map.len(), model.len());
-        let mut all: Vec<_> = (0..3)
-            .flat_map(|g| map.iter_group(g).map(move |e| ((g, e.key, e.ns), e.value)))
-            .collect();
-        all.sort();
-        assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+        assert_eq!(contents(&map, 3), model.into_iter().collect::<Vec<_>>());
         // Every snapshot still shows exactly the state at the moment it was taken.
         for (mut snap, frozen) in snapshots {
             let mut seen: Vec<_> = (0..3)
@@ -339,5 +521,103 @@ mod tests {
             seen.sort();
             assert_eq!(seen, frozen.into_iter().collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn model_check_with_splits_and_snapshots() {
+        model_check(40_000, 3000, |key, ns| h(key ^ u64::from(ns) << 40));
+    }
+
+    #[test]
+    fn model_check_large_enough_for_many_page_splits() {
+        model_check(200_000, 60_000, |key, ns| h(key ^ u64::from(ns) << 40));
+    }
+
+    #[test]
+    fn identical_hashes_share_one_probe_run_and_survive_removal() {
+        // Every entry hashes alike: one page, one long probe run, backward shifts on every removal.
+        model_check(20_000, 400, |_, _| 0x5555_0000_0000_0000);
+    }
+
+    #[test]
+    fn zero_hash_is_stored_and_found() {
+        model_check(5_000, 50, |key, _| if key % 2 == 0 { 0 } else { u64::MAX });
+    }
+
+    #[test]
+    fn hashes_differing_only_in_high_bits_collide_in_the_directory() {
+        // Same low bits (same page at every level), different slot homes.
+        model_check(30_000, 2000, |key, ns| (h(key) << 32) ^ u64::from(ns));
+    }
+
+    #[test]
+    fn model_check_small() {
+        // Small enough for `cargo miri test` (see docs/design.md), which checks the unsafe write path.
+        model_check(3_000, 300, |key, ns| h(key ^ u64::from(ns) << 40));
+    }
+
+    #[test]
+    fn a_snapshot_read_and_dropped_on_another_thread_while_the_map_is_written() {
+        let mut map: CowMap<u64, (), u64> = CowMap::new(2);
+        for k in 0..300u64 {
+            map.insert((k % 2) as usize, h(k), &k, &(), k);
+        }
+        for round in 0..3u64 {
+            let mut snap = map.snapshot();
+            let expected: u64 = (0..300u64).map(|k| k + round).sum();
+            let reader = std::thread::spawn(move || {
+                let mut sum = 0;
+                for g in 0..2 {
+                    sum += snap
+                        .take_group(g)
+                        .unwrap()
+                        .iter()
+                        .map(|e| e.value)
+                        .sum::<u64>();
+                }
+                sum
+            });
+            for k in 0..300u64 {
+                *map.get_mut((k % 2) as usize, h(k), &k, &()).unwrap() += 1;
+            }
+            assert_eq!(reader.join().unwrap(), expected);
+        }
+        assert_eq!(map.get(1, h(7), &7, &()), Some(&10));
+    }
+
+    #[test]
+    fn new_groups_share_one_empty_map_until_written() {
+        let mut map: CowMap<u64, (), u64> = CowMap::new(4);
+        assert!(map.get(2, h(1), &1, &()).is_none());
+        assert!(map.get_mut(2, h(1), &1, &()).is_none());
+        assert!(map.remove(2, h(1), &1, &()).is_none());
+        map.insert(2, h(1), &1, &(), 10);
+        assert_eq!(map.get(2, h(1), &1, &()), Some(&10));
+        for g in [0, 1, 3] {
+            assert!(map.get(g, h(1), &1, &()).is_none());
+            assert_eq!(map.iter_group(g).count(), 0);
+        }
+    }
+
+    #[test]
+    fn a_write_after_a_snapshot_copies_one_page_and_the_directory_only() {
+        let mut map: CowMap<u64, (), u64> = CowMap::new(1);
+        for k in 0..10_000u64 {
+            map.insert(0, h(k), &k, &(), k);
+        }
+        let mut snap = map.snapshot();
+        *map.get_mut(0, h(5), &5, &()).unwrap() = 99;
+        let frozen = snap.take_group(0).unwrap();
+        let live = &map.groups[0];
+        assert_eq!(frozen.pages.len(), live.pages.len());
+        let copied = frozen
+            .pages
+            .iter()
+            .zip(&live.pages)
+            .filter(|(a, b)| !Arc::ptr_eq(&a.slots, &b.slots))
+            .count();
+        assert_eq!(copied, 1, "exactly the written page is copied");
+        assert_eq!(frozen.iter().find(|e| e.key == 5).unwrap().value, 5);
+        assert_eq!(map.get(0, h(5), &5, &()), Some(&99));
     }
 }

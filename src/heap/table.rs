@@ -102,10 +102,11 @@ pub(crate) fn map_serde<UK: StateKey, V: Codec>() -> ValueSerde<MapCell<UK, V>> 
 }
 
 /// A state table whose types are erased, as the backend keeps them.
-pub(crate) trait ErasedTable<K>: Send {
+///
+/// The backend finds the typed table of a state handle by upcasting to `dyn Any` and downcasting: one
+/// virtual call (`type_id`) per state access.
+pub(crate) trait ErasedTable<K>: Any + Send {
     fn meta(&self) -> &StateMeta;
-    fn as_any(&self) -> &dyn Any;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
     /// Synchronous phase: a frozen view, O(key groups).
     fn freeze(&self) -> Box<dyn FrozenTable>;
     /// Entries in the table.
@@ -147,12 +148,6 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
 {
     fn meta(&self) -> &StateMeta {
         &self.meta
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
     fn freeze(&self) -> Box<dyn FrozenTable> {
         Box::new(FrozenStateTable {
@@ -239,12 +234,6 @@ impl RawTable {
 impl<K: StateKey> ErasedTable<K> for RawTable {
     fn meta(&self) -> &StateMeta {
         &self.meta
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
     fn freeze(&self) -> Box<dyn FrozenTable> {
         Box::new(FrozenRawTable(self.groups.clone()))

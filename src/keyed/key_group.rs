@@ -132,9 +132,17 @@ pub fn stable_key_hash(key_bytes: &[u8]) -> u64 {
 }
 
 /// Key group of a key hash: `hash % max_parallelism`.
+///
+/// A power-of-two max parallelism (Flink's default of 128 among them) takes a mask instead of a 64-bit
+/// division; the result is the same.
 #[inline]
 pub fn key_group_for_hash(key_hash: u64, max_parallelism: u32) -> u32 {
-    (key_hash % u64::from(max_parallelism)) as u32
+    let m = u64::from(max_parallelism);
+    if m.is_power_of_two() {
+        (key_hash & (m - 1)) as u32
+    } else {
+        (key_hash % m) as u32
+    }
 }
 
 /// Key group of a key: `xxh3_64(key_bytes) % max_parallelism`.
@@ -232,6 +240,17 @@ mod tests {
             assign_to_key_group(b"hello", 128),
             (stable_key_hash(b"hello") % 128) as u32
         );
+    }
+
+    #[test]
+    fn key_group_is_the_hash_modulo_max_parallelism_for_every_max_parallelism() {
+        let mut h = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            h = h.rotate_left(17).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ 0x94d0_49bb_1331_11eb;
+            for max_p in [1u32, 2, 3, 100, 128, 4096, 32767, 32768] {
+                assert_eq!(key_group_for_hash(h, max_p), (h % u64::from(max_p)) as u32);
+            }
+        }
     }
 
     #[test]
