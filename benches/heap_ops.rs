@@ -5,7 +5,9 @@
 //! baseline's working set then fits in L2, so they expose our extra indirections).
 //! The heap backend's figures include what a keyed operator really pays per record: `set_current_key`
 //! (encode the key, xxh3 hash, key group) and the state access. "after snapshot" runs the updates while a
-//! snapshot holds the previous version (copy-on-write active).
+//! snapshot holds the previous version (copy-on-write active). `value_update_*` is read-modify-write
+//! (`value` then `update` on our side, one `get_mut` on the baseline's); `value_put_existing_*` is
+//! `ValueState::update` alone against `insert` over an existing key.
 
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 
@@ -102,6 +104,31 @@ fn bench(c: &mut Criterion) {
                         .unwrap_or(0);
                     state
                         .update(&mut backend, &VoidNamespace, v + 1)
+                        .expect("update");
+                }
+            })
+        });
+        g.finish();
+
+        // `ValueState::update` alone: a put over an existing key, against the baseline's insert over an
+        // existing key. (`value_update_*` above is read-modify-write: our get and put, two lookups,
+        // against the baseline's single `get_mut`.)
+        let mut g = c.benchmark_group(format!("value_put_existing_{suffix}"));
+        g.throughput(Throughput::Elements(probe.len() as u64));
+        g.sample_size(10);
+        g.bench_function("hashbrown", |b| {
+            b.iter(|| {
+                for &k in probe {
+                    black_box(map.insert(k, k + 1));
+                }
+            })
+        });
+        g.bench_function("heap_backend", |b| {
+            b.iter(|| {
+                for &k in probe {
+                    backend.set_current_key(k).expect("key");
+                    state
+                        .update(&mut backend, &VoidNamespace, k + 1)
                         .expect("update");
                 }
             })

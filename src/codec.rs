@@ -34,6 +34,7 @@ macro_rules! unsigned_codec {
     ($($t:ty => $id:literal),*) => {$(
         impl Codec for $t {
             const ID: &'static str = $id;
+            #[inline]
             fn encode(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_be_bytes());
             }
@@ -52,6 +53,7 @@ macro_rules! signed_codec {
     ($($t:ty, $u:ty => $id:literal),*) => {$(
         impl Codec for $t {
             const ID: &'static str = $id;
+            #[inline]
             fn encode(&self, out: &mut Vec<u8>) {
                 // Flip the sign bit so that the byte order is the numeric order.
                 let flipped = (*self as $u) ^ (1 << (<$u>::BITS - 1));
@@ -71,6 +73,7 @@ signed_codec!(i8, u8 => "i8:ordered", i16, u16 => "i16:be-ordered", i32, u32 => 
 
 impl Codec for f64 {
     const ID: &'static str = "f64:be-bits";
+    #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_bits().to_be_bytes());
     }
@@ -81,6 +84,7 @@ impl Codec for f64 {
 
 impl Codec for bool {
     const ID: &'static str = "bool";
+    #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(u8::from(*self));
     }
@@ -95,6 +99,7 @@ impl Codec for bool {
 
 impl Codec for String {
     const ID: &'static str = "utf8";
+    #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.as_bytes());
     }
@@ -106,6 +111,7 @@ impl Codec for String {
 
 impl Codec for Vec<u8> {
     const ID: &'static str = "bytes";
+    #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self);
     }
@@ -116,6 +122,7 @@ impl Codec for Vec<u8> {
 
 impl Codec for () {
     const ID: &'static str = "unit";
+    #[inline]
     fn encode(&self, _out: &mut Vec<u8>) {}
     fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.is_empty() {
@@ -132,6 +139,7 @@ pub struct VoidNamespace;
 
 impl Codec for VoidNamespace {
     const ID: &'static str = "void-namespace";
+    #[inline]
     fn encode(&self, _out: &mut Vec<u8>) {}
     fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.is_empty() {
@@ -145,6 +153,7 @@ impl Codec for VoidNamespace {
 /// A pair is encoded as `u32 big-endian length of A`, `A`, `B`.
 impl<A: Codec, B: Codec> Codec for (A, B) {
     const ID: &'static str = "pair";
+    #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
         let at = out.len();
         out.extend_from_slice(&[0; 4]);

@@ -532,7 +532,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         let job = SnapshotJob {
             checkpoint_id,
             states: self.tables.iter().map(|t| t.meta().clone()).collect(),
-            frozen: self.tables.iter().map(|t| t.freeze()).collect(),
+            frozen: self.tables.iter_mut().map(|t| t.freeze()).collect(),
             config: self.config.clone(),
             backend_id: self.backend_id.clone(),
         };

@@ -159,20 +159,50 @@ fn unique<T: ?Sized>(arc: &mut Arc<T>, copy: impl FnOnce(&T) -> Arc<T>) -> &mut 
 }
 
 /// Mutable access to the slots of a page, copying them first if a snapshot still shares them.
+///
+/// A page stamped with the map's current `epoch` is unique without a look at its reference count, which
+/// sits at the start of the page's allocation, on another cache line than the slot being written (one
+/// more miss per write). Any other page goes through [`unique`] and is stamped.
+///
+/// Invariant: a page stamped with the current epoch has a strong count of 1. Stamps are set only on a new
+/// page or after [`unique`]; page handles are cloned only when a shared key-group directory is copied,
+/// and a directory is shared only with a snapshot, whose creation moves the epoch on (so every page it can
+/// reach has an older stamp).
 #[inline]
-fn unique_slots<K: Clone, N: Clone, S: Clone>(
-    page: &mut Arc<[Slot<K, N, S>]>,
+#[allow(
+    unsafe_code,
+    reason = "measured: see the doc comment and docs/design.md"
+)]
+fn page_slots<K: Clone, N: Clone, S: Clone>(
+    page: &mut Page<K, N, S>,
+    epoch: u64,
 ) -> &mut [Slot<K, N, S>] {
-    unique(page, |slots| slots.iter().cloned().collect())
+    if page.epoch != epoch {
+        unique(&mut page.slots, |slots| slots.iter().cloned().collect());
+        page.epoch = epoch;
+    }
+    debug_assert_eq!(
+        Arc::strong_count(&page.slots),
+        1,
+        "a page stamped with the current epoch is unique"
+    );
+    // SAFETY: by the invariant above the strong count is 1, and no `Weak` exists (see `unique`), so
+    // `page.slots` is the only handle; we hold `&mut page`, so none can be cloned while the borrow lives.
+    // Our own `unique` call (this epoch) made the acquire fence against other threads' releases, and no
+    // other thread has had a handle since. The pointer comes from `Arc::as_ptr`, valid while the handle is.
+    unsafe { &mut *Arc::as_ptr(&page.slots).cast_mut() }
 }
 
 /// Mutable access to a key-group map, copying its directory (page pointers) first if a snapshot still
-/// shares it.
+/// shares it; the map is stamped with `epoch`, which its new and newly unique pages then get.
 #[inline]
 fn unique_group<K: Clone, N: Clone, S: Clone>(
     group: &mut Arc<KeyGroupMap<K, N, S>>,
+    epoch: u64,
 ) -> &mut KeyGroupMap<K, N, S> {
-    unique(group, |g| Arc::new(g.clone()))
+    let group = unique(group, |g| Arc::new(g.clone()));
+    group.epoch = epoch;
+    group
 }
 
 /// A page of a key-group map, with the number of entries in its slots.
@@ -180,13 +210,16 @@ fn unique_group<K: Clone, N: Clone, S: Clone>(
 struct Page<K, N, S> {
     slots: Arc<[Slot<K, N, S>]>,
     entries: u32,
+    /// Epoch of the map when this page was created or last found unique (see [`page_slots`]).
+    epoch: u64,
 }
 
 impl<K, N, S> Page<K, N, S> {
-    fn with_slots(slots: usize) -> Self {
+    fn with_slots(slots: usize, epoch: u64) -> Self {
         Page {
             slots: (0..slots).map(|_| None).collect(),
             entries: 0,
+            epoch,
         }
     }
 }
@@ -201,6 +234,8 @@ pub(crate) struct KeyGroupMap<K, N, S> {
     level: u32,
     split: usize,
     len: usize,
+    /// The map's epoch when this key-group map was last made unique for a write.
+    epoch: u64,
 }
 
 impl<K, N, S> KeyGroupMap<K, N, S> {
@@ -210,6 +245,7 @@ impl<K, N, S> KeyGroupMap<K, N, S> {
             level: 0,
             split: 0,
             len: 0,
+            epoch: 0,
         }
     }
 
@@ -252,7 +288,8 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
     ) {
         let mut put = |e: Entry<K, N, S>| {
             let page = &mut pages[target(&e)];
-            place(unique_slots(&mut page.slots), e);
+            let epoch = page.epoch;
+            place(page_slots(page, epoch), e);
             page.entries += 1;
         };
         match Arc::get_mut(&mut page.slots) {
@@ -264,12 +301,12 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
     /// Splits the next page in linear-hashing order (or creates the first page).
     fn split_next(&mut self) {
         if self.pages.is_empty() {
-            self.pages.push(Page::with_slots(MIN_SLOTS));
+            self.pages.push(Page::with_slots(MIN_SLOTS, self.epoch));
             return;
         }
         let s = self.split;
         let bit = 1u64 << self.level;
-        let old = std::mem::replace(&mut self.pages[s], Page::with_slots(MIN_SLOTS));
+        let old = std::mem::replace(&mut self.pages[s], Page::with_slots(0, self.epoch));
         let (mut low, mut high) = (0, 0);
         for e in old.slots.iter().flatten() {
             if e.hash.get() & bit == 0 {
@@ -278,8 +315,9 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
                 high += 1;
             }
         }
-        self.pages[s] = Page::with_slots(slots_for(2 * low));
-        self.pages.push(Page::with_slots(slots_for(2 * high)));
+        self.pages[s] = Page::with_slots(slots_for(2 * low), self.epoch);
+        self.pages
+            .push(Page::with_slots(slots_for(2 * high), self.epoch));
         let high_no = self.pages.len() - 1;
         Self::redistribute(
             old,
@@ -297,7 +335,7 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
     fn grow_page(&mut self, p: usize) {
         let slots =
             slots_for(self.pages[p].entries as usize + 1).max(2 * self.pages[p].slots.len());
-        let old = std::mem::replace(&mut self.pages[p], Page::with_slots(slots));
+        let old = std::mem::replace(&mut self.pages[p], Page::with_slots(slots, self.epoch));
         Self::redistribute(old, |_| p, &mut self.pages);
     }
 
@@ -311,9 +349,10 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
         if (self.pages[p].entries as usize + 1) * 8 > self.pages[p].slots.len() * 7 {
             self.grow_page(p);
         }
+        let epoch = self.epoch;
         let page = &mut self.pages[p];
         page.entries += 1;
-        (p, place(unique_slots(&mut page.slots), entry))
+        (p, place(page_slots(page, epoch), entry))
     }
 }
 
@@ -325,6 +364,8 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
 pub(crate) struct CowMap<K, N, S> {
     groups: Vec<Arc<KeyGroupMap<K, N, S>>>,
     len: usize,
+    /// Number of snapshots taken so far.
+    epoch: u64,
 }
 
 impl<K, N, S> CowMap<K, N, S>
@@ -339,6 +380,7 @@ where
         CowMap {
             groups: vec![empty; groups],
             len: 0,
+            epoch: 0,
         }
     }
 
@@ -364,8 +406,8 @@ where
     #[inline]
     pub(crate) fn get_mut(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<&mut S> {
         let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
-        let group = unique_group(&mut self.groups[kg]);
-        unique_slots(&mut group.pages[p].slots)[i]
+        let group = unique_group(&mut self.groups[kg], self.epoch);
+        page_slots(&mut group.pages[p], group.epoch)[i]
             .as_mut()
             .map(|e| &mut e.value)
     }
@@ -382,7 +424,7 @@ where
     ) -> &mut S {
         let hash = stored_hash(hash);
         let found = self.groups[kg].find(hash, key, ns);
-        let group = unique_group(&mut self.groups[kg]);
+        let group = unique_group(&mut self.groups[kg], self.epoch);
         let (p, i) = found.unwrap_or_else(|| {
             self.len += 1;
             group.insert_new(Entry {
@@ -392,7 +434,7 @@ where
                 value: make(),
             })
         });
-        match &mut unique_slots(&mut group.pages[p].slots)[i] {
+        match &mut page_slots(&mut group.pages[p], group.epoch)[i] {
             Some(e) => &mut e.value,
             None => unreachable!("slot {i} of page {p} was just found or filled"),
         }
@@ -411,9 +453,9 @@ where
     /// Removes `(key, ns)`; copies shared structure only if the entry exists.
     pub(crate) fn remove(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<S> {
         let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
-        let group = unique_group(&mut self.groups[kg]);
+        let group = unique_group(&mut self.groups[kg], self.epoch);
         let page = &mut group.pages[p];
-        let removed = remove_at(unique_slots(&mut page.slots), i)?;
+        let removed = remove_at(page_slots(page, group.epoch), i)?;
         page.entries -= 1;
         group.len -= 1;
         self.len -= 1;
@@ -425,8 +467,10 @@ where
         self.groups[kg].iter()
     }
 
-    /// Freezes the current version: O(key groups) pointer copies, no entry is copied or serialized.
-    pub(crate) fn snapshot(&self) -> CowSnapshot<K, N, S> {
+    /// Freezes the current version: O(key groups) pointer copies, no entry is copied or serialized. Moves
+    /// the epoch on, so every page is checked for sharing before its next write.
+    pub(crate) fn snapshot(&mut self) -> CowSnapshot<K, N, S> {
+        self.epoch += 1;
         CowSnapshot {
             groups: self.groups.iter().map(|g| Some(Arc::clone(g))).collect(),
         }

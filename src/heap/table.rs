@@ -108,7 +108,7 @@ pub(crate) fn map_serde<UK: StateKey, V: Codec>() -> ValueSerde<MapCell<UK, V>> 
 pub(crate) trait ErasedTable<K>: Any + Send {
     fn meta(&self) -> &StateMeta;
     /// Synchronous phase: a frozen view, O(key groups).
-    fn freeze(&self) -> Box<dyn FrozenTable>;
+    fn freeze(&mut self) -> Box<dyn FrozenTable>;
     /// Entries in the table.
     fn len(&self) -> usize;
     /// Keys with an entry in namespace `ns`; `None` if `ns` is not this table's namespace type.
@@ -149,7 +149,7 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
-    fn freeze(&self) -> Box<dyn FrozenTable> {
+    fn freeze(&mut self) -> Box<dyn FrozenTable> {
         Box::new(FrozenStateTable {
             snapshot: self.map.snapshot(),
             serde: self.serde,
@@ -235,7 +235,7 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
-    fn freeze(&self) -> Box<dyn FrozenTable> {
+    fn freeze(&mut self) -> Box<dyn FrozenTable> {
         Box::new(FrozenRawTable(self.groups.clone()))
     }
     fn len(&self) -> usize {
