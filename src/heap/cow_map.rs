@@ -124,9 +124,9 @@ fn remove_at<K, N, S>(slots: &mut [Slot<K, N, S>], i: usize) -> Option<Entry<K, 
     loop {
         j = (j + 1) & mask;
         let Some(e) = &slots[j] else { break };
-        let home = home(e.hash.get(), slots.len());
+        let its_home = home(e.hash.get(), slots.len());
         // The entry at `j` may fill the hole unless its home lies cyclically in (hole, j].
-        if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+        if (j.wrapping_sub(its_home) & mask) >= (j.wrapping_sub(hole) & mask) {
             slots[hole] = slots[j].take();
             hole = j;
         }
@@ -194,15 +194,12 @@ fn page_slots<K: Clone, N: Clone, S: Clone>(
 }
 
 /// Mutable access to a key-group map, copying its directory (page pointers) first if a snapshot still
-/// shares it; the map is stamped with `epoch`, which its new and newly unique pages then get.
+/// shares it.
 #[inline]
 fn unique_group<K: Clone, N: Clone, S: Clone>(
     group: &mut Arc<KeyGroupMap<K, N, S>>,
-    epoch: u64,
 ) -> &mut KeyGroupMap<K, N, S> {
-    let group = unique(group, |g| Arc::new(g.clone()));
-    group.epoch = epoch;
-    group
+    unique(group, |g| Arc::new(g.clone()))
 }
 
 /// A page of a key-group map, with the number of entries in its slots.
@@ -234,8 +231,6 @@ pub(crate) struct KeyGroupMap<K, N, S> {
     level: u32,
     split: usize,
     len: usize,
-    /// The map's epoch when this key-group map was last made unique for a write.
-    epoch: u64,
 }
 
 impl<K, N, S> KeyGroupMap<K, N, S> {
@@ -245,7 +240,6 @@ impl<K, N, S> KeyGroupMap<K, N, S> {
             level: 0,
             split: 0,
             len: 0,
-            epoch: 0,
         }
     }
 
@@ -279,16 +273,17 @@ impl<K: Eq, N: Eq, S> KeyGroupMap<K, N, S> {
     }
 }
 
+/// Methods that write take the map's current `epoch`: pages they create are stamped with it.
 impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
     /// Moves (or, from a page a snapshot shares, copies) the entries of `page` into fresh pages.
     fn redistribute(
         mut page: Page<K, N, S>,
         mut target: impl FnMut(&Entry<K, N, S>) -> usize,
         pages: &mut [Page<K, N, S>],
+        epoch: u64,
     ) {
         let mut put = |e: Entry<K, N, S>| {
             let page = &mut pages[target(&e)];
-            let epoch = page.epoch;
             place(page_slots(page, epoch), e);
             page.entries += 1;
         };
@@ -299,14 +294,14 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
     }
 
     /// Splits the next page in linear-hashing order (or creates the first page).
-    fn split_next(&mut self) {
+    fn split_next(&mut self, epoch: u64) {
         if self.pages.is_empty() {
-            self.pages.push(Page::with_slots(MIN_SLOTS, self.epoch));
+            self.pages.push(Page::with_slots(MIN_SLOTS, epoch));
             return;
         }
         let s = self.split;
         let bit = 1u64 << self.level;
-        let old = std::mem::replace(&mut self.pages[s], Page::with_slots(0, self.epoch));
+        let old = std::mem::replace(&mut self.pages[s], Page::with_slots(0, epoch));
         let (mut low, mut high) = (0, 0);
         for e in old.slots.iter().flatten() {
             if e.hash.get() & bit == 0 {
@@ -315,14 +310,15 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
                 high += 1;
             }
         }
-        self.pages[s] = Page::with_slots(slots_for(2 * low), self.epoch);
+        self.pages[s] = Page::with_slots(slots_for(2 * low), epoch);
         self.pages
-            .push(Page::with_slots(slots_for(2 * high), self.epoch));
+            .push(Page::with_slots(slots_for(2 * high), epoch));
         let high_no = self.pages.len() - 1;
         Self::redistribute(
             old,
             |e| if e.hash.get() & bit == 0 { s } else { high_no },
             &mut self.pages,
+            epoch,
         );
         self.split += 1;
         if self.split == 1 << self.level {
@@ -332,24 +328,23 @@ impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
     }
 
     /// Doubles the slots of page `p` (it is about to pass 7/8 full).
-    fn grow_page(&mut self, p: usize) {
+    fn grow_page(&mut self, p: usize, epoch: u64) {
         let slots =
             slots_for(self.pages[p].entries as usize + 1).max(2 * self.pages[p].slots.len());
-        let old = std::mem::replace(&mut self.pages[p], Page::with_slots(slots, self.epoch));
-        Self::redistribute(old, |_| p, &mut self.pages);
+        let old = std::mem::replace(&mut self.pages[p], Page::with_slots(slots, epoch));
+        Self::redistribute(old, |_| p, &mut self.pages, epoch);
     }
 
     /// Inserts an entry known to be absent; returns its `(page, slot)`.
-    fn insert_new(&mut self, entry: Entry<K, N, S>) -> (usize, usize) {
+    fn insert_new(&mut self, entry: Entry<K, N, S>, epoch: u64) -> (usize, usize) {
         self.len += 1;
         if self.len > self.pages.len() * SPLIT_AT || self.pages.is_empty() {
-            self.split_next();
+            self.split_next(epoch);
         }
         let p = self.page_no(entry.hash.get());
         if (self.pages[p].entries as usize + 1) * 8 > self.pages[p].slots.len() * 7 {
-            self.grow_page(p);
+            self.grow_page(p, epoch);
         }
-        let epoch = self.epoch;
         let page = &mut self.pages[p];
         page.entries += 1;
         (p, place(page_slots(page, epoch), entry))
@@ -406,8 +401,8 @@ where
     #[inline]
     pub(crate) fn get_mut(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<&mut S> {
         let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
-        let group = unique_group(&mut self.groups[kg], self.epoch);
-        page_slots(&mut group.pages[p], group.epoch)[i]
+        let group = unique_group(&mut self.groups[kg]);
+        page_slots(&mut group.pages[p], self.epoch)[i]
             .as_mut()
             .map(|e| &mut e.value)
     }
@@ -424,17 +419,18 @@ where
     ) -> &mut S {
         let hash = stored_hash(hash);
         let found = self.groups[kg].find(hash, key, ns);
-        let group = unique_group(&mut self.groups[kg], self.epoch);
+        let group = unique_group(&mut self.groups[kg]);
         let (p, i) = found.unwrap_or_else(|| {
             self.len += 1;
-            group.insert_new(Entry {
+            let entry = Entry {
                 hash,
                 key: key.clone(),
                 ns: ns.clone(),
                 value: make(),
-            })
+            };
+            group.insert_new(entry, self.epoch)
         });
-        match &mut page_slots(&mut group.pages[p], group.epoch)[i] {
+        match &mut page_slots(&mut group.pages[p], self.epoch)[i] {
             Some(e) => &mut e.value,
             None => unreachable!("slot {i} of page {p} was just found or filled"),
         }
@@ -453,9 +449,9 @@ where
     /// Removes `(key, ns)`; copies shared structure only if the entry exists.
     pub(crate) fn remove(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<S> {
         let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
-        let group = unique_group(&mut self.groups[kg], self.epoch);
+        let group = unique_group(&mut self.groups[kg]);
         let page = &mut group.pages[p];
-        let removed = remove_at(page_slots(page, group.epoch), i)?;
+        let removed = remove_at(page_slots(page, self.epoch), i)?;
         page.entries -= 1;
         group.len -= 1;
         self.len -= 1;
