@@ -18,7 +18,7 @@ use crate::keyed::descriptor::{
     StateKind, StateMeta, ValueStateDescriptor,
 };
 use crate::keyed::key_group::{
-    KeyGroupRange, key_group_for_hash, key_group_range_for_operator, stable_key_hash,
+    KeyGroupRange, key_group_range_for_operator, locate_key, stable_key_hash,
 };
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::storage::CheckpointStorage;
@@ -259,21 +259,17 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        self.key_buf.clear();
-        key.encode(&mut self.key_buf);
-        let key_hash = stable_key_hash(&self.key_buf);
-        let key_group = key_group_for_hash(key_hash, self.config.max_parallelism);
-        let kg_index = self.config.key_groups.index_of(key_group).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "key group {key_group} of the key is not in this backend's range {}",
-                self.config.key_groups
-            ))
-        })?;
+        let at = locate_key(
+            &key,
+            &mut self.key_buf,
+            self.config.max_parallelism,
+            self.config.key_groups,
+        )?;
         self.current = Some(CurrentKey {
             key,
-            key_hash,
-            key_group,
-            kg_index,
+            key_hash: at.hash,
+            key_group: at.key_group,
+            kg_index: at.index,
         });
         Ok(())
     }

@@ -145,6 +145,44 @@ pub fn key_group_for_hash(key_hash: u64, max_parallelism: u32) -> u32 {
     }
 }
 
+/// Where a key lives: its stable hash, key group, and that group's index in the owning range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyLocation {
+    /// `xxh3_64` of the key's encoding.
+    pub(crate) hash: u64,
+    /// Key group of the key.
+    pub(crate) key_group: u32,
+    /// Index of `key_group` inside the owning range.
+    pub(crate) index: usize,
+}
+
+/// Encodes `key` into `buf` (cleared first) and locates it, as every backend's `set_current_key` does.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if the key's group is outside `range`.
+#[inline]
+pub(crate) fn locate_key<K: crate::codec::Codec>(
+    key: &K,
+    buf: &mut Vec<u8>,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+) -> Result<KeyLocation> {
+    buf.clear();
+    key.encode(buf);
+    let hash = stable_key_hash(buf);
+    let key_group = key_group_for_hash(hash, max_parallelism);
+    let index = range.index_of(key_group).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "key group {key_group} of the key is not in this backend's range {range}"
+        ))
+    })?;
+    Ok(KeyLocation {
+        hash,
+        key_group,
+        index,
+    })
+}
+
 /// Key group of a key: `xxh3_64(key_bytes) % max_parallelism`.
 ///
 /// # Panics

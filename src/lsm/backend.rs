@@ -14,7 +14,7 @@ use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     StateKind, StateMeta, ValueStateDescriptor,
 };
-use crate::keyed::key_group::{KeyGroupRange, key_group_for_hash, stable_key_hash};
+use crate::keyed::key_group::{KeyGroupRange, locate_key};
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::lsm::keys::{
     cf_name, decode_meta, encode_meta, key_prefix, meta_key, push_list_element, split_list,
@@ -426,18 +426,13 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        self.key_scratch.clear();
-        key.encode(&mut self.key_scratch);
-        let key_group = key_group_for_hash(
-            stable_key_hash(&self.key_scratch),
+        let key_group = locate_key(
+            &key,
+            &mut self.key_scratch,
             self.config.max_parallelism,
-        );
-        if !self.config.key_groups.contains(key_group) {
-            return Err(Error::InvalidArgument(format!(
-                "key group {key_group} of the key is not in this backend's range {}",
-                self.config.key_groups
-            )));
-        }
+            self.config.key_groups,
+        )?
+        .key_group;
         let mut prefix = match self.current.take() {
             Some(c) => c.prefix,
             None => Vec::with_capacity(64),
