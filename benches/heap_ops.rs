@@ -40,6 +40,22 @@ fn heap_backend(keys: &[u64]) -> (HeapKeyedStateBackend<u64>, ValueState<VoidNam
     (b, s)
 }
 
+/// What a keyed operator does to count a record: read the key's value, write it back plus one.
+fn increment(
+    backend: &mut HeapKeyedStateBackend<u64>,
+    state: &ValueState<VoidNamespace, u64>,
+    k: u64,
+) {
+    backend.set_current_key(k).expect("key");
+    let v = state
+        .value(backend, &VoidNamespace)
+        .expect("get")
+        .unwrap_or(0);
+    state
+        .update(backend, &VoidNamespace, v + 1)
+        .expect("update");
+}
+
 fn bench(c: &mut Criterion) {
     let keys = shuffled();
     let probe: Vec<u64> = keys.iter().rev().take(BATCH).copied().collect();
@@ -97,14 +113,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function("heap_backend", |b| {
             b.iter(|| {
                 for &k in probe {
-                    backend.set_current_key(k).expect("key");
-                    let v = state
-                        .value(&backend, &VoidNamespace)
-                        .expect("get")
-                        .unwrap_or(0);
-                    state
-                        .update(&mut backend, &VoidNamespace, v + 1)
-                        .expect("update");
+                    increment(&mut backend, &state, k);
                 }
             })
         });
@@ -147,14 +156,7 @@ fn bench(c: &mut Criterion) {
                 let pending = backend.snapshot(1, &storage).expect("snapshot");
                 let start = std::time::Instant::now();
                 for &k in &probe {
-                    backend.set_current_key(k).expect("key");
-                    let v = state
-                        .value(&backend, &VoidNamespace)
-                        .expect("get")
-                        .unwrap_or(0);
-                    state
-                        .update(&mut backend, &VoidNamespace, v + 1)
-                        .expect("update");
+                    increment(&mut backend, &state, k);
                 }
                 total += start.elapsed();
                 drop(pending);
