@@ -359,17 +359,8 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         f: &mut dyn FnMut(Option<&V>) -> Option<V>,
     ) -> Result<()> {
         let (t, c) = self.table_mut::<N, V>(state)?;
-        let hash = entry_hash(c.key_hash, ns);
-        if let Some(slot) = t.map.get_mut(c.kg_index, hash, &c.key, ns) {
-            match f(Some(slot)) {
-                Some(new) => *slot = new,
-                None => {
-                    t.map.remove(c.kg_index, hash, &c.key, ns);
-                }
-            }
-        } else if let Some(new) = f(None) {
-            t.map.insert(c.kg_index, hash, &c.key, ns, new);
-        }
+        t.map
+            .modify(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns, f);
         Ok(())
     }
 

@@ -446,6 +446,45 @@ where
         fresh.map(|value| std::mem::replace(slot, value))
     }
 
+    /// Read-modify-write of `(key, ns)` with one lookup: `f` gets the current value and returns the new
+    /// one, or `None` to remove the entry. Copies shared structure only if something is written.
+    pub(crate) fn modify(
+        &mut self,
+        kg: usize,
+        hash: u64,
+        key: &K,
+        ns: &N,
+        f: impl FnOnce(Option<&S>) -> Option<S>,
+    ) {
+        let hash = stored_hash(hash);
+        let Some((p, i)) = self.groups[kg].find(hash, key, ns) else {
+            if let Some(value) = f(None) {
+                self.len += 1;
+                let entry = Entry {
+                    hash,
+                    key: key.clone(),
+                    ns: ns.clone(),
+                    value,
+                };
+                unique_group(&mut self.groups[kg]).insert_new(entry, self.epoch);
+            }
+            return;
+        };
+        let group = unique_group(&mut self.groups[kg]);
+        let page = &mut group.pages[p];
+        let slots = page_slots(page, self.epoch);
+        let Some(entry) = &mut slots[i] else { return };
+        match f(Some(&entry.value)) {
+            Some(value) => entry.value = value,
+            None => {
+                remove_at(slots, i);
+                page.entries -= 1;
+                group.len -= 1;
+                self.len -= 1;
+            }
+        }
+    }
+
     /// Removes `(key, ns)`; copies shared structure only if the entry exists.
     pub(crate) fn remove(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<S> {
         let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
@@ -588,6 +627,46 @@ mod tests {
     fn hashes_differing_only_in_high_bits_collide_in_the_directory() {
         // Same low bits (same page at every level), different slot homes.
         model_check(30_000, 2000, |key, ns| (h(key) << 32) ^ u64::from(ns));
+    }
+
+    #[test]
+    fn modify_inserts_updates_and_removes_like_the_model() {
+        let mut map: CowMap<u64, (), u64> = CowMap::new(2);
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut snapshots = Vec::new();
+        let mut x = 11u64;
+        for step in 0..20_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = (x >> 33) % 700;
+            // Add 1 to the value; a value reaching 5 is removed instead.
+            let f = |old: Option<&u64>| match old.copied().unwrap_or(0) + 1 {
+                5 => None,
+                v => Some(v),
+            };
+            map.modify((key % 2) as usize, h(key), &key, &(), f);
+            match f(model.get(&key)) {
+                Some(v) => model.insert(key, v),
+                None => model.remove(&key),
+            };
+            if step % 4000 == 0 {
+                snapshots.push((map.snapshot(), model.clone()));
+            }
+        }
+        assert_eq!(map.len(), model.len());
+        for (key, value) in &model {
+            assert_eq!(map.get((key % 2) as usize, h(*key), key, &()), Some(value));
+        }
+        for (mut snap, frozen) in snapshots {
+            let seen: BTreeMap<u64, u64> = (0..2)
+                .flat_map(|g| {
+                    let group = snap.take_group(g).unwrap();
+                    group.iter().map(|e| (e.key, e.value)).collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(seen, frozen);
+        }
     }
 
     #[test]
