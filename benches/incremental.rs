@@ -112,7 +112,10 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("dir");
     let config =
         LsmBackendConfig::for_subtask("incr", 128, 1, 0, dir.path().join("ours")).expect("config");
-    let (cache_bytes, buffer_bytes) = (config.block_cache_bytes, config.write_buffer_bytes);
+    let peer_config = LsmBackendConfig {
+        local_dir: dir.path().join("peer"),
+        ..config.clone()
+    };
     let mut backend = LsmKeyedStateBackend::new(config).expect("backend");
     let state = backend
         .value_state(&ValueStateDescriptor::<VoidNamespace, Vec<u8>>::new(
@@ -129,7 +132,7 @@ fn bench(c: &mut Criterion) {
         last: None,
         stats: Vec::new(),
     };
-    let (opts, cache) = lsm_db_options(cache_bytes, buffer_bytes);
+    let (opts, cache) = lsm_db_options(&peer_config);
     let db = DB::open_cf_descriptors(&opts, dir.path().join("peer"), same_options(&opts))
         .expect("peer db");
     let backup_dir = dir.path().join("backups");
@@ -252,7 +255,7 @@ fn bench(c: &mut Criterion) {
                 p.engine
                     .restore_from_latest_backup(&target, &target, &RestoreOptions::default())
                     .expect("restore");
-                let (opts, _cache) = lsm_db_options(cache_bytes, buffer_bytes);
+                let (opts, _cache) = lsm_db_options(&peer_config);
                 let db =
                     DB::open_cf_descriptors(&opts, &target, same_options(&opts)).expect("open");
                 total += t.elapsed();

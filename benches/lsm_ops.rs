@@ -39,7 +39,8 @@ impl Raw {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("dir");
         // The backend's defaults (`LsmBackendConfig::for_subtask`).
-        let (opts, cache) = lsm_db_options(64 << 20, 16 << 20);
+        let config = LsmBackendConfig::for_subtask("raw", 128, 1, 0, dir.path()).expect("config");
+        let (opts, cache) = lsm_db_options(&config);
         let db = DB::open_cf_descriptors(&opts, dir.path(), same_options(&opts)).expect("open");
         let mut write = WriteOptions::default();
         write.disable_wal(true);

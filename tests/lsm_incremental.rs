@@ -560,3 +560,88 @@ fn restored_column_families_keep_the_backend_options() {
         }
     });
 }
+
+/// The synchronous phase relies on `create_checkpoint` flushing every column family (it took 0.5 s tails when
+/// a flush of our own came first, `benches/incremental.rs`): after a snapshot no memtable may hold an entry,
+/// in any column family, and the checkpoint restores every write made before it.
+#[test]
+fn native_checkpoint_flushes_every_memtable() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("flush").unwrap();
+        let mut coord = coordinator(&storage, 2, 1).await;
+        let mut b = vec![lsm::<u64>(128, 1, 0)];
+        let other = ValueStateDescriptor::<VoidNamespace, u64>::new("other");
+        let s = b[0].value_state(&other).unwrap();
+        write(&mut b[0], 0..500, 7);
+        for k in 0..100u64 {
+            b[0].set_current_key(k).unwrap();
+            s.update(&mut b[0], &NS, k).unwrap();
+        }
+        let unflushed = |b: &Lsm| -> u64 {
+            b.state_names()
+                .iter()
+                .map(|n| format!("s:{n}"))
+                .chain(["default".to_string()])
+                .map(|cf| {
+                    let db = b.db();
+                    let cf = db.cf_handle(&cf).unwrap();
+                    db.property_int_value_cf(cf, "rocksdb.num-entries-active-mem-table")
+                        .unwrap()
+                        .unwrap()
+                        + db.property_int_value_cf(cf, "rocksdb.num-entries-imm-mem-tables")
+                            .unwrap()
+                            .unwrap()
+                })
+                .sum()
+        };
+        assert!(unflushed(&b[0]) >= 600, "the writes start in memtables");
+        checkpoint(&mut coord, &mut b).await;
+        assert_eq!(
+            unflushed(&b[0]),
+            0,
+            "a memtable kept entries after the snapshot"
+        );
+        let meta = coord.store().latest().unwrap().clone();
+        let mut r = restore_one(&storage, &meta, RestoreMode::NoClaim).await;
+        assert_eq!(read_all_counts(&mut r), (0..500).map(|k| (k, 7)).collect());
+        assert_eq!(
+            read_all(&mut r, &other),
+            (0..100u64).map(|k| (k, k)).collect::<BTreeMap<_, _>>()
+        );
+    });
+}
+
+/// `LsmBackendConfig::direct_io` reaches RocksDB (its OPTIONS file records what the DB runs with), and turning
+/// it off gives buffered flushes.
+#[test]
+fn direct_io_setting_reaches_rocksdb() {
+    for direct_io in [true, false] {
+        let config = LsmBackendConfig {
+            direct_io,
+            ..lsm_config(128, 1, 0)
+        };
+        let db_dir = config.local_dir.join("db");
+        let b = Lsm::new(config).unwrap();
+        let options = std::fs::read_dir(&db_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("OPTIONS-")
+            })
+            .max()
+            .unwrap();
+        let text = std::fs::read_to_string(options).unwrap();
+        // Linux with a file system that takes O_DIRECT (every one this suite runs on) uses it when asked.
+        let expected = direct_io && cfg!(target_os = "linux");
+        assert!(
+            text.contains(&format!(
+                "use_direct_io_for_flush_and_compaction={expected}"
+            )),
+            "direct_io = {direct_io}"
+        );
+        drop(b);
+    }
+}

@@ -191,10 +191,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let Some((start, end)) = bounds(self.config.key_groups) else {
             return Ok(());
         };
-        let (options, _cache) = lsm_db_options(
-            self.config.block_cache_bytes,
-            self.config.write_buffer_bytes,
-        );
+        let (options, _cache) = lsm_db_options(&self.config);
         let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(dir.display(), e))?;
         let other = DB::open_cf_descriptors_read_only(
             &options,
