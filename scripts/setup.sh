@@ -6,8 +6,9 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
-# The rocksdb crate (default feature `rocksdb`) runs bindgen, which needs libclang.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# The rocksdb crate (default feature `rocksdb`) runs bindgen, which needs libclang itself (libclang.so or
+# libclang-<version>.so); libclang-cpp, which other packages pull in, does not serve.
+if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1; then
   need+=(libclang-dev)
 fi
 if [ ${#need[@]} -gt 0 ]; then
