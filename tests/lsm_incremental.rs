@@ -504,6 +504,34 @@ fn foreign_handle_formats_are_invalid_arguments() {
     });
 }
 
+/// Row format 2 (1-byte key groups up to max parallelism 128, varint lengths) changed the bytes of every
+/// row: a checkpoint handle of row format 1 is refused by name, before anything is downloaded, and survives
+/// a metadata round trip as what it is.
+#[test]
+fn row_format_1_checkpoints_are_refused_with_a_clear_error() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("rows-v1").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let mut b = vec![lsm::<u64>(128, 1, 0)];
+        write(&mut b[0], 0..50, 1);
+        checkpoint(&mut coord, &mut b).await;
+        let mut old = handles(coord.store().latest().unwrap());
+        assert!(
+            old.iter()
+                .all(|h| h.format == HandleFormat::RocksIncremental)
+        );
+        for h in &mut old {
+            h.format = HandleFormat::RocksIncrementalRowsV1;
+        }
+        let err = Lsm::restore(lsm_config(128, 1, 0), &storage, &old, RestoreMode::NoClaim)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("row format 1"), "{err}");
+    });
+}
+
 /// Found while benchmarking: `DB::open_cf` gives every column family RocksDB's default options, so a restored
 /// DB lost the list merge operator (and bloom filters and the block cache). List elements appended in
 /// several checkpoints are unmerged operands in the SST files; reading them needs the operator, on a plain

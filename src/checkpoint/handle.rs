@@ -39,21 +39,28 @@ pub enum HandleFormat {
     /// One keyed snapshot file (`docs/formats.md`): a full snapshot of the heap backend.
     KeyedFile,
     /// The files of a native RocksDB checkpoint of the LSM backend: shared SST files (uploaded once, reused
-    /// by later checkpoints) and private MANIFEST/CURRENT/OPTIONS files, each with its local name.
+    /// by later checkpoints) and private MANIFEST/CURRENT/OPTIONS files, each with its local name. Its rows
+    /// are in LSM row format 2 (`docs/formats.md`, "LSM backend rows"). Tag 2.
     RocksIncremental,
+    /// A native RocksDB checkpoint in LSM row format 1 (2-byte key groups, `u32` lengths), written before
+    /// row format 2. Known so that a restore can say why it refuses it ([`crate::Error::InvalidArgument`]);
+    /// no version of this crate that writes format 2 reads it. Tag 1.
+    RocksIncrementalRowsV1,
 }
 
 impl HandleFormat {
     pub(crate) fn tag(self) -> u8 {
         match self {
             HandleFormat::KeyedFile => 0,
-            HandleFormat::RocksIncremental => 1,
+            HandleFormat::RocksIncrementalRowsV1 => 1,
+            HandleFormat::RocksIncremental => 2,
         }
     }
     pub(crate) fn from_tag(tag: u8) -> Option<Self> {
         match tag {
             0 => Some(HandleFormat::KeyedFile),
-            1 => Some(HandleFormat::RocksIncremental),
+            1 => Some(HandleFormat::RocksIncrementalRowsV1),
+            2 => Some(HandleFormat::RocksIncremental),
             _ => None,
         }
     }

@@ -17,8 +17,8 @@ use crate::keyed::descriptor::{
 use crate::keyed::key_group::{KeyGroupRange, locate_key};
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::lsm::keys::{
-    cf_name, decode_meta, encode_meta, key_prefix, meta_key, push_list_element, split_list,
-    split_row_key,
+    cf_name, decode_meta, encode_meta, key_prefix, meta_key, push_list_element, push_namespace,
+    split_list, split_row_key,
 };
 use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
 use crate::lsm::snapshot::{SnapshotTarget, UploadJob};
@@ -381,11 +381,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let current = self.current.as_ref().ok_or_else(no_current_key)?;
         scratch.clear();
         scratch.extend_from_slice(&current.prefix);
-        let at = scratch.len();
-        scratch.extend_from_slice(&[0; 4]);
-        ns.encode(scratch);
-        let ns_len = (scratch.len() - at - 4) as u32;
-        scratch[at..at + 4].copy_from_slice(&ns_len.to_be_bytes());
+        push_namespace(scratch, |out| ns.encode(out));
         Ok(())
     }
 
@@ -473,7 +469,12 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
             Some(c) => c.prefix,
             None => Vec::with_capacity(64),
         };
-        key_prefix(key_group, &self.key_scratch, &mut prefix);
+        key_prefix(
+            key_group,
+            self.config.max_parallelism,
+            &self.key_scratch,
+            &mut prefix,
+        );
         self.current = Some(CurrentKey {
             key,
             key_group,
@@ -734,7 +735,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
         let mut first = true;
         let owned = self.config.key_groups;
         self.scan_prefix(state, &[], |k, _| {
-            let row = split_row_key(k)?;
+            let row = split_row_key(k, self.config.max_parallelism)?;
             let wanted = row.namespace == want.as_slice() && owned.contains(row.key_group);
             if wanted && (first || row.key != last.as_slice()) {
                 first = false;

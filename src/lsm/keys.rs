@@ -1,34 +1,96 @@
-//! Key layout of the LSM backend (`docs/lsm.md`): big-endian, key group first, so that a key-group range
-//! is one contiguous key range of every column family.
+//! Key layout of the LSM backend, row format 2 (`docs/formats.md`, "LSM backend rows"): key group first,
+//! big-endian, so that a key-group range is one contiguous key range of every column family.
 //!
-//! `[key group u16 BE][key len u32 BE][key][ns len u32 BE][ns]` then, for map state, `[user key]`.
+//! `[key group: 1 byte, or u16 BE when max parallelism > 128][varint key len][key][varint ns len][ns]` then,
+//! for map state, `[user key]`. The key-group width is Flink's
+//! (`CompositeKeySerializationUtils.computeRequiredBytesInKeyGroupPrefix`); lengths are unsigned LEB128.
+//! A length-prefixed field is a prefix-free code, so the rows of one (key, namespace) are exactly the rows
+//! that start with its encoding, which map state scans.
 
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 
-/// Bytes of the key-group prefix.
-pub(crate) const KEY_GROUP_BYTES: usize = 2;
+/// Row format of the LSM backend that this version writes and reads (recorded as the state handles'
+/// format, [`crate::HandleFormat::RocksIncremental`]). Format 1 had a 2-byte key group and `u32 BE`
+/// lengths.
+pub(crate) const ROW_FORMAT: u8 = 2;
 
-/// The first key of key group `key_group` (also the exclusive end of the group before it).
-pub(crate) fn key_group_prefix(key_group: u32) -> [u8; KEY_GROUP_BYTES] {
-    // Max parallelism is at most 2^15 (UPPER_BOUND_MAX_PARALLELISM), so `key_group` fits in a u16, and
-    // `key_group_prefix(max_parallelism)` is a valid exclusive upper bound.
-    (key_group as u16).to_be_bytes()
+/// Bytes of the key-group prefix for `max_parallelism` (at most 2^15): 1 up to 128 key groups, else 2.
+#[inline]
+pub(crate) fn key_group_bytes(max_parallelism: u32) -> usize {
+    if max_parallelism <= 128 { 1 } else { 2 }
+}
+
+/// Appends the first key of key group `key_group` (also the exclusive end of the group before it;
+/// `key_group` may be `max_parallelism`, which still fits the width).
+#[inline]
+pub(crate) fn push_key_group(key_group: u32, max_parallelism: u32, out: &mut Vec<u8>) {
+    if key_group_bytes(max_parallelism) == 1 {
+        out.push(key_group as u8);
+    } else {
+        out.extend_from_slice(&(key_group as u16).to_be_bytes());
+    }
+}
+
+/// The first key of key group `key_group`, as [`push_key_group`] writes it.
+pub(crate) fn key_group_prefix(key_group: u32, max_parallelism: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2);
+    push_key_group(key_group, max_parallelism, &mut out);
+    out
+}
+
+/// Appends `len` as unsigned LEB128 (1 byte below 128, at most 5).
+#[inline]
+pub(crate) fn push_varint(mut len: u32, out: &mut Vec<u8>) {
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+}
+
+/// Reads an unsigned LEB128 `u32` at the start of `bytes`: the value and the bytes it took. `None` if it
+/// is cut off or longer than 5 bytes or overflows.
+fn take_varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(5) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return u32::try_from(value).ok().map(|v| (v as usize, i + 1));
+        }
+    }
+    None
 }
 
 /// `[key group][key len][key]`: the part of every row key that the current key determines.
-pub(crate) fn key_prefix(key_group: u32, key_bytes: &[u8], out: &mut Vec<u8>) {
+#[inline]
+pub(crate) fn key_prefix(
+    key_group: u32,
+    max_parallelism: u32,
+    key_bytes: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.clear();
-    out.extend_from_slice(&key_group_prefix(key_group));
-    out.extend_from_slice(&(key_bytes.len() as u32).to_be_bytes());
+    push_key_group(key_group, max_parallelism, out);
+    push_varint(key_bytes.len() as u32, out);
     out.extend_from_slice(key_bytes);
 }
 
-/// Appends `[ns len][ns]` to a key prefix.
-#[cfg(test)]
-pub(crate) fn push_namespace(ns_bytes: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(ns_bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(ns_bytes);
+/// Appends `[ns len][ns]` to a key prefix, `encode` writing the namespace bytes. The length is reserved as
+/// one byte and the bytes moved in the rare case (128 bytes or more) that it takes more.
+#[inline]
+pub(crate) fn push_namespace(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.push(0);
+    encode(out);
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+    } else {
+        let mut varint = Vec::with_capacity(5);
+        push_varint(len as u32, &mut varint);
+        out.splice(at..at + 1, varint);
+    }
 }
 
 /// The parts of a row key.
@@ -38,30 +100,26 @@ pub(crate) struct RowKey<'a> {
     pub(crate) namespace: &'a [u8],
 }
 
-/// Splits a row key into its parts.
+/// Splits a row key of a backend with `max_parallelism` into its parts.
 ///
 /// # Errors
 /// [`Error::Corrupt`] if the lengths do not fit the bytes.
-pub(crate) fn split_row_key(row: &[u8]) -> Result<RowKey<'_>> {
+pub(crate) fn split_row_key(row: &[u8], max_parallelism: u32) -> Result<RowKey<'_>> {
     let bad = || {
         Error::corrupt(
             "<lsm row key>",
             format!("malformed row key of {} bytes", row.len()),
         )
     };
-    let take_len = |at: usize| -> Option<usize> {
-        let b = row.get(at..at + 4)?;
-        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let kg = row.get(..KEY_GROUP_BYTES).ok_or_else(bad)?;
-    let key_group = u32::from(u16::from_be_bytes([kg[0], kg[1]]));
-    let key_len = take_len(KEY_GROUP_BYTES).ok_or_else(bad)?;
-    let key_start = KEY_GROUP_BYTES + 4;
-    let key = row.get(key_start..key_start + key_len).ok_or_else(bad)?;
-    let ns_len_at = key_start + key_len;
-    let ns_len = take_len(ns_len_at).ok_or_else(bad)?;
-    let ns_start = ns_len_at + 4;
-    let namespace = row.get(ns_start..ns_start + ns_len).ok_or_else(bad)?;
+    let kg_bytes = key_group_bytes(max_parallelism);
+    let kg = row.get(..kg_bytes).ok_or_else(bad)?;
+    let key_group = kg.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
+    let rest = &row[kg_bytes..];
+    let (key_len, n) = take_varint(rest).ok_or_else(bad)?;
+    let key = rest.get(n..n + key_len).ok_or_else(bad)?;
+    let rest = &rest[n + key_len..];
+    let (ns_len, n) = take_varint(rest).ok_or_else(bad)?;
+    let namespace = rest.get(n..n + ns_len).ok_or_else(bad)?;
     Ok(RowKey {
         key_group,
         key,
@@ -69,10 +127,10 @@ pub(crate) fn split_row_key(row: &[u8]) -> Result<RowKey<'_>> {
     })
 }
 
-/// Encodes list elements as the value of a list row: each element as `u32 BE length` + bytes, so that
+/// Encodes list elements as the value of a list row: each element as varint length + bytes, so that
 /// concatenating two encodings (the merge operator) gives the encoding of the concatenated list.
 pub(crate) fn push_list_element(element: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(element.len() as u32).to_be_bytes());
+    push_varint(element.len() as u32, out);
     out.extend_from_slice(element);
 }
 
@@ -84,11 +142,10 @@ pub(crate) fn split_list(mut value: &[u8]) -> Result<Vec<&[u8]>> {
     let mut out = Vec::new();
     while !value.is_empty() {
         let bad = || Error::corrupt("<lsm list value>", "malformed list element");
-        let len = value.get(..4).ok_or_else(bad)?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let element = value.get(4..4 + len).ok_or_else(bad)?;
+        let (len, n) = take_varint(value).ok_or_else(bad)?;
+        let element = value.get(n..n + len).ok_or_else(bad)?;
         out.push(element);
-        value = &value[4 + len..];
+        value = &value[n + len..];
     }
     Ok(out)
 }
@@ -144,22 +201,69 @@ pub(crate) fn decode_meta(bytes: &[u8], path: &str) -> Result<crate::keyed::desc
 mod tests {
     use super::*;
 
+    fn row(kg: u32, max_parallelism: u32, key: &[u8], ns: &[u8], user_key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        key_prefix(kg, max_parallelism, key, &mut out);
+        push_namespace(&mut out, |o| o.extend_from_slice(ns));
+        out.extend_from_slice(user_key);
+        out
+    }
+
     #[test]
     fn row_keys_split_back_and_sort_by_key_group_first() {
-        let mut a = Vec::new();
-        key_prefix(3, b"zz", &mut a);
-        push_namespace(b"ns", &mut a);
-        a.extend_from_slice(b"uk");
-        let row = split_row_key(&a).unwrap();
+        for max_parallelism in [1, 128, 129, 4096, 1 << 15] {
+            let last = max_parallelism - 1;
+            let long = vec![7u8; 300];
+            for (kg, key, ns) in [
+                (0, &b"zz"[..], &b"ns"[..]),
+                (last, b"", b""),
+                (last / 2, &long[..], &long[..200]),
+            ] {
+                let a = row(kg, max_parallelism, key, ns, b"uk");
+                let split = split_row_key(&a, max_parallelism).unwrap();
+                assert_eq!((split.key_group, split.key, split.namespace), (kg, key, ns));
+                assert!(a.as_slice() >= key_group_prefix(kg, max_parallelism).as_slice());
+                assert!(a.as_slice() < key_group_prefix(kg + 1, max_parallelism).as_slice());
+                assert!(split_row_key(&a[..a.len() - 3], max_parallelism).is_err());
+            }
+        }
+        // The width: Flink's, one byte up to 128 key groups.
+        assert_eq!(row(5, 128, b"k", b"", b"").len(), 1 + 1 + 1 + 1);
+        assert_eq!(row(5, 129, b"k", b"", b"").len(), 2 + 1 + 1 + 1);
+    }
+
+    /// The rows of one (key, namespace) are exactly those that start with its encoding, whatever the other
+    /// keys and namespaces are (map state scans this prefix).
+    #[test]
+    fn a_key_and_namespace_prefix_matches_only_its_own_rows() {
+        let parts: [&[u8]; 5] = [b"", b"a", b"ab", &[0x80; 130], &[0x01]];
+        for k1 in parts {
+            for n1 in parts {
+                let p = row(3, 128, k1, n1, b"");
+                for k2 in parts {
+                    for n2 in parts {
+                        let r = row(3, 128, k2, n2, b"user key");
+                        assert_eq!(r.starts_with(&p), (k1, n1) == (k2, n2));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn varints_round_trip_and_reject_overlong_input() {
+        for v in [0u32, 1, 127, 128, 300, 16_383, 16_384, u32::MAX] {
+            let mut out = Vec::new();
+            push_varint(v, &mut out);
+            assert_eq!(take_varint(&out), Some((v as usize, out.len())));
+            assert_eq!(take_varint(&out[..out.len() - 1]), None);
+        }
+        assert_eq!(take_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]), None);
         assert_eq!(
-            (row.key_group, row.key, row.namespace),
-            (3, &b"zz"[..], &b"ns"[..])
+            take_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f]),
+            None,
+            "over u32"
         );
-        let mut b = Vec::new();
-        key_prefix(4, b"aa", &mut b);
-        push_namespace(b"", &mut b);
-        assert!(a < b && b.as_slice() < key_group_prefix(5).as_slice());
-        assert!(split_row_key(&a[..a.len() - 5]).is_err());
     }
 
     #[test]
@@ -167,8 +271,12 @@ mod tests {
         let mut v = Vec::new();
         push_list_element(b"ab", &mut v);
         push_list_element(b"", &mut v);
+        push_list_element(&[9; 200], &mut v);
         push_list_element(b"c", &mut v);
-        assert_eq!(split_list(&v).unwrap(), vec![&b"ab"[..], b"", b"c"]);
+        assert_eq!(
+            split_list(&v).unwrap(),
+            vec![&b"ab"[..], b"", &[9; 200], b"c"]
+        );
         assert!(split_list(&v[..v.len() - 1]).is_err());
     }
 }

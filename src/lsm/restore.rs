@@ -24,10 +24,13 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::local(path.display().to_string(), e)
 }
 
-/// `[start, end)` row-key bounds of a key-group range.
-fn bounds(range: KeyGroupRange) -> Option<([u8; 2], [u8; 2])> {
+/// `[start, end)` row-key bounds of a key-group range of a backend with `max_parallelism`.
+fn bounds(range: KeyGroupRange, max_parallelism: u32) -> Option<(Vec<u8>, Vec<u8>)> {
     let end = range.end()?;
-    Some((key_group_prefix(range.start()), key_group_prefix(end + 1)))
+    Some((
+        key_group_prefix(range.start(), max_parallelism),
+        key_group_prefix(end + 1, max_parallelism),
+    ))
 }
 
 /// Downloads every file of `handle` into the new directory `dir`, in parallel, checking sizes and CRC32s.
@@ -103,6 +106,15 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                     h.backend_id, h.max_parallelism, config.max_parallelism
                 )));
             }
+            if h.format == HandleFormat::RocksIncrementalRowsV1 {
+                return Err(Error::InvalidArgument(format!(
+                    "backend {} wrote checkpoint {} in LSM row format 1; this version reads row format {} \
+                     only (restore it with the version that wrote it and take a savepoint)",
+                    h.backend_id,
+                    h.checkpoint_id,
+                    crate::lsm::keys::ROW_FORMAT
+                )));
+            }
             if h.format != HandleFormat::RocksIncremental {
                 return Err(Error::InvalidArgument(format!(
                     "the LSM backend restores its own incremental snapshots; backend {} wrote {:?}",
@@ -170,14 +182,15 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
 
     /// Removes every row outside `owned` from every column family (`delete_range`).
     fn clip_to(&mut self, owned: KeyGroupRange) -> Result<()> {
-        let max = key_group_prefix(self.config.max_parallelism);
-        let (start, end) = bounds(owned).unwrap_or((max, max));
+        let max_parallelism = self.config.max_parallelism;
+        let max = key_group_prefix(max_parallelism, max_parallelism);
+        let (start, end) = bounds(owned, max_parallelism).unwrap_or((max.clone(), max));
         for state in &self.states {
             let Some(cf) = self.db.cf_handle(&state.cf) else {
                 continue;
             };
             let mut batch = WriteBatch::default();
-            batch.delete_range_cf(cf, [0u8, 0].as_slice(), start.as_slice());
+            batch.delete_range_cf(cf, [0u8; 0].as_slice(), start.as_slice());
             batch.delete_range_cf(cf, end.as_slice(), [0xffu8, 0xff, 0xff].as_slice());
             self.db
                 .write_opt(batch, &self.write_options)
@@ -188,7 +201,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
 
     /// Copies the owned key groups of every state of the DB in `dir` into this backend.
     fn copy_owned_from(&mut self, dir: &PathBuf) -> Result<()> {
-        let Some((start, end)) = bounds(self.config.key_groups) else {
+        let Some((start, end)) = bounds(self.config.key_groups, self.config.max_parallelism) else {
             return Ok(());
         };
         let (options, _cache) = lsm_db_options(&self.config);
@@ -217,7 +230,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 ));
             };
             let mut it = other.raw_iterator_cf(from);
-            it.seek(start);
+            it.seek(&start);
             let mut batch = WriteBatch::default();
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
                 if k >= end.as_slice() {
