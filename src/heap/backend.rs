@@ -18,7 +18,7 @@ use crate::keyed::descriptor::{
     StateKind, StateMeta, ValueStateDescriptor,
 };
 use crate::keyed::key_group::{
-    KeyGroupRange, key_group_range_for_operator, locate_key, stable_key_hash,
+    KeyGroupRange, key_group_range_for_operator, locate_hash, stable_key_hash,
 };
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::storage::CheckpointStorage;
@@ -220,24 +220,46 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 
     #[inline]
     fn table<N: StateKey, S: 'static>(&self, id: StateId) -> Result<TableRef<'_, K, N, S>> {
-        let current = self.current.as_ref().ok_or_else(no_current_key)?;
         let table = self
             .tables
             .get(id.0 as usize)
-            .and_then(|t| (t.as_ref() as &dyn Any).downcast_ref())
-            .ok_or_else(|| wrong_state(id))?;
-        Ok((table, current))
+            .and_then(|t| (t.as_ref() as &dyn Any).downcast_ref());
+        match (table, self.current.as_ref()) {
+            (Some(table), Some(current)) => Ok((table, current)),
+            _ => Err(self.access_error(id)),
+        }
     }
 
     #[inline]
     fn table_mut<N: StateKey, S: 'static>(&mut self, id: StateId) -> Result<TableMut<'_, K, N, S>> {
-        let current = self.current.as_ref().ok_or_else(no_current_key)?;
         let table = self
             .tables
             .get_mut(id.0 as usize)
-            .and_then(|t| (t.as_mut() as &mut dyn Any).downcast_mut())
-            .ok_or_else(|| wrong_state(id))?;
-        Ok((table, current))
+            .and_then(|t| (t.as_mut() as &mut dyn Any).downcast_mut());
+        match (table, self.current.as_ref()) {
+            (Some(table), Some(current)) => Ok((table, current)),
+            // `table` borrows `self.tables` mutably: the error is built from what is left.
+            _ => Err(access_error(self.current.is_some(), id)),
+        }
+    }
+
+    /// Why [`Self::table`] found no table: no current key, or `id` is not a state of these types.
+    #[cold]
+    #[inline(never)]
+    fn access_error(&self, id: StateId) -> Error {
+        access_error(self.current.is_some(), id)
+    }
+}
+
+/// The error of a state access without a current key or with a state handle of other types; out of line,
+/// so the per-record path stays short.
+#[cold]
+#[inline(never)]
+fn access_error(has_current_key: bool, id: StateId) -> Error {
+    if has_current_key {
+        wrong_state(id)
+    } else {
+        no_current_key()
     }
 }
 
@@ -259,9 +281,8 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        let at = locate_key(
-            &key,
-            &mut self.key_buf,
+        let at = locate_hash(
+            key.stable_hash(&mut self.key_buf),
             self.config.max_parallelism,
             self.config.key_groups,
         )?;

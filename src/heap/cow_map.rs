@@ -54,30 +54,31 @@ fn slots_for(entries: usize) -> usize {
     (entries * 4 / 3 + 1).next_power_of_two().max(MIN_SLOTS)
 }
 
-/// Slot of `(key, ns)` in `slots`, or `None`: a walk of the probe run from the home slot, which most
-/// entries occupy, so that check comes first in straight-line code. Pages always keep an empty slot, and
-/// the walk is bounded by the page size in any case.
+/// Slot of `(key, ns)` in `slots` and its entry, or `None`: a walk of the probe run from the home slot,
+/// which most entries occupy, so that check comes first in straight-line code. Pages always keep an empty
+/// slot, and the walk is bounded by the page size in any case.
 ///
 /// (Comparing the first four slots of the run branch-free, SwissTable style, measured slower here: it
-/// touches more cache lines per lookup.)
+/// touches more cache lines per lookup. Choosing between the home slot and the next one branch-free with
+/// `select_unpredictable` measured no faster at 1M keys and slower at 10k, see `docs/design.md`.)
 #[inline]
-fn find_in<K: Eq, N: Eq, S>(
-    slots: &[Slot<K, N, S>],
+fn find_in<'a, K: Eq, N: Eq, S>(
+    slots: &'a [Slot<K, N, S>],
     hash: NonZeroU64,
     key: &K,
     ns: &N,
-) -> Option<usize> {
+) -> Option<(usize, &'a Entry<K, N, S>)> {
     let mask = slots.len().wrapping_sub(1);
     let mut i = home(hash.get(), slots.len());
     match slots.get(i) {
-        Some(Some(e)) if e.hash == hash && e.key == *key && e.ns == *ns => return Some(i),
+        Some(Some(e)) if e.hash == hash && e.key == *key && e.ns == *ns => return Some((i, e)),
         Some(None) | None => return None,
         Some(Some(_)) => i = (i + 1) & mask,
     }
     for _ in 1..slots.len() {
-        match &slots[i] {
+        match slots.get(i)? {
             None => return None,
-            Some(e) if e.hash == hash && e.key == *key && e.ns == *ns => return Some(i),
+            Some(e) if e.hash == hash && e.key == *key && e.ns == *ns => return Some((i, e)),
             Some(_) => i = (i + 1) & mask,
         }
     }
@@ -243,7 +244,7 @@ impl<K, N, S> KeyGroupMap<K, N, S> {
         }
     }
 
-    /// Number of the page that holds `hash`; the directory must not be empty.
+    /// Number of the page that holds `hash`; 0 for an empty directory (which has no page 0).
     #[inline]
     fn page_no(&self, hash: u64) -> usize {
         let low = (1usize << self.level) - 1;
@@ -265,11 +266,8 @@ impl<K: Eq, N: Eq, S> KeyGroupMap<K, N, S> {
     /// `(page, slot)` of `(key, ns)`.
     #[inline]
     fn find(&self, hash: NonZeroU64, key: &K, ns: &N) -> Option<(usize, usize)> {
-        if self.pages.is_empty() {
-            return None;
-        }
         let p = self.page_no(hash.get());
-        find_in(&self.pages[p].slots, hash, key, ns).map(|i| (p, i))
+        find_in(&self.pages.get(p)?.slots, hash, key, ns).map(|(i, _)| (p, i))
     }
 }
 
@@ -392,9 +390,10 @@ where
     /// The value of `(key, ns)` in key group `kg`.
     #[inline]
     pub(crate) fn get(&self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<&S> {
+        let hash = stored_hash(hash);
         let group = &self.groups[kg];
-        let (p, i) = group.find(stored_hash(hash), key, ns)?;
-        group.pages[p].slots[i].as_ref().map(|e| &e.value)
+        let page = group.pages.get(group.page_no(hash.get()))?;
+        find_in(&page.slots, hash, key, ns).map(|(_, e)| &e.value)
     }
 
     /// Mutable access to the value of `(key, ns)`; copies shared structure only if the entry exists.

@@ -156,10 +156,12 @@ pub(crate) struct KeyLocation {
     pub(crate) index: usize,
 }
 
-/// Encodes `key` into `buf` (cleared first) and locates it, as every backend's `set_current_key` does.
+/// Encodes `key` into `buf` (cleared first) and locates it, as the LSM backend's `set_current_key` does
+/// (it needs the bytes for its row keys).
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] if the key's group is outside `range`.
+#[cfg(feature = "rocksdb")]
 #[inline]
 pub(crate) fn locate_key<K: crate::codec::Codec>(
     key: &K,
@@ -169,18 +171,38 @@ pub(crate) fn locate_key<K: crate::codec::Codec>(
 ) -> Result<KeyLocation> {
     buf.clear();
     key.encode(buf);
-    let hash = stable_key_hash(buf);
+    locate_hash(stable_key_hash(buf), max_parallelism, range)
+}
+
+/// Locates a key by its stable hash ([`Codec::stable_hash`](crate::Codec::stable_hash)), as the heap
+/// backend's `set_current_key` does.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if the key's group is outside `range`.
+#[inline]
+pub(crate) fn locate_hash(
+    hash: u64,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+) -> Result<KeyLocation> {
     let key_group = key_group_for_hash(hash, max_parallelism);
-    let index = range.index_of(key_group).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "key group {key_group} of the key is not in this backend's range {range}"
-        ))
-    })?;
-    Ok(KeyLocation {
-        hash,
-        key_group,
-        index,
-    })
+    match range.index_of(key_group) {
+        Some(index) => Ok(KeyLocation {
+            hash,
+            key_group,
+            index,
+        }),
+        None => Err(outside_range(key_group, range)),
+    }
+}
+
+/// The error of a key outside the backend's range; out of line, so the per-record path stays short.
+#[cold]
+#[inline(never)]
+fn outside_range(key_group: u32, range: KeyGroupRange) -> Error {
+    Error::InvalidArgument(format!(
+        "key group {key_group} of the key is not in this backend's range {range}"
+    ))
 }
 
 /// Key group of a key: `xxh3_64(key_bytes) % max_parallelism`.
