@@ -1,4 +1,6 @@
-//! Heap backend value get and update against `hashbrown::HashMap` with the same keys, in the same run.
+//! Heap backend value get and update against two baselines with the same keys, in the same run:
+//! `hashbrown::HashMap` with its default hasher (foldhash: fast, not DoS-resistant) and
+//! `std::collections::HashMap` with its default hasher (SipHash-1-3, randomly keyed).
 //!
 //! 1,000,000 `u64` keys with `u64` values. `*_1M` groups access all 1,000,000 keys per iteration in a
 //! shuffled order (memory-bound, as Flink's workload); `*_hot10k` groups repeat the same 10,000 keys (the
@@ -60,8 +62,10 @@ fn bench(c: &mut Criterion) {
     let keys = shuffled();
     let probe: Vec<u64> = keys.iter().rev().take(BATCH).copied().collect();
     let mut map: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
+    let mut std_map: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for &k in &keys {
         map.insert(k, k);
+        std_map.insert(k, k);
     }
     let (mut backend, state) = heap_backend(&keys);
 
@@ -79,6 +83,15 @@ fn bench(c: &mut Criterion) {
                 let mut sum = 0u64;
                 for k in probe {
                     sum = sum.wrapping_add(*map.get(k).expect("present"));
+                }
+                black_box(sum)
+            })
+        });
+        g.bench_function("std_hashmap", |b| {
+            b.iter(|| {
+                let mut sum = 0u64;
+                for k in probe {
+                    sum = sum.wrapping_add(*std_map.get(k).expect("present"));
                 }
                 black_box(sum)
             })
@@ -110,6 +123,13 @@ fn bench(c: &mut Criterion) {
                 }
             })
         });
+        g.bench_function("std_hashmap", |b| {
+            b.iter(|| {
+                for &k in probe {
+                    *std_map.get_mut(&k).expect("present") += 1;
+                }
+            })
+        });
         g.bench_function("heap_backend", |b| {
             b.iter(|| {
                 for &k in probe {
@@ -129,6 +149,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 for &k in probe {
                     black_box(map.insert(k, k + 1));
+                }
+            })
+        });
+        g.bench_function("std_hashmap", |b| {
+            b.iter(|| {
+                for &k in probe {
+                    black_box(std_map.insert(k, k + 1));
                 }
             })
         });
@@ -171,6 +198,18 @@ fn bench(c: &mut Criterion) {
     g.bench_function("hashbrown", |b| {
         b.iter_batched(
             hashbrown::HashMap::<u64, u64>::new,
+            |mut m| {
+                for &k in &probe {
+                    m.insert(k, k);
+                }
+                m
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("std_hashmap", |b| {
+        b.iter_batched(
+            std::collections::HashMap::<u64, u64>::new,
             |mut m| {
                 for &k in &probe {
                     m.insert(k, k);
