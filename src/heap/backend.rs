@@ -226,7 +226,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             .and_then(|t| (t.as_ref() as &dyn Any).downcast_ref());
         match (table, self.current.as_ref()) {
             (Some(table), Some(current)) => Ok((table, current)),
-            _ => Err(self.access_error(id)),
+            _ => Err(access_error(self.current.is_some(), id)),
         }
     }
 
@@ -238,16 +238,8 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             .and_then(|t| (t.as_mut() as &mut dyn Any).downcast_mut());
         match (table, self.current.as_ref()) {
             (Some(table), Some(current)) => Ok((table, current)),
-            // `table` borrows `self.tables` mutably: the error is built from what is left.
             _ => Err(access_error(self.current.is_some(), id)),
         }
-    }
-
-    /// Why [`Self::table`] found no table: no current key, or `id` is not a state of these types.
-    #[cold]
-    #[inline(never)]
-    fn access_error(&self, id: StateId) -> Error {
-        access_error(self.current.is_some(), id)
     }
 }
 
