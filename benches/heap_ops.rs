@@ -176,11 +176,13 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     // Updates right after a snapshot: every first touch of a page copies it (copy-on-write).
     let storage = CheckpointStorage::in_memory("bench").expect("storage");
+    let mut checkpoint_id = 0;
     g.bench_function("heap_backend_after_snapshot", |b| {
         b.iter_custom(|iters| {
             let mut total = std::time::Duration::ZERO;
             for _ in 0..iters {
-                let pending = backend.snapshot(1, &storage).expect("snapshot");
+                checkpoint_id += 1;
+                let pending = backend.snapshot(checkpoint_id, &storage).expect("snapshot");
                 let start = std::time::Instant::now();
                 for &k in &probe {
                     increment(&mut backend, &state, k);

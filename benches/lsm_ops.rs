@@ -29,7 +29,7 @@ fn raw_key(k: i64) -> [u8; 11] {
     let mut encoded = Vec::with_capacity(8);
     k.encode(&mut encoded);
     let mut key = [0u8; 11];
-    key[0] = assign_to_key_group(&encoded, 128) as u8;
+    key[0] = assign_to_key_group(&encoded, 128).expect("max parallelism 128") as u8;
     key[1] = 8;
     key[2..10].copy_from_slice(&encoded);
     key

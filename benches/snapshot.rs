@@ -27,9 +27,14 @@ fn sync_phase(c: &mut Criterion) {
     let mut g = c.benchmark_group("sync_phase");
     for entries in [100_000u64, 1_000_000, 10_000_000] {
         let mut b = filled(entries);
+        let mut id = 0;
         g.bench_function(format!("{entries}_entries"), |bench| {
             // Dropping the pending snapshot (releasing the frozen version) is not part of the sync phase.
-            bench.iter_with_large_drop(|| b.snapshot(1, &storage).expect("snapshot"))
+            // Checkpoint ids never repeat: each snapshot takes the next one.
+            bench.iter_with_large_drop(|| {
+                id += 1;
+                b.snapshot(id, &storage).expect("snapshot")
+            })
         });
     }
     g.finish();
@@ -43,9 +48,11 @@ fn async_phase(c: &mut Criterion) {
         .expect("rt");
     let mut b = filled(1_000_000);
     let dir = tempfile::tempdir().expect("dir");
+    // Checkpoint ids never repeat: every snapshot of `b` takes the next one.
+    let mut id = 1;
     let probe = rt
         .block_on(
-            b.snapshot(1, &CheckpointStorage::in_memory("probe").expect("s"))
+            b.snapshot(id, &CheckpointStorage::in_memory("probe").expect("s"))
                 .expect("s")
                 .run(),
         )
@@ -55,7 +62,6 @@ fn async_phase(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(probe.metrics.state_bytes));
     for (name, fsync) in [("local_dir", false), ("local_dir_fsync", true)] {
         let storage = CheckpointStorage::local(dir.path(), name, fsync).expect("storage");
-        let mut id = 0;
         g.bench_function(name, |bench| {
             bench.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -74,8 +80,9 @@ fn async_phase(c: &mut Criterion) {
     g.bench_function("in_memory", |bench| {
         bench.iter_custom(|iters| {
             let mut total = Duration::ZERO;
-            for i in 0..iters {
-                let pending = b.snapshot(i + 1, &memory).expect("snapshot");
+            for _ in 0..iters {
+                id += 1;
+                let pending = b.snapshot(id, &memory).expect("snapshot");
                 let start = Instant::now();
                 rt.block_on(pending.run()).expect("async phase");
                 total += start.elapsed();

@@ -321,7 +321,7 @@ impl Task {
         let mut key_bytes = Vec::with_capacity(word.len());
         word.encode(&mut key_bytes);
         let kg = (stable_key_hash(&key_bytes) % u64::from(self.max_parallelism)) as u32;
-        let i = operator_index_for_key_group(self.max_parallelism, self.parallelism, kg) as usize;
+        let i = operator_index_for_key_group(self.max_parallelism, self.parallelism, kg)? as usize;
         let counts = &self.counts[i];
         on!(&mut self.backends[i], b => {
             b.set_current_key(word)?;
@@ -433,11 +433,14 @@ impl Job {
                     .operator_state
                     .insert(OFFSET_STATE.into(), flight.offset.to_le_bytes().to_vec());
             }
-            if let Some(stats) = self.rt.block_on(self.coordinator.acknowledge(
-                flight.id,
-                state,
-                Some(r.metrics),
-            ))? {
+            if let Some(stats) = self
+                .rt
+                .block_on(
+                    self.coordinator
+                        .acknowledge(flight.id, state, Some(r.metrics)),
+                )?
+                .completed()
+            {
                 for old in &stats.aborted_pending {
                     task.backends
                         .iter_mut()
@@ -601,7 +604,7 @@ impl Job {
                 if let Some(flight) = in_flight.take() {
                     self.complete(&mut task, flight)?;
                 }
-                let id = self.coordinator.trigger();
+                let id = self.rt.block_on(self.coordinator.trigger())?;
                 let mut tasks = Vec::new();
                 for b in &mut task.backends {
                     let pending = on!(b, b => b.snapshot(id, &self.storage))?;
@@ -661,10 +664,7 @@ fn run(args: Args) -> Result<(), String> {
         let old = rt
             .block_on(CheckpointCoordinator::open(
                 storage.clone(),
-                CoordinatorConfig {
-                    expected_tasks: 1,
-                    retained_checkpoints: args.retained.max(1),
-                },
+                CoordinatorConfig::single_operator(OPERATOR, 1, args.retained.max(1)),
             ))
             .map_err(|e| e.to_string())?;
         let n = old.store().checkpoints().count();
@@ -684,10 +684,7 @@ fn run(args: Args) -> Result<(), String> {
     let coordinator = rt
         .block_on(CheckpointCoordinator::open(
             storage.clone(),
-            CoordinatorConfig {
-                expected_tasks: parallelism as usize,
-                retained_checkpoints: args.retained,
-            },
+            CoordinatorConfig::single_operator(OPERATOR, parallelism, args.retained),
         ))
         .map_err(|e| e.to_string())?;
     let mut job = Job {
@@ -723,10 +720,7 @@ fn run(args: Args) -> Result<(), String> {
                         .rt
                         .block_on(CheckpointCoordinator::open(
                             storage,
-                            CoordinatorConfig {
-                                expected_tasks: p as usize,
-                                retained_checkpoints: retained,
-                            },
+                            CoordinatorConfig::single_operator(OPERATOR, p, retained),
                         ))
                         .map_err(|e| e.to_string())?;
                 }

@@ -12,8 +12,15 @@ use crate::error::{Error, Result};
 /// Implementations must be deterministic (the key's bytes decide its key group) and `decode` must reject
 /// (never panic on) bytes it did not produce.
 pub trait Codec: Sized {
-    /// Identity of the encoding, stored in snapshots (e.g. `"i64:be"`). Change it when the bytes change.
+    /// Identity of the encoding (e.g. `"i64:be"`). Change it when the bytes change. Snapshots store
+    /// [`Codec::codec_id`], which is this for every codec but composite ones.
     const ID: &'static str;
+
+    /// The identity stored in snapshots and checked on restore. A composite codec names its parts, so
+    /// that `(u64, u64)` and `(i64, i64)` differ (`"pair(u64:be,u64:be)"`); others return [`Codec::ID`].
+    fn codec_id() -> String {
+        Self::ID.to_string()
+    }
     /// Appends the encoding of `self` to `out`.
     fn encode(&self, out: &mut Vec<u8>);
     /// Decodes a value from exactly `bytes`.
@@ -178,9 +185,13 @@ impl Codec for VoidNamespace {
     }
 }
 
-/// A pair is encoded as `u32 big-endian length of A`, `A`, `B`.
+/// A pair is encoded as `u32 big-endian length of A`, `A`, `B`; its stored identity is
+/// `pair(<A's codec id>,<B's codec id>)`.
 impl<A: Codec, B: Codec> Codec for (A, B) {
     const ID: &'static str = "pair";
+    fn codec_id() -> String {
+        format!("pair({},{})", A::codec_id(), B::codec_id())
+    }
     #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
         let at = out.len();
@@ -263,6 +274,19 @@ mod tests {
         assert_stable_hash(true);
         assert_stable_hash(String::from("word"));
         assert_stable_hash(("w".to_string(), 3u32));
+    }
+
+    /// Issue 11: every tuple codec had the id `"pair"`, so a state written as `(u64, u64)` restored as
+    /// `(i64, i64)` without an error.
+    #[test]
+    fn tuple_codec_ids_name_their_parts() {
+        assert_eq!(<(u64, u64)>::codec_id(), "pair(u64:be,u64:be)");
+        assert_ne!(<(u64, u64)>::codec_id(), <(i64, i64)>::codec_id());
+        assert_eq!(
+            <((u8, String), bool)>::codec_id(),
+            "pair(pair(u8,utf8),bool)"
+        );
+        assert_eq!(u64::codec_id(), u64::ID);
     }
 
     #[test]

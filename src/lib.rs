@@ -5,7 +5,8 @@
 //! namespace; keys partitioned into **key groups** so state can be restored at another parallelism; a
 //! copy-on-write **heap backend** whose synchronous snapshot phase only freezes a version; **checkpoint
 //! storage** on `object_store` (local directory, in-memory, S3/GCS/Azure); and a checkpoint lifecycle
-//! (trigger, acknowledge, complete, abort, subsume, restore with fallback).
+//! (trigger, acknowledge, complete, abort, subsume, restore with fallback) whose every step is safe to
+//! retry, to see twice or late, and to be cut off by a crash (`docs/protocol.md`).
 //!
 //! ```
 //! use statebackend::*;
@@ -26,22 +27,24 @@
 //! // Checkpoint: the synchronous phase freezes, the asynchronous phase writes.
 //! let mut coordinator = CheckpointCoordinator::open(
 //!     storage.clone(),
-//!     CoordinatorConfig { expected_tasks: 1, retained_checkpoints: 2 },
+//!     CoordinatorConfig::single_operator("counter", 1, 2),
 //! ).await?;
-//! let id = coordinator.trigger();
+//! let id = coordinator.trigger().await?;
 //! let pending = backend.snapshot(id, &storage)?;
 //! let result = pending.run().await?;
 //! let task = TaskStateSnapshot {
 //!     operator_id: "counter".into(),
+//!     subtask_index: 0,
 //!     keyed_state: Some(result.handle),
 //!     ..Default::default()
 //! };
-//! coordinator.acknowledge(id, task, Some(result.metrics)).await?;
+//! let ack = coordinator.acknowledge(id, task, Some(result.metrics)).await?;
+//! assert!(matches!(ack, Acknowledgement::Completed(_)));
 //! backend.notify_checkpoint_complete(id);
 //!
 //! // Restore a fresh backend from the latest completed checkpoint.
 //! let latest = coordinator.store().latest().expect("one checkpoint").clone();
-//! let handles: Vec<_> = latest.tasks.iter().filter_map(|t| t.keyed_state.clone()).collect();
+//! let handles = latest.keyed_handles("counter");
 //! let mut restored = HeapKeyedStateBackend::<String>::restore(config, &storage, &handles).await?;
 //! let counts = restored.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("count"))?;
 //! restored.set_current_key("to".to_string())?;
@@ -51,6 +54,7 @@
 //! ```
 
 mod checkpoint;
+mod clock;
 mod codec;
 mod error;
 mod format;
@@ -60,18 +64,19 @@ mod keyed;
 mod lsm;
 mod storage;
 
-pub use checkpoint::coordinator::{
-    CheckpointCoordinator, CheckpointStats, CoordinatorConfig, SweepReport,
-};
+pub use checkpoint::coordinator::CheckpointCoordinator;
 pub use checkpoint::handle::{
     CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
     TaskStateSnapshot,
 };
+pub use checkpoint::pending::{Acknowledgement, CheckpointStats, CoordinatorConfig, OperatorTasks};
 pub use checkpoint::registry::{SharedFileEntry, SharedFileRegistry};
 pub use checkpoint::store::{
-    CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode, RestoreOutcome,
-    SkippedCheckpoint,
+    AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode,
+    RestoreOutcome, SkippedCheckpoint,
 };
+pub use checkpoint::sweep::SweepReport;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, VoidNamespace};
 pub use error::{Error, ErrorKind, Result};
 pub use heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
@@ -91,5 +96,6 @@ pub use keyed::state::{AggregatingState, ListState, MapState, ReducingState, Val
 #[cfg(feature = "rocksdb")]
 pub use lsm::{LsmBackendConfig, LsmKeyedStateBackend, lsm_db_options};
 pub use storage::{
-    CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir,
+    CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, TRIGGER_MARKER,
+    checkpoint_dir,
 };

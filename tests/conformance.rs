@@ -174,7 +174,9 @@ fn registration_rules<B: KeyedStateBackend<u64>>(b: &mut B) {
 fn keys_outside_the_range_are_rejected<B: KeyedStateBackend<u64>>(b: &mut B) {
     let range = b.key_group_range();
     let outside = (0u64..10_000)
-        .find(|k| !range.contains(assign_to_key_group(&k.to_be_bytes(), b.max_parallelism())))
+        .find(|k| {
+            !range.contains(assign_to_key_group(&k.to_be_bytes(), b.max_parallelism()).unwrap())
+        })
         .expect("a key of another subtask");
     assert_eq!(
         b.set_current_key(outside).unwrap_err().kind(),

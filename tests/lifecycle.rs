@@ -50,10 +50,7 @@ async fn setup(
 ) -> (CheckpointCoordinator, Vec<HeapKeyedStateBackend<u64>>) {
     let coordinator = CheckpointCoordinator::open(
         storage.clone(),
-        CoordinatorConfig {
-            expected_tasks: 1,
-            retained_checkpoints: retained,
-        },
+        CoordinatorConfig::single_operator("op", 1, retained),
     )
     .await
     .unwrap();
@@ -88,8 +85,8 @@ fn retains_the_last_n_and_deletes_subsumed_checkpoints() {
         );
         assert_eq!(
             all.len(),
-            4,
-            "metadata and one keyed file per retained checkpoint: {all:?}"
+            6,
+            "metadata, id reservation and one keyed file per retained checkpoint: {all:?}"
         );
 
         // A reopened store finds the same checkpoints (derived from storage, not memory).
@@ -111,15 +108,19 @@ fn abort_deletes_what_the_checkpoint_wrote_and_ids_are_never_reused() {
         let (mut c, mut b) = setup(&storage, 1).await;
         write_round(&mut b[0], 1);
         checkpoint(&mut c, &mut b).await;
-        let id = c.trigger();
+        let id = c.trigger().await.unwrap();
         let result = b[0].snapshot(id, &storage).unwrap().run().await.unwrap();
         c.abort(id).await.unwrap();
         b[0].notify_checkpoint_aborted(id);
-        assert!(
-            files(storage.object_store())
-                .await
-                .iter()
-                .all(|f| !f.contains(&format!("chk-{id}/")))
+        let left: Vec<String> = files(storage.object_store())
+            .await
+            .into_iter()
+            .filter(|f| f.contains(&format!("chk-{id}/")))
+            .collect();
+        assert_eq!(
+            left,
+            vec![format!("abort/chk-{id}/{TRIGGER_MARKER}")],
+            "only the id reservation stays"
         );
         // A late acknowledgement of the aborted checkpoint is refused and its file discarded.
         let late = TaskStateSnapshot {
@@ -133,26 +134,38 @@ fn abort_deletes_what_the_checkpoint_wrote_and_ids_are_never_reused() {
         );
         assert_eq!(c.store().latest().unwrap().checkpoint_id, 1);
         // A new coordinator continues after the highest id ever used, even one that never completed.
-        let id3 = c.trigger();
+        let id3 = c.trigger().await.unwrap();
         let _ = b[0].snapshot(id3, &storage).unwrap().run().await.unwrap();
         drop(c);
-        let mut c2 = CheckpointCoordinator::open(
+        let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+        let mut c2 = CheckpointCoordinator::open_with_clock(
             storage.clone(),
-            CoordinatorConfig {
-                expected_tasks: 1,
-                retained_checkpoints: 1,
-            },
+            CoordinatorConfig::single_operator("op", 1, 1),
+            clock.clone(),
         )
         .await
         .unwrap();
+        assert_eq!(c2.trigger().await.unwrap(), id3 + 1);
+        // What the crashed attempt left is the orphan sweep's once it is older than the minimum age.
+        clock.advance(std::time::Duration::from_secs(60));
+        let swept = c2
+            .sweep_orphans(std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            swept
+                .deleted
+                .iter()
+                .any(|p| p.starts_with(&format!("chk-{id3}/"))),
+            "{swept:?}"
+        );
         assert!(
             files(storage.object_store())
                 .await
                 .iter()
                 .all(|f| !f.contains(&format!("chk-{id3}/"))),
-            "incomplete checkpoint cleaned at start"
+            "incomplete checkpoint swept"
         );
-        assert_eq!(c2.trigger(), id3 + 1);
     });
 }
 
@@ -160,14 +173,15 @@ fn abort_deletes_what_the_checkpoint_wrote_and_ids_are_never_reused() {
 fn cancellation_retains_or_deletes() {
     runtime().block_on(async {
         for (policy, left) in [
-            (CancellationPolicy::RetainOnCancellation, 2),
+            // The checkpoint's metadata, its reservation and its state file; the aborted one's reservation.
+            (CancellationPolicy::RetainOnCancellation, 4),
             (CancellationPolicy::DeleteOnCancellation, 0),
         ] {
             let storage = CheckpointStorage::in_memory("cancel").unwrap();
             let (mut c, mut b) = setup(&storage, 1).await;
             write_round(&mut b[0], 1);
             checkpoint(&mut c, &mut b).await;
-            let _pending = c.trigger();
+            let _pending = c.trigger().await.unwrap();
             c.shutdown(policy).await.unwrap();
             assert_eq!(
                 files(storage.object_store()).await.len(),
@@ -188,9 +202,9 @@ fn a_failed_upload_fails_the_checkpoint_and_keeps_the_previous_one() {
         checkpoint(&mut c, &mut b).await;
 
         // The state file of checkpoint 2 cannot be written.
-        faulty.fail_writes_to("chk-2/");
         write_round(&mut b[0], 2);
-        let id = c.trigger();
+        let id = c.trigger().await.unwrap();
+        faulty.fail_writes_to("chk-2/");
         let err = b[0]
             .snapshot(id, &storage)
             .unwrap()
@@ -204,7 +218,7 @@ fn a_failed_upload_fails_the_checkpoint_and_keeps_the_previous_one() {
 
         // The metadata of checkpoint 3 cannot be written: the checkpoint never completes.
         faulty.fail_writes_to("chk-3/_metadata");
-        let id = c.trigger();
+        let id = c.trigger().await.unwrap();
         let result = b[0].snapshot(id, &storage).unwrap().run().await.unwrap();
         let task = TaskStateSnapshot {
             operator_id: "op".into(),
@@ -218,10 +232,20 @@ fn a_failed_upload_fails_the_checkpoint_and_keeps_the_previous_one() {
         faulty.heal();
 
         assert_eq!(c.store().latest().unwrap().checkpoint_id, 1);
+        // Checkpoint 2 is aborted: only its reservation stays. Checkpoint 3's metadata write failed and
+        // may have taken effect: nothing of it is deleted (docs/protocol.md, "Completion point"), its
+        // files are the orphan sweep's if its metadata never appears.
+        c.abort(2).await.unwrap();
         let all = files(storage.object_store()).await;
         assert!(
-            all.iter().all(|f| f.contains("chk-1/")),
+            all.iter().all(|f| f.contains("chk-1/")
+                || f.ends_with(&format!("chk-2/{TRIGGER_MARKER}"))
+                || f.contains("chk-3/")),
             "failed checkpoints left files: {all:?}"
+        );
+        assert!(
+            all.iter().any(|f| f.contains("chk-3/op-0-")),
+            "the state file of an uncertain completion is kept: {all:?}"
         );
         let mut r = restore::<u64>(&storage, c.store().latest().unwrap(), 128, 1)
             .await
@@ -318,7 +342,7 @@ fn corrupt_truncated_and_missing_files_are_typed_errors_and_restore_falls_back()
                 .unwrap_err();
             assert_eq!(err.kind(), kind, "{name}: {err}");
             assert!(
-                err.to_string().contains("chk-2/op-0.keyed"),
+                err.to_string().contains(file.as_ref()),
                 "{name}: error must name the file: {err}"
             );
 
@@ -347,7 +371,7 @@ fn corrupt_truncated_and_missing_files_are_typed_errors_and_restore_falls_back()
 fn corrupt_metadata_is_skipped_and_never_deleted() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, _) = two_checkpoints(dir.path()).await;
+        let (storage, state_file) = two_checkpoints(dir.path()).await;
         let meta_path = storage.path("chk-2/_metadata");
         storage
             .object_store()
@@ -365,20 +389,11 @@ fn corrupt_metadata_is_skipped_and_never_deleted() {
         // Opening a coordinator must not delete the unreadable checkpoint's files either.
         let _c = CheckpointCoordinator::open(
             storage.clone(),
-            CoordinatorConfig {
-                expected_tasks: 1,
-                retained_checkpoints: 2,
-            },
+            CoordinatorConfig::single_operator("op", 1, 2),
         )
         .await
         .unwrap();
-        assert!(
-            storage
-                .object_store()
-                .head(&storage.path("chk-2/op-0.keyed"))
-                .await
-                .is_ok()
-        );
+        assert!(storage.object_store().head(&state_file).await.is_ok());
     });
 }
 
@@ -387,12 +402,17 @@ fn no_restorable_checkpoint_is_a_not_found_error_listing_the_reasons() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let (storage, _) = two_checkpoints(dir.path()).await;
-        for id in [1, 2] {
-            storage
-                .object_store()
-                .delete(&storage.path(&format!("chk-{id}/op-0.keyed")))
-                .await
-                .unwrap();
+        let store = CompletedCheckpointStore::open(storage.clone(), 2)
+            .await
+            .unwrap();
+        for meta in store.checkpoints() {
+            for f in meta.files() {
+                storage
+                    .object_store()
+                    .delete(&storage.path(&f.path))
+                    .await
+                    .unwrap();
+            }
         }
         let err = restore_latest(&storage).await.map(|_| ()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
@@ -417,6 +437,7 @@ fn fuzz_empty_snapshot_file_is_corrupt_not_a_storage_error() {
             .unwrap();
         let handle = KeyedStateHandle {
             backend_id: "b".into(),
+            operator_id: "op".into(),
             checkpoint_id: 1,
             max_parallelism: 128,
             key_groups: KeyGroupRange::new(0, 127).unwrap(),

@@ -88,7 +88,7 @@ fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
         assert!(s2.checkpointed_bytes < s2.full_bytes / 2, "{s2:?}");
         assert_retained_files_intact(&coord, true).await;
         // The local native checkpoint directories are gone.
-        let local = b[0].config().local_dir.join("checkpoints");
+        let local = b[0].instance_dir().join("checkpoints");
         assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
         let mut restored = restore_one(&storage, &second, RestoreMode::Claim).await;
         let model: BTreeMap<u64, u64> = (0..20_000)
@@ -191,7 +191,7 @@ fn flink_25395_unconfirmed_checkpoint_is_never_the_diff_base() {
         write(&mut b[0], 0..5_000, 1);
         checkpoint(&mut coord, &mut b).await;
         write(&mut b[0], 0..100, 2);
-        let id2 = coord.trigger();
+        let id2 = coord.trigger().await.unwrap();
         let result2 = b[0].snapshot(id2, &storage).unwrap().run().await.unwrap();
         let created_by_2: Vec<String> = result2
             .handle
@@ -236,8 +236,10 @@ fn flink_23949_savepoint_never_moves_the_diff_base() {
         write(&mut b[0], 0..5_000, 1);
         checkpoint(&mut coord, &mut b).await;
         write(&mut b[0], 0..100, 2);
+        // Savepoints take their ids from the same counter as checkpoints (as Flink).
+        let sp_id = coord.trigger().await.unwrap();
         let sp = b[0]
-            .savepoint(1_000, &storage)
+            .savepoint(sp_id, &storage)
             .unwrap()
             .run()
             .await
@@ -249,7 +251,7 @@ fn flink_23949_savepoint_never_moves_the_diff_base() {
                 .iter()
                 .all(|f| f.scope == FileScope::Private && f.path.starts_with("savepoints/"))
         );
-        b[0].notify_checkpoint_complete(1_000);
+        b[0].notify_checkpoint_complete(sp_id);
         assert_eq!(b[0].diff_base_checkpoint(), Some(1));
         storage
             .object_store()
@@ -280,16 +282,19 @@ fn flink_30461_abort_during_the_async_phase_deletes_its_uploads() {
         checkpoint(&mut coord, &mut b).await;
         let before = objects(&storage, None).await;
         write(&mut b[0], 0..100, 2);
-        let id = coord.trigger();
+        let id = coord.trigger().await.unwrap();
         let pending = b[0].snapshot(id, &storage).unwrap();
         b[0].notify_checkpoint_aborted(id);
         coord.abort(id).await.unwrap();
         let err = pending.run().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::IllegalState);
+        let mut expected = before.clone();
+        expected.push(format!("chk-{id}/{TRIGGER_MARKER}"));
+        expected.sort();
         assert_eq!(
             objects(&storage, None).await,
-            before,
-            "nothing of the aborted checkpoint remains"
+            expected,
+            "nothing of the aborted checkpoint remains but its id reservation"
         );
         assert_eq!(b[0].diff_base_checkpoint(), Some(1));
     });
@@ -309,7 +314,7 @@ fn failed_upload_deletes_partial_uploads_and_keeps_the_base() {
         let before = objects(&storage, None).await;
         write(&mut b[0], 0..100, 2);
         faulty.fail_writes_to("MANIFEST");
-        let id = coord.trigger();
+        let id = coord.trigger().await.unwrap();
         let err = b[0]
             .snapshot(id, &storage)
             .unwrap()
@@ -319,7 +324,11 @@ fn failed_upload_deletes_partial_uploads_and_keeps_the_base() {
         assert_eq!(err.kind(), ErrorKind::Storage);
         coord.abort(id).await.unwrap();
         b[0].notify_checkpoint_aborted(id);
-        assert_eq!(objects(&storage, None).await, before);
+        let reserved = format!("chk-{id}/{TRIGGER_MARKER}");
+        let mut expected = before.clone();
+        expected.push(reserved);
+        expected.sort();
+        assert_eq!(objects(&storage, None).await, expected);
         faulty.heal();
         let s = checkpoint(&mut coord, &mut b).await;
         assert!(s.files_reused >= 1);
@@ -561,6 +570,11 @@ fn restored_column_families_keep_the_backend_options() {
                 parallelism as usize,
             )
             .await;
+            // Its ids continue after the restored checkpoint's (as Flink's checkpoint id counter).
+            coord2
+                .restored_from(meta.checkpoint_id, RestoreMode::NoClaim)
+                .await
+                .unwrap();
             let mut restored = Vec::new();
             for i in 0..parallelism {
                 let mut r = Lsm::restore(
@@ -648,8 +662,8 @@ fn direct_io_setting_reaches_rocksdb() {
             direct_io,
             ..lsm_config(128, 1, 0)
         };
-        let db_dir = config.local_dir.join("db");
         let b = Lsm::new(config).unwrap();
+        let db_dir = b.instance_dir().join("db");
         let options = std::fs::read_dir(&db_dir)
             .unwrap()
             .map(|e| e.unwrap().path())

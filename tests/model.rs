@@ -124,7 +124,7 @@ fn observe(backends: &mut [HeapKeyedStateBackend<u64>]) -> Model {
         for key in 0..64u64 {
             if !b
                 .key_group_range()
-                .contains(assign_to_key_group(&key.to_be_bytes(), MAX_P))
+                .contains(assign_to_key_group(&key.to_be_bytes(), MAX_P).unwrap())
             {
                 continue;
             }

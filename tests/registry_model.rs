@@ -8,7 +8,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use proptest::prelude::*;
@@ -42,15 +43,24 @@ fn desc() -> ValueStateDescriptor<VoidNamespace, u64> {
     ValueStateDescriptor::new("v")
 }
 
+async fn open(storage: &CheckpointStorage, clock: &Arc<ManualClock>) -> CheckpointCoordinator {
+    CheckpointCoordinator::open_with_clock(
+        storage.clone(),
+        CoordinatorConfig::single_operator("op", 1, 2),
+        clock.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn run(ops: Vec<Op>) {
     let storage = CheckpointStorage::in_memory("model").unwrap();
-    let mut coord = coordinator(&storage, 2, 1).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let mut coord = open(&storage, &clock).await;
     let mut backend = lsm::<u64>(128, 1, 0);
     let mut model: BTreeMap<u64, u64> = BTreeMap::new();
     let mut at_checkpoint: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
     let mut in_flight: Vec<(u64, SnapshotResult)> = Vec::new();
-    let t0 = Instant::now();
-    let mut clock = 0u64;
     for op in ops {
         match op {
             Op::Write {
@@ -66,7 +76,7 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Trigger if in_flight.len() < 3 => {
-                let id = coord.trigger();
+                let id = coord.trigger().await.unwrap();
                 let result = backend.snapshot(id, &storage).unwrap().run().await.unwrap();
                 at_checkpoint.insert(id, model.clone());
                 in_flight.push((id, result));
@@ -80,14 +90,14 @@ async fn run(ops: Vec<Op>) {
                     ..Default::default()
                 };
                 match coord.acknowledge(id, task, Some(result.metrics)).await {
-                    Ok(Some(stats)) => {
+                    Ok(Acknowledgement::Completed(stats)) => {
                         backend.notify_checkpoint_complete(id);
                         for old in stats.aborted_pending {
                             backend.notify_checkpoint_aborted(old);
                             in_flight.retain(|(p, _)| *p != old);
                         }
                     }
-                    Ok(None) => unreachable!("one task per checkpoint"),
+                    Ok(other) => unreachable!("one task per checkpoint: {other:?}"),
                     // Declined (reuses a file a concurrent checkpoint's GC deleted) or late (aborted).
                     Err(e) => {
                         assert_eq!(e.kind(), ErrorKind::IllegalState, "{e}");
@@ -106,7 +116,7 @@ async fn run(ops: Vec<Op>) {
                 // restores the latest completed checkpoint.
                 in_flight.clear();
                 drop(coord);
-                coord = coordinator(&storage, 2, 1).await;
+                coord = open(&storage, &clock).await;
                 match coord.store().latest().cloned() {
                     Some(meta) => {
                         backend = Lsm::restore(
@@ -132,11 +142,8 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Sweep => {
-                clock += 10;
-                let r = coord
-                    .sweep_orphans(Duration::from_secs(5), t0 + Duration::from_secs(clock))
-                    .await
-                    .unwrap();
+                clock.advance(Duration::from_secs(10));
+                let r = coord.sweep_orphans(Duration::from_secs(5)).await.unwrap();
                 for path in &r.deleted {
                     assert!(
                         in_flight.iter().all(|(_, res)| res
@@ -151,20 +158,13 @@ async fn run(ops: Vec<Op>) {
         }
         assert_retained_files_intact(&coord, false).await;
     }
-    // Quiet moment: nothing in flight. Two sweeps later, only referenced files remain in shared/.
+    // Quiet moment: nothing in flight. After a sweep, only referenced files remain in shared/.
     for (id, _) in in_flight.drain(..) {
         coord.abort(id).await.unwrap();
         backend.notify_checkpoint_aborted(id);
     }
-    for step in 1..=2 {
-        coord
-            .sweep_orphans(
-                Duration::from_secs(5),
-                t0 + Duration::from_secs(clock + 10 * step),
-            )
-            .await
-            .unwrap();
-    }
+    clock.advance(Duration::from_secs(10));
+    coord.sweep_orphans(Duration::from_secs(5)).await.unwrap();
     for path in objects(&storage, Some(SHARED_DIR)).await {
         assert!(
             coord.store().references(&path),

@@ -101,10 +101,7 @@ fn rescale_one_to_two_and_two_to_one() {
         let storage = CheckpointStorage::in_memory("rescale").unwrap();
         let mut coordinator = CheckpointCoordinator::open(
             storage.clone(),
-            CoordinatorConfig {
-                expected_tasks: 1,
-                retained_checkpoints: 3,
-            },
+            CoordinatorConfig::single_operator("op", 1, 3),
         )
         .await
         .unwrap();
@@ -136,10 +133,7 @@ fn rescale_one_to_two_and_two_to_one() {
         }
         let mut coordinator2 = CheckpointCoordinator::open(
             storage.clone(),
-            CoordinatorConfig {
-                expected_tasks: 2,
-                retained_checkpoints: 3,
-            },
+            CoordinatorConfig::single_operator("op", 2, 3),
         )
         .await
         .unwrap();

@@ -1,134 +1,101 @@
-//! The checkpoint coordinator: triggers checkpoints, collects the subtasks' acknowledgements, writes the
-//! metadata last and atomically, and hands completed checkpoints to the store (as Flink's
-//! `CheckpointCoordinator`, for an engine embedding this crate).
+//! The checkpoint coordinator: triggers checkpoints under durably reserved ids, collects one
+//! acknowledgement per task, writes the metadata last and atomically, and hands completed checkpoints to
+//! the store (as Flink's `CheckpointCoordinator`, for an engine embedding this crate). Every step's
+//! behaviour when retried, duplicated, late or cut off is `docs/protocol.md`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::checkpoint::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
-use crate::checkpoint::store::{
-    CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode, discard,
+use crate::checkpoint::pending::{
+    Acknowledgement, CheckpointStats, CoordinatorConfig, Outcome, Outcomes, PendingCheckpoint,
+    TaskKey,
 };
+use crate::checkpoint::store::{
+    CancellationPolicy, CompletedCheckpointStore, RestoreMode, read_metadata,
+};
+use crate::checkpoint::validate::check_partition;
+use crate::clock::{Clock, SystemClock, random_u64};
 use crate::error::{Error, Result};
 use crate::format::metadata;
 use crate::keyed::backend::SnapshotMetrics;
-use crate::storage::{CheckpointStorage, METADATA_FILE, SHARED_DIR, checkpoint_dir};
+use crate::storage::{CheckpointStorage, Created, METADATA_FILE, TRIGGER_MARKER, checkpoint_dir};
 
-/// Settings of a coordinator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CoordinatorConfig {
-    /// Subtasks that must acknowledge each checkpoint.
-    pub expected_tasks: usize,
-    /// Completed checkpoints to keep (Flink's `state.checkpoints.num-retained`, default 1).
-    pub retained_checkpoints: usize,
-}
-
-/// Figures of one completed checkpoint, summed over its subtasks (durations: the slowest subtask).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointStats {
-    /// Checkpoint id.
-    pub checkpoint_id: u64,
-    /// Longest synchronous phase of a subtask.
-    pub sync_duration: Duration,
-    /// Longest asynchronous phase of a subtask.
-    pub async_duration: Duration,
-    /// Bytes uploaded by this checkpoint.
-    pub checkpointed_bytes: u64,
-    /// Bytes of all files the checkpoint references.
-    pub full_bytes: u64,
-    /// Uncompressed state bytes written.
-    pub state_bytes: u64,
-    /// Files uploaded.
-    pub files_uploaded: u32,
-    /// Files reused from earlier checkpoints.
-    pub files_reused: u32,
-    /// Checkpoints subsumed by this one.
-    pub subsumed: Vec<u64>,
-    /// Older pending checkpoints aborted because this one completed (as Flink's coordinator does); the
-    /// engine must call `notify_checkpoint_aborted` for each on every backend.
-    pub aborted_pending: Vec<u64>,
-    /// The shared-file registry after the subsumption.
-    pub registry: RegistryStats,
-}
-
-/// What an orphan sweep found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Files listed under `shared/`.
-    pub listed: usize,
-    /// Of those, referenced by a retained or pinned checkpoint (kept).
-    pub referenced: usize,
-    /// Unreferenced, but not for `min_age` yet or possibly uploaded by a checkpoint still pending (kept).
-    pub too_young: usize,
-    /// Unreferenced for at least `min_age`: deleted (paths relative to the job root).
-    pub deleted: Vec<String>,
-}
-
-struct Pending {
-    timestamp_ms: u64,
-    tasks: Vec<TaskStateSnapshot>,
-    metrics: Vec<SnapshotMetrics>,
-}
+/// Ids tried by one `trigger` before it gives up (each one taken by another coordinator).
+const MAX_RESERVE_ATTEMPTS: usize = 64;
 
 /// Drives checkpoints of one job.
 pub struct CheckpointCoordinator {
-    storage: CheckpointStorage,
-    store: CompletedCheckpointStore,
+    pub(super) storage: CheckpointStorage,
+    pub(super) store: CompletedCheckpointStore,
     config: CoordinatorConfig,
+    pub(super) clock: Arc<dyn Clock>,
+    /// Random identity of this coordinator instance, written into the id reservations it makes.
+    instance: String,
     next_id: u64,
-    pending: BTreeMap<u64, Pending>,
-    /// Shared files seen unreferenced by a sweep: when they were first seen so (SlateDB #204), and the
-    /// checkpoints pending at that moment (one of them may be uploading the file).
-    orphan_candidates: HashMap<String, (Instant, Vec<u64>)>,
+    pub(super) pending: BTreeMap<u64, PendingCheckpoint>,
+    pub(super) outcomes: Outcomes,
+    /// Unreferenced files a sweep saw while checkpoints were pending, with those checkpoints: one of them
+    /// may be uploading the file (SlateDB #1758).
+    pub(super) orphan_candidates: HashMap<String, Vec<u64>>,
 }
 
 impl CheckpointCoordinator {
-    /// Opens the job's checkpoint storage. Checkpoint ids continue after the highest one ever started in
-    /// storage, so an id is never reused; directories of checkpoints that never completed (no metadata) are
-    /// deleted, as nothing can be in flight before the coordinator starts.
+    /// Opens the job's checkpoint storage with the system clock; see
+    /// [`CheckpointCoordinator::open_with_clock`].
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for zero expected tasks or retained checkpoints; storage errors.
+    /// As [`CheckpointCoordinator::open_with_clock`].
     pub async fn open(storage: CheckpointStorage, config: CoordinatorConfig) -> Result<Self> {
-        if config.expected_tasks == 0 {
-            return Err(Error::InvalidArgument(
-                "a checkpoint needs at least one task".into(),
-            ));
-        }
+        Self::open_with_clock(storage, config, Arc::new(SystemClock)).await
+    }
+
+    /// Opens the job's checkpoint storage: reads every checkpoint's metadata (the registry is rebuilt from
+    /// it, FLINK-7268) and continues ids after the highest `chk-<n>` directory, so an id is never handed
+    /// out twice. Nothing is deleted: leftovers of crashed attempts are the orphan sweep's
+    /// ([`CheckpointCoordinator::sweep_orphans`]), which alone can tell them from another coordinator's
+    /// uploads in flight. `clock` gives checkpoint timestamps and the sweep's now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an invalid `config`; storage errors.
+    pub async fn open_with_clock(
+        storage: CheckpointStorage,
+        config: CoordinatorConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        config.validate()?;
         let store =
             CompletedCheckpointStore::open(storage.clone(), config.retained_checkpoints).await?;
-        let dirs = storage.list_checkpoint_dirs().await?;
-        for id in &dirs {
-            let known = store.get(*id).is_some()
-                || store.unreadable().iter().any(|u| u.checkpoint_id == *id);
-            if !known {
-                tracing::info!(
-                    checkpoint_id = id,
-                    "deleting files of a checkpoint that never completed"
-                );
-                storage.delete_dir(&checkpoint_dir(*id)).await?;
-            }
-        }
-        let next_id = dirs.last().map_or(1, |last| last + 1);
+        let next_id = storage
+            .list_checkpoint_dirs()
+            .await?
+            .last()
+            .map_or(1, |last| last + 1);
         Ok(CheckpointCoordinator {
             storage,
             store,
             config,
+            clock,
+            instance: format!("{:016x}", random_u64()),
             next_id,
             pending: BTreeMap::new(),
+            outcomes: Outcomes::default(),
             orphan_candidates: HashMap::new(),
         })
     }
 
-    /// Tells the coordinator the job was restored from its own checkpoint `checkpoint_id` in `mode`.
-    /// With [`RestoreMode::NoClaim`] the checkpoint is pinned: it and its files are never deleted by the
-    /// job (FLINK-26985). With [`RestoreMode::Claim`] nothing changes: the job owns it already.
+    /// Tells the coordinator the job was restored from checkpoint `checkpoint_id` in `mode`. Ids continue
+    /// above it (as Flink sets its checkpoint id counter after a restore; restored backends refuse
+    /// snapshot ids up to it). With [`RestoreMode::NoClaim`] a checkpoint in this job's storage is pinned:
+    /// it and its files are never deleted by the job (FLINK-26985), and it stays restorable. With
+    /// [`RestoreMode::Claim`] nothing else changes. A checkpoint of another job's storage is never touched.
     ///
     /// # Errors
     /// Storage errors while writing the pin marker.
     pub async fn restored_from(&mut self, checkpoint_id: u64, mode: RestoreMode) -> Result<()> {
+        self.next_id = self.next_id.max(checkpoint_id.saturating_add(1));
         if mode == RestoreMode::NoClaim {
             self.store.pin(checkpoint_id).await?;
         }
@@ -145,189 +112,401 @@ impl CheckpointCoordinator {
         &self.storage
     }
 
-    /// Ids of checkpoints triggered but neither completed nor aborted.
+    /// The settings the coordinator runs with.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// Ids of checkpoints triggered but neither completed nor aborted, ascending.
     pub fn pending(&self) -> Vec<u64> {
         self.pending.keys().copied().collect()
     }
 
-    /// Starts checkpoint `n` (the engine injects barrier `n`); returns its id.
-    pub fn trigger(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let timestamp_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.pending.insert(
-            id,
-            Pending {
-                timestamp_ms,
-                tasks: Vec::new(),
-                metrics: Vec::new(),
-            },
-        );
-        id
-    }
-
-    /// A subtask finished its part of `checkpoint_id`. When the last expected subtask acknowledged, the
-    /// metadata is written (create-if-absent) and the checkpoint completes: its stats are returned, and the
-    /// engine must then call `notify_checkpoint_complete` on every backend.
+    /// Starts a checkpoint (the engine injects its barrier) and returns its id.
+    ///
+    /// The id is reserved durably first: `chk-<id>/_trigger` is created if absent, naming this
+    /// coordinator. An id another coordinator reserved is skipped, and an id whose reservation failed is
+    /// never handed out by this instance either, so ids never repeat, across restarts and between two
+    /// coordinators of one job.
     ///
     /// # Errors
-    /// [`Error::IllegalState`] for an unknown (aborted, subsumed) checkpoint: the task's files are deleted.
-    /// Storage errors while writing the metadata: the checkpoint is aborted and its files deleted.
+    /// Storage errors while reserving (the id is skipped; calling again tries the next one);
+    /// [`Error::IllegalState`] if 64 consecutive ids were taken by other coordinators.
+    pub async fn trigger(&mut self) -> Result<u64> {
+        for _ in 0..MAX_RESERVE_ATTEMPTS {
+            let id = self.next_id;
+            self.next_id += 1;
+            let marker = format!("{}/{TRIGGER_MARKER}", checkpoint_dir(id));
+            let content = Bytes::from(format!(
+                "checkpoint {id} reserved by coordinator {}\n",
+                self.instance
+            ));
+            match self.storage.put_if_absent(&marker, content).await? {
+                Created::Yes => {
+                    self.pending.insert(
+                        id,
+                        PendingCheckpoint {
+                            timestamp_ms: self.clock.now_ms(),
+                            acks: BTreeMap::new(),
+                        },
+                    );
+                    return Ok(id);
+                }
+                Created::Conflict => {
+                    tracing::warn!(
+                        checkpoint_id = id,
+                        "checkpoint id reserved by another coordinator; trying the next one"
+                    );
+                }
+            }
+        }
+        Err(Error::IllegalState(format!(
+            "{MAX_RESERVE_ATTEMPTS} consecutive checkpoint ids were reserved by other coordinators of \
+             this job"
+        )))
+    }
+
+    /// Task `task` (its operator id and subtask index) finished its part of `checkpoint_id`. When every
+    /// task of the job acknowledged, the checkpoint is checked, its metadata written (create-if-absent),
+    /// and it completes. See [`Acknowledgement`] for the answers; a repeat of an accepted acknowledgement
+    /// is [`Acknowledgement::Duplicate`] and changes nothing.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`]: the task is not one of the job's, or its handle names another
+    ///   checkpoint or operator. Nothing is deleted.
+    /// - [`Error::IllegalState`]: the task already acknowledged with other content, or the checkpoint was
+    ///   aborted, declined, lost the race for its metadata, or is unknown. Only the late task's own
+    ///   uploads that nothing references are deleted (none for an unknown checkpoint).
+    /// - [`Error::IllegalState`] when the checkpoint is declined at completion (its keyed state does not
+    ///   partition the key groups, or it reuses shared files that were deleted): its own uploads are
+    ///   deleted.
+    /// - Storage errors while writing the metadata: the outcome is uncertain and nothing is deleted
+    ///   (`docs/protocol.md`, "Completion point").
     pub async fn acknowledge(
         &mut self,
         checkpoint_id: u64,
         task: TaskStateSnapshot,
         metrics: Option<SnapshotMetrics>,
-    ) -> Result<Option<CheckpointStats>> {
+    ) -> Result<Acknowledgement> {
+        if !self.config.has_task(&task.operator_id, task.subtask_index) {
+            return Err(Error::InvalidArgument(format!(
+                "subtask {} of operator `{}` is not a task of this job",
+                task.subtask_index, task.operator_id
+            )));
+        }
+        if let Some(h) = &task.keyed_state
+            && (h.checkpoint_id != checkpoint_id || h.operator_id != task.operator_id)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "acknowledgement of checkpoint {checkpoint_id} by operator `{}` carries a state handle of \
+                 checkpoint {} of operator `{}`",
+                task.operator_id, h.checkpoint_id, h.operator_id
+            )));
+        }
+        let key: TaskKey = (task.operator_id.clone(), task.subtask_index);
+        let expected = self.config.expected_tasks();
         let Some(pending) = self.pending.get_mut(&checkpoint_id) else {
-            for file in task.keyed_state.iter().flat_map(|h| &h.files) {
-                if file.created_by == checkpoint_id {
-                    self.storage.delete(&file.path).await?;
-                }
+            return self.late_acknowledgement(checkpoint_id, task).await;
+        };
+        if let Some((accepted, _)) = pending.acks.get(&key) {
+            if *accepted == task {
+                return Ok(Acknowledgement::Duplicate);
             }
+            let accepted = accepted.clone();
+            let _ = self
+                .discard_own_uploads(checkpoint_id, [&task], Some(&accepted))
+                .await;
             return Err(Error::IllegalState(format!(
-                "checkpoint {checkpoint_id} is not pending (aborted or unknown); the late state was discarded"
+                "subtask {} of operator `{}` already acknowledged checkpoint {checkpoint_id} with other \
+                 state; the second acknowledgement was refused",
+                task.subtask_index, task.operator_id
+            )));
+        }
+        pending.acks.insert(key, (task, metrics));
+        if pending.acks.len() < expected {
+            return Ok(Acknowledgement::Pending {
+                remaining: expected - pending.acks.len(),
+            });
+        }
+        self.complete(checkpoint_id).await
+    }
+
+    /// An acknowledgement of a checkpoint that is not pending (`docs/protocol.md`, table).
+    async fn late_acknowledgement(
+        &mut self,
+        checkpoint_id: u64,
+        task: TaskStateSnapshot,
+    ) -> Result<Acknowledgement> {
+        if let Some(meta) = self.store.get(checkpoint_id) {
+            if meta.task(&task.operator_id, task.subtask_index) == Some(&task) {
+                return Ok(Acknowledgement::Duplicate);
+            }
+            let _ = self.discard_own_uploads(checkpoint_id, [&task], None).await;
+            return Err(Error::IllegalState(format!(
+                "checkpoint {checkpoint_id} completed without this acknowledgement of subtask {} of \
+                 operator `{}`; its state was discarded",
+                task.subtask_index, task.operator_id
+            )));
+        }
+        match self.outcomes.get(checkpoint_id) {
+            // Completed and since subsumed: whatever it was, nothing of it may be deleted here.
+            Some(Outcome::Completed) => Ok(Acknowledgement::Duplicate),
+            Some(Outcome::Aborted) => {
+                let _ = self.discard_own_uploads(checkpoint_id, [&task], None).await;
+                Err(Error::IllegalState(format!(
+                    "checkpoint {checkpoint_id} was aborted; the late state of subtask {} of operator `{}` \
+                     was discarded",
+                    task.subtask_index, task.operator_id
+                )))
+            }
+            Some(Outcome::Uncertain) => Err(Error::IllegalState(format!(
+                "checkpoint {checkpoint_id} is no longer pending (its metadata write failed); nothing was \
+                 deleted"
+            ))),
+            None => Err(Error::IllegalState(format!(
+                "checkpoint {checkpoint_id} is unknown to this coordinator (triggered before a restart, or \
+                 never); nothing was deleted, the orphan sweep collects what it left"
+            ))),
+        }
+    }
+
+    /// Every task acknowledged `checkpoint_id`: check it, write its metadata, add it to the store.
+    async fn complete(&mut self, checkpoint_id: u64) -> Result<Acknowledgement> {
+        let Some(pending) = self.pending.remove(&checkpoint_id) else {
+            return Err(Error::IllegalState(format!(
+                "checkpoint {checkpoint_id} is not pending"
             )));
         };
-        pending.tasks.push(task);
-        pending.metrics.extend(metrics);
-        if pending.tasks.len() < self.config.expected_tasks {
-            return Ok(None);
+        let mut tasks = Vec::with_capacity(pending.acks.len());
+        let mut all_metrics = Vec::new();
+        for (_, (task, metrics)) in pending.acks {
+            tasks.push(task);
+            all_metrics.extend(metrics);
         }
-        let Some(pending) = self.pending.remove(&checkpoint_id) else {
-            return Ok(None);
-        };
         let meta = CheckpointMetadata {
             checkpoint_id,
             timestamp_ms: pending.timestamp_ms,
             kind: SnapshotKind::Checkpoint,
-            tasks: pending.tasks,
+            tasks,
         };
-        if let Err(e) = self.store.check_references(&meta) {
-            tracing::warn!(checkpoint_id, error = %e, "declining checkpoint");
-            self.discard_uploads(checkpoint_id, &meta.tasks).await?;
-            return Err(e);
-        }
+        let bytes = match self.check_completion(&meta) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(checkpoint_id, error = %e, "declining checkpoint");
+                self.outcomes.set(checkpoint_id, Outcome::Aborted);
+                let _ = self
+                    .discard_own_uploads(checkpoint_id, &meta.tasks, None)
+                    .await;
+                let _ = self.discard_private_dir(checkpoint_id).await;
+                return Err(e);
+            }
+        };
         let relative = format!("{}/{METADATA_FILE}", checkpoint_dir(checkpoint_id));
-        if let Err(e) = self
-            .storage
-            .put_if_absent(&relative, Bytes::from(metadata::encode(&meta)))
-            .await
-        {
-            // Never completed: delete what it wrote (its metadata may or may not exist).
-            let _ = self.discard_uploads(checkpoint_id, &meta.tasks).await;
-            return Err(e);
+        let written = match self.storage.put_if_absent(&relative, bytes.clone()).await {
+            Ok(created) => Ok(created),
+            // The write may have taken effect: read back before deciding anything.
+            Err(e) => match self.storage.read(&relative).await {
+                Ok(found) if found == bytes => Ok(Created::Yes),
+                Ok(_) => Ok(Created::Conflict),
+                Err(_) => Err(e),
+            },
+        };
+        match written {
+            Ok(Created::Yes) => Ok(Acknowledgement::Completed(Box::new(
+                self.completed(meta, &all_metrics).await,
+            ))),
+            Ok(Created::Conflict) => Err(self.lost_race(meta).await),
+            Err(e) => {
+                tracing::warn!(checkpoint_id, error = %e, "metadata write failed; the checkpoint may exist, nothing is deleted");
+                self.outcomes.set(checkpoint_id, Outcome::Uncertain);
+                Err(e)
+            }
         }
-        let (subsumed, registry) = self.store.add(meta).await?;
+    }
+
+    /// The checks before a checkpoint may complete; returns its encoded metadata.
+    fn check_completion(&self, meta: &CheckpointMetadata) -> Result<Bytes> {
+        for op in &self.config.operators {
+            let handles: Vec<_> = meta
+                .tasks
+                .iter()
+                .filter(|t| t.operator_id == op.operator_id)
+                .filter_map(|t| t.keyed_state.as_ref())
+                .collect();
+            check_partition(&op.operator_id, &handles)?;
+        }
+        self.store.check_references(meta)?;
+        metadata::encode(meta).map(Bytes::from).map_err(|e| {
+            Error::IllegalState(format!(
+                "checkpoint {} cannot be written: {e}",
+                meta.checkpoint_id
+            ))
+        })
+    }
+
+    /// The metadata of `meta` is durable: the checkpoint is complete, whatever happens next.
+    async fn completed(
+        &mut self,
+        meta: CheckpointMetadata,
+        metrics: &[SnapshotMetrics],
+    ) -> CheckpointStats {
+        let checkpoint_id = meta.checkpoint_id;
+        self.outcomes.set(checkpoint_id, Outcome::Completed);
+        let mut stats = CheckpointStats::from_metrics(checkpoint_id, metrics.iter());
+        let dir = checkpoint_dir(checkpoint_id);
+        if let Err(e) = self.storage.sync_local_dir(&dir).await {
+            stats
+                .cleanup_warnings
+                .push(format!("syncing {dir} failed: {e}"));
+        }
+        let (pending, outcomes) = (&self.pending, &self.outcomes);
+        let own = |n: u64| pending.contains_key(&n) || outcomes.settled(n);
+        match self.store.add(meta.clone(), own).await {
+            Ok(added) => {
+                stats.subsumed = added.subsumed;
+                stats.registry = added.registry;
+                stats.cleanup_warnings.extend(added.warnings);
+            }
+            Err(e) => {
+                // Not newer than the latest retained one: it exists all the same, so it is protected.
+                stats.cleanup_warnings.push(format!(
+                    "checkpoint {checkpoint_id} kept out of retention: {e}"
+                ));
+                self.store.add_foreign(meta);
+            }
+        }
         let older: Vec<u64> = self
             .pending
             .range(..checkpoint_id)
             .map(|(id, _)| *id)
             .collect();
         for id in &older {
-            self.abort(*id).await?;
+            if let Err(e) = self.abort(*id).await {
+                stats.cleanup_warnings.push(format!(
+                    "older pending checkpoint {id} aborted, its files left for the orphan sweep: {e}"
+                ));
+            }
         }
-        let m = &pending.metrics;
-        Ok(Some(CheckpointStats {
-            checkpoint_id,
-            sync_duration: m.iter().map(|m| m.sync_duration).max().unwrap_or_default(),
-            async_duration: m.iter().map(|m| m.async_duration).max().unwrap_or_default(),
-            checkpointed_bytes: m.iter().map(|m| m.checkpointed_bytes).sum(),
-            full_bytes: m.iter().map(|m| m.full_bytes).sum(),
-            state_bytes: m.iter().map(|m| m.state_bytes).sum(),
-            files_uploaded: m.iter().map(|m| m.files_uploaded).sum(),
-            files_reused: m.iter().map(|m| m.files_reused).sum(),
-            subsumed,
-            aborted_pending: older,
-            registry,
-        }))
+        stats.aborted_pending = older;
+        for warning in &stats.cleanup_warnings {
+            tracing::warn!(checkpoint_id, warning = %warning, "clean-up after a completed checkpoint");
+        }
+        stats
     }
 
-    /// Aborts a pending checkpoint (a subtask failed, or it timed out): deletes what it wrote. The engine
-    /// must then call `notify_checkpoint_aborted` on every backend.
+    /// Another writer created `_metadata` of `meta`'s checkpoint first: protect the winner, delete only
+    /// what this coordinator's tasks uploaded that the winner does not use.
+    async fn lost_race(&mut self, meta: CheckpointMetadata) -> Error {
+        let checkpoint_id = meta.checkpoint_id;
+        self.outcomes.set(checkpoint_id, Outcome::Aborted);
+        match read_metadata(&self.storage, checkpoint_id).await {
+            Ok(winner) if winner.checkpoint_id == checkpoint_id => {
+                self.store.add_foreign(winner);
+                let _ = self
+                    .discard_own_uploads(checkpoint_id, &meta.tasks, None)
+                    .await;
+            }
+            // Without the winner's file list nothing may be deleted.
+            _ => {}
+        }
+        Error::IllegalState(format!(
+            "another coordinator completed checkpoint {checkpoint_id} first; this one deleted only its own \
+             uploads"
+        ))
+    }
+
+    /// Aborts a pending checkpoint (a subtask failed or declined, or it timed out): deletes what its tasks
+    /// uploaded and its private files, keeping its id reservation. The engine must then call
+    /// `notify_checkpoint_aborted` on every backend. Aborting a checkpoint that is not pending does
+    /// nothing (a completed one can never be aborted).
     ///
     /// # Errors
-    /// Storage errors while deleting.
+    /// Storage errors while deleting; the checkpoint is aborted regardless and what was not deleted is left
+    /// to the orphan sweep.
     pub async fn abort(&mut self, checkpoint_id: u64) -> Result<()> {
-        if let Some(pending) = self.pending.remove(&checkpoint_id) {
-            self.discard_uploads(checkpoint_id, &pending.tasks).await?;
-        }
-        Ok(())
+        let Some(pending) = self.pending.remove(&checkpoint_id) else {
+            return Ok(());
+        };
+        self.outcomes.set(checkpoint_id, Outcome::Aborted);
+        let tasks: Vec<TaskStateSnapshot> = pending.acks.into_values().map(|(t, _)| t).collect();
+        let uploads = self.discard_own_uploads(checkpoint_id, &tasks, None).await;
+        let private = self.discard_private_dir(checkpoint_id).await;
+        uploads.and(private)
     }
 
-    /// Deletes what an incomplete checkpoint wrote: its directory and the shared files its acknowledged
-    /// tasks uploaded (FLINK-30461). Files it reused belong to other checkpoints and stay.
-    async fn discard_uploads(&self, checkpoint_id: u64, tasks: &[TaskStateSnapshot]) -> Result<()> {
-        discard(&self.storage, checkpoint_id).await?;
+    /// Deletes the private files of a checkpoint this coordinator reserved and that has no metadata,
+    /// keeping the reservation marker (the id watermark, `docs/protocol.md`).
+    async fn discard_private_dir(&self, checkpoint_id: u64) -> Result<()> {
+        self.storage
+            .delete_dir_except(&checkpoint_dir(checkpoint_id), &[TRIGGER_MARKER])
+            .await
+    }
+
+    /// Deletes the files of `tasks`' handles that checkpoint `checkpoint_id` uploaded itself (`created_by`)
+    /// and that no checkpoint the store knows references, nor `accepted` (an acknowledgement of the same
+    /// task that stays).
+    async fn discard_own_uploads<'a>(
+        &self,
+        checkpoint_id: u64,
+        tasks: impl IntoIterator<Item = &'a TaskStateSnapshot>,
+        accepted: Option<&TaskStateSnapshot>,
+    ) -> Result<()> {
+        let referenced: HashSet<String> = self
+            .store
+            .referenced_paths()
+            .into_iter()
+            .map(str::to_string)
+            .chain(
+                accepted
+                    .and_then(|t| t.keyed_state.as_ref())
+                    .into_iter()
+                    .flat_map(|h| h.files.iter().map(|f| f.path.clone())),
+            )
+            .collect();
+        let mut first_error = None;
         for file in tasks
-            .iter()
+            .into_iter()
             .filter_map(|t| t.keyed_state.as_ref())
             .flat_map(|h| &h.files)
         {
-            if file.created_by == checkpoint_id && !self.store.references(&file.path) {
-                self.storage.delete(&file.path).await?;
+            if file.created_by == checkpoint_id
+                && !referenced.contains(&file.path)
+                && let Err(e) = self.storage.delete(&file.path).await
+            {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
-    /// Orphan sweep of `shared/`: lists it, then (after listing, so an upload that completes meanwhile is
-    /// seen as referenced or young) classifies every file; deletes only files that no retained or pinned
-    /// checkpoint references, that were already unreferenced at a sweep at least `min_age` before `now`, and
-    /// for which no checkpoint that was pending at that sweep is still pending (it could be uploading the
-    /// file: SlateDB #1758). Age counts from when a file was first seen unreferenced, not from when it was
-    /// written (SlateDB #204). `min_age` protects uploads this coordinator does not know of (another
-    /// coordinator's, or of a checkpoint not yet triggered here), so it should exceed the longest
-    /// checkpoint. A restarted coordinator starts with no candidates: its first sweep deletes nothing.
-    /// `now` comes from the caller (an injected clock in tests).
-    ///
-    /// # Errors
-    /// Storage errors while listing or deleting (files classified before the error stay candidates).
-    pub async fn sweep_orphans(&mut self, min_age: Duration, now: Instant) -> Result<SweepReport> {
-        let listed = self.storage.list_files(SHARED_DIR).await?;
-        let mut report = SweepReport {
-            listed: listed.len(),
-            ..SweepReport::default()
-        };
-        let mut doomed = Vec::new();
-        let mut candidates = HashMap::new();
-        for file in listed {
-            if self.store.references(&file.path) {
-                report.referenced += 1;
-                continue;
-            }
-            let (since, pending_then) = self
-                .orphan_candidates
-                .remove(&file.path)
-                .unwrap_or_else(|| (now, self.pending.keys().copied().collect()));
-            let old_enough = now.saturating_duration_since(since) >= min_age && since != now;
-            let uploader_gone = pending_then.iter().all(|id| !self.pending.contains_key(id));
-            if old_enough && uploader_gone {
-                doomed.push(file.path);
-            } else {
-                report.too_young += 1;
-                candidates.insert(file.path, (since, pending_then));
-            }
-        }
-        self.orphan_candidates = candidates;
-        for path in doomed {
-            tracing::info!(path = %path, "orphan sweep: deleting an unreferenced shared file");
-            self.storage.delete(&path).await?;
-            report.deleted.push(path);
-        }
-        Ok(report)
-    }
-
-    /// Stops the coordinator with the job: aborts pending checkpoints, then keeps or deletes completed ones.
+    /// Stops the coordinator with the job: aborts pending checkpoints, then keeps or deletes the job's
+    /// completed ones. With [`CancellationPolicy::DeleteOnCancellation`] the directories of the
+    /// checkpoints this coordinator aborted go too, reservations included (the job's life ends).
     ///
     /// # Errors
     /// Storage errors while deleting.
     pub async fn shutdown(mut self, policy: CancellationPolicy) -> Result<()> {
+        let mut first_error = None;
         for id in self.pending() {
-            self.abort(id).await?;
+            if let Err(e) = self.abort(id).await {
+                first_error.get_or_insert(e);
+            }
         }
-        self.store.shutdown(policy).await
+        if policy == CancellationPolicy::DeleteOnCancellation {
+            let reserved: Vec<u64> = self
+                .storage
+                .list_checkpoint_dirs()
+                .await?
+                .into_iter()
+                .filter(|id| self.outcomes.get(*id) == Some(Outcome::Aborted))
+                .collect();
+            for id in reserved {
+                if let Err(e) = self.storage.delete_dir(&checkpoint_dir(id)).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.store.shutdown(policy).await?;
+        first_error.map_or(Ok(()), Err)
     }
 }

@@ -71,6 +71,8 @@ impl HandleFormat {
 pub struct KeyedStateHandle {
     /// Identity of the backend instance that wrote it (stable across its checkpoints).
     pub backend_id: String,
+    /// Operator whose state this is; a restore accepts only handles of its own operator.
+    pub operator_id: String,
     /// Checkpoint this handle belongs to.
     pub checkpoint_id: u64,
     /// Max parallelism of the job (fixed for its life).
@@ -136,7 +138,11 @@ pub struct CheckpointMetadata {
 
 impl CheckpointMetadata {
     /// Encodes the metadata as the bytes of a `_metadata` file (`docs/formats.md`).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a string, blob or count exceeds the
+    /// format's `u32` lengths (an operator state blob over 4 GiB, say).
+    pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
         crate::format::metadata::encode(self)
     }
 
@@ -151,6 +157,22 @@ impl CheckpointMetadata {
     /// Every shared file the checkpoint references.
     pub fn shared_files(&self) -> impl Iterator<Item = &StateFile> {
         self.files().filter(|f| f.scope == FileScope::Shared)
+    }
+
+    /// The acknowledgement of task `(operator_id, subtask_index)`, if it is part of the checkpoint.
+    pub fn task(&self, operator_id: &str, subtask_index: u32) -> Option<&TaskStateSnapshot> {
+        self.tasks
+            .iter()
+            .find(|t| t.operator_id == operator_id && t.subtask_index == subtask_index)
+    }
+
+    /// The keyed state handles of `operator_id`.
+    pub fn keyed_handles(&self, operator_id: &str) -> Vec<KeyedStateHandle> {
+        self.tasks
+            .iter()
+            .filter(|t| t.operator_id == operator_id)
+            .filter_map(|t| t.keyed_state.clone())
+            .collect()
     }
 
     /// Every file the checkpoint references.

@@ -1,6 +1,11 @@
-//! The checkpoint lifecycle: handles, the coordinator and the completed-checkpoint store.
+//! The checkpoint lifecycle: handles, the coordinator, the completed-checkpoint store, the orphan sweep
+//! and the validation of handle sets (`docs/protocol.md`).
 
 pub(crate) mod coordinator;
 pub(crate) mod handle;
+pub(crate) mod pending;
 pub(crate) mod registry;
 pub(crate) mod store;
+mod store_types;
+pub(crate) mod sweep;
+pub(crate) mod validate;

@@ -17,7 +17,8 @@ pub struct SharedFileEntry {
     pub last_used: u64,
     /// Size in bytes.
     pub size_bytes: u64,
-    /// Referenced by a pinned checkpoint (restored in NO_CLAIM mode): never deleted.
+    /// Referenced by a checkpoint the job must never delete: pinned (restored in NO_CLAIM mode) or foreign
+    /// (found in storage, written by another coordinator). Never deleted.
     pub pinned: bool,
 }
 
@@ -28,7 +29,8 @@ pub struct SharedFileRegistry {
 }
 
 impl SharedFileRegistry {
-    /// Recomputes the registry from the retained checkpoints and the pinned ones.
+    /// Recomputes the registry from the retained checkpoints and the protected ones (pinned or foreign:
+    /// their files are never deleted).
     pub fn rebuild<'a>(
         retained: impl IntoIterator<Item = &'a CheckpointMetadata>,
         pinned: impl IntoIterator<Item = &'a CheckpointMetadata>,
@@ -78,19 +80,20 @@ impl SharedFileRegistry {
             .collect()
     }
 
-    /// Removes and returns the files no retained checkpoint uses: `last_used` below `lowest_retained`
-    /// (the lowest retained checkpoint id), unless pinned. The caller deletes them from storage.
-    pub fn unregister_unused(&mut self, lowest_retained: u64) -> Vec<String> {
-        let unused: Vec<String> = self
-            .files
+    /// The files no retained checkpoint uses: `last_used` below `lowest_retained` (the lowest retained
+    /// checkpoint id), unless pinned. The caller deletes each and then calls
+    /// [`SharedFileRegistry::unregister`]: a file leaves the registry only once its delete succeeded.
+    pub fn unused(&self, lowest_retained: u64) -> Vec<String> {
+        self.files
             .iter()
             .filter(|(_, e)| e.last_used < lowest_retained && !e.pinned)
             .map(|(path, _)| path.clone())
-            .collect();
-        for path in &unused {
-            self.files.remove(path);
-        }
-        unused
+            .collect()
+    }
+
+    /// Removes `path` (its delete from storage succeeded).
+    pub fn unregister(&mut self, path: &str) {
+        self.files.remove(path);
     }
 
     /// The entry of `path`, if registered.
@@ -101,6 +104,11 @@ impl SharedFileRegistry {
     /// Whether `path` is referenced by a retained or pinned checkpoint.
     pub fn contains(&self, path: &str) -> bool {
         self.files.contains_key(path)
+    }
+
+    /// Paths of all registered files, in order.
+    pub(crate) fn iter_paths(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
     }
 
     /// Paths of all registered files.
@@ -142,6 +150,7 @@ mod tests {
                 subtask_index: 0,
                 keyed_state: Some(KeyedStateHandle {
                     backend_id: "b".into(),
+                    operator_id: "op".into(),
                     checkpoint_id: id,
                     max_parallelism: 8,
                     key_groups: KeyGroupRange::all(8).unwrap(),
@@ -168,8 +177,13 @@ mod tests {
         let mut r = SharedFileRegistry::default();
         r.register(&checkpoint(1, &[("a", 1), ("b", 1)]));
         r.register(&checkpoint(2, &[("a", 1), ("c", 2)]));
-        assert_eq!(r.unregister_unused(2), vec!["b".to_string()]);
-        assert!(r.contains("a") && r.contains("c"));
+        assert_eq!(r.unused(2), vec!["b".to_string()]);
+        assert!(
+            r.contains("b"),
+            "unused files stay registered until their delete succeeded"
+        );
+        r.unregister("b");
+        assert!(r.contains("a") && r.contains("c") && !r.contains("b"));
         assert_eq!(r.get("a").unwrap().last_used, 2);
         assert_eq!(r.get("a").unwrap().created_by, 1);
         assert_eq!(r.total_bytes(), 20);
@@ -179,8 +193,8 @@ mod tests {
     fn pinned_files_survive_and_missing_reuse_is_reported() {
         let pinned = checkpoint(1, &[("a", 1)]);
         let retained = checkpoint(3, &[("c", 3)]);
-        let mut r = SharedFileRegistry::rebuild([&retained], [&pinned]);
-        assert!(r.unregister_unused(3).is_empty());
+        let r = SharedFileRegistry::rebuild([&retained], [&pinned]);
+        assert!(r.unused(3).is_empty());
         let reuses_gone = checkpoint(4, &[("b", 2), ("c", 3), ("d", 4)]);
         assert_eq!(r.missing_reused_files(&reuses_gone), vec!["b"]);
     }

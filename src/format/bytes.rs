@@ -14,9 +14,31 @@ pub(crate) trait PutExt {
     /// `u32` length, then the bytes.
     fn put_bytes(&mut self, v: &[u8]);
     /// `u32` length, then the UTF-8 bytes.
+    #[cfg_attr(
+        not(feature = "rocksdb"),
+        allow(dead_code, reason = "used by the LSM backend")
+    )]
     fn put_str(&mut self, v: &str);
     /// Writes a `u32` length placeholder, lets `f` append, then patches the length in.
     fn put_len_prefixed(&mut self, f: impl FnOnce(&mut Vec<u8>));
+    /// `u32` length, then the bytes; [`Error::InvalidArgument`] naming `what` if longer than `u32::MAX`
+    /// (never a silent truncation).
+    fn try_put_bytes(&mut self, v: &[u8], what: &str) -> Result<()>;
+    /// `u32` count of `n` items; [`Error::InvalidArgument`] naming `what` above `u32::MAX`.
+    fn try_put_count(&mut self, n: usize, what: &str) -> Result<()>;
+}
+
+/// `n` as a `u32` length or count of a format field.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `what` if `n` exceeds `u32::MAX`.
+pub(crate) fn u32_len(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{what} of {n} exceeds the format's limit of {} (u32)",
+            u32::MAX
+        ))
+    })
 }
 
 impl PutExt for Vec<u8> {
@@ -50,8 +72,19 @@ impl PutExt for Vec<u8> {
         let at = self.len();
         self.extend_from_slice(&[0; 4]);
         f(self);
-        let len = (self.len() - at - 4) as u32;
+        // Over 4 GiB saturates (never wraps to a small, plausible length); such a record exceeds the
+        // 1 GiB frame limit, which the keyed file writer then reports.
+        let len = u32::try_from(self.len() - at - 4).unwrap_or(u32::MAX);
         self[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    fn try_put_bytes(&mut self, v: &[u8], what: &str) -> Result<()> {
+        self.put_u32(u32_len(v.len(), what)?);
+        self.extend_from_slice(v);
+        Ok(())
+    }
+    fn try_put_count(&mut self, n: usize, what: &str) -> Result<()> {
+        self.put_u32(u32_len(n, what)?);
+        Ok(())
     }
 }
 

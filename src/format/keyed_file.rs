@@ -18,7 +18,7 @@ pub(crate) const FOOTER_LEN: usize = 32;
 /// Size of the fixed part of the header (magic, version, body length).
 const HEADER_PREFIX_LEN: usize = 14;
 /// Frames never claim more than this many uncompressed bytes (1 GiB).
-const MAX_FRAME_RAW_LEN: u32 = 1 << 30;
+pub(crate) const MAX_FRAME_RAW_LEN: u32 = 1 << 30;
 
 const CODEC_NONE: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
@@ -77,7 +77,7 @@ impl KeyedFileWriter {
     /// Starts a file with `header`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if the zstd level is rejected.
+    /// [`Error::InvalidArgument`] if the zstd level is rejected or a header string is over 4 GiB.
     pub(crate) fn new(header: &FileHeader, options: WriterOptions) -> Result<Self> {
         let compressor = options
             .zstd_level
@@ -86,30 +86,33 @@ impl KeyedFileWriter {
                     .map_err(|e| Error::InvalidArgument(format!("zstd level {level}: {e}")))
             })
             .transpose()?;
-        let mut out = Vec::with_capacity(options.frame_bytes);
+        // The writer is only ever given validated settings, but a frame size above the format's limit must
+        // not turn into an allocation failure: capacities are capped by the limit.
+        let frame_capacity = options.frame_bytes.min(MAX_FRAME_RAW_LEN as usize);
+        let mut out = Vec::with_capacity(frame_capacity);
         out.extend_from_slice(MAGIC);
         out.put_u16(VERSION);
         let mut body = Vec::new();
         body.put_u32(header.max_parallelism);
         body.put_u32(header.key_groups.start());
         body.put_u32(header.key_groups.len());
-        body.put_u32(header.states.len() as u32);
+        body.try_put_count(header.states.len(), "state count")?;
         for s in &header.states {
-            body.put_str(&s.name);
+            body.try_put_bytes(s.name.as_bytes(), "state name")?;
             body.put_u8(s.kind.tag());
-            body.put_str(&s.key_codec);
-            body.put_str(&s.namespace_codec);
-            body.put_str(&s.value_codec);
-            body.put_str(&s.user_key_codec);
+            body.try_put_bytes(s.key_codec.as_bytes(), "key codec")?;
+            body.try_put_bytes(s.namespace_codec.as_bytes(), "namespace codec")?;
+            body.try_put_bytes(s.value_codec.as_bytes(), "value codec")?;
+            body.try_put_bytes(s.user_key_codec.as_bytes(), "user key codec")?;
         }
-        out.put_u32(body.len() as u32);
+        out.try_put_count(body.len(), "header length")?;
         out.extend_from_slice(&body);
         out.put_u32(crc32fast::hash(&body));
         Ok(KeyedFileWriter {
             out,
             flushed: 0,
             crc: crc32fast::Hasher::new(),
-            frame: Vec::with_capacity(options.frame_bytes + options.frame_bytes / 4),
+            frame: Vec::with_capacity(frame_capacity + frame_capacity / 4),
             index: Vec::new(),
             group: None,
             options,

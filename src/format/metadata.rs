@@ -10,11 +10,15 @@ use crate::keyed::key_group::KeyGroupRange;
 
 /// First 8 bytes of a metadata file.
 pub(crate) const MAGIC: &[u8; 8] = b"SBCHKMD\x01";
-/// Current format version. Version 2 added each file's local name; version 1 files are still read.
-pub(crate) const VERSION: u16 = 2;
+/// Current format version. Version 3 added each handle's operator id, version 2 each file's local name;
+/// versions 1 and 2 are still read.
+pub(crate) const VERSION: u16 = 3;
 
 /// Encodes `meta` into the bytes of a `_metadata` file.
-pub(crate) fn encode(meta: &CheckpointMetadata) -> Vec<u8> {
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if a string, blob or count does not fit its `u32` length field.
+pub(crate) fn encode(meta: &CheckpointMetadata) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     body.put_u64(meta.checkpoint_id);
     body.put_u64(meta.timestamp_ms);
@@ -22,41 +26,42 @@ pub(crate) fn encode(meta: &CheckpointMetadata) -> Vec<u8> {
         SnapshotKind::Checkpoint => 0,
         SnapshotKind::Savepoint => 1,
     });
-    body.put_u32(meta.tasks.len() as u32);
+    body.try_put_count(meta.tasks.len(), "task count")?;
     for t in &meta.tasks {
-        body.put_str(&t.operator_id);
+        body.try_put_bytes(t.operator_id.as_bytes(), "operator id")?;
         body.put_u32(t.subtask_index);
         match &t.keyed_state {
             None => body.put_u8(0),
             Some(h) => {
                 body.put_u8(1);
-                encode_handle(h, &mut body);
+                encode_handle(h, &mut body)?;
             }
         }
-        body.put_u32(t.operator_state.len() as u32);
+        body.try_put_count(t.operator_state.len(), "operator state count")?;
         for (name, value) in &t.operator_state {
-            body.put_str(name);
-            body.put_bytes(value);
+            body.try_put_bytes(name.as_bytes(), "operator state name")?;
+            body.try_put_bytes(value, "operator state value")?;
         }
     }
     let mut out = Vec::with_capacity(body.len() + 18);
     out.extend_from_slice(MAGIC);
     out.put_u16(VERSION);
-    out.put_bytes(&body);
+    out.try_put_bytes(&body, "metadata body")?;
     out.put_u32(crc32fast::hash(&body));
-    out
+    Ok(out)
 }
 
-fn encode_handle(h: &KeyedStateHandle, out: &mut Vec<u8>) {
-    out.put_str(&h.backend_id);
+fn encode_handle(h: &KeyedStateHandle, out: &mut Vec<u8>) -> Result<()> {
+    out.try_put_bytes(h.backend_id.as_bytes(), "backend id")?;
+    out.try_put_bytes(h.operator_id.as_bytes(), "handle operator id")?;
     out.put_u64(h.checkpoint_id);
     out.put_u32(h.max_parallelism);
     out.put_u32(h.key_groups.start());
     out.put_u32(h.key_groups.len());
     out.put_u8(h.format.tag());
-    out.put_u32(h.files.len() as u32);
+    out.try_put_count(h.files.len(), "file count")?;
     for f in &h.files {
-        out.put_str(&f.path);
+        out.try_put_bytes(f.path.as_bytes(), "file path")?;
         out.put_u8(match f.scope {
             FileScope::Private => 0,
             FileScope::Shared => 1,
@@ -64,8 +69,9 @@ fn encode_handle(h: &KeyedStateHandle, out: &mut Vec<u8>) {
         out.put_u64(f.size_bytes);
         out.put_u32(f.crc32);
         out.put_u64(f.created_by);
-        out.put_str(&f.local_name);
+        out.try_put_bytes(f.local_name.as_bytes(), "file local name")?;
     }
+    Ok(())
 }
 
 /// Decodes a `_metadata` file read from `path`.
@@ -81,10 +87,12 @@ pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
         ));
     }
     let version = d.u16("version")?;
-    if version != VERSION && version != 1 {
+    if !(1..=VERSION).contains(&version) {
         return Err(Error::corrupt(
             path,
-            format!("unsupported metadata version {version}, this build reads {VERSION}"),
+            format!(
+                "unsupported metadata version {version} (written by a newer release?), this build reads 1 to {VERSION}"
+            ),
         ));
     }
     let body = d.bytes("metadata body")?;
@@ -108,7 +116,7 @@ pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
         let subtask_index = d.u32("subtask index")?;
         let keyed_state = match d.u8("keyed state flag")? {
             0 => None,
-            1 => Some(decode_handle(&mut d, version)?),
+            1 => Some(decode_handle(&mut d, version, &operator_id)?),
             other => return Err(d.error(format!("bad keyed state flag {other}"))),
         };
         let m = d.count("operator state count", 8)?;
@@ -133,8 +141,18 @@ pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
     })
 }
 
-fn decode_handle(d: &mut Decoder<'_>, version: u16) -> Result<KeyedStateHandle> {
+/// Decodes a handle; before version 3 a handle had no operator id of its own and takes its task's.
+fn decode_handle(
+    d: &mut Decoder<'_>,
+    version: u16,
+    task_operator_id: &str,
+) -> Result<KeyedStateHandle> {
     let backend_id = d.str("backend id")?.to_string();
+    let operator_id = if version >= 3 {
+        d.str("handle operator id")?.to_string()
+    } else {
+        task_operator_id.to_string()
+    };
     let checkpoint_id = d.u64("handle checkpoint id")?;
     let max_parallelism = d.u32("max parallelism")?;
     let start = d.u32("key-group start")?;
@@ -174,6 +192,7 @@ fn decode_handle(d: &mut Decoder<'_>, version: u16) -> Result<KeyedStateHandle> 
     }
     Ok(KeyedStateHandle {
         backend_id,
+        operator_id,
         checkpoint_id,
         max_parallelism,
         key_groups,
@@ -196,6 +215,7 @@ mod tests {
                 subtask_index: 1,
                 keyed_state: Some(KeyedStateHandle {
                     backend_id: "b-1".into(),
+                    operator_id: "counter".into(),
                     checkpoint_id: 7,
                     max_parallelism: 128,
                     key_groups: KeyGroupRange::new(64, 127).unwrap(),
@@ -217,7 +237,7 @@ mod tests {
     #[test]
     fn round_trip_and_every_corruption_is_caught() {
         let meta = sample();
-        let bytes = encode(&meta);
+        let bytes = encode(&meta).unwrap();
         assert_eq!(decode(&bytes, "m").unwrap(), meta);
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();

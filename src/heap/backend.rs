@@ -36,7 +36,7 @@ pub struct HeapBackendConfig {
     pub key_groups: KeyGroupRange,
     /// zstd level of snapshot frames; `None` stores them uncompressed. Default `Some(1)`.
     pub zstd_level: Option<i32>,
-    /// Uncompressed bytes per snapshot frame. Default 1 MiB.
+    /// Uncompressed bytes per snapshot frame, 1 to 2^30 (the format's frame limit). Default 1 MiB.
     pub frame_bytes: usize,
 }
 
@@ -65,10 +65,12 @@ impl HeapBackendConfig {
 
     fn validate(&self) -> Result<()> {
         validate_subtask(&self.operator_id, self.max_parallelism, self.key_groups)?;
-        if self.frame_bytes == 0 {
-            return Err(Error::InvalidArgument(
-                "frame_bytes must be positive".into(),
-            ));
+        let limit = crate::format::keyed_file::MAX_FRAME_RAW_LEN as usize;
+        if self.frame_bytes == 0 || self.frame_bytes > limit {
+            return Err(Error::InvalidArgument(format!(
+                "frame_bytes {} is not within [1, {limit}]",
+                self.frame_bytes
+            )));
         }
         Ok(())
     }
@@ -121,6 +123,10 @@ pub struct HeapKeyedStateBackend<K> {
     current: Option<CurrentKey<K>>,
     key_buf: Vec<u8>,
     last_completed_checkpoint: Option<u64>,
+    /// Checkpoints this backend snapshotted that were neither confirmed nor aborted yet.
+    pub(crate) unconfirmed: std::collections::BTreeSet<u64>,
+    /// The highest id snapshotted or restored from: a snapshot id must exceed it.
+    pub(crate) last_snapshot_id: Option<u64>,
 }
 
 fn no_current_key() -> Error {
@@ -134,14 +140,11 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// [`Error::InvalidArgument`] if `config` is invalid.
     pub fn new(config: HeapBackendConfig) -> Result<Self> {
         config.validate()?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         let backend_id = format!(
             "{}-{}-{:016x}",
             config.operator_id,
             config.subtask_index,
-            crate::heap::table::fmix64(nanos ^ u64::from(std::process::id()))
+            crate::clock::random_u64()
         );
         Ok(HeapKeyedStateBackend {
             config,
@@ -151,6 +154,8 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             current: None,
             key_buf: Vec::with_capacity(64),
             last_completed_checkpoint: None,
+            unconfirmed: std::collections::BTreeSet::new(),
+            last_snapshot_id: None,
         })
     }
 
@@ -318,7 +323,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         d: &MapStateDescriptor<N, UK, V>,
     ) -> Result<MapState<N, UK, V>> {
         let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
-        meta.user_key_codec = UK::ID.to_string();
+        meta.user_key_codec = UK::codec_id();
         Ok(MapState::new(
             self.register::<N, MapCell<UK, V>>(meta, map_serde())?,
         ))
@@ -529,6 +534,15 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
+        check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
+        self.last_snapshot_id = Some(checkpoint_id);
+        self.unconfirmed.insert(checkpoint_id);
+        // Bounded: snapshots never confirmed (lost notifications) are forgotten oldest first; a late
+        // confirmation of one is then ignored, which for a heap backend only leaves the figure
+        // `last_completed_checkpoint` lower.
+        while self.unconfirmed.len() > MAX_UNCONFIRMED {
+            self.unconfirmed.pop_first();
+        }
         let job = SnapshotJob {
             checkpoint_id,
             states: self.tables.iter().map(|t| t.meta().clone()).collect(),
@@ -545,15 +559,39 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
-        self.last_completed_checkpoint = Some(
-            self.last_completed_checkpoint
-                .map_or(checkpoint_id, |c| c.max(checkpoint_id)),
-        );
+        // A hint: only a snapshot of this backend that was not aborted can be confirmed.
+        if !self.unconfirmed.contains(&checkpoint_id) {
+            tracing::debug!(
+                checkpoint_id,
+                "heap backend: completion of a checkpoint it has no unconfirmed snapshot of, ignored"
+            );
+            return;
+        }
+        self.unconfirmed.retain(|id| *id > checkpoint_id);
+        self.last_completed_checkpoint = Some(checkpoint_id);
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
         // Heap snapshots are full and private: an aborted one leaves nothing behind in the backend.
+        self.unconfirmed.remove(&checkpoint_id);
         tracing::debug!(checkpoint_id, "heap backend: checkpoint aborted");
+    }
+}
+
+/// Snapshots a heap backend remembers as unconfirmed.
+const MAX_UNCONFIRMED: usize = 64;
+
+/// A snapshot id must exceed every id the backend snapshotted or was restored from (ids never repeat;
+/// a repeated id would make two snapshots answer to one checkpoint).
+///
+/// # Errors
+/// [`Error::IllegalState`] naming both ids.
+pub(crate) fn check_snapshot_id(checkpoint_id: u64, last: Option<u64>) -> Result<()> {
+    match last {
+        Some(last) if checkpoint_id <= last => Err(Error::IllegalState(format!(
+            "snapshot for checkpoint {checkpoint_id} refused: this backend already snapshotted or was              restored from checkpoint {last}, and ids never repeat"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::format::keyed_file::{self, FOOTER_LEN, FileHeader, HEADER_PREFIX};
 use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
 use crate::heap::table::RawTable;
 use crate::keyed::backend::{StateId, StateKey};
-use crate::keyed::key_group::{KeyGroupRange, assign_to_key_group};
+use crate::keyed::key_group::{KeyGroupRange, key_group_for_hash, stable_key_hash};
 use crate::storage::{CheckpointStorage, RangeSource};
 
 /// The key groups of one file that a restore needs, decoded to raw record bytes.
@@ -22,15 +22,18 @@ struct LoadedFile {
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// A backend for `config` holding the state of the key groups it owns from `handles` (the keyed state
-    /// handles of all subtasks of the operator in one checkpoint). Files are read in parallel; only the
-    /// owned key groups are read (ranged reads on remote storage).
+    /// handles of all subtasks of the operator in one checkpoint, or those overlapping the owned range).
+    /// Files are read in parallel; a file whose key groups are all owned is read whole and its CRC32
+    /// checked, otherwise (a rescale) only the owned key groups are read (ranged reads on remote storage,
+    /// each frame checked by its CRC32).
     ///
     /// Restored states are registered on first use by a descriptor with the same name, kind and codecs;
-    /// states never registered are carried into the next snapshot unchanged.
+    /// states never registered are carried into the next snapshot unchanged. The backend then refuses
+    /// snapshot ids up to the restored checkpoint's.
     ///
     /// # Errors
-    /// - [`Error::InvalidArgument`] if a handle's max parallelism differs from `config`'s (it is fixed for
-    ///   the job's life).
+    /// - [`Error::InvalidArgument`] if the handles are not one checkpoint's state of this operator with
+    ///   this max parallelism covering the owned key groups once (see `docs/protocol.md`).
     /// - [`Error::NotFound`] naming the missing file; [`Error::Corrupt`] naming a corrupt or truncated file.
     pub async fn restore(
         config: HeapBackendConfig,
@@ -39,18 +42,14 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     ) -> Result<Self> {
         let mut backend = HeapKeyedStateBackend::new(config)?;
         let range = backend.config.key_groups;
-        for h in handles {
-            if h.max_parallelism != backend.config.max_parallelism {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshot of backend {} has max parallelism {}, this backend {}: max parallelism is fixed for a job's life",
-                    h.backend_id, h.max_parallelism, backend.config.max_parallelism
-                )));
-            }
-        }
-        let relevant = handles
-            .iter()
-            .filter(|h| !h.key_groups.intersection(&range).is_empty());
-        let loads = relevant.map(|h| load_handle(storage, h, range));
+        let relevant = crate::checkpoint::validate::restore_handles(
+            &backend.config.operator_id,
+            backend.config.max_parallelism,
+            range,
+            handles,
+        )?;
+        backend.last_snapshot_id = handles.first().map(|h| h.checkpoint_id);
+        let loads = relevant.into_iter().map(|h| load_handle(storage, h, range));
         let loaded = futures::future::try_join_all(loads).await?;
 
         let mut raw: Vec<(crate::keyed::descriptor::StateMeta, Vec<Vec<u8>>, usize)> = Vec::new();
@@ -82,7 +81,8 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                     let slot = *slots.get(r.state as usize).ok_or_else(|| {
                         Error::corrupt(&file.path, format!("record of unknown state {}", r.state))
                     })?;
-                    let actual = assign_to_key_group(r.key, file.header.max_parallelism);
+                    let actual =
+                        key_group_for_hash(stable_key_hash(r.key), file.header.max_parallelism);
                     if actual != *key_group {
                         return Err(Error::corrupt(
                             &file.path,
@@ -133,7 +133,16 @@ async fn load_handle(
             handle.files.len()
         )));
     };
-    let source = storage.open(&file.path).await?;
+    // A file this restore needs whole is read whole, so that its CRC32 is checked on every store.
+    let whole = handle.key_groups.intersection(&range) == handle.key_groups;
+    let source = if whole {
+        RangeSource::Bytes {
+            bytes: storage.read(&file.path).await?,
+            path: storage.path(&file.path),
+        }
+    } else {
+        storage.open(&file.path).await?
+    };
     let path = source.path().to_string();
     if source.len() != file.size_bytes {
         return Err(Error::corrupt(

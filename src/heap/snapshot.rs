@@ -26,13 +26,16 @@ pub(crate) struct SnapshotJob {
     pub(crate) backend_id: String,
 }
 
-/// Object-store path (relative to the job root) of a heap snapshot file.
+/// Object-store path (relative to the job root) of a heap snapshot file:
+/// `chk-<n>/<operator>-<subtask>-<16 hex random>.keyed`, a name no other writer produces (a second
+/// snapshot under the same id, another coordinator's task), so no write can replace another's file.
 pub(crate) fn snapshot_file_name(config: &HeapBackendConfig, checkpoint_id: u64) -> String {
     format!(
-        "{}/{}-{}.keyed",
+        "{}/{}-{}-{:016x}.keyed",
         checkpoint_dir(checkpoint_id),
         config.operator_id,
-        config.subtask_index
+        config.subtask_index,
+        crate::clock::random_u64()
     )
 }
 
@@ -72,9 +75,14 @@ impl SnapshotJob {
                 return Err(e);
             }
         };
-        file.finish().await?;
+        if let Err(e) = file.finish().await {
+            // The upload may have completed before the error: nothing of a failed snapshot stays.
+            let _ = storage.delete(&relative).await;
+            return Err(e);
+        }
         let handle = KeyedStateHandle {
             backend_id,
+            operator_id: config.operator_id.clone(),
             checkpoint_id,
             max_parallelism: config.max_parallelism,
             key_groups: config.key_groups,

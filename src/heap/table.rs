@@ -65,7 +65,8 @@ pub(crate) fn value_serde<V: Codec>() -> ValueSerde<V> {
 pub(crate) fn list_serde<V: Codec>() -> ValueSerde<ListCell<V>> {
     ValueSerde {
         encode: |list, out| {
-            out.put_u32(list.len() as u32);
+            // Saturates: such a list is far over the 1 GiB frame limit, which the writer reports.
+            out.put_u32(u32::try_from(list.len()).unwrap_or(u32::MAX));
             for v in list.iter() {
                 out.put_len_prefixed(|b| v.encode(b));
             }
@@ -87,7 +88,8 @@ pub(crate) fn list_serde<V: Codec>() -> ValueSerde<ListCell<V>> {
 pub(crate) fn map_serde<UK: StateKey, V: Codec>() -> ValueSerde<MapCell<UK, V>> {
     ValueSerde {
         encode: |map, out| {
-            out.put_u32(map.len() as u32);
+            // Saturates: such a map is far over the 1 GiB frame limit, which the writer reports.
+            out.put_u32(u32::try_from(map.len()).unwrap_or(u32::MAX));
             for (k, v) in map.iter() {
                 out.put_len_prefixed(|b| k.encode(b));
                 out.put_len_prefixed(|b| v.encode(b));

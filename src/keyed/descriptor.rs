@@ -57,13 +57,13 @@ pub struct StateMeta {
     pub name: String,
     /// Kind of the state.
     pub kind: StateKind,
-    /// [`Codec::ID`] of the key type.
+    /// [`Codec::codec_id`] of the key type.
     pub key_codec: String,
-    /// [`Codec::ID`] of the namespace type.
+    /// [`Codec::codec_id`] of the namespace type.
     pub namespace_codec: String,
-    /// [`Codec::ID`] of the value (for aggregating state: the accumulator; for list: the element).
+    /// [`Codec::codec_id`] of the value (for aggregating state: the accumulator; for list: the element).
     pub value_codec: String,
-    /// [`Codec::ID`] of the map's user key; empty for other kinds.
+    /// [`Codec::codec_id`] of the map's user key; empty for other kinds.
     pub user_key_codec: String,
 }
 
@@ -72,9 +72,9 @@ impl StateMeta {
         StateMeta {
             name: name.to_string(),
             kind,
-            key_codec: K::ID.to_string(),
-            namespace_codec: N::ID.to_string(),
-            value_codec: V::ID.to_string(),
+            key_codec: K::codec_id(),
+            namespace_codec: N::codec_id(),
+            value_codec: V::codec_id(),
             user_key_codec: String::new(),
         }
     }

@@ -207,10 +207,14 @@ fn outside_range(key_group: u32, range: KeyGroupRange) -> Error {
 
 /// Key group of a key: `xxh3_64(key_bytes) % max_parallelism`.
 ///
-/// # Panics
-/// If `max_parallelism` is 0.
-pub fn assign_to_key_group(key_bytes: &[u8], max_parallelism: u32) -> u32 {
-    key_group_for_hash(stable_key_hash(key_bytes), max_parallelism)
+/// # Errors
+/// [`Error::InvalidArgument`] if `max_parallelism` is not within `[1, 2^15]`.
+pub fn assign_to_key_group(key_bytes: &[u8], max_parallelism: u32) -> Result<u32> {
+    check_max_parallelism(max_parallelism)?;
+    Ok(key_group_for_hash(
+        stable_key_hash(key_bytes),
+        max_parallelism,
+    ))
 }
 
 /// Key groups owned by subtask `operator_index` of `parallelism`:
@@ -243,18 +247,37 @@ pub fn key_group_range_for_operator(
 
 /// Subtask that owns `key_group` at `parallelism`: `kg * p / maxP`, as Flink's
 /// `computeOperatorIndexForKeyGroup`.
-pub fn operator_index_for_key_group(max_parallelism: u32, parallelism: u32, key_group: u32) -> u32 {
-    (u64::from(key_group) * u64::from(parallelism) / u64::from(max_parallelism)) as u32
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if `max_parallelism` is not within `[1, 2^15]`, `parallelism` is 0 or
+/// above it, or `key_group` is not below it.
+pub fn operator_index_for_key_group(
+    max_parallelism: u32,
+    parallelism: u32,
+    key_group: u32,
+) -> Result<u32> {
+    check_max_parallelism(max_parallelism)?;
+    if parallelism == 0 || parallelism > max_parallelism || key_group >= max_parallelism {
+        return Err(Error::InvalidArgument(format!(
+            "key group {key_group} at parallelism {parallelism} does not fit max parallelism \
+             {max_parallelism}"
+        )));
+    }
+    // Below `parallelism`, since `key_group < max_parallelism`.
+    Ok((u64::from(key_group) * u64::from(parallelism) / u64::from(max_parallelism)) as u32)
 }
 
 /// Default max parallelism for a job of `parallelism`: `min(max(next_pow2(p + p/2), 128), 32768)`, as
 /// Flink's `computeDefaultMaxParallelism`.
+///
+/// Total: a parallelism above `2^15` (more than any job can have) gives the upper bound, `2^15`.
 pub fn default_max_parallelism(parallelism: u32) -> u32 {
-    let wanted = (parallelism + parallelism / 2).max(1).next_power_of_two();
+    let p = u64::from(parallelism);
+    let wanted = (p + p / 2).max(1).next_power_of_two();
     wanted.clamp(
-        DEFAULT_LOWER_BOUND_MAX_PARALLELISM,
-        UPPER_BOUND_MAX_PARALLELISM,
-    )
+        u64::from(DEFAULT_LOWER_BOUND_MAX_PARALLELISM),
+        u64::from(UPPER_BOUND_MAX_PARALLELISM),
+    ) as u32
 }
 
 #[cfg(test)]
@@ -270,7 +293,7 @@ mod tests {
                     let r = key_group_range_for_operator(max_p, p, i).unwrap();
                     assert_eq!(r.start(), next);
                     for kg in r.iter() {
-                        assert_eq!(operator_index_for_key_group(max_p, p, kg), i);
+                        assert_eq!(operator_index_for_key_group(max_p, p, kg).unwrap(), i);
                     }
                     next = r.start() + r.len();
                 }
@@ -297,7 +320,7 @@ mod tests {
         // Pinned values: if these change, every existing snapshot would restore into the wrong groups.
         assert_eq!(stable_key_hash(b""), 0x2d06800538d394c2);
         assert_eq!(
-            assign_to_key_group(b"hello", 128),
+            assign_to_key_group(b"hello", 128).unwrap(),
             (stable_key_hash(b"hello") % 128) as u32
         );
     }

@@ -21,8 +21,14 @@ use crate::lsm::keys::{
     split_list, split_row_key,
 };
 use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
-use crate::lsm::snapshot::{SnapshotTarget, UploadJob};
+use crate::lsm::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
 use crate::storage::CheckpointStorage;
+
+/// Aborted checkpoints in a row that reused the diff base after which the backend rebases.
+const REBASE_AFTER_ABORTS: u32 = 3;
+
+/// Unresolved checkpoints an LSM backend remembers.
+const MAX_PENDING_UPLOADS: usize = 64;
 
 /// Converts a RocksDB error.
 pub(crate) fn db_error(what: impl std::fmt::Display, e: rocksdb::Error) -> Error {
@@ -46,6 +52,8 @@ struct CurrentKey<K> {
 pub(crate) struct PendingUpload {
     pub(crate) aborted: bool,
     pub(crate) shared: Option<HashMap<String, StateFile>>,
+    /// Whether the upload reused files of the diff base (set when it finished).
+    pub(crate) reused_base: bool,
 }
 
 /// Checkpoints whose asynchronous phase ran or runs, not yet confirmed or aborted. Shared with the
@@ -75,15 +83,51 @@ pub struct LsmKeyedStateBackend<K> {
     pub(crate) pending: PendingUploads,
     pub(crate) base: Option<DiffBase>,
     last_completed_checkpoint: Option<u64>,
+    /// The highest id snapshotted or restored from: a snapshot id must exceed it.
+    pub(crate) last_snapshot_id: Option<u64>,
+    /// Finished uploads that reused the base and were aborted since the last confirmed checkpoint.
+    aborts_reusing_base: u32,
     /// Declared last: fields drop in order, so the DB is closed before its directory is removed.
-    _local_dir: LocalDirGuard,
+    pub(crate) instance: InstanceDir,
 }
 
-/// Removes the backend's local working directory when the backend is dropped (as Flink disposes a RocksDB
-/// instance directory): local state is disposable, checkpoints are what lasts.
-struct LocalDirGuard(std::path::PathBuf);
+/// The backend's own working directory inside `LsmBackendConfig::local_dir`, created new and removed when
+/// the backend is dropped (as Flink disposes a RocksDB instance directory): local state is disposable,
+/// checkpoints are what lasts. Nothing else in `local_dir` is ever touched.
+pub(crate) struct InstanceDir(std::path::PathBuf);
 
-impl Drop for LocalDirGuard {
+impl InstanceDir {
+    /// Creates `<local_dir>/<operator>-<subtask>-<random>`; a name that exists already is never reused.
+    pub(crate) fn create(config: &LsmBackendConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.local_dir)
+            .map_err(|e| Error::local(config.local_dir.display(), e))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-{}-", config.operator_id, config.subtask_index))
+            .rand_bytes(12)
+            .tempdir_in(&config.local_dir)
+            .map_err(|e| Error::local(config.local_dir.display(), e))?
+            .keep();
+        Ok(InstanceDir(dir))
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The DB's directory.
+    pub(crate) fn db(&self) -> std::path::PathBuf {
+        self.0.join("db")
+    }
+
+    /// Where the native checkpoint of `checkpoint_id` is taken.
+    pub(crate) fn checkpoint(&self, checkpoint_id: u64) -> std::path::PathBuf {
+        self.0
+            .join("checkpoints")
+            .join(format!("chk-{checkpoint_id}"))
+    }
+}
+
+impl Drop for InstanceDir {
     fn drop(&mut self) {
         if let Err(e) = remove_dir_if_exists(&self.0) {
             tracing::warn!(dir = %self.0.display(), error = %e, "could not remove the local state directory");
@@ -100,32 +144,35 @@ fn wrong_state(id: StateId) -> Error {
 }
 
 pub(crate) fn new_backend_id(config: &LsmBackendConfig) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
     format!(
         "{}-{}-{:016x}",
         config.operator_id,
         config.subtask_index,
-        crate::heap::table::fmix64(nanos ^ u64::from(std::process::id()).rotate_left(32))
+        crate::clock::random_u64()
     )
 }
 
 impl<K: StateKey> LsmKeyedStateBackend<K> {
-    /// An empty backend. Whatever `config.local_dir` holds is discarded.
+    /// An empty backend, working in a new directory of its own inside `config.local_dir` (nothing else
+    /// there is touched).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `config` is invalid; [`Error::Storage`] if the DB cannot be created.
+    /// [`Error::InvalidArgument`] if `config` is invalid; [`Error::Local`] if the directory or the DB cannot
+    /// be created.
     pub fn new(config: LsmBackendConfig) -> Result<Self> {
         config.validate()?;
-        remove_dir_if_exists(&config.local_dir)?;
+        let instance = InstanceDir::create(&config)?;
         let backend_id = new_backend_id(&config);
-        Self::open_db(config, backend_id)
+        Self::open_db(config, backend_id, instance)
     }
 
-    /// Opens (or creates) the DB in `config.db_dir()` and loads the meta information of its states.
-    pub(crate) fn open_db(config: LsmBackendConfig, backend_id: String) -> Result<Self> {
-        let dir = config.db_dir();
+    /// Opens (or creates) the DB in the instance directory and loads the meta information of its states.
+    pub(crate) fn open_db(
+        config: LsmBackendConfig,
+        backend_id: String,
+        instance: InstanceDir,
+    ) -> Result<Self> {
+        let dir = instance.db();
         std::fs::create_dir_all(&dir).map_err(|e| Error::local(dir.display().to_string(), e))?;
         let (options, cache) = lsm_db_options(&config);
         let cfs = if dir.join("CURRENT").exists() {
@@ -135,7 +182,6 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         };
         let db = DB::open_cf_descriptors(&options, &dir, cf_descriptors(&cfs, &options))
             .map_err(|e| db_error(dir.display(), e))?;
-        let guard = LocalDirGuard(config.local_dir.clone());
         let mut backend = LsmKeyedStateBackend {
             config,
             backend_id,
@@ -155,14 +201,16 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             pending: Arc::default(),
             base: None,
             last_completed_checkpoint: None,
-            _local_dir: guard,
+            last_snapshot_id: None,
+            aborts_reusing_base: 0,
+            instance,
         };
         backend.load_states()?;
         Ok(backend)
     }
 
     fn load_states(&mut self) -> Result<()> {
-        let path = self.config.db_dir().display().to_string();
+        let path = self.instance.db().display().to_string();
         let mut metas = Vec::new();
         for item in self.db.prefix_iterator(b"meta:") {
             let (key, value) = item.map_err(|e| db_error(&path, e))?;
@@ -206,6 +254,11 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         self.last_completed_checkpoint
     }
 
+    /// The backend's own working directory inside `config().local_dir` (removed when it is dropped).
+    pub fn instance_dir(&self) -> &std::path::Path {
+        self.instance.path()
+    }
+
     /// Checkpoint whose files are the current diff base, if any.
     pub fn diff_base_checkpoint(&self) -> Option<u64> {
         self.base.as_ref().map(|b| b.checkpoint_id)
@@ -237,7 +290,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         target: SnapshotTarget,
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
-        let local = self.config.checkpoint_dir(checkpoint_id);
+        crate::heap::backend::check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
+        self.last_snapshot_id = Some(checkpoint_id);
+        let local = self.instance.checkpoint(checkpoint_id);
         remove_dir_if_exists(&local)?;
         if let Some(parent) = local.parent() {
             std::fs::create_dir_all(parent)
@@ -267,18 +322,30 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         }
         let base = match target {
             SnapshotTarget::Checkpoint => {
-                self.pending
-                    .lock()
-                    .insert(checkpoint_id, PendingUpload::default());
+                let mut pending = self.pending.lock();
+                pending.insert(checkpoint_id, PendingUpload::default());
+                // Bounded: uploads never confirmed nor aborted (lost notifications) are forgotten oldest
+                // first; a late confirmation of one is then ignored and the base stays older (still
+                // registered, or the next decline rebases).
+                while pending.len() > MAX_PENDING_UPLOADS {
+                    pending.pop_first();
+                }
+                drop(pending);
                 self.base.clone()
             }
             SnapshotTarget::Savepoint => None,
         };
         let sync_duration = start.elapsed();
+        let guard = UploadGuard {
+            dir: local.clone(),
+            pending: (target == SnapshotTarget::Checkpoint)
+                .then(|| (self.pending.clone(), checkpoint_id)),
+        };
         let job = UploadJob {
             checkpoint_id,
             target,
             local_dir: local,
+            _guard: guard,
             base,
             pending: self.pending.clone(),
             storage: storage.clone(),
@@ -512,7 +579,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
         d: &MapStateDescriptor<N, UK, V>,
     ) -> Result<MapState<N, UK, V>> {
         let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
-        meta.user_key_codec = UK::ID.to_string();
+        meta.user_key_codec = UK::codec_id();
         Ok(MapState::new(self.register(meta)?))
     }
 
@@ -757,27 +824,45 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
-        self.last_completed_checkpoint = Some(
-            self.last_completed_checkpoint
-                .map_or(checkpoint_id, |c| c.max(checkpoint_id)),
-        );
         let mut pending = self.pending.lock();
-        // Only a checkpoint whose upload this backend finished can become the base; a savepoint is never in
-        // `pending` (FLINK-23949), and an unconfirmed upload never is the base (FLINK-25395).
-        if let Some(PendingUpload {
-            shared: Some(shared),
+        // A hint (`docs/protocol.md`): only a checkpoint whose upload this backend finished and that was
+        // not aborted can be confirmed and become the base; a savepoint is never in `pending`
+        // (FLINK-23949), an unconfirmed upload never is the base (FLINK-25395), and an unknown or aborted
+        // id changes nothing.
+        let Some(PendingUpload {
+            shared: Some(_),
             aborted: false,
+            ..
+        }) = pending.get(&checkpoint_id)
+        else {
+            tracing::debug!(
+                checkpoint_id,
+                "lsm backend: completion of a checkpoint without a finished upload here, ignored"
+            );
+            return;
+        };
+        let Some(PendingUpload {
+            shared: Some(shared),
+            ..
         }) = pending.remove(&checkpoint_id)
-            && self
-                .base
-                .as_ref()
-                .is_none_or(|b| b.checkpoint_id < checkpoint_id)
+        else {
+            return;
+        };
+        if self
+            .base
+            .as_ref()
+            .is_none_or(|b| b.checkpoint_id < checkpoint_id)
         {
             self.base = Some(DiffBase {
                 checkpoint_id,
                 shared,
             });
         }
+        self.last_completed_checkpoint = Some(
+            self.last_completed_checkpoint
+                .map_or(checkpoint_id, |c| c.max(checkpoint_id)),
+        );
+        self.aborts_reusing_base = 0;
         // Older pending checkpoints are subsumed by this one.
         pending.retain(|id, _| *id > checkpoint_id);
     }
@@ -788,8 +873,36 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
             // Still uploading: the asynchronous phase sees the flag, deletes its uploads and fails.
             Some(p) if p.shared.is_none() => p.aborted = true,
             // Finished: its files were handed to the coordinator, which deletes them on abort.
-            Some(_) => {
+            Some(p) => {
+                let reused_base = p.reused_base;
                 pending.remove(&checkpoint_id);
+                // The base may be stale: an older finished upload that was never confirmed nor aborted
+                // means a notification was lost (that checkpoint may have completed and subsumed the base's,
+                // and this one been declined for reusing its deleted files); and checkpoints that keep
+                // being aborted while reusing the base may be declined for it (another backend of the same
+                // lineage, a restored successor, may have moved on). The backend cannot prove the base is
+                // still registered, so the next checkpoint uploads every file (a rebase) instead of being
+                // declined forever. One ordinary abort keeps the base: a full upload after every abort
+                // would slow the next checkpoint of a large state down when checkpoints already struggle.
+                let base_id = self.base.as_ref().map(|b| b.checkpoint_id);
+                let lost_notification = pending.iter().any(|(id, u)| {
+                    *id < checkpoint_id && u.shared.is_some() && base_id.is_none_or(|b| *id > b)
+                });
+                if reused_base {
+                    self.aborts_reusing_base += 1;
+                }
+                let rebase = reused_base
+                    && (lost_notification || self.aborts_reusing_base >= REBASE_AFTER_ABORTS);
+                if rebase && self.base.is_some() {
+                    tracing::info!(
+                        checkpoint_id,
+                        lost_notification,
+                        aborts = self.aborts_reusing_base,
+                        "lsm backend: the diff base may be stale; the next checkpoint uploads every file"
+                    );
+                    self.base = None;
+                    self.aborts_reusing_base = 0;
+                }
             }
             None => {}
         }

@@ -19,8 +19,10 @@ pub struct LsmBackendConfig {
     pub max_parallelism: u32,
     /// Key groups this backend owns.
     pub key_groups: KeyGroupRange,
-    /// Local working directory of this backend (its DB, native checkpoints, restore downloads). It should
-    /// be on a local disk and belong to this backend alone; its content is disposable.
+    /// Local directory in which the backend creates a working directory of its own,
+    /// `<operator>-<subtask>-<random>` (its DB, native checkpoints, restore downloads), and removes that
+    /// one when dropped, as Flink does. Nothing else in `local_dir` is touched, so several backends (and
+    /// anything else) can share it. It should be on a local disk.
     pub local_dir: PathBuf,
     /// Files uploaded or downloaded at the same time (Flink's `state.backend.rocksdb.checkpoint.transfer.
     /// thread.num`, default 4).
@@ -38,6 +40,10 @@ pub struct LsmBackendConfig {
     /// `O_DIRECT` (checked when the DB opens; a file system that refuses it gets buffered writes and a
     /// warning, never a failing flush).
     pub direct_io: bool,
+    /// Let RocksDB compact in the background (default `true`). With `false` SST files only accumulate
+    /// in level 0 until the application compacts: for bulk loads, and for tests and simulations that need
+    /// the set of SST files to depend on the writes alone, not on background timing.
+    pub auto_compaction: bool,
 }
 
 impl LsmBackendConfig {
@@ -63,6 +69,7 @@ impl LsmBackendConfig {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 16 << 20,
             direct_io: true,
+            auto_compaction: true,
         };
         config.validate()?;
         Ok(config)
@@ -76,16 +83,6 @@ impl LsmBackendConfig {
             ));
         }
         Ok(())
-    }
-
-    pub(crate) fn db_dir(&self) -> PathBuf {
-        self.local_dir.join("db")
-    }
-
-    pub(crate) fn checkpoint_dir(&self, checkpoint_id: u64) -> PathBuf {
-        self.local_dir
-            .join("checkpoints")
-            .join(format!("chk-{checkpoint_id}"))
     }
 }
 
@@ -123,7 +120,8 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 /// - block-based tables with 16 KiB blocks, a shared LRU cache of `block_cache_bytes` for data blocks
 ///   (index and filter blocks stay in the table readers), and a 10 bits/key bloom filter on whole keys
 ///   (point reads are the common case);
-/// - the list merge operator `sb-list-append` (harmless on column families without lists).
+/// - the list merge operator `sb-list-append` (harmless on column families without lists);
+/// - background compaction unless `auto_compaction` is off.
 pub fn lsm_db_options(config: &LsmBackendConfig) -> (Options, Cache) {
     let cache = Cache::new_lru_cache(config.block_cache_bytes);
     let mut table = BlockBasedOptions::default();
@@ -142,6 +140,7 @@ pub fn lsm_db_options(config: &LsmBackendConfig) -> (Options, Cache) {
     opts.set_level_compaction_dynamic_level_bytes(true);
     opts.set_max_background_jobs(2);
     opts.set_bytes_per_sync(1 << 20);
+    opts.set_disable_auto_compactions(!config.auto_compaction);
     if config.direct_io {
         let _ = std::fs::create_dir_all(&config.local_dir);
         if supports_direct_io(&config.local_dir) {
@@ -158,19 +157,23 @@ pub fn lsm_db_options(config: &LsmBackendConfig) -> (Options, Cache) {
 /// Whether a file in `dir` can be created with `O_DIRECT` (Linux only; `false` elsewhere). Some file
 /// systems refuse the flag (`EINVAL`; tmpfs before Linux 6.6, some FUSE and network file systems), and
 /// RocksDB would then fail every flush with an I/O error and stop writing. The probe file
-/// (`.direct-io-probe`) is removed again.
+/// (`.sb-direct-io-probe-<random>`, created new so that no existing file is touched) is removed again.
 pub(crate) fn supports_direct_io(dir: &std::path::Path) -> bool {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        let probe = dir.join(".direct-io-probe");
+        let probe = dir.join(format!(
+            ".sb-direct-io-probe-{:016x}",
+            crate::clock::random_u64()
+        ));
         let ok = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .custom_flags(libc::O_DIRECT)
             .open(&probe)
             .is_ok();
+        // Also after a failed open: some file systems create the file before refusing the flag. The name
+        // is ours alone, so removing it is always safe.
         let _ = std::fs::remove_file(&probe);
         ok
     }

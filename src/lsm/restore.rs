@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::keyed::backend::StateKey;
 use crate::keyed::key_group::KeyGroupRange;
 use crate::lsm::backend::{
-    DiffBase, LsmKeyedStateBackend, db_error, new_backend_id, remove_dir_if_exists,
+    DiffBase, InstanceDir, LsmKeyedStateBackend, db_error, new_backend_id, remove_dir_if_exists,
 };
 use crate::lsm::keys::key_group_prefix;
 use crate::lsm::options::{LsmBackendConfig, lsm_db_options};
@@ -85,8 +85,12 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// handle's backend id and reuses its files, so the next checkpoint stays incremental. Otherwise (NO_CLAIM
     /// or a rescale) the next checkpoint uploads every file.
     ///
+    /// The backend works in a new directory of its own inside `config.local_dir` and refuses snapshot ids
+    /// up to the restored checkpoint's.
+    ///
     /// # Errors
-    /// - [`Error::InvalidArgument`] if a handle has another max parallelism or is not an LSM handle.
+    /// - [`Error::InvalidArgument`] if the handles are not one checkpoint's state of this operator with this
+    ///   max parallelism covering the owned key groups once (`docs/protocol.md`), or not LSM handles.
     /// - [`Error::NotFound`] if a file is missing; [`Error::Corrupt`] naming the file if its size or CRC32
     ///   differs from the handle, or if RocksDB cannot open the downloaded files.
     /// - [`Error::Storage`] for other storage or local errors.
@@ -99,13 +103,16 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         mode: RestoreMode,
     ) -> Result<Self> {
         config.validate()?;
-        for h in handles {
-            if h.max_parallelism != config.max_parallelism {
-                return Err(Error::InvalidArgument(format!(
-                    "handle of backend {} has max parallelism {}, this backend {}",
-                    h.backend_id, h.max_parallelism, config.max_parallelism
-                )));
-            }
+        let owned = config.key_groups;
+        // Checked before anything is downloaded; the largest overlap first: it becomes the DB, the others
+        // are copied in (FLINK-21321).
+        let overlapping = crate::checkpoint::validate::restore_handles(
+            &config.operator_id,
+            config.max_parallelism,
+            owned,
+            handles,
+        )?;
+        for h in &overlapping {
             if h.format == HandleFormat::RocksIncrementalRowsV1 {
                 return Err(Error::InvalidArgument(format!(
                     "backend {} wrote checkpoint {} in LSM row format 1; this version reads row format {} \
@@ -122,24 +129,15 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 )));
             }
         }
-        let owned = config.key_groups;
-        let mut overlapping: Vec<&KeyedStateHandle> = handles
-            .iter()
-            .filter(|h| !h.key_groups.intersection(&owned).is_empty())
-            .collect();
-        // The handle with the largest overlap becomes the DB; the others are copied in (FLINK-21321).
-        overlapping.sort_by_key(|h| std::cmp::Reverse(h.key_groups.intersection(&owned).len()));
-        remove_dir_if_exists(&config.local_dir)?;
+        let restored_id = handles.first().map(|h| h.checkpoint_id);
+        let instance = InstanceDir::create(&config)?;
         let Some((first, rest)) = overlapping.split_first() else {
-            return Self::new(config);
+            let mut backend = Self::open_db(config.clone(), new_backend_id(&config), instance)?;
+            backend.last_snapshot_id = restored_id;
+            return Ok(backend);
         };
-        download(
-            storage,
-            first,
-            &config.db_dir(),
-            config.transfer_concurrency,
-        )
-        .await?;
+        let db_dir = instance.db();
+        download(storage, first, &db_dir, config.transfer_concurrency).await?;
         let keep_identity =
             mode == RestoreMode::Claim && rest.is_empty() && first.key_groups == owned;
         let backend_id = if keep_identity {
@@ -147,14 +145,14 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         } else {
             new_backend_id(&config)
         };
-        let db_dir = config.db_dir();
-        let mut backend = Self::open_db(config.clone(), backend_id)
+        let mut backend = Self::open_db(config.clone(), backend_id, instance)
             .map_err(|e| corrupt_if_db(e, storage, first))?;
+        backend.last_snapshot_id = restored_id;
         if first.key_groups != owned {
             backend.clip_to(owned)?;
         }
         for (i, other) in rest.iter().enumerate() {
-            let dir = config.local_dir.join(format!("restore-{i}"));
+            let dir = backend.instance.path().join(format!("restore-{i}"));
             download(storage, other, &dir, config.transfer_concurrency).await?;
             let copied = backend.copy_owned_from(&dir);
             remove_dir_if_exists(&dir)?;

@@ -27,8 +27,10 @@ pub(crate) enum SnapshotTarget {
 pub(crate) struct UploadJob {
     pub(crate) checkpoint_id: u64,
     pub(crate) target: SnapshotTarget,
-    /// The native checkpoint directory (hard links), removed when the job ends.
+    /// The native checkpoint directory (hard links), removed when the job ends or is dropped.
     pub(crate) local_dir: PathBuf,
+    /// Cleans up when the job ends, however it ends (also when its `PendingSnapshot` is dropped).
+    pub(crate) _guard: UploadGuard,
     pub(crate) base: Option<DiffBase>,
     pub(crate) pending: PendingUploads,
     pub(crate) storage: CheckpointStorage,
@@ -52,34 +54,45 @@ enum Plan {
     },
 }
 
-/// 64 random bits for unique upload names: std's per-instance random hasher keys, mixed with the time.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
+/// Removes the native checkpoint directory (its SSTs are hard links) and, unless the upload finished, the
+/// checkpoint's pending entry, when the asynchronous phase ends or its future is dropped before that (a
+/// cancelled `PendingSnapshot` leaks neither).
+pub(crate) struct UploadGuard {
+    pub(crate) dir: PathBuf,
+    pub(crate) pending: Option<(PendingUploads, u64)>,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if let Err(e) = remove_dir_if_exists(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a native checkpoint directory");
+        }
+        if let Some((pending, id)) = &self.pending {
+            let mut pending = pending.lock();
+            if pending.get(id).is_some_and(|p| p.shared.is_none()) {
+                pending.remove(id);
+            }
+        }
+    }
 }
 
 impl UploadJob {
     pub(crate) async fn run(self, sync_duration: Duration) -> Result<SnapshotResult> {
-        let local_dir = self.local_dir.clone();
-        let result = self.run_inner(sync_duration).await;
-        // The native checkpoint is no longer needed, whatever happened (its SSTs are hard links).
-        let _ = tokio::task::spawn_blocking(move || remove_dir_if_exists(&local_dir)).await;
-        result
+        self.run_inner(sync_duration).await
     }
 
     fn plan(&self) -> Result<Vec<Plan>> {
         let read_dir = std::fs::read_dir(&self.local_dir)
             .map_err(|e| Error::local(self.local_dir.display().to_string(), e))?;
-        let nonce = random_u64();
-        let mut plans = Vec::new();
+        let nonce = crate::clock::random_u64();
+        let mut entries = Vec::new();
         for entry in read_dir {
-            let entry = entry.map_err(|e| Error::local(self.local_dir.display().to_string(), e))?;
+            entries.push(entry.map_err(|e| Error::local(self.local_dir.display().to_string(), e))?);
+        }
+        // In name order: the uploads happen in an order that depends on the files alone.
+        entries.sort_by_key(|e| e.file_name());
+        let mut plans = Vec::new();
+        for entry in entries {
             let local_name = entry.file_name().to_string_lossy().into_owned();
             let size = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
             let is_sst = local_name.ends_with(".sst");
@@ -104,7 +117,7 @@ impl UploadJob {
                 ),
                 (SnapshotTarget::Checkpoint, false) => (
                     format!(
-                        "{}/{}-{}/{local_name}",
+                        "{}/{}-{}-{nonce:016x}/{local_name}",
                         checkpoint_dir(self.checkpoint_id),
                         self.operator_id,
                         self.subtask_index
@@ -113,7 +126,7 @@ impl UploadJob {
                 ),
                 (SnapshotTarget::Savepoint, _) => (
                     format!(
-                        "{SAVEPOINT_DIR}/sp-{}/{}-{}/{local_name}",
+                        "{SAVEPOINT_DIR}/sp-{}/{}-{}-{nonce:016x}/{local_name}",
                         self.checkpoint_id, self.operator_id, self.subtask_index
                     ),
                     FileScope::Private,
@@ -211,11 +224,13 @@ impl UploadJob {
                 .collect();
             if let Some(p) = self.pending.lock().get_mut(&checkpoint_id) {
                 p.shared = Some(shared);
+                p.reused_base = files_reused > 0;
             }
         }
         let full_bytes: u64 = files.iter().map(|f| f.size_bytes).sum();
         let handle = KeyedStateHandle {
             backend_id: self.backend_id.clone(),
+            operator_id: self.operator_id.clone(),
             checkpoint_id,
             max_parallelism: self.max_parallelism,
             key_groups: self.key_groups,

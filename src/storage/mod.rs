@@ -6,6 +6,7 @@
 //! - `chk-<n>/<files>`: private (exclusive) state files of checkpoint `n`.
 //! - `shared/<files>`: files that several checkpoints may reference (incremental backends).
 
+mod durable;
 mod local_read;
 #[cfg(feature = "rocksdb")]
 pub(crate) mod transfer;
@@ -31,6 +32,9 @@ pub const SHARED_DIR: &str = "shared";
 pub const PINNED_MARKER: &str = "_pinned";
 /// Directory (relative to the job root) of savepoints.
 pub const SAVEPOINT_DIR: &str = "savepoints";
+/// Marker file in a checkpoint directory: the id was reserved by a coordinator (`docs/protocol.md`, "Ids
+/// never repeat"); its content names the coordinator instance.
+pub const TRIGGER_MARKER: &str = "_trigger";
 
 /// Directory name of checkpoint `id`: `chk-<id>`.
 pub fn checkpoint_dir(id: u64) -> String {
@@ -58,7 +62,7 @@ impl CheckpointStorage {
     /// [`Error::InvalidArgument`] if `dir` cannot be created or `job_id` is not a valid path segment.
     pub fn local(dir: impl AsRef<std::path::Path>, job_id: &str, fsync: bool) -> Result<Self> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| {
+        durable::create_dirs(dir, fsync).map_err(|e| {
             Error::InvalidArgument(format!(
                 "cannot create checkpoint directory {}: {e}",
                 dir.display()
@@ -111,11 +115,14 @@ impl CheckpointStorage {
         Path::from(format!("{}/{relative}", self.root))
     }
 
-    /// Creates `relative` with `bytes` atomically, failing if it exists with other content.
+    /// Creates `relative` with `bytes` atomically (`PutMode::Create`).
     ///
-    /// A retried create may find its own earlier success: the content is compared before reporting a
-    /// conflict (DESIGN.md section 6).
-    pub(crate) async fn put_if_absent(&self, relative: &str, bytes: Bytes) -> Result<()> {
+    /// A retried create may find its own earlier success: an existing object is read and compared, and
+    /// only other content is a [`Created::Conflict`] (DESIGN.md section 6).
+    ///
+    /// # Errors
+    /// Storage errors; after one, the write may or may not have taken effect.
+    pub(crate) async fn put_if_absent(&self, relative: &str, bytes: Bytes) -> Result<Created> {
         let path = self.path(relative);
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -126,14 +133,12 @@ impl CheckpointStorage {
             .put_opts(&path, PutPayload::from_bytes(bytes.clone()), opts)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Created::Yes),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 if self.read(relative).await? == bytes {
-                    Ok(())
+                    Ok(Created::Yes)
                 } else {
-                    Err(Error::IllegalState(format!(
-                        "`{path}` already exists with other content"
-                    )))
+                    Ok(Created::Conflict)
                 }
             }
             Err(e) => Err(Error::storage(&path, e)),
@@ -226,20 +231,61 @@ impl CheckpointStorage {
     /// Deletes `relative`; a missing file is not an error.
     pub(crate) async fn delete(&self, relative: &str) -> Result<()> {
         let path = self.path(relative);
+        self.note_delete(&path);
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::storage(&path, e)),
         }
     }
 
+    /// Deletes `relative` and, on a local directory with fsync, syncs its directory, so that the delete is
+    /// durable before anything that must follow it (a checkpoint's files after its `_metadata`).
+    pub(crate) async fn delete_durably(&self, relative: &str) -> Result<()> {
+        self.delete(relative).await?;
+        self.sync_parent(relative).await
+    }
+
+    /// [`CheckpointStorage::delete_durably`], then checks that the object is really gone: a store that
+    /// acknowledged a delete it did not perform (a lost delete) is reported, never assumed.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`] naming the object if it still exists; storage errors.
+    pub(crate) async fn delete_confirmed(&self, relative: &str) -> Result<()> {
+        self.delete_durably(relative).await?;
+        match self.head(relative).await {
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => Err(Error::IllegalState(format!(
+                "`{}` still exists after the store acknowledged its delete",
+                self.path(relative)
+            ))),
+        }
+    }
+
+    /// Deletes every file below the directory `relative` except those named in `keep` (file names
+    /// directly inside it, e.g. the `_trigger` marker).
+    pub(crate) async fn delete_dir_except(&self, relative: &str, keep: &[&str]) -> Result<()> {
+        let kept: Vec<String> = keep.iter().map(|k| format!("{relative}/{k}")).collect();
+        for file in self.list_files(relative).await? {
+            if !kept.contains(&file.path) {
+                self.delete(&file.path).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every file below the directory `relative`.
     pub(crate) async fn delete_dir(&self, relative: &str) -> Result<()> {
         let prefix = self.path(relative);
-        let locations = self
+        let listed: Vec<Path> = self
             .store
             .list(Some(&prefix))
             .map_ok(|m| m.location)
-            .boxed();
+            .try_collect()
+            .await
+            .map_err(|e| Error::storage(&prefix, e))?;
+        listed.iter().for_each(|p| self.note_delete(p));
+        let locations = futures::stream::iter(listed.into_iter().map(Ok)).boxed();
         let mut deleted = self.store.delete_stream(locations);
         while let Some(result) = deleted.next().await {
             match result {
@@ -248,6 +294,40 @@ impl CheckpointStorage {
             }
         }
         Ok(())
+    }
+
+    /// Notes a delete in the durability tests' event log (`cfg(test)` only).
+    #[cfg_attr(not(test), inline(always))]
+    fn note_delete(&self, path: &Path) {
+        #[cfg(test)]
+        if let Some(fs) = &self.local
+            && let Ok(file) = fs.path_to_filesystem(path)
+        {
+            durable::record("delete", &file);
+        }
+        #[cfg(not(test))]
+        let _ = path;
+    }
+
+    /// Every file under the job root (paths relative to it), in no particular order.
+    pub(crate) async fn list_all(&self) -> Result<Vec<ListedFile>> {
+        let root = self.root.as_ref().len() + 1;
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.root))
+            .try_collect()
+            .await
+            .map_err(|e| Error::storage(&self.root, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                Some(ListedFile {
+                    path: m.location.as_ref().get(root..)?.to_string(),
+                    size_bytes: m.size,
+                    last_modified: m.last_modified.into(),
+                })
+            })
+            .collect())
     }
 
     /// Ids of the directories `chk-<n>` under the job root, ascending (with or without metadata).
@@ -265,6 +345,15 @@ impl CheckpointStorage {
         ids.sort_unstable();
         Ok(ids)
     }
+}
+
+/// Outcome of [`CheckpointStorage::put_if_absent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Created {
+    /// The object now holds the bytes (written now, or by an earlier attempt of the same write).
+    Yes,
+    /// The object exists with other content: another writer created it first.
+    Conflict,
 }
 
 /// One file found by [`CheckpointStorage::list_files`].

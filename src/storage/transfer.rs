@@ -216,7 +216,7 @@ fn copy_in(source: &LocalPath, target: &LocalPath, fsync: bool) -> Result<Transf
     let dir = target
         .parent()
         .ok_or_else(|| Error::local(target.display(), "no parent directory"))?;
-    std::fs::create_dir_all(dir).map_err(|e| local_error(dir, e))?;
+    super::durable::create_dirs(dir, fsync)?;
     let mut tmp_name = target.as_os_str().to_owned();
     tmp_name.push(format!(
         ".{:016x}.tmp",
@@ -250,9 +250,7 @@ fn copy_in(source: &LocalPath, target: &LocalPath, fsync: bool) -> Result<Transf
         }
         std::fs::rename(&tmp, target).map_err(|e| local_error(target, e))?;
         if fsync {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| local_error(dir, e))?;
+            super::durable::sync_dir(dir)?;
         }
         Ok(Transferred {
             size_bytes,

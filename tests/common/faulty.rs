@@ -1,4 +1,4 @@
-//! An `ObjectStore` wrapper that fails writes to chosen paths on demand (fault injection).
+//! An `ObjectStore` wrapper that fails writes and deletes of chosen paths on demand (fault injection).
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
@@ -15,11 +16,24 @@ use object_store::{
 };
 use parking_lot::Mutex;
 
-/// Fails every write whose path contains one of the armed patterns.
+/// What happens to an operation on a path that matches an armed pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Writes fail before taking effect.
+    FailWrite,
+    /// Writes take effect, then report an error (a timeout after the server applied the request).
+    FailWriteAfterEffect,
+    /// Deletes fail before taking effect.
+    FailDelete,
+    /// Deletes report success but do nothing (a lost delete).
+    LoseDelete,
+}
+
+/// Injects [`Fault`]s into operations on paths containing an armed pattern.
 #[derive(Debug, Default)]
 pub struct FaultyStore {
-    inner: object_store::memory::InMemory,
-    failing: Mutex<Vec<String>>,
+    inner: Arc<object_store::memory::InMemory>,
+    armed: Mutex<Vec<(String, Fault)>>,
 }
 
 impl FaultyStore {
@@ -29,27 +43,32 @@ impl FaultyStore {
 
     /// Writes to paths containing `pattern` fail from now on.
     pub fn fail_writes_to(&self, pattern: &str) {
-        self.failing.lock().push(pattern.to_string());
+        self.arm(pattern, Fault::FailWrite);
     }
 
-    /// Writes succeed again.
+    /// Operations on paths containing `pattern` meet `fault` from now on.
+    pub fn arm(&self, pattern: &str, fault: Fault) {
+        self.armed.lock().push((pattern.to_string(), fault));
+    }
+
+    /// Operations succeed again.
     pub fn heal(&self) {
-        self.failing.lock().clear();
+        self.armed.lock().clear();
     }
 
-    fn check(&self, location: &Path) -> Result<()> {
-        if self
-            .failing
+    fn fault(&self, location: &Path, kinds: &[Fault]) -> Option<Fault> {
+        self.armed
             .lock()
             .iter()
-            .any(|p| location.as_ref().contains(p.as_str()))
-        {
-            return Err(object_store::Error::Generic {
-                store: "FaultyStore",
-                source: format!("injected write failure on {location}").into(),
-            });
+            .find(|(p, f)| location.as_ref().contains(p.as_str()) && kinds.contains(f))
+            .map(|(_, f)| *f)
+    }
+
+    fn injected(location: &Path, what: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "FaultyStore",
+            source: format!("injected {what} failure on {location}").into(),
         }
-        Ok(())
     }
 }
 
@@ -59,6 +78,8 @@ impl fmt::Display for FaultyStore {
     }
 }
 
+const WRITES: [Fault; 2] = [Fault::FailWrite, Fault::FailWriteAfterEffect];
+
 #[async_trait::async_trait]
 impl ObjectStore for FaultyStore {
     async fn put_opts(
@@ -67,8 +88,14 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.check(location)?;
-        self.inner.put_opts(location, payload, opts).await
+        match self.fault(location, &WRITES) {
+            Some(Fault::FailWrite) => Err(Self::injected(location, "write")),
+            Some(_) => {
+                self.inner.put_opts(location, payload, opts).await?;
+                Err(Self::injected(location, "write (after it took effect)"))
+            }
+            None => self.inner.put_opts(location, payload, opts).await,
+        }
     }
 
     async fn put_multipart_opts(
@@ -76,7 +103,9 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.check(location)?;
+        if self.fault(location, &[Fault::FailWrite]).is_some() {
+            return Err(Self::injected(location, "write"));
+        }
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -92,7 +121,33 @@ impl ObjectStore for FaultyStore {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
+        let armed = self.armed.lock().clone();
+        let inner = self.inner.clone();
+        locations
+            .then(move |location| {
+                let armed = armed.clone();
+                let inner = inner.clone();
+                async move {
+                    let location = location?;
+                    let fault = armed
+                        .iter()
+                        .find(|(p, f)| {
+                            location.as_ref().contains(p.as_str())
+                                && matches!(f, Fault::FailDelete | Fault::LoseDelete)
+                        })
+                        .map(|(_, f)| *f);
+                    match fault {
+                        Some(Fault::FailDelete) => Err(Self::injected(&location, "delete")),
+                        Some(_) => Ok(location),
+                        None => {
+                            let mut one =
+                                inner.delete_stream(futures::stream::iter([Ok(location)]).boxed());
+                            one.next().await.unwrap()
+                        }
+                    }
+                }
+            })
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -116,7 +171,9 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.check(to)?;
+        if self.fault(to, &WRITES).is_some() {
+            return Err(Self::injected(to, "write"));
+        }
         self.inner.rename_opts(from, to, options).await
     }
 }

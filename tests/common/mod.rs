@@ -7,7 +7,8 @@ pub mod faulty;
 
 use statebackend::*;
 
-/// Opens a coordinator on `storage` expecting `tasks` acknowledgements and retaining `retained` checkpoints.
+/// Opens a coordinator on `storage` for one operator `op` of `tasks` subtasks, retaining `retained`
+/// checkpoints.
 pub async fn coordinator(
     storage: &CheckpointStorage,
     retained: usize,
@@ -15,13 +16,20 @@ pub async fn coordinator(
 ) -> CheckpointCoordinator {
     CheckpointCoordinator::open(
         storage.clone(),
-        CoordinatorConfig {
-            expected_tasks: tasks,
-            retained_checkpoints: retained,
-        },
+        CoordinatorConfig::single_operator("op", tasks as u32, retained),
     )
     .await
     .unwrap()
+}
+
+/// The acknowledgement of subtask `index` of operator `op` with `result`'s handle.
+pub fn ack(index: u32, result: &SnapshotResult) -> TaskStateSnapshot {
+    TaskStateSnapshot {
+        operator_id: "op".into(),
+        subtask_index: index,
+        keyed_state: Some(result.handle.clone()),
+        ..Default::default()
+    }
 }
 
 /// Every key and value of the value state `desc` (void namespace).
@@ -94,15 +102,11 @@ pub fn config(max_parallelism: u32, parallelism: u32, index: u32) -> HeapBackend
     HeapBackendConfig::for_subtask("op", max_parallelism, parallelism, index).expect("config")
 }
 
-/// Config of LSM subtask `index` of `parallelism` for operator `op`, in a new temporary directory (the
-/// backend removes it when dropped).
+/// Config of LSM subtask `index` of `parallelism` for operator `op`, working in the system's temporary
+/// directory (each backend creates and removes a directory of its own there).
 #[cfg(feature = "rocksdb")]
 pub fn lsm_config(max_parallelism: u32, parallelism: u32, index: u32) -> LsmBackendConfig {
-    let dir = tempfile::Builder::new()
-        .prefix("sb-lsm-")
-        .tempdir()
-        .expect("temp dir")
-        .keep();
+    let dir = std::env::temp_dir().join("statebackend-tests");
     LsmBackendConfig::for_subtask("op", max_parallelism, parallelism, index, dir).expect("config")
 }
 
@@ -121,7 +125,7 @@ pub async fn checkpoint<K: StateKey, B: KeyedStateBackend<K>>(
     coordinator: &mut CheckpointCoordinator,
     backends: &mut [B],
 ) -> CheckpointStats {
-    let id = coordinator.trigger();
+    let id = coordinator.trigger().await.expect("trigger");
     let storage = coordinator.storage().clone();
     let pending: Vec<_> = backends
         .iter_mut()
@@ -139,7 +143,8 @@ pub async fn checkpoint<K: StateKey, B: KeyedStateBackend<K>>(
         stats = coordinator
             .acknowledge(id, task, Some(result.metrics))
             .await
-            .expect("acknowledge");
+            .expect("acknowledge")
+            .completed();
     }
     backends
         .iter_mut()
@@ -184,6 +189,7 @@ pub fn owner<K: Codec>(key: &K, max_parallelism: u32, parallelism: u32) -> usize
     operator_index_for_key_group(
         max_parallelism,
         parallelism,
-        assign_to_key_group(&bytes, max_parallelism),
-    ) as usize
+        assign_to_key_group(&bytes, max_parallelism).unwrap(),
+    )
+    .unwrap() as usize
 }

@@ -1,0 +1,56 @@
+//! Plain types of the completed-checkpoint store's API: restore modes and outcomes, cancellation
+//! policies, registry figures.
+
+/// What happens to retained checkpoints when the job is cancelled (as Flink's
+/// `ExternalizedCheckpointCleanup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancellationPolicy {
+    /// Keep the retained checkpoints so the job can be resumed later.
+    RetainOnCancellation,
+    /// Delete all checkpoints of the job (pinned and foreign ones excepted).
+    DeleteOnCancellation,
+}
+
+/// A checkpoint that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedCheckpoint {
+    /// Its id.
+    pub checkpoint_id: u64,
+    /// The error that made it unusable (names the file).
+    pub reason: String,
+}
+
+/// Result of restoring from the latest usable checkpoint.
+#[derive(Debug)]
+pub struct RestoreOutcome<T> {
+    /// What the restore function produced.
+    pub value: T,
+    /// The checkpoint it was produced from.
+    pub checkpoint_id: u64,
+    /// Newer checkpoints that were unreadable and skipped, newest first.
+    pub skipped: Vec<SkippedCheckpoint>,
+}
+
+/// How a job takes over the checkpoint it was restored from (as Flink's `RestoreMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestoreMode {
+    /// The job owns the restored checkpoint: later checkpoints reuse its files, and it is subsumed and
+    /// deleted like any of the job's own checkpoints. Requires the checkpoint to be in the job's storage.
+    Claim,
+    /// The job never deletes the restored checkpoint nor any file of it; its first checkpoint is full
+    /// (FLINK-26985). In the job's own storage the checkpoint is pinned (`_pinned` marker) and stays
+    /// restorable, so a failover before the job's first new checkpoint restores it again.
+    #[default]
+    NoClaim,
+}
+
+/// Registry figures after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegistryStats {
+    /// Shared files referenced by retained, pinned or foreign checkpoints.
+    pub files: usize,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Shared files deleted by this change.
+    pub deleted_files: usize,
+}

@@ -1,0 +1,145 @@
+//! Durability of directory entries on a local-directory storage with fsync: new directories and deletes
+//! that must be ordered (`docs/protocol.md`, "Local storage durability"). Every other store makes an
+//! operation durable before it returns, so these are no-ops there.
+
+use std::path::Path as LocalPath;
+
+use super::CheckpointStorage;
+use crate::error::{Error, Result};
+
+/// Directory syncs and creations performed, for the tests that pin their order (`cfg(test)` only).
+#[cfg(test)]
+pub(crate) static EVENTS: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+
+/// Records `event` on `path` for the tests (nothing outside `cfg(test)`).
+#[cfg(test)]
+pub(crate) fn record(event: &str, path: &LocalPath) {
+    EVENTS.lock().push(format!("{event} {}", path.display()));
+}
+
+/// Records `event` on `path` for the tests (nothing outside `cfg(test)`).
+#[cfg(not(test))]
+#[inline]
+pub(crate) fn record(_event: &str, _path: &LocalPath) {}
+
+/// Syncs the directory `dir` (its entries become durable).
+pub(crate) fn sync_dir(dir: &LocalPath) -> Result<()> {
+    record("sync", dir);
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::local(dir.display(), e))
+}
+
+/// Creates `dir` and its missing parents; with `fsync`, syncs every new directory and the first existing
+/// ancestor, whose entry list changed (as object_store's local store does for its own writes).
+pub(crate) fn create_dirs(dir: &LocalPath, fsync: bool) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut first_existing = dir;
+    while !first_existing.is_dir() {
+        match first_existing.parent() {
+            Some(parent) => first_existing = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::local(dir.display(), e))?;
+    record("create", dir);
+    if fsync {
+        let mut current = Some(dir);
+        while let Some(d) = current {
+            sync_dir(d)?;
+            if d == first_existing {
+                break;
+            }
+            current = d.parent();
+        }
+    }
+    Ok(())
+}
+
+impl CheckpointStorage {
+    /// Syncs the directory of `relative` (a file below the job root) on a local directory with fsync; does
+    /// nothing on other stores.
+    pub(crate) async fn sync_parent(&self, relative: &str) -> Result<()> {
+        let Some(dir) = relative.rsplit_once('/').map(|(dir, _)| dir) else {
+            return self.sync_local_dir("").await;
+        };
+        self.sync_local_dir(dir).await
+    }
+
+    /// Syncs the directory `relative` below the job root (`""`: the job root) on a local directory with
+    /// fsync. A directory that does not exist (nothing was ever written there) is not an error.
+    pub(crate) async fn sync_local_dir(&self, relative: &str) -> Result<()> {
+        let Some(fs) = self.local.as_ref().filter(|_| self.local_fsync) else {
+            return Ok(());
+        };
+        let path = if relative.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(relative)
+        };
+        let dir = fs
+            .path_to_filesystem(&path)
+            .map_err(|e| Error::storage(&path, e))?;
+        tokio::task::spawn_blocking(move || if dir.is_dir() { sync_dir(&dir) } else { Ok(()) })
+            .await
+            .map_err(|e| Error::local(relative, e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    /// The events on paths below `dir`, with `dir` cut off.
+    fn events_below(dir: &LocalPath) -> Vec<String> {
+        let prefix = dir.display().to_string();
+        EVENTS
+            .lock()
+            .iter()
+            .filter(|e| e.contains(&prefix))
+            .map(|e| e.replace(&prefix, ""))
+            .collect()
+    }
+
+    /// Issue 11: local storage never fsynced the parents of new directories nor the job root, and deletes
+    /// were not ordered by fsync (a crash could keep a checkpoint's `_metadata` while its files were gone).
+    #[tokio::test]
+    async fn local_storage_syncs_new_directories_and_orders_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a").join("b");
+        let storage = CheckpointStorage::local(&root, "job", true).unwrap();
+        assert_eq!(
+            events_below(dir.path()),
+            ["create /a/b", "sync /a/b", "sync /a", "sync "],
+            "every new directory and the first existing one are synced"
+        );
+        for file in ["chk-1/_metadata", "chk-1/op-0.keyed"] {
+            storage
+                .object_store()
+                .put(&storage.path(file), bytes::Bytes::from_static(b"x").into())
+                .await
+                .unwrap();
+        }
+        crate::checkpoint::store::discard(&storage, 1)
+            .await
+            .unwrap();
+        let deletes: Vec<String> = events_below(dir.path())
+            .into_iter()
+            .skip(4)
+            .filter(|e| !e.starts_with("sync /a/b/job/chk-1/"))
+            .collect();
+        assert_eq!(
+            deletes,
+            [
+                "delete /a/b/job/chk-1/_metadata",
+                "sync /a/b/job/chk-1",
+                "delete /a/b/job/chk-1/op-0.keyed",
+            ],
+            "the metadata's delete is durable before the files go"
+        );
+    }
+}

@@ -1,0 +1,692 @@
+//! Regression tests of issue 11 ("A checkpoint is never lost"): one per defect it lists, named after it,
+//! on the coordinator and the heap backend (`docs/protocol.md`). The LSM backend's are in
+//! `tests/lsm_protocol.rs`; the simulation that finds these defects again is `tests/simulation/`.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::faulty::{Fault, FaultyStore};
+use common::*;
+use object_store::ObjectStoreExt;
+use statebackend::*;
+
+type Heap = HeapKeyedStateBackend<u64>;
+const NS: VoidNamespace = VoidNamespace;
+
+fn counts() -> ValueStateDescriptor<VoidNamespace, u64> {
+    ValueStateDescriptor::new("counts")
+}
+
+/// Sets every owned key of `keys` to `value`.
+fn fill(b: &mut Heap, keys: std::ops::Range<u64>, value: u64) {
+    let s = b.value_state(&counts()).unwrap();
+    for k in keys {
+        if b.set_current_key(k).is_ok() {
+            s.update(b, &NS, value).unwrap();
+        }
+    }
+}
+
+fn values(b: &mut Heap) -> BTreeMap<u64, u64> {
+    read_all(b, &counts())
+}
+
+/// Triggers a checkpoint and runs every backend's snapshot, without acknowledging.
+async fn snapshot_all(
+    coord: &mut CheckpointCoordinator,
+    backends: &mut [Heap],
+) -> (u64, Vec<SnapshotResult>) {
+    let id = coord.trigger().await.unwrap();
+    let storage = coord.storage().clone();
+    let mut results = Vec::new();
+    for b in backends {
+        results.push(b.snapshot(id, &storage).unwrap().run().await.unwrap());
+    }
+    (id, results)
+}
+
+async fn exists(storage: &CheckpointStorage, path: &str) -> bool {
+    storage
+        .object_store()
+        .head(&storage.path(path))
+        .await
+        .is_ok()
+}
+
+/// A coordinator of operator `op` with `tasks` subtasks whose clock the test moves.
+async fn clocked(
+    storage: &CheckpointStorage,
+    retained: usize,
+    tasks: u32,
+) -> (CheckpointCoordinator, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let coord = CheckpointCoordinator::open_with_clock(
+        storage.clone(),
+        CoordinatorConfig::single_operator("op", tasks, retained),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    (coord, clock)
+}
+
+#[test]
+fn retried_acknowledgement_never_deletes_a_completed_checkpoint() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("retried").unwrap();
+        let mut coord = coordinator(&storage, 2, 1).await;
+        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        fill(&mut b[0], 0..500, 1);
+        let (id, results) = snapshot_all(&mut coord, &mut b).await;
+        let first = coord.acknowledge(id, ack(0, &results[0]), None).await;
+        assert!(
+            matches!(first, Ok(Acknowledgement::Completed(_))),
+            "{first:?}"
+        );
+        // The engine retries the RPC: the same acknowledgement again, then once more later.
+        for _ in 0..2 {
+            let again = coord.acknowledge(id, ack(0, &results[0]), None).await;
+            assert_eq!(again.unwrap(), Acknowledgement::Duplicate);
+        }
+        assert_retained_files_intact(&coord, true).await;
+        let meta = coord.store().get(id).unwrap().clone();
+        let mut r = restore::<u64>(&storage, &meta, 128, 1).await.unwrap();
+        assert_eq!(values(&mut r[0]).len(), 500);
+        // Still a duplicate after the checkpoint was subsumed: nothing is deleted.
+        checkpoint(&mut coord, &mut b).await;
+        checkpoint(&mut coord, &mut b).await;
+        let late = coord.acknowledge(id, ack(0, &results[0]), None).await;
+        assert_eq!(late.unwrap(), Acknowledgement::Duplicate);
+        assert_retained_files_intact(&coord, true).await;
+    });
+}
+
+#[test]
+fn duplicate_acknowledgement_never_stands_in_for_another_subtask() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("dup").unwrap();
+        let mut coord = coordinator(&storage, 1, 2).await;
+        let mut b: Vec<Heap> = (0..2)
+            .map(|i| Heap::new(config(128, 2, i)).unwrap())
+            .collect();
+        for x in &mut b {
+            fill(x, 0..200, 7);
+        }
+        let (id, results) = snapshot_all(&mut coord, &mut b).await;
+        let first = coord.acknowledge(id, ack(0, &results[0]), None).await;
+        assert_eq!(first.unwrap(), Acknowledgement::Pending { remaining: 1 });
+        let twice = coord.acknowledge(id, ack(0, &results[0]), None).await;
+        assert_eq!(twice.unwrap(), Acknowledgement::Duplicate);
+        assert_eq!(coord.pending(), vec![id], "subtask 1 has not acknowledged");
+        assert!(coord.store().latest().is_none());
+        let last = coord.acknowledge(id, ack(1, &results[1]), None).await;
+        assert!(
+            matches!(last, Ok(Acknowledgement::Completed(_))),
+            "{last:?}"
+        );
+    });
+}
+
+#[test]
+fn unknown_task_is_an_error_that_deletes_nothing() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("unknown").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        fill(&mut b[0], 0..50, 1);
+        let (id, results) = snapshot_all(&mut coord, &mut b).await;
+        let before = objects(&storage, None).await;
+        let mut wrong_subtask = ack(0, &results[0]);
+        wrong_subtask.subtask_index = 3;
+        let mut wrong_operator = ack(0, &results[0]);
+        wrong_operator.operator_id = "other".into();
+        let mut wrong_checkpoint = ack(0, &results[0]);
+        wrong_checkpoint.keyed_state.as_mut().unwrap().checkpoint_id = id + 1;
+        for task in [wrong_subtask, wrong_operator, wrong_checkpoint] {
+            let err = coord.acknowledge(id, task, None).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        }
+        // A checkpoint id this coordinator never triggered (a restart in between).
+        let mut unknown = ack(0, &results[0]);
+        unknown.keyed_state.as_mut().unwrap().checkpoint_id = id + 7;
+        let err = coord.acknowledge(id + 7, unknown, None).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::IllegalState);
+        assert_eq!(objects(&storage, None).await, before, "nothing was deleted");
+        let done = coord.acknowledge(id, ack(0, &results[0]), None).await;
+        assert!(matches!(done, Ok(Acknowledgement::Completed(_))));
+    });
+}
+
+#[test]
+fn restore_refuses_no_handles_half_the_handles_and_mixed_checkpoints() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("coverage").unwrap();
+        let mut coord = coordinator(&storage, 2, 2).await;
+        let mut b: Vec<Heap> = (0..2)
+            .map(|i| Heap::new(config(128, 2, i)).unwrap())
+            .collect();
+        for x in &mut b {
+            fill(x, 0..300, 1);
+        }
+        checkpoint(&mut coord, &mut b).await;
+        checkpoint(&mut coord, &mut b).await;
+        let ids: Vec<u64> = coord
+            .store()
+            .checkpoints()
+            .map(|m| m.checkpoint_id)
+            .collect();
+        let first = handles(coord.store().get(ids[0]).unwrap());
+        let second = handles(coord.store().get(ids[1]).unwrap());
+        let cases: [(&str, Vec<KeyedStateHandle>); 3] = [
+            ("no handles", vec![]),
+            ("half the handles", vec![first[0].clone()]),
+            ("two checkpoints", vec![first[0].clone(), second[1].clone()]),
+        ];
+        for (name, hs) in cases {
+            let err = Heap::restore(config(128, 1, 0), &storage, &hs)
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {err}");
+        }
+        let mut whole = Heap::restore(config(128, 1, 0), &storage, &second)
+            .await
+            .unwrap();
+        assert_eq!(values(&mut whole).len(), 300);
+    });
+}
+
+#[test]
+fn heap_restore_never_merges_states_of_different_operators() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("operators").unwrap();
+        let job = CoordinatorConfig {
+            operators: vec![
+                OperatorTasks {
+                    operator_id: "a".into(),
+                    parallelism: 1,
+                },
+                OperatorTasks {
+                    operator_id: "b".into(),
+                    parallelism: 1,
+                },
+            ],
+            retained_checkpoints: 1,
+        };
+        let mut coord = CheckpointCoordinator::open(storage.clone(), job)
+            .await
+            .unwrap();
+        let op_config = |op: &str| HeapBackendConfig::for_subtask(op, 128, 1, 0).unwrap();
+        let (mut a, mut b) = (
+            Heap::new(op_config("a")).unwrap(),
+            Heap::new(op_config("b")).unwrap(),
+        );
+        fill(&mut a, 0..10, 1);
+        fill(&mut b, 100..110, 2);
+        let id = coord.trigger().await.unwrap();
+        for (op, backend) in [("a", &mut a), ("b", &mut b)] {
+            let result = backend.snapshot(id, &storage).unwrap().run().await.unwrap();
+            let task = TaskStateSnapshot {
+                operator_id: op.into(),
+                keyed_state: Some(result.handle),
+                ..Default::default()
+            };
+            coord.acknowledge(id, task, None).await.unwrap();
+        }
+        let meta = coord.store().latest().unwrap().clone();
+        // Both operators' handles cover every key group: a restore of `a` must refuse `b`'s.
+        let err = Heap::restore(op_config("a"), &storage, &handles(&meta))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let mut restored = Heap::restore(op_config("a"), &storage, &meta.keyed_handles("a"))
+            .await
+            .unwrap();
+        assert_eq!(values(&mut restored), (0..10).map(|k| (k, 1)).collect());
+    });
+}
+
+#[test]
+fn no_claim_checkpoint_survives_the_next_restart_and_is_restored_again() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("noclaim").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        fill(&mut b[0], 0..100, 3);
+        checkpoint(&mut coord, &mut b).await;
+        drop(coord);
+        // A new job is started from checkpoint 1 in NO_CLAIM mode; it fails before its first checkpoint.
+        let mut coord = coordinator(&storage, 1, 1).await;
+        coord.restored_from(1, RestoreMode::NoClaim).await.unwrap();
+        drop(coord);
+        let (mut coord, clock) = clocked(&storage, 1, 1).await;
+        assert!(exists(&storage, "chk-1/_metadata").await);
+        assert!(exists(&storage, &format!("chk-1/{PINNED_MARKER}")).await);
+        // The failover restores the pinned checkpoint again (as Flink).
+        let outcome = coord
+            .store()
+            .restore_latest(|meta| {
+                let storage = storage.clone();
+                async move { restore::<u64>(&storage, &meta, 128, 1).await }
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome.checkpoint_id, 1);
+        // Later checkpoints, their subsumption and a sweep leave it alone.
+        let mut restored = outcome.value;
+        fill(&mut restored[0], 0..10, 4);
+        checkpoint(&mut coord, &mut restored).await;
+        checkpoint(&mut coord, &mut restored).await;
+        clock.advance(Duration::from_secs(3600));
+        coord.sweep_orphans(Duration::from_secs(60)).await.unwrap();
+        let pinned = coord.store().get(1).unwrap().clone();
+        let mut again = restore::<u64>(&storage, &pinned, 128, 1).await.unwrap();
+        assert_eq!(values(&mut again[0]), (0..100).map(|k| (k, 3)).collect());
+    });
+}
+
+#[test]
+fn completed_checkpoint_is_never_reported_as_failed() {
+    runtime().block_on(async {
+        let faulty = FaultyStore::new();
+        let storage = CheckpointStorage::new(faulty.clone(), "failed-gc").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        fill(&mut b[0], 0..100, 1);
+        checkpoint(&mut coord, &mut b).await;
+        // Subsuming checkpoint 1 fails: checkpoint 2 is complete all the same.
+        faulty.arm("chk-1/", Fault::FailDelete);
+        fill(&mut b[0], 0..100, 2);
+        let stats = checkpoint(&mut coord, &mut b).await;
+        assert_eq!(stats.checkpoint_id, 2);
+        assert!(stats.subsumed.is_empty());
+        assert!(
+            stats
+                .cleanup_warnings
+                .iter()
+                .any(|w| w.contains("checkpoint 1")),
+            "{stats:?}"
+        );
+        // Still retained (its metadata could not be deleted), still whole.
+        assert!(coord.store().get(1).is_some());
+        assert_retained_files_intact(&coord, true).await;
+        faulty.heal();
+        let stats = checkpoint(&mut coord, &mut b).await;
+        assert_eq!(stats.subsumed, vec![1, 2]);
+        // The same for a delete reported as done that did nothing (a lost delete of the metadata).
+        faulty.arm("chk-3/_metadata", Fault::LoseDelete);
+        let stats = checkpoint(&mut coord, &mut b).await;
+        assert!(stats.subsumed.is_empty(), "{stats:?}");
+        assert_retained_files_intact(&coord, true).await;
+        let meta = coord.store().get(3).unwrap().clone();
+        let mut r = restore::<u64>(&storage, &meta, 128, 1).await.unwrap();
+        assert_eq!(values(&mut r[0]).get(&5), Some(&2));
+    });
+}
+
+/// Opens a store of `storage` (retaining 1) and completes checkpoint `id` of one task whose handle lists
+/// shared files `(path, created_by)`, uploading those it creates.
+async fn complete_shared(
+    coord: &mut CheckpointCoordinator,
+    files: &[(&str, u64)],
+) -> CheckpointStats {
+    let id = coord.trigger().await.unwrap();
+    let storage = coord.storage().clone();
+    for (path, created_by) in files {
+        if *created_by == id {
+            storage
+                .object_store()
+                .put(
+                    &storage.path(path),
+                    bytes::Bytes::from_static(b"sst").into(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let handle = KeyedStateHandle {
+        backend_id: "b".into(),
+        operator_id: "op".into(),
+        checkpoint_id: id,
+        max_parallelism: 8,
+        key_groups: KeyGroupRange::all(8).unwrap(),
+        format: HandleFormat::RocksIncremental,
+        files: files
+            .iter()
+            .map(|(path, created_by)| StateFile {
+                path: (*path).into(),
+                scope: FileScope::Shared,
+                size_bytes: 3,
+                crc32: crc32fast::hash(b"sst"),
+                created_by: *created_by,
+                local_name: "000001.sst".into(),
+            })
+            .collect(),
+    };
+    let task = TaskStateSnapshot {
+        operator_id: "op".into(),
+        keyed_state: Some(handle),
+        ..Default::default()
+    };
+    coord
+        .acknowledge(id, task, None)
+        .await
+        .unwrap()
+        .completed()
+        .unwrap()
+}
+
+#[test]
+fn garbage_collection_never_deletes_what_unreadable_metadata_may_reference() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("unreadable").unwrap();
+        let mut coord = coordinator(&storage, 2, 1).await;
+        complete_shared(&mut coord, &[("shared/a-1.sst", 1)]).await;
+        complete_shared(&mut coord, &[("shared/a-1.sst", 1), ("shared/b-2.sst", 2)]).await;
+        drop(coord);
+        // A newer release rewrote checkpoint 2's metadata in a format version this build cannot read;
+        // then the binary was rolled back.
+        let path = storage.path("chk-2/_metadata");
+        let mut bytes = storage
+            .object_store()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        bytes[8..10].copy_from_slice(&99u16.to_le_bytes());
+        storage
+            .object_store()
+            .put(&path, bytes.into())
+            .await
+            .unwrap();
+        let (mut coord, clock) = clocked(&storage, 1, 1).await;
+        assert_eq!(coord.store().unreadable()[0].checkpoint_id, 2);
+        // Checkpoint 3 subsumes checkpoint 1, whose file `a` checkpoint 2 may still use.
+        let stats = complete_shared(&mut coord, &[("shared/c-3.sst", 3)]).await;
+        assert_eq!(stats.subsumed, vec![1]);
+        assert!(
+            stats.cleanup_warnings.iter().any(|w| w.contains("chk-2")),
+            "{stats:?}"
+        );
+        clock.advance(Duration::from_secs(3600));
+        let sweep = coord.sweep_orphans(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(sweep.blocked_by_unreadable, vec![2]);
+        assert!(sweep.deleted.is_empty());
+        for path in ["shared/a-1.sst", "shared/b-2.sst", "chk-2/_metadata"] {
+            assert!(exists(&storage, path).await, "{path} was deleted");
+        }
+    });
+}
+
+#[test]
+fn losing_coordinator_deletes_only_its_own_uploads() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("race").unwrap();
+        let mut winner = coordinator(&storage, 1, 1).await;
+        let mut loser = coordinator(&storage, 1, 1).await;
+        let id = winner.trigger().await.unwrap();
+        // Reservations keep two coordinators apart (see the next test); this loser got the same id anyway
+        // (the reservation was lost), so the two race for `_metadata`.
+        storage
+            .object_store()
+            .delete(&storage.path(&format!("chk-{id}/{TRIGGER_MARKER}")))
+            .await
+            .unwrap();
+        assert_eq!(loser.trigger().await.unwrap(), id);
+        let mut w = Heap::new(config(128, 1, 0)).unwrap();
+        let mut l = Heap::new(config(128, 1, 0)).unwrap();
+        fill(&mut w, 0..100, 1);
+        fill(&mut l, 0..100, 2);
+        let won = w.snapshot(id, &storage).unwrap().run().await.unwrap();
+        let lost = l.snapshot(id, &storage).unwrap().run().await.unwrap();
+        assert_ne!(
+            won.handle.files[0].path, lost.handle.files[0].path,
+            "private files have names no other writer produces"
+        );
+        let done = winner.acknowledge(id, ack(0, &won), None).await;
+        assert!(matches!(done, Ok(Acknowledgement::Completed(_))));
+        let err = loser
+            .acknowledge(id, ack(0, &lost), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::IllegalState);
+        assert!(exists(&storage, &format!("chk-{id}/_metadata")).await);
+        assert!(exists(&storage, &won.handle.files[0].path).await);
+        assert!(!exists(&storage, &lost.handle.files[0].path).await);
+        let meta = CompletedCheckpointStore::open(storage.clone(), 1)
+            .await
+            .unwrap()
+            .get(id)
+            .unwrap()
+            .clone();
+        let mut r = restore::<u64>(&storage, &meta, 128, 1).await.unwrap();
+        assert_eq!(values(&mut r[0]).get(&7), Some(&1), "the winner's state");
+    });
+}
+
+#[test]
+fn two_coordinators_never_get_the_same_id() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("ids").unwrap();
+        let mut old_leader = coordinator(&storage, 1, 1).await;
+        let mut new_leader = coordinator(&storage, 1, 1).await;
+        let a = old_leader.trigger().await.unwrap();
+        let b = new_leader.trigger().await.unwrap();
+        let c = old_leader.trigger().await.unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert!(c > b, "{c}");
+    });
+}
+
+#[test]
+fn open_never_hands_out_an_id_again_after_a_crash() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("crash-ids").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let id = coord.trigger().await.unwrap();
+        // The coordinator crashes before any task wrote a file.
+        drop(coord);
+        let mut coord = coordinator(&storage, 1, 1).await;
+        assert_eq!(coord.trigger().await.unwrap(), id + 1);
+        // Aborting the highest id keeps its reservation: the watermark survives the next crash too.
+        let next = coord.trigger().await.unwrap();
+        coord.abort(next).await.unwrap();
+        drop(coord);
+        let mut coord = coordinator(&storage, 1, 1).await;
+        assert_eq!(coord.trigger().await.unwrap(), next + 1);
+    });
+}
+
+#[test]
+fn snapshot_refuses_an_id_it_already_used() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("reuse").unwrap();
+        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        fill(&mut b, 0..10, 1);
+        let first = b.snapshot(5, &storage).unwrap().run().await.unwrap();
+        for id in [5, 4] {
+            let err = b.snapshot(id, &storage).map(|_| ()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::IllegalState, "{err}");
+        }
+        // A backend restored from checkpoint 5 continues above it.
+        let mut r = Heap::restore(config(128, 1, 0), &storage, &[first.handle])
+            .await
+            .unwrap();
+        assert!(r.snapshot(5, &storage).is_err());
+        assert!(r.snapshot(6, &storage).is_ok());
+    });
+}
+
+#[test]
+fn restore_checks_the_whole_file_crc32_on_remote_stores() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("crc").unwrap();
+        let plain = HeapBackendConfig {
+            zstd_level: None,
+            ..config(128, 1, 0)
+        };
+        let mut b = Heap::new(plain.clone()).unwrap();
+        fill(&mut b, 0..100, 1);
+        let one = b.snapshot(1, &storage).unwrap().run().await.unwrap();
+        fill(&mut b, 0..100, 2);
+        let two = b.snapshot(2, &storage).unwrap().run().await.unwrap();
+        let (f1, f2) = (&one.handle.files[0], &two.handle.files[0]);
+        assert_eq!(f1.size_bytes, f2.size_bytes, "same keys, same sizes");
+        // The second snapshot's bytes stand where the first handle's file was: every frame is valid.
+        let bytes = storage
+            .object_store()
+            .get(&storage.path(&f2.path))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        storage
+            .object_store()
+            .put(&storage.path(&f1.path), bytes.into())
+            .await
+            .unwrap();
+        let mut handle = one.handle.clone();
+        handle.checkpoint_id = 1;
+        let err = Heap::restore(plain, &storage, &[handle])
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(err.to_string().contains(&f1.path), "{err}");
+    });
+}
+
+#[test]
+fn notifications_for_unknown_or_aborted_checkpoints_are_ignored() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("notify").unwrap();
+        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        b.notify_checkpoint_complete(42);
+        assert_eq!(b.last_completed_checkpoint(), None, "never snapshotted");
+        let _ = b.snapshot(1, &storage).unwrap().run().await.unwrap();
+        b.notify_checkpoint_aborted(1);
+        b.notify_checkpoint_complete(1);
+        assert_eq!(b.last_completed_checkpoint(), None, "aborted");
+        let _ = b.snapshot(2, &storage).unwrap().run().await.unwrap();
+        b.notify_checkpoint_complete(2);
+        b.notify_checkpoint_complete(2);
+        assert_eq!(b.last_completed_checkpoint(), Some(2));
+    });
+}
+
+#[test]
+fn failing_finish_leaves_no_file() {
+    runtime().block_on(async {
+        let faulty = FaultyStore::new();
+        let storage = CheckpointStorage::new(faulty.clone(), "finish").unwrap();
+        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        fill(&mut b, 0..100, 1);
+        // The upload of the snapshot file takes effect, then reports an error.
+        faulty.arm(".keyed", Fault::FailWriteAfterEffect);
+        let err = b
+            .snapshot(1, &storage)
+            .unwrap()
+            .run()
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Storage);
+        assert!(objects(&storage, None).await.is_empty());
+    });
+}
+
+#[test]
+fn heap_snapshot_files_of_aborted_checkpoints_are_swept() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("sweep-heap").unwrap();
+        let (mut coord, _) = clocked(&storage, 1, 1).await;
+        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        fill(&mut b[0], 0..100, 1);
+        checkpoint(&mut coord, &mut b).await;
+        let (id, results) = snapshot_all(&mut coord, &mut b).await;
+        // The coordinator crashes before the acknowledgement: nobody aborts checkpoint `id`.
+        drop(coord);
+        let (mut coord, clock) = clocked(&storage, 1, 1).await;
+        let orphan = results[0].handle.files[0].path.clone();
+        clock.advance(Duration::from_secs(600));
+        let sweep = coord.sweep_orphans(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(sweep.deleted, vec![orphan], "{sweep:?}");
+        // The reservation of the highest id is the watermark and stays.
+        assert!(exists(&storage, &format!("chk-{id}/{TRIGGER_MARKER}")).await);
+        assert_retained_files_intact(&coord, true).await;
+    });
+}
+
+#[test]
+fn public_functions_return_errors_instead_of_panicking() {
+    assert!(operator_index_for_key_group(0, 1, 0).is_err());
+    assert!(operator_index_for_key_group(128, 0, 0).is_err());
+    assert!(operator_index_for_key_group(128, 2, 128).is_err());
+    assert_eq!(operator_index_for_key_group(128, 2, 127).unwrap(), 1);
+    assert!(assign_to_key_group(b"k", 0).is_err());
+    assert_eq!(
+        default_max_parallelism(u32::MAX),
+        UPPER_BOUND_MAX_PARALLELISM
+    );
+    assert_eq!(
+        default_max_parallelism(u32::MAX / 2 + 7),
+        UPPER_BOUND_MAX_PARALLELISM
+    );
+    let huge = HeapBackendConfig {
+        frame_bytes: usize::MAX,
+        ..config(128, 1, 0)
+    };
+    let err = Heap::new(huge).map(|_| ()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn metadata_blob_over_4_gib_is_an_error_not_a_truncation() {
+    // Zeroed allocations are mapped lazily: this costs no memory until written, and nothing writes it.
+    let blob = vec![0u8; (1 << 32) + 1];
+    let meta = CheckpointMetadata {
+        checkpoint_id: 1,
+        timestamp_ms: 0,
+        kind: SnapshotKind::Checkpoint,
+        tasks: vec![TaskStateSnapshot {
+            operator_id: "op".into(),
+            operator_state: [("offsets".to_string(), blob)].into(),
+            ..Default::default()
+        }],
+    };
+    let err = meta.to_bytes().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("operator state value"), "{err}");
+}
+
+#[test]
+fn tuple_states_restore_only_with_the_same_tuple_types() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("pairs").unwrap();
+        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        let pairs = ValueStateDescriptor::<VoidNamespace, (u64, u64)>::new("pairs");
+        let s = b.value_state(&pairs).unwrap();
+        b.set_current_key(1).unwrap();
+        s.update(&mut b, &NS, (3, 4)).unwrap();
+        let result = b.snapshot(1, &storage).unwrap().run().await.unwrap();
+        let mut r = Heap::restore(config(128, 1, 0), &storage, &[result.handle])
+            .await
+            .unwrap();
+        let signed = ValueStateDescriptor::<VoidNamespace, (i64, i64)>::new("pairs");
+        let err = r.value_state(&signed).map(|_| ()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let s = r.value_state(&pairs).unwrap();
+        r.set_current_key(1).unwrap();
+        assert_eq!(s.value(&r, &NS).unwrap(), Some((3, 4)));
+    });
+}
