@@ -272,6 +272,20 @@ impl CompletedCheckpointStore {
         Ok(())
     }
 
+    /// Forgets the checkpoints whose metadata is no longer in storage (`exists(id)` is false for them):
+    /// another coordinator subsumed or aborted them, so they are no checkpoints any more and their files
+    /// need no protection from this store. Used by the orphan sweep with the ids its listing found.
+    pub(crate) fn forget_missing(&mut self, exists: impl Fn(u64) -> bool) {
+        let before = self.checkpoints.len() + self.pinned.len() + self.foreign.len();
+        self.checkpoints.retain(|c| exists(c.checkpoint_id));
+        self.pinned.retain(|c| exists(c.checkpoint_id));
+        self.foreign.retain(|c| exists(c.checkpoint_id));
+        if self.checkpoints.len() + self.pinned.len() + self.foreign.len() != before {
+            tracing::warn!("checkpoints this coordinator knew were deleted by another one");
+            self.rebuild_registry();
+        }
+    }
+
     /// Protects a checkpoint known to exist in storage (the winner of a race for its metadata).
     pub(crate) fn add_foreign(&mut self, checkpoint: CheckpointMetadata) {
         if self.get(checkpoint.checkpoint_id).is_none() {

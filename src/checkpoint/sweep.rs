@@ -81,6 +81,18 @@ impl CheckpointCoordinator {
             listed: listed.len(),
             ..SweepReport::default()
         };
+        // Checkpoints this coordinator knows whose metadata the listing does not have were deleted by
+        // another coordinator: they protect nothing any more. (One completed after the listing is new to
+        // this coordinator, never among those.)
+        let listed_metadata: BTreeSet<u64> = listed
+            .iter()
+            .filter_map(|f| match place(&f.path) {
+                Place::Checkpoint { id, name } if name == METADATA_FILE => Some(id),
+                _ => None,
+            })
+            .collect();
+        self.store
+            .forget_missing(|id| listed_metadata.contains(&id));
         // After the listing: what is a checkpoint, and what do checkpoints reference.
         let dirs = self.storage.list_checkpoint_dirs().await?;
         let watermark = dirs.last().copied();

@@ -1,0 +1,204 @@
+//! The simulated job: two operators, `counter` on the heap backend and `window` on the LSM backend, each a
+//! value state `v: u64 -> u64`, and the `BTreeMap` model of both.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use statebackend::*;
+
+/// Max parallelism of the job.
+pub const MAX_P: u32 = 16;
+/// Operators, by index: heap, then LSM.
+pub const OPS: [&str; 2] = ["counter", "window"];
+
+/// The model: `(operator index, key) -> value`.
+pub type Model = BTreeMap<(usize, u64), u64>;
+
+fn desc() -> ValueStateDescriptor<VoidNamespace, u64> {
+    ValueStateDescriptor::new("v")
+}
+
+/// One subtask's backend.
+pub enum Backend {
+    Heap(Box<HeapKeyedStateBackend<u64>>),
+    Lsm(Box<LsmKeyedStateBackend<u64>>),
+}
+
+/// Runs `$e` with `$b` bound to the concrete backend.
+macro_rules! on {
+    ($backend:expr, $b:ident => $e:expr) => {
+        match $backend {
+            Backend::Heap($b) => $e,
+            Backend::Lsm($b) => $e,
+        }
+    };
+}
+
+/// One subtask of an operator in one generation of the job (a failover starts a new one).
+pub struct Task {
+    pub op: usize,
+    pub subtask: u32,
+    pub backend: Backend,
+}
+
+/// Settings of a subtask's LSM backend: small, no background compaction (the SST files then depend on the
+/// writes alone, so a seed replays), one transfer at a time (ordered store calls).
+pub fn lsm_config(parallelism: u32, subtask: u32, local_dir: &Path) -> LsmBackendConfig {
+    LsmBackendConfig {
+        transfer_concurrency: 1,
+        block_cache_bytes: 1 << 20,
+        write_buffer_bytes: 1 << 20,
+        direct_io: false,
+        auto_compaction: false,
+        ..LsmBackendConfig::for_subtask(OPS[1], MAX_P, parallelism, subtask, local_dir)
+            .expect("config")
+    }
+}
+
+pub fn heap_config(parallelism: u32, subtask: u32) -> HeapBackendConfig {
+    HeapBackendConfig::for_subtask(OPS[0], MAX_P, parallelism, subtask).expect("config")
+}
+
+/// The subtask of `parallelism` owning `key`.
+pub fn owner(key: u64, parallelism: u32) -> u32 {
+    let mut bytes = Vec::new();
+    key.encode(&mut bytes);
+    let kg = assign_to_key_group(&bytes, MAX_P).expect("max parallelism");
+    operator_index_for_key_group(MAX_P, parallelism, kg).expect("key group")
+}
+
+impl Task {
+    /// A new, empty subtask.
+    pub fn new(op: usize, parallelism: u32, subtask: u32, dir: &Path) -> Self {
+        let backend = match op {
+            0 => Backend::Heap(Box::new(
+                HeapKeyedStateBackend::new(heap_config(parallelism, subtask)).expect("heap"),
+            )),
+            _ => Backend::Lsm(Box::new(
+                LsmKeyedStateBackend::new(lsm_config(parallelism, subtask, dir)).expect("lsm"),
+            )),
+        };
+        Task {
+            op,
+            subtask,
+            backend,
+        }
+    }
+
+    /// A subtask restored from `handles` (of its operator) in `mode`.
+    pub async fn restore(
+        op: usize,
+        parallelism: u32,
+        subtask: u32,
+        dir: &Path,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+    ) -> Result<Self> {
+        let backend = match op {
+            0 => Backend::Heap(Box::new(
+                HeapKeyedStateBackend::restore(heap_config(parallelism, subtask), storage, handles)
+                    .await?,
+            )),
+            _ => Backend::Lsm(Box::new(
+                LsmKeyedStateBackend::restore(
+                    lsm_config(parallelism, subtask, dir),
+                    storage,
+                    handles,
+                    mode,
+                )
+                .await?,
+            )),
+        };
+        Ok(Task {
+            op,
+            subtask,
+            backend,
+        })
+    }
+
+    pub fn put(&mut self, key: u64, value: u64) -> Result<()> {
+        on!(&mut self.backend, b => {
+            let s = b.value_state(&desc())?;
+            b.set_current_key(key)?;
+            s.update(&mut **b, &VoidNamespace, value)
+        })
+    }
+
+    /// Every key and value of the state.
+    pub fn read_all(&mut self) -> Result<BTreeMap<u64, u64>> {
+        on!(&mut self.backend, b => {
+            let s = b.value_state(&desc())?;
+            let mut out = BTreeMap::new();
+            for k in s.keys(&**b, &VoidNamespace)? {
+                b.set_current_key(k)?;
+                if let Some(v) = s.value(&**b, &VoidNamespace)? {
+                    out.insert(k, v);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn snapshot(&mut self, id: u64, storage: &CheckpointStorage) -> Result<PendingSnapshot> {
+        on!(&mut self.backend, b => b.snapshot(id, storage))
+    }
+
+    pub fn notify_complete(&mut self, id: u64) {
+        on!(&mut self.backend, b => b.notify_checkpoint_complete(id))
+    }
+
+    pub fn notify_aborted(&mut self, id: u64) {
+        on!(&mut self.backend, b => b.notify_checkpoint_aborted(id))
+    }
+
+    /// The acknowledgement of this task with `result`.
+    pub fn ack(&self, result: &SnapshotResult) -> TaskStateSnapshot {
+        TaskStateSnapshot {
+            operator_id: OPS[self.op].into(),
+            subtask_index: self.subtask,
+            keyed_state: Some(result.handle.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The coordinator settings of a job with these parallelisms.
+pub fn job_config(parallelism: [u32; 2], retained: usize) -> CoordinatorConfig {
+    CoordinatorConfig {
+        operators: OPS
+            .iter()
+            .zip(parallelism)
+            .map(|(op, p)| OperatorTasks {
+                operator_id: (*op).into(),
+                parallelism: p,
+            })
+            .collect(),
+        retained_checkpoints: retained,
+    }
+}
+
+/// The state of checkpoint `meta` restored at parallelism 1, as a model.
+pub async fn restored_model(
+    storage: &CheckpointStorage,
+    meta: &CheckpointMetadata,
+    dir: &Path,
+) -> Result<Model> {
+    let mut model = Model::new();
+    for (op, name) in OPS.iter().enumerate() {
+        let mut task = Task::restore(
+            op,
+            1,
+            0,
+            dir,
+            storage,
+            &meta.keyed_handles(name),
+            RestoreMode::NoClaim,
+        )
+        .await?;
+        for (k, v) in task.read_all()? {
+            model.insert((op, k), v);
+        }
+    }
+    Ok(model)
+}
