@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         storage.object_store().put(&storage.path(path), data.to_vec().into()).await.expect("put");
         let handle = KeyedStateHandle {
             backend_id: "fuzz".into(),
+            operator_id: "op".into(),
             checkpoint_id: 1,
             max_parallelism: 16,
             key_groups: KeyGroupRange::new(0, 15).expect("range"),

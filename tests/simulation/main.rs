@@ -8,7 +8,9 @@
 //!
 //! `SIM_SEEDS` (default 1000) seeds from `SIM_SEED_BASE` (default 0), `SIM_STEPS` (default 120) steps
 //! each; `SIM_SEED=n` runs one seed and prints its log. A failing seed prints how to run it again.
+//! It needs the LSM backend (the default `rocksdb` feature).
 
+#![cfg(feature = "rocksdb")]
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
 mod check;
