@@ -65,6 +65,7 @@ mod lsm;
 mod storage;
 
 pub use checkpoint::coordinator::CheckpointCoordinator;
+pub use checkpoint::fence::COORDINATORS_DIR;
 pub use checkpoint::handle::{
     CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
     TaskStateSnapshot,

@@ -32,14 +32,18 @@ fn value_of(b: &mut HeapKeyedStateBackend<u64>, key: u64) -> Option<u64> {
     s.value(b, &NS).unwrap()
 }
 
+/// Every object of the store but the coordinators' generation markers (`_coordinators/`), sorted.
 async fn files(store: &Arc<dyn ObjectStore>) -> Vec<String> {
     use futures::TryStreamExt;
     let mut v: Vec<String> = store
         .list(None)
         .map_ok(|m| m.location.to_string())
-        .try_collect()
+        .try_collect::<Vec<String>>()
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .filter(|p| !p.contains(&format!("/{COORDINATORS_DIR}/")))
+        .collect();
     v.sort();
     v
 }

@@ -427,6 +427,37 @@ fn garbage_collection_never_deletes_what_unreadable_metadata_may_reference() {
     });
 }
 
+/// Found by the simulation (seed 575): an old leader still running completed a checkpoint after a new
+/// leader had opened, subsumed checkpoint 1 and deleted its shared file; the new leader, which had read
+/// checkpoint 1 as retained, completed a checkpoint reusing that file. An old leader now deletes nothing
+/// once a newer coordinator exists.
+#[test]
+fn simulation_575_old_leader_never_deletes_what_a_new_leader_read() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("fenced").unwrap();
+        let mut old_leader = coordinator(&storage, 1, 1).await;
+        complete_shared(&mut old_leader, &[("shared/a-1.sst", 1)]).await;
+        let mut new_leader = coordinator(&storage, 1, 1).await;
+        let stats = complete_shared(&mut old_leader, &[("shared/b-2.sst", 2)]).await;
+        assert!(stats.subsumed.is_empty(), "{stats:?}");
+        assert!(old_leader.is_fenced());
+        assert!(exists(&storage, "shared/a-1.sst").await);
+        assert!(exists(&storage, "chk-1/_metadata").await);
+        let err = old_leader.trigger().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::IllegalState);
+        // The new leader's task still has checkpoint 1 as its base.
+        let stats = complete_shared(
+            &mut new_leader,
+            &[("shared/a-1.sst", 1), ("shared/c-3.sst", 3)],
+        )
+        .await;
+        assert_eq!(stats.checkpoint_id, 3);
+        assert!(exists(&storage, "shared/a-1.sst").await);
+        let sweep = old_leader.sweep_orphans(Duration::ZERO).await.unwrap();
+        assert!(sweep.fenced && sweep.deleted.is_empty(), "{sweep:?}");
+    });
+}
+
 #[test]
 fn losing_coordinator_deletes_only_its_own_uploads() {
     runtime().block_on(async {
@@ -484,6 +515,28 @@ fn two_coordinators_never_get_the_same_id() {
         let c = old_leader.trigger().await.unwrap();
         assert_eq!((a, b), (1, 2));
         assert!(c > b, "{c}");
+    });
+}
+
+/// Found by the simulation (seed 367): a new leader subsumed checkpoint 2, deleting its directory with its
+/// reservation, and the old leader, still running with 2 as its next id, reserved it again.
+#[test]
+fn simulation_367_old_leader_never_reuses_a_subsumed_id() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("stale-ids").unwrap();
+        let mut old_leader = coordinator(&storage, 1, 1).await;
+        let mut new_leader = coordinator(&storage, 1, 1).await;
+        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        fill(&mut b[0], 0..10, 1);
+        for _ in 0..3 {
+            checkpoint(&mut new_leader, &mut b).await;
+        }
+        assert!(
+            !exists(&storage, &format!("chk-1/{TRIGGER_MARKER}")).await,
+            "subsumed"
+        );
+        let id = old_leader.trigger().await.unwrap();
+        assert_eq!(id, 4, "above every checkpoint in storage");
     });
 }
 

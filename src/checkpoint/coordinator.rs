@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::checkpoint::fence::Fence;
 use crate::checkpoint::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
 use crate::checkpoint::pending::{
     Acknowledgement, CheckpointStats, CoordinatorConfig, Outcome, Outcomes, PendingCheckpoint,
@@ -34,6 +35,10 @@ pub struct CheckpointCoordinator {
     pub(super) clock: Arc<dyn Clock>,
     /// Random identity of this coordinator instance, written into the id reservations it makes.
     instance: String,
+    /// Its generation among the job's coordinators.
+    pub(super) fence: Fence,
+    /// A newer coordinator exists: this one triggers nothing more and deletes nothing.
+    pub(super) fenced: bool,
     next_id: u64,
     pub(super) pending: BTreeMap<u64, PendingCheckpoint>,
     pub(super) outcomes: Outcomes,
@@ -52,9 +57,11 @@ impl CheckpointCoordinator {
         Self::open_with_clock(storage, config, Arc::new(SystemClock)).await
     }
 
-    /// Opens the job's checkpoint storage: reads every checkpoint's metadata (the registry is rebuilt from
-    /// it, FLINK-7268) and continues ids after the highest `chk-<n>` directory, so an id is never handed
-    /// out twice. Nothing is deleted: leftovers of crashed attempts are the orphan sweep's
+    /// Opens the job's checkpoint storage: registers a coordinator generation above every earlier one
+    /// (from then on older coordinators still running delete nothing: `docs/protocol.md`, "Fencing"),
+    /// reads every checkpoint's metadata (the registry is rebuilt from it, FLINK-7268) and continues ids
+    /// after the highest `chk-<n>` directory, so an id is never handed out twice. Nothing of a checkpoint
+    /// is deleted: leftovers of crashed attempts are the orphan sweep's
     /// ([`CheckpointCoordinator::sweep_orphans`]), which alone can tell them from another coordinator's
     /// uploads in flight. `clock` gives checkpoint timestamps and the sweep's now.
     ///
@@ -66,8 +73,14 @@ impl CheckpointCoordinator {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         config.validate()?;
-        let store =
+        let instance = format!("{:016x}", random_u64());
+        // The generation first, then the reading: a coordinator of an older generation that deletes after
+        // this reading checks the fence between a checkpoint's metadata and its files, and stops.
+        let fence = Fence::register(&storage, &instance).await?;
+        let mut store =
             CompletedCheckpointStore::open(storage.clone(), config.retained_checkpoints).await?;
+        store.set_fence(fence.clone());
+        fence.retire_older().await;
         let next_id = storage
             .list_checkpoint_dirs()
             .await?
@@ -78,7 +91,9 @@ impl CheckpointCoordinator {
             store,
             config,
             clock,
-            instance: format!("{:016x}", random_u64()),
+            instance,
+            fence,
+            fenced: false,
             next_id,
             pending: BTreeMap::new(),
             outcomes: Outcomes::default(),
@@ -117,6 +132,12 @@ impl CheckpointCoordinator {
         &self.config
     }
 
+    /// Whether a coordinator of a newer generation exists (found by a completion or a sweep): this one
+    /// then triggers no more checkpoints and deletes nothing; the engine should stop it.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
     /// Ids of checkpoints triggered but neither completed nor aborted, ascending.
     pub fn pending(&self) -> Vec<u64> {
         self.pending.keys().copied().collect()
@@ -124,15 +145,30 @@ impl CheckpointCoordinator {
 
     /// Starts a checkpoint (the engine injects its barrier) and returns its id.
     ///
-    /// The id is reserved durably first: `chk-<id>/_trigger` is created if absent, naming this
-    /// coordinator. An id another coordinator reserved is skipped, and an id whose reservation failed is
-    /// never handed out by this instance either, so ids never repeat, across restarts and between two
-    /// coordinators of one job.
+    /// The id is reserved durably first: it is above every `chk-<n>` directory in storage, and
+    /// `chk-<id>/_trigger` is created if absent, naming this coordinator. An id another coordinator
+    /// reserved is skipped, and an id whose reservation failed is never handed out by this instance
+    /// either, so ids never repeat, across restarts and between two coordinators of one job.
     ///
     /// # Errors
-    /// Storage errors while reserving (the id is skipped; calling again tries the next one);
+    /// [`Error::IllegalState`] once the coordinator is fenced ([`CheckpointCoordinator::is_fenced`]);
+    /// storage errors while listing or reserving (a failed reservation skips its id; calling again tries
+    /// the next one);
     /// [`Error::IllegalState`] if 64 consecutive ids were taken by other coordinators.
     pub async fn trigger(&mut self) -> Result<u64> {
+        if self.fenced {
+            return Err(Error::IllegalState(format!(
+                "a newer coordinator of this job exists (this one is generation {}): stop this one",
+                self.fence.generation()
+            )));
+        }
+        // A reservation protects an id only while its marker exists, and subsumption deletes a
+        // checkpoint's directory with it: never go below the highest directory in storage (the id
+        // watermark, which nothing deletes), or a coordinator that fell behind (an old leader) would
+        // reserve an id again (found by the simulation, seed 367).
+        if let Some(highest) = self.storage.list_checkpoint_dirs().await?.last() {
+            self.next_id = self.next_id.max(highest + 1);
+        }
         for _ in 0..MAX_RESERVE_ATTEMPTS {
             let id = self.next_id;
             self.next_id += 1;
@@ -363,6 +399,14 @@ impl CheckpointCoordinator {
         let own = |n: u64| pending.contains_key(&n) || outcomes.settled(n);
         match self.store.add(meta.clone(), own).await {
             Ok(added) => {
+                if added.fenced {
+                    self.fenced = true;
+                    stats.cleanup_warnings.push(format!(
+                        "a newer coordinator of this job exists: this one (generation {}) deletes nothing \
+                         and triggers no more checkpoints",
+                        self.fence.generation()
+                    ));
+                }
                 stats.subsumed = added.subsumed;
                 stats.registry = added.registry;
                 stats.cleanup_warnings.extend(added.warnings);
@@ -481,7 +525,8 @@ impl CheckpointCoordinator {
 
     /// Stops the coordinator with the job: aborts pending checkpoints, then keeps or deletes the job's
     /// completed ones. With [`CancellationPolicy::DeleteOnCancellation`] the directories of the
-    /// checkpoints this coordinator aborted go too, reservations included (the job's life ends).
+    /// checkpoints this coordinator aborted go too, reservations and its generation marker included (the
+    /// job's life ends).
     ///
     /// # Errors
     /// Storage errors while deleting.
@@ -507,6 +552,10 @@ impl CheckpointCoordinator {
             }
         }
         self.store.shutdown(policy).await?;
+        if policy == CancellationPolicy::DeleteOnCancellation {
+            // The job's life ends: its generation marker goes too.
+            self.fence.retire().await?;
+        }
         first_error.map_or(Ok(()), Err)
     }
 }

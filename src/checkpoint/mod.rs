@@ -2,6 +2,7 @@
 //! and the validation of handle sets (`docs/protocol.md`).
 
 pub(crate) mod coordinator;
+pub(crate) mod fence;
 pub(crate) mod handle;
 pub(crate) mod pending;
 pub(crate) mod registry;

@@ -7,6 +7,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+use crate::checkpoint::fence::Fence;
 use crate::checkpoint::handle::CheckpointMetadata;
 use crate::checkpoint::registry::SharedFileRegistry;
 use crate::error::{Error, ErrorKind, Result};
@@ -28,6 +29,9 @@ pub struct AddOutcome {
     /// held back by unreadable metadata). The checkpoint is complete regardless; what was not deleted is
     /// retried at the next completion or left to the orphan sweep.
     pub warnings: Vec<String>,
+    /// A coordinator of a newer generation exists: this store deleted nothing, and never will
+    /// (`docs/protocol.md`, "Fencing").
+    pub fenced: bool,
 }
 
 /// Completed checkpoints of one job, oldest first, and the registry of the shared files they use.
@@ -43,6 +47,8 @@ pub struct CompletedCheckpointStore {
     foreign: Vec<CheckpointMetadata>,
     unreadable: Vec<SkippedCheckpoint>,
     registry: SharedFileRegistry,
+    /// The owning coordinator's generation: deletes only while no newer coordinator exists.
+    fence: Option<Fence>,
 }
 
 impl CompletedCheckpointStore {
@@ -66,6 +72,7 @@ impl CompletedCheckpointStore {
             foreign: Vec::new(),
             unreadable: Vec::new(),
             registry: SharedFileRegistry::default(),
+            fence: None,
         };
         for id in store.storage.list_checkpoint_dirs().await? {
             match store.load(id).await? {
@@ -110,6 +117,28 @@ impl CompletedCheckpointStore {
     fn rebuild_registry(&mut self) {
         self.registry =
             SharedFileRegistry::rebuild(&self.checkpoints, self.pinned.iter().chain(&self.foreign));
+    }
+
+    /// Makes deletes conditional on `fence` (the owning coordinator's generation) still holding.
+    pub(crate) fn set_fence(&mut self, fence: Fence) {
+        self.fence = Some(fence);
+    }
+
+    /// Whether this store may delete: no coordinator of a newer generation exists. A failed check counts as
+    /// a no (reported in `warnings`).
+    async fn may_delete(&self, warnings: &mut Vec<String>) -> bool {
+        let Some(fence) = &self.fence else {
+            return true;
+        };
+        match fence.holds().await {
+            Ok(holds) => holds,
+            Err(e) => {
+                warnings.push(format!(
+                    "deletes postponed: the coordinator generations cannot be listed: {e}"
+                ));
+                false
+            }
+        }
     }
 
     /// The shared-file registry of the retained, pinned and foreign checkpoints.
@@ -300,8 +329,9 @@ impl CompletedCheckpointStore {
     /// that appeared in storage are read (`own` as in [`CompletedCheckpointStore::refresh`]); a subsumed
     /// checkpoint's metadata is deleted and confirmed gone before its private files; a shared file no
     /// retained checkpoint uses is unregistered only once its delete succeeded, and none is deleted while
-    /// any metadata in storage is unreadable. Failures of this clean-up are warnings, never errors: the
-    /// checkpoint is complete.
+    /// any metadata in storage is unreadable. Nothing is deleted once a coordinator of a newer generation
+    /// exists (checked before, and again between a subsumed checkpoint's metadata and its files). Failures
+    /// of this clean-up are warnings, never errors: the checkpoint is complete.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if the id is not above the latest retained one (nothing changed).
@@ -332,8 +362,17 @@ impl CompletedCheckpointStore {
             outcome.registry = self.registry_stats(0);
             return Ok(outcome);
         }
+        if !self.may_delete(&mut outcome.warnings).await {
+            outcome.fenced = true;
+            outcome.registry = self.registry_stats(0);
+            return Ok(outcome);
+        }
         self.subsume(&mut outcome).await;
-        let deleted = self.delete_unused_shared_files(&mut outcome.warnings).await;
+        let deleted = if outcome.fenced {
+            0
+        } else {
+            self.delete_unused_shared_files(&mut outcome.warnings).await
+        };
         outcome.registry = self.registry_stats(deleted);
         Ok(outcome)
     }
@@ -356,6 +395,12 @@ impl CompletedCheckpointStore {
             }
             self.checkpoints.pop_front();
             outcome.subsumed.push(id);
+            // Checked again with the metadata gone: a coordinator that opened before read this
+            // checkpoint as retained and may reuse its files; they stay (registered) if one did.
+            if !self.may_delete(&mut outcome.warnings).await {
+                outcome.fenced = true;
+                return;
+            }
             if let Err(e) = self.storage.delete_dir(&dir).await {
                 outcome.warnings.push(format!(
                     "private files of subsumed checkpoint {id} left for the orphan sweep: {e}"
@@ -471,9 +516,17 @@ impl CompletedCheckpointStore {
     /// foreign ones are never deleted).
     ///
     /// # Errors
-    /// Storage errors while deleting.
+    /// Storage errors while deleting; [`Error::IllegalState`] if a newer coordinator exists (nothing is
+    /// deleted).
     pub async fn shutdown(mut self, policy: CancellationPolicy) -> Result<()> {
         if policy == CancellationPolicy::DeleteOnCancellation {
+            let mut warnings = Vec::new();
+            if !self.may_delete(&mut warnings).await {
+                return Err(Error::IllegalState(format!(
+                    "a newer coordinator of this job exists; this one deletes nothing {}",
+                    warnings.join("; ")
+                )));
+            }
             while let Some(oldest) = self.checkpoints.front() {
                 discard(&self.storage, oldest.checkpoint_id).await?;
                 self.checkpoints.pop_front();

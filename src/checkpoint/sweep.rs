@@ -25,6 +25,8 @@ pub struct SweepReport {
     /// Checkpoints whose metadata cannot be read (corrupt, or of a newer release). While there is one the
     /// sweep deletes nothing: such a checkpoint may reference any file.
     pub blocked_by_unreadable: Vec<u64>,
+    /// A coordinator of a newer generation exists: this one deletes nothing (`docs/protocol.md`).
+    pub fenced: bool,
 }
 
 /// Where a listed file lives.
@@ -63,12 +65,21 @@ impl CheckpointCoordinator {
     /// `min_age` protects uploads of checkpoints this coordinator does not know of (another coordinator's,
     /// or one pending before a restart), so it must exceed the longest checkpoint. While any metadata in
     /// storage is unreadable, nothing is deleted ([`SweepReport::blocked_by_unreadable`]). `savepoints/` and
-    /// anything else outside `shared/` and `chk-*` is never touched.
+    /// anything else outside `shared/` and `chk-*` is never touched. Once a coordinator of a newer generation
+    /// exists, nothing is deleted ([`SweepReport::fenced`]).
     ///
     /// # Errors
     /// Storage errors while listing, reading or deleting (what was classified before stays for the next
     /// sweep).
     pub async fn sweep_orphans(&mut self, min_age: Duration) -> Result<SweepReport> {
+        if self.fenced || !self.fence.holds().await? {
+            self.fenced = true;
+            return Ok(SweepReport {
+                fenced: true,
+                ..SweepReport::default()
+            });
+        }
+        self.fence.retire_older().await;
         let now = self.clock.now();
         let listed: Vec<ListedFile> = self
             .storage
@@ -187,6 +198,13 @@ impl CheckpointCoordinator {
             }
         }
         self.orphan_candidates = candidates;
+        // Once more right before deleting: the classification took a while.
+        if !self.fence.holds().await? {
+            self.fenced = true;
+            report.fenced = true;
+            report.too_young += doomed.len();
+            return Ok(report);
+        }
         // Metadata-less directories' files go in any order; nothing here is a checkpoint's metadata.
         let mut by_dir: BTreeMap<bool, Vec<String>> = BTreeMap::new();
         for path in doomed {

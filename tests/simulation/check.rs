@@ -194,6 +194,13 @@ async fn leftovers(sim: &Sim) -> Step {
         .expect("list");
     let dir_of =
         |p: &str| -> Option<u64> { p.strip_prefix("chk-")?.split('/').next()?.parse().ok() };
+    let newest_generation = files
+        .iter()
+        .filter_map(|f| f.strip_prefix(&prefix))
+        .filter(|f| f.starts_with(&format!("{COORDINATORS_DIR}/")))
+        .max()
+        .unwrap_or("")
+        .to_string();
     let watermark = files
         .iter()
         .filter_map(|f| dir_of(f.strip_prefix(&prefix)?))
@@ -212,6 +219,10 @@ async fn leftovers(sim: &Sim) -> Step {
             continue;
         }
         if name == TRIGGER_MARKER && dir == watermark {
+            continue;
+        }
+        // The leader's generation marker; older ones are retired.
+        if rel.starts_with(&format!("{COORDINATORS_DIR}/")) && rel == newest_generation {
             continue;
         }
         violation!("{rel} is left after quiet time and a sweep");

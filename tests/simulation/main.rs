@@ -178,7 +178,9 @@ fn simulation() {
         failures.len()
     );
     if let Some(first) = failures.iter().min_by_key(|f| f.seed) {
-        let tail: Vec<&String> = first.log.iter().rev().take(40).rev().collect();
+        // The whole log when one seed is replayed, its end otherwise.
+        let keep = if seeds == 1 { first.log.len() } else { 40 };
+        let tail: Vec<&String> = first.log.iter().rev().take(keep).rev().collect();
         let seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
         panic!(
             "simulation seed {} failed at step {}: {}\nfailing seeds: {seeds:?}\nrerun: SIM_SEED={} SIM_STEPS={steps} \
