@@ -13,35 +13,12 @@ use std::time::{Duration, SystemTime};
 
 use common::faulty::{Fault, FaultyStore};
 use common::*;
-use object_store::ObjectStoreExt;
 use statebackend::*;
 
 type Lsm = LsmKeyedStateBackend<u64>;
-const NS: VoidNamespace = VoidNamespace;
-
-fn counts() -> ValueStateDescriptor<VoidNamespace, u64> {
-    ValueStateDescriptor::new("counts")
-}
-
-fn fill(b: &mut Lsm, keys: std::ops::Range<u64>, value: u64) {
-    let s = b.value_state(&counts()).unwrap();
-    for k in keys {
-        if b.set_current_key(k).is_ok() {
-            s.update(b, &NS, value).unwrap();
-        }
-    }
-}
 
 fn values(b: &mut Lsm) -> BTreeMap<u64, u64> {
     read_all(b, &counts())
-}
-
-async fn exists(storage: &CheckpointStorage, path: &str) -> bool {
-    storage
-        .object_store()
-        .head(&storage.path(path))
-        .await
-        .is_ok()
 }
 
 /// Compacts every column family into as few files as possible (rewriting overlapping ones).

@@ -1,14 +1,13 @@
 //! Regression tests of issue 11 ("A checkpoint is never lost"): one per defect it lists, named after it,
-//! on the coordinator and the heap backend (`docs/protocol.md`). The LSM backend's are in
-//! `tests/lsm_protocol.rs`; the simulation that finds these defects again is `tests/simulation/`.
+//! on the coordinator (`docs/protocol.md`). The backends' checks are in `tests/backend_checks.rs`, the
+//! LSM backend's in `tests/lsm_protocol.rs`; the simulation that finds these defects again is
+//! `tests/simulation/`.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::faulty::{Fault, FaultyStore};
 use common::*;
@@ -16,63 +15,9 @@ use object_store::ObjectStoreExt;
 use statebackend::*;
 
 type Heap = HeapKeyedStateBackend<u64>;
-const NS: VoidNamespace = VoidNamespace;
 
-fn counts() -> ValueStateDescriptor<VoidNamespace, u64> {
-    ValueStateDescriptor::new("counts")
-}
-
-/// Sets every owned key of `keys` to `value`.
-fn fill(b: &mut Heap, keys: std::ops::Range<u64>, value: u64) {
-    let s = b.value_state(&counts()).unwrap();
-    for k in keys {
-        if b.set_current_key(k).is_ok() {
-            s.update(b, &NS, value).unwrap();
-        }
-    }
-}
-
-fn values(b: &mut Heap) -> BTreeMap<u64, u64> {
+fn values(b: &mut Heap) -> std::collections::BTreeMap<u64, u64> {
     read_all(b, &counts())
-}
-
-/// Triggers a checkpoint and runs every backend's snapshot, without acknowledging.
-async fn snapshot_all(
-    coord: &mut CheckpointCoordinator,
-    backends: &mut [Heap],
-) -> (u64, Vec<SnapshotResult>) {
-    let id = coord.trigger().await.unwrap();
-    let storage = coord.storage().clone();
-    let mut results = Vec::new();
-    for b in backends {
-        results.push(b.snapshot(id, &storage).unwrap().run().await.unwrap());
-    }
-    (id, results)
-}
-
-async fn exists(storage: &CheckpointStorage, path: &str) -> bool {
-    storage
-        .object_store()
-        .head(&storage.path(path))
-        .await
-        .is_ok()
-}
-
-/// A coordinator of operator `op` with `tasks` subtasks whose clock the test moves.
-async fn clocked(
-    storage: &CheckpointStorage,
-    retained: usize,
-    tasks: u32,
-) -> (CheckpointCoordinator, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let coord = CheckpointCoordinator::open_with_clock(
-        storage.clone(),
-        CoordinatorConfig::single_operator("op", tasks, retained),
-        clock.clone(),
-    )
-    .await
-    .unwrap();
-    (coord, clock)
 }
 
 #[test]
@@ -159,96 +104,6 @@ fn unknown_task_is_an_error_that_deletes_nothing() {
         assert_eq!(objects(&storage, None).await, before, "nothing was deleted");
         let done = coord.acknowledge(id, ack(0, &results[0]), None).await;
         assert!(matches!(done, Ok(Acknowledgement::Completed(_))));
-    });
-}
-
-#[test]
-fn restore_refuses_no_handles_half_the_handles_and_mixed_checkpoints() {
-    runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("coverage").unwrap();
-        let mut coord = coordinator(&storage, 2, 2).await;
-        let mut b: Vec<Heap> = (0..2)
-            .map(|i| Heap::new(config(128, 2, i)).unwrap())
-            .collect();
-        for x in &mut b {
-            fill(x, 0..300, 1);
-        }
-        checkpoint(&mut coord, &mut b).await;
-        checkpoint(&mut coord, &mut b).await;
-        let ids: Vec<u64> = coord
-            .store()
-            .checkpoints()
-            .map(|m| m.checkpoint_id)
-            .collect();
-        let first = handles(coord.store().get(ids[0]).unwrap());
-        let second = handles(coord.store().get(ids[1]).unwrap());
-        let cases: [(&str, Vec<KeyedStateHandle>); 3] = [
-            ("no handles", vec![]),
-            ("half the handles", vec![first[0].clone()]),
-            ("two checkpoints", vec![first[0].clone(), second[1].clone()]),
-        ];
-        for (name, hs) in cases {
-            let err = Heap::restore(config(128, 1, 0), &storage, &hs)
-                .await
-                .map(|_| ())
-                .unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {err}");
-        }
-        let mut whole = Heap::restore(config(128, 1, 0), &storage, &second)
-            .await
-            .unwrap();
-        assert_eq!(values(&mut whole).len(), 300);
-    });
-}
-
-#[test]
-fn heap_restore_never_merges_states_of_different_operators() {
-    runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("operators").unwrap();
-        let job = CoordinatorConfig {
-            operators: vec![
-                OperatorTasks {
-                    operator_id: "a".into(),
-                    parallelism: 1,
-                },
-                OperatorTasks {
-                    operator_id: "b".into(),
-                    parallelism: 1,
-                },
-            ],
-            retained_checkpoints: 1,
-        };
-        let mut coord = CheckpointCoordinator::open(storage.clone(), job)
-            .await
-            .unwrap();
-        let op_config = |op: &str| HeapBackendConfig::for_subtask(op, 128, 1, 0).unwrap();
-        let (mut a, mut b) = (
-            Heap::new(op_config("a")).unwrap(),
-            Heap::new(op_config("b")).unwrap(),
-        );
-        fill(&mut a, 0..10, 1);
-        fill(&mut b, 100..110, 2);
-        let id = coord.trigger().await.unwrap();
-        for (op, backend) in [("a", &mut a), ("b", &mut b)] {
-            let result = backend.snapshot(id, &storage).unwrap().run().await.unwrap();
-            let task = TaskStateSnapshot {
-                operator_id: op.into(),
-                keyed_state: Some(result.handle),
-                ..Default::default()
-            };
-            coord.acknowledge(id, task, None).await.unwrap();
-        }
-        let meta = coord.store().latest().unwrap().clone();
-        // Both operators' handles cover every key group: a restore of `a` must refuse `b`'s.
-        let err = Heap::restore(op_config("a"), &storage, &handles(&meta))
-            .await
-            .map(|_| ())
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
-        let mut restored = Heap::restore(op_config("a"), &storage, &meta.keyed_handles("a"))
-            .await
-            .unwrap();
-        assert_eq!(values(&mut restored), (0..10).map(|k| (k, 1)).collect());
     });
 }
 
@@ -560,105 +415,6 @@ fn open_never_hands_out_an_id_again_after_a_crash() {
 }
 
 #[test]
-fn snapshot_refuses_an_id_it_already_used() {
-    runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("reuse").unwrap();
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
-        fill(&mut b, 0..10, 1);
-        let first = b.snapshot(5, &storage).unwrap().run().await.unwrap();
-        for id in [5, 4] {
-            let err = b.snapshot(id, &storage).map(|_| ()).unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::IllegalState, "{err}");
-        }
-        // A backend restored from checkpoint 5 continues above it.
-        let mut r = Heap::restore(config(128, 1, 0), &storage, &[first.handle])
-            .await
-            .unwrap();
-        assert!(r.snapshot(5, &storage).is_err());
-        assert!(r.snapshot(6, &storage).is_ok());
-    });
-}
-
-#[test]
-fn restore_checks_the_whole_file_crc32_on_remote_stores() {
-    runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("crc").unwrap();
-        let plain = HeapBackendConfig {
-            zstd_level: None,
-            ..config(128, 1, 0)
-        };
-        let mut b = Heap::new(plain.clone()).unwrap();
-        fill(&mut b, 0..100, 1);
-        let one = b.snapshot(1, &storage).unwrap().run().await.unwrap();
-        fill(&mut b, 0..100, 2);
-        let two = b.snapshot(2, &storage).unwrap().run().await.unwrap();
-        let (f1, f2) = (&one.handle.files[0], &two.handle.files[0]);
-        assert_eq!(f1.size_bytes, f2.size_bytes, "same keys, same sizes");
-        // The second snapshot's bytes stand where the first handle's file was: every frame is valid.
-        let bytes = storage
-            .object_store()
-            .get(&storage.path(&f2.path))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        storage
-            .object_store()
-            .put(&storage.path(&f1.path), bytes.into())
-            .await
-            .unwrap();
-        let mut handle = one.handle.clone();
-        handle.checkpoint_id = 1;
-        let err = Heap::restore(plain, &storage, &[handle])
-            .await
-            .map(|_| ())
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-        assert!(err.to_string().contains(&f1.path), "{err}");
-    });
-}
-
-#[test]
-fn notifications_for_unknown_or_aborted_checkpoints_are_ignored() {
-    runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("notify").unwrap();
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
-        b.notify_checkpoint_complete(42);
-        assert_eq!(b.last_completed_checkpoint(), None, "never snapshotted");
-        let _ = b.snapshot(1, &storage).unwrap().run().await.unwrap();
-        b.notify_checkpoint_aborted(1);
-        b.notify_checkpoint_complete(1);
-        assert_eq!(b.last_completed_checkpoint(), None, "aborted");
-        let _ = b.snapshot(2, &storage).unwrap().run().await.unwrap();
-        b.notify_checkpoint_complete(2);
-        b.notify_checkpoint_complete(2);
-        assert_eq!(b.last_completed_checkpoint(), Some(2));
-    });
-}
-
-#[test]
-fn failing_finish_leaves_no_file() {
-    runtime().block_on(async {
-        let faulty = FaultyStore::new();
-        let storage = CheckpointStorage::new(faulty.clone(), "finish").unwrap();
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
-        fill(&mut b, 0..100, 1);
-        // The upload of the snapshot file takes effect, then reports an error.
-        faulty.arm(".keyed", Fault::FailWriteAfterEffect);
-        let err = b
-            .snapshot(1, &storage)
-            .unwrap()
-            .run()
-            .await
-            .map(|_| ())
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Storage);
-        assert!(objects(&storage, None).await.is_empty());
-    });
-}
-
-#[test]
 fn heap_snapshot_files_of_aborted_checkpoints_are_swept() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("sweep-heap").unwrap();
@@ -677,69 +433,5 @@ fn heap_snapshot_files_of_aborted_checkpoints_are_swept() {
         // The reservation of the highest id is the watermark and stays.
         assert!(exists(&storage, &format!("chk-{id}/{TRIGGER_MARKER}")).await);
         assert_retained_files_intact(&coord, true).await;
-    });
-}
-
-#[test]
-fn public_functions_return_errors_instead_of_panicking() {
-    assert!(operator_index_for_key_group(0, 1, 0).is_err());
-    assert!(operator_index_for_key_group(128, 0, 0).is_err());
-    assert!(operator_index_for_key_group(128, 2, 128).is_err());
-    assert_eq!(operator_index_for_key_group(128, 2, 127).unwrap(), 1);
-    assert!(assign_to_key_group(b"k", 0).is_err());
-    assert_eq!(
-        default_max_parallelism(u32::MAX),
-        UPPER_BOUND_MAX_PARALLELISM
-    );
-    assert_eq!(
-        default_max_parallelism(u32::MAX / 2 + 7),
-        UPPER_BOUND_MAX_PARALLELISM
-    );
-    let huge = HeapBackendConfig {
-        frame_bytes: usize::MAX,
-        ..config(128, 1, 0)
-    };
-    let err = Heap::new(huge).map(|_| ()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-}
-
-#[test]
-fn metadata_blob_over_4_gib_is_an_error_not_a_truncation() {
-    // Zeroed allocations are mapped lazily: this costs no memory until written, and nothing writes it.
-    let blob = vec![0u8; (1 << 32) + 1];
-    let meta = CheckpointMetadata {
-        checkpoint_id: 1,
-        timestamp_ms: 0,
-        kind: SnapshotKind::Checkpoint,
-        tasks: vec![TaskStateSnapshot {
-            operator_id: "op".into(),
-            operator_state: [("offsets".to_string(), blob)].into(),
-            ..Default::default()
-        }],
-    };
-    let err = meta.to_bytes().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-    assert!(err.to_string().contains("operator state value"), "{err}");
-}
-
-#[test]
-fn tuple_states_restore_only_with_the_same_tuple_types() {
-    runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("pairs").unwrap();
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
-        let pairs = ValueStateDescriptor::<VoidNamespace, (u64, u64)>::new("pairs");
-        let s = b.value_state(&pairs).unwrap();
-        b.set_current_key(1).unwrap();
-        s.update(&mut b, &NS, (3, 4)).unwrap();
-        let result = b.snapshot(1, &storage).unwrap().run().await.unwrap();
-        let mut r = Heap::restore(config(128, 1, 0), &storage, &[result.handle])
-            .await
-            .unwrap();
-        let signed = ValueStateDescriptor::<VoidNamespace, (i64, i64)>::new("pairs");
-        let err = r.value_state(&signed).map(|_| ()).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
-        let s = r.value_state(&pairs).unwrap();
-        r.set_current_key(1).unwrap();
-        assert_eq!(s.value(&r, &NS).unwrap(), Some((3, 4)));
     });
 }

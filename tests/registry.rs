@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{coordinator, runtime};
+use common::{coordinator, exists, runtime};
 use object_store::ObjectStoreExt;
 use statebackend::*;
 
@@ -21,14 +21,6 @@ async fn upload(storage: &CheckpointStorage, path: &str) {
         )
         .await
         .unwrap();
-}
-
-async fn exists(storage: &CheckpointStorage, path: &str) -> bool {
-    storage
-        .object_store()
-        .head(&storage.path(path))
-        .await
-        .is_ok()
 }
 
 /// A task of `subtask` of 2 in checkpoint `id` referencing shared files `(path, created_by)`.

@@ -13,6 +13,7 @@ use crate::heap::table::{
     map_serde, value_serde,
 };
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
+use crate::keyed::checks::{check_snapshot_id, no_current_key, validate_subtask, wrong_state};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     StateKind, StateMeta, ValueStateDescriptor,
@@ -76,34 +77,6 @@ impl HeapBackendConfig {
     }
 }
 
-/// Checks the settings every backend shares: an operator id usable in file names (ASCII letters, digits,
-/// `-`, `_`), a valid max parallelism, and a key-group range inside it.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] naming what is wrong.
-pub(crate) fn validate_subtask(
-    operator_id: &str,
-    max_parallelism: u32,
-    key_groups: KeyGroupRange,
-) -> Result<()> {
-    let id_ok = !operator_id.is_empty()
-        && operator_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !id_ok {
-        return Err(Error::InvalidArgument(format!(
-            "operator id `{operator_id}` must be non-empty ASCII letters, digits, `-` or `_`"
-        )));
-    }
-    KeyGroupRange::all(max_parallelism)?;
-    if key_groups.end().is_some_and(|e| e >= max_parallelism) {
-        return Err(Error::InvalidArgument(format!(
-            "key-group range {key_groups} exceeds max parallelism {max_parallelism}"
-        )));
-    }
-    Ok(())
-}
-
 type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);
 type TableMut<'a, K, N, S> = (&'a mut StateTable<K, N, S>, &'a CurrentKey<K>);
 
@@ -127,10 +100,6 @@ pub struct HeapKeyedStateBackend<K> {
     pub(crate) unconfirmed: std::collections::BTreeSet<u64>,
     /// The highest id snapshotted or restored from: a snapshot id must exceed it.
     pub(crate) last_snapshot_id: Option<u64>,
-}
-
-fn no_current_key() -> Error {
-    Error::IllegalState("no current key: call set_current_key first".into())
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -258,13 +227,6 @@ fn access_error(has_current_key: bool, id: StateId) -> Error {
     } else {
         no_current_key()
     }
-}
-
-fn wrong_state(id: StateId) -> Error {
-    Error::InvalidArgument(format!(
-        "state {} is not registered in this backend with these types",
-        id.0
-    ))
 }
 
 impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
@@ -580,20 +542,6 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
 /// Snapshots a heap backend remembers as unconfirmed.
 const MAX_UNCONFIRMED: usize = 64;
-
-/// A snapshot id must exceed every id the backend snapshotted or was restored from (ids never repeat;
-/// a repeated id would make two snapshots answer to one checkpoint).
-///
-/// # Errors
-/// [`Error::IllegalState`] naming both ids.
-pub(crate) fn check_snapshot_id(checkpoint_id: u64, last: Option<u64>) -> Result<()> {
-    match last {
-        Some(last) if checkpoint_id <= last => Err(Error::IllegalState(format!(
-            "snapshot for checkpoint {checkpoint_id} refused: this backend already snapshotted or was              restored from checkpoint {last}, and ids never repeat"
-        ))),
-        _ => Ok(()),
-    }
-}
 
 /// Keys of a raw (restored, unregistered) table, decoded.
 fn table_keys_any<K: StateKey, N: StateKey>(

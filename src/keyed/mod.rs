@@ -1,6 +1,7 @@
 //! The keyed state API: key groups, descriptors, the backend trait and the typed state objects.
 
 pub(crate) mod backend;
+pub(crate) mod checks;
 pub(crate) mod descriptor;
 pub(crate) mod key_group;
 pub(crate) mod state;

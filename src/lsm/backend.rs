@@ -1,13 +1,10 @@
 //! The LSM keyed state backend: state in a RocksDB instance, one column family per state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use parking_lot::Mutex;
-use rocksdb::{Cache, ColumnFamily, DB, Options, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{Cache, DB, Options, ReadOptions, WriteOptions};
 
-use crate::checkpoint::handle::StateFile;
 use crate::error::{Error, Result};
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{
@@ -16,19 +13,15 @@ use crate::keyed::descriptor::{
 };
 use crate::keyed::key_group::{KeyGroupRange, locate_key};
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use crate::lsm::checkpointing::{DiffBase, PendingUploads};
+use crate::lsm::instance::InstanceDir;
 use crate::lsm::keys::{
-    cf_name, decode_meta, encode_meta, key_prefix, meta_key, push_list_element, push_namespace,
-    split_list, split_row_key,
+    cf_name, decode_meta, encode_meta, key_prefix, meta_key, push_list_element, split_list,
+    split_row_key,
 };
 use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
-use crate::lsm::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
+use crate::lsm::snapshot::SnapshotTarget;
 use crate::storage::CheckpointStorage;
-
-/// Aborted checkpoints in a row that reused the diff base after which the backend rebases.
-const REBASE_AFTER_ABORTS: u32 = 3;
-
-/// Unresolved checkpoints an LSM backend remembers.
-const MAX_PENDING_UPLOADS: usize = 64;
 
 /// Converts a RocksDB error.
 pub(crate) fn db_error(what: impl std::fmt::Display, e: rocksdb::Error) -> Error {
@@ -40,31 +33,11 @@ pub(crate) struct LsmState {
     pub(crate) cf: String,
 }
 
-struct CurrentKey<K> {
+pub(crate) struct CurrentKey<K> {
     key: K,
     key_group: u32,
     /// `[key group][key len][key]`.
-    prefix: Vec<u8>,
-}
-
-/// Files of a checkpoint's asynchronous phase, by local SST name; `None` while it runs.
-#[derive(Default)]
-pub(crate) struct PendingUpload {
-    pub(crate) aborted: bool,
-    pub(crate) shared: Option<HashMap<String, StateFile>>,
-    /// Whether the upload reused files of the diff base (set when it finished).
-    pub(crate) reused_base: bool,
-}
-
-/// Checkpoints whose asynchronous phase ran or runs, not yet confirmed or aborted. Shared with the
-/// asynchronous phases.
-pub(crate) type PendingUploads = Arc<Mutex<BTreeMap<u64, PendingUpload>>>;
-
-/// The diff base: the shared files of the last confirmed checkpoint, by local SST name.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct DiffBase {
-    pub(crate) checkpoint_id: u64,
-    pub(crate) shared: HashMap<String, StateFile>,
+    pub(crate) prefix: Vec<u8>,
 }
 
 /// Keyed state in an embedded RocksDB instance, checkpointed incrementally (see `docs/lsm.md`).
@@ -76,71 +49,19 @@ pub struct LsmKeyedStateBackend<K> {
     pub(crate) _cache: Cache,
     pub(crate) states: Vec<LsmState>,
     pub(crate) by_name: HashMap<String, StateId>,
-    current: Option<CurrentKey<K>>,
+    pub(crate) current: Option<CurrentKey<K>>,
     key_scratch: Vec<u8>,
     pub(crate) write_options: WriteOptions,
-    read_options: ReadOptions,
+    pub(crate) read_options: ReadOptions,
     pub(crate) pending: PendingUploads,
     pub(crate) base: Option<DiffBase>,
-    last_completed_checkpoint: Option<u64>,
+    pub(crate) last_completed_checkpoint: Option<u64>,
     /// The highest id snapshotted or restored from: a snapshot id must exceed it.
     pub(crate) last_snapshot_id: Option<u64>,
     /// Finished uploads that reused the base and were aborted since the last confirmed checkpoint.
-    aborts_reusing_base: u32,
+    pub(crate) aborts_reusing_base: u32,
     /// Declared last: fields drop in order, so the DB is closed before its directory is removed.
     pub(crate) instance: InstanceDir,
-}
-
-/// The backend's own working directory inside `LsmBackendConfig::local_dir`, created new and removed when
-/// the backend is dropped (as Flink disposes a RocksDB instance directory): local state is disposable,
-/// checkpoints are what lasts. Nothing else in `local_dir` is ever touched.
-pub(crate) struct InstanceDir(std::path::PathBuf);
-
-impl InstanceDir {
-    /// Creates `<local_dir>/<operator>-<subtask>-<random>`; a name that exists already is never reused.
-    pub(crate) fn create(config: &LsmBackendConfig) -> Result<Self> {
-        std::fs::create_dir_all(&config.local_dir)
-            .map_err(|e| Error::local(config.local_dir.display(), e))?;
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{}-{}-", config.operator_id, config.subtask_index))
-            .rand_bytes(12)
-            .tempdir_in(&config.local_dir)
-            .map_err(|e| Error::local(config.local_dir.display(), e))?
-            .keep();
-        Ok(InstanceDir(dir))
-    }
-
-    pub(crate) fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-
-    /// The DB's directory.
-    pub(crate) fn db(&self) -> std::path::PathBuf {
-        self.0.join("db")
-    }
-
-    /// Where the native checkpoint of `checkpoint_id` is taken.
-    pub(crate) fn checkpoint(&self, checkpoint_id: u64) -> std::path::PathBuf {
-        self.0
-            .join("checkpoints")
-            .join(format!("chk-{checkpoint_id}"))
-    }
-}
-
-impl Drop for InstanceDir {
-    fn drop(&mut self) {
-        if let Err(e) = remove_dir_if_exists(&self.0) {
-            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove the local state directory");
-        }
-    }
-}
-
-fn no_current_key() -> Error {
-    Error::IllegalState("no current key: call set_current_key first".into())
-}
-
-fn wrong_state(id: StateId) -> Error {
-    Error::InvalidArgument(format!("state {} is not registered in this backend", id.0))
 }
 
 pub(crate) fn new_backend_id(config: &LsmBackendConfig) -> String {
@@ -269,133 +190,6 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         &self.db
     }
 
-    /// Takes a native savepoint: like a checkpoint, but every file is uploaded (self-contained, private,
-    /// under `savepoints/sp-<id>/`) and it never becomes the diff base (FLINK-23949), whatever the engine
-    /// later notifies for `savepoint_id`.
-    ///
-    /// # Errors
-    /// As [`KeyedStateBackend::snapshot`].
-    pub fn savepoint(
-        &mut self,
-        savepoint_id: u64,
-        storage: &CheckpointStorage,
-    ) -> Result<PendingSnapshot> {
-        self.snapshot_to(savepoint_id, storage, SnapshotTarget::Savepoint)
-    }
-
-    fn snapshot_to(
-        &mut self,
-        checkpoint_id: u64,
-        storage: &CheckpointStorage,
-        target: SnapshotTarget,
-    ) -> Result<PendingSnapshot> {
-        let start = Instant::now();
-        crate::heap::backend::check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
-        self.last_snapshot_id = Some(checkpoint_id);
-        let local = self.instance.checkpoint(checkpoint_id);
-        remove_dir_if_exists(&local)?;
-        if let Some(parent) = local.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::local(parent.display().to_string(), e))?;
-        }
-        // The WAL is off, so every memtable must be flushed for the native checkpoint to hold all state.
-        // `create_checkpoint` does that itself: the `rocksdb` crate passes `log_size_for_flush = 0`, which
-        // means "always flush every column family". A flush of our own before it would be a second wait for
-        // RocksDB's stall condition (an empty flush still waits while one more L0 file would stall writes),
-        // which made 0.5 s tails in `benches/incremental.rs`.
-        self.native_checkpoint(&local)?;
-        if !self.memtables_empty() {
-            // Should `create_checkpoint` ever skip its flush (facebook/rocksdb#14193 is about its
-            // threshold), flush explicitly and take the native checkpoint again.
-            tracing::warn!(
-                checkpoint_id,
-                "the native checkpoint left memtables unflushed; flushing and taking it again"
-            );
-            let cfs = self.column_families();
-            let mut flush = rocksdb::FlushOptions::default();
-            flush.set_wait(true);
-            self.db
-                .flush_cfs_opt(&cfs, &flush)
-                .map_err(|e| db_error("flush before checkpoint", e))?;
-            remove_dir_if_exists(&local)?;
-            self.native_checkpoint(&local)?;
-        }
-        let base = match target {
-            SnapshotTarget::Checkpoint => {
-                let mut pending = self.pending.lock();
-                pending.insert(checkpoint_id, PendingUpload::default());
-                // Bounded: uploads never confirmed nor aborted (lost notifications) are forgotten oldest
-                // first; a late confirmation of one is then ignored and the base stays older (still
-                // registered, or the next decline rebases).
-                while pending.len() > MAX_PENDING_UPLOADS {
-                    pending.pop_first();
-                }
-                drop(pending);
-                self.base.clone()
-            }
-            SnapshotTarget::Savepoint => None,
-        };
-        let sync_duration = start.elapsed();
-        let guard = UploadGuard {
-            dir: local.clone(),
-            pending: (target == SnapshotTarget::Checkpoint)
-                .then(|| (self.pending.clone(), checkpoint_id)),
-        };
-        let job = UploadJob {
-            checkpoint_id,
-            target,
-            local_dir: local,
-            _guard: guard,
-            base,
-            pending: self.pending.clone(),
-            storage: storage.clone(),
-            backend_id: self.backend_id.clone(),
-            operator_id: self.config.operator_id.clone(),
-            subtask_index: self.config.subtask_index,
-            max_parallelism: self.config.max_parallelism,
-            key_groups: self.config.key_groups,
-            concurrency: self.config.transfer_concurrency,
-            entries: self.estimated_entries(),
-        };
-        Ok(PendingSnapshot::new(
-            checkpoint_id,
-            sync_duration,
-            job.run(sync_duration),
-        ))
-    }
-
-    /// A native RocksDB checkpoint (hard links of the SSTs, copies of the other files) into `dir`, which must
-    /// not exist.
-    fn native_checkpoint(&self, dir: &std::path::Path) -> Result<()> {
-        rocksdb::checkpoint::Checkpoint::new(&self.db)
-            .and_then(|c| c.create_checkpoint(dir))
-            .map_err(|e| db_error(dir.display(), e))
-    }
-
-    /// Every column family: one per state, and `default` (state meta information).
-    fn column_families(&self) -> Vec<&ColumnFamily> {
-        let mut cfs: Vec<&ColumnFamily> = self
-            .states
-            .iter()
-            .filter_map(|s| self.db.cf_handle(&s.cf))
-            .collect();
-        cfs.extend(self.db.cf_handle("default"));
-        cfs
-    }
-
-    /// Whether no column family has an entry in a memtable (active or immutable), so that the SST files
-    /// hold all state. A property RocksDB cannot give counts as not empty.
-    pub(crate) fn memtables_empty(&self) -> bool {
-        self.column_families().into_iter().all(|cf| {
-            [
-                "rocksdb.num-entries-active-mem-table",
-                "rocksdb.num-entries-imm-mem-tables",
-            ]
-            .iter()
-            .all(|p| self.db.property_int_value_cf(cf, *p).ok().flatten() == Some(0))
-        })
-    }
-
     /// Entries of all states, as RocksDB estimates them (`rocksdb.estimate-num-keys`; map entries count one
     /// each).
     pub fn estimated_entries(&self) -> u64 {
@@ -431,86 +225,6 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         self.by_name.insert(meta.name.clone(), id);
         self.states.push(LsmState { meta, cf });
         Ok(id)
-    }
-
-    #[inline]
-    fn cf(&self, id: StateId) -> Result<&ColumnFamily> {
-        let state = self
-            .states
-            .get(id.0 as usize)
-            .ok_or_else(|| wrong_state(id))?;
-        self.db.cf_handle(&state.cf).ok_or_else(|| wrong_state(id))
-    }
-
-    /// Row key of the current key in `ns` (plus `user_key` bytes for map rows) in the scratch buffer.
-    #[inline]
-    fn row_key<N: StateKey>(&self, ns: &N, scratch: &mut Vec<u8>) -> Result<()> {
-        let current = self.current.as_ref().ok_or_else(no_current_key)?;
-        scratch.clear();
-        scratch.extend_from_slice(&current.prefix);
-        push_namespace(scratch, |out| ns.encode(out));
-        Ok(())
-    }
-
-    fn get_raw(&self, id: StateId, key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
-        let cf = self.cf(id)?;
-        self.db
-            .get_pinned_cf_opt(cf, key, &self.read_options)
-            .map_err(|e| db_error("get", e))
-    }
-
-    fn put_raw(&self, id: StateId, key: &[u8], value: &[u8]) -> Result<()> {
-        let cf = self.cf(id)?;
-        self.db
-            .put_cf_opt(cf, key, value, &self.write_options)
-            .map_err(|e| db_error("put", e))
-    }
-
-    fn delete_raw(&self, id: StateId, key: &[u8]) -> Result<()> {
-        let cf = self.cf(id)?;
-        self.db
-            .delete_cf_opt(cf, key, &self.write_options)
-            .map_err(|e| db_error("delete", e))
-    }
-
-    /// Calls `f` on every row whose key starts with `prefix`, in key order, until it returns `false`.
-    fn scan_prefix(
-        &self,
-        id: StateId,
-        prefix: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
-        let cf = self.cf(id)?;
-        let mut it = self.db.raw_iterator_cf(cf);
-        it.seek(prefix);
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if !k.starts_with(prefix) || !f(k, v)? {
-                break;
-            }
-            it.next();
-        }
-        it.status().map_err(|e| db_error("scan", e))
-    }
-
-    /// Deletes every row whose key starts with `prefix`.
-    fn delete_prefix(&self, id: StateId, prefix: &[u8]) -> Result<()> {
-        let cf = self.cf(id)?;
-        let mut batch = WriteBatch::default();
-        self.scan_prefix(id, prefix, |k, _| {
-            batch.delete_cf(cf, k);
-            Ok(true)
-        })?;
-        self.db
-            .write_opt(batch, &self.write_options)
-            .map_err(|e| db_error("delete", e))
-    }
-}
-
-pub(crate) fn remove_dir_if_exists(dir: &std::path::Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::local(dir.display().to_string(), e)),
     }
 }
 
@@ -824,87 +538,10 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
-        let mut pending = self.pending.lock();
-        // A hint (`docs/protocol.md`): only a checkpoint whose upload this backend finished and that was
-        // not aborted can be confirmed and become the base; a savepoint is never in `pending`
-        // (FLINK-23949), an unconfirmed upload never is the base (FLINK-25395), and an unknown or aborted
-        // id changes nothing.
-        let Some(PendingUpload {
-            shared: Some(_),
-            aborted: false,
-            ..
-        }) = pending.get(&checkpoint_id)
-        else {
-            tracing::debug!(
-                checkpoint_id,
-                "lsm backend: completion of a checkpoint without a finished upload here, ignored"
-            );
-            return;
-        };
-        let Some(PendingUpload {
-            shared: Some(shared),
-            ..
-        }) = pending.remove(&checkpoint_id)
-        else {
-            return;
-        };
-        if self
-            .base
-            .as_ref()
-            .is_none_or(|b| b.checkpoint_id < checkpoint_id)
-        {
-            self.base = Some(DiffBase {
-                checkpoint_id,
-                shared,
-            });
-        }
-        self.last_completed_checkpoint = Some(
-            self.last_completed_checkpoint
-                .map_or(checkpoint_id, |c| c.max(checkpoint_id)),
-        );
-        self.aborts_reusing_base = 0;
-        // Older pending checkpoints are subsumed by this one.
-        pending.retain(|id, _| *id > checkpoint_id);
+        self.checkpoint_confirmed(checkpoint_id);
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
-        let mut pending = self.pending.lock();
-        match pending.get_mut(&checkpoint_id) {
-            // Still uploading: the asynchronous phase sees the flag, deletes its uploads and fails.
-            Some(p) if p.shared.is_none() => p.aborted = true,
-            // Finished: its files were handed to the coordinator, which deletes them on abort.
-            Some(p) => {
-                let reused_base = p.reused_base;
-                pending.remove(&checkpoint_id);
-                // The base may be stale: an older finished upload that was never confirmed nor aborted
-                // means a notification was lost (that checkpoint may have completed and subsumed the base's,
-                // and this one been declined for reusing its deleted files); and checkpoints that keep
-                // being aborted while reusing the base may be declined for it (another backend of the same
-                // lineage, a restored successor, may have moved on). The backend cannot prove the base is
-                // still registered, so the next checkpoint uploads every file (a rebase) instead of being
-                // declined forever. One ordinary abort keeps the base: a full upload after every abort
-                // would slow the next checkpoint of a large state down when checkpoints already struggle.
-                let base_id = self.base.as_ref().map(|b| b.checkpoint_id);
-                let lost_notification = pending.iter().any(|(id, u)| {
-                    *id < checkpoint_id && u.shared.is_some() && base_id.is_none_or(|b| *id > b)
-                });
-                if reused_base {
-                    self.aborts_reusing_base += 1;
-                }
-                let rebase = reused_base
-                    && (lost_notification || self.aborts_reusing_base >= REBASE_AFTER_ABORTS);
-                if rebase && self.base.is_some() {
-                    tracing::info!(
-                        checkpoint_id,
-                        lost_notification,
-                        aborts = self.aborts_reusing_base,
-                        "lsm backend: the diff base may be stale; the next checkpoint uploads every file"
-                    );
-                    self.base = None;
-                    self.aborts_reusing_base = 0;
-                }
-            }
-            None => {}
-        }
+        self.checkpoint_aborted(checkpoint_id);
     }
 }

@@ -2,9 +2,12 @@
 //! `EmbeddedRocksDBStateBackend` with `RocksIncrementalSnapshotStrategy`). Design: `docs/lsm.md`.
 
 mod backend;
+mod checkpointing;
+mod instance;
 mod keys;
 mod options;
 mod restore;
+mod rows;
 mod snapshot;
 
 pub use backend::LsmKeyedStateBackend;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options};
 
 use crate::error::{Error, Result};
-use crate::heap::backend::validate_subtask;
+use crate::keyed::checks::validate_subtask;
 use crate::keyed::key_group::{KeyGroupRange, key_group_range_for_operator};
 
 /// Settings of an LSM backend (plain data; units in the names).

@@ -12,9 +12,9 @@ use crate::checkpoint::store::RestoreMode;
 use crate::error::{Error, Result};
 use crate::keyed::backend::StateKey;
 use crate::keyed::key_group::KeyGroupRange;
-use crate::lsm::backend::{
-    DiffBase, InstanceDir, LsmKeyedStateBackend, db_error, new_backend_id, remove_dir_if_exists,
-};
+use crate::lsm::backend::{LsmKeyedStateBackend, db_error, new_backend_id};
+use crate::lsm::checkpointing::DiffBase;
+use crate::lsm::instance::{InstanceDir, remove_dir_if_exists};
 use crate::lsm::keys::key_group_prefix;
 use crate::lsm::options::{LsmBackendConfig, lsm_db_options};
 use crate::storage::CheckpointStorage;

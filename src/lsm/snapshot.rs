@@ -11,7 +11,8 @@ use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, State
 use crate::error::{Error, Result};
 use crate::keyed::backend::{SnapshotMetrics, SnapshotResult};
 use crate::keyed::key_group::KeyGroupRange;
-use crate::lsm::backend::{DiffBase, PendingUploads, remove_dir_if_exists};
+use crate::lsm::checkpointing::{DiffBase, PendingUploads};
+use crate::lsm::instance::remove_dir_if_exists;
 use crate::storage::{CheckpointStorage, SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
 
 /// Where a snapshot goes.

@@ -32,6 +32,63 @@ pub fn ack(index: u32, result: &SnapshotResult) -> TaskStateSnapshot {
     }
 }
 
+/// The value state most tests use: `counts`, `u64` keys and values, void namespace.
+pub fn counts() -> ValueStateDescriptor<VoidNamespace, u64> {
+    ValueStateDescriptor::new("counts")
+}
+
+/// Sets every key of `keys` that `b` owns to `value` in [`counts`].
+pub fn fill<B: KeyedStateBackend<u64>>(b: &mut B, keys: std::ops::Range<u64>, value: u64) {
+    let s = b.value_state(&counts()).unwrap();
+    for k in keys {
+        if b.set_current_key(k).is_ok() {
+            s.update(b, &VoidNamespace, value).unwrap();
+        }
+    }
+}
+
+/// Whether `path` (relative to the job root) exists in `storage`.
+pub async fn exists(storage: &CheckpointStorage, path: &str) -> bool {
+    use object_store::ObjectStoreExt;
+    storage
+        .object_store()
+        .head(&storage.path(path))
+        .await
+        .is_ok()
+}
+
+/// Triggers a checkpoint and runs every backend's snapshot, without acknowledging.
+pub async fn snapshot_all<B: KeyedStateBackend<u64>>(
+    coord: &mut CheckpointCoordinator,
+    backends: &mut [B],
+) -> (u64, Vec<SnapshotResult>) {
+    let id = coord.trigger().await.unwrap();
+    let storage = coord.storage().clone();
+    let mut results = Vec::new();
+    for b in backends {
+        results.push(b.snapshot(id, &storage).unwrap().run().await.unwrap());
+    }
+    (id, results)
+}
+
+/// A coordinator of operator `op` with `tasks` subtasks whose clock the test moves (it starts at the
+/// system time, as the in-memory store stamps files).
+pub async fn clocked(
+    storage: &CheckpointStorage,
+    retained: usize,
+    tasks: u32,
+) -> (CheckpointCoordinator, std::sync::Arc<ManualClock>) {
+    let clock = std::sync::Arc::new(ManualClock::new(std::time::SystemTime::now()));
+    let coord = CheckpointCoordinator::open_with_clock(
+        storage.clone(),
+        CoordinatorConfig::single_operator("op", tasks, retained),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    (coord, clock)
+}
+
 /// Every key and value of the value state `desc` (void namespace).
 pub fn read_all<B: KeyedStateBackend<u64>>(
     b: &mut B,

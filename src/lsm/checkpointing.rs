@@ -1,0 +1,262 @@
+//! The LSM backend's side of the checkpoint protocol: the synchronous phase (a native RocksDB
+//! checkpoint), the uploads in flight, the diff base, and what completion and abort notifications do to
+//! them (`docs/lsm.md`, `docs/protocol.md`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use rocksdb::ColumnFamily;
+
+use crate::checkpoint::handle::StateFile;
+use crate::error::{Error, Result};
+use crate::keyed::backend::{PendingSnapshot, StateKey};
+use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
+use crate::lsm::instance::remove_dir_if_exists;
+use crate::lsm::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
+use crate::storage::CheckpointStorage;
+
+/// Aborted checkpoints in a row that reused the diff base after which the backend rebases.
+const REBASE_AFTER_ABORTS: u32 = 3;
+
+/// Unresolved checkpoints an LSM backend remembers.
+const MAX_PENDING_UPLOADS: usize = 64;
+
+/// Files of a checkpoint's asynchronous phase, by local SST name; `None` while it runs.
+#[derive(Default)]
+pub(crate) struct PendingUpload {
+    pub(crate) aborted: bool,
+    pub(crate) shared: Option<HashMap<String, StateFile>>,
+    /// Whether the upload reused files of the diff base (set when it finished).
+    pub(crate) reused_base: bool,
+}
+
+/// Checkpoints whose asynchronous phase ran or runs, not yet confirmed or aborted. Shared with the
+/// asynchronous phases.
+pub(crate) type PendingUploads = Arc<Mutex<BTreeMap<u64, PendingUpload>>>;
+
+/// The diff base: the shared files of the last confirmed checkpoint, by local SST name.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DiffBase {
+    pub(crate) checkpoint_id: u64,
+    pub(crate) shared: HashMap<String, StateFile>,
+}
+
+impl<K: StateKey> LsmKeyedStateBackend<K> {
+    /// Takes a native savepoint: like a checkpoint, but every file is uploaded (self-contained, private,
+    /// under `savepoints/sp-<id>/`) and it never becomes the diff base (FLINK-23949), whatever the engine
+    /// later notifies for `savepoint_id`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::snapshot`].
+    pub fn savepoint(
+        &mut self,
+        savepoint_id: u64,
+        storage: &CheckpointStorage,
+    ) -> Result<PendingSnapshot> {
+        self.snapshot_to(savepoint_id, storage, SnapshotTarget::Savepoint)
+    }
+
+    pub(crate) fn snapshot_to(
+        &mut self,
+        checkpoint_id: u64,
+        storage: &CheckpointStorage,
+        target: SnapshotTarget,
+    ) -> Result<PendingSnapshot> {
+        let start = Instant::now();
+        crate::keyed::checks::check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
+        self.last_snapshot_id = Some(checkpoint_id);
+        let local = self.instance.checkpoint(checkpoint_id);
+        remove_dir_if_exists(&local)?;
+        if let Some(parent) = local.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::local(parent.display().to_string(), e))?;
+        }
+        // The WAL is off, so every memtable must be flushed for the native checkpoint to hold all state.
+        // `create_checkpoint` does that itself: the `rocksdb` crate passes `log_size_for_flush = 0`, which
+        // means "always flush every column family". A flush of our own before it would be a second wait for
+        // RocksDB's stall condition (an empty flush still waits while one more L0 file would stall writes),
+        // which made 0.5 s tails in `benches/incremental.rs`.
+        self.native_checkpoint(&local)?;
+        if !self.memtables_empty() {
+            // Should `create_checkpoint` ever skip its flush (facebook/rocksdb#14193 is about its
+            // threshold), flush explicitly and take the native checkpoint again.
+            tracing::warn!(
+                checkpoint_id,
+                "the native checkpoint left memtables unflushed; flushing and taking it again"
+            );
+            let cfs = self.column_families();
+            let mut flush = rocksdb::FlushOptions::default();
+            flush.set_wait(true);
+            self.db
+                .flush_cfs_opt(&cfs, &flush)
+                .map_err(|e| db_error("flush before checkpoint", e))?;
+            remove_dir_if_exists(&local)?;
+            self.native_checkpoint(&local)?;
+        }
+        let base = match target {
+            SnapshotTarget::Checkpoint => {
+                let mut pending = self.pending.lock();
+                pending.insert(checkpoint_id, PendingUpload::default());
+                // Bounded: uploads never confirmed nor aborted (lost notifications) are forgotten oldest
+                // first; a late confirmation of one is then ignored and the base stays older (still
+                // registered, or the next decline rebases).
+                while pending.len() > MAX_PENDING_UPLOADS {
+                    pending.pop_first();
+                }
+                drop(pending);
+                self.base.clone()
+            }
+            SnapshotTarget::Savepoint => None,
+        };
+        let sync_duration = start.elapsed();
+        let guard = UploadGuard {
+            dir: local.clone(),
+            pending: (target == SnapshotTarget::Checkpoint)
+                .then(|| (self.pending.clone(), checkpoint_id)),
+        };
+        let job = UploadJob {
+            checkpoint_id,
+            target,
+            local_dir: local,
+            _guard: guard,
+            base,
+            pending: self.pending.clone(),
+            storage: storage.clone(),
+            backend_id: self.backend_id.clone(),
+            operator_id: self.config.operator_id.clone(),
+            subtask_index: self.config.subtask_index,
+            max_parallelism: self.config.max_parallelism,
+            key_groups: self.config.key_groups,
+            concurrency: self.config.transfer_concurrency,
+            entries: self.estimated_entries(),
+        };
+        Ok(PendingSnapshot::new(
+            checkpoint_id,
+            sync_duration,
+            job.run(sync_duration),
+        ))
+    }
+
+    /// A native RocksDB checkpoint (hard links of the SSTs, copies of the other files) into `dir`, which must
+    /// not exist.
+    fn native_checkpoint(&self, dir: &std::path::Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(|e| db_error(dir.display(), e))
+    }
+
+    /// Every column family: one per state, and `default` (state meta information).
+    fn column_families(&self) -> Vec<&ColumnFamily> {
+        let mut cfs: Vec<&ColumnFamily> = self
+            .states
+            .iter()
+            .filter_map(|s| self.db.cf_handle(&s.cf))
+            .collect();
+        cfs.extend(self.db.cf_handle("default"));
+        cfs
+    }
+
+    /// Whether no column family has an entry in a memtable (active or immutable), so that the SST files
+    /// hold all state. A property RocksDB cannot give counts as not empty.
+    pub(crate) fn memtables_empty(&self) -> bool {
+        self.column_families().into_iter().all(|cf| {
+            [
+                "rocksdb.num-entries-active-mem-table",
+                "rocksdb.num-entries-imm-mem-tables",
+            ]
+            .iter()
+            .all(|p| self.db.property_int_value_cf(cf, *p).ok().flatten() == Some(0))
+        })
+    }
+
+    /// `notify_checkpoint_complete`: the checkpoint becomes the diff base if this backend finished its
+    /// upload and it was not aborted; anything else is ignored (a hint, `docs/protocol.md`).
+    pub(crate) fn checkpoint_confirmed(&mut self, checkpoint_id: u64) {
+        let mut pending = self.pending.lock();
+        // A hint (`docs/protocol.md`): only a checkpoint whose upload this backend finished and that was
+        // not aborted can be confirmed and become the base; a savepoint is never in `pending`
+        // (FLINK-23949), an unconfirmed upload never is the base (FLINK-25395), and an unknown or aborted
+        // id changes nothing.
+        let Some(PendingUpload {
+            shared: Some(_),
+            aborted: false,
+            ..
+        }) = pending.get(&checkpoint_id)
+        else {
+            tracing::debug!(
+                checkpoint_id,
+                "lsm backend: completion of a checkpoint without a finished upload here, ignored"
+            );
+            return;
+        };
+        let Some(PendingUpload {
+            shared: Some(shared),
+            ..
+        }) = pending.remove(&checkpoint_id)
+        else {
+            return;
+        };
+        if self
+            .base
+            .as_ref()
+            .is_none_or(|b| b.checkpoint_id < checkpoint_id)
+        {
+            self.base = Some(DiffBase {
+                checkpoint_id,
+                shared,
+            });
+        }
+        self.last_completed_checkpoint = Some(
+            self.last_completed_checkpoint
+                .map_or(checkpoint_id, |c| c.max(checkpoint_id)),
+        );
+        self.aborts_reusing_base = 0;
+        // Older pending checkpoints are subsumed by this one.
+        pending.retain(|id, _| *id > checkpoint_id);
+    }
+
+    /// `notify_checkpoint_aborted`: a running upload is flagged (it deletes what it uploaded); a finished
+    /// one is forgotten, and the base dropped when it may be stale (a rebase, `docs/protocol.md`).
+    pub(crate) fn checkpoint_aborted(&mut self, checkpoint_id: u64) {
+        let mut pending = self.pending.lock();
+        match pending.get_mut(&checkpoint_id) {
+            // Still uploading: the asynchronous phase sees the flag, deletes its uploads and fails.
+            Some(p) if p.shared.is_none() => p.aborted = true,
+            // Finished: its files were handed to the coordinator, which deletes them on abort.
+            Some(p) => {
+                let reused_base = p.reused_base;
+                pending.remove(&checkpoint_id);
+                // The base may be stale: an older finished upload that was never confirmed nor aborted
+                // means a notification was lost (that checkpoint may have completed and subsumed the base's,
+                // and this one been declined for reusing its deleted files); and checkpoints that keep
+                // being aborted while reusing the base may be declined for it (another backend of the same
+                // lineage, a restored successor, may have moved on). The backend cannot prove the base is
+                // still registered, so the next checkpoint uploads every file (a rebase) instead of being
+                // declined forever. One ordinary abort keeps the base: a full upload after every abort
+                // would slow the next checkpoint of a large state down when checkpoints already struggle.
+                let base_id = self.base.as_ref().map(|b| b.checkpoint_id);
+                let lost_notification = pending.iter().any(|(id, u)| {
+                    *id < checkpoint_id && u.shared.is_some() && base_id.is_none_or(|b| *id > b)
+                });
+                if reused_base {
+                    self.aborts_reusing_base += 1;
+                }
+                let rebase = reused_base
+                    && (lost_notification || self.aborts_reusing_base >= REBASE_AFTER_ABORTS);
+                if rebase && self.base.is_some() {
+                    tracing::info!(
+                        checkpoint_id,
+                        lost_notification,
+                        aborts = self.aborts_reusing_base,
+                        "lsm backend: the diff base may be stale; the next checkpoint uploads every file"
+                    );
+                    self.base = None;
+                    self.aborts_reusing_base = 0;
+                }
+            }
+            None => {}
+        }
+    }
+}

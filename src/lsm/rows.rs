@@ -1,0 +1,88 @@
+//! Row access of the LSM backend: the column family of a state, the row key of the current key in a
+//! namespace, and raw gets, puts, deletes and prefix scans (row layout: `docs/formats.md`).
+
+use rocksdb::{ColumnFamily, WriteBatch};
+
+use crate::error::Result;
+use crate::keyed::backend::{StateId, StateKey};
+use crate::keyed::checks::{no_current_key, wrong_state};
+use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
+use crate::lsm::keys::push_namespace;
+
+impl<K: StateKey> LsmKeyedStateBackend<K> {
+    #[inline]
+    pub(crate) fn cf(&self, id: StateId) -> Result<&ColumnFamily> {
+        let state = self
+            .states
+            .get(id.0 as usize)
+            .ok_or_else(|| wrong_state(id))?;
+        self.db.cf_handle(&state.cf).ok_or_else(|| wrong_state(id))
+    }
+
+    /// Row key of the current key in `ns` (plus `user_key` bytes for map rows) in the scratch buffer.
+    #[inline]
+    pub(crate) fn row_key<N: StateKey>(&self, ns: &N, scratch: &mut Vec<u8>) -> Result<()> {
+        let current = self.current.as_ref().ok_or_else(no_current_key)?;
+        scratch.clear();
+        scratch.extend_from_slice(&current.prefix);
+        push_namespace(scratch, |out| ns.encode(out));
+        Ok(())
+    }
+
+    pub(crate) fn get_raw(
+        &self,
+        id: StateId,
+        key: &[u8],
+    ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
+        let cf = self.cf(id)?;
+        self.db
+            .get_pinned_cf_opt(cf, key, &self.read_options)
+            .map_err(|e| db_error("get", e))
+    }
+
+    pub(crate) fn put_raw(&self, id: StateId, key: &[u8], value: &[u8]) -> Result<()> {
+        let cf = self.cf(id)?;
+        self.db
+            .put_cf_opt(cf, key, value, &self.write_options)
+            .map_err(|e| db_error("put", e))
+    }
+
+    pub(crate) fn delete_raw(&self, id: StateId, key: &[u8]) -> Result<()> {
+        let cf = self.cf(id)?;
+        self.db
+            .delete_cf_opt(cf, key, &self.write_options)
+            .map_err(|e| db_error("delete", e))
+    }
+
+    /// Calls `f` on every row whose key starts with `prefix`, in key order, until it returns `false`.
+    pub(crate) fn scan_prefix(
+        &self,
+        id: StateId,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let cf = self.cf(id)?;
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek(prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) || !f(k, v)? {
+                break;
+            }
+            it.next();
+        }
+        it.status().map_err(|e| db_error("scan", e))
+    }
+
+    /// Deletes every row whose key starts with `prefix`.
+    pub(crate) fn delete_prefix(&self, id: StateId, prefix: &[u8]) -> Result<()> {
+        let cf = self.cf(id)?;
+        let mut batch = WriteBatch::default();
+        self.scan_prefix(id, prefix, |k, _| {
+            batch.delete_cf(cf, k);
+            Ok(true)
+        })?;
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(|e| db_error("delete", e))
+    }
+}
