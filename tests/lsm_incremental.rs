@@ -33,16 +33,6 @@ fn read_all_counts(b: &mut Lsm) -> BTreeMap<u64, u64> {
     read_all(b, &counts())
 }
 
-async fn restore_one(
-    storage: &CheckpointStorage,
-    meta: &CheckpointMetadata,
-    mode: RestoreMode,
-) -> Lsm {
-    Lsm::restore(lsm_config(128, 1, 0), storage, &handles(meta), mode)
-        .await
-        .unwrap()
-}
-
 #[test]
 fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
     runtime().block_on(async {
@@ -90,7 +80,7 @@ fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
         // The local native checkpoint directories are gone.
         let local = b[0].instance_dir().join("checkpoints");
         assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
-        let mut restored = restore_one(&storage, &second, RestoreMode::Claim).await;
+        let mut restored = restore_lsm(&storage, &second, RestoreMode::Claim).await;
         let model: BTreeMap<u64, u64> = (0..20_000)
             .map(|k| (k, if k < 200 { 2 } else { 1 }))
             .collect();
@@ -107,7 +97,7 @@ fn claim_restore_stays_incremental_and_no_claim_restore_is_full() {
         write(&mut b[0], 0..10_000, 1);
         checkpoint(&mut coord, &mut b).await;
         let meta = coord.store().latest().unwrap().clone();
-        let mut claimed = vec![restore_one(&storage, &meta, RestoreMode::Claim).await];
+        let mut claimed = vec![restore_lsm(&storage, &meta, RestoreMode::Claim).await];
         assert_eq!(claimed[0].backend_id(), b[0].backend_id());
         write(&mut claimed[0], 0..10, 3);
         let s = checkpoint(&mut coord, &mut claimed).await;
@@ -115,7 +105,7 @@ fn claim_restore_stays_incremental_and_no_claim_restore_is_full() {
             s.files_reused >= 1,
             "CLAIM: the restored SSTs are reused: {s:?}"
         );
-        let mut fresh = vec![restore_one(&storage, &meta, RestoreMode::NoClaim).await];
+        let mut fresh = vec![restore_lsm(&storage, &meta, RestoreMode::NoClaim).await];
         assert_ne!(fresh[0].backend_id(), b[0].backend_id());
         write(&mut fresh[0], 0..10, 4);
         let s = checkpoint(&mut coord, &mut fresh).await;
@@ -165,14 +155,7 @@ fn rescale_one_to_two_and_two_to_one_clips_key_groups() {
         let mut coord2 = coordinator(&storage, 3, 2).await;
         checkpoint(&mut coord2, &mut two).await;
         let meta2 = coord2.store().latest().unwrap().clone();
-        let mut back = Lsm::restore(
-            lsm_config(128, 1, 0),
-            &storage,
-            &handles(&meta2),
-            RestoreMode::Claim,
-        )
-        .await
-        .unwrap();
+        let mut back = restore_lsm(&storage, &meta2, RestoreMode::Claim).await;
         let expected: BTreeMap<u64, u64> = (0..6_000)
             .map(|k| (k, if k < 5_000 { 7 } else { 8 }))
             .collect();
@@ -265,7 +248,7 @@ fn flink_23949_savepoint_never_moves_the_diff_base() {
         checkpoint(&mut coord, &mut b).await;
         assert_retained_files_intact(&coord, true).await;
         let latest = coord.store().latest().unwrap().clone();
-        let mut restored = restore_one(&storage, &latest, RestoreMode::Claim).await;
+        let mut restored = restore_lsm(&storage, &latest, RestoreMode::Claim).await;
         let got = read_all_counts(&mut restored);
         assert_eq!((got[&0], got[&150], got[&4_000]), (2, 3, 1));
     });
@@ -360,7 +343,7 @@ fn spark_43404_reused_file_numbers_never_pass_for_uploaded_files() {
             );
         }
         // Fall back to checkpoint 1 (say the later ones were lost) and write other data.
-        let mut again = vec![restore_one(&storage, &first, RestoreMode::Claim).await];
+        let mut again = vec![restore_lsm(&storage, &first, RestoreMode::Claim).await];
         let mut clashes = 0;
         for round in 0..4 {
             write(&mut again[0], round * 100..3_000, 3);
@@ -384,7 +367,7 @@ fn spark_43404_reused_file_numbers_never_pass_for_uploaded_files() {
             "the restored DB reuses file numbers of the discarded run"
         );
         let latest = coord.store().latest().unwrap().clone();
-        let mut restored = restore_one(&storage, &latest, RestoreMode::Claim).await;
+        let mut restored = restore_lsm(&storage, &latest, RestoreMode::Claim).await;
         let got = read_all_counts(&mut restored);
         assert_eq!(got.len(), 3_000);
         assert!(got.values().all(|v| *v == 3), "only the new run's data");
@@ -644,7 +627,7 @@ fn native_checkpoint_flushes_every_memtable() {
             "a memtable kept entries after the snapshot"
         );
         let meta = coord.store().latest().unwrap().clone();
-        let mut r = restore_one(&storage, &meta, RestoreMode::NoClaim).await;
+        let mut r = restore_lsm(&storage, &meta, RestoreMode::NoClaim).await;
         assert_eq!(read_all_counts(&mut r), (0..500).map(|k| (k, 7)).collect());
         assert_eq!(
             read_all(&mut r, &other),

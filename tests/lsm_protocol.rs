@@ -114,14 +114,7 @@ async fn stale_lineage() -> (CheckpointStorage, CheckpointCoordinator, Lsm) {
     fill(&mut stale, 0..2_000, 1);
     checkpoint(&mut coord, std::slice::from_mut(&mut stale)).await;
     let meta = coord.store().latest().unwrap().clone();
-    let mut successor = Lsm::restore(
-        lsm_config(128, 1, 0),
-        &storage,
-        &handles(&meta),
-        RestoreMode::Claim,
-    )
-    .await
-    .unwrap();
+    let mut successor = restore_lsm(&storage, &meta, RestoreMode::Claim).await;
     // Every key rewritten and merged: none of the base's files survives in the successor.
     fill(&mut successor, 0..2_000, 5);
     compact_all(&successor);
@@ -161,14 +154,7 @@ fn repeatedly_declined_checkpoint_rebases_instead_of_declining_forever() {
         assert_eq!(stats.files_reused, 0, "{stats:?}");
         assert_retained_files_intact(&coord, true).await;
         let meta = coord.store().latest().unwrap().clone();
-        let mut r = Lsm::restore(
-            lsm_config(128, 1, 0),
-            &storage,
-            &handles(&meta),
-            RestoreMode::Claim,
-        )
-        .await
-        .unwrap();
+        let mut r = restore_lsm(&storage, &meta, RestoreMode::Claim).await;
         assert_eq!(values(&mut r).len(), 2_000);
     });
 }
@@ -373,14 +359,7 @@ fn no_claim_lsm_checkpoint_files_survive_restarts_subsumption_and_sweeps() {
         let mut coord = open().await.unwrap();
         coord.restored_from(1, RestoreMode::NoClaim).await.unwrap();
         let meta = coord.store().get(1).unwrap().clone();
-        let mut r = Lsm::restore(
-            lsm_config(128, 1, 0),
-            &storage,
-            &handles(&meta),
-            RestoreMode::NoClaim,
-        )
-        .await
-        .unwrap();
+        let mut r = restore_lsm(&storage, &meta, RestoreMode::NoClaim).await;
         drop(coord);
         let mut coord = open().await.unwrap();
         fill(&mut r, 0..10, 2);
@@ -398,14 +377,7 @@ fn no_claim_lsm_checkpoint_files_survive_restarts_subsumption_and_sweeps() {
         for f in meta.files() {
             assert!(exists(&storage, &f.path).await, "{}", f.path);
         }
-        let mut again = Lsm::restore(
-            lsm_config(128, 1, 0),
-            &storage,
-            &handles(&meta),
-            RestoreMode::NoClaim,
-        )
-        .await
-        .unwrap();
+        let mut again = restore_lsm(&storage, &meta, RestoreMode::NoClaim).await;
         assert_eq!(values(&mut again).get(&3), Some(&1));
     });
 }

@@ -209,6 +209,18 @@ pub async fn checkpoint<K: StateKey, B: KeyedStateBackend<K>>(
     stats.expect("the last acknowledgement completes the checkpoint")
 }
 
+/// An LSM backend of subtask 0 of 1 (operator `op`, max parallelism 128) restored from `meta` in `mode`.
+#[cfg(feature = "rocksdb")]
+pub async fn restore_lsm(
+    storage: &CheckpointStorage,
+    meta: &CheckpointMetadata,
+    mode: RestoreMode,
+) -> LsmKeyedStateBackend<u64> {
+    LsmKeyedStateBackend::restore(lsm_config(128, 1, 0), storage, &handles(meta), mode)
+        .await
+        .unwrap()
+}
+
 /// Keyed state handles of a checkpoint.
 pub fn handles(meta: &CheckpointMetadata) -> Vec<KeyedStateHandle> {
     meta.tasks

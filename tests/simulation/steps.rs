@@ -102,14 +102,9 @@ impl Sim {
         }
     }
 
-    /// Runs the asynchronous phase of one task of a checkpoint.
-    pub async fn run_async(&mut self) -> Step {
-        self.run_async_of(None).await
-    }
-
-    /// Runs one pending asynchronous phase of checkpoint `only` (or of any).
-    async fn run_async_of(&mut self, only: Option<u64>) -> Step {
-        let pending: Vec<(u64, usize)> = self
+    /// A random `(checkpoint, task)` whose part is `wanted`, of checkpoint `only` (or of any).
+    fn pick_part(&mut self, only: Option<u64>, wanted: fn(&Part) -> bool) -> Option<(u64, usize)> {
+        let parts: Vec<(u64, usize)> = self
             .inflight
             .iter()
             .filter(|(id, _)| only.is_none_or(|o| o == **id))
@@ -117,14 +112,26 @@ impl Sim {
                 f.parts
                     .iter()
                     .enumerate()
-                    .filter(|(_, p)| matches!(p, Part::Pending(_)))
+                    .filter(move |(_, p)| wanted(p))
                     .map(move |(i, _)| (*id, i))
             })
             .collect();
-        if pending.is_empty() {
-            return Ok(());
+        if parts.is_empty() {
+            return None;
         }
-        let (id, i) = pending[self.rng.random_range(0..pending.len())];
+        Some(parts[self.rng.random_range(0..parts.len())])
+    }
+
+    /// Runs the asynchronous phase of one task of a checkpoint.
+    pub async fn run_async(&mut self) -> Step {
+        self.run_async_of(None).await
+    }
+
+    /// Runs one pending asynchronous phase of checkpoint `only` (or of any).
+    async fn run_async_of(&mut self, only: Option<u64>) -> Step {
+        let Some((id, i)) = self.pick_part(only, |p| matches!(p, Part::Pending(_))) else {
+            return Ok(());
+        };
         let flight = self.inflight.get_mut(&id).expect("inflight");
         let Part::Pending(p) = std::mem::replace(&mut flight.parts[i], Part::Failed) else {
             return Ok(());
@@ -188,22 +195,9 @@ impl Sim {
 
     /// Acknowledges one finished part of checkpoint `only` (or of any).
     async fn acknowledge_of(&mut self, only: Option<u64>) -> Step {
-        let done: Vec<(u64, usize)> = self
-            .inflight
-            .iter()
-            .filter(|(id, _)| only.is_none_or(|o| o == **id))
-            .flat_map(|(id, f)| {
-                f.parts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| matches!(p, Part::Done(_)))
-                    .map(move |(i, _)| (*id, i))
-            })
-            .collect();
-        if done.is_empty() {
+        let Some((id, i)) = self.pick_part(only, |p| matches!(p, Part::Done(_))) else {
             return Ok(());
-        }
-        let (id, i) = done[self.rng.random_range(0..done.len())];
+        };
         let flight = self.inflight.get_mut(&id).expect("inflight");
         let Part::Done(result) = std::mem::replace(&mut flight.parts[i], Part::Acked) else {
             return Ok(());
