@@ -39,7 +39,8 @@ struct Args {
     /// checkpoints).
     #[arg(long, default_value = "heap", value_parser = ["heap", "rocksdb"])]
     backend: String,
-    /// Local working directory of the rocksdb backend (one subdirectory per subtask, removed at the end).
+    /// Local directory of the rocksdb backend: each subtask's backend creates a directory of its own in
+    /// it and removes that one when it ends (default: `statebackend-<job id>` in the temporary directory).
     #[arg(long)]
     local_dir: Option<PathBuf>,
     /// Input file (`-` for stdin); without it a seeded Zipf word stream is generated.
@@ -464,7 +465,7 @@ impl Job {
         attempt: u32,
     ) -> statebackend::Result<Task> {
         let configs: Vec<BackendConfig> = (0..parallelism)
-            .map(|i| self.backend_config(max_parallelism, parallelism, i, attempt))
+            .map(|i| self.backend_config(max_parallelism, parallelism, i))
             .collect::<statebackend::Result<_>>()?;
         if self.coordinator.store().latest().is_none() {
             source.seek(0).map_err(io_err)?;
@@ -527,15 +528,13 @@ impl Job {
         max_parallelism: u32,
         parallelism: u32,
         index: u32,
-        attempt: u32,
     ) -> statebackend::Result<BackendConfig> {
         match self.args.backend.as_str() {
             #[cfg(feature = "rocksdb")]
             "rocksdb" => {
-                let root = self.args.local_dir.clone().unwrap_or_else(|| {
+                let dir = self.args.local_dir.clone().unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("statebackend-{}", self.args.job_id))
                 });
-                let dir = root.join(format!("attempt-{attempt}-subtask-{index}"));
                 Ok(BackendConfig::Lsm(LsmBackendConfig::for_subtask(
                     OPERATOR,
                     max_parallelism,
@@ -550,12 +549,9 @@ impl Job {
                 parallelism,
                 index,
             )?)),
-            other => {
-                let _ = attempt;
-                Err(statebackend::Error::InvalidArgument(format!(
-                    "backend `{other}` is not built in (rocksdb needs the default `rocksdb` feature)"
-                )))
-            }
+            other => Err(statebackend::Error::InvalidArgument(format!(
+                "backend `{other}` is not built in (rocksdb needs the default `rocksdb` feature)"
+            ))),
         }
     }
 
