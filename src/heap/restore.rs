@@ -1,12 +1,13 @@
 //! Restoring a heap backend from keyed snapshot files, at the same or another parallelism.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::checkpoint::handle::{HandleFormat, KeyedStateHandle};
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
-use crate::format::keyed_file::{self, FOOTER_LEN, FileHeader, HEADER_PREFIX};
+use crate::format::keyed_file::read::{self as keyed_file, HEADER_PREFIX};
+use crate::format::keyed_file::{FOOTER_LEN, FileHeader};
 use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
 use crate::heap::table::RawTable;
 use crate::keyed::backend::{StateId, StateKey};
@@ -52,13 +53,20 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let loads = relevant.into_iter().map(|h| load_handle(storage, h, range));
         let loaded = futures::future::try_join_all(loads).await?;
 
-        let mut raw: Vec<(crate::keyed::descriptor::StateMeta, Vec<Vec<u8>>, usize)> = Vec::new();
+        // Per state, record bytes per key-group index, only for key groups that have records: a header
+        // may name many states, and a dense vector per state and key group would let a small file
+        // allocate states x key groups before any record is read.
+        let mut raw: Vec<(
+            crate::keyed::descriptor::StateMeta,
+            BTreeMap<usize, Vec<u8>>,
+            usize,
+        )> = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
         for file in &loaded {
             let mut slots = Vec::with_capacity(file.header.states.len());
             for meta in &file.header.states {
                 let slot = *by_name.entry(meta.name.clone()).or_insert_with(|| {
-                    raw.push((meta.clone(), vec![Vec::new(); range.len() as usize], 0));
+                    raw.push((meta.clone(), BTreeMap::new(), 0));
                     raw.len() - 1
                 });
                 if raw[slot].0 != *meta {
@@ -92,7 +100,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                         ));
                     }
                     let (_, groups, len) = &mut raw[slot];
-                    let out = &mut groups[kg_index];
+                    let out = groups.entry(kg_index).or_default();
                     out.put_bytes(r.key);
                     out.put_bytes(r.namespace);
                     out.put_bytes(r.value);
@@ -105,7 +113,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             backend.by_name.insert(meta.name.clone(), id);
             backend.tables.push(Box::new(RawTable {
                 meta,
-                groups: Arc::new(groups),
+                groups: Arc::new(groups.into_iter().collect()),
                 len,
             }));
         }

@@ -209,18 +209,20 @@ impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenS
 /// One restored record: key-group index, key, namespace and value bytes.
 pub(crate) type RawRecord<'a> = (usize, &'a [u8], &'a [u8], &'a [u8]);
 
-/// Records of a restored state that the job has not registered yet, per key-group index: the raw
-/// `u32 len + key, u32 len + namespace, u32 len + value` triples exactly as restored.
+/// Records of a restored state that the job has not registered yet: `(key-group index, records)` for the
+/// key groups that have records, ascending by index; the records are the raw `u32 len + key, u32 len +
+/// namespace, u32 len + value` triples exactly as restored.
 pub(crate) struct RawTable {
     pub(crate) meta: StateMeta,
-    pub(crate) groups: Arc<Vec<Vec<u8>>>,
+    pub(crate) groups: Arc<Vec<(usize, Vec<u8>)>>,
     pub(crate) len: usize,
 }
 
 impl RawTable {
     /// Iterates `(kg_index, key, namespace, value)` of every record.
     pub(crate) fn records(&self) -> impl Iterator<Item = Result<RawRecord<'_>>> {
-        self.groups.iter().enumerate().flat_map(|(kg, bytes)| {
+        self.groups.iter().flat_map(|(kg, bytes)| {
+            let kg = *kg;
             let mut d = Decoder::new(bytes, 0, "<restored records>");
             std::iter::from_fn(move || {
                 if d.is_empty() {
@@ -255,7 +257,7 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
     }
 }
 
-struct FrozenRawTable(Arc<Vec<Vec<u8>>>);
+struct FrozenRawTable(Arc<Vec<(usize, Vec<u8>)>>);
 
 impl FrozenTable for FrozenRawTable {
     fn write_group(
@@ -264,9 +266,10 @@ impl FrozenTable for FrozenRawTable {
         state: u32,
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
-        let Some(bytes) = self.0.get(kg_index) else {
+        let Ok(at) = self.0.binary_search_by_key(&kg_index, |(kg, _)| *kg) else {
             return Ok(());
         };
+        let bytes = &self.0[at].1;
         let mut d = Decoder::new(bytes, 0, "<restored records>");
         while !d.is_empty() {
             let (k, n, v) = (d.bytes("key")?, d.bytes("namespace")?, d.bytes("value")?);

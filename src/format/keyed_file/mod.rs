@@ -1,0 +1,257 @@
+//! The keyed snapshot file: key-group-partitioned records in checksummed, optionally zstd-compressed
+//! frames, with a per-key-group offset index at the end. Byte layout: `docs/formats.md`, "Keyed snapshot
+//! file". Both the writer and the reader are backend-independent.
+
+use crate::error::{Error, Result};
+use crate::format::bytes::PutExt;
+use crate::keyed::descriptor::StateMeta;
+use crate::keyed::key_group::KeyGroupRange;
+
+/// First 8 bytes of a keyed snapshot file, and its last 8.
+pub(crate) const MAGIC: &[u8; 8] = b"SBKEYED\x01";
+/// Current format version.
+pub(crate) const VERSION: u16 = 1;
+/// Size of the fixed footer in bytes.
+pub(crate) const FOOTER_LEN: usize = 32;
+/// Size of the fixed part of the header (magic, version, body length).
+const HEADER_PREFIX_LEN: usize = 14;
+/// Frames never claim more than this many uncompressed bytes (1 GiB).
+pub(crate) const MAX_FRAME_RAW_LEN: u32 = 1 << 30;
+/// A zstd frame never claims more than this many times its stored bytes. zstd can expand ~32,000 times, so
+/// without this bound a small hostile file could make restore allocate gigabytes; the writer stores a frame
+/// uncompressed rather than exceed it (only state of one byte repeated could), so no file this crate wrote
+/// is refused. A restore thus allocates at most 1,024 times the bytes it read.
+pub(crate) const MAX_EXPANSION: u64 = 1024;
+
+const CODEC_NONE: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+
+/// Header of a keyed snapshot file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileHeader {
+    pub(crate) max_parallelism: u32,
+    pub(crate) key_groups: KeyGroupRange,
+    pub(crate) states: Vec<StateMeta>,
+}
+
+/// One index entry: the frames of `key_group` occupy `[offset, offset + len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub(crate) key_group: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+/// Settings of the writer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterOptions {
+    /// zstd level, or `None` to store frames uncompressed.
+    pub(crate) zstd_level: Option<i32>,
+    /// Uncompressed bytes after which a frame is closed.
+    pub(crate) frame_bytes: usize,
+}
+
+/// Writes a keyed snapshot file as a stream of byte chunks (see [`KeyedFileWriter::take_output`]).
+pub(crate) struct KeyedFileWriter {
+    out: Vec<u8>,
+    /// Bytes handed out by `take_output` so far.
+    flushed: u64,
+    crc: crc32fast::Hasher,
+    frame: Vec<u8>,
+    index: Vec<IndexEntry>,
+    group: Option<(u32, u64)>,
+    options: WriterOptions,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    records: u64,
+    raw_bytes: u64,
+}
+
+/// What a finished file is: its size, CRC32 and content counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileSummary {
+    pub(crate) size: u64,
+    pub(crate) crc32: u32,
+    pub(crate) records: u64,
+    /// Uncompressed record bytes (the "state size").
+    pub(crate) raw_bytes: u64,
+}
+
+impl KeyedFileWriter {
+    /// Starts a file with `header`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the zstd level is rejected or a header string is over 4 GiB.
+    pub(crate) fn new(header: &FileHeader, options: WriterOptions) -> Result<Self> {
+        let compressor = options
+            .zstd_level
+            .map(|level| {
+                zstd::bulk::Compressor::new(level)
+                    .map_err(|e| Error::InvalidArgument(format!("zstd level {level}: {e}")))
+            })
+            .transpose()?;
+        // The writer is only ever given validated settings, but a frame size above the format's limit must
+        // not turn into an allocation failure: capacities are capped by the limit.
+        let frame_capacity = options.frame_bytes.min(MAX_FRAME_RAW_LEN as usize);
+        let mut out = Vec::with_capacity(frame_capacity);
+        out.extend_from_slice(MAGIC);
+        out.put_u16(VERSION);
+        let mut body = Vec::new();
+        body.put_u32(header.max_parallelism);
+        body.put_u32(header.key_groups.start());
+        body.put_u32(header.key_groups.len());
+        body.try_put_count(header.states.len(), "state count")?;
+        for s in &header.states {
+            body.try_put_bytes(s.name.as_bytes(), "state name")?;
+            body.put_u8(s.kind.tag());
+            body.try_put_bytes(s.key_codec.as_bytes(), "key codec")?;
+            body.try_put_bytes(s.namespace_codec.as_bytes(), "namespace codec")?;
+            body.try_put_bytes(s.value_codec.as_bytes(), "value codec")?;
+            body.try_put_bytes(s.user_key_codec.as_bytes(), "user key codec")?;
+        }
+        out.try_put_count(body.len(), "header length")?;
+        out.extend_from_slice(&body);
+        out.put_u32(crc32fast::hash(&body));
+        Ok(KeyedFileWriter {
+            out,
+            flushed: 0,
+            crc: crc32fast::Hasher::new(),
+            frame: Vec::with_capacity(frame_capacity + frame_capacity / 4),
+            index: Vec::new(),
+            group: None,
+            options,
+            compressor,
+            records: 0,
+            raw_bytes: 0,
+        })
+    }
+
+    fn offset(&self) -> u64 {
+        self.flushed + self.out.len() as u64
+    }
+
+    /// Starts the records of `key_group`; groups must come in ascending order.
+    pub(crate) fn begin_key_group(&mut self, key_group: u32) -> Result<()> {
+        self.end_key_group()?;
+        if self.index.last().is_some_and(|e| e.key_group >= key_group) {
+            return Err(Error::InvalidArgument(format!(
+                "key group {key_group} written out of order"
+            )));
+        }
+        self.group = Some((key_group, self.offset()));
+        Ok(())
+    }
+
+    /// Appends one record of state `state` (its index in the header) to the current key group; the three
+    /// closures append the key, namespace and value bytes.
+    #[inline]
+    pub(crate) fn add_record(
+        &mut self,
+        state: u32,
+        key: impl FnOnce(&mut Vec<u8>),
+        namespace: impl FnOnce(&mut Vec<u8>),
+        value: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
+        let start = self.frame.len();
+        self.frame.put_u32(state);
+        self.frame.put_len_prefixed(key);
+        self.frame.put_len_prefixed(namespace);
+        self.frame.put_len_prefixed(value);
+        self.records += 1;
+        self.raw_bytes += (self.frame.len() - start) as u64;
+        if self.frame.len() >= self.options.frame_bytes {
+            self.flush_frame()?;
+        }
+        Ok(())
+    }
+
+    fn flush_frame(&mut self) -> Result<()> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        if self.frame.len() > MAX_FRAME_RAW_LEN as usize {
+            return Err(Error::InvalidArgument(format!(
+                "a record of {} bytes exceeds the frame limit of {MAX_FRAME_RAW_LEN} bytes",
+                self.frame.len()
+            )));
+        }
+        let compressed = match &mut self.compressor {
+            Some(c) => Some(
+                c.compress(&self.frame)
+                    .map_err(|e| Error::InvalidArgument(format!("zstd compression failed: {e}")))?,
+            ),
+            None => None,
+        };
+        let (codec, stored): (u8, &[u8]) = match &compressed {
+            Some(c)
+                if c.len() < self.frame.len()
+                    && self.frame.len() as u64 <= c.len() as u64 * MAX_EXPANSION =>
+            {
+                (CODEC_ZSTD, c)
+            }
+            _ => (CODEC_NONE, &self.frame),
+        };
+        self.out.put_u8(codec);
+        self.out.put_u32(self.frame.len() as u32);
+        self.out.put_u32(stored.len() as u32);
+        self.out.put_u32(crc32fast::hash(stored));
+        self.out.extend_from_slice(stored);
+        self.frame.clear();
+        Ok(())
+    }
+
+    /// Closes the current key group (if any) and records it in the index if it has records.
+    pub(crate) fn end_key_group(&mut self) -> Result<()> {
+        self.flush_frame()?;
+        if let Some((key_group, offset)) = self.group.take() {
+            let len = self.offset() - offset;
+            if len > 0 {
+                self.index.push(IndexEntry {
+                    key_group,
+                    offset,
+                    len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes written since the last call; the caller streams them to storage in order.
+    pub(crate) fn take_output(&mut self) -> Vec<u8> {
+        let chunk = std::mem::take(&mut self.out);
+        self.crc.update(&chunk);
+        self.flushed += chunk.len() as u64;
+        chunk
+    }
+
+    /// Writes index and footer; returns the last bytes and the file's summary.
+    pub(crate) fn finish(mut self) -> Result<(Vec<u8>, FileSummary)> {
+        self.end_key_group()?;
+        let index_offset = self.offset();
+        let mut index = Vec::with_capacity(4 + self.index.len() * 20);
+        index.put_u32(self.index.len() as u32);
+        for e in &self.index {
+            index.put_u32(e.key_group);
+            index.put_u64(e.offset);
+            index.put_u64(e.len);
+        }
+        self.out.extend_from_slice(&index);
+        self.out.put_u64(index_offset);
+        self.out.put_u64(index.len() as u64);
+        self.out.put_u32(crc32fast::hash(&index));
+        self.out.put_u16(VERSION);
+        self.out.put_u16(0);
+        self.out.extend_from_slice(MAGIC);
+        let last = self.take_output();
+        let summary = FileSummary {
+            size: self.flushed,
+            crc32: self.crc.finalize(),
+            records: self.records,
+            raw_bytes: self.raw_bytes,
+        };
+        Ok((last, summary))
+    }
+}
+
+pub(crate) mod read;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+//! Reading a keyed snapshot file: footer, index, header, frames and records, each checked before use
+//! (format in `docs/formats.md`, "Keyed snapshot file").
+
+use std::io::Read;
+
+use super::{
+    CODEC_NONE, CODEC_ZSTD, FOOTER_LEN, FileHeader, HEADER_PREFIX_LEN, IndexEntry, MAGIC,
+    MAX_EXPANSION, MAX_FRAME_RAW_LEN, VERSION,
+};
+use crate::error::{Error, Result};
+use crate::format::bytes::Decoder;
+use crate::keyed::descriptor::{StateKind, StateMeta};
+use crate::keyed::key_group::KeyGroupRange;
+
+/// Parsed footer: where the index is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Footer {
+    pub(crate) index_offset: u64,
+    pub(crate) index_len: u64,
+    index_crc: u32,
+}
+
+/// Parses the last [`FOOTER_LEN`] bytes of a file of `file_len` bytes.
+pub(crate) fn parse_footer(bytes: &[u8], file_len: u64, path: &str) -> Result<Footer> {
+    if file_len < (HEADER_PREFIX_LEN + 4 + FOOTER_LEN) as u64 || bytes.len() != FOOTER_LEN {
+        return Err(Error::corrupt(
+            path,
+            format!("truncated: {file_len} bytes is shorter than an empty snapshot"),
+        ));
+    }
+    let mut d = Decoder::new(bytes, file_len - FOOTER_LEN as u64, path);
+    let index_offset = d.u64("index offset")?;
+    let index_len = d.u64("index length")?;
+    let index_crc = d.u32("index crc")?;
+    let version = d.u16("footer version")?;
+    let reserved = d.u16("reserved")?;
+    if d.take(8, "magic")? != MAGIC {
+        return Err(Error::corrupt(
+            path,
+            "bad magic at the end: not a keyed snapshot file or truncated",
+        ));
+    }
+    if version != VERSION {
+        return Err(Error::corrupt(
+            path,
+            format!("unsupported format version {version}, this build reads {VERSION}"),
+        ));
+    }
+    if reserved != 0 {
+        return Err(Error::corrupt(
+            path,
+            format!("unknown footer flags {reserved:#x}"),
+        ));
+    }
+    if index_offset.checked_add(index_len) != Some(file_len - FOOTER_LEN as u64) {
+        return Err(Error::corrupt(
+            path,
+            "index does not end where the footer starts",
+        ));
+    }
+    Ok(Footer {
+        index_offset,
+        index_len,
+        index_crc,
+    })
+}
+
+/// Parses and validates the index bytes against the footer.
+pub(crate) fn parse_index(bytes: &[u8], footer: &Footer, path: &str) -> Result<Vec<IndexEntry>> {
+    if crc32fast::hash(bytes) != footer.index_crc {
+        return Err(Error::corrupt(path, "index checksum mismatch"));
+    }
+    let mut d = Decoder::new(bytes, footer.index_offset, path);
+    let n = d.count("index entry count", 20)?;
+    let mut index = Vec::with_capacity(n);
+    let mut previous: Option<&IndexEntry> = None;
+    for _ in 0..n {
+        let e = IndexEntry {
+            key_group: d.u32("key group")?,
+            offset: d.u64("key group offset")?,
+            len: d.u64("key group length")?,
+        };
+        let in_order =
+            previous.is_none_or(|p| p.key_group < e.key_group && p.offset + p.len <= e.offset);
+        let in_file = e
+            .offset
+            .checked_add(e.len)
+            .is_some_and(|end| end <= footer.index_offset);
+        if !in_order || !in_file || e.len == 0 {
+            return Err(d.error(format!(
+                "index entry of key group {} is out of order or out of the file",
+                e.key_group
+            )));
+        }
+        index.push(e);
+        previous = index.last();
+    }
+    d.finish("index")?;
+    Ok(index)
+}
+
+/// Length of the header given its first [`HEADER_PREFIX_LEN`] bytes; it must end before the index.
+pub(crate) fn header_len(prefix: &[u8], footer: &Footer, path: &str) -> Result<u64> {
+    let mut d = Decoder::new(prefix, 0, path);
+    if d.take(8, "magic")? != MAGIC {
+        return Err(Error::corrupt(path, "bad magic: not a keyed snapshot file"));
+    }
+    let version = d.u16("version")?;
+    if version != VERSION {
+        return Err(Error::corrupt(
+            path,
+            format!("unsupported format version {version}, this build reads {VERSION}"),
+        ));
+    }
+    let len = HEADER_PREFIX_LEN as u64 + u64::from(d.u32("header length")?) + 4;
+    if len > footer.index_offset {
+        return Err(Error::corrupt(path, "header overlaps the data"));
+    }
+    Ok(len)
+}
+
+/// Bytes to read to learn the header length.
+pub(crate) const HEADER_PREFIX: u64 = HEADER_PREFIX_LEN as u64;
+
+/// Parses the whole header (`header_len` bytes from offset 0).
+pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
+    let mut d = Decoder::new(bytes, 0, path);
+    d.take(HEADER_PREFIX_LEN - 4, "magic and version")?;
+    let body = d.bytes("header")?;
+    let crc = d.u32("header crc")?;
+    d.finish("header")?;
+    if crc32fast::hash(body) != crc {
+        return Err(Error::corrupt(path, "header checksum mismatch"));
+    }
+    let mut d = Decoder::new(body, HEADER_PREFIX_LEN as u64, path);
+    let max_parallelism = d.u32("max parallelism")?;
+    let start = d.u32("key-group start")?;
+    let count = d.u32("key-group count")?;
+    let key_groups = match count {
+        0 => KeyGroupRange::EMPTY,
+        n => start
+            .checked_add(n - 1)
+            .and_then(|end| KeyGroupRange::new(start, end).ok())
+            .filter(|r| r.end().is_some_and(|e| e < max_parallelism))
+            .ok_or_else(|| d.error("key-group range does not fit max parallelism"))?,
+    };
+    let n = d.count("state count", 21)?;
+    let mut states = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = d.str("state name")?.to_string();
+        let tag = d.u8("state kind")?;
+        let kind =
+            StateKind::from_tag(tag).ok_or_else(|| d.error(format!("unknown state kind {tag}")))?;
+        states.push(StateMeta {
+            name,
+            kind,
+            key_codec: d.str("key codec")?.to_string(),
+            namespace_codec: d.str("namespace codec")?.to_string(),
+            value_codec: d.str("value codec")?.to_string(),
+            user_key_codec: d.str("user key codec")?.to_string(),
+        });
+    }
+    d.finish("header body")?;
+    Ok(FileHeader {
+        max_parallelism,
+        key_groups,
+        states,
+    })
+}
+
+/// Decodes the frames of one key group (`bytes` starts at file offset `offset`) into raw record bytes.
+///
+/// The frame headers are checked first (codec, `raw_len` at most [`MAX_FRAME_RAW_LEN`], a stored frame's
+/// `raw_len` equal to its stored length, a zstd frame's at most [`MAX_EXPANSION`] times it); only then is
+/// the sum of the declared lengths allocated, once.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `path` and the offset for a bad header, checksum or payload.
+pub(crate) fn decode_frames(bytes: &[u8], offset: u64, path: &str) -> Result<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut total: u64 = 0;
+    let mut d = Decoder::new(bytes, offset, path);
+    while !d.is_empty() {
+        let codec = d.u8("frame codec")?;
+        let raw_len = d.u32("frame raw length")?;
+        let stored_len = d.u32("frame stored length")?;
+        let crc = d.u32("frame crc")?;
+        let declared_ok = match codec {
+            CODEC_NONE => raw_len == stored_len,
+            CODEC_ZSTD => u64::from(raw_len) <= u64::from(stored_len) * MAX_EXPANSION,
+            other => return Err(d.error(format!("unknown frame codec {other}"))),
+        };
+        if raw_len > MAX_FRAME_RAW_LEN || !declared_ok {
+            return Err(d.error(format!(
+                "frame claims {raw_len} bytes from {stored_len} stored, above the limit"
+            )));
+        }
+        let stored = d.take(stored_len as usize, "frame")?;
+        frames.push((codec, raw_len, crc, stored));
+        total += u64::from(raw_len);
+    }
+    let capacity = usize::try_from(total)
+        .map_err(|_| Error::corrupt(path, "key group larger than this machine's address space"))?;
+    let mut raw = Vec::with_capacity(capacity);
+    let mut d = Decoder::new(bytes, offset, path);
+    for (codec, raw_len, crc, stored) in frames {
+        d.take(13, "frame header")?;
+        if crc32fast::hash(stored) != crc {
+            return Err(d.error("frame checksum mismatch"));
+        }
+        let start = raw.len();
+        if codec == CODEC_ZSTD {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(stored)
+                .map_err(|e| d.error(format!("zstd: {e}")))?;
+            (&mut decoder)
+                .take(u64::from(raw_len) + 1)
+                .read_to_end(&mut raw)
+                .map_err(|e| d.error(format!("zstd frame does not decode: {e}")))?;
+        } else {
+            raw.extend_from_slice(stored);
+        }
+        if raw.len() - start != raw_len as usize {
+            return Err(d.error(format!(
+                "frame decodes to {} bytes, its header says {raw_len}",
+                raw.len() - start
+            )));
+        }
+        d.take(stored.len(), "frame")?;
+    }
+    Ok(raw)
+}
+
+/// One record of a decoded key group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Record<'a> {
+    pub(crate) state: u32,
+    pub(crate) key: &'a [u8],
+    pub(crate) namespace: &'a [u8],
+    pub(crate) value: &'a [u8],
+}
+
+/// Iterates the records of raw bytes from [`decode_frames`].
+pub(crate) fn records<'a>(
+    raw: &'a [u8],
+    path: &'a str,
+) -> impl Iterator<Item = Result<Record<'a>>> + 'a {
+    let mut d = Decoder::new(raw, 0, path);
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if d.is_empty() || failed {
+            return None;
+        }
+        let record = (|| {
+            Ok(Record {
+                state: d.u32("record state")?,
+                key: d.bytes("record key")?,
+                namespace: d.bytes("record namespace")?,
+                value: d.bytes("record value")?,
+            })
+        })();
+        failed = record.is_err();
+        Some(record)
+    })
+}
