@@ -402,6 +402,32 @@ fn corrupt_metadata_is_skipped_and_never_deleted() {
 }
 
 #[test]
+fn directory_where_metadata_should_be_is_an_unreadable_checkpoint_not_a_failed_open() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, state_file) = two_checkpoints(dir.path()).await;
+        let meta = dir.path().join("corrupt/chk-2/_metadata");
+        std::fs::remove_file(&meta).unwrap();
+        std::fs::create_dir(&meta).unwrap();
+        let outcome = restore_latest(&storage).await.unwrap();
+        assert_eq!(outcome.checkpoint_id, 1);
+        assert_eq!(outcome.skipped[0].checkpoint_id, 2);
+        assert!(
+            outcome.skipped[0].reason.contains("directory"),
+            "{}",
+            outcome.skipped[0].reason
+        );
+        let _c = CheckpointCoordinator::open(
+            storage.clone(),
+            CoordinatorConfig::single_operator("op", 1, 2),
+        )
+        .await
+        .unwrap();
+        assert!(storage.object_store().head(&state_file).await.is_ok());
+    });
+}
+
+#[test]
 fn no_restorable_checkpoint_is_a_not_found_error_listing_the_reasons() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,9 @@ use object_store::path::Path;
 use crate::error::{Error, Result};
 
 /// Maps the file at `path` of `fs` read-only.
+///
+/// # Errors
+/// [`Error::NotFound`] if it does not exist; [`Error::Corrupt`] if a directory stands there; storage errors.
 #[allow(unsafe_code)]
 pub(super) fn map_file(fs: &LocalFileSystem, path: &Path) -> Result<Bytes> {
     let file_path = fs
@@ -24,7 +27,23 @@ pub(super) fn map_file(fs: &LocalFileSystem, path: &Path) -> Result<Bytes> {
             },
         ),
     })?;
-    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+    let meta = file.metadata().map_err(|e| {
+        Error::storage(
+            path,
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        )
+    })?;
+    if meta.is_dir() {
+        // Not a storage failure that a retry could fix: what is there is not a file of ours.
+        return Err(Error::corrupt(
+            path,
+            "a directory stands where a file should be",
+        ));
+    }
+    if meta.len() == 0 {
         // An empty file cannot be mapped on every platform; it is simply empty.
         return Ok(Bytes::new());
     }

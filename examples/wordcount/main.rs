@@ -11,14 +11,14 @@
 //! Stdin and socket input are buffered in memory as they arrive so that they can be replayed after a failure
 //! (a replayable source is what exactly-once state needs).
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+mod args;
+mod source;
+
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rand::SeedableRng;
-use rand_distr::{Distribution, Zipf};
 use statebackend::Codec;
 use statebackend::{
     CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
@@ -29,229 +29,11 @@ use statebackend::{
 #[cfg(feature = "rocksdb")]
 use statebackend::{LsmBackendConfig, LsmKeyedStateBackend, RestoreMode};
 
+use crate::args::Args;
+use crate::source::{Source, open_source, single_pass_count, words};
+
 const OPERATOR: &str = "word-counter";
 const OFFSET_STATE: &str = "source-offset";
-
-#[derive(Parser, Debug)]
-#[command(about = "Checkpointed word count on a statebackend keyed state backend")]
-struct Args {
-    /// State backend: `heap` (copy-on-write maps, full snapshots) or `rocksdb` (LSM, incremental
-    /// checkpoints).
-    #[arg(long, default_value = "heap", value_parser = ["heap", "rocksdb"])]
-    backend: String,
-    /// Local directory of the rocksdb backend: each subtask's backend creates a directory of its own in
-    /// it and removes that one when it ends (default: `statebackend-<job id>` in the temporary directory).
-    #[arg(long)]
-    local_dir: Option<PathBuf>,
-    /// Input file (`-` for stdin); without it a seeded Zipf word stream is generated.
-    #[arg(long)]
-    input: Option<String>,
-    /// Read lines from a TCP socket (HOST:PORT) until it closes.
-    #[arg(long, conflicts_with = "input")]
-    socket: Option<String>,
-    /// Generated records (one word each).
-    #[arg(long, default_value_t = 1_000_000)]
-    records: u64,
-    /// Distinct words of the generated stream.
-    #[arg(long, default_value_t = 50_000)]
-    distinct: u64,
-    /// Seed of the generated stream.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Checkpoint every N records (lines).
-    #[arg(long, default_value_t = 100_000)]
-    checkpoint_every: u64,
-    /// Checkpoint directory (the embedded default: a local directory).
-    #[arg(long, default_value = "checkpoints")]
-    checkpoint_dir: PathBuf,
-    /// Job id: checkpoints go to CHECKPOINT_DIR/JOB_ID.
-    #[arg(long, default_value = "wordcount")]
-    job_id: String,
-    /// Completed checkpoints to retain.
-    #[arg(long, default_value_t = 2)]
-    retained: usize,
-    /// Fail on purpose after N records of an attempt; the k-th flag applies to attempt k.
-    #[arg(long)]
-    fail_after: Vec<u64>,
-    /// fixed-delay:ATTEMPTS:DELAY_MS | failure-rate:MAX:INTERVAL_MS:DELAY_MS | none
-    #[arg(long, default_value = "fixed-delay:3:100")]
-    restart: String,
-    /// Subtasks of the counting operator.
-    #[arg(long, default_value_t = 1)]
-    parallelism: u32,
-    /// Subtasks after the first restart (rescaled restore).
-    #[arg(long)]
-    rescale_to: Option<u32>,
-    /// Max parallelism (number of key groups); default as Flink's.
-    #[arg(long)]
-    max_parallelism: Option<u32>,
-    /// Where to write `word<TAB>count` lines, sorted by word.
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// Delete the checkpoints when the job ends (default: retain them).
-    #[arg(long)]
-    delete_checkpoints: bool,
-    /// Resume from the latest checkpoint of this job id left by an earlier run. Without it the job starts
-    /// from scratch and first deletes such checkpoints.
-    #[arg(long)]
-    resume: bool,
-}
-
-/// A replayable source of lines with an offset that a checkpoint stores.
-enum Source {
-    /// A file; the offset is the byte position of the next line.
-    File {
-        reader: BufReader<std::fs::File>,
-        offset: u64,
-    },
-    /// Lines in memory (generated, stdin or socket); the offset is the next line's index.
-    Memory { lines: Vec<String>, next: u64 },
-}
-
-impl Source {
-    fn seek(&mut self, offset: u64) -> std::io::Result<()> {
-        match self {
-            Source::File { reader, offset: o } => {
-                reader.seek(SeekFrom::Start(offset))?;
-                *o = offset;
-            }
-            Source::Memory { next, .. } => *next = offset,
-        }
-        Ok(())
-    }
-
-    fn offset(&self) -> u64 {
-        match self {
-            Source::File { offset, .. } => *offset,
-            Source::Memory { next, .. } => *next,
-        }
-    }
-
-    fn next_line(&mut self, buf: &mut String) -> std::io::Result<bool> {
-        buf.clear();
-        match self {
-            Source::File { reader, offset } => {
-                let mut bytes = Vec::new();
-                let n = reader.read_until(b'\n', &mut bytes)?;
-                *offset += n as u64;
-                buf.push_str(&String::from_utf8_lossy(&bytes));
-                Ok(n > 0)
-            }
-            Source::Memory { lines, next } => match lines.get(*next as usize) {
-                Some(line) => {
-                    buf.push_str(line);
-                    *next += 1;
-                    Ok(true)
-                }
-                None => Ok(false),
-            },
-        }
-    }
-}
-
-fn open_source(args: &Args) -> Result<Source, String> {
-    match (&args.input, &args.socket) {
-        (Some(path), _) if path == "-" => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|e| format!("stdin: {e}"))?;
-            Ok(Source::Memory {
-                lines: text.lines().map(str::to_string).collect(),
-                next: 0,
-            })
-        }
-        (Some(path), _) => {
-            let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-            Ok(Source::File {
-                reader: BufReader::new(file),
-                offset: 0,
-            })
-        }
-        (None, Some(addr)) => {
-            let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-            let lines = BufReader::new(stream)
-                .lines()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            Ok(Source::Memory { lines, next: 0 })
-        }
-        (None, None) => {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-            let zipf = Zipf::new(args.distinct.max(1) as f64, 1.1).map_err(|e| e.to_string())?;
-            let lines = (0..args.records)
-                .map(|_| format!("w{}", zipf.sample(&mut rng) as u64))
-                .collect();
-            Ok(Source::Memory { lines, next: 0 })
-        }
-    }
-}
-
-/// Words of a line: maximal runs of alphanumeric characters, lowercased.
-fn words(line: &str) -> impl Iterator<Item = String> + '_ {
-    line.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-}
-
-#[derive(Debug, Clone, Copy)]
-enum RestartStrategy {
-    FixedDelay {
-        attempts: u32,
-        delay: Duration,
-    },
-    FailureRate {
-        max: usize,
-        interval: Duration,
-        delay: Duration,
-    },
-    None,
-}
-
-fn parse_restart(s: &str) -> Result<RestartStrategy, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let num = |p: &str| {
-        p.parse::<u64>()
-            .map_err(|_| format!("bad number `{p}` in --restart {s}"))
-    };
-    match parts.as_slice() {
-        ["none"] => Ok(RestartStrategy::None),
-        ["fixed-delay", a, d] => Ok(RestartStrategy::FixedDelay {
-            attempts: num(a)? as u32,
-            delay: Duration::from_millis(num(d)?),
-        }),
-        ["failure-rate", m, i, d] => Ok(RestartStrategy::FailureRate {
-            max: num(m)? as usize,
-            interval: Duration::from_millis(num(i)?),
-            delay: Duration::from_millis(num(d)?),
-        }),
-        _ => Err(format!("unknown restart strategy `{s}`")),
-    }
-}
-
-impl RestartStrategy {
-    /// Delay before the next attempt, or `None` if the job must fail. `failures` are the failure times.
-    fn next(&self, failures: &[Instant]) -> Option<Duration> {
-        match *self {
-            RestartStrategy::None => None,
-            RestartStrategy::FixedDelay { attempts, delay } => {
-                (failures.len() as u32 <= attempts).then_some(delay)
-            }
-            RestartStrategy::FailureRate {
-                max,
-                interval,
-                delay,
-            } => {
-                let now = Instant::now();
-                let recent = failures
-                    .iter()
-                    .filter(|t| now.duration_since(**t) <= interval)
-                    .count();
-                (recent <= max).then_some(delay)
-            }
-        }
-    }
-}
 
 /// One subtask's keyed state backend (boxed: the two differ much in size).
 enum Backend {
@@ -620,22 +402,33 @@ impl Job {
     }
 }
 
-fn io_err(e: std::io::Error) -> statebackend::Error {
-    statebackend::Error::InvalidArgument(format!("source: {e}"))
+/// Runs the orphan sweep and says what it deleted or why it could not.
+fn sweep(
+    rt: &tokio::runtime::Runtime,
+    coordinator: &mut CheckpointCoordinator,
+    min_age: Duration,
+    when: &str,
+) -> Result<(), String> {
+    let report = rt
+        .block_on(coordinator.sweep_orphans(min_age))
+        .map_err(|e| format!("orphan sweep at {when}: {e}"))?;
+    if !report.deleted.is_empty() {
+        println!(
+            "orphan sweep at {when}: deleted {} file(s) no checkpoint references",
+            report.deleted.len()
+        );
+    }
+    if !report.blocked_by_unreadable.is_empty() {
+        println!(
+            "orphan sweep at {when}: deleted nothing while checkpoint(s) {:?} are unreadable",
+            report.blocked_by_unreadable
+        );
+    }
+    Ok(())
 }
 
-fn single_pass_count(source: &mut Source) -> std::io::Result<(HashMap<String, u64>, u64)> {
-    source.seek(0)?;
-    let mut counts = HashMap::new();
-    let mut total = 0;
-    let mut line = String::new();
-    while source.next_line(&mut line)? {
-        for w in words(&line) {
-            *counts.entry(w).or_insert(0) += 1;
-            total += 1;
-        }
-    }
-    Ok((counts, total))
+fn io_err(e: std::io::Error) -> statebackend::Error {
+    statebackend::Error::InvalidArgument(format!("source: {e}"))
 }
 
 fn main() {
@@ -647,7 +440,8 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let restart = parse_restart(&args.restart)?;
+    // Every flag is checked before storage is touched (clap checks each one's range).
+    let restart = args.validate()?;
     let mut source = open_source(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -677,12 +471,38 @@ fn run(args: Args) -> Result<(), String> {
     let max_parallelism = args
         .max_parallelism
         .unwrap_or_else(|| default_max_parallelism(parallelism.max(args.rescale_to.unwrap_or(0))));
-    let coordinator = rt
+    let mut coordinator = rt
         .block_on(CheckpointCoordinator::open(
             storage.clone(),
             CoordinatorConfig::single_operator(OPERATOR, parallelism, args.retained),
         ))
         .map_err(|e| e.to_string())?;
+    let root = args.checkpoint_dir.join(&args.job_id);
+    let unreadable: Vec<String> = coordinator
+        .store()
+        .unreadable()
+        .iter()
+        .map(|s| format!("chk-{} ({})", s.checkpoint_id, s.reason))
+        .collect();
+    for u in &unreadable {
+        println!("skipping unreadable checkpoint {u}");
+    }
+    if args.resume && coordinator.store().latest().is_none() {
+        if !unreadable.is_empty() {
+            return Err(format!(
+                "nothing to resume from in {}: no checkpoint is readable ({}); refusing to start from scratch over checkpoints this build cannot read",
+                root.display(),
+                unreadable.join(", ")
+            ));
+        }
+        println!(
+            "nothing to resume from: job `{}` has no completed checkpoint in {}; starting from the beginning",
+            args.job_id,
+            root.display()
+        );
+    }
+    let min_age = Duration::from_millis(args.sweep_min_age_ms);
+    sweep(&rt, &mut coordinator, min_age, "start")?;
     let mut job = Job {
         args,
         rt,
@@ -779,8 +599,13 @@ fn run(args: Args) -> Result<(), String> {
         CancellationPolicy::RetainOnCancellation
     };
     let Job {
-        rt, coordinator, ..
+        rt,
+        mut coordinator,
+        ..
     } = job;
+    if policy == CancellationPolicy::RetainOnCancellation {
+        sweep(&rt, &mut coordinator, min_age, "end")?;
+    }
     rt.block_on(coordinator.shutdown(policy))
         .map_err(|e| e.to_string())?;
 

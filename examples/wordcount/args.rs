@@ -1,0 +1,197 @@
+//! Flags of the example job and their checks, all done before the job touches storage.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
+
+#[derive(Parser, Debug)]
+#[command(about = "Checkpointed word count on a statebackend keyed state backend")]
+pub(crate) struct Args {
+    /// State backend: `heap` (copy-on-write maps, full snapshots) or `rocksdb` (LSM, incremental
+    /// checkpoints).
+    #[arg(long, default_value = "heap", value_parser = ["heap", "rocksdb"])]
+    pub(crate) backend: String,
+    /// Local directory of the rocksdb backend: each subtask's backend creates a directory of its own in
+    /// it and removes that one when it ends (default: `statebackend-<job id>` in the temporary directory).
+    #[arg(long)]
+    pub(crate) local_dir: Option<PathBuf>,
+    /// Input file (`-` for stdin); without it a seeded Zipf word stream is generated.
+    #[arg(long)]
+    pub(crate) input: Option<String>,
+    /// Read lines from a TCP socket (HOST:PORT) until it closes.
+    #[arg(long, conflicts_with = "input")]
+    pub(crate) socket: Option<String>,
+    /// Generated records (one word each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) records: u64,
+    /// Distinct words of the generated stream.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) distinct: u64,
+    /// Seed of the generated stream.
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Checkpoint every N records (lines).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) checkpoint_every: u64,
+    /// Checkpoint directory (the embedded default: a local directory).
+    #[arg(long, default_value = "checkpoints")]
+    pub(crate) checkpoint_dir: PathBuf,
+    /// Job id: checkpoints go to CHECKPOINT_DIR/JOB_ID.
+    #[arg(long, default_value = "wordcount")]
+    pub(crate) job_id: String,
+    /// Completed checkpoints to retain.
+    #[arg(long, default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) retained: usize,
+    /// Fail on purpose after N records of an attempt; the k-th flag applies to attempt k.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) fail_after: Vec<u64>,
+    /// fixed-delay:ATTEMPTS:DELAY_MS | failure-rate:MAX:INTERVAL_MS:DELAY_MS | none
+    #[arg(long, default_value = "fixed-delay:3:100")]
+    pub(crate) restart: String,
+    /// Subtasks of the counting operator.
+    #[arg(long, default_value_t = 1, value_parser = parallelism())]
+    pub(crate) parallelism: u32,
+    /// Subtasks after the first restart (rescaled restore).
+    #[arg(long, value_parser = parallelism())]
+    pub(crate) rescale_to: Option<u32>,
+    /// Max parallelism (number of key groups, at least every parallelism used); default as Flink's.
+    #[arg(long, value_parser = parallelism())]
+    pub(crate) max_parallelism: Option<u32>,
+    /// Where to write `word<TAB>count` lines, sorted by word.
+    #[arg(long)]
+    pub(crate) output: Option<PathBuf>,
+    /// Delete the checkpoints when the job ends (default: retain them).
+    #[arg(long)]
+    pub(crate) delete_checkpoints: bool,
+    /// Resume from the latest checkpoint of this job id left by an earlier run (from the beginning, saying
+    /// so, if it left none). Without it the job starts from scratch and first deletes such checkpoints.
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Orphan sweep at start and end: files of this job that no checkpoint references and older than this
+    /// are deleted (ms). 0 assumes that no other process writes this job's checkpoints (an earlier run
+    /// that was killed is dead); raise it where one may still be running.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) sweep_min_age_ms: u64,
+}
+
+/// Parser of a parallelism flag: 1 to 32,768 (Flink's upper bound of max parallelism).
+fn parallelism() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=32_768)
+}
+
+impl Args {
+    /// Checks what one flag alone cannot (clap checks each flag's range): the max parallelism covers every
+    /// parallelism, and the restart strategy parses. Runs before anything touches storage.
+    ///
+    /// # Errors
+    /// A one-line message naming the flags.
+    pub(crate) fn validate(&self) -> Result<RestartStrategy, String> {
+        let restart = parse_restart(&self.restart)?;
+        let largest = self.parallelism.max(self.rescale_to.unwrap_or(0));
+        if let Some(max) = self.max_parallelism
+            && max < largest
+        {
+            return Err(format!(
+                "--max-parallelism {max} is below the parallelism {largest}: every subtask needs a key group"
+            ));
+        }
+        Ok(restart)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RestartStrategy {
+    FixedDelay {
+        attempts: u32,
+        delay: Duration,
+    },
+    FailureRate {
+        max: usize,
+        interval: Duration,
+        delay: Duration,
+    },
+    None,
+}
+
+pub(crate) fn parse_restart(s: &str) -> Result<RestartStrategy, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |p: &str| {
+        p.parse::<u64>()
+            .map_err(|_| format!("bad number `{p}` in --restart {s}"))
+    };
+    match parts.as_slice() {
+        ["none"] => Ok(RestartStrategy::None),
+        ["fixed-delay", a, d] => Ok(RestartStrategy::FixedDelay {
+            attempts: u32::try_from(num(a)?)
+                .map_err(|_| format!("too many attempts in --restart {s}"))?,
+            delay: Duration::from_millis(num(d)?),
+        }),
+        ["failure-rate", m, i, d] => Ok(RestartStrategy::FailureRate {
+            max: usize::try_from(num(m)?)
+                .map_err(|_| format!("too many failures in --restart {s}"))?,
+            interval: Duration::from_millis(num(i)?),
+            delay: Duration::from_millis(num(d)?),
+        }),
+        _ => Err(format!("unknown restart strategy `{s}`")),
+    }
+}
+
+impl RestartStrategy {
+    /// Delay before the next attempt, or `None` if the job must fail. `failures` are the failure times.
+    pub(crate) fn next(&self, failures: &[Instant]) -> Option<Duration> {
+        match *self {
+            RestartStrategy::None => None,
+            RestartStrategy::FixedDelay { attempts, delay } => {
+                (failures.len() as u32 <= attempts).then_some(delay)
+            }
+            RestartStrategy::FailureRate {
+                max,
+                interval,
+                delay,
+            } => {
+                let now = Instant::now();
+                let recent = failures
+                    .iter()
+                    .filter(|t| now.duration_since(**t) <= interval)
+                    .count();
+                (recent <= max).then_some(delay)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<RestartStrategy, String> {
+        let args = Args::try_parse_from(std::iter::once("wordcount").chain(flags.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.validate()
+    }
+
+    #[test]
+    fn every_zero_or_inconsistent_flag_is_refused_before_storage() {
+        for flags in [
+            &["--parallelism", "0"][..],
+            &["--retained", "0"],
+            &["--checkpoint-every", "0"],
+            &["--fail-after", "0"],
+            &["--rescale-to", "0"],
+            &["--distinct", "0"],
+            &["--max-parallelism", "0"],
+            &["--parallelism", "40000"],
+            &["--parallelism", "4", "--max-parallelism", "2"],
+            &["--rescale-to", "8", "--max-parallelism", "4"],
+            &["--restart", "fixed-delay:x:1"],
+            &["--restart", "fixed-delay:99999999999:1"],
+            &["--restart", "sometimes"],
+        ] {
+            assert!(parse(flags).is_err(), "{flags:?} was accepted");
+        }
+        assert!(parse(&["--parallelism", "4", "--max-parallelism", "4"]).is_ok());
+        assert!(parse(&["--restart", "failure-rate:3:1000:10"]).is_ok());
+    }
+}

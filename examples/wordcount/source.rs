@@ -1,0 +1,123 @@
+//! The job's replayable source: lines from a file, stdin, a socket or a seeded generator, with the offset a
+//! checkpoint stores.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, Zipf};
+
+use crate::args::Args;
+
+/// A replayable source of lines with an offset that a checkpoint stores.
+pub(crate) enum Source {
+    /// A file; the offset is the byte position of the next line.
+    File {
+        reader: BufReader<std::fs::File>,
+        offset: u64,
+    },
+    /// Lines in memory (generated, stdin or socket); the offset is the next line's index.
+    Memory { lines: Vec<String>, next: u64 },
+}
+
+impl Source {
+    pub(crate) fn seek(&mut self, offset: u64) -> std::io::Result<()> {
+        match self {
+            Source::File { reader, offset: o } => {
+                reader.seek(SeekFrom::Start(offset))?;
+                *o = offset;
+            }
+            Source::Memory { next, .. } => *next = offset,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn offset(&self) -> u64 {
+        match self {
+            Source::File { offset, .. } => *offset,
+            Source::Memory { next, .. } => *next,
+        }
+    }
+
+    pub(crate) fn next_line(&mut self, buf: &mut String) -> std::io::Result<bool> {
+        buf.clear();
+        match self {
+            Source::File { reader, offset } => {
+                let mut bytes = Vec::new();
+                let n = reader.read_until(b'\n', &mut bytes)?;
+                *offset += n as u64;
+                buf.push_str(&String::from_utf8_lossy(&bytes));
+                Ok(n > 0)
+            }
+            Source::Memory { lines, next } => match lines.get(*next as usize) {
+                Some(line) => {
+                    buf.push_str(line);
+                    *next += 1;
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+}
+
+pub(crate) fn open_source(args: &Args) -> Result<Source, String> {
+    match (&args.input, &args.socket) {
+        (Some(path), _) if path == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("stdin: {e}"))?;
+            Ok(Source::Memory {
+                lines: text.lines().map(str::to_string).collect(),
+                next: 0,
+            })
+        }
+        (Some(path), _) => {
+            let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+            Ok(Source::File {
+                reader: BufReader::new(file),
+                offset: 0,
+            })
+        }
+        (None, Some(addr)) => {
+            let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+            let lines = BufReader::new(stream)
+                .lines()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            Ok(Source::Memory { lines, next: 0 })
+        }
+        (None, None) => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+            let zipf = Zipf::new(args.distinct.max(1) as f64, 1.1).map_err(|e| e.to_string())?;
+            let lines = (0..args.records)
+                .map(|_| format!("w{}", zipf.sample(&mut rng) as u64))
+                .collect();
+            Ok(Source::Memory { lines, next: 0 })
+        }
+    }
+}
+
+/// Words of a line: maximal runs of alphanumeric characters, lowercased.
+pub(crate) fn words(line: &str) -> impl Iterator<Item = String> + '_ {
+    line.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+pub(crate) fn single_pass_count(
+    source: &mut Source,
+) -> std::io::Result<(HashMap<String, u64>, u64)> {
+    source.seek(0)?;
+    let mut counts = HashMap::new();
+    let mut total = 0;
+    let mut line = String::new();
+    while source.next_line(&mut line)? {
+        for w in words(&line) {
+            *counts.entry(w).or_insert(0) += 1;
+            total += 1;
+        }
+    }
+    Ok((counts, total))
+}
