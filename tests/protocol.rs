@@ -435,3 +435,52 @@ fn heap_snapshot_files_of_aborted_checkpoints_are_swept() {
         assert_retained_files_intact(&coord, true).await;
     });
 }
+
+#[test]
+fn staging_files_of_a_killed_write_and_odd_names_are_swept_from_a_local_directory() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = CheckpointStorage::local(dir.path(), "staging", false).unwrap();
+        let (mut coord, clock) = clocked(&storage, 1, 1).await;
+        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        fill(&mut b[0], 0..100, 1);
+        checkpoint(&mut coord, &mut b).await;
+        // What object_store's local store leaves when the process dies between its write and its rename:
+        // `<name>#<digits>`, hidden from its own listing.
+        let root = dir.path().join("staging");
+        let id = coord.store().latest().unwrap().checkpoint_id;
+        let left = [
+            format!("shared/0123.sst#{}", 17),
+            format!("chk-{id}/op-0-0123456789abcdef.keyed#3"),
+            format!("chk-{}/op-0-fedcba9876543210.keyed#12", id + 1),
+        ];
+        std::fs::create_dir_all(root.join("shared")).unwrap();
+        std::fs::create_dir_all(root.join(format!("chk-{}", id + 1))).unwrap();
+        for f in &left {
+            std::fs::write(root.join(f), vec![7u8; 4096]).unwrap();
+        }
+        // Not a staging name: a suffix with other characters is an ordinary (unreferenced) object.
+        std::fs::write(root.join("shared/notes#v2"), b"x").unwrap();
+        let young = coord.sweep_orphans(Duration::from_secs(60)).await.unwrap();
+        assert!(young.deleted.is_empty(), "{young:?}");
+        clock.advance(Duration::from_secs(600));
+        let sweep = coord.sweep_orphans(Duration::from_secs(60)).await.unwrap();
+        let mut deleted = sweep.deleted.clone();
+        deleted.sort();
+        let mut expected: Vec<String> = left.to_vec();
+        expected.push("shared/notes#v2".into());
+        expected.sort();
+        assert_eq!(deleted, expected, "{sweep:?}");
+        for f in &left {
+            assert!(!root.join(f).exists(), "{f} stayed");
+        }
+        assert!(
+            !root.join("shared/notes#v2").exists(),
+            "an odd name reported deleted but kept"
+        );
+        assert_retained_files_intact(&coord, true).await;
+        // A second sweep finds nothing more (idempotent).
+        let again = coord.sweep_orphans(Duration::from_secs(60)).await.unwrap();
+        assert!(again.deleted.is_empty(), "{again:?}");
+    });
+}

@@ -65,7 +65,9 @@ impl CheckpointCoordinator {
     /// `min_age` protects uploads of checkpoints this coordinator does not know of (another coordinator's,
     /// or one pending before a restart), so it must exceed the longest checkpoint. While any metadata in
     /// storage is unreadable, nothing is deleted ([`SweepReport::blocked_by_unreadable`]). `savepoints/` and
-    /// anything else outside `shared/` and `chk-*` is never touched. Once a coordinator of a newer generation
+    /// anything else outside `shared/` and `chk-*` is never touched. On a local directory the sweep also
+    /// lists the staging files (`<name>#<digits>`) that a process killed mid-write leaves, which
+    /// `object_store`'s listing hides; they are never part of a checkpoint and go by the same age rule. Once a coordinator of a newer generation
     /// exists, nothing is deleted ([`SweepReport::fenced`]).
     ///
     /// # Errors
@@ -191,7 +193,7 @@ impl CheckpointCoordinator {
                 .duration_since(file.last_modified)
                 .is_ok_and(|age| age >= min_age);
             if old_enough && uploader_gone {
-                doomed.push(file.path.clone());
+                doomed.push(file);
             } else {
                 report.too_young += 1;
                 candidates.insert(file.path.clone(), pending_then);
@@ -206,18 +208,18 @@ impl CheckpointCoordinator {
             return Ok(report);
         }
         // Metadata-less directories' files go in any order; nothing here is a checkpoint's metadata.
-        let mut by_dir: BTreeMap<bool, Vec<String>> = BTreeMap::new();
-        for path in doomed {
+        let mut by_dir: BTreeMap<bool, Vec<&ListedFile>> = BTreeMap::new();
+        for file in doomed {
             by_dir
-                .entry(path.ends_with(TRIGGER_MARKER))
+                .entry(file.path.ends_with(TRIGGER_MARKER))
                 .or_default()
-                .push(path);
+                .push(file);
         }
         // Markers last: a crash mid-sweep leaves a directory's reservation while its files go.
-        for path in by_dir.into_values().flatten() {
-            tracing::info!(path = %path, "orphan sweep: deleting an unreferenced file");
-            self.storage.delete(&path).await?;
-            report.deleted.push(path);
+        for file in by_dir.into_values().flatten() {
+            tracing::info!(path = %file.path, staging = file.staging, "orphan sweep: deleting an unreferenced file");
+            self.storage.delete_listed(file).await?;
+            report.deleted.push(file.path.clone());
         }
         Ok(report)
     }

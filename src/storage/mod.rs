@@ -8,6 +8,7 @@
 
 mod durable;
 mod local_read;
+mod staging;
 #[cfg(feature = "rocksdb")]
 pub(crate) mod transfer;
 
@@ -223,6 +224,7 @@ impl CheckpointStorage {
                     path: full.get(root..)?.to_string(),
                     size_bytes: m.size,
                     last_modified: m.last_modified.into(),
+                    staging: false,
                 })
             })
             .collect())
@@ -309,7 +311,9 @@ impl CheckpointStorage {
         let _ = path;
     }
 
-    /// Every file under the job root (paths relative to it), in no particular order.
+    /// Every file under the job root (paths relative to it), in no particular order. For a local directory
+    /// this includes the staging files (`<name>#<digits>`) that a process killed mid-write left, which the
+    /// store's own listing hides ([`ListedFile::staging`]).
     pub(crate) async fn list_all(&self) -> Result<Vec<ListedFile>> {
         let root = self.root.as_ref().len() + 1;
         let metas: Vec<object_store::ObjectMeta> = self
@@ -318,16 +322,63 @@ impl CheckpointStorage {
             .try_collect()
             .await
             .map_err(|e| Error::storage(&self.root, e))?;
-        Ok(metas
+        let mut files: Vec<ListedFile> = metas
             .into_iter()
             .filter_map(|m| {
                 Some(ListedFile {
                     path: m.location.as_ref().get(root..)?.to_string(),
                     size_bytes: m.size,
                     last_modified: m.last_modified.into(),
+                    staging: false,
                 })
             })
-            .collect())
+            .collect();
+        if let Some(fs) = &self.local {
+            let dir = fs
+                .path_to_filesystem(&self.root)
+                .map_err(|e| Error::storage(&self.root, e))?;
+            files.extend(
+                staging::list(&dir, &self.root)?
+                    .into_iter()
+                    .map(|f| ListedFile {
+                        path: f.relative,
+                        size_bytes: f.size_bytes,
+                        last_modified: f.last_modified,
+                        staging: true,
+                    }),
+            );
+        }
+        Ok(files)
+    }
+
+    /// Deletes a file [`CheckpointStorage::list_all`] listed, a staging file included (which the store
+    /// itself refuses to name). Idempotent.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub(crate) async fn delete_listed(&self, file: &ListedFile) -> Result<()> {
+        match (&self.local, file.staging) {
+            (Some(fs), true) => {
+                // The store refuses staging names as object paths: map the job root, then append.
+                let root = fs
+                    .path_to_filesystem(&self.root)
+                    .map_err(|e| Error::storage(&self.root, e))?;
+                let path = self.path(&file.path);
+                self.note_delete(&path);
+                staging::delete(&root.join(&file.path), &path)
+            }
+            _ => {
+                // The listed name as it is: `path()` would percent-encode characters such as `#` that a
+                // foreign writer's name may hold, and the delete would miss the object.
+                let path = Path::parse(format!("{}/{}", self.root, file.path))
+                    .unwrap_or_else(|_| self.path(&file.path));
+                self.note_delete(&path);
+                match self.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(Error::storage(&path, e)),
+                }
+            }
+        }
     }
 
     /// Ids of the directories `chk-<n>` under the job root, ascending (with or without metadata).
@@ -365,6 +416,9 @@ pub(crate) struct ListedFile {
     pub(crate) size_bytes: u64,
     /// When the store last wrote it.
     pub(crate) last_modified: std::time::SystemTime,
+    /// A staging file of a local directory (`<name>#<digits>`): never part of a checkpoint; delete it
+    /// with [`CheckpointStorage::delete_listed`].
+    pub(crate) staging: bool,
 }
 
 /// A file being streamed to checkpoint storage (multipart above 8 MiB).
