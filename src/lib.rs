@@ -70,7 +70,9 @@ pub use checkpoint::handle::{
     CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
     TaskStateSnapshot,
 };
-pub use checkpoint::pending::{Acknowledgement, CheckpointStats, CoordinatorConfig, OperatorTasks};
+pub use checkpoint::pending::{
+    Acknowledgement, CheckpointStats, CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks,
+};
 pub use checkpoint::registry::{SharedFileEntry, SharedFileRegistry};
 pub use checkpoint::store::{
     AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode,

@@ -76,6 +76,7 @@ fn heap_restore_never_merges_states_of_different_operators() {
                 },
             ],
             retained_checkpoints: 1,
+            checkpoint_timeout: DEFAULT_CHECKPOINT_TIMEOUT,
         };
         let mut coord = CheckpointCoordinator::open(storage.clone(), job)
             .await

@@ -484,3 +484,49 @@ fn staging_files_of_a_killed_write_and_odd_names_are_swept_from_a_local_director
         assert!(again.deleted.is_empty(), "{again:?}");
     });
 }
+
+#[test]
+fn checkpoint_timeout_aborts_a_checkpoint_that_takes_too_long_and_the_next_completes() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("timeout").unwrap();
+        let clock = std::sync::Arc::new(ManualClock::new(std::time::SystemTime::now()));
+        let mut job = CoordinatorConfig::single_operator("op", 2, 1);
+        job.checkpoint_timeout = Duration::from_secs(60);
+        let mut coord = CheckpointCoordinator::open_with_clock(storage.clone(), job, clock.clone())
+            .await
+            .unwrap();
+        let mut b = vec![
+            Heap::new(config(128, 2, 0)).unwrap(),
+            Heap::new(config(128, 2, 1)).unwrap(),
+        ];
+        fill(&mut b[0], 0..100, 1);
+        fill(&mut b[1], 0..100, 1);
+        checkpoint(&mut coord, &mut b).await;
+        // Subtask 0 acknowledges in time; subtask 1's asynchronous phase takes 61 s.
+        let (id, results) = snapshot_all(&mut coord, &mut b).await;
+        let ack0 = coord
+            .acknowledge(id, ack(0, &results[0]), None)
+            .await
+            .unwrap();
+        assert_eq!(ack0, Acknowledgement::Pending { remaining: 1 });
+        clock.advance(Duration::from_secs(61));
+        let late = coord.acknowledge(id, ack(1, &results[1]), None).await;
+        assert_eq!(late.unwrap_err().kind(), ErrorKind::IllegalState);
+        assert!(coord.pending().is_empty());
+        // Both subtasks' uploads went with the abort, without a restart or a sweep.
+        for r in &results {
+            assert!(!exists(&storage, &r.handle.files[0].path).await);
+        }
+        // A trigger also expires what is pending: the engine never waits on an expired checkpoint.
+        let (stuck, _) = snapshot_all(&mut coord, &mut b).await;
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(coord.abort_expired().await, vec![stuck]);
+        assert_eq!(coord.abort_expired().await, Vec::<u64>::new());
+        let (stuck, _) = snapshot_all(&mut coord, &mut b).await;
+        clock.advance(Duration::from_secs(120));
+        let next = checkpoint(&mut coord, &mut b).await;
+        assert!(next.checkpoint_id > stuck);
+        assert!(coord.pending().is_empty());
+        assert_retained_files_intact(&coord, true).await;
+    });
+}

@@ -162,6 +162,7 @@ impl CheckpointCoordinator {
                 self.fence.generation()
             )));
         }
+        self.abort_expired().await;
         // A reservation protects an id only while its marker exists, and subsumption deletes a
         // checkpoint's directory with it: never go below the highest directory in storage (the id
         // watermark, which nothing deletes), or a coordinator that fell behind (an old leader) would
@@ -241,6 +242,8 @@ impl CheckpointCoordinator {
         }
         let key: TaskKey = (task.operator_id.clone(), task.subtask_index);
         let expected = self.config.expected_tasks();
+        // An acknowledgement after the timeout finds its checkpoint aborted (a late acknowledgement).
+        self.abort_expired().await;
         let Some(pending) = self.pending.get_mut(&checkpoint_id) else {
             return self.late_acknowledgement(checkpoint_id, task).await;
         };
@@ -476,6 +479,38 @@ impl CheckpointCoordinator {
         let uploads = self.discard_own_uploads(checkpoint_id, &tasks, None).await;
         let private = self.discard_private_dir(checkpoint_id).await;
         uploads.and(private)
+    }
+
+    /// Aborts every pending checkpoint triggered at least [`CoordinatorConfig::checkpoint_timeout`] ago by
+    /// the coordinator's clock, as Flink's checkpoint canceller, and returns their ids, ascending. The
+    /// engine should tell its backends (`notify_checkpoint_aborted`) and may drop their asynchronous
+    /// phases; acknowledgements that still arrive are late ones. `trigger` and `acknowledge` call this
+    /// first, so an engine that never calls it still never waits on an expired checkpoint; calling it on a
+    /// timer frees an expired checkpoint's files without waiting for the next trigger.
+    ///
+    /// Clean-up errors are logged, not returned: the abort itself is in memory and final, and the orphan
+    /// sweep deletes what a failed clean-up left.
+    pub async fn abort_expired(&mut self) -> Vec<u64> {
+        let now_ms = self.clock.now_ms();
+        let timeout_ms =
+            u64::try_from(self.config.checkpoint_timeout.as_millis()).unwrap_or(u64::MAX);
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.timestamp_ms) >= timeout_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for &id in &expired {
+            tracing::warn!(
+                checkpoint_id = id,
+                timeout_ms,
+                "checkpoint expired before it completed: aborted"
+            );
+            if let Err(e) = self.abort(id).await {
+                tracing::warn!(checkpoint_id = id, error = %e, "clean-up of an expired checkpoint failed; the orphan sweep will delete what it left");
+            }
+        }
+        expired
     }
 
     /// Deletes the private files of a checkpoint this coordinator reserved and that has no metadata,

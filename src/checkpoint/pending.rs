@@ -18,6 +18,9 @@ pub struct OperatorTasks {
     pub parallelism: u32,
 }
 
+/// Flink's default checkpoint timeout (`execution.checkpointing.timeout`): 10 minutes.
+pub const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Settings of a coordinator (plain data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoordinatorConfig {
@@ -25,10 +28,15 @@ pub struct CoordinatorConfig {
     pub operators: Vec<OperatorTasks>,
     /// Completed checkpoints to keep (Flink's `state.checkpoints.num-retained`, default 1).
     pub retained_checkpoints: usize,
+    /// A checkpoint not complete this long after its trigger (by the coordinator's clock) is aborted, as
+    /// Flink's `execution.checkpointing.timeout` ([`DEFAULT_CHECKPOINT_TIMEOUT`], 10 minutes): at the next
+    /// [`crate::CheckpointCoordinator::trigger`], acknowledgement, or
+    /// [`crate::CheckpointCoordinator::abort_expired`]. The orphan sweep's `min_age` should exceed it.
+    pub checkpoint_timeout: Duration,
 }
 
 impl CoordinatorConfig {
-    /// A job of one operator with `parallelism` subtasks.
+    /// A job of one operator with `parallelism` subtasks and the default checkpoint timeout.
     pub fn single_operator(
         operator_id: impl Into<String>,
         parallelism: u32,
@@ -40,14 +48,15 @@ impl CoordinatorConfig {
                 parallelism,
             }],
             retained_checkpoints,
+            checkpoint_timeout: DEFAULT_CHECKPOINT_TIMEOUT,
         }
     }
 
     /// Checks the settings.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for no operators, a repeated operator id, a parallelism of 0, or no
-    /// retained checkpoints.
+    /// [`Error::InvalidArgument`] for no operators, a repeated operator id, a parallelism of 0, no
+    /// retained checkpoints, or a checkpoint timeout of 0.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.operators.is_empty() {
             return Err(Error::InvalidArgument(
@@ -72,6 +81,11 @@ impl CoordinatorConfig {
         if self.retained_checkpoints == 0 {
             return Err(Error::InvalidArgument(
                 "at least one checkpoint must be retained".into(),
+            ));
+        }
+        if self.checkpoint_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "a checkpoint timeout of 0 would abort every checkpoint".into(),
             ));
         }
         Ok(())

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use statebackend::*;
 
@@ -175,6 +176,8 @@ pub fn job_config(parallelism: [u32; 2], retained: usize) -> CoordinatorConfig {
             })
             .collect(),
         retained_checkpoints: retained,
+        // The simulated engine aborts after 300 s itself; the coordinator's own timeout stays out of it.
+        checkpoint_timeout: Duration::from_secs(86_400),
     }
 }
 
