@@ -99,6 +99,6 @@ pub use keyed::state::{AggregatingState, ListState, MapState, ReducingState, Val
 #[cfg(feature = "rocksdb")]
 pub use lsm::{LsmBackendConfig, LsmKeyedStateBackend, lsm_db_options};
 pub use storage::{
-    CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, TRIGGER_MARKER,
-    checkpoint_dir,
+    CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, StorageSettings,
+    TRIGGER_MARKER, checkpoint_dir,
 };

@@ -11,6 +11,7 @@ mod local_read;
 mod staging;
 #[cfg(feature = "rocksdb")]
 pub(crate) mod transfer;
+mod url;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, Result};
+
+pub use url::StorageSettings;
 
 /// Name of the metadata file inside a checkpoint directory.
 pub const METADATA_FILE: &str = "_metadata";
@@ -92,12 +95,21 @@ impl CheckpointStorage {
     /// # Errors
     /// [`Error::InvalidArgument`] if `job_id` is empty or not a valid path segment.
     pub fn new(store: Arc<dyn ObjectStore>, job_id: &str) -> Result<Self> {
-        let root = Path::parse(job_id)
+        CheckpointStorage::with_prefix(store, &Path::default(), job_id)
+    }
+
+    /// Storage in any object store under `<prefix>/<job_id>/`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `job_id` is empty or not a valid path segment.
+    pub fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &Path, job_id: &str) -> Result<Self> {
+        let job = Path::parse(job_id)
             .ok()
             .filter(|p| p.parts().count() >= 1)
             .ok_or_else(|| {
                 Error::InvalidArgument(format!("job id `{job_id}` is not a valid path"))
             })?;
+        let root: Path = prefix.parts().chain(job.parts()).collect();
         Ok(CheckpointStorage {
             store,
             root,
@@ -122,7 +134,8 @@ impl CheckpointStorage {
     /// only other content is a [`Created::Conflict`] (DESIGN.md section 6).
     ///
     /// # Errors
-    /// Storage errors; after one, the write may or may not have taken effect.
+    /// [`Error::InvalidArgument`] if the store does not support conditional create; storage errors, after
+    /// which the write may or may not have taken effect.
     pub(crate) async fn put_if_absent(&self, relative: &str, bytes: Bytes) -> Result<Created> {
         let path = self.path(relative);
         let opts = PutOptions {
@@ -141,6 +154,14 @@ impl CheckpointStorage {
                 } else {
                     Ok(Created::Conflict)
                 }
+            }
+            Err(object_store::Error::NotImplemented { .. }) => {
+                Err(Error::InvalidArgument(format!(
+                    "checkpoint storage {} cannot create an object only if it is absent (conditional \
+                 create, `If-None-Match: *` on S3), which checkpoint ids and metadata need; enable it \
+                 on the store",
+                    self.store
+                )))
             }
             Err(e) => Err(Error::storage(&path, e)),
         }
