@@ -35,9 +35,11 @@ pub(crate) struct Args {
     /// Checkpoint every N records (lines).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) checkpoint_every: u64,
-    /// Checkpoint directory (the embedded default: a local directory).
+    /// Checkpoint storage: a local directory (the embedded default), or a URL: `file:///dir`, `memory://`,
+    /// `s3://bucket/prefix` (build with `--features aws`; `AWS_*` variables, `AWS_ENDPOINT` for an
+    /// S3-compatible server).
     #[arg(long, default_value = "checkpoints")]
-    pub(crate) checkpoint_dir: PathBuf,
+    pub(crate) checkpoint_dir: String,
     /// Job id: checkpoints go to CHECKPOINT_DIR/JOB_ID.
     #[arg(long, default_value = "wordcount")]
     pub(crate) job_id: String,

@@ -23,8 +23,8 @@ use statebackend::Codec;
 use statebackend::{
     CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
     CoordinatorConfig, HeapBackendConfig, HeapKeyedStateBackend, KeyedStateBackend,
-    TaskStateSnapshot, ValueState, ValueStateDescriptor, VoidNamespace, default_max_parallelism,
-    operator_index_for_key_group, stable_key_hash,
+    StorageSettings, TaskStateSnapshot, ValueState, ValueStateDescriptor, VoidNamespace,
+    default_max_parallelism, operator_index_for_key_group, stable_key_hash,
 };
 #[cfg(feature = "rocksdb")]
 use statebackend::{LsmBackendConfig, LsmKeyedStateBackend, RestoreMode};
@@ -448,8 +448,12 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let storage = CheckpointStorage::local(&args.checkpoint_dir, &args.job_id, true)
-        .map_err(|e| e.to_string())?;
+    let storage = CheckpointStorage::from_url(
+        &args.checkpoint_dir,
+        &args.job_id,
+        &StorageSettings::default(),
+    )
+    .map_err(|e| e.to_string())?;
     if !args.resume {
         let old = rt
             .block_on(CheckpointCoordinator::open(
@@ -477,7 +481,11 @@ fn run(args: Args) -> Result<(), String> {
             CoordinatorConfig::single_operator(OPERATOR, parallelism, args.retained),
         ))
         .map_err(|e| e.to_string())?;
-    let root = args.checkpoint_dir.join(&args.job_id);
+    let root = format!(
+        "{}/{}",
+        args.checkpoint_dir.trim_end_matches('/'),
+        args.job_id
+    );
     let unreadable: Vec<String> = coordinator
         .store()
         .unreadable()
@@ -491,14 +499,13 @@ fn run(args: Args) -> Result<(), String> {
         if !unreadable.is_empty() {
             return Err(format!(
                 "nothing to resume from in {}: no checkpoint is readable ({}); refusing to start from scratch over checkpoints this build cannot read",
-                root.display(),
+                root,
                 unreadable.join(", ")
             ));
         }
         println!(
             "nothing to resume from: job `{}` has no completed checkpoint in {}; starting from the beginning",
-            args.job_id,
-            root.display()
+            args.job_id, root
         );
     }
     let min_age = Duration::from_millis(args.sweep_min_age_ms);
@@ -558,7 +565,11 @@ fn run(args: Args) -> Result<(), String> {
     println!(
         "\ncheckpoints ({} backend, checkpoint dir {}):",
         job.args.backend,
-        job.args.checkpoint_dir.join(&job.args.job_id).display()
+        format!(
+            "{}/{}",
+            job.args.checkpoint_dir.trim_end_matches('/'),
+            job.args.job_id
+        )
     );
     println!(
         "{:>4} {:>9} {:>10} {:>14} {:>12} {:>12} {:>8} {:>7} {:>16}",
