@@ -563,13 +563,10 @@ fn run(args: Args) -> Result<(), String> {
     }
 
     println!(
-        "\ncheckpoints ({} backend, checkpoint dir {}):",
+        "\ncheckpoints ({} backend, checkpoint dir {}/{}):",
         job.args.backend,
-        format!(
-            "{}/{}",
-            job.args.checkpoint_dir.trim_end_matches('/'),
-            job.args.job_id
-        )
+        job.args.checkpoint_dir.trim_end_matches('/'),
+        job.args.job_id
     );
     println!(
         "{:>4} {:>9} {:>10} {:>14} {:>12} {:>12} {:>8} {:>7} {:>16}",
