@@ -381,3 +381,62 @@ fn no_claim_lsm_checkpoint_files_survive_restarts_subsumption_and_sweeps() {
         assert_eq!(values(&mut again).get(&3), Some(&1));
     });
 }
+
+#[test]
+fn dead_instances_directories_are_removed_by_the_next_backend_and_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LsmBackendConfig::for_subtask("op", 128, 1, 0, dir.path()).unwrap();
+    let live = Lsm::new(config.clone()).unwrap();
+    let lock = |d: &std::path::Path| d.join("statebackend-instance.lock");
+    // A backend in another process: `flock` holds the lock of an instance directory, as a running
+    // backend does; then the process is killed with SIGKILL.
+    let killed = dir.path().join("op-3-killedinstance");
+    std::fs::create_dir_all(killed.join("db")).unwrap();
+    std::fs::write(killed.join("db/000012.sst"), vec![1u8; 1 << 16]).unwrap();
+    std::fs::write(lock(&killed), b"").unwrap();
+    // `-o`: only `flock` itself holds the lock, not the command it runs (which the kill leaves behind).
+    let mut holder = std::process::Command::new("flock")
+        .arg("-o")
+        .arg(lock(&killed))
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("flock (util-linux)");
+    // Until the holder has the lock, it is not a live instance yet: wait for it.
+    for _ in 0..200 {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(lock(&killed))
+            .unwrap();
+        match f.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    let foreign = dir.path().join("op-0-notaninstance");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("data"), b"someone else's").unwrap();
+    // While the other process lives, its directory is locked: a second backend leaves it.
+    let second = Lsm::new(config.clone()).unwrap();
+    assert!(killed.exists(), "a live instance's directory was removed");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // After the kill, the next backend removes it; live and foreign directories stay.
+    let third = Lsm::new(config).unwrap();
+    assert!(!killed.exists(), "a dead instance's directory stayed");
+    for d in [
+        live.instance_dir(),
+        second.instance_dir(),
+        third.instance_dir(),
+    ] {
+        assert!(d.exists());
+        let f = std::fs::File::options().write(true).open(lock(d)).unwrap();
+        assert!(
+            matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            "a live backend's directory is not locked"
+        );
+    }
+    assert_eq!(
+        std::fs::read(foreign.join("data")).unwrap(),
+        b"someone else's"
+    );
+}

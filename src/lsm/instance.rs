@@ -1,39 +1,72 @@
-//! The LSM backend's own working directory, and removing local directories.
+//! The LSM backend's own working directory, locked while the backend lives, and removing the directories
+//! of dead instances and local directories.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::lsm::options::LsmBackendConfig;
 
+/// Lock file in every instance directory, locked (`flock`, exclusive) for as long as its backend lives. The
+/// operating system releases the lock when the process dies, however it dies (SIGKILL included): an
+/// instance directory whose lock can be taken belongs to nobody.
+pub(crate) const INSTANCE_LOCK: &str = "statebackend-instance.lock";
+
 /// The backend's own working directory inside `LsmBackendConfig::local_dir`, created new and removed when
 /// the backend is dropped (as Flink disposes a RocksDB instance directory): local state is disposable,
-/// checkpoints are what lasts. Nothing else in `local_dir` is ever touched.
-pub(crate) struct InstanceDir(std::path::PathBuf);
+/// checkpoints are what lasts. Nothing in `local_dir` is ever touched but instance directories: this
+/// one, and dead ones (see [`InstanceDir::create`]).
+pub(crate) struct InstanceDir {
+    path: PathBuf,
+    /// Holds the lock of [`INSTANCE_LOCK`]; released when dropped (after the directory is removed).
+    _lock: File,
+}
 
 impl InstanceDir {
-    /// Creates `<local_dir>/<operator>-<subtask>-<random>`; a name that exists already is never reused.
+    /// Creates `<local_dir>/<operator>-<subtask>-<random>` (a name that exists already is never reused) and
+    /// locks it. First removes the instance directories in `local_dir` whose lock nobody holds: those of
+    /// backends in processes that died (a killed job's), whatever job, operator or subtask they served.
+    /// Directories without the lock file are not instance directories and stay.
+    ///
+    /// # Errors
+    /// [`Error::Local`] if `local_dir` or the new directory cannot be created or locked. Failing to remove
+    /// a dead instance's directory is logged, not an error.
     pub(crate) fn create(config: &LsmBackendConfig) -> Result<Self> {
-        std::fs::create_dir_all(&config.local_dir)
-            .map_err(|e| Error::local(config.local_dir.display(), e))?;
-        let dir = tempfile::Builder::new()
+        let local = &config.local_dir;
+        std::fs::create_dir_all(local).map_err(|e| Error::local(local.display(), e))?;
+        let removed = remove_dead_instances(local);
+        if removed > 0 {
+            tracing::info!(local_dir = %local.display(), removed, "removed directories of dead LSM backend instances");
+        }
+        let path = tempfile::Builder::new()
             .prefix(&format!("{}-{}-", config.operator_id, config.subtask_index))
             .rand_bytes(12)
-            .tempdir_in(&config.local_dir)
-            .map_err(|e| Error::local(config.local_dir.display(), e))?
+            .tempdir_in(local)
+            .map_err(|e| Error::local(local.display(), e))?
             .keep();
-        Ok(InstanceDir(dir))
+        let lock_path = path.join(INSTANCE_LOCK);
+        let lock = File::create(&lock_path).map_err(|e| Error::local(lock_path.display(), e))?;
+        lock.try_lock().map_err(|e| {
+            Error::local(
+                lock_path.display(),
+                std::io::Error::other(format!("cannot lock a new instance directory: {e}")),
+            )
+        })?;
+        Ok(InstanceDir { path, _lock: lock })
     }
 
-    pub(crate) fn path(&self) -> &std::path::Path {
-        &self.0
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The DB's directory.
-    pub(crate) fn db(&self) -> std::path::PathBuf {
-        self.0.join("db")
+    pub(crate) fn db(&self) -> PathBuf {
+        self.path.join("db")
     }
 
     /// Where the native checkpoint of `checkpoint_id` is taken.
-    pub(crate) fn checkpoint(&self, checkpoint_id: u64) -> std::path::PathBuf {
-        self.0
+    pub(crate) fn checkpoint(&self, checkpoint_id: u64) -> PathBuf {
+        self.path
             .join("checkpoints")
             .join(format!("chk-{checkpoint_id}"))
     }
@@ -41,13 +74,46 @@ impl InstanceDir {
 
 impl Drop for InstanceDir {
     fn drop(&mut self) {
-        if let Err(e) = remove_dir_if_exists(&self.0) {
-            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove the local state directory");
+        if let Err(e) = remove_dir_if_exists(&self.path) {
+            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove the local state directory");
         }
     }
 }
 
-pub(crate) fn remove_dir_if_exists(dir: &std::path::Path) -> Result<()> {
+/// Removes every directory in `local_dir` that holds [`INSTANCE_LOCK`] and whose lock can be taken (its
+/// backend's process is gone); returns how many. The lock is held while the directory is removed, so two
+/// processes never remove one directory twice, and a live backend's directory (locked) is never touched.
+fn remove_dead_instances(local_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(local_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(lock) = File::options()
+            .read(true)
+            .write(true)
+            .open(dir.join(INSTANCE_LOCK))
+        else {
+            continue;
+        };
+        match lock.try_lock() {
+            Ok(()) => match remove_dir_if_exists(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dead instance's directory")
+                }
+            },
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot tell whether an instance directory is in use; kept")
+            }
+        }
+    }
+    removed
+}
+
+pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
