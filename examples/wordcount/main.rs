@@ -613,6 +613,17 @@ fn run(args: Args) -> Result<(), String> {
     } = job;
     if policy == CancellationPolicy::RetainOnCancellation {
         sweep(&rt, &mut coordinator, min_age, "end")?;
+        // What storage holds now, from a second sweep (which finds nothing more to delete).
+        let after = rt
+            .block_on(coordinator.sweep_orphans(min_age))
+            .map_err(|e| format!("orphan sweep: {e}"))?;
+        println!(
+            "storage after the sweep: {} files, {} of retained checkpoints (state, metadata, markers), {} kept unreferenced (the id watermark, or younger than --sweep-min-age-ms), {} deleted",
+            after.listed,
+            after.referenced,
+            after.too_young,
+            after.deleted.len()
+        );
     }
     rt.block_on(coordinator.shutdown(policy))
         .map_err(|e| e.to_string())?;
