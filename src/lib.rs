@@ -62,6 +62,14 @@ mod heap;
 mod keyed;
 #[cfg(feature = "rocksdb")]
 mod lsm;
+// The LSM row decoders without RocksDB, for the fuzz target.
+#[cfg(all(feature = "fuzzing", not(feature = "rocksdb")))]
+#[path = "lsm/keys.rs"]
+#[allow(dead_code, reason = "only the decoders and their encoders are fuzzed")]
+mod lsm_keys;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod storage;
 
 pub use checkpoint::coordinator::CheckpointCoordinator;

@@ -1,16 +1,19 @@
-//! Arbitrary bytes as a `_metadata` file: decoding must return a value or a `Corrupt` error, never panic,
-//! and whatever decodes must survive an encode/decode round trip unchanged (older versions re-encode as the
-//! current one, so the bytes themselves may differ).
+//! Bytes as a `_metadata` file, with the body checksum repaired so that mutations reach the decoder:
+//! decoding must return a value or a `Corrupt` error, never panic, and whatever decodes must survive an
+//! encode/decode round trip as a value (decoding is not canonical: older versions re-encode as the current
+//! one, so the bytes may differ).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use statebackend::{CheckpointMetadata, ErrorKind};
 
 fuzz_target!(|data: &[u8]| {
-    match CheckpointMetadata::from_bytes(data, "fuzz/_metadata") {
+    let mut bytes = data.to_vec();
+    statebackend::fuzzing::repair_metadata(&mut bytes);
+    match CheckpointMetadata::from_bytes(&bytes, "fuzz/_metadata") {
         Ok(meta) => {
-            let bytes = meta.to_bytes().expect("decoded metadata encodes");
-            let again = CheckpointMetadata::from_bytes(&bytes, "fuzz/_metadata").expect("re-decodes");
+            let encoded = meta.to_bytes().expect("decoded metadata encodes");
+            let again = CheckpointMetadata::from_bytes(&encoded, "fuzz/_metadata").expect("re-decodes");
             assert_eq!(again, meta);
         }
         Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupt),

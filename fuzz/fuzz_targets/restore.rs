@@ -1,6 +1,8 @@
-//! Arbitrary bytes as a heap snapshot file referenced by a well-formed handle (size and CRC match, so the
-//! decoder itself is attacked): restore must succeed or fail with a typed error, never panic; whatever
-//! restores must be readable through a registered state.
+//! Bytes as a heap snapshot file, with every checksum the structure lets one find repaired (header, frames,
+//! index, and the whole-file CRC32 in its handle), so that mutations of valid files reach the decoders:
+//! restore must succeed or fail with a typed error, never panic; whatever restores must be readable through
+//! a registered state. Run with `-rss_limit_mb=2048` (`fuzz/run.sh`): restore allocates at most 1,024
+//! times the bytes it reads.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     rt.block_on(async {
         let storage = CheckpointStorage::in_memory("fuzz").expect("storage");
         let path = "chk-1/op-0.keyed";
-        storage.object_store().put(&storage.path(path), data.to_vec().into()).await.expect("put");
+        let mut bytes = data.to_vec();
+        let crc32 = statebackend::fuzzing::repair_keyed_file(&mut bytes);
+        storage.object_store().put(&storage.path(path), bytes.into()).await.expect("put");
         let handle = KeyedStateHandle {
             backend_id: "fuzz".into(),
             operator_id: "op".into(),
@@ -24,12 +28,13 @@ fuzz_target!(|data: &[u8]| {
                 path: path.into(),
                 scope: FileScope::Private,
                 size_bytes: data.len() as u64,
-                crc32: 0,
+                crc32,
                 created_by: 1,
                 local_name: String::new(),
             }],
         };
-        // Rescaled restores read only some key groups: attack both paths.
+        // A whole restore reads the whole file (and checks its CRC32); a rescaled one reads some key groups
+        // by range: attack both paths.
         for (p, i) in [(1, 0), (2, 1)] {
             let config = HeapBackendConfig::for_subtask("op", 16, p, i).expect("config");
             match HeapKeyedStateBackend::<u64>::restore(config, &storage, &[handle.clone()]).await {

@@ -4,7 +4,7 @@
 mod backend;
 mod checkpointing;
 mod instance;
-mod keys;
+pub(crate) mod keys;
 mod options;
 mod restore;
 mod rows;
