@@ -14,15 +14,23 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 async fn read(storage: &CheckpointStorage, relative: &str) -> Vec<u8> {
-    let get = storage.object_store().get(&storage.path(relative)).await.expect("get");
+    let get = storage
+        .object_store()
+        .get(&storage.path(relative))
+        .await
+        .expect("get");
     get.bytes().await.expect("bytes").to_vec()
 }
 
 async fn snapshots(corpus: &Path) -> Result<()> {
-    for (n, (level, frame_bytes, keys)) in
-        [(Some(1), 1 << 20, 40u64), (None, 1 << 20, 40), (Some(3), 64, 200), (None, 48, 10)]
-            .into_iter()
-            .enumerate()
+    for (n, (level, frame_bytes, keys)) in [
+        (Some(1), 1 << 20, 40u64),
+        (None, 1 << 20, 40),
+        (Some(3), 64, 200),
+        (None, 48, 10),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let storage = CheckpointStorage::in_memory("seeds")?;
         let mut config = HeapBackendConfig::for_subtask("op", 16, 1, 0)?;
@@ -47,9 +55,11 @@ async fn snapshots(corpus: &Path) -> Result<()> {
 
 async fn metadata(corpus: &Path) -> Result<()> {
     let storage = CheckpointStorage::in_memory("seeds")?;
-    let mut coord =
-        CheckpointCoordinator::open(storage.clone(), CoordinatorConfig::single_operator("op", 2, 3))
-            .await?;
+    let mut coord = CheckpointCoordinator::open(
+        storage.clone(),
+        CoordinatorConfig::single_operator("op", 2, 3),
+    )
+    .await?;
     let mut backends = [
         HeapKeyedStateBackend::<u64>::new(HeapBackendConfig::for_subtask("op", 16, 2, 0)?)?,
         HeapKeyedStateBackend::<u64>::new(HeapBackendConfig::for_subtask("op", 16, 2, 1)?)?,
@@ -64,7 +74,8 @@ async fn metadata(corpus: &Path) -> Result<()> {
                 keyed_state: Some(result.handle),
                 ..Default::default()
             };
-            task.operator_state.insert("offset".into(), round.to_le_bytes().to_vec());
+            task.operator_state
+                .insert("offset".into(), round.to_le_bytes().to_vec());
             coord.acknowledge(id, task, Some(result.metrics)).await?;
         }
         let bytes = read(&storage, &format!("chk-{id}/{METADATA_FILE}")).await;
@@ -86,7 +97,9 @@ fn lsm_rows(corpus: &Path) {
 fn main() {
     let corpus = std::env::args().nth(1).expect("usage: seeds CORPUS_DIR");
     let corpus = Path::new(&corpus);
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         snapshots(corpus).await.expect("snapshot seeds");
         metadata(corpus).await.expect("metadata seeds");

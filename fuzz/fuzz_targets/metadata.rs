@@ -13,7 +13,8 @@ fuzz_target!(|data: &[u8]| {
     match CheckpointMetadata::from_bytes(&bytes, "fuzz/_metadata") {
         Ok(meta) => {
             let encoded = meta.to_bytes().expect("decoded metadata encodes");
-            let again = CheckpointMetadata::from_bytes(&encoded, "fuzz/_metadata").expect("re-decodes");
+            let again =
+                CheckpointMetadata::from_bytes(&encoded, "fuzz/_metadata").expect("re-decodes");
             assert_eq!(again, meta);
         }
         Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupt),

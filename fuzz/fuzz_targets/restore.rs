@@ -10,13 +10,19 @@ use object_store::ObjectStoreExt;
 use statebackend::*;
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let storage = CheckpointStorage::in_memory("fuzz").expect("storage");
         let path = "chk-1/op-0.keyed";
         let mut bytes = data.to_vec();
         let crc32 = statebackend::fuzzing::repair_keyed_file(&mut bytes);
-        storage.object_store().put(&storage.path(path), bytes.into()).await.expect("put");
+        storage
+            .object_store()
+            .put(&storage.path(path), bytes.into())
+            .await
+            .expect("put");
         let handle = KeyedStateHandle {
             backend_id: "fuzz".into(),
             operator_id: "op".into(),
@@ -39,11 +45,16 @@ fuzz_target!(|data: &[u8]| {
             let config = HeapBackendConfig::for_subtask("op", 16, p, i).expect("config");
             match HeapKeyedStateBackend::<u64>::restore(config, &storage, &[handle.clone()]).await {
                 Ok(mut b) => {
-                    if let Ok(s) = b.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v")) {
+                    if let Ok(s) =
+                        b.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
+                    {
                         let _ = s.keys(&b, &VoidNamespace);
                     }
                 }
-                Err(e) => assert!(matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::InvalidArgument)),
+                Err(e) => assert!(matches!(
+                    e.kind(),
+                    ErrorKind::Corrupt | ErrorKind::InvalidArgument
+                )),
             }
         }
     });
