@@ -2,8 +2,8 @@
 //! fuzzer's mutations of valid files reach the decoders instead of stopping at a CRC32 mismatch; the LSM
 //! row decoders are pure Rust and need no RocksDB.
 
-use crate::format::keyed_file::read::{HEADER_PREFIX, parse_footer};
 use crate::format::keyed_file::FOOTER_LEN;
+use crate::format::keyed_file::read::{HEADER_PREFIX, parse_footer};
 
 #[cfg(feature = "rocksdb")]
 use crate::lsm::keys;
@@ -51,11 +51,17 @@ pub fn repair_keyed_file(bytes: &mut [u8]) -> u32 {
                 let (Some(off), Some(glen)) = (field(4), field(12)) else {
                     break;
                 };
-                let (mut pos, end) = (off as usize, off.saturating_add(glen).min(io as u64) as usize);
+                let (mut pos, end) = (
+                    off as usize,
+                    off.saturating_add(glen).min(io as u64) as usize,
+                );
                 // Frame: codec (1), raw length (4), stored length (4), CRC32 (4), payload.
-                while pos + 13 <= end {
-                    let Some(stored) = u32_at(bytes, pos + 5) else { break };
-                    let Some(payload_end) = (pos + 13).checked_add(stored).filter(|e| *e <= end) else {
+                while pos < end && end - pos >= 13 {
+                    let Some(stored) = u32_at(bytes, pos + 5) else {
+                        break;
+                    };
+                    let Some(payload_end) = (pos + 13).checked_add(stored).filter(|e| *e <= end)
+                    else {
                         break;
                     };
                     let crc = crc32fast::hash(&bytes[pos + 13..payload_end]);
@@ -74,7 +80,9 @@ pub fn repair_keyed_file(bytes: &mut [u8]) -> u32 {
 /// CRC32), if the length fits.
 pub fn repair_metadata(bytes: &mut [u8]) {
     if let Some(body_len) = u32_at(bytes, 10)
-        && let Some(end) = 14usize.checked_add(body_len).filter(|e| e + 4 <= bytes.len())
+        && let Some(end) = 14usize
+            .checked_add(body_len)
+            .filter(|e| e + 4 <= bytes.len())
     {
         let crc = crc32fast::hash(&bytes[14..end]);
         put_crc(bytes, end, crc);
@@ -95,7 +103,10 @@ pub fn lsm_decoders(bytes: &[u8]) {
             again.extend_from_slice(row.key);
             keys::push_varint(row.namespace.len() as u32, &mut again);
             again.extend_from_slice(row.namespace);
-            assert!(bytes.starts_with(&again), "a row key does not re-encode to its bytes");
+            assert!(
+                bytes.starts_with(&again),
+                "a row key does not re-encode to its bytes"
+            );
         }
     }
     if let Ok(elements) = keys::split_list(bytes) {

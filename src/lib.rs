@@ -63,13 +63,13 @@ mod keyed;
 #[cfg(feature = "rocksdb")]
 mod lsm;
 // The LSM row decoders without RocksDB, for the fuzz target.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(all(feature = "fuzzing", not(feature = "rocksdb")))]
 #[path = "lsm/keys.rs"]
 #[allow(dead_code, reason = "only the decoders and their encoders are fuzzed")]
 mod lsm_keys;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 mod storage;
 
 pub use checkpoint::coordinator::CheckpointCoordinator;

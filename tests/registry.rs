@@ -75,13 +75,13 @@ async fn complete(coord: &mut CheckpointCoordinator, files: &[(&str, u64)]) -> C
 /// A coordinator of one task whose clock the test moves; the clock starts at the store's time.
 async fn clocked(storage: &CheckpointStorage) -> (CheckpointCoordinator, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let coord = CheckpointCoordinator::open_with_clock(
-        storage.clone(),
-        CoordinatorConfig::single_operator("op", 1, 1),
-        clock.clone(),
-    )
-    .await
-    .unwrap();
+    // Checkpoints here may run longer than the sweeps' `min_age` (10 min), so the checkpoint timeout is
+    // longer still: a sweep must spare a slow checkpoint's uploads for as long as it is allowed to run.
+    let mut config = CoordinatorConfig::single_operator("op", 1, 1);
+    config.checkpoint_timeout = Duration::from_secs(3600);
+    let coord = CheckpointCoordinator::open_with_clock(storage.clone(), config, clock.clone())
+        .await
+        .unwrap();
     (coord, clock)
 }
 
