@@ -13,154 +13,28 @@
 
 mod args;
 mod source;
+#[macro_use]
+mod task;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use statebackend::Codec;
+#[cfg(feature = "rocksdb")]
+use statebackend::LsmBackendConfig;
 use statebackend::{
     CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
-    CoordinatorConfig, HeapBackendConfig, HeapKeyedStateBackend, KeyedStateBackend,
-    StorageSettings, TaskStateSnapshot, ValueState, ValueStateDescriptor, VoidNamespace,
-    default_max_parallelism, operator_index_for_key_group, stable_key_hash,
+    CoordinatorConfig, HeapBackendConfig, KeyedStateBackend, StorageSettings, TaskStateSnapshot,
+    default_max_parallelism,
 };
-#[cfg(feature = "rocksdb")]
-use statebackend::{LsmBackendConfig, LsmKeyedStateBackend, RestoreMode};
 
 use crate::args::Args;
 use crate::source::{Source, open_source, single_pass_count, words};
+use crate::task::{Backend, BackendConfig, Task};
 
 const OPERATOR: &str = "word-counter";
 const OFFSET_STATE: &str = "source-offset";
-
-/// One subtask's keyed state backend (boxed: the two differ much in size).
-enum Backend {
-    Heap(Box<HeapKeyedStateBackend<String>>),
-    #[cfg(feature = "rocksdb")]
-    Lsm(Box<LsmKeyedStateBackend<String>>),
-}
-
-/// Runs `$e` with `$x` bound to the concrete backend inside `$b`.
-macro_rules! on {
-    ($b:expr, $x:ident => $e:expr) => {
-        match $b {
-            Backend::Heap(boxed) => {
-                let $x = &mut **boxed;
-                $e
-            }
-            #[cfg(feature = "rocksdb")]
-            Backend::Lsm(boxed) => {
-                let $x = &mut **boxed;
-                $e
-            }
-        }
-    };
-}
-
-impl Backend {
-    /// Entries (heap: exact; rocksdb: RocksDB's estimate).
-    fn entries(&self) -> u64 {
-        match self {
-            Backend::Heap(b) => b.total_entries() as u64,
-            #[cfg(feature = "rocksdb")]
-            Backend::Lsm(b) => b.estimated_entries(),
-        }
-    }
-}
-
-/// The running operator: one backend per subtask.
-struct Task {
-    parallelism: u32,
-    max_parallelism: u32,
-    backends: Vec<Backend>,
-    counts: Vec<ValueState<VoidNamespace, u64>>,
-}
-
-fn descriptor() -> ValueStateDescriptor<VoidNamespace, u64> {
-    ValueStateDescriptor::new("word-count")
-}
-
-impl Task {
-    fn new(
-        backends: Vec<Backend>,
-        parallelism: u32,
-        max_parallelism: u32,
-    ) -> statebackend::Result<Self> {
-        let mut task = Task {
-            parallelism,
-            max_parallelism,
-            backends,
-            counts: Vec::new(),
-        };
-        for b in &mut task.backends {
-            task.counts.push(on!(b, x => x.value_state(&descriptor()))?);
-        }
-        Ok(task)
-    }
-
-    fn count(&mut self, word: String) -> statebackend::Result<()> {
-        let mut key_bytes = Vec::with_capacity(word.len());
-        word.encode(&mut key_bytes);
-        let kg = (stable_key_hash(&key_bytes) % u64::from(self.max_parallelism)) as u32;
-        let i = operator_index_for_key_group(self.max_parallelism, self.parallelism, kg)? as usize;
-        let counts = &self.counts[i];
-        on!(&mut self.backends[i], b => {
-            b.set_current_key(word)?;
-            let n = counts.value(b, &VoidNamespace)?.unwrap_or(0);
-            counts.update(b, &VoidNamespace, n + 1)
-        })
-    }
-
-    fn results(&mut self) -> statebackend::Result<BTreeMap<String, u64>> {
-        let mut out = BTreeMap::new();
-        for (b, counts) in self.backends.iter_mut().zip(&self.counts) {
-            on!(b, b => {
-                for word in b.keys(counts.id(), &VoidNamespace)? {
-                    b.set_current_key(word.clone())?;
-                    out.insert(word, counts.value(b, &VoidNamespace)?.unwrap_or(0));
-                }
-            });
-        }
-        Ok(out)
-    }
-}
-
-/// Settings of one subtask's backend.
-#[derive(Clone)]
-enum BackendConfig {
-    Heap(HeapBackendConfig),
-    #[cfg(feature = "rocksdb")]
-    Lsm(LsmBackendConfig),
-}
-
-impl BackendConfig {
-    fn create(self) -> statebackend::Result<Backend> {
-        Ok(match self {
-            BackendConfig::Heap(c) => Backend::Heap(Box::new(HeapKeyedStateBackend::new(c)?)),
-            #[cfg(feature = "rocksdb")]
-            BackendConfig::Lsm(c) => Backend::Lsm(Box::new(LsmKeyedStateBackend::new(c)?)),
-        })
-    }
-
-    async fn restore(
-        self,
-        storage: &CheckpointStorage,
-        handles: &[statebackend::KeyedStateHandle],
-    ) -> statebackend::Result<Backend> {
-        Ok(match self {
-            BackendConfig::Heap(c) => Backend::Heap(Box::new(
-                HeapKeyedStateBackend::restore(c, storage, handles).await?,
-            )),
-            // A failover resumes the job's own checkpoints: CLAIM, so checkpoints stay incremental.
-            #[cfg(feature = "rocksdb")]
-            BackendConfig::Lsm(c) => Backend::Lsm(Box::new(
-                LsmKeyedStateBackend::restore(c, storage, handles, RestoreMode::Claim).await?,
-            )),
-        })
-    }
-}
 
 struct InFlight {
     id: u64,

@@ -50,12 +50,18 @@ pub(crate) fn push_varint(mut len: u32, out: &mut Vec<u8>) {
 }
 
 /// Reads an unsigned LEB128 `u32` at the start of `bytes`: the value and the bytes it took. `None` if it
-/// is cut off or longer than 5 bytes or overflows.
+/// is cut off, longer than 5 bytes, overflows, or is overlong (a last byte of 0 after the first: `80 00`
+/// for 0). Only the shortest encoding, which [`push_varint`] writes, is accepted, so a row key has one
+/// encoding and the prefix scans of a (key, namespace) find every row of it (found by `cargo fuzz`,
+/// target `lsm_rows`).
 fn take_varint(bytes: &[u8]) -> Option<(usize, usize)> {
     let mut value: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(5) {
         value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return None;
+            }
             return u32::try_from(value).ok().map(|v| (v as usize, i + 1));
         }
     }
@@ -207,6 +213,21 @@ mod tests {
         push_namespace(&mut out, |o| o.extend_from_slice(ns));
         out.extend_from_slice(user_key);
         out
+    }
+
+    #[test]
+    fn fuzz_lsm_rows_overlong_varint_is_refused() {
+        // The input `cargo fuzz` found: at max parallelism 32,768, key group 0x0331 and a key length
+        // `80 00`, an overlong encoding of 0 that re-encoded as `00`, a second encoding of one row key.
+        let found = [0x03, 0x31, 0x80, 0x00, 0x00, 0x04, 0x0b, 0, 0, 0, 0];
+        assert!(split_row_key(&found, 1 << 15).is_err());
+        assert!(split_list(&[0x80, 0x00]).is_err());
+        // The shortest encodings still decode: 0, 127, 128 and u32::MAX.
+        for len in [0u32, 127, 128, u32::MAX] {
+            let mut b = Vec::new();
+            push_varint(len, &mut b);
+            assert_eq!(take_varint(&b), Some((len as usize, b.len())));
+        }
     }
 
     #[test]
