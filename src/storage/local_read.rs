@@ -19,23 +19,9 @@ pub(super) fn map_file(fs: &LocalFileSystem, path: &Path) -> Result<Bytes> {
         std::io::ErrorKind::NotFound => Error::NotFound {
             path: path.to_string(),
         },
-        _ => Error::storage(
-            path,
-            object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            },
-        ),
+        _ => local_error(path, e),
     })?;
-    let meta = file.metadata().map_err(|e| {
-        Error::storage(
-            path,
-            object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            },
-        )
-    })?;
+    let meta = file.metadata().map_err(|e| local_error(path, e))?;
     if meta.is_dir() {
         // Not a storage failure that a retry could fix: what is there is not a file of ours.
         return Err(Error::corrupt(
@@ -52,14 +38,17 @@ pub(super) fn map_file(fs: &LocalFileSystem, path: &Path) -> Result<Bytes> {
     // deleted. Deleting (unlinking) a mapped file keeps its pages valid on Unix. The one remaining hazard, a
     // foreign process truncating the file while it is mapped, is outside the storage contract
     // (docs/formats.md) and would make any reader fail.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| {
-        Error::storage(
-            path,
-            object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            },
-        )
-    })?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| local_error(path, e))?;
     Ok(Bytes::from_owner(map))
+}
+
+/// An I/O error of the local directory at `path`, as the storage error `object_store`'s local store gives.
+pub(super) fn local_error(path: &Path, e: std::io::Error) -> Error {
+    Error::storage(
+        path,
+        object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        },
+    )
 }

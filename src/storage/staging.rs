@@ -8,7 +8,8 @@ use std::time::SystemTime;
 
 use object_store::path::Path;
 
-use crate::error::{Error, Result};
+use super::local_read::local_error;
+use crate::error::Result;
 
 /// A staging file: path relative to the job root (with its `#<digits>` suffix), size in bytes, and when it
 /// was last written.
@@ -28,7 +29,7 @@ pub(super) fn is_staging_name(name: &str) -> bool {
 /// Every staging file below `root` (the job root's directory). A missing `root` has none.
 ///
 /// # Errors
-/// [`Error::Storage`] naming `job_root` if a directory cannot be read.
+/// [`crate::Error::Storage`] naming `job_root` if a directory cannot be read.
 pub(super) fn list(root: &FsPath, job_root: &Path) -> Result<Vec<StagingFile>> {
     let mut out = Vec::new();
     let mut dirs: Vec<PathBuf> = vec![root.to_path_buf()];
@@ -36,15 +37,15 @@ pub(super) fn list(root: &FsPath, job_root: &Path) -> Result<Vec<StagingFile>> {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_error(job_root, e)),
+            Err(e) => return Err(local_error(job_root, e)),
         };
         for entry in entries {
-            let entry = entry.map_err(|e| io_error(job_root, e))?;
+            let entry = entry.map_err(|e| local_error(job_root, e))?;
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
                 // Renamed into place or deleted since the directory was read.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_error(job_root, e)),
+                Err(e) => return Err(local_error(job_root, e)),
             };
             let path = entry.path();
             if meta.is_dir() {
@@ -64,7 +65,7 @@ pub(super) fn list(root: &FsPath, job_root: &Path) -> Result<Vec<StagingFile>> {
                 out.push(StagingFile {
                     relative,
                     size_bytes: meta.len(),
-                    last_modified: meta.modified().map_err(|e| io_error(job_root, e))?,
+                    last_modified: meta.modified().map_err(|e| local_error(job_root, e))?,
                 });
             }
         }
@@ -75,23 +76,13 @@ pub(super) fn list(root: &FsPath, job_root: &Path) -> Result<Vec<StagingFile>> {
 /// Deletes one staging file; one already gone is fine (idempotent).
 ///
 /// # Errors
-/// [`Error::Storage`] naming the file.
+/// [`crate::Error::Storage`] naming the file.
 pub(super) fn delete(file: &FsPath, path: &Path) -> Result<()> {
     match std::fs::remove_file(file) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error(path, e)),
+        Err(e) => Err(local_error(path, e)),
     }
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::storage(
-        path,
-        object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(e),
-        },
-    )
 }
 
 #[cfg(test)]
