@@ -4,6 +4,8 @@
 //! and the offset on failure.
 
 use crate::error::{Error, Result};
+use crate::keyed::descriptor::{StateKind, StateMeta};
+use crate::keyed::key_group::KeyGroupRange;
 
 /// Appends little-endian fields to a buffer.
 pub(crate) trait PutExt {
@@ -169,6 +171,35 @@ impl<'a> Decoder<'a> {
     pub(crate) fn str(&mut self, what: &str) -> Result<&'a str> {
         let bytes = self.bytes(what)?;
         std::str::from_utf8(bytes).map_err(|_| self.error(format!("{what} is not UTF-8")))
+    }
+    /// A key-group range stored as `start u32, count u32` (count 0: the empty range), which must fit
+    /// `max_parallelism` (keyed snapshot file header, metadata handles).
+    pub(crate) fn key_group_range(&mut self, max_parallelism: u32) -> Result<KeyGroupRange> {
+        let start = self.u32("key-group start")?;
+        match self.u32("key-group count")? {
+            0 => Ok(KeyGroupRange::EMPTY),
+            n => start
+                .checked_add(n - 1)
+                .and_then(|end| KeyGroupRange::new(start, end).ok())
+                .filter(|r| r.end().is_some_and(|e| e < max_parallelism))
+                .ok_or_else(|| self.error("key-group range does not fit max parallelism")),
+        }
+    }
+    /// A state's meta information: name, kind tag, then the key, namespace, value and user-key codec ids
+    /// (keyed snapshot file header, LSM state meta rows).
+    pub(crate) fn state_meta(&mut self) -> Result<StateMeta> {
+        let name = self.str("state name")?.to_string();
+        let tag = self.u8("state kind")?;
+        let kind = StateKind::from_tag(tag)
+            .ok_or_else(|| self.error(format!("unknown state kind {tag}")))?;
+        Ok(StateMeta {
+            name,
+            kind,
+            key_codec: self.str("key codec")?.to_string(),
+            namespace_codec: self.str("namespace codec")?.to_string(),
+            value_codec: self.str("value codec")?.to_string(),
+            user_key_codec: self.str("user key codec")?.to_string(),
+        })
     }
     /// A count of items that each take at least `min_item_bytes`; rejects counts the rest cannot hold.
     pub(crate) fn count(&mut self, what: &str, min_item_bytes: usize) -> Result<usize> {

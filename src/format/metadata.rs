@@ -6,7 +6,6 @@ use crate::checkpoint::handle::{
 };
 use crate::error::{Error, Result};
 use crate::format::bytes::{Decoder, PutExt};
-use crate::keyed::key_group::KeyGroupRange;
 
 /// First 8 bytes of a metadata file.
 pub(crate) const MAGIC: &[u8; 8] = b"SBCHKMD\x01";
@@ -155,16 +154,7 @@ fn decode_handle(
     };
     let checkpoint_id = d.u64("handle checkpoint id")?;
     let max_parallelism = d.u32("max parallelism")?;
-    let start = d.u32("key-group start")?;
-    let count = d.u32("key-group count")?;
-    let key_groups = match count {
-        0 => KeyGroupRange::EMPTY,
-        n => start
-            .checked_add(n - 1)
-            .and_then(|end| KeyGroupRange::new(start, end).ok())
-            .filter(|r| r.end().is_some_and(|e| e < max_parallelism))
-            .ok_or_else(|| d.error("key-group range does not fit max parallelism"))?,
-    };
+    let key_groups = d.key_group_range(max_parallelism)?;
     let tag = d.u8("handle format")?;
     let format = HandleFormat::from_tag(tag)
         .ok_or_else(|| d.error(format!("unknown handle format {tag}")))?;
@@ -204,6 +194,7 @@ fn decode_handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyed::key_group::KeyGroupRange;
 
     pub(crate) fn sample() -> CheckpointMetadata {
         CheckpointMetadata {

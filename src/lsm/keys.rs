@@ -185,20 +185,8 @@ pub(crate) fn encode_meta(meta: &crate::keyed::descriptor::StateMeta) -> Vec<u8>
 /// # Errors
 /// [`Error::Corrupt`] naming `path` if the bytes are not a state meta.
 pub(crate) fn decode_meta(bytes: &[u8], path: &str) -> Result<crate::keyed::descriptor::StateMeta> {
-    use crate::keyed::descriptor::{StateKind, StateMeta};
     let mut d = crate::format::bytes::Decoder::new(bytes, 0, path);
-    let name = d.str("state name")?.to_string();
-    let tag = d.u8("state kind")?;
-    let kind =
-        StateKind::from_tag(tag).ok_or_else(|| d.error(format!("unknown state kind {tag}")))?;
-    let meta = StateMeta {
-        name,
-        kind,
-        key_codec: d.str("key codec")?.to_string(),
-        namespace_codec: d.str("namespace codec")?.to_string(),
-        value_codec: d.str("value codec")?.to_string(),
-        user_key_codec: d.str("user key codec")?.to_string(),
-    };
+    let meta = d.state_meta()?;
     d.finish("state meta")?;
     Ok(meta)
 }

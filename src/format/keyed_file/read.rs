@@ -9,8 +9,6 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::format::bytes::Decoder;
-use crate::keyed::descriptor::{StateKind, StateMeta};
-use crate::keyed::key_group::KeyGroupRange;
 
 /// Parsed footer: where the index is.
 #[derive(Debug, Clone, Copy)]
@@ -134,31 +132,11 @@ pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
     }
     let mut d = Decoder::new(body, HEADER_PREFIX_LEN as u64, path);
     let max_parallelism = d.u32("max parallelism")?;
-    let start = d.u32("key-group start")?;
-    let count = d.u32("key-group count")?;
-    let key_groups = match count {
-        0 => KeyGroupRange::EMPTY,
-        n => start
-            .checked_add(n - 1)
-            .and_then(|end| KeyGroupRange::new(start, end).ok())
-            .filter(|r| r.end().is_some_and(|e| e < max_parallelism))
-            .ok_or_else(|| d.error("key-group range does not fit max parallelism"))?,
-    };
+    let key_groups = d.key_group_range(max_parallelism)?;
     let n = d.count("state count", 21)?;
     let mut states = Vec::with_capacity(n);
     for _ in 0..n {
-        let name = d.str("state name")?.to_string();
-        let tag = d.u8("state kind")?;
-        let kind =
-            StateKind::from_tag(tag).ok_or_else(|| d.error(format!("unknown state kind {tag}")))?;
-        states.push(StateMeta {
-            name,
-            kind,
-            key_codec: d.str("key codec")?.to_string(),
-            namespace_codec: d.str("namespace codec")?.to_string(),
-            value_codec: d.str("value codec")?.to_string(),
-            user_key_codec: d.str("user key codec")?.to_string(),
-        });
+        states.push(d.state_meta()?);
     }
     d.finish("header body")?;
     Ok(FileHeader {
