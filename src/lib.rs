@@ -53,6 +53,7 @@
 //! # }
 //! ```
 
+mod backend;
 mod checkpoint;
 mod clock;
 mod codec;
@@ -72,6 +73,7 @@ pub mod fuzzing;
 mod lsm_keys;
 mod storage;
 
+pub use backend::{BackendKind, StateBackend, StateBackendConfig};
 pub use checkpoint::coordinator::CheckpointCoordinator;
 pub use checkpoint::fence::COORDINATORS_DIR;
 pub use checkpoint::handle::{
@@ -103,6 +105,8 @@ pub use keyed::key_group::{
     KeyGroupRange, UPPER_BOUND_MAX_PARALLELISM, assign_to_key_group, default_max_parallelism,
     key_group_range_for_operator, operator_index_for_key_group, stable_key_hash,
 };
+pub use keyed::map_iter::MapEntries;
+pub use keyed::router::{KeyGroupRouter, KeyRoute};
 pub use keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 #[cfg(feature = "rocksdb")]
 pub use lsm::{LsmBackendConfig, LsmKeyedStateBackend, lsm_db_options};

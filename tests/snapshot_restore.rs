@@ -120,7 +120,7 @@ fn rescale_one_to_two_and_two_to_one() {
             seen += check(b, mine.into_iter());
             let s = b.value_state(&counts()).unwrap();
             assert_eq!(
-                s.keys(b, &NS).unwrap().len(),
+                s.keys_with_state(b, &NS).unwrap().len(),
                 b.total_entries() / 2,
                 "only owned keys were restored"
             );
@@ -179,7 +179,7 @@ fn unregistered_restored_state_survives_the_next_snapshot() {
                 .unwrap();
         let s = r.value_state(&counts()).unwrap();
         r.set_current_key(5).unwrap();
-        assert_eq!(s.keys(&r, &NS).unwrap().len(), 1_000);
+        assert_eq!(s.keys_with_state(&r, &NS).unwrap().len(), 1_000);
         let mut r2 = HeapKeyedStateBackend::<u64>::restore(
             config(128, 1, 0),
             &storage,

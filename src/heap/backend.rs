@@ -21,6 +21,8 @@ use crate::keyed::descriptor::{
 use crate::keyed::key_group::{
     KeyGroupRange, key_group_range_for_operator, locate_hash, stable_key_hash,
 };
+use crate::keyed::map_iter::MapEntries;
+use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::storage::CheckpointStorage;
 
@@ -64,7 +66,7 @@ impl HeapBackendConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         validate_subtask(&self.operator_id, self.max_parallelism, self.key_groups)?;
         let limit = crate::format::keyed_file::MAX_FRAME_RAW_LEN as usize;
         if self.frame_bytes == 0 || self.frame_bytes > limit {
@@ -81,10 +83,10 @@ type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);
 type TableMut<'a, K, N, S> = (&'a mut StateTable<K, N, S>, &'a CurrentKey<K>);
 
 pub(crate) struct CurrentKey<K> {
-    key: K,
-    key_hash: u64,
-    key_group: u32,
-    kg_index: usize,
+    pub(crate) key: K,
+    pub(crate) key_hash: u64,
+    pub(crate) key_group: u32,
+    pub(crate) kg_index: usize,
 }
 
 /// Keyed state kept in memory in copy-on-write maps, snapshotted as full keyed snapshot files.
@@ -93,8 +95,8 @@ pub struct HeapKeyedStateBackend<K> {
     pub(crate) backend_id: String,
     pub(crate) tables: Vec<Box<dyn ErasedTable<K>>>,
     pub(crate) by_name: HashMap<String, StateId>,
-    current: Option<CurrentKey<K>>,
-    key_buf: Vec<u8>,
+    pub(crate) current: Option<CurrentKey<K>>,
+    pub(crate) key_buf: Vec<u8>,
     last_completed_checkpoint: Option<u64>,
     /// Checkpoints this backend snapshotted that were neither confirmed nor aborted yet.
     pub(crate) unconfirmed: std::collections::BTreeSet<u64>,
@@ -145,7 +147,11 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 
     /// Names of all states, registered or restored.
     pub fn state_names(&self) -> Vec<String> {
-        self.tables.iter().map(|t| t.meta().name.clone()).collect()
+        self.tables
+            .iter()
+            .filter(|t| !t.is_dropped())
+            .map(|t| t.meta().name.clone())
+            .collect()
     }
 
     /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
@@ -193,7 +199,10 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     }
 
     #[inline]
-    fn table<N: StateKey, S: 'static>(&self, id: StateId) -> Result<TableRef<'_, K, N, S>> {
+    pub(crate) fn table<N: StateKey, S: 'static>(
+        &self,
+        id: StateId,
+    ) -> Result<TableRef<'_, K, N, S>> {
         let table = self
             .tables
             .get(id.0 as usize)
@@ -205,7 +214,10 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     }
 
     #[inline]
-    fn table_mut<N: StateKey, S: 'static>(&mut self, id: StateId) -> Result<TableMut<'_, K, N, S>> {
+    pub(crate) fn table_mut<N: StateKey, S: 'static>(
+        &mut self,
+        id: StateId,
+    ) -> Result<TableMut<'_, K, N, S>> {
         let table = self
             .tables
             .get_mut(id.0 as usize)
@@ -221,7 +233,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 /// so the per-record path stays short.
 #[cold]
 #[inline(never)]
-fn access_error(has_current_key: bool, id: StateId) -> Error {
+pub(crate) fn access_error(has_current_key: bool, id: StateId) -> Error {
     if has_current_key {
         wrong_state(id)
     } else {
@@ -252,6 +264,11 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
             kg_index: at.index,
         });
         Ok(())
+    }
+
+    #[inline]
+    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        self.set_current_key_routed_impl(key, route)
     }
 
     fn current_key(&self) -> Option<&K> {
@@ -453,16 +470,38 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         Ok(())
     }
 
-    fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(
+    fn map_iter<'a, N: StateKey, UK: StateKey, V: StateValue>(
+        &'a self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, V>> {
+        self.map_iter_impl(state, ns)
+    }
+
+    fn map_is_empty<N: StateKey, UK: StateKey, V: StateValue>(
         &self,
         state: StateId,
         ns: &N,
-    ) -> Result<Vec<(UK, V)>> {
-        let (t, c) = self.table::<N, MapCell<UK, V>>(state)?;
-        Ok(t.map
-            .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default())
+    ) -> Result<bool> {
+        self.map_is_empty_impl::<N, UK, V>(state, ns)
+    }
+
+    fn map_put_all<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        entries: Vec<(UK, V)>,
+    ) -> Result<()> {
+        self.map_put_all_impl(state, ns, entries)
+    }
+
+    fn map_retain<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keep: &mut dyn FnMut(&UK, &V) -> bool,
+    ) -> Result<()> {
+        self.map_retain_impl(state, ns, keep)
     }
 
     fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
@@ -490,6 +529,34 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         Err(wrong_state(state))
     }
 
+    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
+        self.keys_and_namespaces_impl(state)
+    }
+
+    fn drop_state(&mut self, name: &str) -> Result<bool> {
+        self.drop_state_impl(name)
+    }
+
+    fn value_get_batch<N: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        out: &mut Vec<Option<V>>,
+    ) -> Result<()> {
+        self.value_get_batch_impl(state, ns, keys, out)
+    }
+
+    fn value_modify_batch<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
+    ) -> Result<()> {
+        self.value_modify_batch_impl(state, ns, keys, f)
+    }
+
     fn snapshot(
         &mut self,
         checkpoint_id: u64,
@@ -505,10 +572,16 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         while self.unconfirmed.len() > MAX_UNCONFIRMED {
             self.unconfirmed.pop_first();
         }
+        let live = self.tables.iter().filter(|t| !t.is_dropped());
         let job = SnapshotJob {
             checkpoint_id,
-            states: self.tables.iter().map(|t| t.meta().clone()).collect(),
-            frozen: self.tables.iter_mut().map(|t| t.freeze()).collect(),
+            states: live.clone().map(|t| t.meta().clone()).collect(),
+            frozen: self
+                .tables
+                .iter_mut()
+                .filter(|t| !t.is_dropped())
+                .map(|t| t.freeze())
+                .collect(),
             config: self.config.clone(),
             backend_id: self.backend_id.clone(),
         };

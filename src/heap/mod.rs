@@ -1,7 +1,9 @@
 //! The heap state backend: copy-on-write maps in memory, full snapshots as keyed snapshot files.
 
 pub(crate) mod backend;
+mod bulk;
 pub(crate) mod cow_map;
+mod prefetch;
 mod restore;
 mod snapshot;
 pub(crate) mod table;

@@ -121,6 +121,37 @@ pub(crate) trait ErasedTable<K>: Any + Send {
     fn len(&self) -> usize;
     /// Keys with an entry in namespace `ns`; `None` if `ns` is not this table's namespace type.
     fn keys_in_namespace(&self, ns: &dyn Any) -> Option<Vec<K>>;
+    /// Appends every `(key, namespace)` to `out`, a `Vec<(K, N)>`; false if `N` is not this table's
+    /// namespace type (or the table is raw: the backend decodes those).
+    fn keys_and_namespaces(&self, out: &mut dyn Any) -> bool;
+    /// Whether the state was dropped ([`DroppedTable`]).
+    fn is_dropped(&self) -> bool {
+        false
+    }
+}
+
+/// What stays of a dropped state: its id answers `InvalidArgument`, snapshots skip it.
+pub(crate) struct DroppedTable(pub(crate) StateMeta);
+
+impl<K: StateKey> ErasedTable<K> for DroppedTable {
+    fn meta(&self) -> &StateMeta {
+        &self.0
+    }
+    fn freeze(&mut self) -> Box<dyn FrozenTable> {
+        Box::new(FrozenRawTable(Arc::new(Vec::new())))
+    }
+    fn len(&self) -> usize {
+        0
+    }
+    fn keys_in_namespace(&self, _ns: &dyn Any) -> Option<Vec<K>> {
+        None
+    }
+    fn keys_and_namespaces(&self, _out: &mut dyn Any) -> bool {
+        false
+    }
+    fn is_dropped(&self) -> bool {
+        true
+    }
 }
 
 /// A frozen table, written out key group by key group.
@@ -175,6 +206,17 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
                 .map(|e| e.key.clone())
                 .collect(),
         )
+    }
+    fn keys_and_namespaces(&self, out: &mut dyn Any) -> bool {
+        let Some(out) = out.downcast_mut::<Vec<(K, N)>>() else {
+            return false;
+        };
+        out.extend(
+            (0..self.map.groups())
+                .flat_map(|g| self.map.iter_group(g))
+                .map(|e| (e.key.clone(), e.ns.clone())),
+        );
+        true
     }
 }
 
@@ -254,6 +296,9 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
     fn keys_in_namespace(&self, _ns: &dyn Any) -> Option<Vec<K>> {
         // Raw records need the namespace's codec; the backend answers for them (it knows `N`).
         None
+    }
+    fn keys_and_namespaces(&self, _out: &mut dyn Any) -> bool {
+        false
     }
 }
 

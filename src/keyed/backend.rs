@@ -13,6 +13,8 @@ use crate::keyed::descriptor::{
     ValueStateDescriptor,
 };
 use crate::keyed::key_group::KeyGroupRange;
+use crate::keyed::map_iter::MapEntries;
+use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::storage::CheckpointStorage;
 
@@ -117,6 +119,18 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the key's group is not in this backend's
     /// key-group range (the record was routed to the wrong subtask).
     fn set_current_key(&mut self, key: K) -> Result<()>;
+    /// Makes `key` the current key, located by `route` (from a [`KeyGroupRouter`](crate::KeyGroupRouter)
+    /// with this backend's max parallelism) instead of hashing the key again. `route` must be the key's:
+    /// debug builds check it, release builds trust it (a wrong route files the state under another key
+    /// group, where a rescale would lose it).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the route's key group is not in this
+    /// backend's range or was computed for another max parallelism.
+    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        let _ = route;
+        self.set_current_key(key)
+    }
     /// The current key, if one was set.
     fn current_key(&self) -> Option<&K>;
     /// Key group of the current key.
@@ -216,12 +230,14 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
         ns: &N,
         uk: &UK,
     ) -> Result<()>;
-    /// Primitive: all entries of the map (in no particular order).
+    /// All entries of the map (in no particular order), collected from [`KeyedStateBackend::map_iter`].
     fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(
         &self,
         state: StateId,
         ns: &N,
-    ) -> Result<Vec<(UK, V)>>;
+    ) -> Result<Vec<(UK, V)>> {
+        self.map_iter::<N, UK, V>(state, ns)?.collect()
+    }
     /// Primitive: removes the whole map.
     fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
         &mut self,
@@ -229,8 +245,114 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
         ns: &N,
     ) -> Result<()>;
 
+    /// Primitive: the entries of the map, streamed (a RocksDB iterator on LSM; no copy of the map on heap),
+    /// in no particular order.
+    fn map_iter<'a, N: StateKey, UK: StateKey, V: StateValue>(
+        &'a self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, V>>;
+    /// Primitive: whether the map is empty, without reading it.
+    fn map_is_empty<N: StateKey, UK: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<bool>;
+    /// Primitive: sets every `(uk, value)` of `entries` (later ones win), in one write.
+    fn map_put_all<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        entries: Vec<(UK, V)>,
+    ) -> Result<()>;
+    /// Primitive: keeps only the entries for which `keep` answers true (removal while iterating).
+    fn map_retain<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keep: &mut dyn FnMut(&UK, &V) -> bool,
+    ) -> Result<()>;
+
     /// Keys that have state `state` in namespace `ns` (as Flink's `getKeys`), in no particular order.
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>>;
+
+    /// Every `(key, namespace)` with state `state`, once each, in no particular order (as Flink's
+    /// `getKeysAndNamespaces`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `N` is not the state's namespace type
+    /// or the backend does not hold the state; decode errors of restored, unregistered state.
+    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>>;
+
+    /// Calls `f` with each key that has state `state` in namespace `ns` as the current key (as Flink's
+    /// `applyToAllKeys`); `f` may read, change and clear any state of that key. The current key is the
+    /// one before the call afterwards.
+    ///
+    /// # Errors
+    /// Those of [`KeyedStateBackend::keys`] and the first error of `f`, which stops the walk.
+    fn apply_to_all_keys<N: StateKey>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        f: &mut dyn FnMut(&mut Self, &K) -> Result<()>,
+    ) -> Result<()>
+    where
+        Self: Sized,
+    {
+        let saved = self.current_key().cloned();
+        let keys = self.keys(state, ns)?;
+        let mut result = Ok(());
+        for key in keys {
+            result = self
+                .set_current_key(key.clone())
+                .and_then(|()| f(self, &key));
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Some(saved) = saved {
+            self.set_current_key(saved)?;
+        }
+        result
+    }
+
+    /// Forgets the state named `name`, registered or restored: its entries go, its next snapshot does not
+    /// carry it, and state objects of it answer `InvalidArgument`. The name can be registered again, as a
+    /// new empty state (of any kind). Returns whether the state existed.
+    ///
+    /// # Errors
+    /// [`Error::Local`](crate::Error::Local) if the LSM backend cannot drop its column family.
+    fn drop_state(&mut self, name: &str) -> Result<bool>;
+
+    /// Batch primitive: the values of `keys` in `ns`, appended to `out` in the order of `keys` (`out` is
+    /// not cleared). Does not change the current key. The heap backend prefetches the slots of keys ahead
+    /// in the batch; the LSM backend reads with one sorted `multi_get`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a key's group is not owned (nothing
+    /// is appended then) or the state is not a value state of `N`, `V`.
+    fn value_get_batch<N: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        out: &mut Vec<Option<V>>,
+    ) -> Result<()>;
+
+    /// Batch primitive: replaces the value of each `keys[i]` in `ns` with `f(i, old)` (removes it on
+    /// `None`), in the order of `keys`, with one lookup per key (a key twice in the batch sees its first
+    /// result). Does not change the current key. The LSM backend reads with one `multi_get` and writes one
+    /// `WriteBatch`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_get_batch`]; on an unowned key nothing is changed.
+    fn value_modify_batch<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
+    ) -> Result<()>;
 
     /// Synchronous phase of a snapshot for `checkpoint_id`: freezes the state and returns its asynchronous
     /// phase, which writes to `storage`.

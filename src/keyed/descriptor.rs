@@ -204,6 +204,8 @@ pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync {
     fn add(&self, value: &IN, acc: &mut ACC);
     /// The result of an accumulator.
     fn get_result(&self, acc: &ACC) -> OUT;
+    /// Merges two accumulators into one (session windows merging, [`AggregatingState::merge_namespaces`](crate::AggregatingState::merge_namespaces)).
+    fn merge(&self, a: ACC, b: ACC) -> ACC;
 }
 
 /// Describes an aggregating state under namespace `N`; only the accumulator `ACC` is stored.

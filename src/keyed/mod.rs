@@ -4,4 +4,7 @@ pub(crate) mod backend;
 pub(crate) mod checks;
 pub(crate) mod descriptor;
 pub(crate) mod key_group;
+pub(crate) mod map_iter;
+pub(crate) mod router;
 pub(crate) mod state;
+mod state_ops;

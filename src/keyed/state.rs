@@ -11,20 +11,32 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::keyed::backend::{KeyedStateBackend, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{AggregateFunction, ReduceFn};
+use crate::keyed::map_iter::MapEntries;
 
-/// `keys()` and `id()`, the same for every state object.
+/// `keys_with_state()`, `keys_and_namespaces()` and `id()`, the same for every state object.
 macro_rules! common_methods {
     () => {
         /// Keys with state in namespace `ns` (as Flink's `getKeys`), in no particular order.
         ///
         /// # Errors
         /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the backend does not hold this state.
-        pub fn keys<K: StateKey, B: KeyedStateBackend<K>>(
+        pub fn keys_with_state<K: StateKey, B: KeyedStateBackend<K>>(
             &self,
             backend: &B,
             ns: &N,
         ) -> Result<Vec<K>> {
             backend.keys(self.id, ns)
+        }
+
+        /// Every `(key, namespace)` with state (as Flink's `getKeysAndNamespaces`), in no particular order.
+        ///
+        /// # Errors
+        /// As [`KeyedStateBackend::keys_and_namespaces`].
+        pub fn keys_and_namespaces<K: StateKey, B: KeyedStateBackend<K>>(
+            &self,
+            backend: &B,
+        ) -> Result<Vec<(K, N)>> {
+            backend.keys_and_namespaces(self.id)
         }
 
         /// The id of this state in its backend (for [`KeyedStateBackend::keys`]).
@@ -233,7 +245,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         backend.map_remove::<N, UK, V>(self.id, ns, uk)
     }
 
-    /// All entries, in no particular order. Errors as [`MapState::get`].
+    /// All entries, collected, in no particular order. Errors as [`MapState::get`].
     pub fn entries<K: StateKey, B: KeyedStateBackend<K>>(
         &self,
         backend: &B,
@@ -242,13 +254,62 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         backend.map_entries(self.id, ns)
     }
 
-    /// Whether the map is empty. Errors as [`MapState::get`].
+    /// The entries, streamed as they are read ([`MapEntries`]), in no particular order. Errors as
+    /// [`MapState::get`].
+    pub fn iter<'a, K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &'a B,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, V>> {
+        backend.map_iter(self.id, ns)
+    }
+
+    /// The user keys, streamed. Errors as [`MapState::get`].
+    pub fn keys<'a, K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &'a B,
+        ns: &N,
+    ) -> Result<impl Iterator<Item = Result<UK>> + 'a> {
+        Ok(self.iter(backend, ns)?.keys())
+    }
+
+    /// The values, streamed. Errors as [`MapState::get`].
+    pub fn values<'a, K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &'a B,
+        ns: &N,
+    ) -> Result<impl Iterator<Item = Result<V>> + 'a> {
+        Ok(self.iter(backend, ns)?.values())
+    }
+
+    /// Sets every entry of `entries` (later ones win) in one write. Errors as [`MapState::get`].
+    pub fn put_all<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        entries: impl IntoIterator<Item = (UK, V)>,
+    ) -> Result<()> {
+        backend.map_put_all(self.id, ns, entries.into_iter().collect())
+    }
+
+    /// Keeps only the entries for which `keep` answers true: Flink's removal through the entry iterator.
+    /// Errors as [`MapState::get`].
+    pub fn retain<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        mut keep: impl FnMut(&UK, &V) -> bool,
+    ) -> Result<()> {
+        backend.map_retain(self.id, ns, &mut keep)
+    }
+
+    /// Whether the map is empty, without reading its entries. Errors as [`MapState::get`].
     pub fn is_empty<K: StateKey, B: KeyedStateBackend<K>>(
         &self,
         backend: &B,
         ns: &N,
     ) -> Result<bool> {
-        Ok(self.entries(backend, ns)?.is_empty())
+        backend.map_is_empty::<N, UK, V>(self.id, ns)
     }
 
     /// Removes the whole map. Errors as [`MapState::get`].

@@ -12,6 +12,8 @@ use crate::keyed::descriptor::{
     StateKind, StateMeta, ValueStateDescriptor,
 };
 use crate::keyed::key_group::{KeyGroupRange, locate_key};
+use crate::keyed::map_iter::MapEntries;
+use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::lsm::checkpointing::{DiffBase, PendingUploads};
 use crate::lsm::instance::InstanceDir;
@@ -34,8 +36,8 @@ pub(crate) struct LsmState {
 }
 
 pub(crate) struct CurrentKey<K> {
-    key: K,
-    key_group: u32,
+    pub(crate) key: K,
+    pub(crate) key_group: u32,
     /// `[key group][key len][key]`.
     pub(crate) prefix: Vec<u8>,
 }
@@ -167,7 +169,12 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
 
     /// Names of all states, registered or restored.
     pub fn state_names(&self) -> Vec<String> {
-        self.states.iter().map(|s| s.meta.name.clone()).collect()
+        // A dropped state keeps its place (its id must stay invalid) with no column family.
+        self.states
+            .iter()
+            .filter(|s| !s.cf.is_empty())
+            .map(|s| s.meta.name.clone())
+            .collect()
     }
 
     /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
@@ -262,6 +269,11 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
             prefix,
         });
         Ok(())
+    }
+
+    #[inline]
+    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        self.set_current_key_routed_impl(key, route)
     }
 
     fn current_key(&self) -> Option<&K> {
@@ -483,19 +495,38 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
         self.delete_raw(state, &key)
     }
 
-    fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(
+    fn map_iter<'a, N: StateKey, UK: StateKey, V: StateValue>(
+        &'a self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, V>> {
+        self.map_iter_impl(state, ns)
+    }
+
+    fn map_is_empty<N: StateKey, UK: StateKey, V: StateValue>(
         &self,
         state: StateId,
         ns: &N,
-    ) -> Result<Vec<(UK, V)>> {
-        let mut prefix = Vec::with_capacity(64);
-        self.row_key(ns, &mut prefix)?;
-        let mut out = Vec::new();
-        self.scan_prefix(state, &prefix, |k, v| {
-            out.push((UK::decode(&k[prefix.len()..])?, V::decode(v)?));
-            Ok(true)
-        })?;
-        Ok(out)
+    ) -> Result<bool> {
+        self.map_is_empty_impl(state, ns)
+    }
+
+    fn map_put_all<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        entries: Vec<(UK, V)>,
+    ) -> Result<()> {
+        self.map_put_all_impl(state, ns, entries)
+    }
+
+    fn map_retain<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keep: &mut dyn FnMut(&UK, &V) -> bool,
+    ) -> Result<()> {
+        self.map_retain_impl(state, ns, keep)
     }
 
     fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
@@ -509,6 +540,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
     }
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
+        self.check_namespace::<N>(state)?;
         let mut want = Vec::new();
         ns.encode(&mut want);
         let mut out = Vec::new();
@@ -527,6 +559,34 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
             Ok(true)
         })?;
         Ok(out)
+    }
+
+    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
+        self.keys_and_namespaces_impl(state)
+    }
+
+    fn drop_state(&mut self, name: &str) -> Result<bool> {
+        self.drop_state_impl(name)
+    }
+
+    fn value_get_batch<N: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        out: &mut Vec<Option<V>>,
+    ) -> Result<()> {
+        self.value_get_batch_impl(state, ns, keys, out)
+    }
+
+    fn value_modify_batch<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
+    ) -> Result<()> {
+        self.value_modify_batch_impl(state, ns, keys, f)
     }
 
     fn snapshot(

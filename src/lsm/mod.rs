@@ -2,6 +2,7 @@
 //! `EmbeddedRocksDBStateBackend` with `RocksIncrementalSnapshotStrategy`). Design: `docs/lsm.md`.
 
 mod backend;
+mod bulk;
 mod checkpointing;
 mod instance;
 pub(crate) mod keys;

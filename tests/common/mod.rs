@@ -96,7 +96,7 @@ pub fn read_all<B: KeyedStateBackend<u64>>(
 ) -> std::collections::BTreeMap<u64, u64> {
     let s = b.value_state(desc).unwrap();
     let mut out = std::collections::BTreeMap::new();
-    for k in s.keys(b, &VoidNamespace).unwrap() {
+    for k in s.keys_with_state(b, &VoidNamespace).unwrap() {
         b.set_current_key(k).unwrap();
         out.insert(k, s.value(b, &VoidNamespace).unwrap().unwrap());
     }

@@ -131,7 +131,7 @@ impl Task {
         on!(&mut self.backend, b => {
             let s = b.value_state(&desc())?;
             let mut out = BTreeMap::new();
-            for k in s.keys(&**b, &VoidNamespace)? {
+            for k in s.keys_with_state(&**b, &VoidNamespace)? {
                 b.set_current_key(k)?;
                 if let Some(v) = s.value(&**b, &VoidNamespace)? {
                     out.insert(k, v);

@@ -1,0 +1,196 @@
+//! A keyed state backend chosen at run time: [`StateBackend`] is one type, heap or LSM inside, that an
+//! engine holds in its operator struct; [`StateBackendConfig`] is the plain data that chooses it.
+//!
+//! Why an enum and not `Box<dyn KeyedStateBackend<K>>`: state access is generic over the namespace and value
+//! types (monomorphized, so a `u64` counter costs no encoding on the heap backend), which makes the trait
+//! not object-safe. The enum costs one well-predicted branch per access and keeps every method.
+
+pub(crate) mod config;
+
+use crate::checkpoint::handle::{CheckpointMetadata, KeyedStateHandle};
+use crate::checkpoint::store::RestoreMode;
+use crate::error::Result;
+use crate::heap::backend::HeapKeyedStateBackend;
+use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
+use crate::keyed::descriptor::{
+    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
+    ValueStateDescriptor,
+};
+use crate::keyed::key_group::KeyGroupRange;
+use crate::keyed::router::KeyRoute;
+use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+#[cfg(feature = "rocksdb")]
+use crate::lsm::LsmKeyedStateBackend;
+use crate::storage::CheckpointStorage;
+pub use config::{BackendKind, StateBackendConfig};
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one backend per subtask, held for the job's life: its size does not matter, and a box would \
+              add a pointer hop to every state access"
+)]
+enum Inner<K> {
+    Heap(HeapKeyedStateBackend<K>),
+    #[cfg(feature = "rocksdb")]
+    Lsm(LsmKeyedStateBackend<K>),
+}
+
+/// A keyed state backend of the kind its [`StateBackendConfig`] names; implements
+/// [`KeyedStateBackend`] by forwarding to the heap or LSM backend inside.
+pub struct StateBackend<K> {
+    inner: Inner<K>,
+    kind: BackendKind,
+}
+
+/// Runs `$e` with `$b` bound to the backend inside `$self.inner`.
+macro_rules! on {
+    ($self:expr, $b:ident => $e:expr) => {
+        match $self {
+            Inner::Heap($b) => $e,
+            #[cfg(feature = "rocksdb")]
+            Inner::Lsm($b) => $e,
+        }
+    };
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn no_rocksdb() -> crate::Error {
+    crate::Error::InvalidArgument(
+        "the LSM backend needs the `rocksdb` cargo feature, which this build lacks".into(),
+    )
+}
+
+impl<K: StateKey> StateBackend<K> {
+    /// An empty backend of `config.kind`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for invalid settings, or the LSM kind in a
+    /// build without the `rocksdb` feature; [`Error::Local`](crate::Error::Local) if the LSM backend cannot
+    /// create its directory or DB.
+    pub fn new(config: &StateBackendConfig) -> Result<Self> {
+        let inner = match config.kind {
+            BackendKind::Heap => Inner::Heap(HeapKeyedStateBackend::new(config.heap_config()?)?),
+            #[cfg(feature = "rocksdb")]
+            BackendKind::Lsm => Inner::Lsm(LsmKeyedStateBackend::new(config.lsm_config()?)?),
+            #[cfg(not(feature = "rocksdb"))]
+            BackendKind::Lsm => return Err(no_rocksdb()),
+        };
+        Ok(StateBackend {
+            inner,
+            kind: config.kind,
+        })
+    }
+
+    /// A backend of `config.kind` restored from `handles` (the keyed state handles of the operator in one
+    /// checkpoint; those of other subtasks are read only where they overlap the owned key groups, so this
+    /// rescales). `mode` matters for the LSM kind only: with [`RestoreMode::Claim`] and the same key groups
+    /// its next checkpoint stays incremental; heap snapshots are always full.
+    ///
+    /// # Errors
+    /// As [`HeapKeyedStateBackend::restore`] and `LsmKeyedStateBackend::restore`: invalid handles (another
+    /// operator, checkpoint or max parallelism; key groups missing or covered twice; handles the kind
+    /// cannot read, such as LSM files for the heap kind) are `InvalidArgument`; missing or corrupt files
+    /// are `NotFound` / `Corrupt` naming the file. The checkpoint is never modified.
+    pub async fn restore(
+        config: &StateBackendConfig,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+    ) -> Result<Self> {
+        let inner = match config.kind {
+            BackendKind::Heap => {
+                let _ = mode;
+                Inner::Heap(
+                    HeapKeyedStateBackend::restore(config.heap_config()?, storage, handles).await?,
+                )
+            }
+            #[cfg(feature = "rocksdb")]
+            BackendKind::Lsm => Inner::Lsm(
+                LsmKeyedStateBackend::restore(config.lsm_config()?, storage, handles, mode).await?,
+            ),
+            #[cfg(not(feature = "rocksdb"))]
+            BackendKind::Lsm => return Err(no_rocksdb()),
+        };
+        Ok(StateBackend {
+            inner,
+            kind: config.kind,
+        })
+    }
+
+    /// [`StateBackend::restore`] from the handles of `config.operator_id` in `checkpoint`; an operator
+    /// without keyed state in it (new in this job version) starts empty.
+    ///
+    /// # Errors
+    /// As [`StateBackend::restore`].
+    pub async fn restore_checkpoint(
+        config: &StateBackendConfig,
+        storage: &CheckpointStorage,
+        checkpoint: &CheckpointMetadata,
+        mode: RestoreMode,
+    ) -> Result<Self> {
+        let handles = checkpoint.keyed_handles(&config.operator_id);
+        if handles.is_empty() {
+            return Self::new(config);
+        }
+        Self::restore(config, storage, &handles, mode).await
+    }
+
+    /// The kind inside.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Identity of the backend instance (recorded in its state handles).
+    pub fn backend_id(&self) -> &str {
+        on!(&self.inner, b => b.backend_id())
+    }
+
+    /// Names of all states, registered or restored.
+    pub fn state_names(&self) -> Vec<String> {
+        on!(&self.inner, b => b.state_names())
+    }
+
+    /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
+    pub fn last_completed_checkpoint(&self) -> Option<u64> {
+        on!(&self.inner, b => b.last_completed_checkpoint())
+    }
+
+    /// The heap backend inside, if the kind is heap.
+    pub fn as_heap(&self) -> Option<&HeapKeyedStateBackend<K>> {
+        match &self.inner {
+            Inner::Heap(b) => Some(b),
+            #[cfg(feature = "rocksdb")]
+            Inner::Lsm(_) => None,
+        }
+    }
+
+    /// The LSM backend inside, if the kind is LSM.
+    #[cfg(feature = "rocksdb")]
+    pub fn as_lsm(&self) -> Option<&LsmKeyedStateBackend<K>> {
+        match &self.inner {
+            Inner::Lsm(b) => Some(b),
+            Inner::Heap(_) => None,
+        }
+    }
+}
+
+impl<K: StateKey> From<HeapKeyedStateBackend<K>> for StateBackend<K> {
+    fn from(backend: HeapKeyedStateBackend<K>) -> Self {
+        StateBackend {
+            inner: Inner::Heap(backend),
+            kind: BackendKind::Heap,
+        }
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+impl<K: StateKey> From<LsmKeyedStateBackend<K>> for StateBackend<K> {
+    fn from(backend: LsmKeyedStateBackend<K>) -> Self {
+        StateBackend {
+            inner: Inner::Lsm(backend),
+            kind: BackendKind::Lsm,
+        }
+    }
+}
+
+mod forward;

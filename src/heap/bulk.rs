@@ -1,0 +1,234 @@
+//! The heap backend's batch access, map streaming and whole-state operations (the trait methods in
+//! `backend.rs` forward here).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::heap::backend::{CurrentKey, HeapKeyedStateBackend, access_error};
+use crate::heap::table::{DroppedTable, ErasedTable, MapCell, RawTable, StateTable, entry_hash};
+use crate::keyed::backend::{StateId, StateKey, StateValue};
+use crate::keyed::checks::wrong_state;
+use crate::keyed::key_group::locate_hash;
+use crate::keyed::map_iter::MapEntries;
+use crate::keyed::router::KeyRoute;
+
+/// Keys looked up ahead of the current one in a batch: enough misses in flight to cover memory latency
+/// (about 10 on current cores), few enough that the prefetched lines are still cached when used.
+const PREFETCH_AHEAD: usize = 12;
+
+impl<K: StateKey> HeapKeyedStateBackend<K> {
+    pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        if route.max_parallelism() != self.config.max_parallelism {
+            return Err(Error::InvalidArgument(format!(
+                "a route for max parallelism {} given to a backend of max parallelism {}",
+                route.max_parallelism(),
+                self.config.max_parallelism
+            )));
+        }
+        debug_assert_eq!(
+            route.hash(),
+            key.stable_hash(&mut self.key_buf),
+            "the route is not the key's"
+        );
+        let at = locate_hash(
+            route.hash(),
+            self.config.max_parallelism,
+            self.config.key_groups,
+        )?;
+        self.current = Some(CurrentKey {
+            key,
+            key_hash: at.hash,
+            key_group: at.key_group,
+            kg_index: at.index,
+        });
+        Ok(())
+    }
+
+    /// The typed table of `id`, without needing a current key.
+    #[inline]
+    fn typed<N: StateKey, S: 'static>(&self, id: StateId) -> Result<&StateTable<K, N, S>> {
+        self.tables
+            .get(id.0 as usize)
+            .and_then(|t| (t.as_ref() as &dyn Any).downcast_ref())
+            .ok_or_else(|| access_error(true, id))
+    }
+
+    #[inline]
+    fn typed_mut<N: StateKey, S: 'static>(
+        &mut self,
+        id: StateId,
+    ) -> Result<&mut StateTable<K, N, S>> {
+        self.tables
+            .get_mut(id.0 as usize)
+            .and_then(|t| (t.as_mut() as &mut dyn Any).downcast_mut())
+            .ok_or_else(|| access_error(true, id))
+    }
+
+    /// `(map hash, key-group index)` of each key in `ns`; fails before anything is done if one is not
+    /// owned.
+    fn locate_batch<N: StateKey>(&self, keys: &[K], ns: &N) -> Result<Vec<(u64, usize)>> {
+        let mut scratch = Vec::new();
+        keys.iter()
+            .map(|k| {
+                let at = locate_hash(
+                    k.stable_hash(&mut scratch),
+                    self.config.max_parallelism,
+                    self.config.key_groups,
+                )?;
+                Ok((entry_hash(at.hash, ns), at.index))
+            })
+            .collect()
+    }
+
+    pub(crate) fn value_get_batch_impl<N: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        out: &mut Vec<Option<V>>,
+    ) -> Result<()> {
+        let table = self.typed::<N, V>(state)?;
+        let at = self.locate_batch(keys, ns)?;
+        out.reserve(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(&(hash, kg)) = at.get(i + PREFETCH_AHEAD) {
+                table.map.prefetch(kg, hash);
+            }
+            let (hash, kg) = at[i];
+            out.push(table.map.get(kg, hash, key, ns).cloned());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn value_modify_batch_impl<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
+    ) -> Result<()> {
+        let at = self.locate_batch(keys, ns)?;
+        let table = self.typed_mut::<N, V>(state)?;
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(&(hash, kg)) = at.get(i + PREFETCH_AHEAD) {
+                table.map.prefetch(kg, hash);
+            }
+            let (hash, kg) = at[i];
+            table.map.modify(kg, hash, key, ns, |old| f(i, old));
+        }
+        Ok(())
+    }
+
+    /// The map cell of the current key in `ns`, if any.
+    fn map_cell<N: StateKey, UK: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<Option<&MapCell<UK, V>>> {
+        let (t, c) = self.table::<N, MapCell<UK, V>>(state)?;
+        Ok(t.map
+            .get(c.kg_index, entry_hash(c.key_hash, ns), &c.key, ns))
+    }
+
+    pub(crate) fn map_iter_impl<'a, N: StateKey, UK: StateKey, V: StateValue>(
+        &'a self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, V>> {
+        Ok(match self.map_cell::<N, UK, V>(state, ns)? {
+            Some(map) => MapEntries::new(map.iter().map(|(k, v)| Ok((k.clone(), v.clone())))),
+            None => MapEntries::empty(),
+        })
+    }
+
+    pub(crate) fn map_is_empty_impl<N: StateKey, UK: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<bool> {
+        Ok(self
+            .map_cell::<N, UK, V>(state, ns)?
+            .is_none_or(|m| m.is_empty()))
+    }
+
+    pub(crate) fn map_put_all_impl<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        entries: Vec<(UK, V)>,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
+        let hash = entry_hash(c.key_hash, ns);
+        let map = t
+            .map
+            .get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
+        Arc::make_mut(map).extend(entries);
+        Ok(())
+    }
+
+    pub(crate) fn map_retain_impl<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keep: &mut dyn FnMut(&UK, &V) -> bool,
+    ) -> Result<()> {
+        // Decided on the shared map first, so a map a snapshot holds is copied only if something goes.
+        let Some(map) = self.map_cell::<N, UK, V>(state, ns)? else {
+            return Ok(());
+        };
+        let gone: Vec<UK> = map
+            .iter()
+            .filter(|(k, v)| !keep(k, v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let all = gone.len() == map.len();
+        let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
+        let hash = entry_hash(c.key_hash, ns);
+        if all {
+            t.map.remove(c.kg_index, hash, &c.key, ns);
+        } else if let Some(map) = t.map.get_mut(c.kg_index, hash, &c.key, ns) {
+            let map = Arc::make_mut(map);
+            for k in &gone {
+                map.remove(k);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn keys_and_namespaces_impl<N: StateKey>(
+        &self,
+        state: StateId,
+    ) -> Result<Vec<(K, N)>> {
+        let table = self
+            .tables
+            .get(state.0 as usize)
+            .ok_or_else(|| wrong_state(state))?;
+        let mut out: Vec<(K, N)> = Vec::new();
+        if table.keys_and_namespaces(&mut out) {
+            return Ok(out);
+        }
+        let Some(raw) = (table.as_ref() as &dyn Any).downcast_ref::<RawTable>() else {
+            return Err(wrong_state(state));
+        };
+        raw.records()
+            .map(|r| r.and_then(|(_, k, n, _)| Ok((K::decode(k)?, N::decode(n)?))))
+            .collect()
+    }
+
+    pub(crate) fn drop_state_impl(&mut self, name: &str) -> Result<bool> {
+        let Some(id) = self.by_name.remove(name) else {
+            return Ok(false);
+        };
+        let table: &mut Box<dyn ErasedTable<K>> = &mut self.tables[id.0 as usize];
+        let meta = table.meta().clone();
+        *table = Box::new(DroppedTable(meta));
+        Ok(true)
+    }
+}

@@ -1,0 +1,310 @@
+//! The LSM backend's batch access (sorted `multi_get`, one `WriteBatch`), streamed map iteration and
+//! whole-state operations (the trait methods in `backend.rs` forward here).
+
+use rocksdb::WriteBatch;
+
+use crate::error::{Error, Result};
+use crate::keyed::backend::{StateId, StateKey, StateValue};
+use crate::keyed::checks::wrong_state;
+use crate::keyed::key_group::{locate_hash, stable_key_hash};
+use crate::keyed::map_iter::MapEntries;
+use crate::keyed::router::KeyRoute;
+use crate::lsm::backend::{CurrentKey, LsmKeyedStateBackend, db_error};
+use crate::lsm::keys::{key_prefix, meta_key, push_namespace, split_row_key};
+
+/// Row keys of a batch, and the batch positions in row-key order (what `multi_get` wants).
+struct BatchRows {
+    rows: Vec<Vec<u8>>,
+    sorted: Vec<usize>,
+}
+
+impl<K: StateKey> LsmKeyedStateBackend<K> {
+    pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        if route.max_parallelism() != self.config.max_parallelism {
+            return Err(Error::InvalidArgument(format!(
+                "a route for max parallelism {} given to a backend of max parallelism {}",
+                route.max_parallelism(),
+                self.config.max_parallelism
+            )));
+        }
+        let at = locate_hash(
+            route.hash(),
+            self.config.max_parallelism,
+            self.config.key_groups,
+        )?;
+        let mut prefix = match self.current.take() {
+            Some(c) => c.prefix,
+            None => Vec::with_capacity(64),
+        };
+        // The row key needs the key's bytes; only the hash is saved.
+        prefix.clear();
+        key.encode(&mut prefix);
+        debug_assert_eq!(
+            stable_key_hash(&prefix),
+            route.hash(),
+            "the route is not the key's"
+        );
+        let key_bytes = std::mem::take(&mut prefix);
+        key_prefix(
+            at.key_group,
+            self.config.max_parallelism,
+            &key_bytes,
+            &mut prefix,
+        );
+        self.current = Some(CurrentKey {
+            key,
+            key_group: at.key_group,
+            prefix,
+        });
+        Ok(())
+    }
+
+    /// The row key of each key in `ns`, checked to be owned before anything is read or written.
+    fn batch_rows<N: StateKey>(&self, keys: &[K], ns: &N) -> Result<BatchRows> {
+        let mut bytes = Vec::new();
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            bytes.clear();
+            key.encode(&mut bytes);
+            let at = locate_hash(
+                stable_key_hash(&bytes),
+                self.config.max_parallelism,
+                self.config.key_groups,
+            )?;
+            let mut row = Vec::with_capacity(bytes.len() + 16);
+            key_prefix(at.key_group, self.config.max_parallelism, &bytes, &mut row);
+            push_namespace(&mut row, |out| ns.encode(out));
+            rows.push(row);
+        }
+        let mut sorted: Vec<usize> = (0..rows.len()).collect();
+        sorted.sort_unstable_by(|&a, &b| rows[a].cmp(&rows[b]).then(a.cmp(&b)));
+        Ok(BatchRows { rows, sorted })
+    }
+
+    /// The decoded values of `batch`'s rows, in batch order, read with one sorted `multi_get`.
+    fn read_batch<V: StateValue>(
+        &self,
+        state: StateId,
+        batch: &BatchRows,
+    ) -> Result<Vec<Option<V>>> {
+        let cf = self.cf(state)?;
+        let found = self.db.batched_multi_get_cf_opt(
+            cf,
+            batch.sorted.iter().map(|&i| &batch.rows[i]),
+            true,
+            &self.read_options,
+        );
+        let mut values: Vec<Option<V>> = Vec::with_capacity(batch.rows.len());
+        values.resize_with(batch.rows.len(), || None);
+        for (&i, got) in batch.sorted.iter().zip(found) {
+            if let Some(bytes) = got.map_err(|e| db_error("multi_get", e))? {
+                values[i] = Some(V::decode(&bytes)?);
+            }
+        }
+        Ok(values)
+    }
+
+    pub(crate) fn value_get_batch_impl<N: StateKey, V: StateValue>(
+        &self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        out: &mut Vec<Option<V>>,
+    ) -> Result<()> {
+        let batch = self.batch_rows(keys, ns)?;
+        out.extend(self.read_batch::<V>(state, &batch)?);
+        Ok(())
+    }
+
+    pub(crate) fn value_modify_batch_impl<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
+    ) -> Result<()> {
+        let batch = self.batch_rows(keys, ns)?;
+        let mut values = self.read_batch::<V>(state, &batch)?;
+        // A key twice in the batch: every position of a row works on the value of its first position
+        // (`sorted` orders equal rows by position).
+        let mut first: Vec<usize> = (0..keys.len()).collect();
+        for pair in batch.sorted.windows(2) {
+            if batch.rows[pair[0]] == batch.rows[pair[1]] {
+                first[pair[1]] = first[pair[0]];
+            }
+        }
+        let existed: Vec<bool> = values.iter().map(Option::is_some).collect();
+        let mut touched = vec![false; keys.len()];
+        for (i, &at) in first.iter().enumerate() {
+            values[at] = f(i, values[at].as_ref());
+            touched[at] = true;
+        }
+        let cf = self.cf(state)?;
+        let mut write = WriteBatch::default();
+        let mut value_bytes = Vec::new();
+        for &i in &batch.sorted {
+            if !touched[i] {
+                continue;
+            }
+            match &values[i] {
+                Some(v) => {
+                    value_bytes.clear();
+                    v.encode(&mut value_bytes);
+                    write.put_cf(cf, &batch.rows[i], &value_bytes);
+                }
+                None if existed[i] => write.delete_cf(cf, &batch.rows[i]),
+                None => {}
+            }
+        }
+        self.db
+            .write_opt(write, &self.write_options)
+            .map_err(|e| db_error("write batch", e))
+    }
+
+    pub(crate) fn map_iter_impl<'a, N: StateKey, UK: StateKey, V: StateValue>(
+        &'a self,
+        state: StateId,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, V>> {
+        let mut prefix = Vec::with_capacity(64);
+        self.row_key(ns, &mut prefix)?;
+        let cf = self.cf(state)?;
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek(&prefix);
+        let mut done = false;
+        Ok(MapEntries::new(std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            match (it.key(), it.value()) {
+                (Some(k), Some(v)) if k.starts_with(&prefix) => {
+                    let entry =
+                        UK::decode(&k[prefix.len()..]).and_then(|uk| Ok((uk, V::decode(v)?)));
+                    it.next();
+                    Some(entry)
+                }
+                _ => {
+                    done = true;
+                    it.status().err().map(|e| Err(db_error("map iteration", e)))
+                }
+            }
+        })))
+    }
+
+    pub(crate) fn map_is_empty_impl<N: StateKey>(&self, state: StateId, ns: &N) -> Result<bool> {
+        let mut prefix = Vec::with_capacity(64);
+        self.row_key(ns, &mut prefix)?;
+        let mut empty = true;
+        self.scan_prefix(state, &prefix, |_, _| {
+            empty = false;
+            Ok(false)
+        })?;
+        Ok(empty)
+    }
+
+    pub(crate) fn map_put_all_impl<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        entries: Vec<(UK, V)>,
+    ) -> Result<()> {
+        let mut prefix = Vec::with_capacity(64);
+        self.row_key(ns, &mut prefix)?;
+        let cf = self.cf(state)?;
+        let mut write = WriteBatch::default();
+        let (mut row, mut value) = (Vec::new(), Vec::new());
+        for (uk, v) in entries {
+            row.clear();
+            row.extend_from_slice(&prefix);
+            uk.encode(&mut row);
+            value.clear();
+            v.encode(&mut value);
+            write.put_cf(cf, &row, &value);
+        }
+        self.db
+            .write_opt(write, &self.write_options)
+            .map_err(|e| db_error("write batch", e))
+    }
+
+    pub(crate) fn map_retain_impl<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keep: &mut dyn FnMut(&UK, &V) -> bool,
+    ) -> Result<()> {
+        let mut prefix = Vec::with_capacity(64);
+        self.row_key(ns, &mut prefix)?;
+        let cf = self.cf(state)?;
+        let mut write = WriteBatch::default();
+        self.scan_prefix(state, &prefix, |k, v| {
+            let (uk, value) = (UK::decode(&k[prefix.len()..])?, V::decode(v)?);
+            if !keep(&uk, &value) {
+                write.delete_cf(cf, k);
+            }
+            Ok(true)
+        })?;
+        self.db
+            .write_opt(write, &self.write_options)
+            .map_err(|e| db_error("write batch", e))
+    }
+
+    pub(crate) fn keys_and_namespaces_impl<N: StateKey>(
+        &self,
+        state: StateId,
+    ) -> Result<Vec<(K, N)>> {
+        self.check_namespace::<N>(state)?;
+        let owned = self.config.key_groups;
+        let mut out = Vec::new();
+        // Rows of one (key, namespace) are adjacent (map rows differ only in their user key).
+        let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
+        self.scan_prefix(state, &[], |k, _| {
+            let row = split_row_key(k, self.config.max_parallelism)?;
+            if !owned.contains(row.key_group) {
+                return Ok(true);
+            }
+            if last
+                .as_ref()
+                .is_some_and(|(lk, ln)| lk == row.key && ln == row.namespace)
+            {
+                return Ok(true);
+            }
+            out.push((K::decode(row.key)?, N::decode(row.namespace)?));
+            last = Some((row.key.to_vec(), row.namespace.to_vec()));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    pub(crate) fn drop_state_impl(&mut self, name: &str) -> Result<bool> {
+        let Some(id) = self.by_name.remove(name) else {
+            return Ok(false);
+        };
+        let cf = std::mem::take(&mut self.states[id.0 as usize].cf);
+        self.db
+            .delete_opt(meta_key(name), &self.write_options)
+            .map_err(|e| db_error("state meta", e))?;
+        self.db
+            .drop_cf(&cf)
+            .map_err(|e| db_error(format!("column family {cf}"), e))?;
+        Ok(true)
+    }
+
+    /// A state id used with a namespace type chosen by the caller (`keys`, `keys_and_namespaces`) must
+    /// name the state's own namespace codec: bytes of one type can decode as another.
+    pub(crate) fn check_namespace<N: StateKey>(&self, state: StateId) -> Result<()> {
+        let meta = &self
+            .states
+            .get(state.0 as usize)
+            .ok_or_else(|| wrong_state(state))?
+            .meta;
+        if meta.namespace_codec != N::codec_id() {
+            return Err(Error::InvalidArgument(format!(
+                "state `{}` has namespaces of codec {}, not {}",
+                meta.name,
+                meta.namespace_codec,
+                N::codec_id()
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! The runtime-chosen `StateBackend` through checkpoint and restore, for both kinds: dropped states stay
+//! dropped, restored states can be dropped before they are registered, rescaling works through
+//! `restore_checkpoint`, and map state and namespaces survive the cycle.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+mod common;
+
+use statebackend::*;
+
+fn config(
+    kind: BackendKind,
+    parallelism: u32,
+    index: u32,
+    dir: &std::path::Path,
+) -> StateBackendConfig {
+    StateBackendConfig {
+        kind,
+        operator_id: "op".into(),
+        max_parallelism: 128,
+        parallelism,
+        subtask_index: index,
+        local_dir: dir.to_path_buf(),
+        lsm_direct_io: false,
+        ..StateBackendConfig::default()
+    }
+}
+
+fn kinds() -> Vec<BackendKind> {
+    let mut kinds = vec![BackendKind::Heap];
+    if cfg!(feature = "rocksdb") {
+        kinds.push(BackendKind::Lsm);
+    }
+    kinds
+}
+
+const NS: VoidNamespace = VoidNamespace;
+
+#[test]
+fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
+    common::runtime().block_on(async {
+        for kind in kinds() {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = CheckpointStorage::in_memory("job").unwrap();
+            let mut coordinator = common::coordinator(&storage, 2, 1).await;
+            let mut b: StateBackend<u64> =
+                StateBackend::new(&config(kind, 1, 0, dir.path())).unwrap();
+            assert_eq!(b.kind(), kind);
+            let keep = b
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("keep"))
+                .unwrap();
+            let gone = b
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("gone"))
+                .unwrap();
+            let later = b
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("later"))
+                .unwrap();
+            let windows = b
+                .map_state(&MapStateDescriptor::<u32, String, u64>::new("windows"))
+                .unwrap();
+            for k in 0..300u64 {
+                b.set_current_key(k).unwrap();
+                keep.update(&mut b, &NS, k).unwrap();
+                gone.update(&mut b, &NS, k).unwrap();
+                later.update(&mut b, &NS, k).unwrap();
+                windows
+                    .put_all(
+                        &mut b,
+                        &((k % 3) as u32),
+                        [(format!("w{k}"), k), ("x".into(), 1)],
+                    )
+                    .unwrap();
+            }
+            assert!(b.drop_state("gone").unwrap());
+            let meta = {
+                common::checkpoint(&mut coordinator, std::slice::from_mut(&mut b)).await;
+                coordinator.store().latest().unwrap().clone()
+            };
+
+            // Same parallelism: "gone" is not restored; "later" is restored, then dropped unregistered.
+            let mut r = StateBackend::<u64>::restore_checkpoint(
+                &config(kind, 1, 0, dir.path()),
+                &storage,
+                &meta,
+                RestoreMode::Claim,
+            )
+            .await
+            .unwrap();
+            let mut names = r.state_names();
+            names.sort();
+            assert_eq!(names, ["keep", "later", "windows"], "{kind}");
+            assert!(
+                r.drop_state("later").unwrap(),
+                "{kind}: a restored, unregistered state"
+            );
+            assert_eq!(r.state_names().len(), 2);
+            let keep = r
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("keep"))
+                .unwrap();
+            let gone = r
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("gone"))
+                .unwrap();
+            r.set_current_key(42).unwrap();
+            assert_eq!(keep.value(&r, &NS).unwrap(), Some(42));
+            assert_eq!(
+                gone.value(&r, &NS).unwrap(),
+                None,
+                "{kind}: a dropped state comes back empty"
+            );
+            common::checkpoint(&mut coordinator, std::slice::from_mut(&mut r)).await;
+            let meta = coordinator.store().latest().unwrap().clone();
+
+            // Rescale to 2: every key's state is in its new owner, the dropped states nowhere.
+            for index in 0..2 {
+                let mut part = StateBackend::<u64>::restore_checkpoint(
+                    &config(kind, 2, index, dir.path()),
+                    &storage,
+                    &meta,
+                    RestoreMode::NoClaim,
+                )
+                .await
+                .unwrap();
+                let mut names = part.state_names();
+                names.sort();
+                assert_eq!(names, ["gone", "keep", "windows"], "{kind}");
+                let keep = part
+                    .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("keep"))
+                    .unwrap();
+                let windows = part
+                    .map_state(&MapStateDescriptor::<u32, String, u64>::new("windows"))
+                    .unwrap();
+                let range = part.key_group_range();
+                let router = KeyGroupRouter::new(128, 2).unwrap();
+                let mut owned = 0;
+                for k in 0..300u64 {
+                    let route = router.route(&k);
+                    if !range.contains(route.key_group()) {
+                        continue;
+                    }
+                    owned += 1;
+                    assert_eq!(route.subtask(), index);
+                    part.set_current_key_routed(k, route).unwrap();
+                    assert_eq!(keep.value(&part, &NS).unwrap(), Some(k));
+                    let mut entries: Vec<_> = windows
+                        .iter(&part, &((k % 3) as u32))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect();
+                    entries.sort();
+                    assert_eq!(entries, [(format!("w{k}"), k), ("x".to_string(), 1)]);
+                }
+                let pairs = windows.keys_and_namespaces(&part).unwrap();
+                assert_eq!(
+                    pairs.len(),
+                    owned,
+                    "{kind}: one namespace per key, owned keys only"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn a_heap_checkpoint_restored_as_lsm_is_a_clear_error() {
+    if !cfg!(feature = "rocksdb") {
+        return;
+    }
+    common::runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = CheckpointStorage::in_memory("job").unwrap();
+        let mut coordinator = common::coordinator(&storage, 1, 1).await;
+        let mut b: StateBackend<u64> =
+            StateBackend::new(&config(BackendKind::Heap, 1, 0, dir.path())).unwrap();
+        common::fill(&mut b, 0..10, 1);
+        common::checkpoint(&mut coordinator, std::slice::from_mut(&mut b)).await;
+        let meta = coordinator.store().latest().unwrap().clone();
+        let err = StateBackend::<u64>::restore_checkpoint(
+            &config(BackendKind::Lsm, 1, 0, dir.path()),
+            &storage,
+            &meta,
+            RestoreMode::NoClaim,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    });
+}
