@@ -243,6 +243,17 @@ impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
     }
 
     #[inline]
+    fn value_put_batch<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<()> {
+        on!(&mut self.inner, b => b.value_put_batch::<N, V>(state, ns, keys, values))
+    }
+
+    #[inline]
     fn value_modify_batch<N: StateKey, V: StateValue>(
         &mut self,
         state: StateId,

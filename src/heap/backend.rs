@@ -547,6 +547,16 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         self.value_get_batch_impl(state, ns, keys, out)
     }
 
+    fn value_put_batch<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<()> {
+        self.value_put_batch_impl(state, ns, keys, values)
+    }
+
     fn value_modify_batch<N: StateKey, V: StateValue>(
         &mut self,
         state: StateId,

@@ -13,9 +13,9 @@ use crate::keyed::key_group::locate_hash;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 
-/// Keys looked up ahead of the current one in a batch: enough misses in flight to cover memory latency
-/// (about 10 on current cores), few enough that the prefetched lines are still cached when used.
-const PREFETCH_AHEAD: usize = 12;
+/// How far ahead of the key being looked up a batch prefetches its slot: enough misses in flight to
+/// cover memory latency, few enough that the prefetched lines are still cached when used.
+const PREFETCH_AHEAD: usize = 8;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
@@ -97,6 +97,26 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             }
             let (hash, kg) = at[i];
             out.push(table.map.get(kg, hash, key, ns).cloned());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn value_put_batch_impl<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<()> {
+        crate::keyed::state_ops::check_lengths(keys.len(), values.len())?;
+        let at = self.locate_batch(keys, ns)?;
+        let table = self.typed_mut::<N, V>(state)?;
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(&(hash, kg)) = at.get(i + PREFETCH_AHEAD) {
+                table.map.prefetch(kg, hash);
+            }
+            let (hash, kg) = at[i];
+            table.map.insert(kg, hash, key, ns, values[i].clone());
         }
         Ok(())
     }

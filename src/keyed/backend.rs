@@ -339,6 +339,20 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
         out: &mut Vec<Option<V>>,
     ) -> Result<()>;
 
+    /// Batch primitive: sets `keys[i]` to `values[i]` in `ns` without reading (a blind write; the LSM
+    /// backend writes one `WriteBatch` in row-key order). Does not change the current key.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_get_batch`]; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// if the slices differ in length. On error nothing is changed.
+    fn value_put_batch<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<()>;
+
     /// Batch primitive: replaces the value of each `keys[i]` in `ns` with `f(i, old)` (removes it on
     /// `None`), in the order of `keys`, with one lookup per key (a key twice in the batch sees its first
     /// result). Does not change the current key. The LSM backend reads with one `multi_get` and writes one

@@ -7,4 +7,4 @@ pub(crate) mod key_group;
 pub(crate) mod map_iter;
 pub(crate) mod router;
 pub(crate) mod state;
-mod state_ops;
+pub(crate) mod state_ops;

@@ -33,8 +33,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         keys: &[K],
         values: &[V],
     ) -> Result<()> {
-        check_lengths(keys.len(), values.len())?;
-        backend.value_modify_batch::<N, V>(self.id, ns, keys, &mut |i, _| Some(values[i].clone()))
+        backend.value_put_batch(self.id, ns, keys, values)
     }
 
     /// Replaces the value of each `keys[i]` with `f(i, old)` (removes it on `None`): read-modify-write
@@ -50,7 +49,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
     }
 }
 
-fn check_lengths(keys: usize, values: usize) -> Result<()> {
+pub(crate) fn check_lengths(keys: usize, values: usize) -> Result<()> {
     if keys != values {
         return Err(crate::Error::InvalidArgument(format!(
             "a batch of {keys} keys with {values} values"

@@ -116,6 +116,30 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         Ok(())
     }
 
+    pub(crate) fn value_put_batch_impl<N: StateKey, V: StateValue>(
+        &mut self,
+        state: StateId,
+        ns: &N,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<()> {
+        crate::keyed::state_ops::check_lengths(keys.len(), values.len())?;
+        let batch = self.batch_rows(keys, ns)?;
+        let cf = self.cf(state)?;
+        let mut write = WriteBatch::default();
+        let mut value_bytes = Vec::new();
+        // Row-key order (equal rows by position, so the last value of a repeated key is written last and
+        // wins): the memtable's skip list inserts sorted keys cheaply.
+        for &i in &batch.sorted {
+            value_bytes.clear();
+            values[i].encode(&mut value_bytes);
+            write.put_cf(cf, &batch.rows[i], &value_bytes);
+        }
+        self.db
+            .write_opt(write, &self.write_options)
+            .map_err(|e| db_error("write batch", e))
+    }
+
     pub(crate) fn value_modify_batch_impl<N: StateKey, V: StateValue>(
         &mut self,
         state: StateId,

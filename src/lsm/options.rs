@@ -136,6 +136,10 @@ pub fn lsm_db_options(config: &LsmBackendConfig) -> (Options, Cache) {
     opts.create_missing_column_families(true);
     opts.set_write_buffer_size(config.write_buffer_bytes);
     opts.set_max_write_buffer_number(3);
+    // A whole-key bloom filter per memtable (2% of its bytes): a key lives in one memtable or SST only,
+    // so most point reads would otherwise walk every memtable's skip list to find nothing.
+    opts.set_memtable_prefix_bloom_ratio(0.02);
+    opts.set_memtable_whole_key_filtering(true);
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_level_compaction_dynamic_level_bytes(true);
     opts.set_max_background_jobs(2);
