@@ -549,6 +549,34 @@ enum Loaded {
     Absent,
 }
 
+impl CheckpointStorage {
+    /// The metadata of completed checkpoint `id`, read from storage (for a task that restores on its own,
+    /// away from the coordinator; read-only).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound) if the checkpoint has no `_metadata` (never completed,
+    /// or deleted); [`Error::Corrupt`](crate::Error::Corrupt) if it does not decode; storage errors.
+    pub async fn read_checkpoint_metadata(&self, id: u64) -> Result<CheckpointMetadata> {
+        read_metadata(self, id).await
+    }
+
+    /// Whether checkpoint `id` has completed: its `_metadata` exists (a task's hint that it may confirm
+    /// its snapshot, when its engine has no channel back from the coordinator; read-only).
+    ///
+    /// # Errors
+    /// Storage errors other than absence.
+    pub async fn checkpoint_completed(&self, id: u64) -> Result<bool> {
+        match self
+            .head(&format!("{}/{METADATA_FILE}", checkpoint_dir(id)))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Reads and decodes the metadata of checkpoint `id`.
 pub(crate) async fn read_metadata(
     storage: &CheckpointStorage,

@@ -1,0 +1,154 @@
+//! What the job adds to timely for checkpoints: the coordinator at worker 0 and the acknowledgements that
+//! travel to it as timely records (a one-task `_metadata` encoding, `docs/formats.md`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use statebackend::*;
+
+use crate::args::Args;
+
+/// The source operator: its operator state is the offset of each split (`split-<j>`, u64 LE).
+pub(crate) const SOURCE: &str = "source";
+/// The counting operator: keyed state.
+pub(crate) const COUNT: &str = "count";
+
+/// An acknowledgement on its way to the coordinator: checkpoint id, the task's snapshot (encoded), and
+/// its metrics (sync and async phase in µs, bytes uploaded, bytes referenced, files uploaded, reused).
+pub(crate) type AckRecord = (u64, Vec<u8>, [u64; 6]);
+
+/// The metrics of a snapshot as an [`AckRecord`] carries them.
+pub(crate) fn metrics_fields(m: &SnapshotMetrics) -> [u64; 6] {
+    [
+        m.sync_duration.as_micros() as u64,
+        m.async_duration.as_micros() as u64,
+        m.checkpointed_bytes,
+        m.full_bytes,
+        u64::from(m.files_uploaded),
+        u64::from(m.files_reused),
+    ]
+}
+
+fn metrics_of(f: &[u64; 6]) -> SnapshotMetrics {
+    SnapshotMetrics {
+        sync_duration: Duration::from_micros(f[0]),
+        async_duration: Duration::from_micros(f[1]),
+        checkpointed_bytes: f[2],
+        full_bytes: f[3],
+        files_uploaded: f[4] as u32,
+        files_reused: f[5] as u32,
+        ..SnapshotMetrics::default()
+    }
+}
+
+/// Encodes a task's acknowledgement as a record.
+pub(crate) fn encode_ack(
+    checkpoint_id: u64,
+    task: TaskStateSnapshot,
+    metrics: Option<&SnapshotMetrics>,
+) -> AckRecord {
+    let meta = CheckpointMetadata {
+        checkpoint_id,
+        timestamp_ms: 0,
+        kind: SnapshotKind::Checkpoint,
+        tasks: vec![task],
+    };
+    (
+        checkpoint_id,
+        meta.to_bytes().expect("a task snapshot fits the format"),
+        metrics.map_or([u64::MAX; 6], metrics_fields),
+    )
+}
+
+/// The source's acknowledgement: the offsets of the splits it read up to the end of the epoch.
+pub(crate) fn source_ack(checkpoint_id: u64, worker: u32, offsets: &[(u32, u64)]) -> AckRecord {
+    let operator_state: BTreeMap<String, Vec<u8>> = offsets
+        .iter()
+        .map(|(split, next)| (format!("split-{split}"), next.to_le_bytes().to_vec()))
+        .collect();
+    encode_ack(
+        checkpoint_id,
+        TaskStateSnapshot {
+            operator_id: SOURCE.into(),
+            subtask_index: worker,
+            keyed_state: None,
+            operator_state,
+        },
+        None,
+    )
+}
+
+/// Split offsets stored in a checkpoint, from every source task of whatever parallelism wrote it: the
+/// redistribution of Flink's operator list state, one element per split.
+pub(crate) fn restored_offsets(meta: &CheckpointMetadata) -> HashMap<u32, u64> {
+    let mut offsets = HashMap::new();
+    for task in meta.tasks.iter().filter(|t| t.operator_id == SOURCE) {
+        for (name, bytes) in &task.operator_state {
+            let split = name.strip_prefix("split-").and_then(|s| s.parse().ok());
+            let next = <[u8; 8]>::try_from(bytes.as_slice()).map(u64::from_le_bytes);
+            if let (Some(split), Ok(next)) = (split, next) {
+                offsets.insert(split, next);
+            }
+        }
+    }
+    offsets
+}
+
+/// The job's checkpoint storage.
+pub(crate) fn storage(args: &Args) -> Result<CheckpointStorage> {
+    CheckpointStorage::from_url(
+        &args.checkpoint_dir,
+        &args.job_id,
+        &StorageSettings::default(),
+    )
+}
+
+/// Opens the coordinator (worker 0): one source and one count task per worker.
+pub(crate) async fn open_coordinator(
+    storage: &CheckpointStorage,
+    peers: u32,
+) -> Result<CheckpointCoordinator> {
+    CheckpointCoordinator::open(
+        storage.clone(),
+        CoordinatorConfig {
+            operators: vec![
+                OperatorTasks {
+                    operator_id: SOURCE.into(),
+                    parallelism: peers,
+                },
+                OperatorTasks {
+                    operator_id: COUNT.into(),
+                    parallelism: peers,
+                },
+            ],
+            retained_checkpoints: 2,
+            checkpoint_timeout: Duration::from_secs(60),
+        },
+    )
+    .await
+}
+
+/// Hands an acknowledgement record to the coordinator.
+pub(crate) async fn acknowledge(coordinator: &mut CheckpointCoordinator, record: &AckRecord) {
+    let (id, bytes, fields) = record;
+    let metrics = (fields[0] != u64::MAX).then(|| metrics_of(fields));
+    let task = match CheckpointMetadata::from_bytes(bytes, "<ack record>") {
+        Ok(mut meta) if meta.tasks.len() == 1 => meta.tasks.remove(0),
+        Ok(_) | Err(_) => {
+            eprintln!("checkpoint {id}: an acknowledgement that does not decode, ignored");
+            return;
+        }
+    };
+    match coordinator.acknowledge(*id, task, metrics).await {
+        Ok(Acknowledgement::Completed(stats)) => {
+            eprintln!(
+                "checkpoint {id} completed: {} bytes uploaded, {} bytes in all, sync phase max {} µs",
+                stats.checkpointed_bytes,
+                stats.full_bytes,
+                stats.sync_duration.as_micros()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("checkpoint {id}: acknowledgement refused: {e}"),
+    }
+}

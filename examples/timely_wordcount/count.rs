@@ -1,0 +1,204 @@
+//! The counting operator: keyed state in a `StateBackend`; the frontier passing an epoch is its
+//! checkpoint barrier (synchronous phase in the operator, asynchronous phase on tokio, acknowledgement as
+//! an output record, confirmation by polling storage for the checkpoint's `_metadata`).
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use statebackend::*;
+use timely::dataflow::operators::Capability;
+
+use crate::checkpointing::{AckRecord, COUNT, encode_ack};
+
+/// A word record: the word, its stable hash (computed once at the source, used by the exchange and by
+/// state access) and its event time (its position in its split, in ms).
+pub(crate) type Record = (String, u64, u64);
+
+/// Both ends of a channel from tokio tasks back to the operator.
+type Channel<T> = (mpsc::Sender<T>, mpsc::Receiver<T>);
+
+/// The final counts of a task: `(word, window, count)`, window 0 without windows.
+pub(crate) type Counts = Vec<(String, u64, u64)>;
+
+/// Where a counting task checkpoints to and runs its asynchronous phases.
+pub(crate) struct Env {
+    pub(crate) storage: CheckpointStorage,
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// The task's index (= worker index).
+    pub(crate) worker: u32,
+    /// Whether the job checkpoints.
+    pub(crate) checkpointing: bool,
+}
+
+/// How the operator counts.
+pub(crate) enum Counting {
+    /// One total per word.
+    Total(ReducingState<VoidNamespace, u64>),
+    /// One count per word and tumbling window (namespace: the window's index).
+    Windows {
+        state: ReducingState<u64, u64>,
+        window_ms: u64,
+    },
+}
+
+/// State of one counting task.
+pub(crate) struct Counter {
+    pub(crate) backend: StateBackend<String>,
+    pub(crate) counting: Counting,
+    pub(crate) router: KeyGroupRouter,
+    pub(crate) env: Env,
+    /// Epochs from this one on are checkpoints not yet snapshotted.
+    pub(crate) next_checkpoint: u64,
+    results: Channel<(u64, statebackend::Result<SnapshotResult>)>,
+    confirmations: Channel<(u64, bool)>,
+    /// Asynchronous phases running (their acknowledgements need the output capability).
+    pub(crate) running: usize,
+    /// Confirmations being waited for.
+    pub(crate) waiting: usize,
+    keys: Vec<String>,
+    ones: Vec<u64>,
+}
+
+impl Counter {
+    pub(crate) fn new(
+        backend: StateBackend<String>,
+        counting: Counting,
+        router: KeyGroupRouter,
+        env: Env,
+        first_checkpoint: u64,
+    ) -> Self {
+        Counter {
+            backend,
+            counting,
+            router,
+            env,
+            next_checkpoint: first_checkpoint,
+            results: mpsc::channel(),
+            confirmations: mpsc::channel(),
+            running: 0,
+            waiting: 0,
+            keys: Vec::new(),
+            ones: Vec::new(),
+        }
+    }
+
+    /// Counts a batch of records.
+    pub(crate) fn count(&mut self, records: &mut Vec<Record>) -> statebackend::Result<()> {
+        match &self.counting {
+            Counting::Total(state) => {
+                // Batch access: one call per timely batch.
+                self.keys.clear();
+                self.keys.extend(records.drain(..).map(|(word, _, _)| word));
+                self.ones.clear();
+                self.ones.resize(self.keys.len(), 1);
+                state.add_batch(&mut self.backend, &VoidNamespace, &self.keys, &self.ones)
+            }
+            Counting::Windows { state, window_ms } => {
+                // Per record, located by the hash the source computed: no second hash of the word.
+                for (word, hash, event_time) in records.drain(..) {
+                    let route = self.router.route_hash(hash);
+                    self.backend.set_current_key_routed(word, route)?;
+                    state.add(&mut self.backend, &(event_time / window_ms), 1)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Synchronous phase of checkpoint `id` (every record of epochs up to `id` is counted); the
+    /// asynchronous phase goes to tokio.
+    pub(crate) fn snapshot(&mut self, id: u64) {
+        self.next_checkpoint = id + 1;
+        match self.backend.snapshot(id, &self.env.storage) {
+            Ok(pending) => {
+                let tx = self.results.0.clone();
+                self.running += 1;
+                self.env.runtime.spawn(async move {
+                    let _ = tx.send((id, pending.run().await));
+                });
+            }
+            Err(e) => eprintln!("worker {}: checkpoint {id} declined: {e}", self.env.worker),
+        }
+    }
+
+    /// Acknowledgements of finished asynchronous phases, and confirmations that arrived.
+    pub(crate) fn poll(&mut self, cap: Option<&Capability<u64>>, out: &mut Vec<AckRecord>) {
+        while let Ok((id, done)) = self.confirmations.1.try_recv() {
+            self.waiting -= 1;
+            if done {
+                self.backend.notify_checkpoint_complete(id);
+            } else {
+                self.backend.notify_checkpoint_aborted(id);
+            }
+        }
+        if cap.is_none() {
+            return;
+        }
+        while let Ok((id, result)) = self.results.1.try_recv() {
+            self.running -= 1;
+            match result {
+                Ok(result) => {
+                    out.push(encode_ack(
+                        id,
+                        TaskStateSnapshot {
+                            operator_id: COUNT.into(),
+                            subtask_index: self.env.worker,
+                            keyed_state: Some(result.handle),
+                            ..Default::default()
+                        },
+                        Some(&result.metrics),
+                    ));
+                    self.waiting += 1;
+                    self.wait_for_completion(id);
+                }
+                Err(e) => {
+                    eprintln!("worker {}: checkpoint {id} failed: {e}", self.env.worker);
+                    self.backend.notify_checkpoint_aborted(id);
+                }
+            }
+        }
+    }
+
+    /// Polls storage for the checkpoint's `_metadata` (the coordinator writes it on completion) for up to
+    /// the coordinator's timeout.
+    fn wait_for_completion(&self, id: u64) {
+        let storage = self.env.storage.clone();
+        let tx = self.confirmations.0.clone();
+        self.env.runtime.spawn(async move {
+            let start = Instant::now();
+            let done = loop {
+                if storage.checkpoint_completed(id).await.unwrap_or(false) {
+                    break true;
+                }
+                if start.elapsed() > Duration::from_secs(60) {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let _ = tx.send((id, done));
+        });
+    }
+
+    /// The final counts of this task: `(word, window, count)` (window 0 without windows).
+    pub(crate) fn results(&mut self) -> statebackend::Result<Counts> {
+        let mut out = Vec::new();
+        match &self.counting {
+            Counting::Total(state) => {
+                let words = state.keys_with_state(&self.backend, &VoidNamespace)?;
+                let mut counts = Vec::with_capacity(words.len());
+                state.get_batch(&self.backend, &VoidNamespace, &words, &mut counts)?;
+                for (word, count) in words.into_iter().zip(counts) {
+                    out.push((word, 0, count.unwrap_or(0)));
+                }
+            }
+            Counting::Windows { state, .. } => {
+                for (word, window) in state.keys_and_namespaces(&self.backend)? {
+                    self.backend.set_current_key(word.clone())?;
+                    let count = state.get(&self.backend, &window)?.unwrap_or(0);
+                    out.push((word, window, count));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

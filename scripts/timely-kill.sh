@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The timely word count across processes, with failures and a rescale:
+#   1. 2 processes x 2 workers on localhost; one process is killed with SIGKILL mid-run (after at least
+#      one completed checkpoint); the other loses its peer and exits; both are restarted with --resume;
+#   2. the restarted job is killed again (SIGKILL, both processes) and resumed at 3 workers in one
+#      process (rescale 4 -> 3), killed again, and resumed at 2 x 2 (rescale 3 -> 4) to the end;
+#   3. the output must equal a single-pass count (`--verify`).
+# usage: scripts/timely-kill.sh [heap|lsm] [WORDS_PER_SPLIT] [CHECKPOINT_URL] [-- extra job flags]
+#   CHECKPOINT_URL: default a new local directory; s3://bucket/prefix needs the S3 variables
+#   (`. scripts/s3-test-server.sh`) and builds with --features aws.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backend="${1:-heap}"
+words="${2:-2000000}"
+url="${3:-}"
+shift $(( $# < 3 ? $# : 3 ))
+[ "${1:-}" = "--" ] && shift
+extra=("$@")
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/statebackend-target}"
+features=()
+[[ "$url" == s3://* ]] && features=(--features aws)
+cargo build -q --release --example timely_wordcount "${features[@]}"
+bin="$CARGO_TARGET_DIR/release/examples/timely_wordcount"
+work=$(mktemp -d)
+ck="${url:-$work/checkpoints}"
+base=$((20000 + RANDOM % 20000))
+printf '127.0.0.1:%d\n127.0.0.1:%d\n' "$base" $((base + 1)) >"$work/hosts"
+common=(--backend "$backend" --checkpoint-dir "$ck" --job-id "timely-kill-$$" --output-dir "$work/out"
+  --words-per-split "$words" --local-dir "$work/local" "${extra[@]}")
+
+# Waits until checkpoint storage holds a completed checkpoint above $1 (the log says so), at most 60 s.
+wait_for_checkpoint_after() {
+  local after=$1 log=$2
+  for _ in $(seq 600); do
+    local last
+    last=$(grep -o 'checkpoint [0-9]* completed' "$log" 2>/dev/null | awk '{print $2}' | tail -1)
+    if [ -n "$last" ] && [ "$last" -gt "$after" ]; then echo "$last"; return 0; fi
+    sleep 0.1
+  done
+  echo "no checkpoint completed in 60 s" >&2
+  cat "$log" >&2
+  return 1
+}
+
+start_cluster() { # $1: log prefix; other args: extra flags
+  local prefix=$1; shift
+  "$bin" "${common[@]}" -w 2 -n 2 -h "$work/hosts" -p 1 "$@" >"$work/$prefix-p1.log" 2>&1 &
+  p1=$!
+  "$bin" "${common[@]}" -w 2 -n 2 -h "$work/hosts" -p 0 "$@" >"$work/$prefix-p0.log" 2>&1 &
+  p0=$!
+}
+
+# 1. Two processes; SIGKILL one of them mid-run.
+start_cluster run1
+done_ck=$(wait_for_checkpoint_after 0 "$work/run1-p0.log")
+kill -9 "$p1"
+echo "run 1 (2 x 2 workers): checkpoint $done_ck completed, process 1 killed"
+# The survivor loses its peer; it must not finish the job on its own.
+for _ in $(seq 100); do kill -0 "$p0" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$p0" 2>/dev/null; then kill -9 "$p0"; echo "  process 0 did not exit on its own: killed"; fi
+wait "$p0" 2>/dev/null || true
+wait "$p1" 2>/dev/null || true
+
+# 2. Resume on 2 x 2, kill both after a new checkpoint.
+start_cluster run2 --resume
+done_ck=$(wait_for_checkpoint_after "$done_ck" "$work/run2-p0.log")
+kill -9 "$p0" "$p1"; wait "$p0" "$p1" 2>/dev/null || true
+echo "run 2 (resumed, 2 x 2): $(grep -o 'restoring [a-z0-9 ]*' "$work/run2-p0.log"), checkpoint $done_ck completed, both killed"
+
+# Rescale 4 -> 3 workers in one process, killed after a new checkpoint.
+"$bin" "${common[@]}" -w 3 --resume >"$work/run3.log" 2>&1 &
+p=$!
+done_ck=$(wait_for_checkpoint_after "$done_ck" "$work/run3.log")
+kill -9 "$p"; wait "$p" 2>/dev/null || true
+echo "run 3 (resumed at 3 workers): $(grep -o 'restoring [a-z0-9 ]*' "$work/run3.log"), checkpoint $done_ck completed, killed"
+
+# 3. Rescale 3 -> 4 (2 x 2) and run to the end.
+start_cluster run4 --resume
+wait "$p0"; wait "$p1"
+echo "run 4 (resumed at 2 x 2): $(grep -o 'restoring [a-z0-9 ]*' "$work/run4-p0.log"), finished"
+grep -h 'words/s' "$work/run4-p0.log" "$work/run4-p1.log"
+"$bin" "${common[@]}" -w 2 -n 2 --verify
+rm -rf "$work"
