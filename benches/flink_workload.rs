@@ -111,8 +111,15 @@ fn run_once<B: Subject>(
 ) -> Figures {
     let mut keys: Vec<i64> = (0..KEYS).collect();
     keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(run as u64));
-    let storage =
-        CheckpointStorage::local(dir, &format!("{}-run-{run}", B::NAME), false).expect("storage");
+    let storage = CheckpointStorage::local(
+        dir,
+        &format!("{}-run-{run}", B::NAME),
+        &StorageSettings {
+            fsync: false,
+            ..StorageSettings::default()
+        },
+    )
+    .expect("storage");
     let mut b = B::create(dir);
     let desc = ValueStateDescriptor::<VoidNamespace, i64>::new("value");
     let s = b.value_state(&desc).expect("state");

@@ -122,8 +122,12 @@ fn bench(c: &mut Criterion) {
             "value",
         ))
         .expect("state");
-    let storage =
-        CheckpointStorage::local(dir.path().join("checkpoints"), "job", true).expect("storage");
+    let storage = CheckpointStorage::local(
+        dir.path().join("checkpoints"),
+        "job",
+        &StorageSettings::default(),
+    )
+    .expect("storage");
     let mut ours = Ours {
         backend,
         state,

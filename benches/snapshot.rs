@@ -61,7 +61,15 @@ fn async_phase(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Bytes(probe.metrics.state_bytes));
     for (name, fsync) in [("local_dir", false), ("local_dir_fsync", true)] {
-        let storage = CheckpointStorage::local(dir.path(), name, fsync).expect("storage");
+        let storage = CheckpointStorage::local(
+            dir.path(),
+            name,
+            &StorageSettings {
+                fsync,
+                ..StorageSettings::default()
+            },
+        )
+        .expect("storage");
         g.bench_function(name, |bench| {
             bench.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

@@ -260,7 +260,15 @@ fn a_failed_upload_fails_the_checkpoint_and_keeps_the_previous_one() {
 
 /// Two retained checkpoints; returns the storage and the keyed file path of the latest.
 async fn two_checkpoints(dir: &std::path::Path) -> (CheckpointStorage, object_store::path::Path) {
-    let storage = CheckpointStorage::local(dir, "corrupt", false).unwrap();
+    let storage = CheckpointStorage::local(
+        dir,
+        "corrupt",
+        &StorageSettings {
+            fsync: false,
+            ..StorageSettings::default()
+        },
+    )
+    .unwrap();
     let (mut c, mut b) = setup(&storage, 2).await;
     for round in 1..=2 {
         write_round(&mut b[0], round);

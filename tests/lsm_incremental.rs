@@ -386,7 +386,17 @@ fn corrupt_or_missing_sst_is_a_typed_error_and_restore_falls_back() {
 #[test]
 fn corrupt_or_missing_sst_in_a_local_directory_is_caught_despite_hard_links() {
     let dir = tempfile::tempdir().unwrap();
-    corrupt_or_missing_sst(CheckpointStorage::local(dir.path(), "corrupt", false).unwrap());
+    corrupt_or_missing_sst(
+        CheckpointStorage::local(
+            dir.path(),
+            "corrupt",
+            &StorageSettings {
+                fsync: false,
+                ..StorageSettings::default()
+            },
+        )
+        .unwrap(),
+    );
 }
 
 fn corrupt_or_missing_sst(storage: CheckpointStorage) {

@@ -440,7 +440,15 @@ fn heap_snapshot_files_of_aborted_checkpoints_are_swept() {
 fn staging_files_of_a_killed_write_and_odd_names_are_swept_from_a_local_directory() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let storage = CheckpointStorage::local(dir.path(), "staging", false).unwrap();
+        let storage = CheckpointStorage::local(
+            dir.path(),
+            "staging",
+            &StorageSettings {
+                fsync: false,
+                ..StorageSettings::default()
+            },
+        )
+        .unwrap();
         let (mut coord, clock) = clocked(&storage, 1, 1).await;
         let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
         fill(&mut b[0], 0..100, 1);

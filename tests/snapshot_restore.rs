@@ -167,8 +167,15 @@ fn restore_into_a_different_max_parallelism_is_refused() {
 fn unregistered_restored_state_survives_the_next_snapshot() {
     let rt = runtime();
     rt.block_on(async {
-        let storage =
-            CheckpointStorage::local(tempfile::tempdir().unwrap().keep(), "carry", false).unwrap();
+        let storage = CheckpointStorage::local(
+            tempfile::tempdir().unwrap().keep(),
+            "carry",
+            &StorageSettings {
+                fsync: false,
+                ..StorageSettings::default()
+            },
+        )
+        .unwrap();
         let mut b = HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap();
         fill(&mut b, 0..1_000);
         let first = b.snapshot(1, &storage).unwrap().run().await.unwrap();

@@ -13,7 +13,9 @@ pub(crate) fn word_at(seed: u64, split: u32, position: u64, distinct: u64) -> u6
     z ^= z >> 31;
     let u = (z >> 11) as f64 / (1u64 << 53) as f64;
     // distinct^u is in [1, distinct): word n has probability log((n + 2) / (n + 1)) / log(distinct).
-    ((distinct as f64).powf(u) as u64).saturating_sub(1).min(distinct - 1)
+    ((distinct as f64).powf(u) as u64)
+        .saturating_sub(1)
+        .min(distinct - 1)
 }
 
 /// The word text of a word number.

@@ -13,7 +13,6 @@
 
 mod args;
 mod source;
-#[macro_use]
 mod task;
 
 use std::collections::BTreeMap;
@@ -21,17 +20,15 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-#[cfg(feature = "rocksdb")]
-use statebackend::LsmBackendConfig;
 use statebackend::{
     CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
-    CoordinatorConfig, HeapBackendConfig, KeyedStateBackend, StorageSettings, TaskStateSnapshot,
-    default_max_parallelism,
+    CoordinatorConfig, KeyGroupRouter, KeyedStateBackend, RestoreMode, StateBackend,
+    StateBackendConfig, StorageSettings, TaskStateSnapshot, default_max_parallelism,
 };
 
 use crate::args::Args;
 use crate::source::{Source, open_source, single_pass_count, words};
-use crate::task::{Backend, BackendConfig, Task};
+use crate::task::Task;
 
 const OPERATOR: &str = "word-counter";
 const OFFSET_STATE: &str = "source-offset";
@@ -71,7 +68,7 @@ impl Job {
             self.rt.block_on(self.coordinator.abort(flight.id))?;
             task.backends
                 .iter_mut()
-                .for_each(|b| on!(b, b => b.notify_checkpoint_aborted(flight.id)));
+                .for_each(|b| b.notify_checkpoint_aborted(flight.id));
             return results
                 .into_iter()
                 .find_map(Result::err)
@@ -101,14 +98,14 @@ impl Job {
                 for old in &stats.aborted_pending {
                     task.backends
                         .iter_mut()
-                        .for_each(|b| on!(b, b => b.notify_checkpoint_aborted(*old)));
+                        .for_each(|b| b.notify_checkpoint_aborted(*old));
                 }
                 self.completed.push(stats);
             }
         }
         task.backends
             .iter_mut()
-            .for_each(|b| on!(b, b => b.notify_checkpoint_complete(flight.id)));
+            .for_each(|b| b.notify_checkpoint_complete(flight.id));
         Ok(())
     }
 
@@ -120,16 +117,18 @@ impl Job {
         source: &mut Source,
         attempt: u32,
     ) -> statebackend::Result<Task> {
-        let configs: Vec<BackendConfig> = (0..parallelism)
-            .map(|i| self.backend_config(max_parallelism, parallelism, i))
-            .collect::<statebackend::Result<_>>()?;
+        let config = self.backend_config(max_parallelism)?;
+        let configs: Vec<StateBackendConfig> = (0..parallelism)
+            .map(|i| config.for_subtask(parallelism, i))
+            .collect();
+        let router = KeyGroupRouter::new(max_parallelism, parallelism)?;
         if self.coordinator.store().latest().is_none() {
             source.seek(0).map_err(io_err)?;
             let backends = configs
-                .into_iter()
-                .map(BackendConfig::create)
+                .iter()
+                .map(StateBackend::new)
                 .collect::<statebackend::Result<_>>()?;
-            return Task::new(backends, parallelism, max_parallelism);
+            return Task::new(backends, router);
         }
         let started = Instant::now();
         let storage = self.storage.clone();
@@ -156,8 +155,13 @@ impl Job {
                             )
                         })?;
                     let mut backends = Vec::new();
-                    for config in configs {
-                        backends.push(config.restore(&storage, &handles).await?);
+                    for config in &configs {
+                        // A failover resumes the job's own checkpoints: CLAIM, so LSM checkpoints stay
+                        // incremental.
+                        backends.push(
+                            StateBackend::restore(config, &storage, &handles, RestoreMode::Claim)
+                                .await?,
+                        );
                     }
                     Ok((backends, offset))
                 }
@@ -169,46 +173,28 @@ impl Job {
             .iter()
             .map(|s| format!("chk-{} ({})", s.checkpoint_id, s.reason))
             .collect();
-        let entries: u64 = backends.iter().map(Backend::entries).sum();
+        let task = Task::new(backends, router)?;
+        let entries = task.entries();
         self.restores.push(format!(
             "attempt {attempt}: restored checkpoint {} at parallelism {parallelism} in {:.1} ms, {entries} entries, source offset {offset}{}",
             outcome.checkpoint_id,
             started.elapsed().as_secs_f64() * 1e3,
             if skipped.is_empty() { String::new() } else { format!(", skipped unreadable {}", skipped.join(", ")) }
         ));
-        Task::new(backends, parallelism, max_parallelism)
+        Ok(task)
     }
 
-    fn backend_config(
-        &self,
-        max_parallelism: u32,
-        parallelism: u32,
-        index: u32,
-    ) -> statebackend::Result<BackendConfig> {
-        match self.args.backend.as_str() {
-            #[cfg(feature = "rocksdb")]
-            "rocksdb" => {
-                let dir = self.args.local_dir.clone().unwrap_or_else(|| {
-                    std::env::temp_dir().join(format!("statebackend-{}", self.args.job_id))
-                });
-                Ok(BackendConfig::Lsm(LsmBackendConfig::for_subtask(
-                    OPERATOR,
-                    max_parallelism,
-                    parallelism,
-                    index,
-                    dir,
-                )?))
-            }
-            "heap" => Ok(BackendConfig::Heap(HeapBackendConfig::for_subtask(
-                OPERATOR,
-                max_parallelism,
-                parallelism,
-                index,
-            )?)),
-            other => Err(statebackend::Error::InvalidArgument(format!(
-                "backend `{other}` is not built in (rocksdb needs the default `rocksdb` feature)"
-            ))),
-        }
+    /// The settings of the job's backends (subtask 0 of 1; `for_subtask` gives the others).
+    fn backend_config(&self, max_parallelism: u32) -> statebackend::Result<StateBackendConfig> {
+        Ok(StateBackendConfig {
+            kind: self.args.backend.parse()?,
+            operator_id: OPERATOR.into(),
+            max_parallelism,
+            local_dir: self.args.local_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("statebackend-{}", self.args.job_id))
+            }),
+            ..StateBackendConfig::default()
+        })
     }
 
     fn run_attempt(
@@ -259,7 +245,7 @@ impl Job {
                 let id = self.rt.block_on(self.coordinator.trigger())?;
                 let mut tasks = Vec::new();
                 for b in &mut task.backends {
-                    let pending = on!(b, b => b.snapshot(id, &self.storage))?;
+                    let pending = b.snapshot(id, &self.storage)?;
                     tasks.push(self.rt.spawn(pending.run()));
                 }
                 in_flight = Some(InFlight {

@@ -111,7 +111,8 @@ mod tests {
     async fn local_storage_syncs_new_directories_and_orders_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("a").join("b");
-        let storage = CheckpointStorage::local(&root, "job", true).unwrap();
+        let storage =
+            CheckpointStorage::local(&root, "job", &crate::StorageSettings::default()).unwrap();
         assert_eq!(
             events_below(dir.path()),
             ["create /a/b", "sync /a/b", "sync /a", "sync "],

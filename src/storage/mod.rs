@@ -60,11 +60,17 @@ pub struct CheckpointStorage {
 
 impl CheckpointStorage {
     /// Storage in the local directory `dir` (created if missing), under `dir/<job_id>/`. This is the embedded
-    /// default. With `fsync`, every file is synced to disk before it counts as written.
+    /// default. With `settings.fsync` (the default), every file is synced to disk before it counts as
+    /// written; the remote-store settings do not apply.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `dir` cannot be created or `job_id` is not a valid path segment.
-    pub fn local(dir: impl AsRef<std::path::Path>, job_id: &str, fsync: bool) -> Result<Self> {
+    pub fn local(
+        dir: impl AsRef<std::path::Path>,
+        job_id: &str,
+        settings: &StorageSettings,
+    ) -> Result<Self> {
+        let fsync = settings.fsync;
         let dir = dir.as_ref();
         durable::create_dirs(dir, fsync).map_err(|e| {
             Error::InvalidArgument(format!(

@@ -68,7 +68,7 @@ impl CheckpointStorage {
         let parsed = match ::url::Url::parse(url) {
             Ok(u) if u.scheme().len() > 1 => u,
             // No scheme (or a Windows drive letter): a local path.
-            _ => return CheckpointStorage::local(url, job_id, settings.fsync),
+            _ => return CheckpointStorage::local(url, job_id, settings),
         };
         let invalid =
             |what: String| Error::InvalidArgument(format!("checkpoint storage `{url}`: {what}"));
@@ -78,7 +78,7 @@ impl CheckpointStorage {
                 let dir = parsed
                     .to_file_path()
                     .map_err(|()| invalid("not a local path".into()))?;
-                return CheckpointStorage::local(dir, job_id, settings.fsync);
+                return CheckpointStorage::local(dir, job_id, settings);
             }
             "memory" => Arc::new(InMemory::new()),
             scheme => cloud(scheme, &parsed, settings).map_err(invalid)?,
