@@ -13,45 +13,43 @@
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> statebackend::Result<()> {
-//! let storage = CheckpointStorage::in_memory("wordcount")?;
-//! let config = HeapBackendConfig::for_subtask("counter", 128, 1, 0)?;
-//! let mut backend: HeapKeyedStateBackend<String> = HeapKeyedStateBackend::new(config.clone())?;
-//! let counts = backend.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("count"))?;
+//! // One subtask's backend, heap or LSM as the settings say (`StateBackendConfig` is plain data).
+//! let config = StateBackendConfig { operator_id: "sessions".into(), ..StateBackendConfig::default() };
+//! let mut backend: StateBackend<String> = StateBackend::new(&config)?;
+//! // Per user: events per session window (the namespace is the window's start, ms).
+//! let events = backend.reducing_state(&ReducingStateDescriptor::<u64, u64>::new("events", |a, b| a + b))?;
+//! backend.set_current_key("alice".to_string())?;
+//! events.add(&mut backend, &1_000, 3)?;
+//! events.add(&mut backend, &1_500, 2)?;
+//! // The two sessions merge (as Flink's session windows): 1_500 folds into 1_000.
+//! events.merge_namespaces(&mut backend, &1_000, &[1_500])?;
+//! assert_eq!(events.get(&backend, &1_000)?, Some(5));
+//! assert_eq!(events.keys_and_namespaces(&backend)?, vec![("alice".to_string(), 1_000)]);
 //!
-//! for word in ["to", "be", "or", "not", "to", "be"] {
-//!     backend.set_current_key(word.to_string())?;
-//!     let n = counts.value(&backend, &VoidNamespace)?.unwrap_or(0);
-//!     counts.update(&mut backend, &VoidNamespace, n + 1)?;
-//! }
-//!
-//! // Checkpoint: the synchronous phase freezes, the asynchronous phase writes.
-//! let mut coordinator = CheckpointCoordinator::open(
-//!     storage.clone(),
-//!     CoordinatorConfig::single_operator("counter", 1, 2),
-//! ).await?;
+//! // A checkpoint: the synchronous phase freezes, the asynchronous phase writes.
+//! let storage = CheckpointStorage::in_memory("sessions-job")?;
+//! let mut coordinator =
+//!     CheckpointCoordinator::open(storage.clone(), CoordinatorConfig::single_operator("sessions", 1, 2)).await?;
 //! let id = coordinator.trigger().await?;
-//! let pending = backend.snapshot(id, &storage)?;
-//! let result = pending.run().await?;
-//! let task = TaskStateSnapshot {
-//!     operator_id: "counter".into(),
-//!     subtask_index: 0,
-//!     keyed_state: Some(result.handle),
-//!     ..Default::default()
-//! };
-//! let ack = coordinator.acknowledge(id, task, Some(result.metrics)).await?;
+//! let result = backend.snapshot(id, &storage)?.run().await?;
+//! let ack = coordinator.acknowledge(id, TaskStateSnapshot::keyed("sessions", 0, result.handle), None).await?;
 //! assert!(matches!(ack, Acknowledgement::Completed(_)));
 //! backend.notify_checkpoint_complete(id);
 //!
 //! // Restore a fresh backend from the latest completed checkpoint.
 //! let latest = coordinator.store().latest().expect("one checkpoint").clone();
-//! let handles = latest.keyed_handles("counter");
-//! let mut restored = HeapKeyedStateBackend::<String>::restore(config, &storage, &handles).await?;
-//! let counts = restored.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("count"))?;
-//! restored.set_current_key("to".to_string())?;
-//! assert_eq!(counts.value(&restored, &VoidNamespace)?, Some(2));
+//! let mut restored = StateBackend::<String>::restore_checkpoint(&config, &storage, &latest, RestoreMode::Claim).await?;
+//! let events = restored.reducing_state(&ReducingStateDescriptor::<u64, u64>::new("events", |a, b| a + b))?;
+//! restored.set_current_key("alice".to_string())?;
+//! assert_eq!(events.get(&restored, &1_000)?, Some(5));
 //! # Ok(())
 //! # }
 //! ```
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 mod backend;
 mod checkpoint;
@@ -71,6 +69,7 @@ pub mod fuzzing;
 #[path = "lsm/keys.rs"]
 #[allow(dead_code, reason = "only the decoders and their encoders are fuzzed")]
 mod lsm_keys;
+mod operator;
 mod storage;
 
 pub use backend::{BackendKind, StateBackend, StateBackendConfig};
@@ -110,6 +109,9 @@ pub use keyed::router::{KeyGroupRouter, KeyRoute};
 pub use keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 #[cfg(feature = "rocksdb")]
 pub use lsm::{LsmBackendConfig, LsmKeyedStateBackend, lsm_db_options};
+pub use operator::{
+    BroadcastState, OPERATOR_STATE_PREFIX, OperatorListState, OperatorStateBackend, Redistribution,
+};
 pub use storage::{
     CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, StorageSettings,
     TRIGGER_MARKER, checkpoint_dir,

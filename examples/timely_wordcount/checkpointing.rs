@@ -1,7 +1,6 @@
 //! What the job adds to timely for checkpoints: the coordinator at worker 0 and the acknowledgements that
 //! travel to it as timely records (a one-task `_metadata` encoding, `docs/formats.md`).
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use statebackend::*;
@@ -60,38 +59,39 @@ pub(crate) fn encode_ack(
     )
 }
 
-/// The source's acknowledgement: the offsets of the splits it read up to the end of the epoch.
-pub(crate) fn source_ack(checkpoint_id: u64, worker: u32, offsets: &[(u32, u64)]) -> AckRecord {
-    let operator_state: BTreeMap<String, Vec<u8>> = offsets
-        .iter()
-        .map(|(split, next)| (format!("split-{split}"), next.to_le_bytes().to_vec()))
-        .collect();
+/// The name of the source's list state: one `(split, next position)` element per split it reads.
+const SPLITS: &str = "splits";
+
+/// The source's acknowledgement: its splits and their offsets at the end of the epoch, as operator list
+/// state (split among the workers when the job restores at another number of workers).
+pub(crate) fn source_ack(checkpoint_id: u64, worker: u32, splits: &[(u32, u64)]) -> AckRecord {
+    let mut state = OperatorStateBackend::new();
+    let list = state
+        .list_state::<(u32, u64)>(SPLITS)
+        .expect("a new backend has no conflicting state");
+    list.update(&mut state, splits)
+        .expect("the state was just registered");
     encode_ack(
         checkpoint_id,
         TaskStateSnapshot {
             operator_id: SOURCE.into(),
             subtask_index: worker,
             keyed_state: None,
-            operator_state,
+            operator_state: state.snapshot(),
         },
         None,
     )
 }
 
-/// Split offsets stored in a checkpoint, from every source task of whatever parallelism wrote it: the
-/// redistribution of Flink's operator list state, one element per split.
-pub(crate) fn restored_offsets(meta: &CheckpointMetadata) -> HashMap<u32, u64> {
-    let mut offsets = HashMap::new();
-    for task in meta.tasks.iter().filter(|t| t.operator_id == SOURCE) {
-        for (name, bytes) in &task.operator_state {
-            let split = name.strip_prefix("split-").and_then(|s| s.parse().ok());
-            let next = <[u8; 8]>::try_from(bytes.as_slice()).map(u64::from_le_bytes);
-            if let (Some(split), Ok(next)) = (split, next) {
-                offsets.insert(split, next);
-            }
-        }
-    }
-    offsets
+/// The splits worker `worker` of `workers` reads after restoring `meta`, with their offsets: its share of
+/// the source's list state (Flink's redistribution of operator list state).
+pub(crate) fn restored_splits(
+    meta: &CheckpointMetadata,
+    worker: u32,
+    workers: u32,
+) -> Result<Vec<(u32, u64)>> {
+    let mut state = OperatorStateBackend::restore(SOURCE, worker, workers, &meta.tasks)?;
+    state.list_state::<(u32, u64)>(SPLITS)?.get(&state)
 }
 
 /// The job's checkpoint storage.

@@ -6,9 +6,9 @@
 //! - Sources advance timely's epoch every `--epoch-ms`; worker 0's coordinator triggers one checkpoint per
 //!   epoch, and a counting operator takes it when the epoch's frontier passes it (the frontier is the
 //!   barrier, as in Flink's aligned checkpoints). Acknowledgements travel to worker 0 as timely records.
-//! - Source offsets (one per split) are the source's operator state in the checkpoint; after a failure every
-//!   worker restores its key groups and its splits from the last completed checkpoint (`--resume`), at the
-//!   same or another number of workers.
+//! - Source offsets (one per split) are the source's operator list state (`OperatorStateBackend`); after a
+//!   failure every worker restores its key groups and its share of the splits from the last completed
+//!   checkpoint (`--resume`), at the same or another number of workers.
 //!
 //! One process, 4 workers:  `timely_wordcount -w 4 --checkpoint-dir /tmp/ck --output-dir /tmp/out`
 //! Two processes of 2 workers on localhost: a host file with two `127.0.0.1:PORT` lines, then

@@ -90,11 +90,14 @@ pub(crate) fn run(
             .map_err(|e| format!("restore: {e}"))?,
         None => StateBackend::new(&config).map_err(|e| e.to_string())?,
     };
-    let offsets = restored
-        .as_ref()
-        .map(checkpointing::restored_offsets)
-        .unwrap_or_default();
-    let splits = source::assign(args.splits, index, peers, &offsets);
+    let splits = match &restored {
+        Some(meta) => checkpointing::restored_splits(meta, index, peers)
+            .map_err(|e| format!("source state: {e}"))?
+            .into_iter()
+            .map(|(index, next)| Split { index, next })
+            .collect(),
+        None => source::assign(args.splits, index, peers),
+    };
     let router = KeyGroupRouter::new(args.max_parallelism, peers).map_err(|e| e.to_string())?;
 
     let mut backend = Some(backend);

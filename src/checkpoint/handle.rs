@@ -114,6 +114,19 @@ pub struct TaskStateSnapshot {
     pub operator_state: BTreeMap<String, Vec<u8>>,
 }
 
+impl TaskStateSnapshot {
+    /// The acknowledgement of subtask `subtask_index` of `operator_id` with keyed state `handle` and no
+    /// operator state.
+    pub fn keyed(operator_id: &str, subtask_index: u32, handle: KeyedStateHandle) -> Self {
+        TaskStateSnapshot {
+            operator_id: operator_id.to_string(),
+            subtask_index,
+            keyed_state: Some(handle),
+            operator_state: BTreeMap::new(),
+        }
+    }
+}
+
 /// Checkpoint or savepoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotKind {

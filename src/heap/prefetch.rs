@@ -8,7 +8,7 @@ pub(crate) fn prefetch_read<T>(ptr: *const T) {
     #[allow(unsafe_code)]
     // SAFETY: `prefetcht0` is a hint: it does not dereference `ptr` architecturally, cannot fault for any
     // address, and SSE (which `_mm_prefetch` is gated on) is part of the x86-64 baseline. Measured
-    // necessary: `benches/batch.rs` with and without it (docs/design.md, "Batch access").
+    // necessary: `benches/batch.rs` with and without it (docs/engines.md, "Batch access").
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.cast::<i8>());
     }
