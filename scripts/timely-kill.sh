@@ -28,13 +28,19 @@ printf '127.0.0.1:%d\n127.0.0.1:%d\n' "$base" $((base + 1)) >"$work/hosts"
 common=(--backend "$backend" --checkpoint-dir "$ck" --job-id "timely-kill-$$" --output-dir "$work/out"
   --words-per-split "$words" --local-dir "$work/local" "${extra[@]}")
 
-# Waits until checkpoint storage holds a completed checkpoint above $1 (the log says so), at most 60 s.
+# Waits until worker 0's log ($2) reports a completed checkpoint above $1, at most 60 s, or until its
+# process ($3) ends (the run finished first: then the next phase resumes from the same checkpoint).
+# Prints the newest completed checkpoint id.
 wait_for_checkpoint_after() {
-  local after=$1 log=$2
+  local after=$1 log=$2 pid=$3 last
   for _ in $(seq 600); do
-    local last
     last=$(grep -o 'checkpoint [0-9]* completed' "$log" 2>/dev/null | awk '{print $2}' | tail -1)
     if [ -n "$last" ] && [ "$last" -gt "$after" ]; then echo "$last"; return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "  (the run ended before a new checkpoint)" >&2
+      echo "$after"
+      return 0
+    fi
     sleep 0.1
   done
   echo "no checkpoint completed in 60 s" >&2
@@ -52,8 +58,8 @@ start_cluster() { # $1: log prefix; other args: extra flags
 
 # 1. Two processes; SIGKILL one of them mid-run.
 start_cluster run1
-done_ck=$(wait_for_checkpoint_after 0 "$work/run1-p0.log")
-kill -9 "$p1"
+done_ck=$(wait_for_checkpoint_after 0 "$work/run1-p0.log" "$p0")
+kill -9 "$p1" 2>/dev/null || true
 echo "run 1 (2 x 2 workers): checkpoint $done_ck completed, process 1 killed"
 # The survivor loses its peer; it must not finish the job on its own.
 for _ in $(seq 100); do kill -0 "$p0" 2>/dev/null || break; sleep 0.1; done
@@ -63,15 +69,17 @@ wait "$p1" 2>/dev/null || true
 
 # 2. Resume on 2 x 2, kill both after a new checkpoint.
 start_cluster run2 --resume
-done_ck=$(wait_for_checkpoint_after "$done_ck" "$work/run2-p0.log")
-kill -9 "$p0" "$p1"; wait "$p0" "$p1" 2>/dev/null || true
+done_ck=$(wait_for_checkpoint_after "$done_ck" "$work/run2-p0.log" "$p0")
+kill -9 "$p0" "$p1" 2>/dev/null || true
+wait "$p0" "$p1" 2>/dev/null || true
 echo "run 2 (resumed, 2 x 2): $(grep -o 'restoring [a-z0-9 ]*' "$work/run2-p0.log"), checkpoint $done_ck completed, both killed"
 
 # Rescale 4 -> 3 workers in one process, killed after a new checkpoint.
 "$bin" "${common[@]}" -w 3 --resume >"$work/run3.log" 2>&1 &
 p=$!
-done_ck=$(wait_for_checkpoint_after "$done_ck" "$work/run3.log")
-kill -9 "$p"; wait "$p" 2>/dev/null || true
+done_ck=$(wait_for_checkpoint_after "$done_ck" "$work/run3.log" "$p")
+kill -9 "$p" 2>/dev/null || true
+wait "$p" 2>/dev/null || true
 echo "run 3 (resumed at 3 workers): $(grep -o 'restoring [a-z0-9 ]*' "$work/run3.log"), checkpoint $done_ck completed, killed"
 
 # 3. Rescale 3 -> 4 (2 x 2) and run to the end.

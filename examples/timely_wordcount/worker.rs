@@ -325,13 +325,19 @@ fn run_source(
             split.next = end;
             more |= end < args.words_per_split;
         }
+        let offsets = || -> Vec<(u32, u64)> { splits.iter().map(|s| (s.index, s.next)).collect() };
         if !more {
+            // The last epoch of this source is acknowledged with the final offsets, so its checkpoint can
+            // complete. Checkpoints of later epochs (other sources still running) cannot: this source has
+            // finished, as Flink before FLIP-147 (checkpoints after some tasks finished).
+            if args.checkpointing() {
+                acks.send(checkpointing::source_ack(epoch, index, &offsets()));
+            }
             return Ok(emitted);
         }
         if epoch_start.elapsed() >= epoch_length {
             if args.checkpointing() {
-                let offsets: Vec<(u32, u64)> = splits.iter().map(|s| (s.index, s.next)).collect();
-                acks.send(checkpointing::source_ack(epoch, index, &offsets));
+                acks.send(checkpointing::source_ack(epoch, index, &offsets()));
                 if let Some(c) = coordinator.borrow_mut().as_mut() {
                     for id in rt.block_on(c.abort_expired()) {
                         eprintln!("checkpoint {id} expired");
