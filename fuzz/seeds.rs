@@ -76,6 +76,16 @@ async fn metadata(corpus: &Path) -> Result<()> {
             };
             task.operator_state
                 .insert("offset".into(), round.to_le_bytes().to_vec());
+            // Operator state of each kind (`docs/formats.md`, "Operator state blobs").
+            let mut state = OperatorStateBackend::new();
+            let offsets = state.list_state::<u64>("offsets")?;
+            offsets.update(&mut state, &[round, 10 + i as u64])?;
+            state
+                .union_list_state::<u32>("seen")?
+                .add(&mut state, &(i as u32))?;
+            let rules = state.broadcast_state::<String, u64>("rules")?;
+            rules.put(&mut state, &"limit".to_string(), &100)?;
+            task.operator_state.extend(state.snapshot());
             coord.acknowledge(id, task, Some(result.metrics)).await?;
         }
         let bytes = read(&storage, &format!("chk-{id}/{METADATA_FILE}")).await;

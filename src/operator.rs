@@ -107,7 +107,10 @@ impl OperatorStateBackend {
             .filter(|t| t.operator_id == operator_id)
             .collect();
         tasks.sort_by_key(|t| t.subtask_index);
-        let old_parallelism = tasks.last().map_or(0, |t| t.subtask_index + 1);
+        // Saturating: a corrupt or hostile `_metadata` may name subtask u32::MAX (found by cargo fuzz).
+        let old_parallelism = tasks
+            .last()
+            .map_or(0, |t| t.subtask_index.saturating_add(1));
         // Per state: each old subtask's entries, in subtask order.
         let mut gathered: BTreeMap<String, (Entries, Vec<(u32, Items)>)> = BTreeMap::new();
         for task in &tasks {

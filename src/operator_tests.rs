@@ -137,3 +137,15 @@ fn corrupt_or_disagreeing_blobs_are_typed_errors() {
         "a count the bytes cannot hold"
     );
 }
+
+/// Found by cargo fuzz (`metadata` target): a task of subtask `u32::MAX` overflowed the old parallelism.
+#[test]
+fn fuzz_operator_state_subtask_index_u32_max_does_not_overflow() {
+    let mut tasks = three_subtasks();
+    tasks[2].subtask_index = u32::MAX;
+    for (index, parallelism) in [(0, 1), (1, 2), (2, 3)] {
+        let mut b = OperatorStateBackend::restore("src", index, parallelism, &tasks).unwrap();
+        let list = b.list_state::<u64>("offsets").unwrap();
+        assert!(list.get(&b).unwrap().len() <= 6);
+    }
+}

@@ -48,7 +48,8 @@ fuzz_target!(|data: &[u8]| {
                     if let Ok(s) =
                         b.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
                     {
-                        let _ = s.keys(&b, &VoidNamespace);
+                        let _ = s.keys_with_state(&b, &VoidNamespace);
+                        let _ = s.keys_and_namespaces(&b);
                     }
                 }
                 Err(e) => assert!(matches!(
