@@ -130,6 +130,19 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         })
     }
 
+    /// Makes `key`, of stable hash `hash`, the current key.
+    #[inline]
+    pub(crate) fn set_located(&mut self, key: K, hash: u64) -> Result<()> {
+        let at = locate_hash(hash, self.config.max_parallelism, self.config.key_groups)?;
+        self.current = Some(CurrentKey {
+            key,
+            key_hash: at.hash,
+            key_group: at.key_group,
+            kg_index: at.index,
+        });
+        Ok(())
+    }
+
     /// The settings this backend runs with.
     pub fn config(&self) -> &HeapBackendConfig {
         &self.config
@@ -252,18 +265,8 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        let at = locate_hash(
-            key.stable_hash(&mut self.key_buf),
-            self.config.max_parallelism,
-            self.config.key_groups,
-        )?;
-        self.current = Some(CurrentKey {
-            key,
-            key_hash: at.hash,
-            key_group: at.key_group,
-            kg_index: at.index,
-        });
-        Ok(())
+        let hash = key.stable_hash(&mut self.key_buf);
+        self.set_located(key, hash)
     }
 
     #[inline]

@@ -4,11 +4,11 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::heap::backend::{CurrentKey, HeapKeyedStateBackend, access_error};
+use crate::error::Result;
+use crate::heap::backend::{HeapKeyedStateBackend, access_error};
 use crate::heap::table::{DroppedTable, ErasedTable, MapCell, RawTable, StateTable, entry_hash};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
-use crate::keyed::checks::wrong_state;
+use crate::keyed::checks::{check_route, wrong_state};
 use crate::keyed::key_group::locate_hash;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
@@ -19,30 +19,13 @@ const PREFETCH_AHEAD: usize = 8;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        if route.max_parallelism() != self.config.max_parallelism {
-            return Err(Error::InvalidArgument(format!(
-                "a route for max parallelism {} given to a backend of max parallelism {}",
-                route.max_parallelism(),
-                self.config.max_parallelism
-            )));
-        }
+        check_route(&route, self.config.max_parallelism)?;
         debug_assert_eq!(
             route.hash(),
             key.stable_hash(&mut self.key_buf),
             "the route is not the key's"
         );
-        let at = locate_hash(
-            route.hash(),
-            self.config.max_parallelism,
-            self.config.key_groups,
-        )?;
-        self.current = Some(CurrentKey {
-            key,
-            key_hash: at.hash,
-            key_group: at.key_group,
-            kg_index: at.index,
-        });
-        Ok(())
+        self.set_located(key, route.hash())
     }
 
     /// The typed table of `id`, without needing a current key.
@@ -109,16 +92,8 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         values: &[V],
     ) -> Result<()> {
         crate::keyed::state_ops::check_lengths(keys.len(), values.len())?;
-        let at = self.locate_batch(keys, ns)?;
-        let table = self.typed_mut::<N, V>(state)?;
-        for (i, key) in keys.iter().enumerate() {
-            if let Some(&(hash, kg)) = at.get(i + PREFETCH_AHEAD) {
-                table.map.prefetch(kg, hash);
-            }
-            let (hash, kg) = at[i];
-            table.map.insert(kg, hash, key, ns, values[i].clone());
-        }
-        Ok(())
+        // On the heap a blind write costs what a read-modify-write does: one lookup.
+        self.value_modify_batch_impl::<N, V>(state, ns, keys, &mut |i, _| Some(values[i].clone()))
     }
 
     pub(crate) fn value_modify_batch_impl<N: StateKey, V: StateValue>(

@@ -58,3 +58,21 @@ pub(crate) fn wrong_state(id: StateId) -> Error {
         id.0
     ))
 }
+
+/// A route must be computed for the backend's max parallelism (its key group would be another otherwise).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming both max parallelisms.
+#[inline]
+pub(crate) fn check_route(
+    route: &crate::keyed::router::KeyRoute,
+    max_parallelism: u32,
+) -> Result<()> {
+    if route.max_parallelism() == max_parallelism {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "a route for max parallelism {} given to a backend of max parallelism {max_parallelism}",
+        route.max_parallelism()
+    )))
+}

@@ -5,7 +5,7 @@ use rocksdb::WriteBatch;
 
 use crate::error::{Error, Result};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
-use crate::keyed::checks::wrong_state;
+use crate::keyed::checks::{check_route, wrong_state};
 use crate::keyed::key_group::{locate_hash, stable_key_hash};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
@@ -20,13 +20,7 @@ struct BatchRows {
 
 impl<K: StateKey> LsmKeyedStateBackend<K> {
     pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        if route.max_parallelism() != self.config.max_parallelism {
-            return Err(Error::InvalidArgument(format!(
-                "a route for max parallelism {} given to a backend of max parallelism {}",
-                route.max_parallelism(),
-                self.config.max_parallelism
-            )));
-        }
+        check_route(&route, self.config.max_parallelism)?;
         let at = locate_hash(
             route.hash(),
             self.config.max_parallelism,
