@@ -186,3 +186,89 @@ fn a_heap_checkpoint_restored_as_lsm_is_a_clear_error() {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     });
 }
+
+/// Batch writes, map `retain`/`put_all` and `drop_state` after a snapshot's synchronous phase must not reach
+/// that snapshot (the heap backend's copy-on-write, the LSM backend's native checkpoint), on both kinds.
+#[test]
+fn changes_after_the_synchronous_phase_stay_out_of_the_snapshot() {
+    common::runtime().block_on(async {
+        for kind in kinds() {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = CheckpointStorage::in_memory("job").unwrap();
+            let mut coordinator = common::coordinator(&storage, 2, 1).await;
+            let mut b: StateBackend<u64> =
+                StateBackend::new(&config(kind, 1, 0, dir.path())).unwrap();
+            let v = b
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
+                .unwrap();
+            let m = b
+                .map_state(&MapStateDescriptor::<VoidNamespace, u32, u32>::new("m"))
+                .unwrap();
+            let doomed = b
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("doomed"))
+                .unwrap();
+            let keys: Vec<u64> = (0..5_000).collect();
+            v.update_batch(&mut b, &NS, &keys, &keys).unwrap();
+            b.set_current_key(7).unwrap();
+            m.put_all(&mut b, &NS, (0..100u32).map(|i| (i, i))).unwrap();
+            doomed.update(&mut b, &NS, 1).unwrap();
+
+            let id = coordinator.trigger().await.unwrap();
+            let pending = b.snapshot(id, &storage).unwrap();
+            // After the synchronous phase, before the asynchronous one runs.
+            v.modify_batch(&mut b, &NS, &keys, |_, old| old.map(|o| o + 1_000_000))
+                .unwrap();
+            v.update_batch(&mut b, &NS, &[1_000_000], &[1]).unwrap();
+            b.set_current_key(7).unwrap();
+            m.retain(&mut b, &NS, |k, _| *k < 10).unwrap();
+            m.put_all(&mut b, &NS, [(500, 500)]).unwrap();
+            assert!(b.drop_state("doomed").unwrap());
+            let result = pending.run().await.unwrap();
+            coordinator
+                .acknowledge(id, TaskStateSnapshot::keyed("op", 0, result.handle), None)
+                .await
+                .unwrap();
+            let meta = coordinator.store().latest().unwrap().clone();
+
+            let mut r = StateBackend::<u64>::restore_checkpoint(
+                &config(kind, 1, 0, dir.path()),
+                &storage,
+                &meta,
+                RestoreMode::NoClaim,
+            )
+            .await
+            .unwrap();
+            let v = r
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
+                .unwrap();
+            let mut got = Vec::new();
+            v.get_batch(&r, &NS, &keys, &mut got).unwrap();
+            assert!(
+                got.iter().zip(&keys).all(|(g, k)| *g == Some(*k)),
+                "{kind}: values of the snapshot's moment"
+            );
+            let mut extra = Vec::new();
+            v.get_batch(&r, &NS, &[1_000_000], &mut extra).unwrap();
+            assert_eq!(extra, [None], "{kind}");
+            let m = r
+                .map_state(&MapStateDescriptor::<VoidNamespace, u32, u32>::new("m"))
+                .unwrap();
+            r.set_current_key(7).unwrap();
+            let mut entries: Vec<_> = m.iter(&r, &NS).unwrap().map(Result::unwrap).collect();
+            entries.sort();
+            assert_eq!(
+                entries,
+                (0..100u32).map(|i| (i, i)).collect::<Vec<_>>(),
+                "{kind}"
+            );
+            let doomed = r
+                .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("doomed"))
+                .unwrap();
+            assert_eq!(
+                doomed.value(&r, &NS).unwrap(),
+                Some(1),
+                "{kind}: dropped after the snapshot"
+            );
+        }
+    });
+}
