@@ -5,6 +5,7 @@ pub(crate) mod coordinator;
 pub(crate) mod fence;
 pub(crate) mod handle;
 pub(crate) mod pending;
+mod read;
 pub(crate) mod registry;
 pub(crate) mod store;
 mod store_types;

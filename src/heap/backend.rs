@@ -7,77 +7,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+pub use crate::heap::config::HeapBackendConfig;
 use crate::heap::snapshot::SnapshotJob;
 use crate::heap::table::{
     ErasedTable, ListCell, MapCell, RawTable, StateTable, ValueSerde, entry_hash, list_serde,
     map_serde, value_serde,
 };
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
-use crate::keyed::checks::{check_snapshot_id, no_current_key, validate_subtask, wrong_state};
+use crate::keyed::checks::{check_snapshot_id, no_current_key, wrong_state};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     StateKind, StateMeta, ValueStateDescriptor,
 };
-use crate::keyed::key_group::{
-    KeyGroupRange, key_group_range_for_operator, locate_hash, stable_key_hash,
-};
+use crate::keyed::key_group::{KeyGroupRange, locate_hash, stable_key_hash};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::storage::CheckpointStorage;
-
-/// Settings of a heap backend (plain data).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeapBackendConfig {
-    /// Operator identity; part of snapshot file names, so letters, digits, `-` and `_` only.
-    pub operator_id: String,
-    /// Index of this subtask.
-    pub subtask_index: u32,
-    /// Max parallelism of the job (number of key groups), fixed for the job's life.
-    pub max_parallelism: u32,
-    /// Key groups this backend owns.
-    pub key_groups: KeyGroupRange,
-    /// zstd level of snapshot frames; `None` stores them uncompressed. Default `Some(1)`.
-    pub zstd_level: Option<i32>,
-    /// Uncompressed bytes per snapshot frame, 1 to 2^30 (the format's frame limit). Default 1 MiB.
-    pub frame_bytes: usize,
-}
-
-impl HeapBackendConfig {
-    /// Config of subtask `subtask_index` of `parallelism`, owning the key groups Flink's formula gives it.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for an impossible parallelism or operator id.
-    pub fn for_subtask(
-        operator_id: &str,
-        max_parallelism: u32,
-        parallelism: u32,
-        subtask_index: u32,
-    ) -> Result<Self> {
-        let config = HeapBackendConfig {
-            operator_id: operator_id.to_string(),
-            subtask_index,
-            max_parallelism,
-            key_groups: key_group_range_for_operator(max_parallelism, parallelism, subtask_index)?,
-            zstd_level: Some(1),
-            frame_bytes: 1 << 20,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        validate_subtask(&self.operator_id, self.max_parallelism, self.key_groups)?;
-        let limit = crate::format::keyed_file::MAX_FRAME_RAW_LEN as usize;
-        if self.frame_bytes == 0 || self.frame_bytes > limit {
-            return Err(Error::InvalidArgument(format!(
-                "frame_bytes {} is not within [1, {limit}]",
-                self.frame_bytes
-            )));
-        }
-        Ok(())
-    }
-}
 
 type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);
 type TableMut<'a, K, N, S> = (&'a mut StateTable<K, N, S>, &'a CurrentKey<K>);

@@ -2,6 +2,7 @@
 
 pub(crate) mod backend;
 mod bulk;
+mod config;
 pub(crate) mod cow_map;
 mod prefetch;
 mod restore;

@@ -19,7 +19,6 @@ use crate::lsm::checkpointing::{DiffBase, PendingUploads};
 use crate::lsm::instance::InstanceDir;
 use crate::lsm::keys::{
     cf_name, decode_meta, encode_meta, key_prefix, meta_key, push_list_element, split_list,
-    split_row_key,
 };
 use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
 use crate::lsm::snapshot::SnapshotTarget;
@@ -540,25 +539,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
     }
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
-        self.check_namespace::<N>(state)?;
-        let mut want = Vec::new();
-        ns.encode(&mut want);
-        let mut out = Vec::new();
-        let mut last: Vec<u8> = Vec::new();
-        let mut first = true;
-        let owned = self.config.key_groups;
-        self.scan_prefix(state, &[], |k, _| {
-            let row = split_row_key(k, self.config.max_parallelism)?;
-            let wanted = row.namespace == want.as_slice() && owned.contains(row.key_group);
-            if wanted && (first || row.key != last.as_slice()) {
-                first = false;
-                last.clear();
-                last.extend_from_slice(row.key);
-                out.push(K::decode(row.key)?);
-            }
-            Ok(true)
-        })?;
-        Ok(out)
+        self.keys_impl(state, ns)
     }
 
     fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {

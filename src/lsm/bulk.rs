@@ -266,6 +266,28 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             .map_err(|e| db_error("write batch", e))
     }
 
+    pub(crate) fn keys_impl<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
+        self.check_namespace::<N>(state)?;
+        let mut want = Vec::new();
+        ns.encode(&mut want);
+        let mut out = Vec::new();
+        let mut last: Vec<u8> = Vec::new();
+        let mut first = true;
+        let owned = self.config.key_groups;
+        self.scan_prefix(state, &[], |k, _| {
+            let row = split_row_key(k, self.config.max_parallelism)?;
+            let wanted = row.namespace == want.as_slice() && owned.contains(row.key_group);
+            if wanted && (first || row.key != last.as_slice()) {
+                first = false;
+                last.clear();
+                last.extend_from_slice(row.key);
+                out.push(K::decode(row.key)?);
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     pub(crate) fn keys_and_namespaces_impl<N: StateKey>(
         &self,
         state: StateId,
