@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::heap::backend::{HeapKeyedStateBackend, access_error};
-use crate::heap::table::{DroppedTable, ErasedTable, MapCell, RawTable, StateTable, entry_hash};
+use crate::heap::table::{
+    DroppedTable, ErasedTable, MapCell, RawTable, StateTable, entry_hash, mix_entry_hash,
+    namespace_hash,
+};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::{check_route, wrong_state};
 use crate::keyed::key_group::locate_hash;
@@ -16,6 +19,9 @@ use crate::keyed::router::KeyRoute;
 /// How far ahead of the key being looked up a batch prefetches its slot: enough misses in flight to
 /// cover memory latency, few enough that the prefetched lines are still cached when used.
 const PREFETCH_AHEAD: usize = 8;
+/// Locations a batch get keeps between locating a key and looking it up (a power of two above
+/// [`PREFETCH_AHEAD`]).
+const RING: usize = 16;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
@@ -52,16 +58,21 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// owned.
     fn locate_batch<N: StateKey>(&self, keys: &[K], ns: &N) -> Result<Vec<(u64, usize)>> {
         let mut scratch = Vec::new();
+        let ns_hash = namespace_hash(ns);
         keys.iter()
-            .map(|k| {
-                let at = locate_hash(
-                    k.stable_hash(&mut scratch),
-                    self.config.max_parallelism,
-                    self.config.key_groups,
-                )?;
-                Ok((entry_hash(at.hash, ns), at.index))
-            })
+            .map(|k| self.locate_one(k, ns_hash, &mut scratch))
             .collect()
+    }
+
+    /// `(map hash, key-group index)` of `key` in the namespace of hash `ns_hash`.
+    #[inline]
+    fn locate_one(&self, key: &K, ns_hash: u64, scratch: &mut Vec<u8>) -> Result<(u64, usize)> {
+        let at = locate_hash(
+            key.stable_hash(scratch),
+            self.config.max_parallelism,
+            self.config.key_groups,
+        )?;
+        Ok((mix_entry_hash(at.hash, ns_hash), at.index))
     }
 
     pub(crate) fn value_get_batch_impl<N: StateKey, V: StateValue>(
@@ -72,13 +83,31 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         out: &mut Vec<Option<V>>,
     ) -> Result<()> {
         let table = self.typed::<N, V>(state)?;
-        let at = self.locate_batch(keys, ns)?;
+        let (ns_hash, mut scratch) = (namespace_hash(ns), Vec::new());
+        let before = out.len();
         out.reserve(keys.len());
+        // One pass: key i + PREFETCH_AHEAD is located and its slot prefetched while key i is looked up;
+        // the locations in between wait in a ring.
+        let mut ring = [(0u64, 0usize); RING];
+        for (j, key) in keys.iter().enumerate().take(PREFETCH_AHEAD) {
+            let (hash, kg) = self.locate_one(key, ns_hash, &mut scratch)?;
+            table.map.prefetch(kg, hash);
+            ring[j % RING] = (hash, kg);
+        }
         for (i, key) in keys.iter().enumerate() {
-            if let Some(&(hash, kg)) = at.get(i + PREFETCH_AHEAD) {
-                table.map.prefetch(kg, hash);
+            if let Some(ahead) = keys.get(i + PREFETCH_AHEAD) {
+                match self.locate_one(ahead, ns_hash, &mut scratch) {
+                    Ok((hash, kg)) => {
+                        table.map.prefetch(kg, hash);
+                        ring[(i + PREFETCH_AHEAD) % RING] = (hash, kg);
+                    }
+                    Err(e) => {
+                        out.truncate(before);
+                        return Err(e);
+                    }
+                }
             }
-            let (hash, kg) = at[i];
+            let (hash, kg) = ring[i % RING];
             out.push(table.map.get(kg, hash, key, ns).cloned());
         }
         Ok(())

@@ -32,7 +32,19 @@ pub(crate) fn fmix64(mut h: u64) -> u64 {
 /// the per-record path counts instructions (`benches/heap_ops.rs`).
 #[inline]
 pub(crate) fn entry_hash<N: std::hash::Hash>(key_hash: u64, ns: &N) -> u64 {
-    (key_hash ^ foldhash::fast::FixedState::with_seed(0).hash_one(ns)).rotate_right(16)
+    mix_entry_hash(key_hash, namespace_hash(ns))
+}
+
+/// The namespace's part of [`entry_hash`] (a batch in one namespace computes it once).
+#[inline]
+pub(crate) fn namespace_hash<N: std::hash::Hash>(ns: &N) -> u64 {
+    foldhash::fast::FixedState::with_seed(0).hash_one(ns)
+}
+
+/// [`entry_hash`] from the key's stable hash and [`namespace_hash`].
+#[inline]
+pub(crate) fn mix_entry_hash(key_hash: u64, namespace_hash: u64) -> u64 {
+    (key_hash ^ namespace_hash).rotate_right(16)
 }
 
 /// How a table's stored value becomes bytes and back (value, list or map encoding).
