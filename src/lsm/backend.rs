@@ -51,7 +51,7 @@ pub struct LsmKeyedStateBackend<K> {
     pub(crate) states: Vec<LsmState>,
     pub(crate) by_name: HashMap<String, StateId>,
     pub(crate) current: Option<CurrentKey<K>>,
-    key_scratch: Vec<u8>,
+    pub(crate) key_scratch: Vec<u8>,
     pub(crate) write_options: WriteOptions,
     pub(crate) read_options: ReadOptions,
     pub(crate) pending: PendingUploads,
@@ -156,6 +156,26 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         Ok(())
     }
 
+    /// Makes `key` the current key in `key_group`; `key_scratch` holds its encoding.
+    #[inline]
+    pub(crate) fn set_located(&mut self, key: K, key_group: u32) {
+        let mut prefix = match self.current.take() {
+            Some(c) => c.prefix,
+            None => Vec::with_capacity(64),
+        };
+        key_prefix(
+            key_group,
+            self.config.max_parallelism,
+            &self.key_scratch,
+            &mut prefix,
+        );
+        self.current = Some(CurrentKey {
+            key,
+            key_group,
+            prefix,
+        });
+    }
+
     /// The settings this backend runs with.
     pub fn config(&self) -> &LsmBackendConfig {
         &self.config
@@ -252,21 +272,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
             self.config.key_groups,
         )?
         .key_group;
-        let mut prefix = match self.current.take() {
-            Some(c) => c.prefix,
-            None => Vec::with_capacity(64),
-        };
-        key_prefix(
-            key_group,
-            self.config.max_parallelism,
-            &self.key_scratch,
-            &mut prefix,
-        );
-        self.current = Some(CurrentKey {
-            key,
-            key_group,
-            prefix,
-        });
+        self.set_located(key, key_group);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use crate::keyed::checks::{check_route, wrong_state};
 use crate::keyed::key_group::{locate_hash, stable_key_hash};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
-use crate::lsm::backend::{CurrentKey, LsmKeyedStateBackend, db_error};
+use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
 use crate::lsm::keys::{key_prefix, meta_key, push_namespace, split_row_key};
 
 /// Row keys of a batch, and the batch positions in row-key order (what `multi_get` wants).
@@ -26,30 +26,15 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             self.config.max_parallelism,
             self.config.key_groups,
         )?;
-        let mut prefix = match self.current.take() {
-            Some(c) => c.prefix,
-            None => Vec::with_capacity(64),
-        };
         // The row key needs the key's bytes; only the hash is saved.
-        prefix.clear();
-        key.encode(&mut prefix);
+        self.key_scratch.clear();
+        key.encode(&mut self.key_scratch);
         debug_assert_eq!(
-            stable_key_hash(&prefix),
+            stable_key_hash(&self.key_scratch),
             route.hash(),
             "the route is not the key's"
         );
-        let key_bytes = std::mem::take(&mut prefix);
-        key_prefix(
-            at.key_group,
-            self.config.max_parallelism,
-            &key_bytes,
-            &mut prefix,
-        );
-        self.current = Some(CurrentKey {
-            key,
-            key_group: at.key_group,
-            prefix,
-        });
+        self.set_located(key, at.key_group);
         Ok(())
     }
 
