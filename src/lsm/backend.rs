@@ -216,21 +216,6 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         &self.db
     }
 
-    /// Entries of all states, as RocksDB estimates them (`rocksdb.estimate-num-keys`; map entries count one
-    /// each).
-    pub fn estimated_entries(&self) -> u64 {
-        self.states
-            .iter()
-            .filter_map(|s| self.db.cf_handle(&s.cf))
-            .filter_map(|cf| {
-                self.db
-                    .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
-                    .ok()
-                    .flatten()
-            })
-            .sum()
-    }
-
     pub(crate) fn register(&mut self, meta: StateMeta) -> Result<StateId> {
         if let Some(&id) = self.by_name.get(&meta.name) {
             meta.check_compatible(&self.states[id.0 as usize].meta)?;

@@ -273,6 +273,21 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         Ok(out)
     }
 
+    /// Entries of all states, as RocksDB estimates them (`rocksdb.estimate-num-keys`; map entries count one
+    /// each).
+    pub fn estimated_entries(&self) -> u64 {
+        self.states
+            .iter()
+            .filter_map(|s| self.db.cf_handle(&s.cf))
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
     pub(crate) fn keys_and_namespaces_impl<N: StateKey>(
         &self,
         state: StateId,
