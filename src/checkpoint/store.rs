@@ -326,7 +326,7 @@ impl CompletedCheckpointStore {
 
     /// Adds a completed checkpoint (its metadata is already durable), registers its shared files and
     /// subsumes the oldest ones beyond the retained count (`docs/protocol.md`): before deleting, checkpoints
-    /// that appeared in storage are read (`own` as in [`CompletedCheckpointStore::refresh`]); a subsumed
+    /// that appeared in storage are read (`own` as in `CompletedCheckpointStore::refresh`); a subsumed
     /// checkpoint's metadata is deleted and confirmed gone before its private files; a shared file no
     /// retained checkpoint uses is unregistered only once its delete succeeded, and none is deleted while
     /// any metadata in storage is unreadable. Nothing is deleted once a coordinator of a newer generation

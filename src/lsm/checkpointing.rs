@@ -49,7 +49,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// later notifies for `savepoint_id`.
     ///
     /// # Errors
-    /// As [`KeyedStateBackend::snapshot`].
+    /// As [`KeyedStateBackend::snapshot`](crate::KeyedStateBackend::snapshot).
     pub fn savepoint(
         &mut self,
         savepoint_id: u64,
