@@ -23,8 +23,16 @@ cargo build -q --release --example timely_wordcount "${features[@]}"
 bin="$CARGO_TARGET_DIR/release/examples/timely_wordcount"
 work=$(mktemp -d)
 ck="${url:-$work/checkpoints}"
-base=$((20000 + RANDOM % 20000))
-printf '127.0.0.1:%d\n127.0.0.1:%d\n' "$base" $((base + 1)) >"$work/hosts"
+# Two listening ports for the processes, below the kernel's ephemeral range: a port there can be held by
+# any outgoing connection (CI failed once with "Address already in use" on a port drawn in 20000-40000).
+pick_ports() {
+  local lo=32768 hi
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  [ "$lo" -gt 12000 ] || lo=32768
+  base=$((10000 + RANDOM % (lo - 10002)))
+  printf '127.0.0.1:%d\n127.0.0.1:%d\n' "$base" $((base + 1)) >"$work/hosts"
+}
+pick_ports
 common=(--backend "$backend" --checkpoint-dir "$ck" --job-id "timely-kill-$$" --output-dir "$work/out"
   --words-per-split "$words" --local-dir "$work/local" "${extra[@]}")
 
@@ -37,7 +45,8 @@ wait_for_checkpoint_after() {
     last=$(grep -o 'checkpoint [0-9]* completed' "$log" 2>/dev/null | awk '{print $2}' | tail -1)
     if [ -n "$last" ] && [ "$last" -gt "$after" ]; then echo "$last"; return 0; fi
     if ! kill -0 "$pid" 2>/dev/null; then
-      echo "  (the run ended before a new checkpoint)" >&2
+      echo "  (the run ended before a new checkpoint; the end of its log:)" >&2
+      tail -5 "$log" | sed 's/^/    /' >&2
       echo "$after"
       return 0
     fi
@@ -48,12 +57,24 @@ wait_for_checkpoint_after() {
   return 1
 }
 
+# Starts both processes. If one cannot listen on its port (a service of the machine holds it), both are
+# stopped and started again on other ports; any other early end is left to the checks below.
 start_cluster() { # $1: log prefix; other args: extra flags
-  local prefix=$1; shift
-  "$bin" "${common[@]}" -w 2 -n 2 -h "$work/hosts" -p 1 "$@" >"$work/$prefix-p1.log" 2>&1 &
-  p1=$!
-  "$bin" "${common[@]}" -w 2 -n 2 -h "$work/hosts" -p 0 "$@" >"$work/$prefix-p0.log" 2>&1 &
-  p0=$!
+  local prefix=$1 attempt; shift
+  for attempt in 1 2 3 4 5; do
+    "$bin" "${common[@]}" -w 2 -n 2 -h "$work/hosts" -p 1 "$@" >"$work/$prefix-p1.log" 2>&1 &
+    p1=$!
+    "$bin" "${common[@]}" -w 2 -n 2 -h "$work/hosts" -p 0 "$@" >"$work/$prefix-p0.log" 2>&1 &
+    p0=$!
+    sleep 0.5
+    if ! grep -q 'Address already in use' "$work/$prefix-p0.log" "$work/$prefix-p1.log"; then return 0; fi
+    echo "  ($prefix: port $base or $((base + 1)) is in use on this machine; new ports, attempt $((attempt + 1)))"
+    kill -9 "$p0" "$p1" 2>/dev/null || true
+    wait "$p0" "$p1" 2>/dev/null || true
+    pick_ports
+  done
+  echo "no free ports after 5 attempts" >&2
+  exit 1
 }
 
 # 1. Two processes; SIGKILL one of them mid-run.
@@ -84,7 +105,13 @@ echo "run 3 (resumed at 3 workers): $(grep -o 'restoring [a-z0-9 ]*' "$work/run3
 
 # 3. Rescale 3 -> 4 (2 x 2) and run to the end.
 start_cluster run4 --resume
-wait "$p0"; wait "$p1"
+for p in "$p0" "$p1"; do
+  if ! wait "$p"; then
+    echo "run 4 failed; the end of each process's log:" >&2
+    tail -5 "$work/run4-p0.log" "$work/run4-p1.log" >&2
+    exit 1
+  fi
+done
 echo "run 4 (resumed at 2 x 2): $(grep -o 'restoring [a-z0-9 ]*' "$work/run4-p0.log"), finished"
 grep -h 'words/s' "$work/run4-p0.log" "$work/run4-p1.log"
 "$bin" "${common[@]}" -w 2 -n 2 --verify
