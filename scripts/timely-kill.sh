@@ -23,16 +23,8 @@ cargo build -q --release --example timely_wordcount "${features[@]}"
 bin="$CARGO_TARGET_DIR/release/examples/timely_wordcount"
 work=$(mktemp -d)
 ck="${url:-$work/checkpoints}"
-# Two listening ports for the processes, below the kernel's ephemeral range: a port there can be held by
-# any outgoing connection (CI failed once with "Address already in use" on a port drawn in 20000-40000).
-pick_ports() {
-  local lo=32768 hi
-  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
-  [ "$lo" -gt 12000 ] || lo=32768
-  base=$((10000 + RANDOM % (lo - 10002)))
-  printf '127.0.0.1:%d\n127.0.0.1:%d\n' "$base" $((base + 1)) >"$work/hosts"
-}
-pick_ports
+. scripts/ports.sh
+pick_ports "$work/hosts"
 common=(--backend "$backend" --checkpoint-dir "$ck" --job-id "timely-kill-$$" --output-dir "$work/out"
   --words-per-split "$words" --local-dir "$work/local" "${extra[@]}")
 
@@ -71,7 +63,7 @@ start_cluster() { # $1: log prefix; other args: extra flags
     echo "  ($prefix: port $base or $((base + 1)) is in use on this machine; new ports, attempt $((attempt + 1)))"
     kill -9 "$p0" "$p1" 2>/dev/null || true
     wait "$p0" "$p1" 2>/dev/null || true
-    pick_ports
+    pick_ports "$work/hosts"
   done
   echo "no free ports after 5 attempts" >&2
   exit 1

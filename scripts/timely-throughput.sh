@@ -12,11 +12,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/statebackend-target}"
 cargo build -q --release --example timely_wordcount
 bin="$CARGO_TARGET_DIR/release/examples/timely_wordcount"
 work=$(mktemp -d)
+. scripts/ports.sh
 run() { # $1: label, rest: flags; prints words/s
   local label=$1
   shift
-  local base=$((20000 + RANDOM % 20000))
-  printf '127.0.0.1:%d\n127.0.0.1:%d\n' "$base" $((base + 1)) >"$work/hosts"
+  pick_ports "$work/hosts"
   rm -rf "$work/ck" "$work/out"
   local common=(--backend "$backend" --checkpoint-dir "$work/ck" --output-dir "$work/out"
     --words-per-split "$words" --local-dir "$work/local" -w 2 -n 2 -h "$work/hosts" "$@")
