@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::heap::backend::{HeapKeyedStateBackend, access_error};
+use crate::heap::cow_map::PageRef;
 use crate::heap::table::{
     DroppedTable, ErasedTable, MapCell, RawTable, StateTable, entry_hash, mix_entry_hash,
     namespace_hash,
@@ -17,11 +18,12 @@ use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 
 /// How far ahead of the key being looked up a batch prefetches its slot: enough misses in flight to
-/// cover memory latency, few enough that the prefetched lines are still cached when used.
+/// cover memory latency, few enough that the prefetched lines are still cached when used. The directory
+/// element (page pointer) the slot's address depends on is prefetched twice as far ahead.
 const PREFETCH_AHEAD: usize = 8;
 /// Locations a batch get keeps between locating a key and looking it up (a power of two above
-/// [`PREFETCH_AHEAD`]).
-const RING: usize = 16;
+/// `2 * PREFETCH_AHEAD`).
+const RING: usize = 32;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
@@ -86,20 +88,26 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let (ns_hash, mut scratch) = (namespace_hash(ns), Vec::new());
         let before = out.len();
         out.reserve(keys.len());
-        // One pass: key i + PREFETCH_AHEAD is located and its slot prefetched while key i is looked up;
-        // the locations in between wait in a ring.
-        let mut ring = [(0u64, 0usize); RING];
-        for (j, key) in keys.iter().enumerate().take(PREFETCH_AHEAD) {
+        // One pass in three stages: key i + 2 * PREFETCH_AHEAD is located and its directory element
+        // prefetched; key i + PREFETCH_AHEAD's page is read from the directory (cached by now) and its
+        // home slot prefetched; key i is looked up in its page. Locations and pages in between wait in
+        // rings.
+        let mut located = [(0u64, 0usize, 0usize); RING];
+        let mut paged = [(0u64, PageRef::EMPTY); RING];
+        for (j, key) in keys.iter().enumerate().take(2 * PREFETCH_AHEAD) {
             let (hash, kg) = self.locate_one(key, ns_hash, &mut scratch)?;
-            table.map.prefetch(kg, hash);
-            ring[j % RING] = (hash, kg);
+            located[j % RING] = (hash, kg, table.map.prefetch_directory(kg, hash));
+        }
+        for j in 0..PREFETCH_AHEAD.min(keys.len()) {
+            let (hash, kg, p) = located[j];
+            paged[j] = (hash, table.map.prefetch_page(kg, p, hash));
         }
         for (i, key) in keys.iter().enumerate() {
-            if let Some(ahead) = keys.get(i + PREFETCH_AHEAD) {
+            if let Some(ahead) = keys.get(i + 2 * PREFETCH_AHEAD) {
                 match self.locate_one(ahead, ns_hash, &mut scratch) {
                     Ok((hash, kg)) => {
-                        table.map.prefetch(kg, hash);
-                        ring[(i + PREFETCH_AHEAD) % RING] = (hash, kg);
+                        let p = table.map.prefetch_directory(kg, hash);
+                        located[(i + 2 * PREFETCH_AHEAD) % RING] = (hash, kg, p);
                     }
                     Err(e) => {
                         out.truncate(before);
@@ -107,8 +115,13 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                     }
                 }
             }
-            let (hash, kg) = ring[i % RING];
-            out.push(table.map.get(kg, hash, key, ns).cloned());
+            if i + PREFETCH_AHEAD < keys.len() {
+                let at = (i + PREFETCH_AHEAD) % RING;
+                let (hash, kg, p) = located[at];
+                paged[at] = (hash, table.map.prefetch_page(kg, p, hash));
+            }
+            let (hash, page) = paged[i % RING];
+            out.push(page.get(hash, key, ns).cloned());
         }
         Ok(())
     }
@@ -134,7 +147,16 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     ) -> Result<()> {
         let at = self.locate_batch(keys, ns)?;
         let table = self.typed_mut::<N, V>(state)?;
+        for &(hash, kg) in at.iter().take(2 * PREFETCH_AHEAD) {
+            let _ = table.map.prefetch_directory(kg, hash);
+        }
+        for &(hash, kg) in at.iter().take(PREFETCH_AHEAD) {
+            table.map.prefetch(kg, hash);
+        }
         for (i, key) in keys.iter().enumerate() {
+            if let Some(&(hash, kg)) = at.get(i + 2 * PREFETCH_AHEAD) {
+                let _ = table.map.prefetch_directory(kg, hash);
+            }
             if let Some(&(hash, kg)) = at.get(i + PREFETCH_AHEAD) {
                 table.map.prefetch(kg, hash);
             }

@@ -279,6 +279,13 @@ pub(crate) fn batches_agree_with_single_key_access<B: KeyedStateBackend<u64>>(b:
             );
             assert_eq!(r.get(b, &ns).unwrap(), sums_got[i]);
         }
+        // Every short length: the heap backend's lookups run in stages 8 and 16 keys ahead.
+        for len in 0..=40 {
+            let mut short = Vec::new();
+            v.get_batch(b, &ns, &all[100..100 + len], &mut short)
+                .unwrap();
+            assert_eq!(short, got[100..100 + len], "a batch of {len} keys");
+        }
     }
     let mut out = vec![Some(7)];
     v.get_batch(b, &0, &[], &mut out).unwrap();
