@@ -290,6 +290,10 @@ impl<'a, K: Eq, N: Eq, S> PageRef<'a, K, N, S> {
     /// The value of `(key, ns)` of map hash `hash` in this page, as [`CowMap::get`] finds it.
     #[inline]
     pub(crate) fn get(self, hash: u64, key: &K, ns: &N) -> Option<&'a S> {
+        // No page (a key group without entries has none): `find_in` needs at least one slot.
+        if self.0.is_empty() {
+            return None;
+        }
         find_in(self.0, stored_hash(hash), key, ns).map(|(_, e)| &e.value)
     }
 }
