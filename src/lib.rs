@@ -93,8 +93,8 @@ pub use codec::{Codec, VoidNamespace};
 pub use error::{Error, ErrorKind, Result};
 pub use heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
 pub use keyed::backend::{
-    KeyedStateBackend, PendingSnapshot, SnapshotMetrics, SnapshotResult, StateId, StateKey,
-    StateValue,
+    KeyedStateBackend, PendingSnapshot, SavepointFormat, SnapshotMetrics, SnapshotResult, StateId,
+    StateKey, StateValue,
 };
 pub use keyed::descriptor::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
@@ -114,5 +114,5 @@ pub use operator::{
 };
 pub use storage::{
     CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, StorageSettings,
-    TRIGGER_MARKER, checkpoint_dir,
+    TRIGGER_MARKER, checkpoint_dir, savepoint_dir,
 };

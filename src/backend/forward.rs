@@ -274,6 +274,16 @@ impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
     }
 
     #[inline]
+    fn savepoint(
+        &mut self,
+        savepoint_id: u64,
+        storage: &CheckpointStorage,
+        format: SavepointFormat,
+    ) -> Result<PendingSnapshot> {
+        on!(&mut self.inner, b => b.savepoint(savepoint_id, storage, format))
+    }
+
+    #[inline]
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
         on!(&mut self.inner, b => b.notify_checkpoint_complete(checkpoint_id))
     }

@@ -11,7 +11,9 @@ use crate::checkpoint::handle::{CheckpointMetadata, KeyedStateHandle};
 use crate::checkpoint::store::RestoreMode;
 use crate::error::Result;
 use crate::heap::backend::HeapKeyedStateBackend;
-use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
+use crate::keyed::backend::{
+    KeyedStateBackend, PendingSnapshot, SavepointFormat, StateId, StateKey, StateValue,
+};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,

@@ -3,7 +3,7 @@
 //! the store (as Flink's `CheckpointCoordinator`, for an engine embedding this crate). Every step's
 //! behaviour when retried, duplicated, late or cut off is `docs/protocol.md`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -45,6 +45,9 @@ pub struct CheckpointCoordinator {
     /// Unreferenced files a sweep saw while checkpoints were pending, with those checkpoints: one of them
     /// may be uploading the file (SlateDB #1758).
     pub(super) orphan_candidates: HashMap<String, Vec<u64>>,
+    /// Where the savepoints this coordinator triggered are written, by id (bounded, newest kept): their
+    /// clean-up after an abort or a late acknowledgement happens there.
+    pub(super) savepoint_targets: BTreeMap<u64, CheckpointStorage>,
 }
 
 impl CheckpointCoordinator {
@@ -98,6 +101,7 @@ impl CheckpointCoordinator {
             pending: BTreeMap::new(),
             outcomes: Outcomes::default(),
             orphan_candidates: HashMap::new(),
+            savepoint_targets: BTreeMap::new(),
         })
     }
 
@@ -156,6 +160,15 @@ impl CheckpointCoordinator {
     /// the next one);
     /// [`Error::IllegalState`] if 64 consecutive ids were taken by other coordinators.
     pub async fn trigger(&mut self) -> Result<u64> {
+        self.reserve(None).await
+    }
+
+    /// Reserves the next id (see [`CheckpointCoordinator::trigger`]) for a checkpoint, or for a savepoint
+    /// into `savepoint_target`, and makes it pending.
+    pub(super) async fn reserve(
+        &mut self,
+        savepoint_target: Option<CheckpointStorage>,
+    ) -> Result<u64> {
         if self.fenced {
             return Err(Error::IllegalState(format!(
                 "a newer coordinator of this job exists (this one is generation {}): stop this one",
@@ -180,11 +193,15 @@ impl CheckpointCoordinator {
             ));
             match self.storage.put_if_absent(&marker, content).await? {
                 Created::Yes => {
+                    if let Some(target) = &savepoint_target {
+                        self.remember_savepoint_target(id, target.clone());
+                    }
                     self.pending.insert(
                         id,
                         PendingCheckpoint {
                             timestamp_ms: self.clock.now_ms(),
                             acks: BTreeMap::new(),
+                            savepoint: savepoint_target,
                         },
                     );
                     return Ok(id);
@@ -325,9 +342,16 @@ impl CheckpointCoordinator {
         let meta = CheckpointMetadata {
             checkpoint_id,
             timestamp_ms: pending.timestamp_ms,
-            kind: SnapshotKind::Checkpoint,
+            kind: if pending.savepoint.is_some() {
+                SnapshotKind::Savepoint
+            } else {
+                SnapshotKind::Checkpoint
+            },
             tasks,
         };
+        if let Some(target) = pending.savepoint {
+            return self.complete_savepoint(meta, target, &all_metrics).await;
+        }
         let bytes = match self.check_completion(&meta) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -511,51 +535,6 @@ impl CheckpointCoordinator {
             }
         }
         expired
-    }
-
-    /// Deletes the private files of a checkpoint this coordinator reserved and that has no metadata,
-    /// keeping the reservation marker (the id watermark, `docs/protocol.md`).
-    async fn discard_private_dir(&self, checkpoint_id: u64) -> Result<()> {
-        self.storage
-            .delete_dir_except(&checkpoint_dir(checkpoint_id), &[TRIGGER_MARKER])
-            .await
-    }
-
-    /// Deletes the files of `tasks`' handles that checkpoint `checkpoint_id` uploaded itself (`created_by`)
-    /// and that no checkpoint the store knows references, nor `accepted` (an acknowledgement of the same
-    /// task that stays).
-    async fn discard_own_uploads<'a>(
-        &self,
-        checkpoint_id: u64,
-        tasks: impl IntoIterator<Item = &'a TaskStateSnapshot>,
-        accepted: Option<&TaskStateSnapshot>,
-    ) -> Result<()> {
-        let referenced: HashSet<String> = self
-            .store
-            .referenced_paths()
-            .into_iter()
-            .map(str::to_string)
-            .chain(
-                accepted
-                    .and_then(|t| t.keyed_state.as_ref())
-                    .into_iter()
-                    .flat_map(|h| h.files.iter().map(|f| f.path.clone())),
-            )
-            .collect();
-        let mut first_error = None;
-        for file in tasks
-            .into_iter()
-            .filter_map(|t| t.keyed_state.as_ref())
-            .flat_map(|h| &h.files)
-        {
-            if file.created_by == checkpoint_id
-                && !referenced.contains(&file.path)
-                && let Err(e) = self.storage.delete(&file.path).await
-            {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops the coordinator with the job: aborts pending checkpoints, then keeps or deletes the job's

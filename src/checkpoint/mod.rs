@@ -2,11 +2,13 @@
 //! and the validation of handle sets (`docs/protocol.md`).
 
 pub(crate) mod coordinator;
+mod discard;
 pub(crate) mod fence;
 pub(crate) mod handle;
 pub(crate) mod pending;
 mod read;
 pub(crate) mod registry;
+mod savepoint;
 pub(crate) mod store;
 mod store_types;
 pub(crate) mod sweep;

@@ -197,6 +197,8 @@ pub(crate) type TaskKey = (String, u32);
 pub(crate) struct PendingCheckpoint {
     pub(crate) timestamp_ms: u64,
     pub(crate) acks: BTreeMap<TaskKey, (TaskStateSnapshot, Option<SnapshotMetrics>)>,
+    /// A savepoint into this storage (`docs/savepoints.md`), or a checkpoint (`None`).
+    pub(crate) savepoint: Option<crate::storage::CheckpointStorage>,
 }
 
 /// How a checkpoint this coordinator triggered ended.

@@ -4,17 +4,17 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::error::{Error, Result};
 pub use crate::heap::config::HeapBackendConfig;
-use crate::heap::snapshot::SnapshotJob;
 use crate::heap::table::{
     ErasedTable, ListCell, MapCell, RawTable, StateTable, ValueSerde, entry_hash, list_serde,
     map_serde, value_serde,
 };
-use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
-use crate::keyed::checks::{check_snapshot_id, no_current_key, wrong_state};
+use crate::keyed::backend::{
+    KeyedStateBackend, PendingSnapshot, SavepointFormat, StateId, StateKey, StateValue,
+};
+use crate::keyed::checks::{no_current_key, wrong_state};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     StateKind, StateMeta, ValueStateDescriptor,
@@ -521,35 +521,17 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         checkpoint_id: u64,
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
-        let start = Instant::now();
-        check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
-        self.last_snapshot_id = Some(checkpoint_id);
-        self.unconfirmed.insert(checkpoint_id);
-        // Bounded: snapshots never confirmed (lost notifications) are forgotten oldest first; a late
-        // confirmation of one is then ignored, which for a heap backend only leaves the figure
-        // `last_completed_checkpoint` lower.
-        while self.unconfirmed.len() > MAX_UNCONFIRMED {
-            self.unconfirmed.pop_first();
-        }
-        let live = self.tables.iter().filter(|t| !t.is_dropped());
-        let job = SnapshotJob {
-            checkpoint_id,
-            states: live.clone().map(|t| t.meta().clone()).collect(),
-            frozen: self
-                .tables
-                .iter_mut()
-                .filter(|t| !t.is_dropped())
-                .map(|t| t.freeze())
-                .collect(),
-            config: self.config.clone(),
-            backend_id: self.backend_id.clone(),
-        };
-        let sync_duration = start.elapsed();
-        Ok(PendingSnapshot::new(
-            checkpoint_id,
-            sync_duration,
-            job.run(storage.clone(), sync_duration),
-        ))
+        self.snapshot_job(checkpoint_id, storage, false)
+    }
+
+    fn savepoint(
+        &mut self,
+        savepoint_id: u64,
+        storage: &CheckpointStorage,
+        _format: SavepointFormat,
+    ) -> Result<PendingSnapshot> {
+        // The heap backend's native format is the canonical one.
+        self.snapshot_job(savepoint_id, storage, true)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
@@ -573,7 +555,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 }
 
 /// Snapshots a heap backend remembers as unconfirmed.
-const MAX_UNCONFIRMED: usize = 64;
+pub(crate) const MAX_UNCONFIRMED: usize = 64;
 
 /// Keys of a raw (restored, unregistered) table, decoded.
 fn table_keys_any<K: StateKey, N: StateKey>(

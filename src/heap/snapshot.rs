@@ -4,18 +4,15 @@
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::format::keyed_file::upload::{ChunkSink, upload_keyed_file};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
-use crate::heap::backend::HeapBackendConfig;
+use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend, MAX_UNCONFIRMED};
 use crate::heap::table::FrozenTable;
-use crate::keyed::backend::{SnapshotMetrics, SnapshotResult};
+use crate::keyed::backend::{PendingSnapshot, SnapshotMetrics, SnapshotResult, StateKey};
+use crate::keyed::checks::check_snapshot_id;
 use crate::keyed::descriptor::StateMeta;
-use crate::storage::{CheckpointStorage, checkpoint_dir};
-
-/// Chunks handed to the uploader are at least this large (bytes), except the last.
-const CHUNK_BYTES: usize = 1 << 20;
-/// Chunks in flight between encoder and uploader.
-const CHUNKS_IN_FLIGHT: usize = 4;
+use crate::storage::{CheckpointStorage, checkpoint_dir, savepoint_dir};
 
 /// Everything the asynchronous phase needs, frozen by the synchronous phase.
 pub(crate) struct SnapshotJob {
@@ -24,15 +21,26 @@ pub(crate) struct SnapshotJob {
     pub(crate) frozen: Vec<Box<dyn FrozenTable>>,
     pub(crate) config: HeapBackendConfig,
     pub(crate) backend_id: String,
+    /// A savepoint (`savepoints/sp-<id>/`) rather than a checkpoint (`chk-<id>/`).
+    pub(crate) savepoint: bool,
 }
 
 /// Object-store path (relative to the job root) of a heap snapshot file:
-/// `chk-<n>/<operator>-<subtask>-<16 hex random>.keyed`, a name no other writer produces (a second
-/// snapshot under the same id, another coordinator's task), so no write can replace another's file.
-pub(crate) fn snapshot_file_name(config: &HeapBackendConfig, checkpoint_id: u64) -> String {
+/// `chk-<n>/<operator>-<subtask>-<16 hex random>.keyed` (`savepoints/sp-<n>/...` for a savepoint), a name
+/// no other writer produces (a second snapshot under the same id, another coordinator's task), so no write
+/// can replace another's file.
+pub(crate) fn snapshot_file_name(
+    config: &HeapBackendConfig,
+    checkpoint_id: u64,
+    savepoint: bool,
+) -> String {
+    let dir = if savepoint {
+        savepoint_dir(checkpoint_id)
+    } else {
+        checkpoint_dir(checkpoint_id)
+    };
     format!(
-        "{}/{}-{}-{:016x}.keyed",
-        checkpoint_dir(checkpoint_id),
+        "{dir}/{}-{}-{:016x}.keyed",
         config.operator_id,
         config.subtask_index,
         crate::clock::random_u64()
@@ -46,40 +54,13 @@ impl SnapshotJob {
         sync_duration: Duration,
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
-        let relative = snapshot_file_name(&self.config, self.checkpoint_id);
+        let relative = snapshot_file_name(&self.config, self.checkpoint_id, self.savepoint);
         let (checkpoint_id, config, backend_id) = (
             self.checkpoint_id,
             self.config.clone(),
             self.backend_id.clone(),
         );
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
-        let encoder = tokio::task::spawn_blocking(move || self.encode(tx));
-        let mut file = storage.writer(&relative);
-        let mut upload_error = None;
-        while let Some(chunk) = rx.recv().await {
-            if let Err(e) = file.write(chunk).await {
-                upload_error = Some(e);
-                break;
-            }
-        }
-        // Dropping the receiver stops the encoder if the upload failed.
-        drop(rx);
-        let encoded = encoder
-            .await
-            .map_err(|e| Error::IllegalState(format!("snapshot encoder panicked: {e}")))?;
-        let summary = match (upload_error, encoded) {
-            (None, Ok(summary)) => summary,
-            (Some(e), _) | (None, Err(e)) => {
-                file.abort().await;
-                let _ = storage.delete(&relative).await;
-                return Err(e);
-            }
-        };
-        if let Err(e) = file.finish().await {
-            // The upload may have completed before the error: nothing of a failed snapshot stays.
-            let _ = storage.delete(&relative).await;
-            return Err(e);
-        }
+        let summary = upload_keyed_file(&storage, &relative, move |sink| self.encode(sink)).await?;
         let handle = KeyedStateHandle {
             backend_id,
             operator_id: config.operator_id.clone(),
@@ -109,8 +90,8 @@ impl SnapshotJob {
         Ok(SnapshotResult { handle, metrics })
     }
 
-    /// Encodes the whole file, sending chunks to `tx`; releases each key group once written.
-    fn encode(mut self, tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> Result<FileSummary> {
+    /// Encodes the whole file into `sink`; releases each key group once written.
+    fn encode(mut self, sink: &mut ChunkSink) -> Result<FileSummary> {
         let header = FileHeader {
             max_parallelism: self.config.max_parallelism,
             key_groups: self.config.key_groups,
@@ -121,23 +102,59 @@ impl SnapshotJob {
             frame_bytes: self.config.frame_bytes,
         };
         let mut writer = KeyedFileWriter::new(&header, options)?;
-        let cancelled = || Error::IllegalState("snapshot upload stopped".into());
-        let mut pending = Vec::new();
         for (kg_index, key_group) in self.config.key_groups.iter().enumerate() {
             writer.begin_key_group(key_group)?;
             for (state, table) in self.frozen.iter_mut().enumerate() {
                 table.write_group(kg_index, state as u32, &mut writer)?;
             }
             writer.end_key_group()?;
-            pending.extend(writer.take_output());
-            if pending.len() >= CHUNK_BYTES {
-                tx.blocking_send(std::mem::take(&mut pending))
-                    .map_err(|_| cancelled())?;
-            }
+            sink.push(writer.take_output())?;
         }
         let (last, summary) = writer.finish()?;
-        pending.extend(last);
-        tx.blocking_send(pending).map_err(|_| cancelled())?;
+        sink.push(last)?;
         Ok(summary)
+    }
+}
+
+impl<K: StateKey> HeapKeyedStateBackend<K> {
+    /// The synchronous phase of a checkpoint or (`savepoint`) a savepoint: freezes every live table.
+    pub(crate) fn snapshot_job(
+        &mut self,
+        checkpoint_id: u64,
+        storage: &CheckpointStorage,
+        savepoint: bool,
+    ) -> Result<PendingSnapshot> {
+        let start = Instant::now();
+        check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
+        self.last_snapshot_id = Some(checkpoint_id);
+        if !savepoint {
+            self.unconfirmed.insert(checkpoint_id);
+            // Bounded: snapshots never confirmed (lost notifications) are forgotten oldest first; a late
+            // confirmation of one is then ignored, which for a heap backend only leaves the figure
+            // `last_completed_checkpoint` lower.
+            while self.unconfirmed.len() > MAX_UNCONFIRMED {
+                self.unconfirmed.pop_first();
+            }
+        }
+        let live = self.tables.iter().filter(|t| !t.is_dropped());
+        let job = SnapshotJob {
+            checkpoint_id,
+            states: live.clone().map(|t| t.meta().clone()).collect(),
+            frozen: self
+                .tables
+                .iter_mut()
+                .filter(|t| !t.is_dropped())
+                .map(|t| t.freeze())
+                .collect(),
+            config: self.config.clone(),
+            backend_id: self.backend_id.clone(),
+            savepoint,
+        };
+        let sync_duration = start.elapsed();
+        Ok(PendingSnapshot::new(
+            checkpoint_id,
+            sync_duration,
+            job.run(storage.clone(), sync_duration),
+        ))
     }
 }

@@ -60,6 +60,19 @@ pub struct SnapshotResult {
     pub metrics: SnapshotMetrics,
 }
 
+/// The format of a savepoint (`docs/savepoints.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SavepointFormat {
+    /// One keyed snapshot file per subtask (`docs/formats.md`, "Keyed snapshot file"): both backends write
+    /// it and restore it, at any parallelism. Handle format [`HandleFormat::KeyedFile`](crate::HandleFormat).
+    #[default]
+    Canonical,
+    /// The backend's own format, every file private: for the LSM backend the files of a native RocksDB
+    /// checkpoint (faster to write and restore, restorable by the LSM backend only); for the heap backend
+    /// the same as [`SavepointFormat::Canonical`].
+    Native,
+}
+
 /// A snapshot whose synchronous phase is done; [`PendingSnapshot::run`] is its asynchronous phase.
 ///
 /// Dropping it without running cancels the snapshot (nothing was written yet).
@@ -377,6 +390,20 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
         &mut self,
         checkpoint_id: u64,
         storage: &CheckpointStorage,
+    ) -> Result<PendingSnapshot>;
+
+    /// Synchronous phase of a savepoint `savepoint_id` in `format`: like [`KeyedStateBackend::snapshot`],
+    /// but every file goes to `savepoints/sp-<id>/` of `storage` (any storage: the user's target), private,
+    /// and the savepoint never becomes an incremental base, whatever is later notified for its id. Its id
+    /// comes from the same sequence as checkpoint ids and must exceed every id snapshotted before.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::snapshot`].
+    fn savepoint(
+        &mut self,
+        savepoint_id: u64,
+        storage: &CheckpointStorage,
+        format: SavepointFormat,
     ) -> Result<PendingSnapshot>;
 
     /// The checkpoint `checkpoint_id` completed (all tasks acknowledged, metadata written).

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use rocksdb::{Cache, DB, Options, ReadOptions, WriteOptions};
 
 use crate::error::{Error, Result};
-use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
+use crate::keyed::backend::{
+    KeyedStateBackend, PendingSnapshot, SavepointFormat, StateId, StateKey, StateValue,
+};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     StateKind, StateMeta, ValueStateDescriptor,
@@ -577,6 +579,19 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
         self.snapshot_to(checkpoint_id, storage, SnapshotTarget::Checkpoint)
+    }
+
+    fn savepoint(
+        &mut self,
+        savepoint_id: u64,
+        storage: &CheckpointStorage,
+        format: SavepointFormat,
+    ) -> Result<PendingSnapshot> {
+        let target = match format {
+            SavepointFormat::Canonical => SnapshotTarget::CanonicalSavepoint,
+            SavepointFormat::Native => SnapshotTarget::Savepoint,
+        };
+        self.snapshot_to(savepoint_id, storage, target)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {

@@ -13,6 +13,7 @@ use crate::checkpoint::handle::StateFile;
 use crate::error::{Error, Result};
 use crate::keyed::backend::{PendingSnapshot, StateKey};
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
+use crate::lsm::canonical::CanonicalExport;
 use crate::lsm::instance::remove_dir_if_exists;
 use crate::lsm::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
 use crate::storage::CheckpointStorage;
@@ -44,20 +45,6 @@ pub(crate) struct DiffBase {
 }
 
 impl<K: StateKey> LsmKeyedStateBackend<K> {
-    /// Takes a native savepoint: like a checkpoint, but every file is uploaded (self-contained, private,
-    /// under `savepoints/sp-<id>/`) and it never becomes the diff base (FLINK-23949), whatever the engine
-    /// later notifies for `savepoint_id`.
-    ///
-    /// # Errors
-    /// As [`KeyedStateBackend::snapshot`](crate::KeyedStateBackend::snapshot).
-    pub fn savepoint(
-        &mut self,
-        savepoint_id: u64,
-        storage: &CheckpointStorage,
-    ) -> Result<PendingSnapshot> {
-        self.snapshot_to(savepoint_id, storage, SnapshotTarget::Savepoint)
-    }
-
     pub(crate) fn snapshot_to(
         &mut self,
         checkpoint_id: u64,
@@ -108,7 +95,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 drop(pending);
                 self.base.clone()
             }
-            SnapshotTarget::Savepoint => None,
+            SnapshotTarget::Savepoint | SnapshotTarget::CanonicalSavepoint => None,
         };
         let sync_duration = start.elapsed();
         let guard = UploadGuard {
@@ -116,6 +103,28 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             pending: (target == SnapshotTarget::Checkpoint)
                 .then(|| (self.pending.clone(), checkpoint_id)),
         };
+        if target == SnapshotTarget::CanonicalSavepoint {
+            let export = CanonicalExport {
+                savepoint_id: checkpoint_id,
+                local_dir: local,
+                _guard: guard,
+                storage: storage.clone(),
+                backend_id: self.backend_id.clone(),
+                config: self.config.clone(),
+                // Dropped states have no column family any more (`drop_state`).
+                states: self
+                    .states
+                    .iter()
+                    .filter(|s| !s.cf.is_empty())
+                    .map(|s| s.meta.clone())
+                    .collect(),
+            };
+            return Ok(PendingSnapshot::new(
+                checkpoint_id,
+                sync_duration,
+                export.run(sync_duration),
+            ));
+        }
         let job = UploadJob {
             checkpoint_id,
             target,

@@ -104,6 +104,8 @@ pub(crate) struct RowKey<'a> {
     pub(crate) key_group: u32,
     pub(crate) key: &'a [u8],
     pub(crate) namespace: &'a [u8],
+    /// The rest of the row key: a map row's user key, empty for other kinds.
+    pub(crate) user_key: &'a [u8],
 }
 
 /// Splits a row key of a backend with `max_parallelism` into its parts.
@@ -130,6 +132,7 @@ pub(crate) fn split_row_key(row: &[u8], max_parallelism: u32) -> Result<RowKey<'
         key_group,
         key,
         namespace,
+        user_key: &rest[n + ns_len..],
     })
 }
 

@@ -3,7 +3,9 @@
 
 mod backend;
 mod bulk;
+mod canonical;
 mod checkpointing;
+mod import;
 mod instance;
 pub(crate) mod keys;
 mod options;

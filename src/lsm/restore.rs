@@ -10,6 +10,7 @@ use rocksdb::{DB, WriteBatch};
 use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::checkpoint::store::RestoreMode;
 use crate::error::{Error, Result};
+use crate::format::keyed_file::load::load_handle;
 use crate::keyed::backend::StateKey;
 use crate::keyed::key_group::KeyGroupRange;
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error, new_backend_id};
@@ -112,6 +113,13 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             owned,
             handles,
         )?;
+        if !overlapping.is_empty()
+            && overlapping
+                .iter()
+                .all(|h| h.format == HandleFormat::KeyedFile)
+        {
+            return Self::restore_canonical(config, storage, &overlapping, handles).await;
+        }
         for h in &overlapping {
             if h.format == HandleFormat::RocksIncrementalRowsV1 {
                 return Err(Error::InvalidArgument(format!(
@@ -174,6 +182,30 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             handles = overlapping.len(),
             incremental = keep_identity,
             "lsm backend restored"
+        );
+        Ok(backend)
+    }
+
+    /// A new backend holding the owned key groups of canonical snapshot files (`docs/savepoints.md`); its
+    /// first checkpoint is a full one.
+    async fn restore_canonical(
+        config: LsmBackendConfig,
+        storage: &CheckpointStorage,
+        overlapping: &[&KeyedStateHandle],
+        handles: &[KeyedStateHandle],
+    ) -> Result<Self> {
+        let owned = config.key_groups;
+        let loads = overlapping
+            .iter()
+            .map(|h| load_handle(storage, h, owned, "LSM"));
+        let loaded = futures::future::try_join_all(loads).await?;
+        let instance = InstanceDir::create(&config)?;
+        let mut backend = Self::open_db(config.clone(), new_backend_id(&config), instance)?;
+        backend.last_snapshot_id = handles.first().map(|h| h.checkpoint_id);
+        backend.import_canonical(&loaded)?;
+        tracing::info!(
+            handles = overlapping.len(),
+            "lsm backend restored from canonical snapshots"
         );
         Ok(backend)
     }

@@ -22,6 +22,9 @@ pub(crate) enum SnapshotTarget {
     Checkpoint,
     /// A native savepoint: every file uploaded, private, never a base.
     Savepoint,
+    /// A canonical savepoint: the rows re-encoded as one keyed snapshot file (`lsm/canonical.rs`), never a
+    /// base.
+    CanonicalSavepoint,
 }
 
 /// Everything the asynchronous phase needs; owns no reference to the DB.
@@ -125,7 +128,7 @@ impl UploadJob {
                     ),
                     FileScope::Private,
                 ),
-                (SnapshotTarget::Savepoint, _) => (
+                (SnapshotTarget::Savepoint | SnapshotTarget::CanonicalSavepoint, _) => (
                     format!(
                         "{SAVEPOINT_DIR}/sp-{}/{}-{}-{nonce:016x}/{local_name}",
                         self.checkpoint_id, self.operator_id, self.subtask_index

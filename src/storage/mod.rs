@@ -45,6 +45,12 @@ pub fn checkpoint_dir(id: u64) -> String {
     format!("chk-{id}")
 }
 
+/// Directory (relative to the job root) of savepoint `id`: `savepoints/sp-<id>`. A savepoint's files and
+/// its `_metadata` live there only (self-contained: `docs/savepoints.md`).
+pub fn savepoint_dir(id: u64) -> String {
+    format!("{SAVEPOINT_DIR}/sp-{id}")
+}
+
 /// Checkpoint storage of one job: an object store and the job's root path in it.
 ///
 /// Cheap to clone; all clones share the store.

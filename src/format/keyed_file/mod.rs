@@ -252,6 +252,8 @@ impl KeyedFileWriter {
     }
 }
 
+pub(crate) mod load;
 pub(crate) mod read;
 #[cfg(test)]
 mod tests;
+pub(crate) mod upload;

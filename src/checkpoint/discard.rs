@@ -1,0 +1,82 @@
+//! What the coordinator deletes of a checkpoint or savepoint that did not complete: the uploads of its
+//! tasks that nothing references, and its private directory (`docs/protocol.md`, table of outcomes).
+
+use std::collections::HashSet;
+
+use crate::checkpoint::coordinator::CheckpointCoordinator;
+use crate::checkpoint::handle::TaskStateSnapshot;
+use crate::error::Result;
+use crate::storage::{CheckpointStorage, TRIGGER_MARKER, checkpoint_dir, savepoint_dir};
+
+/// Savepoint targets a coordinator remembers (for late acknowledgements of aborted savepoints).
+const MAX_SAVEPOINT_TARGETS: usize = 64;
+
+impl CheckpointCoordinator {
+    /// The storage checkpoint `checkpoint_id`'s files are in: a savepoint's target, else the job's.
+    pub(super) fn storage_of(&self, checkpoint_id: u64) -> &CheckpointStorage {
+        self.savepoint_targets
+            .get(&checkpoint_id)
+            .unwrap_or(&self.storage)
+    }
+
+    /// Remembers where savepoint `id` is written; forgets the oldest beyond [`MAX_SAVEPOINT_TARGETS`].
+    pub(super) fn remember_savepoint_target(&mut self, id: u64, target: CheckpointStorage) {
+        self.savepoint_targets.insert(id, target);
+        while self.savepoint_targets.len() > MAX_SAVEPOINT_TARGETS {
+            self.savepoint_targets.pop_first();
+        }
+    }
+
+    /// Deletes the private files of a checkpoint this coordinator reserved and that has no metadata,
+    /// keeping the reservation marker (the id watermark, `docs/protocol.md`).
+    ///
+    /// For a savepoint (no metadata yet, nothing of it shared), its whole directory in the target storage.
+    pub(super) async fn discard_private_dir(&self, checkpoint_id: u64) -> Result<()> {
+        if let Some(target) = self.savepoint_targets.get(&checkpoint_id) {
+            return target
+                .delete_dir_except(&savepoint_dir(checkpoint_id), &[])
+                .await;
+        }
+        self.storage
+            .delete_dir_except(&checkpoint_dir(checkpoint_id), &[TRIGGER_MARKER])
+            .await
+    }
+
+    /// Deletes the files of `tasks`' handles that checkpoint `checkpoint_id` uploaded itself (`created_by`)
+    /// and that no checkpoint the store knows references, nor `accepted` (an acknowledgement of the same
+    /// task that stays).
+    pub(super) async fn discard_own_uploads<'a>(
+        &self,
+        checkpoint_id: u64,
+        tasks: impl IntoIterator<Item = &'a TaskStateSnapshot>,
+        accepted: Option<&TaskStateSnapshot>,
+    ) -> Result<()> {
+        let referenced: HashSet<String> = self
+            .store
+            .referenced_paths()
+            .into_iter()
+            .map(str::to_string)
+            .chain(
+                accepted
+                    .and_then(|t| t.keyed_state.as_ref())
+                    .into_iter()
+                    .flat_map(|h| h.files.iter().map(|f| f.path.clone())),
+            )
+            .collect();
+        let storage = self.storage_of(checkpoint_id);
+        let mut first_error = None;
+        for file in tasks
+            .into_iter()
+            .filter_map(|t| t.keyed_state.as_ref())
+            .flat_map(|h| &h.files)
+        {
+            if file.created_by == checkpoint_id
+                && !referenced.contains(&file.path)
+                && let Err(e) = storage.delete(&file.path).await
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

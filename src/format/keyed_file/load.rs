@@ -1,0 +1,140 @@
+//! Reading the owned key groups of a keyed snapshot file (the canonical format) named by a state handle:
+//! shared by the heap backend's restore and the LSM backend's import of canonical snapshots.
+
+use crate::checkpoint::handle::{HandleFormat, KeyedStateHandle};
+use crate::error::{Error, Result};
+use crate::format::keyed_file::read::{self as keyed_file, HEADER_PREFIX};
+use crate::format::keyed_file::{FOOTER_LEN, FileHeader};
+use crate::keyed::key_group::KeyGroupRange;
+use crate::storage::{CheckpointStorage, RangeSource};
+
+/// The key groups of one file that a restore needs, decoded to raw record bytes.
+pub(crate) struct LoadedFile {
+    /// The file's path as the store names it (for errors).
+    pub(crate) path: String,
+    pub(crate) header: FileHeader,
+    /// Decoded record bytes of each wanted key group that has records, ascending.
+    pub(crate) groups: Vec<(u32, Vec<u8>)>,
+}
+
+/// Reads and checks one handle's file; decodes the key groups in `range`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if the handle is not a keyed-file (canonical) handle (`restorer` names the
+/// backend that refuses it); [`Error::NotFound`] if the file is missing; [`Error::Corrupt`] naming the
+/// file if its size, CRC32, footer, index, header or a frame is wrong.
+pub(crate) async fn load_handle(
+    storage: &CheckpointStorage,
+    handle: &KeyedStateHandle,
+    range: KeyGroupRange,
+    restorer: &str,
+) -> Result<LoadedFile> {
+    if handle.format != HandleFormat::KeyedFile {
+        return Err(Error::InvalidArgument(format!(
+            "the {restorer} backend cannot restore backend {}'s {:?} snapshot of checkpoint {}: only a \
+             canonical snapshot (keyed file) restores on any backend; restore it with the backend that \
+             wrote it and take a canonical savepoint, or convert it with `statectl savepoint convert`",
+            handle.backend_id, handle.format, handle.checkpoint_id
+        )));
+    }
+    let [file] = handle.files.as_slice() else {
+        return Err(Error::InvalidArgument(format!(
+            "a keyed-file handle has exactly one file, backend {} lists {}",
+            handle.backend_id,
+            handle.files.len()
+        )));
+    };
+    // A file this restore needs whole is read whole, so that its CRC32 is checked on every store.
+    let whole = handle.key_groups.intersection(&range) == handle.key_groups;
+    let source = if whole {
+        RangeSource::Bytes {
+            bytes: storage.read(&file.path).await?,
+            path: storage.path(&file.path),
+        }
+    } else {
+        storage.open(&file.path).await?
+    };
+    let path = source.path().to_string();
+    if source.len() != file.size_bytes {
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "file has {} bytes, its handle says {}: truncated or replaced",
+                source.len(),
+                file.size_bytes
+            ),
+        ));
+    }
+    if let RangeSource::Bytes { bytes, .. } = &source
+        && crc32fast::hash(bytes) != file.crc32
+    {
+        return Err(Error::corrupt(
+            &path,
+            "file checksum does not match its handle",
+        ));
+    }
+    let len = source.len();
+    if len < HEADER_PREFIX + FOOTER_LEN as u64 {
+        return Err(Error::corrupt(
+            &path,
+            format!("truncated: {len} bytes is shorter than any snapshot file"),
+        ));
+    }
+    let footer_bytes = source
+        .read(len.saturating_sub(FOOTER_LEN as u64)..len)
+        .await?;
+    let footer = keyed_file::parse_footer(&footer_bytes, len, &path)?;
+    let index_bytes = source
+        .read(footer.index_offset..footer.index_offset + footer.index_len)
+        .await?;
+    let index = keyed_file::parse_index(&index_bytes, &footer, &path)?;
+    let prefix = source.read(0..HEADER_PREFIX.min(len)).await?;
+    let header_len = keyed_file::header_len(&prefix, &footer, &path)?;
+    let header = keyed_file::parse_header(&source.read(0..header_len).await?, &path)?;
+    if header.max_parallelism != handle.max_parallelism || header.key_groups != handle.key_groups {
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "file holds key groups {} of max parallelism {}, its handle says {} of {}",
+                header.key_groups,
+                header.max_parallelism,
+                handle.key_groups,
+                handle.max_parallelism
+            ),
+        ));
+    }
+    let wanted: Vec<_> = index
+        .iter()
+        .filter(|e| range.contains(e.key_group))
+        .filter(|e| header.key_groups.contains(e.key_group) && e.offset >= header_len)
+        .copied()
+        .collect();
+    if wanted.len() != index.iter().filter(|e| range.contains(e.key_group)).count() {
+        return Err(Error::corrupt(
+            &path,
+            "index lists a key group outside the file's range or inside its header",
+        ));
+    }
+    let ranges: Vec<_> = wanted.iter().map(|e| e.offset..e.offset + e.len).collect();
+    let blocks = source.read_many(&ranges).await?;
+    let decode_path = path.clone();
+    let groups = tokio::task::spawn_blocking(move || {
+        wanted
+            .iter()
+            .zip(blocks)
+            .map(|(e, bytes)| {
+                Ok((
+                    e.key_group,
+                    keyed_file::decode_frames(&bytes, e.offset, &decode_path)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| Error::IllegalState(format!("restore decoder panicked: {e}")))??;
+    Ok(LoadedFile {
+        path,
+        header,
+        groups,
+    })
+}

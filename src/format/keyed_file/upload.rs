@@ -1,0 +1,96 @@
+//! Streaming a keyed snapshot file to checkpoint storage while it is encoded: the encoder runs on a
+//! blocking thread and hands chunks to the uploader through a bounded channel, so a snapshot never holds
+//! the whole file in memory. Used by the heap backend's snapshots and the LSM backend's canonical
+//! savepoints.
+
+use crate::error::{Error, Result};
+use crate::format::keyed_file::FileSummary;
+use crate::storage::CheckpointStorage;
+
+/// Chunks handed to the uploader are at least this large (bytes), except the last.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks in flight between encoder and uploader.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Where an encoder puts the bytes of the file, in order (`KeyedFileWriter::take_output`).
+pub(crate) struct ChunkSink {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+impl ChunkSink {
+    /// Queues `bytes`; blocks while the uploader is [`CHUNKS_IN_FLIGHT`] chunks behind.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`] once the upload has stopped (it failed): the encoder should stop too.
+    pub(crate) fn push(&mut self, bytes: Vec<u8>) -> Result<()> {
+        if self.pending.is_empty() {
+            self.pending = bytes;
+        } else {
+            self.pending.extend_from_slice(&bytes);
+        }
+        if self.pending.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<()> {
+        self.tx
+            .blocking_send(std::mem::take(&mut self.pending))
+            .map_err(|_| Error::IllegalState("snapshot upload stopped".into()))
+    }
+}
+
+/// Uploads the file `relative` (a path under `storage`'s job root) whose bytes `encode` produces on a
+/// blocking thread; returns `encode`'s summary once the file is durable in storage.
+///
+/// # Errors
+/// The first error of the encoder or the upload; nothing of the file is left in storage then (a failed
+/// upload is aborted and the path deleted, best effort).
+pub(crate) async fn upload_keyed_file<F>(
+    storage: &CheckpointStorage,
+    relative: &str,
+    encode: F,
+) -> Result<FileSummary>
+where
+    F: FnOnce(&mut ChunkSink) -> Result<FileSummary> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let encoder = tokio::task::spawn_blocking(move || {
+        let mut sink = ChunkSink {
+            tx,
+            pending: Vec::new(),
+        };
+        let summary = encode(&mut sink)?;
+        sink.send()?;
+        Ok(summary)
+    });
+    let mut file = storage.writer(relative);
+    let mut upload_error = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = file.write(chunk).await {
+            upload_error = Some(e);
+            break;
+        }
+    }
+    // Dropping the receiver stops the encoder if the upload failed.
+    drop(rx);
+    let encoded: Result<FileSummary> = encoder
+        .await
+        .map_err(|e| Error::IllegalState(format!("snapshot encoder panicked: {e}")))?;
+    let summary = match (upload_error, encoded) {
+        (None, Ok(summary)) => summary,
+        (Some(e), _) | (None, Err(e)) => {
+            file.abort().await;
+            let _ = storage.delete(relative).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = file.finish().await {
+        // The upload may have completed before the error: nothing of a failed snapshot stays.
+        let _ = storage.delete(relative).await;
+        return Err(e);
+    }
+    Ok(summary)
+}

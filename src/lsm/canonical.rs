@@ -1,0 +1,215 @@
+//! Canonical savepoints of the LSM backend: its rows written as a keyed snapshot file (the format the heap
+//! backend writes and both backends restore; `docs/savepoints.md`), from a native checkpoint opened
+//! read-only while processing goes on.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rocksdb::DB;
+
+use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
+use crate::error::{Error, Result};
+use crate::format::bytes::PutExt;
+use crate::format::keyed_file::upload::{ChunkSink, upload_keyed_file};
+use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
+use crate::keyed::backend::{SnapshotMetrics, SnapshotResult};
+use crate::keyed::descriptor::{StateKind, StateMeta};
+use crate::lsm::backend::db_error;
+use crate::lsm::keys::{cf_name, key_group_prefix, split_list, split_row_key};
+use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
+use crate::lsm::snapshot::UploadGuard;
+use crate::storage::{CheckpointStorage, savepoint_dir};
+
+/// zstd level of canonical savepoints written by the LSM backend (the heap backend's default).
+const ZSTD_LEVEL: i32 = 1;
+/// Uncompressed bytes after which a frame is closed (the heap backend's default, 1 MiB).
+const FRAME_BYTES: usize = 1 << 20;
+
+/// The asynchronous phase of a canonical savepoint; owns no reference to the live DB.
+pub(crate) struct CanonicalExport {
+    pub(crate) savepoint_id: u64,
+    /// The native checkpoint directory (hard links), removed when the job ends or is dropped.
+    pub(crate) local_dir: PathBuf,
+    pub(crate) _guard: UploadGuard,
+    pub(crate) storage: CheckpointStorage,
+    pub(crate) backend_id: String,
+    pub(crate) config: LsmBackendConfig,
+    /// The states in the savepoint, in header order.
+    pub(crate) states: Vec<StateMeta>,
+}
+
+impl CanonicalExport {
+    pub(crate) async fn run(self, sync_duration: Duration) -> Result<SnapshotResult> {
+        let started = Instant::now();
+        let relative = format!(
+            "{}/{}-{}-{:016x}.keyed",
+            savepoint_dir(self.savepoint_id),
+            self.config.operator_id,
+            self.config.subtask_index,
+            crate::clock::random_u64()
+        );
+        let (savepoint_id, backend_id, config, storage) = (
+            self.savepoint_id,
+            self.backend_id.clone(),
+            self.config.clone(),
+            self.storage.clone(),
+        );
+        // `self` (with the guard that removes the native checkpoint) moves into the encoder and is dropped
+        // when it ends.
+        let summary = upload_keyed_file(&storage, &relative, move |sink| self.encode(sink)).await?;
+        let handle = KeyedStateHandle {
+            backend_id,
+            operator_id: config.operator_id.clone(),
+            checkpoint_id: savepoint_id,
+            max_parallelism: config.max_parallelism,
+            key_groups: config.key_groups,
+            format: HandleFormat::KeyedFile,
+            files: vec![StateFile {
+                path: relative,
+                scope: FileScope::Private,
+                size_bytes: summary.size,
+                crc32: summary.crc32,
+                created_by: savepoint_id,
+                local_name: String::new(),
+            }],
+        };
+        let metrics = SnapshotMetrics {
+            sync_duration,
+            async_duration: started.elapsed(),
+            checkpointed_bytes: summary.size,
+            full_bytes: summary.size,
+            state_bytes: summary.raw_bytes,
+            entries: summary.records,
+            files_uploaded: 1,
+            files_reused: 0,
+        };
+        Ok(SnapshotResult { handle, metrics })
+    }
+
+    /// Reads the native checkpoint key group by key group, state by state, and writes the records.
+    fn encode(self, sink: &mut ChunkSink) -> Result<FileSummary> {
+        let path = self.local_dir.display().to_string();
+        let (options, _cache) = lsm_db_options(&self.config);
+        let cfs = DB::list_cf(&options, &self.local_dir).map_err(|e| db_error(&path, e))?;
+        let db = DB::open_cf_descriptors_read_only(
+            &options,
+            &self.local_dir,
+            cf_descriptors(&cfs, &options),
+            false,
+        )
+        .map_err(|e| db_error(&path, e))?;
+        let max_parallelism = self.config.max_parallelism;
+        let header = FileHeader {
+            max_parallelism,
+            key_groups: self.config.key_groups,
+            states: self.states.clone(),
+        };
+        let mut writer = KeyedFileWriter::new(
+            &header,
+            WriterOptions {
+                zstd_level: Some(ZSTD_LEVEL),
+                frame_bytes: FRAME_BYTES,
+            },
+        )?;
+        let mut handles = Vec::with_capacity(self.states.len());
+        for meta in &self.states {
+            let cf = cf_name(&meta.name);
+            handles.push(db.cf_handle(&cf).ok_or_else(|| {
+                Error::IllegalState(format!("column family {cf} is missing from {path}"))
+            })?);
+        }
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for key_group in self.config.key_groups.iter() {
+            writer.begin_key_group(key_group)?;
+            let start = key_group_prefix(key_group, max_parallelism);
+            let end = key_group_prefix(key_group + 1, max_parallelism);
+            for (state, (meta, cf)) in self.states.iter().zip(&handles).enumerate() {
+                let state = state as u32;
+                let mut it = db.raw_iterator_cf(cf);
+                it.seek(&start);
+                // A map's rows (same key and namespace, consecutive) gather here.
+                let mut map_of: Option<(Vec<u8>, Vec<u8>)> = None;
+                entries.clear();
+                while let (Some(row), Some(value)) = (it.key(), it.value()) {
+                    if row >= end.as_slice() {
+                        break;
+                    }
+                    let parts = split_row_key(row, max_parallelism)
+                        .map_err(|e| Error::corrupt(&path, e.to_string()))?;
+                    match meta.kind {
+                        StateKind::Map => {
+                            let same = map_of
+                                .as_ref()
+                                .is_some_and(|(k, n)| k == parts.key && n == parts.namespace);
+                            if !same {
+                                if let Some((k, n)) = map_of.take() {
+                                    write_map(&mut writer, state, &k, &n, &entries)?;
+                                }
+                                entries.clear();
+                                map_of = Some((parts.key.to_vec(), parts.namespace.to_vec()));
+                            }
+                            entries.push((parts.user_key.to_vec(), value.to_vec()));
+                        }
+                        StateKind::List => {
+                            let elements = split_list(value)
+                                .map_err(|e| Error::corrupt(&path, e.to_string()))?;
+                            if !elements.is_empty() {
+                                writer.add_record(
+                                    state,
+                                    |o| o.extend_from_slice(parts.key),
+                                    |o| o.extend_from_slice(parts.namespace),
+                                    |o| {
+                                        o.put_u32(elements.len() as u32);
+                                        for e in &elements {
+                                            o.put_bytes(e);
+                                        }
+                                    },
+                                )?;
+                            }
+                        }
+                        StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
+                            writer.add_record(
+                                state,
+                                |o| o.extend_from_slice(parts.key),
+                                |o| o.extend_from_slice(parts.namespace),
+                                |o| o.extend_from_slice(value),
+                            )?;
+                        }
+                    }
+                    it.next();
+                }
+                it.status().map_err(|e| db_error(&path, e))?;
+                if let Some((k, n)) = map_of.take() {
+                    write_map(&mut writer, state, &k, &n, &entries)?;
+                }
+            }
+            writer.end_key_group()?;
+            sink.push(writer.take_output())?;
+        }
+        let (last, summary) = writer.finish()?;
+        sink.push(last)?;
+        Ok(summary)
+    }
+}
+
+/// One record of map state: `count u32`, then per entry the user key and the value as `bytes`.
+fn write_map(
+    writer: &mut KeyedFileWriter,
+    state: u32,
+    key: &[u8],
+    namespace: &[u8],
+    entries: &[(Vec<u8>, Vec<u8>)],
+) -> Result<()> {
+    writer.add_record(
+        state,
+        |o| o.extend_from_slice(key),
+        |o| o.extend_from_slice(namespace),
+        |o| {
+            o.put_u32(entries.len() as u32);
+            for (user_key, value) in entries {
+                o.put_bytes(user_key);
+                o.put_bytes(value);
+            }
+        },
+    )
+}

@@ -1,0 +1,197 @@
+//! Restoring the LSM backend from canonical snapshots (keyed snapshot files, written by either backend):
+//! records become rows, sorted per state, written into one SST per state and ingested
+//! (`docs/savepoints.md`).
+
+use rocksdb::{IngestExternalFileOptions, SstFileWriter};
+
+use crate::error::{Error, Result};
+use crate::format::bytes::Decoder;
+use crate::format::keyed_file::load::LoadedFile;
+use crate::format::keyed_file::read as keyed_file;
+use crate::keyed::backend::{StateId, StateKey};
+use crate::keyed::descriptor::StateKind;
+use crate::keyed::key_group::{key_group_for_hash, stable_key_hash};
+use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
+use crate::lsm::keys::{push_key_group, push_list_element, push_varint};
+
+/// The rows of one state: keys and values in one buffer, sorted by key before they are written.
+#[derive(Default)]
+struct Rows {
+    buf: Vec<u8>,
+    /// `(start in buf, key length, value length)`.
+    items: Vec<(usize, u32, u32)>,
+}
+
+impl Rows {
+    fn push(&mut self, key: impl FnOnce(&mut Vec<u8>), value: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        key(&mut self.buf);
+        let key_len = self.buf.len() - start;
+        value(&mut self.buf);
+        let value_len = self.buf.len() - start - key_len;
+        self.items.push((start, key_len as u32, value_len as u32));
+    }
+
+    fn key(&self, item: (usize, u32, u32)) -> &[u8] {
+        &self.buf[item.0..item.0 + item.1 as usize]
+    }
+
+    fn value(&self, item: (usize, u32, u32)) -> &[u8] {
+        let at = item.0 + item.1 as usize;
+        &self.buf[at..at + item.2 as usize]
+    }
+}
+
+/// The row key of `key` in `namespace` of key group `key_group`: `[key group][varint len][key][varint
+/// len][namespace]` (`docs/formats.md`, "LSM backend rows").
+fn push_row_prefix(
+    out: &mut Vec<u8>,
+    key_group: u32,
+    max_parallelism: u32,
+    key: &[u8],
+    namespace: &[u8],
+) {
+    push_key_group(key_group, max_parallelism, out);
+    push_varint(key.len() as u32, out);
+    out.extend_from_slice(key);
+    push_varint(namespace.len() as u32, out);
+    out.extend_from_slice(namespace);
+}
+
+impl<K: StateKey> LsmKeyedStateBackend<K> {
+    /// Writes the records of `files` (the owned key groups of canonical snapshot files) into this backend,
+    /// which must hold no rows of their states: each file's states are registered (created, or checked
+    /// against a state of the same name), every record's key checked against its key group, and each
+    /// state's rows ingested as one SST file.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the file for a record of an unknown state, a key in the wrong key group,
+    /// a malformed list or map value, or two records of the same key, namespace (and user key);
+    /// [`Error::InvalidArgument`] if a state is described differently than a registered one;
+    /// [`Error::Local`] if RocksDB cannot write or ingest the files.
+    pub(crate) fn import_canonical(&mut self, files: &[LoadedFile]) -> Result<()> {
+        let max_parallelism = self.config.max_parallelism;
+        let mut rows: Vec<(StateId, Rows)> = Vec::new();
+        let mut path_of_state: Vec<String> = Vec::new();
+        for file in files {
+            let mut slots = Vec::with_capacity(file.header.states.len());
+            for meta in &file.header.states {
+                let id = self.register(meta.clone())?;
+                let slot = match rows.iter().position(|(s, _)| *s == id) {
+                    Some(slot) => slot,
+                    None => {
+                        rows.push((id, Rows::default()));
+                        path_of_state.push(file.path.clone());
+                        rows.len() - 1
+                    }
+                };
+                slots.push((slot, meta.kind));
+            }
+            for (key_group, bytes) in &file.groups {
+                for record in keyed_file::records(bytes, &file.path) {
+                    let r = record?;
+                    let &(slot, kind) = slots.get(r.state as usize).ok_or_else(|| {
+                        Error::corrupt(&file.path, format!("record of unknown state {}", r.state))
+                    })?;
+                    let actual =
+                        key_group_for_hash(stable_key_hash(r.key), file.header.max_parallelism);
+                    if actual != *key_group {
+                        return Err(Error::corrupt(
+                            &file.path,
+                            format!(
+                                "a key of key group {actual} is stored in key group {key_group}"
+                            ),
+                        ));
+                    }
+                    let out = &mut rows[slot].1;
+                    let prefix = |o: &mut Vec<u8>| {
+                        push_row_prefix(o, *key_group, max_parallelism, r.key, r.namespace)
+                    };
+                    match kind {
+                        StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
+                            out.push(prefix, |o| o.extend_from_slice(r.value));
+                        }
+                        StateKind::List => {
+                            let mut d = Decoder::new(r.value, 0, &file.path);
+                            let count = d.count("list elements", 4)?;
+                            let mut elements = Vec::with_capacity(count);
+                            for _ in 0..count {
+                                elements.push(d.bytes("list element")?);
+                            }
+                            d.finish("list value")?;
+                            if !elements.is_empty() {
+                                out.push(prefix, |o| {
+                                    for e in elements {
+                                        push_list_element(e, o);
+                                    }
+                                });
+                            }
+                        }
+                        StateKind::Map => {
+                            let mut d = Decoder::new(r.value, 0, &file.path);
+                            let count = d.count("map entries", 8)?;
+                            for _ in 0..count {
+                                let user_key = d.bytes("map user key")?;
+                                let value = d.bytes("map value")?;
+                                out.push(
+                                    |o| {
+                                        prefix(o);
+                                        o.extend_from_slice(user_key);
+                                    },
+                                    |o| o.extend_from_slice(value),
+                                );
+                            }
+                            d.finish("map value")?;
+                        }
+                    }
+                }
+            }
+        }
+        for (i, ((id, mut state_rows), path)) in rows.into_iter().zip(path_of_state).enumerate() {
+            if state_rows.items.is_empty() {
+                continue;
+            }
+            let mut items = std::mem::take(&mut state_rows.items);
+            items.sort_unstable_by(|a, b| state_rows.key(*a).cmp(state_rows.key(*b)));
+            if items
+                .windows(2)
+                .any(|w| state_rows.key(w[0]) == state_rows.key(w[1]))
+            {
+                return Err(Error::corrupt(
+                    &path,
+                    format!(
+                        "state `{}` has two records of the same key and namespace",
+                        self.states[id.0 as usize].meta.name
+                    ),
+                ));
+            }
+            let sst = self.instance.path().join(format!("import-{i}.sst"));
+            let sst_name = sst.display().to_string();
+            let mut writer = SstFileWriter::create(&self.options);
+            writer.open(&sst).map_err(|e| db_error(&sst_name, e))?;
+            for item in items {
+                writer
+                    .put(state_rows.key(item), state_rows.value(item))
+                    .map_err(|e| db_error(&sst_name, e))?;
+            }
+            writer.finish().map_err(|e| db_error(&sst_name, e))?;
+            drop(state_rows);
+            let cf_name = &self.states[id.0 as usize].cf;
+            let cf = self.db.cf_handle(cf_name).ok_or_else(|| {
+                Error::IllegalState(format!("column family {cf_name} is missing"))
+            })?;
+            let mut ingest = IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            self.db
+                .ingest_external_file_cf_opts(cf, &ingest, vec![&sst])
+                .map_err(|e| db_error(&sst_name, e))?;
+            // Moved into the DB (a hard link); the name outside it goes.
+            if let Err(e) = std::fs::remove_file(&sst)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(Error::local(sst_name, e));
+            }
+        }
+        Ok(())
+    }
+}
