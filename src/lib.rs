@@ -82,6 +82,7 @@ pub use checkpoint::handle::{
 pub use checkpoint::pending::{
     Acknowledgement, CheckpointStats, CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks,
 };
+pub use checkpoint::read::SnapshotLocation;
 pub use checkpoint::registry::{SharedFileEntry, SharedFileRegistry};
 pub use checkpoint::store::{
     AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode,

@@ -76,6 +76,21 @@ pub(crate) struct Args {
     /// that was killed is dead); raise it where one may still be running.
     #[arg(long, default_value_t = 0)]
     pub(crate) sweep_min_age_ms: u64,
+    /// Stop with a savepoint: when the input ends (or after `--stop-after` records), take a canonical
+    /// savepoint into this checkpoint root (path or URL; it lands in `DIR/<job-id>/savepoints/sp-<id>`,
+    /// printed), write `--output` and stop. A later run continues from it with `--from-savepoint`.
+    #[arg(long)]
+    pub(crate) stop_with_savepoint: Option<String>,
+    /// With `--stop-with-savepoint`: stop after this many records of this run (counted from where it
+    /// started: the beginning, or the savepoint it restored).
+    #[arg(long, requires = "stop_with_savepoint", conflicts_with = "fail_after",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) stop_after: Option<u64>,
+    /// Start from this savepoint (or checkpoint) directory, `<root>/<job>/savepoints/sp-<n>` as
+    /// `--stop-with-savepoint` prints it, with any `--backend` and `--parallelism`, continuing from its
+    /// source offset. Restored in NO_CLAIM mode: the job never deletes it.
+    #[arg(long, conflicts_with = "resume")]
+    pub(crate) from_savepoint: Option<String>,
 }
 
 /// Parser of a parallelism flag: 1 to 32,768 (Flink's upper bound of max parallelism).

@@ -8,10 +8,14 @@
 //! it writes `--output`, prints the checkpoint table and the restores, and verifies the counts against a plain
 //! single-pass count: `verified: ... exactly-once`, or exits non-zero.
 //!
+//! `--stop-with-savepoint DIR` ends the run with a canonical savepoint (at the end of the input, or after
+//! `--stop-after` records); `--from-savepoint` starts a run from one, with any backend and parallelism.
+//!
 //! Stdin and socket input are buffered in memory as they arrive so that they can be replayed after a failure
 //! (a replayable source is what exactly-once state needs).
 
 mod args;
+mod savepoint;
 mod source;
 mod task;
 
@@ -22,8 +26,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use statebackend::{
     CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
-    CoordinatorConfig, KeyGroupRouter, KeyedStateBackend, RestoreMode, StateBackend,
-    StateBackendConfig, StorageSettings, TaskStateSnapshot, default_max_parallelism,
+    CoordinatorConfig, KeyGroupRouter, KeyedStateBackend, RestoreMode, SnapshotLocation,
+    StateBackend, StateBackendConfig, StorageSettings, TaskStateSnapshot, default_max_parallelism,
 };
 
 use crate::args::Args;
@@ -122,6 +126,13 @@ impl Job {
             .map(|i| config.for_subtask(parallelism, i))
             .collect();
         let router = KeyGroupRouter::new(max_parallelism, parallelism)?;
+        if self.coordinator.store().latest().is_none()
+            && let Some(dir) = self.args.from_savepoint.clone()
+        {
+            let (backends, offset) = self.restore_from_savepoint(&dir, &configs, attempt)?;
+            source.seek(offset).map_err(io_err)?;
+            return Task::new(backends, router);
+        }
         if self.coordinator.store().latest().is_none() {
             source.seek(0).map_err(io_err)?;
             let backends = configs
@@ -143,17 +154,7 @@ impl Job {
                         .iter()
                         .filter_map(|t| t.keyed_state.clone())
                         .collect();
-                    let offset = meta
-                        .tasks
-                        .iter()
-                        .find_map(|t| t.operator_state.get(OFFSET_STATE))
-                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                        .map(u64::from_le_bytes)
-                        .ok_or_else(|| {
-                            statebackend::Error::InvalidArgument(
-                                "checkpoint has no source offset".into(),
-                            )
-                        })?;
+                    let offset = savepoint::stored_offset(&meta)?;
                     let mut backends = Vec::new();
                     for config in &configs {
                         // A failover resumes the job's own checkpoints: CLAIM, so LSM checkpoints stay
@@ -216,6 +217,9 @@ impl Job {
             }
             processed += 1;
             since_checkpoint += 1;
+            if self.args.stop_after == Some(processed) {
+                break;
+            }
             if fail_after == Some(processed) {
                 if let Some(flight) = in_flight.take() {
                     // The failure interrupts the checkpoint: wait for its writers, then abort it.
@@ -257,6 +261,13 @@ impl Job {
         }
         if let Some(flight) = in_flight.take() {
             self.complete(&mut task, flight)?;
+        }
+        if let Some(dir) = self.args.stop_with_savepoint.clone() {
+            let at = self.stop_with_savepoint(&mut task, source.offset(), &dir)?;
+            println!(
+                "stopped with savepoint at source offset {}: {at}",
+                source.offset()
+            );
         }
         Ok(AttemptEnd::Finished(task.results()?))
     }
@@ -332,9 +343,22 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     let mut parallelism = args.parallelism;
-    let max_parallelism = args
-        .max_parallelism
-        .unwrap_or_else(|| default_max_parallelism(parallelism.max(args.rescale_to.unwrap_or(0))));
+    let max_parallelism = match (&args.from_savepoint, args.max_parallelism) {
+        (_, Some(max)) => max,
+        // Key groups are fixed for a job's life: a job continuing a savepoint keeps its max parallelism.
+        (Some(dir), None) => {
+            let at = SnapshotLocation::parse(dir, &StorageSettings::default())
+                .map_err(|e| e.to_string())?;
+            let meta = rt
+                .block_on(at.read_metadata())
+                .map_err(|e| format!("savepoint {dir}: {e}"))?;
+            meta.keyed_handles(OPERATOR)
+                .first()
+                .map(|h| h.max_parallelism)
+                .ok_or_else(|| format!("savepoint {dir} has no state of operator {OPERATOR}"))?
+        }
+        (None, None) => default_max_parallelism(parallelism.max(args.rescale_to.unwrap_or(0))),
+    };
     let mut coordinator = rt
         .block_on(CheckpointCoordinator::open(
             storage.clone(),
@@ -488,7 +512,9 @@ fn run(args: Args) -> Result<(), String> {
     rt.block_on(coordinator.shutdown(policy))
         .map_err(|e| e.to_string())?;
 
-    let (expected, total) = single_pass_count(&mut source).map_err(|e| e.to_string())?;
+    // Where the job stopped: the end of the input, or the savepoint it stopped with.
+    let end = source.offset();
+    let (expected, total) = single_pass_count(&mut source, end).map_err(|e| e.to_string())?;
     let got_total: u64 = result.values().sum();
     let mismatches = expected
         .iter()

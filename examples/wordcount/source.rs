@@ -106,14 +106,17 @@ pub(crate) fn words(line: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_lowercase)
 }
 
+/// Word counts (and the number of words) of the source's lines from the beginning up to offset `until`
+/// (exclusive; a job stopped with a savepoint counted that far), in one plain pass.
 pub(crate) fn single_pass_count(
     source: &mut Source,
+    until: u64,
 ) -> std::io::Result<(HashMap<String, u64>, u64)> {
     source.seek(0)?;
     let mut counts = HashMap::new();
     let mut total = 0;
     let mut line = String::new();
-    while source.next_line(&mut line)? {
+    while source.offset() < until && source.next_line(&mut line)? {
         for w in words(&line) {
             *counts.entry(w).or_insert(0) += 1;
             total += 1;

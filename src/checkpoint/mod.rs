@@ -6,7 +6,7 @@ mod discard;
 pub(crate) mod fence;
 pub(crate) mod handle;
 pub(crate) mod pending;
-mod read;
+pub(crate) mod read;
 pub(crate) mod registry;
 mod savepoint;
 pub(crate) mod store;
