@@ -114,6 +114,6 @@ pub use operator::{
     BroadcastState, OPERATOR_STATE_PREFIX, OperatorListState, OperatorStateBackend, Redistribution,
 };
 pub use storage::{
-    CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, StorageSettings,
-    TRIGGER_MARKER, checkpoint_dir, savepoint_dir,
+    CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, STATS_FILE,
+    StorageSettings, TRIGGER_MARKER, checkpoint_dir, savepoint_dir,
 };

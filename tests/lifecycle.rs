@@ -89,8 +89,9 @@ fn retains_the_last_n_and_deletes_subsumed_checkpoints() {
         );
         assert_eq!(
             all.len(),
-            6,
-            "metadata, id reservation and one keyed file per retained checkpoint: {all:?}"
+            8,
+            "metadata, id reservation, phase durations (`_stats`) and one keyed file per retained \
+             checkpoint: {all:?}"
         );
 
         // A reopened store finds the same checkpoints (derived from storage, not memory).
@@ -177,8 +178,9 @@ fn abort_deletes_what_the_checkpoint_wrote_and_ids_are_never_reused() {
 fn cancellation_retains_or_deletes() {
     runtime().block_on(async {
         for (policy, left) in [
-            // The checkpoint's metadata, its reservation and its state file; the aborted one's reservation.
-            (CancellationPolicy::RetainOnCancellation, 4),
+            // The checkpoint's metadata, its reservation, its `_stats` and its state file; the aborted
+            // one's reservation.
+            (CancellationPolicy::RetainOnCancellation, 5),
             (CancellationPolicy::DeleteOnCancellation, 0),
         ] {
             let storage = CheckpointStorage::in_memory("cancel").unwrap();

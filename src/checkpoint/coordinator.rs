@@ -22,7 +22,9 @@ use crate::clock::{Clock, SystemClock, random_u64};
 use crate::error::{Error, Result};
 use crate::format::metadata;
 use crate::keyed::backend::SnapshotMetrics;
-use crate::storage::{CheckpointStorage, Created, METADATA_FILE, TRIGGER_MARKER, checkpoint_dir};
+use crate::storage::{
+    CheckpointStorage, Created, METADATA_FILE, STATS_FILE, TRIGGER_MARKER, checkpoint_dir,
+};
 
 /// Ids tried by one `trigger` before it gives up (each one taken by another coordinator).
 const MAX_RESERVE_ATTEMPTS: usize = 64;
@@ -417,6 +419,16 @@ impl CheckpointCoordinator {
         self.outcomes.set(checkpoint_id, Outcome::Completed);
         let mut stats = CheckpointStats::from_metrics(checkpoint_id, metrics.iter());
         let dir = checkpoint_dir(checkpoint_id);
+        if !metrics.is_empty()
+            && let Err(e) = self
+                .storage
+                .put_if_absent(&format!("{dir}/{STATS_FILE}"), stats.to_stats_file())
+                .await
+        {
+            stats
+                .cleanup_warnings
+                .push(format!("writing {dir}/{STATS_FILE} failed: {e}"));
+        }
         if let Err(e) = self.storage.sync_local_dir(&dir).await {
             stats
                 .cleanup_warnings

@@ -163,6 +163,40 @@ pub struct CheckpointStats {
 }
 
 impl CheckpointStats {
+    /// The content of a checkpoint's `_stats` file (`docs/formats.md`): ASCII `key value` lines.
+    pub(crate) fn to_stats_file(&self) -> bytes::Bytes {
+        bytes::Bytes::from(format!(
+            "statebackend-stats 1\ncheckpoint {}\nsync_us {}\nasync_us {}\nstate_bytes {}\n",
+            self.checkpoint_id,
+            self.sync_duration.as_micros(),
+            self.async_duration.as_micros(),
+            self.state_bytes
+        ))
+    }
+
+    /// Durations `(sync, async)` and state bytes from the content of a `_stats` file, if it is one of
+    /// version 1 for `checkpoint_id` (anything else, e.g. of a newer release: `None`).
+    pub fn parse_stats_file(bytes: &[u8], checkpoint_id: u64) -> Option<(Duration, Duration, u64)> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != "statebackend-stats 1" {
+            return None;
+        }
+        let mut fields = std::collections::HashMap::new();
+        for line in lines {
+            let (k, v) = line.split_once(' ')?;
+            fields.insert(k, v.parse::<u64>().ok()?);
+        }
+        if fields.get("checkpoint") != Some(&checkpoint_id) {
+            return None;
+        }
+        Some((
+            Duration::from_micros(*fields.get("sync_us")?),
+            Duration::from_micros(*fields.get("async_us")?),
+            *fields.get("state_bytes")?,
+        ))
+    }
+
     /// Sums the subtasks' metrics of checkpoint `checkpoint_id`.
     pub(crate) fn from_metrics<'a>(
         checkpoint_id: u64,

@@ -8,7 +8,9 @@ use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::pending::Outcome;
 use crate::checkpoint::store::read_metadata;
 use crate::error::{ErrorKind, Result};
-use crate::storage::{ListedFile, METADATA_FILE, PINNED_MARKER, SHARED_DIR, TRIGGER_MARKER};
+use crate::storage::{
+    ListedFile, METADATA_FILE, PINNED_MARKER, SHARED_DIR, STATS_FILE, TRIGGER_MARKER,
+};
 
 /// What an orphan sweep found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,6 +76,19 @@ impl CheckpointCoordinator {
     /// Storage errors while listing, reading or deleting (what was classified before stays for the next
     /// sweep).
     pub async fn sweep_orphans(&mut self, min_age: Duration) -> Result<SweepReport> {
+        self.sweep(min_age, true).await
+    }
+
+    /// What [`CheckpointCoordinator::sweep_orphans`] would delete now, deleting nothing: the report's
+    /// `deleted` lists the files a sweep would delete (`statectl gc --dry-run`).
+    ///
+    /// # Errors
+    /// Storage errors while listing or reading.
+    pub async fn plan_orphan_sweep(&mut self, min_age: Duration) -> Result<SweepReport> {
+        self.sweep(min_age, false).await
+    }
+
+    async fn sweep(&mut self, min_age: Duration, delete: bool) -> Result<SweepReport> {
         if self.fenced || !self.fence.holds().await? {
             self.fenced = true;
             return Ok(SweepReport {
@@ -161,7 +176,8 @@ impl CheckpointCoordinator {
             let shared = matches!(place(&file.path), Place::Shared);
             let part_of_checkpoint = match place(&file.path) {
                 Place::Checkpoint { id, name } => {
-                    let marker = [METADATA_FILE, PINNED_MARKER, TRIGGER_MARKER].contains(&name);
+                    let marker =
+                        [METADATA_FILE, PINNED_MARKER, TRIGGER_MARKER, STATS_FILE].contains(&name);
                     if marker && complete.contains(&id) {
                         true
                     } else if self.pending.contains_key(&id)
@@ -214,6 +230,14 @@ impl CheckpointCoordinator {
                 .entry(file.path.ends_with(TRIGGER_MARKER))
                 .or_default()
                 .push(file);
+        }
+        if !delete {
+            report.deleted = by_dir
+                .into_values()
+                .flatten()
+                .map(|f| f.path.clone())
+                .collect();
+            return Ok(report);
         }
         // Markers last: a crash mid-sweep leaves a directory's reservation while its files go.
         for file in by_dir.into_values().flatten() {

@@ -36,6 +36,9 @@ pub const SHARED_DIR: &str = "shared";
 pub const PINNED_MARKER: &str = "_pinned";
 /// Directory (relative to the job root) of savepoints.
 pub const SAVEPOINT_DIR: &str = "savepoints";
+/// File in a completed checkpoint's directory, written after `_metadata` (best effort): the durations
+/// of its phases, for `statectl history` (`docs/formats.md`). Part of the checkpoint like its metadata.
+pub const STATS_FILE: &str = "_stats";
 /// Marker file in a checkpoint directory: the id was reserved by a coordinator (`docs/protocol.md`, "Ids
 /// never repeat"); its content names the coordinator instance.
 pub const TRIGGER_MARKER: &str = "_trigger";
@@ -414,8 +417,32 @@ impl CheckpointStorage {
         }
     }
 
+    /// Ids of the directories `savepoints/sp-<n>` under the job root, ascending (with or without
+    /// metadata).
+    ///
+    /// # Errors
+    /// Storage errors while listing.
+    pub async fn list_savepoint_dirs(&self) -> Result<Vec<u64>> {
+        let dir = Path::from(format!("{}/{SAVEPOINT_DIR}", self.root));
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(|e| Error::storage(&dir, e))?;
+        let mut ids: Vec<u64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.strip_prefix("sp-")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     /// Ids of the directories `chk-<n>` under the job root, ascending (with or without metadata).
-    pub(crate) async fn list_checkpoint_dirs(&self) -> Result<Vec<u64>> {
+    ///
+    /// # Errors
+    /// Storage errors while listing.
+    pub async fn list_checkpoint_dirs(&self) -> Result<Vec<u64>> {
         let listing = self
             .store
             .list_with_delimiter(Some(&self.root))

@@ -214,7 +214,7 @@ async fn leftovers(sim: &Sim) -> Step {
         }
         let name = rel.rsplit('/').next().unwrap_or("");
         let dir = dir_of(rel);
-        let marker = [METADATA_FILE, PINNED_MARKER, TRIGGER_MARKER].contains(&name);
+        let marker = [METADATA_FILE, PINNED_MARKER, TRIGGER_MARKER, STATS_FILE].contains(&name);
         if marker && dir.is_some_and(|d| complete.contains(&d)) {
             continue;
         }

@@ -26,8 +26,8 @@ use statebackend::{Clock, ManualClock};
 use tokio::sync::Notify;
 
 /// The named steps of the multi-step protocols a crash can cut (`docs/protocol.md`).
-pub const CRASH_POINTS: [&str; 6] = [
-    "reserve", "upload", "metadata", "register", "subsume", "delete",
+pub const CRASH_POINTS: [&str; 7] = [
+    "reserve", "upload", "metadata", "stats", "register", "subsume", "delete",
 ];
 
 /// How faults are drawn.
@@ -124,6 +124,7 @@ fn crash_point(op: Op, path: &str) -> &'static str {
     match op {
         Op::Put if name == "_trigger" => "reserve",
         Op::Put if name == "_metadata" => "metadata",
+        Op::Put if name == "_stats" => "stats",
         Op::Put => "upload",
         Op::Delete if name == "_metadata" => "subsume",
         Op::Delete => "delete",
