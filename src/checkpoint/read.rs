@@ -51,6 +51,37 @@ impl CheckpointStorage {
     }
 }
 
+impl CheckpointStorage {
+    /// The states a canonical (keyed-file) handle's file holds, with their kinds and codec ids, as its
+    /// header names them (`statectl inspect`). Reads the footer and the header only.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a handle of another format (a native
+    /// LSM snapshot names its states inside RocksDB's files); [`Error::NotFound`](crate::Error::NotFound)
+    /// or [`Error::Corrupt`](crate::Error::Corrupt) naming the file.
+    pub async fn keyed_file_states(
+        &self,
+        handle: &crate::KeyedStateHandle,
+    ) -> Result<Vec<crate::StateMeta>> {
+        let file = match (handle.format, handle.files.as_slice()) {
+            (crate::HandleFormat::KeyedFile, [file]) => file,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "backend {}'s handle is {:?} with {} files, not one keyed file",
+                    handle.backend_id,
+                    handle.format,
+                    handle.files.len()
+                )));
+            }
+        };
+        Ok(
+            crate::format::keyed_file::load::read_header(self, &file.path)
+                .await?
+                .states,
+        )
+    }
+}
+
 /// Reads and decodes the metadata of checkpoint `id`.
 pub(crate) async fn read_metadata(
     storage: &CheckpointStorage,

@@ -138,3 +138,27 @@ pub(crate) async fn load_handle(
         groups,
     })
 }
+
+/// The header of the keyed snapshot file `file` (its states with kinds and codec ids, and its key groups),
+/// read with three ranged reads (footer, header prefix, header).
+///
+/// # Errors
+/// [`Error::NotFound`] if the file is missing; [`Error::Corrupt`] naming it if its footer or header is bad.
+pub(crate) async fn read_header(storage: &CheckpointStorage, file: &str) -> Result<FileHeader> {
+    let source = storage.open(file).await?;
+    let path = source.path().to_string();
+    let len = source.len();
+    if len < HEADER_PREFIX + FOOTER_LEN as u64 {
+        return Err(Error::corrupt(
+            &path,
+            format!("truncated: {len} bytes is shorter than any snapshot file"),
+        ));
+    }
+    let footer_bytes = source
+        .read(len.saturating_sub(FOOTER_LEN as u64)..len)
+        .await?;
+    let footer = keyed_file::parse_footer(&footer_bytes, len, &path)?;
+    let prefix = source.read(0..HEADER_PREFIX.min(len)).await?;
+    let header_len = keyed_file::header_len(&prefix, &footer, &path)?;
+    keyed_file::parse_header(&source.read(0..header_len).await?, &path)
+}

@@ -1,0 +1,154 @@
+//! `statectl inspect`: what one checkpoint or savepoint holds.
+
+use std::process::ExitCode;
+
+use serde_json::json;
+use statebackend::{FileScope, HandleFormat, StateKind, StateMeta};
+
+use crate::job::{bytes, kind_name, open_snapshot, time};
+
+fn scope(s: FileScope) -> &'static str {
+    match s {
+        FileScope::Private => "private",
+        FileScope::Shared => "shared",
+    }
+}
+
+fn format_name(f: HandleFormat) -> &'static str {
+    match f {
+        HandleFormat::KeyedFile => "canonical keyed file",
+        HandleFormat::RocksIncremental => "LSM native (RocksDB files)",
+        HandleFormat::RocksIncrementalRowsV1 => "LSM native, row format 1 (not restorable)",
+        _ => "unknown",
+    }
+}
+
+fn state_kind(k: StateKind) -> &'static str {
+    match k {
+        StateKind::Value => "value",
+        StateKind::List => "list",
+        StateKind::Map => "map",
+        StateKind::Reducing => "reducing",
+        StateKind::Aggregating => "aggregating",
+    }
+}
+
+fn state_json(s: &StateMeta) -> serde_json::Value {
+    json!({"name": s.name, "kind": state_kind(s.kind), "key_codec": s.key_codec,
+        "namespace_codec": s.namespace_codec, "value_codec": s.value_codec,
+        "user_key_codec": s.user_key_codec})
+}
+
+pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String> {
+    let (at, meta) = open_snapshot(dir).await?;
+    let mut tasks = Vec::new();
+    for task in &meta.tasks {
+        let states = match &task.keyed_state {
+            Some(h) if h.format == HandleFormat::KeyedFile => Some(
+                at.storage
+                    .keyed_file_states(h)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
+        tasks.push((task, states));
+    }
+    if as_json {
+        let out: Vec<_> = tasks
+            .iter()
+            .map(|(task, states)| {
+                let keyed = task.keyed_state.as_ref().map(|h| {
+                    json!({"backend_id": h.backend_id, "format": format_name(h.format),
+                        "max_parallelism": h.max_parallelism,
+                        "key_groups": h.key_groups.to_string(),
+                        "full_bytes": h.full_size_bytes(),
+                        "checkpointed_bytes": h.checkpointed_size_bytes(),
+                        "states": states.as_ref().map(|s| s.iter().map(state_json).collect::<Vec<_>>()),
+                        "files": h.files.iter().map(|f| json!({"path": f.path,
+                            "scope": scope(f.scope), "size_bytes": f.size_bytes,
+                            "crc32": format!("{:08x}", f.crc32), "created_by": f.created_by,
+                            "local_name": f.local_name})).collect::<Vec<_>>()})
+                });
+                json!({"operator": task.operator_id, "subtask": task.subtask_index,
+                    "keyed_state": keyed,
+                    "operator_state": task.operator_state.iter()
+                        .map(|(k, v)| json!({"name": k, "bytes": v.len()})).collect::<Vec<_>>()})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"kind": kind_name(meta.kind), "id": meta.checkpoint_id,
+                "time": time(meta.timestamp_ms), "timestamp_ms": meta.timestamp_ms, "tasks": out})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let full: u64 = meta.files().map(|f| f.size_bytes).sum();
+    println!(
+        "{} {} of {} ({} tasks, {} in {} files)",
+        kind_name(meta.kind),
+        meta.checkpoint_id,
+        time(meta.timestamp_ms),
+        meta.tasks.len(),
+        bytes(full),
+        meta.files().count()
+    );
+    for (task, states) in &tasks {
+        println!("\ntask {} subtask {}", task.operator_id, task.subtask_index);
+        if let Some(h) = &task.keyed_state {
+            println!(
+                "  keyed state: key groups {} of max parallelism {}, {}, backend {}",
+                h.key_groups,
+                h.max_parallelism,
+                format_name(h.format),
+                h.backend_id
+            );
+            println!(
+                "  size: {} referenced, {} uploaded by this snapshot",
+                bytes(h.full_size_bytes()),
+                bytes(h.checkpointed_size_bytes())
+            );
+            match states {
+                Some(states) => {
+                    for s in states {
+                        println!(
+                            "  state {:<24} {:<11} key {} namespace {} value {}{}",
+                            s.name,
+                            state_kind(s.kind),
+                            s.key_codec,
+                            s.namespace_codec,
+                            s.value_codec,
+                            if s.user_key_codec.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" user key {}", s.user_key_codec)
+                            }
+                        );
+                    }
+                }
+                None => println!(
+                    "  states: inside the RocksDB files (a canonical savepoint lists them here)"
+                ),
+            }
+            for f in &h.files {
+                let reused = if f.created_by == h.checkpoint_id {
+                    String::new()
+                } else {
+                    format!(", reused from {}", f.created_by)
+                };
+                println!(
+                    "  file {:<7} {:>10}  crc32 {:08x}  {}{}",
+                    scope(f.scope),
+                    bytes(f.size_bytes),
+                    f.crc32,
+                    f.path,
+                    reused
+                );
+            }
+        }
+        for (name, value) in &task.operator_state {
+            println!("  operator state {name}: {} bytes", value.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,171 @@
+//! `statectl du` (what the job's storage holds, and what each checkpoint alone holds) and `statectl gc`
+//! (the orphan sweep).
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use serde_json::json;
+use statebackend::{
+    CheckpointCoordinator, CheckpointMetadata, CoordinatorConfig, METADATA_FILE, PINNED_MARKER,
+    SHARED_DIR, STATS_FILE, SnapshotKind, TRIGGER_MARKER,
+};
+
+use crate::job::{Found, bytes, kind_name, open_job, snapshots};
+
+/// Which part of the layout a file (path relative to the job root) belongs to.
+fn category(path: &str) -> &'static str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if path.starts_with(&format!("{SHARED_DIR}/")) {
+        "shared"
+    } else if path.starts_with("_coordinators/")
+        || [METADATA_FILE, TRIGGER_MARKER, PINNED_MARKER, STATS_FILE].contains(&name)
+    {
+        "metadata"
+    } else {
+        "private"
+    }
+}
+
+/// The directory of a snapshot a path lies in: `chk-<n>/` or `savepoints/sp-<n>/`.
+fn snapshot_dir(path: &str) -> Option<&str> {
+    if let Some(rest) = path.strip_prefix("savepoints/") {
+        let end = rest.find('/')?;
+        return Some(&path[.."savepoints/".len() + end]);
+    }
+    path.starts_with("chk-").then(|| path.split('/').next())?
+}
+
+pub(crate) async fn du(url: &str, as_json: bool) -> Result<ExitCode, String> {
+    let storage = open_job(url)?;
+    let root = storage.path("");
+    let prefix = format!("{}/", root.as_ref().trim_end_matches('/'));
+    let listed: Vec<(String, u64)> = storage
+        .object_store()
+        .list(Some(&root))
+        .map_ok(|m| (m.location.to_string(), m.size))
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| format!("listing {url}: {e}"))?
+        .into_iter()
+        .filter_map(|(p, size)| Some((p.strip_prefix(&prefix)?.to_string(), size)))
+        .collect();
+    let mut by_category: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    for (path, size) in &listed {
+        let e = by_category.entry(category(path)).or_default();
+        e.0 += size;
+        e.1 += 1;
+    }
+    let complete: Vec<(SnapshotKind, CheckpointMetadata)> = snapshots(&storage)
+        .await?
+        .into_iter()
+        .filter_map(|s| match s.state {
+            Found::Complete(meta) => Some((s.kind, *meta)),
+            _ => None,
+        })
+        .collect();
+    // How many complete snapshots reference each file.
+    let mut users: HashMap<&str, usize> = HashMap::new();
+    for (_, meta) in &complete {
+        for f in meta.files() {
+            *users.entry(f.path.as_str()).or_default() += 1;
+        }
+    }
+    let sizes: HashMap<&str, u64> = listed.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+    let mut alone = Vec::new();
+    for (kind, meta) in &complete {
+        let dir = match kind {
+            SnapshotKind::Checkpoint => format!("chk-{}", meta.checkpoint_id),
+            SnapshotKind::Savepoint => format!("savepoints/sp-{}", meta.checkpoint_id),
+        };
+        // Its directory (private files, metadata, markers) and the shared files nobody else uses.
+        let own_dir: u64 = listed
+            .iter()
+            .filter(|(p, _)| snapshot_dir(p) == Some(dir.as_str()))
+            .map(|(_, s)| s)
+            .sum();
+        let shared_alone: u64 = meta
+            .files()
+            .filter(|f| {
+                !f.path.starts_with(&format!("{dir}/")) && users.get(f.path.as_str()) == Some(&1)
+            })
+            .map(|f| sizes.get(f.path.as_str()).copied().unwrap_or(0))
+            .sum();
+        alone.push((*kind, meta.checkpoint_id, own_dir + shared_alone));
+    }
+    let total: u64 = listed.iter().map(|(_, s)| s).sum();
+    if as_json {
+        println!(
+            "{}",
+            json!({"total_bytes": total, "files": listed.len(),
+                "by_category": by_category.iter().map(|(k, (b, n))| (k.to_string(), json!({"bytes": b, "files": n}))).collect::<serde_json::Map<_, _>>(),
+                "alone": alone.iter().map(|(k, id, b)| json!({"kind": kind_name(*k), "id": id, "bytes_freed_by_deleting": b})).collect::<Vec<_>>()})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{url}: {} in {} files", bytes(total), listed.len());
+    for (cat, (b, n)) in &by_category {
+        println!("  {cat:<9} {:>12} in {n} files", bytes(*b));
+    }
+    println!("what deleting each snapshot alone would free:");
+    for (kind, id, b) in &alone {
+        println!("  {:<10} {id:>6} {:>12}", kind_name(*kind), bytes(*b));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn gc(
+    url: &str,
+    dry_run: bool,
+    min_age: Duration,
+    as_json: bool,
+) -> Result<ExitCode, String> {
+    let storage = open_job(url)?;
+    // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
+    // nothing. The generation it registers fences a coordinator still running (see `--help`).
+    let mut coordinator = CheckpointCoordinator::open(
+        storage,
+        CoordinatorConfig::single_operator("statectl", 1, 1_000_000),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let report = if dry_run {
+        coordinator.plan_orphan_sweep(min_age).await
+    } else {
+        coordinator.sweep_orphans(min_age).await
+    }
+    .map_err(|e| e.to_string())?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"dry_run": dry_run, "listed": report.listed, "referenced": report.referenced,
+                "kept_young_or_watermark": report.too_young,
+                "deleted": report.deleted, "blocked_by_unreadable": report.blocked_by_unreadable,
+                "fenced": report.fenced})
+        );
+    } else {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        for path in &report.deleted {
+            println!("{verb} {path}");
+        }
+        println!(
+            "{} files listed, {} in use, {} kept (younger than {}, or the id watermark), {} {verb}",
+            report.listed,
+            report.referenced,
+            report.too_young,
+            humantime::format_duration(min_age),
+            report.deleted.len()
+        );
+    }
+    if !report.blocked_by_unreadable.is_empty() {
+        return Err(format!(
+            "refusing to delete anything: the metadata of checkpoint(s) {:?} is unreadable (they may use any file)",
+            report.blocked_by_unreadable
+        ));
+    }
+    if report.fenced {
+        return Err("a newer coordinator of this job registered meanwhile: deleted nothing".into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
