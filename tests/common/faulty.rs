@@ -34,6 +34,8 @@ pub enum Fault {
 pub struct FaultyStore {
     inner: Arc<object_store::memory::InMemory>,
     armed: Mutex<Vec<(String, Fault)>>,
+    /// Bytes returned by reads (whole objects and ranges) since the last `take_bytes_read`.
+    bytes_read: std::sync::atomic::AtomicU64,
 }
 
 impl FaultyStore {
@@ -49,6 +51,16 @@ impl FaultyStore {
     /// Operations on paths containing `pattern` meet `fault` from now on.
     pub fn arm(&self, pattern: &str, fault: Fault) {
         self.armed.lock().push((pattern.to_string(), fault));
+    }
+
+    /// Bytes returned by reads since the last call (and resets the count).
+    #[allow(
+        dead_code,
+        reason = "used by some of the test crates that include this module"
+    )]
+    pub fn take_bytes_read(&self) -> u64 {
+        self.bytes_read
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Operations succeed again.
@@ -110,11 +122,24 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.inner.get_opts(location, options).await
+        // A `head` request (how `ObjectStoreExt::head` is made) returns no bytes.
+        let head = options.head;
+        let got = self.inner.get_opts(location, options).await?;
+        if !head {
+            self.bytes_read.fetch_add(
+                got.range.end - got.range.start,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Ok(got)
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.inner.get_ranges(location, ranges).await
+        let got = self.inner.get_ranges(location, ranges).await?;
+        let n: usize = got.iter().map(Bytes::len).sum();
+        self.bytes_read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(got)
     }
 
     fn delete_stream(
