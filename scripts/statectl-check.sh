@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # statectl against checkpoints and savepoints the wordcount job wrote: every command on both backends,
+# `dump` of a canonical savepoint adding up to the input's words,
 # `--json` output, a damaged file that `verify` must name (exit 2), the orphan sweep with a stray file,
 # and, with a checkpoint URL on S3, the same against the S3 test server.
 # usage: scripts/statectl-check.sh [CHECKPOINT_URL]
@@ -55,6 +56,18 @@ for backend in heap rocksdb; do
   expect "$backend verify" 'all intact' "$work/out"
   "$ctl" verify "$sp" --json >"$work/out"
   expect "$backend verify --json" '"intact":true' "$work/out"
+
+  # The savepoint's counts add up to every word of the input.
+  total=$("$ctl" dump "$sp" --state word-count | awk -F'\t' '{ s += $4 } END { print s }')
+  [ "$total" = 300000 ] || fail "$backend dump: the counts add up to $total, not 300000"
+  "$ctl" dump "$sp" --state word-count --key-group 5 --json >"$work/out"
+  expect "$backend dump --json" '"key_group":5,"namespace":"-"' "$work/out"
+  if [ "$backend" = rocksdb ]; then
+    if "$ctl" dump "$root/chk-$latest" --state word-count 2>"$work/err"; then
+      fail "dump of a native LSM checkpoint succeeded"
+    fi
+    expect "dump of a native checkpoint" 'native LSM snapshot' "$work/err"
+  fi
 
   "$ctl" du "$root" >"$work/out"
   expect "$backend du" 'what deleting each snapshot alone would free' "$work/out"

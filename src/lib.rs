@@ -55,6 +55,7 @@ mod backend;
 mod checkpoint;
 mod clock;
 mod codec;
+mod codec_text;
 mod error;
 mod format;
 mod heap;
@@ -82,7 +83,7 @@ pub use checkpoint::handle::{
 pub use checkpoint::pending::{
     Acknowledgement, CheckpointStats, CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks,
 };
-pub use checkpoint::read::SnapshotLocation;
+pub use checkpoint::read::{KeyedRecord, SnapshotLocation};
 pub use checkpoint::registry::{SharedFileEntry, SharedFileRegistry};
 pub use checkpoint::store::{
     AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode,
@@ -91,6 +92,7 @@ pub use checkpoint::store::{
 pub use checkpoint::sweep::SweepReport;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, VoidNamespace};
+pub use codec_text::{describe_encoded, hex_bytes};
 pub use error::{Error, ErrorKind, Result};
 pub use heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
 pub use keyed::backend::{

@@ -82,6 +82,71 @@ impl CheckpointStorage {
     }
 }
 
+/// One record of a canonical snapshot: the codec bytes of a key, its namespace and its value, as
+/// `docs/formats.md` ("Record") lays them out (a list's or map's value holds its elements or entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedRecord {
+    /// Index of the record's state in the states returned with it.
+    pub state: usize,
+    /// The key group the record is stored in.
+    pub key_group: u32,
+    /// The key's codec bytes.
+    pub key: Vec<u8>,
+    /// The namespace's codec bytes.
+    pub namespace: Vec<u8>,
+    /// The value's bytes.
+    pub value: Vec<u8>,
+}
+
+impl CheckpointStorage {
+    /// The states and records of a canonical (keyed-file) handle's file, of every key group it holds or of
+    /// `key_group` only (a ranged read of that group's frames), with the file checks a restore makes (size,
+    /// CRC32s, footer, index, header); for `statectl dump`.
+    ///
+    /// # Errors
+    /// As [`CheckpointStorage::keyed_file_states`], and [`Error::Corrupt`](crate::Error::Corrupt) for a
+    /// frame or record that does not decode; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// if `key_group` is outside the handle's range.
+    pub async fn keyed_file_records(
+        &self,
+        handle: &crate::KeyedStateHandle,
+        key_group: Option<u32>,
+    ) -> Result<(Vec<crate::StateMeta>, Vec<KeyedRecord>)> {
+        let range = match key_group {
+            Some(g) if handle.key_groups.contains(g) => crate::KeyGroupRange::new(g, g)?,
+            Some(g) => {
+                return Err(Error::InvalidArgument(format!(
+                    "key group {g} is not in the handle's range {}",
+                    handle.key_groups
+                )));
+            }
+            None => handle.key_groups,
+        };
+        let loaded =
+            crate::format::keyed_file::load::load_handle(self, handle, range, "dump").await?;
+        let mut records = Vec::new();
+        for (key_group, bytes) in &loaded.groups {
+            for r in crate::format::keyed_file::read::records(bytes, &loaded.path) {
+                let r = r?;
+                if r.state as usize >= loaded.header.states.len() {
+                    return Err(Error::corrupt(
+                        &loaded.path,
+                        format!("record of unknown state {}", r.state),
+                    ));
+                }
+                records.push(KeyedRecord {
+                    state: r.state as usize,
+                    key_group: *key_group,
+                    key: r.key.to_vec(),
+                    namespace: r.namespace.to_vec(),
+                    value: r.value.to_vec(),
+                });
+            }
+        }
+        Ok((loaded.header.states, records))
+    }
+}
+
 /// Reads and decodes the metadata of checkpoint `id`.
 pub(crate) async fn read_metadata(
     storage: &CheckpointStorage,

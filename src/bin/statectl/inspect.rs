@@ -76,7 +76,7 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
                         .map(|(k, v)| json!({"name": k, "bytes": v.len()})).collect::<Vec<_>>()})
             })
             .collect();
-        println!(
+        out!(
             "{}",
             json!({"kind": kind_name(meta.kind), "id": meta.checkpoint_id,
                 "time": time(meta.timestamp_ms), "timestamp_ms": meta.timestamp_ms, "tasks": out})
@@ -84,7 +84,7 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
         return Ok(ExitCode::SUCCESS);
     }
     let full: u64 = meta.files().map(|f| f.size_bytes).sum();
-    println!(
+    out!(
         "{} {} of {} ({} tasks, {} in {} files)",
         kind_name(meta.kind),
         meta.checkpoint_id,
@@ -94,16 +94,16 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
         meta.files().count()
     );
     for (task, states) in &tasks {
-        println!("\ntask {} subtask {}", task.operator_id, task.subtask_index);
+        out!("\ntask {} subtask {}", task.operator_id, task.subtask_index);
         if let Some(h) = &task.keyed_state {
-            println!(
+            out!(
                 "  keyed state: key groups {} of max parallelism {}, {}, backend {}",
                 h.key_groups,
                 h.max_parallelism,
                 format_name(h.format),
                 h.backend_id
             );
-            println!(
+            out!(
                 "  size: {} referenced, {} uploaded by this snapshot",
                 bytes(h.full_size_bytes()),
                 bytes(h.checkpointed_size_bytes())
@@ -111,7 +111,7 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
             match states {
                 Some(states) => {
                     for s in states {
-                        println!(
+                        out!(
                             "  state {:<24} {:<11} key {} namespace {} value {}{}",
                             s.name,
                             state_kind(s.kind),
@@ -126,7 +126,7 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
                         );
                     }
                 }
-                None => println!(
+                None => out!(
                     "  states: inside the RocksDB files (a canonical savepoint lists them here)"
                 ),
             }
@@ -136,7 +136,7 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
                 } else {
                     format!(", reused from {}", f.created_by)
                 };
-                println!(
+                out!(
                     "  file {:<7} {:>10}  crc32 {:08x}  {}{}",
                     scope(f.scope),
                     bytes(f.size_bytes),
@@ -147,7 +147,7 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
             }
         }
         for (name, value) in &task.operator_state {
-            println!("  operator state {name}: {} bytes", value.len());
+            out!("  operator state {name}: {} bytes", value.len());
         }
     }
     Ok(ExitCode::SUCCESS)

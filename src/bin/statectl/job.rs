@@ -125,3 +125,17 @@ pub(crate) fn interactive() -> bool {
     use std::io::IsTerminal;
     std::io::stdout().is_terminal()
 }
+
+/// Writes one line to stdout. A closed pipe (`statectl dump ... | head`) ends the program quietly with
+/// success, as the reader wanted no more; other write errors end it with a one-line error.
+pub(crate) fn emit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("statectl: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}

@@ -54,18 +54,23 @@ pub(crate) async fn list(url: &str, as_json: bool) -> Result<ExitCode, String> {
                     "status": "unreadable", "reason": why}),
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        out!("{}", serde_json::Value::Array(rows));
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{:<10} {:>6}  {:<20} {:>12} {:>14} {:>6}  status",
-        "kind", "id", "time (UTC)", "full", "checkpointed", "files"
+        "kind",
+        "id",
+        "time (UTC)",
+        "full",
+        "checkpointed",
+        "files"
     );
     for s in &all {
         match &s.state {
             Found::Complete(meta) => {
                 let (full, own, files) = sizes(meta);
-                println!(
+                out!(
                     "{:<10} {:>6}  {:<20} {:>12} {:>14} {:>6}  complete",
                     kind_name(s.kind),
                     s.id,
@@ -75,7 +80,7 @@ pub(crate) async fn list(url: &str, as_json: bool) -> Result<ExitCode, String> {
                     files
                 );
             }
-            Found::NoMetadata => println!(
+            Found::NoMetadata => out!(
                 "{:<10} {:>6}  {:<20} {:>12} {:>14} {:>6}  no metadata (in progress, aborted, or an id reservation)",
                 kind_name(s.kind),
                 s.id,
@@ -84,7 +89,7 @@ pub(crate) async fn list(url: &str, as_json: bool) -> Result<ExitCode, String> {
                 "-",
                 "-"
             ),
-            Found::Unreadable(why) => println!(
+            Found::Unreadable(why) => out!(
                 "{:<10} {:>6}  {:<20} {:>12} {:>14} {:>6}  UNREADABLE: {why}",
                 kind_name(s.kind),
                 s.id,
@@ -96,7 +101,7 @@ pub(crate) async fn list(url: &str, as_json: bool) -> Result<ExitCode, String> {
         }
     }
     if all.is_empty() {
-        println!("(no checkpoints or savepoints under {url})");
+        out!("(no checkpoints or savepoints under {url})");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -151,10 +156,10 @@ pub(crate) async fn history(url: &str, as_json: bool) -> Result<ExitCode, String
                 },
             )
             .collect();
-        println!("{}", serde_json::Value::Array(out));
+        out!("{}", serde_json::Value::Array(out));
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{:>6}  {:<20} {:>9} {:>9} {:>10} {:>11} {:>11} {:>9}  bar: # uploaded, . reused (scaled to the largest, {})",
         "id",
         "time (UTC)",
@@ -170,7 +175,7 @@ pub(crate) async fn history(url: &str, as_json: bool) -> Result<ExitCode, String
         let width = |n: u64| ((n as f64 / largest as f64) * BAR as f64).round() as usize;
         let up = width(*uploaded).max(usize::from(*uploaded > 0));
         let total = width(*full).max(up);
-        println!(
+        out!(
             "{:>6}  {:<20} {:>9} {:>9} {:>10} {:>11} {:>11} {:>4}/{:<4}  {}{}",
             meta.checkpoint_id,
             time(meta.timestamp_ms),
@@ -186,7 +191,7 @@ pub(crate) async fn history(url: &str, as_json: bool) -> Result<ExitCode, String
         );
     }
     if rows.is_empty() {
-        println!("(no completed checkpoints under {url})");
+        out!("(no completed checkpoints under {url})");
     }
     Ok(ExitCode::SUCCESS)
 }

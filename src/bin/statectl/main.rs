@@ -6,6 +6,14 @@
 //! `URL/chk-7` or `URL/savepoints/sp-3`. Errors are one line on stderr and exit code 1; `verify` exits 2
 //! when it finds damaged or missing files.
 
+/// `println!` that ends the program quietly when stdout is a closed pipe ([`job::emit`]).
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::job::emit(format_args!($($t)*))
+    };
+}
+
+mod dump;
 mod inspect;
 mod job;
 mod list;
@@ -51,6 +59,21 @@ enum Command {
     Inspect {
         /// The snapshot's directory (`URL/chk-<n>` or `URL/savepoints/sp-<n>`).
         checkpoint: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One state of a canonical snapshot (heap checkpoint, canonical savepoint): key group, key,
+    /// namespace and value per line, tab-separated, decoded for the crate's built-in codecs (hex
+    /// otherwise), sorted.
+    Dump {
+        /// The snapshot's directory.
+        checkpoint: String,
+        /// The state's name.
+        #[arg(long)]
+        state: String,
+        /// Only this key group (reads only its frames).
+        #[arg(long)]
+        key_group: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -111,6 +134,12 @@ fn main() -> ExitCode {
                 concurrency,
                 json,
             } => verify::verify(&checkpoint, concurrency as usize, json).await,
+            Command::Dump {
+                checkpoint,
+                state,
+                key_group,
+                json,
+            } => dump::dump(&checkpoint, &state, key_group, json).await,
             Command::Du { url, json } => maintain::du(&url, json).await,
             Command::Gc {
                 url,

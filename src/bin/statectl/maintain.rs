@@ -96,7 +96,7 @@ pub(crate) async fn du(url: &str, as_json: bool) -> Result<ExitCode, String> {
     }
     let total: u64 = listed.iter().map(|(_, s)| s).sum();
     if as_json {
-        println!(
+        out!(
             "{}",
             json!({"total_bytes": total, "files": listed.len(),
                 "by_category": by_category.iter().map(|(k, (b, n))| (k.to_string(), json!({"bytes": b, "files": n}))).collect::<serde_json::Map<_, _>>(),
@@ -104,13 +104,13 @@ pub(crate) async fn du(url: &str, as_json: bool) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{url}: {} in {} files", bytes(total), listed.len());
+    out!("{url}: {} in {} files", bytes(total), listed.len());
     for (cat, (b, n)) in &by_category {
-        println!("  {cat:<9} {:>12} in {n} files", bytes(*b));
+        out!("  {cat:<9} {:>12} in {n} files", bytes(*b));
     }
-    println!("what deleting each snapshot alone would free:");
+    out!("what deleting each snapshot alone would free:");
     for (kind, id, b) in &alone {
-        println!("  {:<10} {id:>6} {:>12}", kind_name(*kind), bytes(*b));
+        out!("  {:<10} {id:>6} {:>12}", kind_name(*kind), bytes(*b));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -137,7 +137,7 @@ pub(crate) async fn gc(
     }
     .map_err(|e| e.to_string())?;
     if as_json {
-        println!(
+        out!(
             "{}",
             json!({"dry_run": dry_run, "listed": report.listed, "referenced": report.referenced,
                 "kept_young_or_watermark": report.too_young,
@@ -147,9 +147,9 @@ pub(crate) async fn gc(
     } else {
         let verb = if dry_run { "would delete" } else { "deleted" };
         for path in &report.deleted {
-            println!("{verb} {path}");
+            out!("{verb} {path}");
         }
-        println!(
+        out!(
             "{} files listed, {} in use, {} kept (younger than {}, or the id watermark), {} {verb}",
             report.listed,
             report.referenced,

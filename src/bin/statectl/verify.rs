@@ -86,7 +86,7 @@ pub(crate) async fn verify(
     damaged.sort();
     let rate = total as f64 / seconds.max(1e-9) / 1e6;
     if as_json {
-        println!(
+        out!(
             "{}",
             json!({"kind": kind_name(meta.kind), "id": meta.checkpoint_id, "files": files.len(),
                 "bytes": total, "seconds": seconds, "mb_per_s": rate, "intact": damaged.is_empty(),
@@ -95,9 +95,9 @@ pub(crate) async fn verify(
         );
     } else {
         for (path, problem) in &damaged {
-            println!("DAMAGED {path}: {problem}");
+            out!("DAMAGED {path}: {problem}");
         }
-        println!(
+        out!(
             "{} {}: {} files, {} read in {seconds:.2} s ({rate:.0} MB/s): {}",
             kind_name(meta.kind),
             meta.checkpoint_id,

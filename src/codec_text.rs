@@ -1,0 +1,110 @@
+//! Text for encoded bytes of the crate's built-in codecs (`statectl dump`): the codec id stored in a
+//! snapshot says how the bytes were written (`src/codec.rs`).
+
+/// `bytes` as text if `codec_id` is one of the crate's built-in codecs and the bytes decode: numbers in
+/// decimal, `utf8` quoted (Rust escapes), `bytes` and unknown codecs `None` (the caller shows hex), the void
+/// namespace and `unit` as `-`, a pair as `(a, b)` (its parts by their own ids).
+pub fn describe_encoded(codec_id: &str, bytes: &[u8]) -> Option<String> {
+    macro_rules! be {
+        ($t:ty) => {
+            <$t>::from_be_bytes(bytes.try_into().ok()?).to_string()
+        };
+    }
+    macro_rules! ordered {
+        ($t:ty, $u:ty) => {
+            ((<$u>::from_be_bytes(bytes.try_into().ok()?) ^ (1 << (<$u>::BITS - 1))) as $t)
+                .to_string()
+        };
+    }
+    Some(match codec_id {
+        "u8" => be!(u8),
+        "u16:be" => be!(u16),
+        "u32:be" => be!(u32),
+        "u64:be" => be!(u64),
+        "u128:be" => be!(u128),
+        "i8:ordered" => ordered!(i8, u8),
+        "i16:be-ordered" => ordered!(i16, u16),
+        "i32:be-ordered" => ordered!(i32, u32),
+        "i64:be-ordered" => ordered!(i64, u64),
+        "i128:be-ordered" => ordered!(i128, u128),
+        "f64:be-bits" => f64::from_bits(u64::from_be_bytes(bytes.try_into().ok()?)).to_string(),
+        "bool" => match bytes {
+            [0] => "false".into(),
+            [1] => "true".into(),
+            _ => return None,
+        },
+        "utf8" => format!("{:?}", std::str::from_utf8(bytes).ok()?),
+        "void-namespace" | "unit" if bytes.is_empty() => "-".into(),
+        id => {
+            let inner = id.strip_prefix("pair(")?.strip_suffix(')')?;
+            let (a, b) = split_pair(inner)?;
+            let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+            let first = bytes.get(4..4usize.checked_add(len)?)?;
+            let second = &bytes[4 + len..];
+            format!(
+                "({}, {})",
+                describe_encoded(a, first).unwrap_or_else(|| hex_bytes(first)),
+                describe_encoded(b, second).unwrap_or_else(|| hex_bytes(second))
+            )
+        }
+    })
+}
+
+/// `a,b` split at the comma outside parentheses.
+fn split_pair(inner: &str) -> Option<(&str, &str)> {
+    let mut depth = 0i32;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => return Some((&inner[..i], &inner[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Lower-case hex of `bytes`, `0x` first (`0x` alone for no bytes).
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + 2 * bytes.len());
+    s.push_str("0x");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Codec, VoidNamespace};
+
+    fn text<T: Codec>(v: T) -> Option<String> {
+        let mut out = Vec::new();
+        v.encode(&mut out);
+        describe_encoded(&T::codec_id(), &out)
+    }
+
+    #[test]
+    fn built_in_codecs_read_back_and_others_do_not() {
+        assert_eq!(text(42u64).as_deref(), Some("42"));
+        assert_eq!(text(-7i64).as_deref(), Some("-7"));
+        assert_eq!(text(-7i8).as_deref(), Some("-7"));
+        assert_eq!(text(1.5f64).as_deref(), Some("1.5"));
+        assert_eq!(text(true).as_deref(), Some("true"));
+        assert_eq!(text("w\"1".to_string()).as_deref(), Some("\"w\\\"1\""));
+        assert_eq!(text(VoidNamespace).as_deref(), Some("-"));
+        assert_eq!(
+            text((3u32, ("x".to_string(), -1i32))).as_deref(),
+            Some("(3, (\"x\", -1))")
+        );
+        assert_eq!(
+            text(vec![1u8, 2]),
+            None,
+            "bytes are shown as hex by the caller"
+        );
+        assert_eq!(describe_encoded("u64:be", &[1, 2]), None, "wrong length");
+        assert_eq!(describe_encoded("someone-elses", &[1]), None);
+        assert_eq!(hex_bytes(&[0xab, 0x01]), "0xab01");
+    }
+}
