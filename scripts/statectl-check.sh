@@ -69,6 +69,23 @@ for backend in heap rocksdb; do
     expect "dump of a native checkpoint" 'native LSM snapshot' "$work/err"
   fi
 
+  # The latest checkpoint (at the end of the input, as the savepoint) converted to a canonical savepoint:
+  # the same counts as the job's own savepoint, and wordcount continues from it on the heap backend.
+  "$ctl" savepoint convert "$root/chk-$latest" "$work/converted" >"$work/out"
+  conv=$(sed -n 's/.* converted to the canonical savepoint //p' "$work/out")
+  [ -n "$conv" ] || { cat "$work/out" >&2; fail "$backend convert printed no savepoint"; }
+  "$ctl" verify "$conv" >/dev/null
+  cmp <("$ctl" dump "$sp" --state word-count) <("$ctl" dump "$conv" --state word-count) \
+    || fail "$backend: the converted checkpoint's counts differ from the savepoint's"
+  if "$ctl" savepoint convert "$root/chk-$latest" "$work/converted" 2>"$work/err"; then
+    fail "$backend: converting over an existing savepoint succeeded"
+  fi
+  expect "$backend convert twice" 'nothing was written' "$work/err"
+  "$job_bin" --records 300000 --from-savepoint "$conv" --checkpoint-dir "$work/after" \
+    --job-id "after-$backend" >"$work/out"
+  expect "$backend wordcount from the converted savepoint" '^verified: .* exactly-once$' "$work/out"
+  rm -rf "$work/converted" "$work/after"
+
   "$ctl" du "$root" >"$work/out"
   expect "$backend du" 'what deleting each snapshot alone would free' "$work/out"
   "$ctl" du "$root" --json >"$work/out"

@@ -13,6 +13,7 @@ macro_rules! out {
     };
 }
 
+mod convert;
 mod dump;
 mod inspect;
 mod job;
@@ -88,6 +89,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Savepoint operations.
+    Savepoint {
+        #[command(subcommand)]
+        action: SavepointCommand,
+    },
     /// Bytes by shared, private and metadata files, and how many bytes each checkpoint alone holds (what
     /// deleting it would free).
     Du {
@@ -111,6 +117,22 @@ enum Command {
         min_age: Duration,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SavepointCommand {
+    /// Rewrites a checkpoint or native savepoint (`SRC`, its directory) as a canonical savepoint, offline:
+    /// written to `DST/<job id>/savepoints/sp-<id + 1>` (`DST` a checkpoint root, path or URL), restorable
+    /// by either backend at any parallelism.
+    Convert {
+        /// The checkpoint's or savepoint's directory.
+        src: String,
+        /// The checkpoint root to write the canonical savepoint under.
+        dst: String,
+        /// The format to convert to.
+        #[arg(long, value_parser = ["canonical"], default_value = "canonical")]
+        to: String,
     },
 }
 
@@ -140,6 +162,9 @@ fn main() -> ExitCode {
                 key_group,
                 json,
             } => dump::dump(&checkpoint, &state, key_group, json).await,
+            Command::Savepoint {
+                action: SavepointCommand::Convert { src, dst, to: _ },
+            } => convert::convert(&src, &dst).await,
             Command::Du { url, json } => maintain::du(&url, json).await,
             Command::Gc {
                 url,
