@@ -6,12 +6,12 @@ use std::sync::Arc;
 use crate::checkpoint::handle::KeyedStateHandle;
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
-use crate::format::keyed_file::load::load_handle;
+use crate::format::keyed_file::load::{check_key_group, load_handle};
 use crate::format::keyed_file::read as keyed_file;
 use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
 use crate::heap::table::RawTable;
 use crate::keyed::backend::{StateId, StateKey};
-use crate::keyed::key_group::{key_group_for_hash, stable_key_hash};
+
 use crate::storage::CheckpointStorage;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -84,16 +84,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                     let slot = *slots.get(r.state as usize).ok_or_else(|| {
                         Error::corrupt(&file.path, format!("record of unknown state {}", r.state))
                     })?;
-                    let actual =
-                        key_group_for_hash(stable_key_hash(r.key), file.header.max_parallelism);
-                    if actual != *key_group {
-                        return Err(Error::corrupt(
-                            &file.path,
-                            format!(
-                                "a key of key group {actual} is stored in key group {key_group}"
-                            ),
-                        ));
-                    }
+                    check_key_group(r.key, file.header.max_parallelism, *key_group, &file.path)?;
                     let (_, groups, len) = &mut raw[slot];
                     let out = groups.entry(kg_index).or_default();
                     out.put_bytes(r.key);

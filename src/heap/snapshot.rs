@@ -3,13 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
 use crate::error::Result;
-use crate::format::keyed_file::upload::{ChunkSink, upload_keyed_file};
+use crate::format::keyed_file::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
 use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend, MAX_UNCONFIRMED};
 use crate::heap::table::FrozenTable;
-use crate::keyed::backend::{PendingSnapshot, SnapshotMetrics, SnapshotResult, StateKey};
+use crate::keyed::backend::{PendingSnapshot, SnapshotResult, StateKey};
 use crate::keyed::checks::check_snapshot_id;
 use crate::keyed::descriptor::StateMeta;
 use crate::storage::{CheckpointStorage, checkpoint_dir, savepoint_dir};
@@ -61,33 +60,17 @@ impl SnapshotJob {
             self.backend_id.clone(),
         );
         let summary = upload_keyed_file(&storage, &relative, move |sink| self.encode(sink)).await?;
-        let handle = KeyedStateHandle {
+        Ok(keyed_file_result(
             backend_id,
-            operator_id: config.operator_id.clone(),
+            config.operator_id.clone(),
             checkpoint_id,
-            max_parallelism: config.max_parallelism,
-            key_groups: config.key_groups,
-            format: HandleFormat::KeyedFile,
-            files: vec![StateFile {
-                path: relative,
-                scope: FileScope::Private,
-                size_bytes: summary.size,
-                crc32: summary.crc32,
-                created_by: checkpoint_id,
-                local_name: String::new(),
-            }],
-        };
-        let metrics = SnapshotMetrics {
+            config.max_parallelism,
+            config.key_groups,
+            relative,
+            summary,
             sync_duration,
-            async_duration: started.elapsed(),
-            checkpointed_bytes: summary.size,
-            full_bytes: summary.size,
-            state_bytes: summary.raw_bytes,
-            entries: summary.records,
-            files_uploaded: 1,
-            files_reused: 0,
-        };
-        Ok(SnapshotResult { handle, metrics })
+            started.elapsed(),
+        ))
     }
 
     /// Encodes the whole file into `sink`; releases each key group once written.

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use rocksdb::DB;
 
-use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
-use crate::format::keyed_file::upload::{ChunkSink, upload_keyed_file};
+use crate::format::keyed_file::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
-use crate::keyed::backend::{SnapshotMetrics, SnapshotResult};
+use crate::keyed::backend::SnapshotResult;
 use crate::keyed::descriptor::{StateKind, StateMeta};
 use crate::lsm::backend::db_error;
 use crate::lsm::keys::{cf_name, key_group_prefix, split_list, split_row_key};
@@ -57,33 +56,17 @@ impl CanonicalExport {
         // `self` (with the guard that removes the native checkpoint) moves into the encoder and is dropped
         // when it ends.
         let summary = upload_keyed_file(&storage, &relative, move |sink| self.encode(sink)).await?;
-        let handle = KeyedStateHandle {
+        Ok(keyed_file_result(
             backend_id,
-            operator_id: config.operator_id.clone(),
-            checkpoint_id: savepoint_id,
-            max_parallelism: config.max_parallelism,
-            key_groups: config.key_groups,
-            format: HandleFormat::KeyedFile,
-            files: vec![StateFile {
-                path: relative,
-                scope: FileScope::Private,
-                size_bytes: summary.size,
-                crc32: summary.crc32,
-                created_by: savepoint_id,
-                local_name: String::new(),
-            }],
-        };
-        let metrics = SnapshotMetrics {
+            config.operator_id.clone(),
+            savepoint_id,
+            config.max_parallelism,
+            config.key_groups,
+            relative,
+            summary,
             sync_duration,
-            async_duration: started.elapsed(),
-            checkpointed_bytes: summary.size,
-            full_bytes: summary.size,
-            state_bytes: summary.raw_bytes,
-            entries: summary.records,
-            files_uploaded: 1,
-            files_reused: 0,
-        };
-        Ok(SnapshotResult { handle, metrics })
+            started.elapsed(),
+        ))
     }
 
     /// Reads the native checkpoint key group by key group, state by state, and writes the records.

@@ -6,11 +6,11 @@ use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
 use crate::error::{Error, Result};
 use crate::format::bytes::Decoder;
-use crate::format::keyed_file::load::LoadedFile;
+use crate::format::keyed_file::load::{LoadedFile, check_key_group};
 use crate::format::keyed_file::read as keyed_file;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::descriptor::StateKind;
-use crate::keyed::key_group::{key_group_for_hash, stable_key_hash};
+
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
 use crate::lsm::keys::{push_key_group, push_list_element, push_varint};
 
@@ -93,16 +93,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                     let &(slot, kind) = slots.get(r.state as usize).ok_or_else(|| {
                         Error::corrupt(&file.path, format!("record of unknown state {}", r.state))
                     })?;
-                    let actual =
-                        key_group_for_hash(stable_key_hash(r.key), file.header.max_parallelism);
-                    if actual != *key_group {
-                        return Err(Error::corrupt(
-                            &file.path,
-                            format!(
-                                "a key of key group {actual} is stored in key group {key_group}"
-                            ),
-                        ));
-                    }
+                    check_key_group(r.key, file.header.max_parallelism, *key_group, &file.path)?;
                     let out = &mut rows[slot].1;
                     let prefix = |o: &mut Vec<u8>| {
                         push_row_prefix(o, *key_group, max_parallelism, r.key, r.namespace)

@@ -4,7 +4,7 @@
 use crate::checkpoint::handle::{HandleFormat, KeyedStateHandle};
 use crate::error::{Error, Result};
 use crate::format::keyed_file::read::{self as keyed_file, HEADER_PREFIX};
-use crate::format::keyed_file::{FOOTER_LEN, FileHeader};
+use crate::format::keyed_file::{FOOTER_LEN, FileHeader, IndexEntry};
 use crate::keyed::key_group::KeyGroupRange;
 use crate::storage::{CheckpointStorage, RangeSource};
 
@@ -73,24 +73,8 @@ pub(crate) async fn load_handle(
             "file checksum does not match its handle",
         ));
     }
-    let len = source.len();
-    if len < HEADER_PREFIX + FOOTER_LEN as u64 {
-        return Err(Error::corrupt(
-            &path,
-            format!("truncated: {len} bytes is shorter than any snapshot file"),
-        ));
-    }
-    let footer_bytes = source
-        .read(len.saturating_sub(FOOTER_LEN as u64)..len)
-        .await?;
-    let footer = keyed_file::parse_footer(&footer_bytes, len, &path)?;
-    let index_bytes = source
-        .read(footer.index_offset..footer.index_offset + footer.index_len)
-        .await?;
-    let index = keyed_file::parse_index(&index_bytes, &footer, &path)?;
-    let prefix = source.read(0..HEADER_PREFIX.min(len)).await?;
-    let header_len = keyed_file::header_len(&prefix, &footer, &path)?;
-    let header = keyed_file::parse_header(&source.read(0..header_len).await?, &path)?;
+    let (index, header, header_len) = read_index_and_header(&source, &path, true).await?;
+    let index = index.unwrap_or_default();
     if header.max_parallelism != handle.max_parallelism || header.key_groups != handle.key_groups {
         return Err(Error::corrupt(
             &path,
@@ -147,18 +131,61 @@ pub(crate) async fn load_handle(
 pub(crate) async fn read_header(storage: &CheckpointStorage, file: &str) -> Result<FileHeader> {
     let source = storage.open(file).await?;
     let path = source.path().to_string();
+    Ok(read_index_and_header(&source, &path, false).await?.1)
+}
+
+/// The index (if `with_index`), the header and the header's length in bytes of the keyed file `source`:
+/// footer first, then the index, then the header's prefix and the header.
+async fn read_index_and_header(
+    source: &RangeSource,
+    path: &str,
+    with_index: bool,
+) -> Result<(Option<Vec<IndexEntry>>, FileHeader, u64)> {
     let len = source.len();
     if len < HEADER_PREFIX + FOOTER_LEN as u64 {
         return Err(Error::corrupt(
-            &path,
+            path,
             format!("truncated: {len} bytes is shorter than any snapshot file"),
         ));
     }
     let footer_bytes = source
         .read(len.saturating_sub(FOOTER_LEN as u64)..len)
         .await?;
-    let footer = keyed_file::parse_footer(&footer_bytes, len, &path)?;
+    let footer = keyed_file::parse_footer(&footer_bytes, len, path)?;
+    let index = if with_index {
+        let index_bytes = source
+            .read(footer.index_offset..footer.index_offset + footer.index_len)
+            .await?;
+        Some(keyed_file::parse_index(&index_bytes, &footer, path)?)
+    } else {
+        None
+    };
     let prefix = source.read(0..HEADER_PREFIX.min(len)).await?;
-    let header_len = keyed_file::header_len(&prefix, &footer, &path)?;
-    keyed_file::parse_header(&source.read(0..header_len).await?, &path)
+    let header_len = keyed_file::header_len(&prefix, &footer, path)?;
+    let header = keyed_file::parse_header(&source.read(0..header_len).await?, path)?;
+    Ok((index, header, header_len))
+}
+
+/// Checks that `key` (codec bytes) hashes to `key_group` of `max_parallelism`, the key group whose frames
+/// hold it.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `path` otherwise.
+pub(crate) fn check_key_group(
+    key: &[u8],
+    max_parallelism: u32,
+    key_group: u32,
+    path: &str,
+) -> Result<()> {
+    let actual = crate::keyed::key_group::key_group_for_hash(
+        crate::keyed::key_group::stable_key_hash(key),
+        max_parallelism,
+    );
+    if actual != key_group {
+        return Err(Error::corrupt(
+            path,
+            format!("a key of key group {actual} is stored in key group {key_group}"),
+        ));
+    }
+    Ok(())
 }

@@ -94,3 +94,50 @@ where
     }
     Ok(summary)
 }
+
+/// What a snapshot that wrote one keyed file (`relative`, private, uploaded by `checkpoint_id`) reports:
+/// its handle of the key groups `key_groups` and its metrics.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the handle's fields, named at the two call sites"
+)]
+pub(crate) fn keyed_file_result(
+    backend_id: String,
+    operator_id: String,
+    checkpoint_id: u64,
+    max_parallelism: u32,
+    key_groups: crate::keyed::key_group::KeyGroupRange,
+    relative: String,
+    summary: FileSummary,
+    sync_duration: std::time::Duration,
+    async_duration: std::time::Duration,
+) -> crate::keyed::backend::SnapshotResult {
+    use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
+    let handle = KeyedStateHandle {
+        backend_id,
+        operator_id,
+        checkpoint_id,
+        max_parallelism,
+        key_groups,
+        format: HandleFormat::KeyedFile,
+        files: vec![StateFile {
+            path: relative,
+            scope: FileScope::Private,
+            size_bytes: summary.size,
+            crc32: summary.crc32,
+            created_by: checkpoint_id,
+            local_name: String::new(),
+        }],
+    };
+    let metrics = crate::keyed::backend::SnapshotMetrics {
+        sync_duration,
+        async_duration,
+        checkpointed_bytes: summary.size,
+        full_bytes: summary.size,
+        state_bytes: summary.raw_bytes,
+        entries: summary.records,
+        files_uploaded: 1,
+        files_reused: 0,
+    };
+    crate::keyed::backend::SnapshotResult { handle, metrics }
+}
