@@ -198,19 +198,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             .collect()
     }
 
-    /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
-    pub fn last_completed_checkpoint(&self) -> Option<u64> {
-        self.last_completed_checkpoint
-    }
-
     /// The backend's own working directory inside `config().local_dir` (removed when it is dropped).
     pub fn instance_dir(&self) -> &std::path::Path {
         self.instance.path()
-    }
-
-    /// Checkpoint whose files are the current diff base, if any.
-    pub fn diff_base_checkpoint(&self) -> Option<u64> {
-        self.base.as_ref().map(|b| b.checkpoint_id)
     }
 
     /// The underlying RocksDB instance (read-only use: properties, statistics).

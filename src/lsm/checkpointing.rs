@@ -45,6 +45,17 @@ pub(crate) struct DiffBase {
 }
 
 impl<K: StateKey> LsmKeyedStateBackend<K> {
+    /// The last checkpoint confirmed by
+    /// [`KeyedStateBackend::notify_checkpoint_complete`](crate::KeyedStateBackend::notify_checkpoint_complete).
+    pub fn last_completed_checkpoint(&self) -> Option<u64> {
+        self.last_completed_checkpoint
+    }
+
+    /// Checkpoint whose files are the current diff base, if any.
+    pub fn diff_base_checkpoint(&self) -> Option<u64> {
+        self.base.as_ref().map(|b| b.checkpoint_id)
+    }
+
     pub(crate) fn snapshot_to(
         &mut self,
         checkpoint_id: u64,

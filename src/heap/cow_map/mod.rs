@@ -271,33 +271,6 @@ impl<K: Eq, N: Eq, S> KeyGroupMap<K, N, S> {
     }
 }
 
-/// The slots of one page, found by [`CowMap::prefetch_page`]: a lookup that has already walked the key
-/// group's directory.
-pub(crate) struct PageRef<'a, K, N, S>(&'a [Slot<K, N, S>]);
-
-impl<K, N, S> Clone for PageRef<'_, K, N, S> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<K, N, S> Copy for PageRef<'_, K, N, S> {}
-
-impl<'a, K: Eq, N: Eq, S> PageRef<'a, K, N, S> {
-    /// No page: every lookup misses.
-    pub(crate) const EMPTY: Self = PageRef(&[]);
-
-    /// The value of `(key, ns)` of map hash `hash` in this page, as [`CowMap::get`] finds it.
-    #[inline]
-    pub(crate) fn get(self, hash: u64, key: &K, ns: &N) -> Option<&'a S> {
-        // No page (a key group without entries has none): `find_in` needs at least one slot.
-        if self.0.is_empty() {
-            return None;
-        }
-        find_in(self.0, stored_hash(hash), key, ns).map(|(_, e)| &e.value)
-    }
-}
-
 /// Methods that write take the map's current `epoch`: pages they create are stamped with it.
 impl<K: Clone, N: Clone, S: Clone> KeyGroupMap<K, N, S> {
     /// Moves (or, from a page a snapshot shares, copies) the entries of `page` into fresh pages.
@@ -421,58 +394,6 @@ where
         let group = &self.groups[kg];
         let page = group.pages.get(group.page_no(hash.get()))?;
         find_in(&page.slots, hash, key, ns).map(|(_, e)| &e.value)
-    }
-
-    /// Asks the CPU to fetch the home slot of `hash` in key group `kg` into the cache (batch access
-    /// issues it for keys ahead of the one it looks up, so their cache misses overlap). Reads the key
-    /// group's directory, which is small and usually cached; never blocks on the slot itself.
-    #[inline]
-    pub(crate) fn prefetch(&self, kg: usize, hash: u64) {
-        let hash = stored_hash(hash).get();
-        let Some(group) = self.groups.get(kg) else {
-            return;
-        };
-        if let Some(page) = group.pages.get(group.page_no(hash)) {
-            let slot = page
-                .slots
-                .as_ptr()
-                .wrapping_add(home(hash, page.slots.len()));
-            crate::heap::prefetch::prefetch_read(slot);
-        }
-    }
-
-    /// Asks the CPU to fetch the directory element (page pointer) of `hash` in key group `kg`: the first
-    /// of a lookup's two dependent misses on a map larger than the cache. Returns the page's number for
-    /// [`CowMap::prefetch_page`], the second stage of a batch lookup, issued a few keys later.
-    #[inline]
-    pub(crate) fn prefetch_directory(&self, kg: usize, hash: u64) -> usize {
-        match self.groups.get(kg) {
-            Some(group) => {
-                let p = group.page_no(stored_hash(hash).get());
-                crate::heap::prefetch::prefetch_read(group.pages.as_ptr().wrapping_add(p));
-                p
-            }
-            None => usize::MAX,
-        }
-    }
-
-    /// Page `p` of key group `kg` (as [`CowMap::prefetch_directory`] numbered it), with the home slot of
-    /// `hash` prefetched: the second stage of a batch lookup, [`PageRef::get`] the third. Reads the
-    /// directory element, which the first stage fetched. The map must not have changed in between.
-    #[inline]
-    pub(crate) fn prefetch_page(&self, kg: usize, p: usize, hash: u64) -> PageRef<'_, K, N, S> {
-        let page = self.groups.get(kg).and_then(|g| g.pages.get(p));
-        match page {
-            Some(page) => {
-                let slot = page
-                    .slots
-                    .as_ptr()
-                    .wrapping_add(home(stored_hash(hash).get(), page.slots.len()));
-                crate::heap::prefetch::prefetch_read(slot);
-                PageRef(&page.slots)
-            }
-            None => PageRef::EMPTY,
-        }
     }
 
     /// Mutable access to the value of `(key, ns)`; copies shared structure only if the entry exists.
@@ -602,6 +523,7 @@ impl<K, N, S> CowSnapshot<K, N, S> {
     }
 }
 
+mod batch;
+pub(crate) use batch::PageRef;
 #[cfg(test)]
-#[path = "cow_map_tests.rs"]
 mod tests;
