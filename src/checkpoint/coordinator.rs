@@ -389,8 +389,8 @@ impl CheckpointCoordinator {
         }
     }
 
-    /// The checks before a checkpoint may complete; returns its encoded metadata.
-    fn check_completion(&self, meta: &CheckpointMetadata) -> Result<Bytes> {
+    /// Each operator's keyed state handles in `meta` partition its key groups (checkpoints and savepoints).
+    pub(super) fn check_partitions(&self, meta: &CheckpointMetadata) -> Result<()> {
         for op in &self.config.operators {
             let handles: Vec<_> = meta
                 .tasks
@@ -400,6 +400,12 @@ impl CheckpointCoordinator {
                 .collect();
             check_partition(&op.operator_id, &handles)?;
         }
+        Ok(())
+    }
+
+    /// The checks before a checkpoint may complete; returns its encoded metadata.
+    fn check_completion(&self, meta: &CheckpointMetadata) -> Result<Bytes> {
+        self.check_partitions(meta)?;
         self.store.check_references(meta)?;
         metadata::encode(meta).map(Bytes::from).map_err(|e| {
             Error::IllegalState(format!(

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::handle::{CheckpointMetadata, FileScope, SnapshotKind};
 use crate::checkpoint::pending::{Acknowledgement, CheckpointStats, Outcome};
-use crate::checkpoint::validate::check_partition;
 use crate::error::{Error, Result};
 use crate::format::metadata;
 use crate::keyed::backend::SnapshotMetrics;
@@ -90,15 +89,7 @@ impl CheckpointCoordinator {
     /// A savepoint's keyed state partitions each operator's key groups, and every file is its own: private,
     /// uploaded by it, under `savepoints/sp-<id>/` (self-contained). Returns the encoded metadata.
     fn check_savepoint(&self, meta: &CheckpointMetadata) -> Result<Bytes> {
-        for op in &self.config().operators {
-            let handles: Vec<_> = meta
-                .tasks
-                .iter()
-                .filter(|t| t.operator_id == op.operator_id)
-                .filter_map(|t| t.keyed_state.as_ref())
-                .collect();
-            check_partition(&op.operator_id, &handles)?;
-        }
+        self.check_partitions(meta)?;
         let dir = format!("{}/", savepoint_dir(meta.checkpoint_id));
         if let Some(f) = meta.files().find(|f| {
             f.scope != FileScope::Private
