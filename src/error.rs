@@ -61,6 +61,16 @@ pub enum Error {
     /// The call does not fit the current state.
     #[error("illegal state: {0}")]
     IllegalState(String),
+    /// A restored state cannot be read as registered: its kind, key, namespace or user key codec differs,
+    /// or its value codec declares no migration from the stored one (Flink's
+    /// `TypeSerializerSchemaCompatibility.incompatible()`). Kind [`ErrorKind::InvalidArgument`].
+    #[error("state `{state}` is incompatible with its snapshot: {reason}")]
+    IncompatibleSchema {
+        /// Name of the state.
+        state: String,
+        /// What differs, with the registered and the stored identity.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -70,7 +80,9 @@ impl Error {
             Error::Storage { .. } | Error::Local { .. } => ErrorKind::Storage,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::InvalidArgument(_) | Error::IncompatibleSchema { .. } => {
+                ErrorKind::InvalidArgument
+            }
             Error::IllegalState(_) => ErrorKind::IllegalState,
         }
     }

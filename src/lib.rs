@@ -91,7 +91,10 @@ pub use checkpoint::store::{
 };
 pub use checkpoint::sweep::SweepReport;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use codec::{Codec, VoidNamespace};
+pub use codec::{
+    Codec, Migration, SchemaCompatibility, VoidNamespace, WrittenCodec, schema_compatibility,
+    versioned_id,
+};
 pub use codec_text::{describe_encoded, hex_bytes};
 pub use error::{Error, ErrorKind, Result};
 pub use heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use crate::checkpoint::handle::TaskStateSnapshot;
-use crate::codec::Codec;
+use crate::codec::{ByteMigration, Codec, byte_migration, migration_failed};
 use crate::error::{Error, Result};
 use crate::format::bytes::{Decoder, PutExt};
 
@@ -177,11 +177,15 @@ impl OperatorStateBackend {
         self.states.keys().cloned().collect()
     }
 
+    /// Registers (or finds) state `name`. A state of the same redistribution whose stored `codecs` differ
+    /// is migrated: `migration(stored codecs)` gives the rewrite of each item's value part (the list
+    /// element, the broadcast value), or the error that names the incompatible change.
     fn register(
         &mut self,
         name: &str,
         redistribution: Redistribution,
         codecs: String,
+        migration: &dyn Fn(&str) -> Result<Option<ByteMigration>>,
     ) -> Result<()> {
         let entries = self
             .states
@@ -191,38 +195,76 @@ impl OperatorStateBackend {
                 codecs: codecs.clone(),
                 items: Vec::new(),
             });
-        if entries.redistribution != redistribution || entries.codecs != codecs {
+        if entries.redistribution != redistribution {
             return Err(Error::InvalidArgument(format!(
                 "operator state `{name}` is {:?} of {}, not {redistribution:?} of {codecs}",
                 entries.redistribution, entries.codecs
             )));
         }
+        if entries.codecs == codecs {
+            return Ok(());
+        }
+        if let Some(rewrite) = migration(&entries.codecs)? {
+            // Into a new list first: a value that does not migrate leaves the state as it was.
+            let mut items = entries.items.clone();
+            for item in &mut items {
+                let value = match redistribution {
+                    Redistribution::Broadcast => &mut item.1,
+                    _ => &mut item.0,
+                };
+                let old = std::mem::take(value);
+                rewrite(&old, value)
+                    .map_err(|e| migration_failed(name, &entries.codecs, &codecs, e))?;
+            }
+            entries.items = items;
+        }
+        entries.codecs = codecs;
         Ok(())
     }
 
-    /// Registers (or finds) list state `name`, split among the subtasks on rescale.
+    /// Registers (or finds) list state `name`, split among the subtasks on rescale. A restored state whose
+    /// element codec differs is migrated if `V` declares a migration from it ([`Codec::migration_from`]).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `name` exists with another kind or element codec.
-    pub fn list_state<V: Codec>(&mut self, name: &str) -> Result<OperatorListState<V>> {
-        self.register(name, Redistribution::Split, V::codec_id())?;
+    /// [`Error::InvalidArgument`] if `name` exists with another kind; [`Error::IncompatibleSchema`] if its
+    /// element codec differs and `V` cannot read it; [`Error::Corrupt`] if an element does not migrate
+    /// (the state is left as it was).
+    pub fn list_state<V: Codec + 'static>(&mut self, name: &str) -> Result<OperatorListState<V>> {
+        let migration = |stored: &str| byte_migration::<V>(name, stored);
+        self.register(name, Redistribution::Split, V::codec_id(), &migration)?;
         Ok(OperatorListState::new(name))
     }
 
     /// Registers (or finds) union list state `name`: every subtask gets all elements on restore. Errors as
     /// [`OperatorStateBackend::list_state`].
-    pub fn union_list_state<V: Codec>(&mut self, name: &str) -> Result<OperatorListState<V>> {
-        self.register(name, Redistribution::Union, V::codec_id())?;
+    pub fn union_list_state<V: Codec + 'static>(
+        &mut self,
+        name: &str,
+    ) -> Result<OperatorListState<V>> {
+        let migration = |stored: &str| byte_migration::<V>(name, stored);
+        self.register(name, Redistribution::Union, V::codec_id(), &migration)?;
         Ok(OperatorListState::new(name))
     }
 
-    /// Registers (or finds) broadcast state `name`. Errors as [`OperatorStateBackend::list_state`].
-    pub fn broadcast_state<K: Codec, V: Codec>(
+    /// Registers (or finds) broadcast state `name`; its values migrate as list elements do, its keys never
+    /// (the entries are sorted by their key bytes). Errors as [`OperatorStateBackend::list_state`].
+    pub fn broadcast_state<K: Codec, V: Codec + 'static>(
         &mut self,
         name: &str,
     ) -> Result<BroadcastState<K, V>> {
-        let codecs = format!("{}->{}", K::codec_id(), V::codec_id());
-        self.register(name, Redistribution::Broadcast, codecs)?;
+        let key_part = format!("{}->", K::codec_id());
+        let codecs = format!("{key_part}{}", V::codec_id());
+        let migration = |stored: &str| match stored.strip_prefix(&key_part) {
+            Some(value) => byte_migration::<V>(name, value),
+            None => Err(Error::IncompatibleSchema {
+                state: name.to_string(),
+                reason: format!(
+                    "broadcast codecs `{codecs}` do not match the restored `{stored}` (only values \
+                     migrate)"
+                ),
+            }),
+        };
+        self.register(name, Redistribution::Broadcast, codecs.clone(), &migration)?;
         Ok(BroadcastState {
             name: name.to_string(),
             _types: PhantomData,

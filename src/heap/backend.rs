@@ -5,6 +5,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::codec::migration_failed;
 use crate::error::{Error, Result};
 pub use crate::heap::config::HeapBackendConfig;
 use crate::heap::table::{
@@ -135,21 +136,36 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             return Ok(id);
         };
         let existing = &self.tables[id.0 as usize];
-        meta.check_compatible(existing.meta())?;
         if (existing.as_ref() as &dyn Any).is::<StateTable<K, N, S>>() {
+            meta.check_compatible(existing.meta())?;
             return Ok(id);
         }
+        let migrate = meta.check_layout(existing.meta())?;
         let Some(raw) = (existing.as_ref() as &dyn Any).downcast_ref::<RawTable>() else {
+            meta.check_compatible(existing.meta())?;
             return Err(Error::InvalidArgument(format!(
                 "state `{}` is registered with other Rust types",
                 meta.name
             )));
         };
+        // Schema evolution: values written by an older codec are read through its migration, here, once
+        // (`docs/savepoints.md`); the table then holds the new type and snapshots the new encoding.
+        let stored = &raw.meta.value_codec;
+        let migration = if migrate {
+            (serde.migration)(&meta.name, stored)?
+        } else {
+            None
+        };
         let mut table = StateTable::<K, N, S>::new(meta, groups, serde);
         for record in raw.records() {
             let (kg_index, k, n, v) = record?;
             let (key, ns) = (K::decode(k)?, N::decode(n)?);
-            let value = (serde.decode)(v)?;
+            let value = match &migration {
+                None => (serde.decode)(v)?,
+                Some(m) => m(v).map_err(|e| {
+                    migration_failed(&table.meta.name, stored, &table.meta.value_codec, e)
+                })?,
+            };
             let hash = entry_hash(stable_key_hash(k), &ns);
             table.map.insert(kg_index, hash, &key, &ns, value);
         }

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Migration, migration_for};
 use crate::error::Result;
 use crate::format::bytes::{Decoder, PutExt};
 use crate::format::keyed_file::KeyedFileWriter;
@@ -47,10 +47,14 @@ pub(crate) fn mix_entry_hash(key_hash: u64, namespace_hash: u64) -> u64 {
     (key_hash ^ namespace_hash).rotate_right(16)
 }
 
-/// How a table's stored value becomes bytes and back (value, list or map encoding).
+/// How a table's stored value becomes bytes and back (value, list or map encoding), and how it is read
+/// from an older value codec (schema evolution, `docs/savepoints.md`).
 pub(crate) struct ValueSerde<S> {
     pub(crate) encode: fn(&S, &mut Vec<u8>),
     pub(crate) decode: fn(&[u8]) -> Result<S>,
+    /// `(state name, stored value codec)`: `None` if the stored codec is the registered one, else the
+    /// decoder of values written by the stored one.
+    pub(crate) migration: fn(&str, &str) -> Result<Option<Migration<S>>>,
 }
 
 impl<S> Clone for ValueSerde<S> {
@@ -70,11 +74,12 @@ pub(crate) fn value_serde<V: Codec>() -> ValueSerde<V> {
     ValueSerde {
         encode: V::encode,
         decode: V::decode,
+        migration: migration_for::<V>,
     }
 }
 
 /// Serde of list state: `u32` count, then each element `u32` length + bytes (little-endian).
-pub(crate) fn list_serde<V: Codec>() -> ValueSerde<ListCell<V>> {
+pub(crate) fn list_serde<V: Codec + 'static>() -> ValueSerde<ListCell<V>> {
     ValueSerde {
         encode: |list, out| {
             // Saturates: such a list is far over the 1 GiB frame limit, which the writer reports.
@@ -83,21 +88,30 @@ pub(crate) fn list_serde<V: Codec>() -> ValueSerde<ListCell<V>> {
                 out.put_len_prefixed(|b| v.encode(b));
             }
         },
-        decode: |bytes| {
-            let mut d = Decoder::new(bytes, 0, "<list value>");
-            let n = d.count("list length", 4)?;
-            let mut list = Vec::with_capacity(n);
-            for _ in 0..n {
-                list.push(V::decode(d.bytes("list element")?)?);
-            }
-            d.finish("list")?;
-            Ok(Arc::new(list))
+        decode: |bytes| decode_list(bytes, V::decode),
+        migration: |state, stored| {
+            Ok(
+                migration_for::<V>(state, stored)?.map(|m| -> Migration<ListCell<V>> {
+                    Arc::new(move |bytes| decode_list(bytes, &*m))
+                }),
+            )
         },
     }
 }
 
+fn decode_list<V>(bytes: &[u8], element: impl Fn(&[u8]) -> Result<V>) -> Result<ListCell<V>> {
+    let mut d = Decoder::new(bytes, 0, "<list value>");
+    let n = d.count("list length", 4)?;
+    let mut list = Vec::with_capacity(n);
+    for _ in 0..n {
+        list.push(element(d.bytes("list element")?)?);
+    }
+    d.finish("list")?;
+    Ok(Arc::new(list))
+}
+
 /// Serde of map state: `u32` count, then each entry: `u32` length + user key, `u32` length + value.
-pub(crate) fn map_serde<UK: StateKey, V: Codec>() -> ValueSerde<MapCell<UK, V>> {
+pub(crate) fn map_serde<UK: StateKey, V: Codec + 'static>() -> ValueSerde<MapCell<UK, V>> {
     ValueSerde {
         encode: |map, out| {
             // Saturates: such a map is far over the 1 GiB frame limit, which the writer reports.
@@ -107,18 +121,30 @@ pub(crate) fn map_serde<UK: StateKey, V: Codec>() -> ValueSerde<MapCell<UK, V>> 
                 out.put_len_prefixed(|b| v.encode(b));
             }
         },
-        decode: |bytes| {
-            let mut d = Decoder::new(bytes, 0, "<map value>");
-            let n = d.count("map size", 8)?;
-            let mut map = hashbrown::HashMap::with_capacity_and_hasher(n, Default::default());
-            for _ in 0..n {
-                let k = UK::decode(d.bytes("map user key")?)?;
-                map.insert(k, V::decode(d.bytes("map value")?)?);
-            }
-            d.finish("map")?;
-            Ok(Arc::new(map))
+        decode: |bytes| decode_map(bytes, V::decode),
+        migration: |state, stored| {
+            Ok(
+                migration_for::<V>(state, stored)?.map(|m| -> Migration<MapCell<UK, V>> {
+                    Arc::new(move |bytes| decode_map(bytes, &*m))
+                }),
+            )
         },
     }
+}
+
+fn decode_map<UK: StateKey, V>(
+    bytes: &[u8],
+    value: impl Fn(&[u8]) -> Result<V>,
+) -> Result<MapCell<UK, V>> {
+    let mut d = Decoder::new(bytes, 0, "<map value>");
+    let n = d.count("map size", 8)?;
+    let mut map = hashbrown::HashMap::with_capacity_and_hasher(n, Default::default());
+    for _ in 0..n {
+        let k = UK::decode(d.bytes("map user key")?)?;
+        map.insert(k, value(d.bytes("map value")?)?);
+    }
+    d.finish("map")?;
+    Ok(Arc::new(map))
 }
 
 /// A state table whose types are erased, as the backend keeps them.

@@ -79,47 +79,66 @@ impl StateMeta {
         }
     }
 
-    /// Checks that a restored state can be read as `self` describes.
+    /// Checks that a restored state has `self`'s kind and key, namespace and user key codecs (these never
+    /// migrate); returns whether its value codec differs, so that the caller resolves a migration
+    /// ([`Codec::migration_from`]).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming the first field that differs.
-    pub fn check_compatible(&self, restored: &StateMeta) -> Result<()> {
+    /// [`Error::IncompatibleSchema`] naming the state and the first field that differs.
+    pub fn check_layout(&self, restored: &StateMeta) -> Result<bool> {
         let fields = [
-            (
-                "kind",
-                format!("{:?}", self.kind),
-                format!("{:?}", restored.kind),
-            ),
-            (
-                "key codec",
-                self.key_codec.clone(),
-                restored.key_codec.clone(),
-            ),
+            ("kind", kind_name(self.kind), kind_name(restored.kind)),
+            ("key codec", &*self.key_codec, &*restored.key_codec),
             (
                 "namespace codec",
-                self.namespace_codec.clone(),
-                restored.namespace_codec.clone(),
-            ),
-            (
-                "value codec",
-                self.value_codec.clone(),
-                restored.value_codec.clone(),
+                &self.namespace_codec,
+                &restored.namespace_codec,
             ),
             (
                 "user key codec",
-                self.user_key_codec.clone(),
-                restored.user_key_codec.clone(),
+                &self.user_key_codec,
+                &restored.user_key_codec,
             ),
         ];
         for (what, ours, theirs) in fields {
             if ours != theirs {
-                return Err(Error::InvalidArgument(format!(
-                    "state `{}`: {what} `{ours}` does not match the restored `{theirs}`",
-                    self.name
-                )));
+                return Err(Error::IncompatibleSchema {
+                    state: self.name.clone(),
+                    reason: format!(
+                        "{what} `{ours}` does not match the restored `{theirs}` (only value codecs \
+                         migrate)"
+                    ),
+                });
             }
         }
+        Ok(self.value_codec != restored.value_codec)
+    }
+
+    /// Checks that a restored state can be read as `self` describes without a migration.
+    ///
+    /// # Errors
+    /// [`Error::IncompatibleSchema`] naming the state and the first field that differs.
+    pub fn check_compatible(&self, restored: &StateMeta) -> Result<()> {
+        if self.check_layout(restored)? {
+            return Err(Error::IncompatibleSchema {
+                state: self.name.clone(),
+                reason: format!(
+                    "value codec `{}` does not match `{}`",
+                    self.value_codec, restored.value_codec
+                ),
+            });
+        }
         Ok(())
+    }
+}
+
+fn kind_name(kind: StateKind) -> &'static str {
+    match kind {
+        StateKind::Value => "Value",
+        StateKind::List => "List",
+        StateKind::Map => "Map",
+        StateKind::Reducing => "Reducing",
+        StateKind::Aggregating => "Aggregating",
     }
 }
 

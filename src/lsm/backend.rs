@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rocksdb::{Cache, DB, Options, ReadOptions, WriteOptions};
 
+use crate::codec::byte_migration;
 use crate::error::{Error, Result};
 use crate::keyed::backend::{
     KeyedStateBackend, PendingSnapshot, SavepointFormat, StateId, StateKey, StateValue,
@@ -19,9 +20,7 @@ use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::lsm::checkpointing::{DiffBase, PendingUploads};
 use crate::lsm::instance::InstanceDir;
-use crate::lsm::keys::{
-    cf_name, decode_meta, encode_meta, key_prefix, meta_key, push_list_element, split_list,
-};
+use crate::lsm::keys::{cf_name, decode_meta, key_prefix, push_list_element, split_list};
 use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
 use crate::lsm::snapshot::SnapshotTarget;
 use crate::storage::CheckpointStorage;
@@ -34,6 +33,8 @@ pub(crate) fn db_error(what: impl std::fmt::Display, e: rocksdb::Error) -> Error
 pub(crate) struct LsmState {
     pub(crate) meta: StateMeta,
     pub(crate) cf: String,
+    /// Whether the job registered it; a restored state is not until then (and may still migrate).
+    pub(crate) registered: bool,
 }
 
 pub(crate) struct CurrentKey<K> {
@@ -153,7 +154,11 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             }
             let id = StateId(self.states.len() as u32);
             self.by_name.insert(meta.name.clone(), id);
-            self.states.push(LsmState { meta, cf });
+            self.states.push(LsmState {
+                meta,
+                cf,
+                registered: false,
+            });
         }
         Ok(())
     }
@@ -207,28 +212,6 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     pub fn db(&self) -> &DB {
         &self.db
     }
-
-    pub(crate) fn register(&mut self, meta: StateMeta) -> Result<StateId> {
-        if let Some(&id) = self.by_name.get(&meta.name) {
-            meta.check_compatible(&self.states[id.0 as usize].meta)?;
-            return Ok(id);
-        }
-        let cf = cf_name(&meta.name);
-        self.db
-            .create_cf(&cf, &self.options)
-            .map_err(|e| db_error(format!("column family {cf}"), e))?;
-        self.db
-            .put_opt(
-                meta_key(&meta.name),
-                encode_meta(&meta),
-                &self.write_options,
-            )
-            .map_err(|e| db_error("state meta", e))?;
-        let id = StateId(self.states.len() as u32);
-        self.by_name.insert(meta.name.clone(), id);
-        self.states.push(LsmState { meta, cf });
-        Ok(id)
-    }
 }
 
 impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
@@ -271,7 +254,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
         d: &ValueStateDescriptor<N, V>,
     ) -> Result<ValueState<N, V>> {
         let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
-        Ok(ValueState::new(self.register(meta)?))
+        Ok(ValueState::new(self.register(meta, byte_migration::<V>)?))
     }
 
     fn list_state<N: StateKey, V: StateValue>(
@@ -279,7 +262,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
         d: &ListStateDescriptor<N, V>,
     ) -> Result<ListState<N, V>> {
         let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
-        Ok(ListState::new(self.register(meta)?))
+        Ok(ListState::new(self.register(meta, byte_migration::<V>)?))
     }
 
     fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
@@ -288,7 +271,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
     ) -> Result<MapState<N, UK, V>> {
         let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
         meta.user_key_codec = UK::codec_id();
-        Ok(MapState::new(self.register(meta)?))
+        Ok(MapState::new(self.register(meta, byte_migration::<V>)?))
     }
 
     fn reducing_state<N: StateKey, V: StateValue>(
@@ -296,7 +279,10 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
         d: &ReducingStateDescriptor<N, V>,
     ) -> Result<ReducingState<N, V>> {
         let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
-        Ok(ReducingState::new(self.register(meta)?, d.reduce.clone()))
+        Ok(ReducingState::new(
+            self.register(meta, byte_migration::<V>)?,
+            d.reduce.clone(),
+        ))
     }
 
     fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
@@ -305,7 +291,7 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
     ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
         let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
         Ok(AggregatingState::new(
-            self.register(meta)?,
+            self.register(meta, byte_migration::<ACC>)?,
             d.function.clone(),
         ))
     }

@@ -76,7 +76,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         for file in files {
             let mut slots = Vec::with_capacity(file.header.states.len());
             for meta in &file.header.states {
-                let id = self.register(meta.clone())?;
+                let id = self.register_restored(meta.clone())?;
                 let slot = match rows.iter().position(|(s, _)| *s == id) {
                     Some(slot) => slot,
                     None => {

@@ -8,6 +8,7 @@ mod checkpointing;
 mod import;
 mod instance;
 pub(crate) mod keys;
+mod migrate;
 mod options;
 mod restore;
 mod rows;

@@ -250,7 +250,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 break;
             }
             let meta = crate::lsm::keys::decode_meta(&value, &path)?;
-            let id = self.register(meta)?;
+            let id = self.register_restored(meta)?;
             let cf_name = self.states[id.0 as usize].cf.clone();
             let (Some(from), Some(to)) = (other.cf_handle(&cf_name), self.db.cf_handle(&cf_name))
             else {

@@ -3,23 +3,50 @@
 //! A [`Codec`] is implemented by the data type itself. Its [`Codec::ID`] is written into every snapshot and
 //! checked on restore, so a state written with one encoding is never read with another. Integer encodings are
 //! big-endian with the sign bit flipped for signed types, so byte order equals numeric order (what a sorted
-//! LSM key space needs).
+//! LSM key space needs). Codecs carry versions and migrations from older encodings ([`schema`]).
+
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+
+mod schema;
+pub(crate) use schema::{ByteMigration, byte_migration, migration_failed, migration_for};
+pub use schema::{
+    Migration, SchemaCompatibility, WrittenCodec, schema_compatibility, versioned_id,
+};
 
 /// Encoding of one type to bytes and back.
 ///
 /// Implementations must be deterministic (the key's bytes decide its key group) and `decode` must reject
 /// (never panic on) bytes it did not produce.
 pub trait Codec: Sized {
-    /// Identity of the encoding (e.g. `"i64:be"`). Change it when the bytes change. Snapshots store
-    /// [`Codec::codec_id`], which is this for every codec but composite ones.
+    /// Identity of the encoding (e.g. `"i64:be"`); it must not end in `@v<digits>`. Snapshots store
+    /// [`Codec::codec_id`], which adds the [`Codec::VERSION`].
     const ID: &'static str;
 
-    /// The identity stored in snapshots and checked on restore. A composite codec names its parts, so
-    /// that `(u64, u64)` and `(i64, i64)` differ (`"pair(u64:be,u64:be)"`); others return [`Codec::ID`].
+    /// Version of the encoding, at least 1. Bump it when the bytes change and declare how older versions
+    /// are read in [`Codec::migration_from`]; a state written by an older version is then migrated on
+    /// restore (`docs/savepoints.md`, "Schema evolution").
+    const VERSION: u32 = 1;
+
+    /// The identity stored in snapshots and checked on restore: [`Codec::ID`] at version 1, else
+    /// `"<ID>@v<VERSION>"` ([`versioned_id`]). A composite codec names its parts, so that `(u64, u64)`
+    /// and `(i64, i64)` differ (`"pair(u64:be,u64:be)"`); an override must keep the parts' versions in.
     fn codec_id() -> String {
-        Self::ID.to_string()
+        versioned_id(Self::ID, Self::VERSION)
+    }
+
+    /// How to read a value written by another codec or an older version of this one, as Flink's
+    /// `TypeSerializerSnapshot::resolveSchemaCompatibility`: `None` (the default) if it cannot be read,
+    /// which makes restoring a state written with `written` an [`Error::IncompatibleSchema`] naming the
+    /// state. Called once per restored state whose stored value codec is not [`Codec::codec_id`]; only
+    /// values migrate (keys, namespaces and map user keys decide key groups and row order).
+    ///
+    /// The built-in integers read the narrower integers of the same signedness; pairs migrate part by
+    /// part.
+    fn migration_from(written: &WrittenCodec<'_>) -> Option<Migration<Self>> {
+        let _ = written;
+        None
     }
     /// Appends the encoding of `self` to `out`.
     fn encode(&self, out: &mut Vec<u8>);
@@ -52,10 +79,28 @@ fn wrong_len(id: &str, expected: usize, got: usize) -> Error {
     )
 }
 
+/// The migration of an integer type from a narrower one of the same signedness, if `written` is one (at
+/// version 1): decode the narrow encoding and convert losslessly.
+macro_rules! widen_from {
+    ($written:expr, $t:ty, $($narrow:ty),*) => {{
+        let written: &WrittenCodec<'_> = $written;
+        $(
+            if written.version == 1 && written.id == <$narrow as Codec>::ID {
+                return Some(Arc::new(|b: &[u8]| <$narrow>::decode(b).map(<$t>::from)));
+            }
+        )*
+        let _ = written;
+        None
+    }};
+}
+
 macro_rules! unsigned_codec {
-    ($($t:ty => $id:literal),*) => {$(
+    ($($t:ty => $id:literal [$($narrow:ty),*]),*) => {$(
         impl Codec for $t {
             const ID: &'static str = $id;
+            fn migration_from(written: &WrittenCodec<'_>) -> Option<Migration<Self>> {
+                widen_from!(written, $t, $($narrow),*)
+            }
             #[inline]
             fn encode(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_be_bytes());
@@ -73,12 +118,16 @@ macro_rules! unsigned_codec {
         }
     )*};
 }
-unsigned_codec!(u8 => "u8", u16 => "u16:be", u32 => "u32:be", u64 => "u64:be", u128 => "u128:be");
+unsigned_codec!(u8 => "u8" [], u16 => "u16:be" [u8], u32 => "u32:be" [u8, u16],
+    u64 => "u64:be" [u8, u16, u32], u128 => "u128:be" [u8, u16, u32, u64]);
 
 macro_rules! signed_codec {
-    ($($t:ty, $u:ty => $id:literal),*) => {$(
+    ($($t:ty, $u:ty => $id:literal [$($narrow:ty),*]),*) => {$(
         impl Codec for $t {
             const ID: &'static str = $id;
+            fn migration_from(written: &WrittenCodec<'_>) -> Option<Migration<Self>> {
+                widen_from!(written, $t, $($narrow),*)
+            }
             #[inline]
             fn encode(&self, out: &mut Vec<u8>) {
                 // Flip the sign bit so that the byte order is the numeric order.
@@ -99,8 +148,9 @@ macro_rules! signed_codec {
         }
     )*};
 }
-signed_codec!(i8, u8 => "i8:ordered", i16, u16 => "i16:be-ordered", i32, u32 => "i32:be-ordered",
-    i64, u64 => "i64:be-ordered", i128, u128 => "i128:be-ordered");
+signed_codec!(i8, u8 => "i8:ordered" [], i16, u16 => "i16:be-ordered" [i8],
+    i32, u32 => "i32:be-ordered" [i8, i16], i64, u64 => "i64:be-ordered" [i8, i16, i32],
+    i128, u128 => "i128:be-ordered" [i8, i16, i32, i64]);
 
 impl Codec for f64 {
     const ID: &'static str = "f64:be-bits";
@@ -187,10 +237,19 @@ impl Codec for VoidNamespace {
 
 /// A pair is encoded as `u32 big-endian length of A`, `A`, `B`; its stored identity is
 /// `pair(<A's codec id>,<B's codec id>)`.
-impl<A: Codec, B: Codec> Codec for (A, B) {
+impl<A: Codec + 'static, B: Codec + 'static> Codec for (A, B) {
     const ID: &'static str = "pair";
     fn codec_id() -> String {
         format!("pair({},{})", A::codec_id(), B::codec_id())
+    }
+    /// A stored `pair(<a>,<b>)` whose parts `A` and `B` each read, as is or through their migrations.
+    fn migration_from(written: &WrittenCodec<'_>) -> Option<Migration<Self>> {
+        let (a, b) = schema::split_pair(written.id).filter(|_| written.version == 1)?;
+        let (read_a, read_b) = (schema::part_reader::<A>(a)?, schema::part_reader::<B>(b)?);
+        Some(Arc::new(move |bytes: &[u8]| {
+            let (x, y) = split_pair_bytes(bytes)?;
+            Ok((read_a(x)?, read_b(y)?))
+        }))
     }
     #[inline]
     fn encode(&self, out: &mut Vec<u8>) {
@@ -202,18 +261,23 @@ impl<A: Codec, B: Codec> Codec for (A, B) {
         self.1.encode(out);
     }
     fn decode(bytes: &[u8]) -> Result<Self> {
-        let bad = || Error::corrupt("<pair value>", "length prefix exceeds the value");
-        let len_bytes: [u8; 4] = bytes
-            .get(..4)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?;
-        let len = u32::from_be_bytes(len_bytes) as usize;
-        let a = bytes
-            .get(4..4usize.checked_add(len).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-        Ok((A::decode(a)?, B::decode(&bytes[4 + len..])?))
+        let (a, b) = split_pair_bytes(bytes)?;
+        Ok((A::decode(a)?, B::decode(b)?))
     }
+}
+
+/// The two parts of a pair's encoding (`u32` big-endian length of the first, the first, the second).
+fn split_pair_bytes(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
+    let bad = || Error::corrupt("<pair value>", "length prefix exceeds the value");
+    let len_bytes: [u8; 4] = bytes
+        .get(..4)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let end = 4usize.checked_add(len).ok_or_else(bad)?;
+    let a = bytes.get(4..end).ok_or_else(bad)?;
+    Ok((a, &bytes[end..]))
 }
 
 #[cfg(test)]
