@@ -60,6 +60,11 @@ for backend in heap rocksdb; do
   # The savepoint's counts add up to every word of the input.
   total=$("$ctl" dump "$sp" --state word-count | awk -F'\t' '{ s += $4 } END { print s }')
   [ "$total" = 300000 ] || fail "$backend dump: the counts add up to $total, not 300000"
+  # Entries counted by inspect: one per distinct word, as many as dump prints.
+  words=$("$ctl" dump "$sp" --state word-count | wc -l)
+  entries=$("$ctl" inspect "$sp" --entries | sed -n 's/^ *state word-count .*, \([0-9]*\) entries$/\1/p' \
+    | awk '{ s += $1 } END { print s }')
+  [ "$entries" = "$words" ] || fail "$backend inspect --entries: $entries entries, dump has $words words"
   "$ctl" dump "$sp" --state word-count --key-group 5 --json >"$work/out"
   expect "$backend dump --json" '"key_group":5,"namespace":"-"' "$work/out"
   if [ "$backend" = rocksdb ]; then

@@ -147,6 +147,51 @@ impl CheckpointStorage {
     }
 }
 
+impl CheckpointStorage {
+    /// The states of a canonical (keyed-file) handle and how many records each holds (entries: one per key
+    /// and namespace; a list or map counts once), read `KEY_GROUPS_PER_READ` key groups at a time so that
+    /// memory stays a fraction of the file; with the checks of [`CheckpointStorage::keyed_file_records`].
+    ///
+    /// # Errors
+    /// As [`CheckpointStorage::keyed_file_records`].
+    pub async fn keyed_file_entry_counts(
+        &self,
+        handle: &crate::KeyedStateHandle,
+    ) -> Result<(Vec<crate::StateMeta>, Vec<u64>)> {
+        const KEY_GROUPS_PER_READ: u32 = 8;
+        let range = handle.key_groups;
+        let mut states = Vec::new();
+        let mut counts: Vec<u64> = Vec::new();
+        let mut from = range.start();
+        while let Some(last) = range.end().filter(|end| from <= *end) {
+            let to = last.min(from.saturating_add(KEY_GROUPS_PER_READ - 1));
+            let part = crate::KeyGroupRange::new(from, to)?;
+            let loaded =
+                crate::format::keyed_file::load::load_handle(self, handle, part, "inspect").await?;
+            counts.resize(loaded.header.states.len(), 0);
+            for (_, bytes) in &loaded.groups {
+                for r in crate::format::keyed_file::read::records(bytes, &loaded.path) {
+                    let state = r?.state as usize;
+                    let count = counts.get_mut(state).ok_or_else(|| {
+                        Error::corrupt(&loaded.path, format!("record of unknown state {state}"))
+                    })?;
+                    *count += 1;
+                }
+            }
+            states = loaded.header.states;
+            if to == last {
+                break;
+            }
+            from = to + 1;
+        }
+        if states.is_empty() {
+            states = self.keyed_file_states(handle).await?;
+            counts = vec![0; states.len()];
+        }
+        Ok((states, counts))
+    }
+}
+
 /// Reads and decodes the metadata of checkpoint `id`.
 pub(crate) async fn read_metadata(
     storage: &CheckpointStorage,

@@ -33,22 +33,38 @@ fn state_kind(k: StateKind) -> &'static str {
     }
 }
 
-fn state_json(s: &StateMeta) -> serde_json::Value {
+fn state_json((s, entries): &(StateMeta, Option<u64>)) -> serde_json::Value {
     json!({"name": s.name, "kind": state_kind(s.kind), "key_codec": s.key_codec,
         "namespace_codec": s.namespace_codec, "value_codec": s.value_codec,
-        "user_key_codec": s.user_key_codec})
+        "user_key_codec": s.user_key_codec, "entries": entries})
 }
 
-pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String> {
+pub(crate) async fn inspect(dir: &str, entries: bool, as_json: bool) -> Result<ExitCode, String> {
     let (at, meta) = open_snapshot(dir).await?;
     let mut tasks = Vec::new();
     for task in &meta.tasks {
-        let states = match &task.keyed_state {
+        let states: Option<Vec<(StateMeta, Option<u64>)>> = match &task.keyed_state {
+            Some(h) if h.format == HandleFormat::KeyedFile && entries => {
+                let (states, counts) = at
+                    .storage
+                    .keyed_file_entry_counts(h)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Some(
+                    states
+                        .into_iter()
+                        .zip(counts.into_iter().map(Some))
+                        .collect(),
+                )
+            }
             Some(h) if h.format == HandleFormat::KeyedFile => Some(
                 at.storage
                     .keyed_file_states(h)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|s| (s, None))
+                    .collect(),
             ),
             _ => None,
         };
@@ -110,9 +126,9 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
             );
             match states {
                 Some(states) => {
-                    for s in states {
+                    for (s, count) in states {
                         out!(
-                            "  state {:<24} {:<11} key {} namespace {} value {}{}",
+                            "  state {:<24} {:<11} key {} namespace {} value {}{}{}",
                             s.name,
                             state_kind(s.kind),
                             s.key_codec,
@@ -122,7 +138,8 @@ pub(crate) async fn inspect(dir: &str, as_json: bool) -> Result<ExitCode, String
                                 String::new()
                             } else {
                                 format!(" user key {}", s.user_key_codec)
-                            }
+                            },
+                            count.map_or(String::new(), |n| format!(", {n} entries"))
                         );
                     }
                 }

@@ -126,6 +126,25 @@ pub(crate) fn interactive() -> bool {
     std::io::stdout().is_terminal()
 }
 
+/// A spinner on stderr with a message (and the count of `inc` calls if `counting`), ticking while a long step runs (listing a large
+/// store, the sweep) when stdout is a terminal; hidden when piped or with `--json`.
+pub(crate) fn spinner(message: &str, counting: bool, as_json: bool) -> indicatif::ProgressBar {
+    if !interactive() || as_json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message.to_string());
+    let template = if counting {
+        "{spinner} {msg} {pos} ({elapsed})"
+    } else {
+        "{spinner} {msg} ({elapsed})"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 /// Writes one line to stdout. A closed pipe (`statectl dump ... | head`) ends the program quietly with
 /// success, as the reader wanted no more; other write errors end it with a one-line error.
 pub(crate) fn emit(line: std::fmt::Arguments<'_>) {

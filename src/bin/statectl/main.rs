@@ -60,6 +60,10 @@ enum Command {
     Inspect {
         /// The snapshot's directory (`URL/chk-<n>` or `URL/savepoints/sp-<n>`).
         checkpoint: String,
+        /// Count each state's entries (key and namespace pairs) of canonical files: reads every file
+        /// whole; native LSM files are not counted.
+        #[arg(long)]
+        entries: bool,
         #[arg(long)]
         json: bool,
     },
@@ -150,7 +154,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::List { url, json } => list::list(&url, json).await,
             Command::History { url, json } => list::history(&url, json).await,
-            Command::Inspect { checkpoint, json } => inspect::inspect(&checkpoint, json).await,
+            Command::Inspect {
+                checkpoint,
+                entries,
+                json,
+            } => inspect::inspect(&checkpoint, entries, json).await,
             Command::Verify {
                 checkpoint,
                 concurrency,

@@ -12,7 +12,7 @@ use statebackend::{
     SHARED_DIR, STATS_FILE, SnapshotKind, TRIGGER_MARKER,
 };
 
-use crate::job::{Found, bytes, kind_name, open_job, snapshots};
+use crate::job::{Found, bytes, kind_name, open_job, snapshots, spinner};
 
 /// Which part of the layout a file (path relative to the job root) belongs to.
 fn category(path: &str) -> &'static str {
@@ -41,10 +41,14 @@ pub(crate) async fn du(url: &str, as_json: bool) -> Result<ExitCode, String> {
     let storage = open_job(url)?;
     let root = storage.path("");
     let prefix = format!("{}/", root.as_ref().trim_end_matches('/'));
+    let progress = spinner("listing files:", true, as_json);
     let listed: Vec<(String, u64)> = storage
         .object_store()
         .list(Some(&root))
-        .map_ok(|m| (m.location.to_string(), m.size))
+        .map_ok(|m| {
+            progress.inc(1);
+            (m.location.to_string(), m.size)
+        })
         .try_collect::<Vec<_>>()
         .await
         .map_err(|e| format!("listing {url}: {e}"))?
@@ -57,6 +61,7 @@ pub(crate) async fn du(url: &str, as_json: bool) -> Result<ExitCode, String> {
         e.0 += size;
         e.1 += 1;
     }
+    progress.set_message("files listed; reading metadata:");
     let complete: Vec<(SnapshotKind, CheckpointMetadata)> = snapshots(&storage)
         .await?
         .into_iter()
@@ -72,6 +77,7 @@ pub(crate) async fn du(url: &str, as_json: bool) -> Result<ExitCode, String> {
             *users.entry(f.path.as_str()).or_default() += 1;
         }
     }
+    progress.finish_and_clear();
     let sizes: HashMap<&str, u64> = listed.iter().map(|(p, s)| (p.as_str(), *s)).collect();
     let mut alone = Vec::new();
     for (kind, meta) in &complete {
@@ -122,6 +128,7 @@ pub(crate) async fn gc(
     as_json: bool,
 ) -> Result<ExitCode, String> {
     let storage = open_job(url)?;
+    let progress = spinner("reading checkpoints and sweeping", false, as_json);
     // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
     // nothing. The generation it registers fences a coordinator still running (see `--help`).
     let mut coordinator = CheckpointCoordinator::open(
@@ -136,6 +143,7 @@ pub(crate) async fn gc(
         coordinator.sweep_orphans(min_age).await
     }
     .map_err(|e| e.to_string())?;
+    progress.finish_and_clear();
     if as_json {
         out!(
             "{}",
