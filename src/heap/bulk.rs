@@ -20,10 +20,10 @@ use crate::keyed::router::KeyRoute;
 /// How far ahead of the key being looked up a batch prefetches its slot: enough misses in flight to
 /// cover memory latency, few enough that the prefetched lines are still cached when used. The directory
 /// element (page pointer) the slot's address depends on is prefetched twice as far ahead.
-const PREFETCH_AHEAD: usize = 8;
+const PREFETCH_AHEAD: usize = 16;
 /// Locations a batch get keeps between locating a key and looking it up (a power of two above
 /// `2 * PREFETCH_AHEAD`).
-const RING: usize = 32;
+const RING: usize = 64;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
