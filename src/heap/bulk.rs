@@ -61,9 +61,11 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     fn locate_batch<N: StateKey>(&self, keys: &[K], ns: &N) -> Result<Vec<(u64, usize)>> {
         let mut scratch = Vec::new();
         let ns_hash = namespace_hash(ns);
-        keys.iter()
-            .map(|k| self.locate_one(k, ns_hash, &mut scratch))
-            .collect()
+        let mut at = Vec::with_capacity(keys.len());
+        for k in keys {
+            at.push(self.locate_one(k, ns_hash, &mut scratch)?);
+        }
+        Ok(at)
     }
 
     /// `(map hash, key-group index)` of `key` in the namespace of hash `ns_hash`.

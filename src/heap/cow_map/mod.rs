@@ -447,6 +447,8 @@ where
 
     /// Read-modify-write of `(key, ns)` with one lookup: `f` gets the current value and returns the new
     /// one, or `None` to remove the entry. Copies shared structure only if something is written.
+    /// Inlined into batch loops, so the lookup overlaps the next keys' prefetches (`benches/batch.rs`).
+    #[inline]
     pub(crate) fn modify(
         &mut self,
         kg: usize,
