@@ -221,3 +221,113 @@ fn restoring_with_another_codec_is_refused() {
         assert!(err.to_string().contains("value codec"), "{err}");
     });
 }
+
+/// A state over the 1 MiB from which registration decodes on several threads: every thread count gives
+/// the same map as one thread (values, lists, and the entry count), and a value whose migration fails
+/// on a worker thread fails the registration cleanly (the state stays restorable as written).
+#[test]
+fn registration_decodes_on_several_threads_with_the_same_result() {
+    let rt = runtime();
+    rt.block_on(async {
+        let storage = CheckpointStorage::in_memory("threads").unwrap();
+        let mut b = HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap();
+        let s = b.value_state(&counts()).unwrap();
+        let l = b
+            .list_state(&ListStateDescriptor::<u32, String>::new("names"))
+            .unwrap();
+        const KEYS: u64 = 60_000;
+        for k in 0..KEYS {
+            b.set_current_key(k).unwrap();
+            s.update(&mut b, &NS, k * 3).unwrap();
+            l.add(&mut b, &((k % 5) as u32), format!("name-{k}-{}", k * 7))
+                .unwrap();
+        }
+        let result = b.snapshot(1, &storage).unwrap().run().await.unwrap();
+        assert!(
+            result.metrics.state_bytes > 2 << 20,
+            "the states are over the threshold: {} bytes",
+            result.metrics.state_bytes
+        );
+        for threads in [1, 2, 3, 8] {
+            let cfg = HeapBackendConfig {
+                restore_threads: threads,
+                ..config(128, 1, 0)
+            };
+            let mut r = HeapKeyedStateBackend::<u64>::restore(
+                cfg,
+                &storage,
+                std::slice::from_ref(&result.handle),
+            )
+            .await
+            .unwrap();
+            let s = r.value_state(&counts()).unwrap();
+            let l = r
+                .list_state(&ListStateDescriptor::<u32, String>::new("names"))
+                .unwrap();
+            assert_eq!(r.total_entries(), 2 * KEYS as usize, "{threads} threads");
+            for k in 0..KEYS {
+                r.set_current_key(k).unwrap();
+                assert_eq!(s.value(&r, &NS).unwrap(), Some(k * 3), "{threads} threads");
+                assert_eq!(
+                    l.get(&r, &((k % 5) as u32)).unwrap(),
+                    vec![format!("name-{k}-{}", k * 7)],
+                    "{threads} threads"
+                );
+            }
+        }
+        // A migration that fails on one key near the end of the key-group range (a worker's share).
+        let cfg = HeapBackendConfig {
+            restore_threads: 4,
+            ..config(128, 1, 0)
+        };
+        let mut r = HeapKeyedStateBackend::<u64>::restore(cfg, &storage, &[result.handle])
+            .await
+            .unwrap();
+        let bad = (0..KEYS)
+            .max_by_key(|k| assign_to_key_group(&k.to_be_bytes(), 128).unwrap())
+            .unwrap();
+        REFUSED.store(bad * 3, std::sync::atomic::Ordering::Relaxed);
+        let err = r
+            .value_state(&ValueStateDescriptor::<VoidNamespace, Refusing>::new(
+                "counts",
+            ))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(
+            err.to_string().contains(&format!("refused {}", bad * 3)),
+            "{err}"
+        );
+        let s = r.value_state(&counts()).unwrap();
+        r.set_current_key(bad).unwrap();
+        assert_eq!(s.value(&r, &NS).unwrap(), Some(bad * 3));
+    });
+}
+
+/// `u64` at version 2, whose migration from version 1 (`u64:be`) refuses one value: `REFUSED`.
+#[derive(Debug, Clone, PartialEq)]
+struct Refusing(u64);
+
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+impl Codec for Refusing {
+    const ID: &'static str = "u64:be";
+    const VERSION: u32 = 2;
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.0.encode(out);
+    }
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        u64::decode(bytes).map(Refusing)
+    }
+    fn migration_from(written: &WrittenCodec<'_>) -> Option<Migration<Self>> {
+        (written.id == "u64:be" && written.version == 1).then(|| -> Migration<Self> {
+            std::sync::Arc::new(|b| {
+                let v = u64::decode(b)?;
+                if v == REFUSED.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::InvalidArgument(format!("refused {v}")));
+                }
+                Ok(Refusing(v))
+            })
+        })
+    }
+}

@@ -92,6 +92,9 @@ pub struct StateBackendConfig {
     pub heap_zstd_level: Option<i32>,
     /// Heap: uncompressed bytes per snapshot frame, 1 to 2^30 (default 1 MiB).
     pub heap_frame_bytes: usize,
+    /// Heap: threads that decode a restored state when it is registered, at least 1 (default the
+    /// available parallelism, at most 4; [`HeapBackendConfig::restore_threads`]).
+    pub heap_restore_threads: usize,
     /// LSM: files uploaded or downloaded at the same time (default 4).
     pub lsm_transfer_concurrency: usize,
     /// LSM: RocksDB block cache in bytes (default 64 MiB).
@@ -115,6 +118,7 @@ impl Default for StateBackendConfig {
             local_dir: std::env::temp_dir(),
             heap_zstd_level: Some(1),
             heap_frame_bytes: 1 << 20,
+            heap_restore_threads: crate::heap::config::default_restore_threads(),
             lsm_transfer_concurrency: 4,
             lsm_block_cache_bytes: 64 << 20,
             lsm_write_buffer_bytes: 16 << 20,
@@ -156,6 +160,7 @@ impl StateBackendConfig {
         )?;
         config.zstd_level = self.heap_zstd_level;
         config.frame_bytes = self.heap_frame_bytes;
+        config.restore_threads = self.heap_restore_threads;
         config.validate()?;
         Ok(config)
     }

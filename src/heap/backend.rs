@@ -5,9 +5,9 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::codec::migration_failed;
 use crate::error::{Error, Result};
 pub use crate::heap::config::HeapBackendConfig;
+use crate::heap::decode::decode_raw;
 use crate::heap::table::{
     ErasedTable, ListCell, MapCell, RawTable, StateTable, ValueSerde, entry_hash, list_serde,
     map_serde, value_serde,
@@ -20,7 +20,7 @@ use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     StateKind, StateMeta, ValueStateDescriptor,
 };
-use crate::keyed::key_group::{KeyGroupRange, locate_hash, stable_key_hash};
+use crate::keyed::key_group::{KeyGroupRange, locate_hash};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
@@ -157,18 +157,12 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             None
         };
         let mut table = StateTable::<K, N, S>::new(meta, groups, serde);
-        for record in raw.records() {
-            let (kg_index, k, n, v) = record?;
-            let (key, ns) = (K::decode(k)?, N::decode(n)?);
-            let value = match &migration {
-                None => (serde.decode)(v)?,
-                Some(m) => m(v).map_err(|e| {
-                    migration_failed(&table.meta.name, stored, &table.meta.value_codec, e)
-                })?,
-            };
-            let hash = entry_hash(stable_key_hash(k), &ns);
-            table.map.insert(kg_index, hash, &key, &ns, value);
-        }
+        decode_raw(
+            raw,
+            &mut table,
+            migration.as_ref(),
+            self.config.restore_threads,
+        )?;
         self.tables[id.0 as usize] = Box::new(table);
         Ok(id)
     }

@@ -19,6 +19,15 @@ pub struct HeapBackendConfig {
     pub zstd_level: Option<i32>,
     /// Uncompressed bytes per snapshot frame, 1 to 2^30 (the format's frame limit). Default 1 MiB.
     pub frame_bytes: usize,
+    /// Threads, the calling one included, that decode a restored state into the map when the job
+    /// registers it, key groups split among them (a state under 1 MiB of records uses one), at least 1.
+    /// Default: the machine's available parallelism, at most 4.
+    pub restore_threads: usize,
+}
+
+/// The default of [`HeapBackendConfig::restore_threads`]: available parallelism, at most 4.
+pub(crate) fn default_restore_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 impl HeapBackendConfig {
@@ -39,6 +48,7 @@ impl HeapBackendConfig {
             key_groups: key_group_range_for_operator(max_parallelism, parallelism, subtask_index)?,
             zstd_level: Some(1),
             frame_bytes: 1 << 20,
+            restore_threads: default_restore_threads(),
         };
         config.validate()?;
         Ok(config)
@@ -46,6 +56,11 @@ impl HeapBackendConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         validate_subtask(&self.operator_id, self.max_parallelism, self.key_groups)?;
+        if self.restore_threads == 0 {
+            return Err(Error::InvalidArgument(
+                "restore_threads is 0; at least 1 decodes".into(),
+            ));
+        }
         let limit = crate::format::keyed_file::MAX_FRAME_RAW_LEN as usize;
         if self.frame_bytes == 0 || self.frame_bytes > limit {
             return Err(Error::InvalidArgument(format!(

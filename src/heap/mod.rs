@@ -2,8 +2,9 @@
 
 pub(crate) mod backend;
 mod bulk;
-mod config;
+pub(crate) mod config;
 pub(crate) mod cow_map;
+mod decode;
 mod prefetch;
 mod restore;
 mod snapshot;

@@ -301,24 +301,31 @@ pub(crate) struct RawTable {
 impl RawTable {
     /// Iterates `(kg_index, key, namespace, value)` of every record.
     pub(crate) fn records(&self) -> impl Iterator<Item = Result<RawRecord<'_>>> {
-        self.groups.iter().flat_map(|(kg, bytes)| {
-            let kg = *kg;
-            let mut d = Decoder::new(bytes, 0, "<restored records>");
-            std::iter::from_fn(move || {
-                if d.is_empty() {
-                    return None;
-                }
-                Some((|| {
-                    Ok((
-                        kg,
-                        d.bytes("key")?,
-                        d.bytes("namespace")?,
-                        d.bytes("value")?,
-                    ))
-                })())
-            })
-        })
+        self.groups
+            .iter()
+            .flat_map(|(kg, bytes)| group_records(*kg, bytes))
     }
+}
+
+/// Iterates the records of one key group's bytes of a [`RawTable`].
+pub(crate) fn group_records(
+    kg: usize,
+    bytes: &[u8],
+) -> impl Iterator<Item = Result<RawRecord<'_>>> {
+    let mut d = Decoder::new(bytes, 0, "<restored records>");
+    std::iter::from_fn(move || {
+        if d.is_empty() {
+            return None;
+        }
+        Some((|| {
+            Ok((
+                kg,
+                d.bytes("key")?,
+                d.bytes("namespace")?,
+                d.bytes("value")?,
+            ))
+        })())
+    })
 }
 
 impl<K: StateKey> ErasedTable<K> for RawTable {

@@ -526,6 +526,8 @@ impl<K, N, S> CowSnapshot<K, N, S> {
 }
 
 mod batch;
+mod build;
 pub(crate) use batch::PageRef;
+pub(crate) use build::GroupBuilder;
 #[cfg(test)]
 mod tests;

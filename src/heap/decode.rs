@@ -1,0 +1,131 @@
+//! Decoding a restored state's records into its typed table when the job registers it (schema migration
+//! included), key groups spread over several threads: they are independent, and the decode is the
+//! larger part of a heap restore (`benches/savepoint.rs`).
+
+use crate::codec::{Migration, migration_failed};
+use crate::error::Result;
+use crate::heap::cow_map::GroupBuilder;
+use crate::heap::table::{RawTable, StateTable, entry_hash, group_records};
+use crate::keyed::backend::StateKey;
+use crate::keyed::key_group::stable_key_hash;
+
+/// Below this many bytes of records a state is decoded on the calling thread alone (a thread costs more
+/// than it saves).
+const PARALLEL_FROM_BYTES: usize = 1 << 20;
+
+/// Key groups one thread built: `(key-group index, its map)`.
+type Built<K, N, S> = Vec<(usize, GroupBuilder<K, N, S>)>;
+
+/// Fills the empty `table` with `raw`'s records: keys and namespaces decoded by their codecs, values by
+/// the table's serde or, if the state was written by an older value codec, by `migration`. Uses up to
+/// `threads` threads (the calling one included), each building whole key groups, sized in advance.
+///
+/// # Errors
+/// [`crate::Error::Corrupt`] for a record that does not decode or a value that does not migrate; the
+/// table is then partly filled and must be dropped.
+pub(crate) fn decode_raw<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static>(
+    raw: &RawTable,
+    table: &mut StateTable<K, N, S>,
+    migration: Option<&Migration<S>>,
+    threads: usize,
+) -> Result<()> {
+    let groups = &raw.groups[..];
+    let total: usize = groups.iter().map(|(_, b)| b.len()).sum();
+    let threads = if total < PARALLEL_FROM_BYTES {
+        1
+    } else {
+        threads.clamp(1, groups.len().max(1))
+    };
+    let (decode, epoch) = (table.serde.decode, table.map.epoch());
+    let (state, stored) = (&table.meta.name, &raw.meta.value_codec);
+    let ours = &table.meta.value_codec;
+    let value = |v: &[u8]| match migration {
+        None => decode(v),
+        Some(m) => m(v).map_err(|e| migration_failed(state, stored, ours, e)),
+    };
+    let build = |chunk: &[(usize, Vec<u8>)]| -> Result<Built<K, N, S>> {
+        let mut built = Vec::with_capacity(chunk.len());
+        for (kg, bytes) in chunk {
+            let mut group = GroupBuilder::new(group_records(*kg, bytes).count(), epoch);
+            for record in group_records(*kg, bytes) {
+                let (_, k, n, v) = record?;
+                let (key, ns) = (K::decode(k)?, N::decode(n)?);
+                let hash = entry_hash(stable_key_hash(k), &ns);
+                group.insert(hash, key, ns, value(v)?);
+            }
+            built.push((*kg, group));
+        }
+        Ok(built)
+    };
+    let chunks = split_by_bytes(groups, total, threads);
+    let results: Vec<Result<Built<K, N, S>>> = if chunks.len() <= 1 {
+        vec![build(groups)]
+    } else {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = chunks[1..]
+                .iter()
+                .map(|chunk| scope.spawn(|| build(chunk)))
+                .collect();
+            let mut results = vec![build(chunks[0])];
+            for worker in workers {
+                // A panicking codec panics here too, as it would have on one thread.
+                results.push(
+                    worker
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                );
+            }
+            results
+        })
+    };
+    for result in results {
+        for (kg, group) in result? {
+            table.map.install(kg, group);
+        }
+    }
+    Ok(())
+}
+
+/// `groups` cut into at most `parts` contiguous runs of about equal bytes.
+fn split_by_bytes(
+    groups: &[(usize, Vec<u8>)],
+    total: usize,
+    parts: usize,
+) -> Vec<&[(usize, Vec<u8>)]> {
+    let mut chunks = Vec::with_capacity(parts);
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, (_, b)) in groups.iter().enumerate() {
+        bytes += b.len();
+        // Close run `chunks.len()` once it holds its share of the bytes.
+        if chunks.len() + 1 < parts && bytes * parts >= total * (chunks.len() + 1) {
+            chunks.push(&groups[start..=i]);
+            start = i + 1;
+        }
+    }
+    if start < groups.len() {
+        chunks.push(&groups[start..]);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_bytes;
+
+    #[test]
+    fn runs_cover_every_group_once_in_order() {
+        let groups: Vec<(usize, Vec<u8>)> = (0..10).map(|g| (g, vec![0; 1 + g * 3])).collect();
+        let total = groups.iter().map(|(_, b)| b.len()).sum();
+        for parts in 1..=12 {
+            let chunks = split_by_bytes(&groups, total, parts);
+            assert!(!chunks.is_empty() && chunks.len() <= parts);
+            let flat: Vec<usize> = chunks
+                .iter()
+                .flat_map(|c| c.iter().map(|(g, _)| *g))
+                .collect();
+            assert_eq!(flat, (0..10).collect::<Vec<_>>(), "{parts} parts");
+            assert!(chunks.iter().all(|c| !c.is_empty()));
+        }
+        assert_eq!(split_by_bytes(&[], 0, 3).len(), 0);
+    }
+}
