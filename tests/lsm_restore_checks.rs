@@ -249,3 +249,73 @@ fn direct_io_setting_reaches_rocksdb() {
         drop(b);
     }
 }
+
+/// A canonical restore over the row count from which the LSM backend sorts and writes SST files on
+/// several threads (a key-group range each): every thread count restores the same state, value and map
+/// rows alike, at max parallelism 128 (1-byte key-group prefix) and 1024 (2 bytes).
+#[test]
+fn canonical_restore_writes_ssts_on_several_threads_with_the_same_rows() {
+    runtime().block_on(async {
+        for max_parallelism in [128, 1024] {
+            let storage = CheckpointStorage::in_memory("sst-threads").unwrap();
+            let mut heap = HeapKeyedStateBackend::<u64>::new(
+                HeapBackendConfig::for_subtask("op", max_parallelism, 1, 0).unwrap(),
+            )
+            .unwrap();
+            let s = heap.value_state(&counts()).unwrap();
+            let m = heap
+                .map_state(&MapStateDescriptor::<VoidNamespace, u32, u64>::new("map"))
+                .unwrap();
+            const KEYS: u64 = 70_000;
+            for k in 0..KEYS {
+                heap.set_current_key(k).unwrap();
+                s.update(&mut heap, &NS, k + 1).unwrap();
+                m.put(&mut heap, &NS, (k % 3) as u32, k).unwrap();
+                m.put(&mut heap, &NS, 7, k * 2).unwrap();
+            }
+            let handle = heap
+                .snapshot(1, &storage)
+                .unwrap()
+                .run()
+                .await
+                .unwrap()
+                .handle;
+            for threads in [1, 3] {
+                let config = LsmBackendConfig {
+                    restore_threads: threads,
+                    ..LsmBackendConfig::for_subtask(
+                        "op",
+                        max_parallelism,
+                        1,
+                        0,
+                        std::env::temp_dir().join("statebackend-tests"),
+                    )
+                    .unwrap()
+                };
+                let what = format!("max parallelism {max_parallelism}, {threads} threads");
+                let mut r = Lsm::restore(
+                    config,
+                    &storage,
+                    std::slice::from_ref(&handle),
+                    RestoreMode::NoClaim,
+                )
+                .await
+                .unwrap();
+                let counts = read_all_counts(&mut r);
+                assert_eq!(counts.len(), KEYS as usize, "{what}");
+                assert!(counts.iter().all(|(k, v)| *v == k + 1), "{what}");
+                let m = r
+                    .map_state(&MapStateDescriptor::<VoidNamespace, u32, u64>::new("map"))
+                    .unwrap();
+                for k in (0..KEYS).step_by(97) {
+                    r.set_current_key(k).unwrap();
+                    let mut entries = m.entries(&r, &NS).unwrap();
+                    entries.sort();
+                    let mut expected = vec![((k % 3) as u32, k), (7, k * 2)];
+                    expected.sort();
+                    assert_eq!(entries, expected, "{what}, key {k}");
+                }
+            }
+        }
+    });
+}

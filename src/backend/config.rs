@@ -92,9 +92,10 @@ pub struct StateBackendConfig {
     pub heap_zstd_level: Option<i32>,
     /// Heap: uncompressed bytes per snapshot frame, 1 to 2^30 (default 1 MiB).
     pub heap_frame_bytes: usize,
-    /// Heap: threads that decode a restored state when it is registered, at least 1 (default the
-    /// available parallelism, at most 4; [`HeapBackendConfig::restore_threads`]).
-    pub heap_restore_threads: usize,
+    /// Threads that turn restored canonical records into state, at least 1 (default the available
+    /// parallelism, at most 4): heap, decoding a state when it is registered
+    /// ([`HeapBackendConfig::restore_threads`]); LSM, sorting rows and writing SST files.
+    pub restore_threads: usize,
     /// LSM: files uploaded or downloaded at the same time (default 4).
     pub lsm_transfer_concurrency: usize,
     /// LSM: RocksDB block cache in bytes (default 64 MiB).
@@ -118,7 +119,7 @@ impl Default for StateBackendConfig {
             local_dir: std::env::temp_dir(),
             heap_zstd_level: Some(1),
             heap_frame_bytes: 1 << 20,
-            heap_restore_threads: crate::heap::config::default_restore_threads(),
+            restore_threads: crate::heap::config::default_restore_threads(),
             lsm_transfer_concurrency: 4,
             lsm_block_cache_bytes: 64 << 20,
             lsm_write_buffer_bytes: 16 << 20,
@@ -160,7 +161,7 @@ impl StateBackendConfig {
         )?;
         config.zstd_level = self.heap_zstd_level;
         config.frame_bytes = self.heap_frame_bytes;
-        config.restore_threads = self.heap_restore_threads;
+        config.restore_threads = self.restore_threads;
         config.validate()?;
         Ok(config)
     }
@@ -183,6 +184,7 @@ impl StateBackendConfig {
         config.write_buffer_bytes = self.lsm_write_buffer_bytes;
         config.direct_io = self.lsm_direct_io;
         config.auto_compaction = self.lsm_auto_compaction;
+        config.restore_threads = self.restore_threads;
         config.validate()?;
         Ok(config)
     }

@@ -1,8 +1,8 @@
 //! Restoring the LSM backend from canonical snapshots (keyed snapshot files, written by either backend):
-//! records become rows, sorted per state, written into one SST per state and ingested
-//! (`docs/savepoints.md`).
+//! records become rows, sorted per state, written into SST files and ingested (`docs/savepoints.md`;
+//! sorting and writing: `import_rows.rs`).
 
-use rocksdb::{IngestExternalFileOptions, SstFileWriter};
+use rocksdb::IngestExternalFileOptions;
 
 use crate::error::{Error, Result};
 use crate::format::bytes::Decoder;
@@ -12,66 +12,8 @@ use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::descriptor::StateKind;
 
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
+use crate::lsm::import_rows::{Rows, SortError, write_sorted};
 use crate::lsm::keys::{push_key_group, push_list_element, push_varint};
-
-/// The rows of one state: keys and values in one buffer, sorted by key before they are written.
-#[derive(Default)]
-struct Rows {
-    buf: Vec<u8>,
-    items: Vec<Row>,
-}
-
-/// One row of [`Rows`]: the first 16 bytes of its key (zero-padded, big-endian), so that sorting compares
-/// integers and reads the buffer only on ties (a row key of a `u64` key in the void namespace is 11
-/// bytes: a sort by full keys spent a third of a restore in `memcmp`); where the row starts in the
-/// buffer, its key and value lengths.
-#[derive(Clone, Copy)]
-struct Row {
-    prefix: u128,
-    start: usize,
-    key_len: u32,
-    value_len: u32,
-}
-
-impl Rows {
-    fn push(&mut self, key: impl FnOnce(&mut Vec<u8>), value: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.buf.len();
-        key(&mut self.buf);
-        let key_len = self.buf.len() - start;
-        let mut prefix = [0u8; 16];
-        let n = key_len.min(16);
-        prefix[..n].copy_from_slice(&self.buf[start..start + n]);
-        value(&mut self.buf);
-        let value_len = self.buf.len() - start - key_len;
-        self.items.push(Row {
-            prefix: u128::from_be_bytes(prefix),
-            start,
-            key_len: key_len as u32,
-            value_len: value_len as u32,
-        });
-    }
-
-    fn key(&self, row: Row) -> &[u8] {
-        &self.buf[row.start..row.start + row.key_len as usize]
-    }
-
-    fn value(&self, row: Row) -> &[u8] {
-        let at = row.start + row.key_len as usize;
-        &self.buf[at..at + row.value_len as usize]
-    }
-
-    /// Sorts the rows by key: by prefix, then (on equal prefixes) by the whole key. A strictly smaller
-    /// zero-padded prefix is a strictly smaller key, so the order is the keys' byte order.
-    fn sort(&mut self) {
-        let mut items = std::mem::take(&mut self.items);
-        items.sort_unstable_by(|a, b| {
-            a.prefix
-                .cmp(&b.prefix)
-                .then_with(|| self.key(*a).cmp(self.key(*b)))
-        });
-        self.items = items;
-    }
-}
 
 /// The row key of `key` in `namespace` of key group `key_group`: `[key group][varint len][key][varint
 /// len][namespace]` (`docs/formats.md`, "LSM backend rows").
@@ -169,93 +111,45 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 }
             }
         }
-        for (i, ((id, mut state_rows), path)) in rows.into_iter().zip(path_of_state).enumerate() {
+        for (i, ((id, state_rows), path)) in rows.into_iter().zip(path_of_state).enumerate() {
             if state_rows.items.is_empty() {
                 continue;
             }
-            state_rows.sort();
-            let items = std::mem::take(&mut state_rows.items);
-            if items
-                .windows(2)
-                .any(|w| state_rows.key(w[0]) == state_rows.key(w[1]))
-            {
-                return Err(Error::corrupt(
+            let name = &self.states[id.0 as usize].meta.name;
+            let ssts = write_sorted(
+                state_rows,
+                &self.options,
+                &self.instance.path().join(format!("import-{i}")),
+                max_parallelism,
+                self.config.restore_threads,
+            )
+            .map_err(|e| match e {
+                SortError::Duplicate => Error::corrupt(
                     &path,
-                    format!(
-                        "state `{}` has two records of the same key and namespace",
-                        self.states[id.0 as usize].meta.name
-                    ),
-                ));
-            }
-            let sst = self.instance.path().join(format!("import-{i}.sst"));
-            let sst_name = sst.display().to_string();
-            let mut writer = SstFileWriter::create(&self.options);
-            writer.open(&sst).map_err(|e| db_error(&sst_name, e))?;
-            for item in items {
-                writer
-                    .put(state_rows.key(item), state_rows.value(item))
-                    .map_err(|e| db_error(&sst_name, e))?;
-            }
-            writer.finish().map_err(|e| db_error(&sst_name, e))?;
-            drop(state_rows);
+                    format!("state `{name}` has two records of the same key and namespace"),
+                ),
+                SortError::Other(e) => e,
+            })?;
             let cf_name = &self.states[id.0 as usize].cf;
             let cf = self.db.cf_handle(cf_name).ok_or_else(|| {
                 Error::IllegalState(format!("column family {cf_name} is missing"))
             })?;
             let mut ingest = IngestExternalFileOptions::default();
             ingest.set_move_files(true);
+            let names = ssts.iter().map(|p| p.display().to_string());
+            let sst_names = names.collect::<Vec<_>>().join(", ");
             self.db
-                .ingest_external_file_cf_opts(cf, &ingest, vec![&sst])
-                .map_err(|e| db_error(&sst_name, e))?;
-            // Moved into the DB (a hard link); the name outside it goes.
-            if let Err(e) = std::fs::remove_file(&sst)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(Error::local(sst_name, e));
+                .ingest_external_file_cf_opts(cf, &ingest, ssts.iter().collect())
+                .map_err(|e| db_error(&sst_names, e))?;
+            // Moved into the DB (hard links); the names outside it go.
+            for sst in &ssts {
+                if let Err(e) = std::fs::remove_file(sst)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(Error::local(sst.display(), e));
+                }
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Rows;
-
-    /// The prefix sort orders exactly as a sort by whole keys: keys of every length around 16 bytes,
-    /// trailing zero bytes, keys that are prefixes of others, equal prefixes with different tails.
-    #[test]
-    fn prefix_sort_is_the_byte_order_of_whole_keys() {
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for len in 0..40usize {
-            for _ in 0..25 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                // Few distinct bytes, so that prefixes collide often.
-                keys.push((0..len).map(|i| ((x >> (i % 60)) & 3) as u8).collect());
-            }
-        }
-        keys.push(vec![1; 16]);
-        keys.push([vec![1; 16], vec![0]].concat());
-        keys.push([vec![1; 16], vec![0, 0]].concat());
-        keys.push(vec![1; 15]);
-        let mut rows = Rows::default();
-        for (i, k) in keys.iter().enumerate() {
-            rows.push(
-                |o| o.extend_from_slice(k),
-                |o| o.extend_from_slice(&i.to_le_bytes()),
-            );
-        }
-        rows.sort();
-        let sorted: Vec<&[u8]> = rows.items.iter().map(|r| rows.key(*r)).collect();
-        let mut expected: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-        expected.sort();
-        assert_eq!(sorted, expected);
-        for r in &rows.items {
-            let i = usize::from_le_bytes(rows.value(*r).try_into().unwrap());
-            assert_eq!(rows.key(*r), keys[i].as_slice(), "each key keeps its value");
-        }
     }
 }

@@ -6,6 +6,7 @@ mod bulk;
 mod canonical;
 mod checkpointing;
 mod import;
+mod import_rows;
 mod instance;
 pub(crate) mod keys;
 mod migrate;

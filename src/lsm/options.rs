@@ -44,6 +44,10 @@ pub struct LsmBackendConfig {
     /// in level 0 until the application compacts: for bulk loads, and for tests and simulations that need
     /// the set of SST files to depend on the writes alone, not on background timing.
     pub auto_compaction: bool,
+    /// Threads, the calling one included, that sort the rows of a canonical snapshot and write them into
+    /// SST files on restore (key-group ranges split among them), at least 1. Default: the machine's
+    /// available parallelism, at most 4.
+    pub restore_threads: usize,
 }
 
 impl LsmBackendConfig {
@@ -70,6 +74,7 @@ impl LsmBackendConfig {
             write_buffer_bytes: 16 << 20,
             direct_io: true,
             auto_compaction: true,
+            restore_threads: crate::heap::config::default_restore_threads(),
         };
         config.validate()?;
         Ok(config)
@@ -77,6 +82,11 @@ impl LsmBackendConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         validate_subtask(&self.operator_id, self.max_parallelism, self.key_groups)?;
+        if self.restore_threads == 0 {
+            return Err(Error::InvalidArgument(
+                "restore_threads is 0; at least 1 writes".into(),
+            ));
+        }
         if self.transfer_concurrency == 0 {
             return Err(Error::InvalidArgument(
                 "transfer_concurrency must be positive".into(),
