@@ -6,45 +6,20 @@
 
 mod common;
 
+use common::{backend_config, backend_kinds};
 use statebackend::*;
-
-fn config(
-    kind: BackendKind,
-    parallelism: u32,
-    index: u32,
-    dir: &std::path::Path,
-) -> StateBackendConfig {
-    StateBackendConfig {
-        kind,
-        operator_id: "op".into(),
-        max_parallelism: 128,
-        parallelism,
-        subtask_index: index,
-        local_dir: dir.to_path_buf(),
-        lsm_direct_io: false,
-        ..StateBackendConfig::default()
-    }
-}
-
-fn kinds() -> Vec<BackendKind> {
-    let mut kinds = vec![BackendKind::Heap];
-    if cfg!(feature = "rocksdb") {
-        kinds.push(BackendKind::Lsm);
-    }
-    kinds
-}
 
 const NS: VoidNamespace = VoidNamespace;
 
 #[test]
 fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
     common::runtime().block_on(async {
-        for kind in kinds() {
+        for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let mut coordinator = common::coordinator(&storage, 2, 1).await;
             let mut b: StateBackend<u64> =
-                StateBackend::new(&config(kind, 1, 0, dir.path())).unwrap();
+                StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
             assert_eq!(b.kind(), kind);
             let keep = b
                 .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("keep"))
@@ -79,7 +54,7 @@ fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
 
             // Same parallelism: "gone" is not restored; "later" is restored, then dropped unregistered.
             let mut r = StateBackend::<u64>::restore_checkpoint(
-                &config(kind, 1, 0, dir.path()),
+                &backend_config(kind, 1, 0, dir.path()),
                 &storage,
                 &meta,
                 RestoreMode::Claim,
@@ -113,7 +88,7 @@ fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
             // Rescale to 2: every key's state is in its new owner, the dropped states nowhere.
             for index in 0..2 {
                 let mut part = StateBackend::<u64>::restore_checkpoint(
-                    &config(kind, 2, index, dir.path()),
+                    &backend_config(kind, 2, index, dir.path()),
                     &storage,
                     &meta,
                     RestoreMode::NoClaim,
@@ -177,12 +152,12 @@ fn a_heap_checkpoint_restores_as_lsm_and_an_lsm_checkpoint_as_heap_is_a_clear_er
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let mut coordinator = common::coordinator(&storage, 1, 1).await;
             let mut b: StateBackend<u64> =
-                StateBackend::new(&config(from, 1, 0, dir.path())).unwrap();
+                StateBackend::new(&backend_config(from, 1, 0, dir.path())).unwrap();
             common::fill(&mut b, 0..10, 1);
             common::checkpoint(&mut coordinator, std::slice::from_mut(&mut b)).await;
             let meta = coordinator.store().latest().unwrap().clone();
             let restored = StateBackend::<u64>::restore_checkpoint(
-                &config(to, 1, 0, dir.path()),
+                &backend_config(to, 1, 0, dir.path()),
                 &storage,
                 &meta,
                 RestoreMode::NoClaim,
@@ -209,12 +184,12 @@ fn a_heap_checkpoint_restores_as_lsm_and_an_lsm_checkpoint_as_heap_is_a_clear_er
 #[test]
 fn changes_after_the_synchronous_phase_stay_out_of_the_snapshot() {
     common::runtime().block_on(async {
-        for kind in kinds() {
+        for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let mut coordinator = common::coordinator(&storage, 2, 1).await;
             let mut b: StateBackend<u64> =
-                StateBackend::new(&config(kind, 1, 0, dir.path())).unwrap();
+                StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
             let v = b
                 .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
                 .unwrap();
@@ -248,7 +223,7 @@ fn changes_after_the_synchronous_phase_stay_out_of_the_snapshot() {
             let meta = coordinator.store().latest().unwrap().clone();
 
             let mut r = StateBackend::<u64>::restore_checkpoint(
-                &config(kind, 1, 0, dir.path()),
+                &backend_config(kind, 1, 0, dir.path()),
                 &storage,
                 &meta,
                 RestoreMode::NoClaim,

@@ -13,25 +13,7 @@ use common::*;
 use object_store::ObjectStoreExt;
 use statebackend::*;
 
-const NS: VoidNamespace = VoidNamespace;
 type Lsm = LsmKeyedStateBackend<u64>;
-
-fn counts() -> ValueStateDescriptor<VoidNamespace, u64> {
-    ValueStateDescriptor::new("counts")
-}
-
-fn write(b: &mut Lsm, keys: impl Iterator<Item = u64>, value: u64) {
-    let s = b.value_state(&counts()).unwrap();
-    for k in keys {
-        if b.set_current_key(k).is_ok() {
-            s.update(b, &NS, value).unwrap();
-        }
-    }
-}
-
-fn read_all_counts(b: &mut Lsm) -> BTreeMap<u64, u64> {
-    read_all(b, &counts())
-}
 
 #[test]
 fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
@@ -39,13 +21,13 @@ fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
         let storage = CheckpointStorage::in_memory("incr").unwrap();
         let mut coord = coordinator(&storage, 2, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..20_000, 1);
+        fill(&mut b[0], 0..20_000, 1);
         let s1 = checkpoint(&mut coord, &mut b).await;
         assert!(s1.files_uploaded >= 1);
         assert_eq!(s1.files_reused, 0, "the first checkpoint is full");
         let first = coord.store().latest().unwrap().clone();
         let first_shared: Vec<StateFile> = first.shared_files().cloned().collect();
-        write(&mut b[0], 0..200, 2); // 1% of the keys
+        fill(&mut b[0], 0..200, 2); // 1% of the keys
         let s2 = checkpoint(&mut coord, &mut b).await;
         let second = coord.store().latest().unwrap().clone();
         let new_ssts: Vec<&StateFile> = second
@@ -84,7 +66,7 @@ fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
         let model: BTreeMap<u64, u64> = (0..20_000)
             .map(|k| (k, if k < 200 { 2 } else { 1 }))
             .collect();
-        assert_eq!(read_all_counts(&mut restored), model);
+        assert_eq!(read_counts(&mut restored), model);
     });
 }
 
@@ -94,12 +76,12 @@ fn claim_restore_stays_incremental_and_no_claim_restore_is_full() {
         let storage = CheckpointStorage::in_memory("modes").unwrap();
         let mut coord = coordinator(&storage, 3, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..10_000, 1);
+        fill(&mut b[0], 0..10_000, 1);
         checkpoint(&mut coord, &mut b).await;
         let meta = coord.store().latest().unwrap().clone();
         let mut claimed = vec![restore_lsm(&storage, &meta, RestoreMode::Claim).await];
         assert_eq!(claimed[0].backend_id(), b[0].backend_id());
-        write(&mut claimed[0], 0..10, 3);
+        fill(&mut claimed[0], 0..10, 3);
         let s = checkpoint(&mut coord, &mut claimed).await;
         assert!(
             s.files_reused >= 1,
@@ -107,7 +89,7 @@ fn claim_restore_stays_incremental_and_no_claim_restore_is_full() {
         );
         let mut fresh = vec![restore_lsm(&storage, &meta, RestoreMode::NoClaim).await];
         assert_ne!(fresh[0].backend_id(), b[0].backend_id());
-        write(&mut fresh[0], 0..10, 4);
+        fill(&mut fresh[0], 0..10, 4);
         let s = checkpoint(&mut coord, &mut fresh).await;
         assert_eq!(
             s.files_reused, 0,
@@ -123,7 +105,7 @@ fn rescale_one_to_two_and_two_to_one_clips_key_groups() {
         let storage = CheckpointStorage::in_memory("rescale").unwrap();
         let mut coord = coordinator(&storage, 3, 1).await;
         let mut one = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut one[0], 0..5_000, 7);
+        fill(&mut one[0], 0..5_000, 7);
         checkpoint(&mut coord, &mut one).await;
         let meta = coord.store().latest().unwrap().clone();
         let mut two = Vec::new();
@@ -136,7 +118,7 @@ fn rescale_one_to_two_and_two_to_one_clips_key_groups() {
             )
             .await
             .unwrap();
-            let got = read_all_counts(&mut b);
+            let got = read_counts(&mut b);
             assert!(
                 got.keys().all(|k| owner(k, 128, 2) == i as usize),
                 "only owned keys survive"
@@ -150,7 +132,7 @@ fn rescale_one_to_two_and_two_to_one_clips_key_groups() {
             two.push(b);
         }
         for b in &mut two {
-            write(b, 5_000..6_000, 8);
+            fill(b, 5_000..6_000, 8);
         }
         let mut coord2 = coordinator(&storage, 3, 2).await;
         checkpoint(&mut coord2, &mut two).await;
@@ -159,7 +141,7 @@ fn rescale_one_to_two_and_two_to_one_clips_key_groups() {
         let expected: BTreeMap<u64, u64> = (0..6_000)
             .map(|k| (k, if k < 5_000 { 7 } else { 8 }))
             .collect();
-        assert_eq!(read_all_counts(&mut back), expected);
+        assert_eq!(read_counts(&mut back), expected);
     });
 }
 
@@ -171,9 +153,9 @@ fn flink_25395_unconfirmed_checkpoint_is_never_the_diff_base() {
         let storage = CheckpointStorage::in_memory("f25395").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..5_000, 1);
+        fill(&mut b[0], 0..5_000, 1);
         checkpoint(&mut coord, &mut b).await;
-        write(&mut b[0], 0..100, 2);
+        fill(&mut b[0], 0..100, 2);
         let id2 = coord.trigger().await.unwrap();
         let result2 = b[0].snapshot(id2, &storage).unwrap().run().await.unwrap();
         let created_by_2: Vec<String> = result2
@@ -195,7 +177,7 @@ fn flink_25395_unconfirmed_checkpoint_is_never_the_diff_base() {
         let late = coord.acknowledge(id2, task, None).await;
         assert_eq!(late.unwrap_err().kind(), ErrorKind::IllegalState);
         assert_eq!(b[0].diff_base_checkpoint(), Some(1));
-        write(&mut b[0], 100..200, 3);
+        fill(&mut b[0], 100..200, 3);
         checkpoint(&mut coord, &mut b).await;
         let third = coord.store().latest().unwrap();
         assert!(third.files().all(|f| !created_by_2.contains(&f.path)));
@@ -216,9 +198,9 @@ fn flink_23949_savepoint_never_moves_the_diff_base() {
         let storage = CheckpointStorage::in_memory("f23949").unwrap();
         let mut coord = coordinator(&storage, 2, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..5_000, 1);
+        fill(&mut b[0], 0..5_000, 1);
         checkpoint(&mut coord, &mut b).await;
-        write(&mut b[0], 0..100, 2);
+        fill(&mut b[0], 0..100, 2);
         // Savepoints take their ids from the same counter as checkpoints (as Flink).
         let sp_id = coord.trigger().await.unwrap();
         let sp = b[0]
@@ -244,12 +226,12 @@ fn flink_23949_savepoint_never_moves_the_diff_base() {
         for f in &sp.handle.files {
             let _ = storage.object_store().delete(&storage.path(&f.path)).await;
         }
-        write(&mut b[0], 100..200, 3);
+        fill(&mut b[0], 100..200, 3);
         checkpoint(&mut coord, &mut b).await;
         assert_retained_files_intact(&coord, true).await;
         let latest = coord.store().latest().unwrap().clone();
         let mut restored = restore_lsm(&storage, &latest, RestoreMode::Claim).await;
-        let got = read_all_counts(&mut restored);
+        let got = read_counts(&mut restored);
         assert_eq!((got[&0], got[&150], got[&4_000]), (2, 3, 1));
     });
 }
@@ -261,10 +243,10 @@ fn flink_30461_abort_during_the_async_phase_deletes_its_uploads() {
         let storage = CheckpointStorage::in_memory("f30461").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..5_000, 1);
+        fill(&mut b[0], 0..5_000, 1);
         checkpoint(&mut coord, &mut b).await;
         let before = objects(&storage, None).await;
-        write(&mut b[0], 0..100, 2);
+        fill(&mut b[0], 0..100, 2);
         let id = coord.trigger().await.unwrap();
         let pending = b[0].snapshot(id, &storage).unwrap();
         b[0].notify_checkpoint_aborted(id);
@@ -292,10 +274,10 @@ fn failed_upload_deletes_partial_uploads_and_keeps_the_base() {
         let storage = CheckpointStorage::new(faulty.clone(), "faults").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..5_000, 1);
+        fill(&mut b[0], 0..5_000, 1);
         checkpoint(&mut coord, &mut b).await;
         let before = objects(&storage, None).await;
-        write(&mut b[0], 0..100, 2);
+        fill(&mut b[0], 0..100, 2);
         faulty.fail_writes_to("MANIFEST");
         let id = coord.trigger().await.unwrap();
         let err = b[0]
@@ -328,12 +310,12 @@ fn spark_43404_reused_file_numbers_never_pass_for_uploaded_files() {
         let storage = CheckpointStorage::in_memory("spark").unwrap();
         let mut coord = coordinator(&storage, 20, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..3_000, 1);
+        fill(&mut b[0], 0..3_000, 1);
         checkpoint(&mut coord, &mut b).await;
         let first = coord.store().latest().unwrap().clone();
         let mut run1: BTreeMap<String, StateFile> = BTreeMap::new();
         for round in 0..10 {
-            write(&mut b[0], round * 100..3_000, 2);
+            fill(&mut b[0], round * 100..3_000, 2);
             checkpoint(&mut coord, &mut b).await;
             let meta = coord.store().latest().unwrap();
             run1.extend(
@@ -346,7 +328,7 @@ fn spark_43404_reused_file_numbers_never_pass_for_uploaded_files() {
         let mut again = vec![restore_lsm(&storage, &first, RestoreMode::Claim).await];
         let mut clashes = 0;
         for round in 0..4 {
-            write(&mut again[0], round * 100..3_000, 3);
+            fill(&mut again[0], round * 100..3_000, 3);
             checkpoint(&mut coord, &mut again).await;
             let meta = coord.store().latest().unwrap();
             for new in meta
@@ -368,7 +350,7 @@ fn spark_43404_reused_file_numbers_never_pass_for_uploaded_files() {
         );
         let latest = coord.store().latest().unwrap().clone();
         let mut restored = restore_lsm(&storage, &latest, RestoreMode::Claim).await;
-        let got = read_all_counts(&mut restored);
+        let got = read_counts(&mut restored);
         assert_eq!(got.len(), 3_000);
         assert!(got.values().all(|v| *v == 3), "only the new run's data");
         assert_retained_files_intact(&coord, true).await;
@@ -403,9 +385,9 @@ fn corrupt_or_missing_sst(storage: CheckpointStorage) {
     runtime().block_on(async {
         let mut coord = coordinator(&storage, 2, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..3_000, 1);
+        fill(&mut b[0], 0..3_000, 1);
         checkpoint(&mut coord, &mut b).await;
-        write(&mut b[0], 0..3_000, 2);
+        fill(&mut b[0], 0..3_000, 2);
         checkpoint(&mut coord, &mut b).await;
         let latest = coord.store().latest().unwrap().clone();
         let victim = latest
@@ -460,7 +442,7 @@ fn corrupt_or_missing_sst(storage: CheckpointStorage) {
         assert_eq!(outcome.checkpoint_id, 1);
         assert_eq!(outcome.skipped.len(), 1);
         let mut restored = outcome.value;
-        assert!(read_all_counts(&mut restored).values().all(|v| *v == 1));
+        assert!(read_counts(&mut restored).values().all(|v| *v == 1));
         storage.object_store().delete(&path).await.unwrap();
         let err = Lsm::restore(
             lsm_config(128, 1, 0),

@@ -14,23 +14,6 @@ use statebackend::*;
 const NS: VoidNamespace = VoidNamespace;
 type Lsm = LsmKeyedStateBackend<u64>;
 
-fn counts() -> ValueStateDescriptor<VoidNamespace, u64> {
-    ValueStateDescriptor::new("counts")
-}
-
-fn write(b: &mut Lsm, keys: impl Iterator<Item = u64>, value: u64) {
-    let s = b.value_state(&counts()).unwrap();
-    for k in keys {
-        if b.set_current_key(k).is_ok() {
-            s.update(b, &NS, value).unwrap();
-        }
-    }
-}
-
-fn read_all_counts(b: &mut Lsm) -> BTreeMap<u64, u64> {
-    read_all(b, &counts())
-}
-
 /// The LSM backend's native snapshot is refused by the heap restore with a typed error; the heap backend's
 /// snapshot is canonical and restores on the LSM backend (it was refused before canonical restores), but a
 /// handle set mixing both formats is refused.
@@ -51,7 +34,7 @@ fn foreign_handle_formats_are_invalid_arguments() {
         )
         .await
         .unwrap();
-        assert_eq!(read_all_counts(&mut restored).len(), 20);
+        assert_eq!(read_counts(&mut restored).len(), 20);
         let mut mixed = handles(&meta);
         let mut other = mixed[0].clone();
         other.format = HandleFormat::RocksIncremental;
@@ -84,7 +67,7 @@ fn row_format_1_checkpoints_are_refused_with_a_clear_error() {
         let storage = CheckpointStorage::in_memory("rows-v1").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
         let mut b = vec![lsm::<u64>(128, 1, 0)];
-        write(&mut b[0], 0..50, 1);
+        fill(&mut b[0], 0..50, 1);
         checkpoint(&mut coord, &mut b).await;
         let mut old = handles(coord.store().latest().unwrap());
         assert!(
@@ -176,7 +159,7 @@ fn native_checkpoint_flushes_every_memtable() {
         let mut b = vec![lsm::<u64>(128, 1, 0)];
         let other = ValueStateDescriptor::<VoidNamespace, u64>::new("other");
         let s = b[0].value_state(&other).unwrap();
-        write(&mut b[0], 0..500, 7);
+        fill(&mut b[0], 0..500, 7);
         for k in 0..100u64 {
             b[0].set_current_key(k).unwrap();
             s.update(&mut b[0], &NS, k).unwrap();
@@ -207,7 +190,7 @@ fn native_checkpoint_flushes_every_memtable() {
         );
         let meta = coord.store().latest().unwrap().clone();
         let mut r = restore_lsm(&storage, &meta, RestoreMode::NoClaim).await;
-        assert_eq!(read_all_counts(&mut r), (0..500).map(|k| (k, 7)).collect());
+        assert_eq!(read_counts(&mut r), (0..500).map(|k| (k, 7)).collect());
         assert_eq!(
             read_all(&mut r, &other),
             (0..100u64).map(|k| (k, k)).collect::<BTreeMap<_, _>>()
@@ -301,7 +284,7 @@ fn canonical_restore_writes_ssts_on_several_threads_with_the_same_rows() {
                 )
                 .await
                 .unwrap();
-                let counts = read_all_counts(&mut r);
+                let counts = read_counts(&mut r);
                 assert_eq!(counts.len(), KEYS as usize, "{what}");
                 assert!(counts.iter().all(|(k, v)| *v == k + 1), "{what}");
                 let m = r

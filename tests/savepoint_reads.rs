@@ -7,21 +7,9 @@ mod common;
 
 use std::sync::Arc;
 
+use common::backend_config;
 use common::faulty::FaultyStore;
 use statebackend::*;
-
-fn config(kind: BackendKind, p: u32, i: u32, dir: &std::path::Path) -> StateBackendConfig {
-    StateBackendConfig {
-        kind,
-        operator_id: "op".into(),
-        max_parallelism: 128,
-        parallelism: p,
-        subtask_index: i,
-        local_dir: dir.to_path_buf(),
-        lsm_direct_io: false,
-        ..StateBackendConfig::default()
-    }
-}
 
 #[test]
 fn a_rescaled_restore_reads_at_most_1_2_times_the_bytes_of_its_key_groups() {
@@ -31,7 +19,7 @@ fn a_rescaled_restore_reads_at_most_1_2_times_the_bytes_of_its_key_groups() {
         let storage = CheckpointStorage::new(store.clone() as Arc<dyn object_store::ObjectStore>, "job")
             .unwrap();
         const KEYS: u64 = 200_000;
-        let mut b = StateBackend::<u64>::new(&config(BackendKind::Heap, 1, 0, dir.path())).unwrap();
+        let mut b = StateBackend::<u64>::new(&backend_config(BackendKind::Heap, 1, 0, dir.path())).unwrap();
         let s = b
             .value_state(&ValueStateDescriptor::<VoidNamespace, (u64, u64)>::new("v"))
             .unwrap();
@@ -56,7 +44,7 @@ fn a_rescaled_restore_reads_at_most_1_2_times_the_bytes_of_its_key_groups() {
                 for i in 0..p {
                     store.take_bytes_read();
                     let r = StateBackend::<u64>::restore(
-                        &config(kind, p, i, dir.path()),
+                        &backend_config(kind, p, i, dir.path()),
                         &storage,
                         &handles,
                         RestoreMode::NoClaim,

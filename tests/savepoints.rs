@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::{backend_config, backend_kinds};
 use statebackend::*;
 
 struct Avg;
@@ -198,27 +199,6 @@ fn observe<B: KeyedStateBackend<u64>>(b: &mut B) -> Model {
     out
 }
 
-fn kinds() -> Vec<BackendKind> {
-    let mut kinds = vec![BackendKind::Heap];
-    if cfg!(feature = "rocksdb") {
-        kinds.push(BackendKind::Lsm);
-    }
-    kinds
-}
-
-fn config(kind: BackendKind, p: u32, i: u32, dir: &std::path::Path) -> StateBackendConfig {
-    StateBackendConfig {
-        kind,
-        operator_id: "op".into(),
-        max_parallelism: 128,
-        parallelism: p,
-        subtask_index: i,
-        local_dir: dir.to_path_buf(),
-        lsm_direct_io: false,
-        ..StateBackendConfig::default()
-    }
-}
-
 /// Canonical savepoint `id` of every backend into `storage`: the handles.
 async fn savepoint_all(
     backends: &mut [StateBackend<u64>],
@@ -259,7 +239,7 @@ async fn restore_all(
     let mut out = Vec::new();
     let mut union = Model::default();
     for i in 0..p {
-        let cfg = config(kind, p, i, dir);
+        let cfg = backend_config(kind, p, i, dir);
         let mut b = StateBackend::<u64>::restore(&cfg, storage, handles, RestoreMode::NoClaim)
             .await
             .unwrap_or_else(|e| panic!("restore of subtask {i} of {p} on {kind:?}: {e}"));
@@ -283,12 +263,12 @@ fn heap_lsm_heap_round_trip_keeps_every_state_kind_and_namespace() {
     common::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let storage = CheckpointStorage::in_memory("job").unwrap();
-        let kinds = kinds();
+        let kinds = backend_kinds();
         let other = *kinds.last().unwrap();
         let mut model = Model::default();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut heap =
-            vec![StateBackend::new(&config(BackendKind::Heap, 1, 0, dir.path())).unwrap()];
+            vec![StateBackend::new(&backend_config(BackendKind::Heap, 1, 0, dir.path())).unwrap()];
         apply(&mut heap[0], &mut model, &mut rng, 3000);
         assert!(!model.lists.is_empty() && !model.maps.is_empty() && !model.avgs.is_empty());
         let handles = savepoint_all(&mut heap, 1, &storage).await;
@@ -306,14 +286,16 @@ fn rescale_matrix_through_canonical_savepoints_across_backends() {
         let dir = tempfile::tempdir().unwrap();
         let mut id = 0;
         for (from_p, to_p) in [(1u32, 3u32), (3, 2), (4, 1)] {
-            for from in kinds() {
-                for to in kinds() {
+            for from in backend_kinds() {
+                for to in backend_kinds() {
                     id += 1;
                     let storage = CheckpointStorage::in_memory("job").unwrap();
                     let mut model = Model::default();
                     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ id);
                     let mut backends: Vec<_> = (0..from_p)
-                        .map(|i| StateBackend::new(&config(from, from_p, i, dir.path())).unwrap())
+                        .map(|i| {
+                            StateBackend::new(&backend_config(from, from_p, i, dir.path())).unwrap()
+                        })
                         .collect();
                     for b in &mut backends {
                         apply(b, &mut model, &mut rng, 2000);
@@ -330,12 +312,12 @@ fn rescale_matrix_through_canonical_savepoints_across_backends() {
 #[test]
 fn a_canonical_savepoint_stays_restorable_after_every_checkpoint_is_deleted() {
     common::runtime().block_on(async {
-        for kind in kinds() {
+        for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let mut model = Model::default();
             let mut rng = Rng(77);
-            let mut b = vec![StateBackend::new(&config(kind, 1, 0, dir.path())).unwrap()];
+            let mut b = vec![StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap()];
             for id in 1..=3 {
                 apply(&mut b[0], &mut model, &mut rng, 500);
                 b[0].snapshot(id, &storage).unwrap().run().await.unwrap();
@@ -363,7 +345,7 @@ fn a_canonical_savepoint_stays_restorable_after_every_checkpoint_is_deleted() {
                         .unwrap();
                 }
             }
-            for to in kinds() {
+            for to in backend_kinds() {
                 restore_all(to, 2, dir.path(), &storage, &handles, &model).await;
             }
         }
@@ -377,7 +359,8 @@ fn the_heap_backend_refuses_a_native_lsm_savepoint_and_the_lsm_backend_restores_
         let dir = tempfile::tempdir().unwrap();
         let storage = CheckpointStorage::in_memory("job").unwrap();
         let mut model = Model::default();
-        let mut lsm = StateBackend::new(&config(BackendKind::Lsm, 1, 0, dir.path())).unwrap();
+        let mut lsm =
+            StateBackend::new(&backend_config(BackendKind::Lsm, 1, 0, dir.path())).unwrap();
         apply(&mut lsm, &mut model, &mut Rng(5), 800);
         let native = lsm
             .savepoint(1, &storage, SavepointFormat::Native)
@@ -389,7 +372,7 @@ fn the_heap_backend_refuses_a_native_lsm_savepoint_and_the_lsm_backend_restores_
         assert_eq!(native.format, HandleFormat::RocksIncremental);
         let handles = [native];
         let err = StateBackend::<u64>::restore(
-            &config(BackendKind::Heap, 1, 0, dir.path()),
+            &backend_config(BackendKind::Heap, 1, 0, dir.path()),
             &storage,
             &handles,
             RestoreMode::NoClaim,
@@ -428,7 +411,7 @@ async fn savepoint_through(
 #[test]
 fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it() {
     common::runtime().block_on(async {
-        for kind in kinds() {
+        for kind in backend_kinds() {
             for format in [SavepointFormat::Canonical, SavepointFormat::Native] {
                 let dir = tempfile::tempdir().unwrap();
                 let storage = CheckpointStorage::in_memory("job").unwrap();
@@ -442,7 +425,7 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
                 let mut model = Model::default();
                 let mut rng = Rng(31);
                 let mut b: Vec<_> = (0..2)
-                    .map(|i| StateBackend::new(&config(kind, 2, i, dir.path())).unwrap())
+                    .map(|i| StateBackend::new(&backend_config(kind, 2, i, dir.path())).unwrap())
                     .collect();
                 let checkpoint =
                     async |b: &mut [StateBackend<u64>], c: &mut CheckpointCoordinator| {
@@ -501,7 +484,7 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
                 {
                     vec![BackendKind::Lsm]
                 } else {
-                    kinds()
+                    backend_kinds()
                 };
                 for to in restore_kinds {
                     restore_all(to, 3, dir.path(), &target, &handles, &at_savepoint).await;
@@ -514,13 +497,13 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
 #[test]
 fn an_aborted_savepoint_leaves_nothing_in_its_target_and_a_late_acknowledgement_cleans_up_there() {
     common::runtime().block_on(async {
-        for kind in kinds() {
+        for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let target = CheckpointStorage::in_memory("target").unwrap();
             let mut coordinator = common::coordinator(&storage, 1, 2).await;
             let mut b: Vec<_> = (0..2)
-                .map(|i| StateBackend::new(&config(kind, 2, i, dir.path())).unwrap())
+                .map(|i| StateBackend::new(&backend_config(kind, 2, i, dir.path())).unwrap())
                 .collect();
             for x in &mut b {
                 apply(x, &mut Model::default(), &mut Rng(3), 300);
@@ -572,7 +555,8 @@ fn checkpoint_handles_are_declined_as_a_savepoint() {
         let dir = tempfile::tempdir().unwrap();
         let storage = CheckpointStorage::in_memory("job").unwrap();
         let mut coordinator = common::coordinator(&storage, 1, 1).await;
-        let mut b = StateBackend::new(&config(BackendKind::Heap, 1, 0, dir.path())).unwrap();
+        let mut b =
+            StateBackend::new(&backend_config(BackendKind::Heap, 1, 0, dir.path())).unwrap();
         apply(&mut b, &mut Model::default(), &mut Rng(9), 100);
         let sp = coordinator.trigger_savepoint(&storage).await.unwrap();
         let result = b.snapshot(sp, &storage).unwrap().run().await.unwrap();

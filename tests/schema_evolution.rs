@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use common::{backend_config, backend_kinds};
 use statebackend::*;
 
 /// Version 1 of a user type: a count, `u32` big-endian.
@@ -275,27 +276,6 @@ fn expected(owns: impl Fn(u64) -> bool) -> Seen {
         .collect()
 }
 
-fn kinds() -> Vec<BackendKind> {
-    let mut kinds = vec![BackendKind::Heap];
-    if cfg!(feature = "rocksdb") {
-        kinds.push(BackendKind::Lsm);
-    }
-    kinds
-}
-
-fn config(kind: BackendKind, p: u32, i: u32, dir: &std::path::Path) -> StateBackendConfig {
-    StateBackendConfig {
-        kind,
-        operator_id: "op".into(),
-        max_parallelism: 128,
-        parallelism: p,
-        subtask_index: i,
-        local_dir: dir.to_path_buf(),
-        lsm_direct_io: false,
-        ..StateBackendConfig::default()
-    }
-}
-
 /// A checkpoint (`savepoint: false`) or canonical savepoint of `b` with id `id`: its handle.
 async fn snapshot(
     b: &mut StateBackend<u64>,
@@ -320,7 +300,7 @@ async fn restore(
     handles: &[KeyedStateHandle],
 ) -> StateBackend<u64> {
     StateBackend::<u64>::restore(
-        &config(kind, p, i, dir),
+        &backend_config(kind, p, i, dir),
         storage,
         handles,
         RestoreMode::NoClaim,
@@ -340,8 +320,8 @@ fn owned_by(b: &StateBackend<u64>) -> impl Fn(u64) -> bool {
 #[test]
 fn version_two_migrates_every_state_kind_from_checkpoints_and_savepoints_on_both_backends() {
     common::runtime().block_on(async {
-        for from in kinds() {
-            for to in kinds() {
+        for from in backend_kinds() {
+            for to in backend_kinds() {
                 for savepoint in [false, true] {
                     if !savepoint && from != to {
                         continue;
@@ -349,7 +329,7 @@ fn version_two_migrates_every_state_kind_from_checkpoints_and_savepoints_on_both
                     let what = format!("{from:?} -> {to:?}, savepoint: {savepoint}");
                     let dir = tempfile::tempdir().unwrap();
                     let storage = CheckpointStorage::in_memory("job").unwrap();
-                    let mut b = StateBackend::new(&config(from, 1, 0, dir.path())).unwrap();
+                    let mut b = StateBackend::new(&backend_config(from, 1, 0, dir.path())).unwrap();
                     write_v1(&mut b);
                     let handles = [snapshot(&mut b, 1, &storage, savepoint).await];
                     let mut union = Seen::new();
@@ -386,10 +366,10 @@ fn version_two_migrates_every_state_kind_from_checkpoints_and_savepoints_on_both
 #[test]
 fn an_incompatible_change_is_an_error_naming_the_state_and_leaves_it_restorable() {
     common::runtime().block_on(async {
-        for kind in kinds() {
+        for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut b = StateBackend::new(&config(kind, 1, 0, dir.path())).unwrap();
+            let mut b = StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
             write_v1(&mut b);
             let handles = [snapshot(&mut b, 1, &storage, false).await];
             let mut r = restore(kind, 1, 0, dir.path(), &storage, &handles).await;
@@ -438,10 +418,10 @@ fn an_incompatible_change_is_an_error_naming_the_state_and_leaves_it_restorable(
 #[test]
 fn a_value_that_does_not_migrate_fails_the_registration_and_rewrites_nothing() {
     common::runtime().block_on(async {
-        for kind in kinds() {
+        for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut b = StateBackend::new(&config(kind, 1, 0, dir.path())).unwrap();
+            let mut b = StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
             write_v1(&mut b);
             let handles = [snapshot(&mut b, 1, &storage, false).await];
             let mut r = restore(kind, 1, 0, dir.path(), &storage, &handles).await;
@@ -472,10 +452,10 @@ fn a_value_that_does_not_migrate_fails_the_registration_and_rewrites_nothing() {
 #[test]
 fn built_in_integers_widen_on_restore_and_never_narrow() {
     common::runtime().block_on(async {
-        for kind in kinds() {
+        for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut b = StateBackend::new(&config(kind, 1, 0, dir.path())).unwrap();
+            let mut b = StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
             let v = b
                 .value_state(&ValueStateDescriptor::<VoidNamespace, u32>::new("n"))
                 .unwrap();

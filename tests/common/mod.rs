@@ -38,7 +38,7 @@ pub fn counts() -> ValueStateDescriptor<VoidNamespace, u64> {
 }
 
 /// Sets every key of `keys` that `b` owns to `value` in [`counts`].
-pub fn fill<B: KeyedStateBackend<u64>>(b: &mut B, keys: std::ops::Range<u64>, value: u64) {
+pub fn fill<B: KeyedStateBackend<u64>>(b: &mut B, keys: impl IntoIterator<Item = u64>, value: u64) {
     let s = b.value_state(&counts()).unwrap();
     for k in keys {
         if b.set_current_key(k).is_ok() {
@@ -87,6 +87,11 @@ pub async fn clocked(
     .await
     .unwrap();
     (coord, clock)
+}
+
+/// Every key and value of [`counts`].
+pub fn read_counts<B: KeyedStateBackend<u64>>(b: &mut B) -> std::collections::BTreeMap<u64, u64> {
+    read_all(b, &counts())
 }
 
 /// Every key and value of the value state `desc` (void namespace).
@@ -152,6 +157,35 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// The backends this build has: heap, and LSM with the `rocksdb` feature.
+pub fn backend_kinds() -> Vec<BackendKind> {
+    let mut kinds = vec![BackendKind::Heap];
+    if cfg!(feature = "rocksdb") {
+        kinds.push(BackendKind::Lsm);
+    }
+    kinds
+}
+
+/// Settings of subtask `index` of `parallelism` of operator `op` on `kind` (max parallelism 128), working
+/// in `dir`, buffered I/O (temporary directories may refuse `O_DIRECT`).
+pub fn backend_config(
+    kind: BackendKind,
+    parallelism: u32,
+    index: u32,
+    dir: &std::path::Path,
+) -> StateBackendConfig {
+    StateBackendConfig {
+        kind,
+        operator_id: "op".into(),
+        max_parallelism: 128,
+        parallelism,
+        subtask_index: index,
+        local_dir: dir.to_path_buf(),
+        lsm_direct_io: false,
+        ..StateBackendConfig::default()
+    }
 }
 
 /// Config of subtask `index` of `parallelism` for operator `op`.
