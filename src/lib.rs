@@ -71,6 +71,7 @@ pub mod fuzzing;
 #[allow(dead_code, reason = "only the decoders and their encoders are fuzzed")]
 mod lsm_keys;
 mod operator;
+mod parallel;
 mod storage;
 
 pub use backend::{BackendKind, StateBackend, StateBackendConfig};

@@ -58,26 +58,7 @@ pub(crate) fn decode_raw<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'sta
         Ok(built)
     };
     let chunks = split_by_bytes(groups, total, threads);
-    let results: Vec<Result<Built<K, N, S>>> = if chunks.len() <= 1 {
-        vec![build(groups)]
-    } else {
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = chunks[1..]
-                .iter()
-                .map(|chunk| scope.spawn(|| build(chunk)))
-                .collect();
-            let mut results = vec![build(chunks[0])];
-            for worker in workers {
-                // A panicking codec panics here too, as it would have on one thread.
-                results.push(
-                    worker
-                        .join()
-                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                );
-            }
-            results
-        })
-    };
+    let results = crate::parallel::run_each(chunks, |_, chunk| build(chunk));
     for result in results {
         for (kg, group) in result? {
             table.map.install(kg, group);

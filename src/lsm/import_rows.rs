@@ -156,26 +156,7 @@ pub(crate) fn write_sorted(
             }
         }
     };
-    let results: Vec<Result<Option<PathBuf>, SortError>> = if split.len() == 1 {
-        vec![write(0, split.pop().unwrap_or_default())]
-    } else {
-        std::thread::scope(|scope| {
-            let mut split = split.into_iter().enumerate();
-            let first = split.next();
-            let workers: Vec<_> = split
-                .map(|(n, part)| scope.spawn(move || write(n, part)))
-                .collect();
-            let mut results = vec![first.map_or(Ok(None), |(n, part)| write(n, part))];
-            for worker in workers {
-                results.push(
-                    worker
-                        .join()
-                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                );
-            }
-            results
-        })
-    };
+    let results = crate::parallel::run_each(split, write);
     let mut files = Vec::new();
     let mut failure = None;
     for result in results {

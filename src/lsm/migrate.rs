@@ -39,13 +39,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 if let Some(rewrite) = migration(&meta.name, &stored)? {
                     self.migrate_rows(id, &meta, &stored, &rewrite)?;
                 }
-                self.db
-                    .put_opt(
-                        meta_key(&meta.name),
-                        encode_meta(&meta),
-                        &self.write_options,
-                    )
-                    .map_err(|e| db_error("state meta", e))?;
+                self.put_meta(&meta)?;
                 self.states[id.0 as usize].meta = meta;
             }
             self.states[id.0 as usize].registered = true;
@@ -68,18 +62,19 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         self.create_state(meta, false)
     }
 
+    /// Writes a state's meta row (`docs/formats.md`, "LSM backend rows").
+    fn put_meta(&self, meta: &StateMeta) -> Result<()> {
+        self.db
+            .put_opt(meta_key(&meta.name), encode_meta(meta), &self.write_options)
+            .map_err(|e| db_error("state meta", e))
+    }
+
     fn create_state(&mut self, meta: StateMeta, registered: bool) -> Result<StateId> {
         let cf = cf_name(&meta.name);
         self.db
             .create_cf(&cf, &self.options)
             .map_err(|e| db_error(format!("column family {cf}"), e))?;
-        self.db
-            .put_opt(
-                meta_key(&meta.name),
-                encode_meta(&meta),
-                &self.write_options,
-            )
-            .map_err(|e| db_error("state meta", e))?;
+        self.put_meta(&meta)?;
         let id = StateId(self.states.len() as u32);
         self.by_name.insert(meta.name.clone(), id);
         self.states.push(LsmState {
