@@ -10,12 +10,20 @@ use crate::keyed::key_group::{locate_hash, stable_key_hash};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
-use crate::lsm::keys::{key_prefix, meta_key, push_namespace, split_row_key};
+use crate::lsm::import_rows::Rows;
+use crate::lsm::keys::{meta_key, push_key_prefix, push_namespace, split_row_key};
 
-/// Row keys of a batch, and the batch positions in row-key order (what `multi_get` wants).
+/// Row keys of a batch in one buffer, and the batch positions in row-key order (what `multi_get` wants).
 struct BatchRows {
-    rows: Vec<Vec<u8>>,
+    rows: Rows,
     sorted: Vec<usize>,
+}
+
+impl BatchRows {
+    /// The row key of batch position `i`.
+    fn row(&self, i: usize) -> &[u8] {
+        self.rows.key_at(i)
+    }
 }
 
 impl<K: StateKey> LsmKeyedStateBackend<K> {
@@ -41,7 +49,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// The row key of each key in `ns`, checked to be owned before anything is read or written.
     fn batch_rows<N: StateKey>(&self, keys: &[K], ns: &N) -> Result<BatchRows> {
         let mut bytes = Vec::new();
-        let mut rows = Vec::with_capacity(keys.len());
+        let mut rows = Rows::with_capacity(keys.len(), keys.len() * 16);
         for key in keys {
             bytes.clear();
             key.encode(&mut bytes);
@@ -50,13 +58,15 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 self.config.max_parallelism,
                 self.config.key_groups,
             )?;
-            let mut row = Vec::with_capacity(bytes.len() + 16);
-            key_prefix(at.key_group, self.config.max_parallelism, &bytes, &mut row);
-            push_namespace(&mut row, |out| ns.encode(out));
-            rows.push(row);
+            rows.push(
+                |row| {
+                    push_key_prefix(at.key_group, self.config.max_parallelism, &bytes, row);
+                    push_namespace(row, |out| ns.encode(out));
+                },
+                |_| {},
+            );
         }
-        let mut sorted: Vec<usize> = (0..rows.len()).collect();
-        sorted.sort_unstable_by(|&a, &b| rows[a].cmp(&rows[b]).then(a.cmp(&b)));
+        let sorted = rows.sorted_positions();
         Ok(BatchRows { rows, sorted })
     }
 
@@ -69,12 +79,12 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let cf = self.cf(state)?;
         let found = self.db.batched_multi_get_cf_opt(
             cf,
-            batch.sorted.iter().map(|&i| &batch.rows[i]),
+            batch.sorted.iter().map(|&i| batch.row(i)),
             true,
             &self.read_options,
         );
-        let mut values: Vec<Option<V>> = Vec::with_capacity(batch.rows.len());
-        values.resize_with(batch.rows.len(), || None);
+        let mut values: Vec<Option<V>> = Vec::with_capacity(batch.sorted.len());
+        values.resize_with(batch.sorted.len(), || None);
         for (&i, got) in batch.sorted.iter().zip(found) {
             if let Some(bytes) = got.map_err(|e| db_error("multi_get", e))? {
                 values[i] = Some(V::decode(&bytes)?);
@@ -112,7 +122,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         for &i in &batch.sorted {
             value_bytes.clear();
             values[i].encode(&mut value_bytes);
-            write.put_cf(cf, &batch.rows[i], &value_bytes);
+            write.put_cf(cf, batch.row(i), &value_bytes);
         }
         self.db
             .write_opt(write, &self.write_options)
@@ -132,7 +142,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         // (`sorted` orders equal rows by position).
         let mut first: Vec<usize> = (0..keys.len()).collect();
         for pair in batch.sorted.windows(2) {
-            if batch.rows[pair[0]] == batch.rows[pair[1]] {
+            if batch.row(pair[0]) == batch.row(pair[1]) {
                 first[pair[1]] = first[pair[0]];
             }
         }
@@ -153,9 +163,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 Some(v) => {
                     value_bytes.clear();
                     v.encode(&mut value_bytes);
-                    write.put_cf(cf, &batch.rows[i], &value_bytes);
+                    write.put_cf(cf, batch.row(i), &value_bytes);
                 }
-                None if existed[i] => write.delete_cf(cf, &batch.rows[i]),
+                None if existed[i] => write.delete_cf(cf, batch.row(i)),
                 None => {}
             }
         }

@@ -1,5 +1,6 @@
 //! The rows a canonical restore builds for one state, sorted and written into SST files on several
-//! threads, one contiguous key-group range each (`import.rs` decodes the records into them).
+//! threads, one contiguous key-group range each (`import.rs` decodes the records into them); batch access
+//! (`bulk.rs`) keeps a batch's row keys in the same form.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,14 @@ pub(crate) struct Row {
 }
 
 impl Rows {
+    /// Empty rows with room for `rows` rows of `bytes` bytes in all.
+    pub(crate) fn with_capacity(rows: usize, bytes: usize) -> Self {
+        Rows {
+            buf: Vec::with_capacity(bytes),
+            items: Vec::with_capacity(rows),
+        }
+    }
+
     pub(crate) fn push(
         &mut self,
         key: impl FnOnce(&mut Vec<u8>),
@@ -69,6 +78,25 @@ impl Rows {
                 .cmp(&b.prefix)
                 .then_with(|| self.key(*a).cmp(self.key(*b)))
         });
+    }
+
+    /// The key of the `i`-th row pushed.
+    pub(crate) fn key_at(&self, i: usize) -> &[u8] {
+        self.key(self.items[i])
+    }
+
+    /// Positions `0..items.len()` in key order, equal keys by position (what a batch's sorted
+    /// `multi_get` and `WriteBatch` want); compares as [`Rows::sort`].
+    pub(crate) fn sorted_positions(&self) -> Vec<usize> {
+        let mut at: Vec<usize> = (0..self.items.len()).collect();
+        at.sort_unstable_by(|&a, &b| {
+            let (ra, rb) = (self.items[a], self.items[b]);
+            ra.prefix
+                .cmp(&rb.prefix)
+                .then_with(|| self.key(ra).cmp(self.key(rb)))
+                .then(a.cmp(&b))
+        });
+        at
     }
 
     /// Whether two neighbours of sorted `rows` have the same key.

@@ -77,6 +77,17 @@ pub(crate) fn key_prefix(
     out: &mut Vec<u8>,
 ) {
     out.clear();
+    push_key_prefix(key_group, max_parallelism, key_bytes, out);
+}
+
+/// As [`key_prefix`], appended to `out` (a buffer of several row keys, `import_rows::Rows`).
+#[inline]
+pub(crate) fn push_key_prefix(
+    key_group: u32,
+    max_parallelism: u32,
+    key_bytes: &[u8],
+    out: &mut Vec<u8>,
+) {
     push_key_group(key_group, max_parallelism, out);
     push_varint(key_bytes.len() as u32, out);
     out.extend_from_slice(key_bytes);
