@@ -7,6 +7,9 @@
 //! `get_batch`) and `rmw_1M` (hashbrown `get_mut` += 1, per-key `value` + `update`, `modify_batch` += 1).
 //! LSM groups (`--features rocksdb`): `lsm_get_1M` (per-key vs batch get of all keys of a 1M-key DB) and
 //! `lsm_insert_1M` (per-key `update` vs `update_batch` of 1M fresh keys into an empty DB).
+//!
+//! Address translation is a large part of the heap figures: run with
+//! `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to measure both maps in transparent huge pages (docs/engines.md).
 
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 
