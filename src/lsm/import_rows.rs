@@ -73,11 +73,14 @@ impl Rows {
     /// Sorts `rows` by key: by prefix, then (on equal prefixes) by the whole key. A strictly smaller
     /// zero-padded prefix is a strictly smaller key, so the order is the keys' byte order.
     fn sort(&self, rows: &mut [Row]) {
-        rows.sort_unstable_by(|a, b| {
-            a.prefix
-                .cmp(&b.prefix)
-                .then_with(|| self.key(*a).cmp(self.key(*b)))
-        });
+        rows.sort_unstable_by(|a, b| self.cmp_keys(*a, *b));
+    }
+
+    /// The byte order of two rows' keys, by prefix first.
+    fn cmp_keys(&self, a: Row, b: Row) -> std::cmp::Ordering {
+        a.prefix
+            .cmp(&b.prefix)
+            .then_with(|| self.key(a).cmp(self.key(b)))
     }
 
     /// The key of the `i`-th row pushed.
@@ -89,13 +92,7 @@ impl Rows {
     /// `multi_get` and `WriteBatch` want); compares as [`Rows::sort`].
     pub(crate) fn sorted_positions(&self) -> Vec<usize> {
         let mut at: Vec<usize> = (0..self.items.len()).collect();
-        at.sort_unstable_by(|&a, &b| {
-            let (ra, rb) = (self.items[a], self.items[b]);
-            ra.prefix
-                .cmp(&rb.prefix)
-                .then_with(|| self.key(ra).cmp(self.key(rb)))
-                .then(a.cmp(&b))
-        });
+        at.sort_unstable_by(|&a, &b| self.cmp_keys(self.items[a], self.items[b]).then(a.cmp(&b)));
         at
     }
 
