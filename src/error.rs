@@ -16,6 +16,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The operation does not fit the current state (no current key, closed backend, unknown checkpoint).
     IllegalState,
+    /// A coordinator of a newer generation of the job exists: this one must stop (it triggers, writes and
+    /// deletes nothing more).
+    Fenced,
 }
 
 /// Error of every fallible operation in this crate.
@@ -61,6 +64,17 @@ pub enum Error {
     /// The call does not fit the current state.
     #[error("illegal state: {0}")]
     IllegalState(String),
+    /// A coordinator of a newer generation of this job exists (`docs/protocol.md`, "Fencing"): this one
+    /// (`generation`) triggers, completes and deletes nothing more; stop it. Kind [`ErrorKind::Fenced`].
+    #[error(
+        "a newer coordinator of this job exists (generation {newer}; this one is {generation}): stop this one"
+    )]
+    Fenced {
+        /// This coordinator's generation.
+        generation: u64,
+        /// The newest generation found in storage.
+        newer: u64,
+    },
     /// A restored state cannot be read as registered: its kind, key, namespace or user key codec differs,
     /// or its value codec declares no migration from the stored one (Flink's
     /// `TypeSerializerSchemaCompatibility.incompatible()`). Kind [`ErrorKind::InvalidArgument`].
@@ -84,6 +98,7 @@ impl Error {
                 ErrorKind::InvalidArgument
             }
             Error::IllegalState(_) => ErrorKind::IllegalState,
+            Error::Fenced { .. } => ErrorKind::Fenced,
         }
     }
 

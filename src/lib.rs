@@ -75,15 +75,15 @@ mod parallel;
 mod storage;
 
 pub use backend::{BackendKind, StateBackend, StateBackendConfig};
+pub use checkpoint::answers::{Acknowledgement, CheckpointStats, Declined, Discarded};
+pub use checkpoint::config::{CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks};
 pub use checkpoint::coordinator::CheckpointCoordinator;
-pub use checkpoint::fence::COORDINATORS_DIR;
+pub use checkpoint::fence::{COORDINATORS_DIR, NewestGeneration};
 pub use checkpoint::handle::{
     CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
     TaskStateSnapshot,
 };
-pub use checkpoint::pending::{
-    Acknowledgement, CheckpointStats, CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks,
-};
+pub use checkpoint::lineage::LINEAGE_DIR;
 pub use checkpoint::read::{KeyedRecord, SnapshotLocation};
 pub use checkpoint::registry::{SharedFileEntry, SharedFileRegistry};
 pub use checkpoint::store::{
@@ -91,7 +91,7 @@ pub use checkpoint::store::{
     RestoreOutcome, SkippedCheckpoint,
 };
 pub use checkpoint::sweep::SweepReport;
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, IdSource, ManualClock, RandomIds, SeededIds, SystemClock};
 pub use codec::{
     Codec, Migration, SchemaCompatibility, VoidNamespace, WrittenCodec, schema_compatibility,
     versioned_id,
@@ -120,6 +120,7 @@ pub use operator::{
     BroadcastState, OPERATOR_STATE_PREFIX, OperatorListState, OperatorStateBackend, Redistribution,
 };
 pub use storage::{
-    CheckpointStorage, METADATA_FILE, PINNED_MARKER, SAVEPOINT_DIR, SHARED_DIR, STATS_FILE,
-    StorageSettings, TRIGGER_MARKER, checkpoint_dir, savepoint_dir,
+    CLOCK_FILE, CheckpointStorage, IncompleteUpload, METADATA_FILE, PINNED_MARKER, PROBE_DIR,
+    SAVEPOINT_DIR, SHARED_DIR, STATS_FILE, StorageSettings, TRIGGER_MARKER, checkpoint_dir,
+    savepoint_dir,
 };

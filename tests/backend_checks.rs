@@ -65,18 +65,8 @@ fn heap_restore_never_merges_states_of_different_operators() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("operators").unwrap();
         let job = CoordinatorConfig {
-            operators: vec![
-                OperatorTasks {
-                    operator_id: "a".into(),
-                    parallelism: 1,
-                },
-                OperatorTasks {
-                    operator_id: "b".into(),
-                    parallelism: 1,
-                },
-            ],
-            retained_checkpoints: 1,
-            checkpoint_timeout: DEFAULT_CHECKPOINT_TIMEOUT,
+            operators: vec![OperatorTasks::keyed("a", 1), OperatorTasks::keyed("b", 1)],
+            ..CoordinatorConfig::default()
         };
         let mut coord = CheckpointCoordinator::open(storage.clone(), job)
             .await
@@ -242,6 +232,7 @@ fn metadata_blob_over_4_gib_is_an_error_not_a_truncation() {
         checkpoint_id: 1,
         timestamp_ms: 0,
         kind: SnapshotKind::Checkpoint,
+        generation: 1,
         tasks: vec![TaskStateSnapshot {
             operator_id: "op".into(),
             operator_state: [("offsets".to_string(), blob)].into(),

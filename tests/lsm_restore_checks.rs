@@ -117,7 +117,7 @@ fn restored_column_families_keep_the_backend_options() {
             .await;
             // Its ids continue after the restored checkpoint's (as Flink's checkpoint id counter).
             coord2
-                .restored_from(meta.checkpoint_id, RestoreMode::NoClaim)
+                .restored_from(&meta, RestoreMode::NoClaim)
                 .await
                 .unwrap();
             let mut restored = Vec::new();

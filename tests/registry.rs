@@ -73,16 +73,16 @@ async fn complete(coord: &mut CheckpointCoordinator, files: &[(&str, u64)]) -> C
 }
 
 /// A coordinator of one task whose clock the test moves; the clock starts at the store's time.
-async fn clocked(storage: &CheckpointStorage) -> (CheckpointCoordinator, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+/// A coordinator on `storage` (a [`common::clocked::ClockedStore`]'s) with the store's clock.
+async fn clocked(storage: &CheckpointStorage, clock: &Arc<ManualClock>) -> CheckpointCoordinator {
+    let clock = clock.clone();
     // Checkpoints here may run longer than the sweeps' `min_age` (10 min), so the checkpoint timeout is
     // longer still: a sweep must spare a slow checkpoint's uploads for as long as it is allowed to run.
     let mut config = CoordinatorConfig::single_operator("op", 1, 1);
     config.checkpoint_timeout = Duration::from_secs(3600);
-    let coord = CheckpointCoordinator::open_with_clock(storage.clone(), config, clock.clone())
+    CheckpointCoordinator::open_with_clock(storage.clone(), config, clock)
         .await
-        .unwrap();
-    (coord, clock)
+        .unwrap()
 }
 
 #[test]
@@ -206,7 +206,8 @@ fn flink_26985_no_claim_never_deletes_the_restored_checkpoint() {
             complete(&mut coord, &[("shared/a-1.sst", 1)]).await;
             drop(coord);
             let mut coord = coordinator(&storage, 1, 1).await;
-            coord.restored_from(1, mode).await.unwrap();
+            let meta = coord.store().get(1).unwrap().clone();
+            coord.restored_from(&meta, mode).await.unwrap();
             // The first checkpoint after a NO_CLAIM restore is full: it never references the old files.
             complete(&mut coord, &[("shared/b-2.sst", 2)]).await;
             complete(&mut coord, &[("shared/c-3.sst", 3)]).await;
@@ -260,16 +261,18 @@ fn concurrent_checkpoint_reusing_a_deleted_file_is_declined() {
             .await
             .unwrap();
         assert!(!exists(&storage, "shared/a-1.sst").await);
-        let err = coord
+        let answer = coord
             .acknowledge(
                 id3,
                 task_of(1, 0, id3, &[("shared/a-1.sst", 1), ("shared/c-3.sst", id3)]),
                 None,
             )
             .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::IllegalState);
-        assert!(err.to_string().contains("shared/a-1.sst"), "{err}");
+            .unwrap();
+        assert_eq!(
+            answer,
+            Acknowledgement::Declined(Declined::UnavailableFiles(vec!["shared/a-1.sst".into()]))
+        );
         assert!(
             !exists(&storage, "shared/c-3.sst").await,
             "the declined checkpoint's uploads are deleted"
@@ -299,8 +302,8 @@ fn completion_aborts_older_pending_checkpoints() {
 #[test]
 fn slatedb_1758_204_orphan_sweep_spares_in_flight_uploads() {
     runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("sweep").unwrap();
-        let (mut coord, clock) = clocked(&storage).await;
+        let (storage, clock, _) = common::clocked::clocked_storage("sweep");
+        let mut coord = clocked(&storage, &clock).await;
         complete(&mut coord, &[("shared/a-1.sst", 1)]).await;
         upload(&storage, "shared/orphan-0.sst").await; // left by a crashed attempt
         let min_age = Duration::from_secs(600);
@@ -314,7 +317,6 @@ fn slatedb_1758_204_orphan_sweep_spares_in_flight_uploads() {
         // A slow checkpoint uploads now; its file is unreferenced until it completes.
         let id = coord.trigger().await.unwrap();
         upload(&storage, "shared/inflight-2.sst").await;
-        // The store stamps files with the real time, a little after the clock started.
         clock.advance(min_age + Duration::from_secs(1));
         let r = coord.sweep_orphans(min_age).await.unwrap();
         assert_eq!(r.deleted, vec!["shared/orphan-0.sst".to_string()]);
@@ -336,7 +338,7 @@ fn slatedb_1758_204_orphan_sweep_spares_in_flight_uploads() {
         assert!(exists(&storage, "shared/inflight-2.sst").await);
         // A restarted coordinator knows nothing in memory; the store says how old a leftover is.
         upload(&storage, "shared/orphan-9.sst").await;
-        let (mut coord, clock) = clocked(&storage).await;
+        let mut coord = clocked(&storage, &clock).await;
         let r = coord.sweep_orphans(min_age).await.unwrap();
         assert!(r.deleted.is_empty(), "just written: {r:?}");
         clock.advance(min_age + Duration::from_secs(1));
@@ -350,8 +352,8 @@ fn slatedb_1758_204_orphan_sweep_spares_in_flight_uploads() {
 #[test]
 fn registry_model_sweep_spares_uploads_of_a_checkpoint_pending_longer_than_min_age() {
     runtime().block_on(async {
-        let storage = CheckpointStorage::in_memory("slow").unwrap();
-        let (mut coord, clock) = clocked(&storage).await;
+        let (storage, clock, _) = common::clocked::clocked_storage("slow");
+        let mut coord = clocked(&storage, &clock).await;
         let id = coord.trigger().await.unwrap();
         upload(&storage, "shared/slow-1.sst").await;
         for _ in 0..3 {

@@ -54,8 +54,8 @@ async fn open(storage: &CheckpointStorage, clock: &Arc<ManualClock>) -> Checkpoi
 }
 
 async fn run(ops: Vec<Op>) {
-    let storage = CheckpointStorage::in_memory("model").unwrap();
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    // Ages are measured on the store's clock: the store's clock is the test's.
+    let (storage, clock, _) = common::clocked::clocked_storage("model");
     let mut coord = open(&storage, &clock).await;
     let mut backend = lsm::<u64>(128, 1, 0);
     let mut model: BTreeMap<u64, u64> = BTreeMap::new();

@@ -50,6 +50,7 @@ pub(crate) fn encode_ack(
         checkpoint_id,
         timestamp_ms: 0,
         kind: SnapshotKind::Checkpoint,
+        generation: 0,
         tasks: vec![task],
     };
     (
@@ -112,17 +113,12 @@ pub(crate) async fn open_coordinator(
         storage.clone(),
         CoordinatorConfig {
             operators: vec![
-                OperatorTasks {
-                    operator_id: SOURCE.into(),
-                    parallelism: peers,
-                },
-                OperatorTasks {
-                    operator_id: COUNT.into(),
-                    parallelism: peers,
-                },
+                OperatorTasks::without_keyed_state(SOURCE, peers),
+                OperatorTasks::keyed(COUNT, peers),
             ],
             retained_checkpoints: 2,
             checkpoint_timeout: Duration::from_secs(60),
+            ..CoordinatorConfig::default()
         },
     )
     .await
@@ -147,6 +143,10 @@ pub(crate) async fn acknowledge(coordinator: &mut CheckpointCoordinator, record:
                 stats.full_bytes,
                 stats.sync_duration.as_micros()
             );
+        }
+        Ok(Acknowledgement::Declined(why)) => eprintln!("checkpoint {id} declined: {why:?}"),
+        Ok(Acknowledgement::Discarded(why)) => {
+            eprintln!("checkpoint {id}: acknowledgement discarded: {why:?}")
         }
         Ok(_) => {}
         Err(e) => eprintln!("checkpoint {id}: acknowledgement refused: {e}"),

@@ -44,8 +44,13 @@ pub(crate) fn run(
         let mut c = rt
             .block_on(checkpointing::open_coordinator(&storage, peers))
             .map_err(|e| format!("coordinator: {e}"))?;
-        if args.resume {
-            decision.0 = c.store().latest().map_or(NONE, |m| m.checkpoint_id);
+        if args.resume
+            && let Some(latest) = c.store().latest().cloned()
+        {
+            decision.0 = latest.checkpoint_id;
+            // The job's line continues from it: ids above it, a newer checkpoint (if any) abandoned.
+            rt.block_on(c.restored_from(&latest, RestoreMode::Claim))
+                .map_err(|e| format!("coordinator: {e}"))?;
         }
         if args.checkpointing() {
             decision.1 = rt.block_on(c.trigger()).map_err(|e| e.to_string())?;

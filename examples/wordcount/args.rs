@@ -15,7 +15,7 @@ pub(crate) struct Args {
     pub(crate) backend: String,
     /// Local directory of the rocksdb backend: each subtask's backend creates a directory of its own in
     /// it and removes that one when it ends (default: `statebackend-<job id>` in the temporary directory).
-    #[arg(long)]
+    #[arg(long, value_parser = local_path)]
     pub(crate) local_dir: Option<PathBuf>,
     /// Input file (`-` for stdin); without it a seeded Zipf word stream is generated.
     #[arg(long)]
@@ -61,8 +61,9 @@ pub(crate) struct Args {
     /// Max parallelism (number of key groups, at least every parallelism used); default as Flink's.
     #[arg(long, value_parser = parallelism())]
     pub(crate) max_parallelism: Option<u32>,
-    /// Where to write `word<TAB>count` lines, sorted by word.
-    #[arg(long)]
+    /// Where to write `word<TAB>count` lines, sorted by word (a path or a `file://` URL; missing
+    /// directories are created).
+    #[arg(long, value_parser = local_path)]
     pub(crate) output: Option<PathBuf>,
     /// Delete the checkpoints when the job ends (default: retain them).
     #[arg(long)]
@@ -130,6 +131,20 @@ pub(crate) enum RestartStrategy {
         delay: Duration,
     },
     None,
+}
+
+/// A local path given as a path (`dir`, `a/b`, `./dir`, `../dir`, absolute) or a `file://` URL.
+pub(crate) fn local_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("an empty path".into());
+    }
+    match s.strip_prefix("file://") {
+        Some(_) => url::Url::parse(s)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| format!("`{s}` is not a local file URL (file:///absolute/path)")),
+        None => Ok(PathBuf::from(s)),
+    }
 }
 
 pub(crate) fn parse_restart(s: &str) -> Result<RestartStrategy, String> {
@@ -210,5 +225,21 @@ mod tests {
         }
         assert!(parse(&["--parallelism", "4", "--max-parallelism", "4"]).is_ok());
         assert!(parse(&["--restart", "failure-rate:3:1000:10"]).is_ok());
+    }
+
+    #[test]
+    fn local_paths_take_every_form() {
+        for (given, path) in [
+            ("counts.tsv", "counts.tsv"),
+            ("a/b", "a/b"),
+            ("./dir", "./dir"),
+            ("../dir", "../dir"),
+            ("/abs/dir", "/abs/dir"),
+            ("file:///abs/dir", "/abs/dir"),
+        ] {
+            assert_eq!(local_path(given).unwrap(), PathBuf::from(path), "{given}");
+        }
+        assert!(local_path("file://host/x").is_err());
+        assert!(local_path("").is_err());
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use statebackend::{
-    CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
+    Acknowledgement, CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
     CoordinatorConfig, KeyGroupRouter, KeyedStateBackend, RestoreMode, SnapshotLocation,
     StateBackend, StateBackendConfig, StorageSettings, TaskStateSnapshot, default_max_parallelism,
 };
@@ -78,6 +78,7 @@ impl Job {
                 .find_map(Result::err)
                 .map_or(Ok(()), Err);
         }
+        let mut completed = false;
         for (i, r) in results.into_iter().enumerate() {
             let r = r?;
             let mut state = TaskStateSnapshot {
@@ -91,25 +92,42 @@ impl Job {
                     .operator_state
                     .insert(OFFSET_STATE.into(), flight.offset.to_le_bytes().to_vec());
             }
-            if let Some(stats) = self
-                .rt
-                .block_on(
-                    self.coordinator
-                        .acknowledge(flight.id, state, Some(r.metrics)),
-                )?
-                .completed()
-            {
-                for old in &stats.aborted_pending {
-                    task.backends
-                        .iter_mut()
-                        .for_each(|b| b.notify_checkpoint_aborted(*old));
+            let answer = self.rt.block_on(self.coordinator.acknowledge(
+                flight.id,
+                state,
+                Some(r.metrics),
+            ))?;
+            match answer {
+                Acknowledgement::Completed(stats) => {
+                    for old in &stats.aborted_pending {
+                        task.backends
+                            .iter_mut()
+                            .for_each(|b| b.notify_checkpoint_aborted(*old));
+                    }
+                    self.completed.push(*stats);
+                    completed = true;
                 }
-                self.completed.push(stats);
+                Acknowledgement::Declined(why) => {
+                    println!("checkpoint {} declined: {why:?}", flight.id);
+                }
+                Acknowledgement::Discarded(why) => {
+                    println!(
+                        "checkpoint {}: acknowledgement discarded: {why:?}",
+                        flight.id
+                    );
+                }
+                Acknowledgement::Pending { .. } | Acknowledgement::Duplicate => {}
             }
         }
-        task.backends
-            .iter_mut()
-            .for_each(|b| b.notify_checkpoint_complete(flight.id));
+        // A checkpoint that did not complete is aborted on every backend (the LSM backend then never
+        // takes it as its diff base).
+        task.backends.iter_mut().for_each(|b| {
+            if completed {
+                b.notify_checkpoint_complete(flight.id)
+            } else {
+                b.notify_checkpoint_aborted(flight.id)
+            }
+        });
         Ok(())
     }
 
@@ -143,31 +161,31 @@ impl Job {
         }
         let started = Instant::now();
         let storage = self.storage.clone();
-        let outcome = self
-            .rt
-            .block_on(self.coordinator.store().restore_latest(|meta| {
-                let storage = storage.clone();
-                let configs = configs.clone();
-                async move {
-                    let handles: Vec<_> = meta
-                        .tasks
-                        .iter()
-                        .filter_map(|t| t.keyed_state.clone())
-                        .collect();
-                    let offset = savepoint::stored_offset(&meta)?;
-                    let mut backends = Vec::new();
-                    for config in &configs {
-                        // A failover resumes the job's own checkpoints: CLAIM, so LSM checkpoints stay
-                        // incremental.
-                        backends.push(
-                            StateBackend::restore(config, &storage, &handles, RestoreMode::Claim)
-                                .await?,
-                        );
-                    }
-                    Ok((backends, offset))
+        let store = self.coordinator.store();
+        let outcome = self.rt.block_on(store.restore_latest(|meta| {
+            let storage = storage.clone();
+            let configs = configs.clone();
+            // A failover resumes the job's own checkpoints: CLAIM, so LSM checkpoints stay
+            // incremental; a pinned (NO_CLAIM) checkpoint is restored NO_CLAIM again.
+            let mode = store.restore_mode(meta.checkpoint_id, RestoreMode::Claim);
+            async move {
+                let handles: Vec<_> = meta
+                    .tasks
+                    .iter()
+                    .filter_map(|t| t.keyed_state.clone())
+                    .collect();
+                let offset = savepoint::stored_offset(&meta)?;
+                let mut backends = Vec::new();
+                for config in &configs {
+                    backends.push(StateBackend::restore(config, &storage, &handles, mode).await?);
                 }
-            }))?;
-        let (backends, offset) = outcome.value;
+                Ok((backends, offset, meta, mode))
+            }
+        }))?;
+        let (backends, offset, meta, mode) = outcome.value;
+        // The job's line continues from this checkpoint (a newer one, if any, is abandoned).
+        self.rt
+            .block_on(self.coordinator.restored_from(&meta, mode))?;
         source.seek(offset).map_err(io_err)?;
         let skipped: Vec<String> = outcome
             .skipped
@@ -437,6 +455,9 @@ fn run(args: Args) -> Result<(), String> {
     let elapsed = started.elapsed();
 
     if let Some(path) = &job.args.output {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
         );

@@ -91,6 +91,8 @@ impl Job {
         let started = Instant::now();
         let at = SnapshotLocation::parse(dir, &StorageSettings::default())?;
         let meta = self.rt.block_on(at.read_metadata())?;
+        // Refused before anything is restored if the savepoint holds state of operators this job lacks.
+        self.coordinator.check_restorable(&meta)?;
         let offset = stored_offset(&meta)?;
         let mut backends = Vec::with_capacity(configs.len());
         for config in configs {
@@ -102,7 +104,7 @@ impl Job {
             ))?);
         }
         self.rt
-            .block_on(self.coordinator.restored_from(at.id, RestoreMode::NoClaim))?;
+            .block_on(self.coordinator.restored_from(&meta, RestoreMode::NoClaim))?;
         self.restores.push(format!(
             "attempt {attempt}: restored {:?} {} from {dir} on the {} backend at parallelism {} in {:.1} ms, source offset {offset}",
             meta.kind,

@@ -142,8 +142,9 @@ impl<K: StateKey> StateBackend<K> {
         self.kind
     }
 
-    /// Identity of the backend instance (recorded in its state handles).
-    pub fn backend_id(&self) -> &str {
+    /// Identity of the backend instance in its state handles (`None` before its first snapshot or
+    /// restore).
+    pub fn backend_id(&self) -> Option<&str> {
         on!(&self.inner, b => b.backend_id())
     }
 

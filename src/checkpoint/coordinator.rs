@@ -1,30 +1,23 @@
 //! The checkpoint coordinator: triggers checkpoints under durably reserved ids, collects one
-//! acknowledgement per task, writes the metadata last and atomically, and hands completed checkpoints to
-//! the store (as Flink's `CheckpointCoordinator`, for an engine embedding this crate). Every step's
-//! behaviour when retried, duplicated, late or cut off is `docs/protocol.md`.
+//! acknowledgement per task (`acknowledge.rs`), writes the metadata last and atomically, and hands
+//! completed checkpoints to the store (as Flink's `CheckpointCoordinator`, for an engine embedding this
+//! crate). Every step's behaviour when retried, duplicated, late or cut off is `docs/protocol.md`; the
+//! faults of real stores, operators and zombie coordinators it answers are `docs/faults.md`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::checkpoint::fence::Fence;
-use crate::checkpoint::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
-use crate::checkpoint::pending::{
-    Acknowledgement, CheckpointStats, CoordinatorConfig, Outcome, Outcomes, PendingCheckpoint,
-    TaskKey,
-};
-use crate::checkpoint::store::{
-    CancellationPolicy, CompletedCheckpointStore, RestoreMode, read_metadata,
-};
-use crate::checkpoint::validate::check_partition;
-use crate::clock::{Clock, SystemClock, random_u64};
+use crate::checkpoint::config::CoordinatorConfig;
+use crate::checkpoint::fence::{Fence, FenceCheck};
+use crate::checkpoint::handle::CheckpointMetadata;
+use crate::checkpoint::lineage::{LineKind, LineRecord};
+use crate::checkpoint::pending::{Outcome, Outcomes, PendingCheckpoint};
+use crate::checkpoint::store::{CancellationPolicy, CompletedCheckpointStore, RestoreMode};
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::format::metadata;
-use crate::keyed::backend::SnapshotMetrics;
-use crate::storage::{
-    CheckpointStorage, Created, METADATA_FILE, STATS_FILE, TRIGGER_MARKER, checkpoint_dir,
-};
+use crate::storage::{CheckpointStorage, Created, TRIGGER_MARKER, checkpoint_dir};
 
 /// Ids tried by one `trigger` before it gives up (each one taken by another coordinator).
 const MAX_RESERVE_ATTEMPTS: usize = 64;
@@ -33,14 +26,14 @@ const MAX_RESERVE_ATTEMPTS: usize = 64;
 pub struct CheckpointCoordinator {
     pub(super) storage: CheckpointStorage,
     pub(super) store: CompletedCheckpointStore,
-    config: CoordinatorConfig,
+    pub(super) config: CoordinatorConfig,
     pub(super) clock: Arc<dyn Clock>,
     /// Random identity of this coordinator instance, written into the id reservations it makes.
-    instance: String,
-    /// Its generation among the job's coordinators.
+    pub(super) instance: String,
+    /// Its generation among the job's coordinators (a restore registers a new one).
     pub(super) fence: Fence,
-    /// A newer coordinator exists: this one triggers nothing more and deletes nothing.
-    pub(super) fenced: bool,
+    /// The newer generation that fenced this coordinator: it triggers, writes and deletes nothing more.
+    pub(super) fenced_by: Option<u64>,
     next_id: u64,
     pub(super) pending: BTreeMap<u64, PendingCheckpoint>,
     pub(super) outcomes: Outcomes,
@@ -62,23 +55,27 @@ impl CheckpointCoordinator {
         Self::open_with_clock(storage, config, Arc::new(SystemClock)).await
     }
 
-    /// Opens the job's checkpoint storage: registers a coordinator generation above every earlier one
-    /// (from then on older coordinators still running delete nothing: `docs/protocol.md`, "Fencing"),
-    /// reads every checkpoint's metadata (the registry is rebuilt from it, FLINK-7268) and continues ids
-    /// after the highest `chk-<n>` directory, so an id is never handed out twice. Nothing of a checkpoint
-    /// is deleted: leftovers of crashed attempts are the orphan sweep's
+    /// Opens the job's checkpoint storage: checks that the store honours create-if-absent (a probe object
+    /// created twice), registers a coordinator generation above every earlier one (from then on older
+    /// coordinators still running write and delete nothing: `docs/protocol.md`, "Fencing"), reads the
+    /// job's lineage and every checkpoint's metadata (the registry is rebuilt from it, FLINK-7268) and
+    /// continues ids after the highest `chk-<n>` directory and lineage record, so an id is never handed out
+    /// twice. Nothing of a checkpoint is deleted: leftovers of crashed attempts are the orphan sweep's
     /// ([`CheckpointCoordinator::sweep_orphans`]), which alone can tell them from another coordinator's
-    /// uploads in flight. `clock` gives checkpoint timestamps and the sweep's now.
+    /// uploads in flight. `clock` gives checkpoint timestamps and timeouts; ids in names come from the
+    /// storage's id source ([`CheckpointStorage::with_id_source`]).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for an invalid `config`; storage errors.
+    /// [`Error::InvalidArgument`] for an invalid `config` or a store without working conditional create;
+    /// storage errors.
     pub async fn open_with_clock(
         storage: CheckpointStorage,
         config: CoordinatorConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         config.validate()?;
-        let instance = format!("{:016x}", random_u64());
+        let instance = format!("{:016x}", storage.next_id());
+        storage.probe_conditional_create().await?;
         // The generation first, then the reading: a coordinator of an older generation that deletes after
         // this reading checks the fence between a checkpoint's metadata and its files, and stops.
         let fence = Fence::register(&storage, &instance).await?;
@@ -86,11 +83,8 @@ impl CheckpointCoordinator {
             CompletedCheckpointStore::open(storage.clone(), config.retained_checkpoints).await?;
         store.set_fence(fence.clone());
         fence.retire_older().await;
-        let next_id = storage
-            .list_checkpoint_dirs()
-            .await?
-            .last()
-            .map_or(1, |last| last + 1);
+        let highest = storage.list_checkpoint_dirs().await?.last().copied();
+        let next_id = highest.unwrap_or(0).max(store.id_floor()) + 1;
         Ok(CheckpointCoordinator {
             storage,
             store,
@@ -98,7 +92,7 @@ impl CheckpointCoordinator {
             clock,
             instance,
             fence,
-            fenced: false,
+            fenced_by: None,
             next_id,
             pending: BTreeMap::new(),
             outcomes: Outcomes::default(),
@@ -107,20 +101,66 @@ impl CheckpointCoordinator {
         })
     }
 
-    /// Tells the coordinator the job was restored from checkpoint `checkpoint_id` in `mode`. Ids continue
-    /// above it (as Flink sets its checkpoint id counter after a restore; restored backends refuse
-    /// snapshot ids up to it). With [`RestoreMode::NoClaim`] a checkpoint in this job's storage is pinned:
-    /// it and its files are never deleted by the job (FLINK-26985), and it stays restorable. With
-    /// [`RestoreMode::Claim`] nothing else changes. A checkpoint of another job's storage is never touched.
+    /// Tells the coordinator the job was restored from `snapshot` (a checkpoint of this storage, or a
+    /// savepoint or checkpoint from elsewhere) in `mode`. A restore starts a new line of the job
+    /// (`docs/faults.md`): the coordinator aborts what it has pending (reported by
+    /// [`CheckpointCoordinator::take_aborted`]), registers a new generation and writes a lineage record
+    /// durably before it returns, so that
+    /// - ids continue above the snapshot's, also after a restart (restored backends refuse ids up to it);
+    /// - checkpoints of older generations above it (all of them, for a snapshot from elsewhere) are
+    ///   abandoned: never restored again (a rollback survives the next failover), subsumed at the next
+    ///   completion;
+    /// - with [`RestoreMode::NoClaim`], a checkpoint of this storage is pinned: it and its files are never
+    ///   deleted by the job (FLINK-26985), nothing reuses its files, and it stays restorable. A pinned
+    ///   checkpoint stays pinned when restored again in CLAIM mode.
     ///
     /// # Errors
-    /// Storage errors while writing the pin marker.
-    pub async fn restored_from(&mut self, checkpoint_id: u64, mode: RestoreMode) -> Result<()> {
-        self.next_id = self.next_id.max(checkpoint_id.saturating_add(1));
-        if mode == RestoreMode::NoClaim {
-            self.store.pin(checkpoint_id).await?;
+    /// [`Error::InvalidArgument`] if `snapshot` holds state of operators this job does not have (unless
+    /// [`CoordinatorConfig::allow_non_restored_state`]); [`Error::Fenced`]; storage errors (calling again
+    /// is safe).
+    pub async fn restored_from(
+        &mut self,
+        snapshot: &CheckpointMetadata,
+        mode: RestoreMode,
+    ) -> Result<()> {
+        self.config.check_restorable(snapshot)?;
+        self.check_fence().await?;
+        let id = snapshot.checkpoint_id;
+        for pending in self.pending() {
+            self.expire(pending).await;
+        }
+        self.fence.advance().await?;
+        self.fence.retire_older().await;
+        let in_storage = self.store.get(id) == Some(snapshot);
+        let kind = if in_storage {
+            LineKind::Checkpoint
+        } else {
+            LineKind::External
+        };
+        self.store
+            .record_line(LineRecord {
+                generation: self.fence.generation(),
+                checkpoint_id: id,
+                kind,
+            })
+            .await?;
+        self.next_id = self.next_id.max(id.saturating_add(1));
+        if mode == RestoreMode::NoClaim && in_storage {
+            self.store.pin(id).await?;
         }
         Ok(())
+    }
+
+    /// Checks that this job can take the state of `snapshot` before anything is restored from it: every
+    /// operator with state in it is one of the job's, unless
+    /// [`CoordinatorConfig::allow_non_restored_state`] (Flink refuses such a restore the same way, so
+    /// that a renamed or removed operator never loses its state silently).
+    /// [`CheckpointCoordinator::restored_from`] checks it again.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the operators whose state would be dropped.
+    pub fn check_restorable(&self, snapshot: &CheckpointMetadata) -> Result<()> {
+        self.config.check_restorable(snapshot)
     }
 
     /// The completed-checkpoint store.
@@ -138,46 +178,74 @@ impl CheckpointCoordinator {
         &self.config
     }
 
-    /// Whether a coordinator of a newer generation exists (found by a completion or a sweep): this one
-    /// then triggers no more checkpoints and deletes nothing; the engine should stop it.
-    pub fn is_fenced(&self) -> bool {
-        self.fenced
+    /// This coordinator's generation (it changes when a restore starts a new line).
+    pub fn generation(&self) -> u64 {
+        self.fence.generation()
     }
 
-    /// Ids of checkpoints triggered but neither completed nor aborted, ascending.
+    /// Whether a coordinator of a newer generation exists (found by a trigger, a completion or a sweep):
+    /// this one then triggers, writes and deletes nothing more; the engine should stop it. A check that
+    /// could not list the generations never fences.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced_by.is_some()
+    }
+
+    /// Ids of checkpoints and savepoints triggered but neither completed nor aborted, ascending.
     pub fn pending(&self) -> Vec<u64> {
         self.pending.keys().copied().collect()
     }
 
-    /// Starts a checkpoint (the engine injects its barrier) and returns its id.
-    ///
-    /// The id is reserved durably first: it is above every `chk-<n>` directory in storage, and
-    /// `chk-<id>/_trigger` is created if absent, naming this coordinator. An id another coordinator
-    /// reserved is skipped, and an id whose reservation failed is never handed out by this instance
-    /// either, so ids never repeat, across restarts and between two coordinators of one job.
+    /// Checkpoints this coordinator aborted on its own (timeouts found by `trigger` or `acknowledge`,
+    /// older pending checkpoints at a completion, what a restore found pending) that were not reported
+    /// yet, ascending; they count as reported from now on. The engine calls `notify_checkpoint_aborted`
+    /// for each on every backend. A completion reports them too ([`crate::CheckpointStats::aborted_pending`]).
+    pub fn take_aborted(&mut self) -> Vec<u64> {
+        self.outcomes.take_unreported()
+    }
+
+    /// `Ok` while no newer generation exists; remembers a fence.
     ///
     /// # Errors
-    /// [`Error::IllegalState`] once the coordinator is fenced ([`CheckpointCoordinator::is_fenced`]);
-    /// storage errors while listing or reserving (a failed reservation skips its id; calling again tries
-    /// the next one);
+    /// [`Error::Fenced`]; a storage error if the generations cannot be listed (nothing changes).
+    pub(super) async fn check_fence(&mut self) -> Result<()> {
+        if let Some(newer) = self.fenced_by {
+            return Err(self.fence.fenced_error(newer));
+        }
+        match self.fence.check().await {
+            FenceCheck::Holds => Ok(()),
+            FenceCheck::Fenced { newer } => {
+                self.fenced_by = Some(newer);
+                Err(self.fence.fenced_error(newer))
+            }
+            FenceCheck::Unknown(e) => Err(e),
+        }
+    }
+
+    /// Starts a checkpoint (the engine injects its barrier) and returns its id.
+    ///
+    /// First the fence: a coordinator of an older generation triggers nothing. Then the id is reserved
+    /// durably: it is above every `chk-<n>` directory in storage and every lineage record, and
+    /// `chk-<id>/_trigger` is created if absent, naming this coordinator. An id another coordinator reserved
+    /// is skipped, and an id whose reservation failed is never handed out by this instance either, so ids
+    /// never repeat, across restarts and between two coordinators of one job. Checkpoints found expired
+    /// meanwhile are aborted and reported by [`CheckpointCoordinator::take_aborted`].
+    ///
+    /// # Errors
+    /// [`Error::Fenced`] once a newer coordinator exists; storage errors while checking the fence, listing
+    /// or reserving (a failed reservation skips its id; calling again tries the next one);
     /// [`Error::IllegalState`] if 64 consecutive ids were taken by other coordinators.
     pub async fn trigger(&mut self) -> Result<u64> {
         self.reserve(None).await
     }
 
     /// Reserves the next id (see [`CheckpointCoordinator::trigger`]) for a checkpoint, or for a savepoint
-    /// into `savepoint_target`, and makes it pending.
+    /// into `savepoint_target` (then also in the target), and makes it pending.
     pub(super) async fn reserve(
         &mut self,
         savepoint_target: Option<CheckpointStorage>,
     ) -> Result<u64> {
-        if self.fenced {
-            return Err(Error::IllegalState(format!(
-                "a newer coordinator of this job exists (this one is generation {}): stop this one",
-                self.fence.generation()
-            )));
-        }
-        self.abort_expired().await;
+        self.check_fence().await?;
+        self.expire_overdue().await;
         // A reservation protects an id only while its marker exists, and subsumption deletes a
         // checkpoint's directory with it: never go below the highest directory in storage (the id
         // watermark, which nothing deletes), or a coordinator that fell behind (an old leader) would
@@ -185,6 +253,7 @@ impl CheckpointCoordinator {
         if let Some(highest) = self.storage.list_checkpoint_dirs().await?.last() {
             self.next_id = self.next_id.max(highest + 1);
         }
+        self.next_id = self.next_id.max(self.store.id_floor() + 1);
         for _ in 0..MAX_RESERVE_ATTEMPTS {
             let id = self.next_id;
             self.next_id += 1;
@@ -194,27 +263,39 @@ impl CheckpointCoordinator {
                 self.instance
             ));
             match self.storage.put_if_absent(&marker, content).await? {
-                Created::Yes => {
-                    if let Some(target) = &savepoint_target {
-                        self.remember_savepoint_target(id, target.clone());
-                    }
-                    self.pending.insert(
-                        id,
-                        PendingCheckpoint {
-                            timestamp_ms: self.clock.now_ms(),
-                            acks: BTreeMap::new(),
-                            savepoint: savepoint_target,
-                        },
-                    );
-                    return Ok(id);
-                }
+                Created::Yes => {}
                 Created::Conflict => {
                     tracing::warn!(
                         checkpoint_id = id,
                         "checkpoint id reserved by another coordinator; trying the next one"
                     );
+                    continue;
                 }
             }
+            if let Some(target) = &savepoint_target {
+                // The id is ours in the job's storage from here on: if the target refuses it, it is an
+                // aborted checkpoint's, never handed out again.
+                match self.reserve_in_target(target, id).await {
+                    Ok(true) => self.remember_savepoint_target(id, target.clone()),
+                    Ok(false) => {
+                        self.outcomes.set(id, Outcome::Aborted);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.outcomes.set(id, Outcome::Aborted);
+                        return Err(e);
+                    }
+                }
+            }
+            self.pending.insert(
+                id,
+                PendingCheckpoint {
+                    timestamp_ms: self.clock.now_ms(),
+                    acks: BTreeMap::new(),
+                    savepoint: savepoint_target,
+                },
+            );
+            return Ok(id);
         }
         Err(Error::IllegalState(format!(
             "{MAX_RESERVE_ATTEMPTS} consecutive checkpoint ids were reserved by other coordinators of \
@@ -222,292 +303,11 @@ impl CheckpointCoordinator {
         )))
     }
 
-    /// Task `task` (its operator id and subtask index) finished its part of `checkpoint_id`. When every
-    /// task of the job acknowledged, the checkpoint is checked, its metadata written (create-if-absent),
-    /// and it completes. See [`Acknowledgement`] for the answers; a repeat of an accepted acknowledgement
-    /// is [`Acknowledgement::Duplicate`] and changes nothing.
-    ///
-    /// # Errors
-    /// - [`Error::InvalidArgument`]: the task is not one of the job's, or its handle names another
-    ///   checkpoint or operator. Nothing is deleted.
-    /// - [`Error::IllegalState`]: the task already acknowledged with other content, or the checkpoint was
-    ///   aborted, declined, lost the race for its metadata, or is unknown. Only the late task's own
-    ///   uploads that nothing references are deleted (none for an unknown checkpoint).
-    /// - [`Error::IllegalState`] when the checkpoint is declined at completion (its keyed state does not
-    ///   partition the key groups, or it reuses shared files that were deleted): its own uploads are
-    ///   deleted.
-    /// - Storage errors while writing the metadata: the outcome is uncertain and nothing is deleted
-    ///   (`docs/protocol.md`, "Completion point").
-    pub async fn acknowledge(
-        &mut self,
-        checkpoint_id: u64,
-        task: TaskStateSnapshot,
-        metrics: Option<SnapshotMetrics>,
-    ) -> Result<Acknowledgement> {
-        if !self.config.has_task(&task.operator_id, task.subtask_index) {
-            return Err(Error::InvalidArgument(format!(
-                "subtask {} of operator `{}` is not a task of this job",
-                task.subtask_index, task.operator_id
-            )));
-        }
-        if let Some(h) = &task.keyed_state
-            && (h.checkpoint_id != checkpoint_id || h.operator_id != task.operator_id)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "acknowledgement of checkpoint {checkpoint_id} by operator `{}` carries a state handle of \
-                 checkpoint {} of operator `{}`",
-                task.operator_id, h.checkpoint_id, h.operator_id
-            )));
-        }
-        let key: TaskKey = (task.operator_id.clone(), task.subtask_index);
-        let expected = self.config.expected_tasks();
-        // An acknowledgement after the timeout finds its checkpoint aborted (a late acknowledgement).
-        self.abort_expired().await;
-        let Some(pending) = self.pending.get_mut(&checkpoint_id) else {
-            return self.late_acknowledgement(checkpoint_id, task).await;
-        };
-        if let Some((accepted, _)) = pending.acks.get(&key) {
-            if *accepted == task {
-                return Ok(Acknowledgement::Duplicate);
-            }
-            let accepted = accepted.clone();
-            let _ = self
-                .discard_own_uploads(checkpoint_id, [&task], Some(&accepted))
-                .await;
-            return Err(Error::IllegalState(format!(
-                "subtask {} of operator `{}` already acknowledged checkpoint {checkpoint_id} with other \
-                 state; the second acknowledgement was refused",
-                task.subtask_index, task.operator_id
-            )));
-        }
-        pending.acks.insert(key, (task, metrics));
-        if pending.acks.len() < expected {
-            return Ok(Acknowledgement::Pending {
-                remaining: expected - pending.acks.len(),
-            });
-        }
-        self.complete(checkpoint_id).await
-    }
-
-    /// An acknowledgement of a checkpoint that is not pending (`docs/protocol.md`, table).
-    async fn late_acknowledgement(
-        &mut self,
-        checkpoint_id: u64,
-        task: TaskStateSnapshot,
-    ) -> Result<Acknowledgement> {
-        if let Some(meta) = self.store.get(checkpoint_id) {
-            if meta.task(&task.operator_id, task.subtask_index) == Some(&task) {
-                return Ok(Acknowledgement::Duplicate);
-            }
-            let _ = self.discard_own_uploads(checkpoint_id, [&task], None).await;
-            return Err(Error::IllegalState(format!(
-                "checkpoint {checkpoint_id} completed without this acknowledgement of subtask {} of \
-                 operator `{}`; its state was discarded",
-                task.subtask_index, task.operator_id
-            )));
-        }
-        match self.outcomes.get(checkpoint_id) {
-            // Completed and since subsumed: whatever it was, nothing of it may be deleted here.
-            Some(Outcome::Completed) => Ok(Acknowledgement::Duplicate),
-            Some(Outcome::Aborted) => {
-                let _ = self.discard_own_uploads(checkpoint_id, [&task], None).await;
-                Err(Error::IllegalState(format!(
-                    "checkpoint {checkpoint_id} was aborted; the late state of subtask {} of operator `{}` \
-                     was discarded",
-                    task.subtask_index, task.operator_id
-                )))
-            }
-            Some(Outcome::Uncertain) => Err(Error::IllegalState(format!(
-                "checkpoint {checkpoint_id} is no longer pending (its metadata write failed); nothing was \
-                 deleted"
-            ))),
-            None => Err(Error::IllegalState(format!(
-                "checkpoint {checkpoint_id} is unknown to this coordinator (triggered before a restart, or \
-                 never); nothing was deleted, the orphan sweep collects what it left"
-            ))),
-        }
-    }
-
-    /// Every task acknowledged `checkpoint_id`: check it, write its metadata, add it to the store.
-    async fn complete(&mut self, checkpoint_id: u64) -> Result<Acknowledgement> {
-        let Some(pending) = self.pending.remove(&checkpoint_id) else {
-            return Err(Error::IllegalState(format!(
-                "checkpoint {checkpoint_id} is not pending"
-            )));
-        };
-        let mut tasks = Vec::with_capacity(pending.acks.len());
-        let mut all_metrics = Vec::new();
-        for (_, (task, metrics)) in pending.acks {
-            tasks.push(task);
-            all_metrics.extend(metrics);
-        }
-        let meta = CheckpointMetadata {
-            checkpoint_id,
-            timestamp_ms: pending.timestamp_ms,
-            kind: if pending.savepoint.is_some() {
-                SnapshotKind::Savepoint
-            } else {
-                SnapshotKind::Checkpoint
-            },
-            tasks,
-        };
-        if let Some(target) = pending.savepoint {
-            return self.complete_savepoint(meta, target, &all_metrics).await;
-        }
-        let bytes = match self.check_completion(&meta) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!(checkpoint_id, error = %e, "declining checkpoint");
-                self.outcomes.set(checkpoint_id, Outcome::Aborted);
-                let _ = self
-                    .discard_own_uploads(checkpoint_id, &meta.tasks, None)
-                    .await;
-                let _ = self.discard_private_dir(checkpoint_id).await;
-                return Err(e);
-            }
-        };
-        let relative = format!("{}/{METADATA_FILE}", checkpoint_dir(checkpoint_id));
-        let written = match self.storage.put_if_absent(&relative, bytes.clone()).await {
-            Ok(created) => Ok(created),
-            // The write may have taken effect: read back before deciding anything.
-            Err(e) => match self.storage.read(&relative).await {
-                Ok(found) if found == bytes => Ok(Created::Yes),
-                Ok(_) => Ok(Created::Conflict),
-                Err(_) => Err(e),
-            },
-        };
-        match written {
-            Ok(Created::Yes) => Ok(Acknowledgement::Completed(Box::new(
-                self.completed(meta, &all_metrics).await,
-            ))),
-            Ok(Created::Conflict) => Err(self.lost_race(meta).await),
-            Err(e) => {
-                tracing::warn!(checkpoint_id, error = %e, "metadata write failed; the checkpoint may exist, nothing is deleted");
-                self.outcomes.set(checkpoint_id, Outcome::Uncertain);
-                Err(e)
-            }
-        }
-    }
-
-    /// Each operator's keyed state handles in `meta` partition its key groups (checkpoints and savepoints).
-    pub(super) fn check_partitions(&self, meta: &CheckpointMetadata) -> Result<()> {
-        for op in &self.config.operators {
-            let handles: Vec<_> = meta
-                .tasks
-                .iter()
-                .filter(|t| t.operator_id == op.operator_id)
-                .filter_map(|t| t.keyed_state.as_ref())
-                .collect();
-            check_partition(&op.operator_id, &handles)?;
-        }
-        Ok(())
-    }
-
-    /// The checks before a checkpoint may complete; returns its encoded metadata.
-    fn check_completion(&self, meta: &CheckpointMetadata) -> Result<Bytes> {
-        self.check_partitions(meta)?;
-        self.store.check_references(meta)?;
-        metadata::encode(meta).map(Bytes::from).map_err(|e| {
-            Error::IllegalState(format!(
-                "checkpoint {} cannot be written: {e}",
-                meta.checkpoint_id
-            ))
-        })
-    }
-
-    /// The metadata of `meta` is durable: the checkpoint is complete, whatever happens next.
-    async fn completed(
-        &mut self,
-        meta: CheckpointMetadata,
-        metrics: &[SnapshotMetrics],
-    ) -> CheckpointStats {
-        let checkpoint_id = meta.checkpoint_id;
-        self.outcomes.set(checkpoint_id, Outcome::Completed);
-        let mut stats = CheckpointStats::from_metrics(checkpoint_id, metrics.iter());
-        let dir = checkpoint_dir(checkpoint_id);
-        if !metrics.is_empty()
-            && let Err(e) = self
-                .storage
-                .put_if_absent(&format!("{dir}/{STATS_FILE}"), stats.to_stats_file())
-                .await
-        {
-            stats
-                .cleanup_warnings
-                .push(format!("writing {dir}/{STATS_FILE} failed: {e}"));
-        }
-        if let Err(e) = self.storage.sync_local_dir(&dir).await {
-            stats
-                .cleanup_warnings
-                .push(format!("syncing {dir} failed: {e}"));
-        }
-        let (pending, outcomes) = (&self.pending, &self.outcomes);
-        let own = |n: u64| pending.contains_key(&n) || outcomes.settled(n);
-        match self.store.add(meta.clone(), own).await {
-            Ok(added) => {
-                if added.fenced {
-                    self.fenced = true;
-                    stats.cleanup_warnings.push(format!(
-                        "a newer coordinator of this job exists: this one (generation {}) deletes nothing \
-                         and triggers no more checkpoints",
-                        self.fence.generation()
-                    ));
-                }
-                stats.subsumed = added.subsumed;
-                stats.registry = added.registry;
-                stats.cleanup_warnings.extend(added.warnings);
-            }
-            Err(e) => {
-                // Not newer than the latest retained one: it exists all the same, so it is protected.
-                stats.cleanup_warnings.push(format!(
-                    "checkpoint {checkpoint_id} kept out of retention: {e}"
-                ));
-                self.store.add_foreign(meta);
-            }
-        }
-        let older: Vec<u64> = self
-            .pending
-            .range(..checkpoint_id)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &older {
-            if let Err(e) = self.abort(*id).await {
-                stats.cleanup_warnings.push(format!(
-                    "older pending checkpoint {id} aborted, its files left for the orphan sweep: {e}"
-                ));
-            }
-        }
-        stats.aborted_pending = older;
-        for warning in &stats.cleanup_warnings {
-            tracing::warn!(checkpoint_id, warning = %warning, "clean-up after a completed checkpoint");
-        }
-        stats
-    }
-
-    /// Another writer created `_metadata` of `meta`'s checkpoint first: protect the winner, delete only
-    /// what this coordinator's tasks uploaded that the winner does not use.
-    async fn lost_race(&mut self, meta: CheckpointMetadata) -> Error {
-        let checkpoint_id = meta.checkpoint_id;
-        self.outcomes.set(checkpoint_id, Outcome::Aborted);
-        match read_metadata(&self.storage, checkpoint_id).await {
-            Ok(winner) if winner.checkpoint_id == checkpoint_id => {
-                self.store.add_foreign(winner);
-                let _ = self
-                    .discard_own_uploads(checkpoint_id, &meta.tasks, None)
-                    .await;
-            }
-            // Without the winner's file list nothing may be deleted.
-            _ => {}
-        }
-        Error::IllegalState(format!(
-            "another coordinator completed checkpoint {checkpoint_id} first; this one deleted only its own \
-             uploads"
-        ))
-    }
-
-    /// Aborts a pending checkpoint (a subtask failed or declined, or it timed out): deletes what its tasks
-    /// uploaded and its private files, keeping its id reservation. The engine must then call
-    /// `notify_checkpoint_aborted` on every backend. Aborting a checkpoint that is not pending does
-    /// nothing (a completed one can never be aborted).
+    /// Aborts a pending checkpoint or savepoint (a subtask failed or declined, or it timed out): deletes
+    /// what its tasks uploaded and its private files, keeping its id reservation (a savepoint's files are
+    /// deleted only while its reservation in the target is this coordinator's). The engine must then call
+    /// `notify_checkpoint_aborted` on every backend. Aborting a checkpoint that is not pending does nothing
+    /// (a completed one can never be aborted).
     ///
     /// # Errors
     /// Storage errors while deleting; the checkpoint is aborted regardless and what was not deleted is left
@@ -517,51 +317,73 @@ impl CheckpointCoordinator {
             return Ok(());
         };
         self.outcomes.set(checkpoint_id, Outcome::Aborted);
-        let tasks: Vec<TaskStateSnapshot> = pending.acks.into_values().map(|(t, _)| t).collect();
+        let tasks: Vec<_> = pending.acks.into_values().map(|(t, _)| t).collect();
         let uploads = self.discard_own_uploads(checkpoint_id, &tasks, None).await;
         let private = self.discard_private_dir(checkpoint_id).await;
         uploads.and(private)
     }
 
-    /// Aborts every pending checkpoint triggered at least [`CoordinatorConfig::checkpoint_timeout`] ago by
-    /// the coordinator's clock, as Flink's checkpoint canceller, and returns their ids, ascending. The
-    /// engine should tell its backends (`notify_checkpoint_aborted`) and may drop their asynchronous
-    /// phases; acknowledgements that still arrive are late ones. `trigger` and `acknowledge` call this
-    /// first, so an engine that never calls it still never waits on an expired checkpoint; calling it on a
-    /// timer frees an expired checkpoint's files without waiting for the next trigger.
+    /// Aborts `checkpoint_id` on the coordinator's own account; the engine is told later
+    /// ([`CheckpointCoordinator::take_aborted`], [`crate::CheckpointStats::aborted_pending`]).
+    pub(super) async fn expire(&mut self, checkpoint_id: u64) {
+        if !self.pending.contains_key(&checkpoint_id) {
+            return;
+        }
+        if let Err(e) = self.abort(checkpoint_id).await {
+            tracing::warn!(checkpoint_id, error = %e, "clean-up of an aborted checkpoint failed; the orphan sweep will delete what it left");
+        }
+        self.outcomes.unreported_abort(checkpoint_id);
+    }
+
+    /// Pending checkpoints (and savepoints) triggered at least the checkpoint timeout ago.
+    fn overdue(&self) -> Vec<u64> {
+        let now_ms = self.clock.now_ms();
+        let timeout_ms =
+            u64::try_from(self.config.checkpoint_timeout.as_millis()).unwrap_or(u64::MAX);
+        self.pending
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.timestamp_ms) >= timeout_ms)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Aborts the overdue checkpoints as unreported aborts.
+    pub(super) async fn expire_overdue(&mut self) {
+        for id in self.overdue() {
+            tracing::warn!(
+                checkpoint_id = id,
+                "checkpoint expired before it completed: aborted"
+            );
+            self.expire(id).await;
+        }
+    }
+
+    /// Aborts every pending checkpoint and savepoint triggered at least
+    /// [`CoordinatorConfig::checkpoint_timeout`] ago by the coordinator's clock, as Flink's checkpoint
+    /// canceller, and returns their ids, ascending, together with every other abort not reported yet
+    /// ([`CheckpointCoordinator::take_aborted`]). The engine should tell its backends
+    /// (`notify_checkpoint_aborted`) and may drop their asynchronous phases; acknowledgements that still
+    /// arrive are late ones. `trigger` and `acknowledge` expire checkpoints too, so an engine that never
+    /// calls this still never waits on an expired checkpoint; calling it on a timer frees an expired
+    /// checkpoint's files without waiting for the next trigger.
     ///
     /// Clean-up errors are logged, not returned: the abort itself is in memory and final, and the orphan
     /// sweep deletes what a failed clean-up left.
     pub async fn abort_expired(&mut self) -> Vec<u64> {
-        let now_ms = self.clock.now_ms();
-        let timeout_ms =
-            u64::try_from(self.config.checkpoint_timeout.as_millis()).unwrap_or(u64::MAX);
-        let expired: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now_ms.saturating_sub(p.timestamp_ms) >= timeout_ms)
-            .map(|(id, _)| *id)
-            .collect();
-        for &id in &expired {
-            tracing::warn!(
-                checkpoint_id = id,
-                timeout_ms,
-                "checkpoint expired before it completed: aborted"
-            );
-            if let Err(e) = self.abort(id).await {
-                tracing::warn!(checkpoint_id = id, error = %e, "clean-up of an expired checkpoint failed; the orphan sweep will delete what it left");
-            }
-        }
-        expired
+        self.expire_overdue().await;
+        self.outcomes.take_unreported()
     }
 
-    /// Stops the coordinator with the job: aborts pending checkpoints, then keeps or deletes the job's
-    /// completed ones. With [`CancellationPolicy::DeleteOnCancellation`] the directories of the
-    /// checkpoints this coordinator aborted go too, reservations and its generation marker included (the
-    /// job's life ends).
+    /// Stops the coordinator with the job: aborts pending checkpoints, marks its generation shut down
+    /// (`_coordinators/<g>.closed`: `statectl gc` may then sweep), and keeps or deletes the job's
+    /// checkpoints. With [`CancellationPolicy::DeleteOnCancellation`] the job's life in this storage ends:
+    /// a lineage record of the cancellation keeps generations and ids rising for the next job, then every
+    /// checkpoint but the pinned ones and every id reservation (of any coordinator) is deleted, and the
+    /// older lineage records. What stays: the generation markers of this coordinator and the record.
     ///
     /// # Errors
-    /// Storage errors while deleting.
+    /// [`Error::Fenced`] (a newer coordinator exists: nothing is deleted); storage errors while checking,
+    /// recording or deleting (what is left is abandoned: never restored).
     pub async fn shutdown(mut self, policy: CancellationPolicy) -> Result<()> {
         let mut first_error = None;
         for id in self.pending() {
@@ -570,24 +392,32 @@ impl CheckpointCoordinator {
             }
         }
         if policy == CancellationPolicy::DeleteOnCancellation {
-            let reserved: Vec<u64> = self
-                .storage
-                .list_checkpoint_dirs()
-                .await?
-                .into_iter()
-                .filter(|id| self.outcomes.get(*id) == Some(Outcome::Aborted))
-                .collect();
-            for id in reserved {
+            self.check_fence().await?;
+            let dirs = self.storage.list_checkpoint_dirs().await?;
+            let highest = dirs
+                .last()
+                .copied()
+                .unwrap_or(0)
+                .max(self.next_id.saturating_sub(1))
+                .max(self.store.id_floor());
+            let record = LineRecord {
+                generation: self.fence.generation(),
+                checkpoint_id: highest,
+                kind: LineKind::Cancelled,
+            };
+            self.store.record_line(record).await?;
+            if let Err(e) = self.store.delete_all().await {
+                first_error.get_or_insert(e);
+            }
+            let kept: Vec<u64> = self.store.known_ids().into_iter().collect();
+            for id in dirs.into_iter().filter(|id| !kept.contains(id)) {
                 if let Err(e) = self.storage.delete_dir(&checkpoint_dir(id)).await {
                     first_error.get_or_insert(e);
                 }
             }
+            self.store.retire_lineage_but(record).await;
         }
-        self.store.shutdown(policy).await?;
-        if policy == CancellationPolicy::DeleteOnCancellation {
-            // The job's life ends: its generation marker goes too.
-            self.fence.retire().await?;
-        }
+        self.fence.close().await?;
         first_error.map_or(Ok(()), Err)
     }
 }

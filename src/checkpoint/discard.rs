@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::handle::TaskStateSnapshot;
 use crate::error::Result;
-use crate::storage::{CheckpointStorage, TRIGGER_MARKER, checkpoint_dir, savepoint_dir};
+use crate::storage::{CheckpointStorage, TRIGGER_MARKER, checkpoint_dir};
 
 /// Savepoint targets a coordinator remembers (for late acknowledgements of aborted savepoints).
 const MAX_SAVEPOINT_TARGETS: usize = 64;
@@ -30,12 +30,14 @@ impl CheckpointCoordinator {
     /// Deletes the private files of a checkpoint this coordinator reserved and that has no metadata,
     /// keeping the reservation marker (the id watermark, `docs/protocol.md`).
     ///
-    /// For a savepoint (no metadata yet, nothing of it shared), its whole directory in the target storage.
+    /// For a savepoint, what this attempt put in its directory in the target storage, while the
+    /// directory's reservation is this coordinator's (`docs/faults.md`).
     pub(super) async fn discard_private_dir(&self, checkpoint_id: u64) -> Result<()> {
         if let Some(target) = self.savepoint_targets.get(&checkpoint_id) {
             return target
-                .delete_dir_except(&savepoint_dir(checkpoint_id), &[])
-                .await;
+                .delete_own_savepoint_dir(checkpoint_id, &self.savepoint_owner(checkpoint_id))
+                .await
+                .map(|_| ());
         }
         self.storage
             .delete_dir_except(&checkpoint_dir(checkpoint_id), &[TRIGGER_MARKER])

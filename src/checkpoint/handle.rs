@@ -145,6 +145,10 @@ pub struct CheckpointMetadata {
     pub timestamp_ms: u64,
     /// Checkpoint or savepoint.
     pub kind: SnapshotKind,
+    /// Generation of the coordinator that wrote it (`docs/protocol.md`, "Fencing"); 0 when unknown
+    /// (metadata of format versions 1 to 3). Checkpoints are ordered by `(generation, checkpoint_id)`:
+    /// an old leader's checkpoint never outranks a newer leader's.
+    pub generation: u64,
     /// One entry per acknowledging subtask.
     pub tasks: Vec<TaskStateSnapshot>,
 }
@@ -186,6 +190,11 @@ impl CheckpointMetadata {
             .filter(|t| t.operator_id == operator_id)
             .filter_map(|t| t.keyed_state.clone())
             .collect()
+    }
+
+    /// The order of checkpoints from oldest to newest: by generation, then id.
+    pub fn recency(&self) -> (u64, u64) {
+        (self.generation, self.checkpoint_id)
     }
 
     /// Every file the checkpoint references.

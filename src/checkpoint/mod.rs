@@ -1,10 +1,15 @@
-//! The checkpoint lifecycle: handles, the coordinator, the completed-checkpoint store, the orphan sweep
-//! and the validation of handle sets (`docs/protocol.md`).
+//! The checkpoint lifecycle: handles, the coordinator, the completed-checkpoint store, the job's lineage,
+//! the orphan sweep and the validation of handle sets (`docs/protocol.md`, `docs/faults.md`).
 
+mod acknowledge;
+pub(crate) mod answers;
+pub(crate) mod config;
 pub(crate) mod coordinator;
 mod discard;
 pub(crate) mod fence;
 pub(crate) mod handle;
+mod known;
+pub(crate) mod lineage;
 pub(crate) mod pending;
 pub(crate) mod read;
 pub(crate) mod registry;

@@ -1,8 +1,12 @@
-//! The shared-file registry: which retained checkpoints use each shared file, and which files nobody uses
-//! any more (as Flink's `SharedStateRegistryImpl`, keyed by physical path; see `docs/lsm.md`).
+//! The shared-file registry: which known checkpoints use each shared file, which files a new checkpoint
+//! may reuse, and which files were chosen for deletion (as Flink's `SharedStateRegistryImpl`, keyed by
+//! physical path; see `docs/lsm.md` and `docs/faults.md`).
 //!
-//! The registry is derived state: [`SharedFileRegistry::rebuild`] recomputes it from the retained
-//! checkpoints' metadata, and the completed-checkpoint store does so every time it opens (FLINK-7268).
+//! The registry is derived state: [`SharedFileRegistry::rebuild`] recomputes it from the metadata of the
+//! checkpoints the store knows, and the store does so whenever that set changes and when it opens
+//! (FLINK-7268). Only the **doomed** set (files chosen for deletion whose delete has not been confirmed)
+//! is not derived: a delete may take effect and still fail, so such a file is never reusable again, even
+//! while its delete is retried.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,87 +17,114 @@ use crate::checkpoint::handle::CheckpointMetadata;
 pub struct SharedFileEntry {
     /// Checkpoint that uploaded the file.
     pub created_by: u64,
-    /// Highest registered checkpoint that references the file.
+    /// Highest known checkpoint that references the file.
     pub last_used: u64,
     /// Size in bytes.
     pub size_bytes: u64,
-    /// Referenced by a checkpoint the job must never delete: pinned (restored in NO_CLAIM mode) or foreign
-    /// (found in storage, written by another coordinator). Never deleted.
+    /// Referenced by a checkpoint the job never deletes (pinned by a NO_CLAIM restore).
     pub pinned: bool,
+    /// Referenced by a retained checkpoint of the job's line: a new checkpoint may reuse it. Files only
+    /// pinned or abandoned checkpoints reference are kept but never reused (a NO_CLAIM restore's first
+    /// checkpoint is full; an abandoned line is going away).
+    pub reusable: bool,
 }
 
-/// Shared files of the retained checkpoints, keyed by their path relative to the job root.
+/// The role of a checkpoint the registry is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Retained on the job's line: its files are reusable.
+    Retained,
+    /// Pinned: kept for ever, not reusable.
+    Pinned,
+    /// Abandoned: kept until subsumed, not reusable.
+    Abandoned,
+}
+
+/// Shared files of the known checkpoints, keyed by their path relative to the job root.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SharedFileRegistry {
     files: BTreeMap<String, SharedFileEntry>,
+    /// Chosen for deletion, delete not confirmed yet: path and size in bytes.
+    doomed: BTreeMap<String, u64>,
 }
 
 impl SharedFileRegistry {
-    /// Recomputes the registry from the retained checkpoints and the protected ones (pinned or foreign:
-    /// their files are never deleted).
-    pub fn rebuild<'a>(
-        retained: impl IntoIterator<Item = &'a CheckpointMetadata>,
-        pinned: impl IntoIterator<Item = &'a CheckpointMetadata>,
-    ) -> Self {
-        let mut registry = SharedFileRegistry::default();
-        for checkpoint in retained {
-            registry.register(checkpoint);
-        }
-        for checkpoint in pinned {
-            registry.register(checkpoint);
+    /// Recomputes the registry from `checkpoints` and their roles, keeping the doomed set: a doomed file
+    /// stays doomed until its delete is confirmed, even if a known checkpoint references it again (only
+    /// another coordinator's checkpoint can), since it may already be gone.
+    pub(crate) fn rebuild<'a>(
+        &mut self,
+        checkpoints: impl IntoIterator<Item = (&'a CheckpointMetadata, Use)>,
+    ) {
+        let mut files: BTreeMap<String, SharedFileEntry> = BTreeMap::new();
+        for (checkpoint, role) in checkpoints {
+            let id = checkpoint.checkpoint_id;
             for file in checkpoint.shared_files() {
-                if let Some(entry) = registry.files.get_mut(&file.path) {
-                    entry.pinned = true;
-                }
-            }
-        }
-        registry
-    }
-
-    /// Registers the shared files of a completed checkpoint: new files are added, reused ones get
-    /// `last_used` raised to the checkpoint's id.
-    pub fn register(&mut self, checkpoint: &CheckpointMetadata) {
-        let id = checkpoint.checkpoint_id;
-        for file in checkpoint.shared_files() {
-            let entry = self
-                .files
-                .entry(file.path.clone())
-                .or_insert(SharedFileEntry {
+                let entry = files.entry(file.path.clone()).or_insert(SharedFileEntry {
                     created_by: file.created_by,
                     last_used: id,
                     size_bytes: file.size_bytes,
                     pinned: false,
+                    reusable: false,
                 });
-            entry.last_used = entry.last_used.max(id);
-            entry.created_by = entry.created_by.min(file.created_by);
+                entry.last_used = entry.last_used.max(id);
+                entry.created_by = entry.created_by.min(file.created_by);
+                entry.pinned |= role == Use::Pinned;
+                entry.reusable |= role == Use::Retained;
+            }
         }
+        self.files = files;
     }
 
-    /// Shared files `checkpoint` reuses (did not create itself) that the registry no longer holds: a
-    /// checkpoint referencing them must not complete.
-    pub fn missing_reused_files<'a>(&self, checkpoint: &'a CheckpointMetadata) -> Vec<&'a str> {
+    /// The files that `next` (a rebuilt registry) no longer references: no known checkpoint uses them.
+    pub(crate) fn dropped_by(&self, next: &SharedFileRegistry) -> Vec<(String, u64)> {
+        self.files
+            .iter()
+            .filter(|(path, _)| !next.files.contains_key(*path))
+            .map(|(path, e)| (path.clone(), e.size_bytes))
+            .collect()
+    }
+
+    /// Marks files chosen for deletion: from now on no checkpoint may reuse them, whatever their delete
+    /// answers.
+    pub(crate) fn doom(&mut self, files: impl IntoIterator<Item = (String, u64)>) {
+        self.doomed.extend(files);
+    }
+
+    /// The delete of `path` succeeded (or found nothing): it leaves the doomed set.
+    pub(crate) fn deleted(&mut self, path: &str) {
+        self.doomed.remove(path);
+    }
+
+    /// Files chosen for deletion whose delete has not been confirmed yet: never reused, deleted again at
+    /// the next completion.
+    pub fn doomed(&self) -> Vec<String> {
+        self.doomed.keys().cloned().collect()
+    }
+
+    /// Doomed files no known checkpoint references: their delete is (re)tried. A doomed file that a
+    /// known checkpoint references again is kept (and still never reused).
+    pub(crate) fn to_delete(&self) -> Vec<String> {
+        self.doomed
+            .keys()
+            .filter(|p| !self.files.contains_key(*p))
+            .cloned()
+            .collect()
+    }
+
+    /// Shared files `checkpoint` reuses (did not upload itself) that it may not: not referenced by a
+    /// retained checkpoint of the job's line, or chosen for deletion. A checkpoint referencing them must
+    /// not complete.
+    pub fn unavailable_reused_files<'a>(&self, checkpoint: &'a CheckpointMetadata) -> Vec<&'a str> {
         checkpoint
             .shared_files()
             .filter(|f| f.created_by != checkpoint.checkpoint_id)
-            .filter(|f| !self.files.contains_key(&f.path))
+            .filter(|f| {
+                self.doomed.contains_key(&f.path)
+                    || !self.files.get(&f.path).is_some_and(|e| e.reusable)
+            })
             .map(|f| f.path.as_str())
             .collect()
-    }
-
-    /// The files no retained checkpoint uses: `last_used` below `lowest_retained` (the lowest retained
-    /// checkpoint id), unless pinned. The caller deletes each and then calls
-    /// [`SharedFileRegistry::unregister`]: a file leaves the registry only once its delete succeeded.
-    pub fn unused(&self, lowest_retained: u64) -> Vec<String> {
-        self.files
-            .iter()
-            .filter(|(_, e)| e.last_used < lowest_retained && !e.pinned)
-            .map(|(path, _)| path.clone())
-            .collect()
-    }
-
-    /// Removes `path` (its delete from storage succeeded).
-    pub fn unregister(&mut self, path: &str) {
-        self.files.remove(path);
     }
 
     /// The entry of `path`, if registered.
@@ -101,7 +132,7 @@ impl SharedFileRegistry {
         self.files.get(path)
     }
 
-    /// Whether `path` is referenced by a retained or pinned checkpoint.
+    /// Whether `path` is referenced by a known checkpoint.
     pub fn contains(&self, path: &str) -> bool {
         self.files.contains_key(path)
     }
@@ -145,6 +176,7 @@ mod tests {
             checkpoint_id: id,
             timestamp_ms: 0,
             kind: SnapshotKind::Checkpoint,
+            generation: 1,
             tasks: vec![TaskStateSnapshot {
                 operator_id: "op".into(),
                 subtask_index: 0,
@@ -173,29 +205,41 @@ mod tests {
     }
 
     #[test]
-    fn last_used_decides_and_reuse_keeps_files() {
-        let mut r = SharedFileRegistry::default();
-        r.register(&checkpoint(1, &[("a", 1), ("b", 1)]));
-        r.register(&checkpoint(2, &[("a", 1), ("c", 2)]));
-        assert_eq!(r.unused(2), vec!["b".to_string()]);
-        assert!(
-            r.contains("b"),
-            "unused files stay registered until their delete succeeded"
+    fn dropped_files_are_doomed_and_never_reusable_again() {
+        let (c1, c2) = (
+            checkpoint(1, &[("a", 1), ("b", 1)]),
+            checkpoint(2, &[("a", 1), ("c", 2)]),
         );
-        r.unregister("b");
-        assert!(r.contains("a") && r.contains("c") && !r.contains("b"));
+        let mut r = SharedFileRegistry::default();
+        r.rebuild([(&c1, Use::Retained), (&c2, Use::Retained)]);
         assert_eq!(r.get("a").unwrap().last_used, 2);
-        assert_eq!(r.get("a").unwrap().created_by, 1);
-        assert_eq!(r.total_bytes(), 20);
+        let mut next = r.clone();
+        next.rebuild([(&c2, Use::Retained)]);
+        let dropped = r.dropped_by(&next);
+        assert_eq!(dropped, vec![("b".to_string(), 10)]);
+        next.doom(dropped);
+        // The delete of `b` failed (or took effect and reported an error): a checkpoint built on a stale
+        // base that reuses `b` is refused all the same.
+        let stale = checkpoint(3, &[("a", 1), ("b", 1), ("d", 3)]);
+        assert_eq!(next.unavailable_reused_files(&stale), vec!["b"]);
+        next.deleted("b");
+        assert_eq!(next.unavailable_reused_files(&stale), vec!["b"]);
+        assert!(next.doomed().is_empty());
     }
 
     #[test]
-    fn pinned_files_survive_and_missing_reuse_is_reported() {
+    fn pinned_and_abandoned_files_are_kept_but_never_reused() {
         let pinned = checkpoint(1, &[("a", 1)]);
+        let abandoned = checkpoint(2, &[("b", 2)]);
         let retained = checkpoint(3, &[("c", 3)]);
-        let r = SharedFileRegistry::rebuild([&retained], [&pinned]);
-        assert!(r.unused(3).is_empty());
-        let reuses_gone = checkpoint(4, &[("b", 2), ("c", 3), ("d", 4)]);
-        assert_eq!(r.missing_reused_files(&reuses_gone), vec!["b"]);
+        let mut r = SharedFileRegistry::default();
+        r.rebuild([
+            (&pinned, Use::Pinned),
+            (&abandoned, Use::Abandoned),
+            (&retained, Use::Retained),
+        ]);
+        assert!(r.get("a").unwrap().pinned && r.contains("b"));
+        let next = checkpoint(4, &[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
+        assert_eq!(r.unavailable_reused_files(&next), vec!["a", "b"]);
     }
 }

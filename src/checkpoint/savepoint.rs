@@ -1,27 +1,95 @@
 //! The savepoint lifecycle at the coordinator (`docs/savepoints.md`): triggered at a barrier like a
-//! checkpoint, under an id of the same sequence, its files and metadata in a target storage of the user's
-//! choosing; it never enters the completed-checkpoint store, so it is never subsumed, never an incremental
-//! base and never deleted by the job.
+//! checkpoint, under an id of the same sequence reserved in the job's storage and in the target storage
+//! of the user's choosing, where its files and metadata go; it never enters the completed-checkpoint
+//! store, so it is never subsumed, never an incremental base and never deleted by the job. A checkpoint
+//! completing first does not end it (`docs/faults.md`, "Savepoints are not checkpoints").
 
 use bytes::Bytes;
 
+use crate::checkpoint::answers::{Acknowledgement, CheckpointStats, Declined};
 use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::handle::{CheckpointMetadata, FileScope, SnapshotKind};
-use crate::checkpoint::pending::{Acknowledgement, CheckpointStats, Outcome};
-use crate::error::{Error, Result};
+use crate::checkpoint::pending::Outcome;
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::metadata;
 use crate::keyed::backend::SnapshotMetrics;
-use crate::storage::{CheckpointStorage, Created, METADATA_FILE, savepoint_dir};
+use crate::storage::{CheckpointStorage, Created, METADATA_FILE, TRIGGER_MARKER, savepoint_dir};
+
+impl CheckpointStorage {
+    /// Reserves savepoint id `id` in this (target) storage for `owner` (a line naming the writer): creates
+    /// `savepoints/sp-<id>/_trigger` if absent with `owner` as content, and checks that no savepoint is in
+    /// the directory already (one written by a writer that does not reserve). Returns whether the id is
+    /// now this owner's; an id taken by another writer is left alone. A retry of a reservation that took
+    /// effect finds its own content and succeeds.
+    ///
+    /// # Errors
+    /// Storage errors (the reservation may have taken effect; it only ever keeps others off the id).
+    pub async fn reserve_savepoint_id(&self, id: u64, owner: &str) -> Result<bool> {
+        let dir = savepoint_dir(id);
+        let marker = format!("{dir}/{TRIGGER_MARKER}");
+        match self
+            .put_if_absent(&marker, Bytes::from(owner.to_string()))
+            .await?
+        {
+            Created::Conflict => Ok(false),
+            Created::Yes => match self.head(&format!("{dir}/{METADATA_FILE}")).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+                Err(e) => Err(e),
+                Ok(()) => {
+                    // Someone else's savepoint, written without a reservation: ours goes again.
+                    let _ = self.delete(&marker).await;
+                    Ok(false)
+                }
+            },
+        }
+    }
+
+    /// Deletes what a savepoint attempt that did not complete put in `savepoints/sp-<id>/` of this
+    /// (target) storage: every file of the directory, the reservation last, but only while the
+    /// reservation is `owner`'s, and never a directory holding a `_metadata`. Returns whether the
+    /// directory was `owner`'s.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`] if the directory holds a `_metadata` (nothing is deleted); storage errors.
+    pub async fn delete_own_savepoint_dir(&self, id: u64, owner: &str) -> Result<bool> {
+        let dir = savepoint_dir(id);
+        let marker = format!("{dir}/{TRIGGER_MARKER}");
+        match self.read(&marker).await {
+            Ok(content) if content == owner.as_bytes() => {}
+            // Not ours: only what acknowledgements named was ours to delete.
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let files = self.list_files(&dir).await?;
+        if files
+            .iter()
+            .any(|f| f.path.ends_with(&format!("/{METADATA_FILE}")))
+        {
+            return Err(Error::IllegalState(format!(
+                "{dir} holds a `_metadata`; nothing of it is deleted"
+            )));
+        }
+        for f in files.iter().filter(|f| f.path != marker) {
+            self.delete(&f.path).await?;
+        }
+        self.delete(&marker).await?;
+        Ok(true)
+    }
+}
 
 impl CheckpointCoordinator {
     /// Triggers a savepoint into `target` (any storage: the job's own or the user's directory or bucket)
-    /// and returns its id, from the same sequence as checkpoint ids (reserved the same way, so it never
-    /// repeats). The engine injects a barrier for it as for a checkpoint; each task calls
+    /// and returns its id, from the same sequence as checkpoint ids. The id is reserved in the job's
+    /// storage as a checkpoint's is, and in `target` (`savepoints/sp-<id>/_trigger`): an id some other
+    /// writer holds in `target` (another job's savepoint, a converted one) is skipped. The engine injects a
+    /// barrier for it as for a checkpoint; each task calls
     /// [`KeyedStateBackend::savepoint`](crate::KeyedStateBackend::savepoint) with `target` and acknowledges
     /// with [`CheckpointCoordinator::acknowledge`]. When the last task acknowledges, the coordinator writes
     /// `savepoints/sp-<id>/_metadata` into `target` (kind [`SnapshotKind::Savepoint`], create-if-absent).
     /// A completed savepoint is not added to the store: no checkpoint subsumes it, and the job never
-    /// deletes it. Aborting one (or a timeout) deletes its directory in `target`, which has no metadata yet.
+    /// deletes it. A checkpoint completing first does not abort it; its own abort or the checkpoint timeout
+    /// does, and deletes only what this attempt put in `target`.
     ///
     /// # Errors
     /// As [`CheckpointCoordinator::trigger`].
@@ -29,7 +97,35 @@ impl CheckpointCoordinator {
         self.reserve(Some(target.clone())).await
     }
 
-    /// Every task acknowledged savepoint `meta`: check it, write its metadata into `target`.
+    /// The content of this coordinator's reservation of savepoint `id` in a target.
+    pub(super) fn savepoint_owner(&self, id: u64) -> String {
+        format!(
+            "savepoint {id} reserved by coordinator {} of job {}\n",
+            self.instance,
+            self.storage.path("")
+        )
+    }
+
+    /// Reserves savepoint `id` in `target` for this coordinator.
+    pub(super) async fn reserve_in_target(
+        &self,
+        target: &CheckpointStorage,
+        id: u64,
+    ) -> Result<bool> {
+        let reserved = target
+            .reserve_savepoint_id(id, &self.savepoint_owner(id))
+            .await?;
+        if !reserved {
+            tracing::warn!(
+                savepoint_id = id,
+                "the savepoint target holds this id already; trying the next one"
+            );
+        }
+        Ok(reserved)
+    }
+
+    /// Every task acknowledged savepoint `meta`: check it, check the fence, write its metadata into
+    /// `target`.
     pub(super) async fn complete_savepoint(
         &mut self,
         meta: CheckpointMetadata,
@@ -40,13 +136,16 @@ impl CheckpointCoordinator {
         debug_assert_eq!(meta.kind, SnapshotKind::Savepoint);
         let bytes = match self.check_savepoint(&meta) {
             Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!(savepoint_id, error = %e, "declining savepoint");
+            Err(declined) => {
+                tracing::warn!(savepoint_id, ?declined, "declining savepoint");
                 self.outcomes.set(savepoint_id, Outcome::Aborted);
                 let _ = self.discard_private_dir(savepoint_id).await;
-                return Err(e);
+                return Ok(Acknowledgement::Declined(declined));
             }
         };
+        if let Some(declined) = self.fence_before_writing(savepoint_id).await {
+            return Ok(Acknowledgement::Declined(declined));
+        }
         let relative = format!("{}/{METADATA_FILE}", savepoint_dir(savepoint_id));
         let written = match target.put_if_absent(&relative, bytes.clone()).await {
             Ok(created) => Ok(created),
@@ -67,16 +166,14 @@ impl CheckpointCoordinator {
                         .cleanup_warnings
                         .push(format!("syncing {dir} failed: {e}"));
                 }
+                stats.aborted_pending = self.outcomes.take_unreported();
                 Ok(Acknowledgement::Completed(Box::new(stats)))
             }
             Ok(Created::Conflict) => {
-                // Ids never repeat, so another writer's metadata here means the target holds another
-                // job's savepoint under this id: nothing of it may be deleted.
+                // The id is reserved in the target, so another writer's metadata here was written without
+                // a reservation (another job's savepoint): nothing of it may be deleted.
                 self.outcomes.set(savepoint_id, Outcome::Aborted);
-                Err(Error::IllegalState(format!(
-                    "the target already holds a savepoint {savepoint_id} with other content (another \
-                     job's?); nothing was deleted"
-                )))
+                Ok(Acknowledgement::Declined(Declined::TargetTaken))
             }
             Err(e) => {
                 tracing::warn!(savepoint_id, error = %e, "savepoint metadata write failed; it may exist, nothing is deleted");
@@ -88,7 +185,7 @@ impl CheckpointCoordinator {
 
     /// A savepoint's keyed state partitions each operator's key groups, and every file is its own: private,
     /// uploaded by it, under `savepoints/sp-<id>/` (self-contained). Returns the encoded metadata.
-    fn check_savepoint(&self, meta: &CheckpointMetadata) -> Result<Bytes> {
+    fn check_savepoint(&self, meta: &CheckpointMetadata) -> Result<Bytes, Declined> {
         self.check_partitions(meta)?;
         let dir = format!("{}/", savepoint_dir(meta.checkpoint_id));
         if let Some(f) = meta.files().find(|f| {
@@ -96,14 +193,14 @@ impl CheckpointCoordinator {
                 || f.created_by != meta.checkpoint_id
                 || !f.path.starts_with(&dir)
         }) {
-            return Err(Error::IllegalState(format!(
+            return Err(Declined::Inconsistent(format!(
                 "savepoint {} refers to {} ({:?}, uploaded by {}): a savepoint holds only private files \
                  of its own directory (was the snapshot taken with `savepoint`?)",
                 meta.checkpoint_id, f.path, f.scope, f.created_by
             )));
         }
         metadata::encode(meta).map(Bytes::from).map_err(|e| {
-            Error::IllegalState(format!(
+            Declined::Inconsistent(format!(
                 "savepoint {} cannot be written: {e}",
                 meta.checkpoint_id
             ))

@@ -1,60 +1,51 @@
-//! The completed-checkpoint store: which checkpoints exist, the latest one, retention of the last N and
-//! subsumption of older ones (as Flink's `CompletedCheckpointStore`). Its deletion rules are
-//! `docs/protocol.md`, "Subsumption and garbage collection".
+//! The completed-checkpoint store: which checkpoints exist, their roles on the job's line, the latest
+//! one, retention of the last N and subsumption of older ones (as Flink's `CompletedCheckpointStore`).
+//! Its deletion rules are `docs/protocol.md`, "Subsumption and garbage collection", and
+//! `docs/faults.md`.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 
 use bytes::Bytes;
 
-use crate::checkpoint::fence::Fence;
+use crate::checkpoint::fence::{Fence, FenceCheck};
 use crate::checkpoint::handle::CheckpointMetadata;
-use crate::checkpoint::registry::SharedFileRegistry;
+use crate::checkpoint::known::KnownCheckpoints;
+use crate::checkpoint::lineage::{LineRecord, Lineage};
+use crate::checkpoint::registry::{SharedFileRegistry, Use};
 use crate::error::{Error, ErrorKind, Result};
 use crate::storage::{CheckpointStorage, METADATA_FILE, PINNED_MARKER, checkpoint_dir};
 
 pub(crate) use crate::checkpoint::read::read_metadata;
 pub use crate::checkpoint::store_types::{
-    CancellationPolicy, RegistryStats, RestoreMode, RestoreOutcome, SkippedCheckpoint,
+    AddOutcome, CancellationPolicy, RegistryStats, RestoreMode, RestoreOutcome, SkippedCheckpoint,
 };
 
-/// What adding a completed checkpoint did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AddOutcome {
-    /// Checkpoints subsumed (their metadata is gone).
-    pub subsumed: Vec<u64>,
-    /// The shared-file registry afterwards.
-    pub registry: RegistryStats,
-    /// Problems of the clean-up after the checkpoint was added (a failed delete, a garbage collection
-    /// held back by unreadable metadata). The checkpoint is complete regardless; what was not deleted is
-    /// retried at the next completion or left to the orphan sweep.
-    pub warnings: Vec<String>,
-    /// A coordinator of a newer generation exists: this store deleted nothing, and never will
-    /// (`docs/protocol.md`, "Fencing").
-    pub fenced: bool,
-}
-
-/// Completed checkpoints of one job, oldest first, and the registry of the shared files they use.
+/// Completed checkpoints of one job in its storage, and the registry of the shared files they use.
 pub struct CompletedCheckpointStore {
     storage: CheckpointStorage,
     retained: usize,
-    /// The job's own retained checkpoints, oldest first.
-    checkpoints: VecDeque<CheckpointMetadata>,
-    /// Restored in NO_CLAIM mode: restorable, never subsumed or deleted.
-    pinned: Vec<CheckpointMetadata>,
-    /// Found in storage after `open` (another coordinator's, or a completion whose outcome was uncertain):
-    /// restorable, their files protected, never deleted by this store.
-    foreign: Vec<CheckpointMetadata>,
+    known: KnownCheckpoints,
     unreadable: Vec<SkippedCheckpoint>,
-    registry: SharedFileRegistry,
+    lineage: Lineage,
     /// The owning coordinator's generation: deletes only while no newer coordinator exists.
     fence: Option<Fence>,
 }
 
+/// Whether deletes may go ahead now.
+enum MayDelete {
+    Yes,
+    /// A newer coordinator exists (this generation): nothing is deleted, ever again.
+    Fenced(u64),
+    /// Could not tell (a listing failed): nothing is deleted now; retried at the next completion.
+    Postponed,
+}
+
 impl CompletedCheckpointStore {
-    /// Opens the store, reading the metadata of every checkpoint in storage. Checkpoints whose metadata is
-    /// corrupt or of an unknown version are reported by [`CompletedCheckpointStore::unreadable`], never
-    /// deleted, and hold back every shared-file delete while they exist (they may reference any file).
+    /// Opens the store, reading the job's lineage records and the metadata of every checkpoint in
+    /// storage. Checkpoints whose metadata is corrupt or of an unknown version are reported by
+    /// [`CompletedCheckpointStore::unreadable`], never deleted, and hold back every shared-file delete while
+    /// they exist (they may reference any file).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `retained` is 0; storage errors other than corrupt metadata.
@@ -64,30 +55,26 @@ impl CompletedCheckpointStore {
                 "at least one checkpoint must be retained".into(),
             ));
         }
+        let lineage = Lineage::load(&storage).await?;
         let mut store = CompletedCheckpointStore {
             storage,
             retained,
-            checkpoints: VecDeque::new(),
-            pinned: Vec::new(),
-            foreign: Vec::new(),
+            known: KnownCheckpoints::default(),
             unreadable: Vec::new(),
-            registry: SharedFileRegistry::default(),
+            lineage,
             fence: None,
         };
         for id in store.storage.list_checkpoint_dirs().await? {
             match store.load(id).await? {
                 Loaded::Readable(meta) => {
-                    if is_pinned(&store.storage, id).await? {
-                        store.pinned.push(*meta);
-                    } else {
-                        store.checkpoints.push_back(*meta);
-                    }
+                    let pinned = is_pinned(&store.storage, id).await?;
+                    store.known.insert(*meta, pinned);
                 }
                 Loaded::Unreadable(skipped) => store.unreadable.push(skipped),
                 Loaded::Absent => {}
             }
         }
-        store.rebuild_registry();
+        store.known.rebuild_registry(&store.lineage);
         Ok(store)
     }
 
@@ -114,114 +101,110 @@ impl CompletedCheckpointStore {
         }
     }
 
-    fn rebuild_registry(&mut self) {
-        self.registry =
-            SharedFileRegistry::rebuild(&self.checkpoints, self.pinned.iter().chain(&self.foreign));
-    }
-
     /// Makes deletes conditional on `fence` (the owning coordinator's generation) still holding.
     pub(crate) fn set_fence(&mut self, fence: Fence) {
         self.fence = Some(fence);
     }
 
-    /// Whether this store may delete: no coordinator of a newer generation exists. A failed check counts as
-    /// a no (reported in `warnings`).
-    async fn may_delete(&self, warnings: &mut Vec<String>) -> bool {
+    /// Whether this store may delete now: no coordinator of a newer generation exists. A failed check
+    /// postpones (a warning in `warnings`), it never fences.
+    async fn may_delete(&self, warnings: &mut Vec<String>) -> MayDelete {
         let Some(fence) = &self.fence else {
-            return true;
+            return MayDelete::Yes;
         };
-        match fence.holds().await {
-            Ok(holds) => holds,
-            Err(e) => {
+        match fence.check().await {
+            FenceCheck::Holds => MayDelete::Yes,
+            FenceCheck::Fenced { newer } => MayDelete::Fenced(newer),
+            FenceCheck::Unknown(e) => {
                 warnings.push(format!(
-                    "deletes postponed: the coordinator generations cannot be listed: {e}"
+                    "deletes postponed: the coordinator generations could not be listed: {e}"
                 ));
-                false
+                MayDelete::Postponed
             }
         }
     }
 
-    /// The shared-file registry of the retained, pinned and foreign checkpoints.
+    /// The shared-file registry of the known checkpoints.
     pub fn registry(&self) -> &SharedFileRegistry {
-        &self.registry
+        self.known.registry()
     }
 
     /// Checkpoints pinned by a NO_CLAIM restore: never subsumed or deleted by the job.
-    pub fn pinned(&self) -> &[CheckpointMetadata] {
-        &self.pinned
+    pub fn pinned(&self) -> Vec<&CheckpointMetadata> {
+        self.known.with_role(Use::Pinned, &self.lineage)
     }
 
-    /// Checkpoints found in storage after the store opened (written by another coordinator, or by this
-    /// one when a completion's outcome was uncertain): restorable and protected, never deleted here.
-    pub fn foreign(&self) -> &[CheckpointMetadata] {
-        &self.foreign
+    /// Checkpoints a restore abandoned (`docs/faults.md`): kept with their files, never restored, subsumed
+    /// at the next completion.
+    pub fn abandoned(&self) -> Vec<&CheckpointMetadata> {
+        self.known.with_role(Use::Abandoned, &self.lineage)
     }
 
-    /// Whether the shared file `path` (relative to the job root) is referenced by a retained, pinned or
-    /// foreign checkpoint.
+    /// Whether the shared file `path` (relative to the job root) is referenced by a known checkpoint.
     pub fn references(&self, path: &str) -> bool {
-        self.registry.contains(path)
+        self.known.registry().contains(path)
     }
 
-    /// Every file (private and shared) a checkpoint this store knows references, and every registered
-    /// shared file.
+    /// Every file (private and shared) a known checkpoint references, and every registered shared file.
     pub(crate) fn referenced_paths(&self) -> HashSet<&str> {
         let mut paths: HashSet<&str> = self
-            .known()
+            .known
+            .all()
             .flat_map(|c| c.files())
             .map(|f| f.path.as_str())
             .collect();
-        paths.extend(self.registry.iter_paths());
+        paths.extend(self.known.registry().iter_paths());
         paths
     }
 
     /// Ids of every checkpoint this store knows of, readable or not.
     pub(crate) fn known_ids(&self) -> BTreeSet<u64> {
-        self.known()
+        self.known
+            .all()
             .map(|c| c.checkpoint_id)
             .chain(self.unreadable.iter().map(|u| u.checkpoint_id))
             .collect()
     }
 
-    /// Retained, pinned and foreign checkpoints.
-    fn known(&self) -> impl Iterator<Item = &CheckpointMetadata> {
-        self.checkpoints
-            .iter()
-            .chain(&self.pinned)
-            .chain(&self.foreign)
-    }
-
-    /// Checks that `checkpoint` can complete: every shared file it reuses is still registered.
+    /// Checks that `checkpoint` can complete: every shared file it reuses is referenced by a retained
+    /// checkpoint of the job's line and was not chosen for deletion.
     ///
     /// # Errors
-    /// [`Error::IllegalState`] naming the missing files (a concurrent checkpoint built on an older base
-    /// referenced files that were deleted meanwhile); the checkpoint must be declined.
+    /// [`Error::IllegalState`] naming the files; the checkpoint must be declined.
     pub fn check_references(&self, checkpoint: &CheckpointMetadata) -> Result<()> {
-        let missing = self.registry.missing_reused_files(checkpoint);
-        if missing.is_empty() {
+        let unavailable = self.known.registry().unavailable_reused_files(checkpoint);
+        if unavailable.is_empty() {
             return Ok(());
         }
         Err(Error::IllegalState(format!(
-            "checkpoint {} reuses shared files no retained checkpoint holds any more: {}",
+            "checkpoint {} reuses shared files no retained checkpoint holds (deleted, chosen for deletion, \
+             or only of a pinned or abandoned checkpoint): {}",
             checkpoint.checkpoint_id,
-            missing.join(", ")
+            unavailable.join(", ")
         )))
     }
 
+    /// Shared files `checkpoint` reuses that it may not (see [`CompletedCheckpointStore::check_references`]).
+    pub(crate) fn unavailable_files(&self, checkpoint: &CheckpointMetadata) -> Vec<String> {
+        self.known
+            .registry()
+            .unavailable_reused_files(checkpoint)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Pins checkpoint `checkpoint_id` (a NO_CLAIM restore from the job's own storage): writes its
-    /// `_pinned` marker and takes it out of retention, so neither it nor any of its files is ever deleted
-    /// by the job; it stays restorable. Pinning an unknown or already pinned checkpoint does nothing.
+    /// `_pinned` marker, so neither it nor any of its files is ever deleted by the job and no checkpoint
+    /// reuses its files; it stays restorable. Pinning an unknown or already pinned checkpoint does
+    /// nothing.
     ///
     /// # Errors
     /// Storage errors while writing the marker (the checkpoint stays retained).
     pub async fn pin(&mut self, checkpoint_id: u64) -> Result<()> {
-        let Some(pos) = self
-            .checkpoints
-            .iter()
-            .position(|c| c.checkpoint_id == checkpoint_id)
-        else {
+        if !self.known.contains(checkpoint_id) {
             return Ok(());
-        };
+        }
         let marker = format!("{}/{PINNED_MARKER}", checkpoint_dir(checkpoint_id));
         self.storage
             .put_if_absent(
@@ -229,27 +212,66 @@ impl CompletedCheckpointStore {
                 Bytes::from_static(b"pinned by a NO_CLAIM restore\n"),
             )
             .await?;
-        if let Some(meta) = self.checkpoints.remove(pos) {
-            self.pinned.push(meta);
-        }
-        self.rebuild_registry();
+        self.known.pin(checkpoint_id);
+        self.known.rebuild_registry(&self.lineage);
         Ok(())
     }
 
-    /// The job's own retained checkpoints, oldest first (pinned and foreign ones are not among them).
+    /// Whether a restore of checkpoint `checkpoint_id` may claim it ([`RestoreMode::Claim`]): it is known
+    /// here and not pinned (a pinned checkpoint's files are never the job's to reuse or delete, so its
+    /// restore is always NO_CLAIM, as Flink keeps "first checkpoint full" across failovers).
+    pub fn claimable(&self, checkpoint_id: u64) -> bool {
+        self.known.contains(checkpoint_id)
+            && !self
+                .pinned()
+                .iter()
+                .any(|c| c.checkpoint_id == checkpoint_id)
+    }
+
+    /// [`RestoreMode`] a restore of `checkpoint_id` should use when `wanted` is asked for: `wanted`, or
+    /// NO_CLAIM when the checkpoint is not claimable ([`CompletedCheckpointStore::claimable`]).
+    pub fn restore_mode(&self, checkpoint_id: u64, wanted: RestoreMode) -> RestoreMode {
+        if wanted == RestoreMode::Claim && self.claimable(checkpoint_id) {
+            RestoreMode::Claim
+        } else {
+            RestoreMode::NoClaim
+        }
+    }
+
+    /// Writes a lineage record (`docs/faults.md`) and applies it: checkpoints it abandons stop being
+    /// restorable and are subsumed at the next completion.
+    ///
+    /// # Errors
+    /// Storage errors while writing the record (nothing changed).
+    pub(crate) async fn record_line(&mut self, record: LineRecord) -> Result<()> {
+        self.lineage.record(&self.storage, record).await?;
+        self.known.rebuild_registry(&self.lineage);
+        Ok(())
+    }
+
+    /// The highest id the lineage records name: ids continue above it.
+    pub(crate) fn id_floor(&self) -> u64 {
+        self.lineage.id_floor()
+    }
+
+    /// The job's retained checkpoints on its line, oldest first by `(generation, id)` (pinned and
+    /// abandoned ones are not among them).
     pub fn checkpoints(&self) -> impl DoubleEndedIterator<Item = &CheckpointMetadata> {
-        self.checkpoints.iter()
+        self.known
+            .with_role(Use::Retained, &self.lineage)
+            .into_iter()
     }
 
-    /// The newest restorable checkpoint: retained, pinned (a NO_CLAIM restore is restored again after a
-    /// failover, as Flink does) or foreign.
+    /// The newest restorable checkpoint by `(generation, id)`: retained or pinned (a NO_CLAIM restore is
+    /// restored again after a failover, as Flink does), never abandoned, and never an older generation's
+    /// while a newer generation's exists.
     pub fn latest(&self) -> Option<&CheckpointMetadata> {
-        self.known().max_by_key(|c| c.checkpoint_id)
+        self.known.restorable(&self.lineage).into_iter().next()
     }
 
-    /// A retained, pinned or foreign checkpoint by id.
+    /// A known checkpoint by id (any role).
     pub fn get(&self, checkpoint_id: u64) -> Option<&CheckpointMetadata> {
-        self.known().find(|c| c.checkpoint_id == checkpoint_id)
+        self.known.get(checkpoint_id)
     }
 
     /// Checkpoints whose metadata could not be read (corrupt, or of a newer release).
@@ -269,8 +291,9 @@ impl CompletedCheckpointStore {
 
     /// Reads checkpoints that appeared in storage since the store opened (`docs/protocol.md`, step 1 of
     /// subsumption): every `chk-<n>` directory whose id is neither known here nor `own(n)` (a checkpoint the
-    /// caller knows has no metadata: one it has pending or aborted) is read; readable metadata becomes a
-    /// foreign checkpoint, unreadable metadata holds back shared-file deletes.
+    /// caller knows has no metadata: one pending or aborted by it) is read; readable metadata is adopted
+    /// (another coordinator's checkpoint, or a completion of ours whose outcome was uncertain), unreadable
+    /// metadata holds back shared-file deletes.
     ///
     /// # Errors
     /// Storage errors while listing or reading.
@@ -285,9 +308,11 @@ impl CompletedCheckpointStore {
                 Loaded::Readable(meta) => {
                     tracing::warn!(
                         checkpoint_id = id,
-                        "found a checkpoint another coordinator completed; its files are protected"
+                        generation = meta.generation,
+                        "found a checkpoint another coordinator completed; adopted, its files protected"
                     );
-                    self.foreign.push(*meta);
+                    let pinned = is_pinned(&self.storage, id).await?;
+                    self.known.insert(*meta, pinned);
                     changed = true;
                 }
                 Loaded::Unreadable(skipped) => self.unreadable.push(skipped),
@@ -295,64 +320,46 @@ impl CompletedCheckpointStore {
             }
         }
         if changed {
-            self.foreign.sort_by_key(|c| c.checkpoint_id);
-            self.rebuild_registry();
+            self.known.rebuild_registry(&self.lineage);
         }
         Ok(())
     }
 
     /// Forgets the checkpoints whose metadata is no longer in storage (`exists(id)` is false for them):
-    /// another coordinator subsumed or aborted them, so they are no checkpoints any more and their files
-    /// need no protection from this store. Used by the orphan sweep with the ids its listing found.
+    /// another coordinator subsumed or aborted them. Used by the orphan sweep with the ids its listing
+    /// found. Their files are not doomed here: the sweep decides what goes.
     pub(crate) fn forget_missing(&mut self, exists: impl Fn(u64) -> bool) {
-        let before = self.checkpoints.len() + self.pinned.len() + self.foreign.len();
-        self.checkpoints.retain(|c| exists(c.checkpoint_id));
-        self.pinned.retain(|c| exists(c.checkpoint_id));
-        self.foreign.retain(|c| exists(c.checkpoint_id));
-        if self.checkpoints.len() + self.pinned.len() + self.foreign.len() != before {
+        if self.known.retain(exists) {
             tracing::warn!("checkpoints this coordinator knew were deleted by another one");
-            self.rebuild_registry();
+            self.known.rebuild_registry(&self.lineage);
         }
     }
 
     /// Protects a checkpoint known to exist in storage (the winner of a race for its metadata).
-    pub(crate) fn add_foreign(&mut self, checkpoint: CheckpointMetadata) {
-        if self.get(checkpoint.checkpoint_id).is_none() {
-            self.foreign.push(checkpoint);
-            self.foreign.sort_by_key(|c| c.checkpoint_id);
-            self.rebuild_registry();
+    pub(crate) fn adopt(&mut self, checkpoint: CheckpointMetadata) {
+        if !self.known.contains(checkpoint.checkpoint_id) {
+            self.known.insert(checkpoint, false);
+            self.known.rebuild_registry(&self.lineage);
         }
     }
 
     /// Adds a completed checkpoint (its metadata is already durable), registers its shared files and
-    /// subsumes the oldest ones beyond the retained count (`docs/protocol.md`): before deleting, checkpoints
-    /// that appeared in storage are read (`own` as in `CompletedCheckpointStore::refresh`); a subsumed
-    /// checkpoint's metadata is deleted and confirmed gone before its private files; a shared file no
-    /// retained checkpoint uses is unregistered only once its delete succeeded, and none is deleted while
-    /// any metadata in storage is unreadable. Nothing is deleted once a coordinator of a newer generation
-    /// exists (checked before, and again between a subsumed checkpoint's metadata and its files). Failures
-    /// of this clean-up are warnings, never errors: the checkpoint is complete.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if the id is not above the latest retained one (nothing changed).
+    /// subsumes what is beyond retention (`docs/protocol.md`): before deleting, checkpoints that appeared
+    /// in storage are read (`own` as in `CompletedCheckpointStore::refresh`); a subsumed checkpoint's
+    /// metadata is deleted and confirmed gone before its private files; shared files no known checkpoint
+    /// uses any more are doomed (never reusable again) and deleted, leaving the doomed set only once a
+    /// delete succeeded; none is deleted while any metadata in storage is unreadable. Nothing is deleted
+    /// once a coordinator of a newer generation exists (checked before, and again between a subsumed
+    /// checkpoint's metadata and its files), nor while that cannot be checked (postponed). Failures of this
+    /// clean-up are warnings, never errors: the checkpoint is complete.
     pub async fn add(
         &mut self,
         checkpoint: CheckpointMetadata,
         own: impl Fn(u64) -> bool,
-    ) -> Result<AddOutcome> {
-        if self
-            .checkpoints
-            .back()
-            .is_some_and(|l| l.checkpoint_id >= checkpoint.checkpoint_id)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "checkpoint {} is not newer than the latest completed one",
-                checkpoint.checkpoint_id
-            )));
-        }
+    ) -> AddOutcome {
         let id = checkpoint.checkpoint_id;
-        self.registry.register(&checkpoint);
-        self.checkpoints.push_back(checkpoint);
+        self.known.insert(checkpoint, false);
+        self.known.rebuild_registry(&self.lineage);
         let mut outcome = AddOutcome::default();
         if let Err(e) = self.refresh(|n| n == id || own(n)).await {
             // Without knowing what else is in storage, nothing may be deleted.
@@ -360,46 +367,56 @@ impl CompletedCheckpointStore {
                 "subsumption postponed: could not list the checkpoints in storage: {e}"
             ));
             outcome.registry = self.registry_stats(0);
-            return Ok(outcome);
+            return outcome;
         }
-        if !self.may_delete(&mut outcome.warnings).await {
-            outcome.fenced = true;
-            outcome.registry = self.registry_stats(0);
-            return Ok(outcome);
+        match self.may_delete(&mut outcome.warnings).await {
+            MayDelete::Yes => {}
+            MayDelete::Fenced(newer) => {
+                outcome.fenced = Some(newer);
+                outcome.registry = self.registry_stats(0);
+                return outcome;
+            }
+            MayDelete::Postponed => {
+                outcome.registry = self.registry_stats(0);
+                return outcome;
+            }
         }
         self.subsume(&mut outcome).await;
-        let deleted = if outcome.fenced {
+        let deleted = if outcome.fenced.is_some() {
             0
         } else {
-            self.delete_unused_shared_files(&mut outcome.warnings).await
+            self.delete_doomed(&mut outcome.warnings).await
         };
         outcome.registry = self.registry_stats(deleted);
-        Ok(outcome)
+        outcome
     }
 
-    /// Subsumes the oldest retained checkpoints beyond the retained count.
+    /// Subsumes the abandoned checkpoints and the retained ones beyond the retained count.
     async fn subsume(&mut self, outcome: &mut AddOutcome) {
-        while self.checkpoints.len() > self.retained {
-            let Some(oldest) = self.checkpoints.front() else {
-                break;
-            };
-            let id = oldest.checkpoint_id;
+        for id in self.known.to_subsume(self.retained, &self.lineage) {
             let dir = checkpoint_dir(id);
             let metadata = format!("{dir}/{METADATA_FILE}");
             if let Err(e) = self.storage.delete_confirmed(&metadata).await {
-                // Still a checkpoint: it stays retained, its files registered.
+                // Still a checkpoint: it stays known, its files registered.
                 outcome.warnings.push(format!(
                     "checkpoint {id} could not be subsumed (retried at the next completion): {e}"
                 ));
                 break;
             }
-            self.checkpoints.pop_front();
+            self.known.remove(id);
+            let dropped = self.known.rebuild_registry(&self.lineage);
+            // Chosen for deletion from now on, whatever happens next.
+            self.known.registry_mut().doom(dropped);
             outcome.subsumed.push(id);
             // Checked again with the metadata gone: a coordinator that opened before read this
-            // checkpoint as retained and may reuse its files; they stay (registered) if one did.
-            if !self.may_delete(&mut outcome.warnings).await {
-                outcome.fenced = true;
-                return;
+            // checkpoint as retained and may reuse its files.
+            match self.may_delete(&mut outcome.warnings).await {
+                MayDelete::Yes => {}
+                MayDelete::Fenced(newer) => {
+                    outcome.fenced = Some(newer);
+                    return;
+                }
+                MayDelete::Postponed => return,
             }
             if let Err(e) = self.storage.delete_dir(&dir).await {
                 outcome.warnings.push(format!(
@@ -410,23 +427,20 @@ impl CompletedCheckpointStore {
     }
 
     fn registry_stats(&self, deleted_files: usize) -> RegistryStats {
+        let registry = self.known.registry();
         RegistryStats {
-            files: self.registry.len(),
-            bytes: self.registry.total_bytes(),
+            files: registry.len(),
+            bytes: registry.total_bytes(),
             deleted_files,
         }
     }
 
-    /// Deletes the shared files whose last use is below the lowest retained checkpoint, unregistering
-    /// each once its delete succeeded; nothing while metadata in storage is unreadable. Returns how many
-    /// were deleted.
-    async fn delete_unused_shared_files(&mut self, warnings: &mut Vec<String>) -> usize {
-        let lowest = self
-            .checkpoints
-            .front()
-            .map_or(u64::MAX, |c| c.checkpoint_id);
-        let unused = self.registry.unused(lowest);
-        if unused.is_empty() {
+    /// Deletes the doomed shared files no known checkpoint references, each leaving the doomed set once
+    /// its delete succeeded; nothing while metadata in storage is unreadable. Returns how many were
+    /// deleted.
+    async fn delete_doomed(&mut self, warnings: &mut Vec<String>) -> usize {
+        let doomed = self.known.registry().to_delete();
+        if doomed.is_empty() {
             return 0;
         }
         if !self.unreadable.is_empty() {
@@ -437,19 +451,20 @@ impl CompletedCheckpointStore {
                 .collect();
             warnings.push(format!(
                 "{} unused shared files kept: the metadata of {} cannot be read and may reference them",
-                unused.len(),
+                doomed.len(),
                 ids.join(", ")
             ));
             return 0;
         }
         let mut deleted = 0;
-        for path in &unused {
+        for path in &doomed {
             match self.storage.delete(path).await {
                 Ok(()) => {
-                    tracing::debug!(path = %path, "deleted a shared file no retained checkpoint uses");
-                    self.registry.unregister(path);
+                    tracing::debug!(path = %path, "deleted a shared file no known checkpoint uses");
+                    self.known.registry_mut().deleted(path);
                     deleted += 1;
                 }
+                // Maybe deleted: it stays doomed (never reusable) and is retried.
                 Err(e) => warnings.push(format!(
                     "unused shared file {path} not deleted (retried at the next completion): {e}"
                 )),
@@ -458,22 +473,21 @@ impl CompletedCheckpointStore {
         deleted
     }
 
-    /// Runs `restore` on the newest restorable checkpoint (retained, pinned or foreign); if it fails
-    /// because a file is corrupt or missing, falls back to the next older one, and so on. Skipped
-    /// checkpoints are logged and reported.
+    /// Runs `restore` on the newest restorable checkpoint by `(generation, id)` (retained or pinned, never
+    /// abandoned); if it fails because a file is corrupt or missing, falls back to the next older one, and
+    /// so on. Skipped checkpoints are logged and reported. Restore a pinned checkpoint in NO_CLAIM mode
+    /// ([`CompletedCheckpointStore::restore_mode`]).
     ///
     /// # Errors
-    /// The first error that is not about a corrupt or missing file; [`Error::NotFound`] if no checkpoint
-    /// could be restored (the message lists why each failed).
+    /// The first error that is not about a corrupt or missing file (an incompatible schema, say);
+    /// [`Error::NotFound`] if no checkpoint could be restored (the message lists why each failed).
     pub async fn restore_latest<T, F, Fut>(&self, mut restore: F) -> Result<RestoreOutcome<T>>
     where
         F: FnMut(CheckpointMetadata) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let mut skipped: Vec<SkippedCheckpoint> = self.unreadable.iter().rev().cloned().collect();
-        let mut candidates: Vec<&CheckpointMetadata> = self.known().collect();
-        candidates.sort_by_key(|c| std::cmp::Reverse(c.checkpoint_id));
-        for checkpoint in candidates {
+        for checkpoint in self.known.restorable(&self.lineage) {
             let id = checkpoint.checkpoint_id;
             match restore(checkpoint.clone()).await {
                 Ok(value) => {
@@ -512,32 +526,38 @@ impl CompletedCheckpointStore {
         })
     }
 
-    /// Ends the store's life with the job: keeps or deletes the job's own retained checkpoints (pinned and
-    /// foreign ones are never deleted).
+    /// Ends the job's life in its storage (`CancellationPolicy::DeleteOnCancellation`): every checkpoint
+    /// but the pinned ones is deleted, metadata first, then the shared files nothing kept references.
+    /// The caller has written the lineage record of the cancellation (which abandons them all) and checked
+    /// the fence.
     ///
     /// # Errors
-    /// Storage errors while deleting; [`Error::IllegalState`] if a newer coordinator exists (nothing is
-    /// deleted).
-    pub async fn shutdown(mut self, policy: CancellationPolicy) -> Result<()> {
-        if policy == CancellationPolicy::DeleteOnCancellation {
-            let mut warnings = Vec::new();
-            if !self.may_delete(&mut warnings).await {
-                return Err(Error::IllegalState(format!(
-                    "a newer coordinator of this job exists; this one deletes nothing {}",
-                    warnings.join("; ")
-                )));
-            }
-            while let Some(oldest) = self.checkpoints.front() {
-                discard(&self.storage, oldest.checkpoint_id).await?;
-                self.checkpoints.pop_front();
-            }
-            let mut warnings = Vec::new();
-            self.delete_unused_shared_files(&mut warnings).await;
-            if let Some(first) = warnings.into_iter().next() {
-                return Err(Error::IllegalState(first));
-            }
+    /// Storage errors while deleting (what is left is abandoned: never restored, deleted by a later
+    /// cancellation or collected by the orphan sweep).
+    pub(crate) async fn delete_all(&mut self) -> Result<()> {
+        let ids: Vec<u64> = self
+            .known
+            .all()
+            .map(|c| c.checkpoint_id)
+            .filter(|id| !self.pinned().iter().any(|p| p.checkpoint_id == *id))
+            .collect();
+        for id in ids {
+            discard(&self.storage, id).await?;
+            self.known.remove(id);
+            let dropped = self.known.rebuild_registry(&self.lineage);
+            self.known.registry_mut().doom(dropped);
         }
-        Ok(())
+        let mut warnings = Vec::new();
+        self.delete_doomed(&mut warnings).await;
+        match warnings.into_iter().next() {
+            Some(first) => Err(Error::IllegalState(first)),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes every lineage record but `keep` (a cancellation's, which abandons everything older).
+    pub(crate) async fn retire_lineage_but(&mut self, keep: LineRecord) {
+        self.lineage.retire_all_but(&self.storage, keep).await;
     }
 }
 

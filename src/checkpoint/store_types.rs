@@ -1,5 +1,22 @@
 //! Plain types of the completed-checkpoint store's API: restore modes and outcomes, cancellation
-//! policies, registry figures.
+//! policies, registry figures, what adding a checkpoint did.
+
+/// What adding a completed checkpoint did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddOutcome {
+    /// Checkpoints subsumed (their metadata is gone).
+    pub subsumed: Vec<u64>,
+    /// The shared-file registry afterwards.
+    pub registry: RegistryStats,
+    /// Problems of the clean-up after the checkpoint was added (a failed delete, a garbage collection
+    /// held back by unreadable metadata or by a fence check that could not list the generations). The
+    /// checkpoint is complete regardless; what was not deleted is retried at the next completion or left
+    /// to the orphan sweep.
+    pub warnings: Vec<String>,
+    /// A coordinator of this newer generation exists: this store deleted nothing, and never will
+    /// (`docs/protocol.md`, "Fencing").
+    pub fenced: Option<u64>,
+}
 
 /// What happens to retained checkpoints when the job is cancelled (as Flink's
 /// `ExternalizedCheckpointCleanup`).
@@ -7,7 +24,8 @@
 pub enum CancellationPolicy {
     /// Keep the retained checkpoints so the job can be resumed later.
     RetainOnCancellation,
-    /// Delete all checkpoints of the job (pinned and foreign ones excepted).
+    /// Delete all checkpoints of the job but the pinned ones, and every id reservation; generations and
+    /// ids keep rising for the next job on this storage (`docs/faults.md`).
     DeleteOnCancellation,
 }
 
@@ -47,7 +65,7 @@ pub enum RestoreMode {
 /// Registry figures after a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RegistryStats {
-    /// Shared files referenced by retained, pinned or foreign checkpoints.
+    /// Shared files referenced by known checkpoints (retained, pinned, abandoned).
     pub files: usize,
     /// Their total size in bytes.
     pub bytes: u64,

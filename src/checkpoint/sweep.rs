@@ -1,39 +1,48 @@
 //! The orphan sweep: deletes what crashed, failed, aborted or losing attempts left in storage
-//! (`docs/protocol.md`, "The orphan sweep").
+//! (`docs/protocol.md`, "The orphan sweep"), and its read-only plan for an operator (`statectl gc
+//! --dry-run`), which registers nothing and writes nothing (`docs/faults.md`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::pending::Outcome;
 use crate::checkpoint::store::read_metadata;
 use crate::error::{ErrorKind, Result};
 use crate::storage::{
-    ListedFile, METADATA_FILE, PINNED_MARKER, SHARED_DIR, STATS_FILE, TRIGGER_MARKER,
+    CheckpointStorage, ListedFile, METADATA_FILE, PINNED_MARKER, PROBE_DIR, SHARED_DIR, STATS_FILE,
+    TRIGGER_MARKER,
 };
 
 /// What an orphan sweep found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Files listed under `shared/` and `chk-*/`.
+    /// Files listed under `shared/`, `chk-*/` and `_probe/`.
     pub listed: usize,
     /// Of those, referenced by a checkpoint, or part of one (its metadata and markers): kept.
     pub referenced: usize,
     /// Unreferenced, but younger than `min_age`, or possibly an upload of a checkpoint still pending, or
     /// the id watermark: kept.
     pub too_young: usize,
-    /// Deleted (paths relative to the job root).
+    /// Deleted (paths relative to the job root); for a plan, what a sweep would delete now.
     pub deleted: Vec<String>,
     /// Checkpoints whose metadata cannot be read (corrupt, or of a newer release). While there is one the
     /// sweep deletes nothing: such a checkpoint may reference any file.
     pub blocked_by_unreadable: Vec<u64>,
     /// A coordinator of a newer generation exists: this one deletes nothing (`docs/protocol.md`).
     pub fenced: bool,
+    /// Incomplete multipart uploads aborted (older than `min_age` on the store's clock, or whose earlier
+    /// abort had failed).
+    pub uploads_aborted: usize,
+    /// The clock file ages were measured on: the store's (a real sweep writes `_clock` and reads its
+    /// `Last-Modified`) or the local one (a read-only plan may not write).
+    pub store_clock: bool,
 }
 
 /// Where a listed file lives.
 enum Place<'a> {
     Shared,
+    Probe,
     Checkpoint { id: u64, name: &'a str },
     Other,
 }
@@ -41,6 +50,9 @@ enum Place<'a> {
 fn place(path: &str) -> Place<'_> {
     if path.starts_with(&format!("{SHARED_DIR}/")) {
         return Place::Shared;
+    }
+    if path.starts_with(&format!("{PROBE_DIR}/")) {
+        return Place::Probe;
     }
     let Some((dir, rest)) = path.split_once('/') else {
         return Place::Other;
@@ -51,53 +63,201 @@ fn place(path: &str) -> Place<'_> {
     }
 }
 
+/// What the classification needs besides the listing.
+struct Inputs<'a> {
+    /// Paths any known or readable checkpoint references, and registered shared files.
+    referenced: &'a HashSet<&'a str>,
+    /// Checkpoints with readable metadata.
+    complete: &'a BTreeSet<u64>,
+    /// The highest `chk-<n>` directory: its `_trigger` is the id watermark.
+    watermark: Option<u64>,
+    /// Checkpoints pending at the classifying coordinator (none for a plan).
+    pending: &'a BTreeSet<u64>,
+    /// Unreferenced shared files seen by an earlier sweep, with the checkpoints pending then.
+    candidates: &'a mut HashMap<String, Vec<u64>>,
+    now: SystemTime,
+    min_age: Duration,
+}
+
+/// Classifies `listed`: returns the files to delete, fills the report's counts and keeps the new
+/// candidates in `inputs.candidates`.
+fn classify<'f>(
+    listed: &'f [ListedFile],
+    inputs: Inputs<'_>,
+    report: &mut SweepReport,
+) -> Vec<&'f ListedFile> {
+    let mut next_candidates: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut doomed = Vec::new();
+    let pending_now: Vec<u64> = inputs.pending.iter().copied().collect();
+    for file in listed {
+        let shared = matches!(place(&file.path), Place::Shared);
+        let part_of_checkpoint = match place(&file.path) {
+            Place::Checkpoint { id, name } => {
+                let marker =
+                    [METADATA_FILE, PINNED_MARKER, TRIGGER_MARKER, STATS_FILE].contains(&name);
+                if marker && inputs.complete.contains(&id) {
+                    true
+                } else if inputs.pending.contains(&id)
+                    || (name == TRIGGER_MARKER && Some(id) == inputs.watermark)
+                {
+                    // In flight here, or the id watermark.
+                    report.too_young += 1;
+                    continue;
+                } else {
+                    false
+                }
+            }
+            Place::Shared | Place::Probe => false,
+            Place::Other => continue,
+        };
+        if part_of_checkpoint || inputs.referenced.contains(file.path.as_str()) {
+            report.referenced += 1;
+            continue;
+        }
+        // A file in `chk-<n>/` belongs to checkpoint n (not pending, checked above); a shared file may
+        // be an upload of any checkpoint pending when it was first seen.
+        let pending_then = match inputs.candidates.remove(&file.path) {
+            Some(then) => then,
+            None if shared => pending_now.clone(),
+            None => Vec::new(),
+        };
+        let uploader_gone = pending_then.iter().all(|id| !inputs.pending.contains(id));
+        let old_enough = inputs
+            .now
+            .duration_since(file.last_modified)
+            .is_ok_and(|age| age >= inputs.min_age);
+        if old_enough && uploader_gone {
+            doomed.push(file);
+        } else {
+            report.too_young += 1;
+            next_candidates.insert(file.path.clone(), pending_then);
+        }
+    }
+    *inputs.candidates = next_candidates;
+    // Markers last: a crash mid-sweep leaves a directory's reservation while its files go.
+    doomed.sort_by_key(|f| f.path.ends_with(TRIGGER_MARKER));
+    doomed
+}
+
+/// Metadata of the checkpoint directories `dirs` not in `skip`: readable ones, and ids of unreadable ones.
+async fn read_all(
+    storage: &CheckpointStorage,
+    dirs: &[u64],
+    skip: impl Fn(u64) -> bool,
+) -> Result<(Vec<crate::CheckpointMetadata>, Vec<u64>)> {
+    let (mut found, mut unreadable) = (Vec::new(), Vec::new());
+    for &id in dirs.iter().filter(|id| !skip(**id)) {
+        match read_metadata(storage, id).await {
+            Ok(meta) if meta.checkpoint_id == id => found.push(meta),
+            Ok(_) => unreadable.push(id),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::Corrupt => unreadable.push(id),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((found, unreadable))
+}
+
+impl CheckpointStorage {
+    /// What an orphan sweep of this job's storage would delete now, read-only: nothing is registered,
+    /// written or deleted, so it is safe against a live job (`statectl gc --dry-run`). Files of
+    /// checkpoints in flight are not known to it (no coordinator's pending list), so a file counts only
+    /// by its age; ages are measured on `now` (the local clock: a plan may not write the clock probe).
+    ///
+    /// # Errors
+    /// Storage errors while listing or reading.
+    pub async fn plan_orphan_sweep(
+        &self,
+        min_age: Duration,
+        now: SystemTime,
+    ) -> Result<SweepReport> {
+        let listed: Vec<ListedFile> = self
+            .list_all()
+            .await?
+            .into_iter()
+            .filter(|f| !matches!(place(&f.path), Place::Other))
+            .collect();
+        let dirs = self.list_checkpoint_dirs().await?;
+        let (found, unreadable) = read_all(self, &dirs, |_| false).await?;
+        let mut report = SweepReport {
+            listed: listed.len(),
+            ..SweepReport::default()
+        };
+        if !unreadable.is_empty() {
+            report.blocked_by_unreadable = unreadable;
+            return Ok(report);
+        }
+        let referenced: HashSet<&str> = found
+            .iter()
+            .flat_map(|m| m.files())
+            .map(|f| f.path.as_str())
+            .collect();
+        let complete: BTreeSet<u64> = found.iter().map(|m| m.checkpoint_id).collect();
+        let doomed = classify(
+            &listed,
+            Inputs {
+                referenced: &referenced,
+                complete: &complete,
+                watermark: dirs.last().copied(),
+                pending: &BTreeSet::new(),
+                candidates: &mut HashMap::new(),
+                now,
+                min_age,
+            },
+            &mut report,
+        );
+        report.deleted = doomed.into_iter().map(|f| f.path.clone()).collect();
+        Ok(report)
+    }
+}
+
 impl CheckpointCoordinator {
-    /// Orphan sweep of `shared/` and the `chk-*` directories. Lists storage, then (after listing, so a
-    /// checkpoint that completes meanwhile is seen with its files) reads the metadata of every checkpoint in
-    /// storage, and deletes a listed file only if:
+    /// Orphan sweep of `shared/`, the `chk-*` directories and `_probe/`. Checks the fence, measures the
+    /// store's clock (overwrites `_clock`, reads its `Last-Modified`), lists storage, then (after listing,
+    /// so a checkpoint that completes meanwhile is seen with its files) reads the metadata of every
+    /// checkpoint in storage, and deletes a listed file only if:
     /// - no readable checkpoint in storage references it, it is not the metadata or a marker of one, and
     ///   the registry does not hold it;
-    /// - its `last_modified` is at least `min_age` before the clock's now (age from the store, so a
-    ///   restarted coordinator's first sweep already collects old leftovers);
+    /// - its `last_modified` is at least `min_age` before the store's now (one clock: the coordinator's
+    ///   may be minutes off, `docs/faults.md`);
     /// - it is not in the directory of a checkpoint pending here, and, for a shared file, it was not first
     ///   seen unreferenced while a checkpoint still pending was pending (it may be that checkpoint's
     ///   upload, however long it runs: SlateDB #1758);
     /// - it is not the reservation marker of the highest checkpoint directory (the id watermark).
     ///
+    /// It also retries aborts of multipart uploads that failed before, and, where the store lists
+    /// incomplete multipart uploads (S3), aborts those under the job's prefix older than `min_age`.
+    ///
     /// `min_age` protects uploads of checkpoints this coordinator does not know of (another coordinator's,
     /// or one pending before a restart), so it must exceed the longest checkpoint. While any metadata in
-    /// storage is unreadable, nothing is deleted ([`SweepReport::blocked_by_unreadable`]). `savepoints/` and
-    /// anything else outside `shared/` and `chk-*` is never touched. On a local directory the sweep also
-    /// lists the staging files (`<name>#<digits>`) that a process killed mid-write leaves, which
-    /// `object_store`'s listing hides; they are never part of a checkpoint and go by the same age rule. Once a coordinator of a newer generation
-    /// exists, nothing is deleted ([`SweepReport::fenced`]).
+    /// storage is unreadable, nothing is deleted ([`SweepReport::blocked_by_unreadable`]). `savepoints/`
+    /// and anything else outside `shared/`, `chk-*` and `_probe/` is never touched. On a local directory the
+    /// sweep also lists the staging files (`<name>#<digits>`) that a process killed mid-write leaves,
+    /// which `object_store`'s listing hides; they are never part of a checkpoint and go by the same age
+    /// rule. Once a coordinator of a newer generation exists, nothing is deleted
+    /// ([`SweepReport::fenced`]).
     ///
     /// # Errors
-    /// Storage errors while listing, reading or deleting (what was classified before stays for the next
-    /// sweep).
+    /// Storage errors while checking the fence, measuring the clock, listing, reading or deleting (what
+    /// was classified before stays for the next sweep; nothing is fenced by a failed check).
     pub async fn sweep_orphans(&mut self, min_age: Duration) -> Result<SweepReport> {
-        self.sweep(min_age, true).await
-    }
-
-    /// What [`CheckpointCoordinator::sweep_orphans`] would delete now, deleting nothing: the report's
-    /// `deleted` lists the files a sweep would delete (`statectl gc --dry-run`).
-    ///
-    /// # Errors
-    /// Storage errors while listing or reading.
-    pub async fn plan_orphan_sweep(&mut self, min_age: Duration) -> Result<SweepReport> {
-        self.sweep(min_age, false).await
-    }
-
-    async fn sweep(&mut self, min_age: Duration, delete: bool) -> Result<SweepReport> {
-        if self.fenced || !self.fence.holds().await? {
-            self.fenced = true;
-            return Ok(SweepReport {
-                fenced: true,
-                ..SweepReport::default()
-            });
+        if let Err(e) = self.check_fence().await {
+            if e.kind() == ErrorKind::Fenced {
+                return Ok(SweepReport {
+                    fenced: true,
+                    ..SweepReport::default()
+                });
+            }
+            return Err(e);
         }
         self.fence.retire_older().await;
-        let now = self.clock.now();
+        let mut report = SweepReport {
+            uploads_aborted: self.storage.aborts().retry().await,
+            store_clock: true,
+            ..SweepReport::default()
+        };
+        let now = self.storage.store_now().await?;
+        report.uploads_aborted += self.storage.abort_stale_uploads(min_age, now).await?;
         let listed: Vec<ListedFile> = self
             .storage
             .list_all()
@@ -105,10 +265,7 @@ impl CheckpointCoordinator {
             .into_iter()
             .filter(|f| !matches!(place(&f.path), Place::Other))
             .collect();
-        let mut report = SweepReport {
-            listed: listed.len(),
-            ..SweepReport::default()
-        };
+        report.listed = listed.len();
         // Checkpoints this coordinator knows whose metadata the listing does not have were deleted by
         // another coordinator: they protect nothing any more. (One completed after the listing is new to
         // this coordinator, never among those.)
@@ -121,42 +278,40 @@ impl CheckpointCoordinator {
             .collect();
         self.store
             .forget_missing(|id| listed_metadata.contains(&id));
-        // After the listing: what is a checkpoint, and what do checkpoints reference.
+        // After the listing: what is a checkpoint, and what do checkpoints reference. Every directory
+        // neither known, pending nor aborted here is read (a lost race's or an uncertain write's too).
         let dirs = self.storage.list_checkpoint_dirs().await?;
-        let watermark = dirs.last().copied();
-        let mut complete: BTreeSet<u64> = BTreeSet::new();
-        let mut unreadable: Vec<u64> = self
-            .store
-            .unreadable()
+        let (store, pending, outcomes) = (&self.store, &self.pending, &self.outcomes);
+        let (found, mut unreadable) = read_all(&self.storage, &dirs, |id| {
+            store.get(id).is_some()
+                || pending.contains_key(&id)
+                || outcomes.get(id) == Some(Outcome::Aborted)
+        })
+        .await?;
+        unreadable.extend(self.store.unreadable().iter().map(|u| u.checkpoint_id));
+        let mut complete: BTreeSet<u64> = dirs
             .iter()
-            .map(|u| u.checkpoint_id)
+            .copied()
+            .filter(|id| self.store.get(*id).is_some())
             .collect();
-        let mut found = Vec::new();
-        for &id in &dirs {
-            if self.store.get(id).is_some() {
-                complete.insert(id);
-                continue;
-            }
-            if self.pending.contains_key(&id) || self.outcomes.get(id) == Some(Outcome::Aborted) {
-                continue;
-            }
-            match read_metadata(&self.storage, id).await {
-                Ok(meta) if meta.checkpoint_id == id => {
-                    complete.insert(id);
-                    found.push(meta);
-                }
-                Ok(_) => unreadable.push(id),
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) if e.kind() == ErrorKind::Corrupt => unreadable.push(id),
-                Err(e) => return Err(e),
-            }
-        }
         for meta in found {
-            // A checkpoint another coordinator (or an uncertain completion of ours) wrote: protect it.
-            if self.outcomes.get(meta.checkpoint_id) == Some(Outcome::Uncertain) {
-                self.outcomes.set(meta.checkpoint_id, Outcome::Completed);
+            // Another coordinator's checkpoint, or a landed write of ours: adopt and protect it.
+            complete.insert(meta.checkpoint_id);
+            if matches!(
+                self.outcomes.get(meta.checkpoint_id),
+                Some(Outcome::Uncertain | Outcome::LostRace)
+            ) {
+                let landed = self.outcomes.get(meta.checkpoint_id) == Some(Outcome::Uncertain);
+                self.outcomes.set(
+                    meta.checkpoint_id,
+                    if landed {
+                        Outcome::Completed
+                    } else {
+                        Outcome::Aborted
+                    },
+                );
             }
-            self.store.add_foreign(meta);
+            self.store.adopt(meta);
         }
         if !unreadable.is_empty() {
             unreadable.sort_unstable();
@@ -169,77 +324,39 @@ impl CheckpointCoordinator {
             return Ok(report);
         }
         let referenced: HashSet<&str> = self.store.referenced_paths();
-        let pending_now: Vec<u64> = self.pending.keys().copied().collect();
-        let mut candidates: HashMap<String, Vec<u64>> = HashMap::new();
-        let mut doomed = Vec::new();
-        for file in &listed {
-            let shared = matches!(place(&file.path), Place::Shared);
-            let part_of_checkpoint = match place(&file.path) {
-                Place::Checkpoint { id, name } => {
-                    let marker =
-                        [METADATA_FILE, PINNED_MARKER, TRIGGER_MARKER, STATS_FILE].contains(&name);
-                    if marker && complete.contains(&id) {
-                        true
-                    } else if self.pending.contains_key(&id)
-                        || (name == TRIGGER_MARKER && Some(id) == watermark)
-                    {
-                        // In flight here, or the id watermark.
-                        report.too_young += 1;
-                        continue;
-                    } else {
-                        false
-                    }
-                }
-                Place::Shared => false,
-                Place::Other => continue,
-            };
-            if part_of_checkpoint || referenced.contains(file.path.as_str()) {
-                report.referenced += 1;
-                continue;
-            }
-            // A file in `chk-<n>/` belongs to checkpoint n (not pending, checked above); a shared file may
-            // be an upload of any checkpoint pending when it was first seen.
-            let pending_then = match self.orphan_candidates.remove(&file.path) {
-                Some(then) => then,
-                None if shared => pending_now.clone(),
-                None => Vec::new(),
-            };
-            let uploader_gone = pending_then.iter().all(|id| !self.pending.contains_key(id));
-            let old_enough = now
-                .duration_since(file.last_modified)
-                .is_ok_and(|age| age >= min_age);
-            if old_enough && uploader_gone {
-                doomed.push(file);
-            } else {
-                report.too_young += 1;
-                candidates.insert(file.path.clone(), pending_then);
-            }
-        }
+        let pending_now: BTreeSet<u64> = self.pending.keys().copied().collect();
+        let mut candidates = std::mem::take(&mut self.orphan_candidates);
+        let doomed = classify(
+            &listed,
+            Inputs {
+                referenced: &referenced,
+                complete: &complete,
+                watermark: dirs.last().copied(),
+                pending: &pending_now,
+                candidates: &mut candidates,
+                now,
+                min_age,
+            },
+            &mut report,
+        );
+        let doomed: Vec<ListedFile> = doomed.into_iter().cloned().collect();
         self.orphan_candidates = candidates;
         // Once more right before deleting: the classification took a while.
-        if !self.fence.holds().await? {
-            self.fenced = true;
-            report.fenced = true;
+        if let Err(e) = self.check_fence().await {
             report.too_young += doomed.len();
-            return Ok(report);
+            if e.kind() == ErrorKind::Fenced {
+                report.fenced = true;
+                return Ok(report);
+            }
+            return Err(e);
         }
-        // Metadata-less directories' files go in any order; nothing here is a checkpoint's metadata.
-        let mut by_dir: BTreeMap<bool, Vec<&ListedFile>> = BTreeMap::new();
-        for file in doomed {
-            by_dir
-                .entry(file.path.ends_with(TRIGGER_MARKER))
-                .or_default()
-                .push(file);
-        }
-        if !delete {
-            report.deleted = by_dir
-                .into_values()
-                .flatten()
-                .map(|f| f.path.clone())
-                .collect();
-            return Ok(report);
-        }
-        // Markers last: a crash mid-sweep leaves a directory's reservation while its files go.
+        let by_dir: BTreeMap<bool, Vec<&ListedFile>> =
+            doomed.iter().fold(BTreeMap::new(), |mut m, f| {
+                m.entry(f.path.ends_with(TRIGGER_MARKER))
+                    .or_insert_with(Vec::new)
+                    .push(f);
+                m
+            });
         for file in by_dir.into_values().flatten() {
             tracing::info!(path = %file.path, staging = file.staging, "orphan sweep: deleting an unreferenced file");
             self.storage.delete_listed(file).await?;

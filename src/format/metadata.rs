@@ -9,9 +9,9 @@ use crate::format::bytes::{Decoder, PutExt};
 
 /// First 8 bytes of a metadata file.
 pub(crate) const MAGIC: &[u8; 8] = b"SBCHKMD\x01";
-/// Current format version. Version 3 added each handle's operator id, version 2 each file's local name;
-/// versions 1 and 2 are still read.
-pub(crate) const VERSION: u16 = 3;
+/// Current format version. Version 4 added the writer's coordinator generation, version 3 each handle's
+/// operator id, version 2 each file's local name; versions 1 to 3 are still read (generation 0).
+pub(crate) const VERSION: u16 = 4;
 
 /// Encodes `meta` into the bytes of a `_metadata` file.
 ///
@@ -25,6 +25,7 @@ pub(crate) fn encode(meta: &CheckpointMetadata) -> Result<Vec<u8>> {
         SnapshotKind::Checkpoint => 0,
         SnapshotKind::Savepoint => 1,
     });
+    body.put_u64(meta.generation);
     body.try_put_count(meta.tasks.len(), "task count")?;
     for t in &meta.tasks {
         body.try_put_bytes(t.operator_id.as_bytes(), "operator id")?;
@@ -108,6 +109,11 @@ pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
         1 => SnapshotKind::Savepoint,
         other => return Err(d.error(format!("unknown snapshot kind {other}"))),
     };
+    let generation = if version >= 4 {
+        d.u64("generation")?
+    } else {
+        0
+    };
     let n = d.count("task count", 13)?;
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
@@ -136,6 +142,7 @@ pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
         checkpoint_id,
         timestamp_ms,
         kind,
+        generation,
         tasks,
     })
 }
@@ -201,6 +208,7 @@ mod tests {
             checkpoint_id: 7,
             timestamp_ms: 1_700_000_000_000,
             kind: SnapshotKind::Checkpoint,
+            generation: 3,
             tasks: vec![TaskStateSnapshot {
                 operator_id: "counter".into(),
                 subtask_index: 1,

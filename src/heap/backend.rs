@@ -39,7 +39,8 @@ pub(crate) struct CurrentKey<K> {
 /// Keyed state kept in memory in copy-on-write maps, snapshotted as full keyed snapshot files.
 pub struct HeapKeyedStateBackend<K> {
     pub(crate) config: HeapBackendConfig,
-    pub(crate) backend_id: String,
+    /// Identity in storage, drawn from the storage's id source at the first snapshot or restore.
+    pub(crate) backend_id: Option<String>,
     pub(crate) tables: Vec<Box<dyn ErasedTable<K>>>,
     pub(crate) by_name: HashMap<String, StateId>,
     pub(crate) current: Option<CurrentKey<K>>,
@@ -58,15 +59,9 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// [`Error::InvalidArgument`] if `config` is invalid.
     pub fn new(config: HeapBackendConfig) -> Result<Self> {
         config.validate()?;
-        let backend_id = format!(
-            "{}-{}-{:016x}",
-            config.operator_id,
-            config.subtask_index,
-            crate::clock::random_u64()
-        );
         Ok(HeapKeyedStateBackend {
             config,
-            backend_id,
+            backend_id: None,
             tables: Vec::new(),
             by_name: HashMap::new(),
             current: None,
@@ -95,9 +90,10 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         &self.config
     }
 
-    /// Identity of this backend instance (recorded in its state handles).
-    pub fn backend_id(&self) -> &str {
-        &self.backend_id
+    /// Identity of this backend instance in its state handles, `<operator>-<subtask>-<16 hex>`: drawn
+    /// from the checkpoint storage's id source at the first snapshot or restore (`None` before).
+    pub fn backend_id(&self) -> Option<&str> {
+        self.backend_id.as_deref()
     }
 
     /// Entries (key, namespace pairs) of all states together.

@@ -29,12 +29,16 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// - [`Error::InvalidArgument`] if the handles are not one checkpoint's state of this operator with
     ///   this max parallelism covering the owned key groups once (see `docs/protocol.md`).
     /// - [`Error::NotFound`] naming the missing file; [`Error::Corrupt`] naming a corrupt or truncated file.
+    /// - [`Error::IncompatibleSchema`] if the files describe a state differently (codecs of different
+    ///   versions across subtasks): never a reason to fall back to an older checkpoint.
     pub async fn restore(
         config: HeapBackendConfig,
         storage: &CheckpointStorage,
         handles: &[KeyedStateHandle],
     ) -> Result<Self> {
         let mut backend = HeapKeyedStateBackend::new(config)?;
+        backend.backend_id =
+            Some(storage.new_backend_id(&backend.config.operator_id, backend.config.subtask_index));
         let range = backend.config.key_groups;
         let relevant = crate::checkpoint::validate::restore_handles(
             &backend.config.operator_id,
@@ -65,13 +69,19 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                     raw.len() - 1
                 });
                 if raw[slot].0 != *meta {
-                    return Err(Error::corrupt(
-                        &file.path,
-                        format!(
-                            "state `{}` is described differently than in another file of the same checkpoint",
-                            meta.name
-                        ),
-                    ));
+                    // Every file is intact (its checksums held): the subtasks wrote the state with
+                    // different codecs (a partly upgraded job). Not a corrupt file, so a restore never
+                    // falls back over it to an older checkpoint.
+                    raw[slot].0.check_compatible(meta).map_err(|e| match e {
+                        Error::IncompatibleSchema { state, reason } => Error::IncompatibleSchema {
+                            state,
+                            reason: format!(
+                                "{reason} in another file of the same checkpoint ({})",
+                                file.path
+                            ),
+                        },
+                        other => other,
+                    })?;
                 }
                 slots.push(slot);
             }

@@ -32,6 +32,7 @@ pub(crate) fn snapshot_file_name(
     config: &HeapBackendConfig,
     checkpoint_id: u64,
     savepoint: bool,
+    storage: &CheckpointStorage,
 ) -> String {
     let dir = if savepoint {
         savepoint_dir(checkpoint_id)
@@ -42,7 +43,7 @@ pub(crate) fn snapshot_file_name(
         "{dir}/{}-{}-{:016x}.keyed",
         config.operator_id,
         config.subtask_index,
-        crate::clock::random_u64()
+        storage.next_id()
     )
 }
 
@@ -53,7 +54,8 @@ impl SnapshotJob {
         sync_duration: Duration,
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
-        let relative = snapshot_file_name(&self.config, self.checkpoint_id, self.savepoint);
+        let relative =
+            snapshot_file_name(&self.config, self.checkpoint_id, self.savepoint, &storage);
         let (checkpoint_id, config, backend_id) = (
             self.checkpoint_id,
             self.config.clone(),
@@ -130,7 +132,12 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 .map(|t| t.freeze())
                 .collect(),
             config: self.config.clone(),
-            backend_id: self.backend_id.clone(),
+            backend_id: self
+                .backend_id
+                .get_or_insert_with(|| {
+                    storage.new_backend_id(&self.config.operator_id, self.config.subtask_index)
+                })
+                .clone(),
             savepoint,
         };
         let sync_duration = start.elapsed();

@@ -35,6 +35,9 @@ pub(crate) struct LsmState {
     pub(crate) cf: String,
     /// Whether the job registered it; a restored state is not until then (and may still migrate).
     pub(crate) registered: bool,
+    /// A migration of its rows failed while writing: some rows are in the new encoding under the old meta
+    /// row. The state refuses every access and the backend every snapshot; restore the backend again.
+    pub(crate) broken: bool,
 }
 
 pub(crate) struct CurrentKey<K> {
@@ -47,7 +50,9 @@ pub(crate) struct CurrentKey<K> {
 /// Keyed state in an embedded RocksDB instance, checkpointed incrementally (see `docs/lsm.md`).
 pub struct LsmKeyedStateBackend<K> {
     pub(crate) config: LsmBackendConfig,
-    pub(crate) backend_id: String,
+    /// Identity in storage (in handles and upload names), drawn from the storage's id source at the first
+    /// snapshot or restore.
+    pub(crate) backend_id: Option<String>,
     pub(crate) db: DB,
     pub(crate) options: Options,
     pub(crate) _cache: Cache,
@@ -68,15 +73,6 @@ pub struct LsmKeyedStateBackend<K> {
     pub(crate) instance: InstanceDir,
 }
 
-pub(crate) fn new_backend_id(config: &LsmBackendConfig) -> String {
-    format!(
-        "{}-{}-{:016x}",
-        config.operator_id,
-        config.subtask_index,
-        crate::clock::random_u64()
-    )
-}
-
 impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// An empty backend, working in a new directory of its own inside `config.local_dir` (nothing else
     /// there is touched).
@@ -87,14 +83,13 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     pub fn new(config: LsmBackendConfig) -> Result<Self> {
         config.validate()?;
         let instance = InstanceDir::create(&config)?;
-        let backend_id = new_backend_id(&config);
-        Self::open_db(config, backend_id, instance)
+        Self::open_db(config, None, instance)
     }
 
     /// Opens (or creates) the DB in the instance directory and loads the meta information of its states.
     pub(crate) fn open_db(
         config: LsmBackendConfig,
-        backend_id: String,
+        backend_id: Option<String>,
         instance: InstanceDir,
     ) -> Result<Self> {
         let dir = instance.db();
@@ -158,6 +153,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 meta,
                 cf,
                 registered: false,
+                broken: false,
             });
         }
         Ok(())
@@ -188,9 +184,11 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         &self.config
     }
 
-    /// Identity of this backend instance (recorded in its state handles and upload names).
-    pub fn backend_id(&self) -> &str {
-        &self.backend_id
+    /// Identity of this backend instance in its state handles and upload names,
+    /// `<operator>-<subtask>-<16 hex>`: drawn from the checkpoint storage's id source at the first snapshot
+    /// or restore, kept by a CLAIM restore of the same key groups (`None` before).
+    pub fn backend_id(&self) -> Option<&str> {
+        self.backend_id.as_deref()
     }
 
     /// Names of all states, registered or restored.

@@ -45,7 +45,7 @@ impl CanonicalExport {
             savepoint_dir(self.savepoint_id),
             self.config.operator_id,
             self.config.subtask_index,
-            crate::clock::random_u64()
+            self.storage.next_id()
         );
         let (savepoint_id, backend_id, config, storage) = (
             self.savepoint_id,

@@ -25,12 +25,13 @@ const REBASE_AFTER_ABORTS: u32 = 3;
 const MAX_PENDING_UPLOADS: usize = 64;
 
 /// Files of a checkpoint's asynchronous phase, by local SST name; `None` while it runs.
-#[derive(Default)]
 pub(crate) struct PendingUpload {
     pub(crate) aborted: bool,
     pub(crate) shared: Option<HashMap<String, StateFile>>,
     /// Whether the upload reused files of the diff base (set when it finished).
     pub(crate) reused_base: bool,
+    /// Where it uploads: the storage its files live in if it becomes the base.
+    pub(crate) storage: CheckpointStorage,
 }
 
 /// Checkpoints whose asynchronous phase ran or runs, not yet confirmed or aborted. Shared with the
@@ -38,10 +39,17 @@ pub(crate) struct PendingUpload {
 pub(crate) type PendingUploads = Arc<Mutex<BTreeMap<u64, PendingUpload>>>;
 
 /// The diff base: the shared files of the last confirmed checkpoint, by local SST name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct DiffBase {
     pub(crate) checkpoint_id: u64,
     pub(crate) shared: HashMap<String, StateFile>,
+    /// The storage the files live in: a checkpoint into another storage reuses none of them (a CLAIM
+    /// restore from another job's storage, say).
+    pub(crate) storage: CheckpointStorage,
+    /// Confirmed by a completion notification of this backend's own upload; a base seeded by a restore
+    /// is not, and is dropped at the first abort of a checkpoint that reused it (it may be a pinned
+    /// checkpoint's, whose files the coordinator never lets a checkpoint reuse).
+    pub(crate) confirmed: bool,
 }
 
 impl<K: StateKey> LsmKeyedStateBackend<K> {
@@ -63,8 +71,17 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         target: SnapshotTarget,
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
+        if let Some(broken) = self.states.iter().find(|s| s.broken) {
+            return Err(crate::lsm::rows::broken_state(&broken.meta.name));
+        }
         crate::keyed::checks::check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
         self.last_snapshot_id = Some(checkpoint_id);
+        let backend_id = self
+            .backend_id
+            .get_or_insert_with(|| {
+                storage.new_backend_id(&self.config.operator_id, self.config.subtask_index)
+            })
+            .clone();
         let local = self.instance.checkpoint(checkpoint_id);
         remove_dir_if_exists(&local)?;
         if let Some(parent) = local.parent() {
@@ -96,7 +113,15 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let base = match target {
             SnapshotTarget::Checkpoint => {
                 let mut pending = self.pending.lock();
-                pending.insert(checkpoint_id, PendingUpload::default());
+                pending.insert(
+                    checkpoint_id,
+                    PendingUpload {
+                        aborted: false,
+                        shared: None,
+                        reused_base: false,
+                        storage: storage.clone(),
+                    },
+                );
                 // Bounded: uploads never confirmed nor aborted (lost notifications) are forgotten oldest
                 // first; a late confirmation of one is then ignored and the base stays older (still
                 // registered, or the next decline rebases).
@@ -104,6 +129,17 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                     pending.pop_first();
                 }
                 drop(pending);
+                if self
+                    .base
+                    .as_ref()
+                    .is_some_and(|b| !b.storage.same_location(storage))
+                {
+                    tracing::info!(
+                        checkpoint_id,
+                        "lsm backend: the diff base lives in another storage; this checkpoint uploads every file"
+                    );
+                    self.base = None;
+                }
                 self.base.clone()
             }
             SnapshotTarget::Savepoint | SnapshotTarget::CanonicalSavepoint => None,
@@ -120,7 +156,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 local_dir: local,
                 _guard: guard,
                 storage: storage.clone(),
-                backend_id: self.backend_id.clone(),
+                backend_id: backend_id.clone(),
                 config: self.config.clone(),
                 // Dropped states have no column family any more (`drop_state`).
                 states: self
@@ -144,7 +180,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             base,
             pending: self.pending.clone(),
             storage: storage.clone(),
-            backend_id: self.backend_id.clone(),
+            backend_id: backend_id.clone(),
             operator_id: self.config.operator_id.clone(),
             subtask_index: self.config.subtask_index,
             max_parallelism: self.config.max_parallelism,
@@ -213,6 +249,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         };
         let Some(PendingUpload {
             shared: Some(shared),
+            storage,
             ..
         }) = pending.remove(&checkpoint_id)
         else {
@@ -226,6 +263,8 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             self.base = Some(DiffBase {
                 checkpoint_id,
                 shared,
+                storage,
+                confirmed: true,
             });
         }
         self.last_completed_checkpoint = Some(
@@ -263,8 +302,11 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 if reused_base {
                     self.aborts_reusing_base += 1;
                 }
+                let restored_base = self.base.as_ref().is_some_and(|b| !b.confirmed);
                 let rebase = reused_base
-                    && (lost_notification || self.aborts_reusing_base >= REBASE_AFTER_ABORTS);
+                    && (lost_notification
+                        || restored_base
+                        || self.aborts_reusing_base >= REBASE_AFTER_ABORTS);
                 if rebase && self.base.is_some() {
                     tracing::info!(
                         checkpoint_id,

@@ -45,13 +45,28 @@ impl InstanceDir {
             .map_err(|e| Error::local(local.display(), e))?
             .keep();
         let lock_path = path.join(INSTANCE_LOCK);
-        let lock = File::create(&lock_path).map_err(|e| Error::local(lock_path.display(), e))?;
-        lock.try_lock().map_err(|e| {
-            Error::local(
-                lock_path.display(),
-                std::io::Error::other(format!("cannot lock a new instance directory: {e}")),
-            )
-        })?;
+        // Empty until locked: a remover that takes the lock of an empty lock file leaves the directory
+        // alone (it is being created), so creating and locking need not be one step.
+        let mut lock =
+            File::create(&lock_path).map_err(|e| Error::local(lock_path.display(), e))?;
+        #[cfg(test)]
+        tests::BEFORE_LOCK.with(|hook| {
+            if let Some(hook) = hook.borrow().as_ref() {
+                hook(local)
+            }
+        });
+        // Blocking: a remover holds it only while it looks at the empty file.
+        lock.lock()
+            .map_err(|e| Error::local(lock_path.display(), e))?;
+        use std::io::Write;
+        writeln!(lock, "pid {}", std::process::id())
+            .map_err(|e| Error::local(lock_path.display(), e))?;
+        if !path.is_dir() {
+            return Err(Error::local(
+                path.display(),
+                "the new instance directory was removed while it was created",
+            ));
+        }
         Ok(InstanceDir { path, _lock: lock })
     }
 
@@ -80,9 +95,15 @@ impl Drop for InstanceDir {
     }
 }
 
+/// Age after which an instance directory whose lock file is still empty counts as dead (its creator died
+/// between creating the lock file and locking it).
+const EMPTY_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Removes every directory in `local_dir` that holds [`INSTANCE_LOCK`] and whose lock can be taken (its
 /// backend's process is gone); returns how many. The lock is held while the directory is removed, so two
 /// processes never remove one directory twice, and a live backend's directory (locked) is never touched.
+/// A lock file that is still empty belongs to a directory being created (its creator writes its pid once
+/// it holds the lock): left alone unless older than [`EMPTY_LOCK_GRACE`].
 fn remove_dead_instances(local_dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(local_dir) else {
         return 0;
@@ -98,6 +119,7 @@ fn remove_dead_instances(local_dir: &Path) -> usize {
             continue;
         };
         match lock.try_lock() {
+            Ok(()) if being_created(&lock) => {}
             Ok(()) => match remove_dir_if_exists(&dir) {
                 Ok(()) => removed += 1,
                 Err(e) => {
@@ -118,5 +140,51 @@ pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::local(dir.display().to_string(), e)),
+    }
+}
+
+/// Whether a lock file (locked by the caller) is empty and young: its directory is being created.
+fn being_created(lock: &File) -> bool {
+    lock.metadata().is_ok_and(|m| {
+        m.len() == 0
+            && m.modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < EMPTY_LOCK_GRACE)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    thread_local! {
+        /// Runs between creating a new instance's lock file and locking it.
+        pub(super) static BEFORE_LOCK: RefCell<Option<Box<dyn Fn(&Path)>>> = const { RefCell::new(None) };
+    }
+
+    /// Subtasks starting at once removed each other's new directories: another process's clean-up ran
+    /// between a directory's creation and its lock, found the lock free, and removed it.
+    #[test]
+    fn a_clean_up_between_creation_and_lock_keeps_the_new_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::LsmBackendConfig::for_subtask("op", 128, 1, 0, dir.path()).unwrap();
+        BEFORE_LOCK.with(|h| {
+            *h.borrow_mut() = Some(Box::new(|local: &Path| {
+                remove_dead_instances(local);
+            }))
+        });
+        let created = InstanceDir::create(&config);
+        BEFORE_LOCK.with(|h| *h.borrow_mut() = None);
+        let created = created.unwrap();
+        assert!(created.path().join(INSTANCE_LOCK).is_file());
+        // Locked and not empty: a later clean-up leaves it; once dropped, it is gone.
+        assert_eq!(remove_dead_instances(dir.path()), 0);
+        assert!(created.path().is_dir());
+        let path = created.path().to_path_buf();
+        drop(created);
+        assert!(!path.exists());
     }
 }

@@ -15,8 +15,9 @@ use crate::lsm::keys::{cf_name, encode_meta, meta_key, push_list_element, split_
 /// [`crate::codec::byte_migration`]).
 pub(crate) type MigrationFor = fn(&str, &str) -> Result<Option<ByteMigration>>;
 
-/// Bytes of rewritten rows per write batch while migrating (bounds the memory a migration holds).
-const MIGRATION_BATCH_BYTES: usize = 4 << 20;
+/// Bytes of rewritten rows per write batch while migrating (bounds the memory a migration holds; small
+/// in unit tests, so that a few thousand rows make several batches).
+const MIGRATION_BATCH_BYTES: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 
 impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// Registers a state, or finds it: a state registered before must match `meta` exactly; a restored
@@ -26,20 +27,38 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// # Errors
     /// [`crate::Error::IncompatibleSchema`] if the state cannot be read as `meta` says;
     /// [`crate::Error::Corrupt`] if a stored value does not migrate (nothing was rewritten then);
-    /// [`crate::Error::Local`] from RocksDB.
+    /// [`crate::Error::Local`] from RocksDB (a write error while rewriting rows leaves the state
+    /// unusable: every later access and snapshot is [`crate::Error::IllegalState`]).
     pub(crate) fn register(&mut self, meta: StateMeta, migration: MigrationFor) -> Result<StateId> {
         if let Some(&id) = self.by_name.get(&meta.name) {
             let state = &self.states[id.0 as usize];
+            if state.broken {
+                return Err(crate::lsm::rows::broken_state(&meta.name));
+            }
             if state.registered {
                 meta.check_compatible(&state.meta)?;
                 return Ok(id);
             }
             if meta.check_layout(&state.meta)? {
                 let stored = state.meta.value_codec.clone();
-                if let Some(rewrite) = migration(&meta.name, &stored)? {
-                    self.migrate_rows(id, &meta, &stored, &rewrite)?;
+                let rewrite = migration(&meta.name, &stored)?;
+                if let Some(rewrite) = &rewrite {
+                    // Reads only: a value that does not migrate fails here with nothing written.
+                    self.check_rows(id, &meta, &stored, rewrite)?;
                 }
-                self.put_meta(&meta)?;
+                let written = match &rewrite {
+                    Some(rewrite) => self.rewrite_rows(id, &meta, &stored, rewrite),
+                    None => Ok(()),
+                }
+                .and_then(|()| self.put_meta(&meta));
+                if let Err(e) = written {
+                    // Some rows may be in the new encoding under the old meta row: nothing may read or
+                    // snapshot the state any more.
+                    if rewrite.is_some() {
+                        self.states[id.0 as usize].broken = true;
+                    }
+                    return Err(e);
+                }
                 self.states[id.0 as usize].meta = meta;
             }
             self.states[id.0 as usize].registered = true;
@@ -81,14 +100,32 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             meta,
             cf,
             registered,
+            broken: false,
         });
         Ok(id)
     }
 
-    /// Rewrites every row of state `id` through `rewrite`: a first pass reads every value through it and
-    /// writes nothing, so a value that does not migrate fails the registration with the rows untouched;
-    /// the second pass writes the rewritten rows in batches of [`MIGRATION_BATCH_BYTES`].
-    fn migrate_rows(
+    /// Reads every value of state `id` through `rewrite`, writing nothing: a value that does not migrate
+    /// fails the registration with the rows untouched.
+    fn check_rows(
+        &self,
+        id: StateId,
+        meta: &StateMeta,
+        stored: &str,
+        rewrite: &ByteMigration,
+    ) -> Result<()> {
+        let fail = |e| migration_failed(&meta.name, stored, &meta.value_codec, e);
+        let mut value = Vec::new();
+        self.scan_prefix(id, &[], |_, v| {
+            rewrite_value(meta.kind, v, rewrite, &mut value).map_err(fail)?;
+            Ok(true)
+        })
+    }
+
+    /// Rewrites every row of state `id` through `rewrite`, in write batches of
+    /// [`MIGRATION_BATCH_BYTES`]. Not atomic: a write error leaves some rows rewritten (the caller then
+    /// marks the state unusable).
+    fn rewrite_rows(
         &self,
         id: StateId,
         meta: &StateMeta,
@@ -98,27 +135,29 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let fail = |e| migration_failed(&meta.name, stored, &meta.value_codec, e);
         let mut value = Vec::new();
         let mut rows = 0u64;
-        self.scan_prefix(id, &[], |_, v| {
-            rewrite_value(meta.kind, v, rewrite, &mut value).map_err(fail)?;
-            rows += 1;
-            Ok(true)
-        })?;
         let cf = self.cf(id)?;
         let mut batch = WriteBatch::default();
+        let mut batches = 0usize;
+        let write = |batch: WriteBatch, batches: &mut usize| {
+            *batches += 1;
+            #[cfg(test)]
+            if tests::FAIL_BATCH.with(|f| f.get()) == *batches {
+                return Err(crate::Error::local("migrate", "injected write error"));
+            }
+            self.db
+                .write_opt(batch, &self.write_options)
+                .map_err(|e| db_error("migrate", e))
+        };
         self.scan_prefix(id, &[], |k, v| {
             rewrite_value(meta.kind, v, rewrite, &mut value).map_err(fail)?;
             batch.put_cf(cf, k, &value);
+            rows += 1;
             if batch.size_in_bytes() >= MIGRATION_BATCH_BYTES {
-                let full = std::mem::take(&mut batch);
-                self.db
-                    .write_opt(full, &self.write_options)
-                    .map_err(|e| db_error("migrate", e))?;
+                write(std::mem::take(&mut batch), &mut batches)?;
             }
             Ok(true)
         })?;
-        self.db
-            .write_opt(batch, &self.write_options)
-            .map_err(|e| db_error("migrate", e))?;
+        write(batch, &mut batches)?;
         tracing::info!(
             state = %meta.name,
             from = stored,
@@ -149,4 +188,57 @@ fn rewrite_value(
         push_list_element(&element, out);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use crate::*;
+
+    thread_local! {
+        /// The migration write batch (1-based) that fails with an injected RocksDB write error; 0: none.
+        pub(super) static FAIL_BATCH: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn config(dir: &std::path::Path) -> LsmBackendConfig {
+        LsmBackendConfig::for_subtask("op", 128, 1, 0, dir).unwrap()
+    }
+
+    /// A schema migration that failed on a RocksDB write error part-way left thousands of rows rewritten
+    /// in the new encoding under the old meta row: reads returned wrong values and a checkpoint kept them.
+    /// Now the state refuses every access and the backend every snapshot until it is restored again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_migration_write_leaves_the_state_refusing_reads_and_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = CheckpointStorage::in_memory("migrate").unwrap();
+        let old = ValueStateDescriptor::<VoidNamespace, u32>::new("v");
+        let mut a = LsmKeyedStateBackend::<u64>::new(config(dir.path())).unwrap();
+        let s = a.value_state(&old).unwrap();
+        for k in 0..24_000u64 {
+            a.set_current_key(k).unwrap();
+            s.update(&mut a, &VoidNamespace, k as u32).unwrap();
+        }
+        let handle = a.snapshot(1, &storage).unwrap().run().await.unwrap().handle;
+        let mut b = LsmKeyedStateBackend::<u64>::restore(
+            config(dir.path()),
+            &storage,
+            &[handle],
+            RestoreMode::NoClaim,
+        )
+        .await
+        .unwrap();
+        FAIL_BATCH.with(|f| f.set(3));
+        let new = ValueStateDescriptor::<VoidNamespace, u64>::new("v");
+        let err = b.value_state(&new).err().expect("the injected write error");
+        FAIL_BATCH.with(|f| f.set(0));
+        assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
+        // Neither the old nor the new registration reads anything, and no snapshot is taken.
+        for attempt in [b.value_state(&new).err(), b.value_state(&old).err()] {
+            let e = attempt.expect("refused");
+            assert!(e.to_string().contains("unusable"), "{e}");
+        }
+        let refused = b.snapshot(2, &storage).err().expect("snapshot refused");
+        assert!(refused.to_string().contains("unusable"), "{refused}");
+    }
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::format::keyed_file::load::load_handle;
 use crate::keyed::backend::StateKey;
 use crate::keyed::key_group::KeyGroupRange;
-use crate::lsm::backend::{LsmKeyedStateBackend, db_error, new_backend_id};
+use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
 use crate::lsm::checkpointing::DiffBase;
 use crate::lsm::instance::{InstanceDir, remove_dir_if_exists};
 use crate::lsm::keys::key_group_prefix;
@@ -140,7 +140,8 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let restored_id = handles.first().map(|h| h.checkpoint_id);
         let instance = InstanceDir::create(&config)?;
         let Some((first, rest)) = overlapping.split_first() else {
-            let mut backend = Self::open_db(config.clone(), new_backend_id(&config), instance)?;
+            let id = storage.new_backend_id(&config.operator_id, config.subtask_index);
+            let mut backend = Self::open_db(config.clone(), Some(id), instance)?;
             backend.last_snapshot_id = restored_id;
             return Ok(backend);
         };
@@ -151,9 +152,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let backend_id = if keep_identity {
             first.backend_id.clone()
         } else {
-            new_backend_id(&config)
+            storage.new_backend_id(&config.operator_id, config.subtask_index)
         };
-        let mut backend = Self::open_db(config.clone(), backend_id, instance)
+        let mut backend = Self::open_db(config.clone(), Some(backend_id), instance)
             .map_err(|e| corrupt_if_db(e, storage, first))?;
         backend.last_snapshot_id = restored_id;
         if first.key_groups != owned {
@@ -169,6 +170,8 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         if keep_identity {
             backend.base = Some(DiffBase {
                 checkpoint_id: first.checkpoint_id,
+                storage: storage.clone(),
+                confirmed: false,
                 shared: first
                     .files
                     .iter()
@@ -200,7 +203,8 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             .map(|h| load_handle(storage, h, owned, "LSM"));
         let loaded = futures::future::try_join_all(loads).await?;
         let instance = InstanceDir::create(&config)?;
-        let mut backend = Self::open_db(config.clone(), new_backend_id(&config), instance)?;
+        let id = storage.new_backend_id(&config.operator_id, config.subtask_index);
+        let mut backend = Self::open_db(config.clone(), Some(id), instance)?;
         backend.last_snapshot_id = handles.first().map(|h| h.checkpoint_id);
         backend.import_canonical(&loaded)?;
         tracing::info!(

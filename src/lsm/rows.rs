@@ -9,6 +9,13 @@ use crate::keyed::checks::{no_current_key, wrong_state};
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
 use crate::lsm::keys::push_namespace;
 
+/// The error of every access to a state whose migration failed while writing.
+pub(crate) fn broken_state(name: &str) -> crate::Error {
+    crate::Error::IllegalState(format!(
+        "state `{name}` is unusable: migrating its rows to a new codec failed while writing, so some          rows are in each encoding; restore the backend from its checkpoint again"
+    ))
+}
+
 impl<K: StateKey> LsmKeyedStateBackend<K> {
     #[inline]
     pub(crate) fn cf(&self, id: StateId) -> Result<&ColumnFamily> {
@@ -16,6 +23,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             .states
             .get(id.0 as usize)
             .ok_or_else(|| wrong_state(id))?;
+        if state.broken {
+            return Err(broken_state(&state.meta.name));
+        }
         self.db.cf_handle(&state.cf).ok_or_else(|| wrong_state(id))
     }
 

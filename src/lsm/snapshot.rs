@@ -88,7 +88,7 @@ impl UploadJob {
     fn plan(&self) -> Result<Vec<Plan>> {
         let read_dir = std::fs::read_dir(&self.local_dir)
             .map_err(|e| Error::local(self.local_dir.display().to_string(), e))?;
-        let nonce = crate::clock::random_u64();
+        let nonce = self.storage.next_id();
         let mut entries = Vec::new();
         for entry in read_dir {
             entries.push(entry.map_err(|e| Error::local(self.local_dir.display().to_string(), e))?);

@@ -32,11 +32,15 @@ pub(crate) fn sync_dir(dir: &LocalPath) -> Result<()> {
 
 /// Creates `dir` and its missing parents; with `fsync`, syncs every new directory and the first existing
 /// ancestor, whose entry list changed (as object_store's local store does for its own writes).
+///
+/// A relative `dir` is taken from the current directory. (Its ancestors must be named, not derived
+/// with `Path::parent`: the parent of `checkpoints` is the empty path, which cannot be opened to sync.)
 pub(crate) fn create_dirs(dir: &LocalPath, fsync: bool) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let mut first_existing = dir;
+    let dir = &std::path::absolute(dir).map_err(|e| Error::local(dir.display(), e))?;
+    let mut first_existing = dir.as_path();
     while !first_existing.is_dir() {
         match first_existing.parent() {
             Some(parent) => first_existing = parent,
@@ -46,7 +50,7 @@ pub(crate) fn create_dirs(dir: &LocalPath, fsync: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::local(dir.display(), e))?;
     record("create", dir);
     if fsync {
-        let mut current = Some(dir);
+        let mut current = Some(dir.as_path());
         while let Some(d) = current {
             sync_dir(d)?;
             if d == first_existing {
@@ -103,6 +107,44 @@ mod tests {
             .filter(|e| e.contains(&prefix))
             .map(|e| e.replace(&prefix, ""))
             .collect()
+    }
+
+    /// The README's main command failed on a fresh clone: the default checkpoint directory `checkpoints`
+    /// (relative, no `./`) has the parent `""`, whose sync failed, so the first run stopped with "cannot
+    /// create checkpoint directory" and only the second one ran.
+    #[test]
+    fn relative_checkpoint_directories_are_created_in_every_form() {
+        let base = tempfile::Builder::new()
+            .prefix("sb-relative-")
+            .tempdir_in(".")
+            .unwrap();
+        let name = base
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        for dir in [
+            format!("{name}/checkpoints"),
+            format!("{name}/a/b"),
+            format!("./{name}/dot"),
+            format!("{name}/x/../up"),
+        ] {
+            let storage = CheckpointStorage::local(&dir, "job", &crate::StorageSettings::default())
+                .unwrap_or_else(|e| panic!("{dir}: {e}"));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(storage.put_if_absent("chk-1/_trigger", bytes::Bytes::from_static(b"x")))
+                .unwrap();
+            assert!(
+                std::path::Path::new(&dir)
+                    .join("job/chk-1/_trigger")
+                    .is_file(),
+                "{dir}"
+            );
+        }
     }
 
     /// Issue 11: local storage never fsynced the parents of new directories nor the job root, and deletes

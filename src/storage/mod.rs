@@ -7,13 +7,15 @@
 //! - `shared/<files>`: files that several checkpoints may reference (incremental backends).
 
 mod durable;
+mod file;
 mod local_read;
+mod probe;
 mod staging;
 #[cfg(feature = "rocksdb")]
 pub(crate) mod transfer;
+mod uploads;
 mod url;
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,8 +25,12 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::clock::{IdSource, RandomIds};
 use crate::error::{Error, Result};
 
+pub(crate) use file::{AbortQueue, FileWriter, RangeSource};
+pub use probe::{CLOCK_FILE, PROBE_DIR};
+pub use uploads::IncompleteUpload;
 pub use url::StorageSettings;
 
 /// Name of the metadata file inside a checkpoint directory.
@@ -65,6 +71,15 @@ pub struct CheckpointStorage {
     local: Option<Arc<LocalFileSystem>>,
     /// For a local directory: sync files (and their directory) before they count as written.
     local_fsync: bool,
+    /// Where the ids in object names come from (random by default).
+    ids: Arc<dyn IdSource>,
+    /// Multipart uploads whose abort failed, retried later.
+    aborts: AbortQueue,
+    /// Lists and aborts incomplete multipart uploads, where the store can (S3).
+    uploads: Option<Arc<dyn uploads::UploadLister>>,
+    /// The location's identity when it has one beyond this object (a local directory's path, a cloud
+    /// URL): two storages of one location then compare equal in [`CheckpointStorage::same_location`].
+    location: Option<String>,
 }
 
 impl CheckpointStorage {
@@ -95,6 +110,9 @@ impl CheckpointStorage {
             .with_fsync(fsync);
         let fs = Arc::new(fs);
         let mut storage = CheckpointStorage::new(fs.clone(), job_id)?;
+        storage.location = std::fs::canonicalize(dir)
+            .ok()
+            .map(|d| format!("file://{}", d.display()));
         storage.local = Some(fs);
         storage.local_fsync = fsync;
         Ok(storage)
@@ -130,7 +148,47 @@ impl CheckpointStorage {
             root,
             local: None,
             local_fsync: false,
+            ids: Arc::new(RandomIds),
+            aborts: AbortQueue::default(),
+            uploads: None,
+            location: None,
         })
+    }
+
+    /// The same storage drawing the ids of the names it writes (uploads, coordinator and backend ids,
+    /// probes) from `ids` instead of the operating system's random generator: a simulation passes a
+    /// [`crate::SeededIds`] so that every name follows from its seed.
+    pub fn with_id_source(mut self, ids: Arc<dyn IdSource>) -> Self {
+        self.ids = ids;
+        self
+    }
+
+    /// The next id for a name no other writer produces (from the storage's id source).
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.next_id()
+    }
+
+    /// A new backend identity `<operator>-<subtask>-<16 hex>`, the hex from the storage's id source.
+    pub(crate) fn new_backend_id(&self, operator_id: &str, subtask_index: u32) -> String {
+        format!("{operator_id}-{subtask_index}-{:016x}", self.next_id())
+    }
+
+    /// Whether `other` is the same job root of the same store: the same object, or two handles of one
+    /// local directory or cloud location. A diff base uploaded to one storage is reused only in the same.
+    pub fn same_location(&self, other: &CheckpointStorage) -> bool {
+        let same_store = Arc::ptr_eq(&self.store, &other.store)
+            || (self.location.is_some() && self.location == other.location);
+        same_store && self.root == other.root
+    }
+
+    /// Sets the location's identity (a cloud URL); see [`CheckpointStorage::same_location`].
+    pub(crate) fn set_location(&mut self, location: String) {
+        self.location = Some(location);
+    }
+
+    /// Multipart uploads whose abort failed and waits for a retry.
+    pub(crate) fn aborts(&self) -> &AbortQueue {
+        &self.aborts
     }
 
     /// The underlying object store.
@@ -182,17 +240,10 @@ impl CheckpointStorage {
         }
     }
 
-    /// Streams a new file to `relative`.
+    /// Streams a new file to `relative` (one put below 8 MiB, a multipart upload above, aborted unless it
+    /// completes).
     pub(crate) fn writer(&self, relative: &str) -> FileWriter {
-        let path = self.path(relative);
-        FileWriter {
-            inner: object_store::buffered::BufWriter::with_capacity(
-                self.store.clone(),
-                path.clone(),
-                8 << 20,
-            ),
-            path,
-        }
+        FileWriter::new(self.store.clone(), self.path(relative), self.aborts.clone())
     }
 
     /// The whole content of `relative` (memory-mapped for a local directory).
@@ -479,118 +530,4 @@ pub(crate) struct ListedFile {
     /// A staging file of a local directory (`<name>#<digits>`): never part of a checkpoint; delete it
     /// with [`CheckpointStorage::delete_listed`].
     pub(crate) staging: bool,
-}
-
-/// A file being streamed to checkpoint storage (multipart above 8 MiB).
-pub(crate) struct FileWriter {
-    inner: object_store::buffered::BufWriter,
-    path: Path,
-}
-
-impl FileWriter {
-    pub(crate) async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        self.inner
-            .put(Bytes::from(chunk))
-            .await
-            .map_err(|e| Error::storage(&self.path, e))
-    }
-
-    pub(crate) async fn finish(mut self) -> Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.inner.shutdown().await.map_err(|e| {
-            Error::storage(
-                &self.path,
-                object_store::Error::Generic {
-                    store: "BufWriter",
-                    source: Box::new(e),
-                },
-            )
-        })
-    }
-
-    pub(crate) async fn abort(mut self) {
-        if let Err(e) = self.inner.abort().await {
-            tracing::warn!(path = %self.path, error = %e, "aborting an upload failed");
-        }
-    }
-}
-
-/// Random access to one stored file.
-pub(crate) enum RangeSource {
-    /// The whole file in memory (or memory-mapped).
-    Bytes { bytes: Bytes, path: Path },
-    /// A remote object read with range requests.
-    Remote {
-        store: Arc<dyn ObjectStore>,
-        path: Path,
-        len: u64,
-    },
-}
-
-impl RangeSource {
-    pub(crate) fn len(&self) -> u64 {
-        match self {
-            RangeSource::Bytes { bytes, .. } => bytes.len() as u64,
-            RangeSource::Remote { len, .. } => *len,
-        }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        match self {
-            RangeSource::Bytes { path, .. } | RangeSource::Remote { path, .. } => path,
-        }
-    }
-
-    /// Bytes `range` of the file.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] if the range exceeds the file; [`Error::Storage`]/[`Error::NotFound`] from the store.
-    pub(crate) async fn read(&self, range: Range<u64>) -> Result<Bytes> {
-        if range.start > range.end || range.end > self.len() {
-            return Err(Error::corrupt(
-                self.path(),
-                format!("range {range:?} exceeds the file of {} bytes", self.len()),
-            ));
-        }
-        if range.is_empty() {
-            return Ok(Bytes::new());
-        }
-        match self {
-            RangeSource::Bytes { bytes, .. } => {
-                Ok(bytes.slice(range.start as usize..range.end as usize))
-            }
-            RangeSource::Remote { store, path, .. } => store
-                .get_range(path, range)
-                .await
-                .map_err(|e| Error::storage(path, e)),
-        }
-    }
-
-    /// Several ranges at once (coalesced by the store).
-    pub(crate) async fn read_many(&self, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        match self {
-            RangeSource::Remote { store, path, len } => {
-                if let Some(r) = ranges.iter().find(|r| r.start > r.end || r.end > *len) {
-                    return Err(Error::corrupt(
-                        path,
-                        format!("range {r:?} exceeds the file of {len} bytes"),
-                    ));
-                }
-                store
-                    .get_ranges(path, ranges)
-                    .await
-                    .map_err(|e| Error::storage(path, e))
-            }
-            RangeSource::Bytes { .. } => {
-                let mut out = Vec::with_capacity(ranges.len());
-                for r in ranges {
-                    out.push(self.read(r.clone()).await?);
-                }
-                Ok(out)
-            }
-        }
-    }
 }

@@ -15,6 +15,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 
 use super::CheckpointStorage;
+use super::uploads::UploadLister;
 use crate::error::{Error, Result};
 
 /// Settings of checkpoint storage (plain data). Timeouts and retries apply to remote stores: a request
@@ -73,6 +74,7 @@ impl CheckpointStorage {
         let invalid =
             |what: String| Error::InvalidArgument(format!("checkpoint storage `{url}`: {what}"));
         let prefix = Path::parse(parsed.path()).map_err(|e| invalid(e.to_string()))?;
+        let uploads;
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -80,10 +82,24 @@ impl CheckpointStorage {
                     .map_err(|()| invalid("not a local path".into()))?;
                 return CheckpointStorage::local(dir, job_id, settings);
             }
-            "memory" => Arc::new(InMemory::new()),
-            scheme => cloud(scheme, &parsed, settings).map_err(invalid)?,
+            // Every `memory://` storage is a store of its own.
+            "memory" => {
+                return CheckpointStorage::with_prefix(Arc::new(InMemory::new()), &prefix, job_id);
+            }
+            scheme => {
+                let (store, lister) = cloud(scheme, &parsed, settings).map_err(invalid)?;
+                uploads = lister;
+                store
+            }
         };
-        CheckpointStorage::with_prefix(store, &prefix, job_id)
+        let mut storage = CheckpointStorage::with_prefix(store, &prefix, job_id)?;
+        storage.uploads = uploads;
+        storage.set_location(format!(
+            "{}://{}",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default()
+        ));
+        Ok(storage)
     }
 }
 
@@ -115,13 +131,13 @@ fn client(
     (keys, retry)
 }
 
-/// A cloud store for `scheme`, or why not.
+/// A cloud store for `scheme` and, where it can list incomplete multipart uploads, its lister; or why not.
 #[allow(unused_variables)]
 fn cloud(
     scheme: &str,
     url: &::url::Url,
     settings: &StorageSettings,
-) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+) -> std::result::Result<(Arc<dyn ObjectStore>, Option<Arc<dyn UploadLister>>), String> {
     let bucket_url = format!("{scheme}://{}", url.host_str().unwrap_or_default());
     match scheme {
         #[cfg(feature = "aws")]
@@ -139,10 +155,13 @@ fn cloud(
                     .with_endpoint(endpoint)
                     .with_allow_http(endpoint.starts_with("http://"));
             }
-            builder
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                .map_err(|e| e.to_string())
+            let store = Arc::new(builder.clone().build().map_err(|e| e.to_string())?);
+            let lister = super::uploads::s3::S3Uploads::new(
+                &builder,
+                store.clone(),
+                settings.request_timeout,
+            )?;
+            Ok((store, Some(Arc::new(lister))))
         }
         #[cfg(feature = "gcp")]
         "gs" => {
@@ -156,7 +175,7 @@ fn cloud(
             }
             builder
                 .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                .map(|s| (Arc::new(s) as Arc<dyn ObjectStore>, None))
                 .map_err(|e| e.to_string())
         }
         #[cfg(feature = "azure")]
@@ -171,7 +190,7 @@ fn cloud(
             }
             builder
                 .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                .map(|s| (Arc::new(s) as Arc<dyn ObjectStore>, None))
                 .map_err(|e| e.to_string())
         }
         #[cfg(not(feature = "aws"))]

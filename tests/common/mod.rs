@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 #![allow(dead_code, reason = "each test binary uses part of the helpers")]
 
+pub mod clocked;
 pub mod faulty;
 
 use statebackend::*;

@@ -172,16 +172,29 @@ impl Sim {
         } else {
             "restored CLAIM"
         });
-        if mode == RestoreMode::NoClaim {
-            let coord = self.coordinators[n].as_mut().expect("leader");
-            if coord.restored_from(id, mode).await.is_ok()
-                && coord.store().pinned().iter().any(|p| p.checkpoint_id == id)
-            {
-                self.pinned.insert(id);
+        // The engine tells the coordinator (retrying a storage error: the new line must be durable).
+        let coord = self.coordinators[n].as_mut().expect("leader");
+        let meta = coord
+            .store()
+            .get(id)
+            .cloned()
+            .expect("restored from the store");
+        for attempt in 0..6 {
+            if attempt == 5 {
+                self.store.set_faults(None);
             }
-        } else {
             let coord = self.coordinators[n].as_mut().expect("leader");
-            let _ = coord.restored_from(id, mode).await;
+            let told = coord.restored_from(&meta, mode).await;
+            self.store.set_faults(Some(self.faults));
+            match told {
+                Ok(()) => break,
+                Err(e) if attempt == 5 => violation!("restored_from failed without faults: {e}"),
+                Err(_) => {}
+            }
+        }
+        let coord = self.coordinators[n].as_mut().expect("leader");
+        if coord.store().pinned().iter().any(|p| p.checkpoint_id == id) {
+            self.pinned.insert(id);
         }
         Ok(true)
     }

@@ -170,14 +170,12 @@ pub fn job_config(parallelism: [u32; 2], retained: usize) -> CoordinatorConfig {
         operators: OPS
             .iter()
             .zip(parallelism)
-            .map(|(op, p)| OperatorTasks {
-                operator_id: (*op).into(),
-                parallelism: p,
-            })
+            .map(|(op, p)| OperatorTasks::keyed(*op, p))
             .collect(),
         retained_checkpoints: retained,
         // The simulated engine aborts after 300 s itself; the coordinator's own timeout stays out of it.
         checkpoint_timeout: Duration::from_secs(86_400),
+        allow_non_restored_state: false,
     }
 }
 

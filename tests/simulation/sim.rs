@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use statebackend::*;
 
 use crate::job::{Model, OPS, Task, job_config};
-use crate::store::{FaultRates, SimStore};
+use crate::store::{CRASH_POINTS, CrashAt, FaultRates, SimStore};
 
 /// Orphan sweep's minimum age.
 pub const MIN_AGE: Duration = Duration::from_secs(600);
@@ -213,7 +213,14 @@ impl Sim {
     ) -> std::result::Result<T, &'static str> {
         let armed = self.rng.random_bool(self.crash_rate);
         let signal = if armed {
-            let at = self.rng.random_range(1..=10);
+            // At one of the first ten store calls, or at the first call of a named protocol step (a
+            // completion reads every checkpoint directory it does not know before it subsumes, so its late
+            // steps lie far in).
+            let at = if self.rng.random_bool(0.5) {
+                CrashAt::Call(self.rng.random_range(1..=10))
+            } else {
+                CrashAt::Point(CRASH_POINTS[self.rng.random_range(0..CRASH_POINTS.len())])
+            };
             let after_effect = self.rng.random_bool(0.5);
             Some(self.store.arm_crash(at, after_effect))
         } else {

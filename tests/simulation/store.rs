@@ -43,10 +43,18 @@ pub struct FaultRates {
     pub delay: f64,
 }
 
-/// A crash armed for the current operation: at its `at`-th store call.
+/// A crash armed for the current operation: at its `at`-th store call, or at its first call of protocol
+/// step `point`.
+#[derive(Debug, Clone, Copy)]
+pub enum CrashAt {
+    Call(u32),
+    Point(&'static str),
+}
+
+/// A crash armed for the current operation.
 #[derive(Debug, Clone, Copy)]
 struct CrashPlan {
-    at: u32,
+    at: CrashAt,
     after_effect: bool,
 }
 
@@ -172,9 +180,9 @@ impl SimStore {
         self.shared.state.lock().rates = rates;
     }
 
-    /// Crashes the caller at its `at`-th store call from now (1-based), before or after that call's
-    /// effect; the returned signal fires when it does.
-    pub fn arm_crash(&self, at: u32, after_effect: bool) -> Arc<Notify> {
+    /// Crashes the caller at its `at`-th store call from now (1-based) or at its first call of a protocol
+    /// step, before or after that call's effect; the returned signal fires when it does.
+    pub fn arm_crash(&self, at: CrashAt, after_effect: bool) -> Arc<Notify> {
         let mut s = self.shared.state.lock();
         s.crash = Some(CrashPlan { at, after_effect });
         s.calls = 0;
@@ -234,11 +242,15 @@ impl Shared {
     fn decide(&self, op: Op, path: &Path) -> Decision {
         let mut s = self.state.lock();
         s.calls += 1;
+        let point = crash_point(op, path.as_ref());
         if let Some(plan) = s.crash
-            && s.calls == plan.at
+            && match plan.at {
+                CrashAt::Call(n) => s.calls == n,
+                CrashAt::Point(p) => p == point,
+            }
         {
             s.crash = None;
-            s.crashed_at = Some(crash_point(op, path.as_ref()));
+            s.crashed_at = Some(point);
             return Decision::Crash {
                 after_effect: plan.after_effect,
             };

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{PutMode, PutOptions, PutPayload};
 use statebackend::{
     BackendKind, CheckpointMetadata, CheckpointStorage, HandleFormat, KeyedStateBackend,
     RestoreMode, SavepointFormat, SnapshotKind, StateBackend, StateBackendConfig, StorageSettings,
@@ -29,14 +29,59 @@ pub(crate) async fn convert(src: &str, dst: &str) -> Result<ExitCode, String> {
         .to_string();
     let target = CheckpointStorage::from_url(dst, &job, &StorageSettings::default())
         .map_err(|e| e.to_string())?;
-    // A restored backend takes only later snapshot ids: the converted savepoint is the next id.
-    let id = meta.checkpoint_id + 1;
-    let metadata = target.path(&format!("savepoints/sp-{id}/_metadata"));
-    if target.object_store().head(&metadata).await.is_ok() {
-        return Err(format!(
-            "{dst} already holds savepoint {id} of job {job}: nothing was written"
-        ));
+    let id = reserve_id(&target, meta.checkpoint_id, src).await?;
+    let written = write(&at, &meta, &target, id).await;
+    if written.is_err() {
+        // The id is reserved for this conversion: what it wrote there is its own.
+        let _ = target.delete_own_savepoint_dir(id, &owner(src, id)).await;
     }
+    written?;
+    out!(
+        "{} {} of {src} converted to the canonical savepoint {}/{job}/savepoints/sp-{id}",
+        kind_name(meta.kind),
+        meta.checkpoint_id,
+        dst.trim_end_matches('/')
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The reservation line of a conversion of `src` into savepoint `id`.
+fn owner(src: &str, id: u64) -> String {
+    format!("savepoint {id} reserved by statectl savepoint convert of {src}\n")
+}
+
+/// Reserves the first savepoint id above `restored` (a restored backend takes only later snapshot ids)
+/// and above every savepoint directory in `target`, as a coordinator reserves one
+/// (`savepoints/sp-<id>/_trigger`): another job's savepoint of that id in the target is never touched.
+async fn reserve_id(target: &CheckpointStorage, restored: u64, src: &str) -> Result<u64, String> {
+    let highest = target
+        .list_savepoint_dirs()
+        .await
+        .map_err(|e| e.to_string())?
+        .last()
+        .copied()
+        .unwrap_or(0);
+    let mut id = restored.max(highest) + 1;
+    for _ in 0..64 {
+        if target
+            .reserve_savepoint_id(id, &owner(src, id))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(id);
+        }
+        id += 1;
+    }
+    Err("64 savepoint ids in a row are taken in the target".into())
+}
+
+/// Restores every task of `meta` and writes it into `target` as canonical savepoint `id`.
+async fn write(
+    at: &statebackend::SnapshotLocation,
+    meta: &CheckpointMetadata,
+    target: &CheckpointStorage,
+    id: u64,
+) -> Result<(), String> {
     let local = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     let mut tasks = Vec::with_capacity(meta.tasks.len());
     for task in &meta.tasks {
@@ -104,10 +149,11 @@ pub(crate) async fn convert(src: &str, dst: &str) -> Result<ExitCode, String> {
         checkpoint_id: id,
         timestamp_ms: meta.timestamp_ms,
         kind: SnapshotKind::Savepoint,
+        generation: meta.generation,
         tasks,
     };
     let bytes = out.to_bytes().map_err(|e| e.to_string())?;
-    let path = metadata;
+    let path = target.path(&format!("savepoints/sp-{id}/_metadata"));
     target
         .object_store()
         .put_opts(
@@ -120,11 +166,5 @@ pub(crate) async fn convert(src: &str, dst: &str) -> Result<ExitCode, String> {
         )
         .await
         .map_err(|e| format!("writing {path} (is there a savepoint {id} already?): {e}"))?;
-    out!(
-        "{} {} of {src} converted to the canonical savepoint {}/{job}/savepoints/sp-{id}",
-        kind_name(meta.kind),
-        meta.checkpoint_id,
-        dst.trim_end_matches('/')
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

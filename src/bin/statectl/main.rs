@@ -106,16 +106,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The orphan sweep: deletes files no checkpoint uses, older than `--min-age`; deletes nothing while a
-    /// checkpoint's metadata is unreadable. It registers as the job's newest coordinator (as a restarted
-    /// job does): run it while the job is stopped, or a running job's coordinator stops deleting and
-    /// triggering (it is fenced).
+    /// The orphan sweep: deletes files no checkpoint uses, older than `--min-age` on the store's clock;
+    /// deletes nothing while a checkpoint's metadata is unreadable. It refuses while the job's newest
+    /// coordinator has not shut down (a job that may be running); with `--force` it registers as the
+    /// job's newest coordinator (as a restarted job does), which fences a coordinator still running: it
+    /// stops deleting and triggering.
     Gc {
         /// The job's checkpoint root.
         url: String,
-        /// Print what would be deleted; delete nothing.
+        /// Print what would be deleted; delete and write nothing (safe on a running job; ages on the local
+        /// clock).
         #[arg(long)]
         dry_run: bool,
+        /// Sweep although the job's newest coordinator has not shut down (a job that crashed).
+        #[arg(long, conflicts_with = "dry_run")]
+        force: bool,
         /// Files younger than this are kept (an upload may be in flight): e.g. `30s`, `10m`, `2h`.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         min_age: Duration,
@@ -177,9 +182,10 @@ fn main() -> ExitCode {
             Command::Gc {
                 url,
                 dry_run,
+                force,
                 min_age,
                 json,
-            } => maintain::gc(&url, dry_run, min_age, json).await,
+            } => maintain::gc(&url, dry_run, force, min_age, json).await,
         }
     });
     match result {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use serde_json::json;
 use statebackend::{
-    CheckpointCoordinator, CheckpointMetadata, CoordinatorConfig, METADATA_FILE, PINNED_MARKER,
-    SHARED_DIR, STATS_FILE, SnapshotKind, TRIGGER_MARKER,
+    CancellationPolicy, CheckpointCoordinator, CheckpointMetadata, CoordinatorConfig,
+    METADATA_FILE, PINNED_MARKER, SHARED_DIR, STATS_FILE, SnapshotKind, TRIGGER_MARKER,
 };
 
 use crate::job::{Found, bytes, kind_name, open_job, snapshots, spinner};
@@ -19,7 +19,9 @@ fn category(path: &str) -> &'static str {
     let name = path.rsplit('/').next().unwrap_or(path);
     if path.starts_with(&format!("{SHARED_DIR}/")) {
         "shared"
-    } else if path.starts_with("_coordinators/")
+    } else if ["_coordinators/", "_lineage/", "_probe/", "_clock"]
+        .iter()
+        .any(|p| path.starts_with(p))
         || [METADATA_FILE, TRIGGER_MARKER, PINNED_MARKER, STATS_FILE].contains(&name)
     {
         "metadata"
@@ -124,25 +126,49 @@ pub(crate) async fn du(url: &str, as_json: bool) -> Result<ExitCode, String> {
 pub(crate) async fn gc(
     url: &str,
     dry_run: bool,
+    force: bool,
     min_age: Duration,
     as_json: bool,
 ) -> Result<ExitCode, String> {
     let storage = open_job(url)?;
     let progress = spinner("reading checkpoints and sweeping", false, as_json);
-    // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
-    // nothing. The generation it registers fences a coordinator still running (see `--help`).
-    let mut coordinator = CheckpointCoordinator::open(
-        storage,
-        CoordinatorConfig::single_operator("statectl", 1, 1_000_000),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
     let report = if dry_run {
-        coordinator.plan_orphan_sweep(min_age).await
+        // Read-only: no generation, no clock probe, no delete (safe on a running job).
+        storage
+            .plan_orphan_sweep(min_age, std::time::SystemTime::now())
+            .await
+            .map_err(|e| e.to_string())?
     } else {
-        coordinator.sweep_orphans(min_age).await
-    }
-    .map_err(|e| e.to_string())?;
+        if let Some(newest) = storage
+            .newest_generation()
+            .await
+            .map_err(|e| e.to_string())?
+            && !newest.closed
+            && !force
+        {
+            progress.finish_and_clear();
+            return Err(format!(
+                "coordinator generation {} of this job has not shut down: the job may be running, and its                  uploads in flight are not known here. Stop the job first, or pass --force if it crashed                  (a coordinator that is in fact running is then fenced). `--dry-run` is always safe.",
+                newest.generation
+            ));
+        }
+        // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
+        // nothing. Its generation fences a coordinator still running (only with --force).
+        let mut coordinator = CheckpointCoordinator::open(
+            storage,
+            CoordinatorConfig::single_operator("statectl", 1, 1_000_000),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let swept = coordinator.sweep_orphans(min_age).await;
+        // Shut down (retaining everything), so that the job counts as stopped again.
+        let closed = coordinator
+            .shutdown(CancellationPolicy::RetainOnCancellation)
+            .await;
+        let report = swept.map_err(|e| e.to_string())?;
+        closed.map_err(|e| e.to_string())?;
+        report
+    };
     progress.finish_and_clear();
     if as_json {
         out!(
@@ -150,7 +176,8 @@ pub(crate) async fn gc(
             json!({"dry_run": dry_run, "listed": report.listed, "referenced": report.referenced,
                 "kept_young_or_watermark": report.too_young,
                 "deleted": report.deleted, "blocked_by_unreadable": report.blocked_by_unreadable,
-                "fenced": report.fenced})
+                "fenced": report.fenced, "uploads_aborted": report.uploads_aborted,
+                "ages_on_store_clock": report.store_clock})
         );
     } else {
         let verb = if dry_run { "would delete" } else { "deleted" };
