@@ -27,6 +27,15 @@ pub enum Fault {
     FailDelete,
     /// Deletes report success but do nothing (a lost delete).
     LoseDelete,
+    /// Deletes take effect, then report an error (S3's bulk delete timing out after it was applied).
+    DeleteThenFail,
+    /// Listings below a matching prefix fail (a burst of 503s).
+    FailList,
+    /// Reads (and heads) of matching objects fail.
+    FailRead,
+    /// Creates (`PutMode::Create`) of matching objects overwrite an existing object instead of refusing
+    /// (an S3-compatible server that ignores `If-None-Match: *`).
+    IgnoreCreate,
 }
 
 /// Injects [`Fault`]s into operations on paths containing an armed pattern.
@@ -92,6 +101,14 @@ impl fmt::Display for FaultyStore {
 
 const WRITES: [Fault; 2] = [Fault::FailWrite, Fault::FailWriteAfterEffect];
 
+impl FaultyStore {
+    fn list_fault(&self, prefix: Option<&Path>) -> Option<object_store::Error> {
+        let at = prefix.cloned().unwrap_or_default();
+        self.fault(&at, &[Fault::FailList])
+            .map(|_| Self::injected(&at, "list"))
+    }
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for FaultyStore {
     async fn put_opts(
@@ -100,6 +117,16 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        let ignore = self.fault(location, &[Fault::IgnoreCreate]).is_some()
+            && matches!(opts.mode, object_store::PutMode::Create);
+        let opts = if ignore {
+            PutOptions {
+                mode: object_store::PutMode::Overwrite,
+                ..opts
+            }
+        } else {
+            opts
+        };
         match self.fault(location, &WRITES) {
             Some(Fault::FailWrite) => Err(Self::injected(location, "write")),
             Some(_) => {
@@ -122,6 +149,9 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        if self.fault(location, &[Fault::FailRead]).is_some() {
+            return Err(Self::injected(location, "read"));
+        }
         // A `head` request (how `ObjectStoreExt::head` is made) returns no bytes.
         let head = options.head;
         let got = self.inner.get_opts(location, options).await?;
@@ -158,17 +188,25 @@ impl ObjectStore for FaultyStore {
                         .iter()
                         .find(|(p, f)| {
                             location.as_ref().contains(p.as_str())
-                                && matches!(f, Fault::FailDelete | Fault::LoseDelete)
+                                && matches!(
+                                    f,
+                                    Fault::FailDelete | Fault::LoseDelete | Fault::DeleteThenFail
+                                )
                         })
                         .map(|(_, f)| *f);
+                    let delete = |location: Path| {
+                        let mut one =
+                            inner.delete_stream(futures::stream::iter([Ok(location)]).boxed());
+                        async move { one.next().await.unwrap() }
+                    };
                     match fault {
                         Some(Fault::FailDelete) => Err(Self::injected(&location, "delete")),
-                        Some(_) => Ok(location),
-                        None => {
-                            let mut one =
-                                inner.delete_stream(futures::stream::iter([Ok(location)]).boxed());
-                            one.next().await.unwrap()
+                        Some(Fault::DeleteThenFail) => {
+                            delete(location.clone()).await?;
+                            Err(Self::injected(&location, "delete (after it took effect)"))
                         }
+                        Some(_) => Ok(location),
+                        None => delete(location).await,
                     }
                 }
             })
@@ -176,7 +214,10 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        match self.list_fault(prefix) {
+            Some(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            None => self.inner.list(prefix),
+        }
     }
 
     fn list_with_offset(
@@ -188,6 +229,9 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        if let Some(e) = self.list_fault(prefix) {
+            return Err(e);
+        }
         self.inner.list_with_delimiter(prefix).await
     }
 
