@@ -53,7 +53,8 @@ impl KnownCheckpoints {
         self.entries.len() != before
     }
 
-    /// The role of a checkpoint under `lineage`.
+    /// The role of a checkpoint under `lineage`: abandoned (by a lineage record, pinned or not: never
+    /// restored), else pinned or retained.
     fn role(entry: &Entry, lineage: &Lineage) -> Use {
         if lineage.abandons(entry.meta.generation, entry.meta.checkpoint_id) {
             Use::Abandoned
@@ -68,11 +69,14 @@ impl KnownCheckpoints {
     /// any more (with their sizes), which the caller dooms if it may delete.
     pub(crate) fn rebuild_registry(&mut self, lineage: &Lineage) -> Vec<(String, u64)> {
         let mut next = self.registry.clone();
-        next.rebuild(
-            self.entries
-                .values()
-                .map(|e| (&e.meta, Self::role(e, lineage))),
-        );
+        // A pinned checkpoint's files count as pinned whatever its role: never reused, never deleted.
+        next.rebuild(self.entries.values().map(|e| {
+            let role = match Self::role(e, lineage) {
+                Use::Abandoned if e.pinned => Use::Pinned,
+                role => role,
+            };
+            (&e.meta, role)
+        }));
         let dropped = self.registry.dropped_by(&next);
         self.registry = next;
         dropped
@@ -94,6 +98,11 @@ impl KnownCheckpoints {
     /// Whether checkpoint `id` is known.
     pub(crate) fn contains(&self, id: u64) -> bool {
         self.entries.contains_key(&id)
+    }
+
+    /// Whether checkpoint `id` is known and pinned (whether or not a lineage record abandoned it).
+    pub(crate) fn is_pinned(&self, id: u64) -> bool {
+        self.entries.get(&id).is_some_and(|e| e.pinned)
     }
 
     /// Every known checkpoint, any role, by id.
@@ -126,9 +135,15 @@ impl KnownCheckpoints {
     }
 
     /// What subsumption removes now, oldest first: every abandoned checkpoint, and the retained ones
-    /// beyond the newest `retained` by recency. Pinned checkpoints never.
+    /// beyond the newest `retained` by recency. Pinned checkpoints never, abandoned or not (a pinned
+    /// checkpoint another line left behind is kept with its files, though it is no longer restorable).
     pub(crate) fn to_subsume(&self, retained: usize, lineage: &Lineage) -> Vec<u64> {
-        let mut victims: Vec<&CheckpointMetadata> = self.with_role(Use::Abandoned, lineage);
+        let mut victims: Vec<&CheckpointMetadata> = self
+            .entries
+            .values()
+            .filter(|e| !e.pinned && Self::role(e, lineage) == Use::Abandoned)
+            .map(|e| &e.meta)
+            .collect();
         let kept = self.with_role(Use::Retained, lineage);
         let beyond = kept.len().saturating_sub(retained);
         victims.extend(kept.into_iter().take(beyond));

@@ -16,11 +16,11 @@ use crate::keyed::backend::SnapshotMetrics;
 use crate::storage::{CheckpointStorage, Created, METADATA_FILE, TRIGGER_MARKER, savepoint_dir};
 
 impl CheckpointStorage {
-    /// Reserves savepoint id `id` in this (target) storage for `owner` (a line naming the writer): creates
-    /// `savepoints/sp-<id>/_trigger` if absent with `owner` as content, and checks that no savepoint is in
-    /// the directory already (one written by a writer that does not reserve). Returns whether the id is
-    /// now this owner's; an id taken by another writer is left alone. A retry of a reservation that took
-    /// effect finds its own content and succeeds.
+    /// Reserves savepoint id `id` in this (target) storage for `owner` (a line naming the writer, unique
+    /// to it): creates `savepoints/sp-<id>/_trigger` if absent with `owner` as content, and checks that no
+    /// savepoint is in the directory already (one written by a writer that does not reserve). Returns
+    /// whether the id is now this owner's; an id taken by another writer is left alone. A retry of a
+    /// reservation that took effect finds its own content and succeeds.
     ///
     /// # Errors
     /// Storage errors (the reservation may have taken effect; it only ever keeps others off the id).
@@ -35,11 +35,9 @@ impl CheckpointStorage {
             Created::Yes => match self.head(&format!("{dir}/{METADATA_FILE}")).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
                 Err(e) => Err(e),
-                Ok(()) => {
-                    // Someone else's savepoint, written without a reservation: ours goes again.
-                    let _ = self.delete(&marker).await;
-                    Ok(false)
-                }
+                // A savepoint written without a reservation: the id is taken. The marker stays: it may
+                // be an earlier one of the same content, which is not this call's to delete.
+                Ok(()) => Ok(false),
             },
         }
     }

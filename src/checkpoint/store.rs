@@ -221,11 +221,7 @@ impl CompletedCheckpointStore {
     /// here and not pinned (a pinned checkpoint's files are never the job's to reuse or delete, so its
     /// restore is always NO_CLAIM, as Flink keeps "first checkpoint full" across failovers).
     pub fn claimable(&self, checkpoint_id: u64) -> bool {
-        self.known.contains(checkpoint_id)
-            && !self
-                .pinned()
-                .iter()
-                .any(|c| c.checkpoint_id == checkpoint_id)
+        self.known.contains(checkpoint_id) && !self.known.is_pinned(checkpoint_id)
     }
 
     /// [`RestoreMode`] a restore of `checkpoint_id` should use when `wanted` is asked for: `wanted`, or
@@ -539,7 +535,7 @@ impl CompletedCheckpointStore {
             .known
             .all()
             .map(|c| c.checkpoint_id)
-            .filter(|id| !self.pinned().iter().any(|p| p.checkpoint_id == *id))
+            .filter(|id| !self.known.is_pinned(*id))
             .collect();
         for id in ids {
             discard(&self.storage, id).await?;

@@ -211,6 +211,51 @@ impl CheckpointStorage {
     }
 }
 
+impl CheckpointStorage {
+    /// The orphan sweep of a stopped job, as an operator runs it (`statectl gc`): refuses while the job's
+    /// newest coordinator generation has not shut down (a job that may be running, whose uploads in flight
+    /// nobody here knows), unless `force` (a job that crashed). It then opens a coordinator (its generation
+    /// fences any coordinator that is in fact still running), sweeps
+    /// ([`CheckpointCoordinator::sweep_orphans`]) and shuts it down again, retaining every checkpoint, so
+    /// that the job counts as stopped afterwards.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`](crate::Error::IllegalState) naming the live generation; storage errors.
+    pub async fn collect_garbage(
+        &self,
+        min_age: Duration,
+        force: bool,
+        clock: std::sync::Arc<dyn crate::Clock>,
+    ) -> Result<SweepReport> {
+        if let Some(newest) = self.newest_generation().await?
+            && !newest.closed
+            && !force
+        {
+            return Err(crate::Error::IllegalState(format!(
+                "coordinator generation {} of this job has not shut down: the job may be running, and its \
+                 uploads in flight are not known here. Stop the job first, or force the sweep if it \
+                 crashed (a coordinator that is in fact running is then fenced); a dry run is always safe",
+                newest.generation
+            )));
+        }
+        // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
+        // nothing.
+        let mut coordinator = CheckpointCoordinator::open_with_clock(
+            self.clone(),
+            crate::CoordinatorConfig::single_operator("gc", 1, usize::MAX),
+            clock,
+        )
+        .await?;
+        let swept = coordinator.sweep_orphans(min_age).await;
+        let closed = coordinator
+            .shutdown(crate::CancellationPolicy::RetainOnCancellation)
+            .await;
+        let report = swept?;
+        closed?;
+        Ok(report)
+    }
+}
+
 impl CheckpointCoordinator {
     /// Orphan sweep of `shared/`, the `chk-*` directories and `_probe/`. Checks the fence, measures the
     /// store's clock (overwrites `_clock`, reads its `Last-Modified`), lists storage, then (after listing,

@@ -1,11 +1,18 @@
 //! The invariants, checked against what storage really holds (the store without faults):
-//! - every checkpoint in storage (retained or pinned) is readable, has every file it references with the
-//!   recorded size and CRC32, and restores exactly to the model at its barrier (checked once per
-//!   checkpoint: files are immutable and their bytes are checked every step);
+//! - every checkpoint in storage (retained, pinned or abandoned) is readable, has every file it
+//!   references with the recorded size and CRC32, and restores exactly to the model at its barrier
+//!   (checked once per checkpoint: files are immutable and their bytes are checked every step);
 //! - the latest checkpoint a coordinator reported complete, or a newer one, exists; a pinned one exists
 //!   for ever; checkpoint ids never repeat (checked at each trigger);
+//! - a completed savepoint is never deleted (its metadata and files stay, and it restores to its model);
+//!   what other jobs wrote into the savepoint target stays byte for byte;
+//! - no coordinator is fenced unless a newer generation exists; the latest restorable checkpoint is of
+//!   the newest generation among them (never an older generation's once a newer one completed);
 //! - after quiet time, a checkpoint still completes (no endless decline) and a sweep leaves no
 //!   unreferenced file.
+//!
+//! A failover never restores a checkpoint a rollback left behind (`failover.rs`), and a dry run of the
+//! orphan sweep changes no byte (`operators.rs`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -14,10 +21,11 @@ use object_store::ObjectStoreExt;
 use statebackend::*;
 
 use crate::job::restored_model;
-use crate::sim::{MIN_AGE, Note, Part, Sim, Step, violation};
+use crate::sim::{MIN_AGE, Part, Sim, Step, violation};
 
-/// The readable checkpoints in storage (retained and pinned). Unreadable metadata must be one a "newer
-/// release" wrote, and every file it referenced must still be there.
+/// The readable checkpoints in storage (retained, pinned, abandoned). Unreadable metadata must be one a
+/// "newer release" wrote, and every file it referenced must still be there. Also checks the order of
+/// generations.
 async fn in_storage(sim: &Sim) -> Step<Vec<CheckpointMetadata>> {
     let store = match CompletedCheckpointStore::open(sim.truth.clone(), 1).await {
         Ok(s) => s,
@@ -33,20 +41,38 @@ async fn in_storage(sim: &Sim) -> Step<Vec<CheckpointMetadata>> {
             violation!("the newer release's checkpoint {id} was deleted by this build");
         }
         for f in files {
-            intact(sim, *id, f).await?;
+            intact(&sim.truth, *id, f).await?;
         }
     }
-    Ok(store.checkpoints().chain(store.pinned()).cloned().collect())
+    let restorable: Vec<&CheckpointMetadata> = store.checkpoints().chain(store.pinned()).collect();
+    if let Some(latest) = store.latest()
+        && let Some(newer) = restorable.iter().find(|c| c.generation > latest.generation)
+    {
+        violation!(
+            "latest() is checkpoint {} of generation {}, though checkpoint {} of generation {} is \
+             restorable",
+            latest.checkpoint_id,
+            latest.generation,
+            newer.checkpoint_id,
+            newer.generation
+        );
+    }
+    Ok(store
+        .checkpoints()
+        .chain(store.pinned())
+        .chain(store.abandoned())
+        .cloned()
+        .collect())
 }
 
-/// `f` of checkpoint `id` exists with the recorded size and CRC32.
-async fn intact(sim: &Sim, id: u64, f: &StateFile) -> Step {
-    let bytes = match sim.truth.object_store().get(&sim.truth.path(&f.path)).await {
+/// `f` of checkpoint `id` exists in `storage` with the recorded size and CRC32.
+async fn intact(storage: &CheckpointStorage, id: u64, f: &StateFile) -> Step {
+    let bytes = match storage.object_store().get(&storage.path(&f.path)).await {
         Ok(r) => r.bytes().await.expect("bytes"),
-        Err(e) => violation!("checkpoint {id} references {}, which is gone: {e}", f.path),
+        Err(e) => violation!("snapshot {id} references {}, which is gone: {e}", f.path),
     };
     if bytes.len() as u64 != f.size_bytes || crc32fast::hash(&bytes) != f.crc32 {
-        violation!("checkpoint {id}: {} differs from its handle", f.path);
+        violation!("snapshot {id}: {} differs from its handle", f.path);
     }
     Ok(())
 }
@@ -59,7 +85,7 @@ pub async fn check(sim: &mut Sim) -> Step {
         .map(|m| m.checkpoint_id)
         .chain(sim.newer.keys().copied())
         .collect();
-    if let Some(c) = sim.completed
+    if let Some((c, _)) = sim.completed
         && ids.range(c..).next().is_none()
     {
         violation!("checkpoint {c} completed, and neither it nor a newer one exists: {ids:?}");
@@ -72,40 +98,102 @@ pub async fn check(sim: &mut Sim) -> Step {
     for meta in &all {
         let id = meta.checkpoint_id;
         for f in meta.files() {
-            intact(sim, id, f).await?;
+            intact(&sim.truth, id, f).await?;
         }
-        if sim.verified.contains(&id) {
-            continue;
+        verify(sim, &sim.truth.clone(), meta).await?;
+    }
+    savepoints_stay(sim).await?;
+    fences_are_real(sim).await
+}
+
+/// Restores `meta` (once) and compares it with the model at its barrier.
+async fn verify(sim: &mut Sim, storage: &CheckpointStorage, meta: &CheckpointMetadata) -> Step {
+    let id = meta.checkpoint_id;
+    if sim.verified.contains(&id) {
+        return Ok(());
+    }
+    let Some(model) = sim.models.get(&id) else {
+        violation!("snapshot {id} in storage was never triggered");
+    };
+    match restored_model(storage, meta, sim.dir.path()).await {
+        Ok(restored) if &restored == model => {
+            sim.verified.insert(id);
+            Ok(())
         }
-        let Some(model) = sim.models.get(&id) else {
-            violation!("checkpoint {id} in storage was never triggered");
+        Ok(restored) => {
+            let diff: Vec<_> = model
+                .iter()
+                .filter(|(k, v)| restored.get(k) != Some(v))
+                .take(5)
+                .collect();
+            violation!(
+                "snapshot {id} restores {} entries, the model has {}; first differences {diff:?}",
+                restored.len(),
+                model.len()
+            );
+        }
+        Err(e) => violation!("snapshot {id} does not restore: {e}"),
+    }
+}
+
+/// Completed savepoints are never deleted (by this job: the user alone deletes them) and restore to
+/// their model; other writers' objects in the target stay byte for byte.
+async fn savepoints_stay(sim: &mut Sim) -> Step {
+    let target = sim.target_truth.clone();
+    let ids: Vec<u64> = sim.savepoints.keys().copied().collect();
+    for id in ids {
+        let meta = match target.read_savepoint_metadata(id).await {
+            Ok(m) => m,
+            Err(e) => violation!("completed savepoint {id} is gone: {e}"),
         };
-        match restored_model(&sim.truth, meta, sim.dir.path()).await {
-            Ok(restored) if &restored == model => {
-                sim.verified.insert(id);
+        if meta != sim.savepoints[&id].meta {
+            violation!("completed savepoint {id}'s metadata changed");
+        }
+        for f in meta.files() {
+            intact(&target, id, f).await?;
+        }
+        verify(sim, &target, &meta).await?;
+    }
+    for (path, bytes) in &sim.foreign {
+        let path = object_store::path::Path::from(path.as_str());
+        match target.object_store().get(&path).await {
+            Ok(r) => {
+                if r.bytes().await.expect("bytes").as_ref() != bytes.as_slice() {
+                    violation!("{path}, another writer's, was overwritten");
+                }
             }
-            Ok(restored) => {
-                let diff: Vec<_> = model
-                    .iter()
-                    .filter(|(k, v)| restored.get(k) != Some(v))
-                    .take(5)
-                    .collect();
-                violation!(
-                    "checkpoint {id} restores {} entries, the model has {}; first differences {diff:?}",
-                    restored.len(),
-                    model.len()
-                );
-            }
-            Err(e) => violation!("checkpoint {id} does not restore: {e}"),
+            Err(e) => violation!("{path}, another writer's, was deleted: {e}"),
         }
     }
     Ok(())
 }
 
-/// Quiet time: no faults, no crashes, the old leader fenced, every notification delivered. A checkpoint
-/// must then complete, and a sweep must leave only what checkpoints reference.
+/// A coordinator is fenced only if a newer generation exists.
+async fn fences_are_real(sim: &Sim) -> Step {
+    let newest = match sim.truth.newest_generation().await {
+        Ok(n) => n.map_or(0, |n| n.generation),
+        Err(e) => violation!("generations cannot be listed without faults: {e}"),
+    };
+    for (n, c) in sim.coordinators.iter().enumerate() {
+        if let Some(c) = c
+            && c.is_fenced()
+            && newest <= c.generation()
+        {
+            violation!(
+                "coordinator #{n} (generation {}) is fenced, but no newer generation exists",
+                c.generation()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Quiet time: no faults, no crashes, zombies stopped, every notification delivered, late writes landed.
+/// A checkpoint must then complete, and a sweep must leave only what checkpoints reference.
 pub async fn quiet(sim: &mut Sim) -> Step {
+    sim.quiet = true;
     sim.store.set_faults(None);
+    sim.store.land_delayed().await;
     sim.crash_rate = 0.0;
     sim.fence();
     let ids: Vec<u64> = sim.inflight.keys().copied().collect();
@@ -117,7 +205,7 @@ pub async fn quiet(sim: &mut Sim) -> Step {
     for _ in 0..8 {
         let before = sim.completed;
         let leader = sim.leader();
-        sim.trigger(leader).await?;
+        sim.trigger(leader, false).await?;
         while sim
             .inflight
             .values()
@@ -152,27 +240,48 @@ pub async fn quiet(sim: &mut Sim) -> Step {
         Ok(r) => r,
         Err(e) => violation!("the quiet sweep failed: {e}"),
     };
-    sim.log.push(format!("quiet sweep: {report:?}"));
+    sim.say(format!("quiet sweep: {report:?}"));
     if sim.newer.is_empty() {
         leftovers(sim).await?;
     } else if !report.deleted.is_empty() {
         violation!("the quiet sweep deleted files while metadata is unreadable: {report:?}");
     }
+    retention(sim).await?;
     check(sim).await
+}
+
+/// After quiet time's completion: what the job keeps is at most the retained count of its own line,
+/// pinned checkpoints and a newer release's; checkpoints it adopted or abandoned were subsumed.
+async fn retention(sim: &Sim) -> Step {
+    let store = match CompletedCheckpointStore::open(sim.truth.clone(), 1).await {
+        Ok(s) => s,
+        Err(e) => violation!("storage cannot be opened: {e}"),
+    };
+    let retained: Vec<u64> = store.checkpoints().map(|c| c.checkpoint_id).collect();
+    let abandoned: Vec<u64> = store
+        .abandoned()
+        .iter()
+        .filter(|c| !sim.pinned.contains(&c.checkpoint_id))
+        .map(|c| c.checkpoint_id)
+        .collect();
+    if retained.len() > sim.retained || !abandoned.is_empty() {
+        violation!(
+            "after quiet time storage keeps checkpoints {retained:?} (retained {}) and abandoned \
+             {abandoned:?}",
+            sim.retained
+        );
+    }
+    Ok(())
 }
 
 fn deliver_all(sim: &mut Sim) {
     for note in std::mem::take(&mut sim.notes) {
-        match note {
-            Note::Complete(id, g, t) if g == sim.generation => sim.tasks[t].notify_complete(id),
-            Note::Aborted(id, g, t) if g == sim.generation => sim.tasks[t].notify_aborted(id),
-            _ => {}
-        }
+        sim.deliver(note);
     }
 }
 
 /// After quiet time and a sweep: every file is referenced by a checkpoint, is its metadata or marker, or
-/// is the id watermark.
+/// is the id watermark, a generation marker of the leader, a lineage record or the clock probe.
 async fn leftovers(sim: &Sim) -> Step {
     use futures::TryStreamExt;
     let all = in_storage(sim).await?;
@@ -187,7 +296,7 @@ async fn leftovers(sim: &Sim) -> Step {
     let files: Vec<String> = sim
         .truth
         .object_store()
-        .list(None)
+        .list(Some(&root))
         .map_ok(|m| m.location.to_string())
         .try_collect()
         .await
@@ -197,7 +306,7 @@ async fn leftovers(sim: &Sim) -> Step {
     let newest_generation = files
         .iter()
         .filter_map(|f| f.strip_prefix(&prefix))
-        .filter(|f| f.starts_with(&format!("{COORDINATORS_DIR}/")))
+        .filter(|f| f.starts_with(&format!("{COORDINATORS_DIR}/")) && !f.ends_with(".closed"))
         .max()
         .unwrap_or("")
         .to_string();
@@ -221,8 +330,9 @@ async fn leftovers(sim: &Sim) -> Step {
         if name == TRIGGER_MARKER && dir == watermark {
             continue;
         }
-        // The leader's generation marker; older ones are retired.
-        if rel.starts_with(&format!("{COORDINATORS_DIR}/")) && rel == newest_generation {
+        // The leader's generation marker (and its `.closed` if an operator's sweep closed one); older
+        // ones are retired.
+        if rel.starts_with(&format!("{COORDINATORS_DIR}/")) && rel.starts_with(&newest_generation) {
             continue;
         }
         // The job's lineage records and the sweep's clock probe stay by design.

@@ -145,6 +145,15 @@ impl Task {
         on!(&mut self.backend, b => b.snapshot(id, storage))
     }
 
+    pub fn savepoint(
+        &mut self,
+        id: u64,
+        target: &CheckpointStorage,
+        format: SavepointFormat,
+    ) -> Result<PendingSnapshot> {
+        on!(&mut self.backend, b => b.savepoint(id, target, format))
+    }
+
     pub fn notify_complete(&mut self, id: u64) {
         on!(&mut self.backend, b => b.notify_checkpoint_complete(id))
     }
@@ -179,7 +188,8 @@ pub fn job_config(parallelism: [u32; 2], retained: usize) -> CoordinatorConfig {
     }
 }
 
-/// The state of checkpoint `meta` restored at parallelism 1, as a model.
+/// The state of checkpoint (or savepoint) `meta` restored at parallelism 1, as a model. A canonical
+/// savepoint of the LSM operator is restored on the heap backend (either backend reads it).
 pub async fn restored_model(
     storage: &CheckpointStorage,
     meta: &CheckpointMetadata,
@@ -187,16 +197,20 @@ pub async fn restored_model(
 ) -> Result<Model> {
     let mut model = Model::new();
     for (op, name) in OPS.iter().enumerate() {
-        let mut task = Task::restore(
-            op,
-            1,
-            0,
-            dir,
-            storage,
-            &meta.keyed_handles(name),
-            RestoreMode::NoClaim,
-        )
-        .await?;
+        let handles = meta.keyed_handles(name);
+        let canonical = handles.iter().all(|h| h.format == HandleFormat::KeyedFile);
+        let mut task = if op == 1 && canonical && meta.kind == SnapshotKind::Savepoint {
+            let config = HeapBackendConfig::for_subtask(OPS[1], MAX_P, 1, 0).expect("config");
+            Task {
+                op,
+                subtask: 0,
+                backend: Backend::Heap(Box::new(
+                    HeapKeyedStateBackend::restore(config, storage, &handles).await?,
+                )),
+            }
+        } else {
+            Task::restore(op, 1, 0, dir, storage, &handles, RestoreMode::NoClaim).await?
+        };
         for (k, v) in task.read_all()? {
             model.insert((op, k), v);
         }

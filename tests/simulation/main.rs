@@ -1,10 +1,14 @@
-//! Deterministic simulation of the checkpoint protocol (issue 11), in the manner of FoundationDB's and
-//! SlateDB's simulation tests: a seed drives a coordinator (and sometimes an old leader beside it) and a job
-//! of two operators on the heap and the LSM backend through random schedules of state updates,
-//! checkpoints, acknowledgements (duplicate, late, reordered), notifications (lost, duplicate), aborts,
-//! timeouts, restores (CLAIM and NO_CLAIM), rescales, orphan sweeps and restarts, over a store that fails,
-//! delays, reports errors for writes that took effect, loses deletes, and crashes the coordinator or a task
-//! at a store call (the future is dropped there). After every step `check.rs`'s invariants must hold.
+//! Deterministic simulation of the checkpoint protocol, in the manner of FoundationDB's and SlateDB's
+//! simulation tests: a seed drives a coordinator (and sometimes an old leader with its own tasks beside it)
+//! and a job of two operators on the heap and the LSM backend through random schedules of state updates,
+//! checkpoints and savepoints (canonical and native, into a target other jobs write to), acknowledgements
+//! (duplicate, late, reordered), notifications (lost, duplicate), aborts, timeouts, restores (CLAIM and
+//! NO_CLAIM), rescales, rollbacks, orphan sweeps, an operator's `statectl gc` (dry and real, forced or not)
+//! and restarts, over a store that fails calls and listings, delays, reports errors for writes and deletes
+//! that took effect, lands writes after their caller gave up, loses deletes, runs its clock up to a
+//! minimum age off, sometimes ignores conditional create (which `open` must refuse), and crashes the
+//! coordinator or a task at a store call (the future is dropped there). After every step `check.rs`'s
+//! invariants must hold. Every name in storage comes from the seed: a seed replays byte for byte.
 //!
 //! `SIM_SEEDS` (default 1000) seeds from `SIM_SEED_BASE` (default 0), `SIM_STEPS` (default 120) steps
 //! each; `SIM_SEED=n` runs one seed and prints its log. A failing seed prints how to run it again.
@@ -16,6 +20,7 @@
 mod check;
 mod failover;
 mod job;
+mod operators;
 mod sim;
 mod steps;
 mod store;
@@ -46,8 +51,8 @@ struct Failure {
 /// What one seed did: crashes by point, events by kind.
 type Counts = (BTreeMap<&'static str, u32>, BTreeMap<&'static str, u32>);
 
-/// Runs one seed; returns how often each crash point fired and each event happened.
-async fn run_seed(seed: u64, steps: usize) -> Result<Counts, Failure> {
+/// Runs one seed; returns how often each crash point fired and each event happened, and the log.
+async fn run_seed(seed: u64, steps: usize) -> Result<(Counts, Vec<String>), Failure> {
     let mut sim = Sim::new(seed).await;
     let fail = |sim: &Sim, step, violation| Failure {
         seed,
@@ -55,22 +60,28 @@ async fn run_seed(seed: u64, steps: usize) -> Result<Counts, Failure> {
         violation,
         log: sim.log.clone(),
     };
+    if let Err(v) = sim.start().await {
+        return Err(fail(&sim, 0, v));
+    }
     for step in 0..steps {
         let tick = sim.rng.random_range(1..12);
         sim.clock.advance(Duration::from_secs(tick));
         let outcome = async {
+            for path in sim.store.land_delayed().await {
+                sim.say(format!("a write landed late: {path}"));
+            }
             sim.timeouts().await?;
             // Nothing in flight: the engine's checkpoint interval is likely over.
             let idle = sim.inflight.is_empty() && sim.rng.random_bool(0.5);
             let roll = if idle {
-                14
+                13
             } else {
                 sim.rng.random_range(0..100)
             };
-            sim.log.push(format!("-- step {step} (roll {roll})"));
+            sim.say(format!("-- step {step} (roll {roll})"));
             match roll {
-                0..14 => sim.write()?,
-                14..20 => {
+                0..13 => sim.write()?,
+                13..21 => {
                     let live: Vec<usize> = (0..sim.coordinators.len())
                         .filter(|n| sim.coordinators[*n].is_some())
                         .collect();
@@ -80,25 +91,29 @@ async fn run_seed(seed: u64, steps: usize) -> Result<Counts, Failure> {
                     } else {
                         live[sim.rng.random_range(0..live.len())]
                     };
-                    sim.trigger(n).await?
+                    let savepoint = sim.rng.random_bool(0.15);
+                    sim.trigger(n, savepoint).await?
                 }
-                20..60 => sim.progress().await?,
-                60..62 => sim.run_all_async().await?,
-                62..65 => sim.run_async().await?,
-                65..68 => sim.acknowledge().await?,
-                68..77 => sim.notify(),
-                77..78 => {
+                21..58 => sim.progress().await?,
+                58..60 => sim.run_all_async().await?,
+                60..63 => sim.run_async().await?,
+                63..66 => sim.acknowledge().await?,
+                66..74 => sim.notify(),
+                74..75 => {
                     if let Some(&id) = sim.inflight.keys().next() {
                         sim.abort(id).await?;
                     }
                 }
-                78..82 => sim.late_ack().await?,
-                82..87 => sim.sweep().await?,
-                87..88 => sim.restart_coordinator().await?,
-                88..90 => sim.failover().await?,
-                90..92 => sim.split_brain().await?,
-                92..94 => sim.fence(),
-                94..95 => sim.newer_release().await?,
+                75..79 => sim.late_ack().await?,
+                79..83 => sim.sweep().await?,
+                83..84 => sim.restart_coordinator().await?,
+                84..86 => sim.failover().await?,
+                86..88 => sim.split_brain().await?,
+                88..90 => sim.fence(),
+                90..91 => sim.newer_release().await?,
+                91..92 => sim.rollback().await?,
+                92..94 => sim.gc().await?,
+                94..95 => sim.other_job().await?,
                 _ => sim.notify(),
             }
             check::check(&mut sim).await
@@ -116,7 +131,11 @@ async fn run_seed(seed: u64, steps: usize) -> Result<Counts, Failure> {
             println!("{line}");
         }
     }
-    Ok((sim.crash_points, sim.events))
+    let mut events = sim.events;
+    for (fault, n) in sim.store.fault_counts() {
+        *events.entry(fault).or_default() += n;
+    }
+    Ok(((sim.crash_points, events), sim.log))
 }
 
 fn add(total: &mut Counts, (crashes, events): Counts) {
@@ -154,7 +173,7 @@ fn simulation() {
                     let mut failures = Vec::new();
                     for seed in (base + t..base + seeds).step_by(threads as usize) {
                         match rt.block_on(run_seed(seed, steps as usize)) {
-                            Ok(c) => add(&mut counts, c),
+                            Ok((c, _)) => add(&mut counts, c),
                             Err(f) => failures.push(f),
                         }
                     }
@@ -195,7 +214,9 @@ fn simulation() {
                 .join("\n")
         );
     }
-    if seeds >= 200 {
+    // A crash at `subsume` needs a completion that subsumes, which a few percent of the armed crashes
+    // meet: 500 seeds see several.
+    if seeds >= 500 {
         for point in CRASH_POINTS {
             assert!(
                 crashes.get(point).copied().unwrap_or(0) > 0,
@@ -203,4 +224,29 @@ fn simulation() {
             );
         }
     }
+}
+
+/// A failing seed must replay: every name in storage comes from the seed (`SeededIds`), faults from the
+/// seed and the path, and the log leaves out what a replay does not repeat (durations). One seed run
+/// twice gives the same log, byte for byte.
+#[test]
+fn one_seed_replays_byte_for_byte() {
+    let seed = env("SIM_REPLAY_SEED", 7);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = || match rt.block_on(run_seed(seed, 120)) {
+        Ok((_, log)) => log,
+        Err(f) => panic!("seed {seed} failed: {}", f.violation.0),
+    };
+    let (first, second) = (run(), run());
+    assert!(first.len() > 100, "{} lines", first.len());
+    let first_difference = first.iter().zip(&second).position(|(a, b)| a != b);
+    assert!(
+        first == second,
+        "seed {seed} did not replay; first difference at line {first_difference:?}: {:?} vs {:?}",
+        first_difference.map(|i| &first[i]),
+        first_difference.map(|i| &second[i])
+    );
 }

@@ -1,5 +1,6 @@
-//! One seeded run: an engine (coordinators, tasks, notifications, failovers) driven by a random schedule
-//! over the fault-injecting store, with the invariants of `check.rs` after every step.
+//! One seeded run: an engine (coordinators, their task sets, notifications, failovers, an operator)
+//! driven by a random schedule over the fault-injecting store, with the invariants of `check.rs` after
+//! every step.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
@@ -19,8 +20,8 @@ pub const MIN_AGE: Duration = Duration::from_secs(600);
 pub const TIMEOUT: Duration = Duration::from_secs(300);
 /// Keys per operator.
 pub const KEYS: u64 = 48;
-/// Retained checkpoints.
-pub const RETAINED: usize = 2;
+/// Retained checkpoints: 1 (Flink's default) or 2, by seed.
+pub const MAX_RETAINED: usize = 2;
 
 /// An invariant that did not hold, or the harness found the protocol stuck.
 #[derive(Debug)]
@@ -45,20 +46,38 @@ pub enum Part {
     Failed,
 }
 
-/// A checkpoint the engine has in flight.
+/// A checkpoint (or savepoint) the engine has in flight.
 pub struct Inflight {
     /// Coordinator incarnation that triggered it.
     pub coordinator: usize,
+    /// Task generation whose tasks snapshotted it.
     pub generation: u64,
     pub triggered: SystemTime,
     pub parts: Vec<Part>,
+    /// A savepoint, and in which format the LSM tasks write it.
+    pub savepoint: Option<SavepointFormat>,
 }
 
-/// A notification on its way to a task.
+/// A notification on its way to a task: checkpoint id, task generation, task index.
 #[derive(Debug, Clone, Copy)]
 pub enum Note {
     Complete(u64, u64, usize),
     Aborted(u64, u64, usize),
+}
+
+/// One set of the job's tasks writing their own state, and the model of that state: the leader's, or a
+/// zombie coordinator's (whose tasks go on writing their own timeline).
+pub struct Timeline {
+    pub tasks: Vec<Task>,
+    pub model: Model,
+    pub parallelism: [u32; 2],
+    /// Task generation: notifications and acknowledgements of older ones are late.
+    pub generation: u64,
+}
+
+/// What a completed savepoint must stay: its metadata (and so its files; its model is at its id).
+pub struct SavedPoint {
+    pub meta: CheckpointMetadata,
 }
 
 pub struct Sim {
@@ -69,24 +88,31 @@ pub struct Sim {
     pub storage: CheckpointStorage,
     /// The same storage without faults: what is really there.
     pub truth: CheckpointStorage,
+    /// The savepoint target (another prefix of the same store), faulty and true; other jobs write there.
+    pub target: CheckpointStorage,
+    pub target_truth: CheckpointStorage,
     pub dir: tempfile::TempDir,
     pub faults: FaultRates,
     pub crash_rate: f64,
-    pub parallelism: [u32; 2],
+    /// Completed checkpoints the job retains.
+    pub retained: usize,
+    /// Quiet time: no faults any more, whatever a step does.
+    pub quiet: bool,
     /// Coordinators by incarnation; the last is the leader, an older one still `Some` a zombie.
     pub coordinators: Vec<Option<CheckpointCoordinator>>,
-    pub tasks: Vec<Task>,
-    pub generation: u64,
-    pub model: Model,
-    /// The model at each checkpoint's barrier.
+    /// Each live coordinator's task set, by incarnation.
+    pub timelines: BTreeMap<usize, Timeline>,
+    /// Task generations handed out.
+    pub generations: u64,
+    /// The model at each checkpoint's (or savepoint's) barrier.
     pub models: BTreeMap<u64, Model>,
     pub inflight: BTreeMap<u64, Inflight>,
     pub notes: Vec<Note>,
     /// Acknowledgements to deliver again or late (retries, dead generations).
     pub late: Vec<(u64, TaskStateSnapshot)>,
-    pub ids: HashSet<u64>,
-    /// Highest id a coordinator reported completed.
-    pub completed: Option<u64>,
+    pub ids_handed_out: HashSet<u64>,
+    /// Highest id a coordinator reported completed, with that coordinator's generation.
+    pub completed: Option<(u64, u64)>,
     /// Checkpoints pinned by a NO_CLAIM restore: they exist for ever.
     pub pinned: BTreeSet<u64>,
     /// Checkpoints "rewritten by a newer release" (metadata of an unknown version), with the files they
@@ -95,6 +121,12 @@ pub struct Sim {
     /// Checkpoints the engine aborted (notified as such).
     pub aborted: BTreeSet<u64>,
     pub verified: BTreeSet<u64>,
+    /// Completed savepoints: never deleted but by the user.
+    pub savepoints: BTreeMap<u64, SavedPoint>,
+    /// Objects other jobs (and conversions) wrote into the savepoint target, with their bytes.
+    pub foreign: BTreeMap<String, Vec<u8>>,
+    /// Checkpoints a rollback left behind: a failover never restores one.
+    pub rolled_back: BTreeSet<u64>,
     pub crash_points: BTreeMap<&'static str, u32>,
     /// How often each kind of event happened (what the schedules exercise).
     pub events: BTreeMap<&'static str, u32>,
@@ -108,55 +140,116 @@ impl Sim {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         ));
         let store = SimStore::new(seed, clock.clone());
-        let storage = CheckpointStorage::new(store.clone(), "job").expect("storage");
+        // Every name in storage comes from the seed: a seed replays byte for byte.
+        let ids = Arc::new(SeededIds::new(seed));
+        let storage = CheckpointStorage::new(store.clone(), "job")
+            .expect("storage")
+            .with_id_source(ids.clone());
         let truth = CheckpointStorage::new(store.inner(), "job").expect("storage");
-        let parallelism = [rng.random_range(1..=3), rng.random_range(1..=2)];
+        let target_prefix = object_store::path::Path::from("target");
+        let target = CheckpointStorage::with_prefix(store.clone(), &target_prefix, "job")
+            .expect("target")
+            .with_id_source(ids.clone());
+        let target_truth =
+            CheckpointStorage::with_prefix(store.inner(), &target_prefix, "job").expect("target");
         let faults = FaultRates {
             fail: rng.random_range(0.0..0.06),
             fail_after_effect: rng.random_range(0.0..0.04),
+            land_later: rng.random_range(0.0..0.02),
             lose_delete: rng.random_range(0.0..0.06),
             delay: 0.2,
+            fail_list: rng.random_range(0.0..0.05),
         };
+        // The store's clock is up to a minimum age off the coordinators' (an operator's laptop is too).
+        store.set_skew(rng.random_range(-(MIN_AGE.as_secs() as i64)..=MIN_AGE.as_secs() as i64));
         let crash_rate = rng.random_range(0.05..0.2);
+        let retained = rng.random_range(1..=MAX_RETAINED);
         let dir = tempfile::Builder::new()
             .prefix("sb-sim-")
             .tempdir()
             .expect("dir");
-        let mut sim = Sim {
+        Sim {
             rng,
             clock,
             store,
             storage,
             truth,
+            target,
+            target_truth,
             dir,
             faults,
             crash_rate,
-            parallelism,
+            retained,
+            quiet: false,
             coordinators: Vec::new(),
-            tasks: Vec::new(),
-            generation: 0,
-            model: Model::new(),
+            timelines: BTreeMap::new(),
+            generations: 0,
             models: BTreeMap::new(),
             inflight: BTreeMap::new(),
             notes: Vec::new(),
             late: Vec::new(),
-            ids: HashSet::new(),
+            ids_handed_out: HashSet::new(),
             completed: None,
             pinned: BTreeSet::new(),
             newer: BTreeMap::new(),
             aborted: BTreeSet::new(),
             verified: BTreeSet::new(),
+            savepoints: BTreeMap::new(),
+            foreign: BTreeMap::new(),
+            rolled_back: BTreeSet::new(),
             crash_points: BTreeMap::new(),
             events: BTreeMap::new(),
             log: Vec::new(),
-        };
-        sim.open_leader().await;
-        sim.new_tasks();
-        sim
+        }
     }
 
+    /// Starts the job: one seed in twenty runs on a store that ignores conditional create, which `open`
+    /// must refuse (then the operator fixes the store).
+    pub async fn start(&mut self) -> Step {
+        if self.rng.random_bool(0.05) {
+            self.store.set_ignore_create(true);
+            let opened = CheckpointCoordinator::open_with_clock(
+                self.storage.clone(),
+                job_config([1, 1], self.retained),
+                self.clock.clone(),
+            )
+            .await;
+            self.store.set_ignore_create(false);
+            match opened {
+                Err(e) if e.kind() == ErrorKind::InvalidArgument => {
+                    self.count("store without conditional create refused");
+                    self.say(format!("open refused a store that overwrites: {e}"));
+                }
+                Err(e) => self.say(format!("open on a store that overwrites failed: {e}")),
+                Ok(_) => violation!("a store that ignores If-None-Match was accepted"),
+            }
+        }
+        let parallelism = [self.rng.random_range(1..=3), self.rng.random_range(1..=2)];
+        self.open_leader(parallelism).await;
+        let timeline = self.new_timeline(parallelism);
+        let leader = self.leader();
+        self.timelines.insert(leader, timeline);
+        Ok(())
+    }
+
+    /// Appends a line to the log, with the temporary directory's path and the LSM backends' instance
+    /// directory names in it blanked (the operating system's random names: all else follows the seed).
     pub fn say(&mut self, line: String) {
-        self.log.push(line);
+        let dir = self.dir.path().display().to_string();
+        let mut out = String::with_capacity(line.len());
+        let mut rest = line.as_str();
+        while let Some(at) = rest.find(&dir) {
+            out.push_str(&rest[..at]);
+            out.push_str("<dir>/<instance>");
+            rest = &rest[at + dir.len()..];
+            // The instance directory's name: the next path component.
+            if let Some(after) = rest.strip_prefix('/') {
+                let end = after.find('/').unwrap_or(after.len());
+                rest = &after[end..];
+            }
+        }
+        out.push_str(rest);
+        self.log.push(out);
     }
 
     /// Counts an event.
@@ -164,13 +257,34 @@ impl Sim {
         *self.events.entry(event).or_default() += 1;
     }
 
+    /// Faults again after a step that needed none (not in quiet time).
+    pub fn faults_back(&self) {
+        if !self.quiet {
+            self.store.set_faults(Some(self.faults));
+        }
+    }
+
     pub fn leader(&self) -> usize {
         self.coordinators.len() - 1
     }
 
-    /// Opens a new leader (faults may make `open` fail: it is retried, then opened without faults).
-    pub async fn open_leader(&mut self) {
-        let config = job_config(self.parallelism, RETAINED);
+    /// The leader's timeline.
+    pub fn main(&mut self) -> &mut Timeline {
+        let leader = self.leader();
+        self.timelines
+            .get_mut(&leader)
+            .expect("the leader has tasks")
+    }
+
+    /// The timeline whose task generation is `g`.
+    pub fn timeline_of_generation(&mut self, g: u64) -> Option<&mut Timeline> {
+        self.timelines.values_mut().find(|t| t.generation == g)
+    }
+
+    /// Opens a new leader for tasks of `parallelism` (faults may make `open` fail: it is retried, then
+    /// opened without faults).
+    pub async fn open_leader(&mut self, parallelism: [u32; 2]) {
+        let config = job_config(parallelism, self.retained);
         for attempt in 0..6 {
             if attempt == 5 {
                 self.store.set_faults(None);
@@ -181,28 +295,32 @@ impl Sim {
                 self.clock.clone(),
             )
             .await;
-            self.store.set_faults(Some(self.faults));
+            self.faults_back();
             if let Ok(c) = opened {
                 self.coordinators.push(Some(c));
                 let n = self.leader();
-                self.say(format!("open coordinator #{n} {:?}", self.parallelism));
+                self.say(format!("open coordinator #{n} {parallelism:?}"));
                 return;
             }
         }
         unreachable!("open without faults succeeds");
     }
 
-    /// Empty tasks for the current parallelism in a new generation.
-    pub fn new_tasks(&mut self) {
-        self.generation += 1;
-        self.tasks.clear();
+    /// Empty tasks for `parallelism` in a new task generation.
+    pub fn new_timeline(&mut self, parallelism: [u32; 2]) -> Timeline {
+        self.generations += 1;
+        let mut tasks = Vec::new();
         for op in 0..OPS.len() {
-            for i in 0..self.parallelism[op] {
-                let t = Task::new(op, self.parallelism[op], i, self.dir.path());
-                self.tasks.push(t);
+            for i in 0..parallelism[op] {
+                tasks.push(Task::new(op, parallelism[op], i, self.dir.path()));
             }
         }
-        self.model.clear();
+        Timeline {
+            tasks,
+            model: Model::new(),
+            parallelism,
+            generation: self.generations,
+        }
     }
 
     /// Runs `fut`, crashing it at a random store call with the seed's crash rate (the future is dropped
@@ -211,15 +329,27 @@ impl Sim {
         &mut self,
         fut: impl Future<Output = T>,
     ) -> std::result::Result<T, &'static str> {
+        self.crashable_among(&CRASH_POINTS, fut).await
+    }
+
+    /// [`Sim::crashable`] whose named crash points are drawn from `points` (the steps the operation is
+    /// expected to reach) and, when `points` is not every step, always at one of them: a completing
+    /// acknowledgement crashes at a step of the completion protocol.
+    pub async fn crashable_among<T>(
+        &mut self,
+        points: &[&'static str],
+        fut: impl Future<Output = T>,
+    ) -> std::result::Result<T, &'static str> {
         let armed = self.rng.random_bool(self.crash_rate);
         let signal = if armed {
             // At one of the first ten store calls, or at the first call of a named protocol step (a
             // completion reads every checkpoint directory it does not know before it subsumes, so its late
             // steps lie far in).
-            let at = if self.rng.random_bool(0.5) {
+            let by_call = points == CRASH_POINTS.as_slice() && self.rng.random_bool(0.5);
+            let at = if by_call {
                 CrashAt::Call(self.rng.random_range(1..=10))
             } else {
-                CrashAt::Point(CRASH_POINTS[self.rng.random_range(0..CRASH_POINTS.len())])
+                CrashAt::Point(points[self.rng.random_range(0..points.len())])
             };
             let after_effect = self.rng.random_bool(0.5);
             Some(self.store.arm_crash(at, after_effect))

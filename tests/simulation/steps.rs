@@ -1,11 +1,12 @@
-//! The simulated engine's everyday steps: writes, triggers, asynchronous phases, acknowledgements,
-//! notifications, aborts, timeouts, late acknowledgements and sweeps.
+//! The simulated engine's everyday steps: writes, triggers of checkpoints and savepoints, asynchronous
+//! phases, acknowledgements, notifications, aborts, timeouts, late acknowledgements and sweeps.
 
 use rand::Rng;
 use statebackend::*;
 
 use crate::job::{OPS, owner};
-use crate::sim::{Inflight, KEYS, MIN_AGE, Note, Part, Sim, Step, TIMEOUT, violation};
+use crate::sim::{Inflight, KEYS, MIN_AGE, Note, Part, SavedPoint, Sim, Step, TIMEOUT, violation};
+use crate::store::CRASH_POINTS;
 
 /// Whether checkpoint `id`'s metadata is in `storage`.
 pub async fn metadata_exists(storage: &CheckpointStorage, id: u64) -> bool {
@@ -15,15 +16,36 @@ pub async fn metadata_exists(storage: &CheckpointStorage, id: u64) -> bool {
 }
 
 impl Sim {
-    /// Writes random values of random keys of one operator.
+    /// Writes random values of random keys of one operator, in the leader's tasks or (a fifth of the
+    /// time) a zombie's.
     pub fn write(&mut self) -> Step {
+        let zombies: Vec<usize> = self
+            .timelines
+            .keys()
+            .copied()
+            .filter(|n| *n != self.leader())
+            .collect();
+        let n = if !zombies.is_empty() && self.rng.random_bool(0.2) {
+            zombies[self.rng.random_range(0..zombies.len())]
+        } else {
+            self.leader()
+        };
         let op = self.rng.random_range(0..OPS.len());
-        let n = self.rng.random_range(1..12);
-        for _ in 0..n {
-            let key = self.rng.random_range(0..KEYS);
-            let value = self.rng.random_range(0..1_000_000);
-            let sub = owner(key, self.parallelism[op]);
-            let task = self
+        let count = self.rng.random_range(1..12);
+        let writes: Vec<(u64, u64)> = (0..count)
+            .map(|_| {
+                (
+                    self.rng.random_range(0..KEYS),
+                    self.rng.random_range(0..1_000_000),
+                )
+            })
+            .collect();
+        let Some(timeline) = self.timelines.get_mut(&n) else {
+            return Ok(());
+        };
+        for (key, value) in writes {
+            let sub = owner(key, timeline.parallelism[op]);
+            let task = timeline
                 .tasks
                 .iter_mut()
                 .find(|t| t.op == op && t.subtask == sub)
@@ -31,60 +53,104 @@ impl Sim {
             if let Err(e) = task.put(key, value) {
                 violation!("write of key {key} to {}-{sub} failed: {e}", OPS[op]);
             }
-            self.model.insert((op, key), value);
+            timeline.model.insert((op, key), value);
         }
         Ok(())
     }
 
-    /// A coordinator triggers a checkpoint; every task takes its synchronous phase.
-    pub async fn trigger(&mut self, coordinator: usize) -> Step {
+    /// A coordinator triggers a checkpoint (or a savepoint into the target); its tasks take their
+    /// synchronous phase.
+    pub async fn trigger(&mut self, coordinator: usize, savepoint: bool) -> Step {
         let Some(mut coord) = self.coordinators[coordinator].take() else {
             return Ok(());
         };
-        let result = self.crashable(coord.trigger()).await;
+        let target = self.target.clone();
+        let result = if savepoint {
+            self.crashable(coord.trigger_savepoint(&target)).await
+        } else {
+            self.crashable(coord.trigger()).await
+        };
+        self.coordinators[coordinator] = Some(coord);
         match result {
             Err(point) => {
                 self.say(format!(
                     "coordinator #{coordinator} crashed in trigger at {point}"
                 ));
-                drop(coord);
-                return self.lose_coordinator(coordinator).await;
+                self.lose_coordinator(coordinator).await
             }
-            Ok(Err(e)) => self.say(format!("trigger failed: {e}")),
+            Ok(Err(e)) if e.kind() == ErrorKind::Fenced => {
+                self.say(format!("coordinator #{coordinator} is fenced: {e}"));
+                self.fenced(coordinator).await
+            }
+            Ok(Err(e)) => {
+                self.say(format!("trigger failed: {e}"));
+                Ok(())
+            }
             Ok(Ok(id)) => {
-                self.coordinators[coordinator] = Some(coord);
-                return self.barrier(coordinator, id);
+                let format = savepoint.then(|| {
+                    if self.rng.random_bool(0.5) {
+                        SavepointFormat::Canonical
+                    } else {
+                        SavepointFormat::Native
+                    }
+                });
+                self.barrier(coordinator, id, format)
             }
         }
-        self.coordinators[coordinator] = Some(coord);
-        Ok(())
     }
 
-    /// Checkpoint `id` of `coordinator`: ids never repeat; every task snapshots.
-    pub fn barrier(&mut self, coordinator: usize, id: u64) -> Step {
-        if !self.ids.insert(id) {
+    /// Checkpoint (or savepoint) `id` of `coordinator`: ids never repeat; every task of its timeline
+    /// snapshots.
+    pub fn barrier(
+        &mut self,
+        coordinator: usize,
+        id: u64,
+        savepoint: Option<SavepointFormat>,
+    ) -> Step {
+        if !self.ids_handed_out.insert(id) {
             violation!("checkpoint id {id} handed out twice");
         }
-        let storage = self.storage.clone();
-        let parts = self
+        let (storage, target) = (self.storage.clone(), self.target.clone());
+        let Some(timeline) = self.timelines.get_mut(&coordinator) else {
+            return Ok(());
+        };
+        let parts = timeline
             .tasks
             .iter_mut()
-            .map(|t| match t.snapshot(id, &storage) {
-                Ok(p) => Part::Pending(p),
-                Err(_) => Part::Failed,
+            .map(|t| {
+                let snapshot = match savepoint {
+                    None => t.snapshot(id, &storage),
+                    // The heap backend writes canonical savepoints only.
+                    Some(format) if t.op == 1 => t.savepoint(id, &target, format),
+                    Some(_) => t.savepoint(id, &target, SavepointFormat::Canonical),
+                };
+                match snapshot {
+                    Ok(p) => Part::Pending(p),
+                    Err(_) => Part::Failed,
+                }
             })
             .collect();
-        self.models.insert(id, self.model.clone());
+        let (model, generation) = (timeline.model.clone(), timeline.generation);
+        self.models.insert(id, model);
         self.inflight.insert(
             id,
             Inflight {
                 coordinator,
-                generation: self.generation,
+                generation,
                 triggered: self.clock.now(),
                 parts,
+                savepoint,
             },
         );
-        self.say(format!("coordinator #{coordinator} triggered {id}"));
+        if savepoint.is_some() {
+            self.count("savepoint triggered");
+        }
+        let what = if savepoint.is_some() {
+            "savepoint"
+        } else {
+            "checkpoint"
+        };
+        self.say(format!("coordinator #{coordinator} triggered {what} {id}"));
         Ok(())
     }
 
@@ -202,8 +268,11 @@ impl Sim {
         let Part::Done(result) = std::mem::replace(&mut flight.parts[i], Part::Acked) else {
             return Ok(());
         };
-        let n = flight.coordinator;
-        let task = self.tasks[i].ack(&result);
+        let (n, g) = (flight.coordinator, flight.generation);
+        let Some(timeline) = self.timeline_of_generation(g) else {
+            return Ok(());
+        };
+        let task = timeline.tasks[i].ack(&result);
         self.late.push((id, task.clone()));
         let metrics = Some(result.metrics);
         self.deliver_ack(n, id, task, metrics).await
@@ -221,7 +290,22 @@ impl Sim {
             return Ok(());
         };
         let written_before = self.store.metadata_written(id);
-        let answer = self.crashable(coord.acknowledge(id, task, metrics)).await;
+        let generation = coord.generation();
+        // The last acknowledgement runs the completion: its crash points are the completion's.
+        let last = self.inflight.get(&id).is_some_and(|f| {
+            f.coordinator == n && f.parts.iter().all(|p| matches!(p, Part::Acked))
+        });
+        // Subsumption happens in about a quarter of the completions: its step is drawn more often.
+        let points: &[&str] = if last {
+            &[
+                "metadata", "stats", "register", "subsume", "subsume", "subsume", "delete",
+            ]
+        } else {
+            &CRASH_POINTS
+        };
+        let answer = self
+            .crashable_among(points, coord.acknowledge(id, task, metrics))
+            .await;
         self.coordinators[n] = Some(coord);
         match answer {
             Err(point) => {
@@ -231,31 +315,30 @@ impl Sim {
                 self.lose_coordinator(n).await?;
             }
             Ok(Ok(Acknowledgement::Completed(stats))) => {
-                self.say(format!("{id} completed by #{n}: {stats:?}"));
-                self.count("completed");
-                if !stats.subsumed.is_empty() {
-                    self.count("subsumed");
+                self.completed(n, id, generation, &stats).await?
+            }
+            Ok(Ok(Acknowledgement::Declined(why))) => {
+                self.count(match &why {
+                    Declined::UnavailableFiles(_) => "declined (unavailable files)",
+                    Declined::LostRace => "lost the metadata race",
+                    Declined::Fenced { .. } => "declined (fenced)",
+                    Declined::FenceUnknown(_) => "declined (fence unknown)",
+                    Declined::TargetTaken => "declined (savepoint target taken)",
+                    _ => "declined (inconsistent)",
+                });
+                self.say(format!("ack {id} to #{n}: declined {why:?}"));
+                if self.inflight.contains_key(&id) {
+                    self.abort(id).await?;
                 }
-                if stats.files_reused > 0 {
-                    self.count("incremental");
-                }
-                if !stats.cleanup_warnings.is_empty() {
-                    self.count("cleanup warning");
-                }
-                self.completed = Some(self.completed.map_or(id, |c| c.max(id)));
-                let generation = self.inflight.remove(&id).map(|f| f.generation);
-                for old in &stats.aborted_pending {
-                    self.aborted.insert(*old);
-                    self.inflight.remove(old);
-                    self.notify_all(|g, t| Note::Aborted(*old, g, t));
-                }
-                if let Some(g) = generation {
-                    self.notify_generation(g, |g, t| Note::Complete(id, g, t));
+                if matches!(why, Declined::Fenced { .. }) {
+                    self.fenced(n).await?;
                 }
             }
             Ok(Ok(other)) => {
                 if other == Acknowledgement::Duplicate {
                     self.count("duplicate ack");
+                } else if matches!(other, Acknowledgement::Discarded(_)) {
+                    self.count("ack discarded");
                 }
                 self.say(format!("ack {id} to #{n}: {other:?}"));
             }
@@ -270,17 +353,12 @@ impl Sim {
                         "checkpoint {id} is complete (its metadata was written) but was reported as failed: {e}"
                     );
                 }
-                let text = e.to_string();
-                self.count(if text.contains("no retained checkpoint holds") {
-                    "declined (reused deleted files)"
-                } else if text.contains("another coordinator completed") {
-                    "lost the metadata race"
-                } else if e.kind() == ErrorKind::Storage {
+                self.count(if e.kind() == ErrorKind::Storage {
                     "metadata write failed"
                 } else {
                     "ack refused"
                 });
-                self.say(format!("ack {id} to #{n} refused: {e}"));
+                self.say(format!("ack {id} to #{n} failed: {e}"));
                 if self.inflight.contains_key(&id) {
                     self.abort(id).await?;
                 }
@@ -289,17 +367,70 @@ impl Sim {
         Ok(())
     }
 
-    /// Queues a notification of every current task.
-    pub fn notify_all(&mut self, note: impl Fn(u64, usize) -> Note) {
-        let g = self.generation;
-        self.notify_generation(g, note);
+    /// Checkpoint or savepoint `id` completed at coordinator `n` (of `generation`): notify, and remember
+    /// what must stay.
+    pub async fn completed(
+        &mut self,
+        n: usize,
+        id: u64,
+        generation: u64,
+        stats: &CheckpointStats,
+    ) -> Step {
+        // Durations are left out of the log: they are the only thing a replay does not repeat.
+        self.say(format!(
+            "{id} completed by #{n}: uploaded {} B in {} files, reused {}, subsumed {:?}, aborted {:?}, \
+             registry {:?}, warnings {:?}",
+            stats.checkpointed_bytes,
+            stats.files_uploaded,
+            stats.files_reused,
+            stats.subsumed,
+            stats.aborted_pending,
+            stats.registry,
+            stats.cleanup_warnings
+        ));
+        let flight = self.inflight.remove(&id);
+        let savepoint = flight.as_ref().is_some_and(|f| f.savepoint.is_some());
+        if savepoint {
+            self.count("savepoint completed");
+            let meta = match self.target_truth.read_savepoint_metadata(id).await {
+                Ok(meta) => meta,
+                Err(e) => violation!("savepoint {id} completed but its metadata is not there: {e}"),
+            };
+            self.savepoints.insert(id, SavedPoint { meta });
+        } else {
+            self.count("completed");
+            if !stats.subsumed.is_empty() {
+                self.count("subsumed");
+            }
+            if stats.files_reused > 0 {
+                self.count("incremental");
+            }
+            if !stats.cleanup_warnings.is_empty() {
+                self.count("cleanup warning");
+            }
+            self.completed = Some(
+                self.completed
+                    .map_or((id, generation), |c| c.max((id, generation))),
+            );
+        }
+        for old in &stats.aborted_pending {
+            self.aborted.insert(*old);
+            if let Some(f) = self.inflight.remove(old) {
+                self.notify_generation(f.generation, |g, t| Note::Aborted(*old, g, t));
+            }
+        }
+        if let Some(f) = flight {
+            self.notify_generation(f.generation, |g, t| Note::Complete(id, g, t));
+        }
+        Ok(())
     }
 
-    fn notify_generation(&mut self, g: u64, note: impl Fn(u64, usize) -> Note) {
-        if g != self.generation {
+    /// Queues a notification of every task of task generation `g`.
+    pub fn notify_generation(&mut self, g: u64, note: impl Fn(u64, usize) -> Note) {
+        let Some(tasks) = self.timeline_of_generation(g).map(|t| t.tasks.len()) else {
             return;
-        }
-        for t in 0..self.tasks.len() {
+        };
+        for t in 0..tasks {
             self.notes.push(note(g, t));
         }
     }
@@ -342,20 +473,39 @@ impl Sim {
         Ok(())
     }
 
+    /// Delivers one notification to the task of its generation.
+    pub fn deliver(&mut self, note: Note) {
+        let (id, g, t, complete) = match note {
+            Note::Complete(id, g, t) => (id, g, t, true),
+            Note::Aborted(id, g, t) => (id, g, t, false),
+        };
+        if let Some(task) = self
+            .timeline_of_generation(g)
+            .and_then(|timeline| timeline.tasks.get_mut(t))
+        {
+            if complete {
+                task.notify_complete(id);
+            } else {
+                task.notify_aborted(id);
+            }
+        }
+    }
+
     /// Delivers, duplicates or loses one notification; now and then the engine sends a wrong one: the
     /// completion of a checkpoint that was aborted or never existed.
     pub fn notify(&mut self) {
-        if self.rng.random_bool(0.05) && !self.tasks.is_empty() {
+        if self.rng.random_bool(0.05) {
             let aborted: Vec<u64> = self.aborted.iter().copied().collect();
             let id = if !aborted.is_empty() && self.rng.random_bool(0.7) {
                 aborted[self.rng.random_range(0..aborted.len())]
             } else {
-                self.ids.iter().max().copied().unwrap_or(0) + self.rng.random_range(1..5)
+                self.ids_handed_out.iter().max().copied().unwrap_or(0) + self.rng.random_range(1..5)
             };
-            let t = self.rng.random_range(0..self.tasks.len());
+            let tasks = self.main().tasks.len();
+            let t = self.rng.random_range(0..tasks);
             self.count("wrong notification");
             self.say(format!("wrong notification: {id} completed, to task {t}"));
-            self.tasks[t].notify_complete(id);
+            self.main().tasks[t].notify_complete(id);
             return;
         }
         if self.notes.is_empty() {
@@ -373,11 +523,7 @@ impl Sim {
         } else {
             self.notes.remove(i)
         };
-        match note {
-            Note::Complete(id, g, t) if g == self.generation => self.tasks[t].notify_complete(id),
-            Note::Aborted(id, g, t) if g == self.generation => self.tasks[t].notify_aborted(id),
-            _ => {}
-        }
+        self.deliver(note);
     }
 
     /// Sends again an acknowledgement sent before, or one of a task that no longer runs.
@@ -407,6 +553,10 @@ impl Sim {
             Ok(Ok(report)) => {
                 if !report.deleted.is_empty() {
                     self.count("sweep deleted");
+                }
+                if report.fenced {
+                    self.say(format!("sweep: coordinator #{n} is fenced"));
+                    return self.fenced(n).await;
                 }
                 let expected: Vec<u64> = self.newer.keys().copied().collect();
                 if report.blocked_by_unreadable != expected && !report.deleted.is_empty() {

@@ -1,6 +1,8 @@
 //! The simulation's object store: `InMemory` behind seeded faults (fail before or after the effect, lose
-//! a delete, delay to reorder completions) and crashes at a chosen call (the caller's future is dropped),
-//! with `last_modified` from the simulated clock.
+//! a delete, delete and then fail, fail a listing, let a write land only after its caller gave up, delay
+//! to reorder completions) and crashes at a chosen call (the caller's future is dropped), with
+//! `last_modified` from its own clock (the simulated clock plus a skew), and optionally ignoring
+//! `PutMode::Create` as some S3-compatible servers do.
 //!
 //! A fault decision is a hash of the seed, the operation, the path with its random parts blanked out, and
 //! how often that (operation, path) was seen: it does not depend on how concurrent futures interleave, so
@@ -35,12 +37,18 @@ pub const CRASH_POINTS: [&str; 7] = [
 pub struct FaultRates {
     /// Per call: the call fails (before any effect).
     pub fail: f64,
-    /// Per write: it takes effect, then reports an error.
+    /// Per write or delete: it takes effect, then reports an error (a timeout after the server applied
+    /// it; S3's bulk delete is not retried).
     pub fail_after_effect: f64,
+    /// Per write: it reports an error at once and takes effect later, after the caller's read-back saw
+    /// nothing (a request stuck in a proxy).
+    pub land_later: f64,
     /// Per delete: it reports success and does nothing.
     pub lose_delete: f64,
     /// Per call: it yields to other futures a few times first (reorders concurrent completions).
     pub delay: f64,
+    /// Per listing: it fails.
+    pub fail_list: f64,
 }
 
 /// A crash armed for the current operation: at its `at`-th store call, or at its first call of protocol
@@ -68,6 +76,14 @@ struct State {
     written: HashMap<String, SystemTime>,
     /// `_metadata` objects whose put reported success to its caller.
     metadata_ok: std::collections::HashSet<String>,
+    /// Writes that reported an error and land later ([`SimStore::land_delayed`]).
+    delayed: Vec<(Path, PutPayload, PutOptions)>,
+    /// The store's clock runs this many seconds ahead of the simulated clock (behind if negative).
+    skew_secs: i64,
+    /// Creates overwrite (`If-None-Match: *` ignored).
+    ignore_create: bool,
+    /// Events counted by kind (faults injected).
+    counts: std::collections::BTreeMap<&'static str, u32>,
 }
 
 /// The fault-injecting store.
@@ -153,6 +169,7 @@ enum Decision {
     Proceed { delay: u32 },
     Fail,
     FailAfterEffect,
+    LandLater,
     LoseDelete,
     Crash { after_effect: bool },
 }
@@ -178,6 +195,35 @@ impl SimStore {
     /// Faults from now on (`None`: none).
     pub fn set_faults(&self, rates: Option<FaultRates>) {
         self.shared.state.lock().rates = rates;
+    }
+
+    /// The store's clock runs `secs` seconds ahead of the simulated one (behind if negative).
+    pub fn set_skew(&self, secs: i64) {
+        self.shared.state.lock().skew_secs = secs;
+    }
+
+    /// Whether creates overwrite from now on (a store that ignores `If-None-Match: *`).
+    pub fn set_ignore_create(&self, ignore: bool) {
+        self.shared.state.lock().ignore_create = ignore;
+    }
+
+    /// Faults injected so far, by kind.
+    pub fn fault_counts(&self) -> std::collections::BTreeMap<&'static str, u32> {
+        self.shared.state.lock().counts.clone()
+    }
+
+    /// Lands the writes that reported an error earlier (each as its caller asked: a create onto an
+    /// existing object does nothing); returns their paths.
+    pub async fn land_delayed(&self) -> Vec<String> {
+        let delayed = std::mem::take(&mut self.shared.state.lock().delayed);
+        let mut landed = Vec::new();
+        for (location, payload, opts) in delayed {
+            if self.inner.put_opts(&location, payload, opts).await.is_ok() {
+                self.stamp(&location);
+                landed.push(location.to_string());
+            }
+        }
+        landed
     }
 
     /// Crashes the caller at its `at`-th store call from now (1-based) or at its first call of a protocol
@@ -268,11 +314,18 @@ impl Shared {
         let unit = |h: u64| (h >> 11) as f64 / (1u64 << 53) as f64;
         let (roll, roll2) = (unit(h), unit(splitmix(h)));
         let writes = matches!(op, Op::Put | Op::Delete);
-        if roll < rates.fail {
+        let fail = if op == Op::List {
+            rates.fail_list
+        } else {
+            rates.fail
+        };
+        let decision = if roll < fail {
             Decision::Fail
-        } else if writes && op == Op::Put && roll < rates.fail + rates.fail_after_effect {
+        } else if writes && roll < fail + rates.fail_after_effect {
             Decision::FailAfterEffect
-        } else if op == Op::Delete && roll < rates.fail + rates.lose_delete {
+        } else if op == Op::Put && roll < fail + rates.fail_after_effect + rates.land_later {
+            Decision::LandLater
+        } else if op == Op::Delete && roll < fail + rates.fail_after_effect + rates.lose_delete {
             Decision::LoseDelete
         } else if roll2 < rates.delay {
             Decision::Proceed {
@@ -280,6 +333,28 @@ impl Shared {
             }
         } else {
             Decision::Proceed { delay: 0 }
+        };
+        let counted = match (&decision, op) {
+            (Decision::Fail, Op::List) => Some("list failed"),
+            (Decision::FailAfterEffect, Op::Delete) => Some("delete failed after it took effect"),
+            (Decision::FailAfterEffect, _) => Some("write failed after it took effect"),
+            (Decision::LandLater, _) => Some("write landed late"),
+            (Decision::LoseDelete, _) => Some("delete lost"),
+            _ => None,
+        };
+        if let Some(kind) = counted {
+            *s.counts.entry(kind).or_default() += 1;
+        }
+        decision
+    }
+
+    /// The store's time.
+    fn now(&self, skew_secs: i64) -> SystemTime {
+        let t = self.clock.now();
+        if skew_secs >= 0 {
+            t + std::time::Duration::from_secs(skew_secs as u64)
+        } else {
+            t - std::time::Duration::from_secs(skew_secs.unsigned_abs())
         }
     }
 
@@ -291,11 +366,9 @@ impl Shared {
     }
 
     fn stamp(&self, location: &Path) {
-        let now = self.clock.now();
-        self.state
-            .lock()
-            .written
-            .insert(location.as_ref().to_string(), now);
+        let mut state = self.state.lock();
+        let now = self.now(state.skew_secs);
+        state.written.insert(location.as_ref().to_string(), now);
     }
 
     fn restamp(&self, mut meta: ObjectMeta) -> ObjectMeta {
@@ -314,6 +387,16 @@ impl ObjectStore for SimStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        let opts = if self.shared.state.lock().ignore_create
+            && matches!(opts.mode, object_store::PutMode::Create)
+        {
+            PutOptions {
+                mode: object_store::PutMode::Overwrite,
+                ..opts
+            }
+        } else {
+            opts
+        };
         let decision = self.decide(Op::Put, location);
         match decision {
             Decision::Fail => Err(Self::injected(location, "write failure")),
@@ -324,6 +407,14 @@ impl ObjectStore for SimStore {
                     location,
                     "error after the write took effect",
                 ))
+            }
+            Decision::LandLater => {
+                self.shared
+                    .state
+                    .lock()
+                    .delayed
+                    .push((location.clone(), payload, opts));
+                Err(Self::injected(location, "timeout (the write lands later)"))
             }
             Decision::Crash { after_effect } => {
                 if after_effect && self.inner.put_opts(location, payload, opts).await.is_ok() {
@@ -391,6 +482,7 @@ impl ObjectStore for SimStore {
                 let (shared, inner) = (shared.clone(), inner.clone());
                 async move {
                     let location = location?;
+
                     let delete_one = |location: Path| {
                         let inner = inner.clone();
                         async move {
@@ -412,7 +504,14 @@ impl ObjectStore for SimStore {
                             SimStore::delay(delay).await;
                             delete_one(location).await
                         }
-                        Decision::FailAfterEffect => delete_one(location).await,
+                        Decision::FailAfterEffect => {
+                            delete_one(location.clone()).await?;
+                            Err(SimStore::injected(
+                                &location,
+                                "error after the delete took effect",
+                            ))
+                        }
+                        Decision::LandLater => delete_one(location).await,
                     }
                 }
             })
@@ -421,10 +520,27 @@ impl ObjectStore for SimStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let shared = self.shared.clone();
-        self.inner
-            .list(prefix)
-            .map(move |m| m.map(|m| shared.restamp(m)))
-            .boxed()
+        let at = prefix.cloned().unwrap_or_default();
+        let listed = {
+            let shared = shared.clone();
+            self.inner
+                .list(prefix)
+                .map(move |m| m.map(|m| shared.restamp(m)))
+        };
+        futures::stream::once(async move {
+            match shared.decide(Op::List, &at) {
+                Decision::Fail => {
+                    futures::stream::once(
+                        async move { Err(SimStore::injected(&at, "list failure")) },
+                    )
+                    .boxed()
+                }
+                Decision::Crash { .. } => shared.crash_now().await,
+                _ => listed.boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
     }
 
     fn list_with_offset(

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use object_store::{PutMode, PutOptions, PutPayload};
 use statebackend::{
-    BackendKind, CheckpointMetadata, CheckpointStorage, HandleFormat, KeyedStateBackend,
-    RestoreMode, SavepointFormat, SnapshotKind, StateBackend, StateBackendConfig, StorageSettings,
-    TaskStateSnapshot, key_group_range_for_operator,
+    BackendKind, CheckpointMetadata, CheckpointStorage, HandleFormat, IdSource, KeyedStateBackend,
+    RandomIds, RestoreMode, SavepointFormat, SnapshotKind, StateBackend, StateBackendConfig,
+    StorageSettings, TaskStateSnapshot, key_group_range_for_operator,
 };
 
 use crate::job::{kind_name, open_snapshot};
@@ -29,11 +29,15 @@ pub(crate) async fn convert(src: &str, dst: &str) -> Result<ExitCode, String> {
         .to_string();
     let target = CheckpointStorage::from_url(dst, &job, &StorageSettings::default())
         .map_err(|e| e.to_string())?;
-    let id = reserve_id(&target, meta.checkpoint_id, src).await?;
+    // This conversion's identity in its reservation: no other writer produces it.
+    let run = format!("{:016x}", RandomIds.next_id());
+    let id = reserve_id(&target, meta.checkpoint_id, src, &run).await?;
     let written = write(&at, &meta, &target, id).await;
     if written.is_err() {
         // The id is reserved for this conversion: what it wrote there is its own.
-        let _ = target.delete_own_savepoint_dir(id, &owner(src, id)).await;
+        let _ = target
+            .delete_own_savepoint_dir(id, &owner(src, id, &run))
+            .await;
     }
     written?;
     out!(
@@ -45,15 +49,20 @@ pub(crate) async fn convert(src: &str, dst: &str) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The reservation line of a conversion of `src` into savepoint `id`.
-fn owner(src: &str, id: u64) -> String {
-    format!("savepoint {id} reserved by statectl savepoint convert of {src}\n")
+/// The reservation line of conversion `run` of `src` into savepoint `id`.
+fn owner(src: &str, id: u64, run: &str) -> String {
+    format!("savepoint {id} reserved by statectl savepoint convert {run} of {src}\n")
 }
 
 /// Reserves the first savepoint id above `restored` (a restored backend takes only later snapshot ids)
 /// and above every savepoint directory in `target`, as a coordinator reserves one
 /// (`savepoints/sp-<id>/_trigger`): another job's savepoint of that id in the target is never touched.
-async fn reserve_id(target: &CheckpointStorage, restored: u64, src: &str) -> Result<u64, String> {
+async fn reserve_id(
+    target: &CheckpointStorage,
+    restored: u64,
+    src: &str,
+    run: &str,
+) -> Result<u64, String> {
     let highest = target
         .list_savepoint_dirs()
         .await
@@ -64,7 +73,7 @@ async fn reserve_id(target: &CheckpointStorage, restored: u64, src: &str) -> Res
     let mut id = restored.max(highest) + 1;
     for _ in 0..64 {
         if target
-            .reserve_savepoint_id(id, &owner(src, id))
+            .reserve_savepoint_id(id, &owner(src, id, run))
             .await
             .map_err(|e| e.to_string())?
         {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use serde_json::json;
 use statebackend::{
-    CancellationPolicy, CheckpointCoordinator, CheckpointMetadata, CoordinatorConfig,
-    METADATA_FILE, PINNED_MARKER, SHARED_DIR, STATS_FILE, SnapshotKind, TRIGGER_MARKER,
+    CheckpointMetadata, ErrorKind, METADATA_FILE, PINNED_MARKER, SHARED_DIR, STATS_FILE,
+    SnapshotKind, SystemClock, TRIGGER_MARKER,
 };
 
 use crate::job::{Found, bytes, kind_name, open_job, snapshots, spinner};
@@ -139,35 +139,16 @@ pub(crate) async fn gc(
             .await
             .map_err(|e| e.to_string())?
     } else {
-        if let Some(newest) = storage
-            .newest_generation()
-            .await
-            .map_err(|e| e.to_string())?
-            && !newest.closed
-            && !force
-        {
-            progress.finish_and_clear();
-            return Err(format!(
-                "coordinator generation {} of this job has not shut down: the job may be running, and its                  uploads in flight are not known here. Stop the job first, or pass --force if it crashed                  (a coordinator that is in fact running is then fenced). `--dry-run` is always safe.",
-                newest.generation
-            ));
-        }
-        // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
-        // nothing. Its generation fences a coordinator still running (only with --force).
-        let mut coordinator = CheckpointCoordinator::open(
-            storage,
-            CoordinatorConfig::single_operator("statectl", 1, 1_000_000),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let swept = coordinator.sweep_orphans(min_age).await;
-        // Shut down (retaining everything), so that the job counts as stopped again.
-        let closed = coordinator
-            .shutdown(CancellationPolicy::RetainOnCancellation)
+        let swept = storage
+            .collect_garbage(min_age, force, std::sync::Arc::new(SystemClock))
             .await;
-        let report = swept.map_err(|e| e.to_string())?;
-        closed.map_err(|e| e.to_string())?;
-        report
+        if swept.is_err() {
+            progress.finish_and_clear();
+        }
+        swept.map_err(|e| match e.kind() {
+            ErrorKind::IllegalState => format!("{e} (pass --force; `--dry-run` is always safe)"),
+            _ => e.to_string(),
+        })?
     };
     progress.finish_and_clear();
     if as_json {
