@@ -51,26 +51,31 @@ impl CheckpointStorage {
         let mut file = tokio::fs::File::open(local)
             .await
             .map_err(|e| local_error(local, e))?;
+        // Chunks no larger than the file: an SST of a few KiB is not read into a zeroed 4 MiB buffer.
+        let len = file
+            .metadata()
+            .await
+            .map_or(CHUNK_BYTES as u64, |m| m.len());
         let mut writer = self.writer(relative);
         let mut hasher = crc32fast::Hasher::new();
         let mut size_bytes = 0u64;
         loop {
-            let mut chunk = vec![0u8; CHUNK_BYTES];
-            let mut filled = 0;
-            while filled < chunk.len() {
-                match file.read(&mut chunk[filled..]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) => {
-                        writer.abort().await;
-                        return Err(local_error(local, e));
-                    }
+            let remaining = len.saturating_sub(size_bytes).clamp(1, CHUNK_BYTES as u64);
+            let mut chunk = Vec::with_capacity(remaining as usize);
+            let filled = match (&mut file)
+                .take(CHUNK_BYTES as u64)
+                .read_to_end(&mut chunk)
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    writer.abort().await;
+                    return Err(local_error(local, e));
                 }
-            }
+            };
             if filled == 0 {
                 break;
             }
-            chunk.truncate(filled);
             hasher.update(&chunk);
             size_bytes += filled as u64;
             if let Err(e) = writer.write(chunk).await {

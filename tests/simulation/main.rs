@@ -10,7 +10,7 @@
 //! coordinator or a task at a store call (the future is dropped there). After every step `check.rs`'s
 //! invariants must hold. Every name in storage comes from the seed: a seed replays byte for byte.
 //!
-//! `SIM_SEEDS` (default 1000) seeds from `SIM_SEED_BASE` (default 0), `SIM_STEPS` (default 120) steps
+//! `SIM_SEEDS` (default 2000) seeds from `SIM_SEED_BASE` (default 0), `SIM_STEPS` (default 120) steps
 //! each; `SIM_SEED=n` runs one seed and prints its log. A failing seed prints how to run it again.
 //! It needs the LSM backend (the default `rocksdb` feature).
 
@@ -152,7 +152,7 @@ fn simulation() {
     let (seeds, base, steps) = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => (1, seed, env("SIM_STEPS", 120)),
         None => (
-            env("SIM_SEEDS", 1000),
+            env("SIM_SEEDS", 2000),
             env("SIM_SEED_BASE", 0),
             env("SIM_STEPS", 120),
         ),
