@@ -17,8 +17,9 @@ url="${3:-}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/statebackend-target}"
 features=()
 [[ "$url" == s3://* ]] && features=(--features aws)
-cargo build -q --release --example wordcount "${features[@]}"
+cargo build -q --release --example wordcount --bin statectl "${features[@]}"
 bin="$CARGO_TARGET_DIR/release/examples/wordcount"
+ctl="$CARGO_TARGET_DIR/release/statectl"
 work=$(mktemp -d)
 ck="${url:-$work/checkpoints}"
 job="kill-loop-$backend-$$"
@@ -72,6 +73,18 @@ read -r listed referenced kept < <(sed -nE 's/^storage after the sweep: ([0-9]+)
 leaked_local=$( (find "$work/local" -mindepth 1 -maxdepth 1 2>/dev/null || true) | wc -l)
 staging=0
 [ -z "$url" ] && staging=$(find "$ck/$job" -name '*#[0-9]*' | wc -l)
+# Every retained checkpoint is restorable: each file there with its size and CRC32.
+root="${ck%/}/$job"
+retained=0
+for id in $("$ctl" list "$root" | sed -n 's/^checkpoint *\([0-9]*\) .* complete$/\1/p'); do
+  "$ctl" verify "$root/chk-$id" >"$work/verify.log" || { cat "$work/verify.log"; echo "kill-loop: checkpoint $id is damaged"; exit 1; }
+  retained=$((retained + 1))
+done
+[ "$retained" -gt 0 ] || { echo "kill-loop: no retained checkpoint"; exit 1; }
+# No incomplete multipart upload is left where the store lists them (S3).
+uploads=$("$ctl" du "$root" --json | sed -n 's/.*"incomplete_multipart_uploads":\([0-9a-z]*\).*/\1/p')
+echo "kill-loop: $retained retained checkpoints verified; incomplete multipart uploads: $uploads"
+[ "$uploads" = "0" ] || [ "$uploads" = "null" ] || { echo "kill-loop: multipart uploads left"; exit 1; }
 echo "kill-loop: $backend, $killed kills in $runs runs ($mid_checkpoint left a checkpoint in flight, $staged_kills of them a staging file; $finished_early runs finished first); final: $listed files in storage, $referenced referenced, $kept kept unreferenced, $staging staging files, $leaked_local local directories left"
 # The one unreferenced file allowed is the id watermark (`_trigger` of the highest aborted id).
 [ "$kept" -le 1 ] && [ "$staging" -eq 0 ] && [ "$leaked_local" -eq 0 ] || { echo "kill-loop: leftovers"; exit 1; }

@@ -103,16 +103,26 @@ pub(crate) async fn du(url: &str, as_json: bool) -> Result<ExitCode, String> {
         alone.push((*kind, meta.checkpoint_id, own_dir + shared_alone));
     }
     let total: u64 = listed.iter().map(|(_, s)| s).sum();
+    // Invisible to LIST and billed until aborted (where the store can list them: S3).
+    let uploads = storage
+        .incomplete_uploads()
+        .await
+        .map_err(|e| format!("listing incomplete multipart uploads of {url}: {e}"))?
+        .map(|u| u.len());
     if as_json {
         out!(
             "{}",
-            json!({"total_bytes": total, "files": listed.len(),
+            json!({"total_bytes": total, "files": listed.len(), "incomplete_multipart_uploads": uploads,
                 "by_category": by_category.iter().map(|(k, (b, n))| (k.to_string(), json!({"bytes": b, "files": n}))).collect::<serde_json::Map<_, _>>(),
                 "alone": alone.iter().map(|(k, id, b)| json!({"kind": kind_name(*k), "id": id, "bytes_freed_by_deleting": b})).collect::<Vec<_>>()})
         );
         return Ok(ExitCode::SUCCESS);
     }
     out!("{url}: {} in {} files", bytes(total), listed.len());
+    match uploads {
+        Some(n) => out!("  incomplete multipart uploads: {n}"),
+        None => out!("  incomplete multipart uploads: not listed by this store"),
+    }
     for (cat, (b, n)) in &by_category {
         out!("  {cat:<9} {:>12} in {n} files", bytes(*b));
     }
