@@ -338,6 +338,50 @@ mod hung_endpoint {
     }
 }
 
+/// A process killed mid-upload leaves an incomplete multipart upload on S3: invisible to LIST and billed
+/// until it is aborted. The sweep lists them (`ListMultipartUploads`) and aborts those older than its
+/// minimum age on the store's clock.
+#[cfg(feature = "aws")]
+#[test]
+fn incomplete_multipart_uploads_are_aborted_by_the_sweep_on_s3() {
+    use object_store::ObjectStoreExt;
+    let s3 = s3_url().unwrap();
+    let job = format!("multipart-{:016x}", rand::random::<u64>());
+    let storage = CheckpointStorage::from_url(&s3, &job, &StorageSettings::default()).unwrap();
+    runtime().block_on(async {
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let path = storage.path("chk-9/op-0-0000000000000009.keyed");
+        let mut upload = storage.object_store().put_multipart(&path).await.unwrap();
+        upload
+            .put_part(bytes::Bytes::from(vec![7u8; 5 << 20]).into())
+            .await
+            .unwrap();
+        // The process dies: nobody completes or aborts it.
+        std::mem::forget(upload);
+        let listed = storage
+            .incomplete_uploads()
+            .await
+            .unwrap()
+            .expect("S3 lists them");
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let young = coord
+            .sweep_orphans(Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(young.uploads_aborted, 0, "{young:?}");
+        let swept = coord.sweep_orphans(Duration::ZERO).await.unwrap();
+        assert_eq!(swept.uploads_aborted, 1, "{swept:?}");
+        assert!(
+            storage
+                .incomplete_uploads()
+                .await
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
+    });
+}
+
 #[cfg(feature = "aws")]
 #[test]
 fn a_store_without_conditional_create_is_refused_at_open_with_a_clear_error() {

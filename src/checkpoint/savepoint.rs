@@ -35,9 +35,16 @@ impl CheckpointStorage {
             Created::Yes => match self.head(&format!("{dir}/{METADATA_FILE}")).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
                 Err(e) => Err(e),
-                // A savepoint written without a reservation: the id is taken. The marker stays: it may
-                // be an earlier one of the same content, which is not this call's to delete.
-                Ok(()) => Ok(false),
+                // A savepoint written without a reservation: the id is taken. The marker is this call's
+                // (the conditional create made it and the owner names this caller alone), so it goes:
+                // another writer's savepoint directory keeps exactly what it held. A failed delete
+                // leaves a marker that only keeps the id taken, which it is anyway.
+                Ok(()) => {
+                    if let Err(e) = self.delete(&marker).await {
+                        tracing::warn!(%marker, error = %e, "could not delete a reservation in a taken savepoint directory");
+                    }
+                    Ok(false)
+                }
             },
         }
     }

@@ -141,6 +141,18 @@ impl Task {
         })
     }
 
+    /// A full manual compaction of an LSM task's column families (deterministic: one thread, the same
+    /// input files): the next checkpoint uploads the merged files and no longer references the old ones.
+    pub fn compact(&self) {
+        if let Backend::Lsm(b) = &self.backend {
+            for cf in ["default", "s:v"] {
+                if let Some(handle) = b.db().cf_handle(cf) {
+                    b.db().compact_range_cf::<&[u8], &[u8]>(handle, None, None);
+                }
+            }
+        }
+    }
+
     pub fn snapshot(&mut self, id: u64, storage: &CheckpointStorage) -> Result<PendingSnapshot> {
         on!(&mut self.backend, b => b.snapshot(id, storage))
     }

@@ -74,13 +74,14 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(Counts, Vec<String>), Fail
             // Nothing in flight: the engine's checkpoint interval is likely over.
             let idle = sim.inflight.is_empty() && sim.rng.random_bool(0.5);
             let roll = if idle {
-                13
+                14
             } else {
                 sim.rng.random_range(0..100)
             };
             sim.say(format!("-- step {step} (roll {roll})"));
             match roll {
-                0..13 => sim.write()?,
+                0..12 => sim.write()?,
+                12..13 => sim.compact(),
                 13..21 => {
                     let live: Vec<usize> = (0..sim.coordinators.len())
                         .filter(|n| sim.coordinators[*n].is_some())

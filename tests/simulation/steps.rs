@@ -58,6 +58,15 @@ impl Sim {
         Ok(())
     }
 
+    /// The leader's LSM tasks compact their files fully (as RocksDB's background compaction would, at a
+    /// moment the seed chooses).
+    pub fn compact(&mut self) {
+        for task in &self.main().tasks {
+            task.compact();
+        }
+        self.count("compaction");
+    }
+
     /// A coordinator triggers a checkpoint (or a savepoint into the target); its tasks take their
     /// synchronous phase.
     pub async fn trigger(&mut self, coordinator: usize, savepoint: bool) -> Step {
@@ -414,6 +423,13 @@ impl Sim {
             );
         }
         for old in &stats.aborted_pending {
+            if self
+                .inflight
+                .get(old)
+                .is_some_and(|f| f.savepoint.is_some())
+            {
+                violation!("the completion of {id} aborted savepoint {old}");
+            }
             self.aborted.insert(*old);
             if let Some(f) = self.inflight.remove(old) {
                 self.notify_generation(f.generation, |g, t| Note::Aborted(*old, g, t));
