@@ -65,7 +65,7 @@ impl Sim {
         }
         let old = self.leader();
         let parallelism = self.main().parallelism;
-        let config = crate::job::job_config(parallelism, self.retained);
+        let config = crate::job::job_config(parallelism, self.retained, self.coordinator_timeout);
         let last_ack = self.inflight.iter().find_map(|(id, f)| {
             let done = f
                 .parts

@@ -186,7 +186,11 @@ impl Task {
 }
 
 /// The coordinator settings of a job with these parallelisms.
-pub fn job_config(parallelism: [u32; 2], retained: usize) -> CoordinatorConfig {
+pub fn job_config(
+    parallelism: [u32; 2],
+    retained: usize,
+    checkpoint_timeout: Duration,
+) -> CoordinatorConfig {
     CoordinatorConfig {
         operators: OPS
             .iter()
@@ -194,8 +198,7 @@ pub fn job_config(parallelism: [u32; 2], retained: usize) -> CoordinatorConfig {
             .map(|(op, p)| OperatorTasks::keyed(*op, p))
             .collect(),
         retained_checkpoints: retained,
-        // The simulated engine aborts after 300 s itself; the coordinator's own timeout stays out of it.
-        checkpoint_timeout: Duration::from_secs(86_400),
+        checkpoint_timeout,
         allow_non_restored_state: false,
     }
 }

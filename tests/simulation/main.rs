@@ -96,7 +96,8 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(Counts, Vec<String>), Fail
                     sim.trigger(n, savepoint).await?
                 }
                 21..58 => sim.progress().await?,
-                58..60 => sim.run_all_async().await?,
+                58..59 => sim.run_all_async().await?,
+                59..60 => sim.finish_newest().await?,
                 60..63 => sim.run_async().await?,
                 63..66 => sim.acknowledge().await?,
                 66..74 => sim.notify(),
@@ -117,6 +118,7 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(Counts, Vec<String>), Fail
                 94..95 => sim.other_job().await?,
                 _ => sim.notify(),
             }
+            sim.reported_aborts()?;
             check::check(&mut sim).await
         }
         .await;

@@ -96,6 +96,10 @@ pub struct Sim {
     pub crash_rate: f64,
     /// Completed checkpoints the job retains.
     pub retained: usize,
+    /// The coordinators' own checkpoint timeout: in half of the seeds shorter than the engine's
+    /// (`TIMEOUT`), so the coordinator expires checkpoints itself (found by `trigger` or `acknowledge`)
+    /// and the engine learns of them only from its reports.
+    pub coordinator_timeout: Duration,
     /// Quiet time: no faults any more, whatever a step does.
     pub quiet: bool,
     /// Coordinators by incarnation; the last is the leader, an older one still `Some` a zombie.
@@ -164,6 +168,11 @@ impl Sim {
         store.set_skew(rng.random_range(-(MIN_AGE.as_secs() as i64)..=MIN_AGE.as_secs() as i64));
         let crash_rate = rng.random_range(0.05..0.2);
         let retained = rng.random_range(1..=MAX_RETAINED);
+        let coordinator_timeout = if rng.random_bool(0.5) {
+            Duration::from_secs(200)
+        } else {
+            Duration::from_secs(86_400)
+        };
         // The LSM backends' directories on tmpfs where there is one: RocksDB syncs every file it closes,
         // which on a disk is most of a seed's time and proves nothing here.
         let shm = std::path::Path::new("/dev/shm");
@@ -186,6 +195,7 @@ impl Sim {
             faults,
             crash_rate,
             retained,
+            coordinator_timeout,
             quiet: false,
             coordinators: Vec::new(),
             timelines: BTreeMap::new(),
@@ -216,7 +226,7 @@ impl Sim {
             self.store.set_ignore_create(true);
             let opened = CheckpointCoordinator::open_with_clock(
                 self.storage.clone(),
-                job_config([1, 1], self.retained),
+                job_config([1, 1], self.retained, self.coordinator_timeout),
                 self.clock.clone(),
             )
             .await;
@@ -290,7 +300,7 @@ impl Sim {
     /// Opens a new leader for tasks of `parallelism` (faults may make `open` fail: it is retried, then
     /// opened without faults).
     pub async fn open_leader(&mut self, parallelism: [u32; 2]) {
-        let config = job_config(parallelism, self.retained);
+        let config = job_config(parallelism, self.retained, self.coordinator_timeout);
         for attempt in 0..6 {
             if attempt == 5 {
                 self.store.set_faults(None);

@@ -163,10 +163,17 @@ impl Sim {
         Ok(())
     }
 
-    /// Advances the oldest checkpoint in flight: runs one pending asynchronous phase, or acknowledges one
-    /// finished part (in random order).
+    /// Advances the oldest checkpoint in flight (one time in four the newest, so later checkpoints
+    /// overtake savepoints and older checkpoints): runs one pending asynchronous phase, or acknowledges
+    /// one finished part (in random order).
     pub async fn progress(&mut self) -> Step {
-        let Some((&id, flight)) = self.inflight.iter().next() else {
+        let newest = self.rng.random_bool(0.25);
+        let next = if newest {
+            self.inflight.iter().next_back()
+        } else {
+            self.inflight.iter().next()
+        };
+        let Some((&id, flight)) = next else {
             return Ok(());
         };
         let pending = flight.parts.iter().any(|p| matches!(p, Part::Pending(_)));
@@ -236,7 +243,35 @@ impl Sim {
         let Some(&id) = self.inflight.keys().next() else {
             return Ok(());
         };
-        let flight = self.inflight.get_mut(&id).expect("inflight");
+        self.run_all_async_of(id).await
+    }
+
+    /// The newest checkpoint in flight runs all its asynchronous phases and is acknowledged by every
+    /// task at once: an incremental checkpoint is quick while a full savepoint triggered before it may
+    /// still be uploading.
+    pub async fn finish_newest(&mut self) -> Step {
+        let Some(&id) = self.inflight.keys().next_back() else {
+            return Ok(());
+        };
+        self.run_all_async_of(id).await?;
+        for _ in 0..8 {
+            let done = self
+                .inflight
+                .get(&id)
+                .is_some_and(|f| f.parts.iter().any(|p| matches!(p, Part::Done(_))));
+            if !done {
+                break;
+            }
+            self.acknowledge_of(Some(id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs every pending asynchronous phase of checkpoint `id` at once.
+    async fn run_all_async_of(&mut self, id: u64) -> Step {
+        let Some(flight) = self.inflight.get_mut(&id) else {
+            return Ok(());
+        };
         let mut runs = Vec::new();
         for (i, part) in flight.parts.iter_mut().enumerate() {
             if matches!(part, Part::Pending(_))
@@ -399,6 +434,14 @@ impl Sim {
         ));
         let flight = self.inflight.remove(&id);
         let savepoint = flight.as_ref().is_some_and(|f| f.savepoint.is_some());
+        if !savepoint
+            && self.inflight.range(..id).any(|(_, f)| {
+                f.savepoint.is_some()
+                    && Some(f.coordinator) == flight.as_ref().map(|f| f.coordinator)
+            })
+        {
+            self.count("checkpoint completed before an older savepoint");
+        }
         if savepoint {
             self.count("savepoint completed");
             let meta = match self.target_truth.read_savepoint_metadata(id).await {
@@ -470,6 +513,42 @@ impl Sim {
         }
         self.aborted.insert(id);
         self.notify_generation(flight.generation, |g, t| Note::Aborted(id, g, t));
+        Ok(())
+    }
+
+    /// The engine asks every live coordinator for the checkpoints it aborted on its own
+    /// (`take_aborted`) and tells their tasks. Then every checkpoint in flight at a live, unfenced
+    /// coordinator must still be pending there: one that ended without a report would leave its tasks
+    /// waiting and the LSM backend rebasing.
+    pub fn reported_aborts(&mut self) -> Step {
+        for n in 0..self.coordinators.len() {
+            let Some(coord) = self.coordinators[n].as_mut() else {
+                continue;
+            };
+            let reported = coord.take_aborted();
+            let pending = coord.pending();
+            let fenced = coord.is_fenced();
+            for id in reported {
+                let Some(flight) = self.inflight.remove(&id) else {
+                    continue;
+                };
+                self.say(format!("coordinator #{n} reported the abort of {id}"));
+                self.count("abort reported by the coordinator");
+                self.aborted.insert(id);
+                self.notify_generation(flight.generation, |g, t| Note::Aborted(id, g, t));
+            }
+            if fenced {
+                continue;
+            }
+            if let Some(id) = self
+                .inflight
+                .iter()
+                .find(|(id, f)| f.coordinator == n && !pending.contains(id))
+                .map(|(id, _)| *id)
+            {
+                violation!("checkpoint {id} ended at coordinator #{n} without a report");
+            }
+        }
         Ok(())
     }
 
