@@ -364,11 +364,18 @@ fn incomplete_multipart_uploads_are_aborted_by_the_sweep_on_s3() {
             .unwrap()
             .expect("S3 lists them");
         assert_eq!(listed.len(), 1, "{listed:?}");
-        let young = coord
-            .sweep_orphans(Duration::from_secs(3600))
-            .await
-            .unwrap();
-        assert_eq!(young.uploads_aborted, 0, "{young:?}");
+        // moto answers a fixed `Initiated` (2010-11-10) for every upload; S3 and MinIO the real one. Where
+        // the date is real, an upload younger than the minimum age stays.
+        let real_date = std::time::SystemTime::now()
+            .duration_since(listed[0].initiated)
+            .is_ok_and(|age| age < Duration::from_secs(86_400));
+        if real_date {
+            let young = coord
+                .sweep_orphans(Duration::from_secs(3600))
+                .await
+                .unwrap();
+            assert_eq!(young.uploads_aborted, 0, "{young:?}");
+        }
         let swept = coord.sweep_orphans(Duration::ZERO).await.unwrap();
         assert_eq!(swept.uploads_aborted, 1, "{swept:?}");
         assert!(

@@ -49,9 +49,12 @@ impl CheckpointStorage {
         };
         let mut aborted = 0;
         for upload in lister.list(&self.root).await? {
+            // The store clock is a `Last-Modified` (whole seconds) and `Initiated` has milliseconds: an
+            // upload begun within the clock's last second looks younger than zero, which is age zero.
             let old = now
                 .duration_since(upload.initiated)
-                .is_ok_and(|age| age >= min_age);
+                .unwrap_or(Duration::ZERO)
+                >= min_age;
             if old {
                 tracing::info!(path = %upload.path, upload_id = %upload.upload_id, "aborting a stale multipart upload");
                 lister.abort(&upload).await?;

@@ -144,7 +144,10 @@ fn cloud(
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
             let (keys, retry) = client(settings);
+            // The bucket named explicitly too: `with_url` is only parsed at `build`, and the upload
+            // listing reads the bucket from the builder.
             let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(url.host_str().unwrap_or_default())
                 .with_url(bucket_url)
                 .with_retry(retry);
             for (key, value) in keys {
