@@ -125,7 +125,19 @@ mod tests {
             .to_str()
             .unwrap()
             .to_string();
+        // Directories made directly in the working directory (whose parent is `""`), removed at the end.
+        struct Remove(Vec<String>);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                for dir in &self.0 {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
+        let _remove = Remove(vec![format!("{name}-top"), format!("{name}-a")]);
         for dir in [
+            format!("{name}-top"),
+            format!("{name}-a/b"),
             format!("{name}/checkpoints"),
             format!("{name}/a/b"),
             format!("./{name}/dot"),
