@@ -76,7 +76,8 @@ staging=0
 # Every retained checkpoint is restorable: each file there with its size and CRC32.
 root="${ck%/}/$job"
 retained=0
-for id in $("$ctl" list "$root" | sed -n 's/^checkpoint *\([0-9]*\) .* complete$/\1/p'); do
+"$ctl" list "$root" >"$work/list.log" || { cat "$work/list.log"; echo "kill-loop: statectl list failed"; exit 1; }
+for id in $(sed -n 's/^checkpoint *\([0-9]*\) .* complete$/\1/p' "$work/list.log"); do
   "$ctl" verify "$root/chk-$id" >"$work/verify.log" || { cat "$work/verify.log"; echo "kill-loop: checkpoint $id is damaged"; exit 1; }
   retained=$((retained + 1))
 done
