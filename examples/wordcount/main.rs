@@ -27,7 +27,8 @@ use clap::Parser;
 use statebackend::{
     Acknowledgement, CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
     CoordinatorConfig, KeyGroupRouter, KeyedStateBackend, RestoreMode, SnapshotLocation,
-    StateBackend, StateBackendConfig, StorageSettings, TaskStateSnapshot, default_max_parallelism,
+    StateBackend, StateBackendConfig, StorageSettings, SweepReport, TaskStateSnapshot,
+    default_max_parallelism,
 };
 
 use crate::args::Args;
@@ -291,16 +292,27 @@ impl Job {
     }
 }
 
-/// Runs the orphan sweep and says what it deleted or why it could not.
+/// Runs the orphan sweep and says what it deleted or why it could not. The sweep is safe to repeat: a
+/// failed attempt (an S3 bulk delete that timed out, perhaps after it took effect) is tried again, up to
+/// three attempts.
 fn sweep(
     rt: &tokio::runtime::Runtime,
     coordinator: &mut CheckpointCoordinator,
     min_age: Duration,
     when: &str,
-) -> Result<(), String> {
-    let report = rt
-        .block_on(coordinator.sweep_orphans(min_age))
-        .map_err(|e| format!("orphan sweep at {when}: {e}"))?;
+) -> Result<SweepReport, String> {
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    let report = loop {
+        match rt.block_on(coordinator.sweep_orphans(min_age)) {
+            Ok(report) => break report,
+            Err(e) if attempt < ATTEMPTS => {
+                println!("orphan sweep at {when}: attempt {attempt} failed ({e}); trying again");
+                attempt += 1;
+            }
+            Err(e) => return Err(format!("orphan sweep at {when}: {e}")),
+        }
+    };
     if !report.deleted.is_empty() {
         println!(
             "orphan sweep at {when}: deleted {} file(s) no checkpoint references",
@@ -313,7 +325,7 @@ fn sweep(
             report.blocked_by_unreadable
         );
     }
-    Ok(())
+    Ok(report)
 }
 
 fn io_err(e: std::io::Error) -> statebackend::Error {
@@ -519,9 +531,7 @@ fn run(args: Args) -> Result<(), String> {
     if policy == CancellationPolicy::RetainOnCancellation {
         sweep(&rt, &mut coordinator, min_age, "end")?;
         // What storage holds now, from a second sweep (which finds nothing more to delete).
-        let after = rt
-            .block_on(coordinator.sweep_orphans(min_age))
-            .map_err(|e| format!("orphan sweep: {e}"))?;
+        let after = sweep(&rt, &mut coordinator, min_age, "end, again")?;
         println!(
             "storage after the sweep: {} files, {} of retained checkpoints (state, metadata, markers), {} kept unreferenced (the id watermark, or younger than --sweep-min-age-ms), {} deleted",
             after.listed,
