@@ -160,9 +160,12 @@ mod tests {
 
     use super::*;
 
+    /// A hook given the new instance directory.
+    type DirHook = Box<dyn Fn(&Path)>;
+
     thread_local! {
         /// Runs between creating a new instance's lock file and locking it.
-        pub(super) static BEFORE_LOCK: RefCell<Option<Box<dyn Fn(&Path)>>> = const { RefCell::new(None) };
+        pub(super) static BEFORE_LOCK: RefCell<Option<DirHook>> = const { RefCell::new(None) };
     }
 
     /// Subtasks starting at once removed each other's new directories: another process's clean-up ran

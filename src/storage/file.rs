@@ -21,11 +21,14 @@ pub(crate) const PART_BYTES: usize = 8 << 20;
 /// Parts of one upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
 
+/// A multipart upload whose abort failed, with the path it was to write.
+type PendingAbort = (Path, Box<dyn MultipartUpload>);
+
 /// Multipart uploads whose abort failed (the store was down, say), retried by
 /// [`AbortQueue::retry`] at the next upload and at every orphan sweep. Shared by a storage's clones.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct AbortQueue {
-    uploads: Arc<Mutex<Vec<(Path, Box<dyn MultipartUpload>)>>>,
+    uploads: Arc<Mutex<Vec<PendingAbort>>>,
 }
 
 impl AbortQueue {

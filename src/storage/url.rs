@@ -131,13 +131,16 @@ fn client(
     (keys, retry)
 }
 
+/// A cloud object store and, where it can list incomplete multipart uploads, its lister.
+type CloudStore = (Arc<dyn ObjectStore>, Option<Arc<dyn UploadLister>>);
+
 /// A cloud store for `scheme` and, where it can list incomplete multipart uploads, its lister; or why not.
 #[allow(unused_variables)]
 fn cloud(
     scheme: &str,
     url: &::url::Url,
     settings: &StorageSettings,
-) -> std::result::Result<(Arc<dyn ObjectStore>, Option<Arc<dyn UploadLister>>), String> {
+) -> std::result::Result<CloudStore, String> {
     let bucket_url = format!("{scheme}://{}", url.host_str().unwrap_or_default());
     match scheme {
         #[cfg(feature = "aws")]

@@ -326,9 +326,9 @@ impl Sim {
     pub fn new_timeline(&mut self, parallelism: [u32; 2]) -> Timeline {
         self.generations += 1;
         let mut tasks = Vec::new();
-        for op in 0..OPS.len() {
-            for i in 0..parallelism[op] {
-                tasks.push(Task::new(op, parallelism[op], i, self.dir.path()));
+        for (op, &p) in parallelism.iter().enumerate().take(OPS.len()) {
+            for i in 0..p {
+                tasks.push(Task::new(op, p, i, self.dir.path()));
             }
         }
         Timeline {

@@ -70,8 +70,8 @@ async fn reserve_id(
         .last()
         .copied()
         .unwrap_or(0);
-    let mut id = restored.max(highest) + 1;
-    for _ in 0..64 {
+    let first = restored.max(highest) + 1;
+    for id in first..first + 64 {
         if target
             .reserve_savepoint_id(id, &owner(src, id, run))
             .await
@@ -79,7 +79,6 @@ async fn reserve_id(
         {
             return Ok(id);
         }
-        id += 1;
     }
     Err("64 savepoint ids in a row are taken in the target".into())
 }
@@ -145,7 +144,7 @@ async fn write(
                 )
             })?;
             let written = backend
-                .savepoint(id, &target, SavepointFormat::Canonical)
+                .savepoint(id, target, SavepointFormat::Canonical)
                 .map_err(|e| e.to_string())?
                 .run()
                 .await
