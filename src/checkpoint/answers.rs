@@ -21,6 +21,11 @@ pub enum Acknowledgement {
     /// This acknowledgement completed the checkpoint: its metadata is durable. The engine must call
     /// `notify_checkpoint_complete` on every backend, and `notify_checkpoint_aborted` for each of
     /// [`CheckpointStats::aborted_pending`].
+    ///
+    /// If the coordinator is fenced afterwards ([`crate::CheckpointCoordinator::is_fenced`]; a clean-up
+    /// warning says so), a newer leader opened while this metadata was written: its restore may have
+    /// listed the checkpoints before, started its line at an older one, and so left this one behind (kept,
+    /// never restored; `docs/faults.md`). Output this old leader commits for it may be replayed.
     Completed(Box<CheckpointStats>),
     /// This acknowledgement was the last one, and the checkpoint ended without completing: the engine
     /// must call `notify_checkpoint_aborted` on every backend.

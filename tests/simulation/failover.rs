@@ -80,6 +80,7 @@ impl Sim {
                 .then_some(*id)
         });
         let mut zombie = self.coordinators[old].take().expect("old leader");
+        let mut zombie_completed = None;
         let (storage, clock) = (self.storage.clone(), self.clock.clone());
         let open = CheckpointCoordinator::open_with_clock(storage, config, clock);
         self.count("split brain");
@@ -110,6 +111,7 @@ impl Sim {
                 if let Ok(Acknowledgement::Completed(stats)) = &answer {
                     self.count("zombie completed during split brain");
                     self.completed(old, id, zombie_generation, stats).await?;
+                    zombie_completed = Some(id);
                 } else if self.inflight.contains_key(&id) {
                     self.abort(id).await?;
                 }
@@ -136,6 +138,17 @@ impl Sim {
             let timeline = self.new_timeline(parallelism);
             let leader = self.leader();
             self.timelines.insert(leader, timeline);
+        } else if let (Some(c), Some(restored)) = (zombie_completed, self.last_restored)
+            && restored.0 < c
+        {
+            // The new leader listed the checkpoints before the zombie's metadata was there: its line
+            // starts at `restored` and abandons `c` (never restored again). The line's newest
+            // completed checkpoint is the restored one.
+            self.count("zombie completion left behind by the new line");
+            self.rolled_back.insert(c);
+            if self.completed.is_some_and(|(id, _)| id == c) {
+                self.completed = Some(restored);
+            }
         }
         Ok(())
     }
@@ -175,7 +188,16 @@ impl Sim {
         } else {
             RestoreMode::Claim
         };
-        if !self.restore_into_leader(mode, None).await? {
+        let restored = self.restore_into_leader(mode, None).await?;
+        if restored
+            && let (Some((c, _)), Some((id, _))) = (self.completed, self.last_restored)
+            && id < c
+            && !self.rolled_back.contains(&c)
+            && !self.newer.keys().any(|n| *n >= c)
+        {
+            violation!("a failover restored checkpoint {id}, yet checkpoint {c} completed");
+        }
+        if !restored {
             if let Some((c, _)) = self.completed
                 && !self.newer.keys().any(|id| *id >= c)
                 && !self.rolled_back.contains(&c)
@@ -432,6 +454,7 @@ impl Sim {
         if coord.store().pinned().iter().any(|p| p.checkpoint_id == id) {
             self.pinned.insert(id);
         }
+        self.last_restored = Some((id, meta.generation));
         Ok(Some(true))
     }
 

@@ -129,8 +129,11 @@ pub struct Sim {
     pub savepoints: BTreeMap<u64, SavedPoint>,
     /// Objects other jobs (and conversions) wrote into the savepoint target, with their bytes.
     pub foreign: BTreeMap<String, Vec<u8>>,
-    /// Checkpoints a rollback left behind: a failover never restores one.
+    /// Checkpoints a rollback left behind (or a new leader's line, for a zombie's completion it did not
+    /// see): a failover never restores one.
     pub rolled_back: BTreeSet<u64>,
+    /// The checkpoint the last restore took, with the generation that wrote it.
+    pub last_restored: Option<(u64, u64)>,
     pub crash_points: BTreeMap<&'static str, u32>,
     /// How often each kind of event happened (what the schedules exercise).
     pub events: BTreeMap<&'static str, u32>,
@@ -213,6 +216,7 @@ impl Sim {
             savepoints: BTreeMap::new(),
             foreign: BTreeMap::new(),
             rolled_back: BTreeSet::new(),
+            last_restored: None,
             crash_points: BTreeMap::new(),
             events: BTreeMap::new(),
             log: Vec::new(),
