@@ -11,7 +11,8 @@
 //! - after quiet time, a checkpoint still completes (no endless decline) and a sweep leaves no
 //!   unreferenced file.
 //!
-//! A failover never restores a checkpoint a rollback left behind (`failover.rs`), and a dry run of the
+//! A failover never restores a checkpoint a rollback left behind, nor one older than the line's newest
+//! completed checkpoint (`failover.rs`), and a dry run of the
 //! orphan sweep changes no byte (`operators.rs`).
 
 use std::collections::BTreeSet;
