@@ -233,6 +233,142 @@ mod tests {
         }
     }
 
+    /// The content of the pinned `tests/fixtures/metadata/v<version>/_metadata` (written by
+    /// `tests/fixtures/writers/metadata_v<version>.rs`) as this build decodes it: before version 4 the
+    /// generation is 0, before 3 a handle takes its task's operator id, before 2 files have no local name.
+    fn pinned_content(version: u16) -> CheckpointMetadata {
+        let file = |path: &str, scope, size_bytes, crc32, created_by, local: &str| StateFile {
+            path: path.into(),
+            scope,
+            size_bytes,
+            crc32,
+            created_by,
+            local_name: if version >= 2 {
+                local.into()
+            } else {
+                String::new()
+            },
+        };
+        let handle = |backend_id: &str, start, end, format, files| KeyedStateHandle {
+            backend_id: backend_id.into(),
+            operator_id: "window".into(),
+            checkpoint_id: 12,
+            max_parallelism: 128,
+            key_groups: KeyGroupRange::new(start, end).unwrap(),
+            format,
+            files,
+        };
+        let lsm_format = if version == 1 {
+            HandleFormat::KeyedFile
+        } else {
+            HandleFormat::RocksIncremental
+        };
+        CheckpointMetadata {
+            checkpoint_id: 12,
+            timestamp_ms: 1_764_000_000_000,
+            kind: SnapshotKind::Checkpoint,
+            generation: if version >= 4 { 5 } else { 0 },
+            tasks: vec![
+                TaskStateSnapshot {
+                    operator_id: "window".into(),
+                    subtask_index: 0,
+                    keyed_state: Some(handle(
+                        "heap-window-0",
+                        0,
+                        63,
+                        HandleFormat::KeyedFile,
+                        vec![
+                            file(
+                                "chk-12/window-0.keyed",
+                                FileScope::Private,
+                                2048,
+                                0x1234_5678,
+                                12,
+                                "",
+                            ),
+                            file(
+                                "shared/window-0-a.keyed",
+                                FileScope::Shared,
+                                4096,
+                                0x9abc_def0,
+                                10,
+                                "",
+                            ),
+                        ],
+                    )),
+                    operator_state: [
+                        ("offsets".to_string(), vec![1, 2, 3]),
+                        ("watermark".to_string(), 99u64.to_le_bytes().to_vec()),
+                    ]
+                    .into(),
+                },
+                TaskStateSnapshot {
+                    operator_id: "window".into(),
+                    subtask_index: 1,
+                    keyed_state: Some(handle(
+                        "lsm-window-1",
+                        64,
+                        127,
+                        lsm_format,
+                        vec![
+                            file(
+                                "chk-12/window-1-MANIFEST",
+                                FileScope::Private,
+                                311,
+                                0x0bad_cafe,
+                                12,
+                                "MANIFEST-000005",
+                            ),
+                            file(
+                                "shared/window-1-000012.sst",
+                                FileScope::Shared,
+                                65536,
+                                0xfeed_f00d,
+                                11,
+                                "000012.sst",
+                            ),
+                        ],
+                    )),
+                    operator_state: Default::default(),
+                },
+                TaskStateSnapshot {
+                    operator_id: "source".into(),
+                    subtask_index: 0,
+                    keyed_state: None,
+                    operator_state: [("offset".to_string(), 42u64.to_le_bytes().to_vec())].into(),
+                },
+            ],
+        }
+    }
+
+    fn pinned_bytes(version: u16) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/metadata/v{version}/_metadata",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn every_metadata_version_read_has_a_pinned_file_that_decodes_to_its_content() {
+        for version in 1..=VERSION {
+            let bytes = pinned_bytes(version);
+            assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), version);
+            let decoded = decode(&bytes, "pinned").unwrap();
+            assert_eq!(decoded, pinned_content(version), "version {version}");
+        }
+    }
+
+    #[test]
+    fn todays_encoder_writes_the_newest_pinned_metadata_byte_for_byte() {
+        let written = encode(&pinned_content(VERSION)).unwrap();
+        assert!(
+            written == pinned_bytes(VERSION),
+            "the metadata encoder changed its bytes: add version {} with a fixture, keep {VERSION}'s",
+            VERSION + 1
+        );
+    }
+
     #[test]
     fn round_trip_and_every_corruption_is_caught() {
         let meta = sample();

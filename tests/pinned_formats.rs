@@ -1,0 +1,388 @@
+//! Pinned formats: `tests/fixtures/` holds snapshots written by the formats this build reads
+//! (`tests/fixtures/README.md` says which commit and command wrote each). Every fixture must restore to
+//! its content, and today's writer must still write the newest fixtures byte for byte: a format change
+//! adds a fixture (and a decoder for the old one), it never edits one.
+//!
+//! The job written here is deterministic: names come from `SeededIds`, time from a `ManualClock`, and the
+//! snapshots are taken one after another. `FIXTURES_WRITE=<dir> cargo test --test pinned_formats
+//! write_fixtures -- --ignored` writes it into `<dir>`.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use statebackend::*;
+
+/// Max parallelism of the fixture job.
+const MAX_PARALLELISM: u32 = 128;
+/// Keys of the keyed operator `window`.
+const KEYS: std::ops::RangeInclusive<u64> = 1..=40;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The states of operator `window`.
+struct States {
+    value: ValueState<u32, u64>,
+    list: ListState<VoidNamespace, String>,
+    map: MapState<u32, String, u64>,
+    sum: ReducingState<VoidNamespace, u64>,
+}
+
+fn states<B: KeyedStateBackend<u64>>(b: &mut B) -> States {
+    States {
+        value: b.value_state(&ValueStateDescriptor::new("value")).unwrap(),
+        list: b.list_state(&ListStateDescriptor::new("list")).unwrap(),
+        map: b.map_state(&MapStateDescriptor::new("map")).unwrap(),
+        sum: b
+            .reducing_state(&ReducingStateDescriptor::new("sum", |a: &u64, b: &u64| {
+                a + b
+            }))
+            .unwrap(),
+    }
+}
+
+/// What key `k` holds in each state: value under namespaces 0 and 1 (odd keys only), a list, a map under
+/// namespace 7, a sum.
+fn value_of(k: u64, ns: u32) -> Option<u64> {
+    (ns == 0 || k % 2 == 1).then(|| k * 1000 + u64::from(ns))
+}
+fn list_of(k: u64) -> Vec<String> {
+    (0..k % 4).map(|i| format!("e{k}-{i}")).collect()
+}
+fn map_of(k: u64) -> BTreeMap<String, u64> {
+    (0..k % 3).map(|i| (format!("m{i}"), k + i)).collect()
+}
+fn sum_of(k: u64) -> u64 {
+    (1..=k).sum()
+}
+
+/// Writes the content into `b` for the keys it owns.
+fn fill<B: KeyedStateBackend<u64>>(b: &mut B) {
+    let s = states(b);
+    for k in KEYS {
+        if b.set_current_key(k).is_err() {
+            continue;
+        }
+        for ns in [0, 1] {
+            if let Some(v) = value_of(k, ns) {
+                s.value.update(b, &ns, v).unwrap();
+            }
+        }
+        for e in list_of(k) {
+            s.list.add(b, &VoidNamespace, e).unwrap();
+        }
+        for (mk, mv) in map_of(k) {
+            s.map.put(b, &7, mk, mv).unwrap();
+        }
+        for i in 1..=k {
+            s.sum.add(b, &VoidNamespace, i).unwrap();
+        }
+    }
+}
+
+/// Checks that `b` holds the content for every key of `KEYS` it owns; returns how many keys it checked.
+fn check<B: KeyedStateBackend<u64>>(b: &mut B, what: &str) -> usize {
+    let s = states(b);
+    let mut checked = 0;
+    for k in KEYS {
+        if b.set_current_key(k).is_err() {
+            continue;
+        }
+        checked += 1;
+        for ns in [0, 1] {
+            assert_eq!(
+                s.value.value(b, &ns).unwrap(),
+                value_of(k, ns),
+                "{what}: value {k}/{ns}"
+            );
+        }
+        let list = s.list.get(b, &VoidNamespace).unwrap();
+        assert_eq!(list, list_of(k), "{what}: list {k}");
+        let map: BTreeMap<String, u64> = s.map.entries(b, &7).unwrap().into_iter().collect();
+        assert_eq!(map, map_of(k), "{what}: map {k}");
+        assert_eq!(
+            s.sum.get(b, &VoidNamespace).unwrap(),
+            Some(sum_of(k)),
+            "{what}: sum {k}"
+        );
+    }
+    checked
+}
+
+/// The operator state of `source`.
+fn source_state() -> OperatorStateBackend {
+    let mut ops = OperatorStateBackend::new();
+    let offsets = ops.list_state::<u64>("offsets").unwrap();
+    offsets.update(&mut ops, &[5, 9, 12]).unwrap();
+    let partitions = ops.union_list_state::<String>("partitions").unwrap();
+    partitions.add(&mut ops, &"p-0".to_string()).unwrap();
+    let rules = ops.broadcast_state::<String, u32>("rules").unwrap();
+    rules.put(&mut ops, &"limit".to_string(), &10).unwrap();
+    ops
+}
+
+fn check_source(ops: &mut OperatorStateBackend) {
+    let offsets = ops.list_state::<u64>("offsets").unwrap();
+    assert_eq!(offsets.get(ops).unwrap(), [5, 9, 12]);
+    let partitions = ops.union_list_state::<String>("partitions").unwrap();
+    assert_eq!(partitions.get(ops).unwrap(), ["p-0"]);
+    let rules = ops.broadcast_state::<String, u32>("rules").unwrap();
+    assert_eq!(rules.get(ops, &"limit".to_string()).unwrap(), Some(10));
+}
+
+fn storage(root: &Path, job: &str, seed: u64) -> CheckpointStorage {
+    CheckpointStorage::from_url(
+        &root.display().to_string(),
+        job,
+        &StorageSettings::default(),
+    )
+    .unwrap()
+    .with_id_source(Arc::new(SeededIds::new(seed)))
+}
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000),
+    ))
+}
+
+fn heap(subtask: u32, zstd_level: Option<i32>) -> HeapKeyedStateBackend<u64> {
+    let mut config = HeapBackendConfig::for_subtask("window", MAX_PARALLELISM, 2, subtask).unwrap();
+    config.zstd_level = zstd_level;
+    HeapKeyedStateBackend::new(config).unwrap()
+}
+
+/// Writes the heap job into `root/heap-job`: checkpoint 1 (`window` subtask 0 zstd-compressed, subtask 1
+/// raw, `source`'s operator state) and canonical savepoint 2 of the same state.
+async fn write_heap_job(root: &Path) {
+    let storage = storage(root, "heap-job", 7);
+    let config = CoordinatorConfig {
+        operators: vec![
+            OperatorTasks::keyed("window", 2),
+            OperatorTasks::without_keyed_state("source", 1),
+        ],
+        ..CoordinatorConfig::default()
+    };
+    let mut coordinator = CheckpointCoordinator::open_with_clock(storage.clone(), config, clock())
+        .await
+        .unwrap();
+    let mut backends = [heap(0, Some(3)), heap(1, None)];
+    for b in &mut backends {
+        fill(b);
+    }
+    let source = source_state().snapshot();
+    let id = coordinator.trigger().await.unwrap();
+    let mut answers = Vec::new();
+    for (i, b) in backends.iter_mut().enumerate() {
+        let result = b.snapshot(id, &storage).unwrap().run().await.unwrap();
+        let ack = TaskStateSnapshot::keyed("window", i as u32, result.handle);
+        let metrics = Some(result.metrics);
+        answers.push(coordinator.acknowledge(id, ack, metrics).await.unwrap());
+    }
+    let ack = TaskStateSnapshot {
+        operator_id: "source".into(),
+        subtask_index: 0,
+        keyed_state: None,
+        operator_state: source.clone(),
+    };
+    answers.push(coordinator.acknowledge(id, ack, None).await.unwrap());
+    assert!(
+        matches!(answers.last(), Some(Acknowledgement::Completed(_))),
+        "{answers:?}"
+    );
+    let sp = coordinator.trigger_savepoint(&storage).await.unwrap();
+    let mut last = None;
+    for (i, b) in backends.iter_mut().enumerate() {
+        let result = b
+            .savepoint(sp, &storage, SavepointFormat::Canonical)
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        let ack = TaskStateSnapshot::keyed("window", i as u32, result.handle);
+        last = Some(coordinator.acknowledge(sp, ack, None).await.unwrap());
+    }
+    let ack = TaskStateSnapshot {
+        operator_id: "source".into(),
+        subtask_index: 0,
+        keyed_state: None,
+        operator_state: source,
+    };
+    last = Some(coordinator.acknowledge(sp, ack, None).await.unwrap()).or(last);
+    assert!(
+        matches!(last, Some(Acknowledgement::Completed(_))),
+        "{last:?}"
+    );
+}
+
+/// Writes the LSM job into `root/lsm-job`: native checkpoint 1 of `window` at parallelism 1.
+#[cfg(feature = "rocksdb")]
+async fn write_lsm_job(root: &Path) {
+    let storage = storage(root, "lsm-job", 11);
+    let mut coordinator = CheckpointCoordinator::open_with_clock(
+        storage.clone(),
+        CoordinatorConfig::single_operator("window", 1, 1),
+        clock(),
+    )
+    .await
+    .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let config =
+        LsmBackendConfig::for_subtask("window", MAX_PARALLELISM, 1, 0, local.path()).unwrap();
+    let mut b = LsmKeyedStateBackend::<u64>::new(config).unwrap();
+    fill(&mut b);
+    let id = coordinator.trigger().await.unwrap();
+    let result = b.snapshot(id, &storage).unwrap().run().await.unwrap();
+    let ack = TaskStateSnapshot::keyed("window", 0, result.handle);
+    let answer = coordinator
+        .acknowledge(id, ack, Some(result.metrics))
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Acknowledgement::Completed(_)),
+        "{answer:?}"
+    );
+}
+
+async fn write_all(root: &Path) {
+    write_heap_job(root).await;
+    #[cfg(feature = "rocksdb")]
+    write_lsm_job(root).await;
+}
+
+/// Writes the fixtures of the newest formats into `$FIXTURES_WRITE` (run by hand, see the module docs).
+#[tokio::test]
+#[ignore = "writes fixtures; run by hand when a format version is added"]
+async fn write_fixtures() {
+    let dir = std::env::var("FIXTURES_WRITE").expect("FIXTURES_WRITE=<directory>");
+    write_all(Path::new(&dir)).await;
+}
+
+/// Every file under `dir`, relative, with its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                let rel = path.strip_prefix(base).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The heap job's snapshot files (metadata, keyed files, statistics), without the protocol's markers.
+fn snapshot_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    files(dir)
+        .into_iter()
+        .filter(|(path, _)| path.starts_with("chk-") || path.starts_with(SAVEPOINT_DIR))
+        .collect()
+}
+
+#[tokio::test]
+async fn todays_writer_writes_the_pinned_heap_snapshots_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    write_heap_job(dir.path()).await;
+    let pinned = snapshot_files(&fixtures().join("jobs/heap-job"));
+    let written = snapshot_files(&dir.path().join("heap-job"));
+    assert_eq!(
+        pinned.keys().collect::<Vec<_>>(),
+        written.keys().collect::<Vec<_>>(),
+        "the same files"
+    );
+    for (path, bytes) in &pinned {
+        if path.ends_with(STATS_FILE) {
+            // Durations differ from run to run; the statistics are checked by parsing.
+            continue;
+        }
+        assert!(
+            written[path] == *bytes,
+            "{path} differs from the pinned bytes"
+        );
+    }
+}
+
+/// `dir` copied into a temporary directory (restores must not touch the fixtures).
+fn copy_of(dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for (path, bytes) in files(dir) {
+        let to = copy.path().join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, bytes).unwrap();
+    }
+    copy
+}
+
+#[tokio::test]
+async fn pinned_heap_checkpoint_and_savepoint_restore_to_their_content() {
+    let root = copy_of(&fixtures().join("jobs"));
+    let storage = storage(root.path(), "heap-job", 99);
+    let checkpoint = storage.read_checkpoint_metadata(1).await.unwrap();
+    let savepoint = storage.read_savepoint_metadata(2).await.unwrap();
+    for (what, meta) in [("checkpoint 1", &checkpoint), ("savepoint 2", &savepoint)] {
+        let handles = meta.keyed_handles("window");
+        assert_eq!(handles.len(), 2, "{what}");
+        // At parallelism 1 and 3: every key group, from both files.
+        for parallelism in [1, 3] {
+            let mut checked = 0;
+            for i in 0..parallelism {
+                let config =
+                    HeapBackendConfig::for_subtask("window", MAX_PARALLELISM, parallelism, i)
+                        .unwrap();
+                let mut b = HeapKeyedStateBackend::<u64>::restore(config, &storage, &handles)
+                    .await
+                    .unwrap();
+                checked += check(&mut b, what);
+            }
+            assert_eq!(checked, KEYS.count(), "{what} at parallelism {parallelism}");
+        }
+        let mut ops = OperatorStateBackend::restore("source", 0, 1, &meta.tasks).unwrap();
+        check_source(&mut ops);
+    }
+    let stats = std::fs::read(root.path().join("heap-job/chk-1").join(STATS_FILE)).unwrap();
+    let (_, _, state_bytes) = CheckpointStats::parse_stats_file(&stats, 1).unwrap();
+    assert!(state_bytes > 0);
+}
+
+/// The canonical savepoint restores on the LSM backend too, and the native LSM checkpoint restores.
+#[cfg(feature = "rocksdb")]
+#[tokio::test]
+async fn pinned_lsm_checkpoint_and_canonical_savepoint_restore_on_rocksdb() {
+    let root = copy_of(&fixtures().join("jobs"));
+    let heap_job = storage(root.path(), "heap-job", 99);
+    let lsm_job = storage(root.path(), "lsm-job", 99);
+    let savepoint = heap_job.read_savepoint_metadata(2).await.unwrap();
+    let native = lsm_job.read_checkpoint_metadata(1).await.unwrap();
+    for (what, storage, meta) in [
+        ("canonical savepoint 2", &heap_job, &savepoint),
+        ("native checkpoint 1", &lsm_job, &native),
+    ] {
+        let mut checked = 0;
+        for i in 0..2 {
+            let local = tempfile::tempdir().unwrap();
+            let config =
+                LsmBackendConfig::for_subtask("window", MAX_PARALLELISM, 2, i, local.path())
+                    .unwrap();
+            let mut b = LsmKeyedStateBackend::<u64>::restore(
+                config,
+                storage,
+                &meta.keyed_handles("window"),
+                RestoreMode::NoClaim,
+            )
+            .await
+            .unwrap();
+            checked += check(&mut b, what);
+        }
+        assert_eq!(checked, KEYS.count(), "{what}");
+    }
+}
