@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use statebackend::layout::*;
 use statebackend::*;
 
 fn config(kind: BackendKind, dir: &std::path::Path) -> StateBackendConfig {

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use object_store::ObjectStoreExt;
+use statebackend::layout::*;
 use statebackend::*;
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {

@@ -5,10 +5,7 @@
 use crate::format::keyed_file::FOOTER_LEN;
 use crate::format::keyed_file::read::{HEADER_PREFIX, parse_footer};
 
-#[cfg(feature = "rocksdb")]
-use crate::lsm::keys;
-#[cfg(not(feature = "rocksdb"))]
-use crate::lsm_keys as keys;
+use crate::format::lsm_rows as keys;
 
 fn u32_at(b: &[u8], at: usize) -> Option<usize> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)

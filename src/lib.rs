@@ -58,40 +58,33 @@ mod codec;
 mod codec_text;
 mod error;
 mod format;
-mod heap;
-mod keyed;
-#[cfg(feature = "rocksdb")]
-mod lsm;
-// The LSM row decoders without RocksDB, for the fuzz target.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-#[cfg(all(feature = "fuzzing", not(feature = "rocksdb")))]
-#[path = "lsm/keys.rs"]
-#[allow(dead_code, reason = "only the decoders and their encoders are fuzzed")]
-mod lsm_keys;
+mod heap;
+mod ids;
+mod key_group;
+mod keyed;
+#[cfg(feature = "rocksdb")]
+mod lsm;
 mod operator;
 mod parallel;
+mod snapshot;
 mod storage;
 
 pub use backend::{BackendKind, StateBackend, StateBackendConfig};
 pub use checkpoint::answers::{Acknowledgement, CheckpointStats, Declined, Discarded};
 pub use checkpoint::config::{CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks};
 pub use checkpoint::coordinator::CheckpointCoordinator;
-pub use checkpoint::fence::{COORDINATORS_DIR, NewestGeneration};
-pub use checkpoint::handle::{
-    CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
-    TaskStateSnapshot,
-};
-pub use checkpoint::lineage::LINEAGE_DIR;
+pub use checkpoint::fence::NewestGeneration;
 pub use checkpoint::read::{KeyedRecord, SnapshotLocation};
 pub use checkpoint::registry::{SharedFileEntry, SharedFileRegistry};
 pub use checkpoint::store::{
-    AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreMode,
-    RestoreOutcome, SkippedCheckpoint,
+    AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreOutcome,
+    SkippedCheckpoint,
 };
 pub use checkpoint::sweep::SweepReport;
-pub use clock::{Clock, IdSource, ManualClock, RandomIds, SeededIds, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{
     Codec, Migration, SchemaCompatibility, VoidNamespace, WrittenCodec, schema_compatibility,
     versioned_id,
@@ -99,17 +92,15 @@ pub use codec::{
 pub use codec_text::{describe_encoded, hex_bytes};
 pub use error::{Error, ErrorKind, Result};
 pub use heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
-pub use keyed::backend::{
-    KeyedStateBackend, PendingSnapshot, SavepointFormat, SnapshotMetrics, SnapshotResult, StateId,
-    StateKey, StateValue,
-};
-pub use keyed::descriptor::{
-    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
-    ReduceFn, ReducingStateDescriptor, StateKind, StateMeta, ValueStateDescriptor,
-};
-pub use keyed::key_group::{
+pub use ids::{IdSource, RandomIds, SeededIds};
+pub use key_group::{
     KeyGroupRange, UPPER_BOUND_MAX_PARALLELISM, assign_to_key_group, default_max_parallelism,
     key_group_range_for_operator, operator_index_for_key_group, stable_key_hash,
+};
+pub use keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
+pub use keyed::descriptor::{
+    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
+    ReduceFn, ReducingStateDescriptor, ValueStateDescriptor,
 };
 pub use keyed::map_iter::MapEntries;
 pub use keyed::router::{KeyGroupRouter, KeyRoute};
@@ -119,8 +110,12 @@ pub use lsm::{LsmBackendConfig, LsmKeyedStateBackend, lsm_db_options};
 pub use operator::{
     BroadcastState, OPERATOR_STATE_PREFIX, OperatorListState, OperatorStateBackend, Redistribution,
 };
-pub use storage::{
-    CLOCK_FILE, CheckpointStorage, IncompleteUpload, METADATA_FILE, PINNED_MARKER, PROBE_DIR,
-    SAVEPOINT_DIR, SHARED_DIR, STATS_FILE, StorageSettings, TRIGGER_MARKER, checkpoint_dir,
-    savepoint_dir,
+pub use snapshot::handle::{
+    CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
+    TaskStateSnapshot,
 };
+pub use snapshot::layout;
+pub use snapshot::restore_mode::RestoreMode;
+pub use snapshot::result::{SavepointFormat, SnapshotMetrics, SnapshotResult};
+pub use snapshot::state_meta::{StateKind, StateMeta};
+pub use storage::{CheckpointStorage, IncompleteUpload, StorageSettings};

@@ -1,5 +1,11 @@
 //! Running a few independent pieces of restore work at once (heap decode, LSM SST writing).
 
+/// The default number of restore threads of both backends: the machine's available parallelism, at
+/// most 4.
+pub(crate) fn default_restore_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// `f(index, item)` for every item: the first on the calling thread, each other on a scoped thread of its
 /// own; results in item order. A panic on a worker thread resumes on the caller, as it would have on one
 /// thread. One item (or none) spawns nothing.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::faulty::{Fault, FaultyStore};
 use common::*;
 use object_store::ObjectStoreExt;
+use statebackend::layout::*;
 use statebackend::*;
 
 type Heap = HeapKeyedStateBackend<u64>;

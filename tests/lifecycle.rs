@@ -10,6 +10,7 @@ use std::sync::Arc;
 use common::faulty::FaultyStore;
 use common::*;
 use object_store::{ObjectStore, ObjectStoreExt};
+use statebackend::layout::*;
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use common::faulty::FaultyStore;
 use common::*;
 use object_store::ObjectStoreExt;
+use statebackend::layout::*;
 use statebackend::*;
 
 type Lsm = LsmKeyedStateBackend<u64>;

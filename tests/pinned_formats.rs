@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use statebackend::layout::*;
 use statebackend::*;
 
 /// Max parallelism of the fixture job.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
+use statebackend::layout::*;
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::heap::backend::HeapBackendConfig;
-use crate::keyed::key_group::key_group_range_for_operator;
+use crate::key_group::key_group_range_for_operator;
 
 /// Which keyed state backend to build (as Flink's `state.backend.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -119,7 +119,7 @@ impl Default for StateBackendConfig {
             local_dir: std::env::temp_dir(),
             heap_zstd_level: Some(1),
             heap_frame_bytes: 1 << 20,
-            restore_threads: crate::heap::config::default_restore_threads(),
+            restore_threads: crate::parallel::default_restore_threads(),
             lsm_transfer_concurrency: 4,
             lsm_block_cache_bytes: 64 << 20,
             lsm_write_buffer_bytes: 16 << 20,

@@ -7,22 +7,21 @@
 
 pub(crate) mod config;
 
-use crate::checkpoint::handle::{CheckpointMetadata, KeyedStateHandle};
-use crate::checkpoint::store::RestoreMode;
 use crate::error::Result;
 use crate::heap::backend::HeapKeyedStateBackend;
-use crate::keyed::backend::{
-    KeyedStateBackend, PendingSnapshot, SavepointFormat, StateId, StateKey, StateValue,
-};
+use crate::key_group::KeyGroupRange;
+use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
 };
-use crate::keyed::key_group::KeyGroupRange;
 use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 #[cfg(feature = "rocksdb")]
 use crate::lsm::LsmKeyedStateBackend;
+use crate::snapshot::handle::{CheckpointMetadata, KeyedStateHandle};
+use crate::snapshot::restore_mode::RestoreMode;
+use crate::snapshot::result::SavepointFormat;
 use crate::storage::CheckpointStorage;
 pub use config::{BackendKind, StateBackendConfig};
 

@@ -6,14 +6,15 @@ use bytes::Bytes;
 use crate::checkpoint::answers::{Acknowledgement, CheckpointStats, Declined, Discarded};
 use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::fence::FenceCheck;
-use crate::checkpoint::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
 use crate::checkpoint::pending::{Outcome, TaskKey};
 use crate::checkpoint::store::read_metadata;
-use crate::checkpoint::validate::check_partition;
 use crate::error::{Error, Result};
 use crate::format::metadata;
-use crate::keyed::backend::SnapshotMetrics;
-use crate::storage::{Created, METADATA_FILE, STATS_FILE, checkpoint_dir};
+use crate::snapshot::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
+use crate::snapshot::layout::{METADATA_FILE, STATS_FILE, checkpoint_dir};
+use crate::snapshot::result::SnapshotMetrics;
+use crate::snapshot::validate::check_partition;
+use crate::storage::Created;
 
 impl CheckpointCoordinator {
     /// Task `task` (its operator id and subtask index) finished its part of `checkpoint_id`. When every

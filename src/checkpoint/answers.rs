@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::checkpoint::store::RegistryStats;
-use crate::keyed::backend::SnapshotMetrics;
+use crate::snapshot::result::SnapshotMetrics;
 
 /// What [`crate::CheckpointCoordinator::acknowledge`] did with an acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]

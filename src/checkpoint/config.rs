@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::checkpoint::handle::{CheckpointMetadata, TaskStateSnapshot};
 use crate::error::{Error, Result};
+use crate::snapshot::handle::{CheckpointMetadata, TaskStateSnapshot};
 
 /// One operator of the job: its id, how many subtasks acknowledge each checkpoint, and whether it keeps
 /// keyed state.

@@ -11,13 +11,15 @@ use bytes::Bytes;
 
 use crate::checkpoint::config::CoordinatorConfig;
 use crate::checkpoint::fence::{Fence, FenceCheck};
-use crate::checkpoint::handle::CheckpointMetadata;
 use crate::checkpoint::lineage::{LineKind, LineRecord};
 use crate::checkpoint::pending::{Outcome, Outcomes, PendingCheckpoint};
-use crate::checkpoint::store::{CancellationPolicy, CompletedCheckpointStore, RestoreMode};
+use crate::checkpoint::store::{CancellationPolicy, CompletedCheckpointStore};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::storage::{CheckpointStorage, Created, TRIGGER_MARKER, checkpoint_dir};
+use crate::snapshot::handle::CheckpointMetadata;
+use crate::snapshot::layout::{TRIGGER_MARKER, checkpoint_dir};
+use crate::snapshot::restore_mode::RestoreMode;
+use crate::storage::{CheckpointStorage, Created};
 
 /// Ids tried by one `trigger` before it gives up (each one taken by another coordinator).
 const MAX_RESERVE_ATTEMPTS: usize = 64;

@@ -4,9 +4,10 @@
 use std::collections::HashSet;
 
 use crate::checkpoint::coordinator::CheckpointCoordinator;
-use crate::checkpoint::handle::TaskStateSnapshot;
 use crate::error::Result;
-use crate::storage::{CheckpointStorage, TRIGGER_MARKER, checkpoint_dir};
+use crate::snapshot::handle::TaskStateSnapshot;
+use crate::snapshot::layout::{TRIGGER_MARKER, checkpoint_dir};
+use crate::storage::CheckpointStorage;
 
 /// Savepoint targets a coordinator remembers (for late acknowledgements of aborted savepoints).
 const MAX_SAVEPOINT_TARGETS: usize = 64;

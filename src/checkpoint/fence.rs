@@ -6,10 +6,8 @@
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::snapshot::layout::COORDINATORS_DIR;
 use crate::storage::{CheckpointStorage, Created};
-
-/// Directory (relative to the job root) of the generation markers.
-pub const COORDINATORS_DIR: &str = "_coordinators";
 
 /// Suffix of the marker a coordinator writes when it shuts down: `_coordinators/<g>.closed`.
 const CLOSED_SUFFIX: &str = ".closed";

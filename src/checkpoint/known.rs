@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::checkpoint::handle::CheckpointMetadata;
 use crate::checkpoint::lineage::Lineage;
 use crate::checkpoint::registry::{SharedFileRegistry, Use};
+use crate::snapshot::handle::CheckpointMetadata;
 
 /// One known checkpoint.
 #[derive(Debug, Clone)]

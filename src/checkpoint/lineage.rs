@@ -11,10 +11,8 @@
 use bytes::Bytes;
 
 use crate::error::Result;
+use crate::snapshot::layout::LINEAGE_DIR;
 use crate::storage::{CheckpointStorage, Created};
-
-/// Directory (relative to the job root) of the lineage records.
-pub const LINEAGE_DIR: &str = "_lineage";
 
 /// Where a generation's line continues from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::checkpoint::handle::TaskStateSnapshot;
-use crate::keyed::backend::SnapshotMetrics;
+use crate::snapshot::handle::TaskStateSnapshot;
+use crate::snapshot::result::SnapshotMetrics;
 use crate::storage::CheckpointStorage;
 
 /// A task: operator id and subtask index.

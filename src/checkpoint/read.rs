@@ -3,12 +3,11 @@
 
 use bytes::Bytes;
 
-use crate::checkpoint::handle::{CheckpointMetadata, SnapshotKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::metadata;
-use crate::storage::{
-    CheckpointStorage, METADATA_FILE, SAVEPOINT_DIR, StorageSettings, checkpoint_dir, savepoint_dir,
-};
+use crate::snapshot::handle::{CheckpointMetadata, SnapshotKind};
+use crate::snapshot::layout::{METADATA_FILE, SAVEPOINT_DIR, checkpoint_dir, savepoint_dir};
+use crate::storage::{CheckpointStorage, StorageSettings};
 
 impl CheckpointStorage {
     /// The metadata of completed checkpoint `id`, read from storage (for a task that restores on its own,

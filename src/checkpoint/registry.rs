@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::checkpoint::handle::CheckpointMetadata;
+use crate::snapshot::handle::CheckpointMetadata;
 
 /// What the registry knows of one shared file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,10 +166,10 @@ impl SharedFileRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::handle::{
+    use crate::key_group::KeyGroupRange;
+    use crate::snapshot::handle::{
         FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile, TaskStateSnapshot,
     };
-    use crate::keyed::key_group::KeyGroupRange;
 
     fn checkpoint(id: u64, files: &[(&str, u64)]) -> CheckpointMetadata {
         CheckpointMetadata {

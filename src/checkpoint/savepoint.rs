@@ -8,12 +8,13 @@ use bytes::Bytes;
 
 use crate::checkpoint::answers::{Acknowledgement, CheckpointStats, Declined};
 use crate::checkpoint::coordinator::CheckpointCoordinator;
-use crate::checkpoint::handle::{CheckpointMetadata, FileScope, SnapshotKind};
 use crate::checkpoint::pending::Outcome;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::metadata;
-use crate::keyed::backend::SnapshotMetrics;
-use crate::storage::{CheckpointStorage, Created, METADATA_FILE, TRIGGER_MARKER, savepoint_dir};
+use crate::snapshot::handle::{CheckpointMetadata, FileScope, SnapshotKind};
+use crate::snapshot::layout::{METADATA_FILE, TRIGGER_MARKER, savepoint_dir};
+use crate::snapshot::result::SnapshotMetrics;
+use crate::storage::{CheckpointStorage, Created};
 
 impl CheckpointStorage {
     /// Reserves savepoint id `id` in this (target) storage for `owner` (a line naming the writer, unique

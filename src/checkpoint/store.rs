@@ -9,17 +9,19 @@ use std::future::Future;
 use bytes::Bytes;
 
 use crate::checkpoint::fence::{Fence, FenceCheck};
-use crate::checkpoint::handle::CheckpointMetadata;
 use crate::checkpoint::known::KnownCheckpoints;
 use crate::checkpoint::lineage::{LineRecord, Lineage};
 use crate::checkpoint::registry::{SharedFileRegistry, Use};
 use crate::error::{Error, ErrorKind, Result};
-use crate::storage::{CheckpointStorage, METADATA_FILE, PINNED_MARKER, checkpoint_dir};
+use crate::snapshot::handle::CheckpointMetadata;
+use crate::snapshot::layout::{METADATA_FILE, PINNED_MARKER, checkpoint_dir};
+use crate::storage::CheckpointStorage;
 
 pub(crate) use crate::checkpoint::read::read_metadata;
 pub use crate::checkpoint::store_types::{
-    AddOutcome, CancellationPolicy, RegistryStats, RestoreMode, RestoreOutcome, SkippedCheckpoint,
+    AddOutcome, CancellationPolicy, RegistryStats, RestoreOutcome, SkippedCheckpoint,
 };
+pub use crate::snapshot::restore_mode::RestoreMode;
 
 /// Completed checkpoints of one job in its storage, and the registry of the shared files they use.
 pub struct CompletedCheckpointStore {

@@ -9,10 +9,10 @@ use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::pending::Outcome;
 use crate::checkpoint::store::read_metadata;
 use crate::error::{ErrorKind, Result};
-use crate::storage::{
-    CheckpointStorage, ListedFile, METADATA_FILE, PINNED_MARKER, PROBE_DIR, SHARED_DIR, STATS_FILE,
-    TRIGGER_MARKER,
+use crate::snapshot::layout::{
+    METADATA_FILE, PINNED_MARKER, PROBE_DIR, SHARED_DIR, STATS_FILE, TRIGGER_MARKER,
 };
+use crate::storage::{CheckpointStorage, ListedFile};
 
 /// What an orphan sweep found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

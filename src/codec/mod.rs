@@ -15,6 +15,14 @@ pub use schema::{
     Migration, SchemaCompatibility, WrittenCodec, schema_compatibility, versioned_id,
 };
 
+/// The 64-bit stable hash of a key's encoded bytes: xxh3-64 with seed 0.
+///
+/// Stable across releases, platforms and processes (never `DefaultHasher` or a seeded hasher).
+#[inline]
+pub fn stable_key_hash(key_bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key_bytes)
+}
+
 /// Encoding of one type to bytes and back.
 ///
 /// Implementations must be deterministic (the key's bytes decide its key group) and `decode` must reject
@@ -56,7 +64,7 @@ pub trait Codec: Sized {
     /// [`Error::Corrupt`] if `bytes` is not an encoding of this type.
     fn decode(bytes: &[u8]) -> Result<Self>;
 
-    /// [`stable_key_hash`](crate::stable_key_hash) of the bytes [`Codec::encode`] appends: the hash that
+    /// [`stable_key_hash`](stable_key_hash) of the bytes [`Codec::encode`] appends: the hash that
     /// decides a key's key group. `scratch` is a buffer the default uses to encode into (its contents on
     /// return are unspecified).
     ///
@@ -68,7 +76,7 @@ pub trait Codec: Sized {
     fn stable_hash(&self, scratch: &mut Vec<u8>) -> u64 {
         scratch.clear();
         self.encode(scratch);
-        crate::stable_key_hash(scratch)
+        stable_key_hash(scratch)
     }
 }
 
@@ -107,7 +115,7 @@ macro_rules! unsigned_codec {
             }
             #[inline]
             fn stable_hash(&self, _scratch: &mut Vec<u8>) -> u64 {
-                crate::stable_key_hash(&self.to_be_bytes())
+                stable_key_hash(&self.to_be_bytes())
             }
             fn decode(bytes: &[u8]) -> Result<Self> {
                 let arr = bytes
@@ -137,7 +145,7 @@ macro_rules! signed_codec {
             #[inline]
             fn stable_hash(&self, _scratch: &mut Vec<u8>) -> u64 {
                 let flipped = (*self as $u) ^ (1 << (<$u>::BITS - 1));
-                crate::stable_key_hash(&flipped.to_be_bytes())
+                stable_key_hash(&flipped.to_be_bytes())
             }
             fn decode(bytes: &[u8]) -> Result<Self> {
                 let arr = bytes
@@ -160,7 +168,7 @@ impl Codec for f64 {
     }
     #[inline]
     fn stable_hash(&self, _scratch: &mut Vec<u8>) -> u64 {
-        crate::stable_key_hash(&self.to_bits().to_be_bytes())
+        stable_key_hash(&self.to_bits().to_be_bytes())
     }
     fn decode(bytes: &[u8]) -> Result<Self> {
         Ok(f64::from_bits(u64::decode(bytes)?))
@@ -315,7 +323,7 @@ mod tests {
         let mut out = Vec::new();
         v.encode(&mut out);
         let mut scratch = vec![9, 9, 9];
-        assert_eq!(v.stable_hash(&mut scratch), crate::stable_key_hash(&out));
+        assert_eq!(v.stable_hash(&mut scratch), stable_key_hash(&out));
     }
 
     #[test]

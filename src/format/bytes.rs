@@ -4,8 +4,8 @@
 //! and the offset on failure.
 
 use crate::error::{Error, Result};
-use crate::keyed::descriptor::{StateKind, StateMeta};
-use crate::keyed::key_group::KeyGroupRange;
+use crate::key_group::KeyGroupRange;
+use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// Appends little-endian fields to a buffer.
 pub(crate) trait PutExt {

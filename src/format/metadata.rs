@@ -1,17 +1,37 @@
 //! The `_metadata` file of a checkpoint. Byte layout: `docs/formats.md`, "Checkpoint metadata file".
 
-use crate::checkpoint::handle::{
+use crate::error::{Error, Result};
+use crate::format::bytes::{Decoder, PutExt};
+use crate::snapshot::handle::{
     CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
     TaskStateSnapshot,
 };
-use crate::error::{Error, Result};
-use crate::format::bytes::{Decoder, PutExt};
 
 /// First 8 bytes of a metadata file.
 pub(crate) const MAGIC: &[u8; 8] = b"SBCHKMD\x01";
 /// Current format version. Version 4 added the writer's coordinator generation, version 3 each handle's
 /// operator id, version 2 each file's local name; versions 1 to 3 are still read (generation 0).
 pub(crate) const VERSION: u16 = 4;
+
+/// The public face of this format: `CheckpointMetadata` to and from the bytes of a `_metadata` file.
+impl CheckpointMetadata {
+    /// Encodes the metadata as the bytes of a `_metadata` file (`docs/formats.md`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a string, blob or count exceeds the
+    /// format's `u32` lengths (an operator state blob over 4 GiB, say).
+    pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
+        encode(self)
+    }
+
+    /// Decodes the bytes of a `_metadata` file.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`](crate::Error::Corrupt) naming `path` for a bad magic, version, checksum or field.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> crate::Result<Self> {
+        decode(bytes, path)
+    }
+}
 
 /// Encodes `meta` into the bytes of a `_metadata` file.
 ///
@@ -201,7 +221,7 @@ fn decode_handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyed::key_group::KeyGroupRange;
+    use crate::key_group::KeyGroupRange;
 
     pub(crate) fn sample() -> CheckpointMetadata {
         CheckpointMetadata {

@@ -12,18 +12,18 @@ use crate::heap::table::{
     ErasedTable, ListCell, MapCell, RawTable, StateTable, ValueSerde, entry_hash, list_serde,
     map_serde, value_serde,
 };
-use crate::keyed::backend::{
-    KeyedStateBackend, PendingSnapshot, SavepointFormat, StateId, StateKey, StateValue,
-};
+use crate::key_group::{KeyGroupRange, locate_hash};
+use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::checks::{no_current_key, wrong_state};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
-    StateKind, StateMeta, ValueStateDescriptor,
+    ValueStateDescriptor,
 };
-use crate::keyed::key_group::{KeyGroupRange, locate_hash};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use crate::snapshot::result::SavepointFormat;
+use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
 
 type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);

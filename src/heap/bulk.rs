@@ -11,9 +11,9 @@ use crate::heap::table::{
     DroppedTable, ErasedTable, MapCell, RawTable, StateTable, entry_hash, mix_entry_hash,
     namespace_hash,
 };
+use crate::key_group::locate_hash;
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::{check_route, wrong_state};
-use crate::keyed::key_group::locate_hash;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 

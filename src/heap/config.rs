@@ -1,8 +1,8 @@
 //! Settings of the heap backend.
 
 use crate::error::{Error, Result};
+use crate::key_group::{KeyGroupRange, key_group_range_for_operator};
 use crate::keyed::checks::validate_subtask;
-use crate::keyed::key_group::{KeyGroupRange, key_group_range_for_operator};
 
 /// Settings of a heap backend (plain data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,11 +25,6 @@ pub struct HeapBackendConfig {
     pub restore_threads: usize,
 }
 
-/// The default of [`HeapBackendConfig::restore_threads`]: available parallelism, at most 4.
-pub(crate) fn default_restore_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-}
-
 impl HeapBackendConfig {
     /// Config of subtask `subtask_index` of `parallelism`, owning the key groups Flink's formula gives it.
     ///
@@ -48,7 +43,7 @@ impl HeapBackendConfig {
             key_groups: key_group_range_for_operator(max_parallelism, parallelism, subtask_index)?,
             zstd_level: Some(1),
             frame_bytes: 1 << 20,
-            restore_threads: default_restore_threads(),
+            restore_threads: crate::parallel::default_restore_threads(),
         };
         config.validate()?;
         Ok(config)

@@ -6,8 +6,8 @@ use crate::codec::{Migration, migration_failed};
 use crate::error::Result;
 use crate::heap::cow_map::GroupBuilder;
 use crate::heap::table::{RawTable, StateTable, entry_hash, group_records};
+use crate::key_group::stable_key_hash;
 use crate::keyed::backend::StateKey;
-use crate::keyed::key_group::stable_key_hash;
 
 /// Below this many bytes of records a state is decoded on the calling thread alone (a thread costs more
 /// than it saves).

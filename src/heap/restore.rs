@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::checkpoint::handle::KeyedStateHandle;
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 use crate::format::keyed_file::load::{check_key_group, load_handle};
@@ -11,6 +10,7 @@ use crate::format::keyed_file::read as keyed_file;
 use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
 use crate::heap::table::RawTable;
 use crate::keyed::backend::{StateId, StateKey};
+use crate::snapshot::handle::KeyedStateHandle;
 
 use crate::storage::CheckpointStorage;
 
@@ -40,7 +40,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         backend.backend_id =
             Some(storage.new_backend_id(&backend.config.operator_id, backend.config.subtask_index));
         let range = backend.config.key_groups;
-        let relevant = crate::checkpoint::validate::restore_handles(
+        let relevant = crate::snapshot::validate::restore_handles(
             &backend.config.operator_id,
             backend.config.max_parallelism,
             range,
@@ -56,7 +56,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         // may name many states, and a dense vector per state and key group would let a small file
         // allocate states x key groups before any record is read.
         let mut raw: Vec<(
-            crate::keyed::descriptor::StateMeta,
+            crate::snapshot::state_meta::StateMeta,
             BTreeMap<usize, Vec<u8>>,
             usize,
         )> = Vec::new();

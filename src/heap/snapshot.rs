@@ -8,10 +8,12 @@ use crate::format::keyed_file::upload::{ChunkSink, keyed_file_result, upload_key
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
 use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend, MAX_UNCONFIRMED};
 use crate::heap::table::FrozenTable;
-use crate::keyed::backend::{PendingSnapshot, SnapshotResult, StateKey};
+use crate::keyed::backend::{PendingSnapshot, StateKey};
 use crate::keyed::checks::check_snapshot_id;
-use crate::keyed::descriptor::StateMeta;
-use crate::storage::{CheckpointStorage, checkpoint_dir, savepoint_dir};
+use crate::snapshot::layout::{checkpoint_dir, savepoint_dir};
+use crate::snapshot::result::SnapshotResult;
+use crate::snapshot::state_meta::StateMeta;
+use crate::storage::CheckpointStorage;
 
 /// Everything the asynchronous phase needs, frozen by the synchronous phase.
 pub(crate) struct SnapshotJob {

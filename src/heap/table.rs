@@ -11,17 +11,7 @@ use crate::format::bytes::{Decoder, PutExt};
 use crate::format::keyed_file::KeyedFileWriter;
 use crate::heap::cow_map::{CowMap, CowSnapshot};
 use crate::keyed::backend::StateKey;
-use crate::keyed::descriptor::StateMeta;
-
-/// murmur3's 64-bit finalizer: a bijection that spreads every input bit over the output.
-#[inline]
-pub(crate) fn fmix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
+use crate::snapshot::state_meta::StateMeta;
 
 /// Map hash of `(key, namespace)` from the key's stable hash (`xxh3_64`, well mixed in every bit).
 ///

@@ -5,17 +5,17 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::checkpoint::handle::KeyedStateHandle;
 use crate::codec::Codec;
 use crate::error::Result;
+use crate::key_group::KeyGroupRange;
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
 };
-use crate::keyed::key_group::KeyGroupRange;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use crate::snapshot::result::{SavepointFormat, SnapshotResult};
 use crate::storage::CheckpointStorage;
 
 /// Types usable as keys, namespaces and map user keys.
@@ -29,49 +29,6 @@ impl<T: Codec + Clone + Send + Sync + 'static> StateValue for T {}
 /// Index of a registered state inside its backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StateId(pub(crate) u32);
-
-/// Measurements of one snapshot of one backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SnapshotMetrics {
-    /// Time the synchronous phase blocked processing.
-    pub sync_duration: Duration,
-    /// Time of the asynchronous phase (encode and upload).
-    pub async_duration: Duration,
-    /// Bytes this snapshot uploaded ("checkpointed size").
-    pub checkpointed_bytes: u64,
-    /// Bytes of all files the snapshot references ("full size").
-    pub full_bytes: u64,
-    /// Uncompressed bytes of state records written.
-    pub state_bytes: u64,
-    /// Entries written (one per key and namespace of each state).
-    pub entries: u64,
-    /// Files uploaded by this snapshot.
-    pub files_uploaded: u32,
-    /// Files reused from earlier checkpoints (placeholders).
-    pub files_reused: u32,
-}
-
-/// The outcome of a snapshot's asynchronous phase.
-#[derive(Debug, Clone)]
-pub struct SnapshotResult {
-    /// What was written; goes into the checkpoint's metadata.
-    pub handle: KeyedStateHandle,
-    /// How long it took and how much it wrote.
-    pub metrics: SnapshotMetrics,
-}
-
-/// The format of a savepoint (`docs/savepoints.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SavepointFormat {
-    /// One keyed snapshot file per subtask (`docs/formats.md`, "Keyed snapshot file"): both backends write
-    /// it and restore it, at any parallelism. Handle format [`HandleFormat::KeyedFile`](crate::HandleFormat).
-    #[default]
-    Canonical,
-    /// The backend's own format, every file private: for the LSM backend the files of a native RocksDB
-    /// checkpoint (faster to write and restore, restorable by the LSM backend only); for the heap backend
-    /// the same as [`SavepointFormat::Canonical`].
-    Native,
-}
 
 /// A snapshot whose synchronous phase is done; [`PendingSnapshot::run`] is its asynchronous phase.
 ///

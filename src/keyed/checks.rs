@@ -1,8 +1,8 @@
 //! Checks and errors both keyed state backends share: subtask settings, snapshot ids, state access.
 
 use crate::error::{Error, Result};
+use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateId;
-use crate::keyed::key_group::KeyGroupRange;
 
 /// Checks the settings every backend shares: an operator id usable in file names (ASCII letters, digits,
 /// `-`, `_`), a valid max parallelism, and a key-group range inside it.

@@ -1,9 +1,8 @@
-//! The keyed state API: key groups, descriptors, the backend trait and the typed state objects.
+//! The keyed state API: descriptors, the backend trait and the typed state objects.
 
 pub(crate) mod backend;
 pub(crate) mod checks;
 pub(crate) mod descriptor;
-pub(crate) mod key_group;
 pub(crate) mod map_iter;
 pub(crate) mod router;
 pub(crate) mod state;

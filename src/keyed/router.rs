@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use crate::codec::Codec;
 use crate::error::Result;
-use crate::keyed::key_group::{KeyGroupRange, key_group_for_hash, key_group_range_for_operator};
+use crate::key_group::{KeyGroupRange, key_group_for_hash, key_group_range_for_operator};
 
 /// Where a key goes: its stable hash ([`Codec::stable_hash`], `xxh3_64` of its encoding), its key group
 /// (`hash % max_parallelism`) and the subtask that owns that group at the router's parallelism.
@@ -120,7 +120,7 @@ impl KeyGroupRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyed::key_group::operator_index_for_key_group;
+    use crate::key_group::operator_index_for_key_group;
 
     #[test]
     fn routes_agree_with_the_key_group_functions_and_the_owned_ranges() {

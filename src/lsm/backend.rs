@@ -7,22 +7,22 @@ use rocksdb::{Cache, DB, Options, ReadOptions, WriteOptions};
 
 use crate::codec::byte_migration;
 use crate::error::{Error, Result};
-use crate::keyed::backend::{
-    KeyedStateBackend, PendingSnapshot, SavepointFormat, StateId, StateKey, StateValue,
-};
+use crate::format::lsm_rows::{cf_name, decode_meta, key_prefix, push_list_element, split_list};
+use crate::key_group::{KeyGroupRange, locate_key};
+use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
-    StateKind, StateMeta, ValueStateDescriptor,
+    ValueStateDescriptor,
 };
-use crate::keyed::key_group::{KeyGroupRange, locate_key};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::lsm::checkpointing::{DiffBase, PendingUploads};
 use crate::lsm::instance::InstanceDir;
-use crate::lsm::keys::{cf_name, decode_meta, key_prefix, push_list_element, split_list};
 use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
 use crate::lsm::snapshot::SnapshotTarget;
+use crate::snapshot::result::SavepointFormat;
+use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
 
 /// Converts a RocksDB error.

@@ -4,14 +4,14 @@
 use rocksdb::WriteBatch;
 
 use crate::error::{Error, Result};
+use crate::format::lsm_rows::{meta_key, push_key_prefix, push_namespace, split_row_key};
+use crate::key_group::{locate_hash, stable_key_hash};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::{check_route, wrong_state};
-use crate::keyed::key_group::{locate_hash, stable_key_hash};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::router::KeyRoute;
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
 use crate::lsm::import_rows::Rows;
-use crate::lsm::keys::{meta_key, push_key_prefix, push_namespace, split_row_key};
 
 /// Row keys of a batch in one buffer, and the batch positions in row-key order (what `multi_get` wants).
 struct BatchRows {

@@ -11,13 +11,14 @@ use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 use crate::format::keyed_file::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
-use crate::keyed::backend::SnapshotResult;
-use crate::keyed::descriptor::{StateKind, StateMeta};
+use crate::format::lsm_rows::{cf_name, key_group_prefix, split_list, split_row_key};
 use crate::lsm::backend::db_error;
-use crate::lsm::keys::{cf_name, key_group_prefix, split_list, split_row_key};
 use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
 use crate::lsm::snapshot::UploadGuard;
-use crate::storage::{CheckpointStorage, savepoint_dir};
+use crate::snapshot::layout::savepoint_dir;
+use crate::snapshot::result::SnapshotResult;
+use crate::snapshot::state_meta::{StateKind, StateMeta};
+use crate::storage::CheckpointStorage;
 
 /// zstd level of canonical savepoints written by the LSM backend (the heap backend's default).
 const ZSTD_LEVEL: i32 = 1;

@@ -9,13 +9,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use rocksdb::ColumnFamily;
 
-use crate::checkpoint::handle::StateFile;
 use crate::error::{Error, Result};
 use crate::keyed::backend::{PendingSnapshot, StateKey};
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
 use crate::lsm::canonical::CanonicalExport;
 use crate::lsm::instance::remove_dir_if_exists;
 use crate::lsm::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
+use crate::snapshot::handle::StateFile;
 use crate::storage::CheckpointStorage;
 
 /// Aborted checkpoints in a row that reused the diff base after which the backend rebases.

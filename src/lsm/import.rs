@@ -9,11 +9,11 @@ use crate::format::bytes::Decoder;
 use crate::format::keyed_file::load::{LoadedFile, check_key_group};
 use crate::format::keyed_file::read as keyed_file;
 use crate::keyed::backend::{StateId, StateKey};
-use crate::keyed::descriptor::StateKind;
+use crate::snapshot::state_meta::StateKind;
 
+use crate::format::lsm_rows::{push_key_group, push_list_element, push_varint};
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
 use crate::lsm::import_rows::{Rows, SortError, write_sorted};
-use crate::lsm::keys::{push_key_group, push_list_element, push_varint};
 
 /// The row key of `key` in `namespace` of key group `key_group`: `[key group][varint len][key][varint
 /// len][namespace]` (`docs/formats.md`, "LSM backend rows").

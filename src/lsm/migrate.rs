@@ -6,10 +6,10 @@ use rocksdb::WriteBatch;
 
 use crate::codec::{ByteMigration, migration_failed};
 use crate::error::Result;
+use crate::format::lsm_rows::{cf_name, encode_meta, meta_key, push_list_element, split_list};
 use crate::keyed::backend::{StateId, StateKey};
-use crate::keyed::descriptor::{StateKind, StateMeta};
 use crate::lsm::backend::{LsmKeyedStateBackend, LsmState, db_error};
-use crate::lsm::keys::{cf_name, encode_meta, meta_key, push_list_element, split_list};
+use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// `(state name, stored value codec)` → the rewrite of a stored value (the registering codec's
 /// [`crate::codec::byte_migration`]).

@@ -8,7 +8,6 @@ mod checkpointing;
 mod import;
 mod import_rows;
 mod instance;
-pub(crate) mod keys;
 mod migrate;
 mod options;
 mod restore;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options};
 
 use crate::error::{Error, Result};
+use crate::key_group::{KeyGroupRange, key_group_range_for_operator};
 use crate::keyed::checks::validate_subtask;
-use crate::keyed::key_group::{KeyGroupRange, key_group_range_for_operator};
 
 /// Settings of an LSM backend (plain data; units in the names).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl LsmBackendConfig {
             write_buffer_bytes: 16 << 20,
             direct_io: true,
             auto_compaction: true,
-            restore_threads: crate::heap::config::default_restore_threads(),
+            restore_threads: crate::parallel::default_restore_threads(),
         };
         config.validate()?;
         Ok(config)
@@ -178,7 +178,7 @@ pub(crate) fn supports_direct_io(dir: &std::path::Path) -> bool {
         use std::os::unix::fs::OpenOptionsExt;
         let probe = dir.join(format!(
             ".sb-direct-io-probe-{:016x}",
-            crate::clock::random_u64()
+            crate::ids::random_u64()
         ));
         let ok = std::fs::OpenOptions::new()
             .write(true)

@@ -7,17 +7,17 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use rocksdb::{DB, WriteBatch};
 
-use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle};
-use crate::checkpoint::store::RestoreMode;
 use crate::error::{Error, Result};
 use crate::format::keyed_file::load::load_handle;
+use crate::format::lsm_rows::key_group_prefix;
+use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
-use crate::keyed::key_group::KeyGroupRange;
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
 use crate::lsm::checkpointing::DiffBase;
 use crate::lsm::instance::{InstanceDir, remove_dir_if_exists};
-use crate::lsm::keys::key_group_prefix;
 use crate::lsm::options::{LsmBackendConfig, lsm_db_options};
+use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
+use crate::snapshot::restore_mode::RestoreMode;
 use crate::storage::CheckpointStorage;
 use crate::storage::transfer::Transferred;
 
@@ -107,7 +107,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let owned = config.key_groups;
         // Checked before anything is downloaded; the largest overlap first: it becomes the DB, the others
         // are copied in (FLINK-21321).
-        let overlapping = crate::checkpoint::validate::restore_handles(
+        let overlapping = crate::snapshot::validate::restore_handles(
             &config.operator_id,
             config.max_parallelism,
             owned,
@@ -127,7 +127,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                      only (restore it with the version that wrote it and take a savepoint)",
                     h.backend_id,
                     h.checkpoint_id,
-                    crate::lsm::keys::ROW_FORMAT
+                    crate::format::lsm_rows::ROW_FORMAT
                 )));
             }
             if h.format != HandleFormat::RocksIncremental {
@@ -253,7 +253,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             if !key.starts_with(b"meta:") {
                 break;
             }
-            let meta = crate::lsm::keys::decode_meta(&value, &path)?;
+            let meta = crate::format::lsm_rows::decode_meta(&value, &path)?;
             let id = self.register_restored(meta)?;
             let cf_name = self.states[id.0 as usize].cf.clone();
             let (Some(from), Some(to)) = (other.cf_handle(&cf_name), self.db.cf_handle(&cf_name))

@@ -4,10 +4,10 @@
 use rocksdb::{ColumnFamily, WriteBatch};
 
 use crate::error::Result;
+use crate::format::lsm_rows::push_namespace;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::checks::{no_current_key, wrong_state};
 use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
-use crate::lsm::keys::push_namespace;
 
 /// The error of every access to a state whose migration failed while writing.
 pub(crate) fn broken_state(name: &str) -> crate::Error {

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
 use crate::error::{Error, Result};
-use crate::keyed::backend::{SnapshotMetrics, SnapshotResult};
-use crate::keyed::key_group::KeyGroupRange;
+use crate::key_group::KeyGroupRange;
 use crate::lsm::checkpointing::{DiffBase, PendingUploads};
 use crate::lsm::instance::remove_dir_if_exists;
-use crate::storage::{CheckpointStorage, SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
+use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
+use crate::snapshot::layout::{SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
+use crate::snapshot::result::{SnapshotMetrics, SnapshotResult};
+use crate::storage::CheckpointStorage;
 
 /// Where a snapshot goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -179,9 +179,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        crate::checkpoint::store::discard(&storage, 1)
-            .await
-            .unwrap();
+        // As a checkpoint's discard does it: the metadata confirmed gone, then the directory.
+        storage.delete_confirmed("chk-1/_metadata").await.unwrap();
+        storage.delete_dir("chk-1").await.unwrap();
         let deletes: Vec<String> = events_below(dir.path())
             .into_iter()
             .skip(4)

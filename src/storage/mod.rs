@@ -1,10 +1,6 @@
-//! Checkpoint storage over `object_store`: where checkpoint files and metadata live.
-//!
-//! Layout under the job's root (`<root>/<job_id>/`, see `docs/formats.md`):
-//! - `chk-<n>/_metadata`: the checkpoint's metadata; **a checkpoint exists iff this file exists**. It is
-//!   written last, with `PutMode::Create`.
-//! - `chk-<n>/<files>`: private (exclusive) state files of checkpoint `n`.
-//! - `shared/<files>`: files that several checkpoints may reference (incremental backends).
+//! Checkpoint storage over `object_store`: reads, writes, lists and deletes of a job's files under its
+//! root, with the local directory's durability behind the same calls. Where each file lives:
+//! [`crate::layout`].
 
 mod durable;
 mod file;
@@ -25,40 +21,13 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::clock::{IdSource, RandomIds};
 use crate::error::{Error, Result};
+use crate::ids::{IdSource, RandomIds};
+use crate::snapshot::layout::{SAVEPOINT_DIR, checkpoint_dir_id, savepoint_dir_id};
 
 pub(crate) use file::{AbortQueue, FileWriter, RangeSource};
-pub use probe::{CLOCK_FILE, PROBE_DIR};
 pub use uploads::IncompleteUpload;
 pub use url::StorageSettings;
-
-/// Name of the metadata file inside a checkpoint directory.
-pub const METADATA_FILE: &str = "_metadata";
-/// Directory (relative to the job root) of shared files.
-pub const SHARED_DIR: &str = "shared";
-/// Marker file in a checkpoint directory: the checkpoint is pinned (restored in NO_CLAIM mode) and never
-/// deleted by the job.
-pub const PINNED_MARKER: &str = "_pinned";
-/// Directory (relative to the job root) of savepoints.
-pub const SAVEPOINT_DIR: &str = "savepoints";
-/// File in a completed checkpoint's directory, written after `_metadata` (best effort): the durations
-/// of its phases, for `statectl history` (`docs/formats.md`). Part of the checkpoint like its metadata.
-pub const STATS_FILE: &str = "_stats";
-/// Marker file in a checkpoint directory: the id was reserved by a coordinator (`docs/protocol.md`, "Ids
-/// never repeat"); its content names the coordinator instance.
-pub const TRIGGER_MARKER: &str = "_trigger";
-
-/// Directory name of checkpoint `id`: `chk-<id>`.
-pub fn checkpoint_dir(id: u64) -> String {
-    format!("chk-{id}")
-}
-
-/// Directory (relative to the job root) of savepoint `id`: `savepoints/sp-<id>`. A savepoint's files and
-/// its `_metadata` live there only (self-contained: `docs/savepoints.md`).
-pub fn savepoint_dir(id: u64) -> String {
-    format!("{SAVEPOINT_DIR}/sp-{id}")
-}
 
 /// Checkpoint storage of one job: an object store and the job's root path in it.
 ///
@@ -483,7 +452,7 @@ impl CheckpointStorage {
         let mut ids: Vec<u64> = listing
             .common_prefixes
             .iter()
-            .filter_map(|p| p.filename()?.strip_prefix("sp-")?.parse().ok())
+            .filter_map(|p| savepoint_dir_id(p.filename()?))
             .collect();
         ids.sort_unstable();
         Ok(ids)
@@ -502,7 +471,7 @@ impl CheckpointStorage {
         let mut ids: Vec<u64> = listing
             .common_prefixes
             .iter()
-            .filter_map(|p| p.filename()?.strip_prefix("chk-")?.parse().ok())
+            .filter_map(|p| checkpoint_dir_id(p.filename()?))
             .collect();
         ids.sort_unstable();
         Ok(ids)

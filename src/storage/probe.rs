@@ -10,13 +10,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::CheckpointStorage;
 use crate::error::{Error, Result};
-
-/// Directory (relative to the job root) of conditional-create probes: `_probe/<16 hex>`, deleted by the
-/// prober; one a failed delete leaves is collected by the orphan sweep.
-pub const PROBE_DIR: &str = "_probe";
-/// File (relative to the job root) a sweep overwrites to read the store's clock from its
-/// `Last-Modified`.
-pub const CLOCK_FILE: &str = "_clock";
+use crate::snapshot::layout::{CLOCK_FILE, PROBE_DIR};
 
 impl CheckpointStorage {
     /// Checks that the store refuses to create an object that exists: creates a new probe object twice

@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use object_store::ObjectStoreExt;
+use statebackend::layout::*;
 use statebackend::*;
 
 use crate::job::restored_model;

@@ -4,6 +4,7 @@
 //! checkpoint, and a newer release's metadata.
 
 use rand::Rng;
+use statebackend::layout::*;
 use statebackend::*;
 
 use crate::job::{OPS, Task};

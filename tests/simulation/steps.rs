@@ -2,6 +2,7 @@
 //! phases, acknowledgements, notifications, aborts, timeouts, late acknowledgements and sweeps.
 
 use rand::Rng;
+use statebackend::layout::*;
 use statebackend::*;
 
 use crate::job::{OPS, owner};

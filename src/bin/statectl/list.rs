@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use serde_json::json;
 use statebackend::{
-    CheckpointMetadata, CheckpointStats, CheckpointStorage, STATS_FILE, SnapshotKind,
+    CheckpointMetadata, CheckpointStats, CheckpointStorage, SnapshotKind, layout::STATS_FILE,
 };
 
 use crate::job::{Found, bytes, kind_name, open_job, snapshots, time};

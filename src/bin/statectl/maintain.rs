@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use serde_json::json;
 use statebackend::{
-    CheckpointMetadata, ErrorKind, METADATA_FILE, PINNED_MARKER, SHARED_DIR, STATS_FILE,
-    SnapshotKind, SystemClock, TRIGGER_MARKER,
+    CheckpointMetadata, ErrorKind, SnapshotKind, SystemClock, layout::METADATA_FILE,
+    layout::PINNED_MARKER, layout::SHARED_DIR, layout::STATS_FILE, layout::TRIGGER_MARKER,
 };
 
 use crate::job::{Found, bytes, kind_name, open_job, snapshots, spinner};

@@ -1,11 +1,11 @@
 //! Reading the owned key groups of a keyed snapshot file (the canonical format) named by a state handle:
 //! shared by the heap backend's restore and the LSM backend's import of canonical snapshots.
 
-use crate::checkpoint::handle::{HandleFormat, KeyedStateHandle};
 use crate::error::{Error, Result};
 use crate::format::keyed_file::read::{self as keyed_file, HEADER_PREFIX};
 use crate::format::keyed_file::{FOOTER_LEN, FileHeader, IndexEntry};
-use crate::keyed::key_group::KeyGroupRange;
+use crate::key_group::KeyGroupRange;
+use crate::snapshot::handle::{HandleFormat, KeyedStateHandle};
 use crate::storage::{CheckpointStorage, RangeSource};
 
 /// The key groups of one file that a restore needs, decoded to raw record bytes.
@@ -177,8 +177,8 @@ pub(crate) fn check_key_group(
     key_group: u32,
     path: &str,
 ) -> Result<()> {
-    let actual = crate::keyed::key_group::key_group_for_hash(
-        crate::keyed::key_group::stable_key_hash(key),
+    let actual = crate::key_group::key_group_for_hash(
+        crate::key_group::stable_key_hash(key),
         max_parallelism,
     );
     if actual != key_group {

@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
-use crate::keyed::descriptor::StateMeta;
-use crate::keyed::key_group::KeyGroupRange;
+use crate::key_group::KeyGroupRange;
+use crate::snapshot::state_meta::StateMeta;
 
 /// First 8 bytes of a keyed snapshot file, and its last 8.
 pub(crate) const MAGIC: &[u8; 8] = b"SBKEYED\x01";

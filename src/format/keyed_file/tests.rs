@@ -2,7 +2,7 @@
 
 use super::read::*;
 use super::*;
-use crate::keyed::descriptor::StateKind;
+use crate::snapshot::state_meta::StateKind;
 
 fn header() -> FileHeader {
     FileHeader {

@@ -106,13 +106,13 @@ pub(crate) fn keyed_file_result(
     operator_id: String,
     checkpoint_id: u64,
     max_parallelism: u32,
-    key_groups: crate::keyed::key_group::KeyGroupRange,
+    key_groups: crate::key_group::KeyGroupRange,
     relative: String,
     summary: FileSummary,
     sync_duration: std::time::Duration,
     async_duration: std::time::Duration,
-) -> crate::keyed::backend::SnapshotResult {
-    use crate::checkpoint::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
+) -> crate::snapshot::result::SnapshotResult {
+    use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
     let handle = KeyedStateHandle {
         backend_id,
         operator_id,
@@ -129,7 +129,7 @@ pub(crate) fn keyed_file_result(
             local_name: String::new(),
         }],
     };
-    let metrics = crate::keyed::backend::SnapshotMetrics {
+    let metrics = crate::snapshot::result::SnapshotMetrics {
         sync_duration,
         async_duration,
         checkpointed_bytes: summary.size,
@@ -139,5 +139,5 @@ pub(crate) fn keyed_file_result(
         files_uploaded: 1,
         files_reused: 0,
     };
-    crate::keyed::backend::SnapshotResult { handle, metrics }
+    crate::snapshot::result::SnapshotResult { handle, metrics }
 }

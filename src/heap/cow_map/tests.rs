@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 fn h(k: u64) -> u64 {
     // A well-mixed hash (murmur3 fmix64), as the heap backend uses.
-    crate::heap::table::fmix64(k)
+    crate::ids::fmix64(k)
 }
 
 fn contents(map: &CowMap<u64, u32, u64>, groups: usize) -> Vec<((usize, u64, u32), u64)> {

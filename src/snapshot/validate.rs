@@ -1,9 +1,9 @@
 //! Checks of keyed state handle sets: what a restore accepts, and what a checkpoint must hold to complete
 //! (`docs/protocol.md`, "Backends: notifications are hints, restore validates").
 
-use crate::checkpoint::handle::KeyedStateHandle;
 use crate::error::{Error, Result};
-use crate::keyed::key_group::KeyGroupRange;
+use crate::key_group::KeyGroupRange;
+use crate::snapshot::handle::KeyedStateHandle;
 
 /// Checks that `handles` can restore the key groups `owned` of operator `operator_id` with
 /// `max_parallelism`, and returns those that overlap `owned`, the largest overlap first.
@@ -133,7 +133,7 @@ fn first_gap(sorted: &[&KeyedStateHandle], owned: KeyGroupRange) -> Option<KeyGr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::handle::HandleFormat;
+    use crate::snapshot::handle::HandleFormat;
 
     fn handle(op: &str, id: u64, start: u32, end: u32) -> KeyedStateHandle {
         KeyedStateHandle {

@@ -123,13 +123,7 @@ fn check_max_parallelism(max_parallelism: u32) -> Result<()> {
     Ok(())
 }
 
-/// The 64-bit stable hash of a key's encoded bytes: xxh3-64 with seed 0.
-///
-/// Stable across releases, platforms and processes (never `DefaultHasher` or a seeded hasher).
-#[inline]
-pub fn stable_key_hash(key_bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key_bytes)
-}
+pub use crate::codec::stable_key_hash;
 
 /// Key group of a key hash: `hash % max_parallelism`.
 ///

@@ -183,7 +183,7 @@ pub(crate) fn cf_name(state_name: &str) -> String {
 }
 
 /// Encodes a state's meta information (same fields as in the keyed snapshot header, `docs/formats.md`).
-pub(crate) fn encode_meta(meta: &crate::keyed::descriptor::StateMeta) -> Vec<u8> {
+pub(crate) fn encode_meta(meta: &crate::snapshot::state_meta::StateMeta) -> Vec<u8> {
     let mut out = Vec::new();
     out.put_str(&meta.name);
     out.put_u8(meta.kind.tag());
@@ -198,7 +198,10 @@ pub(crate) fn encode_meta(meta: &crate::keyed::descriptor::StateMeta) -> Vec<u8>
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming `path` if the bytes are not a state meta.
-pub(crate) fn decode_meta(bytes: &[u8], path: &str) -> Result<crate::keyed::descriptor::StateMeta> {
+pub(crate) fn decode_meta(
+    bytes: &[u8],
+    path: &str,
+) -> Result<crate::snapshot::state_meta::StateMeta> {
     let mut d = crate::format::bytes::Decoder::new(bytes, 0, path);
     let meta = d.state_meta()?;
     d.finish("state meta")?;

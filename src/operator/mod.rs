@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use crate::checkpoint::handle::TaskStateSnapshot;
 use crate::codec::{ByteMigration, Codec, byte_migration, migration_failed};
 use crate::error::{Error, Result};
 use crate::format::bytes::{Decoder, PutExt};
+use crate::snapshot::handle::TaskStateSnapshot;
 
 /// Prefix of the operator-state blob names this backend owns.
 pub const OPERATOR_STATE_PREFIX: &str = "state:";
@@ -445,5 +445,4 @@ fn decode(bytes: &[u8], what: &str) -> Result<Entries> {
 }
 
 #[cfg(test)]
-#[path = "operator_tests.rs"]
 mod tests;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::keyed::key_group::KeyGroupRange;
+use crate::key_group::KeyGroupRange;
 
 /// Whether a file belongs to one checkpoint or may be shared by several.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,23 +154,6 @@ pub struct CheckpointMetadata {
 }
 
 impl CheckpointMetadata {
-    /// Encodes the metadata as the bytes of a `_metadata` file (`docs/formats.md`).
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a string, blob or count exceeds the
-    /// format's `u32` lengths (an operator state blob over 4 GiB, say).
-    pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
-        crate::format::metadata::encode(self)
-    }
-
-    /// Decodes the bytes of a `_metadata` file.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`](crate::Error::Corrupt) naming `path` for a bad magic, version, checksum or field.
-    pub fn from_bytes(bytes: &[u8], path: &str) -> crate::Result<Self> {
-        crate::format::metadata::decode(bytes, path)
-    }
-
     /// Every shared file the checkpoint references.
     pub fn shared_files(&self) -> impl Iterator<Item = &StateFile> {
         self.files().filter(|f| f.scope == FileScope::Shared)

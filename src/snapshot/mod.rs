@@ -1,0 +1,10 @@
+//! The checkpoint vocabulary as plain data, below formats, storage and both sides of the protocol: state
+//! handles and metadata, what a snapshot produced, the restore mode, what a snapshot records of each state,
+//! and the checks of a handle set, and where each file lives (`docs/architecture.md`).
+
+pub(crate) mod handle;
+pub mod layout;
+pub(crate) mod restore_mode;
+pub(crate) mod result;
+pub(crate) mod state_meta;
+pub(crate) mod validate;
