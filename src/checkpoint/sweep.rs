@@ -10,7 +10,7 @@ use crate::checkpoint::pending::Outcome;
 use crate::checkpoint::store::read_metadata;
 use crate::error::{ErrorKind, Result};
 use crate::snapshot::layout::{
-    METADATA_FILE, PINNED_MARKER, PROBE_DIR, SHARED_DIR, STATS_FILE, TRIGGER_MARKER,
+    JobPath, METADATA_FILE, PINNED_MARKER, PROBE_DIR, STATS_FILE, TRIGGER_MARKER,
 };
 use crate::storage::{CheckpointStorage, ListedFile};
 
@@ -39,7 +39,7 @@ pub struct SweepReport {
     pub store_clock: bool,
 }
 
-/// Where a listed file lives.
+/// Where a listed file lives, for the sweep.
 enum Place<'a> {
     Shared,
     Probe,
@@ -47,19 +47,16 @@ enum Place<'a> {
     Other,
 }
 
+/// The sweep's view of [`JobPath`]: checkpoints, shared files and probes are its to collect; savepoints,
+/// generation markers, lineage records, the clock probe and unknown files are not.
 fn place(path: &str) -> Place<'_> {
-    if path.starts_with(&format!("{SHARED_DIR}/")) {
-        return Place::Shared;
-    }
-    if path.starts_with(&format!("{PROBE_DIR}/")) {
-        return Place::Probe;
-    }
-    let Some((dir, rest)) = path.split_once('/') else {
-        return Place::Other;
-    };
-    match dir.strip_prefix("chk-").and_then(|n| n.parse().ok()) {
-        Some(id) => Place::Checkpoint { id, name: rest },
-        None => Place::Other,
+    match JobPath::parse(path) {
+        JobPath::Shared(_) => Place::Shared,
+        JobPath::Protocol(p) if p.starts_with(PROBE_DIR) && p[PROBE_DIR.len()..].starts_with('/') => {
+            Place::Probe
+        }
+        JobPath::Checkpoint { id, name } => Place::Checkpoint { id, name },
+        JobPath::Protocol(_) | JobPath::Savepoint { .. } | JobPath::Other => Place::Other,
     }
 }
 
