@@ -3,6 +3,8 @@
 use super::*;
 use crate::keyed::map_iter::MapEntries;
 
+impl<K: StateKey> crate::keyed::backend::sealed::Sealed for StateBackend<K> {}
+
 impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
     #[inline]
     fn max_parallelism(&self) -> u32 {

@@ -52,7 +52,9 @@ enum Place<'a> {
 fn place(path: &str) -> Place<'_> {
     match JobPath::parse(path) {
         JobPath::Shared(_) => Place::Shared,
-        JobPath::Protocol(p) if p.starts_with(PROBE_DIR) && p[PROBE_DIR.len()..].starts_with('/') => {
+        JobPath::Protocol(p)
+            if p.starts_with(PROBE_DIR) && p[PROBE_DIR.len()..].starts_with('/') =>
+        {
             Place::Probe
         }
         JobPath::Checkpoint { id, name } => Place::Checkpoint { id, name },

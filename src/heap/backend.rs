@@ -206,6 +206,8 @@ pub(crate) fn access_error(has_current_key: bool, id: StateId) -> Error {
     }
 }
 
+impl<K: StateKey> crate::keyed::backend::sealed::Sealed for HeapKeyedStateBackend<K> {}
+
 impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     fn max_parallelism(&self) -> u32 {
         self.config.max_parallelism

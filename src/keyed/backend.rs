@@ -77,7 +77,10 @@ impl PendingSnapshot {
 /// Access is single-threaded, like an operator's: `set_current_key`, then read and write states through the
 /// state objects, which take the backend as an argument. The primitive methods below are what the state
 /// objects call; engines use the state objects ([`ValueState`], [`ListState`], ...).
-pub trait KeyedStateBackend<K: StateKey>: Send {
+///
+/// Sealed: implemented by this crate's backends only ([`crate::HeapKeyedStateBackend`], the LSM backend and
+/// [`crate::StateBackend`]), so that its primitives may change without breaking engines.
+pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
     /// Max parallelism of the job (number of key groups).
     fn max_parallelism(&self) -> u32;
     /// Key groups this backend owns.
@@ -367,4 +370,10 @@ pub trait KeyedStateBackend<K: StateKey>: Send {
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64);
     /// The checkpoint `checkpoint_id` failed or timed out.
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64);
+}
+
+/// The seal of [`KeyedStateBackend`]: a public trait in a private module, so no other crate can name it.
+pub(crate) mod sealed {
+    /// Implemented by this crate's backends only.
+    pub trait Sealed {}
 }

@@ -212,6 +212,8 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     }
 }
 
+impl<K: StateKey> crate::keyed::backend::sealed::Sealed for LsmKeyedStateBackend<K> {}
+
 impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
     fn max_parallelism(&self) -> u32 {
         self.config.max_parallelism
