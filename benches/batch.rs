@@ -35,13 +35,16 @@ fn filled(
     dir: &std::path::Path,
     keys: &[u64],
 ) -> (StateBackend<u64>, ValueState<VoidNamespace, u64>) {
-    let mut b = StateBackend::new(&StateBackendConfig {
+    let identity = SubtaskIdentity::new("bench", 128, 1, 0).expect("identity");
+    let config = StateBackendConfig {
         kind,
-        operator_id: "bench".into(),
-        local_dir: dir.to_path_buf(),
+        rocksdb: rocksdb::RocksDbConfig {
+            local_dir: dir.to_path_buf(),
+            ..Default::default()
+        },
         ..StateBackendConfig::default()
-    })
-    .expect("backend");
+    };
+    let mut b = StateBackend::new(&identity, &config).expect("backend");
     let s = b
         .value_state(&ValueStateDescriptor::new("v"))
         .expect("state");
@@ -51,16 +54,8 @@ fn filled(
     // A settled DB for the LSM reads: everything flushed and compacted, so that no background compaction
     // competes with the measurement and both sides read the same SST levels.
     #[cfg(feature = "rocksdb")]
-    if let Some(lsm) = b.as_lsm() {
-        let db = lsm.db();
-        db.flush().expect("flush");
-        for name in lsm.state_names() {
-            // The column family of a state is `s:<name>` (docs/lsm.md).
-            if let Some(cf) = db.cf_handle(&format!("s:{name}")) {
-                db.flush_cf(cf).expect("flush");
-                db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
-            }
-        }
+    if let Some(lsm) = b.as_rocksdb() {
+        lsm.compact().expect("compaction");
     }
     (b, s)
 }
@@ -156,7 +151,7 @@ fn lsm(c: &mut Criterion) {
     g.throughput(Throughput::Elements(KEYS));
     g.sample_size(10);
     g.bench_function("per_key", |bench| {
-        let (b, s) = db.get_or_insert_with(|| filled(BackendKind::Lsm, dir.path(), &keys));
+        let (b, s) = db.get_or_insert_with(|| filled(BackendKind::RocksDb, dir.path(), &keys));
         bench.iter(|| {
             let mut sum = 0u64;
             for &k in &probe {
@@ -168,7 +163,7 @@ fn lsm(c: &mut Criterion) {
     });
     let mut out = Vec::with_capacity(BATCH);
     g.bench_function("batch", |bench| {
-        let (b, s) = db.get_or_insert_with(|| filled(BackendKind::Lsm, dir.path(), &keys));
+        let (b, s) = db.get_or_insert_with(|| filled(BackendKind::RocksDb, dir.path(), &keys));
         bench.iter(|| {
             let mut sum = 0u64;
             for chunk in probe.chunks(BATCH) {
@@ -189,7 +184,7 @@ fn lsm(c: &mut Criterion) {
     g.sample_size(10);
     let empty = || {
         let dir = tempfile::tempdir().expect("dir");
-        let (b, s) = filled(BackendKind::Lsm, dir.path(), &[]);
+        let (b, s) = filled(BackendKind::RocksDb, dir.path(), &[]);
         (b, s, dir)
     };
     g.bench_function("per_key", |bench| {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+#[cfg(feature = "rocksdb")]
+use statebackend::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
 use statebackend::*;
 
 const KEYS: i64 = 1_000_000;
@@ -54,7 +57,7 @@ impl Subject for HeapKeyedStateBackend<i64> {
         "1.57", "2.96", "2.61", "5.8", "422", "17.0", "-", "-", "17.0", "1800",
     ];
     fn create(_: &std::path::Path) -> Self {
-        HeapKeyedStateBackend::new(heap_config()).expect("backend")
+        HeapKeyedStateBackend::new(identity(), HeapConfig::default()).expect("backend")
     }
     fn restore(
         rt: &tokio::runtime::Runtime,
@@ -63,28 +66,37 @@ impl Subject for HeapKeyedStateBackend<i64> {
         handle: KeyedStateHandle,
     ) -> Self {
         rt.block_on(HeapKeyedStateBackend::restore(
-            heap_config(),
+            identity(),
+            HeapConfig::default(),
             storage,
             &[handle],
+            RestoreMode::Claim,
         ))
         .expect("restore")
     }
 }
 
-fn heap_config() -> HeapBackendConfig {
-    HeapBackendConfig::for_subtask("flink", 128, 1, 0).expect("config")
+fn identity() -> SubtaskIdentity {
+    SubtaskIdentity::new("flink", 128, 1, 0).expect("identity")
 }
 
 #[cfg(feature = "rocksdb")]
-impl Subject for LsmKeyedStateBackend<i64> {
+fn rocksdb_config(local_dir: std::path::PathBuf) -> RocksDbConfig {
+    RocksDbConfig {
+        local_dir,
+        ..RocksDbConfig::default()
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+impl Subject for RocksDbKeyedStateBackend<i64> {
     const NAME: &'static str = "rocksdb";
     const FLINK: [&'static str; 10] = [
         "0.309", "0.299", "-", "362", "37", "24.0", "7.6", "5.3", "0.148", "33",
     ];
     fn create(dir: &std::path::Path) -> Self {
-        let config = LsmBackendConfig::for_subtask("flink", 128, 1, 0, dir.join("lsm-local"))
-            .expect("config");
-        LsmKeyedStateBackend::new(config).expect("backend")
+        RocksDbKeyedStateBackend::new(identity(), rocksdb_config(dir.join("lsm-local")))
+            .expect("backend")
     }
     fn restore(
         rt: &tokio::runtime::Runtime,
@@ -92,10 +104,9 @@ impl Subject for LsmKeyedStateBackend<i64> {
         storage: &CheckpointStorage,
         handle: KeyedStateHandle,
     ) -> Self {
-        let config = LsmBackendConfig::for_subtask("flink", 128, 1, 0, dir.join("lsm-restored"))
-            .expect("config");
-        rt.block_on(LsmKeyedStateBackend::restore(
-            config,
+        rt.block_on(RocksDbKeyedStateBackend::restore(
+            identity(),
+            rocksdb_config(dir.join("lsm-restored")),
             storage,
             &[handle],
             RestoreMode::Claim,
@@ -114,9 +125,9 @@ fn run_once<B: Subject>(
     let storage = CheckpointStorage::local(
         dir,
         &format!("{}-run-{run}", B::NAME),
-        &StorageSettings {
+        &StorageConfig {
             fsync: false,
-            ..StorageSettings::default()
+            ..StorageConfig::default()
         },
     )
     .expect("storage");
@@ -211,7 +222,7 @@ fn main() {
         .expect("rt");
     report::<HeapKeyedStateBackend<i64>>(&rt, runs);
     #[cfg(feature = "rocksdb")]
-    report::<LsmKeyedStateBackend<i64>>(&rt, runs);
+    report::<RocksDbKeyedStateBackend<i64>>(&rt, runs);
 }
 
 fn report<B: Subject>(rt: &tokio::runtime::Runtime, runs: usize) {

@@ -18,6 +18,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::*;
 
 const KEYS: u64 = 1_000_000;
@@ -30,8 +31,8 @@ fn shuffled() -> Vec<u64> {
 }
 
 fn heap_backend(keys: &[u64]) -> (HeapKeyedStateBackend<u64>, ValueState<VoidNamespace, u64>) {
-    let config = HeapBackendConfig::for_subtask("bench", 128, 1, 0).expect("config");
-    let mut b = HeapKeyedStateBackend::new(config).expect("backend");
+    let identity = SubtaskIdentity::new("bench", 128, 1, 0).expect("identity");
+    let mut b = HeapKeyedStateBackend::new(identity, HeapConfig::default()).expect("backend");
     let s = b
         .value_state(&ValueStateDescriptor::new("v"))
         .expect("state");

@@ -17,10 +17,12 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use ::rocksdb::backup::{BackupEngine, BackupEngineOptions, RestoreOptions};
+use ::rocksdb::{DB, Env, WriteOptions};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
-use rocksdb::backup::{BackupEngine, BackupEngineOptions, RestoreOptions};
-use rocksdb::{DB, Env, WriteOptions};
+use statebackend::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend, lsm_db_options};
+use statebackend::snapshot::FileScope;
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;
@@ -41,7 +43,7 @@ fn value(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
 
 /// Our side: backend, its state, storage, next checkpoint id, and what each checkpoint did.
 struct Ours {
-    backend: LsmKeyedStateBackend<u64>,
+    backend: RocksDbKeyedStateBackend<u64>,
     state: ValueState<VoidNamespace, Vec<u8>>,
     storage: CheckpointStorage,
     next_id: u64,
@@ -56,7 +58,7 @@ struct Peer {
     write: WriteOptions,
     engine: BackupEngine,
     backup_dir: std::path::PathBuf,
-    _cache: rocksdb::Cache,
+    _cache: ::rocksdb::Cache,
 }
 
 fn churn_ours(o: &mut Ours, rng: &mut rand::rngs::StdRng, n: u64) {
@@ -110,13 +112,16 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("rt");
     let dir = tempfile::tempdir().expect("dir");
-    let config =
-        LsmBackendConfig::for_subtask("incr", 128, 1, 0, dir.path().join("ours")).expect("config");
-    let peer_config = LsmBackendConfig {
+    let identity = SubtaskIdentity::new("incr", 128, 1, 0).expect("identity");
+    let config = RocksDbConfig {
+        local_dir: dir.path().join("ours"),
+        ..RocksDbConfig::default()
+    };
+    let peer_config = RocksDbConfig {
         local_dir: dir.path().join("peer"),
         ..config.clone()
     };
-    let mut backend = LsmKeyedStateBackend::new(config).expect("backend");
+    let mut backend = RocksDbKeyedStateBackend::new(identity, config).expect("backend");
     let state = backend
         .value_state(&ValueStateDescriptor::<VoidNamespace, Vec<u8>>::new(
             "value",
@@ -125,7 +130,7 @@ fn bench(c: &mut Criterion) {
     let storage = CheckpointStorage::local(
         dir.path().join("checkpoints"),
         "job",
-        &StorageSettings::default(),
+        &StorageConfig::default(),
     )
     .expect("storage");
     let mut ours = Ours {
@@ -225,17 +230,15 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 round += 1;
-                let config = LsmBackendConfig::for_subtask(
-                    "incr",
-                    128,
-                    1,
-                    0,
-                    dir.path().join(format!("r{round}")),
-                )
-                .expect("config");
+                let identity = SubtaskIdentity::new("incr", 128, 1, 0).expect("identity");
+                let config = RocksDbConfig {
+                    local_dir: dir.path().join(format!("r{round}")),
+                    ..RocksDbConfig::default()
+                };
                 let t = Instant::now();
                 let restored = rt
-                    .block_on(LsmKeyedStateBackend::<u64>::restore(
+                    .block_on(RocksDbKeyedStateBackend::<u64>::restore(
+                        identity,
                         config,
                         &ours.storage,
                         std::slice::from_ref(&handle),
@@ -301,9 +304,9 @@ criterion_group!(benches, bench);
 criterion_main!(benches);
 
 /// The two column families with the backend's options (`DB::open_cf` would give them defaults).
-fn same_options(opts: &rocksdb::Options) -> Vec<rocksdb::ColumnFamilyDescriptor> {
+fn same_options(opts: &::rocksdb::Options) -> Vec<::rocksdb::ColumnFamilyDescriptor> {
     ["default", "s:value"]
         .into_iter()
-        .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, opts.clone()))
+        .map(|n| ::rocksdb::ColumnFamilyDescriptor::new(n, opts.clone()))
         .collect()
 }

@@ -6,10 +6,12 @@
 
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 
+use ::rocksdb::{DB, WriteOptions};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rocksdb::{DB, WriteOptions};
+use statebackend::key_group::assign_to_key_group;
+use statebackend::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend, lsm_db_options};
 use statebackend::*;
 
 const KEYS: i64 = 1_000_000;
@@ -19,7 +21,7 @@ const NS: VoidNamespace = VoidNamespace;
 struct Raw {
     db: DB,
     write: WriteOptions,
-    _cache: rocksdb::Cache,
+    _cache: ::rocksdb::Cache,
     _dir: tempfile::TempDir,
 }
 
@@ -38,8 +40,11 @@ fn raw_key(k: i64) -> [u8; 11] {
 impl Raw {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("dir");
-        // The backend's defaults (`LsmBackendConfig::for_subtask`).
-        let config = LsmBackendConfig::for_subtask("raw", 128, 1, 0, dir.path()).expect("config");
+        // The backend's defaults (`RocksDbConfig::default`).
+        let config = RocksDbConfig {
+            local_dir: dir.path().into(),
+            ..RocksDbConfig::default()
+        };
         let (opts, cache) = lsm_db_options(&config);
         let db = DB::open_cf_descriptors(&opts, dir.path(), same_options(&opts)).expect("open");
         let mut write = WriteOptions::default();
@@ -71,14 +76,17 @@ impl Raw {
 }
 
 fn backend() -> (
-    LsmKeyedStateBackend<i64>,
+    RocksDbKeyedStateBackend<i64>,
     ValueState<VoidNamespace, i64>,
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().expect("dir");
-    let config =
-        LsmBackendConfig::for_subtask("bench", 128, 1, 0, dir.path().join("b")).expect("config");
-    let mut b = LsmKeyedStateBackend::new(config).expect("backend");
+    let identity = SubtaskIdentity::new("bench", 128, 1, 0).expect("identity");
+    let config = RocksDbConfig {
+        local_dir: dir.path().join("b"),
+        ..RocksDbConfig::default()
+    };
+    let mut b = RocksDbKeyedStateBackend::new(identity, config).expect("backend");
     let s = b
         .value_state(&ValueStateDescriptor::<VoidNamespace, i64>::new("value"))
         .expect("state");
@@ -102,9 +110,7 @@ fn bench(c: &mut Criterion) {
     // Both from SST files, as a state larger than memory would be, and compacted into the same shape so
     // that neither side pays for the other's pending compactions.
     raw.flush();
-    let cf = b.db().cf_handle("s:value").expect("cf");
-    b.db().flush_cf(cf).expect("flush");
-    b.db().compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+    b.compact().expect("compaction");
     let raw_cf = raw.db.cf_handle("s:value").expect("cf");
     raw.db
         .compact_range_cf(raw_cf, None::<&[u8]>, None::<&[u8]>);
@@ -196,9 +202,9 @@ criterion_group!(benches, bench);
 criterion_main!(benches);
 
 /// The two column families with the backend's options (`DB::open_cf` would give them defaults).
-fn same_options(opts: &rocksdb::Options) -> Vec<rocksdb::ColumnFamilyDescriptor> {
+fn same_options(opts: &::rocksdb::Options) -> Vec<::rocksdb::ColumnFamilyDescriptor> {
     ["default", "s:value"]
         .into_iter()
-        .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, opts.clone()))
+        .map(|n| ::rocksdb::ColumnFamilyDescriptor::new(n, opts.clone()))
         .collect()
 }

@@ -13,20 +13,26 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use statebackend::layout::*;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 fn config(kind: BackendKind, dir: &std::path::Path) -> StateBackendConfig {
     StateBackendConfig {
         kind,
-        operator_id: "bench".into(),
-        local_dir: dir.to_path_buf(),
+        rocksdb: rocksdb::RocksDbConfig {
+            local_dir: dir.to_path_buf(),
+            ..Default::default()
+        },
         ..StateBackendConfig::default()
     }
 }
 
+fn identity() -> SubtaskIdentity {
+    SubtaskIdentity::new("bench", 128, 1, 0).expect("identity")
+}
+
 fn filled(kind: BackendKind, dir: &std::path::Path, keys: u64) -> StateBackend<u64> {
-    let mut b = StateBackend::new(&config(kind, dir)).expect("backend");
+    let mut b = StateBackend::new(&identity(), &config(kind, dir)).expect("backend");
     let s = b
         .value_state(&ValueStateDescriptor::<VoidNamespace, (u64, u64)>::new("v"))
         .expect("state");
@@ -56,14 +62,14 @@ fn bench(c: &mut Criterion) {
     }
     let mut kinds = vec![BackendKind::Heap];
     if cfg!(feature = "rocksdb") {
-        kinds.push(BackendKind::Lsm);
+        kinds.push(BackendKind::RocksDb);
     }
     for keys in sizes {
         let label = if keys >= 10_000_000 { "10M" } else { "1M" };
         let dir = tempfile::tempdir().expect("dir");
         let root = dir.path().join("storage");
         let storage =
-            CheckpointStorage::local(&root, "bench-job", &StorageSettings::default()).expect("s");
+            CheckpointStorage::local(&root, "bench-job", &StorageConfig::default()).expect("s");
         let mut id = 0u64;
         // One canonical savepoint per kind, kept for the restore groups.
         let mut kept = Vec::new();
@@ -125,6 +131,7 @@ fn bench(c: &mut Criterion) {
                         let started = Instant::now();
                         let mut b = rt
                             .block_on(StateBackend::<u64>::restore(
+                                &identity(),
                                 &config(kind, dir.path()),
                                 &storage,
                                 &handles,
@@ -144,7 +151,7 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
 
-        if kinds.contains(&BackendKind::Lsm) {
+        if kinds.contains(&BackendKind::RocksDb) {
             let mut g = c.benchmark_group(format!("switch_heap_to_lsm_{label}"));
             g.throughput(Throughput::Bytes(raw_bytes));
             g.sample_size(10);
@@ -165,7 +172,8 @@ fn bench(c: &mut Criterion) {
                             .handle;
                         let lsm = rt
                             .block_on(StateBackend::<u64>::restore(
-                                &config(BackendKind::Lsm, dir.path()),
+                                &identity(),
+                                &config(BackendKind::RocksDb, dir.path()),
                                 &storage,
                                 &[handle],
                                 RestoreMode::NoClaim,

@@ -7,11 +7,12 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::*;
 
 fn filled(entries: u64) -> HeapKeyedStateBackend<u64> {
-    let config = HeapBackendConfig::for_subtask("bench", 128, 1, 0).expect("config");
-    let mut b = HeapKeyedStateBackend::new(config).expect("backend");
+    let identity = SubtaskIdentity::new("bench", 128, 1, 0).expect("identity");
+    let mut b = HeapKeyedStateBackend::new(identity, HeapConfig::default()).expect("backend");
     let s = b
         .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
         .expect("state");
@@ -64,9 +65,9 @@ fn async_phase(c: &mut Criterion) {
         let storage = CheckpointStorage::local(
             dir.path(),
             name,
-            &StorageSettings {
+            &StorageConfig {
                 fsync,
-                ..StorageSettings::default()
+                ..StorageConfig::default()
             },
         )
         .expect("storage");

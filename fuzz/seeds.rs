@@ -34,7 +34,7 @@ async fn snapshots(corpus: &Path) -> Result<()> {
     .enumerate()
     {
         let storage = CheckpointStorage::in_memory("seeds")?;
-        let mut config = HeapBackendConfig::for_subtask("op", 16, 1, 0)?;
+        let mut config = HeapConfig::for_subtask("op", 16, 1, 0)?;
         config.zstd_level = level;
         config.frame_bytes = frame_bytes;
         let mut b = HeapKeyedStateBackend::<u64>::new(config)?;
@@ -62,8 +62,8 @@ async fn metadata(corpus: &Path) -> Result<()> {
     )
     .await?;
     let mut backends = [
-        HeapKeyedStateBackend::<u64>::new(HeapBackendConfig::for_subtask("op", 16, 2, 0)?)?,
-        HeapKeyedStateBackend::<u64>::new(HeapBackendConfig::for_subtask("op", 16, 2, 1)?)?,
+        HeapKeyedStateBackend::<u64>::new(HeapConfig::for_subtask("op", 16, 2, 0)?)?,
+        HeapKeyedStateBackend::<u64>::new(HeapConfig::for_subtask("op", 16, 2, 1)?)?,
     ];
     for round in 0..2u64 {
         let id = coord.trigger().await?;

@@ -1,5 +1,5 @@
 //! Text for encoded bytes of the crate's built-in codecs (`statectl dump`): the codec id stored in a
-//! snapshot says how the bytes were written (`src/codec.rs`).
+//! snapshot says how the bytes were written (`src/codec/mod.rs`).
 
 /// `bytes` as text if `codec_id` is one of the crate's built-in codecs and the bytes decode: numbers in
 /// decimal, `utf8` quoted (Rust escapes), `bytes` and unknown codecs `None` (the caller shows hex), the void

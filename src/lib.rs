@@ -8,14 +8,23 @@
 //! (trigger, acknowledge, complete, abort, subsume, restore with fallback) whose every step is safe to
 //! retry, to see twice or late, and to be cut off by a crash (`docs/protocol.md`).
 //!
+//! The root holds what that embedding uses (below); the rest lives in named modules: [`keyed`] (the state
+//! API in full), [`heap`] and [`rocksdb`] (the concrete backends and their settings), [`checkpoint`] (the
+//! coordinator side), [`snapshot`] (handles, metadata, and [`snapshot::layout`], where every file lives),
+//! [`storage`], [`key_group`] (the key-group math and the router), [`operator`] (operator state),
+//! [`codec`], [`clock`], [`ids`] and [`inspect`] (reading storage, for `statectl`). Layers and routes:
+//! `docs/architecture.md`.
+//!
 //! ```
 //! use statebackend::*;
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> statebackend::Result<()> {
-//! // One subtask's backend, heap or LSM as the settings say (`StateBackendConfig` is plain data).
-//! let config = StateBackendConfig { operator_id: "sessions".into(), ..StateBackendConfig::default() };
-//! let mut backend: StateBackend<String> = StateBackend::new(&config)?;
+//! // One subtask's backend: who it is (subtask 0 of 1 of operator `sessions`, 128 key groups), and its
+//! // settings, heap or RocksDB (`StateBackendConfig` is plain data).
+//! let identity = SubtaskIdentity::new("sessions", 128, 1, 0)?;
+//! let config = StateBackendConfig::default();
+//! let mut backend: StateBackend<String> = StateBackend::new(&identity, &config)?;
 //! // Per user: events per session window (the namespace is the window's start, ms).
 //! let events = backend.reducing_state(&ReducingStateDescriptor::<u64, u64>::new("events", |a, b| a + b))?;
 //! backend.set_current_key("alice".to_string())?;
@@ -38,7 +47,8 @@
 //!
 //! // Restore a fresh backend from the latest completed checkpoint.
 //! let latest = coordinator.store().latest().expect("one checkpoint").clone();
-//! let mut restored = StateBackend::<String>::restore_checkpoint(&config, &storage, &latest, RestoreMode::Claim).await?;
+//! let mut restored =
+//!     StateBackend::<String>::restore_checkpoint(&identity, &config, &storage, &latest, RestoreMode::Claim).await?;
 //! let events = restored.reducing_state(&ReducingStateDescriptor::<u64, u64>::new("events", |a, b| a + b))?;
 //! restored.set_current_key("alice".to_string())?;
 //! assert_eq!(events.get(&restored, &1_000)?, Some(5));
@@ -52,70 +62,45 @@
 pub struct ReadmeDoctests;
 
 mod backend;
-mod checkpoint;
-mod clock;
-mod codec;
+pub mod checkpoint;
+pub mod clock;
+pub mod codec;
 mod codec_text;
 mod error;
 mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod heap;
-mod ids;
-mod key_group;
-mod keyed;
-#[cfg(feature = "rocksdb")]
-mod lsm;
-mod operator;
+pub mod heap;
+pub mod ids;
+pub mod inspect;
+pub mod key_group;
+pub mod keyed;
+pub mod operator;
 mod parallel;
-mod snapshot;
-mod storage;
+pub mod rocksdb;
+pub mod snapshot;
+pub mod storage;
 
+// The engine path (the README's embedding); everything else lives in the named modules above.
 pub use backend::{BackendKind, StateBackend, StateBackendConfig};
-pub use checkpoint::answers::{Acknowledgement, CheckpointStats, Declined, Discarded};
-pub use checkpoint::config::{CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks};
-pub use checkpoint::coordinator::CheckpointCoordinator;
-pub use checkpoint::fence::NewestGeneration;
-pub use checkpoint::read::{KeyedRecord, SnapshotLocation};
-pub use checkpoint::registry::{SharedFileEntry, SharedFileRegistry};
-pub use checkpoint::store::{
-    AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreOutcome,
-    SkippedCheckpoint,
+pub use checkpoint::{
+    Acknowledgement, CheckpointCoordinator, CheckpointStats, CoordinatorConfig, Declined,
+    OperatorTasks,
 };
-pub use checkpoint::sweep::SweepReport;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use codec::{
-    Codec, Migration, SchemaCompatibility, VoidNamespace, WrittenCodec, schema_compatibility,
-    versioned_id,
-};
-pub use codec_text::{describe_encoded, hex_bytes};
+pub use codec::{Codec, VoidNamespace};
 pub use error::{Error, ErrorKind, Result};
-pub use heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
-pub use ids::{IdSource, RandomIds, SeededIds};
-pub use key_group::{
-    KeyGroupRange, UPPER_BOUND_MAX_PARALLELISM, assign_to_key_group, default_max_parallelism,
-    key_group_range_for_operator, operator_index_for_key_group, stable_key_hash,
+pub use ids::IdSource;
+pub use key_group::{KeyGroupRange, KeyGroupRouter};
+pub use keyed::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateBackend, ListState,
+    ListStateDescriptor, MapState, MapStateDescriptor, PendingSnapshot, ReducingState,
+    ReducingStateDescriptor, StateKey, StateValue, SubtaskIdentity, ValueState,
+    ValueStateDescriptor,
 };
-pub use keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
-pub use keyed::descriptor::{
-    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
-    ReduceFn, ReducingStateDescriptor, ValueStateDescriptor,
-};
-pub use keyed::map_iter::MapEntries;
-pub use keyed::router::{KeyGroupRouter, KeyRoute};
-pub use keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
-#[cfg(feature = "rocksdb")]
-pub use lsm::{LsmBackendConfig, LsmKeyedStateBackend, lsm_db_options};
-pub use operator::{
-    BroadcastState, OPERATOR_STATE_PREFIX, OperatorListState, OperatorStateBackend, Redistribution,
-};
-pub use snapshot::handle::{
-    CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
+pub use snapshot::{
+    CheckpointMetadata, KeyedStateHandle, RestoreMode, SavepointFormat, SnapshotResult,
     TaskStateSnapshot,
 };
-pub use snapshot::layout;
-pub use snapshot::restore_mode::RestoreMode;
-pub use snapshot::result::{SavepointFormat, SnapshotMetrics, SnapshotResult};
-pub use snapshot::state_meta::{StateKind, StateMeta};
-pub use storage::{CheckpointStorage, IncompleteUpload, StorageSettings};
+pub use storage::{CheckpointStorage, StorageConfig};

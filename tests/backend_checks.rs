@@ -12,6 +12,12 @@ use std::collections::BTreeMap;
 use common::faulty::{Fault, FaultyStore};
 use common::*;
 use object_store::ObjectStoreExt;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::key_group::{
+    UPPER_BOUND_MAX_PARALLELISM, assign_to_key_group, default_max_parallelism,
+    operator_index_for_key_group,
+};
+use statebackend::snapshot::SnapshotKind;
 use statebackend::*;
 
 type Heap = HeapKeyedStateBackend<u64>;
@@ -27,7 +33,7 @@ fn restore_refuses_no_handles_half_the_handles_and_mixed_checkpoints() {
         let storage = CheckpointStorage::in_memory("coverage").unwrap();
         let mut coord = coordinator(&storage, 2, 2).await;
         let mut b: Vec<Heap> = (0..2)
-            .map(|i| Heap::new(config(128, 2, i)).unwrap())
+            .map(|i| Heap::new(identity(128, 2, i), HeapConfig::default()).unwrap())
             .collect();
         for x in &mut b {
             fill(x, 0..300, 1);
@@ -47,15 +53,27 @@ fn restore_refuses_no_handles_half_the_handles_and_mixed_checkpoints() {
             ("two checkpoints", vec![first[0].clone(), second[1].clone()]),
         ];
         for (name, hs) in cases {
-            let err = Heap::restore(config(128, 1, 0), &storage, &hs)
-                .await
-                .map(|_| ())
-                .unwrap_err();
+            let err = Heap::restore(
+                identity(128, 1, 0),
+                HeapConfig::default(),
+                &storage,
+                &hs,
+                RestoreMode::Claim,
+            )
+            .await
+            .map(|_| ())
+            .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {err}");
         }
-        let mut whole = Heap::restore(config(128, 1, 0), &storage, &second)
-            .await
-            .unwrap();
+        let mut whole = Heap::restore(
+            identity(128, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &second,
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         assert_eq!(values(&mut whole).len(), 300);
     });
 }
@@ -71,10 +89,10 @@ fn heap_restore_never_merges_states_of_different_operators() {
         let mut coord = CheckpointCoordinator::open(storage.clone(), job)
             .await
             .unwrap();
-        let op_config = |op: &str| HeapBackendConfig::for_subtask(op, 128, 1, 0).unwrap();
+        let op_identity = |op: &str| SubtaskIdentity::new(op, 128, 1, 0).unwrap();
         let (mut a, mut b) = (
-            Heap::new(op_config("a")).unwrap(),
-            Heap::new(op_config("b")).unwrap(),
+            Heap::new(op_identity("a"), HeapConfig::default()).unwrap(),
+            Heap::new(op_identity("b"), HeapConfig::default()).unwrap(),
         );
         fill(&mut a, 0..10, 1);
         fill(&mut b, 100..110, 2);
@@ -90,14 +108,26 @@ fn heap_restore_never_merges_states_of_different_operators() {
         }
         let meta = coord.store().latest().unwrap().clone();
         // Both operators' handles cover every key group: a restore of `a` must refuse `b`'s.
-        let err = Heap::restore(op_config("a"), &storage, &handles(&meta))
-            .await
-            .map(|_| ())
-            .unwrap_err();
+        let err = Heap::restore(
+            op_identity("a"),
+            HeapConfig::default(),
+            &storage,
+            &handles(&meta),
+            RestoreMode::Claim,
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
-        let mut restored = Heap::restore(op_config("a"), &storage, &meta.keyed_handles("a"))
-            .await
-            .unwrap();
+        let mut restored = Heap::restore(
+            op_identity("a"),
+            HeapConfig::default(),
+            &storage,
+            &meta.keyed_handles("a"),
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         assert_eq!(values(&mut restored), (0..10).map(|k| (k, 1)).collect());
     });
 }
@@ -106,7 +136,7 @@ fn heap_restore_never_merges_states_of_different_operators() {
 fn snapshot_refuses_an_id_it_already_used() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("reuse").unwrap();
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        let mut b = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut b, 0..10, 1);
         let first = b.snapshot(5, &storage).unwrap().run().await.unwrap();
         for id in [5, 4] {
@@ -114,9 +144,15 @@ fn snapshot_refuses_an_id_it_already_used() {
             assert_eq!(err.kind(), ErrorKind::IllegalState, "{err}");
         }
         // A backend restored from checkpoint 5 continues above it.
-        let mut r = Heap::restore(config(128, 1, 0), &storage, &[first.handle])
-            .await
-            .unwrap();
+        let mut r = Heap::restore(
+            identity(128, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &[first.handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         assert!(r.snapshot(5, &storage).is_err());
         assert!(r.snapshot(6, &storage).is_ok());
     });
@@ -126,11 +162,11 @@ fn snapshot_refuses_an_id_it_already_used() {
 fn restore_checks_the_whole_file_crc32_on_remote_stores() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("crc").unwrap();
-        let plain = HeapBackendConfig {
+        let plain = HeapConfig {
             zstd_level: None,
-            ..config(128, 1, 0)
+            ..HeapConfig::default()
         };
-        let mut b = Heap::new(plain.clone()).unwrap();
+        let mut b = Heap::new(identity(128, 1, 0), plain.clone()).unwrap();
         fill(&mut b, 0..100, 1);
         let one = b.snapshot(1, &storage).unwrap().run().await.unwrap();
         fill(&mut b, 0..100, 2);
@@ -153,10 +189,16 @@ fn restore_checks_the_whole_file_crc32_on_remote_stores() {
             .unwrap();
         let mut handle = one.handle.clone();
         handle.checkpoint_id = 1;
-        let err = Heap::restore(plain, &storage, &[handle])
-            .await
-            .map(|_| ())
-            .unwrap_err();
+        let err = Heap::restore(
+            identity(128, 1, 0),
+            plain,
+            &storage,
+            &[handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
         assert!(err.to_string().contains(&f1.path), "{err}");
     });
@@ -166,7 +208,7 @@ fn restore_checks_the_whole_file_crc32_on_remote_stores() {
 fn notifications_for_unknown_or_aborted_checkpoints_are_ignored() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("notify").unwrap();
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        let mut b = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         b.notify_checkpoint_complete(42);
         assert_eq!(b.last_completed_checkpoint(), None, "never snapshotted");
         let _ = b.snapshot(1, &storage).unwrap().run().await.unwrap();
@@ -185,7 +227,7 @@ fn failing_finish_leaves_no_file() {
     runtime().block_on(async {
         let faulty = FaultyStore::new();
         let storage = CheckpointStorage::new(faulty.clone(), "finish").unwrap();
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        let mut b = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut b, 0..100, 1);
         // The upload of the snapshot file takes effect, then reports an error.
         faulty.arm(".keyed", Fault::FailWriteAfterEffect);
@@ -216,11 +258,13 @@ fn public_functions_return_errors_instead_of_panicking() {
         default_max_parallelism(u32::MAX / 2 + 7),
         UPPER_BOUND_MAX_PARALLELISM
     );
-    let huge = HeapBackendConfig {
+    let huge = HeapConfig {
         frame_bytes: usize::MAX,
-        ..config(128, 1, 0)
+        ..HeapConfig::default()
     };
-    let err = Heap::new(huge).map(|_| ()).unwrap_err();
+    let err = Heap::new(identity(128, 1, 0), huge)
+        .map(|_| ())
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
 
@@ -248,15 +292,21 @@ fn metadata_blob_over_4_gib_is_an_error_not_a_truncation() {
 fn tuple_states_restore_only_with_the_same_tuple_types() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("pairs").unwrap();
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        let mut b = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         let pairs = ValueStateDescriptor::<VoidNamespace, (u64, u64)>::new("pairs");
         let s = b.value_state(&pairs).unwrap();
         b.set_current_key(1).unwrap();
         s.update(&mut b, &NS, (3, 4)).unwrap();
         let result = b.snapshot(1, &storage).unwrap().run().await.unwrap();
-        let mut r = Heap::restore(config(128, 1, 0), &storage, &[result.handle])
-            .await
-            .unwrap();
+        let mut r = Heap::restore(
+            identity(128, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &[result.handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         let signed = ValueStateDescriptor::<VoidNamespace, (i64, i64)>::new("pairs");
         let err = r.value_state(&signed).map(|_| ()).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{backend_config, backend_kinds};
+use common::{backend_config, backend_kinds, identity};
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;
@@ -19,7 +19,7 @@ fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let mut coordinator = common::coordinator(&storage, 2, 1).await;
             let mut b: StateBackend<u64> =
-                StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
+                StateBackend::new(&identity(128, 1, 0), &backend_config(kind, dir.path())).unwrap();
             assert_eq!(b.kind(), kind);
             let keep = b
                 .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("keep"))
@@ -54,7 +54,8 @@ fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
 
             // Same parallelism: "gone" is not restored; "later" is restored, then dropped unregistered.
             let mut r = StateBackend::<u64>::restore_checkpoint(
-                &backend_config(kind, 1, 0, dir.path()),
+                &identity(128, 1, 0),
+                &backend_config(kind, dir.path()),
                 &storage,
                 &meta,
                 RestoreMode::Claim,
@@ -88,7 +89,8 @@ fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
             // Rescale to 2: every key's state is in its new owner, the dropped states nowhere.
             for index in 0..2 {
                 let mut part = StateBackend::<u64>::restore_checkpoint(
-                    &backend_config(kind, 2, index, dir.path()),
+                    &identity(128, 2, index),
+                    &backend_config(kind, dir.path()),
                     &storage,
                     &meta,
                     RestoreMode::NoClaim,
@@ -145,19 +147,20 @@ fn a_heap_checkpoint_restores_as_lsm_and_an_lsm_checkpoint_as_heap_is_a_clear_er
     }
     common::runtime().block_on(async {
         for (from, to) in [
-            (BackendKind::Heap, BackendKind::Lsm),
-            (BackendKind::Lsm, BackendKind::Heap),
+            (BackendKind::Heap, BackendKind::RocksDb),
+            (BackendKind::RocksDb, BackendKind::Heap),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let mut coordinator = common::coordinator(&storage, 1, 1).await;
             let mut b: StateBackend<u64> =
-                StateBackend::new(&backend_config(from, 1, 0, dir.path())).unwrap();
+                StateBackend::new(&identity(128, 1, 0), &backend_config(from, dir.path())).unwrap();
             common::fill(&mut b, 0..10, 1);
             common::checkpoint(&mut coordinator, std::slice::from_mut(&mut b)).await;
             let meta = coordinator.store().latest().unwrap().clone();
             let restored = StateBackend::<u64>::restore_checkpoint(
-                &backend_config(to, 1, 0, dir.path()),
+                &identity(128, 1, 0),
+                &backend_config(to, dir.path()),
                 &storage,
                 &meta,
                 RestoreMode::NoClaim,
@@ -189,7 +192,7 @@ fn changes_after_the_synchronous_phase_stay_out_of_the_snapshot() {
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let mut coordinator = common::coordinator(&storage, 2, 1).await;
             let mut b: StateBackend<u64> =
-                StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
+                StateBackend::new(&identity(128, 1, 0), &backend_config(kind, dir.path())).unwrap();
             let v = b
                 .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
                 .unwrap();
@@ -223,7 +226,8 @@ fn changes_after_the_synchronous_phase_stay_out_of_the_snapshot() {
             let meta = coordinator.store().latest().unwrap().clone();
 
             let mut r = StateBackend::<u64>::restore_checkpoint(
-                &backend_config(kind, 1, 0, dir.path()),
+                &identity(128, 1, 0),
+                &backend_config(kind, dir.path()),
                 &storage,
                 &meta,
                 RestoreMode::NoClaim,

@@ -5,6 +5,8 @@
 
 mod common;
 
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::key_group::assign_to_key_group;
 use statebackend::*;
 
 #[path = "conformance/api.rs"]
@@ -279,8 +281,8 @@ macro_rules! conformance {
 
 conformance!(
     heap,
-    HeapKeyedStateBackend::<u64>::new(common::config(128, 1, 0)).unwrap(),
-    HeapKeyedStateBackend::<u64>::new(common::config(128, 2, 0)).unwrap()
+    HeapKeyedStateBackend::<u64>::new(common::identity(128, 1, 0), HeapConfig::default()).unwrap(),
+    HeapKeyedStateBackend::<u64>::new(common::identity(128, 2, 0), HeapConfig::default()).unwrap()
 );
 
 #[cfg(feature = "rocksdb")]
@@ -292,14 +294,8 @@ conformance!(
 
 /// The runtime-chosen backend type, heap inside.
 fn chosen(kind: BackendKind, parallelism: u32, dir: &std::path::Path) -> StateBackend<u64> {
-    StateBackend::new(&StateBackendConfig {
-        kind,
-        operator_id: "conformance".into(),
-        parallelism,
-        local_dir: dir.to_path_buf(),
-        ..StateBackendConfig::default()
-    })
-    .unwrap()
+    let identity = SubtaskIdentity::new("conformance", 128, parallelism, 0).unwrap();
+    StateBackend::new(&identity, &common::backend_config(kind, dir)).unwrap()
 }
 
 conformance!(
@@ -311,6 +307,6 @@ conformance!(
 #[cfg(feature = "rocksdb")]
 conformance!(
     chosen_lsm,
-    chosen(BackendKind::Lsm, 1, &std::env::temp_dir()),
-    chosen(BackendKind::Lsm, 2, &std::env::temp_dir())
+    chosen(BackendKind::RocksDb, 1, &std::env::temp_dir()),
+    chosen(BackendKind::RocksDb, 2, &std::env::temp_dir())
 );

@@ -11,7 +11,10 @@ use std::time::Duration;
 use common::faulty::{Fault, FaultyStore};
 use common::*;
 use object_store::ObjectStoreExt;
-use statebackend::layout::*;
+use statebackend::checkpoint::CancellationPolicy;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::snapshot::layout::*;
+use statebackend::snapshot::{FileScope, HandleFormat, SnapshotKind, StateFile};
 use statebackend::*;
 
 type Heap = HeapKeyedStateBackend<u64>;
@@ -189,7 +192,7 @@ fn savepoint_survives_a_later_checkpoint_completing_first() {
         let storage = CheckpointStorage::in_memory("job").unwrap();
         let target = CheckpointStorage::in_memory("job").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..100, 1);
         let sp = coord.trigger_savepoint(&target).await.unwrap();
         let written = b[0]
@@ -242,7 +245,7 @@ fn savepoint_abort_never_deletes_another_savepoint_of_that_id() {
         let mut coord = coordinator(&storage, 1, 1).await;
         let sp = coord.trigger_savepoint(&target).await.unwrap();
         assert_eq!(sp, 3, "ids taken in the target are skipped");
-        let mut b = Heap::new(config(128, 1, 0)).unwrap();
+        let mut b = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut b, 0..10, 1);
         let written = b
             .savepoint(sp, &target, SavepointFormat::Canonical)
@@ -270,11 +273,11 @@ fn latest_is_never_an_older_generation_once_a_newer_one_completed() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("zombie").unwrap();
         let mut zombie = coordinator(&storage, 2, 1).await;
-        let mut z = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut z = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut z[0], 0..10, 1);
         checkpoint(&mut zombie, &mut z).await;
         let mut leader = coordinator(&storage, 2, 1).await;
-        let mut l = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut l = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut l[0], 0..10, 2);
         let mine = checkpoint(&mut leader, &mut l).await.checkpoint_id;
         // The zombie checked the fence just before the leader registered, then reserved the next id
@@ -304,7 +307,7 @@ fn rollback_survives_a_failover() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("rollback").unwrap();
         let mut coord = coordinator(&storage, 3, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..10, 1);
         checkpoint(&mut coord, &mut b).await;
         fill(&mut b[0], 0..10, 2);
@@ -359,7 +362,7 @@ fn restored_from_is_durable_across_a_restart() {
         let storage = CheckpointStorage::in_memory("durable").unwrap();
         let savepoints = CheckpointStorage::in_memory("elsewhere").unwrap();
         let mut other = coordinator(&savepoints, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..10, 1);
         for _ in 0..5 {
             checkpoint(&mut other, &mut b).await;
@@ -384,7 +387,7 @@ fn state_of_a_missing_operator_is_never_dropped_silently() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("operators").unwrap();
         let mut old_job = coordinator(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..10, 1);
         checkpoint(&mut old_job, &mut b).await;
         let meta = old_job.store().latest().unwrap().clone();
@@ -438,8 +441,8 @@ fn lost_race_with_an_unreadable_winner_keeps_the_winner() {
         let storage = CheckpointStorage::in_memory("race").unwrap();
         let mut loser = coordinator(&storage, 1, 1).await;
         let id = loser.trigger().await.unwrap();
-        let mut w = Heap::new(config(128, 1, 0)).unwrap();
-        let mut l = Heap::new(config(128, 1, 0)).unwrap();
+        let mut w = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
+        let mut l = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut w, 0..100, 1);
         fill(&mut l, 0..100, 2);
         let won = w.snapshot(id, &storage).unwrap().run().await.unwrap();
@@ -480,11 +483,11 @@ fn adopted_checkpoints_are_subsumed() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("adopted").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..10, 1);
         checkpoint(&mut coord, &mut b).await;
         // An older coordinator's checkpoint lands (its write was in flight).
-        let mut old = Heap::new(config(128, 1, 0)).unwrap();
+        let mut old = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut old, 0..10, 7);
         put(&storage, "chk-9/_trigger", b"older").await;
         let written = old.snapshot(9, &storage).unwrap().run().await.unwrap();
@@ -512,7 +515,7 @@ fn expiries_found_by_trigger_and_acknowledge_are_reported() {
             CheckpointCoordinator::open_with_clock(storage.clone(), config, clock.clone())
                 .await
                 .unwrap();
-        let mut b = vec![Heap::new(common::config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..10, 1);
         let stuck = coord.trigger().await.unwrap();
         clock.advance(Duration::from_secs(61));
@@ -540,12 +543,12 @@ fn cancellation_keeps_generations_and_ids_rising() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("cancel").unwrap();
         let mut zombie = coordinator(&storage, 1, 1).await;
-        let mut z = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut z = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut z[0], 0..10, 1);
         checkpoint(&mut zombie, &mut z).await;
         let zombie_id = zombie.trigger().await.unwrap();
         let mut job = coordinator(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..10, 2);
         checkpoint(&mut job, &mut b).await;
         let highest = checkpoint(&mut job, &mut b).await.checkpoint_id;
@@ -561,7 +564,7 @@ fn cancellation_keeps_generations_and_ids_rising() {
         );
         let mut next = coordinator(&storage, 1, 1).await;
         assert!(next.generation() > generation);
-        let mut n = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut n = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut n[0], 0..10, 3);
         let first = checkpoint(&mut next, &mut n).await.checkpoint_id;
         assert!(first > highest && first > zombie_id);
@@ -649,11 +652,11 @@ fn store_that_ignores_conditional_create_is_refused() {
 #[test]
 fn gc_dry_run_changes_no_byte_and_gc_refuses_a_live_job() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = StorageSettings::default();
+    let settings = StorageConfig::default();
     let storage = CheckpointStorage::local(dir.path(), "job", &settings).unwrap();
     let rt = runtime();
     let mut coord = rt.block_on(coordinator(&storage, 1, 1));
-    let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+    let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
     fill(&mut b[0], 0..10, 1);
     rt.block_on(checkpoint(&mut coord, &mut b));
     rt.block_on(put(&storage, "shared/leftover.sst", b"old"));

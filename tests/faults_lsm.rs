@@ -7,10 +7,13 @@
 mod common;
 
 use common::*;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+#[cfg(feature = "rocksdb")]
+use statebackend::rocksdb::RocksDbKeyedStateBackend;
 use statebackend::*;
 
 #[cfg(feature = "rocksdb")]
-type Lsm = LsmKeyedStateBackend<u64>;
+type Lsm = RocksDbKeyedStateBackend<u64>;
 
 /// A NO_CLAIM restore followed by a CLAIM failover before the first checkpoint kept the pinned snapshot's
 /// files as the LSM backend's diff base for ever: the job's checkpoints depended on files it does not own.
@@ -108,7 +111,9 @@ fn mixed_codec_versions_across_subtasks_are_incompatible_not_corrupt() {
         let storage = CheckpointStorage::in_memory("mixed").unwrap();
         let mut coord = coordinator(&storage, 2, 2).await;
         let mut b: Vec<HeapKeyedStateBackend<u64>> = (0..2)
-            .map(|i| HeapKeyedStateBackend::new(config(128, 2, i)).unwrap())
+            .map(|i| {
+                HeapKeyedStateBackend::new(identity(128, 2, i), HeapConfig::default()).unwrap()
+            })
             .collect();
         for x in &mut b {
             fill(x, 0..100, 1);
@@ -116,8 +121,8 @@ fn mixed_codec_versions_across_subtasks_are_incompatible_not_corrupt() {
         checkpoint(&mut coord, &mut b).await;
         // Subtask 1 runs a newer release whose value type is `u32`.
         let mut newer = vec![
-            HeapKeyedStateBackend::<u64>::new(config(128, 2, 0)).unwrap(),
-            HeapKeyedStateBackend::<u64>::new(config(128, 2, 1)).unwrap(),
+            HeapKeyedStateBackend::<u64>::new(identity(128, 2, 0), HeapConfig::default()).unwrap(),
+            HeapKeyedStateBackend::<u64>::new(identity(128, 2, 1), HeapConfig::default()).unwrap(),
         ];
         fill(&mut newer[0], 0..100, 2);
         let other = ValueStateDescriptor::<VoidNamespace, u32>::new("counts");

@@ -10,7 +10,15 @@ use std::sync::Arc;
 use common::faulty::FaultyStore;
 use common::*;
 use object_store::{ObjectStore, ObjectStoreExt};
-use statebackend::layout::*;
+use statebackend::checkpoint::CancellationPolicy;
+use statebackend::checkpoint::CompletedCheckpointStore;
+use statebackend::checkpoint::Discarded;
+use statebackend::checkpoint::RestoreOutcome;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::snapshot::FileScope;
+use statebackend::snapshot::HandleFormat;
+use statebackend::snapshot::StateFile;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;
@@ -61,7 +69,9 @@ async fn setup(
     .unwrap();
     (
         coordinator,
-        vec![HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap()],
+        vec![
+            HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), HeapConfig::default()).unwrap(),
+        ],
     )
 }
 
@@ -265,9 +275,9 @@ async fn two_checkpoints(dir: &std::path::Path) -> (CheckpointStorage, object_st
     let storage = CheckpointStorage::local(
         dir,
         "corrupt",
-        &StorageSettings {
+        &StorageConfig {
             fsync: false,
-            ..StorageSettings::default()
+            ..StorageConfig::default()
         },
     )
     .unwrap();
@@ -491,10 +501,16 @@ fn fuzz_empty_snapshot_file_is_corrupt_not_a_storage_error() {
                 local_name: String::new(),
             }],
         };
-        let err = HeapKeyedStateBackend::<u64>::restore(config(128, 1, 0), &storage, &[handle])
-            .await
-            .map(|_| ())
-            .unwrap_err();
+        let err = HeapKeyedStateBackend::<u64>::restore(
+            identity(128, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &[handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
         assert!(err.to_string().contains("chk-1/op-0.keyed"), "{err}");
     });

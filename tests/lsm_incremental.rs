@@ -11,10 +11,13 @@ use std::collections::BTreeMap;
 use common::faulty::FaultyStore;
 use common::*;
 use object_store::ObjectStoreExt;
-use statebackend::layout::*;
+use statebackend::checkpoint::Discarded;
+use statebackend::rocksdb::RocksDbKeyedStateBackend;
+use statebackend::snapshot::layout::*;
+use statebackend::snapshot::{FileScope, StateFile};
 use statebackend::*;
 
-type Lsm = LsmKeyedStateBackend<u64>;
+type Lsm = RocksDbKeyedStateBackend<u64>;
 
 #[test]
 fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
@@ -112,7 +115,8 @@ fn rescale_one_to_two_and_two_to_one_clips_key_groups() {
         let mut two = Vec::new();
         for i in 0..2 {
             let mut b = Lsm::restore(
-                lsm_config(128, 2, i),
+                identity(128, 2, i),
+                lsm_config(),
                 &storage,
                 &handles(&meta),
                 RestoreMode::Claim,
@@ -376,9 +380,9 @@ fn corrupt_or_missing_sst_in_a_local_directory_is_caught_despite_hard_links() {
         CheckpointStorage::local(
             dir.path(),
             "corrupt",
-            &StorageSettings {
+            &StorageConfig {
                 fsync: false,
-                ..StorageSettings::default()
+                ..StorageConfig::default()
             },
         )
         .unwrap(),
@@ -417,7 +421,8 @@ fn corrupt_or_missing_sst(storage: CheckpointStorage) {
             .await
             .unwrap();
         let err = Lsm::restore(
-            lsm_config(128, 1, 0),
+            identity(128, 1, 0),
+            lsm_config(),
             &storage,
             &handles(&latest),
             RestoreMode::Claim,
@@ -433,7 +438,8 @@ fn corrupt_or_missing_sst(storage: CheckpointStorage) {
                 let storage = storage.clone();
                 async move {
                     Lsm::restore(
-                        lsm_config(128, 1, 0),
+                        identity(128, 1, 0),
+                        lsm_config(),
                         &storage,
                         &handles(&meta),
                         RestoreMode::Claim,
@@ -449,7 +455,8 @@ fn corrupt_or_missing_sst(storage: CheckpointStorage) {
         assert!(read_counts(&mut restored).values().all(|v| *v == 1));
         storage.object_store().delete(&path).await.unwrap();
         let err = Lsm::restore(
-            lsm_config(128, 1, 0),
+            identity(128, 1, 0),
+            lsm_config(),
             &storage,
             &handles(&latest),
             RestoreMode::Claim,

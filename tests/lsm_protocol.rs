@@ -13,9 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use common::faulty::{Fault, FaultyStore};
 use common::*;
+use statebackend::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
+use statebackend::snapshot::FileScope;
 use statebackend::*;
 
-type Lsm = LsmKeyedStateBackend<u64>;
+type Lsm = RocksDbKeyedStateBackend<u64>;
 
 fn values(b: &mut Lsm) -> BTreeMap<u64, u64> {
     read_all(b, &counts())
@@ -23,10 +25,7 @@ fn values(b: &mut Lsm) -> BTreeMap<u64, u64> {
 
 /// Compacts every column family into as few files as possible (rewriting overlapping ones).
 fn compact_all(b: &Lsm) {
-    for cf in ["default", "s:counts"] {
-        let handle = b.db().cf_handle(cf).expect("column family");
-        b.db().compact_range_cf::<&[u8], &[u8]>(handle, None, None);
-    }
+    b.compact().expect("compaction");
 }
 
 /// Shared files `result` uploaded itself.
@@ -71,20 +70,29 @@ fn lsm_backend_never_deletes_the_directory_it_is_given() {
         let dir = tempfile::tempdir().unwrap();
         let precious = dir.path().join("engine-state.db");
         std::fs::write(&precious, b"not the backend's").unwrap();
-        let config = LsmBackendConfig::for_subtask("op", 128, 1, 0, dir.path()).unwrap();
+        let config = RocksDbConfig {
+            local_dir: dir.path().into(),
+            ..RocksDbConfig::default()
+        };
         let storage = CheckpointStorage::in_memory("own-dir").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
-        let mut b = Lsm::new(config.clone()).unwrap();
-        let mut second = Lsm::new(config.clone()).unwrap();
+        let mut b = Lsm::new(identity(128, 1, 0), config.clone()).unwrap();
+        let mut second = Lsm::new(identity(128, 1, 0), config.clone()).unwrap();
         assert_ne!(b.instance_dir(), second.instance_dir());
         assert!(b.instance_dir().starts_with(dir.path()));
         fill(&mut b, 0..100, 1);
         fill(&mut second, 0..100, 2);
         checkpoint(&mut coord, std::slice::from_mut(&mut b)).await;
         let meta = coord.store().latest().unwrap().clone();
-        let restored = Lsm::restore(config, &storage, &handles(&meta), RestoreMode::Claim)
-            .await
-            .unwrap();
+        let restored = Lsm::restore(
+            identity(128, 1, 0),
+            config,
+            &storage,
+            &handles(&meta),
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         let instances = [
             b.instance_dir().to_path_buf(),
             restored.instance_dir().to_path_buf(),
@@ -332,15 +340,27 @@ fn lsm_restore_checks_coverage_operator_and_checkpoint() {
             ("another operator", other_operator),
         ];
         for (name, hs) in cases {
-            let err = Lsm::restore(lsm_config(128, 1, 0), &storage, &hs, RestoreMode::Claim)
-                .await
-                .map(|_| ())
-                .unwrap_err();
+            let err = Lsm::restore(
+                identity(128, 1, 0),
+                lsm_config(),
+                &storage,
+                &hs,
+                RestoreMode::Claim,
+            )
+            .await
+            .map(|_| ())
+            .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {err}");
         }
-        let mut whole = Lsm::restore(lsm_config(128, 1, 0), &storage, &second, RestoreMode::Claim)
-            .await
-            .unwrap();
+        let mut whole = Lsm::restore(
+            identity(128, 1, 0),
+            lsm_config(),
+            &storage,
+            &second,
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         assert_eq!(values(&mut whole).len(), 400);
     });
 }
@@ -394,8 +414,11 @@ fn no_claim_lsm_checkpoint_files_survive_restarts_subsumption_and_sweeps() {
 #[test]
 fn dead_instances_directories_are_removed_by_the_next_backend_and_live_ones_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LsmBackendConfig::for_subtask("op", 128, 1, 0, dir.path()).unwrap();
-    let live = Lsm::new(config.clone()).unwrap();
+    let config = RocksDbConfig {
+        local_dir: dir.path().into(),
+        ..RocksDbConfig::default()
+    };
+    let live = Lsm::new(identity(128, 1, 0), config.clone()).unwrap();
     let lock = |d: &std::path::Path| d.join("statebackend-instance.lock");
     // A backend in another process: `flock` holds the lock of an instance directory, as a running
     // backend does; then the process is killed with SIGKILL.
@@ -425,12 +448,12 @@ fn dead_instances_directories_are_removed_by_the_next_backend_and_live_ones_kept
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("data"), b"someone else's").unwrap();
     // While the other process lives, its directory is locked: a second backend leaves it.
-    let second = Lsm::new(config.clone()).unwrap();
+    let second = Lsm::new(identity(128, 1, 0), config.clone()).unwrap();
     assert!(killed.exists(), "a live instance's directory was removed");
     holder.kill().unwrap();
     holder.wait().unwrap();
     // After the kill, the next backend removes it; live and foreign directories stay.
-    let third = Lsm::new(config).unwrap();
+    let third = Lsm::new(identity(128, 1, 0), config).unwrap();
     assert!(!killed.exists(), "a dead instance's directory stayed");
     for d in [
         live.instance_dir(),

@@ -9,10 +9,13 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
+use statebackend::snapshot::HandleFormat;
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;
-type Lsm = LsmKeyedStateBackend<u64>;
+type Lsm = RocksDbKeyedStateBackend<u64>;
 
 /// The LSM backend's native snapshot is refused by the heap restore with a typed error; the heap backend's
 /// snapshot is canonical and restores on the LSM backend (it was refused before canonical restores), but a
@@ -22,12 +25,15 @@ fn foreign_handle_formats_are_invalid_arguments() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("foreign").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
-        let mut heap = vec![HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap()];
+        let mut heap = vec![
+            HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), HeapConfig::default()).unwrap(),
+        ];
         fill(&mut heap[0], 0..20, 3);
         checkpoint(&mut coord, &mut heap).await;
         let meta = coord.store().latest().unwrap().clone();
         let mut restored = Lsm::restore(
-            lsm_config(128, 1, 0),
+            identity(128, 1, 0),
+            lsm_config(),
             &storage,
             &handles(&meta),
             RestoreMode::Claim,
@@ -41,19 +47,30 @@ fn foreign_handle_formats_are_invalid_arguments() {
         mixed[0].key_groups = KeyGroupRange::new(0, 63).unwrap();
         other.key_groups = KeyGroupRange::new(64, 127).unwrap();
         mixed.push(other);
-        let err = Lsm::restore(lsm_config(128, 1, 0), &storage, &mixed, RestoreMode::Claim)
-            .await
-            .err()
-            .unwrap();
+        let err = Lsm::restore(
+            identity(128, 1, 0),
+            lsm_config(),
+            &storage,
+            &mixed,
+            RestoreMode::Claim,
+        )
+        .await
+        .err()
+        .unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         let mut lsm_b = vec![lsm::<u64>(128, 1, 0)];
         checkpoint(&mut coord, &mut lsm_b).await;
         let meta = coord.store().latest().unwrap().clone();
-        let err =
-            HeapKeyedStateBackend::<u64>::restore(config(128, 1, 0), &storage, &handles(&meta))
-                .await
-                .err()
-                .unwrap();
+        let err = HeapKeyedStateBackend::<u64>::restore(
+            identity(128, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &handles(&meta),
+            RestoreMode::Claim,
+        )
+        .await
+        .err()
+        .unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     });
 }
@@ -77,10 +94,16 @@ fn row_format_1_checkpoints_are_refused_with_a_clear_error() {
         for h in &mut old {
             h.format = HandleFormat::RocksIncrementalRowsV1;
         }
-        let err = Lsm::restore(lsm_config(128, 1, 0), &storage, &old, RestoreMode::NoClaim)
-            .await
-            .err()
-            .unwrap();
+        let err = Lsm::restore(
+            identity(128, 1, 0),
+            lsm_config(),
+            &storage,
+            &old,
+            RestoreMode::NoClaim,
+        )
+        .await
+        .err()
+        .unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.to_string().contains("row format 1"), "{err}");
     });
@@ -123,7 +146,8 @@ fn restored_column_families_keep_the_backend_options() {
             let mut restored = Vec::new();
             for i in 0..parallelism {
                 let mut r = Lsm::restore(
-                    lsm_config(128, parallelism, i),
+                    identity(128, parallelism, i),
+                    lsm_config(),
                     &storage,
                     &handles(&meta),
                     RestoreMode::NoClaim,
@@ -165,21 +189,13 @@ fn native_checkpoint_flushes_every_memtable() {
             s.update(&mut b[0], &NS, k).unwrap();
         }
         let unflushed = |b: &Lsm| -> u64 {
-            b.state_names()
-                .iter()
-                .map(|n| format!("s:{n}"))
-                .chain(["default".to_string()])
-                .map(|cf| {
-                    let db = b.db();
-                    let cf = db.cf_handle(&cf).unwrap();
-                    db.property_int_value_cf(cf, "rocksdb.num-entries-active-mem-table")
-                        .unwrap()
-                        .unwrap()
-                        + db.property_int_value_cf(cf, "rocksdb.num-entries-imm-mem-tables")
-                            .unwrap()
-                            .unwrap()
-                })
-                .sum()
+            [
+                "rocksdb.num-entries-active-mem-table",
+                "rocksdb.num-entries-imm-mem-tables",
+            ]
+            .iter()
+            .map(|p| b.aggregated_int_property(p).unwrap().unwrap())
+            .sum()
         };
         assert!(unflushed(&b[0]) >= 600, "the writes start in memtables");
         checkpoint(&mut coord, &mut b).await;
@@ -198,16 +214,16 @@ fn native_checkpoint_flushes_every_memtable() {
     });
 }
 
-/// `LsmBackendConfig::direct_io` reaches RocksDB (its OPTIONS file records what the DB runs with), and turning
+/// `RocksDbConfig::direct_io` reaches RocksDB (its OPTIONS file records what the DB runs with), and turning
 /// it off gives buffered flushes.
 #[test]
 fn direct_io_setting_reaches_rocksdb() {
     for direct_io in [true, false] {
-        let config = LsmBackendConfig {
+        let config = RocksDbConfig {
             direct_io,
-            ..lsm_config(128, 1, 0)
+            ..lsm_config()
         };
-        let b = Lsm::new(config).unwrap();
+        let b = Lsm::new(identity(128, 1, 0), config).unwrap();
         let db_dir = b.instance_dir().join("db");
         let options = std::fs::read_dir(&db_dir)
             .unwrap()
@@ -242,7 +258,8 @@ fn canonical_restore_writes_ssts_on_several_threads_with_the_same_rows() {
         for max_parallelism in [128, 1024] {
             let storage = CheckpointStorage::in_memory("sst-threads").unwrap();
             let mut heap = HeapKeyedStateBackend::<u64>::new(
-                HeapBackendConfig::for_subtask("op", max_parallelism, 1, 0).unwrap(),
+                identity(max_parallelism, 1, 0),
+                HeapConfig::default(),
             )
             .unwrap();
             let s = heap.value_state(&counts()).unwrap();
@@ -264,19 +281,13 @@ fn canonical_restore_writes_ssts_on_several_threads_with_the_same_rows() {
                 .unwrap()
                 .handle;
             for threads in [1, 3] {
-                let config = LsmBackendConfig {
+                let config = RocksDbConfig {
                     restore_threads: threads,
-                    ..LsmBackendConfig::for_subtask(
-                        "op",
-                        max_parallelism,
-                        1,
-                        0,
-                        std::env::temp_dir().join("statebackend-tests"),
-                    )
-                    .unwrap()
+                    ..lsm_config()
                 };
                 let what = format!("max parallelism {max_parallelism}, {threads} threads");
                 let mut r = Lsm::restore(
+                    identity(max_parallelism, 1, 0),
                     config,
                     &storage,
                     std::slice::from_ref(&handle),

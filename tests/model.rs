@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use common::*;
 use proptest::prelude::*;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::key_group::assign_to_key_group;
 use statebackend::*;
 
 const MAX_P: u32 = 32;
@@ -153,7 +155,7 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let storage = CheckpointStorage::in_memory("model").unwrap();
-            let mut backends = vec![HeapKeyedStateBackend::<u64>::new(config(MAX_P, 1, 0)).unwrap()];
+            let mut backends = vec![HeapKeyedStateBackend::<u64>::new(identity(MAX_P, 1, 0), HeapConfig::default()).unwrap()];
             let mut model = Model::default();
             for (i, op) in ops.iter().enumerate() {
                 let Op::CheckpointRestore { parallelism, writes_during_async } = *op else {
@@ -175,7 +177,7 @@ proptest! {
                 }
                 backends = Vec::new();
                 for idx in 0..parallelism {
-                    backends.push(HeapKeyedStateBackend::restore(config(MAX_P, parallelism, idx), &storage, &handles).await.unwrap());
+                    backends.push(HeapKeyedStateBackend::restore(identity(MAX_P, parallelism, idx), HeapConfig::default(), &storage, &handles, RestoreMode::Claim).await.unwrap());
                 }
                 prop_assert_eq!(&observe(&mut backends), &frozen);
                 model = frozen;

@@ -14,7 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use statebackend::layout::*;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::ids::SeededIds;
+use statebackend::operator::OperatorStateBackend;
+#[cfg(feature = "rocksdb")]
+use statebackend::rocksdb::RocksDbConfig;
+#[cfg(feature = "rocksdb")]
+use statebackend::rocksdb::RocksDbKeyedStateBackend;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 /// Max parallelism of the fixture job.
@@ -137,13 +144,9 @@ fn check_source(ops: &mut OperatorStateBackend) {
 }
 
 fn storage(root: &Path, job: &str, seed: u64) -> CheckpointStorage {
-    CheckpointStorage::from_url(
-        &root.display().to_string(),
-        job,
-        &StorageSettings::default(),
-    )
-    .unwrap()
-    .with_id_source(Arc::new(SeededIds::new(seed)))
+    CheckpointStorage::from_url(&root.display().to_string(), job, &StorageConfig::default())
+        .unwrap()
+        .with_id_source(Arc::new(SeededIds::new(seed)))
 }
 
 fn clock() -> Arc<ManualClock> {
@@ -153,9 +156,24 @@ fn clock() -> Arc<ManualClock> {
 }
 
 fn heap(subtask: u32, zstd_level: Option<i32>) -> HeapKeyedStateBackend<u64> {
-    let mut config = HeapBackendConfig::for_subtask("window", MAX_PARALLELISM, 2, subtask).unwrap();
-    config.zstd_level = zstd_level;
-    HeapKeyedStateBackend::new(config).unwrap()
+    let config = HeapConfig {
+        zstd_level,
+        ..HeapConfig::default()
+    };
+    HeapKeyedStateBackend::new(window(2, subtask), config).unwrap()
+}
+
+/// Subtask `index` of `parallelism` of the operator the fixtures hold.
+fn window(parallelism: u32, index: u32) -> SubtaskIdentity {
+    SubtaskIdentity::new("window", MAX_PARALLELISM, parallelism, index).unwrap()
+}
+
+#[cfg(feature = "rocksdb")]
+fn local_config(local_dir: &std::path::Path) -> RocksDbConfig {
+    RocksDbConfig {
+        local_dir: local_dir.into(),
+        ..RocksDbConfig::default()
+    }
 }
 
 /// Writes the heap job into `root/heap-job`: checkpoint 1 (`window` subtask 0 zstd-compressed, subtask 1
@@ -233,9 +251,8 @@ async fn write_lsm_job(root: &Path) {
     .await
     .unwrap();
     let local = tempfile::tempdir().unwrap();
-    let config =
-        LsmBackendConfig::for_subtask("window", MAX_PARALLELISM, 1, 0, local.path()).unwrap();
-    let mut b = LsmKeyedStateBackend::<u64>::new(config).unwrap();
+    let mut b =
+        RocksDbKeyedStateBackend::<u64>::new(window(1, 0), local_config(local.path())).unwrap();
     fill(&mut b);
     let id = coordinator.trigger().await.unwrap();
     let result = b.snapshot(id, &storage).unwrap().run().await.unwrap();
@@ -337,12 +354,15 @@ async fn pinned_heap_checkpoint_and_savepoint_restore_to_their_content() {
         for parallelism in [1, 3] {
             let mut checked = 0;
             for i in 0..parallelism {
-                let config =
-                    HeapBackendConfig::for_subtask("window", MAX_PARALLELISM, parallelism, i)
-                        .unwrap();
-                let mut b = HeapKeyedStateBackend::<u64>::restore(config, &storage, &handles)
-                    .await
-                    .unwrap();
+                let mut b = HeapKeyedStateBackend::<u64>::restore(
+                    window(parallelism, i),
+                    HeapConfig::default(),
+                    &storage,
+                    &handles,
+                    RestoreMode::NoClaim,
+                )
+                .await
+                .unwrap();
                 checked += check(&mut b, what);
             }
             assert_eq!(checked, KEYS.count(), "{what} at parallelism {parallelism}");
@@ -371,11 +391,9 @@ async fn pinned_lsm_checkpoint_and_canonical_savepoint_restore_on_rocksdb() {
         let mut checked = 0;
         for i in 0..2 {
             let local = tempfile::tempdir().unwrap();
-            let config =
-                LsmBackendConfig::for_subtask("window", MAX_PARALLELISM, 2, i, local.path())
-                    .unwrap();
-            let mut b = LsmKeyedStateBackend::<u64>::restore(
-                config,
+            let mut b = RocksDbKeyedStateBackend::<u64>::restore(
+                window(2, i),
+                local_config(local.path()),
                 storage,
                 &meta.keyed_handles("window"),
                 RestoreMode::NoClaim,

@@ -12,7 +12,10 @@ use std::time::Duration;
 use common::faulty::{Fault, FaultyStore};
 use common::*;
 use object_store::ObjectStoreExt;
-use statebackend::layout::*;
+use statebackend::checkpoint::{CompletedCheckpointStore, Discarded};
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::snapshot::layout::*;
+use statebackend::snapshot::{FileScope, HandleFormat, SnapshotKind, StateFile};
 use statebackend::*;
 
 type Heap = HeapKeyedStateBackend<u64>;
@@ -26,7 +29,7 @@ fn retried_acknowledgement_never_deletes_a_completed_checkpoint() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("retried").unwrap();
         let mut coord = coordinator(&storage, 2, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..500, 1);
         let (id, results) = snapshot_all(&mut coord, &mut b).await;
         let first = coord.acknowledge(id, ack(0, &results[0]), None).await;
@@ -58,7 +61,7 @@ fn duplicate_acknowledgement_never_stands_in_for_another_subtask() {
         let storage = CheckpointStorage::in_memory("dup").unwrap();
         let mut coord = coordinator(&storage, 1, 2).await;
         let mut b: Vec<Heap> = (0..2)
-            .map(|i| Heap::new(config(128, 2, i)).unwrap())
+            .map(|i| Heap::new(identity(128, 2, i), HeapConfig::default()).unwrap())
             .collect();
         for x in &mut b {
             fill(x, 0..200, 7);
@@ -83,7 +86,7 @@ fn unknown_task_is_an_error_that_deletes_nothing() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("unknown").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..50, 1);
         let (id, results) = snapshot_all(&mut coord, &mut b).await;
         let before = objects(&storage, None).await;
@@ -113,7 +116,7 @@ fn no_claim_checkpoint_survives_the_next_restart_and_is_restored_again() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("noclaim").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..100, 3);
         checkpoint(&mut coord, &mut b).await;
         drop(coord);
@@ -157,7 +160,7 @@ fn completed_checkpoint_is_never_reported_as_failed() {
         let faulty = FaultyStore::new();
         let storage = CheckpointStorage::new(faulty.clone(), "failed-gc").unwrap();
         let mut coord = coordinator(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..100, 1);
         checkpoint(&mut coord, &mut b).await;
         // Subsuming checkpoint 1 fails: checkpoint 2 is complete all the same.
@@ -365,8 +368,8 @@ fn losing_coordinator_deletes_only_its_own_uploads() {
         let storage = CheckpointStorage::in_memory("race").unwrap();
         let mut loser = coordinator(&storage, 1, 1).await;
         let id = loser.trigger().await.unwrap();
-        let mut w = Heap::new(config(128, 1, 0)).unwrap();
-        let mut l = Heap::new(config(128, 1, 0)).unwrap();
+        let mut w = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
+        let mut l = Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut w, 0..100, 1);
         fill(&mut l, 0..100, 2);
         let won = w.snapshot(id, &storage).unwrap().run().await.unwrap();
@@ -460,7 +463,7 @@ fn heap_snapshot_files_of_aborted_checkpoints_are_swept() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("sweep-heap").unwrap();
         let (mut coord, _) = clocked(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..100, 1);
         checkpoint(&mut coord, &mut b).await;
         let (id, results) = snapshot_all(&mut coord, &mut b).await;
@@ -486,14 +489,14 @@ fn staging_files_of_a_killed_write_and_odd_names_are_swept_from_a_local_director
         let storage = CheckpointStorage::local(
             dir.path(),
             "staging",
-            &StorageSettings {
+            &StorageConfig {
                 fsync: false,
-                ..StorageSettings::default()
+                ..StorageConfig::default()
             },
         )
         .unwrap();
         let (mut coord, clock) = clocked(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
         fill(&mut b[0], 0..100, 1);
         checkpoint(&mut coord, &mut b).await;
         // What object_store's local store leaves when the process dies between its write and its rename:
@@ -550,8 +553,8 @@ fn checkpoint_timeout_aborts_a_checkpoint_that_takes_too_long_and_the_next_compl
             .await
             .unwrap();
         let mut b = vec![
-            Heap::new(config(128, 2, 0)).unwrap(),
-            Heap::new(config(128, 2, 1)).unwrap(),
+            Heap::new(identity(128, 2, 0), HeapConfig::default()).unwrap(),
+            Heap::new(identity(128, 2, 1), HeapConfig::default()).unwrap(),
         ];
         fill(&mut b[0], 0..100, 1);
         fill(&mut b[1], 0..100, 1);

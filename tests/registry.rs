@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use common::{coordinator, exists, runtime};
 use object_store::ObjectStoreExt;
+use statebackend::key_group::key_group_range_for_operator;
+use statebackend::snapshot::{FileScope, HandleFormat, StateFile};
 use statebackend::*;
 
 async fn upload(storage: &CheckpointStorage, path: &str) {

@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use statebackend::layout::*;
+use statebackend::rocksdb::RocksDbKeyedStateBackend;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;
-type Lsm = LsmKeyedStateBackend<u64>;
+type Lsm = RocksDbKeyedStateBackend<u64>;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -121,7 +122,8 @@ async fn run(ops: Vec<Op>) {
                 match coord.store().latest().cloned() {
                     Some(meta) => {
                         backend = Lsm::restore(
-                            lsm_config(128, 1, 0),
+                            identity(128, 1, 0),
+                            lsm_config(),
                             &storage,
                             &handles(&meta),
                             RestoreMode::Claim,

@@ -7,8 +7,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::backend_config;
 use common::faulty::FaultyStore;
+use common::{backend_config, identity};
+use statebackend::key_group::assign_to_key_group;
 use statebackend::*;
 
 #[test]
@@ -19,7 +20,7 @@ fn a_rescaled_restore_reads_at_most_1_2_times_the_bytes_of_its_key_groups() {
         let storage = CheckpointStorage::new(store.clone() as Arc<dyn object_store::ObjectStore>, "job")
             .unwrap();
         const KEYS: u64 = 200_000;
-        let mut b = StateBackend::<u64>::new(&backend_config(BackendKind::Heap, 1, 0, dir.path())).unwrap();
+        let mut b = StateBackend::<u64>::new(&identity(128, 1, 0), &backend_config(BackendKind::Heap, dir.path())).unwrap();
         let s = b
             .value_state(&ValueStateDescriptor::<VoidNamespace, (u64, u64)>::new("v"))
             .unwrap();
@@ -37,14 +38,14 @@ fn a_rescaled_restore_reads_at_most_1_2_times_the_bytes_of_its_key_groups() {
         let handles = [handle];
         let mut kinds = vec![BackendKind::Heap];
         if cfg!(feature = "rocksdb") {
-            kinds.push(BackendKind::Lsm);
+            kinds.push(BackendKind::RocksDb);
         }
         for kind in kinds {
             for p in [2u32, 3, 4] {
                 for i in 0..p {
                     store.take_bytes_read();
                     let r = StateBackend::<u64>::restore(
-                        &backend_config(kind, p, i, dir.path()),
+                        &identity(128, p, i), &backend_config(kind, dir.path()),
                         &storage,
                         &handles,
                         RestoreMode::NoClaim,

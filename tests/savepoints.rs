@@ -8,7 +8,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{backend_config, backend_kinds};
+use common::{backend_config, backend_kinds, identity};
+use statebackend::checkpoint::Discarded;
+use statebackend::key_group::assign_to_key_group;
+use statebackend::snapshot::{FileScope, HandleFormat, SnapshotKind};
 use statebackend::*;
 
 struct Avg;
@@ -239,10 +242,16 @@ async fn restore_all(
     let mut out = Vec::new();
     let mut union = Model::default();
     for i in 0..p {
-        let cfg = backend_config(kind, p, i, dir);
-        let mut b = StateBackend::<u64>::restore(&cfg, storage, handles, RestoreMode::NoClaim)
-            .await
-            .unwrap_or_else(|e| panic!("restore of subtask {i} of {p} on {kind:?}: {e}"));
+        let cfg = backend_config(kind, dir);
+        let mut b = StateBackend::<u64>::restore(
+            &identity(128, p, i),
+            &cfg,
+            storage,
+            handles,
+            RestoreMode::NoClaim,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("restore of subtask {i} of {p} on {kind:?}: {e}"));
         let range = b.key_group_range();
         let seen = observe(&mut b);
         let owns = |k: u64| range.contains(assign_to_key_group(&k.to_be_bytes(), 128).unwrap());
@@ -267,8 +276,13 @@ fn heap_lsm_heap_round_trip_keeps_every_state_kind_and_namespace() {
         let other = *kinds.last().unwrap();
         let mut model = Model::default();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut heap =
-            vec![StateBackend::new(&backend_config(BackendKind::Heap, 1, 0, dir.path())).unwrap()];
+        let mut heap = vec![
+            StateBackend::new(
+                &identity(128, 1, 0),
+                &backend_config(BackendKind::Heap, dir.path()),
+            )
+            .unwrap(),
+        ];
         apply(&mut heap[0], &mut model, &mut rng, 3000);
         assert!(!model.lists.is_empty() && !model.maps.is_empty() && !model.avgs.is_empty());
         let handles = savepoint_all(&mut heap, 1, &storage).await;
@@ -294,7 +308,11 @@ fn rescale_matrix_through_canonical_savepoints_across_backends() {
                     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ id);
                     let mut backends: Vec<_> = (0..from_p)
                         .map(|i| {
-                            StateBackend::new(&backend_config(from, from_p, i, dir.path())).unwrap()
+                            StateBackend::new(
+                                &identity(128, from_p, i),
+                                &backend_config(from, dir.path()),
+                            )
+                            .unwrap()
                         })
                         .collect();
                     for b in &mut backends {
@@ -317,7 +335,9 @@ fn a_canonical_savepoint_stays_restorable_after_every_checkpoint_is_deleted() {
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let mut model = Model::default();
             let mut rng = Rng(77);
-            let mut b = vec![StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap()];
+            let mut b = vec![
+                StateBackend::new(&identity(128, 1, 0), &backend_config(kind, dir.path())).unwrap(),
+            ];
             for id in 1..=3 {
                 apply(&mut b[0], &mut model, &mut rng, 500);
                 b[0].snapshot(id, &storage).unwrap().run().await.unwrap();
@@ -359,8 +379,11 @@ fn the_heap_backend_refuses_a_native_lsm_savepoint_and_the_lsm_backend_restores_
         let dir = tempfile::tempdir().unwrap();
         let storage = CheckpointStorage::in_memory("job").unwrap();
         let mut model = Model::default();
-        let mut lsm =
-            StateBackend::new(&backend_config(BackendKind::Lsm, 1, 0, dir.path())).unwrap();
+        let mut lsm = StateBackend::new(
+            &identity(128, 1, 0),
+            &backend_config(BackendKind::RocksDb, dir.path()),
+        )
+        .unwrap();
         apply(&mut lsm, &mut model, &mut Rng(5), 800);
         let native = lsm
             .savepoint(1, &storage, SavepointFormat::Native)
@@ -372,7 +395,8 @@ fn the_heap_backend_refuses_a_native_lsm_savepoint_and_the_lsm_backend_restores_
         assert_eq!(native.format, HandleFormat::RocksIncremental);
         let handles = [native];
         let err = StateBackend::<u64>::restore(
-            &backend_config(BackendKind::Heap, 1, 0, dir.path()),
+            &identity(128, 1, 0),
+            &backend_config(BackendKind::Heap, dir.path()),
             &storage,
             &handles,
             RestoreMode::NoClaim,
@@ -382,7 +406,15 @@ fn the_heap_backend_refuses_a_native_lsm_savepoint_and_the_lsm_backend_restores_
         .unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         assert!(err.to_string().contains("canonical"), "{err}");
-        restore_all(BackendKind::Lsm, 1, dir.path(), &storage, &handles, &model).await;
+        restore_all(
+            BackendKind::RocksDb,
+            1,
+            dir.path(),
+            &storage,
+            &handles,
+            &model,
+        )
+        .await;
     });
 }
 
@@ -418,14 +450,17 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
                 let target = CheckpointStorage::local(
                     dir.path().join("savepoints-of-the-user"),
                     "job",
-                    &StorageSettings::default(),
+                    &StorageConfig::default(),
                 )
                 .unwrap();
                 let mut coordinator = common::coordinator(&storage, 1, 2).await;
                 let mut model = Model::default();
                 let mut rng = Rng(31);
                 let mut b: Vec<_> = (0..2)
-                    .map(|i| StateBackend::new(&backend_config(kind, 2, i, dir.path())).unwrap())
+                    .map(|i| {
+                        StateBackend::new(&identity(128, 2, i), &backend_config(kind, dir.path()))
+                            .unwrap()
+                    })
                     .collect();
                 let checkpoint =
                     async |b: &mut [StateBackend<u64>], c: &mut CheckpointCoordinator| {
@@ -480,12 +515,12 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
                 );
                 common::assert_retained_files_intact(&coordinator, true).await;
                 let handles = meta.keyed_handles("op");
-                let restore_kinds = if format == SavepointFormat::Native && kind == BackendKind::Lsm
-                {
-                    vec![BackendKind::Lsm]
-                } else {
-                    backend_kinds()
-                };
+                let restore_kinds =
+                    if format == SavepointFormat::Native && kind == BackendKind::RocksDb {
+                        vec![BackendKind::RocksDb]
+                    } else {
+                        backend_kinds()
+                    };
                 for to in restore_kinds {
                     restore_all(to, 3, dir.path(), &target, &handles, &at_savepoint).await;
                 }
@@ -503,7 +538,10 @@ fn an_aborted_savepoint_leaves_nothing_in_its_target_and_a_late_acknowledgement_
             let target = CheckpointStorage::in_memory("target").unwrap();
             let mut coordinator = common::coordinator(&storage, 1, 2).await;
             let mut b: Vec<_> = (0..2)
-                .map(|i| StateBackend::new(&backend_config(kind, 2, i, dir.path())).unwrap())
+                .map(|i| {
+                    StateBackend::new(&identity(128, 2, i), &backend_config(kind, dir.path()))
+                        .unwrap()
+                })
                 .collect();
             for x in &mut b {
                 apply(x, &mut Model::default(), &mut Rng(3), 300);
@@ -556,7 +594,7 @@ fn checkpoint_handles_are_declined_as_a_savepoint() {
         let storage = CheckpointStorage::in_memory("job").unwrap();
         let mut coordinator = common::coordinator(&storage, 1, 1).await;
         let mut b =
-            StateBackend::new(&backend_config(BackendKind::Heap, 1, 0, dir.path())).unwrap();
+            StateBackend::new(&identity(128, 1, 0), &backend_config(BackendKind::Heap, dir.path())).unwrap();
         apply(&mut b, &mut Model::default(), &mut Rng(9), 100);
         let sp = coordinator.trigger_savepoint(&storage).await.unwrap();
         let result = b.snapshot(sp, &storage).unwrap().run().await.unwrap();

@@ -10,7 +10,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{backend_config, backend_kinds};
+use common::{backend_config, backend_kinds, identity};
+use statebackend::codec::{Migration, WrittenCodec};
+use statebackend::key_group::assign_to_key_group;
+use statebackend::operator::OperatorStateBackend;
 use statebackend::*;
 
 /// Version 1 of a user type: a count, `u32` big-endian.
@@ -300,7 +303,8 @@ async fn restore(
     handles: &[KeyedStateHandle],
 ) -> StateBackend<u64> {
     StateBackend::<u64>::restore(
-        &backend_config(kind, p, i, dir),
+        &identity(128, p, i),
+        &backend_config(kind, dir),
         storage,
         handles,
         RestoreMode::NoClaim,
@@ -329,7 +333,9 @@ fn version_two_migrates_every_state_kind_from_checkpoints_and_savepoints_on_both
                     let what = format!("{from:?} -> {to:?}, savepoint: {savepoint}");
                     let dir = tempfile::tempdir().unwrap();
                     let storage = CheckpointStorage::in_memory("job").unwrap();
-                    let mut b = StateBackend::new(&backend_config(from, 1, 0, dir.path())).unwrap();
+                    let mut b =
+                        StateBackend::new(&identity(128, 1, 0), &backend_config(from, dir.path()))
+                            .unwrap();
                     write_v1(&mut b);
                     let handles = [snapshot(&mut b, 1, &storage, savepoint).await];
                     let mut union = Seen::new();
@@ -369,7 +375,8 @@ fn an_incompatible_change_is_an_error_naming_the_state_and_leaves_it_restorable(
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut b = StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
+            let mut b =
+                StateBackend::new(&identity(128, 1, 0), &backend_config(kind, dir.path())).unwrap();
             write_v1(&mut b);
             let handles = [snapshot(&mut b, 1, &storage, false).await];
             let mut r = restore(kind, 1, 0, dir.path(), &storage, &handles).await;
@@ -421,7 +428,8 @@ fn a_value_that_does_not_migrate_fails_the_registration_and_rewrites_nothing() {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut b = StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
+            let mut b =
+                StateBackend::new(&identity(128, 1, 0), &backend_config(kind, dir.path())).unwrap();
             write_v1(&mut b);
             let handles = [snapshot(&mut b, 1, &storage, false).await];
             let mut r = restore(kind, 1, 0, dir.path(), &storage, &handles).await;
@@ -455,7 +463,8 @@ fn built_in_integers_widen_on_restore_and_never_narrow() {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut b = StateBackend::new(&backend_config(kind, 1, 0, dir.path())).unwrap();
+            let mut b =
+                StateBackend::new(&identity(128, 1, 0), &backend_config(kind, dir.path())).unwrap();
             let v = b
                 .value_state(&ValueStateDescriptor::<VoidNamespace, u32>::new("n"))
                 .unwrap();

@@ -6,6 +6,9 @@
 mod common;
 
 use common::*;
+use statebackend::codec::{Migration, WrittenCodec};
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::key_group::assign_to_key_group;
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;
@@ -19,7 +22,8 @@ fn writes_after_the_sync_phase_are_absent_and_writes_before_it_present() {
     let rt = runtime();
     rt.block_on(async {
         let storage = CheckpointStorage::in_memory("iso").unwrap();
-        let mut b = HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap();
+        let mut b =
+            HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         let s = b.value_state(&counts()).unwrap();
         let l = b
             .list_state(&ListStateDescriptor::<VoidNamespace, u64>::new("list"))
@@ -46,10 +50,15 @@ fn writes_after_the_sync_phase_are_absent_and_writes_before_it_present() {
         }
         let result = pending.run().await.unwrap();
         assert_eq!(result.metrics.entries, 20_000);
-        let mut r =
-            HeapKeyedStateBackend::<u64>::restore(config(128, 1, 0), &storage, &[result.handle])
-                .await
-                .unwrap();
+        let mut r = HeapKeyedStateBackend::<u64>::restore(
+            identity(128, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &[result.handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         let s = r.value_state(&counts()).unwrap();
         let l = r
             .list_state(&ListStateDescriptor::<VoidNamespace, u64>::new("list"))
@@ -106,7 +115,10 @@ fn rescale_one_to_two_and_two_to_one() {
         .await
         .unwrap();
         let max_p = 128;
-        let mut one = vec![HeapKeyedStateBackend::<u64>::new(config(max_p, 1, 0)).unwrap()];
+        let mut one = vec![
+            HeapKeyedStateBackend::<u64>::new(identity(max_p, 1, 0), HeapConfig::default())
+                .unwrap(),
+        ];
         fill(&mut one[0], 0..5_000);
         checkpoint(&mut coordinator, &mut one).await;
         let meta = coordinator.store().latest().unwrap().clone();
@@ -151,14 +163,20 @@ fn restore_into_a_different_max_parallelism_is_refused() {
     let rt = runtime();
     rt.block_on(async {
         let storage = CheckpointStorage::in_memory("maxp").unwrap();
-        let mut b = HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap();
+        let mut b =
+            HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut b, 0..10);
         let result = b.snapshot(1, &storage).unwrap().run().await.unwrap();
-        let err =
-            HeapKeyedStateBackend::<u64>::restore(config(256, 1, 0), &storage, &[result.handle])
-                .await
-                .map(|_| ())
-                .unwrap_err();
+        let err = HeapKeyedStateBackend::<u64>::restore(
+            identity(256, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &[result.handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     });
 }
@@ -170,27 +188,36 @@ fn unregistered_restored_state_survives_the_next_snapshot() {
         let storage = CheckpointStorage::local(
             tempfile::tempdir().unwrap().keep(),
             "carry",
-            &StorageSettings {
+            &StorageConfig {
                 fsync: false,
-                ..StorageSettings::default()
+                ..StorageConfig::default()
             },
         )
         .unwrap();
-        let mut b = HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap();
+        let mut b =
+            HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut b, 0..1_000);
         let first = b.snapshot(1, &storage).unwrap().run().await.unwrap();
         // The next run registers only the map state, then snapshots.
-        let mut r =
-            HeapKeyedStateBackend::<u64>::restore(config(128, 1, 0), &storage, &[first.handle])
-                .await
-                .unwrap();
+        let mut r = HeapKeyedStateBackend::<u64>::restore(
+            identity(128, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &[first.handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         let s = r.value_state(&counts()).unwrap();
         r.set_current_key(5).unwrap();
         assert_eq!(s.keys_with_state(&r, &NS).unwrap().len(), 1_000);
+        let handle = r.snapshot(2, &storage).unwrap().run().await.unwrap().handle;
         let mut r2 = HeapKeyedStateBackend::<u64>::restore(
-            config(128, 1, 0),
+            identity(128, 1, 0),
+            HeapConfig::default(),
             &storage,
-            &[r.snapshot(2, &storage).unwrap().run().await.unwrap().handle],
+            &[handle],
+            RestoreMode::Claim,
         )
         .await
         .unwrap();
@@ -204,13 +231,19 @@ fn restoring_with_another_codec_is_refused() {
     let rt = runtime();
     rt.block_on(async {
         let storage = CheckpointStorage::in_memory("codec").unwrap();
-        let mut b = HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap();
+        let mut b =
+            HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         fill(&mut b, 0..10);
         let result = b.snapshot(1, &storage).unwrap().run().await.unwrap();
-        let mut r =
-            HeapKeyedStateBackend::<u64>::restore(config(128, 1, 0), &storage, &[result.handle])
-                .await
-                .unwrap();
+        let mut r = HeapKeyedStateBackend::<u64>::restore(
+            identity(128, 1, 0),
+            HeapConfig::default(),
+            &storage,
+            &[result.handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         let err = r
             .value_state(&ValueStateDescriptor::<VoidNamespace, String>::new(
                 "counts",
@@ -230,7 +263,8 @@ fn registration_decodes_on_several_threads_with_the_same_result() {
     let rt = runtime();
     rt.block_on(async {
         let storage = CheckpointStorage::in_memory("threads").unwrap();
-        let mut b = HeapKeyedStateBackend::<u64>::new(config(128, 1, 0)).unwrap();
+        let mut b =
+            HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), HeapConfig::default()).unwrap();
         let s = b.value_state(&counts()).unwrap();
         let l = b
             .list_state(&ListStateDescriptor::<u32, String>::new("names"))
@@ -249,14 +283,16 @@ fn registration_decodes_on_several_threads_with_the_same_result() {
             result.metrics.state_bytes
         );
         for threads in [1, 2, 3, 8] {
-            let cfg = HeapBackendConfig {
+            let cfg = HeapConfig {
                 restore_threads: threads,
-                ..config(128, 1, 0)
+                ..HeapConfig::default()
             };
             let mut r = HeapKeyedStateBackend::<u64>::restore(
+                identity(128, 1, 0),
                 cfg,
                 &storage,
                 std::slice::from_ref(&result.handle),
+                RestoreMode::Claim,
             )
             .await
             .unwrap();
@@ -276,13 +312,19 @@ fn registration_decodes_on_several_threads_with_the_same_result() {
             }
         }
         // A migration that fails on one key near the end of the key-group range (a worker's share).
-        let cfg = HeapBackendConfig {
+        let cfg = HeapConfig {
             restore_threads: 4,
-            ..config(128, 1, 0)
+            ..HeapConfig::default()
         };
-        let mut r = HeapKeyedStateBackend::<u64>::restore(cfg, &storage, &[result.handle])
-            .await
-            .unwrap();
+        let mut r = HeapKeyedStateBackend::<u64>::restore(
+            identity(128, 1, 0),
+            cfg,
+            &storage,
+            &[result.handle],
+            RestoreMode::Claim,
+        )
+        .await
+        .unwrap();
         let bad = (0..KEYS)
             .max_by_key(|k| assign_to_key_group(&k.to_be_bytes(), 128).unwrap())
             .unwrap();

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
+use statebackend::heap::HeapConfig;
+use statebackend::heap::HeapKeyedStateBackend;
 use statebackend::*;
 
 type Heap = HeapKeyedStateBackend<u64>;
@@ -21,7 +23,7 @@ type Heap = HeapKeyedStateBackend<u64>;
 fn storages(name: &str) -> (Vec<(&'static str, CheckpointStorage)>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let job = format!("{name}-{:016x}", rand::random::<u64>());
-    let settings = StorageSettings::default();
+    let settings = StorageConfig::default();
     let mut out = vec![
         (
             "local",
@@ -80,8 +82,8 @@ fn assert_matches_model(backends: &mut [Heap], model: &BTreeMap<u64, u64>) {
 async fn checkpoints_restore_exactly_and_subsumed_files_go(storage: CheckpointStorage) {
     let mut coord = coordinator(&storage, 1, 2).await;
     let mut backends = vec![
-        Heap::new(config(128, 2, 0)).unwrap(),
-        Heap::new(config(128, 2, 1)).unwrap(),
+        Heap::new(identity(128, 2, 0), HeapConfig::default()).unwrap(),
+        Heap::new(identity(128, 2, 1), HeapConfig::default()).unwrap(),
     ];
     let mut model = BTreeMap::new();
     let mut previous_files: Vec<String> = Vec::new();
@@ -122,7 +124,7 @@ async fn checkpoints_restore_exactly_and_subsumed_files_go(storage: CheckpointSt
 
 async fn orphans_are_swept_and_unreadable_metadata_blocks_the_sweep(storage: CheckpointStorage) {
     let (mut coord, _) = clocked(&storage, 1, 1).await;
-    let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+    let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
     fill(&mut b[0], 0..200, 1);
     checkpoint(&mut coord, &mut b).await;
     // An upload nobody acknowledged (a task that died), and a checkpoint whose metadata this release cannot read.
@@ -296,14 +298,14 @@ mod hung_endpoint {
         runtime().block_on(async {
             let (url, hung) = proxy(target).await;
             // Default timeouts and retries: the target is "a hung store fails a checkpoint in seconds".
-            let settings = StorageSettings {
+            let settings = StorageConfig {
                 endpoint: Some(url),
-                ..StorageSettings::default()
+                ..StorageConfig::default()
             };
             let job = format!("hung-{:016x}", rand::random::<u64>());
             let storage = CheckpointStorage::from_url(&s3, &job, &settings).unwrap();
             let mut coord = coordinator(&storage, 1, 1).await;
-            let mut b = vec![Heap::new(config(128, 1, 0)).unwrap()];
+            let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
             fill(&mut b[0], 0..1000, 1);
             checkpoint(&mut coord, &mut b).await;
             fill(&mut b[0], 0..1000, 2);
@@ -347,7 +349,7 @@ fn incomplete_multipart_uploads_are_aborted_by_the_sweep_on_s3() {
     use object_store::ObjectStoreExt;
     let s3 = s3_url().unwrap();
     let job = format!("multipart-{:016x}", rand::random::<u64>());
-    let storage = CheckpointStorage::from_url(&s3, &job, &StorageSettings::default()).unwrap();
+    let storage = CheckpointStorage::from_url(&s3, &job, &StorageConfig::default()).unwrap();
     runtime().block_on(async {
         let mut coord = coordinator(&storage, 1, 1).await;
         let path = storage.path("chk-9/op-0-0000000000000009.keyed");

@@ -25,10 +25,11 @@ const LAYERS: &[(&str, u32, Side)] = &[
     ("keyed", 6, Side::Task),
     ("operator", 6, Side::Task),
     ("heap", 7, Side::Task),
-    ("lsm", 7, Side::Task),
+    ("rocksdb", 7, Side::Task),
     ("backend", 8, Side::Task),
     ("checkpoint", 6, Side::Coordinator),
     ("fuzzing", 9, Side::Top),
+    ("inspect", 9, Side::Top),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +54,7 @@ const SPREAD_DEBT: &[(&str, usize)] = &[
     ("CheckpointStorage", 10),
     ("CowMap", 3),
     ("HeapKeyedStateBackend", 4),
-    ("LsmKeyedStateBackend", 7),
+    ("RocksDbKeyedStateBackend", 7),
 ];
 
 /// Inherent methods of a type in a file outside the module that defines the type, `(type, file)`:
@@ -70,8 +71,8 @@ const OUTSIDE_DEBT: &[(&str, &str)] = &[
     ("CheckpointStorage", "checkpoint/sweep.rs"),
 ];
 
-/// Names the crate root re-exports today; the target is 45 (`docs/architecture.md`).
-const ROOT_NAMES: usize = 95;
+/// Names the crate root re-exports (the engine path), at most 45 (`docs/architecture.md`).
+const ROOT_NAMES: usize = 44;
 
 const MAX_LINES: usize = 600;
 

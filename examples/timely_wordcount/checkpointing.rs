@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use statebackend::operator::OperatorStateBackend;
+use statebackend::snapshot::{SnapshotKind, SnapshotMetrics};
 use statebackend::*;
 
 use crate::args::Args;
@@ -100,7 +102,7 @@ pub(crate) fn storage(args: &Args) -> Result<CheckpointStorage> {
     CheckpointStorage::from_url(
         &args.checkpoint_dir,
         &args.job_id,
-        &StorageSettings::default(),
+        &StorageConfig::default(),
     )
 }
 

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use statebackend::rocksdb::RocksDbConfig;
 use statebackend::*;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -75,25 +76,27 @@ pub(crate) fn run(
         );
     }
 
+    let identity = SubtaskIdentity::new(COUNT, args.max_parallelism, peers, index)
+        .map_err(|e| e.to_string())?;
     let config = StateBackendConfig {
         kind: args.backend,
-        operator_id: COUNT.into(),
-        max_parallelism: args.max_parallelism,
-        parallelism: peers,
-        subtask_index: index,
-        local_dir: args.local_dir.clone().unwrap_or_else(std::env::temp_dir),
+        rocksdb: RocksDbConfig {
+            local_dir: args.local_dir.clone().unwrap_or_else(std::env::temp_dir),
+            ..RocksDbConfig::default()
+        },
         ..StateBackendConfig::default()
     };
     let backend = match &restored {
         Some(meta) => rt
             .block_on(StateBackend::restore_checkpoint(
+                &identity,
                 &config,
                 &storage,
                 meta,
                 RestoreMode::Claim,
             ))
             .map_err(|e| format!("restore: {e}"))?,
-        None => StateBackend::new(&config).map_err(|e| e.to_string())?,
+        None => StateBackend::new(&identity, &config).map_err(|e| e.to_string())?,
     };
     let splits = match &restored {
         Some(meta) => checkpointing::restored_splits(meta, index, peers)

@@ -24,11 +24,13 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use statebackend::checkpoint::{CancellationPolicy, SweepReport};
+use statebackend::inspect::SnapshotLocation;
+use statebackend::key_group::default_max_parallelism;
 use statebackend::{
-    Acknowledgement, CancellationPolicy, CheckpointCoordinator, CheckpointStats, CheckpointStorage,
-    CoordinatorConfig, KeyGroupRouter, KeyedStateBackend, RestoreMode, SnapshotLocation,
-    StateBackend, StateBackendConfig, StorageSettings, SweepReport, TaskStateSnapshot,
-    default_max_parallelism,
+    Acknowledgement, CheckpointCoordinator, CheckpointStats, CheckpointStorage, CoordinatorConfig,
+    KeyGroupRouter, KeyedStateBackend, RestoreMode, StateBackend, StateBackendConfig,
+    StorageConfig, SubtaskIdentity, TaskStateSnapshot, rocksdb::RocksDbConfig,
 };
 
 use crate::args::Args;
@@ -140,23 +142,24 @@ impl Job {
         source: &mut Source,
         attempt: u32,
     ) -> statebackend::Result<Task> {
-        let config = self.backend_config(max_parallelism)?;
-        let configs: Vec<StateBackendConfig> = (0..parallelism)
-            .map(|i| config.for_subtask(parallelism, i))
-            .collect();
+        let config = self.backend_config()?;
+        let subtasks: Vec<SubtaskIdentity> = (0..parallelism)
+            .map(|i| SubtaskIdentity::new(OPERATOR, max_parallelism, parallelism, i))
+            .collect::<statebackend::Result<_>>()?;
         let router = KeyGroupRouter::new(max_parallelism, parallelism)?;
         if self.coordinator.store().latest().is_none()
             && let Some(dir) = self.args.from_savepoint.clone()
         {
-            let (backends, offset) = self.restore_from_savepoint(&dir, &configs, attempt)?;
+            let (backends, offset) =
+                self.restore_from_savepoint(&dir, &subtasks, &config, attempt)?;
             source.seek(offset).map_err(io_err)?;
             return Task::new(backends, router);
         }
         if self.coordinator.store().latest().is_none() {
             source.seek(0).map_err(io_err)?;
-            let backends = configs
+            let backends = subtasks
                 .iter()
-                .map(StateBackend::new)
+                .map(|identity| StateBackend::new(identity, &config))
                 .collect::<statebackend::Result<_>>()?;
             return Task::new(backends, router);
         }
@@ -165,7 +168,7 @@ impl Job {
         let store = self.coordinator.store();
         let outcome = self.rt.block_on(store.restore_latest(|meta| {
             let storage = storage.clone();
-            let configs = configs.clone();
+            let (subtasks, config) = (subtasks.clone(), config.clone());
             // A failover resumes the job's own checkpoints: CLAIM, so LSM checkpoints stay
             // incremental; a pinned (NO_CLAIM) checkpoint is restored NO_CLAIM again.
             let mode = store.restore_mode(meta.checkpoint_id, RestoreMode::Claim);
@@ -177,8 +180,10 @@ impl Job {
                     .collect();
                 let offset = savepoint::stored_offset(&meta)?;
                 let mut backends = Vec::new();
-                for config in &configs {
-                    backends.push(StateBackend::restore(config, &storage, &handles, mode).await?);
+                for identity in &subtasks {
+                    backends.push(
+                        StateBackend::restore(identity, &config, &storage, &handles, mode).await?,
+                    );
                 }
                 Ok((backends, offset, meta, mode))
             }
@@ -204,15 +209,16 @@ impl Job {
         Ok(task)
     }
 
-    /// The settings of the job's backends (subtask 0 of 1; `for_subtask` gives the others).
-    fn backend_config(&self, max_parallelism: u32) -> statebackend::Result<StateBackendConfig> {
+    /// The settings of the job's backends (every subtask's alike).
+    fn backend_config(&self) -> statebackend::Result<StateBackendConfig> {
         Ok(StateBackendConfig {
             kind: self.args.backend.parse()?,
-            operator_id: OPERATOR.into(),
-            max_parallelism,
-            local_dir: self.args.local_dir.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("statebackend-{}", self.args.job_id))
-            }),
+            rocksdb: RocksDbConfig {
+                local_dir: self.args.local_dir.clone().unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("statebackend-{}", self.args.job_id))
+                }),
+                ..RocksDbConfig::default()
+            },
             ..StateBackendConfig::default()
         })
     }
@@ -352,7 +358,7 @@ fn run(args: Args) -> Result<(), String> {
     let storage = CheckpointStorage::from_url(
         &args.checkpoint_dir,
         &args.job_id,
-        &StorageSettings::default(),
+        &StorageConfig::default(),
     )
     .map_err(|e| e.to_string())?;
     if !args.resume {
@@ -377,7 +383,7 @@ fn run(args: Args) -> Result<(), String> {
         (_, Some(max)) => max,
         // Key groups are fixed for a job's life: a job continuing a savepoint keeps its max parallelism.
         (Some(dir), None) => {
-            let at = SnapshotLocation::parse(dir, &StorageSettings::default())
+            let at = SnapshotLocation::parse(dir, &StorageConfig::default())
                 .map_err(|e| e.to_string())?;
             let meta = rt
                 .block_on(at.read_metadata())

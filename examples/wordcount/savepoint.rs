@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
+use statebackend::inspect::SnapshotLocation;
 use statebackend::{
     Acknowledgement, CheckpointMetadata, CheckpointStorage, KeyedStateBackend, RestoreMode,
-    SavepointFormat, SnapshotLocation, StateBackend, StateBackendConfig, StorageSettings,
+    SavepointFormat, StateBackend, StateBackendConfig, StorageConfig, SubtaskIdentity,
     TaskStateSnapshot,
 };
 
@@ -38,7 +39,7 @@ impl Job {
         dir: &str,
     ) -> statebackend::Result<String> {
         let target =
-            CheckpointStorage::from_url(dir, &self.args.job_id, &StorageSettings::default())?;
+            CheckpointStorage::from_url(dir, &self.args.job_id, &StorageConfig::default())?;
         let id = self
             .rt
             .block_on(self.coordinator.trigger_savepoint(&target))?;
@@ -80,23 +81,25 @@ impl Job {
         ))
     }
 
-    /// Backends for `configs` restored from the savepoint (or checkpoint) directory `dir` in NO_CLAIM
+    /// Backends of `subtasks` (with `config`) restored from the savepoint (or checkpoint) directory `dir` in NO_CLAIM
     /// mode, and the source offset it stored. Ids of the job's own checkpoints continue above its id.
     pub(crate) fn restore_from_savepoint(
         &mut self,
         dir: &str,
-        configs: &[StateBackendConfig],
+        subtasks: &[SubtaskIdentity],
+        config: &StateBackendConfig,
         attempt: u32,
     ) -> statebackend::Result<(Vec<StateBackend<String>>, u64)> {
         let started = Instant::now();
-        let at = SnapshotLocation::parse(dir, &StorageSettings::default())?;
+        let at = SnapshotLocation::parse(dir, &StorageConfig::default())?;
         let meta = self.rt.block_on(at.read_metadata())?;
         // Refused before anything is restored if the savepoint holds state of operators this job lacks.
         self.coordinator.check_restorable(&meta)?;
         let offset = stored_offset(&meta)?;
-        let mut backends = Vec::with_capacity(configs.len());
-        for config in configs {
+        let mut backends = Vec::with_capacity(subtasks.len());
+        for identity in subtasks {
             backends.push(self.rt.block_on(StateBackend::restore_checkpoint(
+                identity,
                 config,
                 &at.storage,
                 &meta,
@@ -110,7 +113,7 @@ impl Job {
             meta.kind,
             at.id,
             self.args.backend,
-            configs.len(),
+            subtasks.len(),
             started.elapsed().as_secs_f64() * 1e3,
         ));
         Ok((backends, offset))

@@ -66,7 +66,7 @@ impl Task {
             .iter()
             .map(|b| {
                 #[cfg(feature = "rocksdb")]
-                if let Some(lsm) = b.as_lsm() {
+                if let Some(lsm) = b.as_rocksdb() {
                     return lsm.estimated_entries();
                 }
                 b.as_heap().map_or(0, |h| h.total_entries() as u64)

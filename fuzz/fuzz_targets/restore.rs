@@ -8,6 +8,8 @@
 use libfuzzer_sys::fuzz_target;
 use object_store::ObjectStoreExt;
 use statebackend::*;
+use statebackend::heap::HeapKeyedStateBackend;
+use statebackend::snapshot::{FileScope, HandleFormat, StateFile};
 
 fuzz_target!(|data: &[u8]| {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -42,8 +44,15 @@ fuzz_target!(|data: &[u8]| {
         // A whole restore reads the whole file (and checks its CRC32); a rescaled one reads some key groups
         // by range: attack both paths.
         for (p, i) in [(1, 0), (2, 1)] {
-            let config = HeapBackendConfig::for_subtask("op", 16, p, i).expect("config");
-            match HeapKeyedStateBackend::<u64>::restore(config, &storage, &[handle.clone()]).await {
+            let identity = SubtaskIdentity::new("op", 16, p, i).expect("identity");
+            let restored = HeapKeyedStateBackend::<u64>::restore(
+                identity,
+                heap::HeapConfig::default(),
+                &storage,
+                &[handle.clone()],
+                RestoreMode::NoClaim,
+            );
+            match restored.await {
                 Ok(mut b) => {
                     if let Ok(s) =
                         b.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))

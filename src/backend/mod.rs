@@ -10,15 +10,16 @@ pub(crate) mod config;
 use crate::error::Result;
 use crate::heap::backend::HeapKeyedStateBackend;
 use crate::key_group::KeyGroupRange;
+use crate::key_group::router::KeyRoute;
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
 };
-use crate::keyed::router::KeyRoute;
+use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 #[cfg(feature = "rocksdb")]
-use crate::lsm::LsmKeyedStateBackend;
+use crate::rocksdb::RocksDbKeyedStateBackend;
 use crate::snapshot::handle::{CheckpointMetadata, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot::result::SavepointFormat;
@@ -33,7 +34,7 @@ pub use config::{BackendKind, StateBackendConfig};
 enum Inner<K> {
     Heap(HeapKeyedStateBackend<K>),
     #[cfg(feature = "rocksdb")]
-    Lsm(LsmKeyedStateBackend<K>),
+    RocksDb(RocksDbKeyedStateBackend<K>),
 }
 
 /// A keyed state backend of the kind its [`StateBackendConfig`] names; implements
@@ -49,7 +50,7 @@ macro_rules! on {
         match $self {
             Inner::Heap($b) => $e,
             #[cfg(feature = "rocksdb")]
-            Inner::Lsm($b) => $e,
+            Inner::RocksDb($b) => $e,
         }
     };
 }
@@ -62,19 +63,25 @@ fn no_rocksdb() -> crate::Error {
 }
 
 impl<K: StateKey> StateBackend<K> {
-    /// An empty backend of `config.kind`.
+    /// An empty backend of `config.kind` for subtask `identity`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for invalid settings, or the LSM kind in a
-    /// build without the `rocksdb` feature; [`Error::Local`](crate::Error::Local) if the LSM backend cannot
-    /// create its directory or DB.
-    pub fn new(config: &StateBackendConfig) -> Result<Self> {
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for invalid settings, or the RocksDB kind
+    /// in a build without the `rocksdb` feature; [`Error::Local`](crate::Error::Local) if the RocksDB
+    /// backend cannot create its directory or DB.
+    pub fn new(identity: &SubtaskIdentity, config: &StateBackendConfig) -> Result<Self> {
+        let identity = identity.clone();
         let inner = match config.kind {
-            BackendKind::Heap => Inner::Heap(HeapKeyedStateBackend::new(config.heap_config()?)?),
+            BackendKind::Heap => {
+                Inner::Heap(HeapKeyedStateBackend::new(identity, config.heap.clone())?)
+            }
             #[cfg(feature = "rocksdb")]
-            BackendKind::Lsm => Inner::Lsm(LsmKeyedStateBackend::new(config.lsm_config()?)?),
+            BackendKind::RocksDb => Inner::RocksDb(RocksDbKeyedStateBackend::new(
+                identity,
+                config.rocksdb.clone(),
+            )?),
             #[cfg(not(feature = "rocksdb"))]
-            BackendKind::Lsm => return Err(no_rocksdb()),
+            BackendKind::RocksDb => return Err(no_rocksdb()),
         };
         Ok(StateBackend {
             inner,
@@ -82,35 +89,48 @@ impl<K: StateKey> StateBackend<K> {
         })
     }
 
-    /// A backend of `config.kind` restored from `handles` (the keyed state handles of the operator in one
-    /// checkpoint; those of other subtasks are read only where they overlap the owned key groups, so this
-    /// rescales). `mode` matters for the LSM kind only: with [`RestoreMode::Claim`] and the same key groups
-    /// its next checkpoint stays incremental; heap snapshots are always full.
+    /// A backend of `config.kind` for subtask `identity` restored from `handles` (the keyed state handles
+    /// of the operator in one checkpoint; those of other subtasks are read only where they overlap the
+    /// owned key groups, so this rescales). With [`RestoreMode::Claim`] and the same key groups the
+    /// RocksDB kind's next checkpoint stays incremental; heap snapshots are always full.
     ///
     /// # Errors
-    /// As [`HeapKeyedStateBackend::restore`] and `LsmKeyedStateBackend::restore`: invalid handles (another
-    /// operator, checkpoint or max parallelism; key groups missing or covered twice; handles the kind
-    /// cannot read, such as LSM files for the heap kind) are `InvalidArgument`; missing or corrupt files
-    /// are `NotFound` / `Corrupt` naming the file. The checkpoint is never modified.
+    /// As [`HeapKeyedStateBackend::restore`] and `RocksDbKeyedStateBackend::restore`: invalid handles
+    /// (another operator, checkpoint or max parallelism; key groups missing or covered twice; handles the
+    /// kind cannot read, such as RocksDB files for the heap kind) are `InvalidArgument`; missing or corrupt
+    /// files are `NotFound` / `Corrupt` naming the file. The checkpoint is never modified.
     pub async fn restore(
+        identity: &SubtaskIdentity,
         config: &StateBackendConfig,
         storage: &CheckpointStorage,
         handles: &[KeyedStateHandle],
         mode: RestoreMode,
     ) -> Result<Self> {
+        let identity = identity.clone();
         let inner = match config.kind {
-            BackendKind::Heap => {
-                let _ = mode;
-                Inner::Heap(
-                    HeapKeyedStateBackend::restore(config.heap_config()?, storage, handles).await?,
+            BackendKind::Heap => Inner::Heap(
+                HeapKeyedStateBackend::restore(
+                    identity,
+                    config.heap.clone(),
+                    storage,
+                    handles,
+                    mode,
                 )
-            }
+                .await?,
+            ),
             #[cfg(feature = "rocksdb")]
-            BackendKind::Lsm => Inner::Lsm(
-                LsmKeyedStateBackend::restore(config.lsm_config()?, storage, handles, mode).await?,
+            BackendKind::RocksDb => Inner::RocksDb(
+                RocksDbKeyedStateBackend::restore(
+                    identity,
+                    config.rocksdb.clone(),
+                    storage,
+                    handles,
+                    mode,
+                )
+                .await?,
             ),
             #[cfg(not(feature = "rocksdb"))]
-            BackendKind::Lsm => return Err(no_rocksdb()),
+            BackendKind::RocksDb => return Err(no_rocksdb()),
         };
         Ok(StateBackend {
             inner,
@@ -118,22 +138,23 @@ impl<K: StateKey> StateBackend<K> {
         })
     }
 
-    /// [`StateBackend::restore`] from the handles of `config.operator_id` in `checkpoint`; an operator
+    /// [`StateBackend::restore`] from the handles of `identity`'s operator in `checkpoint`; an operator
     /// without keyed state in it (new in this job version) starts empty.
     ///
     /// # Errors
     /// As [`StateBackend::restore`].
     pub async fn restore_checkpoint(
+        identity: &SubtaskIdentity,
         config: &StateBackendConfig,
         storage: &CheckpointStorage,
         checkpoint: &CheckpointMetadata,
         mode: RestoreMode,
     ) -> Result<Self> {
-        let handles = checkpoint.keyed_handles(&config.operator_id);
+        let handles = checkpoint.keyed_handles(identity.operator_id());
         if handles.is_empty() {
-            return Self::new(config);
+            return Self::new(identity, config);
         }
-        Self::restore(config, storage, &handles, mode).await
+        Self::restore(identity, config, storage, &handles, mode).await
     }
 
     /// The kind inside.
@@ -162,15 +183,15 @@ impl<K: StateKey> StateBackend<K> {
         match &self.inner {
             Inner::Heap(b) => Some(b),
             #[cfg(feature = "rocksdb")]
-            Inner::Lsm(_) => None,
+            Inner::RocksDb(_) => None,
         }
     }
 
     /// The LSM backend inside, if the kind is LSM.
     #[cfg(feature = "rocksdb")]
-    pub fn as_lsm(&self) -> Option<&LsmKeyedStateBackend<K>> {
+    pub fn as_rocksdb(&self) -> Option<&RocksDbKeyedStateBackend<K>> {
         match &self.inner {
-            Inner::Lsm(b) => Some(b),
+            Inner::RocksDb(b) => Some(b),
             Inner::Heap(_) => None,
         }
     }
@@ -186,11 +207,11 @@ impl<K: StateKey> From<HeapKeyedStateBackend<K>> for StateBackend<K> {
 }
 
 #[cfg(feature = "rocksdb")]
-impl<K: StateKey> From<LsmKeyedStateBackend<K>> for StateBackend<K> {
-    fn from(backend: LsmKeyedStateBackend<K>) -> Self {
+impl<K: StateKey> From<RocksDbKeyedStateBackend<K>> for StateBackend<K> {
+    fn from(backend: RocksDbKeyedStateBackend<K>) -> Self {
         StateBackend {
-            inner: Inner::Lsm(backend),
-            kind: BackendKind::Lsm,
+            inner: Inner::RocksDb(backend),
+            kind: BackendKind::RocksDb,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The checkpoint lifecycle: handles, the coordinator, the completed-checkpoint store, the job's lineage,
-//! the orphan sweep and the validation of handle sets (`docs/protocol.md`, `docs/faults.md`).
+//! The checkpoint lifecycle, the coordinator side: the coordinator, its answers, the completed-checkpoint
+//! store, the shared-file registry, the job's lineage and fencing, and the orphan sweep
+//! (`docs/protocol.md`, `docs/faults.md`).
 
 mod acknowledge;
 pub(crate) mod answers;
@@ -16,3 +17,14 @@ mod savepoint;
 pub(crate) mod store;
 mod store_types;
 pub(crate) mod sweep;
+
+pub use answers::{Acknowledgement, CheckpointStats, Declined, Discarded};
+pub use config::{CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks};
+pub use coordinator::CheckpointCoordinator;
+pub use fence::NewestGeneration;
+pub use registry::{SharedFileEntry, SharedFileRegistry};
+pub use store::{
+    AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreOutcome,
+    SkippedCheckpoint,
+};
+pub use sweep::SweepReport;

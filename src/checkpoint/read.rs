@@ -7,15 +7,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::metadata;
 use crate::snapshot::handle::{CheckpointMetadata, SnapshotKind};
 use crate::snapshot::layout::{METADATA_FILE, SAVEPOINT_DIR, checkpoint_dir, savepoint_dir};
-use crate::storage::{CheckpointStorage, StorageSettings};
+use crate::storage::{CheckpointStorage, StorageConfig};
 
 impl CheckpointStorage {
     /// The metadata of completed checkpoint `id`, read from storage (for a task that restores on its own,
     /// away from the coordinator; read-only).
     ///
     /// # Errors
-    /// [`Error::NotFound`](crate::Error::NotFound) if the checkpoint has no `_metadata` (never completed,
-    /// or deleted); [`Error::Corrupt`](crate::Error::Corrupt) if it does not decode; storage errors.
+    /// [`Error::NotFound`] if the checkpoint has no `_metadata` (never completed,
+    /// or deleted); [`Error::Corrupt`] if it does not decode; storage errors.
     pub async fn read_checkpoint_metadata(&self, id: u64) -> Result<CheckpointMetadata> {
         read_metadata(self, id).await
     }
@@ -55,15 +55,15 @@ impl CheckpointStorage {
     /// header names them (`statectl inspect`). Reads the footer and the header only.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a handle of another format (a native
-    /// LSM snapshot names its states inside RocksDB's files); [`Error::NotFound`](crate::Error::NotFound)
-    /// or [`Error::Corrupt`](crate::Error::Corrupt) naming the file.
+    /// [`Error::InvalidArgument`] for a handle of another format (a native
+    /// LSM snapshot names its states inside RocksDB's files); [`Error::NotFound`]
+    /// or [`Error::Corrupt`] naming the file.
     pub async fn keyed_file_states(
         &self,
         handle: &crate::KeyedStateHandle,
-    ) -> Result<Vec<crate::StateMeta>> {
+    ) -> Result<Vec<crate::snapshot::StateMeta>> {
         let file = match (handle.format, handle.files.as_slice()) {
-            (crate::HandleFormat::KeyedFile, [file]) => file,
+            (crate::snapshot::HandleFormat::KeyedFile, [file]) => file,
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "backend {}'s handle is {:?} with {} files, not one keyed file",
@@ -103,14 +103,14 @@ impl CheckpointStorage {
     /// CRC32s, footer, index, header); for `statectl dump`.
     ///
     /// # Errors
-    /// As [`CheckpointStorage::keyed_file_states`], and [`Error::Corrupt`](crate::Error::Corrupt) for a
-    /// frame or record that does not decode; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// As [`CheckpointStorage::keyed_file_states`], and [`Error::Corrupt`] for a
+    /// frame or record that does not decode; [`Error::InvalidArgument`]
     /// if `key_group` is outside the handle's range.
     pub async fn keyed_file_records(
         &self,
         handle: &crate::KeyedStateHandle,
         key_group: Option<u32>,
-    ) -> Result<(Vec<crate::StateMeta>, Vec<KeyedRecord>)> {
+    ) -> Result<(Vec<crate::snapshot::StateMeta>, Vec<KeyedRecord>)> {
         let range = match key_group {
             Some(g) if handle.key_groups.contains(g) => crate::KeyGroupRange::new(g, g)?,
             Some(g) => {
@@ -156,7 +156,7 @@ impl CheckpointStorage {
     pub async fn keyed_file_entry_counts(
         &self,
         handle: &crate::KeyedStateHandle,
-    ) -> Result<(Vec<crate::StateMeta>, Vec<u64>)> {
+    ) -> Result<(Vec<crate::snapshot::StateMeta>, Vec<u64>)> {
         const KEY_GROUPS_PER_READ: u32 = 8;
         let range = handle.key_groups;
         let mut states = Vec::new();
@@ -220,9 +220,9 @@ impl SnapshotLocation {
     /// the job's storage there (`CheckpointStorage::from_url(<root>, <job>)`).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming `dir` if it does not end in one of
+    /// [`Error::InvalidArgument`] naming `dir` if it does not end in one of
     /// the two forms, or if the storage cannot be opened (as [`CheckpointStorage::from_url`]).
-    pub fn parse(dir: &str, settings: &StorageSettings) -> Result<Self> {
+    pub fn parse(dir: &str, settings: &StorageConfig) -> Result<Self> {
         let invalid = || {
             Error::InvalidArgument(format!(
                 "`{dir}` is not a checkpoint or savepoint directory (<root>/<job>/chk-<n> or \
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn snapshot_directories_parse_and_other_paths_are_refused() {
-        let settings = StorageSettings::default();
+        let settings = StorageConfig::default();
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().display().to_string();
         let at = SnapshotLocation::parse(&format!("{base}/job/chk-12/"), &settings).unwrap();

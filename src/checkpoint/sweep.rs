@@ -247,7 +247,7 @@ impl CheckpointStorage {
         .await?;
         let swept = coordinator.sweep_orphans(min_age).await;
         let closed = coordinator
-            .shutdown(crate::CancellationPolicy::RetainOnCancellation)
+            .shutdown(crate::checkpoint::CancellationPolicy::RetainOnCancellation)
             .await;
         let report = swept?;
         closed?;

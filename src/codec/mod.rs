@@ -3,7 +3,7 @@
 //! A [`Codec`] is implemented by the data type itself. Its [`Codec::ID`] is written into every snapshot and
 //! checked on restore, so a state written with one encoding is never read with another. Integer encodings are
 //! big-endian with the sign bit flipped for signed types, so byte order equals numeric order (what a sorted
-//! LSM key space needs). Codecs carry versions and migrations from older encodings ([`schema`]).
+//! LSM key space needs). Codecs carry versions and migrations from older encodings ([`Migration`], [`SchemaCompatibility`]).
 
 use std::sync::Arc;
 
@@ -64,7 +64,7 @@ pub trait Codec: Sized {
     /// [`Error::Corrupt`] if `bytes` is not an encoding of this type.
     fn decode(bytes: &[u8]) -> Result<Self>;
 
-    /// [`stable_key_hash`](stable_key_hash) of the bytes [`Codec::encode`] appends: the hash that
+    /// [`stable_key_hash`] of the bytes [`Codec::encode`] appends: the hash that
     /// decides a key's key group. `scratch` is a buffer the default uses to encode into (its contents on
     /// return are unspecified).
     ///

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 
 /// Row format of the LSM backend that this version writes and reads (recorded as the state handles'
-/// format, [`crate::HandleFormat::RocksIncremental`]). Format 1 had a 2-byte key group and `u32 BE`
+/// format, [`crate::snapshot::HandleFormat::RocksIncremental`]). Format 1 had a 2-byte key group and `u32 BE`
 /// lengths.
 pub(crate) const ROW_FORMAT: u8 = 2;
 

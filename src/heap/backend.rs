@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-pub use crate::heap::config::HeapBackendConfig;
+use crate::heap::config::HeapConfig;
 use crate::heap::decode::decode_raw;
 use crate::heap::table::{
     ErasedTable, ListCell, MapCell, RawTable, StateTable, ValueSerde, entry_hash, list_serde,
     map_serde, value_serde,
 };
+use crate::key_group::router::KeyRoute;
 use crate::key_group::{KeyGroupRange, locate_hash};
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::checks::{no_current_key, wrong_state};
@@ -19,8 +20,8 @@ use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
 };
+use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
@@ -38,7 +39,8 @@ pub(crate) struct CurrentKey<K> {
 
 /// Keyed state kept in memory in copy-on-write maps, snapshotted as full keyed snapshot files.
 pub struct HeapKeyedStateBackend<K> {
-    pub(crate) config: HeapBackendConfig,
+    pub(crate) identity: SubtaskIdentity,
+    pub(crate) config: HeapConfig,
     /// Identity in storage, drawn from the storage's id source at the first snapshot or restore.
     pub(crate) backend_id: Option<String>,
     pub(crate) tables: Vec<Box<dyn ErasedTable<K>>>,
@@ -53,13 +55,15 @@ pub struct HeapKeyedStateBackend<K> {
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
-    /// An empty backend.
+    /// An empty backend of subtask `identity`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `config` is invalid.
-    pub fn new(config: HeapBackendConfig) -> Result<Self> {
+    /// [`Error::InvalidArgument`] if `config` is invalid (no restore thread, a frame size outside 1 to
+    /// 2^30 bytes).
+    pub fn new(identity: SubtaskIdentity, config: HeapConfig) -> Result<Self> {
         config.validate()?;
         Ok(HeapKeyedStateBackend {
+            identity,
             config,
             backend_id: None,
             tables: Vec::new(),
@@ -75,7 +79,11 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// Makes `key`, of stable hash `hash`, the current key.
     #[inline]
     pub(crate) fn set_located(&mut self, key: K, hash: u64) -> Result<()> {
-        let at = locate_hash(hash, self.config.max_parallelism, self.config.key_groups)?;
+        let at = locate_hash(
+            hash,
+            self.identity.max_parallelism(),
+            self.identity.key_groups(),
+        )?;
         self.current = Some(CurrentKey {
             key,
             key_hash: at.hash,
@@ -86,8 +94,13 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     }
 
     /// The settings this backend runs with.
-    pub fn config(&self) -> &HeapBackendConfig {
+    pub fn config(&self) -> &HeapConfig {
         &self.config
+    }
+
+    /// The subtask this backend keeps state for.
+    pub fn identity(&self) -> &SubtaskIdentity {
+        &self.identity
     }
 
     /// Identity of this backend instance in its state handles, `<operator>-<subtask>-<16 hex>`: drawn
@@ -120,7 +133,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         meta: StateMeta,
         serde: ValueSerde<S>,
     ) -> Result<StateId> {
-        let groups = self.config.key_groups.len() as usize;
+        let groups = self.identity.key_groups().len() as usize;
         let Some(&id) = self.by_name.get(&meta.name) else {
             let id = StateId(self.tables.len() as u32);
             self.tables.push(Box::new(StateTable::<K, N, S>::new(
@@ -210,11 +223,11 @@ impl<K: StateKey> crate::keyed::backend::sealed::Sealed for HeapKeyedStateBacken
 
 impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     fn max_parallelism(&self) -> u32 {
-        self.config.max_parallelism
+        self.identity.max_parallelism()
     }
 
     fn key_group_range(&self) -> KeyGroupRange {
-        self.config.key_groups
+        self.identity.key_groups()
     }
 
     #[inline]

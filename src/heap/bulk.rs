@@ -12,10 +12,10 @@ use crate::heap::table::{
     namespace_hash,
 };
 use crate::key_group::locate_hash;
+use crate::key_group::router::KeyRoute;
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::{check_route, wrong_state};
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::router::KeyRoute;
 
 /// How far ahead of the key being looked up a batch prefetches its slot: enough misses in flight to
 /// cover memory latency, few enough that the prefetched lines are still cached when used. The directory
@@ -27,7 +27,7 @@ const RING: usize = 64;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        check_route(&route, self.config.max_parallelism)?;
+        check_route(&route, self.identity.max_parallelism())?;
         debug_assert_eq!(
             route.hash(),
             key.stable_hash(&mut self.key_buf),
@@ -73,8 +73,8 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     fn locate_one(&self, key: &K, ns_hash: u64, scratch: &mut Vec<u8>) -> Result<(u64, usize)> {
         let at = locate_hash(
             key.stable_hash(scratch),
-            self.config.max_parallelism,
-            self.config.key_groups,
+            self.identity.max_parallelism(),
+            self.identity.key_groups(),
         )?;
         Ok((mix_entry_hash(at.hash, ns_hash), at.index))
     }

@@ -9,3 +9,6 @@ mod prefetch;
 mod restore;
 mod snapshot;
 pub(crate) mod table;
+
+pub use backend::HeapKeyedStateBackend;
+pub use config::HeapConfig;

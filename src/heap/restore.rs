@@ -7,15 +7,18 @@ use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 use crate::format::keyed_file::load::{check_key_group, load_handle};
 use crate::format::keyed_file::read as keyed_file;
-use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend};
+use crate::heap::backend::HeapKeyedStateBackend;
+use crate::heap::config::HeapConfig;
 use crate::heap::table::RawTable;
 use crate::keyed::backend::{StateId, StateKey};
+use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::handle::KeyedStateHandle;
+use crate::snapshot::restore_mode::RestoreMode;
 
 use crate::storage::CheckpointStorage;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
-    /// A backend for `config` holding the state of the key groups it owns from `handles` (the keyed state
+    /// A backend of subtask `identity` holding the state of the key groups it owns from `handles` (the keyed state
     /// handles of all subtasks of the operator in one checkpoint, or those overlapping the owned range).
     /// Files are read in parallel; a file whose key groups are all owned is read whole and its CRC32
     /// checked, otherwise (a rescale) only the owned key groups are read (ranged reads on remote storage,
@@ -32,17 +35,25 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// - [`Error::IncompatibleSchema`] if the files describe a state differently (codecs of different
     ///   versions across subtasks): never a reason to fall back to an older checkpoint.
     pub async fn restore(
-        config: HeapBackendConfig,
+        identity: SubtaskIdentity,
+        config: HeapConfig,
         storage: &CheckpointStorage,
         handles: &[KeyedStateHandle],
+        mode: RestoreMode,
     ) -> Result<Self> {
-        let mut backend = HeapKeyedStateBackend::new(config)?;
-        backend.backend_id =
-            Some(storage.new_backend_id(&backend.config.operator_id, backend.config.subtask_index));
-        let range = backend.config.key_groups;
+        // Every heap snapshot is full and names only files of its own: the restored files are never
+        // referenced again, so `Claim` and `NoClaim` restore alike (the coordinator's mode decides who
+        // may delete them).
+        let _ = mode;
+        let mut backend = HeapKeyedStateBackend::new(identity, config)?;
+        backend.backend_id = Some(storage.new_backend_id(
+            backend.identity.operator_id(),
+            backend.identity.subtask_index(),
+        ));
+        let range = backend.identity.key_groups();
         let relevant = crate::snapshot::validate::restore_handles(
-            &backend.config.operator_id,
-            backend.config.max_parallelism,
+            backend.identity.operator_id(),
+            backend.identity.max_parallelism(),
             range,
             handles,
         )?;

@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::format::keyed_file::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
-use crate::heap::backend::{HeapBackendConfig, HeapKeyedStateBackend, MAX_UNCONFIRMED};
+use crate::heap::backend::{HeapKeyedStateBackend, MAX_UNCONFIRMED};
+use crate::heap::config::HeapConfig;
 use crate::heap::table::FrozenTable;
 use crate::keyed::backend::{PendingSnapshot, StateKey};
 use crate::keyed::checks::check_snapshot_id;
+use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::layout::{checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::StateMeta;
@@ -20,7 +22,8 @@ pub(crate) struct SnapshotJob {
     pub(crate) checkpoint_id: u64,
     pub(crate) states: Vec<StateMeta>,
     pub(crate) frozen: Vec<Box<dyn FrozenTable>>,
-    pub(crate) config: HeapBackendConfig,
+    pub(crate) config: HeapConfig,
+    pub(crate) identity: SubtaskIdentity,
     pub(crate) backend_id: String,
     /// A savepoint (`savepoints/sp-<id>/`) rather than a checkpoint (`chk-<id>/`).
     pub(crate) savepoint: bool,
@@ -31,7 +34,7 @@ pub(crate) struct SnapshotJob {
 /// no other writer produces (a second snapshot under the same id, another coordinator's task), so no write
 /// can replace another's file.
 pub(crate) fn snapshot_file_name(
-    config: &HeapBackendConfig,
+    identity: &SubtaskIdentity,
     checkpoint_id: u64,
     savepoint: bool,
     storage: &CheckpointStorage,
@@ -43,8 +46,8 @@ pub(crate) fn snapshot_file_name(
     };
     format!(
         "{dir}/{}-{}-{:016x}.keyed",
-        config.operator_id,
-        config.subtask_index,
+        identity.operator_id(),
+        identity.subtask_index(),
         storage.next_id()
     )
 }
@@ -57,19 +60,19 @@ impl SnapshotJob {
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
         let relative =
-            snapshot_file_name(&self.config, self.checkpoint_id, self.savepoint, &storage);
-        let (checkpoint_id, config, backend_id) = (
+            snapshot_file_name(&self.identity, self.checkpoint_id, self.savepoint, &storage);
+        let (checkpoint_id, identity, backend_id) = (
             self.checkpoint_id,
-            self.config.clone(),
+            self.identity.clone(),
             self.backend_id.clone(),
         );
         let summary = upload_keyed_file(&storage, &relative, move |sink| self.encode(sink)).await?;
         Ok(keyed_file_result(
             backend_id,
-            config.operator_id.clone(),
+            identity.operator_id().to_string(),
             checkpoint_id,
-            config.max_parallelism,
-            config.key_groups,
+            identity.max_parallelism(),
+            identity.key_groups(),
             relative,
             summary,
             sync_duration,
@@ -80,8 +83,8 @@ impl SnapshotJob {
     /// Encodes the whole file into `sink`; releases each key group once written.
     fn encode(mut self, sink: &mut ChunkSink) -> Result<FileSummary> {
         let header = FileHeader {
-            max_parallelism: self.config.max_parallelism,
-            key_groups: self.config.key_groups,
+            max_parallelism: self.identity.max_parallelism(),
+            key_groups: self.identity.key_groups(),
             states: std::mem::take(&mut self.states),
         };
         let options = WriterOptions {
@@ -89,7 +92,7 @@ impl SnapshotJob {
             frame_bytes: self.config.frame_bytes,
         };
         let mut writer = KeyedFileWriter::new(&header, options)?;
-        for (kg_index, key_group) in self.config.key_groups.iter().enumerate() {
+        for (kg_index, key_group) in self.identity.key_groups().iter().enumerate() {
             writer.begin_key_group(key_group)?;
             for (state, table) in self.frozen.iter_mut().enumerate() {
                 table.write_group(kg_index, state as u32, &mut writer)?;
@@ -134,10 +137,12 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 .map(|t| t.freeze())
                 .collect(),
             config: self.config.clone(),
+            identity: self.identity.clone(),
             backend_id: self
                 .backend_id
                 .get_or_insert_with(|| {
-                    storage.new_backend_id(&self.config.operator_id, self.config.subtask_index)
+                    storage
+                        .new_backend_id(self.identity.operator_id(), self.identity.subtask_index())
                 })
                 .clone(),
             savepoint,

@@ -8,12 +8,12 @@ use std::time::Duration;
 use crate::codec::Codec;
 use crate::error::Result;
 use crate::key_group::KeyGroupRange;
+use crate::key_group::router::KeyRoute;
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
 };
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::snapshot::result::{SavepointFormat, SnapshotResult};
 use crate::storage::CheckpointStorage;
@@ -78,7 +78,7 @@ impl PendingSnapshot {
 /// state objects, which take the backend as an argument. The primitive methods below are what the state
 /// objects call; engines use the state objects ([`ValueState`], [`ListState`], ...).
 ///
-/// Sealed: implemented by this crate's backends only ([`crate::HeapKeyedStateBackend`], the LSM backend and
+/// Sealed: implemented by this crate's backends only ([`crate::heap::HeapKeyedStateBackend`], the LSM backend and
 /// [`crate::StateBackend`]), so that its primitives may change without breaking engines.
 pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
     /// Max parallelism of the job (number of key groups).

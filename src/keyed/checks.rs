@@ -1,36 +1,7 @@
-//! Checks and errors both keyed state backends share: subtask settings, snapshot ids, state access.
+//! Checks and errors both keyed state backends share: snapshot ids, state access.
 
 use crate::error::{Error, Result};
-use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateId;
-
-/// Checks the settings every backend shares: an operator id usable in file names (ASCII letters, digits,
-/// `-`, `_`), a valid max parallelism, and a key-group range inside it.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] naming what is wrong.
-pub(crate) fn validate_subtask(
-    operator_id: &str,
-    max_parallelism: u32,
-    key_groups: KeyGroupRange,
-) -> Result<()> {
-    let id_ok = !operator_id.is_empty()
-        && operator_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !id_ok {
-        return Err(Error::InvalidArgument(format!(
-            "operator id `{operator_id}` must be non-empty ASCII letters, digits, `-` or `_`"
-        )));
-    }
-    KeyGroupRange::all(max_parallelism)?;
-    if key_groups.end().is_some_and(|e| e >= max_parallelism) {
-        return Err(Error::InvalidArgument(format!(
-            "key-group range {key_groups} exceeds max parallelism {max_parallelism}"
-        )));
-    }
-    Ok(())
-}
 
 /// A snapshot id must exceed every id the backend snapshotted or was restored from (ids never repeat;
 /// a repeated id would make two snapshots answer to one checkpoint).
@@ -65,7 +36,7 @@ pub(crate) fn wrong_state(id: StateId) -> Error {
 /// [`Error::InvalidArgument`] naming both max parallelisms.
 #[inline]
 pub(crate) fn check_route(
-    route: &crate::keyed::router::KeyRoute,
+    route: &crate::key_group::router::KeyRoute,
     max_parallelism: u32,
 ) -> Result<()> {
     if route.max_parallelism() == max_parallelism {

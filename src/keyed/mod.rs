@@ -3,7 +3,16 @@
 pub(crate) mod backend;
 pub(crate) mod checks;
 pub(crate) mod descriptor;
+pub(crate) mod identity;
 pub(crate) mod map_iter;
-pub(crate) mod router;
 pub(crate) mod state;
 pub(crate) mod state_ops;
+
+pub use backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
+pub use descriptor::{
+    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
+    ReduceFn, ReducingStateDescriptor, ValueStateDescriptor,
+};
+pub use identity::SubtaskIdentity;
+pub use map_iter::MapEntries;
+pub use state::{AggregatingState, ListState, MapState, ReducingState, ValueState};

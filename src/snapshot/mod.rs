@@ -8,3 +8,11 @@ pub(crate) mod restore_mode;
 pub(crate) mod result;
 pub(crate) mod state_meta;
 pub(crate) mod validate;
+
+pub use handle::{
+    CheckpointMetadata, FileScope, HandleFormat, KeyedStateHandle, SnapshotKind, StateFile,
+    TaskStateSnapshot,
+};
+pub use restore_mode::RestoreMode;
+pub use result::{SavepointFormat, SnapshotMetrics, SnapshotResult};
+pub use state_meta::{StateKind, StateMeta};

@@ -38,7 +38,7 @@ pub struct SnapshotResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SavepointFormat {
     /// One keyed snapshot file per subtask (`docs/formats.md`, "Keyed snapshot file"): both backends write
-    /// it and restore it, at any parallelism. Handle format [`HandleFormat::KeyedFile`](crate::HandleFormat).
+    /// it and restore it, at any parallelism. Handle format [`HandleFormat::KeyedFile`](crate::snapshot::HandleFormat).
     #[default]
     Canonical,
     /// The backend's own format, every file private: for the LSM backend the files of a native RocksDB

@@ -143,7 +143,7 @@ mod tests {
             format!("./{name}/dot"),
             format!("{name}/x/../up"),
         ] {
-            let storage = CheckpointStorage::local(&dir, "job", &crate::StorageSettings::default())
+            let storage = CheckpointStorage::local(&dir, "job", &crate::StorageConfig::default())
                 .unwrap_or_else(|e| panic!("{dir}: {e}"));
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
@@ -166,7 +166,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("a").join("b");
         let storage =
-            CheckpointStorage::local(&root, "job", &crate::StorageSettings::default()).unwrap();
+            CheckpointStorage::local(&root, "job", &crate::StorageConfig::default()).unwrap();
         assert_eq!(
             events_below(dir.path()),
             ["create /a/b", "sync /a/b", "sync /a", "sync "],

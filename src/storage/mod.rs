@@ -1,6 +1,6 @@
 //! Checkpoint storage over `object_store`: reads, writes, lists and deletes of a job's files under its
 //! root, with the local directory's durability behind the same calls. Where each file lives:
-//! [`crate::layout`].
+//! [`crate::snapshot::layout`].
 
 mod durable;
 mod file;
@@ -27,7 +27,7 @@ use crate::snapshot::layout::{SAVEPOINT_DIR, checkpoint_dir_id, savepoint_dir_id
 
 pub(crate) use file::{AbortQueue, FileWriter, RangeSource};
 pub use uploads::IncompleteUpload;
-pub use url::StorageSettings;
+pub use url::StorageConfig;
 
 /// Checkpoint storage of one job: an object store and the job's root path in it.
 ///
@@ -61,7 +61,7 @@ impl CheckpointStorage {
     pub fn local(
         dir: impl AsRef<std::path::Path>,
         job_id: &str,
-        settings: &StorageSettings,
+        settings: &StorageConfig,
     ) -> Result<Self> {
         let fsync = settings.fsync;
         let dir = dir.as_ref();
@@ -126,7 +126,7 @@ impl CheckpointStorage {
 
     /// The same storage drawing the ids of the names it writes (uploads, coordinator and backend ids,
     /// probes) from `ids` instead of the operating system's random generator: a simulation passes a
-    /// [`crate::SeededIds`] so that every name follows from its seed.
+    /// [`crate::ids::SeededIds`] so that every name follows from its seed.
     pub fn with_id_source(mut self, ids: Arc<dyn IdSource>) -> Self {
         self.ids = ids;
         self

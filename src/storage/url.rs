@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// phase in about 20 s (its upload, then the delete of what it may have written), not minutes
 /// (`object_store`'s own defaults: 30 s per request, retried for up to 3 minutes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StorageSettings {
+pub struct StorageConfig {
     /// Longest time one request may take, connection and body included (default 10 s: an 8 MiB part
     /// needs at least 0.8 MiB/s).
     pub request_timeout: Duration,
@@ -43,9 +43,9 @@ pub struct StorageSettings {
     pub endpoint: Option<String>,
 }
 
-impl Default for StorageSettings {
+impl Default for StorageConfig {
     fn default() -> Self {
-        StorageSettings {
+        StorageConfig {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_retries: 3,
@@ -65,7 +65,7 @@ impl CheckpointStorage {
     /// # Errors
     /// [`Error::InvalidArgument`] for a URL that does not parse, an unknown scheme, a cloud scheme whose
     /// cargo feature is off, bad cloud settings, or an invalid `job_id`.
-    pub fn from_url(url: &str, job_id: &str, settings: &StorageSettings) -> Result<Self> {
+    pub fn from_url(url: &str, job_id: &str, settings: &StorageConfig) -> Result<Self> {
         let parsed = match ::url::Url::parse(url) {
             Ok(u) if u.scheme().len() > 1 => u,
             // No scheme (or a Windows drive letter): a local path.
@@ -107,7 +107,7 @@ impl CheckpointStorage {
 /// builders read, such as `AWS_ALLOW_HTTP` or a proxy, stays), and our retries.
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 fn client(
-    settings: &StorageSettings,
+    settings: &StorageConfig,
 ) -> (
     [(object_store::ClientConfigKey, String); 2],
     object_store::RetryConfig,
@@ -139,7 +139,7 @@ type CloudStore = (Arc<dyn ObjectStore>, Option<Arc<dyn UploadLister>>);
 fn cloud(
     scheme: &str,
     url: &::url::Url,
-    settings: &StorageSettings,
+    settings: &StorageConfig,
 ) -> std::result::Result<CloudStore, String> {
     let bucket_url = format!("{scheme}://{}", url.host_str().unwrap_or_default());
     match scheme {
@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn urls_name_local_memory_and_refuse_the_unknown() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StorageSettings::default();
+        let settings = StorageConfig::default();
         let plain =
             CheckpointStorage::from_url(dir.path().to_str().unwrap(), "job", &settings).unwrap();
         assert_eq!(plain.path("x").as_ref(), "job/x");

@@ -6,6 +6,11 @@
 pub mod clocked;
 pub mod faulty;
 
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::key_group::{assign_to_key_group, operator_index_for_key_group};
+use statebackend::rocksdb::RocksDbConfig;
+#[cfg(feature = "rocksdb")]
+use statebackend::rocksdb::RocksDbKeyedStateBackend;
 use statebackend::*;
 
 /// Opens a coordinator on `storage` for one operator `op` of `tasks` subtasks, retaining `retained`
@@ -164,42 +169,36 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub fn backend_kinds() -> Vec<BackendKind> {
     let mut kinds = vec![BackendKind::Heap];
     if cfg!(feature = "rocksdb") {
-        kinds.push(BackendKind::Lsm);
+        kinds.push(BackendKind::RocksDb);
     }
     kinds
 }
 
-/// Settings of subtask `index` of `parallelism` of operator `op` on `kind` (max parallelism 128), working
-/// in `dir`, buffered I/O (temporary directories may refuse `O_DIRECT`).
-pub fn backend_config(
-    kind: BackendKind,
-    parallelism: u32,
-    index: u32,
-    dir: &std::path::Path,
-) -> StateBackendConfig {
+/// Settings of `kind` working in `dir`, buffered I/O (temporary directories may refuse `O_DIRECT`).
+pub fn backend_config(kind: BackendKind, dir: &std::path::Path) -> StateBackendConfig {
     StateBackendConfig {
         kind,
-        operator_id: "op".into(),
-        max_parallelism: 128,
-        parallelism,
-        subtask_index: index,
-        local_dir: dir.to_path_buf(),
-        lsm_direct_io: false,
+        rocksdb: RocksDbConfig {
+            local_dir: dir.to_path_buf(),
+            direct_io: false,
+            ..RocksDbConfig::default()
+        },
         ..StateBackendConfig::default()
     }
 }
 
-/// Config of subtask `index` of `parallelism` for operator `op`.
-pub fn config(max_parallelism: u32, parallelism: u32, index: u32) -> HeapBackendConfig {
-    HeapBackendConfig::for_subtask("op", max_parallelism, parallelism, index).expect("config")
+/// Subtask `index` of `parallelism` of operator `op`.
+pub fn identity(max_parallelism: u32, parallelism: u32, index: u32) -> SubtaskIdentity {
+    SubtaskIdentity::new("op", max_parallelism, parallelism, index).expect("identity")
 }
 
-/// Config of LSM subtask `index` of `parallelism` for operator `op`, working in the system's temporary
-/// directory (each backend creates and removes a directory of its own there).
-#[cfg(feature = "rocksdb")]
-pub fn lsm_config(max_parallelism: u32, parallelism: u32, index: u32) -> LsmBackendConfig {
-    let dir = std::env::temp_dir().join("statebackend-tests");
-    LsmBackendConfig::for_subtask("op", max_parallelism, parallelism, index, dir).expect("config")
+/// Settings of a RocksDB backend working in the system's temporary directory (each backend creates and
+/// removes a directory of its own there).
+pub fn lsm_config() -> RocksDbConfig {
+    RocksDbConfig {
+        local_dir: std::env::temp_dir().join("statebackend-tests"),
+        ..RocksDbConfig::default()
+    }
 }
 
 /// A new LSM backend of subtask `index` of `parallelism`.
@@ -208,8 +207,9 @@ pub fn lsm<K: StateKey>(
     max_parallelism: u32,
     parallelism: u32,
     index: u32,
-) -> LsmKeyedStateBackend<K> {
-    LsmKeyedStateBackend::new(lsm_config(max_parallelism, parallelism, index)).expect("lsm backend")
+) -> RocksDbKeyedStateBackend<K> {
+    RocksDbKeyedStateBackend::new(identity(max_parallelism, parallelism, index), lsm_config())
+        .expect("lsm backend")
 }
 
 /// Snapshots every backend into checkpoint `id` and completes it through the coordinator.
@@ -250,10 +250,16 @@ pub async fn restore_lsm(
     storage: &CheckpointStorage,
     meta: &CheckpointMetadata,
     mode: RestoreMode,
-) -> LsmKeyedStateBackend<u64> {
-    LsmKeyedStateBackend::restore(lsm_config(128, 1, 0), storage, &handles(meta), mode)
-        .await
-        .unwrap()
+) -> RocksDbKeyedStateBackend<u64> {
+    RocksDbKeyedStateBackend::restore(
+        identity(128, 1, 0),
+        lsm_config(),
+        storage,
+        &handles(meta),
+        mode,
+    )
+    .await
+    .unwrap()
 }
 
 /// Keyed state handles of a checkpoint.
@@ -276,9 +282,11 @@ pub async fn restore<K: StateKey>(
     for i in 0..parallelism {
         out.push(
             HeapKeyedStateBackend::restore(
-                config(max_parallelism, parallelism, i),
+                identity(max_parallelism, parallelism, i),
+                HeapConfig::default(),
                 storage,
                 &handles,
+                RestoreMode::Claim,
             )
             .await?,
         );

@@ -19,7 +19,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use object_store::ObjectStoreExt;
-use statebackend::layout::*;
+use statebackend::checkpoint::CompletedCheckpointStore;
+use statebackend::snapshot::StateFile;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 use crate::job::restored_model;

@@ -4,7 +4,8 @@
 //! checkpoint, and a newer release's metadata.
 
 use rand::Rng;
-use statebackend::layout::*;
+use statebackend::checkpoint::CompletedCheckpointStore;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 use crate::job::{OPS, Task};

@@ -5,6 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::key_group::{assign_to_key_group, operator_index_for_key_group};
+use statebackend::rocksdb::RocksDbConfig;
+#[cfg(feature = "rocksdb")]
+use statebackend::rocksdb::RocksDbKeyedStateBackend;
+use statebackend::snapshot::{HandleFormat, SnapshotKind};
 use statebackend::*;
 
 /// Max parallelism of the job.
@@ -22,7 +28,7 @@ fn desc() -> ValueStateDescriptor<VoidNamespace, u64> {
 /// One subtask's backend.
 pub enum Backend {
     Heap(Box<HeapKeyedStateBackend<u64>>),
-    Lsm(Box<LsmKeyedStateBackend<u64>>),
+    Lsm(Box<RocksDbKeyedStateBackend<u64>>),
 }
 
 /// Runs `$e` with `$b` bound to the concrete backend.
@@ -44,20 +50,21 @@ pub struct Task {
 
 /// Settings of a subtask's LSM backend: small, no background compaction (the SST files then depend on the
 /// writes alone, so a seed replays), one transfer at a time (ordered store calls).
-pub fn lsm_config(parallelism: u32, subtask: u32, local_dir: &Path) -> LsmBackendConfig {
-    LsmBackendConfig {
+pub fn lsm_config(local_dir: &Path) -> RocksDbConfig {
+    RocksDbConfig {
+        local_dir: local_dir.into(),
         transfer_concurrency: 1,
         block_cache_bytes: 1 << 20,
         write_buffer_bytes: 1 << 20,
         direct_io: false,
         auto_compaction: false,
-        ..LsmBackendConfig::for_subtask(OPS[1], MAX_P, parallelism, subtask, local_dir)
-            .expect("config")
+        ..RocksDbConfig::default()
     }
 }
 
-pub fn heap_config(parallelism: u32, subtask: u32) -> HeapBackendConfig {
-    HeapBackendConfig::for_subtask(OPS[0], MAX_P, parallelism, subtask).expect("config")
+/// Subtask `subtask` of `parallelism` of operator `op` (an index of `OPS`).
+pub fn identity(op: usize, parallelism: u32, subtask: u32) -> SubtaskIdentity {
+    SubtaskIdentity::new(OPS[op], MAX_P, parallelism, subtask).expect("identity")
 }
 
 /// The subtask of `parallelism` owning `key`.
@@ -73,10 +80,15 @@ impl Task {
     pub fn new(op: usize, parallelism: u32, subtask: u32, dir: &Path) -> Self {
         let backend = match op {
             0 => Backend::Heap(Box::new(
-                HeapKeyedStateBackend::new(heap_config(parallelism, subtask)).expect("heap"),
+                HeapKeyedStateBackend::new(
+                    identity(0, parallelism, subtask),
+                    HeapConfig::default(),
+                )
+                .expect("heap"),
             )),
             _ => Backend::Lsm(Box::new(
-                LsmKeyedStateBackend::new(lsm_config(parallelism, subtask, dir)).expect("lsm"),
+                RocksDbKeyedStateBackend::new(identity(1, parallelism, subtask), lsm_config(dir))
+                    .expect("lsm"),
             )),
         };
         Task {
@@ -98,12 +110,19 @@ impl Task {
     ) -> Result<Self> {
         let backend = match op {
             0 => Backend::Heap(Box::new(
-                HeapKeyedStateBackend::restore(heap_config(parallelism, subtask), storage, handles)
-                    .await?,
+                HeapKeyedStateBackend::restore(
+                    identity(0, parallelism, subtask),
+                    HeapConfig::default(),
+                    storage,
+                    handles,
+                    mode,
+                )
+                .await?,
             )),
             _ => Backend::Lsm(Box::new(
-                LsmKeyedStateBackend::restore(
-                    lsm_config(parallelism, subtask, dir),
+                RocksDbKeyedStateBackend::restore(
+                    identity(1, parallelism, subtask),
+                    lsm_config(dir),
                     storage,
                     handles,
                     mode,
@@ -145,11 +164,7 @@ impl Task {
     /// input files): the next checkpoint uploads the merged files and no longer references the old ones.
     pub fn compact(&self) {
         if let Backend::Lsm(b) = &self.backend {
-            for cf in ["default", "s:v"] {
-                if let Some(handle) = b.db().cf_handle(cf) {
-                    b.db().compact_range_cf::<&[u8], &[u8]>(handle, None, None);
-                }
-            }
+            b.compact().expect("compaction");
         }
     }
 
@@ -215,12 +230,18 @@ pub async fn restored_model(
         let handles = meta.keyed_handles(name);
         let canonical = handles.iter().all(|h| h.format == HandleFormat::KeyedFile);
         let mut task = if op == 1 && canonical && meta.kind == SnapshotKind::Savepoint {
-            let config = HeapBackendConfig::for_subtask(OPS[1], MAX_P, 1, 0).expect("config");
             Task {
                 op,
                 subtask: 0,
                 backend: Backend::Heap(Box::new(
-                    HeapKeyedStateBackend::restore(config, storage, &handles).await?,
+                    HeapKeyedStateBackend::restore(
+                        identity(1, 1, 0),
+                        HeapConfig::default(),
+                        storage,
+                        &handles,
+                        RestoreMode::NoClaim,
+                    )
+                    .await?,
                 )),
             }
         } else {

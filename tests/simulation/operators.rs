@@ -3,7 +3,7 @@
 //! `statectl savepoint convert`) writing savepoints into the job's savepoint target.
 
 use rand::Rng;
-use statebackend::layout::*;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 use crate::sim::{MIN_AGE, Sim, Step, violation};

@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use statebackend::ids::SeededIds;
+use statebackend::snapshot::StateFile;
 use statebackend::*;
 
 use crate::job::{Model, OPS, Task, job_config};

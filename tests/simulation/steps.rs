@@ -2,7 +2,8 @@
 //! phases, acknowledgements, notifications, aborts, timeouts, late acknowledgements and sweeps.
 
 use rand::Rng;
-use statebackend::layout::*;
+use statebackend::snapshot::SnapshotMetrics;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 use crate::job::{OPS, owner};

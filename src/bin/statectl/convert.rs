@@ -7,10 +7,13 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use object_store::{PutMode, PutOptions, PutPayload};
+use statebackend::ids::RandomIds;
+use statebackend::key_group::key_group_range_for_operator;
+use statebackend::snapshot::{HandleFormat, SnapshotKind};
 use statebackend::{
-    BackendKind, CheckpointMetadata, CheckpointStorage, HandleFormat, IdSource, KeyedStateBackend,
-    RandomIds, RestoreMode, SavepointFormat, SnapshotKind, StateBackend, StateBackendConfig,
-    StorageSettings, TaskStateSnapshot, key_group_range_for_operator,
+    BackendKind, CheckpointMetadata, CheckpointStorage, IdSource, KeyedStateBackend, RestoreMode,
+    SavepointFormat, StateBackend, StateBackendConfig, StorageConfig, SubtaskIdentity,
+    TaskStateSnapshot, rocksdb::RocksDbConfig,
 };
 
 use crate::job::{kind_name, open_snapshot};
@@ -27,7 +30,7 @@ pub(crate) async fn convert(src: &str, dst: &str) -> Result<ExitCode, String> {
         .next()
         .unwrap_or("job")
         .to_string();
-    let target = CheckpointStorage::from_url(dst, &job, &StorageSettings::default())
+    let target = CheckpointStorage::from_url(dst, &job, &StorageConfig::default())
         .map_err(|e| e.to_string())?;
     // This conversion's identity in its reservation: no other writer produces it.
     let run = format!("{:016x}", RandomIds.next_id());
@@ -85,7 +88,7 @@ async fn reserve_id(
 
 /// Restores every task of `meta` and writes it into `target` as canonical savepoint `id`.
 async fn write(
-    at: &statebackend::SnapshotLocation,
+    at: &statebackend::inspect::SnapshotLocation,
     meta: &CheckpointMetadata,
     target: &CheckpointStorage,
     id: u64,
@@ -119,18 +122,25 @@ async fn write(
             }
             let kind = match handle.format {
                 HandleFormat::KeyedFile => BackendKind::Heap,
-                _ => BackendKind::Lsm,
+                _ => BackendKind::RocksDb,
             };
+            let identity = SubtaskIdentity::new(
+                task.operator_id.clone(),
+                handle.max_parallelism,
+                parallelism,
+                task.subtask_index,
+            )
+            .map_err(|e| e.to_string())?;
             let config = StateBackendConfig {
                 kind,
-                operator_id: task.operator_id.clone(),
-                max_parallelism: handle.max_parallelism,
-                parallelism,
-                subtask_index: task.subtask_index,
-                local_dir: local.path().to_path_buf(),
+                rocksdb: RocksDbConfig {
+                    local_dir: local.path().to_path_buf(),
+                    ..RocksDbConfig::default()
+                },
                 ..StateBackendConfig::default()
             };
             let mut backend = StateBackend::<Vec<u8>>::restore(
+                &identity,
                 &config,
                 &at.storage,
                 std::slice::from_ref(handle),

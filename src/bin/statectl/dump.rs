@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use serde_json::json;
-use statebackend::{HandleFormat, StateKind, StateMeta, describe_encoded, hex_bytes};
+use statebackend::inspect::{describe_encoded, hex_bytes};
+use statebackend::snapshot::{HandleFormat, StateKind, StateMeta};
 
 use crate::job::open_snapshot;
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use serde_json::json;
-use statebackend::{FileScope, HandleFormat, StateKind, StateMeta};
+use statebackend::snapshot::{FileScope, HandleFormat, StateKind, StateMeta};
 
 use crate::job::{bytes, kind_name, open_snapshot, time};
 

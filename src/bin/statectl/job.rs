@@ -1,9 +1,8 @@
 //! Opening a job's checkpoint root and finding its checkpoints and savepoints.
 
-use statebackend::{
-    CheckpointMetadata, CheckpointStorage, ErrorKind, SnapshotKind, SnapshotLocation,
-    StorageSettings,
-};
+use statebackend::inspect::SnapshotLocation;
+use statebackend::snapshot::SnapshotKind;
+use statebackend::{CheckpointMetadata, CheckpointStorage, ErrorKind, StorageConfig};
 
 /// The storage of the job whose checkpoint root is `url` (`<root>/<job id>`, a path or URL).
 pub(crate) fn open_job(url: &str) -> Result<CheckpointStorage, String> {
@@ -19,7 +18,7 @@ pub(crate) fn open_job(url: &str) -> Result<CheckpointStorage, String> {
             ));
         }
     };
-    CheckpointStorage::from_url(root, job, &StorageSettings::default()).map_err(|e| e.to_string())
+    CheckpointStorage::from_url(root, job, &StorageConfig::default()).map_err(|e| e.to_string())
 }
 
 /// One checkpoint's or savepoint's directory and what its metadata says.
@@ -81,8 +80,7 @@ fn found(read: statebackend::Result<CheckpointMetadata>) -> Result<Found, String
 pub(crate) async fn open_snapshot(
     dir: &str,
 ) -> Result<(SnapshotLocation, CheckpointMetadata), String> {
-    let at =
-        SnapshotLocation::parse(dir, &StorageSettings::default()).map_err(|e| e.to_string())?;
+    let at = SnapshotLocation::parse(dir, &StorageConfig::default()).map_err(|e| e.to_string())?;
     let meta = at
         .read_metadata()
         .await

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use serde_json::json;
+use statebackend::snapshot::SnapshotKind;
 use statebackend::{
-    CheckpointMetadata, CheckpointStats, CheckpointStorage, SnapshotKind, layout::STATS_FILE,
+    CheckpointMetadata, CheckpointStats, CheckpointStorage, snapshot::layout::STATS_FILE,
 };
 
 use crate::job::{Found, bytes, kind_name, open_job, snapshots, time};

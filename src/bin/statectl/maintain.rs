@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde_json::json;
+use statebackend::snapshot::SnapshotKind;
 use statebackend::{
-    CheckpointMetadata, ErrorKind, SnapshotKind, SystemClock, layout::METADATA_FILE,
-    layout::PINNED_MARKER, layout::SHARED_DIR, layout::STATS_FILE, layout::TRIGGER_MARKER,
+    CheckpointMetadata, ErrorKind, SystemClock, snapshot::layout::METADATA_FILE,
+    snapshot::layout::PINNED_MARKER, snapshot::layout::SHARED_DIR, snapshot::layout::STATS_FILE,
+    snapshot::layout::TRIGGER_MARKER,
 };
 
 use crate::job::{Found, bytes, kind_name, open_job, snapshots, spinner};

@@ -7,7 +7,8 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde_json::json;
-use statebackend::{CheckpointStorage, StateFile};
+use statebackend::CheckpointStorage;
+use statebackend::snapshot::StateFile;
 
 use crate::job::{bytes, interactive, kind_name, open_snapshot};
 

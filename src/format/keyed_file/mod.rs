@@ -17,6 +17,14 @@ pub(crate) const FOOTER_LEN: usize = 32;
 const HEADER_PREFIX_LEN: usize = 14;
 /// Frames never claim more than this many uncompressed bytes (1 GiB).
 pub(crate) const MAX_FRAME_RAW_LEN: u32 = 1 << 30;
+
+/// zstd level of frames unless the writer is told otherwise (the heap backend's default, and the level
+/// of canonical savepoints the RocksDB backend writes).
+pub(crate) const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+/// Uncompressed bytes after which a frame is closed unless the writer is told otherwise (the heap
+/// backend's default, and the frame size of canonical savepoints the RocksDB backend writes): 1 MiB.
+pub(crate) const DEFAULT_FRAME_BYTES: usize = 1 << 20;
 /// A zstd frame never claims more than this many times its stored bytes. zstd can expand ~32,000 times, so
 /// without this bound a small hostile file could make restore allocate gigabytes; the writer stores a frame
 /// uncompressed rather than exceed it (only state of one byte repeated could), so no file this crate wrote

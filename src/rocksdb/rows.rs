@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::format::lsm_rows::push_namespace;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::checks::{no_current_key, wrong_state};
-use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
+use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
 
 /// The error of every access to a state whose migration failed while writing.
 pub(crate) fn broken_state(name: &str) -> crate::Error {
@@ -16,7 +16,7 @@ pub(crate) fn broken_state(name: &str) -> crate::Error {
     ))
 }
 
-impl<K: StateKey> LsmKeyedStateBackend<K> {
+impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     #[inline]
     pub(crate) fn cf(&self, id: StateId) -> Result<&ColumnFamily> {
         let state = self

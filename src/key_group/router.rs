@@ -131,7 +131,7 @@ mod tests {
                 let route = router.route(&word);
                 assert_eq!(
                     route.key_group(),
-                    crate::assign_to_key_group(word.as_bytes(), max_p).unwrap()
+                    crate::key_group::assign_to_key_group(word.as_bytes(), max_p).unwrap()
                 );
                 assert_eq!(
                     route.subtask(),
@@ -145,7 +145,10 @@ mod tests {
                 );
                 assert_eq!(router.route_hash(route.hash()), route);
                 let n = router.route(&i);
-                assert_eq!(n.hash(), crate::stable_key_hash(&i.to_be_bytes()));
+                assert_eq!(
+                    n.hash(),
+                    crate::key_group::stable_key_hash(&i.to_be_bytes())
+                );
             }
         }
         assert!(KeyGroupRouter::new(128, 0).is_err());

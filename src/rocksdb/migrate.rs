@@ -8,7 +8,7 @@ use crate::codec::{ByteMigration, migration_failed};
 use crate::error::Result;
 use crate::format::lsm_rows::{cf_name, encode_meta, meta_key, push_list_element, split_list};
 use crate::keyed::backend::{StateId, StateKey};
-use crate::lsm::backend::{LsmKeyedStateBackend, LsmState, db_error};
+use crate::rocksdb::backend::{LsmState, RocksDbKeyedStateBackend, db_error};
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// `(state name, stored value codec)` → the rewrite of a stored value (the registering codec's
@@ -19,7 +19,7 @@ pub(crate) type MigrationFor = fn(&str, &str) -> Result<Option<ByteMigration>>;
 /// in unit tests, so that a few thousand rows make several batches).
 const MIGRATION_BATCH_BYTES: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 
-impl<K: StateKey> LsmKeyedStateBackend<K> {
+impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// Registers a state, or finds it: a state registered before must match `meta` exactly; a restored
     /// state not registered yet must match its kind and key, namespace and user key codecs, and its
     /// values are migrated (`migration`) if its value codec differs.
@@ -33,7 +33,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         if let Some(&id) = self.by_name.get(&meta.name) {
             let state = &self.states[id.0 as usize];
             if state.broken {
-                return Err(crate::lsm::rows::broken_state(&meta.name));
+                return Err(crate::rocksdb::rows::broken_state(&meta.name));
             }
             if state.registered {
                 meta.check_compatible(&state.meta)?;
@@ -194,6 +194,7 @@ fn rewrite_value(
 mod tests {
     use std::cell::Cell;
 
+    use crate::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
     use crate::*;
 
     thread_local! {
@@ -201,8 +202,15 @@ mod tests {
         pub(super) static FAIL_BATCH: Cell<usize> = const { Cell::new(0) };
     }
 
-    fn config(dir: &std::path::Path) -> LsmBackendConfig {
-        LsmBackendConfig::for_subtask("op", 128, 1, 0, dir).unwrap()
+    fn identity() -> SubtaskIdentity {
+        SubtaskIdentity::new("op", 128, 1, 0).unwrap()
+    }
+
+    fn config(dir: &std::path::Path) -> RocksDbConfig {
+        RocksDbConfig {
+            local_dir: dir.into(),
+            ..RocksDbConfig::default()
+        }
     }
 
     /// A schema migration that failed on a RocksDB write error part-way left thousands of rows rewritten
@@ -213,14 +221,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = CheckpointStorage::in_memory("migrate").unwrap();
         let old = ValueStateDescriptor::<VoidNamespace, u32>::new("v");
-        let mut a = LsmKeyedStateBackend::<u64>::new(config(dir.path())).unwrap();
+        let mut a = RocksDbKeyedStateBackend::<u64>::new(identity(), config(dir.path())).unwrap();
         let s = a.value_state(&old).unwrap();
         for k in 0..24_000u64 {
             a.set_current_key(k).unwrap();
             s.update(&mut a, &VoidNamespace, k as u32).unwrap();
         }
         let handle = a.snapshot(1, &storage).unwrap().run().await.unwrap().handle;
-        let mut b = LsmKeyedStateBackend::<u64>::restore(
+        let mut b = RocksDbKeyedStateBackend::<u64>::restore(
+            identity(),
             config(dir.path()),
             &storage,
             &[handle],

@@ -10,20 +10,18 @@ use rocksdb::DB;
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 use crate::format::keyed_file::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
+use crate::format::keyed_file::{DEFAULT_FRAME_BYTES, DEFAULT_ZSTD_LEVEL};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
 use crate::format::lsm_rows::{cf_name, key_group_prefix, split_list, split_row_key};
-use crate::lsm::backend::db_error;
-use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
-use crate::lsm::snapshot::UploadGuard;
+use crate::keyed::identity::SubtaskIdentity;
+use crate::rocksdb::backend::db_error;
+use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::options::{cf_descriptors, lsm_db_options};
+use crate::rocksdb::snapshot::UploadGuard;
 use crate::snapshot::layout::savepoint_dir;
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
-
-/// zstd level of canonical savepoints written by the LSM backend (the heap backend's default).
-const ZSTD_LEVEL: i32 = 1;
-/// Uncompressed bytes after which a frame is closed (the heap backend's default, 1 MiB).
-const FRAME_BYTES: usize = 1 << 20;
 
 /// The asynchronous phase of a canonical savepoint; owns no reference to the live DB.
 pub(crate) struct CanonicalExport {
@@ -33,7 +31,8 @@ pub(crate) struct CanonicalExport {
     pub(crate) _guard: UploadGuard,
     pub(crate) storage: CheckpointStorage,
     pub(crate) backend_id: String,
-    pub(crate) config: LsmBackendConfig,
+    pub(crate) config: RocksDbConfig,
+    pub(crate) identity: SubtaskIdentity,
     /// The states in the savepoint, in header order.
     pub(crate) states: Vec<StateMeta>,
 }
@@ -44,14 +43,14 @@ impl CanonicalExport {
         let relative = format!(
             "{}/{}-{}-{:016x}.keyed",
             savepoint_dir(self.savepoint_id),
-            self.config.operator_id,
-            self.config.subtask_index,
+            self.identity.operator_id(),
+            self.identity.subtask_index(),
             self.storage.next_id()
         );
-        let (savepoint_id, backend_id, config, storage) = (
+        let (savepoint_id, backend_id, identity, storage) = (
             self.savepoint_id,
             self.backend_id.clone(),
-            self.config.clone(),
+            self.identity.clone(),
             self.storage.clone(),
         );
         // `self` (with the guard that removes the native checkpoint) moves into the encoder and is dropped
@@ -59,10 +58,10 @@ impl CanonicalExport {
         let summary = upload_keyed_file(&storage, &relative, move |sink| self.encode(sink)).await?;
         Ok(keyed_file_result(
             backend_id,
-            config.operator_id.clone(),
+            identity.operator_id().to_string(),
             savepoint_id,
-            config.max_parallelism,
-            config.key_groups,
+            identity.max_parallelism(),
+            identity.key_groups(),
             relative,
             summary,
             sync_duration,
@@ -82,17 +81,17 @@ impl CanonicalExport {
             false,
         )
         .map_err(|e| db_error(&path, e))?;
-        let max_parallelism = self.config.max_parallelism;
+        let max_parallelism = self.identity.max_parallelism();
         let header = FileHeader {
             max_parallelism,
-            key_groups: self.config.key_groups,
+            key_groups: self.identity.key_groups(),
             states: self.states.clone(),
         };
         let mut writer = KeyedFileWriter::new(
             &header,
             WriterOptions {
-                zstd_level: Some(ZSTD_LEVEL),
-                frame_bytes: FRAME_BYTES,
+                zstd_level: Some(DEFAULT_ZSTD_LEVEL),
+                frame_bytes: DEFAULT_FRAME_BYTES,
             },
         )?;
         let mut handles = Vec::with_capacity(self.states.len());
@@ -103,7 +102,7 @@ impl CanonicalExport {
             })?);
         }
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for key_group in self.config.key_groups.iter() {
+        for key_group in self.identity.key_groups().iter() {
             writer.begin_key_group(key_group)?;
             let start = key_group_prefix(key_group, max_parallelism);
             let end = key_group_prefix(key_group + 1, max_parallelism);

@@ -9,8 +9,8 @@ use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
-use crate::lsm::checkpointing::{DiffBase, PendingUploads};
-use crate::lsm::instance::remove_dir_if_exists;
+use crate::rocksdb::checkpointing::{DiffBase, PendingUploads};
+use crate::rocksdb::instance::remove_dir_if_exists;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
 use crate::snapshot::layout::{SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
 use crate::snapshot::result::{SnapshotMetrics, SnapshotResult};

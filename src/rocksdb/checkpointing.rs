@@ -11,10 +11,10 @@ use rocksdb::ColumnFamily;
 
 use crate::error::{Error, Result};
 use crate::keyed::backend::{PendingSnapshot, StateKey};
-use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
-use crate::lsm::canonical::CanonicalExport;
-use crate::lsm::instance::remove_dir_if_exists;
-use crate::lsm::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
+use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::canonical::CanonicalExport;
+use crate::rocksdb::instance::remove_dir_if_exists;
+use crate::rocksdb::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
 use crate::snapshot::handle::StateFile;
 use crate::storage::CheckpointStorage;
 
@@ -52,7 +52,7 @@ pub(crate) struct DiffBase {
     pub(crate) confirmed: bool,
 }
 
-impl<K: StateKey> LsmKeyedStateBackend<K> {
+impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// The last checkpoint confirmed by
     /// [`KeyedStateBackend::notify_checkpoint_complete`](crate::KeyedStateBackend::notify_checkpoint_complete).
     pub fn last_completed_checkpoint(&self) -> Option<u64> {
@@ -72,14 +72,14 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
         if let Some(broken) = self.states.iter().find(|s| s.broken) {
-            return Err(crate::lsm::rows::broken_state(&broken.meta.name));
+            return Err(crate::rocksdb::rows::broken_state(&broken.meta.name));
         }
         crate::keyed::checks::check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
         self.last_snapshot_id = Some(checkpoint_id);
         let backend_id = self
             .backend_id
             .get_or_insert_with(|| {
-                storage.new_backend_id(&self.config.operator_id, self.config.subtask_index)
+                storage.new_backend_id(self.identity.operator_id(), self.identity.subtask_index())
             })
             .clone();
         let local = self.instance.checkpoint(checkpoint_id);
@@ -158,6 +158,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 storage: storage.clone(),
                 backend_id: backend_id.clone(),
                 config: self.config.clone(),
+                identity: self.identity.clone(),
                 // Dropped states have no column family any more (`drop_state`).
                 states: self
                     .states
@@ -181,10 +182,10 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             pending: self.pending.clone(),
             storage: storage.clone(),
             backend_id: backend_id.clone(),
-            operator_id: self.config.operator_id.clone(),
-            subtask_index: self.config.subtask_index,
-            max_parallelism: self.config.max_parallelism,
-            key_groups: self.config.key_groups,
+            operator_id: self.identity.operator_id().to_string(),
+            subtask_index: self.identity.subtask_index(),
+            max_parallelism: self.identity.max_parallelism(),
+            key_groups: self.identity.key_groups(),
             concurrency: self.config.transfer_concurrency,
             entries: self.estimated_entries(),
         };

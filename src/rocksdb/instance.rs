@@ -5,14 +5,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::lsm::options::LsmBackendConfig;
+use crate::keyed::identity::SubtaskIdentity;
+use crate::rocksdb::config::RocksDbConfig;
 
 /// Lock file in every instance directory, locked (`flock`, exclusive) for as long as its backend lives. The
 /// operating system releases the lock when the process dies, however it dies (SIGKILL included): an
 /// instance directory whose lock can be taken belongs to nobody.
 pub(crate) const INSTANCE_LOCK: &str = "statebackend-instance.lock";
 
-/// The backend's own working directory inside `LsmBackendConfig::local_dir`, created new and removed when
+/// The backend's own working directory inside `RocksDbConfig::local_dir`, created new and removed when
 /// the backend is dropped (as Flink disposes a RocksDB instance directory): local state is disposable,
 /// checkpoints are what lasts. Nothing in `local_dir` is ever touched but instance directories: this
 /// one, and dead ones (see [`InstanceDir::create`]).
@@ -31,7 +32,7 @@ impl InstanceDir {
     /// # Errors
     /// [`Error::Local`] if `local_dir` or the new directory cannot be created or locked. Failing to remove
     /// a dead instance's directory is logged, not an error.
-    pub(crate) fn create(config: &LsmBackendConfig) -> Result<Self> {
+    pub(crate) fn create(identity: &SubtaskIdentity, config: &RocksDbConfig) -> Result<Self> {
         let local = &config.local_dir;
         std::fs::create_dir_all(local).map_err(|e| Error::local(local.display(), e))?;
         let removed = remove_dead_instances(local);
@@ -39,7 +40,11 @@ impl InstanceDir {
             tracing::info!(local_dir = %local.display(), removed, "removed directories of dead LSM backend instances");
         }
         let path = tempfile::Builder::new()
-            .prefix(&format!("{}-{}-", config.operator_id, config.subtask_index))
+            .prefix(&format!(
+                "{}-{}-",
+                identity.operator_id(),
+                identity.subtask_index()
+            ))
             .rand_bytes(12)
             .tempdir_in(local)
             .map_err(|e| Error::local(local.display(), e))?
@@ -173,13 +178,17 @@ mod tests {
     #[test]
     fn a_clean_up_between_creation_and_lock_keeps_the_new_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::LsmBackendConfig::for_subtask("op", 128, 1, 0, dir.path()).unwrap();
+        let identity = SubtaskIdentity::new("op", 128, 1, 0).unwrap();
+        let config = RocksDbConfig {
+            local_dir: dir.path().into(),
+            ..RocksDbConfig::default()
+        };
         BEFORE_LOCK.with(|h| {
             *h.borrow_mut() = Some(Box::new(|local: &Path| {
                 remove_dead_instances(local);
             }))
         });
-        let created = InstanceDir::create(&config);
+        let created = InstanceDir::create(&identity, &config);
         BEFORE_LOCK.with(|h| *h.borrow_mut() = None);
         let created = created.unwrap();
         assert!(created.path().join(INSTANCE_LOCK).is_file());

@@ -4,6 +4,10 @@
 //! assigns a key to its group is ours and is specified here, because it decides where state lives and must
 //! never change: `xxh3_64(seed 0)` of the key's [`Codec`](crate::Codec) bytes, modulo max parallelism.
 
+pub(crate) mod router;
+
+pub use router::{KeyGroupRouter, KeyRoute};
+
 use crate::error::{Error, Result};
 
 /// Largest max parallelism, `2^15` (as Flink's `UPPER_BOUND_MAX_PARALLELISM`).

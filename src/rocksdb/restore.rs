@@ -12,10 +12,12 @@ use crate::format::keyed_file::load::load_handle;
 use crate::format::lsm_rows::key_group_prefix;
 use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
-use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
-use crate::lsm::checkpointing::DiffBase;
-use crate::lsm::instance::{InstanceDir, remove_dir_if_exists};
-use crate::lsm::options::{LsmBackendConfig, lsm_db_options};
+use crate::keyed::identity::SubtaskIdentity;
+use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::checkpointing::DiffBase;
+use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
+use crate::rocksdb::options::lsm_db_options;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::storage::CheckpointStorage;
@@ -78,7 +80,7 @@ async fn download(
     results.into_iter().collect()
 }
 
-impl<K: StateKey> LsmKeyedStateBackend<K> {
+impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// Restores a backend from the keyed state handles of a checkpoint (all subtasks' handles, or those
     /// that overlap `config.key_groups`), keeping only the owned key groups.
     ///
@@ -98,18 +100,19 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     ///
     /// On error the local directory may hold partial downloads; the checkpoint itself is never modified.
     pub async fn restore(
-        config: LsmBackendConfig,
+        identity: SubtaskIdentity,
+        config: RocksDbConfig,
         storage: &CheckpointStorage,
         handles: &[KeyedStateHandle],
         mode: RestoreMode,
     ) -> Result<Self> {
         config.validate()?;
-        let owned = config.key_groups;
+        let owned = identity.key_groups();
         // Checked before anything is downloaded; the largest overlap first: it becomes the DB, the others
         // are copied in (FLINK-21321).
         let overlapping = crate::snapshot::validate::restore_handles(
-            &config.operator_id,
-            config.max_parallelism,
+            identity.operator_id(),
+            identity.max_parallelism(),
             owned,
             handles,
         )?;
@@ -118,7 +121,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
                 .iter()
                 .all(|h| h.format == HandleFormat::KeyedFile)
         {
-            return Self::restore_canonical(config, storage, &overlapping, handles).await;
+            return Self::restore_canonical(identity, config, storage, &overlapping, handles).await;
         }
         for h in &overlapping {
             if h.format == HandleFormat::RocksIncrementalRowsV1 {
@@ -138,10 +141,10 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             }
         }
         let restored_id = handles.first().map(|h| h.checkpoint_id);
-        let instance = InstanceDir::create(&config)?;
+        let instance = InstanceDir::create(&identity, &config)?;
         let Some((first, rest)) = overlapping.split_first() else {
-            let id = storage.new_backend_id(&config.operator_id, config.subtask_index);
-            let mut backend = Self::open_db(config.clone(), Some(id), instance)?;
+            let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
+            let mut backend = Self::open_db(identity, config, Some(id), instance)?;
             backend.last_snapshot_id = restored_id;
             return Ok(backend);
         };
@@ -152,9 +155,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let backend_id = if keep_identity {
             first.backend_id.clone()
         } else {
-            storage.new_backend_id(&config.operator_id, config.subtask_index)
+            storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         };
-        let mut backend = Self::open_db(config.clone(), Some(backend_id), instance)
+        let mut backend = Self::open_db(identity, config.clone(), Some(backend_id), instance)
             .map_err(|e| corrupt_if_db(e, storage, first))?;
         backend.last_snapshot_id = restored_id;
         if first.key_groups != owned {
@@ -192,19 +195,20 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// A new backend holding the owned key groups of canonical snapshot files (`docs/savepoints.md`); its
     /// first checkpoint is a full one.
     async fn restore_canonical(
-        config: LsmBackendConfig,
+        identity: SubtaskIdentity,
+        config: RocksDbConfig,
         storage: &CheckpointStorage,
         overlapping: &[&KeyedStateHandle],
         handles: &[KeyedStateHandle],
     ) -> Result<Self> {
-        let owned = config.key_groups;
+        let owned = identity.key_groups();
         let loads = overlapping
             .iter()
             .map(|h| load_handle(storage, h, owned, "LSM"));
         let loaded = futures::future::try_join_all(loads).await?;
-        let instance = InstanceDir::create(&config)?;
-        let id = storage.new_backend_id(&config.operator_id, config.subtask_index);
-        let mut backend = Self::open_db(config.clone(), Some(id), instance)?;
+        let instance = InstanceDir::create(&identity, &config)?;
+        let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
+        let mut backend = Self::open_db(identity, config, Some(id), instance)?;
         backend.last_snapshot_id = handles.first().map(|h| h.checkpoint_id);
         backend.import_canonical(&loaded)?;
         tracing::info!(
@@ -216,7 +220,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
 
     /// Removes every row outside `owned` from every column family (`delete_range`).
     fn clip_to(&mut self, owned: KeyGroupRange) -> Result<()> {
-        let max_parallelism = self.config.max_parallelism;
+        let max_parallelism = self.identity.max_parallelism();
         let max = key_group_prefix(max_parallelism, max_parallelism);
         let (start, end) = bounds(owned, max_parallelism).unwrap_or((max.clone(), max));
         for state in &self.states {
@@ -235,7 +239,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
 
     /// Copies the owned key groups of every state of the DB in `dir` into this backend.
     fn copy_owned_from(&mut self, dir: &PathBuf) -> Result<()> {
-        let Some((start, end)) = bounds(self.config.key_groups, self.config.max_parallelism) else {
+        let Some((start, end)) =
+            bounds(self.identity.key_groups(), self.identity.max_parallelism())
+        else {
             return Ok(());
         };
         let (options, _cache) = lsm_db_options(&self.config);
@@ -243,7 +249,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let other = DB::open_cf_descriptors_read_only(
             &options,
             dir,
-            crate::lsm::options::cf_descriptors(&cfs, &options),
+            crate::rocksdb::options::cf_descriptors(&cfs, &options),
             false,
         )
         .map_err(|e| db_error(dir.display(), e))?;

@@ -5,13 +5,13 @@ use rocksdb::WriteBatch;
 
 use crate::error::{Error, Result};
 use crate::format::lsm_rows::{meta_key, push_key_prefix, push_namespace, split_row_key};
+use crate::key_group::router::KeyRoute;
 use crate::key_group::{locate_hash, stable_key_hash};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::{check_route, wrong_state};
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::router::KeyRoute;
-use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
-use crate::lsm::import_rows::Rows;
+use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::import_rows::Rows;
 
 /// Row keys of a batch in one buffer, and the batch positions in row-key order (what `multi_get` wants).
 struct BatchRows {
@@ -26,13 +26,13 @@ impl BatchRows {
     }
 }
 
-impl<K: StateKey> LsmKeyedStateBackend<K> {
+impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     pub(crate) fn set_current_key_routed_impl(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        check_route(&route, self.config.max_parallelism)?;
+        check_route(&route, self.identity.max_parallelism())?;
         let at = locate_hash(
             route.hash(),
-            self.config.max_parallelism,
-            self.config.key_groups,
+            self.identity.max_parallelism(),
+            self.identity.key_groups(),
         )?;
         // The row key needs the key's bytes; only the hash is saved.
         self.key_scratch.clear();
@@ -55,12 +55,12 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
             key.encode(&mut bytes);
             let at = locate_hash(
                 stable_key_hash(&bytes),
-                self.config.max_parallelism,
-                self.config.key_groups,
+                self.identity.max_parallelism(),
+                self.identity.key_groups(),
             )?;
             rows.push(
                 |row| {
-                    push_key_prefix(at.key_group, self.config.max_parallelism, &bytes, row);
+                    push_key_prefix(at.key_group, self.identity.max_parallelism(), &bytes, row);
                     push_namespace(row, |out| ns.encode(out));
                 },
                 |_| {},
@@ -268,9 +268,9 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         let mut out = Vec::new();
         let mut last: Vec<u8> = Vec::new();
         let mut first = true;
-        let owned = self.config.key_groups;
+        let owned = self.identity.key_groups();
         self.scan_prefix(state, &[], |k, _| {
-            let row = split_row_key(k, self.config.max_parallelism)?;
+            let row = split_row_key(k, self.identity.max_parallelism())?;
             let wanted = row.namespace == want.as_slice() && owned.contains(row.key_group);
             if wanted && (first || row.key != last.as_slice()) {
                 first = false;
@@ -303,12 +303,12 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         state: StateId,
     ) -> Result<Vec<(K, N)>> {
         self.check_namespace::<N>(state)?;
-        let owned = self.config.key_groups;
+        let owned = self.identity.key_groups();
         let mut out = Vec::new();
         // Rows of one (key, namespace) are adjacent (map rows differ only in their user key).
         let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
         self.scan_prefix(state, &[], |k, _| {
-            let row = split_row_key(k, self.config.max_parallelism)?;
+            let row = split_row_key(k, self.identity.max_parallelism())?;
             if !owned.contains(row.key_group) {
                 return Ok(true);
             }

@@ -12,8 +12,8 @@ use crate::keyed::backend::{StateId, StateKey};
 use crate::snapshot::state_meta::StateKind;
 
 use crate::format::lsm_rows::{push_key_group, push_list_element, push_varint};
-use crate::lsm::backend::{LsmKeyedStateBackend, db_error};
-use crate::lsm::import_rows::{Rows, SortError, write_sorted};
+use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::import_rows::{Rows, SortError, write_sorted};
 
 /// The row key of `key` in `namespace` of key group `key_group`: `[key group][varint len][key][varint
 /// len][namespace]` (`docs/formats.md`, "LSM backend rows").
@@ -31,7 +31,7 @@ fn push_row_prefix(
     out.extend_from_slice(namespace);
 }
 
-impl<K: StateKey> LsmKeyedStateBackend<K> {
+impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// Writes the records of `files` (the owned key groups of canonical snapshot files) into this backend,
     /// which must hold no rows of their states: each file's states are registered (created, or checked
     /// against a state of the same name), every record's key checked against its key group, and each
@@ -43,7 +43,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     /// [`Error::InvalidArgument`] if a state is described differently than a registered one;
     /// [`Error::Local`] if RocksDB cannot write or ingest the files.
     pub(crate) fn import_canonical(&mut self, files: &[LoadedFile]) -> Result<()> {
-        let max_parallelism = self.config.max_parallelism;
+        let max_parallelism = self.identity.max_parallelism();
         let mut rows: Vec<(StateId, Rows)> = Vec::new();
         let mut path_of_state: Vec<String> = Vec::new();
         for file in files {

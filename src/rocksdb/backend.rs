@@ -8,19 +8,21 @@ use rocksdb::{Cache, DB, Options, ReadOptions, WriteOptions};
 use crate::codec::byte_migration;
 use crate::error::{Error, Result};
 use crate::format::lsm_rows::{cf_name, decode_meta, key_prefix, push_list_element, split_list};
+use crate::key_group::router::KeyRoute;
 use crate::key_group::{KeyGroupRange, locate_key};
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
 };
+use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::router::KeyRoute;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
-use crate::lsm::checkpointing::{DiffBase, PendingUploads};
-use crate::lsm::instance::InstanceDir;
-use crate::lsm::options::{LsmBackendConfig, cf_descriptors, lsm_db_options};
-use crate::lsm::snapshot::SnapshotTarget;
+use crate::rocksdb::checkpointing::{DiffBase, PendingUploads};
+use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::instance::InstanceDir;
+use crate::rocksdb::options::{cf_descriptors, lsm_db_options};
+use crate::rocksdb::snapshot::SnapshotTarget;
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
@@ -48,8 +50,9 @@ pub(crate) struct CurrentKey<K> {
 }
 
 /// Keyed state in an embedded RocksDB instance, checkpointed incrementally (see `docs/lsm.md`).
-pub struct LsmKeyedStateBackend<K> {
-    pub(crate) config: LsmBackendConfig,
+pub struct RocksDbKeyedStateBackend<K> {
+    pub(crate) identity: SubtaskIdentity,
+    pub(crate) config: RocksDbConfig,
     /// Identity in storage (in handles and upload names), drawn from the storage's id source at the first
     /// snapshot or restore.
     pub(crate) backend_id: Option<String>,
@@ -73,22 +76,23 @@ pub struct LsmKeyedStateBackend<K> {
     pub(crate) instance: InstanceDir,
 }
 
-impl<K: StateKey> LsmKeyedStateBackend<K> {
-    /// An empty backend, working in a new directory of its own inside `config.local_dir` (nothing else
-    /// there is touched).
+impl<K: StateKey> RocksDbKeyedStateBackend<K> {
+    /// An empty backend of subtask `identity`, working in a new directory of its own inside
+    /// `config.local_dir` (nothing else there is touched).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `config` is invalid; [`Error::Local`] if the directory or the DB cannot
     /// be created.
-    pub fn new(config: LsmBackendConfig) -> Result<Self> {
+    pub fn new(identity: SubtaskIdentity, config: RocksDbConfig) -> Result<Self> {
         config.validate()?;
-        let instance = InstanceDir::create(&config)?;
-        Self::open_db(config, None, instance)
+        let instance = InstanceDir::create(&identity, &config)?;
+        Self::open_db(identity, config, None, instance)
     }
 
     /// Opens (or creates) the DB in the instance directory and loads the meta information of its states.
     pub(crate) fn open_db(
-        config: LsmBackendConfig,
+        identity: SubtaskIdentity,
+        config: RocksDbConfig,
         backend_id: Option<String>,
         instance: InstanceDir,
     ) -> Result<Self> {
@@ -102,7 +106,8 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         };
         let db = DB::open_cf_descriptors(&options, &dir, cf_descriptors(&cfs, &options))
             .map_err(|e| db_error(dir.display(), e))?;
-        let mut backend = LsmKeyedStateBackend {
+        let mut backend = RocksDbKeyedStateBackend {
+            identity,
             config,
             backend_id,
             db,
@@ -168,7 +173,7 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         };
         key_prefix(
             key_group,
-            self.config.max_parallelism,
+            self.identity.max_parallelism(),
             &self.key_scratch,
             &mut prefix,
         );
@@ -180,8 +185,13 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
     }
 
     /// The settings this backend runs with.
-    pub fn config(&self) -> &LsmBackendConfig {
+    pub fn config(&self) -> &RocksDbConfig {
         &self.config
+    }
+
+    /// The subtask this backend keeps state for.
+    pub fn identity(&self) -> &SubtaskIdentity {
+        &self.identity
     }
 
     /// Identity of this backend instance in its state handles and upload names,
@@ -206,21 +216,74 @@ impl<K: StateKey> LsmKeyedStateBackend<K> {
         self.instance.path()
     }
 
-    /// The underlying RocksDB instance (read-only use: properties, statistics).
+    /// The underlying RocksDB instance, for this crate's benches (raw-RocksDB baselines); not part of the
+    /// public API (`internals` feature).
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
     pub fn db(&self) -> &DB {
         &self.db
     }
+
+    /// Names of the column families: `default` and one per live state.
+    fn column_family_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once("default").chain(
+            self.states
+                .iter()
+                .filter(|s| !s.cf.is_empty())
+                .map(|s| s.cf.as_str()),
+        )
+    }
+
+    /// Flushes the memtables and compacts every column family over its whole key range (RocksDB's
+    /// `CompactRange`, which flushes first): settles the DB for reads, and drops what compaction drops.
+    /// Takes as long as rewriting the DB; processing waits.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the DB directory if a flush fails.
+    pub fn compact(&self) -> Result<()> {
+        let path = self.instance.db().display().to_string();
+        for name in self.column_family_names() {
+            if let Some(cf) = self.db.cf_handle(name) {
+                self.db.flush_cf(cf).map_err(|e| db_error(&path, e))?;
+                self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            }
+        }
+        Ok(())
+    }
+
+    /// A RocksDB integer property (such as `rocksdb.num-entries-active-mem-table` or
+    /// `rocksdb.estimate-live-data-size`) summed over every column family, as RocksDB's
+    /// `GetAggregatedIntProperty`; `None` if RocksDB does not know the property.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the DB directory if RocksDB fails to read it.
+    pub fn aggregated_int_property(&self, property: &str) -> Result<Option<u64>> {
+        let path = self.instance.db().display().to_string();
+        let mut sum = None;
+        for name in self.column_family_names() {
+            if let Some(cf) = self.db.cf_handle(name) {
+                let value = self
+                    .db
+                    .property_int_value_cf(cf, property)
+                    .map_err(|e| db_error(&path, e))?;
+                if let Some(v) = value {
+                    sum = Some(sum.unwrap_or(0) + v);
+                }
+            }
+        }
+        Ok(sum)
+    }
 }
 
-impl<K: StateKey> crate::keyed::backend::sealed::Sealed for LsmKeyedStateBackend<K> {}
+impl<K: StateKey> crate::keyed::backend::sealed::Sealed for RocksDbKeyedStateBackend<K> {}
 
-impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
+impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
     fn max_parallelism(&self) -> u32 {
-        self.config.max_parallelism
+        self.identity.max_parallelism()
     }
 
     fn key_group_range(&self) -> KeyGroupRange {
-        self.config.key_groups
+        self.identity.key_groups()
     }
 
     #[inline]
@@ -228,8 +291,8 @@ impl<K: StateKey> KeyedStateBackend<K> for LsmKeyedStateBackend<K> {
         let key_group = locate_key(
             &key,
             &mut self.key_scratch,
-            self.config.max_parallelism,
-            self.config.key_groups,
+            self.identity.max_parallelism(),
+            self.identity.key_groups(),
         )?
         .key_group;
         self.set_located(key, key_group);

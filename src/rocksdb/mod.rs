@@ -1,0 +1,40 @@
+//! The RocksDB keyed state backend, with incremental checkpoints (as Flink's
+//! `EmbeddedRocksDBStateBackend` with `RocksIncrementalSnapshotStrategy`). Design: `docs/lsm.md`.
+//!
+//! Its settings, [`RocksDbConfig`], are plain data compiled in every build; the backend itself needs the
+//! `rocksdb` cargo feature (on by default).
+
+#[cfg(feature = "rocksdb")]
+mod backend;
+#[cfg(feature = "rocksdb")]
+mod bulk;
+#[cfg(feature = "rocksdb")]
+mod canonical;
+#[cfg(feature = "rocksdb")]
+mod checkpointing;
+mod config;
+#[cfg(feature = "rocksdb")]
+mod import;
+#[cfg(feature = "rocksdb")]
+mod import_rows;
+#[cfg(feature = "rocksdb")]
+mod instance;
+#[cfg(feature = "rocksdb")]
+mod migrate;
+#[cfg(feature = "rocksdb")]
+mod options;
+#[cfg(feature = "rocksdb")]
+mod restore;
+#[cfg(feature = "rocksdb")]
+mod rows;
+#[cfg(feature = "rocksdb")]
+mod snapshot;
+
+#[cfg(feature = "rocksdb")]
+pub use backend::RocksDbKeyedStateBackend;
+pub use config::RocksDbConfig;
+/// The RocksDB options of every column family and of the DB, for this crate's benches (raw-RocksDB
+/// baselines with the backend's options); not part of the public API (`internals` feature).
+#[cfg(all(feature = "rocksdb", feature = "internals"))]
+#[doc(hidden)]
+pub use options::lsm_db_options;
