@@ -1,5 +1,5 @@
 //! How close can a batch get with software prefetch come to `hashbrown`'s per-key `get` loop, by table
-//! layout? Issue 13 asks the heap backend's batch get of 1M shuffled `u64` keys for at most 1.0x that loop;
+//! layout? The target for the heap backend's batch get of 1M shuffled `u64` keys is at most 1.0x that loop;
 //! this bench measures the same workload on stripped-down tables of three shapes, without copy-on-write,
 //! namespaces or error handling, to find which part of the heap map's shape costs what (docs/engines.md,
 //! "Where the heap batch stands and why"):

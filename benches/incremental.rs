@@ -9,7 +9,7 @@
 //! phase's duration. DB size: `SB_INCR_KEYS` keys (default 2.5M) of 200-byte incompressible values
 //! (about 0.5 GB; `SB_INCR_KEYS=5000000` gives about 1 GiB).
 //!
-//! Run: `cargo bench --bench incremental`. Targets (issue 3): uploaded ≤ 1.1× new SST bytes; checkpoint ≤
+//! Run: `cargo bench --bench incremental`. Targets: uploaded ≤ 1.1× new SST bytes; checkpoint ≤
 //! 1.2× BackupEngine; sync phase ≤ 50 ms; restore ≤ 1.2× BackupEngine.
 
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]

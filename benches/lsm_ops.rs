@@ -2,7 +2,7 @@
 //! options (`lsm_db_options`, WAL off), a column family each, the same key and value sizes (11-byte keys:
 //! the backend's row format 2, `[kg u8][len 8][i64 key][ns len 0]`, 8-byte values) and the same key order.
 //!
-//! Run: `cargo bench --bench lsm_ops`. Target (issue 3): the backend ≤ 1.3× the raw calls' time per op.
+//! Run: `cargo bench --bench lsm_ops`. Target: the backend ≤ 1.3× the raw calls' time per op.
 
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 

@@ -80,6 +80,7 @@ pub mod operator;
 mod parallel;
 pub mod rocksdb;
 pub mod snapshot;
+mod snapshot_io;
 pub mod storage;
 
 // The engine path (the README's embedding); everything else lives in the named modules above.

@@ -1,6 +1,6 @@
-//! Regression tests of issue 11 ("A checkpoint is never lost") on what the backends check: the handle
-//! sets a restore accepts, whole-file checksums, snapshot ids, notifications, and the smaller defects the
-//! issue lists (a failing upload's leftover, panicking public functions, silent truncation, tuple codec
+//! Regression tests of defects that could lose a checkpoint, on what the backends check: the handle
+//! sets a restore accepts, whole-file checksums, snapshot ids, notifications, and smaller defects found
+//! with them (a failing upload's leftover, panicking public functions, silent truncation, tuple codec
 //! ids). One per defect, named after it; the coordinator's are in `tests/protocol.rs`.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]

@@ -1,5 +1,5 @@
-//! The LSM backend's incremental checkpoints and restore, and one test per pitfall of DESIGN.md
-//! section 4 (named after its bug). Restore checks and settings: `lsm_restore_checks.rs`.
+//! The RocksDB backend's incremental checkpoints and restore, and one test per known pitfall of
+//! incremental checkpoints (Flink's and RocksDB's public bugs, `docs/lsm.md`; named after its bug). Restore checks and settings: `lsm_restore_checks.rs`.
 
 #![cfg(feature = "rocksdb")]
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]

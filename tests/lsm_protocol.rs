@@ -1,5 +1,5 @@
-//! Regression tests of issue 11 ("A checkpoint is never lost") on the LSM backend: one per defect it
-//! lists, named after it (`docs/protocol.md`). The coordinator's and the heap backend's are in
+//! Regression tests of defects that could lose a checkpoint, on the RocksDB backend: one per defect,
+//! named after it (`docs/protocol.md`). The coordinator's and the heap backend's are in
 //! `tests/protocol.rs`.
 
 #![cfg(feature = "rocksdb")]

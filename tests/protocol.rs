@@ -1,5 +1,5 @@
-//! Regression tests of issue 11 ("A checkpoint is never lost"): one per defect it lists, named after it,
-//! on the coordinator (`docs/protocol.md`). The backends' checks are in `tests/backend_checks.rs`, the
+//! Regression tests of defects that could lose a checkpoint: one per defect, named after it, on the
+//! coordinator (`docs/protocol.md`). The backends' checks are in `tests/backend_checks.rs`, the
 //! LSM backend's in `tests/lsm_protocol.rs`; the simulation that finds these defects again is
 //! `tests/simulation/`.
 

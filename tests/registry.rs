@@ -1,5 +1,6 @@
 //! The shared-file registry and its garbage collection, driven through the coordinator with hand-made
-//! state handles (no backend needed), one test per pitfall of DESIGN.md section 5 (named after its bug).
+//! state handles (no backend needed), one test per known pitfall of shared-state registries and garbage
+//! collectors (Flink's and SlateDB's public bugs, `docs/lsm.md`; named after its bug).
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
@@ -298,7 +299,7 @@ fn completion_aborts_older_pending_checkpoints() {
 
 /// SlateDB #1758 and #204: the orphan sweep never deletes an upload of a checkpoint still in flight,
 /// classifies before deleting, and does delete real orphans once they are old enough. Age comes from the
-/// store's `last_modified` (DESIGN.md section 10), so a restarted coordinator's first sweep already
+/// store's `last_modified` (`docs/protocol.md`, "The orphan sweep"), so a restarted coordinator's first sweep already
 /// collects an old leftover. (#204's concern, a file re-referenced just after it became unreferenced, cannot
 /// arise here: a checkpoint reusing a file the registry no longer holds is declined.)
 #[test]

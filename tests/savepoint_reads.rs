@@ -1,5 +1,5 @@
 //! A rescaled restore from a canonical savepoint reads little more than the bytes of the key groups it
-//! owns (issue 14's target: at most 1.2 times): the index and header, then ranged reads of its key groups.
+//! owns (target: at most 1.2 times): the index and header, then ranged reads of its key groups.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 

@@ -73,11 +73,9 @@ impl CheckpointStorage {
                 )));
             }
         };
-        Ok(
-            crate::format::keyed_file::load::read_header(self, &file.path)
-                .await?
-                .states,
-        )
+        Ok(crate::snapshot_io::load::read_header(self, &file.path)
+            .await?
+            .states)
     }
 }
 
@@ -121,8 +119,7 @@ impl CheckpointStorage {
             }
             None => handle.key_groups,
         };
-        let loaded =
-            crate::format::keyed_file::load::load_handle(self, handle, range, "dump").await?;
+        let loaded = crate::snapshot_io::load::load_handle(self, handle, range, "dump").await?;
         let mut records = Vec::new();
         for (key_group, bytes) in &loaded.groups {
             for r in crate::format::keyed_file::read::records(bytes, &loaded.path) {
@@ -166,7 +163,7 @@ impl CheckpointStorage {
             let to = last.min(from.saturating_add(KEY_GROUPS_PER_READ - 1));
             let part = crate::KeyGroupRange::new(from, to)?;
             let loaded =
-                crate::format::keyed_file::load::load_handle(self, handle, part, "inspect").await?;
+                crate::snapshot_io::load::load_handle(self, handle, part, "inspect").await?;
             counts.resize(loaded.header.states.len(), 0);
             for (_, bytes) in &loaded.groups {
                 for r in crate::format::keyed_file::read::records(bytes, &loaded.path) {

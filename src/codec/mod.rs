@@ -348,7 +348,7 @@ mod tests {
         assert_stable_hash(("w".to_string(), 3u32));
     }
 
-    /// Issue 11: every tuple codec had the id `"pair"`, so a state written as `(u64, u64)` restored as
+    /// Regression: every tuple codec had the id `"pair"`, so a state written as `(u64, u64)` restored as
     /// `(i64, i64)` without an error.
     #[test]
     fn tuple_codec_ids_name_their_parts() {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
-use crate::format::keyed_file::load::{check_key_group, load_handle};
 use crate::format::keyed_file::read as keyed_file;
+use crate::format::keyed_file::read::check_key_group;
 use crate::heap::backend::HeapKeyedStateBackend;
 use crate::heap::config::HeapConfig;
 use crate::heap::table::RawTable;
@@ -14,6 +14,7 @@ use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::handle::KeyedStateHandle;
 use crate::snapshot::restore_mode::RestoreMode;
+use crate::snapshot_io::load::load_handle;
 
 use crate::storage::CheckpointStorage;
 

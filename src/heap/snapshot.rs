@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::format::keyed_file::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
 use crate::heap::backend::{HeapKeyedStateBackend, MAX_UNCONFIRMED};
 use crate::heap::config::HeapConfig;
@@ -15,6 +14,7 @@ use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::layout::{checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::StateMeta;
+use crate::snapshot_io::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::storage::CheckpointStorage;
 
 /// Everything the asynchronous phase needs, frozen by the synchronous phase.

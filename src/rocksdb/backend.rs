@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rocksdb::{Cache, DB, Options, ReadOptions, WriteOptions};
-
 use crate::codec::byte_migration;
 use crate::error::{Error, Result};
 use crate::format::lsm_rows::{cf_name, decode_meta, key_prefix, push_list_element, split_list};
@@ -20,17 +18,12 @@ use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::rocksdb::checkpointing::{DiffBase, PendingUploads};
 use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::db::Db;
 use crate::rocksdb::instance::InstanceDir;
-use crate::rocksdb::options::{cf_descriptors, lsm_db_options};
 use crate::rocksdb::snapshot::SnapshotTarget;
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
-
-/// Converts a RocksDB error.
-pub(crate) fn db_error(what: impl std::fmt::Display, e: rocksdb::Error) -> Error {
-    Error::local(what.to_string(), e)
-}
 
 pub(crate) struct LsmState {
     pub(crate) meta: StateMeta,
@@ -56,15 +49,12 @@ pub struct RocksDbKeyedStateBackend<K> {
     /// Identity in storage (in handles and upload names), drawn from the storage's id source at the first
     /// snapshot or restore.
     pub(crate) backend_id: Option<String>,
-    pub(crate) db: DB,
-    pub(crate) options: Options,
-    pub(crate) _cache: Cache,
+    /// The RocksDB instance and its working directory.
+    pub(crate) db: Db,
     pub(crate) states: Vec<LsmState>,
     pub(crate) by_name: HashMap<String, StateId>,
     pub(crate) current: Option<CurrentKey<K>>,
     pub(crate) key_scratch: Vec<u8>,
-    pub(crate) write_options: WriteOptions,
-    pub(crate) read_options: ReadOptions,
     pub(crate) pending: PendingUploads,
     pub(crate) base: Option<DiffBase>,
     pub(crate) last_completed_checkpoint: Option<u64>,
@@ -72,8 +62,6 @@ pub struct RocksDbKeyedStateBackend<K> {
     pub(crate) last_snapshot_id: Option<u64>,
     /// Finished uploads that reused the base and were aborted since the last confirmed checkpoint.
     pub(crate) aborts_reusing_base: u32,
-    /// Declared last: fields drop in order, so the DB is closed before its directory is removed.
-    pub(crate) instance: InstanceDir,
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
@@ -96,57 +84,35 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         backend_id: Option<String>,
         instance: InstanceDir,
     ) -> Result<Self> {
-        let dir = instance.db();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::local(dir.display().to_string(), e))?;
-        let (options, cache) = lsm_db_options(&config);
-        let cfs = if dir.join("CURRENT").exists() {
-            DB::list_cf(&options, &dir).map_err(|e| db_error(dir.display(), e))?
-        } else {
-            vec!["default".to_string()]
-        };
-        let db = DB::open_cf_descriptors(&options, &dir, cf_descriptors(&cfs, &options))
-            .map_err(|e| db_error(dir.display(), e))?;
+        let db = Db::open(&config, instance)?;
         let mut backend = RocksDbKeyedStateBackend {
             identity,
             config,
             backend_id,
             db,
-            options,
-            _cache: cache,
             states: Vec::new(),
             by_name: HashMap::new(),
             current: None,
             key_scratch: Vec::with_capacity(64),
-            write_options: {
-                let mut w = WriteOptions::default();
-                w.disable_wal(true);
-                w
-            },
-            read_options: ReadOptions::default(),
             pending: Arc::default(),
             base: None,
             last_completed_checkpoint: None,
             last_snapshot_id: None,
             aborts_reusing_base: 0,
-            instance,
         };
         backend.load_states()?;
         Ok(backend)
     }
 
     fn load_states(&mut self) -> Result<()> {
-        let path = self.instance.db().display().to_string();
+        let path = self.db.instance().db().display().to_string();
         let mut metas = Vec::new();
-        for item in self.db.prefix_iterator(b"meta:") {
-            let (key, value) = item.map_err(|e| db_error(&path, e))?;
-            if !key.starts_with(b"meta:") {
-                break;
-            }
+        for value in self.db.meta_rows()? {
             metas.push(decode_meta(&value, &path)?);
         }
         for meta in metas {
             let cf = cf_name(&meta.name);
-            if self.db.cf_handle(&cf).is_none() {
+            if self.db.cf(&cf).is_none() {
                 return Err(Error::corrupt(
                     &path,
                     format!("state `{}` has no column family", meta.name),
@@ -213,25 +179,21 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
 
     /// The backend's own working directory inside `config().local_dir` (removed when it is dropped).
     pub fn instance_dir(&self) -> &std::path::Path {
-        self.instance.path()
+        self.db.instance().path()
     }
 
     /// The underlying RocksDB instance, for this crate's benches (raw-RocksDB baselines); not part of the
     /// public API (`internals` feature).
     #[cfg(feature = "internals")]
     #[doc(hidden)]
-    pub fn db(&self) -> &DB {
-        &self.db
+    pub fn db(&self) -> &rocksdb::DB {
+        self.db.raw()
     }
 
-    /// Names of the column families: `default` and one per live state.
-    fn column_family_names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once("default").chain(
-            self.states
-                .iter()
-                .filter(|s| !s.cf.is_empty())
-                .map(|s| s.cf.as_str()),
-        )
+    /// Names of the column families: one per live state, and `default` (state meta information).
+    pub(crate) fn column_families(&self) -> Vec<&str> {
+        let live = self.states.iter().filter(|s| !s.cf.is_empty());
+        live.map(|s| s.cf.as_str()).chain(["default"]).collect()
     }
 
     /// Flushes the memtables and compacts every column family over its whole key range (RocksDB's
@@ -241,14 +203,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// # Errors
     /// [`Error::Local`] naming the DB directory if a flush fails.
     pub fn compact(&self) -> Result<()> {
-        let path = self.instance.db().display().to_string();
-        for name in self.column_family_names() {
-            if let Some(cf) = self.db.cf_handle(name) {
-                self.db.flush_cf(cf).map_err(|e| db_error(&path, e))?;
-                self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
-            }
-        }
-        Ok(())
+        self.db.compact(&self.column_families())
     }
 
     /// A RocksDB integer property (such as `rocksdb.num-entries-active-mem-table` or
@@ -258,20 +213,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// # Errors
     /// [`Error::Local`] naming the DB directory if RocksDB fails to read it.
     pub fn aggregated_int_property(&self, property: &str) -> Result<Option<u64>> {
-        let path = self.instance.db().display().to_string();
-        let mut sum = None;
-        for name in self.column_family_names() {
-            if let Some(cf) = self.db.cf_handle(name) {
-                let value = self
-                    .db
-                    .property_int_value_cf(cf, property)
-                    .map_err(|e| db_error(&path, e))?;
-                if let Some(v) = value {
-                    sum = Some(sum.unwrap_or(0) + v);
-                }
-            }
-        }
-        Ok(sum)
+        self.db.int_property(&self.column_families(), property)
     }
 }
 
@@ -452,9 +394,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
             push_list_element(&element, &mut operand);
         }
         let cf = self.cf(state)?;
-        self.db
-            .merge_cf_opt(cf, &key, &operand, &self.write_options)
-            .map_err(|e| db_error("merge", e))
+        self.db.merge(cf, &key, &operand)
     }
 
     fn list_update<N: StateKey, V: StateValue>(

@@ -10,7 +10,8 @@ use crate::key_group::{locate_hash, stable_key_hash};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::{check_route, wrong_state};
 use crate::keyed::map_iter::MapEntries;
-use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::backend::RocksDbKeyedStateBackend;
+use crate::rocksdb::db::db_error;
 use crate::rocksdb::import_rows::Rows;
 
 /// Row keys of a batch in one buffer, and the batch positions in row-key order (what `multi_get` wants).
@@ -77,16 +78,13 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         batch: &BatchRows,
     ) -> Result<Vec<Option<V>>> {
         let cf = self.cf(state)?;
-        let found = self.db.batched_multi_get_cf_opt(
-            cf,
-            batch.sorted.iter().map(|&i| batch.row(i)),
-            true,
-            &self.read_options,
-        );
+        let found = self
+            .db
+            .multi_get(cf, batch.sorted.iter().map(|&i| batch.row(i)))?;
         let mut values: Vec<Option<V>> = Vec::with_capacity(batch.sorted.len());
         values.resize_with(batch.sorted.len(), || None);
         for (&i, got) in batch.sorted.iter().zip(found) {
-            if let Some(bytes) = got.map_err(|e| db_error("multi_get", e))? {
+            if let Some(bytes) = got {
                 values[i] = Some(V::decode(&bytes)?);
             }
         }
@@ -124,9 +122,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             values[i].encode(&mut value_bytes);
             write.put_cf(cf, batch.row(i), &value_bytes);
         }
-        self.db
-            .write_opt(write, &self.write_options)
-            .map_err(|e| db_error("write batch", e))
+        self.db.write(write, "write batch")
     }
 
     pub(crate) fn value_modify_batch_impl<N: StateKey, V: StateValue>(
@@ -169,9 +165,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 None => {}
             }
         }
-        self.db
-            .write_opt(write, &self.write_options)
-            .map_err(|e| db_error("write batch", e))
+        self.db.write(write, "write batch")
     }
 
     pub(crate) fn map_iter_impl<'a, N: StateKey, UK: StateKey, V: StateValue>(
@@ -182,7 +176,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let mut prefix = Vec::with_capacity(64);
         self.row_key(ns, &mut prefix)?;
         let cf = self.cf(state)?;
-        let mut it = self.db.raw_iterator_cf(cf);
+        let mut it = self.db.iter(cf);
         it.seek(&prefix);
         let mut done = false;
         Ok(MapEntries::new(std::iter::from_fn(move || {
@@ -234,9 +228,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             v.encode(&mut value);
             write.put_cf(cf, &row, &value);
         }
-        self.db
-            .write_opt(write, &self.write_options)
-            .map_err(|e| db_error("write batch", e))
+        self.db.write(write, "write batch")
     }
 
     pub(crate) fn map_retain_impl<N: StateKey, UK: StateKey, V: StateValue>(
@@ -256,9 +248,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             }
             Ok(true)
         })?;
-        self.db
-            .write_opt(write, &self.write_options)
-            .map_err(|e| db_error("write batch", e))
+        self.db.write(write, "write batch")
     }
 
     pub(crate) fn keys_impl<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
@@ -288,10 +278,11 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     pub fn estimated_entries(&self) -> u64 {
         self.states
             .iter()
-            .filter_map(|s| self.db.cf_handle(&s.cf))
-            .filter_map(|cf| {
+            .filter(|s| !s.cf.is_empty())
+            .filter_map(|s| {
+                let names = [s.cf.as_str()];
                 self.db
-                    .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+                    .int_property(&names, "rocksdb.estimate-num-keys")
                     .ok()
                     .flatten()
             })
@@ -330,12 +321,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             return Ok(false);
         };
         let cf = std::mem::take(&mut self.states[id.0 as usize].cf);
-        self.db
-            .delete_opt(meta_key(name), &self.write_options)
-            .map_err(|e| db_error("state meta", e))?;
-        self.db
-            .drop_cf(&cf)
-            .map_err(|e| db_error(format!("column family {cf}"), e))?;
+        self.db.set_meta(&meta_key(name), None)?;
+        self.db.drop_cf(&cf)?;
         Ok(true)
     }
 

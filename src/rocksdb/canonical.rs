@@ -9,18 +9,18 @@ use rocksdb::DB;
 
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
-use crate::format::keyed_file::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::format::keyed_file::{DEFAULT_FRAME_BYTES, DEFAULT_ZSTD_LEVEL};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
 use crate::format::lsm_rows::{cf_name, key_group_prefix, split_list, split_row_key};
 use crate::keyed::identity::SubtaskIdentity;
-use crate::rocksdb::backend::db_error;
 use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::db::db_error;
 use crate::rocksdb::options::{cf_descriptors, lsm_db_options};
 use crate::rocksdb::snapshot::UploadGuard;
 use crate::snapshot::layout::savepoint_dir;
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
+use crate::snapshot_io::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::storage::CheckpointStorage;
 
 /// The asynchronous phase of a canonical savepoint; owns no reference to the live DB.

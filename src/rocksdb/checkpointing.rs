@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use rocksdb::ColumnFamily;
 
 use crate::error::{Error, Result};
 use crate::keyed::backend::{PendingSnapshot, StateKey};
-use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::canonical::CanonicalExport;
 use crate::rocksdb::instance::remove_dir_if_exists;
 use crate::rocksdb::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
@@ -82,7 +81,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 storage.new_backend_id(self.identity.operator_id(), self.identity.subtask_index())
             })
             .clone();
-        let local = self.instance.checkpoint(checkpoint_id);
+        let local = self.db.instance().checkpoint(checkpoint_id);
         remove_dir_if_exists(&local)?;
         if let Some(parent) = local.parent() {
             std::fs::create_dir_all(parent)
@@ -93,22 +92,17 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         // means "always flush every column family". A flush of our own before it would be a second wait for
         // RocksDB's stall condition (an empty flush still waits while one more L0 file would stall writes),
         // which made 0.5 s tails in `benches/incremental.rs`.
-        self.native_checkpoint(&local)?;
-        if !self.memtables_empty() {
+        self.db.native_checkpoint(&local)?;
+        if !self.db.memtables_empty(&self.column_families()) {
             // Should `create_checkpoint` ever skip its flush (facebook/rocksdb#14193 is about its
             // threshold), flush explicitly and take the native checkpoint again.
             tracing::warn!(
                 checkpoint_id,
                 "the native checkpoint left memtables unflushed; flushing and taking it again"
             );
-            let cfs = self.column_families();
-            let mut flush = rocksdb::FlushOptions::default();
-            flush.set_wait(true);
-            self.db
-                .flush_cfs_opt(&cfs, &flush)
-                .map_err(|e| db_error("flush before checkpoint", e))?;
+            self.db.flush(&self.column_families())?;
             remove_dir_if_exists(&local)?;
-            self.native_checkpoint(&local)?;
+            self.db.native_checkpoint(&local)?;
         }
         let base = match target {
             SnapshotTarget::Checkpoint => {
@@ -194,38 +188,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             sync_duration,
             job.run(sync_duration),
         ))
-    }
-
-    /// A native RocksDB checkpoint (hard links of the SSTs, copies of the other files) into `dir`, which must
-    /// not exist.
-    fn native_checkpoint(&self, dir: &std::path::Path) -> Result<()> {
-        rocksdb::checkpoint::Checkpoint::new(&self.db)
-            .and_then(|c| c.create_checkpoint(dir))
-            .map_err(|e| db_error(dir.display(), e))
-    }
-
-    /// Every column family: one per state, and `default` (state meta information).
-    fn column_families(&self) -> Vec<&ColumnFamily> {
-        let mut cfs: Vec<&ColumnFamily> = self
-            .states
-            .iter()
-            .filter_map(|s| self.db.cf_handle(&s.cf))
-            .collect();
-        cfs.extend(self.db.cf_handle("default"));
-        cfs
-    }
-
-    /// Whether no column family has an entry in a memtable (active or immutable), so that the SST files
-    /// hold all state. A property RocksDB cannot give counts as not empty.
-    pub(crate) fn memtables_empty(&self) -> bool {
-        self.column_families().into_iter().all(|cf| {
-            [
-                "rocksdb.num-entries-active-mem-table",
-                "rocksdb.num-entries-imm-mem-tables",
-            ]
-            .iter()
-            .all(|p| self.db.property_int_value_cf(cf, *p).ok().flatten() == Some(0))
-        })
     }
 
     /// `notify_checkpoint_complete`: the checkpoint becomes the diff base if this backend finished its

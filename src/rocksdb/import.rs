@@ -2,17 +2,16 @@
 //! records become rows, sorted per state, written into SST files and ingested (`docs/savepoints.md`;
 //! sorting and writing: `import_rows.rs`).
 
-use rocksdb::IngestExternalFileOptions;
-
 use crate::error::{Error, Result};
 use crate::format::bytes::Decoder;
-use crate::format::keyed_file::load::{LoadedFile, check_key_group};
 use crate::format::keyed_file::read as keyed_file;
+use crate::format::keyed_file::read::check_key_group;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::snapshot::state_meta::StateKind;
+use crate::snapshot_io::load::LoadedFile;
 
 use crate::format::lsm_rows::{push_key_group, push_list_element, push_varint};
-use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::import_rows::{Rows, SortError, write_sorted};
 
 /// The row key of `key` in `namespace` of key group `key_group`: `[key group][varint len][key][varint
@@ -118,8 +117,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             let name = &self.states[id.0 as usize].meta.name;
             let ssts = write_sorted(
                 state_rows,
-                &self.options,
-                &self.instance.path().join(format!("import-{i}")),
+                self.db.options(),
+                &self.db.instance().path().join(format!("import-{i}")),
                 max_parallelism,
                 self.config.restore_threads,
             )
@@ -131,16 +130,10 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 SortError::Other(e) => e,
             })?;
             let cf_name = &self.states[id.0 as usize].cf;
-            let cf = self.db.cf_handle(cf_name).ok_or_else(|| {
+            let cf = self.db.cf(cf_name).ok_or_else(|| {
                 Error::IllegalState(format!("column family {cf_name} is missing"))
             })?;
-            let mut ingest = IngestExternalFileOptions::default();
-            ingest.set_move_files(true);
-            let names = ssts.iter().map(|p| p.display().to_string());
-            let sst_names = names.collect::<Vec<_>>().join(", ");
-            self.db
-                .ingest_external_file_cf_opts(cf, &ingest, ssts.iter().collect())
-                .map_err(|e| db_error(&sst_names, e))?;
+            self.db.ingest(cf, &ssts)?;
             // Moved into the DB (hard links); the names outside it go.
             for sst in &ssts {
                 if let Err(e) = std::fs::remove_file(sst)

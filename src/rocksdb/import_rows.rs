@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{Options, SstFileWriter};
 
 use crate::error::Error;
-use crate::rocksdb::backend::db_error;
+use crate::rocksdb::db::db_error;
 
 /// Below this many rows a state is sorted and written on the calling thread alone.
 const PARALLEL_FROM_ROWS: usize = 64 << 10;

@@ -8,7 +8,7 @@ use crate::codec::{ByteMigration, migration_failed};
 use crate::error::Result;
 use crate::format::lsm_rows::{cf_name, encode_meta, meta_key, push_list_element, split_list};
 use crate::keyed::backend::{StateId, StateKey};
-use crate::rocksdb::backend::{LsmState, RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::backend::{LsmState, RocksDbKeyedStateBackend};
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// `(state name, stored value codec)` → the rewrite of a stored value (the registering codec's
@@ -84,15 +84,12 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// Writes a state's meta row (`docs/formats.md`, "LSM backend rows").
     fn put_meta(&self, meta: &StateMeta) -> Result<()> {
         self.db
-            .put_opt(meta_key(&meta.name), encode_meta(meta), &self.write_options)
-            .map_err(|e| db_error("state meta", e))
+            .set_meta(&meta_key(&meta.name), Some(&encode_meta(meta)))
     }
 
     fn create_state(&mut self, meta: StateMeta, registered: bool) -> Result<StateId> {
         let cf = cf_name(&meta.name);
-        self.db
-            .create_cf(&cf, &self.options)
-            .map_err(|e| db_error(format!("column family {cf}"), e))?;
+        self.db.create_cf(&cf)?;
         self.put_meta(&meta)?;
         let id = StateId(self.states.len() as u32);
         self.by_name.insert(meta.name.clone(), id);
@@ -144,9 +141,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             if tests::FAIL_BATCH.with(|f| f.get()) == *batches {
                 return Err(crate::Error::local("migrate", "injected write error"));
             }
-            self.db
-                .write_opt(batch, &self.write_options)
-                .map_err(|e| db_error("migrate", e))
+            self.db.write(batch, "migrate")
         };
         self.scan_prefix(id, &[], |k, v| {
             rewrite_value(meta.kind, v, rewrite, &mut value).map_err(fail)?;

@@ -14,6 +14,8 @@ mod canonical;
 mod checkpointing;
 mod config;
 #[cfg(feature = "rocksdb")]
+mod db;
+#[cfg(feature = "rocksdb")]
 mod import;
 #[cfg(feature = "rocksdb")]
 mod import_rows;

@@ -8,18 +8,19 @@ use futures::StreamExt;
 use rocksdb::{DB, WriteBatch};
 
 use crate::error::{Error, Result};
-use crate::format::keyed_file::load::load_handle;
 use crate::format::lsm_rows::key_group_prefix;
 use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
-use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::checkpointing::DiffBase;
 use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::db::db_error;
 use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
 use crate::rocksdb::options::lsm_db_options;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
+use crate::snapshot_io::load::load_handle;
 use crate::storage::CheckpointStorage;
 use crate::storage::transfer::Transferred;
 
@@ -164,7 +165,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             backend.clip_to(owned)?;
         }
         for (i, other) in rest.iter().enumerate() {
-            let dir = backend.instance.path().join(format!("restore-{i}"));
+            let dir = backend.db.instance().path().join(format!("restore-{i}"));
             download(storage, other, &dir, config.transfer_concurrency).await?;
             let copied = backend.copy_owned_from(&dir);
             remove_dir_if_exists(&dir)?;
@@ -224,15 +225,13 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let max = key_group_prefix(max_parallelism, max_parallelism);
         let (start, end) = bounds(owned, max_parallelism).unwrap_or((max.clone(), max));
         for state in &self.states {
-            let Some(cf) = self.db.cf_handle(&state.cf) else {
+            let Some(cf) = self.db.cf(&state.cf) else {
                 continue;
             };
             let mut batch = WriteBatch::default();
             batch.delete_range_cf(cf, [0u8; 0].as_slice(), start.as_slice());
             batch.delete_range_cf(cf, end.as_slice(), [0xffu8, 0xff, 0xff].as_slice());
-            self.db
-                .write_opt(batch, &self.write_options)
-                .map_err(|e| db_error("delete_range on restore", e))?;
+            self.db.write(batch, "delete_range on restore")?;
         }
         Ok(())
     }
@@ -262,8 +261,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             let meta = crate::format::lsm_rows::decode_meta(&value, &path)?;
             let id = self.register_restored(meta)?;
             let cf_name = self.states[id.0 as usize].cf.clone();
-            let (Some(from), Some(to)) = (other.cf_handle(&cf_name), self.db.cf_handle(&cf_name))
-            else {
+            let (Some(from), Some(to)) = (other.cf_handle(&cf_name), self.db.cf(&cf_name)) else {
                 return Err(Error::corrupt(
                     &path,
                     format!("column family {cf_name} is missing"),
@@ -279,15 +277,12 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 batch.put_cf(to, k, v);
                 if batch.len() >= 10_000 {
                     self.db
-                        .write_opt(std::mem::take(&mut batch), &self.write_options)
-                        .map_err(|e| db_error("copy on restore", e))?;
+                        .write(std::mem::take(&mut batch), "copy on restore")?;
                 }
                 it.next();
             }
             it.status().map_err(|e| db_error(&path, e))?;
-            self.db
-                .write_opt(batch, &self.write_options)
-                .map_err(|e| db_error("copy on restore", e))?;
+            self.db.write(batch, "copy on restore")?;
         }
         Ok(())
     }

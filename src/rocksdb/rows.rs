@@ -7,7 +7,8 @@ use crate::error::Result;
 use crate::format::lsm_rows::push_namespace;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::checks::{no_current_key, wrong_state};
-use crate::rocksdb::backend::{RocksDbKeyedStateBackend, db_error};
+use crate::rocksdb::backend::RocksDbKeyedStateBackend;
+use crate::rocksdb::db::db_error;
 
 /// The error of every access to a state whose migration failed while writing.
 pub(crate) fn broken_state(name: &str) -> crate::Error {
@@ -26,7 +27,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         if state.broken {
             return Err(broken_state(&state.meta.name));
         }
-        self.db.cf_handle(&state.cf).ok_or_else(|| wrong_state(id))
+        self.db.cf(&state.cf).ok_or_else(|| wrong_state(id))
     }
 
     /// Row key of the current key in `ns` (plus `user_key` bytes for map rows) in the scratch buffer.
@@ -45,23 +46,17 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         key: &[u8],
     ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
         let cf = self.cf(id)?;
-        self.db
-            .get_pinned_cf_opt(cf, key, &self.read_options)
-            .map_err(|e| db_error("get", e))
+        self.db.get(cf, key)
     }
 
     pub(crate) fn put_raw(&self, id: StateId, key: &[u8], value: &[u8]) -> Result<()> {
         let cf = self.cf(id)?;
-        self.db
-            .put_cf_opt(cf, key, value, &self.write_options)
-            .map_err(|e| db_error("put", e))
+        self.db.put(cf, key, value)
     }
 
     pub(crate) fn delete_raw(&self, id: StateId, key: &[u8]) -> Result<()> {
         let cf = self.cf(id)?;
-        self.db
-            .delete_cf_opt(cf, key, &self.write_options)
-            .map_err(|e| db_error("delete", e))
+        self.db.delete(cf, key)
     }
 
     /// Calls `f` on every row whose key starts with `prefix`, in key order, until it returns `false`.
@@ -72,7 +67,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
         let cf = self.cf(id)?;
-        let mut it = self.db.raw_iterator_cf(cf);
+        let mut it = self.db.iter(cf);
         it.seek(prefix);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if !k.starts_with(prefix) || !f(k, v)? {
@@ -91,8 +86,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             batch.delete_cf(cf, k);
             Ok(true)
         })?;
-        self.db
-            .write_opt(batch, &self.write_options)
-            .map_err(|e| db_error("delete", e))
+        self.db.write(batch, "delete")
     }
 }

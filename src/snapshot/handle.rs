@@ -28,7 +28,8 @@ pub struct StateFile {
     /// Checkpoint that uploaded the file (a placeholder of a later checkpoint keeps the original id).
     pub created_by: u64,
     /// Name the file has in the backend's local directory (e.g. RocksDB's `000012.sst`); empty when the
-    /// format does not need one (keyed files). Never an identity: only `path` is (DESIGN.md section 4).
+    /// format does not need one (keyed files). Never an identity: only `path` is; two backends, or one
+    /// backend after a restore, reuse local names (`docs/lsm.md`, FLINK-29913).
     pub local_name: String,
 }
 

@@ -159,7 +159,7 @@ mod tests {
         }
     }
 
-    /// Issue 11: local storage never fsynced the parents of new directories nor the job root, and deletes
+    /// Regression: local storage never fsynced the parents of new directories nor the job root, and deletes
     /// were not ordered by fsync (a crash could keep a checkpoint's `_metadata` while its files were gone).
     #[tokio::test]
     async fn local_storage_syncs_new_directories_and_orders_deletes() {

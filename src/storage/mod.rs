@@ -173,7 +173,7 @@ impl CheckpointStorage {
     /// Creates `relative` with `bytes` atomically (`PutMode::Create`).
     ///
     /// A retried create may find its own earlier success: an existing object is read and compared, and
-    /// only other content is a [`Created::Conflict`] (DESIGN.md section 6).
+    /// only other content is a [`Created::Conflict`] (`docs/protocol.md`, "Completion point").
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if the store does not support conditional create; storage errors, after

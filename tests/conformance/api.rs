@@ -1,4 +1,4 @@
-//! Conformance checks of the API added for engines (issue 13): streamed map state, keys and namespaces,
+//! Conformance checks of the API engines asked for: streamed map state, keys and namespaces,
 //! merging namespaces, dropping states, batch access and routed keys.
 
 use super::*;

@@ -260,8 +260,6 @@ impl KeyedFileWriter {
     }
 }
 
-pub(crate) mod load;
 pub(crate) mod read;
 #[cfg(test)]
 mod tests;
-pub(crate) mod upload;

@@ -240,3 +240,27 @@ pub(crate) fn records<'a>(
         Some(record)
     })
 }
+
+/// Checks that `key` (codec bytes) hashes to `key_group` of `max_parallelism`, the key group whose frames
+/// hold it.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `path` otherwise.
+pub(crate) fn check_key_group(
+    key: &[u8],
+    max_parallelism: u32,
+    key_group: u32,
+    path: &str,
+) -> Result<()> {
+    let actual = crate::key_group::key_group_for_hash(
+        crate::key_group::stable_key_hash(key),
+        max_parallelism,
+    );
+    if actual != key_group {
+        return Err(Error::corrupt(
+            path,
+            format!("a key of key group {actual} is stored in key group {key_group}"),
+        ));
+    }
+    Ok(())
+}

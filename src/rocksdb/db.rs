@@ -1,0 +1,290 @@
+//! The RocksDB instance of one backend, as a component that owns it: the DB and its column families, the
+//! options it was opened with and its block cache, the write and read options of every access (no WAL:
+//! durability comes from checkpoints), and the working directory it lives in. Every RocksDB error leaves
+//! here as a typed [`Error`] naming what failed; the backend above sees states, rows and batches.
+
+use rocksdb::{
+    Cache, ColumnFamily, DB, DBPinnableSlice, DBRawIterator, FlushOptions,
+    IngestExternalFileOptions, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+
+use crate::error::{Error, Result};
+use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::instance::InstanceDir;
+use crate::rocksdb::options::{cf_descriptors, lsm_db_options};
+
+/// Prefix of the rows in the `default` column family that describe states (`docs/formats.md`).
+const META_PREFIX: &[u8] = b"meta:";
+
+/// Properties whose sum is the number of entries still in memtables (active and immutable).
+const MEMTABLE_ENTRIES: [&str; 2] = [
+    "rocksdb.num-entries-active-mem-table",
+    "rocksdb.num-entries-imm-mem-tables",
+];
+
+/// A RocksDB error as a local error naming `what`.
+pub(crate) fn db_error(what: impl std::fmt::Display, e: rocksdb::Error) -> Error {
+    Error::local(what.to_string(), e)
+}
+
+/// One backend's RocksDB instance in its own working directory.
+pub(crate) struct Db {
+    db: DB,
+    options: Options,
+    _cache: Cache,
+    write: WriteOptions,
+    read: ReadOptions,
+    /// Declared last: fields drop in order, so the DB is closed before its directory is removed.
+    instance: InstanceDir,
+}
+
+impl Db {
+    /// Opens the DB in `instance`'s `db/` directory with every column family it has, or creates it.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the directory if it cannot be created or RocksDB cannot open it.
+    pub(crate) fn open(config: &RocksDbConfig, instance: InstanceDir) -> Result<Db> {
+        let dir = instance.db();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::local(dir.display().to_string(), e))?;
+        let (options, cache) = lsm_db_options(config);
+        let cfs = if dir.join("CURRENT").exists() {
+            DB::list_cf(&options, &dir).map_err(|e| db_error(dir.display(), e))?
+        } else {
+            vec!["default".to_string()]
+        };
+        let db = DB::open_cf_descriptors(&options, &dir, cf_descriptors(&cfs, &options))
+            .map_err(|e| db_error(dir.display(), e))?;
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        Ok(Db {
+            db,
+            options,
+            _cache: cache,
+            write,
+            read: ReadOptions::default(),
+            instance,
+        })
+    }
+
+    /// The working directory (the DB, native checkpoints, restore downloads).
+    pub(crate) fn instance(&self) -> &InstanceDir {
+        &self.instance
+    }
+
+    /// The options every column family is created and opened with.
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The RocksDB handle itself (the crate's benches, through the `internals` feature).
+    #[cfg(feature = "internals")]
+    pub(crate) fn raw(&self) -> &DB {
+        &self.db
+    }
+
+    fn path(&self) -> String {
+        self.instance.db().display().to_string()
+    }
+
+    /// The column family `name`, if the DB has it.
+    #[inline]
+    pub(crate) fn cf(&self, name: &str) -> Option<&ColumnFamily> {
+        self.db.cf_handle(name)
+    }
+
+    /// # Errors
+    /// [`Error::Local`] if RocksDB fails the read.
+    #[inline]
+    pub(crate) fn get(&self, cf: &ColumnFamily, key: &[u8]) -> Result<Option<DBPinnableSlice<'_>>> {
+        self.db
+            .get_pinned_cf_opt(cf, key, &self.read)
+            .map_err(|e| db_error("get", e))
+    }
+
+    /// The rows of `keys` (sorted, as `sorted_input` promises RocksDB) with one `MultiGet`.
+    ///
+    /// # Errors
+    /// [`Error::Local`] if RocksDB fails a read.
+    pub(crate) fn multi_get<'k>(
+        &self,
+        cf: &ColumnFamily,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<Vec<Option<DBPinnableSlice<'_>>>> {
+        self.db
+            .batched_multi_get_cf_opt(cf, keys, true, &self.read)
+            .into_iter()
+            .map(|got| got.map_err(|e| db_error("multi_get", e)))
+            .collect()
+    }
+
+    /// # Errors
+    /// [`Error::Local`] if RocksDB fails the write.
+    #[inline]
+    pub(crate) fn put(&self, cf: &ColumnFamily, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db
+            .put_cf_opt(cf, key, value, &self.write)
+            .map_err(|e| db_error("put", e))
+    }
+
+    /// # Errors
+    /// [`Error::Local`] if RocksDB fails the write.
+    #[inline]
+    pub(crate) fn delete(&self, cf: &ColumnFamily, key: &[u8]) -> Result<()> {
+        self.db
+            .delete_cf_opt(cf, key, &self.write)
+            .map_err(|e| db_error("delete", e))
+    }
+
+    /// Appends `operand` through the column family's merge operator (list append).
+    ///
+    /// # Errors
+    /// [`Error::Local`] if RocksDB fails the write.
+    #[inline]
+    pub(crate) fn merge(&self, cf: &ColumnFamily, key: &[u8], operand: &[u8]) -> Result<()> {
+        self.db
+            .merge_cf_opt(cf, key, operand, &self.write)
+            .map_err(|e| db_error("merge", e))
+    }
+
+    /// Writes `batch` atomically; `what` names the operation in the error.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming `what` if RocksDB fails the write.
+    pub(crate) fn write(&self, batch: WriteBatch, what: &str) -> Result<()> {
+        self.db
+            .write_opt(batch, &self.write)
+            .map_err(|e| db_error(what, e))
+    }
+
+    /// A raw iterator over `cf` (seek, then step; check `status()` at the end).
+    pub(crate) fn iter(&self, cf: &ColumnFamily) -> DBRawIterator<'_> {
+        self.db.raw_iterator_cf(cf)
+    }
+
+    /// The values of every state's meta row, in name order.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the DB if RocksDB fails the scan.
+    pub(crate) fn meta_rows(&self) -> Result<Vec<Box<[u8]>>> {
+        let mut rows = Vec::new();
+        for item in self.db.prefix_iterator(META_PREFIX) {
+            let (key, value) = item.map_err(|e| db_error(self.path(), e))?;
+            if !key.starts_with(META_PREFIX) {
+                break;
+            }
+            rows.push(value);
+        }
+        Ok(rows)
+    }
+
+    /// Writes (or, with `None`, deletes) the meta row `key` of the `default` column family.
+    ///
+    /// # Errors
+    /// [`Error::Local`] if RocksDB fails the write.
+    pub(crate) fn set_meta(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        match value {
+            Some(v) => self.db.put_opt(key, v, &self.write),
+            None => self.db.delete_opt(key, &self.write),
+        }
+        .map_err(|e| db_error("state meta", e))
+    }
+
+    /// # Errors
+    /// [`Error::Local`] naming the column family if RocksDB cannot create it.
+    pub(crate) fn create_cf(&mut self, name: &str) -> Result<()> {
+        self.db
+            .create_cf(name, &self.options)
+            .map_err(|e| db_error(format!("column family {name}"), e))
+    }
+
+    /// # Errors
+    /// [`Error::Local`] naming the column family if RocksDB cannot drop it.
+    pub(crate) fn drop_cf(&mut self, name: &str) -> Result<()> {
+        self.db
+            .drop_cf(name)
+            .map_err(|e| db_error(format!("column family {name}"), e))
+    }
+
+    /// Moves the SST files `ssts` into `cf` (they leave their place as hard links).
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the files if RocksDB refuses them.
+    pub(crate) fn ingest(&self, cf: &ColumnFamily, ssts: &[std::path::PathBuf]) -> Result<()> {
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        let names = ssts.iter().map(|p| p.display().to_string());
+        let names = names.collect::<Vec<_>>().join(", ");
+        self.db
+            .ingest_external_file_cf_opts(cf, &ingest, ssts.iter().collect())
+            .map_err(|e| db_error(&names, e))
+    }
+
+    /// A native RocksDB checkpoint (hard links of the SSTs, copies of the other files) into `dir`, which
+    /// must not exist.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming `dir`.
+    pub(crate) fn native_checkpoint(&self, dir: &std::path::Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(|e| db_error(dir.display(), e))
+    }
+
+    fn families<'a>(&'a self, names: &'a [&'a str]) -> impl Iterator<Item = &'a ColumnFamily> + 'a {
+        names.iter().filter_map(|n| self.db.cf_handle(n))
+    }
+
+    /// Flushes the memtables of the column families `names` and waits for the flush.
+    ///
+    /// # Errors
+    /// [`Error::Local`] if RocksDB fails the flush.
+    pub(crate) fn flush(&self, names: &[&str]) -> Result<()> {
+        let cfs: Vec<&ColumnFamily> = self.families(names).collect();
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        self.db
+            .flush_cfs_opt(&cfs, &flush)
+            .map_err(|e| db_error(self.path(), e))
+    }
+
+    /// Whether no column family of `names` has an entry in a memtable (active or immutable), so that the
+    /// SST files hold all their state. A property RocksDB cannot give counts as not empty.
+    pub(crate) fn memtables_empty(&self, names: &[&str]) -> bool {
+        self.families(names).all(|cf| {
+            MEMTABLE_ENTRIES
+                .iter()
+                .all(|p| self.db.property_int_value_cf(cf, *p).ok().flatten() == Some(0))
+        })
+    }
+
+    /// Flushes and compacts each column family of `names` over its whole key range.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the DB if a flush fails.
+    pub(crate) fn compact(&self, names: &[&str]) -> Result<()> {
+        self.flush(names)?;
+        for cf in self.families(names) {
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// The integer property `property` summed over the column families of `names`; `None` if RocksDB
+    /// knows it for none of them.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the DB if RocksDB fails to read a property.
+    pub(crate) fn int_property(&self, names: &[&str], property: &str) -> Result<Option<u64>> {
+        let mut sum = None;
+        for cf in self.families(names) {
+            let value = self
+                .db
+                .property_int_value_cf(cf, property)
+                .map_err(|e| db_error(self.path(), e))?;
+            if let Some(v) = value {
+                sum = Some(sum.unwrap_or(0) + v);
+            }
+        }
+        Ok(sum)
+    }
+}
