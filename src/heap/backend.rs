@@ -21,6 +21,7 @@ use crate::keyed::descriptor::{
     ValueStateDescriptor,
 };
 use crate::keyed::identity::SubtaskIdentity;
+use crate::keyed::ledger::SnapshotLedger;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::snapshot::result::SavepointFormat;
@@ -47,11 +48,8 @@ pub struct HeapKeyedStateBackend<K> {
     pub(crate) by_name: HashMap<String, StateId>,
     pub(crate) current: Option<CurrentKey<K>>,
     pub(crate) key_buf: Vec<u8>,
-    last_completed_checkpoint: Option<u64>,
-    /// Checkpoints this backend snapshotted that were neither confirmed nor aborted yet.
-    pub(crate) unconfirmed: std::collections::BTreeSet<u64>,
-    /// The highest id snapshotted or restored from: a snapshot id must exceed it.
-    pub(crate) last_snapshot_id: Option<u64>,
+    /// Ids snapshotted, unconfirmed and confirmed.
+    pub(crate) ledger: SnapshotLedger,
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -70,9 +68,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             by_name: HashMap::new(),
             current: None,
             key_buf: Vec::with_capacity(64),
-            last_completed_checkpoint: None,
-            unconfirmed: std::collections::BTreeSet::new(),
-            last_snapshot_id: None,
+            ledger: SnapshotLedger::default(),
         })
     }
 
@@ -125,7 +121,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 
     /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
     pub fn last_completed_checkpoint(&self) -> Option<u64> {
-        self.last_completed_checkpoint
+        self.ledger.last_completed()
     }
 
     fn register<N: StateKey, S: Clone + Send + Sync + 'static>(
@@ -557,26 +553,20 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
         // A hint: only a snapshot of this backend that was not aborted can be confirmed.
-        if !self.unconfirmed.contains(&checkpoint_id) {
+        if !self.ledger.confirm(checkpoint_id) {
             tracing::debug!(
                 checkpoint_id,
                 "heap backend: completion of a checkpoint it has no unconfirmed snapshot of, ignored"
             );
-            return;
         }
-        self.unconfirmed.retain(|id| *id > checkpoint_id);
-        self.last_completed_checkpoint = Some(checkpoint_id);
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
         // Heap snapshots are full and private: an aborted one leaves nothing behind in the backend.
-        self.unconfirmed.remove(&checkpoint_id);
+        self.ledger.abort(checkpoint_id);
         tracing::debug!(checkpoint_id, "heap backend: checkpoint aborted");
     }
 }
-
-/// Snapshots a heap backend remembers as unconfirmed.
-pub(crate) const MAX_UNCONFIRMED: usize = 64;
 
 /// Keys of a raw (restored, unregistered) table, decoded.
 fn table_keys_any<K: StateKey, N: StateKey>(

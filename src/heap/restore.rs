@@ -12,6 +12,7 @@ use crate::heap::config::HeapConfig;
 use crate::heap::table::RawTable;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::identity::SubtaskIdentity;
+use crate::keyed::ledger::SnapshotLedger;
 use crate::snapshot::handle::KeyedStateHandle;
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot_io::load::load_handle;
@@ -58,7 +59,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             range,
             handles,
         )?;
-        backend.last_snapshot_id = handles.first().map(|h| h.checkpoint_id);
+        backend.ledger = SnapshotLedger::restored(handles.first().map(|h| h.checkpoint_id));
         let loads = relevant
             .into_iter()
             .map(|h| load_handle(storage, h, range, "heap"));

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
-use crate::heap::backend::{HeapKeyedStateBackend, MAX_UNCONFIRMED};
+use crate::heap::backend::HeapKeyedStateBackend;
 use crate::heap::config::HeapConfig;
 use crate::heap::table::FrozenTable;
 use crate::keyed::backend::{PendingSnapshot, StateKey};
-use crate::keyed::checks::check_snapshot_id;
 use crate::keyed::identity::SubtaskIdentity;
+use crate::keyed::ledger::SnapshotOf;
 use crate::snapshot::layout::{checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::StateMeta;
@@ -115,17 +115,12 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         savepoint: bool,
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
-        check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
-        self.last_snapshot_id = Some(checkpoint_id);
-        if !savepoint {
-            self.unconfirmed.insert(checkpoint_id);
-            // Bounded: snapshots never confirmed (lost notifications) are forgotten oldest first; a late
-            // confirmation of one is then ignored, which for a heap backend only leaves the figure
-            // `last_completed_checkpoint` lower.
-            while self.unconfirmed.len() > MAX_UNCONFIRMED {
-                self.unconfirmed.pop_first();
-            }
-        }
+        let of = if savepoint {
+            SnapshotOf::Savepoint
+        } else {
+            SnapshotOf::Checkpoint
+        };
+        self.ledger.begin(checkpoint_id, of)?;
         let live = self.tables.iter().filter(|t| !t.is_dropped());
         let job = SnapshotJob {
             checkpoint_id,

@@ -1,21 +1,7 @@
-//! Checks and errors both keyed state backends share: snapshot ids, state access.
+//! Checks and errors both keyed state backends share: state access, routes.
 
 use crate::error::{Error, Result};
 use crate::keyed::backend::StateId;
-
-/// A snapshot id must exceed every id the backend snapshotted or was restored from (ids never repeat;
-/// a repeated id would make two snapshots answer to one checkpoint).
-///
-/// # Errors
-/// [`Error::IllegalState`] naming both ids.
-pub(crate) fn check_snapshot_id(checkpoint_id: u64, last: Option<u64>) -> Result<()> {
-    match last {
-        Some(last) if checkpoint_id <= last => Err(Error::IllegalState(format!(
-            "snapshot for checkpoint {checkpoint_id} refused: this backend already snapshotted or was              restored from checkpoint {last}, and ids never repeat"
-        ))),
-        _ => Ok(()),
-    }
-}
 
 /// The error of a state access without a current key.
 pub(crate) fn no_current_key() -> Error {

@@ -4,6 +4,7 @@ pub(crate) mod backend;
 pub(crate) mod checks;
 pub(crate) mod descriptor;
 pub(crate) mod identity;
+pub(crate) mod ledger;
 pub(crate) mod map_iter;
 pub(crate) mod state;
 pub(crate) mod state_ops;

@@ -14,6 +14,7 @@ use crate::keyed::descriptor::{
     ValueStateDescriptor,
 };
 use crate::keyed::identity::SubtaskIdentity;
+use crate::keyed::ledger::SnapshotLedger;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::rocksdb::checkpointing::{DiffBase, PendingUploads};
@@ -57,9 +58,8 @@ pub struct RocksDbKeyedStateBackend<K> {
     pub(crate) key_scratch: Vec<u8>,
     pub(crate) pending: PendingUploads,
     pub(crate) base: Option<DiffBase>,
-    pub(crate) last_completed_checkpoint: Option<u64>,
-    /// The highest id snapshotted or restored from: a snapshot id must exceed it.
-    pub(crate) last_snapshot_id: Option<u64>,
+    /// Ids snapshotted, unconfirmed and confirmed.
+    pub(crate) ledger: SnapshotLedger,
     /// Finished uploads that reused the base and were aborted since the last confirmed checkpoint.
     pub(crate) aborts_reusing_base: u32,
 }
@@ -96,8 +96,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             key_scratch: Vec::with_capacity(64),
             pending: Arc::default(),
             base: None,
-            last_completed_checkpoint: None,
-            last_snapshot_id: None,
+            ledger: SnapshotLedger::default(),
             aborts_reusing_base: 0,
         };
         backend.load_states()?;

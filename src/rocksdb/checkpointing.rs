@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::keyed::backend::{PendingSnapshot, StateKey};
+use crate::keyed::ledger::SnapshotOf;
 use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::canonical::CanonicalExport;
 use crate::rocksdb::instance::remove_dir_if_exists;
@@ -55,7 +56,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// The last checkpoint confirmed by
     /// [`KeyedStateBackend::notify_checkpoint_complete`](crate::KeyedStateBackend::notify_checkpoint_complete).
     pub fn last_completed_checkpoint(&self) -> Option<u64> {
-        self.last_completed_checkpoint
+        self.ledger.last_completed()
     }
 
     /// Checkpoint whose files are the current diff base, if any.
@@ -73,8 +74,11 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         if let Some(broken) = self.states.iter().find(|s| s.broken) {
             return Err(crate::rocksdb::rows::broken_state(&broken.meta.name));
         }
-        crate::keyed::checks::check_snapshot_id(checkpoint_id, self.last_snapshot_id)?;
-        self.last_snapshot_id = Some(checkpoint_id);
+        let of = match target {
+            SnapshotTarget::Checkpoint => SnapshotOf::Checkpoint,
+            SnapshotTarget::Savepoint | SnapshotTarget::CanonicalSavepoint => SnapshotOf::Savepoint,
+        };
+        self.ledger.begin(checkpoint_id, of)?;
         let backend_id = self
             .backend_id
             .get_or_insert_with(|| {
@@ -230,10 +234,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 confirmed: true,
             });
         }
-        self.last_completed_checkpoint = Some(
-            self.last_completed_checkpoint
-                .map_or(checkpoint_id, |c| c.max(checkpoint_id)),
-        );
+        self.ledger.completed(checkpoint_id);
         self.aborts_reusing_base = 0;
         // Older pending checkpoints are subsumed by this one.
         pending.retain(|id, _| *id > checkpoint_id);
@@ -242,6 +243,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// `notify_checkpoint_aborted`: a running upload is flagged (it deletes what it uploaded); a finished
     /// one is forgotten, and the base dropped when it may be stale (a rebase, `docs/protocol.md`).
     pub(crate) fn checkpoint_aborted(&mut self, checkpoint_id: u64) {
+        self.ledger.abort(checkpoint_id);
         let mut pending = self.pending.lock();
         match pending.get_mut(&checkpoint_id) {
             // Still uploading: the asynchronous phase sees the flag, deletes its uploads and fails.

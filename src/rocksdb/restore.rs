@@ -12,6 +12,7 @@ use crate::format::lsm_rows::key_group_prefix;
 use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
+use crate::keyed::ledger::SnapshotLedger;
 use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::checkpointing::DiffBase;
 use crate::rocksdb::config::RocksDbConfig;
@@ -146,7 +147,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let Some((first, rest)) = overlapping.split_first() else {
             let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
             let mut backend = Self::open_db(identity, config, Some(id), instance)?;
-            backend.last_snapshot_id = restored_id;
+            backend.ledger = SnapshotLedger::restored(restored_id);
             return Ok(backend);
         };
         let db_dir = instance.db();
@@ -160,7 +161,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         };
         let mut backend = Self::open_db(identity, config.clone(), Some(backend_id), instance)
             .map_err(|e| corrupt_if_db(e, storage, first))?;
-        backend.last_snapshot_id = restored_id;
+        backend.ledger = SnapshotLedger::restored(restored_id);
         if first.key_groups != owned {
             backend.clip_to(owned)?;
         }
@@ -210,7 +211,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let instance = InstanceDir::create(&identity, &config)?;
         let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
         let mut backend = Self::open_db(identity, config, Some(id), instance)?;
-        backend.last_snapshot_id = handles.first().map(|h| h.checkpoint_id);
+        backend.ledger = SnapshotLedger::restored(handles.first().map(|h| h.checkpoint_id));
         backend.import_canonical(&loaded)?;
         tracing::info!(
             handles = overlapping.len(),
