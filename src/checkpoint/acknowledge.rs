@@ -7,7 +7,6 @@ use crate::checkpoint::answers::{Acknowledgement, CheckpointStats, Declined, Dis
 use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::fence::FenceCheck;
 use crate::checkpoint::pending::{Outcome, TaskKey};
-use crate::checkpoint::store::read_metadata;
 use crate::error::{Error, Result};
 use crate::format::metadata;
 use crate::snapshot::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
@@ -278,7 +277,7 @@ impl CheckpointCoordinator {
     async fn lost_race(&mut self, meta: CheckpointMetadata) -> Acknowledgement {
         let checkpoint_id = meta.checkpoint_id;
         self.outcomes.set(checkpoint_id, Outcome::LostRace);
-        if let Ok(winner) = read_metadata(&self.storage, checkpoint_id).await
+        if let Ok(winner) = self.storage.read_checkpoint_metadata(checkpoint_id).await
             && winner.checkpoint_id == checkpoint_id
         {
             self.store.adopt(winner);

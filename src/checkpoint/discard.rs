@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::checkpoint::coordinator::CheckpointCoordinator;
+use crate::checkpoint::savepoint::delete_own_savepoint_dir;
 use crate::error::Result;
 use crate::snapshot::handle::TaskStateSnapshot;
 use crate::snapshot::layout::{TRIGGER_MARKER, checkpoint_dir};
@@ -35,8 +36,8 @@ impl CheckpointCoordinator {
     /// directory's reservation is this coordinator's (`docs/faults.md`).
     pub(super) async fn discard_private_dir(&self, checkpoint_id: u64) -> Result<()> {
         if let Some(target) = self.savepoint_targets.get(&checkpoint_id) {
-            return target
-                .delete_own_savepoint_dir(checkpoint_id, &self.savepoint_owner(checkpoint_id))
+            let owner = self.savepoint_owner(checkpoint_id);
+            return delete_own_savepoint_dir(target, checkpoint_id, &owner)
                 .await
                 .map(|_| ());
         }

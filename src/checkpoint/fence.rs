@@ -228,14 +228,15 @@ async fn highest(storage: &CheckpointStorage) -> Result<Option<NewestGeneration>
     }))
 }
 
-impl CheckpointStorage {
-    /// The job's newest coordinator generation and whether it shut down (read-only): `statectl gc`
-    /// refuses to sweep while it has not, since a running coordinator's files could be in flight.
+impl NewestGeneration {
+    /// The newest coordinator generation of the job in `storage` and whether it shut down (read-only):
+    /// `statectl gc` refuses to sweep while it has not, since a running coordinator's files could be in
+    /// flight. `None` for a job no coordinator opened.
     ///
     /// # Errors
     /// Storage errors while listing.
-    pub async fn newest_generation(&self) -> Result<Option<NewestGeneration>> {
-        highest(self).await
+    pub async fn read(storage: &CheckpointStorage) -> Result<Option<NewestGeneration>> {
+        highest(storage).await
     }
 }
 

@@ -11,7 +11,6 @@ pub(crate) mod fence;
 mod known;
 pub(crate) mod lineage;
 pub(crate) mod pending;
-pub(crate) mod read;
 pub(crate) mod registry;
 mod savepoint;
 pub(crate) mod store;
@@ -23,8 +22,9 @@ pub use config::{CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks};
 pub use coordinator::CheckpointCoordinator;
 pub use fence::NewestGeneration;
 pub use registry::{SharedFileEntry, SharedFileRegistry};
+pub use savepoint::{delete_own_savepoint_dir, reserve_savepoint_id};
 pub use store::{
     AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreOutcome,
     SkippedCheckpoint,
 };
-pub use sweep::SweepReport;
+pub use sweep::{SweepReport, collect_garbage, plan_orphan_sweep};

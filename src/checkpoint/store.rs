@@ -17,7 +17,6 @@ use crate::snapshot::handle::CheckpointMetadata;
 use crate::snapshot::layout::{METADATA_FILE, PINNED_MARKER, checkpoint_dir};
 use crate::storage::CheckpointStorage;
 
-pub(crate) use crate::checkpoint::read::read_metadata;
 pub use crate::checkpoint::store_types::{
     AddOutcome, CancellationPolicy, RegistryStats, RestoreOutcome, SkippedCheckpoint,
 };
@@ -82,7 +81,7 @@ impl CompletedCheckpointStore {
 
     /// Reads the metadata of checkpoint `id`.
     async fn load(&self, id: u64) -> Result<Loaded> {
-        match read_metadata(&self.storage, id).await {
+        match self.storage.read_checkpoint_metadata(id).await {
             Ok(meta) if meta.checkpoint_id == id => Ok(Loaded::Readable(Box::new(meta))),
             Ok(meta) => Ok(Loaded::Unreadable(SkippedCheckpoint {
                 checkpoint_id: id,

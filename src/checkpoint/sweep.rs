@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use crate::checkpoint::coordinator::CheckpointCoordinator;
+use crate::checkpoint::fence::NewestGeneration;
 use crate::checkpoint::pending::Outcome;
-use crate::checkpoint::store::read_metadata;
 use crate::error::{ErrorKind, Result};
 use crate::snapshot::layout::{
     JobPath, METADATA_FILE, PINNED_MARKER, PROBE_DIR, STATS_FILE, TRIGGER_MARKER,
@@ -146,7 +146,7 @@ async fn read_all(
 ) -> Result<(Vec<crate::CheckpointMetadata>, Vec<u64>)> {
     let (mut found, mut unreadable) = (Vec::new(), Vec::new());
     for &id in dirs.iter().filter(|id| !skip(**id)) {
-        match read_metadata(storage, id).await {
+        match storage.read_checkpoint_metadata(id).await {
             Ok(meta) if meta.checkpoint_id == id => found.push(meta),
             Ok(_) => unreadable.push(id),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -157,102 +157,98 @@ async fn read_all(
     Ok((found, unreadable))
 }
 
-impl CheckpointStorage {
-    /// What an orphan sweep of this job's storage would delete now, read-only: nothing is registered,
-    /// written or deleted, so it is safe against a live job (`statectl gc --dry-run`). Files of
-    /// checkpoints in flight are not known to it (no coordinator's pending list), so a file counts only
-    /// by its age; ages are measured on `now` (the local clock: a plan may not write the clock probe).
-    ///
-    /// # Errors
-    /// Storage errors while listing or reading.
-    pub async fn plan_orphan_sweep(
-        &self,
-        min_age: Duration,
-        now: SystemTime,
-    ) -> Result<SweepReport> {
-        let listed: Vec<ListedFile> = self
-            .list_all()
-            .await?
-            .into_iter()
-            .filter(|f| !matches!(place(&f.path), Place::Other))
-            .collect();
-        let dirs = self.list_checkpoint_dirs().await?;
-        let (found, unreadable) = read_all(self, &dirs, |_| false).await?;
-        let mut report = SweepReport {
-            listed: listed.len(),
-            ..SweepReport::default()
-        };
-        if !unreadable.is_empty() {
-            report.blocked_by_unreadable = unreadable;
-            return Ok(report);
-        }
-        let referenced: HashSet<&str> = found
-            .iter()
-            .flat_map(|m| m.files())
-            .map(|f| f.path.as_str())
-            .collect();
-        let complete: BTreeSet<u64> = found.iter().map(|m| m.checkpoint_id).collect();
-        let doomed = classify(
-            &listed,
-            Inputs {
-                referenced: &referenced,
-                complete: &complete,
-                watermark: dirs.last().copied(),
-                pending: &BTreeSet::new(),
-                candidates: &mut HashMap::new(),
-                now,
-                min_age,
-            },
-            &mut report,
-        );
-        report.deleted = doomed.into_iter().map(|f| f.path.clone()).collect();
-        Ok(report)
+/// What an orphan sweep of the job's `storage` would delete now, read-only: nothing is registered,
+/// written or deleted, so it is safe against a live job (`statectl gc --dry-run`). Files of
+/// checkpoints in flight are not known to it (no coordinator's pending list), so a file counts only
+/// by its age; ages are measured on `now` (the local clock: a plan may not write the clock probe).
+///
+/// # Errors
+/// Storage errors while listing or reading.
+pub async fn plan_orphan_sweep(
+    storage: &CheckpointStorage,
+    min_age: Duration,
+    now: SystemTime,
+) -> Result<SweepReport> {
+    let listed: Vec<ListedFile> = storage
+        .list_all()
+        .await?
+        .into_iter()
+        .filter(|f| !matches!(place(&f.path), Place::Other))
+        .collect();
+    let dirs = storage.list_checkpoint_dirs().await?;
+    let (found, unreadable) = read_all(storage, &dirs, |_| false).await?;
+    let mut report = SweepReport {
+        listed: listed.len(),
+        ..SweepReport::default()
+    };
+    if !unreadable.is_empty() {
+        report.blocked_by_unreadable = unreadable;
+        return Ok(report);
     }
+    let referenced: HashSet<&str> = found
+        .iter()
+        .flat_map(|m| m.files())
+        .map(|f| f.path.as_str())
+        .collect();
+    let complete: BTreeSet<u64> = found.iter().map(|m| m.checkpoint_id).collect();
+    let doomed = classify(
+        &listed,
+        Inputs {
+            referenced: &referenced,
+            complete: &complete,
+            watermark: dirs.last().copied(),
+            pending: &BTreeSet::new(),
+            candidates: &mut HashMap::new(),
+            now,
+            min_age,
+        },
+        &mut report,
+    );
+    report.deleted = doomed.into_iter().map(|f| f.path.clone()).collect();
+    Ok(report)
 }
 
-impl CheckpointStorage {
-    /// The orphan sweep of a stopped job, as an operator runs it (`statectl gc`): refuses while the job's
-    /// newest coordinator generation has not shut down (a job that may be running, whose uploads in flight
-    /// nobody here knows), unless `force` (a job that crashed). It then opens a coordinator (its generation
-    /// fences any coordinator that is in fact still running), sweeps
-    /// ([`CheckpointCoordinator::sweep_orphans`]) and shuts it down again, retaining every checkpoint, so
-    /// that the job counts as stopped afterwards.
-    ///
-    /// # Errors
-    /// [`Error::IllegalState`](crate::Error::IllegalState) naming the live generation; storage errors.
-    pub async fn collect_garbage(
-        &self,
-        min_age: Duration,
-        force: bool,
-        clock: std::sync::Arc<dyn crate::Clock>,
-    ) -> Result<SweepReport> {
-        if let Some(newest) = self.newest_generation().await?
-            && !newest.closed
-            && !force
-        {
-            return Err(crate::Error::IllegalState(format!(
-                "coordinator generation {} of this job has not shut down: the job may be running, and its \
-                 uploads in flight are not known here. Stop the job first, or force the sweep if it \
-                 crashed (a coordinator that is in fact running is then fenced); a dry run is always safe",
-                newest.generation
-            )));
-        }
-        // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
-        // nothing.
-        let mut coordinator = CheckpointCoordinator::open_with_clock(
-            self.clone(),
-            crate::CoordinatorConfig::single_operator("gc", 1, usize::MAX),
-            clock,
-        )
-        .await?;
-        let swept = coordinator.sweep_orphans(min_age).await;
-        let closed = coordinator
-            .shutdown(crate::checkpoint::CancellationPolicy::RetainOnCancellation)
-            .await;
-        let report = swept?;
-        closed?;
-        Ok(report)
+/// The orphan sweep of the stopped job in `storage`, as an operator runs it (`statectl gc`): refuses while the job's
+/// newest coordinator generation has not shut down (a job that may be running, whose uploads in flight
+/// nobody here knows), unless `force` (a job that crashed). It then opens a coordinator (its generation
+/// fences any coordinator that is in fact still running), sweeps
+/// ([`CheckpointCoordinator::sweep_orphans`]) and shuts it down again, retaining every checkpoint, so
+/// that the job counts as stopped afterwards.
+///
+/// # Errors
+/// [`Error::IllegalState`](crate::Error::IllegalState) naming the live generation; storage errors.
+pub async fn collect_garbage(
+    storage: &CheckpointStorage,
+    min_age: Duration,
+    force: bool,
+    clock: std::sync::Arc<dyn crate::Clock>,
+) -> Result<SweepReport> {
+    if let Some(newest) = NewestGeneration::read(storage).await?
+        && !newest.closed
+        && !force
+    {
+        return Err(crate::Error::IllegalState(format!(
+            "coordinator generation {} of this job has not shut down: the job may be running, and its \
+             uploads in flight are not known here. Stop the job first, or force the sweep if it \
+             crashed (a coordinator that is in fact running is then fenced); a dry run is always safe",
+            newest.generation
+        )));
     }
+    // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
+    // nothing.
+    let mut coordinator = CheckpointCoordinator::open_with_clock(
+        storage.clone(),
+        crate::CoordinatorConfig::single_operator("gc", 1, usize::MAX),
+        clock,
+    )
+    .await?;
+    let swept = coordinator.sweep_orphans(min_age).await;
+    let closed = coordinator
+        .shutdown(crate::checkpoint::CancellationPolicy::RetainOnCancellation)
+        .await;
+    let report = swept?;
+    closed?;
+    Ok(report)
 }
 
 impl CheckpointCoordinator {

@@ -21,9 +21,14 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::metadata;
 use crate::ids::{IdSource, RandomIds};
-use crate::snapshot::layout::{SAVEPOINT_DIR, checkpoint_dir_id, savepoint_dir_id};
+use crate::snapshot::handle::CheckpointMetadata;
+use crate::snapshot::layout::{
+    METADATA_FILE, SAVEPOINT_DIR, checkpoint_dir, checkpoint_dir_id, savepoint_dir,
+    savepoint_dir_id,
+};
 
 pub(crate) use file::{AbortQueue, FileWriter, RangeSource};
 pub use uploads::IncompleteUpload;
@@ -499,4 +504,47 @@ pub(crate) struct ListedFile {
     /// A staging file of a local directory (`<name>#<digits>`): never part of a checkpoint; delete it
     /// with [`CheckpointStorage::delete_listed`].
     pub(crate) staging: bool,
+}
+
+impl CheckpointStorage {
+    /// The metadata of completed checkpoint `id`, read from storage (for a task that restores on its own,
+    /// away from the coordinator; read-only).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the checkpoint has no `_metadata` (never completed,
+    /// or deleted); [`Error::Corrupt`] if it does not decode; storage errors.
+    pub async fn read_checkpoint_metadata(&self, id: u64) -> Result<CheckpointMetadata> {
+        let relative = format!("{}/{METADATA_FILE}", checkpoint_dir(id));
+        let bytes: Bytes = self.read(&relative).await?;
+        metadata::decode(&bytes, self.path(&relative).as_ref())
+    }
+
+    /// The metadata of completed savepoint `id` in this storage (`savepoints/sp-<id>/_metadata`, as
+    /// [`CheckpointCoordinator::trigger_savepoint`](crate::checkpoint::CheckpointCoordinator::trigger_savepoint) writes
+    /// it): its handles restore either backend (canonical) or the RocksDB backend (native), in
+    /// [`RestoreMode::NoClaim`](crate::RestoreMode) unless the user hands the savepoint over.
+    ///
+    /// # Errors
+    /// As [`CheckpointStorage::read_checkpoint_metadata`].
+    pub async fn read_savepoint_metadata(&self, id: u64) -> Result<CheckpointMetadata> {
+        let relative = format!("{}/{METADATA_FILE}", savepoint_dir(id));
+        let bytes: Bytes = self.read(&relative).await?;
+        metadata::decode(&bytes, self.path(&relative).as_ref())
+    }
+
+    /// Whether checkpoint `id` has completed: its `_metadata` exists (a task's hint that it may confirm
+    /// its snapshot, when its engine has no channel back from the coordinator; read-only).
+    ///
+    /// # Errors
+    /// Storage errors other than absence.
+    pub async fn checkpoint_completed(&self, id: u64) -> Result<bool> {
+        match self
+            .head(&format!("{}/{METADATA_FILE}", checkpoint_dir(id)))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }

@@ -174,7 +174,7 @@ async fn savepoints_stay(sim: &mut Sim) -> Step {
 
 /// A coordinator is fenced only if a newer generation exists.
 async fn fences_are_real(sim: &Sim) -> Step {
-    let newest = match sim.truth.newest_generation().await {
+    let newest = match statebackend::checkpoint::NewestGeneration::read(&sim.truth).await {
         Ok(n) => n.map_or(0, |n| n.generation),
         Err(e) => violation!("generations cannot be listed without faults: {e}"),
     };

@@ -43,10 +43,12 @@ impl Sim {
     pub async fn gc(&mut self) -> Step {
         if self.rng.random_bool(0.5) {
             let before = contents(&self.truth).await;
-            let plan = self
-                .storage
-                .plan_orphan_sweep(MIN_AGE, self.clock.now())
-                .await;
+            let plan = statebackend::checkpoint::plan_orphan_sweep(
+                &self.storage,
+                MIN_AGE,
+                self.clock.now(),
+            )
+            .await;
             if contents(&self.truth).await != before {
                 violation!("statectl gc --dry-run changed storage");
             }
@@ -59,12 +61,14 @@ impl Sim {
         }
         let force = self.rng.random_bool(0.3);
         let live = matches!(
-            self.truth.newest_generation().await,
+            statebackend::checkpoint::NewestGeneration::read(&self.truth).await,
             Ok(Some(newest)) if !newest.closed
         );
         let (storage, clock) = (self.storage.clone(), self.clock.clone());
         let swept = self
-            .crashable(storage.collect_garbage(MIN_AGE, force, clock))
+            .crashable(statebackend::checkpoint::collect_garbage(
+                &storage, MIN_AGE, force, clock,
+            ))
             .await;
         match swept {
             Err(point) => self.say(format!("gc crashed at {point}")),
@@ -115,7 +119,7 @@ impl Sim {
                 "savepoint {id} reserved by conversion {}\n",
                 self.foreign.len()
             );
-            match target.reserve_savepoint_id(id, &owner).await {
+            match statebackend::checkpoint::reserve_savepoint_id(&target, id, &owner).await {
                 Ok(true) => {}
                 _ => return Ok(()),
             }

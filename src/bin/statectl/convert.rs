@@ -38,9 +38,9 @@ pub(crate) async fn convert(src: &str, dst: &str) -> Result<ExitCode, String> {
     let written = write(&at, &meta, &target, id).await;
     if written.is_err() {
         // The id is reserved for this conversion: what it wrote there is its own.
-        let _ = target
-            .delete_own_savepoint_dir(id, &owner(src, id, &run))
-            .await;
+        let _ =
+            statebackend::checkpoint::delete_own_savepoint_dir(&target, id, &owner(src, id, &run))
+                .await;
     }
     written?;
     out!(
@@ -75,8 +75,7 @@ async fn reserve_id(
         .unwrap_or(0);
     let first = restored.max(highest) + 1;
     for id in first..first + 64 {
-        if target
-            .reserve_savepoint_id(id, &owner(src, id, run))
+        if statebackend::checkpoint::reserve_savepoint_id(target, id, &owner(src, id, run))
             .await
             .map_err(|e| e.to_string())?
         {

@@ -74,11 +74,10 @@ pub(crate) async fn dump(
                 "{dir} is a native LSM snapshot (its rows are inside RocksDB's files): dump reads canonical snapshots (heap checkpoints, canonical savepoints)"
             ));
         }
-        let (states, records) = at
-            .storage
-            .keyed_file_records(handle, key_group)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (states, records) =
+            statebackend::inspect::keyed_file_records(&at.storage, handle, key_group)
+                .await
+                .map_err(|e| e.to_string())?;
         let Some(index) = states.iter().position(|s| s.name == state) else {
             continue;
         };

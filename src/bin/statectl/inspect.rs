@@ -45,11 +45,10 @@ pub(crate) async fn inspect(dir: &str, entries: bool, as_json: bool) -> Result<E
     for task in &meta.tasks {
         let states: Option<Vec<(StateMeta, Option<u64>)>> = match &task.keyed_state {
             Some(h) if h.format == HandleFormat::KeyedFile && entries => {
-                let (states, counts) = at
-                    .storage
-                    .keyed_file_entry_counts(h)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (states, counts) =
+                    statebackend::inspect::keyed_file_entry_counts(&at.storage, h)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 Some(
                     states
                         .into_iter()
@@ -58,8 +57,7 @@ pub(crate) async fn inspect(dir: &str, entries: bool, as_json: bool) -> Result<E
                 )
             }
             Some(h) if h.format == HandleFormat::KeyedFile => Some(
-                at.storage
-                    .keyed_file_states(h)
+                statebackend::inspect::keyed_file_states(&at.storage, h)
                     .await
                     .map_err(|e| e.to_string())?
                     .into_iter()

@@ -146,14 +146,17 @@ pub(crate) async fn gc(
     let progress = spinner("reading checkpoints and sweeping", false, as_json);
     let report = if dry_run {
         // Read-only: no generation, no clock probe, no delete (safe on a running job).
-        storage
-            .plan_orphan_sweep(min_age, std::time::SystemTime::now())
+        statebackend::checkpoint::plan_orphan_sweep(&storage, min_age, std::time::SystemTime::now())
             .await
             .map_err(|e| e.to_string())?
     } else {
-        let swept = storage
-            .collect_garbage(min_age, force, std::sync::Arc::new(SystemClock))
-            .await;
+        let swept = statebackend::checkpoint::collect_garbage(
+            &storage,
+            min_age,
+            force,
+            std::sync::Arc::new(SystemClock),
+        )
+        .await;
         if swept.is_err() {
             progress.finish_and_clear();
         }
