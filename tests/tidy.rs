@@ -49,8 +49,6 @@ const LAYER_DEBT: &[(&str, &str, &str)] = &[];
 const SPREAD_DEBT: &[(&str, usize)] = &[
     ("CheckpointCoordinator", 5),
     ("CheckpointStorage", 6),
-    ("CowMap", 3),
-    ("HeapKeyedStateBackend", 4),
     ("RocksDbKeyedStateBackend", 7),
 ];
 

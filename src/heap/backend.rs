@@ -1,27 +1,27 @@
 //! The heap keyed state backend (as Flink's `HeapKeyedStateBackend` with `CopyOnWriteStateMap`, but with a
 //! synchronous phase that does not grow with the state: see `docs/design.md`).
 
-use std::any::Any;
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::heap::bulk;
 use crate::heap::config::HeapConfig;
-use crate::heap::decode::decode_raw;
+use crate::heap::snapshot::SnapshotJob;
+use crate::heap::states::StateTables;
 use crate::heap::table::{
-    ErasedTable, ListCell, MapCell, RawTable, StateTable, ValueSerde, entry_hash, list_serde,
-    map_serde, value_serde,
+    ListCell, MapCell, StateTable, ValueSerde, entry_hash, list_serde, map_serde, value_serde,
 };
 use crate::key_group::router::KeyRoute;
 use crate::key_group::{KeyGroupRange, locate_hash};
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
-use crate::keyed::checks::{no_current_key, wrong_state};
+use crate::keyed::checks::{check_route, no_current_key, wrong_state};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
 };
 use crate::keyed::identity::SubtaskIdentity;
-use crate::keyed::ledger::SnapshotLedger;
+use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::snapshot::result::SavepointFormat;
@@ -44,8 +44,8 @@ pub struct HeapKeyedStateBackend<K> {
     pub(crate) config: HeapConfig,
     /// Identity in storage, drawn from the storage's id source at the first snapshot or restore.
     pub(crate) backend_id: Option<String>,
-    pub(crate) tables: Vec<Box<dyn ErasedTable<K>>>,
-    pub(crate) by_name: HashMap<String, StateId>,
+    /// Every state, by id and name.
+    pub(crate) states: StateTables<K>,
     pub(crate) current: Option<CurrentKey<K>>,
     pub(crate) key_buf: Vec<u8>,
     /// Ids snapshotted, unconfirmed and confirmed.
@@ -64,8 +64,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             identity,
             config,
             backend_id: None,
-            tables: Vec::new(),
-            by_name: HashMap::new(),
+            states: StateTables::new(),
             current: None,
             key_buf: Vec::with_capacity(64),
             ledger: SnapshotLedger::default(),
@@ -107,16 +106,12 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 
     /// Entries (key, namespace pairs) of all states together.
     pub fn total_entries(&self) -> usize {
-        self.tables.iter().map(|t| t.len()).sum()
+        self.states.total_entries()
     }
 
     /// Names of all states, registered or restored.
     pub fn state_names(&self) -> Vec<String> {
-        self.tables
-            .iter()
-            .filter(|t| !t.is_dropped())
-            .map(|t| t.meta().name.clone())
-            .collect()
+        self.states.names()
     }
 
     /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
@@ -130,46 +125,45 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         serde: ValueSerde<S>,
     ) -> Result<StateId> {
         let groups = self.identity.key_groups().len() as usize;
-        let Some(&id) = self.by_name.get(&meta.name) else {
-            let id = StateId(self.tables.len() as u32);
-            self.tables.push(Box::new(StateTable::<K, N, S>::new(
-                meta.clone(),
-                groups,
-                serde,
-            )));
-            self.by_name.insert(meta.name, id);
-            return Ok(id);
+        self.states
+            .register::<N, S>(meta, serde, groups, self.config.restore_threads)
+    }
+
+    /// The synchronous phase of a checkpoint or a savepoint: freezes every live state, O(key groups).
+    fn sync_phase(
+        &mut self,
+        checkpoint_id: u64,
+        storage: &CheckpointStorage,
+        of: SnapshotOf,
+    ) -> Result<PendingSnapshot> {
+        let start = Instant::now();
+        self.ledger.begin(checkpoint_id, of)?;
+        let (states, frozen) = self.states.freeze();
+        let identity = &self.identity;
+        let backend_id = self.backend_id.get_or_insert_with(|| {
+            storage.new_backend_id(identity.operator_id(), identity.subtask_index())
+        });
+        let job = SnapshotJob {
+            checkpoint_id,
+            states,
+            frozen,
+            config: self.config.clone(),
+            identity: self.identity.clone(),
+            backend_id: backend_id.clone(),
+            savepoint: of == SnapshotOf::Savepoint,
         };
-        let existing = &self.tables[id.0 as usize];
-        if (existing.as_ref() as &dyn Any).is::<StateTable<K, N, S>>() {
-            meta.check_compatible(existing.meta())?;
-            return Ok(id);
-        }
-        let migrate = meta.check_layout(existing.meta())?;
-        let Some(raw) = (existing.as_ref() as &dyn Any).downcast_ref::<RawTable>() else {
-            meta.check_compatible(existing.meta())?;
-            return Err(Error::InvalidArgument(format!(
-                "state `{}` is registered with other Rust types",
-                meta.name
-            )));
-        };
-        // Schema evolution: values written by an older codec are read through its migration, here, once
-        // (`docs/savepoints.md`); the table then holds the new type and snapshots the new encoding.
-        let stored = &raw.meta.value_codec;
-        let migration = if migrate {
-            (serde.migration)(&meta.name, stored)?
-        } else {
-            None
-        };
-        let mut table = StateTable::<K, N, S>::new(meta, groups, serde);
-        decode_raw(
-            raw,
-            &mut table,
-            migration.as_ref(),
-            self.config.restore_threads,
-        )?;
-        self.tables[id.0 as usize] = Box::new(table);
-        Ok(id)
+        let sync_duration = start.elapsed();
+        Ok(PendingSnapshot::new(
+            checkpoint_id,
+            sync_duration,
+            job.run(storage.clone(), sync_duration),
+        ))
+    }
+
+    /// The typed table of `id`, without needing a current key.
+    #[inline]
+    fn typed<N: StateKey, S: 'static>(&self, id: StateId) -> Result<&StateTable<K, N, S>> {
+        self.states.typed(id).ok_or_else(|| access_error(true, id))
     }
 
     #[inline]
@@ -177,11 +171,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         &self,
         id: StateId,
     ) -> Result<TableRef<'_, K, N, S>> {
-        let table = self
-            .tables
-            .get(id.0 as usize)
-            .and_then(|t| (t.as_ref() as &dyn Any).downcast_ref());
-        match (table, self.current.as_ref()) {
+        match (self.states.typed(id), self.current.as_ref()) {
             (Some(table), Some(current)) => Ok((table, current)),
             _ => Err(access_error(self.current.is_some(), id)),
         }
@@ -192,11 +182,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         &mut self,
         id: StateId,
     ) -> Result<TableMut<'_, K, N, S>> {
-        let table = self
-            .tables
-            .get_mut(id.0 as usize)
-            .and_then(|t| (t.as_mut() as &mut dyn Any).downcast_mut());
-        match (table, self.current.as_ref()) {
+        match (self.states.typed_mut(id), self.current.as_ref()) {
             (Some(table), Some(current)) => Ok((table, current)),
             _ => Err(access_error(self.current.is_some(), id)),
         }
@@ -234,7 +220,13 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        self.set_current_key_routed_impl(key, route)
+        check_route(&route, self.identity.max_parallelism())?;
+        debug_assert_eq!(
+            route.hash(),
+            key.stable_hash(&mut self.key_buf),
+            "the route is not the key's"
+        );
+        self.set_located(key, route.hash())
     }
 
     fn current_key(&self) -> Option<&K> {
@@ -441,7 +433,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         state: StateId,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, V>> {
-        self.map_iter_impl(state, ns)
+        Ok(bulk::map_iter(self.table::<N, MapCell<UK, V>>(state)?, ns))
     }
 
     fn map_is_empty<N: StateKey, UK: StateKey, V: StateValue>(
@@ -449,7 +441,10 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         state: StateId,
         ns: &N,
     ) -> Result<bool> {
-        self.map_is_empty_impl::<N, UK, V>(state, ns)
+        Ok(bulk::map_is_empty(
+            self.table::<N, MapCell<UK, V>>(state)?,
+            ns,
+        ))
     }
 
     fn map_put_all<N: StateKey, UK: StateKey, V: StateValue>(
@@ -458,7 +453,9 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         ns: &N,
         entries: Vec<(UK, V)>,
     ) -> Result<()> {
-        self.map_put_all_impl(state, ns, entries)
+        let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
+        bulk::map_put_all(t, c, ns, entries);
+        Ok(())
     }
 
     fn map_retain<N: StateKey, UK: StateKey, V: StateValue>(
@@ -467,7 +464,9 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         ns: &N,
         keep: &mut dyn FnMut(&UK, &V) -> bool,
     ) -> Result<()> {
-        self.map_retain_impl(state, ns, keep)
+        let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
+        bulk::map_retain(t, c, ns, keep);
+        Ok(())
     }
 
     fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
@@ -482,25 +481,15 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
-        let table = self
-            .tables
-            .get(state.0 as usize)
-            .ok_or_else(|| wrong_state(state))?;
-        if let Some(keys) = table.keys_in_namespace(ns) {
-            return Ok(keys);
-        }
-        if let Some(keys) = table_keys_any::<K, N>(table.as_ref(), ns) {
-            return keys;
-        }
-        Err(wrong_state(state))
+        self.states.keys(state, ns)
     }
 
     fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
-        self.keys_and_namespaces_impl(state)
+        self.states.keys_and_namespaces(state)
     }
 
     fn drop_state(&mut self, name: &str) -> Result<bool> {
-        self.drop_state_impl(name)
+        Ok(self.states.drop_state(name))
     }
 
     fn value_get_batch<N: StateKey, V: StateValue>(
@@ -510,7 +499,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         keys: &[K],
         out: &mut Vec<Option<V>>,
     ) -> Result<()> {
-        self.value_get_batch_impl(state, ns, keys, out)
+        bulk::value_get_batch(self.typed::<N, V>(state)?, &self.identity, ns, keys, out)
     }
 
     fn value_put_batch<N: StateKey, V: StateValue>(
@@ -520,7 +509,9 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         keys: &[K],
         values: &[V],
     ) -> Result<()> {
-        self.value_put_batch_impl(state, ns, keys, values)
+        let table = self.states.typed_mut::<N, V>(state);
+        let table = table.ok_or_else(|| access_error(true, state))?;
+        bulk::value_put_batch(table, &self.identity, ns, keys, values)
     }
 
     fn value_modify_batch<N: StateKey, V: StateValue>(
@@ -530,7 +521,9 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         keys: &[K],
         f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
     ) -> Result<()> {
-        self.value_modify_batch_impl(state, ns, keys, f)
+        let table = self.states.typed_mut::<N, V>(state);
+        let table = table.ok_or_else(|| access_error(true, state))?;
+        bulk::value_modify_batch(table, &self.identity, ns, keys, f)
     }
 
     fn snapshot(
@@ -538,7 +531,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         checkpoint_id: u64,
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
-        self.snapshot_job(checkpoint_id, storage, false)
+        self.sync_phase(checkpoint_id, storage, SnapshotOf::Checkpoint)
     }
 
     fn savepoint(
@@ -548,7 +541,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         _format: SavepointFormat,
     ) -> Result<PendingSnapshot> {
         // The heap backend's native format is the canonical one.
-        self.snapshot_job(savepoint_id, storage, true)
+        self.sync_phase(savepoint_id, storage, SnapshotOf::Savepoint)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
@@ -566,23 +559,4 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         self.ledger.abort(checkpoint_id);
         tracing::debug!(checkpoint_id, "heap backend: checkpoint aborted");
     }
-}
-
-/// Keys of a raw (restored, unregistered) table, decoded.
-fn table_keys_any<K: StateKey, N: StateKey>(
-    table: &dyn ErasedTable<K>,
-    ns: &N,
-) -> Option<Result<Vec<K>>> {
-    let raw = (table as &dyn Any).downcast_ref::<RawTable>()?;
-    let mut want = Vec::new();
-    ns.encode(&mut want);
-    Some(
-        raw.records()
-            .filter(|r| {
-                r.as_ref()
-                    .map_or(true, |(_, _, n, _)| *n == want.as_slice())
-            })
-            .map(|r| r.and_then(|(_, k, _, _)| K::decode(k)))
-            .collect(),
-    )
 }

@@ -8,6 +8,7 @@ mod decode;
 mod prefetch;
 mod restore;
 mod snapshot;
+mod states;
 pub(crate) mod table;
 
 pub use backend::HeapKeyedStateBackend;

@@ -10,7 +10,7 @@ use crate::format::keyed_file::read::check_key_group;
 use crate::heap::backend::HeapKeyedStateBackend;
 use crate::heap::config::HeapConfig;
 use crate::heap::table::RawTable;
-use crate::keyed::backend::{StateId, StateKey};
+use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::SnapshotLedger;
 use crate::snapshot::handle::KeyedStateHandle;
@@ -118,13 +118,11 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             }
         }
         for (meta, groups, len) in raw {
-            let id = StateId(backend.tables.len() as u32);
-            backend.by_name.insert(meta.name.clone(), id);
-            backend.tables.push(Box::new(RawTable {
+            backend.states.add_restored(RawTable {
                 meta,
                 groups: Arc::new(groups.into_iter().collect()),
                 len,
-            }));
+            });
         }
         Ok(backend)
     }

@@ -5,12 +5,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
-use crate::heap::backend::HeapKeyedStateBackend;
 use crate::heap::config::HeapConfig;
 use crate::heap::table::FrozenTable;
-use crate::keyed::backend::{PendingSnapshot, StateKey};
 use crate::keyed::identity::SubtaskIdentity;
-use crate::keyed::ledger::SnapshotOf;
 use crate::snapshot::layout::{checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::StateMeta;
@@ -103,50 +100,5 @@ impl SnapshotJob {
         let (last, summary) = writer.finish()?;
         sink.push(last)?;
         Ok(summary)
-    }
-}
-
-impl<K: StateKey> HeapKeyedStateBackend<K> {
-    /// The synchronous phase of a checkpoint or (`savepoint`) a savepoint: freezes every live table.
-    pub(crate) fn snapshot_job(
-        &mut self,
-        checkpoint_id: u64,
-        storage: &CheckpointStorage,
-        savepoint: bool,
-    ) -> Result<PendingSnapshot> {
-        let start = Instant::now();
-        let of = if savepoint {
-            SnapshotOf::Savepoint
-        } else {
-            SnapshotOf::Checkpoint
-        };
-        self.ledger.begin(checkpoint_id, of)?;
-        let live = self.tables.iter().filter(|t| !t.is_dropped());
-        let job = SnapshotJob {
-            checkpoint_id,
-            states: live.clone().map(|t| t.meta().clone()).collect(),
-            frozen: self
-                .tables
-                .iter_mut()
-                .filter(|t| !t.is_dropped())
-                .map(|t| t.freeze())
-                .collect(),
-            config: self.config.clone(),
-            identity: self.identity.clone(),
-            backend_id: self
-                .backend_id
-                .get_or_insert_with(|| {
-                    storage
-                        .new_backend_id(self.identity.operator_id(), self.identity.subtask_index())
-                })
-                .clone(),
-            savepoint,
-        };
-        let sync_duration = start.elapsed();
-        Ok(PendingSnapshot::new(
-            checkpoint_id,
-            sync_duration,
-            job.run(storage.clone(), sync_duration),
-        ))
     }
 }

@@ -1,9 +1,9 @@
 //! Building one key group's map apart from the [`CowMap`] (restore decodes key groups on several threads,
 //! `heap/restore.rs`), with its directory sized for the entries it will hold.
 
-use std::sync::Arc;
-
-use super::{CowMap, Entry, KeyGroupMap, Page, SPLIT_AT, slots_for, stored_hash};
+#[cfg(doc)]
+use super::CowMap;
+use super::{Entry, KeyGroupMap, Page, SPLIT_AT, slots_for, stored_hash};
 
 /// The map of one key group under construction; [`CowMap::install`] puts it in place.
 pub(crate) struct GroupBuilder<K, N, S> {
@@ -65,21 +65,9 @@ impl<K: Eq + Clone, N: Eq + Clone, S: Clone> GroupBuilder<K, N, S> {
     }
 }
 
-impl<K, N, S> CowMap<K, N, S> {
-    /// Number of snapshots taken so far: what a [`GroupBuilder`] for this map is stamped with.
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Puts a built key-group map in place of key group `kg`'s, which must be empty (a restore installs
-    /// each group once, into a new map).
-    ///
-    /// # Panics
-    /// If `kg` is not a key group of this map; in debug builds, if its map is not empty.
-    pub(crate) fn install(&mut self, kg: usize, built: GroupBuilder<K, N, S>) {
-        debug_assert_eq!(self.groups[kg].len, 0, "a key group is installed once");
-        debug_assert_eq!(built.epoch, self.epoch, "built for this map's epoch");
-        self.len += built.group.len;
-        self.groups[kg] = Arc::new(built.group);
+impl<K, N, S> GroupBuilder<K, N, S> {
+    /// The built map and the epoch it was built for ([`CowMap::install`] checks it).
+    pub(super) fn finish(self) -> (KeyGroupMap<K, N, S>, u64) {
+        (self.group, self.epoch)
     }
 }

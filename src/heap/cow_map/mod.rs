@@ -518,6 +518,26 @@ pub(crate) struct CowSnapshot<K, N, S> {
     groups: Vec<Option<Arc<KeyGroupMap<K, N, S>>>>,
 }
 
+impl<K, N, S> CowMap<K, N, S> {
+    /// Number of snapshots taken so far: what a [`GroupBuilder`](build::GroupBuilder) for this map is stamped with.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Puts a built key-group map in place of key group `kg`'s, which must be empty (a restore installs
+    /// each group once, into a new map).
+    ///
+    /// # Panics
+    /// If `kg` is not a key group of this map; in debug builds, if its map is not empty.
+    pub(crate) fn install(&mut self, kg: usize, built: build::GroupBuilder<K, N, S>) {
+        debug_assert_eq!(self.groups[kg].len, 0, "a key group is installed once");
+        let (group, epoch) = built.finish();
+        debug_assert_eq!(epoch, self.epoch, "built for this map's epoch");
+        self.len += group.len;
+        self.groups[kg] = Arc::new(group);
+    }
+}
+
 impl<K, N, S> CowSnapshot<K, N, S> {
     /// Takes key group `kg` out of the snapshot; dropping it releases pages that writers copied away from.
     pub(crate) fn take_group(&mut self, kg: usize) -> Option<Arc<KeyGroupMap<K, N, S>>> {

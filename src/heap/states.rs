@@ -1,0 +1,198 @@
+//! The heap backend's states, as a component that owns them: one table per state by id (a typed
+//! [`StateTable`] once the job registers it, a [`RawTable`] of restored records until then, a
+//! [`DroppedTable`] after `drop_state`, so that ids stay valid), and the names that find them. Registration
+//! with its schema checks and migration, typed lookup, and the synchronous phase's freeze live here.
+
+use std::any::Any;
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::heap::decode::decode_raw;
+use crate::heap::table::{
+    DroppedTable, ErasedTable, FrozenTable, RawTable, StateTable, ValueSerde,
+};
+use crate::keyed::backend::{StateId, StateKey};
+use crate::keyed::checks::wrong_state;
+use crate::snapshot::state_meta::StateMeta;
+
+/// Every state of one heap backend.
+pub(crate) struct StateTables<K> {
+    tables: Vec<Box<dyn ErasedTable<K>>>,
+    by_name: HashMap<String, StateId>,
+}
+
+impl<K: StateKey> StateTables<K> {
+    pub(crate) fn new() -> Self {
+        StateTables {
+            tables: Vec::new(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// Adds the restored records of a state no descriptor registered yet.
+    pub(crate) fn add_restored(&mut self, table: RawTable) {
+        let id = StateId(self.tables.len() as u32);
+        self.by_name.insert(table.meta.name.clone(), id);
+        self.tables.push(Box::new(table));
+    }
+
+    /// The id of the state `meta` describes, with a table of `groups` key groups: a new one, the one
+    /// already registered with the same types, or a restored one decoded now (on `restore_threads`
+    /// threads, through the codec's migration if the stored encoding is older).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] or [`Error::IncompatibleSchema`] if the state exists with another kind,
+    /// other Rust types or an encoding the codec cannot read; decode errors of restored records.
+    pub(crate) fn register<N: StateKey, S: Clone + Send + Sync + 'static>(
+        &mut self,
+        meta: StateMeta,
+        serde: ValueSerde<S>,
+        groups: usize,
+        restore_threads: usize,
+    ) -> Result<StateId> {
+        let Some(&id) = self.by_name.get(&meta.name) else {
+            let id = StateId(self.tables.len() as u32);
+            self.tables.push(Box::new(StateTable::<K, N, S>::new(
+                meta.clone(),
+                groups,
+                serde,
+            )));
+            self.by_name.insert(meta.name, id);
+            return Ok(id);
+        };
+        let existing = &self.tables[id.0 as usize];
+        if (existing.as_ref() as &dyn Any).is::<StateTable<K, N, S>>() {
+            meta.check_compatible(existing.meta())?;
+            return Ok(id);
+        }
+        let migrate = meta.check_layout(existing.meta())?;
+        let Some(raw) = (existing.as_ref() as &dyn Any).downcast_ref::<RawTable>() else {
+            meta.check_compatible(existing.meta())?;
+            return Err(Error::InvalidArgument(format!(
+                "state `{}` is registered with other Rust types",
+                meta.name
+            )));
+        };
+        // Schema evolution: values written by an older codec are read through its migration, here, once
+        // (`docs/savepoints.md`); the table then holds the new type and snapshots the new encoding.
+        let stored = &raw.meta.value_codec;
+        let migration = if migrate {
+            (serde.migration)(&meta.name, stored)?
+        } else {
+            None
+        };
+        let mut table = StateTable::<K, N, S>::new(meta, groups, serde);
+        decode_raw(raw, &mut table, migration.as_ref(), restore_threads)?;
+        self.tables[id.0 as usize] = Box::new(table);
+        Ok(id)
+    }
+
+    /// The table of `id` if it holds these types.
+    #[inline]
+    pub(crate) fn typed<N: StateKey, S: 'static>(
+        &self,
+        id: StateId,
+    ) -> Option<&StateTable<K, N, S>> {
+        self.tables
+            .get(id.0 as usize)
+            .and_then(|t| (t.as_ref() as &dyn Any).downcast_ref())
+    }
+
+    /// The table of `id` if it holds these types.
+    #[inline]
+    pub(crate) fn typed_mut<N: StateKey, S: 'static>(
+        &mut self,
+        id: StateId,
+    ) -> Option<&mut StateTable<K, N, S>> {
+        self.tables
+            .get_mut(id.0 as usize)
+            .and_then(|t| (t.as_mut() as &mut dyn Any).downcast_mut())
+    }
+
+    fn table(&self, id: StateId) -> Result<&dyn ErasedTable<K>> {
+        self.tables
+            .get(id.0 as usize)
+            .map(|t| t.as_ref())
+            .ok_or_else(|| wrong_state(id))
+    }
+
+    /// Keys with an entry in namespace `ns` of state `id`, registered or still restored records.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `id` is not a state or `N` not its namespace type; decode errors of
+    /// restored records.
+    pub(crate) fn keys<N: StateKey>(&self, id: StateId, ns: &N) -> Result<Vec<K>> {
+        let table = self.table(id)?;
+        if let Some(keys) = table.keys_in_namespace(ns) {
+            return Ok(keys);
+        }
+        let raw = (table as &dyn Any)
+            .downcast_ref::<RawTable>()
+            .ok_or_else(|| wrong_state(id))?;
+        let mut want = Vec::new();
+        ns.encode(&mut want);
+        raw.records()
+            .filter(|r| {
+                r.as_ref()
+                    .map_or(true, |(_, _, n, _)| *n == want.as_slice())
+            })
+            .map(|r| r.and_then(|(_, k, _, _)| K::decode(k)))
+            .collect()
+    }
+
+    /// Every (key, namespace) pair of state `id`, registered or still restored records.
+    ///
+    /// # Errors
+    /// As [`StateTables::keys`].
+    pub(crate) fn keys_and_namespaces<N: StateKey>(&self, id: StateId) -> Result<Vec<(K, N)>> {
+        let table = self.table(id)?;
+        let mut out: Vec<(K, N)> = Vec::new();
+        if table.keys_and_namespaces(&mut out) {
+            return Ok(out);
+        }
+        let raw = (table as &dyn Any)
+            .downcast_ref::<RawTable>()
+            .ok_or_else(|| wrong_state(id))?;
+        raw.records()
+            .map(|r| r.and_then(|(_, k, n, _)| Ok((K::decode(k)?, N::decode(n)?))))
+            .collect()
+    }
+
+    /// Drops state `name` (its id stays taken, refusing every access); whether it existed.
+    pub(crate) fn drop_state(&mut self, name: &str) -> bool {
+        let Some(id) = self.by_name.remove(name) else {
+            return false;
+        };
+        let table = &mut self.tables[id.0 as usize];
+        let meta = table.meta().clone();
+        *table = Box::new(DroppedTable(meta));
+        true
+    }
+
+    /// Names of all live states, registered or restored.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.live().map(|t| t.meta().name.clone()).collect()
+    }
+
+    /// Entries (key, namespace pairs) of all states together.
+    pub(crate) fn total_entries(&self) -> usize {
+        self.tables.iter().map(|t| t.len()).sum()
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Box<dyn ErasedTable<K>>> + Clone {
+        self.tables.iter().filter(|t| !t.is_dropped())
+    }
+
+    /// The synchronous phase: every live state's description and a frozen view of its table, in the same
+    /// order; O(states x key groups), whatever the number of entries.
+    pub(crate) fn freeze(&mut self) -> (Vec<StateMeta>, Vec<Box<dyn FrozenTable>>) {
+        let metas = self.live().map(|t| t.meta().clone()).collect();
+        let frozen = self
+            .tables
+            .iter_mut()
+            .filter(|t| !t.is_dropped())
+            .map(|t| t.freeze())
+            .collect();
+        (metas, frozen)
+    }
+}
