@@ -2,13 +2,9 @@
 //! options of restored column families, memtables flushed by a native checkpoint, direct I/O.
 
 #![cfg(feature = "rocksdb")]
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
 use statebackend::snapshot::HandleFormat;

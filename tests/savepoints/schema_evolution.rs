@@ -3,14 +3,10 @@
 //! canonical savepoints, for every state kind; an incompatible change is an error naming the state, and a
 //! value that does not migrate leaves the restored state as it was.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{backend_config, backend_kinds, identity};
+use crate::common::{backend_config, backend_kinds, identity};
 use statebackend::codec::{Migration, WrittenCodec};
 use statebackend::key_group::assign_to_key_group;
 use statebackend::operator::OperatorStateBackend;
@@ -323,7 +319,7 @@ fn owned_by(b: &StateBackend<u64>) -> impl Fn(u64) -> bool {
 /// version 2 encoding, which version 2 restores as is and version 1 refuses.
 #[test]
 fn version_two_migrates_every_state_kind_from_checkpoints_and_savepoints_on_both_backends() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for from in backend_kinds() {
             for to in backend_kinds() {
                 for savepoint in [false, true] {
@@ -371,7 +367,7 @@ fn version_two_migrates_every_state_kind_from_checkpoints_and_savepoints_on_both
 /// backend then registers the state with version 2 and reads every value.
 #[test]
 fn an_incompatible_change_is_an_error_naming_the_state_and_leaves_it_restorable() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
@@ -424,7 +420,7 @@ fn an_incompatible_change_is_an_error_naming_the_state_and_leaves_it_restorable(
 /// still reads them all.
 #[test]
 fn a_value_that_does_not_migrate_fails_the_registration_and_rewrites_nothing() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
@@ -459,7 +455,7 @@ fn a_value_that_does_not_migrate_fails_the_registration_and_rewrites_nothing() {
 /// backends; narrowing (`u64` → `u32`) is incompatible.
 #[test]
 fn built_in_integers_widen_on_restore_and_never_narrow() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();

@@ -2,14 +2,10 @@
 //! state handles (no backend needed), one test per known pitfall of shared-state registries and garbage
 //! collectors (Flink's and SlateDB's public bugs, `docs/lsm.md`; named after its bug).
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{coordinator, exists, runtime};
+use crate::common::{coordinator, exists, runtime};
 use object_store::ObjectStoreExt;
 use statebackend::key_group::key_group_range_for_operator;
 use statebackend::snapshot::{FileScope, HandleFormat, StateFile};
@@ -76,7 +72,7 @@ async fn complete(coord: &mut CheckpointCoordinator, files: &[(&str, u64)]) -> C
 }
 
 /// A coordinator of one task whose clock the test moves; the clock starts at the store's time.
-/// A coordinator on `storage` (a [`common::clocked::ClockedStore`]'s) with the store's clock.
+/// A coordinator on `storage` (a [`crate::common::clocked::ClockedStore`]'s) with the store's clock.
 async fn clocked(storage: &CheckpointStorage, clock: &Arc<ManualClock>) -> CheckpointCoordinator {
     let clock = clock.clone();
     // Checkpoints here may run longer than the sweeps' `min_age` (10 min), so the checkpoint timeout is
@@ -305,7 +301,7 @@ fn completion_aborts_older_pending_checkpoints() {
 #[test]
 fn slatedb_1758_204_orphan_sweep_spares_in_flight_uploads() {
     runtime().block_on(async {
-        let (storage, clock, _) = common::clocked::clocked_storage("sweep");
+        let (storage, clock, _) = crate::common::clocked::clocked_storage("sweep");
         let mut coord = clocked(&storage, &clock).await;
         complete(&mut coord, &[("shared/a-1.sst", 1)]).await;
         upload(&storage, "shared/orphan-0.sst").await; // left by a crashed attempt
@@ -355,7 +351,7 @@ fn slatedb_1758_204_orphan_sweep_spares_in_flight_uploads() {
 #[test]
 fn registry_model_sweep_spares_uploads_of_a_checkpoint_pending_longer_than_min_age() {
     runtime().block_on(async {
-        let (storage, clock, _) = common::clocked::clocked_storage("slow");
+        let (storage, clock, _) = crate::common::clocked::clocked_storage("slow");
         let mut coord = clocked(&storage, &clock).await;
         let id = coord.trigger().await.unwrap();
         upload(&storage, "shared/slow-1.sst").await;

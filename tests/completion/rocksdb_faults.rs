@@ -1,12 +1,8 @@
 //! Regression tests of the production fault model on the backends (`docs/faults.md`): a diff base that
 //! does not belong to the job's line, and codec versions that differ across subtasks. The coordinator's
-//! share is `tests/faults.rs`.
+//! share is `tests/completion/faults.rs`.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 #[cfg(feature = "rocksdb")]
 use statebackend::rocksdb::RocksDbKeyedStateBackend;

@@ -2,22 +2,18 @@
 //! dropped, restored states can be dropped before they are registered, rescaling works through
 //! `restore_checkpoint`, and map state and namespaces survive the cycle.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
-use common::{backend_config, backend_kinds, identity};
+use crate::common::{backend_config, backend_kinds, identity};
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;
 
 #[test]
 fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut coordinator = common::coordinator(&storage, 2, 1).await;
+            let mut coordinator = crate::common::coordinator(&storage, 2, 1).await;
             let mut b: StateBackend<u64> =
                 StateBackend::new(&identity(128, 1, 0), &backend_config(kind, dir.path())).unwrap();
             assert_eq!(b.kind(), kind);
@@ -48,7 +44,7 @@ fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
             }
             assert!(b.drop_state("gone").unwrap());
             let meta = {
-                common::checkpoint(&mut coordinator, std::slice::from_mut(&mut b)).await;
+                crate::common::checkpoint(&mut coordinator, std::slice::from_mut(&mut b)).await;
                 coordinator.store().latest().unwrap().clone()
             };
 
@@ -83,7 +79,7 @@ fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
                 None,
                 "{kind}: a dropped state comes back empty"
             );
-            common::checkpoint(&mut coordinator, std::slice::from_mut(&mut r)).await;
+            crate::common::checkpoint(&mut coordinator, std::slice::from_mut(&mut r)).await;
             let meta = coordinator.store().latest().unwrap().clone();
 
             // Rescale to 2: every key's state is in its new owner, the dropped states nowhere.
@@ -145,18 +141,18 @@ fn a_heap_checkpoint_restores_as_lsm_and_an_lsm_checkpoint_as_heap_is_a_clear_er
     if !cfg!(feature = "rocksdb") {
         return;
     }
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for (from, to) in [
             (BackendKind::Heap, BackendKind::RocksDb),
             (BackendKind::RocksDb, BackendKind::Heap),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut coordinator = common::coordinator(&storage, 1, 1).await;
+            let mut coordinator = crate::common::coordinator(&storage, 1, 1).await;
             let mut b: StateBackend<u64> =
                 StateBackend::new(&identity(128, 1, 0), &backend_config(from, dir.path())).unwrap();
-            common::fill(&mut b, 0..10, 1);
-            common::checkpoint(&mut coordinator, std::slice::from_mut(&mut b)).await;
+            crate::common::fill(&mut b, 0..10, 1);
+            crate::common::checkpoint(&mut coordinator, std::slice::from_mut(&mut b)).await;
             let meta = coordinator.store().latest().unwrap().clone();
             let restored = StateBackend::<u64>::restore_checkpoint(
                 &identity(128, 1, 0),
@@ -169,7 +165,7 @@ fn a_heap_checkpoint_restores_as_lsm_and_an_lsm_checkpoint_as_heap_is_a_clear_er
             match from {
                 BackendKind::Heap => {
                     let mut r = restored.unwrap();
-                    let all = common::read_all(&mut r, &common::counts());
+                    let all = crate::common::read_all(&mut r, &crate::common::counts());
                     assert_eq!(all, (0..10).map(|k| (k, 1)).collect());
                 }
                 _ => {
@@ -186,11 +182,11 @@ fn a_heap_checkpoint_restores_as_lsm_and_an_lsm_checkpoint_as_heap_is_a_clear_er
 /// that snapshot (the heap backend's copy-on-write, the LSM backend's native checkpoint), on both kinds.
 #[test]
 fn changes_after_the_synchronous_phase_stay_out_of_the_snapshot() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
-            let mut coordinator = common::coordinator(&storage, 2, 1).await;
+            let mut coordinator = crate::common::coordinator(&storage, 2, 1).await;
             let mut b: StateBackend<u64> =
                 StateBackend::new(&identity(128, 1, 0), &backend_config(kind, dir.path())).unwrap();
             let v = b

@@ -1,15 +1,17 @@
 //! The conformance suite: semantics every keyed state backend must have. Each check is generic over
-//! `KeyedStateBackend`; the `backends!` list at the bottom runs it against every backend.
+//! `KeyedStateBackend`; the `backends!` list at the bottom runs it against every backend. `model.rs` checks
+//! random operations against a `BTreeMap` model through checkpoints and restores.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
+#[path = "../common/mod.rs"]
 mod common;
+mod model;
 
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;
 use statebackend::*;
 
-#[path = "conformance/api.rs"]
 mod api;
 use api::*;
 

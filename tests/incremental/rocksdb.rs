@@ -2,14 +2,10 @@
 //! incremental checkpoints (Flink's and RocksDB's public bugs, `docs/lsm.md`; named after its bug). Restore checks and settings: `lsm_restore_checks.rs`.
 
 #![cfg(feature = "rocksdb")]
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::faulty::FaultyStore;
-use common::*;
+use crate::common::faulty::FaultyStore;
+use crate::common::*;
 use object_store::ObjectStoreExt;
 use statebackend::checkpoint::Discarded;
 use statebackend::rocksdb::RocksDbKeyedStateBackend;

@@ -2,13 +2,9 @@
 //! any parallelism, every state kind and namespace checked against a model; self-contained (restorable with
 //! every checkpoint gone); never an incremental base.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{backend_config, backend_kinds, identity};
+use crate::common::{backend_config, backend_kinds, identity};
 use statebackend::checkpoint::Discarded;
 use statebackend::key_group::assign_to_key_group;
 use statebackend::snapshot::{FileScope, HandleFormat, SnapshotKind};
@@ -269,7 +265,7 @@ async fn restore_all(
 
 #[test]
 fn heap_lsm_heap_round_trip_keeps_every_state_kind_and_namespace() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let storage = CheckpointStorage::in_memory("job").unwrap();
         let kinds = backend_kinds();
@@ -296,7 +292,7 @@ fn heap_lsm_heap_round_trip_keeps_every_state_kind_and_namespace() {
 
 #[test]
 fn rescale_matrix_through_canonical_savepoints_across_backends() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let mut id = 0;
         for (from_p, to_p) in [(1u32, 3u32), (3, 2), (4, 1)] {
@@ -329,7 +325,7 @@ fn rescale_matrix_through_canonical_savepoints_across_backends() {
 
 #[test]
 fn a_canonical_savepoint_stays_restorable_after_every_checkpoint_is_deleted() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
@@ -355,7 +351,7 @@ fn a_canonical_savepoint_stays_restorable_after_every_checkpoint_is_deleted() {
                     .all(|f| !f.path.starts_with("savepoints/")),
                 "a checkpoint after a savepoint reuses none of its files ({kind:?})"
             );
-            for path in common::objects(&storage, None).await {
+            for path in crate::common::objects(&storage, None).await {
                 if !path.starts_with("savepoints/") {
                     use object_store::ObjectStoreExt;
                     storage
@@ -375,7 +371,7 @@ fn a_canonical_savepoint_stays_restorable_after_every_checkpoint_is_deleted() {
 #[cfg(feature = "rocksdb")]
 #[test]
 fn the_heap_backend_refuses_a_native_lsm_savepoint_and_the_lsm_backend_restores_it() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let storage = CheckpointStorage::in_memory("job").unwrap();
         let mut model = Model::default();
@@ -442,7 +438,7 @@ async fn savepoint_through(
 
 #[test]
 fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for kind in backend_kinds() {
             for format in [SavepointFormat::Canonical, SavepointFormat::Native] {
                 let dir = tempfile::tempdir().unwrap();
@@ -453,7 +449,7 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
                     &StorageConfig::default(),
                 )
                 .unwrap();
-                let mut coordinator = common::coordinator(&storage, 1, 2).await;
+                let mut coordinator = crate::common::coordinator(&storage, 1, 2).await;
                 let mut model = Model::default();
                 let mut rng = Rng(31);
                 let mut b: Vec<_> = (0..2)
@@ -464,9 +460,9 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
                     .collect();
                 let checkpoint =
                     async |b: &mut [StateBackend<u64>], c: &mut CheckpointCoordinator| {
-                        let (id, results) = common::snapshot_all(c, b).await;
+                        let (id, results) = crate::common::snapshot_all(c, b).await;
                         for (i, r) in results.iter().enumerate() {
-                            c.acknowledge(id, common::ack(i as u32, r), None)
+                            c.acknowledge(id, crate::common::ack(i as u32, r), None)
                                 .await
                                 .unwrap();
                         }
@@ -513,7 +509,7 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
                     storage.read_savepoint_metadata(sp).await.is_err(),
                     "written to the target only"
                 );
-                common::assert_retained_files_intact(&coordinator, true).await;
+                crate::common::assert_retained_files_intact(&coordinator, true).await;
                 let handles = meta.keyed_handles("op");
                 let restore_kinds =
                     if format == SavepointFormat::Native && kind == BackendKind::RocksDb {
@@ -531,12 +527,12 @@ fn a_savepoint_completes_in_its_target_and_no_checkpoint_subsumes_or_deletes_it(
 
 #[test]
 fn an_aborted_savepoint_leaves_nothing_in_its_target_and_a_late_acknowledgement_cleans_up_there() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         for kind in backend_kinds() {
             let dir = tempfile::tempdir().unwrap();
             let storage = CheckpointStorage::in_memory("job").unwrap();
             let target = CheckpointStorage::in_memory("target").unwrap();
-            let mut coordinator = common::coordinator(&storage, 1, 2).await;
+            let mut coordinator = crate::common::coordinator(&storage, 1, 2).await;
             let mut b: Vec<_> = (0..2)
                 .map(|i| {
                     StateBackend::new(&identity(128, 2, i), &backend_config(kind, dir.path()))
@@ -560,7 +556,7 @@ fn an_aborted_savepoint_leaves_nothing_in_its_target_and_a_late_acknowledgement_
             assert!(matches!(answer, Acknowledgement::Pending { remaining: 1 }));
             coordinator.abort(sp).await.unwrap();
             assert!(
-                common::objects(&target, None).await.is_empty(),
+                crate::common::objects(&target, None).await.is_empty(),
                 "the aborted savepoint's directory is gone from the target ({kind:?})"
             );
             // The other task's upload ends after the abort.
@@ -571,7 +567,7 @@ fn an_aborted_savepoint_leaves_nothing_in_its_target_and_a_late_acknowledgement_
                 .await
                 .unwrap();
             assert_eq!(
-                common::objects(&target, None).await,
+                crate::common::objects(&target, None).await,
                 vec![late.handle.files[0].path.clone()]
             );
             let answer = coordinator
@@ -580,7 +576,7 @@ fn an_aborted_savepoint_leaves_nothing_in_its_target_and_a_late_acknowledgement_
                 .unwrap();
             assert_eq!(answer, Acknowledgement::Discarded(Discarded::Aborted));
             assert!(
-                common::objects(&target, None).await.is_empty(),
+                crate::common::objects(&target, None).await.is_empty(),
                 "late upload deleted"
             );
         }
@@ -589,17 +585,17 @@ fn an_aborted_savepoint_leaves_nothing_in_its_target_and_a_late_acknowledgement_
 
 #[test]
 fn checkpoint_handles_are_declined_as_a_savepoint() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let storage = CheckpointStorage::in_memory("job").unwrap();
-        let mut coordinator = common::coordinator(&storage, 1, 1).await;
+        let mut coordinator = crate::common::coordinator(&storage, 1, 1).await;
         let mut b =
             StateBackend::new(&identity(128, 1, 0), &backend_config(BackendKind::Heap, dir.path())).unwrap();
         apply(&mut b, &mut Model::default(), &mut Rng(9), 100);
         let sp = coordinator.trigger_savepoint(&storage).await.unwrap();
         let result = b.snapshot(sp, &storage).unwrap().run().await.unwrap();
         let answer = coordinator
-            .acknowledge(sp, common::ack(0, &result), None)
+            .acknowledge(sp, crate::common::ack(0, &result), None)
             .await
             .unwrap();
         assert!(

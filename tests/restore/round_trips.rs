@@ -1,11 +1,7 @@
 //! Snapshot isolation, restore round trips (same and other parallelism) and the states that survive
 //! without being registered.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use statebackend::codec::{Migration, WrittenCodec};
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;

@@ -3,15 +3,11 @@
 //! quiet moment leaves no unreferenced shared file, and a restore gives the model's state of its checkpoint.
 
 #![cfg(feature = "rocksdb")]
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use statebackend::rocksdb::RocksDbKeyedStateBackend;
 use statebackend::snapshot::layout::*;
@@ -57,7 +53,7 @@ async fn open(storage: &CheckpointStorage, clock: &Arc<ManualClock>) -> Checkpoi
 
 async fn run(ops: Vec<Op>) {
     // Ages are measured on the store's clock: the store's clock is the test's.
-    let (storage, clock, _) = common::clocked::clocked_storage("model");
+    let (storage, clock, _) = crate::common::clocked::clocked_storage("model");
     let mut coord = open(&storage, &clock).await;
     let mut backend = lsm::<u64>(128, 1, 0);
     let mut model: BTreeMap<u64, u64> = BTreeMap::new();

@@ -1,20 +1,16 @@
 //! A rescaled restore from a canonical savepoint reads little more than the bytes of the key groups it
 //! owns (target: at most 1.2 times): the index and header, then ranged reads of its key groups.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::sync::Arc;
 
-use common::faulty::FaultyStore;
-use common::{backend_config, identity};
+use crate::common::faulty::FaultyStore;
+use crate::common::{backend_config, identity};
 use statebackend::key_group::assign_to_key_group;
 use statebackend::*;
 
 #[test]
 fn a_rescaled_restore_reads_at_most_1_2_times_the_bytes_of_its_key_groups() {
-    common::runtime().block_on(async {
+    crate::common::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let store = FaultyStore::new();
         let storage = CheckpointStorage::new(store.clone() as Arc<dyn object_store::ObjectStore>, "job")

@@ -1,16 +1,12 @@
 //! Regression tests of defects that could lose a checkpoint: one per defect, named after it, on the
-//! coordinator (`docs/protocol.md`). The backends' checks are in `tests/backend_checks.rs`, the
-//! LSM backend's in `tests/lsm_protocol.rs`; the simulation that finds these defects again is
+//! coordinator (`docs/protocol.md`). The backends' checks are in `tests/restore/checks.rs`, the
+//! LSM backend's in `tests/completion/rocksdb_protocol.rs`; the simulation that finds these defects again is
 //! `tests/simulation/`.
-
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
 
 use std::time::Duration;
 
-use common::faulty::{Fault, FaultyStore};
-use common::*;
+use crate::common::faulty::{Fault, FaultyStore};
+use crate::common::*;
 use object_store::ObjectStoreExt;
 use statebackend::checkpoint::{CompletedCheckpointStore, Discarded};
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};

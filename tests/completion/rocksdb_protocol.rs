@@ -1,18 +1,14 @@
 //! Regression tests of defects that could lose a checkpoint, on the RocksDB backend: one per defect,
 //! named after it (`docs/protocol.md`). The coordinator's and the heap backend's are in
-//! `tests/protocol.rs`.
+//! `tests/completion/protocol.rs`.
 
 #![cfg(feature = "rocksdb")]
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::faulty::{Fault, FaultyStore};
-use common::*;
+use crate::common::faulty::{Fault, FaultyStore};
+use crate::common::*;
 use statebackend::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
 use statebackend::snapshot::FileScope;
 use statebackend::*;

@@ -1,14 +1,10 @@
 //! Checkpoint lifecycle: retention and subsumption, abort, ids, cancellation policies, storage failures,
 //! corrupt and missing files, and the fallback to the previous checkpoint.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::sync::Arc;
 
-use common::faulty::FaultyStore;
-use common::*;
+use crate::common::faulty::FaultyStore;
+use crate::common::*;
 use object_store::{ObjectStore, ObjectStoreExt};
 use statebackend::checkpoint::CancellationPolicy;
 use statebackend::checkpoint::CompletedCheckpointStore;

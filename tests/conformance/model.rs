@@ -1,13 +1,9 @@
 //! Property test: random operations on value, list and map state, interleaved with checkpoints and
 //! restores at parallelism 1 or 2, checked against a `BTreeMap` model after every restore.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;

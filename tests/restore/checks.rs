@@ -1,16 +1,12 @@
 //! Regression tests of defects that could lose a checkpoint, on what the backends check: the handle
 //! sets a restore accepts, whole-file checksums, snapshot ids, notifications, and smaller defects found
 //! with them (a failing upload's leftover, panicking public functions, silent truncation, tuple codec
-//! ids). One per defect, named after it; the coordinator's are in `tests/protocol.rs`.
-
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
+//! ids). One per defect, named after it; the coordinator's are in `tests/completion/protocol.rs`.
 
 use std::collections::BTreeMap;
 
-use common::faulty::{Fault, FaultyStore};
-use common::*;
+use crate::common::faulty::{Fault, FaultyStore};
+use crate::common::*;
 use object_store::ObjectStoreExt;
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::{

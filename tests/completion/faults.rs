@@ -1,15 +1,11 @@
 //! Regression tests of the production fault model (`docs/faults.md`): what real object stores, operators
 //! and zombie coordinators do that the first simulation did not model. Each test is named after the
-//! property it protects and fails with its fix reverted; the backends' share is in `tests/faults_lsm.rs`.
-
-#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-
-mod common;
+//! property it protects and fails with its fix reverted; the backends' share is in `tests/completion/rocksdb_faults.rs`.
 
 use std::time::Duration;
 
-use common::faulty::{Fault, FaultyStore};
-use common::*;
+use crate::common::faulty::{Fault, FaultyStore};
+use crate::common::*;
 use object_store::ObjectStoreExt;
 use statebackend::checkpoint::CancellationPolicy;
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
@@ -508,7 +504,7 @@ fn adopted_checkpoints_are_subsumed() {
 #[test]
 fn expiries_found_by_trigger_and_acknowledge_are_reported() {
     runtime().block_on(async {
-        let (storage, clock, _) = common::clocked::clocked_storage("expiry");
+        let (storage, clock, _) = crate::common::clocked::clocked_storage("expiry");
         let mut config = CoordinatorConfig::single_operator("op", 1, 1);
         config.checkpoint_timeout = Duration::from_secs(60);
         let mut coord =
@@ -594,7 +590,7 @@ fn cancellation_keeps_generations_and_ids_rising() {
 #[test]
 fn sweep_ages_files_on_the_store_clock() {
     runtime().block_on(async {
-        let (storage, clock, store) = common::clocked::clocked_storage("skew");
+        let (storage, clock, store) = crate::common::clocked::clocked_storage("skew");
         let mut coord = CheckpointCoordinator::open_with_clock(
             storage.clone(),
             CoordinatorConfig::single_operator("op", 1, 1),

@@ -1,0 +1,9 @@
+//! Incremental checkpoints of the RocksDB backend: the diff against the last confirmed checkpoint, restore,
+//! and one test per known pitfall (named after its bug).
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod rocksdb;

@@ -1,0 +1,13 @@
+//! Restore: snapshot isolation and round trips at the same and another parallelism, the handle sets a
+//! restore accepts and refuses, the RocksDB backend's restore checks, and the run-time-chosen backend through
+//! checkpoint and restore.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod checks;
+mod chosen_backend;
+mod rocksdb_checks;
+mod round_trips;
