@@ -1,4 +1,4 @@
-//! Flink's state backend workload, run on our heap and LSM backends for a side-by-side comparison with
+//! Flink's state backend workload, run on our heap and RocksDB backends for a side-by-side comparison with
 //! Flink 2.3's HashMapStateBackend and EmbeddedRocksDBStateBackend (incremental) measured on this machine:
 //! `ValueState<i64>`, keys `0..1_000_000` written, read and overwritten in shuffled order, max parallelism
 //! 128, one subtask owning all key groups; checkpoint 1 (confirmed); update 10,000 keys; checkpoint 2;

@@ -1,4 +1,4 @@
-//! Incremental checkpoints of the LSM backend against RocksDB's `BackupEngine` (which also shares SST files
+//! Incremental checkpoints of the RocksDB backend against RocksDB's `BackupEngine` (which also shares SST files
 //! across backups) on the same data and the same churn, both into a local directory with fsync:
 //! - `incremental_checkpoint_1pct`: after updating 1% of the keys (untimed), one checkpoint (sync + async
 //!   phase) vs `create_new_backup_flush`;

@@ -1,4 +1,4 @@
-//! LSM backend value get / update / put-new against raw `rocksdb` calls in the same run, with the same
+//! RocksDB backend value get / update / put-new against raw `rocksdb` calls in the same run, with the same
 //! options (`lsm_db_options`, WAL off), a column family each, the same key and value sizes (11-byte keys:
 //! the backend's row format 2, `[kg u8][len 8][i64 key][ns len 0]`, 8-byte values) and the same key order.
 //!

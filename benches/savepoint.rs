@@ -1,7 +1,7 @@
 //! Canonical savepoints (`docs/savepoints.md`): write and restore throughput in bytes of uncompressed state
-//! per second (the records' bytes, `SnapshotMetrics::state_bytes`), for the heap and the LSM backend, into
+//! per second (the records' bytes, `SnapshotMetrics::state_bytes`), for the heap and the RocksDB backend, into
 //! and from a local directory; and the heap -> LSM switch end to end (savepoint of a heap backend, restore
-//! on the LSM backend).
+//! on the RocksDB backend).
 //!
 //! 1,000,000 `u64` keys with a 16-byte value each (`(u64, u64)`), void namespace; 10,000,000 keys too with
 //! `SAVEPOINT_BENCH_10M=1` (minutes per group). Groups: `savepoint_write_<n>` and
@@ -121,7 +121,7 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("savepoint_restore_{label}"));
         g.throughput(Throughput::Bytes(raw_bytes));
         g.sample_size(10);
-        // Both kinds restore the heap backend's savepoint (the same records as the LSM backend's).
+        // Both kinds restore the heap backend's savepoint (the same records as the RocksDB backend's).
         let handles = kept[0].1.clone();
         for &kind in &kinds {
             g.bench_function(kind.to_string(), |bench| {

@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use object_store::ObjectStoreExt;
-use statebackend::layout::*;
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::operator::OperatorStateBackend;
+use statebackend::snapshot::layout::*;
 use statebackend::*;
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
@@ -34,10 +36,13 @@ async fn snapshots(corpus: &Path) -> Result<()> {
     .enumerate()
     {
         let storage = CheckpointStorage::in_memory("seeds")?;
-        let mut config = HeapConfig::for_subtask("op", 16, 1, 0)?;
-        config.zstd_level = level;
-        config.frame_bytes = frame_bytes;
-        let mut b = HeapKeyedStateBackend::<u64>::new(config)?;
+        let config = HeapConfig {
+            zstd_level: level,
+            frame_bytes,
+            ..HeapConfig::default()
+        };
+        let identity = SubtaskIdentity::new("op", 16, 1, 0)?;
+        let mut b = HeapKeyedStateBackend::<u64>::new(identity, config)?;
         let v = b.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))?;
         let l = b.list_state(&ListStateDescriptor::<u64, u64>::new("l"))?;
         let m = b.map_state(&MapStateDescriptor::<VoidNamespace, u64, u64>::new("m"))?;
@@ -62,8 +67,14 @@ async fn metadata(corpus: &Path) -> Result<()> {
     )
     .await?;
     let mut backends = [
-        HeapKeyedStateBackend::<u64>::new(HeapConfig::for_subtask("op", 16, 2, 0)?)?,
-        HeapKeyedStateBackend::<u64>::new(HeapConfig::for_subtask("op", 16, 2, 1)?)?,
+        HeapKeyedStateBackend::<u64>::new(
+            SubtaskIdentity::new("op", 16, 2, 0)?,
+            HeapConfig::default(),
+        )?,
+        HeapKeyedStateBackend::<u64>::new(
+            SubtaskIdentity::new("op", 16, 2, 1)?,
+            HeapConfig::default(),
+        )?,
     ];
     for round in 0..2u64 {
         let id = coord.trigger().await?;

@@ -86,7 +86,7 @@ pub fn repair_metadata(bytes: &mut [u8]) {
     }
 }
 
-/// Runs the LSM backend's row decoders on `bytes`: a row key at both key-group widths, a list value, a
+/// Runs the RocksDB backend's row decoders on `bytes`: a row key at both key-group widths, a list value, a
 /// state's meta information. None may panic; a decoded row key re-encodes to a prefix of the input, and a
 /// decoded meta re-encodes to bytes that decode to the same meta.
 ///

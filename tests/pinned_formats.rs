@@ -375,7 +375,7 @@ async fn pinned_heap_checkpoint_and_savepoint_restore_to_their_content() {
     assert!(state_bytes > 0);
 }
 
-/// The canonical savepoint restores on the LSM backend too, and the native LSM checkpoint restores.
+/// The canonical savepoint restores on the RocksDB backend too, and the native LSM checkpoint restores.
 #[cfg(feature = "rocksdb")]
 #[tokio::test]
 async fn pinned_lsm_checkpoint_and_canonical_savepoint_restore_on_rocksdb() {

@@ -49,7 +49,7 @@ pub(crate) struct Args {
     /// Max parallelism (key groups).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=32768))]
     pub(crate) max_parallelism: u32,
-    /// Local directory of the LSM backend (default: the system's temporary directory).
+    /// Local directory of the RocksDB backend (default: the system's temporary directory).
     #[arg(long)]
     pub(crate) local_dir: Option<PathBuf>,
     /// Checkpoint storage: a directory or a URL (`s3://bucket/prefix` with `--features aws`).

@@ -122,7 +122,7 @@ impl Job {
                 Acknowledgement::Pending { .. } | Acknowledgement::Duplicate => {}
             }
         }
-        // A checkpoint that did not complete is aborted on every backend (the LSM backend then never
+        // A checkpoint that did not complete is aborted on every backend (the RocksDB backend then never
         // takes it as its diff base).
         task.backends.iter_mut().for_each(|b| {
             if completed {

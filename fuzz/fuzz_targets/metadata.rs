@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use statebackend::{CheckpointMetadata, ErrorKind};
 use statebackend::operator::OperatorStateBackend;
+use statebackend::{CheckpointMetadata, ErrorKind};
 
 fuzz_target!(|data: &[u8]| {
     let mut bytes = data.to_vec();

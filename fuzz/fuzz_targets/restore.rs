@@ -7,9 +7,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use object_store::ObjectStoreExt;
-use statebackend::*;
 use statebackend::heap::HeapKeyedStateBackend;
 use statebackend::snapshot::{FileScope, HandleFormat, StateFile};
+use statebackend::*;
 
 fuzz_target!(|data: &[u8]| {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -45,11 +45,12 @@ fuzz_target!(|data: &[u8]| {
         // by range: attack both paths.
         for (p, i) in [(1, 0), (2, 1)] {
             let identity = SubtaskIdentity::new("op", 16, p, i).expect("identity");
+            let handles = [handle.clone()];
             let restored = HeapKeyedStateBackend::<u64>::restore(
                 identity,
                 heap::HeapConfig::default(),
                 &storage,
-                &[handle.clone()],
+                &handles,
                 RestoreMode::NoClaim,
             );
             match restored.await {

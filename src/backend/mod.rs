@@ -38,7 +38,7 @@ enum Inner<K> {
 }
 
 /// A keyed state backend of the kind its [`StateBackendConfig`] names; implements
-/// [`KeyedStateBackend`] by forwarding to the heap or LSM backend inside.
+/// [`KeyedStateBackend`] by forwarding to the heap or RocksDB backend inside.
 pub struct StateBackend<K> {
     inner: Inner<K>,
     kind: BackendKind,
@@ -187,7 +187,7 @@ impl<K: StateKey> StateBackend<K> {
         }
     }
 
-    /// The LSM backend inside, if the kind is LSM.
+    /// The RocksDB backend inside, if the kind is LSM.
     #[cfg(feature = "rocksdb")]
     pub fn as_rocksdb(&self) -> Option<&RocksDbKeyedStateBackend<K>> {
         match &self.inner {

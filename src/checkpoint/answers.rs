@@ -52,7 +52,7 @@ pub enum Declined {
     /// Its keyed state does not hold each key group exactly once (why). Its uploads are deleted.
     Inconsistent(String),
     /// It reuses shared files it may not: deleted, chosen for deletion (maybe deleted), or only of a
-    /// pinned or abandoned checkpoint. Its uploads are deleted; an LSM backend that keeps being declined
+    /// pinned or abandoned checkpoint. Its uploads are deleted; a RocksDB backend that keeps being declined
     /// uploads everything again (`docs/protocol.md`).
     UnavailableFiles(Vec<String>),
     /// Another coordinator completed this id first; only own uploads the winner does not use are deleted.

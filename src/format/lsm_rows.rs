@@ -1,4 +1,4 @@
-//! Key layout of the LSM backend, row format 2 (`docs/formats.md`, "LSM backend rows"): key group first,
+//! Key layout of the RocksDB backend, row format 2 (`docs/formats.md`, "RocksDB backend rows"): key group first,
 //! big-endian, so that a key-group range is one contiguous key range of every column family.
 //!
 //! `[key group: 1 byte, or u16 BE when max parallelism > 128][varint key len][key][varint ns len][ns]` then,
@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 
-/// Row format of the LSM backend that this version writes and reads (recorded as the state handles'
+/// Row format of the RocksDB backend that this version writes and reads (recorded as the state handles'
 /// format, [`crate::snapshot::HandleFormat::RocksIncremental`]). Format 1 had a 2-byte key group and `u32 BE`
 /// lengths.
 pub(crate) const ROW_FORMAT: u8 = 2;
@@ -152,6 +152,18 @@ pub(crate) fn split_row_key(row: &[u8], max_parallelism: u32) -> Result<RowKey<'
 pub(crate) fn push_list_element(element: &[u8], out: &mut Vec<u8>) {
     push_varint(element.len() as u32, out);
     out.extend_from_slice(element);
+}
+
+/// The value of a list row holding `values`, each element encoded by its codec and pushed as
+/// [`push_list_element`] does.
+pub(crate) fn encode_list<V: crate::codec::Codec>(values: &[V]) -> Vec<u8> {
+    let (mut out, mut element) = (Vec::new(), Vec::new());
+    for v in values {
+        element.clear();
+        v.encode(&mut element);
+        push_list_element(&element, &mut out);
+    }
+    out
 }
 
 /// Splits the value of a list row into its elements.

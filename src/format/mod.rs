@@ -2,7 +2,7 @@
 
 pub(crate) mod bytes;
 pub(crate) mod keyed_file;
-// The LSM backend's rows; without RocksDB only the fuzz target uses them.
+// The RocksDB backend's rows; without RocksDB only the fuzz target uses them.
 #[cfg(any(feature = "rocksdb", feature = "fuzzing"))]
 #[cfg_attr(
     not(feature = "rocksdb"),

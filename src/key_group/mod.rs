@@ -154,7 +154,7 @@ pub(crate) struct KeyLocation {
     pub(crate) index: usize,
 }
 
-/// Encodes `key` into `buf` (cleared first) and locates it, as the LSM backend's `set_current_key` does
+/// Encodes `key` into `buf` (cleared first) and locates it, as the RocksDB backend's `set_current_key` does
 /// (it needs the bytes for its row keys).
 ///
 /// # Errors

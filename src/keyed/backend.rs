@@ -78,7 +78,7 @@ impl PendingSnapshot {
 /// state objects, which take the backend as an argument. The primitive methods below are what the state
 /// objects call; engines use the state objects ([`ValueState`], [`ListState`], ...).
 ///
-/// Sealed: implemented by this crate's backends only ([`crate::heap::HeapKeyedStateBackend`], the LSM backend and
+/// Sealed: implemented by this crate's backends only ([`crate::heap::HeapKeyedStateBackend`], the RocksDB backend and
 /// [`crate::StateBackend`]), so that its primitives may change without breaking engines.
 pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
     /// Max parallelism of the job (number of key groups).
@@ -294,12 +294,12 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
     /// new empty state (of any kind). Returns whether the state existed.
     ///
     /// # Errors
-    /// [`Error::Local`](crate::Error::Local) if the LSM backend cannot drop its column family.
+    /// [`Error::Local`](crate::Error::Local) if the RocksDB backend cannot drop its column family.
     fn drop_state(&mut self, name: &str) -> Result<bool>;
 
     /// Batch primitive: the values of `keys` in `ns`, appended to `out` in the order of `keys` (`out` is
     /// not cleared). Does not change the current key. The heap backend prefetches the slots of keys ahead
-    /// in the batch; the LSM backend reads with one sorted `multi_get`.
+    /// in the batch; the RocksDB backend reads with one sorted `multi_get`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a key's group is not owned (nothing
@@ -328,7 +328,7 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
 
     /// Batch primitive: replaces the value of each `keys[i]` in `ns` with `f(i, old)` (removes it on
     /// `None`), in the order of `keys`, with one lookup per key (a key twice in the batch sees its first
-    /// result). Does not change the current key. The LSM backend reads with one `multi_get` and writes one
+    /// result). Does not change the current key. The RocksDB backend reads with one `multi_get` and writes one
     /// `WriteBatch`.
     ///
     /// # Errors

@@ -3,7 +3,7 @@
 use crate::error::Result;
 
 /// The entries of one map state under the current key and a namespace, read as they are iterated: the
-/// heap backend clones one entry at a time out of its map; the LSM backend walks a RocksDB iterator over
+/// heap backend clones one entry at a time out of its map; the RocksDB backend walks a RocksDB iterator over
 /// the map's rows and decodes each. Order is unspecified (heap: hash order; LSM: order of the user keys'
 /// encodings). Borrows the backend, so the map cannot change underneath it; to remove entries while
 /// walking, use [`MapState::retain`](crate::MapState::retain).

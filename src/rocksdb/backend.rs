@@ -1,47 +1,33 @@
 //! The LSM keyed state backend: state in a RocksDB instance, one column family per state.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use rocksdb::{ColumnFamily, DBPinnableSlice};
 
 use crate::codec::byte_migration;
-use crate::error::{Error, Result};
-use crate::format::lsm_rows::{cf_name, decode_meta, key_prefix, push_list_element, split_list};
+use crate::error::Result;
+use crate::format::lsm_rows::{encode_list, split_list};
+use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
-use crate::key_group::{KeyGroupRange, locate_key};
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
 };
 use crate::keyed::identity::SubtaskIdentity;
-use crate::keyed::ledger::SnapshotLedger;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
-use crate::rocksdb::checkpointing::{DiffBase, PendingUploads};
+use crate::rocksdb::bulk;
+use crate::rocksdb::checkpointing::{Checkpoints, SnapshotSource};
 use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::current::CurrentKeyPrefix;
 use crate::rocksdb::db::Db;
 use crate::rocksdb::instance::InstanceDir;
+use crate::rocksdb::migrate::MigrationFor;
+use crate::rocksdb::rows::delete_prefix;
 use crate::rocksdb::snapshot::SnapshotTarget;
+use crate::rocksdb::states::{LsmStates, broken_state};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
-
-pub(crate) struct LsmState {
-    pub(crate) meta: StateMeta,
-    pub(crate) cf: String,
-    /// Whether the job registered it; a restored state is not until then (and may still migrate).
-    pub(crate) registered: bool,
-    /// A migration of its rows failed while writing: some rows are in the new encoding under the old meta
-    /// row. The state refuses every access and the backend every snapshot; restore the backend again.
-    pub(crate) broken: bool,
-}
-
-pub(crate) struct CurrentKey<K> {
-    pub(crate) key: K,
-    pub(crate) key_group: u32,
-    /// `[key group][key len][key]`.
-    pub(crate) prefix: Vec<u8>,
-}
 
 /// Keyed state in an embedded RocksDB instance, checkpointed incrementally (see `docs/lsm.md`).
 pub struct RocksDbKeyedStateBackend<K> {
@@ -52,16 +38,12 @@ pub struct RocksDbKeyedStateBackend<K> {
     pub(crate) backend_id: Option<String>,
     /// The RocksDB instance and its working directory.
     pub(crate) db: Db,
-    pub(crate) states: Vec<LsmState>,
-    pub(crate) by_name: HashMap<String, StateId>,
-    pub(crate) current: Option<CurrentKey<K>>,
-    pub(crate) key_scratch: Vec<u8>,
-    pub(crate) pending: PendingUploads,
-    pub(crate) base: Option<DiffBase>,
-    /// Ids snapshotted, unconfirmed and confirmed.
-    pub(crate) ledger: SnapshotLedger,
-    /// Finished uploads that reused the base and were aborted since the last confirmed checkpoint.
-    pub(crate) aborts_reusing_base: u32,
+    /// Every state, by id and name.
+    pub(crate) states: LsmStates,
+    /// The current key and its row prefix.
+    pub(crate) current: CurrentKeyPrefix<K>,
+    /// Snapshot ids, uploads in flight and the diff base.
+    pub(crate) checkpoints: Checkpoints,
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
@@ -69,7 +51,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// `config.local_dir` (nothing else there is touched).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `config` is invalid; [`Error::Local`] if the directory or the DB cannot
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `config` is invalid;
+    /// [`Error::Local`](crate::Error::Local) if the directory or the DB cannot
     /// be created.
     pub fn new(identity: SubtaskIdentity, config: RocksDbConfig) -> Result<Self> {
         config.validate()?;
@@ -85,68 +68,16 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         instance: InstanceDir,
     ) -> Result<Self> {
         let db = Db::open(&config, instance)?;
-        let mut backend = RocksDbKeyedStateBackend {
+        let states = LsmStates::load(&db)?;
+        Ok(RocksDbKeyedStateBackend {
             identity,
             config,
             backend_id,
             db,
-            states: Vec::new(),
-            by_name: HashMap::new(),
-            current: None,
-            key_scratch: Vec::with_capacity(64),
-            pending: Arc::default(),
-            base: None,
-            ledger: SnapshotLedger::default(),
-            aborts_reusing_base: 0,
-        };
-        backend.load_states()?;
-        Ok(backend)
-    }
-
-    fn load_states(&mut self) -> Result<()> {
-        let path = self.db.instance().db().display().to_string();
-        let mut metas = Vec::new();
-        for value in self.db.meta_rows()? {
-            metas.push(decode_meta(&value, &path)?);
-        }
-        for meta in metas {
-            let cf = cf_name(&meta.name);
-            if self.db.cf(&cf).is_none() {
-                return Err(Error::corrupt(
-                    &path,
-                    format!("state `{}` has no column family", meta.name),
-                ));
-            }
-            let id = StateId(self.states.len() as u32);
-            self.by_name.insert(meta.name.clone(), id);
-            self.states.push(LsmState {
-                meta,
-                cf,
-                registered: false,
-                broken: false,
-            });
-        }
-        Ok(())
-    }
-
-    /// Makes `key` the current key in `key_group`; `key_scratch` holds its encoding.
-    #[inline]
-    pub(crate) fn set_located(&mut self, key: K, key_group: u32) {
-        let mut prefix = match self.current.take() {
-            Some(c) => c.prefix,
-            None => Vec::with_capacity(64),
-        };
-        key_prefix(
-            key_group,
-            self.identity.max_parallelism(),
-            &self.key_scratch,
-            &mut prefix,
-        );
-        self.current = Some(CurrentKey {
-            key,
-            key_group,
-            prefix,
-        });
+            states,
+            current: CurrentKeyPrefix::new(),
+            checkpoints: Checkpoints::default(),
+        })
     }
 
     /// The settings this backend runs with.
@@ -168,12 +99,13 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
 
     /// Names of all states, registered or restored.
     pub fn state_names(&self) -> Vec<String> {
-        // A dropped state keeps its place (its id must stay invalid) with no column family.
-        self.states
-            .iter()
-            .filter(|s| !s.cf.is_empty())
-            .map(|s| s.meta.name.clone())
-            .collect()
+        self.states.names()
+    }
+
+    /// Entries of all states, as RocksDB estimates them (`rocksdb.estimate-num-keys`; map entries count one
+    /// each).
+    pub fn estimated_entries(&self) -> u64 {
+        self.states.estimated_entries(&self.db)
     }
 
     /// The backend's own working directory inside `config().local_dir` (removed when it is dropped).
@@ -189,10 +121,71 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         self.db.raw()
     }
 
-    /// Names of the column families: one per live state, and `default` (state meta information).
-    pub(crate) fn column_families(&self) -> Vec<&str> {
-        let live = self.states.iter().filter(|s| !s.cf.is_empty());
-        live.map(|s| s.cf.as_str()).chain(["default"]).collect()
+    /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
+    pub fn last_completed_checkpoint(&self) -> Option<u64> {
+        self.checkpoints.last_completed()
+    }
+
+    /// Checkpoint whose files are the current diff base, if any.
+    pub fn diff_base_checkpoint(&self) -> Option<u64> {
+        self.checkpoints.diff_base()
+    }
+
+    /// The synchronous phase of a checkpoint or savepoint of `target`.
+    fn snapshot_to(
+        &mut self,
+        checkpoint_id: u64,
+        storage: &CheckpointStorage,
+        target: SnapshotTarget,
+    ) -> Result<PendingSnapshot> {
+        if let Some(broken) = self.states.broken() {
+            return Err(broken_state(&broken.meta.name));
+        }
+        self.checkpoints.begin(checkpoint_id, target)?;
+        let identity = &self.identity;
+        let backend_id = self.backend_id.get_or_insert_with(|| {
+            storage.new_backend_id(identity.operator_id(), identity.subtask_index())
+        });
+        let source = SnapshotSource {
+            db: &self.db,
+            states: &self.states,
+            identity: &self.identity,
+            config: &self.config,
+            backend_id: backend_id.clone(),
+        };
+        self.checkpoints
+            .sync_phase(source, checkpoint_id, storage, target)
+    }
+
+    /// The column family of state `id`.
+    #[inline]
+    pub(crate) fn cf(&self, id: StateId) -> Result<&ColumnFamily> {
+        self.states.cf(&self.db, id)
+    }
+
+    /// Row key of the current key in `ns` (plus `user_key` bytes for map rows) in the scratch buffer.
+    #[inline]
+    fn row_key<N: StateKey>(&self, ns: &N, scratch: &mut Vec<u8>) -> Result<()> {
+        self.current.row_key(ns, scratch)
+    }
+
+    #[inline]
+    fn get_raw(&self, id: StateId, key: &[u8]) -> Result<Option<DBPinnableSlice<'_>>> {
+        self.db.get(self.cf(id)?, key)
+    }
+
+    #[inline]
+    fn put_raw(&self, id: StateId, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db.put(self.cf(id)?, key, value)
+    }
+
+    #[inline]
+    fn delete_raw(&self, id: StateId, key: &[u8]) -> Result<()> {
+        self.db.delete(self.cf(id)?, key)
+    }
+
+    fn register(&mut self, meta: StateMeta, migration: MigrationFor) -> Result<StateId> {
+        self.states.register(&mut self.db, meta, migration)
     }
 
     /// Flushes the memtables and compacts every column family over its whole key range (RocksDB's
@@ -200,9 +193,9 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// Takes as long as rewriting the DB; processing waits.
     ///
     /// # Errors
-    /// [`Error::Local`] naming the DB directory if a flush fails.
+    /// [`Error::Local`](crate::Error::Local) naming the DB directory if a flush fails.
     pub fn compact(&self) -> Result<()> {
-        self.db.compact(&self.column_families())
+        self.db.compact(&self.states.column_families())
     }
 
     /// A RocksDB integer property (such as `rocksdb.num-entries-active-mem-table` or
@@ -210,9 +203,10 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// `GetAggregatedIntProperty`; `None` if RocksDB does not know the property.
     ///
     /// # Errors
-    /// [`Error::Local`] naming the DB directory if RocksDB fails to read it.
+    /// [`Error::Local`](crate::Error::Local) naming the DB directory if RocksDB fails to read it.
     pub fn aggregated_int_property(&self, property: &str) -> Result<Option<u64>> {
-        self.db.int_property(&self.column_families(), property)
+        self.db
+            .int_property(&self.states.column_families(), property)
     }
 }
 
@@ -229,28 +223,20 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        let key_group = locate_key(
-            &key,
-            &mut self.key_scratch,
-            self.identity.max_parallelism(),
-            self.identity.key_groups(),
-        )?
-        .key_group;
-        self.set_located(key, key_group);
-        Ok(())
+        self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        self.set_current_key_routed_impl(key, route)
+        self.current.set_routed(key, route, &self.identity)
     }
 
     fn current_key(&self) -> Option<&K> {
-        self.current.as_ref().map(|c| &c.key)
+        self.current.key()
     }
 
     fn current_key_group(&self) -> Option<u32> {
-        self.current.as_ref().map(|c| c.key_group)
+        self.current.key_group()
     }
 
     fn value_state<N: StateKey, V: StateValue>(
@@ -317,12 +303,12 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         value: V,
     ) -> Result<()> {
-        let mut key = std::mem::take(&mut self.key_scratch);
+        let mut key = self.current.take_buffer();
         self.row_key(ns, &mut key)?;
         let at = key.len();
         value.encode(&mut key);
         let result = self.put_raw(state, &key[..at], &key[at..]);
-        self.key_scratch = key;
+        self.current.give_back(key);
         result
     }
 
@@ -332,7 +318,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         f: &mut dyn FnMut(Option<&V>) -> Option<V>,
     ) -> Result<()> {
-        let mut key = std::mem::take(&mut self.key_scratch);
+        let mut key = self.current.take_buffer();
         self.row_key(ns, &mut key)?;
         let old = match self.get_raw(state, &key)? {
             Some(bytes) => Some(V::decode(&bytes)?),
@@ -347,7 +333,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
             None if old.is_some() => self.delete_raw(state, &key),
             None => Ok(()),
         };
-        self.key_scratch = key;
+        self.current.give_back(key);
         result
     }
 
@@ -385,15 +371,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         }
         let mut key = Vec::with_capacity(64);
         self.row_key(ns, &mut key)?;
-        let mut operand = Vec::new();
-        let mut element = Vec::new();
-        for v in &values {
-            element.clear();
-            v.encode(&mut element);
-            push_list_element(&element, &mut operand);
-        }
-        let cf = self.cf(state)?;
-        self.db.merge(cf, &key, &operand)
+        self.db.merge(self.cf(state)?, &key, &encode_list(&values))
     }
 
     fn list_update<N: StateKey, V: StateValue>(
@@ -407,14 +385,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         if values.is_empty() {
             return self.delete_raw(state, &key);
         }
-        let mut value = Vec::new();
-        let mut element = Vec::new();
-        for v in &values {
-            element.clear();
-            v.encode(&mut element);
-            push_list_element(&element, &mut value);
-        }
-        self.put_raw(state, &key, &value)
+        self.put_raw(state, &key, &encode_list(&values))
     }
 
     fn list_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
@@ -470,7 +441,9 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         state: StateId,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, V>> {
-        self.map_iter_impl(state, ns)
+        let mut prefix = Vec::with_capacity(64);
+        self.row_key(ns, &mut prefix)?;
+        Ok(bulk::map_iter(&self.db, self.cf(state)?, prefix))
     }
 
     fn map_is_empty<N: StateKey, UK: StateKey, V: StateValue>(
@@ -478,7 +451,9 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         state: StateId,
         ns: &N,
     ) -> Result<bool> {
-        self.map_is_empty_impl(state, ns)
+        let mut prefix = Vec::with_capacity(64);
+        self.row_key(ns, &mut prefix)?;
+        bulk::map_is_empty(&self.db, self.cf(state)?, &prefix)
     }
 
     fn map_put_all<N: StateKey, UK: StateKey, V: StateValue>(
@@ -487,7 +462,9 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         entries: Vec<(UK, V)>,
     ) -> Result<()> {
-        self.map_put_all_impl(state, ns, entries)
+        let mut prefix = Vec::with_capacity(64);
+        self.row_key(ns, &mut prefix)?;
+        bulk::map_put_all(&self.db, self.cf(state)?, &prefix, entries)
     }
 
     fn map_retain<N: StateKey, UK: StateKey, V: StateValue>(
@@ -496,7 +473,9 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         keep: &mut dyn FnMut(&UK, &V) -> bool,
     ) -> Result<()> {
-        self.map_retain_impl(state, ns, keep)
+        let mut prefix = Vec::with_capacity(64);
+        self.row_key(ns, &mut prefix)?;
+        bulk::map_retain(&self.db, self.cf(state)?, &prefix, keep)
     }
 
     fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
@@ -506,19 +485,21 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
     ) -> Result<()> {
         let mut prefix = Vec::with_capacity(64);
         self.row_key(ns, &mut prefix)?;
-        self.delete_prefix(state, &prefix)
+        delete_prefix(&self.db, self.cf(state)?, &prefix)
     }
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
-        self.keys_impl(state, ns)
+        self.states.check_namespace::<N>(state)?;
+        bulk::keys(&self.db, self.cf(state)?, &self.identity, ns)
     }
 
     fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
-        self.keys_and_namespaces_impl(state)
+        self.states.check_namespace::<N>(state)?;
+        bulk::keys_and_namespaces(&self.db, self.cf(state)?, &self.identity)
     }
 
     fn drop_state(&mut self, name: &str) -> Result<bool> {
-        self.drop_state_impl(name)
+        self.states.drop_state(&mut self.db, name)
     }
 
     fn value_get_batch<N: StateKey, V: StateValue>(
@@ -528,7 +509,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         keys: &[K],
         out: &mut Vec<Option<V>>,
     ) -> Result<()> {
-        self.value_get_batch_impl(state, ns, keys, out)
+        bulk::value_get_batch(&self.db, self.cf(state)?, &self.identity, ns, keys, out)
     }
 
     fn value_put_batch<N: StateKey, V: StateValue>(
@@ -538,7 +519,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         keys: &[K],
         values: &[V],
     ) -> Result<()> {
-        self.value_put_batch_impl(state, ns, keys, values)
+        bulk::value_put_batch(&self.db, self.cf(state)?, &self.identity, ns, keys, values)
     }
 
     fn value_modify_batch<N: StateKey, V: StateValue>(
@@ -548,7 +529,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         keys: &[K],
         f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
     ) -> Result<()> {
-        self.value_modify_batch_impl(state, ns, keys, f)
+        bulk::value_modify_batch(&self.db, self.cf(state)?, &self.identity, ns, keys, f)
     }
 
     fn snapshot(
@@ -573,10 +554,10 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
-        self.checkpoint_confirmed(checkpoint_id);
+        self.checkpoints.confirmed(checkpoint_id);
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
-        self.checkpoint_aborted(checkpoint_id);
+        self.checkpoints.aborted(checkpoint_id);
     }
 }

@@ -1,4 +1,4 @@
-//! Canonical savepoints of the LSM backend: its rows written as a keyed snapshot file (the format the heap
+//! Canonical savepoints of the RocksDB backend: its rows written as a keyed snapshot file (the format the heap
 //! backend writes and both backends restore; `docs/savepoints.md`), from a native checkpoint opened
 //! read-only while processing goes on.
 

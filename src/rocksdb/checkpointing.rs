@@ -1,4 +1,4 @@
-//! The LSM backend's side of the checkpoint protocol: the synchronous phase (a native RocksDB
+//! The RocksDB backend's side of the checkpoint protocol: the synchronous phase (a native RocksDB
 //! checkpoint), the uploads in flight, the diff base, and what completion and abort notifications do to
 //! them (`docs/lsm.md`, `docs/protocol.md`).
 
@@ -9,19 +9,22 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::keyed::backend::{PendingSnapshot, StateKey};
-use crate::keyed::ledger::SnapshotOf;
-use crate::rocksdb::backend::RocksDbKeyedStateBackend;
+use crate::keyed::backend::PendingSnapshot;
+use crate::keyed::identity::SubtaskIdentity;
+use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::rocksdb::canonical::CanonicalExport;
+use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::db::Db;
 use crate::rocksdb::instance::remove_dir_if_exists;
 use crate::rocksdb::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
+use crate::rocksdb::states::LsmStates;
 use crate::snapshot::handle::StateFile;
 use crate::storage::CheckpointStorage;
 
 /// Aborted checkpoints in a row that reused the diff base after which the backend rebases.
 const REBASE_AFTER_ABORTS: u32 = 3;
 
-/// Unresolved checkpoints an LSM backend remembers.
+/// Unresolved checkpoints a RocksDB backend remembers.
 const MAX_PENDING_UPLOADS: usize = 64;
 
 /// Files of a checkpoint's asynchronous phase, by local SST name; `None` while it runs.
@@ -52,40 +55,82 @@ pub(crate) struct DiffBase {
     pub(crate) confirmed: bool,
 }
 
-impl<K: StateKey> RocksDbKeyedStateBackend<K> {
-    /// The last checkpoint confirmed by
-    /// [`KeyedStateBackend::notify_checkpoint_complete`](crate::KeyedStateBackend::notify_checkpoint_complete).
-    pub fn last_completed_checkpoint(&self) -> Option<u64> {
+/// What the synchronous phase reads of the backend besides its checkpoint bookkeeping.
+pub(crate) struct SnapshotSource<'a> {
+    pub(crate) db: &'a Db,
+    pub(crate) states: &'a LsmStates,
+    pub(crate) identity: &'a SubtaskIdentity,
+    pub(crate) config: &'a RocksDbConfig,
+    pub(crate) backend_id: String,
+}
+
+/// The backend's checkpoint bookkeeping, as a component that owns it: the snapshot ledger, the uploads in
+/// flight (shared with their asynchronous phases), the diff base and the aborts that reused it.
+#[derive(Default)]
+pub(crate) struct Checkpoints {
+    ledger: SnapshotLedger,
+    pending: PendingUploads,
+    base: Option<DiffBase>,
+    /// Finished uploads that reused the base and were aborted since the last confirmed checkpoint.
+    aborts_reusing_base: u32,
+}
+
+impl Checkpoints {
+    /// The bookkeeping of a backend restored from checkpoint (or savepoint) `restored`, with the diff base
+    /// a CLAIM restore of the same key groups keeps (unconfirmed: dropped at the first abort that reused
+    /// it).
+    pub(crate) fn restored(restored: Option<u64>, base: Option<DiffBase>) -> Self {
+        Checkpoints {
+            ledger: SnapshotLedger::restored(restored),
+            base,
+            ..Checkpoints::default()
+        }
+    }
+
+    /// The last checkpoint confirmed.
+    pub(crate) fn last_completed(&self) -> Option<u64> {
         self.ledger.last_completed()
     }
 
     /// Checkpoint whose files are the current diff base, if any.
-    pub fn diff_base_checkpoint(&self) -> Option<u64> {
+    pub(crate) fn diff_base(&self) -> Option<u64> {
         self.base.as_ref().map(|b| b.checkpoint_id)
     }
 
-    pub(crate) fn snapshot_to(
+    /// Records snapshot `checkpoint_id` of `target` before anything is taken.
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`] if the id does not exceed every id snapshotted or restored from.
+    pub(crate) fn begin(&mut self, checkpoint_id: u64, target: SnapshotTarget) -> Result<()> {
+        let of = match target {
+            SnapshotTarget::Checkpoint => SnapshotOf::Checkpoint,
+            SnapshotTarget::Savepoint | SnapshotTarget::CanonicalSavepoint => SnapshotOf::Savepoint,
+        };
+        self.ledger.begin(checkpoint_id, of)
+    }
+
+    /// The synchronous phase of snapshot `checkpoint_id` ([`Checkpoints::begin`] recorded it): a native
+    /// checkpoint of `source.db`, and the asynchronous phase that uploads it (incrementally against the
+    /// diff base for a checkpoint, whole for a savepoint, re-encoded for a canonical savepoint).
+    ///
+    /// # Errors
+    /// [`Error::Local`] if the native checkpoint cannot be taken.
+    pub(crate) fn sync_phase(
         &mut self,
+        source: SnapshotSource<'_>,
         checkpoint_id: u64,
         storage: &CheckpointStorage,
         target: SnapshotTarget,
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
-        if let Some(broken) = self.states.iter().find(|s| s.broken) {
-            return Err(crate::rocksdb::rows::broken_state(&broken.meta.name));
-        }
-        let of = match target {
-            SnapshotTarget::Checkpoint => SnapshotOf::Checkpoint,
-            SnapshotTarget::Savepoint | SnapshotTarget::CanonicalSavepoint => SnapshotOf::Savepoint,
-        };
-        self.ledger.begin(checkpoint_id, of)?;
-        let backend_id = self
-            .backend_id
-            .get_or_insert_with(|| {
-                storage.new_backend_id(self.identity.operator_id(), self.identity.subtask_index())
-            })
-            .clone();
-        let local = self.db.instance().checkpoint(checkpoint_id);
+        let SnapshotSource {
+            db,
+            states,
+            identity,
+            config,
+            backend_id,
+        } = source;
+        let local = db.instance().checkpoint(checkpoint_id);
         remove_dir_if_exists(&local)?;
         if let Some(parent) = local.parent() {
             std::fs::create_dir_all(parent)
@@ -96,17 +141,17 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         // means "always flush every column family". A flush of our own before it would be a second wait for
         // RocksDB's stall condition (an empty flush still waits while one more L0 file would stall writes),
         // which made 0.5 s tails in `benches/incremental.rs`.
-        self.db.native_checkpoint(&local)?;
-        if !self.db.memtables_empty(&self.column_families()) {
+        db.native_checkpoint(&local)?;
+        if !db.memtables_empty(&states.column_families()) {
             // Should `create_checkpoint` ever skip its flush (facebook/rocksdb#14193 is about its
             // threshold), flush explicitly and take the native checkpoint again.
             tracing::warn!(
                 checkpoint_id,
                 "the native checkpoint left memtables unflushed; flushing and taking it again"
             );
-            self.db.flush(&self.column_families())?;
+            db.flush(&states.column_families())?;
             remove_dir_if_exists(&local)?;
-            self.db.native_checkpoint(&local)?;
+            db.native_checkpoint(&local)?;
         }
         let base = match target {
             SnapshotTarget::Checkpoint => {
@@ -155,15 +200,10 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 _guard: guard,
                 storage: storage.clone(),
                 backend_id: backend_id.clone(),
-                config: self.config.clone(),
-                identity: self.identity.clone(),
-                // Dropped states have no column family any more (`drop_state`).
-                states: self
-                    .states
-                    .iter()
-                    .filter(|s| !s.cf.is_empty())
-                    .map(|s| s.meta.clone())
-                    .collect(),
+                config: config.clone(),
+                identity: identity.clone(),
+                // Live states only: dropped ones have no column family any more.
+                states: states.metas(),
             };
             return Ok(PendingSnapshot::new(
                 checkpoint_id,
@@ -180,12 +220,12 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             pending: self.pending.clone(),
             storage: storage.clone(),
             backend_id: backend_id.clone(),
-            operator_id: self.identity.operator_id().to_string(),
-            subtask_index: self.identity.subtask_index(),
-            max_parallelism: self.identity.max_parallelism(),
-            key_groups: self.identity.key_groups(),
-            concurrency: self.config.transfer_concurrency,
-            entries: self.estimated_entries(),
+            operator_id: identity.operator_id().to_string(),
+            subtask_index: identity.subtask_index(),
+            max_parallelism: identity.max_parallelism(),
+            key_groups: identity.key_groups(),
+            concurrency: config.transfer_concurrency,
+            entries: states.estimated_entries(db),
         };
         Ok(PendingSnapshot::new(
             checkpoint_id,
@@ -196,7 +236,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
 
     /// `notify_checkpoint_complete`: the checkpoint becomes the diff base if this backend finished its
     /// upload and it was not aborted; anything else is ignored (a hint, `docs/protocol.md`).
-    pub(crate) fn checkpoint_confirmed(&mut self, checkpoint_id: u64) {
+    pub(crate) fn confirmed(&mut self, checkpoint_id: u64) {
         let mut pending = self.pending.lock();
         // A hint (`docs/protocol.md`): only a checkpoint whose upload this backend finished and that was
         // not aborted can be confirmed and become the base; a savepoint is never in `pending`
@@ -242,7 +282,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
 
     /// `notify_checkpoint_aborted`: a running upload is flagged (it deletes what it uploaded); a finished
     /// one is forgotten, and the base dropped when it may be stale (a rebase, `docs/protocol.md`).
-    pub(crate) fn checkpoint_aborted(&mut self, checkpoint_id: u64) {
+    pub(crate) fn aborted(&mut self, checkpoint_id: u64) {
         self.ledger.abort(checkpoint_id);
         let mut pending = self.pending.lock();
         match pending.get_mut(&checkpoint_id) {

@@ -112,7 +112,7 @@ pub(crate) enum SortError {
 }
 
 /// The key group of a row from its prefix: the first byte of the key if max parallelism is at most 128,
-/// else the first two (`docs/formats.md`, "LSM backend rows").
+/// else the first two (`docs/formats.md`, "RocksDB backend rows").
 fn key_group(row: &Row, max_parallelism: u32) -> usize {
     let width = if max_parallelism <= 128 { 8 } else { 16 };
     (row.prefix >> (128 - width)) as usize

@@ -1,4 +1,4 @@
-//! The LSM backend's own working directory, locked while the backend lives, and removing the directories
+//! The RocksDB backend's own working directory, locked while the backend lives, and removing the directories
 //! of dead instances and local directories.
 
 use std::fs::File;

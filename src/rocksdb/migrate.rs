@@ -1,4 +1,4 @@
-//! State registration of the LSM backend, and schema evolution of a restored state's rows: values
+//! State registration of the RocksDB backend, and schema evolution of a restored state's rows: values
 //! written by an older codec are rewritten in the registering codec's encoding when the state is first
 //! registered after a restore (eagerly, as Flink's RocksDB backend migrates; `docs/savepoints.md`).
 
@@ -7,8 +7,10 @@ use rocksdb::WriteBatch;
 use crate::codec::{ByteMigration, migration_failed};
 use crate::error::Result;
 use crate::format::lsm_rows::{cf_name, encode_meta, meta_key, push_list_element, split_list};
-use crate::keyed::backend::{StateId, StateKey};
-use crate::rocksdb::backend::{LsmState, RocksDbKeyedStateBackend};
+use crate::keyed::backend::StateId;
+use crate::rocksdb::db::Db;
+use crate::rocksdb::rows::scan_prefix;
+use crate::rocksdb::states::{LsmStates, broken_state};
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// `(state name, stored value codec)` → the rewrite of a stored value (the registering codec's
@@ -19,7 +21,7 @@ pub(crate) type MigrationFor = fn(&str, &str) -> Result<Option<ByteMigration>>;
 /// in unit tests, so that a few thousand rows make several batches).
 const MIGRATION_BATCH_BYTES: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 
-impl<K: StateKey> RocksDbKeyedStateBackend<K> {
+impl LsmStates {
     /// Registers a state, or finds it: a state registered before must match `meta` exactly; a restored
     /// state not registered yet must match its kind and key, namespace and user key codecs, and its
     /// values are migrated (`migration`) if its value codec differs.
@@ -29,11 +31,16 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// [`crate::Error::Corrupt`] if a stored value does not migrate (nothing was rewritten then);
     /// [`crate::Error::Local`] from RocksDB (a write error while rewriting rows leaves the state
     /// unusable: every later access and snapshot is [`crate::Error::IllegalState`]).
-    pub(crate) fn register(&mut self, meta: StateMeta, migration: MigrationFor) -> Result<StateId> {
-        if let Some(&id) = self.by_name.get(&meta.name) {
-            let state = &self.states[id.0 as usize];
+    pub(crate) fn register(
+        &mut self,
+        db: &mut Db,
+        meta: StateMeta,
+        migration: MigrationFor,
+    ) -> Result<StateId> {
+        if let Some(id) = self.find(&meta.name) {
+            let state = self.get_mut(id);
             if state.broken {
-                return Err(crate::rocksdb::rows::broken_state(&meta.name));
+                return Err(broken_state(&meta.name));
             }
             if state.registered {
                 meta.check_compatible(&state.meta)?;
@@ -44,27 +51,27 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 let rewrite = migration(&meta.name, &stored)?;
                 if let Some(rewrite) = &rewrite {
                     // Reads only: a value that does not migrate fails here with nothing written.
-                    self.check_rows(id, &meta, &stored, rewrite)?;
+                    self.check_rows(db, id, &meta, &stored, rewrite)?;
                 }
                 let written = match &rewrite {
-                    Some(rewrite) => self.rewrite_rows(id, &meta, &stored, rewrite),
+                    Some(rewrite) => self.rewrite_rows(db, id, &meta, &stored, rewrite),
                     None => Ok(()),
                 }
-                .and_then(|()| self.put_meta(&meta));
+                .and_then(|()| put_meta(db, &meta));
                 if let Err(e) = written {
                     // Some rows may be in the new encoding under the old meta row: nothing may read or
                     // snapshot the state any more.
                     if rewrite.is_some() {
-                        self.states[id.0 as usize].broken = true;
+                        self.get_mut(id).broken = true;
                     }
                     return Err(e);
                 }
-                self.states[id.0 as usize].meta = meta;
+                self.get_mut(id).meta = meta;
             }
-            self.states[id.0 as usize].registered = true;
+            self.get_mut(id).registered = true;
             return Ok(id);
         }
-        self.create_state(meta, true)
+        self.create_state(db, meta, true)
     }
 
     /// Registers a state read from a snapshot during restore: created unregistered (so that the job's
@@ -73,39 +80,26 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// # Errors
     /// [`crate::Error::IncompatibleSchema`] if two snapshots describe the state differently;
     /// [`crate::Error::Local`] from RocksDB.
-    pub(crate) fn register_restored(&mut self, meta: StateMeta) -> Result<StateId> {
-        if let Some(&id) = self.by_name.get(&meta.name) {
-            meta.check_compatible(&self.states[id.0 as usize].meta)?;
+    pub(crate) fn register_restored(&mut self, db: &mut Db, meta: StateMeta) -> Result<StateId> {
+        if let Some(id) = self.find(&meta.name) {
+            meta.check_compatible(&self.get_mut(id).meta)?;
             return Ok(id);
         }
-        self.create_state(meta, false)
+        self.create_state(db, meta, false)
     }
 
-    /// Writes a state's meta row (`docs/formats.md`, "LSM backend rows").
-    fn put_meta(&self, meta: &StateMeta) -> Result<()> {
-        self.db
-            .set_meta(&meta_key(&meta.name), Some(&encode_meta(meta)))
-    }
-
-    fn create_state(&mut self, meta: StateMeta, registered: bool) -> Result<StateId> {
+    fn create_state(&mut self, db: &mut Db, meta: StateMeta, registered: bool) -> Result<StateId> {
         let cf = cf_name(&meta.name);
-        self.db.create_cf(&cf)?;
-        self.put_meta(&meta)?;
-        let id = StateId(self.states.len() as u32);
-        self.by_name.insert(meta.name.clone(), id);
-        self.states.push(LsmState {
-            meta,
-            cf,
-            registered,
-            broken: false,
-        });
-        Ok(id)
+        db.create_cf(&cf)?;
+        put_meta(db, &meta)?;
+        Ok(self.push(meta, cf, registered))
     }
 
     /// Reads every value of state `id` through `rewrite`, writing nothing: a value that does not migrate
     /// fails the registration with the rows untouched.
     fn check_rows(
         &self,
+        db: &Db,
         id: StateId,
         meta: &StateMeta,
         stored: &str,
@@ -113,7 +107,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     ) -> Result<()> {
         let fail = |e| migration_failed(&meta.name, stored, &meta.value_codec, e);
         let mut value = Vec::new();
-        self.scan_prefix(id, &[], |_, v| {
+        scan_prefix(db, self.cf(db, id)?, &[], |_, v| {
             rewrite_value(meta.kind, v, rewrite, &mut value).map_err(fail)?;
             Ok(true)
         })
@@ -124,6 +118,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// marks the state unusable).
     fn rewrite_rows(
         &self,
+        db: &Db,
         id: StateId,
         meta: &StateMeta,
         stored: &str,
@@ -132,7 +127,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let fail = |e| migration_failed(&meta.name, stored, &meta.value_codec, e);
         let mut value = Vec::new();
         let mut rows = 0u64;
-        let cf = self.cf(id)?;
+        let cf = self.cf(db, id)?;
         let mut batch = WriteBatch::default();
         let mut batches = 0usize;
         let write = |batch: WriteBatch, batches: &mut usize| {
@@ -141,9 +136,9 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             if tests::FAIL_BATCH.with(|f| f.get()) == *batches {
                 return Err(crate::Error::local("migrate", "injected write error"));
             }
-            self.db.write(batch, "migrate")
+            db.write(batch, "migrate")
         };
-        self.scan_prefix(id, &[], |k, v| {
+        scan_prefix(db, cf, &[], |k, v| {
             rewrite_value(meta.kind, v, rewrite, &mut value).map_err(fail)?;
             batch.put_cf(cf, k, &value);
             rows += 1;
@@ -162,6 +157,11 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         );
         Ok(())
     }
+}
+
+/// Writes a state's meta row (`docs/formats.md`, "RocksDB backend rows").
+fn put_meta(db: &Db, meta: &StateMeta) -> Result<()> {
+    db.set_meta(&meta_key(&meta.name), Some(&encode_meta(meta)))
 }
 
 /// The row value `v` of a state of `kind` with every value rewritten: a list row's elements one by one,

@@ -14,6 +14,8 @@ mod canonical;
 mod checkpointing;
 mod config;
 #[cfg(feature = "rocksdb")]
+mod current;
+#[cfg(feature = "rocksdb")]
 mod db;
 #[cfg(feature = "rocksdb")]
 mod import;
@@ -31,6 +33,8 @@ mod restore;
 mod rows;
 #[cfg(feature = "rocksdb")]
 mod snapshot;
+#[cfg(feature = "rocksdb")]
+mod states;
 
 #[cfg(feature = "rocksdb")]
 pub use backend::RocksDbKeyedStateBackend;

@@ -1,4 +1,4 @@
-//! Restore of the LSM backend from incremental checkpoint handles, at the same or another parallelism
+//! Restore of the RocksDB backend from incremental checkpoint handles, at the same or another parallelism
 //! (`docs/lsm.md`, "Restore").
 
 use std::collections::HashMap;
@@ -12,11 +12,11 @@ use crate::format::lsm_rows::key_group_prefix;
 use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
-use crate::keyed::ledger::SnapshotLedger;
 use crate::rocksdb::backend::RocksDbKeyedStateBackend;
-use crate::rocksdb::checkpointing::DiffBase;
+use crate::rocksdb::checkpointing::{Checkpoints, DiffBase};
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
+use crate::rocksdb::import::import_canonical;
 use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
 use crate::rocksdb::options::lsm_db_options;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
@@ -147,7 +147,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let Some((first, rest)) = overlapping.split_first() else {
             let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
             let mut backend = Self::open_db(identity, config, Some(id), instance)?;
-            backend.ledger = SnapshotLedger::restored(restored_id);
+            backend.checkpoints = Checkpoints::restored(restored_id, None);
             return Ok(backend);
         };
         let db_dir = instance.db();
@@ -161,7 +161,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         };
         let mut backend = Self::open_db(identity, config.clone(), Some(backend_id), instance)
             .map_err(|e| corrupt_if_db(e, storage, first))?;
-        backend.ledger = SnapshotLedger::restored(restored_id);
         if first.key_groups != owned {
             backend.clip_to(owned)?;
         }
@@ -172,19 +171,18 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             remove_dir_if_exists(&dir)?;
             copied.map_err(|e| corrupt_if_db(e, storage, other))?;
         }
-        if keep_identity {
-            backend.base = Some(DiffBase {
-                checkpoint_id: first.checkpoint_id,
-                storage: storage.clone(),
-                confirmed: false,
-                shared: first
-                    .files
-                    .iter()
-                    .filter(|f| f.scope == FileScope::Shared)
-                    .map(|f| (f.local_name.clone(), f.clone()))
-                    .collect::<HashMap<_, _>>(),
-            });
-        }
+        let base = keep_identity.then(|| DiffBase {
+            checkpoint_id: first.checkpoint_id,
+            storage: storage.clone(),
+            confirmed: false,
+            shared: first
+                .files
+                .iter()
+                .filter(|f| f.scope == FileScope::Shared)
+                .map(|f| (f.local_name.clone(), f.clone()))
+                .collect::<HashMap<_, _>>(),
+        });
+        backend.checkpoints = Checkpoints::restored(restored_id, base);
         tracing::info!(
             dir = %db_dir.display(),
             handles = overlapping.len(),
@@ -211,8 +209,14 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let instance = InstanceDir::create(&identity, &config)?;
         let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
         let mut backend = Self::open_db(identity, config, Some(id), instance)?;
-        backend.ledger = SnapshotLedger::restored(handles.first().map(|h| h.checkpoint_id));
-        backend.import_canonical(&loaded)?;
+        backend.checkpoints = Checkpoints::restored(handles.first().map(|h| h.checkpoint_id), None);
+        import_canonical(
+            &mut backend.states,
+            &mut backend.db,
+            &loaded,
+            backend.identity.max_parallelism(),
+            backend.config.restore_threads,
+        )?;
         tracing::info!(
             handles = overlapping.len(),
             "lsm backend restored from canonical snapshots"
@@ -225,7 +229,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let max_parallelism = self.identity.max_parallelism();
         let max = key_group_prefix(max_parallelism, max_parallelism);
         let (start, end) = bounds(owned, max_parallelism).unwrap_or((max.clone(), max));
-        for state in &self.states {
+        for (_, state) in self.states.all() {
             let Some(cf) = self.db.cf(&state.cf) else {
                 continue;
             };
@@ -260,8 +264,12 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 break;
             }
             let meta = crate::format::lsm_rows::decode_meta(&value, &path)?;
-            let id = self.register_restored(meta)?;
-            let cf_name = self.states[id.0 as usize].cf.clone();
+            let id = self.states.register_restored(&mut self.db, meta)?;
+            let cf_name = self
+                .states
+                .get(id)
+                .map(|s| s.cf.clone())
+                .unwrap_or_default();
             let (Some(from), Some(to)) = (other.cf_handle(&cf_name), self.db.cf(&cf_name)) else {
                 return Err(Error::corrupt(
                     &path,

@@ -39,9 +39,9 @@ pub struct StateFile {
 pub enum HandleFormat {
     /// One keyed snapshot file (`docs/formats.md`): a full snapshot of the heap backend.
     KeyedFile,
-    /// The files of a native RocksDB checkpoint of the LSM backend: shared SST files (uploaded once, reused
+    /// The files of a native RocksDB checkpoint of the RocksDB backend: shared SST files (uploaded once, reused
     /// by later checkpoints) and private MANIFEST/CURRENT/OPTIONS files, each with its local name. Its rows
-    /// are in LSM row format 2 (`docs/formats.md`, "LSM backend rows"). Tag 2.
+    /// are in LSM row format 2 (`docs/formats.md`, "RocksDB backend rows"). Tag 2.
     RocksIncremental,
     /// A native RocksDB checkpoint in LSM row format 1 (2-byte key groups, `u32` lengths), written before
     /// row format 2. Known so that a restore can say why it refuses it ([`crate::Error::InvalidArgument`]);

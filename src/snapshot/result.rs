@@ -41,8 +41,8 @@ pub enum SavepointFormat {
     /// it and restore it, at any parallelism. Handle format [`HandleFormat::KeyedFile`](crate::snapshot::HandleFormat).
     #[default]
     Canonical,
-    /// The backend's own format, every file private: for the LSM backend the files of a native RocksDB
-    /// checkpoint (faster to write and restore, restorable by the LSM backend only); for the heap backend
+    /// The backend's own format, every file private: for the RocksDB backend the files of a native RocksDB
+    /// checkpoint (faster to write and restore, restorable by the RocksDB backend only); for the heap backend
     /// the same as [`SavepointFormat::Canonical`].
     Native,
 }

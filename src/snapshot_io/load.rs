@@ -1,5 +1,5 @@
 //! Reading the owned key groups of a keyed snapshot file (the canonical format) named by a state handle:
-//! shared by the heap backend's restore and the LSM backend's import of canonical snapshots.
+//! shared by the heap backend's restore and the RocksDB backend's import of canonical snapshots.
 
 use crate::error::{Error, Result};
 use crate::format::keyed_file::read::{self as keyed_file, HEADER_PREFIX};

@@ -1,6 +1,6 @@
 //! Streaming a keyed snapshot file to checkpoint storage while it is encoded: the encoder runs on a
 //! blocking thread and hands chunks to the uploader through a bounded channel, so a snapshot never holds
-//! the whole file in memory. Used by the heap backend's snapshots and the LSM backend's canonical
+//! the whole file in memory. Used by the heap backend's snapshots and the RocksDB backend's canonical
 //! savepoints.
 
 use crate::error::{Error, Result};

@@ -1,5 +1,5 @@
 //! Copies of whole local files to and from checkpoint storage, with their size and CRC32 computed while
-//! they stream (the LSM backend's uploads and restore downloads).
+//! they stream (the RocksDB backend's uploads and restore downloads).
 
 use std::path::Path as LocalPath;
 

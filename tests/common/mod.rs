@@ -201,7 +201,7 @@ pub fn lsm_config() -> RocksDbConfig {
     }
 }
 
-/// A new LSM backend of subtask `index` of `parallelism`.
+/// A new RocksDB backend of subtask `index` of `parallelism`.
 #[cfg(feature = "rocksdb")]
 pub fn lsm<K: StateKey>(
     max_parallelism: u32,
@@ -244,7 +244,7 @@ pub async fn checkpoint<K: StateKey, B: KeyedStateBackend<K>>(
     stats.expect("the last acknowledgement completes the checkpoint")
 }
 
-/// An LSM backend of subtask 0 of 1 (operator `op`, max parallelism 128) restored from `meta` in `mode`.
+/// An RocksDB backend of subtask 0 of 1 (operator `op`, max parallelism 128) restored from `meta` in `mode`.
 #[cfg(feature = "rocksdb")]
 pub async fn restore_lsm(
     storage: &CheckpointStorage,

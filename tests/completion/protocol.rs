@@ -1,6 +1,6 @@
 //! Regression tests of defects that could lose a checkpoint: one per defect, named after it, on the
 //! coordinator (`docs/protocol.md`). The backends' checks are in `tests/restore/checks.rs`, the
-//! LSM backend's in `tests/completion/rocksdb_protocol.rs`; the simulation that finds these defects again is
+//! RocksDB backend's in `tests/completion/rocksdb_protocol.rs`; the simulation that finds these defects again is
 //! `tests/simulation/`.
 
 use std::time::Duration;

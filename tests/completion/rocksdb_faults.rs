@@ -12,7 +12,7 @@ use statebackend::*;
 type Lsm = RocksDbKeyedStateBackend<u64>;
 
 /// A NO_CLAIM restore followed by a CLAIM failover before the first checkpoint kept the pinned snapshot's
-/// files as the LSM backend's diff base for ever: the job's checkpoints depended on files it does not own.
+/// files as the RocksDB backend's diff base for ever: the job's checkpoints depended on files it does not own.
 /// The coordinator never lets a checkpoint reuse a pinned checkpoint's files, and a backend whose base
 /// came from a restore drops it at the first such decline.
 #[cfg(feature = "rocksdb")]
@@ -67,7 +67,7 @@ fn pinned_checkpoint_files_are_never_the_base_after_a_claim_failover() {
     });
 }
 
-/// A CLAIM restore from another storage seeded the LSM backend's diff base with the source's paths, so
+/// A CLAIM restore from another storage seeded the RocksDB backend's diff base with the source's paths, so
 /// its checkpoints in its own storage reused files that are not there and were declined until the third
 /// abort. A base is reused only in the storage it lives in.
 #[cfg(feature = "rocksdb")]

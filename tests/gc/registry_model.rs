@@ -1,5 +1,5 @@
 //! Random sequences of trigger / acknowledge / abort / restart / sweep with concurrent checkpoints on the
-//! LSM backend, checked after every step: no file a retained checkpoint references is missing, a sweep in a
+//! RocksDB backend, checked after every step: no file a retained checkpoint references is missing, a sweep in a
 //! quiet moment leaves no unreferenced shared file, and a restore gives the model's state of its checkpoint.
 
 #![cfg(feature = "rocksdb")]

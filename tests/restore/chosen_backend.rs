@@ -133,7 +133,7 @@ fn dropped_states_stay_dropped_through_checkpoint_restore_and_rescale() {
     });
 }
 
-/// A heap checkpoint is in the canonical format (`docs/savepoints.md`): the LSM backend restores it. An
+/// A heap checkpoint is in the canonical format (`docs/savepoints.md`): the RocksDB backend restores it. An
 /// LSM checkpoint is native: the heap backend refuses it with a clear error. (Before canonical restores,
 /// this test expected the first to be refused too.)
 #[test]
@@ -179,7 +179,7 @@ fn a_heap_checkpoint_restores_as_lsm_and_an_lsm_checkpoint_as_heap_is_a_clear_er
 }
 
 /// Batch writes, map `retain`/`put_all` and `drop_state` after a snapshot's synchronous phase must not reach
-/// that snapshot (the heap backend's copy-on-write, the LSM backend's native checkpoint), on both kinds.
+/// that snapshot (the heap backend's copy-on-write, the RocksDB backend's native checkpoint), on both kinds.
 #[test]
 fn changes_after_the_synchronous_phase_stay_out_of_the_snapshot() {
     crate::common::runtime().block_on(async {

@@ -1,4 +1,4 @@
-//! The LSM backend's restore checks and settings: handle formats it refuses or converts, row format 1,
+//! The RocksDB backend's restore checks and settings: handle formats it refuses or converts, row format 1,
 //! options of restored column families, memtables flushed by a native checkpoint, direct I/O.
 
 #![cfg(feature = "rocksdb")]
@@ -13,8 +13,8 @@ use statebackend::*;
 const NS: VoidNamespace = VoidNamespace;
 type Lsm = RocksDbKeyedStateBackend<u64>;
 
-/// The LSM backend's native snapshot is refused by the heap restore with a typed error; the heap backend's
-/// snapshot is canonical and restores on the LSM backend (it was refused before canonical restores), but a
+/// The RocksDB backend's native snapshot is refused by the heap restore with a typed error; the heap backend's
+/// snapshot is canonical and restores on the RocksDB backend (it was refused before canonical restores), but a
 /// handle set mixing both formats is refused.
 #[test]
 fn foreign_handle_formats_are_invalid_arguments() {
@@ -245,7 +245,7 @@ fn direct_io_setting_reaches_rocksdb() {
     }
 }
 
-/// A canonical restore over the row count from which the LSM backend sorts and writes SST files on
+/// A canonical restore over the row count from which the RocksDB backend sorts and writes SST files on
 /// several threads (a key-group range each): every thread count restores the same state, value and map
 /// rows alike, at max parallelism 128 (1-byte key-group prefix) and 1024 (2 bytes).
 #[test]

@@ -416,7 +416,7 @@ fn an_incompatible_change_is_an_error_naming_the_state_and_leaves_it_restorable(
 }
 
 /// A value whose migration fails fails the registration with a `Corrupt` error naming the state, and
-/// leaves every stored value as it was (the LSM backend reads all before it rewrites any): version 1
+/// leaves every stored value as it was (the RocksDB backend reads all before it rewrites any): version 1
 /// still reads them all.
 #[test]
 fn a_value_that_does_not_migrate_fails_the_registration_and_rewrites_nothing() {

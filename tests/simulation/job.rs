@@ -1,4 +1,4 @@
-//! The simulated job: two operators, `counter` on the heap backend and `window` on the LSM backend, each a
+//! The simulated job: two operators, `counter` on the heap backend and `window` on the RocksDB backend, each a
 //! value state `v: u64 -> u64`, and the `BTreeMap` model of both.
 
 use std::collections::BTreeMap;
@@ -48,7 +48,7 @@ pub struct Task {
     pub backend: Backend,
 }
 
-/// Settings of a subtask's LSM backend: small, no background compaction (the SST files then depend on the
+/// Settings of a subtask's RocksDB backend: small, no background compaction (the SST files then depend on the
 /// writes alone, so a seed replays), one transfer at a time (ordered store calls).
 pub fn lsm_config(local_dir: &Path) -> RocksDbConfig {
     RocksDbConfig {

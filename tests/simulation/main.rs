@@ -1,6 +1,6 @@
 //! Deterministic simulation of the checkpoint protocol, in the manner of FoundationDB's and SlateDB's
 //! simulation tests: a seed drives a coordinator (and sometimes an old leader with its own tasks beside it)
-//! and a job of two operators on the heap and the LSM backend through random schedules of state updates,
+//! and a job of two operators on the heap and the RocksDB backend through random schedules of state updates,
 //! checkpoints and savepoints (canonical and native, into a target other jobs write to), acknowledgements
 //! (duplicate, late, reordered), notifications (lost, duplicate), aborts, timeouts, restores (CLAIM and
 //! NO_CLAIM), rescales, rollbacks, orphan sweeps, an operator's `statectl gc` (dry and real, forced or not)
@@ -12,7 +12,7 @@
 //!
 //! `SIM_SEEDS` (default 2000) seeds from `SIM_SEED_BASE` (default 0), `SIM_STEPS` (default 120) steps
 //! each; `SIM_SEED=n` runs one seed and prints its log. A failing seed prints how to run it again.
-//! It needs the LSM backend (the default `rocksdb` feature).
+//! It needs the RocksDB backend (the default `rocksdb` feature).
 
 #![cfg(feature = "rocksdb")]
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]

@@ -178,7 +178,7 @@ impl Sim {
         } else {
             Duration::from_secs(86_400)
         };
-        // The LSM backends' directories on tmpfs where there is one: RocksDB syncs every file it closes,
+        // The RocksDB backends' directories on tmpfs where there is one: RocksDB syncs every file it closes,
         // which on a disk is most of a seed's time and proves nothing here.
         let shm = std::path::Path::new("/dev/shm");
         let builder = tempfile::Builder::new().prefix("sb-sim-").clone();
@@ -254,7 +254,7 @@ impl Sim {
         Ok(())
     }
 
-    /// Appends a line to the log, with the temporary directory's path and the LSM backends' instance
+    /// Appends a line to the log, with the temporary directory's path and the RocksDB backends' instance
     /// directory names in it blanked (the operating system's random names: all else follows the seed).
     pub fn say(&mut self, line: String) {
         let dir = self.dir.path().display().to_string();

@@ -521,7 +521,7 @@ impl Sim {
     /// The engine asks every live coordinator for the checkpoints it aborted on its own
     /// (`take_aborted`) and tells their tasks. Then every checkpoint in flight at a live, unfenced
     /// coordinator must still be pending there: one that ended without a report would leave its tasks
-    /// waiting and the LSM backend rebasing.
+    /// waiting and the RocksDB backend rebasing.
     pub fn reported_aborts(&mut self) -> Step {
         for n in 0..self.coordinators.len() {
             let Some(coord) = self.coordinators[n].as_mut() else {

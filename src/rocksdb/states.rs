@@ -1,0 +1,185 @@
+//! The RocksDB backend's states, as a component that owns them: one entry per state id (its description,
+//! its column family, whether the job registered it, whether a failed migration broke it) and the names
+//! that find them. The DB they live in is passed in: the rows are the DB's, the bookkeeping is this. Each
+//! state's meta row in the `default` column family (`docs/formats.md`) is what a restore finds again.
+//! Registration and schema migration: `migrate.rs`.
+
+use std::collections::HashMap;
+
+use rocksdb::ColumnFamily;
+
+use crate::error::{Error, Result};
+use crate::format::lsm_rows::{cf_name, decode_meta, meta_key};
+use crate::keyed::backend::{StateId, StateKey};
+use crate::keyed::checks::wrong_state;
+use crate::rocksdb::db::Db;
+use crate::snapshot::state_meta::StateMeta;
+
+/// One state of the backend.
+pub(crate) struct LsmState {
+    pub(crate) meta: StateMeta,
+    /// Its column family; empty once the state is dropped (the id stays taken).
+    pub(crate) cf: String,
+    /// Whether the job registered it; a restored state is not until then (and may still migrate).
+    pub(crate) registered: bool,
+    /// A migration of its rows failed while writing: some rows are in the new encoding under the old meta
+    /// row. The state refuses every access and the backend every snapshot; restore the backend again.
+    pub(crate) broken: bool,
+}
+
+/// The error of every access to a state whose migration failed while writing.
+pub(crate) fn broken_state(name: &str) -> Error {
+    Error::IllegalState(format!(
+        "state `{name}` is unusable: migrating its rows to a new codec failed while writing, so some \
+         rows are in each encoding; restore the backend from its checkpoint again"
+    ))
+}
+
+/// Every state of one RocksDB backend.
+pub(crate) struct LsmStates {
+    states: Vec<LsmState>,
+    by_name: HashMap<String, StateId>,
+}
+
+impl LsmStates {
+    /// The states whose meta rows `db` holds (a restored or reopened DB), none registered yet.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the DB for a meta row that does not decode or a state without its
+    /// column family; [`Error::Local`] from RocksDB.
+    pub(crate) fn load(db: &Db) -> Result<LsmStates> {
+        let path = db.instance().db().display().to_string();
+        let mut loaded = LsmStates {
+            states: Vec::new(),
+            by_name: HashMap::new(),
+        };
+        for value in db.meta_rows()? {
+            let meta = decode_meta(&value, &path)?;
+            let cf = cf_name(&meta.name);
+            if db.cf(&cf).is_none() {
+                return Err(Error::corrupt(
+                    &path,
+                    format!("state `{}` has no column family", meta.name),
+                ));
+            }
+            loaded.push(meta, cf, false);
+        }
+        Ok(loaded)
+    }
+
+    pub(super) fn push(&mut self, meta: StateMeta, cf: String, registered: bool) -> StateId {
+        let id = StateId(self.states.len() as u32);
+        self.by_name.insert(meta.name.clone(), id);
+        self.states.push(LsmState {
+            meta,
+            cf,
+            registered,
+            broken: false,
+        });
+        id
+    }
+
+    /// State `id`, dropped or not.
+    pub(crate) fn get(&self, id: StateId) -> Option<&LsmState> {
+        self.states.get(id.0 as usize)
+    }
+
+    /// The id of the live state `name`.
+    pub(crate) fn find(&self, name: &str) -> Option<StateId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub(super) fn get_mut(&mut self, id: StateId) -> &mut LsmState {
+        &mut self.states[id.0 as usize]
+    }
+
+    /// Every state, by id, dropped ones included (with an empty column family name).
+    pub(crate) fn all(&self) -> impl Iterator<Item = (StateId, &LsmState)> {
+        let ids = (0..).map(StateId);
+        ids.zip(&self.states)
+    }
+
+    /// The column family of state `id` in `db`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an id this backend did not register;
+    /// [`Error::IllegalState`] for a state a failed migration broke.
+    #[inline]
+    pub(crate) fn cf<'d>(&self, db: &'d Db, id: StateId) -> Result<&'d ColumnFamily> {
+        let state = self.get(id).ok_or_else(|| wrong_state(id))?;
+        if state.broken {
+            return Err(broken_state(&state.meta.name));
+        }
+        db.cf(&state.cf).ok_or_else(|| wrong_state(id))
+    }
+
+    /// A state a failed migration broke, if any (no snapshot may be taken then).
+    pub(crate) fn broken(&self) -> Option<&LsmState> {
+        self.states.iter().find(|s| s.broken)
+    }
+
+    /// Names of all live states, registered or restored.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.live().map(|s| s.meta.name.clone()).collect()
+    }
+
+    /// Descriptions of all live states, in id order.
+    pub(crate) fn metas(&self) -> Vec<StateMeta> {
+        self.live().map(|s| s.meta.clone()).collect()
+    }
+
+    fn live(&self) -> impl Iterator<Item = &LsmState> {
+        self.states.iter().filter(|s| !s.cf.is_empty())
+    }
+
+    /// Names of the column families: one per live state, and `default` (state meta information).
+    pub(crate) fn column_families(&self) -> Vec<&str> {
+        let live = self.live().map(|s| s.cf.as_str());
+        live.chain(["default"]).collect()
+    }
+
+    /// Entries of all states, as RocksDB estimates them (`rocksdb.estimate-num-keys`; map entries count one
+    /// each).
+    pub(crate) fn estimated_entries(&self, db: &Db) -> u64 {
+        self.live()
+            .filter_map(|s| {
+                let names = [s.cf.as_str()];
+                db.int_property(&names, "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// Drops state `name`: its meta row and column family go, its id stays taken. Whether it existed.
+    ///
+    /// # Errors
+    /// [`Error::Local`] from RocksDB.
+    pub(crate) fn drop_state(&mut self, db: &mut Db, name: &str) -> Result<bool> {
+        let Some(id) = self.by_name.remove(name) else {
+            return Ok(false);
+        };
+        let cf = std::mem::take(&mut self.states[id.0 as usize].cf);
+        db.set_meta(&meta_key(name), None)?;
+        db.drop_cf(&cf)?;
+        Ok(true)
+    }
+
+    /// A state id used with a namespace type chosen by the caller (`keys`, `keys_and_namespaces`) must
+    /// name the state's own namespace codec: bytes of one type can decode as another.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming both codecs, or for an unknown id.
+    pub(crate) fn check_namespace<N: StateKey>(&self, id: StateId) -> Result<()> {
+        let meta = &self.get(id).ok_or_else(|| wrong_state(id))?.meta;
+        if meta.namespace_codec != N::codec_id() {
+            return Err(Error::InvalidArgument(format!(
+                "state `{}` has namespaces of codec {}, not {}",
+                meta.name,
+                meta.namespace_codec,
+                N::codec_id()
+            )));
+        }
+        Ok(())
+    }
+}
