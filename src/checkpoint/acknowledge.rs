@@ -9,11 +9,11 @@ use crate::checkpoint::fence::FenceCheck;
 use crate::checkpoint::pending::{Outcome, TaskKey};
 use crate::error::{Error, Result};
 use crate::format::metadata;
-use crate::snapshot::handle::{CheckpointMetadata, SnapshotKind, TaskStateSnapshot};
-use crate::snapshot::layout::{METADATA_FILE, STATS_FILE, checkpoint_dir};
+use crate::snapshot::handle::{CheckpointMetadata, FileScope, SnapshotKind, TaskStateSnapshot};
+use crate::snapshot::layout::{METADATA_FILE, STATS_FILE, checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotMetrics;
 use crate::snapshot::validate::check_partition;
-use crate::storage::Created;
+use crate::storage::{CheckpointStorage, Created};
 
 impl CheckpointCoordinator {
     /// Task `task` (its operator id and subtask index) finished its part of `checkpoint_id`. When every
@@ -59,7 +59,13 @@ impl CheckpointCoordinator {
             }
             let accepted = accepted.clone();
             let _ = self
-                .discard_own_uploads(checkpoint_id, [&task], Some(&accepted))
+                .attempts
+                .discard_own_uploads(
+                    self.store.referenced_paths(),
+                    checkpoint_id,
+                    [&task],
+                    Some(&accepted),
+                )
                 .await;
             return Ok(Acknowledgement::Discarded(Discarded::AlreadyAcknowledged));
         }
@@ -82,14 +88,25 @@ impl CheckpointCoordinator {
             if meta.task(&task.operator_id, task.subtask_index) == Some(&task) {
                 return Acknowledgement::Duplicate;
             }
-            let _ = self.discard_own_uploads(checkpoint_id, [&task], None).await;
+            let _ = self
+                .attempts
+                .discard_own_uploads(self.store.referenced_paths(), checkpoint_id, [&task], None)
+                .await;
             return Acknowledgement::Discarded(Discarded::CompletedWithout);
         }
         match self.outcomes.get(checkpoint_id) {
             // Completed and since subsumed: whatever it was, nothing of it may be deleted here.
             Some(Outcome::Completed) => Acknowledgement::Duplicate,
             Some(Outcome::Aborted) => {
-                let _ = self.discard_own_uploads(checkpoint_id, [&task], None).await;
+                let _ = self
+                    .attempts
+                    .discard_own_uploads(
+                        self.store.referenced_paths(),
+                        checkpoint_id,
+                        [&task],
+                        None,
+                    )
+                    .await;
                 Acknowledgement::Discarded(Discarded::Aborted)
             }
             // Another writer's metadata, or maybe ours: nothing may be deleted.
@@ -133,9 +150,15 @@ impl CheckpointCoordinator {
                 tracing::warn!(checkpoint_id, ?declined, "declining checkpoint");
                 self.outcomes.set(checkpoint_id, Outcome::Aborted);
                 let _ = self
-                    .discard_own_uploads(checkpoint_id, &meta.tasks, None)
+                    .attempts
+                    .discard_own_uploads(
+                        self.store.referenced_paths(),
+                        checkpoint_id,
+                        &meta.tasks,
+                        None,
+                    )
                     .await;
-                let _ = self.discard_private_dir(checkpoint_id).await;
+                let _ = self.attempts.discard_private_dir(checkpoint_id).await;
                 return Ok(Acknowledgement::Declined(declined));
             }
         };
@@ -283,9 +306,98 @@ impl CheckpointCoordinator {
             self.store.adopt(winner);
             self.outcomes.set(checkpoint_id, Outcome::Aborted);
             let _ = self
-                .discard_own_uploads(checkpoint_id, &meta.tasks, None)
+                .attempts
+                .discard_own_uploads(
+                    self.store.referenced_paths(),
+                    checkpoint_id,
+                    &meta.tasks,
+                    None,
+                )
                 .await;
         }
         Acknowledgement::Declined(Declined::LostRace)
+    }
+
+    /// Every task acknowledged savepoint `meta`: check it, check the fence, write its metadata into
+    /// `target`.
+    pub(super) async fn complete_savepoint(
+        &mut self,
+        meta: CheckpointMetadata,
+        target: CheckpointStorage,
+        metrics: &[SnapshotMetrics],
+    ) -> Result<Acknowledgement> {
+        let savepoint_id = meta.checkpoint_id;
+        debug_assert_eq!(meta.kind, SnapshotKind::Savepoint);
+        let bytes = match self.check_savepoint(&meta) {
+            Ok(bytes) => bytes,
+            Err(declined) => {
+                tracing::warn!(savepoint_id, ?declined, "declining savepoint");
+                self.outcomes.set(savepoint_id, Outcome::Aborted);
+                let _ = self.attempts.discard_private_dir(savepoint_id).await;
+                return Ok(Acknowledgement::Declined(declined));
+            }
+        };
+        if let Some(declined) = self.fence_before_writing(savepoint_id).await {
+            return Ok(Acknowledgement::Declined(declined));
+        }
+        let relative = format!("{}/{METADATA_FILE}", savepoint_dir(savepoint_id));
+        let written = match target.put_if_absent(&relative, bytes.clone()).await {
+            Ok(created) => Ok(created),
+            // The write may have taken effect: read back before deciding anything.
+            Err(e) => match target.read(&relative).await {
+                Ok(found) if found == bytes => Ok(Created::Yes),
+                Ok(_) => Ok(Created::Conflict),
+                Err(_) => Err(e),
+            },
+        };
+        match written {
+            Ok(Created::Yes) => {
+                self.outcomes.set(savepoint_id, Outcome::Completed);
+                let mut stats = CheckpointStats::from_metrics(savepoint_id, metrics.iter());
+                let dir = savepoint_dir(savepoint_id);
+                if let Err(e) = target.sync_local_dir(&dir).await {
+                    stats
+                        .cleanup_warnings
+                        .push(format!("syncing {dir} failed: {e}"));
+                }
+                stats.aborted_pending = self.outcomes.take_unreported();
+                Ok(Acknowledgement::Completed(Box::new(stats)))
+            }
+            Ok(Created::Conflict) => {
+                // The id is reserved in the target, so another writer's metadata here was written without
+                // a reservation (another job's savepoint): nothing of it may be deleted.
+                self.outcomes.set(savepoint_id, Outcome::Aborted);
+                Ok(Acknowledgement::Declined(Declined::TargetTaken))
+            }
+            Err(e) => {
+                tracing::warn!(savepoint_id, error = %e, "savepoint metadata write failed; it may exist, nothing is deleted");
+                self.outcomes.set(savepoint_id, Outcome::Uncertain);
+                Err(e)
+            }
+        }
+    }
+
+    /// A savepoint's keyed state partitions each operator's key groups, and every file is its own: private,
+    /// uploaded by it, under `savepoints/sp-<id>/` (self-contained). Returns the encoded metadata.
+    fn check_savepoint(&self, meta: &CheckpointMetadata) -> Result<Bytes, Declined> {
+        self.check_partitions(meta)?;
+        let dir = format!("{}/", savepoint_dir(meta.checkpoint_id));
+        if let Some(f) = meta.files().find(|f| {
+            f.scope != FileScope::Private
+                || f.created_by != meta.checkpoint_id
+                || !f.path.starts_with(&dir)
+        }) {
+            return Err(Declined::Inconsistent(format!(
+                "savepoint {} refers to {} ({:?}, uploaded by {}): a savepoint holds only private files \
+                 of its own directory (was the snapshot taken with `savepoint`?)",
+                meta.checkpoint_id, f.path, f.scope, f.created_by
+            )));
+        }
+        metadata::encode(meta).map(Bytes::from).map_err(|e| {
+            Declined::Inconsistent(format!(
+                "savepoint {} cannot be written: {e}",
+                meta.checkpoint_id
+            ))
+        })
     }
 }

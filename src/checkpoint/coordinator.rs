@@ -4,18 +4,21 @@
 //! crate). Every step's behaviour when retried, duplicated, late or cut off is `docs/protocol.md`; the
 //! faults of real stores, operators and zombie coordinators it answers are `docs/faults.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::checkpoint::config::CoordinatorConfig;
+use crate::checkpoint::discard::Attempts;
 use crate::checkpoint::fence::{Fence, FenceCheck};
 use crate::checkpoint::lineage::{LineKind, LineRecord};
 use crate::checkpoint::pending::{Outcome, Outcomes, PendingCheckpoint};
 use crate::checkpoint::store::{CancellationPolicy, CompletedCheckpointStore};
+use crate::checkpoint::sweep::{OrphanSweep, SweepPlan, SweepReport, delete_doomed};
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::handle::CheckpointMetadata;
 use crate::snapshot::layout::{TRIGGER_MARKER, checkpoint_dir};
 use crate::snapshot::restore_mode::RestoreMode;
@@ -39,12 +42,10 @@ pub struct CheckpointCoordinator {
     next_id: u64,
     pub(super) pending: BTreeMap<u64, PendingCheckpoint>,
     pub(super) outcomes: Outcomes,
-    /// Unreferenced files a sweep saw while checkpoints were pending, with those checkpoints: one of them
-    /// may be uploading the file (SlateDB #1758).
-    pub(super) orphan_candidates: HashMap<String, Vec<u64>>,
-    /// Where the savepoints this coordinator triggered are written, by id (bounded, newest kept): their
-    /// clean-up after an abort or a late acknowledgement happens there.
-    pub(super) savepoint_targets: BTreeMap<u64, CheckpointStorage>,
+    /// What the orphan sweep remembers between sweeps.
+    pub(super) sweep: OrphanSweep,
+    /// Where attempts write, and what an attempt that did not complete leaves, deleted.
+    pub(super) attempts: Attempts,
 }
 
 impl CheckpointCoordinator {
@@ -87,6 +88,7 @@ impl CheckpointCoordinator {
         fence.retire_older().await;
         let highest = storage.list_checkpoint_dirs().await?.last().copied();
         let next_id = highest.unwrap_or(0).max(store.id_floor()) + 1;
+        let attempts = Attempts::new(storage.clone(), instance.clone());
         Ok(CheckpointCoordinator {
             storage,
             store,
@@ -98,8 +100,8 @@ impl CheckpointCoordinator {
             next_id,
             pending: BTreeMap::new(),
             outcomes: Outcomes::default(),
-            orphan_candidates: HashMap::new(),
-            savepoint_targets: BTreeMap::new(),
+            sweep: OrphanSweep::default(),
+            attempts,
         })
     }
 
@@ -277,8 +279,8 @@ impl CheckpointCoordinator {
             if let Some(target) = &savepoint_target {
                 // The id is ours in the job's storage from here on: if the target refuses it, it is an
                 // aborted checkpoint's, never handed out again.
-                match self.reserve_in_target(target, id).await {
-                    Ok(true) => self.remember_savepoint_target(id, target.clone()),
+                match self.attempts.reserve_savepoint(target, id).await {
+                    Ok(true) => {}
                     Ok(false) => {
                         self.outcomes.set(id, Outcome::Aborted);
                         continue;
@@ -305,6 +307,92 @@ impl CheckpointCoordinator {
         )))
     }
 
+    /// Triggers a savepoint into `target` (any storage: the job's own or the user's directory or bucket)
+    /// and returns its id, from the same sequence as checkpoint ids. The id is reserved in the job's
+    /// storage as a checkpoint's is, and in `target` (`savepoints/sp-<id>/_trigger`): an id some other
+    /// writer holds in `target` (another job's savepoint, a converted one) is skipped. The engine injects a
+    /// barrier for it as for a checkpoint; each task calls
+    /// [`KeyedStateBackend::savepoint`](crate::KeyedStateBackend::savepoint) with `target` and acknowledges
+    /// with [`CheckpointCoordinator::acknowledge`]. When the last task acknowledges, the coordinator writes
+    /// `savepoints/sp-<id>/_metadata` into `target` (kind [`SnapshotKind::Savepoint`], create-if-absent).
+    /// A completed savepoint is not added to the store: no checkpoint subsumes it, and the job never
+    /// deletes it. A checkpoint completing first does not abort it; its own abort or the checkpoint timeout
+    /// does, and deletes only what this attempt put in `target`.
+    ///
+    /// # Errors
+    /// As [`CheckpointCoordinator::trigger`].
+    pub async fn trigger_savepoint(&mut self, target: &CheckpointStorage) -> Result<u64> {
+        self.reserve(Some(target.clone())).await
+    }
+
+    /// Orphan sweep of `shared/`, the `chk-*` directories and `_probe/`. Checks the fence, measures the
+    /// store's clock (overwrites `_clock`, reads its `Last-Modified`), lists storage, then (after listing,
+    /// so a checkpoint that completes meanwhile is seen with its files) reads the metadata of every
+    /// checkpoint in storage, and deletes a listed file only if:
+    /// - no readable checkpoint in storage references it, it is not the metadata or a marker of one, and
+    ///   the registry does not hold it;
+    /// - its `last_modified` is at least `min_age` before the store's now (one clock: the coordinator's
+    ///   may be minutes off, `docs/faults.md`);
+    /// - it is not in the directory of a checkpoint pending here, and, for a shared file, it was not first
+    ///   seen unreferenced while a checkpoint still pending was pending (it may be that checkpoint's
+    ///   upload, however long it runs: SlateDB #1758);
+    /// - it is not the reservation marker of the highest checkpoint directory (the id watermark).
+    ///
+    /// It also retries aborts of multipart uploads that failed before, and, where the store lists
+    /// incomplete multipart uploads (S3), aborts those under the job's prefix older than `min_age`.
+    ///
+    /// `min_age` protects uploads of checkpoints this coordinator does not know of (another coordinator's,
+    /// or one pending before a restart), so it must exceed the longest checkpoint. While any metadata in
+    /// storage is unreadable, nothing is deleted ([`SweepReport::blocked_by_unreadable`]). `savepoints/`
+    /// and anything else outside `shared/`, `chk-*` and `_probe/` is never touched. On a local directory the
+    /// sweep also lists the staging files (`<name>#<digits>`) that a process killed mid-write leaves,
+    /// which `object_store`'s listing hides; they are never part of a checkpoint and go by the same age
+    /// rule. Once a coordinator of a newer generation exists, nothing is deleted
+    /// ([`SweepReport::fenced`]).
+    ///
+    /// # Errors
+    /// Storage errors while checking the fence, measuring the clock, listing, reading or deleting (what
+    /// was classified before stays for the next sweep; nothing is fenced by a failed check).
+    pub async fn sweep_orphans(&mut self, min_age: Duration) -> Result<SweepReport> {
+        if let Err(e) = self.check_fence().await {
+            if e.kind() == ErrorKind::Fenced {
+                return Ok(SweepReport {
+                    fenced: true,
+                    ..SweepReport::default()
+                });
+            }
+            return Err(e);
+        }
+        self.fence.retire_older().await;
+        let pending: BTreeSet<u64> = self.pending.keys().copied().collect();
+        let plan = self
+            .sweep
+            .plan(
+                &self.storage,
+                &mut self.store,
+                &pending,
+                &mut self.outcomes,
+                min_age,
+            )
+            .await?;
+        let SweepPlan { mut report, doomed } = plan;
+        let Some(doomed) = doomed else {
+            // An unreadable checkpoint blocks every deletion.
+            return Ok(report);
+        };
+        // Once more right before deleting: the classification took a while.
+        if let Err(e) = self.check_fence().await {
+            report.too_young += doomed.len();
+            if e.kind() == ErrorKind::Fenced {
+                report.fenced = true;
+                return Ok(report);
+            }
+            return Err(e);
+        }
+        delete_doomed(&self.storage, &doomed, &mut report).await?;
+        Ok(report)
+    }
+
     /// Aborts a pending checkpoint or savepoint (a subtask failed or declined, or it timed out): deletes
     /// what its tasks uploaded and its private files, keeping its id reservation (a savepoint's files are
     /// deleted only while its reservation in the target is this coordinator's). The engine must then call
@@ -320,8 +408,11 @@ impl CheckpointCoordinator {
         };
         self.outcomes.set(checkpoint_id, Outcome::Aborted);
         let tasks: Vec<_> = pending.acks.into_values().map(|(t, _)| t).collect();
-        let uploads = self.discard_own_uploads(checkpoint_id, &tasks, None).await;
-        let private = self.discard_private_dir(checkpoint_id).await;
+        let uploads = self
+            .attempts
+            .discard_own_uploads(self.store.referenced_paths(), checkpoint_id, &tasks, None)
+            .await;
+        let private = self.attempts.discard_private_dir(checkpoint_id).await;
         uploads.and(private)
     }
 

@@ -1,10 +1,11 @@
-//! What the coordinator deletes of a checkpoint or savepoint that did not complete: the uploads of its
-//! tasks that nothing references, and its private directory (`docs/protocol.md`, table of outcomes).
+//! Where the coordinator's attempts (checkpoints and savepoints in flight) write, as a component that owns
+//! it: the job's storage, the targets of the savepoints it triggered, and its name in their reservations;
+//! and what it deletes of an attempt that did not complete: the uploads of its tasks that nothing
+//! references, and its private directory (`docs/protocol.md`, table of outcomes).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use crate::checkpoint::coordinator::CheckpointCoordinator;
-use crate::checkpoint::savepoint::delete_own_savepoint_dir;
+use crate::checkpoint::savepoint::{delete_own_savepoint_dir, reserve_savepoint_id};
 use crate::error::Result;
 use crate::snapshot::handle::TaskStateSnapshot;
 use crate::snapshot::layout::{TRIGGER_MARKER, checkpoint_dir};
@@ -13,7 +14,25 @@ use crate::storage::CheckpointStorage;
 /// Savepoint targets a coordinator remembers (for late acknowledgements of aborted savepoints).
 const MAX_SAVEPOINT_TARGETS: usize = 64;
 
-impl CheckpointCoordinator {
+/// The storages one coordinator's attempts write to.
+pub(crate) struct Attempts {
+    storage: CheckpointStorage,
+    /// The coordinator instance, named in its savepoint reservations.
+    instance: String,
+    /// Where the savepoints this coordinator triggered are written, by id (bounded, newest kept): their
+    /// clean-up after an abort or a late acknowledgement happens there.
+    savepoint_targets: BTreeMap<u64, CheckpointStorage>,
+}
+
+impl Attempts {
+    pub(crate) fn new(storage: CheckpointStorage, instance: String) -> Self {
+        Attempts {
+            storage,
+            instance,
+            savepoint_targets: BTreeMap::new(),
+        }
+    }
+
     /// The storage checkpoint `checkpoint_id`'s files are in: a savepoint's target, else the job's.
     pub(super) fn storage_of(&self, checkpoint_id: u64) -> &CheckpointStorage {
         self.savepoint_targets
@@ -21,8 +40,38 @@ impl CheckpointCoordinator {
             .unwrap_or(&self.storage)
     }
 
+    /// The content of this coordinator's reservation of savepoint `id` in a target.
+    fn savepoint_owner(&self, id: u64) -> String {
+        format!(
+            "savepoint {id} reserved by coordinator {} of job {}\n",
+            self.instance,
+            self.storage.path("")
+        )
+    }
+
+    /// Reserves savepoint `id` in `target` for this coordinator, and remembers the target if it is ours.
+    ///
+    /// # Errors
+    /// Storage errors (the reservation may have taken effect; it only keeps others off the id).
+    pub(super) async fn reserve_savepoint(
+        &mut self,
+        target: &CheckpointStorage,
+        id: u64,
+    ) -> Result<bool> {
+        let reserved = reserve_savepoint_id(target, id, &self.savepoint_owner(id)).await?;
+        if reserved {
+            self.remember_savepoint_target(id, target.clone());
+        } else {
+            tracing::warn!(
+                savepoint_id = id,
+                "the savepoint target holds this id already; trying the next one"
+            );
+        }
+        Ok(reserved)
+    }
+
     /// Remembers where savepoint `id` is written; forgets the oldest beyond [`MAX_SAVEPOINT_TARGETS`].
-    pub(super) fn remember_savepoint_target(&mut self, id: u64, target: CheckpointStorage) {
+    fn remember_savepoint_target(&mut self, id: u64, target: CheckpointStorage) {
         self.savepoint_targets.insert(id, target);
         while self.savepoint_targets.len() > MAX_SAVEPOINT_TARGETS {
             self.savepoint_targets.pop_first();
@@ -47,17 +96,16 @@ impl CheckpointCoordinator {
     }
 
     /// Deletes the files of `tasks`' handles that checkpoint `checkpoint_id` uploaded itself (`created_by`)
-    /// and that no checkpoint the store knows references, nor `accepted` (an acknowledgement of the same
-    /// task that stays).
+    /// and that neither `store_references` (what the checkpoints the store knows reference) nor
+    /// `accepted` (an acknowledgement of the same task that stays) names.
     pub(super) async fn discard_own_uploads<'a>(
         &self,
+        store_references: HashSet<&str>,
         checkpoint_id: u64,
         tasks: impl IntoIterator<Item = &'a TaskStateSnapshot>,
         accepted: Option<&TaskStateSnapshot>,
     ) -> Result<()> {
-        let referenced: HashSet<String> = self
-            .store
-            .referenced_paths()
+        let referenced: HashSet<String> = store_references
             .into_iter()
             .map(str::to_string)
             .chain(

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 use crate::checkpoint::coordinator::CheckpointCoordinator;
 use crate::checkpoint::fence::NewestGeneration;
 use crate::checkpoint::pending::Outcome;
+use crate::checkpoint::pending::Outcomes;
+use crate::checkpoint::store::CompletedCheckpointStore;
 use crate::error::{ErrorKind, Result};
 use crate::snapshot::layout::{
     JobPath, METADATA_FILE, PINNED_MARKER, PROBE_DIR, STATS_FILE, TRIGGER_MARKER,
@@ -251,55 +253,44 @@ pub async fn collect_garbage(
     Ok(report)
 }
 
-impl CheckpointCoordinator {
-    /// Orphan sweep of `shared/`, the `chk-*` directories and `_probe/`. Checks the fence, measures the
-    /// store's clock (overwrites `_clock`, reads its `Last-Modified`), lists storage, then (after listing,
-    /// so a checkpoint that completes meanwhile is seen with its files) reads the metadata of every
-    /// checkpoint in storage, and deletes a listed file only if:
-    /// - no readable checkpoint in storage references it, it is not the metadata or a marker of one, and
-    ///   the registry does not hold it;
-    /// - its `last_modified` is at least `min_age` before the store's now (one clock: the coordinator's
-    ///   may be minutes off, `docs/faults.md`);
-    /// - it is not in the directory of a checkpoint pending here, and, for a shared file, it was not first
-    ///   seen unreferenced while a checkpoint still pending was pending (it may be that checkpoint's
-    ///   upload, however long it runs: SlateDB #1758);
-    /// - it is not the reservation marker of the highest checkpoint directory (the id watermark).
-    ///
-    /// It also retries aborts of multipart uploads that failed before, and, where the store lists
-    /// incomplete multipart uploads (S3), aborts those under the job's prefix older than `min_age`.
-    ///
-    /// `min_age` protects uploads of checkpoints this coordinator does not know of (another coordinator's,
-    /// or one pending before a restart), so it must exceed the longest checkpoint. While any metadata in
-    /// storage is unreadable, nothing is deleted ([`SweepReport::blocked_by_unreadable`]). `savepoints/`
-    /// and anything else outside `shared/`, `chk-*` and `_probe/` is never touched. On a local directory the
-    /// sweep also lists the staging files (`<name>#<digits>`) that a process killed mid-write leaves,
-    /// which `object_store`'s listing hides; they are never part of a checkpoint and go by the same age
-    /// rule. Once a coordinator of a newer generation exists, nothing is deleted
-    /// ([`SweepReport::fenced`]).
+/// The orphan sweep's memory between sweeps, as a component that owns it: unreferenced files first seen
+/// while checkpoints were pending, with those checkpoints (one of them may be uploading the file, SlateDB
+/// #1758).
+#[derive(Default)]
+pub(crate) struct OrphanSweep {
+    candidates: HashMap<String, Vec<u64>>,
+}
+
+/// What a sweep's classification decided: the report so far, and the files to delete (`None` when an
+/// unreadable checkpoint blocks every deletion).
+pub(crate) struct SweepPlan {
+    pub(crate) report: SweepReport,
+    pub(crate) doomed: Option<Vec<ListedFile>>,
+}
+
+impl OrphanSweep {
+    /// Lists `storage`, reads every checkpoint directory `store` does not know (adopting what it finds,
+    /// and settling `outcomes` of uncertain writes and lost races), and classifies the listed files
+    /// (`CheckpointCoordinator::sweep_orphans` says by which rules); deletes nothing.
     ///
     /// # Errors
-    /// Storage errors while checking the fence, measuring the clock, listing, reading or deleting (what
-    /// was classified before stays for the next sweep; nothing is fenced by a failed check).
-    pub async fn sweep_orphans(&mut self, min_age: Duration) -> Result<SweepReport> {
-        if let Err(e) = self.check_fence().await {
-            if e.kind() == ErrorKind::Fenced {
-                return Ok(SweepReport {
-                    fenced: true,
-                    ..SweepReport::default()
-                });
-            }
-            return Err(e);
-        }
-        self.fence.retire_older().await;
+    /// Storage errors while measuring the clock, listing or reading.
+    pub(crate) async fn plan(
+        &mut self,
+        storage: &CheckpointStorage,
+        store: &mut CompletedCheckpointStore,
+        pending: &BTreeSet<u64>,
+        outcomes: &mut Outcomes,
+        min_age: Duration,
+    ) -> Result<SweepPlan> {
         let mut report = SweepReport {
-            uploads_aborted: self.storage.aborts().retry().await,
+            uploads_aborted: storage.aborts().retry().await,
             store_clock: true,
             ..SweepReport::default()
         };
-        let now = self.storage.store_now().await?;
-        report.uploads_aborted += self.storage.abort_stale_uploads(min_age, now).await?;
-        let listed: Vec<ListedFile> = self
-            .storage
+        let now = storage.store_now().await?;
+        report.uploads_aborted += storage.abort_stale_uploads(min_age, now).await?;
+        let listed: Vec<ListedFile> = storage
             .list_all()
             .await?
             .into_iter()
@@ -316,33 +307,34 @@ impl CheckpointCoordinator {
                 _ => None,
             })
             .collect();
-        self.store
-            .forget_missing(|id| listed_metadata.contains(&id));
+        store.forget_missing(|id| listed_metadata.contains(&id));
         // After the listing: what is a checkpoint, and what do checkpoints reference. Every directory
         // neither known, pending nor aborted here is read (a lost race's or an uncertain write's too).
-        let dirs = self.storage.list_checkpoint_dirs().await?;
-        let (store, pending, outcomes) = (&self.store, &self.pending, &self.outcomes);
-        let (found, mut unreadable) = read_all(&self.storage, &dirs, |id| {
-            store.get(id).is_some()
-                || pending.contains_key(&id)
-                || outcomes.get(id) == Some(Outcome::Aborted)
-        })
-        .await?;
-        unreadable.extend(self.store.unreadable().iter().map(|u| u.checkpoint_id));
+        let dirs = storage.list_checkpoint_dirs().await?;
+        let (found, mut unreadable) = {
+            let (known, outcomes) = (&*store, &*outcomes);
+            read_all(storage, &dirs, |id| {
+                known.get(id).is_some()
+                    || pending.contains(&id)
+                    || outcomes.get(id) == Some(Outcome::Aborted)
+            })
+            .await?
+        };
+        unreadable.extend(store.unreadable().iter().map(|u| u.checkpoint_id));
         let mut complete: BTreeSet<u64> = dirs
             .iter()
             .copied()
-            .filter(|id| self.store.get(*id).is_some())
+            .filter(|id| store.get(*id).is_some())
             .collect();
         for meta in found {
             // Another coordinator's checkpoint, or a landed write of ours: adopt and protect it.
             complete.insert(meta.checkpoint_id);
             if matches!(
-                self.outcomes.get(meta.checkpoint_id),
+                outcomes.get(meta.checkpoint_id),
                 Some(Outcome::Uncertain | Outcome::LostRace)
             ) {
-                let landed = self.outcomes.get(meta.checkpoint_id) == Some(Outcome::Uncertain);
-                self.outcomes.set(
+                let landed = outcomes.get(meta.checkpoint_id) == Some(Outcome::Uncertain);
+                outcomes.set(
                     meta.checkpoint_id,
                     if landed {
                         Outcome::Completed
@@ -351,7 +343,7 @@ impl CheckpointCoordinator {
                     },
                 );
             }
-            self.store.adopt(meta);
+            store.adopt(meta);
         }
         if !unreadable.is_empty() {
             unreadable.sort_unstable();
@@ -361,47 +353,54 @@ impl CheckpointCoordinator {
                 "orphan sweep skipped: unreadable checkpoint metadata"
             );
             report.blocked_by_unreadable = unreadable;
-            return Ok(report);
+            return Ok(SweepPlan {
+                report,
+                doomed: None,
+            });
         }
-        let referenced: HashSet<&str> = self.store.referenced_paths();
-        let pending_now: BTreeSet<u64> = self.pending.keys().copied().collect();
-        let mut candidates = std::mem::take(&mut self.orphan_candidates);
+        let referenced: HashSet<&str> = store.referenced_paths();
         let doomed = classify(
             &listed,
             Inputs {
                 referenced: &referenced,
                 complete: &complete,
                 watermark: dirs.last().copied(),
-                pending: &pending_now,
-                candidates: &mut candidates,
+                pending,
+                candidates: &mut self.candidates,
                 now,
                 min_age,
             },
             &mut report,
         );
         let doomed: Vec<ListedFile> = doomed.into_iter().cloned().collect();
-        self.orphan_candidates = candidates;
-        // Once more right before deleting: the classification took a while.
-        if let Err(e) = self.check_fence().await {
-            report.too_young += doomed.len();
-            if e.kind() == ErrorKind::Fenced {
-                report.fenced = true;
-                return Ok(report);
-            }
-            return Err(e);
-        }
-        let by_dir: BTreeMap<bool, Vec<&ListedFile>> =
-            doomed.iter().fold(BTreeMap::new(), |mut m, f| {
-                m.entry(f.path.ends_with(TRIGGER_MARKER))
-                    .or_insert_with(Vec::new)
-                    .push(f);
-                m
-            });
-        for file in by_dir.into_values().flatten() {
-            tracing::info!(path = %file.path, staging = file.staging, "orphan sweep: deleting an unreferenced file");
-            self.storage.delete_listed(file).await?;
-            report.deleted.push(file.path.clone());
-        }
-        Ok(report)
+        Ok(SweepPlan {
+            report,
+            doomed: Some(doomed),
+        })
     }
+}
+
+/// Deletes the files a [`SweepPlan`] doomed, reservation markers last (a directory's marker is the id
+/// watermark while anything of it is left), each named in `report.deleted`.
+///
+/// # Errors
+/// Storage errors while deleting (what is left stays for the next sweep).
+pub(crate) async fn delete_doomed(
+    storage: &CheckpointStorage,
+    doomed: &[ListedFile],
+    report: &mut SweepReport,
+) -> Result<()> {
+    let by_dir: BTreeMap<bool, Vec<&ListedFile>> =
+        doomed.iter().fold(BTreeMap::new(), |mut m, f| {
+            m.entry(f.path.ends_with(TRIGGER_MARKER))
+                .or_insert_with(Vec::new)
+                .push(f);
+            m
+        });
+    for file in by_dir.into_values().flatten() {
+        tracing::info!(path = %file.path, staging = file.staging, "orphan sweep: deleting an unreferenced file");
+        storage.delete_listed(file).await?;
+        report.deleted.push(file.path.clone());
+    }
+    Ok(())
 }
