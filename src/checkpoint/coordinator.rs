@@ -22,6 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::handle::CheckpointMetadata;
 use crate::snapshot::layout::{TRIGGER_MARKER, checkpoint_dir};
 use crate::snapshot::restore_mode::RestoreMode;
+use crate::storage::probe::probe_conditional_create;
 use crate::storage::{CheckpointStorage, Created};
 
 /// Ids tried by one `trigger` before it gives up (each one taken by another coordinator).
@@ -78,7 +79,7 @@ impl CheckpointCoordinator {
     ) -> Result<Self> {
         config.validate()?;
         let instance = format!("{:016x}", storage.next_id());
-        storage.probe_conditional_create().await?;
+        probe_conditional_create(&storage).await?;
         // The generation first, then the reading: a coordinator of an older generation that deletes after
         // this reading checks the fence between a checkpoint's metadata and its files, and stops.
         let fence = Fence::register(&storage, &instance).await?;
@@ -314,7 +315,7 @@ impl CheckpointCoordinator {
     /// barrier for it as for a checkpoint; each task calls
     /// [`KeyedStateBackend::savepoint`](crate::KeyedStateBackend::savepoint) with `target` and acknowledges
     /// with [`CheckpointCoordinator::acknowledge`]. When the last task acknowledges, the coordinator writes
-    /// `savepoints/sp-<id>/_metadata` into `target` (kind [`SnapshotKind::Savepoint`], create-if-absent).
+    /// `savepoints/sp-<id>/_metadata` into `target` (kind [`SnapshotKind::Savepoint`](crate::snapshot::SnapshotKind::Savepoint), create-if-absent).
     /// A completed savepoint is not added to the store: no checkpoint subsumes it, and the job never
     /// deletes it. A checkpoint completing first does not abort it; its own abort or the checkpoint timeout
     /// does, and deletes only what this attempt put in `target`.

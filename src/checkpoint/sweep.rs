@@ -14,6 +14,7 @@ use crate::error::{ErrorKind, Result};
 use crate::snapshot::layout::{
     JobPath, METADATA_FILE, PINNED_MARKER, PROBE_DIR, STATS_FILE, TRIGGER_MARKER,
 };
+use crate::storage::probe::store_now;
 use crate::storage::{CheckpointStorage, ListedFile};
 
 /// What an orphan sweep found and did.
@@ -288,7 +289,7 @@ impl OrphanSweep {
             store_clock: true,
             ..SweepReport::default()
         };
-        let now = storage.store_now().await?;
+        let now = store_now(storage).await?;
         report.uploads_aborted += storage.abort_stale_uploads(min_age, now).await?;
         let listed: Vec<ListedFile> = storage
             .list_all()

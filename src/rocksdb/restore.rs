@@ -23,7 +23,7 @@ use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot_io::load::load_handle;
 use crate::storage::CheckpointStorage;
-use crate::storage::transfer::Transferred;
+use crate::storage::transfer::{Transferred, download_file};
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::local(path.display().to_string(), e)
@@ -72,9 +72,7 @@ async fn download(
             };
             // SSTs are immutable in RocksDB too: a hard link is safe. Other files are copied.
             let link = f.local_name.ends_with(".sst");
-            storage
-                .download_file(&f.path, &dir.join(&f.local_name), expected, link)
-                .await
+            download_file(storage, &f.path, &dir.join(&f.local_name), expected, link).await
         })
         .buffer_unordered(concurrency)
         .collect()

@@ -15,6 +15,7 @@ use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFi
 use crate::snapshot::layout::{SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
 use crate::snapshot::result::{SnapshotMetrics, SnapshotResult};
 use crate::storage::CheckpointStorage;
+use crate::storage::transfer::upload_file;
 
 /// Where a snapshot goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +175,7 @@ impl UploadJob {
         let storage = &self.storage;
         let results: Vec<Result<StateFile>> = futures::stream::iter(uploads)
             .map(|(local, local_name, remote, scope)| async move {
-                let t = storage.upload_file(&local, &remote).await?;
+                let t = upload_file(storage, &local, &remote).await?;
                 Ok(StateFile {
                     path: remote,
                     scope,

@@ -2,9 +2,12 @@
 //! that must be ordered (`docs/protocol.md`, "Local storage durability"). Every other store makes an
 //! operation durable before it returns, so these are no-ops there.
 
-use std::path::Path as LocalPath;
+use std::path::{Path as LocalPath, PathBuf as LocalPathBuf};
+use std::sync::Arc;
 
-use super::CheckpointStorage;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+
 use crate::error::{Error, Result};
 
 /// Directory syncs and creations performed, for the tests that pin their order (`cfg(test)` only).
@@ -62,33 +65,54 @@ pub(crate) fn create_dirs(dir: &LocalPath, fsync: bool) -> Result<()> {
     Ok(())
 }
 
-impl CheckpointStorage {
-    /// Syncs the directory of `relative` (a file below the job root) on a local directory with fsync; does
-    /// nothing on other stores.
-    pub(crate) async fn sync_parent(&self, relative: &str) -> Result<()> {
-        let Some(dir) = relative.rsplit_once('/').map(|(dir, _)| dir) else {
-            return self.sync_local_dir("").await;
-        };
-        self.sync_local_dir(dir).await
+/// A local-directory store's file system: the one seam where checkpoint storage treats a local directory
+/// apart from other stores (memory-mapped reads, kernel copies, the staging files a killed writer leaves,
+/// and fsync of files and directory entries).
+#[derive(Debug, Clone)]
+pub(crate) struct LocalDir {
+    fs: Arc<LocalFileSystem>,
+    fsync: bool,
+}
+
+impl LocalDir {
+    pub(crate) fn new(fs: Arc<LocalFileSystem>, fsync: bool) -> Self {
+        LocalDir { fs, fsync }
     }
 
-    /// Syncs the directory `relative` below the job root (`""`: the job root) on a local directory with
-    /// fsync. A directory that does not exist (nothing was ever written there) is not an error.
-    pub(crate) async fn sync_local_dir(&self, relative: &str) -> Result<()> {
-        let Some(fs) = self.local.as_ref().filter(|_| self.local_fsync) else {
+    /// The file system the store writes through.
+    pub(crate) fn fs(&self) -> &LocalFileSystem {
+        &self.fs
+    }
+
+    /// Whether files and directory entries are synced before they count as written.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+    pub(crate) fn fsync(&self) -> bool {
+        self.fsync
+    }
+
+    /// Where the object `path` is on disk.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] for a path the file system cannot name.
+    pub(crate) fn file(&self, path: &Path) -> Result<LocalPathBuf> {
+        self.fs
+            .path_to_filesystem(path)
+            .map_err(|e| Error::storage(path, e))
+    }
+
+    /// Syncs the directory of object prefix `path` (`shown` in errors) when files are synced; a directory
+    /// that does not exist (nothing was ever written there) is not an error.
+    ///
+    /// # Errors
+    /// [`Error::Local`] if the sync fails.
+    pub(crate) async fn sync_dir(&self, path: &Path, shown: &str) -> Result<()> {
+        if !self.fsync {
             return Ok(());
-        };
-        let path = if relative.is_empty() {
-            self.root.clone()
-        } else {
-            self.path(relative)
-        };
-        let dir = fs
-            .path_to_filesystem(&path)
-            .map_err(|e| Error::storage(&path, e))?;
+        }
+        let dir = self.file(path)?;
         tokio::task::spawn_blocking(move || if dir.is_dir() { sync_dir(&dir) } else { Ok(()) })
             .await
-            .map_err(|e| Error::local(relative, e))?
+            .map_err(|e| Error::local(shown, e))?
     }
 }
 
@@ -97,6 +121,7 @@ mod tests {
     use object_store::ObjectStoreExt;
 
     use super::*;
+    use crate::storage::CheckpointStorage;
 
     /// The events on paths below `dir`, with `dir` cut off.
     fn events_below(dir: &LocalPath) -> Vec<String> {

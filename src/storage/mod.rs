@@ -5,7 +5,7 @@
 mod durable;
 mod file;
 mod local_read;
-mod probe;
+pub(crate) mod probe;
 mod staging;
 #[cfg(feature = "rocksdb")]
 pub(crate) mod transfer;
@@ -16,22 +16,22 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::metadata;
-use crate::ids::{IdSource, RandomIds};
+use crate::ids::IdSource;
 use crate::snapshot::handle::CheckpointMetadata;
 use crate::snapshot::layout::{
     METADATA_FILE, SAVEPOINT_DIR, checkpoint_dir, checkpoint_dir_id, savepoint_dir,
     savepoint_dir_id,
 };
 
+use durable::LocalDir;
 pub(crate) use file::{AbortQueue, FileWriter, RangeSource};
 pub use uploads::IncompleteUpload;
+use uploads::Multipart;
 pub use url::StorageConfig;
 
 /// Checkpoint storage of one job: an object store and the job's root path in it.
@@ -41,102 +41,20 @@ pub use url::StorageConfig;
 pub struct CheckpointStorage {
     store: Arc<dyn ObjectStore>,
     root: Path,
-    /// Set for a local directory: files are read through a memory map instead of copies.
-    local: Option<Arc<LocalFileSystem>>,
-    /// For a local directory: sync files (and their directory) before they count as written.
-    local_fsync: bool,
+    /// Set for a local directory: the special cases of one (memory maps, kernel copies, fsync).
+    local: Option<LocalDir>,
     /// Where the ids in object names come from (random by default).
     ids: Arc<dyn IdSource>,
     /// Multipart uploads whose abort failed, retried later.
     aborts: AbortQueue,
     /// Lists and aborts incomplete multipart uploads, where the store can (S3).
-    uploads: Option<Arc<dyn uploads::UploadLister>>,
+    uploads: Multipart,
     /// The location's identity when it has one beyond this object (a local directory's path, a cloud
     /// URL): two storages of one location then compare equal in [`CheckpointStorage::same_location`].
     location: Option<String>,
 }
 
 impl CheckpointStorage {
-    /// Storage in the local directory `dir` (created if missing), under `dir/<job_id>/`. This is the embedded
-    /// default. With `settings.fsync` (the default), every file is synced to disk before it counts as
-    /// written; the remote-store settings do not apply.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if `dir` cannot be created or `job_id` is not a valid path segment.
-    pub fn local(
-        dir: impl AsRef<std::path::Path>,
-        job_id: &str,
-        settings: &StorageConfig,
-    ) -> Result<Self> {
-        let fsync = settings.fsync;
-        let dir = dir.as_ref();
-        durable::create_dirs(dir, fsync).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "cannot create checkpoint directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let fs = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| {
-                Error::InvalidArgument(format!("checkpoint directory {}: {e}", dir.display()))
-            })?
-            .with_automatic_cleanup(true)
-            .with_fsync(fsync);
-        let fs = Arc::new(fs);
-        let mut storage = CheckpointStorage::new(fs.clone(), job_id)?;
-        storage.location = std::fs::canonicalize(dir)
-            .ok()
-            .map(|d| format!("file://{}", d.display()));
-        storage.local = Some(fs);
-        storage.local_fsync = fsync;
-        Ok(storage)
-    }
-
-    /// Storage in memory (tests, or jobs that only need to survive task failures within the process).
-    pub fn in_memory(job_id: &str) -> Result<Self> {
-        CheckpointStorage::new(Arc::new(InMemory::new()), job_id)
-    }
-
-    /// Storage in any object store (S3, GCS, Azure, ...), under `<job_id>/`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if `job_id` is empty or not a valid path segment.
-    pub fn new(store: Arc<dyn ObjectStore>, job_id: &str) -> Result<Self> {
-        CheckpointStorage::with_prefix(store, &Path::default(), job_id)
-    }
-
-    /// Storage in any object store under `<prefix>/<job_id>/`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if `job_id` is empty or not a valid path segment.
-    pub fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &Path, job_id: &str) -> Result<Self> {
-        let job = Path::parse(job_id)
-            .ok()
-            .filter(|p| p.parts().count() >= 1)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("job id `{job_id}` is not a valid path"))
-            })?;
-        let root: Path = prefix.parts().chain(job.parts()).collect();
-        Ok(CheckpointStorage {
-            store,
-            root,
-            local: None,
-            local_fsync: false,
-            ids: Arc::new(RandomIds),
-            aborts: AbortQueue::default(),
-            uploads: None,
-            location: None,
-        })
-    }
-
-    /// The same storage drawing the ids of the names it writes (uploads, coordinator and backend ids,
-    /// probes) from `ids` instead of the operating system's random generator: a simulation passes a
-    /// [`crate::ids::SeededIds`] so that every name follows from its seed.
-    pub fn with_id_source(mut self, ids: Arc<dyn IdSource>) -> Self {
-        self.ids = ids;
-        self
-    }
-
     /// The next id for a name no other writer produces (from the storage's id source).
     pub(crate) fn next_id(&self) -> u64 {
         self.ids.next_id()
@@ -223,8 +141,8 @@ impl CheckpointStorage {
     /// The whole content of `relative` (memory-mapped for a local directory).
     pub(crate) async fn read(&self, relative: &str) -> Result<Bytes> {
         let path = self.path(relative);
-        if let Some(fs) = &self.local {
-            return local_read::map_file(fs, &path);
+        if let Some(local) = &self.local {
+            return local_read::map_file(local.fs(), &path);
         }
         let result = self
             .store
@@ -359,12 +277,69 @@ impl CheckpointStorage {
         Ok(())
     }
 
+    /// The local directory's special cases, for a local-directory storage (the RocksDB backend's file
+    /// transfers).
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+    pub(crate) fn local_dir(&self) -> Option<&LocalDir> {
+        self.local.as_ref()
+    }
+
+    /// Syncs the directory of `relative` (a file below the job root) on a local directory with fsync; does
+    /// nothing on other stores.
+    ///
+    /// # Errors
+    /// [`Error::Local`] if the sync fails.
+    pub(crate) async fn sync_parent(&self, relative: &str) -> Result<()> {
+        let dir = relative.rsplit_once('/').map_or("", |(dir, _)| dir);
+        self.sync_local_dir(dir).await
+    }
+
+    /// Syncs the directory `relative` below the job root (`""`: the job root) on a local directory with
+    /// fsync. A directory that does not exist (nothing was ever written there) is not an error.
+    ///
+    /// # Errors
+    /// [`Error::Local`] if the sync fails.
+    pub(crate) async fn sync_local_dir(&self, relative: &str) -> Result<()> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let path = if relative.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(relative)
+        };
+        local.sync_dir(&path, relative).await
+    }
+
+    /// Aborts the incomplete multipart uploads under the job's root started at least `min_age` before
+    /// `now` (the store's clock), where the store can list them; returns how many. Younger ones may be
+    /// uploads in flight.
+    ///
+    /// # Errors
+    /// Storage errors while listing or aborting.
+    pub(crate) async fn abort_stale_uploads(
+        &self,
+        min_age: std::time::Duration,
+        now: std::time::SystemTime,
+    ) -> Result<usize> {
+        self.uploads.abort_stale(&self.root, min_age, now).await
+    }
+
+    /// Incomplete multipart uploads under the job's root, where the store can list them (S3); `None`
+    /// where it cannot (give the bucket a lifecycle rule that aborts them, `docs/protocol.md`).
+    ///
+    /// # Errors
+    /// Storage errors while listing.
+    pub async fn incomplete_uploads(&self) -> Result<Option<Vec<IncompleteUpload>>> {
+        self.uploads.incomplete(&self.root).await
+    }
+
     /// Notes a delete in the durability tests' event log (`cfg(test)` only).
     #[cfg_attr(not(test), inline(always))]
     fn note_delete(&self, path: &Path) {
         #[cfg(test)]
-        if let Some(fs) = &self.local
-            && let Ok(file) = fs.path_to_filesystem(path)
+        if let Some(local) = &self.local
+            && let Ok(file) = local.file(path)
         {
             durable::record("delete", &file);
         }
@@ -394,10 +369,8 @@ impl CheckpointStorage {
                 })
             })
             .collect();
-        if let Some(fs) = &self.local {
-            let dir = fs
-                .path_to_filesystem(&self.root)
-                .map_err(|e| Error::storage(&self.root, e))?;
+        if let Some(local) = &self.local {
+            let dir = local.file(&self.root)?;
             files.extend(
                 staging::list(&dir, &self.root)?
                     .into_iter()
@@ -419,11 +392,9 @@ impl CheckpointStorage {
     /// Storage errors.
     pub(crate) async fn delete_listed(&self, file: &ListedFile) -> Result<()> {
         match (&self.local, file.staging) {
-            (Some(fs), true) => {
+            (Some(local), true) => {
                 // The store refuses staging names as object paths: map the job root, then append.
-                let root = fs
-                    .path_to_filesystem(&self.root)
-                    .map_err(|e| Error::storage(&self.root, e))?;
+                let root = local.file(&self.root)?;
                 let path = self.path(&file.path);
                 self.note_delete(&path);
                 staging::delete(&root.join(&file.path), &path)

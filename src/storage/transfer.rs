@@ -26,137 +26,130 @@ fn local_error(path: &LocalPath, e: std::io::Error) -> Error {
     Error::local(path.display().to_string(), e)
 }
 
-impl CheckpointStorage {
-    /// Uploads the local file `local` to `relative` (multipart above 8 MiB; to a local-directory storage,
-    /// a kernel copy renamed into place). On error, the partial upload is aborted and nothing is left at
-    /// `relative`.
-    ///
-    /// # Errors
-    /// [`Error::Storage`] for a local read or a store error.
-    pub(crate) async fn upload_file(
-        &self,
-        local: &LocalPath,
-        relative: &str,
-    ) -> Result<Transferred> {
-        if let Some(fs) = &self.local {
-            let path = self.path(relative);
-            let target = fs
-                .path_to_filesystem(&path)
-                .map_err(|e| Error::storage(&path, e))?;
-            let (source, fsync) = (local.to_path_buf(), self.local_fsync);
-            return tokio::task::spawn_blocking(move || copy_in(&source, &target, fsync))
-                .await
-                .map_err(|e| Error::local(relative, e))?;
-        }
-        let mut file = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| local_error(local, e))?;
-        // Chunks no larger than the file: an SST of a few KiB is not read into a zeroed 4 MiB buffer.
-        let len = file
-            .metadata()
-            .await
-            .map_or(CHUNK_BYTES as u64, |m| m.len());
-        let mut writer = self.writer(relative);
-        let mut hasher = crc32fast::Hasher::new();
-        let mut size_bytes = 0u64;
-        loop {
-            let remaining = len.saturating_sub(size_bytes).clamp(1, CHUNK_BYTES as u64);
-            let mut chunk = Vec::with_capacity(remaining as usize);
-            let filled = match (&mut file)
-                .take(CHUNK_BYTES as u64)
-                .read_to_end(&mut chunk)
-                .await
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    writer.abort().await;
-                    return Err(local_error(local, e));
-                }
-            };
-            if filled == 0 {
-                break;
-            }
-            hasher.update(&chunk);
-            size_bytes += filled as u64;
-            if let Err(e) = writer.write(chunk).await {
-                writer.abort().await;
-                return Err(e);
-            }
-        }
-        writer.finish().await?;
-        Ok(Transferred {
-            size_bytes,
-            crc32: hasher.finalize(),
-        })
-    }
-
-    /// Downloads `relative` into the new local file `local` and checks it against the expected size and
-    /// CRC32.
-    ///
-    /// From a local-directory storage, the file is hard-linked when `hard_link` is set and both are on one
-    /// file system (stored files are immutable, and RocksDB never writes an SST in place; it is what
-    /// RocksDB's own checkpoints do), otherwise copied by the kernel; the local file's CRC32 is then
-    /// verified all the same.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] if the object is missing; [`Error::Corrupt`] naming the object if its size or
-    /// checksum differ; [`Error::Storage`] for store or local write errors.
-    pub(crate) async fn download_file(
-        &self,
-        relative: &str,
-        local: &LocalPath,
-        expected: Transferred,
-        hard_link: bool,
-    ) -> Result<()> {
-        let path = self.path(relative);
-        if let Some(fs) = &self.local {
-            let source = fs
-                .path_to_filesystem(&path)
-                .map_err(|e| Error::storage(&path, e))?;
-            let local = local.to_path_buf();
-            let shown = path.clone();
-            return tokio::task::spawn_blocking(move || {
-                copy_local(&source, &local, expected, hard_link, &shown)
-            })
+/// Uploads the local file `local` to `relative` (multipart above 8 MiB; to a local-directory storage,
+/// a kernel copy renamed into place). On error, the partial upload is aborted and nothing is left at
+/// `relative`.
+///
+/// # Errors
+/// [`Error::Storage`] for a local read or a store error.
+pub(crate) async fn upload_file(
+    storage: &CheckpointStorage,
+    local: &LocalPath,
+    relative: &str,
+) -> Result<Transferred> {
+    if let Some(dir) = storage.local_dir() {
+        let target = dir.file(&storage.path(relative))?;
+        let (source, fsync) = (local.to_path_buf(), dir.fsync());
+        return tokio::task::spawn_blocking(move || copy_in(&source, &target, fsync))
             .await
             .map_err(|e| Error::local(relative, e))?;
-        }
-        let result = self
-            .store
-            .get(&path)
+    }
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .map_err(|e| local_error(local, e))?;
+    // Chunks no larger than the file: an SST of a few KiB is not read into a zeroed 4 MiB buffer.
+    let len = file
+        .metadata()
+        .await
+        .map_or(CHUNK_BYTES as u64, |m| m.len());
+    let mut writer = storage.writer(relative);
+    let mut hasher = crc32fast::Hasher::new();
+    let mut size_bytes = 0u64;
+    loop {
+        let remaining = len.saturating_sub(size_bytes).clamp(1, CHUNK_BYTES as u64);
+        let mut chunk = Vec::with_capacity(remaining as usize);
+        let filled = match (&mut file)
+            .take(CHUNK_BYTES as u64)
+            .read_to_end(&mut chunk)
             .await
-            .map_err(|e| Error::storage(&path, e))?;
-        if result.meta.size != expected.size_bytes {
-            return Err(Error::corrupt(
-                &path,
-                format!(
-                    "size {} bytes, the handle says {}",
-                    result.meta.size, expected.size_bytes
-                ),
-            ));
+        {
+            Ok(n) => n,
+            Err(e) => {
+                writer.abort().await;
+                return Err(local_error(local, e));
+            }
+        };
+        if filled == 0 {
+            break;
         }
-        let mut out = tokio::fs::File::create(local)
+        hasher.update(&chunk);
+        size_bytes += filled as u64;
+        if let Err(e) = writer.write(chunk).await {
+            writer.abort().await;
+            return Err(e);
+        }
+    }
+    writer.finish().await?;
+    Ok(Transferred {
+        size_bytes,
+        crc32: hasher.finalize(),
+    })
+}
+
+/// Downloads `relative` into the new local file `local` and checks it against the expected size and
+/// CRC32.
+///
+/// From a local-directory storage, the file is hard-linked when `hard_link` is set and both are on one
+/// file system (stored files are immutable, and RocksDB never writes an SST in place; it is what
+/// RocksDB's own checkpoints do), otherwise copied by the kernel; the local file's CRC32 is then
+/// verified all the same.
+///
+/// # Errors
+/// [`Error::NotFound`] if the object is missing; [`Error::Corrupt`] naming the object if its size or
+/// checksum differ; [`Error::Storage`] for store or local write errors.
+pub(crate) async fn download_file(
+    storage: &CheckpointStorage,
+    relative: &str,
+    local: &LocalPath,
+    expected: Transferred,
+    hard_link: bool,
+) -> Result<()> {
+    let path = storage.path(relative);
+    if let Some(dir) = storage.local_dir() {
+        let source = dir.file(&path)?;
+        let local = local.to_path_buf();
+        let shown = path.clone();
+        return tokio::task::spawn_blocking(move || {
+            copy_local(&source, &local, expected, hard_link, &shown)
+        })
+        .await
+        .map_err(|e| Error::local(relative, e))?;
+    }
+    let result = storage
+        .object_store()
+        .get(&path)
+        .await
+        .map_err(|e| Error::storage(&path, e))?;
+    if result.meta.size != expected.size_bytes {
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "size {} bytes, the handle says {}",
+                result.meta.size, expected.size_bytes
+            ),
+        ));
+    }
+    let mut out = tokio::fs::File::create(local)
+        .await
+        .map_err(|e| local_error(local, e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut stream = result.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::storage(&path, e))?;
+        hasher.update(&chunk);
+        out.write_all(&chunk)
             .await
             .map_err(|e| local_error(local, e))?;
-        let mut hasher = crc32fast::Hasher::new();
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::storage(&path, e))?;
-            hasher.update(&chunk);
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| local_error(local, e))?;
-        }
-        out.flush().await.map_err(|e| local_error(local, e))?;
-        let crc = hasher.finalize();
-        if crc != expected.crc32 {
-            return Err(Error::corrupt(
-                &path,
-                format!("CRC32 {crc:08x}, the handle says {:08x}", expected.crc32),
-            ));
-        }
-        Ok(())
     }
+    out.flush().await.map_err(|e| local_error(local, e))?;
+    let crc = hasher.finalize();
+    if crc != expected.crc32 {
+        return Err(Error::corrupt(
+            &path,
+            format!("CRC32 {crc:08x}, the handle says {:08x}", expected.crc32),
+        ));
+    }
+    Ok(())
 }
 
 /// The local-directory path of [`CheckpointStorage::download_file`]: link or copy, then verify.

@@ -1,4 +1,5 @@
-//! Checkpoint storage named by a URL, with the settings remote stores need (timeouts, retries).
+//! Opening checkpoint storage: in a local directory (the embedded default), in memory, in any object store,
+//! or named by a URL, with the settings remote stores need (timeouts, retries).
 //!
 //! Schemes: a plain path or `file:///dir` (local directory), `memory://` (in memory), and, behind cargo
 //! features, `s3://bucket/prefix` (`aws`), `gs://bucket/prefix` (`gcp`), `az://container/prefix` (`azure`).
@@ -14,9 +15,14 @@ use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 
+use object_store::local::LocalFileSystem;
+
 use super::CheckpointStorage;
-use super::uploads::UploadLister;
+use super::durable::{self, LocalDir};
+use super::file::AbortQueue;
+use super::uploads::{Multipart, UploadLister};
 use crate::error::{Error, Result};
+use crate::ids::{IdSource, RandomIds};
 
 /// Settings of checkpoint storage (plain data). Timeouts and retries apply to remote stores: a request
 /// fails after `request_timeout`, and a failed one is retried (exponential backoff, at most `max_retries`
@@ -57,6 +63,84 @@ impl Default for StorageConfig {
 }
 
 impl CheckpointStorage {
+    /// Storage in the local directory `dir` (created if missing), under `dir/<job_id>/`. This is the embedded
+    /// default. With `settings.fsync` (the default), every file is synced to disk before it counts as
+    /// written; the remote-store settings do not apply.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `dir` cannot be created or `job_id` is not a valid path segment.
+    pub fn local(
+        dir: impl AsRef<std::path::Path>,
+        job_id: &str,
+        settings: &StorageConfig,
+    ) -> Result<Self> {
+        let fsync = settings.fsync;
+        let dir = dir.as_ref();
+        durable::create_dirs(dir, fsync).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot create checkpoint directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| {
+                Error::InvalidArgument(format!("checkpoint directory {}: {e}", dir.display()))
+            })?
+            .with_automatic_cleanup(true)
+            .with_fsync(fsync);
+        let fs = Arc::new(fs);
+        let mut storage = CheckpointStorage::new(fs.clone(), job_id)?;
+        storage.location = std::fs::canonicalize(dir)
+            .ok()
+            .map(|d| format!("file://{}", d.display()));
+        storage.local = Some(LocalDir::new(fs, fsync));
+        Ok(storage)
+    }
+
+    /// Storage in memory (tests, or jobs that only need to survive task failures within the process).
+    pub fn in_memory(job_id: &str) -> Result<Self> {
+        CheckpointStorage::new(Arc::new(InMemory::new()), job_id)
+    }
+
+    /// Storage in any object store (S3, GCS, Azure, ...), under `<job_id>/`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `job_id` is empty or not a valid path segment.
+    pub fn new(store: Arc<dyn ObjectStore>, job_id: &str) -> Result<Self> {
+        CheckpointStorage::with_prefix(store, &Path::default(), job_id)
+    }
+
+    /// Storage in any object store under `<prefix>/<job_id>/`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `job_id` is empty or not a valid path segment.
+    pub fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &Path, job_id: &str) -> Result<Self> {
+        let job = Path::parse(job_id)
+            .ok()
+            .filter(|p| p.parts().count() >= 1)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("job id `{job_id}` is not a valid path"))
+            })?;
+        let root: Path = prefix.parts().chain(job.parts()).collect();
+        Ok(CheckpointStorage {
+            store,
+            root,
+            local: None,
+            ids: Arc::new(RandomIds),
+            aborts: AbortQueue::default(),
+            uploads: Multipart::default(),
+            location: None,
+        })
+    }
+
+    /// The same storage drawing the ids of the names it writes (uploads, coordinator and backend ids,
+    /// probes) from `ids` instead of the operating system's random generator: a simulation passes a
+    /// [`crate::ids::SeededIds`] so that every name follows from its seed.
+    pub fn with_id_source(mut self, ids: Arc<dyn IdSource>) -> Self {
+        self.ids = ids;
+        self
+    }
+
     /// Storage named by `url` (see the module docs for schemes), under `<url path>/<job_id>/`.
     ///
     /// A string without a scheme is a local path. Nothing is contacted here: a store that does not answer,
@@ -93,7 +177,7 @@ impl CheckpointStorage {
             }
         };
         let mut storage = CheckpointStorage::with_prefix(store, &prefix, job_id)?;
-        storage.uploads = uploads;
+        storage.uploads = Multipart::new(uploads);
         storage.set_location(format!(
             "{}://{}",
             parsed.scheme(),
