@@ -1,81 +1,10 @@
 //! `KeyedStateBackend` for [`StateBackend`]: every method forwards to the backend inside.
 
 use super::*;
+use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::map_iter::MapEntries;
 
-impl<K: StateKey> crate::keyed::backend::sealed::Sealed for StateBackend<K> {}
-
-impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
-    #[inline]
-    fn max_parallelism(&self) -> u32 {
-        on!(&self.inner, b => b.max_parallelism())
-    }
-
-    #[inline]
-    fn key_group_range(&self) -> KeyGroupRange {
-        on!(&self.inner, b => b.key_group_range())
-    }
-
-    #[inline]
-    fn set_current_key(&mut self, key: K) -> Result<()> {
-        on!(&mut self.inner, b => b.set_current_key(key))
-    }
-
-    #[inline]
-    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        on!(&mut self.inner, b => b.set_current_key_routed(key, route))
-    }
-
-    #[inline]
-    fn current_key(&self) -> Option<&K> {
-        on!(&self.inner, b => b.current_key())
-    }
-
-    #[inline]
-    fn current_key_group(&self) -> Option<u32> {
-        on!(&self.inner, b => b.current_key_group())
-    }
-
-    #[inline]
-    fn value_state<N: StateKey, V: StateValue>(
-        &mut self,
-        descriptor: &ValueStateDescriptor<N, V>,
-    ) -> Result<ValueState<N, V>> {
-        on!(&mut self.inner, b => b.value_state::<N, V>(descriptor))
-    }
-
-    #[inline]
-    fn list_state<N: StateKey, V: StateValue>(
-        &mut self,
-        descriptor: &ListStateDescriptor<N, V>,
-    ) -> Result<ListState<N, V>> {
-        on!(&mut self.inner, b => b.list_state::<N, V>(descriptor))
-    }
-
-    #[inline]
-    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        descriptor: &MapStateDescriptor<N, UK, V>,
-    ) -> Result<MapState<N, UK, V>> {
-        on!(&mut self.inner, b => b.map_state::<N, UK, V>(descriptor))
-    }
-
-    #[inline]
-    fn reducing_state<N: StateKey, V: StateValue>(
-        &mut self,
-        descriptor: &ReducingStateDescriptor<N, V>,
-    ) -> Result<ReducingState<N, V>> {
-        on!(&mut self.inner, b => b.reducing_state::<N, V>(descriptor))
-    }
-
-    #[inline]
-    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
-        &mut self,
-        descriptor: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
-    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
-        on!(&mut self.inner, b => b.aggregating_state::<N, IN, ACC, OUT>(descriptor))
-    }
-
+impl<K: StateKey> StateAccess<K> for StateBackend<K> {
     #[inline]
     fn value_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<V>> {
         on!(&self.inner, b => b.value_get::<N, V>(state, ns))
@@ -219,21 +148,6 @@ impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
     }
 
     #[inline]
-    fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
-        on!(&self.inner, b => b.keys::<N>(state, ns))
-    }
-
-    #[inline]
-    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
-        on!(&self.inner, b => b.keys_and_namespaces::<N>(state))
-    }
-
-    #[inline]
-    fn drop_state(&mut self, name: &str) -> Result<bool> {
-        on!(&mut self.inner, b => b.drop_state(name))
-    }
-
-    #[inline]
     fn value_get_batch<N: StateKey, V: StateValue>(
         &self,
         state: StateId,
@@ -264,6 +178,93 @@ impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
         f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
     ) -> Result<()> {
         on!(&mut self.inner, b => b.value_modify_batch::<N, V>(state, ns, keys, f))
+    }
+}
+
+impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
+    #[inline]
+    fn max_parallelism(&self) -> u32 {
+        on!(&self.inner, b => b.max_parallelism())
+    }
+
+    #[inline]
+    fn key_group_range(&self) -> KeyGroupRange {
+        on!(&self.inner, b => b.key_group_range())
+    }
+
+    #[inline]
+    fn set_current_key(&mut self, key: K) -> Result<()> {
+        on!(&mut self.inner, b => b.set_current_key(key))
+    }
+
+    #[inline]
+    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        on!(&mut self.inner, b => b.set_current_key_routed(key, route))
+    }
+
+    #[inline]
+    fn current_key(&self) -> Option<&K> {
+        on!(&self.inner, b => b.current_key())
+    }
+
+    #[inline]
+    fn current_key_group(&self) -> Option<u32> {
+        on!(&self.inner, b => b.current_key_group())
+    }
+
+    #[inline]
+    fn value_state<N: StateKey, V: StateValue>(
+        &mut self,
+        descriptor: &ValueStateDescriptor<N, V>,
+    ) -> Result<ValueState<N, V>> {
+        on!(&mut self.inner, b => b.value_state::<N, V>(descriptor))
+    }
+
+    #[inline]
+    fn list_state<N: StateKey, V: StateValue>(
+        &mut self,
+        descriptor: &ListStateDescriptor<N, V>,
+    ) -> Result<ListState<N, V>> {
+        on!(&mut self.inner, b => b.list_state::<N, V>(descriptor))
+    }
+
+    #[inline]
+    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        descriptor: &MapStateDescriptor<N, UK, V>,
+    ) -> Result<MapState<N, UK, V>> {
+        on!(&mut self.inner, b => b.map_state::<N, UK, V>(descriptor))
+    }
+
+    #[inline]
+    fn reducing_state<N: StateKey, V: StateValue>(
+        &mut self,
+        descriptor: &ReducingStateDescriptor<N, V>,
+    ) -> Result<ReducingState<N, V>> {
+        on!(&mut self.inner, b => b.reducing_state::<N, V>(descriptor))
+    }
+
+    #[inline]
+    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
+        &mut self,
+        descriptor: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
+    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
+        on!(&mut self.inner, b => b.aggregating_state::<N, IN, ACC, OUT>(descriptor))
+    }
+
+    #[inline]
+    fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
+        on!(&self.inner, b => b.keys::<N>(state, ns))
+    }
+
+    #[inline]
+    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
+        on!(&self.inner, b => b.keys_and_namespaces::<N>(state))
+    }
+
+    #[inline]
+    fn drop_state(&mut self, name: &str) -> Result<bool> {
+        on!(&mut self.inner, b => b.drop_state(name))
     }
 
     #[inline]

@@ -14,6 +14,7 @@ use crate::heap::table::{
 };
 use crate::key_group::router::KeyRoute;
 use crate::key_group::{KeyGroupRange, locate_hash};
+use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::checks::{check_route, no_current_key, wrong_state};
 use crate::keyed::descriptor::{
@@ -201,91 +202,7 @@ pub(crate) fn access_error(has_current_key: bool, id: StateId) -> Error {
     }
 }
 
-impl<K: StateKey> crate::keyed::backend::sealed::Sealed for HeapKeyedStateBackend<K> {}
-
-impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
-    fn max_parallelism(&self) -> u32 {
-        self.identity.max_parallelism()
-    }
-
-    fn key_group_range(&self) -> KeyGroupRange {
-        self.identity.key_groups()
-    }
-
-    #[inline]
-    fn set_current_key(&mut self, key: K) -> Result<()> {
-        let hash = key.stable_hash(&mut self.key_buf);
-        self.set_located(key, hash)
-    }
-
-    #[inline]
-    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        check_route(&route, self.identity.max_parallelism())?;
-        debug_assert_eq!(
-            route.hash(),
-            key.stable_hash(&mut self.key_buf),
-            "the route is not the key's"
-        );
-        self.set_located(key, route.hash())
-    }
-
-    fn current_key(&self) -> Option<&K> {
-        self.current.as_ref().map(|c| &c.key)
-    }
-
-    fn current_key_group(&self) -> Option<u32> {
-        self.current.as_ref().map(|c| c.key_group)
-    }
-
-    fn value_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ValueStateDescriptor<N, V>,
-    ) -> Result<ValueState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
-        Ok(ValueState::new(self.register::<N, V>(meta, value_serde())?))
-    }
-
-    fn list_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ListStateDescriptor<N, V>,
-    ) -> Result<ListState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
-        Ok(ListState::new(
-            self.register::<N, ListCell<V>>(meta, list_serde())?,
-        ))
-    }
-
-    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        d: &MapStateDescriptor<N, UK, V>,
-    ) -> Result<MapState<N, UK, V>> {
-        let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
-        meta.user_key_codec = UK::codec_id();
-        Ok(MapState::new(
-            self.register::<N, MapCell<UK, V>>(meta, map_serde())?,
-        ))
-    }
-
-    fn reducing_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ReducingStateDescriptor<N, V>,
-    ) -> Result<ReducingState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
-        Ok(ReducingState::new(
-            self.register::<N, V>(meta, value_serde())?,
-            d.reduce.clone(),
-        ))
-    }
-
-    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
-        &mut self,
-        d: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
-    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
-        let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
-        let id = self.register::<N, ACC>(meta, value_serde())?;
-        Ok(AggregatingState::new(id, d.function.clone()))
-    }
-
+impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
     #[inline]
     fn value_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<V>> {
         let (t, c) = self.table::<N, V>(state)?;
@@ -480,18 +397,6 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         Ok(())
     }
 
-    fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
-        self.states.keys(state, ns)
-    }
-
-    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
-        self.states.keys_and_namespaces(state)
-    }
-
-    fn drop_state(&mut self, name: &str) -> Result<bool> {
-        Ok(self.states.drop_state(name))
-    }
-
     fn value_get_batch<N: StateKey, V: StateValue>(
         &self,
         state: StateId,
@@ -524,6 +429,102 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         let table = self.states.typed_mut::<N, V>(state);
         let table = table.ok_or_else(|| access_error(true, state))?;
         bulk::value_modify_batch(table, &self.identity, ns, keys, f)
+    }
+}
+
+impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
+    fn max_parallelism(&self) -> u32 {
+        self.identity.max_parallelism()
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.identity.key_groups()
+    }
+
+    #[inline]
+    fn set_current_key(&mut self, key: K) -> Result<()> {
+        let hash = key.stable_hash(&mut self.key_buf);
+        self.set_located(key, hash)
+    }
+
+    #[inline]
+    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        check_route(&route, self.identity.max_parallelism())?;
+        debug_assert_eq!(
+            route.hash(),
+            key.stable_hash(&mut self.key_buf),
+            "the route is not the key's"
+        );
+        self.set_located(key, route.hash())
+    }
+
+    fn current_key(&self) -> Option<&K> {
+        self.current.as_ref().map(|c| &c.key)
+    }
+
+    fn current_key_group(&self) -> Option<u32> {
+        self.current.as_ref().map(|c| c.key_group)
+    }
+
+    fn value_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ValueStateDescriptor<N, V>,
+    ) -> Result<ValueState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
+        Ok(ValueState::new(self.register::<N, V>(meta, value_serde())?))
+    }
+
+    fn list_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ListStateDescriptor<N, V>,
+    ) -> Result<ListState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
+        Ok(ListState::new(
+            self.register::<N, ListCell<V>>(meta, list_serde())?,
+        ))
+    }
+
+    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        d: &MapStateDescriptor<N, UK, V>,
+    ) -> Result<MapState<N, UK, V>> {
+        let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
+        meta.user_key_codec = UK::codec_id();
+        Ok(MapState::new(
+            self.register::<N, MapCell<UK, V>>(meta, map_serde())?,
+        ))
+    }
+
+    fn reducing_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ReducingStateDescriptor<N, V>,
+    ) -> Result<ReducingState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
+        Ok(ReducingState::new(
+            self.register::<N, V>(meta, value_serde())?,
+            d.reduce.clone(),
+        ))
+    }
+
+    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
+        &mut self,
+        d: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
+    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
+        let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
+        let id = self.register::<N, ACC>(meta, value_serde())?;
+        Ok(AggregatingState::new(id, d.function.clone()))
+    }
+
+    fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
+        self.states.keys(state, ns)
+    }
+
+    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
+        self.states.keys_and_namespaces(state)
+    }
+
+    fn drop_state(&mut self, name: &str) -> Result<bool> {
+        Ok(self.states.drop_state(name))
     }
 
     fn snapshot(

@@ -1,4 +1,4 @@
-//! Software prefetch for batch access (`KeyedStateBackend::value_get_batch`).
+//! Software prefetch for batch access (the state primitives' `value_get_batch`).
 
 /// Hints the CPU to bring the cache line at `ptr` into all cache levels. Has no effect on the program's
 /// meaning: a prefetch never faults, whatever `ptr` is, and changes no memory. A no-op off x86-64.

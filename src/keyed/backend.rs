@@ -75,12 +75,13 @@ impl PendingSnapshot {
 /// A keyed state backend for keys of type `K` (as Flink's `KeyedStateBackend`).
 ///
 /// Access is single-threaded, like an operator's: `set_current_key`, then read and write states through the
-/// state objects, which take the backend as an argument. The primitive methods below are what the state
-/// objects call; engines use the state objects ([`ValueState`], [`ListState`], ...).
+/// state objects ([`ValueState`], [`ListState`], ...), which take the backend as an argument. The methods
+/// here are Flink's level: keys, state registration, snapshots, notifications; the per-entry primitives the
+/// state objects call are a sealed supertrait no other crate can name or call.
 ///
-/// Sealed: implemented by this crate's backends only ([`crate::heap::HeapKeyedStateBackend`], the RocksDB backend and
-/// [`crate::StateBackend`]), so that its primitives may change without breaking engines.
-pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
+/// Sealed: implemented by this crate's backends only ([`crate::heap::HeapKeyedStateBackend`], the RocksDB
+/// backend and [`crate::StateBackend`]), so that its primitives may change without breaking engines.
+pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> {
     /// Max parallelism of the job (number of key groups).
     fn max_parallelism(&self) -> u32;
     /// Key groups this backend owns.
@@ -139,113 +140,6 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
         descriptor: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
     ) -> Result<AggregatingState<N, IN, ACC, OUT>>;
 
-    /// Primitive: value of the current key in `ns`.
-    fn value_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<V>>;
-    /// Primitive: sets the value of the current key in `ns`.
-    fn value_put<N: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        value: V,
-    ) -> Result<()>;
-    /// Primitive: replaces the value with `f(old)` (removes it if `f` returns `None`) in one lookup.
-    fn value_modify<N: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        f: &mut dyn FnMut(Option<&V>) -> Option<V>,
-    ) -> Result<()>;
-    /// Primitive: removes the value of the current key in `ns`.
-    fn value_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()>;
-
-    /// Primitive: the list of the current key in `ns` (`None` if empty).
-    fn list_get<N: StateKey, V: StateValue>(
-        &self,
-        state: StateId,
-        ns: &N,
-    ) -> Result<Option<Vec<V>>>;
-    /// Primitive: appends `values` to the list.
-    fn list_add_all<N: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        values: Vec<V>,
-    ) -> Result<()>;
-    /// Primitive: replaces the list (an empty `values` clears it).
-    fn list_update<N: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        values: Vec<V>,
-    ) -> Result<()>;
-    /// Primitive: removes the list.
-    fn list_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()>;
-
-    /// Primitive: the value of user key `uk`.
-    fn map_get<N: StateKey, UK: StateKey, V: StateValue>(
-        &self,
-        state: StateId,
-        ns: &N,
-        uk: &UK,
-    ) -> Result<Option<V>>;
-    /// Primitive: sets user key `uk` to `value`.
-    fn map_put<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        uk: UK,
-        value: V,
-    ) -> Result<()>;
-    /// Primitive: removes user key `uk`.
-    fn map_remove<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        uk: &UK,
-    ) -> Result<()>;
-    /// All entries of the map (in no particular order), collected from [`KeyedStateBackend::map_iter`].
-    fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(
-        &self,
-        state: StateId,
-        ns: &N,
-    ) -> Result<Vec<(UK, V)>> {
-        self.map_iter::<N, UK, V>(state, ns)?.collect()
-    }
-    /// Primitive: removes the whole map.
-    fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-    ) -> Result<()>;
-
-    /// Primitive: the entries of the map, streamed (a RocksDB iterator on LSM; no copy of the map on heap),
-    /// in no particular order.
-    fn map_iter<'a, N: StateKey, UK: StateKey, V: StateValue>(
-        &'a self,
-        state: StateId,
-        ns: &N,
-    ) -> Result<MapEntries<'a, UK, V>>;
-    /// Primitive: whether the map is empty, without reading it.
-    fn map_is_empty<N: StateKey, UK: StateKey, V: StateValue>(
-        &self,
-        state: StateId,
-        ns: &N,
-    ) -> Result<bool>;
-    /// Primitive: sets every `(uk, value)` of `entries` (later ones win), in one write.
-    fn map_put_all<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        entries: Vec<(UK, V)>,
-    ) -> Result<()>;
-    /// Primitive: keeps only the entries for which `keep` answers true (removal while iterating).
-    fn map_retain<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        keep: &mut dyn FnMut(&UK, &V) -> bool,
-    ) -> Result<()>;
-
     /// Keys that have state `state` in namespace `ns` (as Flink's `getKeys`), in no particular order.
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>>;
 
@@ -297,50 +191,6 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
     /// [`Error::Local`](crate::Error::Local) if the RocksDB backend cannot drop its column family.
     fn drop_state(&mut self, name: &str) -> Result<bool>;
 
-    /// Batch primitive: the values of `keys` in `ns`, appended to `out` in the order of `keys` (`out` is
-    /// not cleared). Does not change the current key. The heap backend prefetches the slots of keys ahead
-    /// in the batch; the RocksDB backend reads with one sorted `multi_get`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a key's group is not owned (nothing
-    /// is appended then) or the state is not a value state of `N`, `V`.
-    fn value_get_batch<N: StateKey, V: StateValue>(
-        &self,
-        state: StateId,
-        ns: &N,
-        keys: &[K],
-        out: &mut Vec<Option<V>>,
-    ) -> Result<()>;
-
-    /// Batch primitive: sets `keys[i]` to `values[i]` in `ns` without reading (a blind write; the LSM
-    /// backend writes one `WriteBatch` in row-key order). Does not change the current key.
-    ///
-    /// # Errors
-    /// As [`KeyedStateBackend::value_get_batch`]; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
-    /// if the slices differ in length. On error nothing is changed.
-    fn value_put_batch<N: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        keys: &[K],
-        values: &[V],
-    ) -> Result<()>;
-
-    /// Batch primitive: replaces the value of each `keys[i]` in `ns` with `f(i, old)` (removes it on
-    /// `None`), in the order of `keys`, with one lookup per key (a key twice in the batch sees its first
-    /// result). Does not change the current key. The RocksDB backend reads with one `multi_get` and writes one
-    /// `WriteBatch`.
-    ///
-    /// # Errors
-    /// As [`KeyedStateBackend::value_get_batch`]; on an unowned key nothing is changed.
-    fn value_modify_batch<N: StateKey, V: StateValue>(
-        &mut self,
-        state: StateId,
-        ns: &N,
-        keys: &[K],
-        f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
-    ) -> Result<()>;
-
     /// Synchronous phase of a snapshot for `checkpoint_id`: freezes the state and returns its asynchronous
     /// phase, which writes to `storage`.
     ///
@@ -372,8 +222,173 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::Sealed {
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64);
 }
 
-/// The seal of [`KeyedStateBackend`]: a public trait in a private module, so no other crate can name it.
+/// The seal of [`KeyedStateBackend`] and its primitives: a public trait in a private module, so no other
+/// crate can name it, implement it or call its methods. The typed state objects ([`ValueState`],
+/// [`ListState`], [`MapState`], ...) call these; engines use the state objects.
+///
+/// [`ValueState`]: crate::keyed::ValueState
+/// [`ListState`]: crate::keyed::ListState
+/// [`MapState`]: crate::keyed::MapState
 pub(crate) mod sealed {
-    /// Implemented by this crate's backends only.
-    pub trait Sealed {}
+    use super::*;
+
+    /// The state primitives every backend implements: reads and writes of one state's entry under the
+    /// current key and a namespace, and their batch forms.
+    pub trait StateAccess<K: StateKey> {
+        /// Primitive: value of the current key in `ns`.
+        fn value_get<N: StateKey, V: StateValue>(
+            &self,
+            state: StateId,
+            ns: &N,
+        ) -> Result<Option<V>>;
+        /// Primitive: sets the value of the current key in `ns`.
+        fn value_put<N: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            value: V,
+        ) -> Result<()>;
+        /// Primitive: replaces the value with `f(old)` (removes it if `f` returns `None`) in one lookup.
+        fn value_modify<N: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            f: &mut dyn FnMut(Option<&V>) -> Option<V>,
+        ) -> Result<()>;
+        /// Primitive: removes the value of the current key in `ns`.
+        fn value_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N)
+        -> Result<()>;
+
+        /// Primitive: the list of the current key in `ns` (`None` if empty).
+        fn list_get<N: StateKey, V: StateValue>(
+            &self,
+            state: StateId,
+            ns: &N,
+        ) -> Result<Option<Vec<V>>>;
+        /// Primitive: appends `values` to the list.
+        fn list_add_all<N: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            values: Vec<V>,
+        ) -> Result<()>;
+        /// Primitive: replaces the list (an empty `values` clears it).
+        fn list_update<N: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            values: Vec<V>,
+        ) -> Result<()>;
+        /// Primitive: removes the list.
+        fn list_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()>;
+
+        /// Primitive: the value of user key `uk`.
+        fn map_get<N: StateKey, UK: StateKey, V: StateValue>(
+            &self,
+            state: StateId,
+            ns: &N,
+            uk: &UK,
+        ) -> Result<Option<V>>;
+        /// Primitive: sets user key `uk` to `value`.
+        fn map_put<N: StateKey, UK: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            uk: UK,
+            value: V,
+        ) -> Result<()>;
+        /// Primitive: removes user key `uk`.
+        fn map_remove<N: StateKey, UK: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            uk: &UK,
+        ) -> Result<()>;
+        /// All entries of the map (in no particular order), collected from [`StateAccess::map_iter`].
+        fn map_entries<N: StateKey, UK: StateKey, V: StateValue>(
+            &self,
+            state: StateId,
+            ns: &N,
+        ) -> Result<Vec<(UK, V)>> {
+            self.map_iter::<N, UK, V>(state, ns)?.collect()
+        }
+        /// Primitive: removes the whole map.
+        fn map_clear<N: StateKey, UK: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+        ) -> Result<()>;
+
+        /// Primitive: the entries of the map, streamed (a RocksDB iterator on LSM; no copy of the map on heap),
+        /// in no particular order.
+        fn map_iter<'a, N: StateKey, UK: StateKey, V: StateValue>(
+            &'a self,
+            state: StateId,
+            ns: &N,
+        ) -> Result<MapEntries<'a, UK, V>>;
+        /// Primitive: whether the map is empty, without reading it.
+        fn map_is_empty<N: StateKey, UK: StateKey, V: StateValue>(
+            &self,
+            state: StateId,
+            ns: &N,
+        ) -> Result<bool>;
+        /// Primitive: sets every `(uk, value)` of `entries` (later ones win), in one write.
+        fn map_put_all<N: StateKey, UK: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            entries: Vec<(UK, V)>,
+        ) -> Result<()>;
+        /// Primitive: keeps only the entries for which `keep` answers true (removal while iterating).
+        fn map_retain<N: StateKey, UK: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            keep: &mut dyn FnMut(&UK, &V) -> bool,
+        ) -> Result<()>;
+
+        /// Batch primitive: the values of `keys` in `ns`, appended to `out` in the order of `keys` (`out` is
+        /// not cleared). Does not change the current key. The heap backend prefetches the slots of keys ahead
+        /// in the batch; the RocksDB backend reads with one sorted `multi_get`.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a key's group is not owned (nothing
+        /// is appended then) or the state is not a value state of `N`, `V`.
+        fn value_get_batch<N: StateKey, V: StateValue>(
+            &self,
+            state: StateId,
+            ns: &N,
+            keys: &[K],
+            out: &mut Vec<Option<V>>,
+        ) -> Result<()>;
+
+        /// Batch primitive: sets `keys[i]` to `values[i]` in `ns` without reading (a blind write; the LSM
+        /// backend writes one `WriteBatch` in row-key order). Does not change the current key.
+        ///
+        /// # Errors
+        /// As [`StateAccess::value_get_batch`]; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+        /// if the slices differ in length. On error nothing is changed.
+        fn value_put_batch<N: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            keys: &[K],
+            values: &[V],
+        ) -> Result<()>;
+
+        /// Batch primitive: replaces the value of each `keys[i]` in `ns` with `f(i, old)` (removes it on
+        /// `None`), in the order of `keys`, with one lookup per key (a key twice in the batch sees its first
+        /// result). Does not change the current key. The RocksDB backend reads with one `multi_get` and writes one
+        /// `WriteBatch`.
+        ///
+        /// # Errors
+        /// As [`StateAccess::value_get_batch`]; on an unowned key nothing is changed.
+        fn value_modify_batch<N: StateKey, V: StateValue>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            keys: &[K],
+            f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
+        ) -> Result<()>;
+    }
 }

@@ -10,7 +10,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
     /// one call per record batch). Does not change the current key.
     ///
     /// # Errors
-    /// As [`KeyedStateBackend::value_get_batch`]: a key whose group is not owned fails the whole batch.
+    /// As the backend's batch get: a key whose group is not owned fails the whole batch.
     pub fn get_batch<K: StateKey, B: KeyedStateBackend<K>>(
         &self,
         backend: &B,

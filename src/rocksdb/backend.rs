@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::format::lsm_rows::{encode_list, split_list};
 use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
+use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
@@ -210,82 +211,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     }
 }
 
-impl<K: StateKey> crate::keyed::backend::sealed::Sealed for RocksDbKeyedStateBackend<K> {}
-
-impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
-    fn max_parallelism(&self) -> u32 {
-        self.identity.max_parallelism()
-    }
-
-    fn key_group_range(&self) -> KeyGroupRange {
-        self.identity.key_groups()
-    }
-
-    #[inline]
-    fn set_current_key(&mut self, key: K) -> Result<()> {
-        self.current.set(key, &self.identity)
-    }
-
-    #[inline]
-    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        self.current.set_routed(key, route, &self.identity)
-    }
-
-    fn current_key(&self) -> Option<&K> {
-        self.current.key()
-    }
-
-    fn current_key_group(&self) -> Option<u32> {
-        self.current.key_group()
-    }
-
-    fn value_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ValueStateDescriptor<N, V>,
-    ) -> Result<ValueState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
-        Ok(ValueState::new(self.register(meta, byte_migration::<V>)?))
-    }
-
-    fn list_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ListStateDescriptor<N, V>,
-    ) -> Result<ListState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
-        Ok(ListState::new(self.register(meta, byte_migration::<V>)?))
-    }
-
-    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        d: &MapStateDescriptor<N, UK, V>,
-    ) -> Result<MapState<N, UK, V>> {
-        let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
-        meta.user_key_codec = UK::codec_id();
-        Ok(MapState::new(self.register(meta, byte_migration::<V>)?))
-    }
-
-    fn reducing_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ReducingStateDescriptor<N, V>,
-    ) -> Result<ReducingState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
-        Ok(ReducingState::new(
-            self.register(meta, byte_migration::<V>)?,
-            d.reduce.clone(),
-        ))
-    }
-
-    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
-        &mut self,
-        d: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
-    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
-        let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
-        Ok(AggregatingState::new(
-            self.register(meta, byte_migration::<ACC>)?,
-            d.function.clone(),
-        ))
-    }
-
+impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
     #[inline]
     fn value_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<V>> {
         let mut key = Vec::with_capacity(64);
@@ -488,20 +414,6 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         delete_prefix(&self.db, self.cf(state)?, &prefix)
     }
 
-    fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
-        self.states.check_namespace::<N>(state)?;
-        bulk::keys(&self.db, self.cf(state)?, &self.identity, ns)
-    }
-
-    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
-        self.states.check_namespace::<N>(state)?;
-        bulk::keys_and_namespaces(&self.db, self.cf(state)?, &self.identity)
-    }
-
-    fn drop_state(&mut self, name: &str) -> Result<bool> {
-        self.states.drop_state(&mut self.db, name)
-    }
-
     fn value_get_batch<N: StateKey, V: StateValue>(
         &self,
         state: StateId,
@@ -530,6 +442,95 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
     ) -> Result<()> {
         bulk::value_modify_batch(&self.db, self.cf(state)?, &self.identity, ns, keys, f)
+    }
+}
+
+impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
+    fn max_parallelism(&self) -> u32 {
+        self.identity.max_parallelism()
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.identity.key_groups()
+    }
+
+    #[inline]
+    fn set_current_key(&mut self, key: K) -> Result<()> {
+        self.current.set(key, &self.identity)
+    }
+
+    #[inline]
+    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        self.current.set_routed(key, route, &self.identity)
+    }
+
+    fn current_key(&self) -> Option<&K> {
+        self.current.key()
+    }
+
+    fn current_key_group(&self) -> Option<u32> {
+        self.current.key_group()
+    }
+
+    fn value_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ValueStateDescriptor<N, V>,
+    ) -> Result<ValueState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
+        Ok(ValueState::new(self.register(meta, byte_migration::<V>)?))
+    }
+
+    fn list_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ListStateDescriptor<N, V>,
+    ) -> Result<ListState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
+        Ok(ListState::new(self.register(meta, byte_migration::<V>)?))
+    }
+
+    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        d: &MapStateDescriptor<N, UK, V>,
+    ) -> Result<MapState<N, UK, V>> {
+        let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
+        meta.user_key_codec = UK::codec_id();
+        Ok(MapState::new(self.register(meta, byte_migration::<V>)?))
+    }
+
+    fn reducing_state<N: StateKey, V: StateValue>(
+        &mut self,
+        d: &ReducingStateDescriptor<N, V>,
+    ) -> Result<ReducingState<N, V>> {
+        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
+        Ok(ReducingState::new(
+            self.register(meta, byte_migration::<V>)?,
+            d.reduce.clone(),
+        ))
+    }
+
+    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
+        &mut self,
+        d: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
+    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
+        let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
+        Ok(AggregatingState::new(
+            self.register(meta, byte_migration::<ACC>)?,
+            d.function.clone(),
+        ))
+    }
+
+    fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
+        self.states.check_namespace::<N>(state)?;
+        bulk::keys(&self.db, self.cf(state)?, &self.identity, ns)
+    }
+
+    fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
+        self.states.check_namespace::<N>(state)?;
+        bulk::keys_and_namespaces(&self.db, self.cf(state)?, &self.identity)
+    }
+
+    fn drop_state(&mut self, name: &str) -> Result<bool> {
+        self.states.drop_state(&mut self.db, name)
     }
 
     fn snapshot(
