@@ -12,8 +12,8 @@
 //! API in full), [`heap`] and [`rocksdb`] (the concrete backends and their settings), [`checkpoint`] (the
 //! coordinator side), [`snapshot`] (handles, metadata, and [`snapshot::layout`], where every file lives),
 //! [`storage`], [`key_group`] (the key-group math and the router), [`operator`] (operator state),
-//! [`codec`], [`clock`], [`ids`] and [`inspect`] (reading storage, for `statectl`). Layers and routes:
-//! `docs/architecture.md`.
+//! [`codec`], [`format`](mod@crate::format) (the `_metadata` codec), [`clock`], [`ids`] and [`inspect`]
+//! (reading storage, for `statectl`). Layers and routes: `docs/architecture.md`.
 //!
 //! ```
 //! use statebackend::*;
@@ -67,7 +67,7 @@ pub mod clock;
 pub mod codec;
 mod codec_text;
 mod error;
-mod format;
+pub mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -57,7 +57,7 @@ pub(crate) fn encode_ack(
     };
     (
         checkpoint_id,
-        meta.to_bytes().expect("a task snapshot fits the format"),
+        statebackend::format::encode_metadata(&meta).expect("a task snapshot fits the format"),
         metrics.map_or([u64::MAX; 6], metrics_fields),
     )
 }
@@ -130,7 +130,7 @@ pub(crate) async fn open_coordinator(
 pub(crate) async fn acknowledge(coordinator: &mut CheckpointCoordinator, record: &AckRecord) {
     let (id, bytes, fields) = record;
     let metrics = (fields[0] != u64::MAX).then(|| metrics_of(fields));
-    let task = match CheckpointMetadata::from_bytes(bytes, "<ack record>") {
+    let task = match statebackend::format::decode_metadata(bytes, "<ack record>") {
         Ok(mut meta) if meta.tasks.len() == 1 => meta.tasks.remove(0),
         Ok(_) | Err(_) => {
             eprintln!("checkpoint {id}: an acknowledgement that does not decode, ignored");

@@ -6,17 +6,18 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use statebackend::ErrorKind;
 use statebackend::operator::OperatorStateBackend;
-use statebackend::{CheckpointMetadata, ErrorKind};
 
 fuzz_target!(|data: &[u8]| {
     let mut bytes = data.to_vec();
     statebackend::fuzzing::repair_metadata(&mut bytes);
-    match CheckpointMetadata::from_bytes(&bytes, "fuzz/_metadata") {
+    match statebackend::format::decode_metadata(&bytes, "fuzz/_metadata") {
         Ok(meta) => {
-            let encoded = meta.to_bytes().expect("decoded metadata encodes");
-            let again =
-                CheckpointMetadata::from_bytes(&encoded, "fuzz/_metadata").expect("re-decodes");
+            let encoded =
+                statebackend::format::encode_metadata(&meta).expect("decoded metadata encodes");
+            let again = statebackend::format::decode_metadata(&encoded, "fuzz/_metadata")
+                .expect("re-decodes");
             assert_eq!(again, meta);
             for (index, parallelism) in [(0, 1), (1, 2), (2, 3)] {
                 match OperatorStateBackend::restore("op", index, parallelism, &meta.tasks) {

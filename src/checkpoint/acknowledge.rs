@@ -1,5 +1,5 @@
 //! Acknowledgements at the coordinator and the completion point of a checkpoint (`docs/protocol.md`,
-//! "Acknowledgements are identified and idempotent" and "Completion point").
+//! "Acknowledgements are identified and idempotent" and "Completion point": invariants P2, P3, P4).
 
 use bytes::Bytes;
 

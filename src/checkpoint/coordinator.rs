@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::checkpoint::config::CoordinatorConfig;
 use crate::checkpoint::discard::Attempts;
-use crate::checkpoint::fence::{Fence, FenceCheck};
+use crate::checkpoint::fence::{Fence, FenceCheck, NewestGeneration};
 use crate::checkpoint::lineage::{LineKind, LineRecord};
 use crate::checkpoint::pending::{Outcome, Outcomes, PendingCheckpoint};
 use crate::checkpoint::store::{CancellationPolicy, CompletedCheckpointStore};
@@ -118,6 +118,8 @@ impl CheckpointCoordinator {
     /// - with [`RestoreMode::NoClaim`], a checkpoint of this storage is pinned: it and its files are never
     ///   deleted by the job (FLINK-26985), nothing reuses its files, and it stays restorable. A pinned
     ///   checkpoint stays pinned when restored again in CLAIM mode.
+    ///
+    /// The line is recorded before anything else (`docs/protocol.md`, invariant P6).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `snapshot` holds state of operators this job does not have (unless
@@ -234,6 +236,8 @@ impl CheckpointCoordinator {
     /// is skipped, and an id whose reservation failed is never handed out by this instance either, so ids
     /// never repeat, across restarts and between two coordinators of one job. Checkpoints found expired
     /// meanwhile are aborted and reported by [`CheckpointCoordinator::take_aborted`].
+    ///
+    /// Ids never repeat (`docs/protocol.md`, invariant P1).
     ///
     /// # Errors
     /// [`Error::Fenced`] once a newer coordinator exists; storage errors while checking the fence, listing
@@ -514,4 +518,47 @@ impl CheckpointCoordinator {
         self.fence.close().await?;
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The orphan sweep of the stopped job in `storage`, as an operator runs it (`statectl gc`): refuses while the job's
+/// newest coordinator generation has not shut down (a job that may be running, whose uploads in flight
+/// nobody here knows), unless `force` (a job that crashed). It then opens a coordinator (its generation
+/// fences any coordinator that is in fact still running), sweeps
+/// ([`CheckpointCoordinator::sweep_orphans`]) and shuts it down again, retaining every checkpoint, so
+/// that the job counts as stopped afterwards.
+///
+/// # Errors
+/// [`Error::IllegalState`](crate::Error::IllegalState) naming the live generation; storage errors.
+pub async fn collect_garbage(
+    storage: &CheckpointStorage,
+    min_age: Duration,
+    force: bool,
+    clock: std::sync::Arc<dyn crate::Clock>,
+) -> Result<SweepReport> {
+    if let Some(newest) = NewestGeneration::read(storage).await?
+        && !newest.closed
+        && !force
+    {
+        return Err(crate::Error::IllegalState(format!(
+            "coordinator generation {} of this job has not shut down: the job may be running, and its \
+             uploads in flight are not known here. Stop the job first, or force the sweep if it \
+             crashed (a coordinator that is in fact running is then fenced); a dry run is always safe",
+            newest.generation
+        )));
+    }
+    // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
+    // nothing.
+    let mut coordinator = CheckpointCoordinator::open_with_clock(
+        storage.clone(),
+        crate::CoordinatorConfig::single_operator("gc", 1, usize::MAX),
+        clock,
+    )
+    .await?;
+    let swept = coordinator.sweep_orphans(min_age).await;
+    let closed = coordinator
+        .shutdown(CancellationPolicy::RetainOnCancellation)
+        .await;
+    let report = swept?;
+    closed?;
+    Ok(report)
 }

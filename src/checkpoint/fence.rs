@@ -1,4 +1,4 @@
-//! Generation fencing between coordinators of one job (`docs/protocol.md`, "Fencing"): every coordinator
+//! Generation fencing between coordinators of one job (`docs/protocol.md`, "Fencing", invariant P5): every coordinator
 //! registers a generation above all others when it opens (and again when a restore starts a new line),
 //! and writes and deletes nothing another coordinator may use once a newer generation exists. A check
 //! that cannot list the generations is "unknown", never "fenced" (`docs/faults.md`).

@@ -20,6 +20,7 @@ pub(crate) mod sweep;
 pub use answers::{Acknowledgement, CheckpointStats, Declined, Discarded};
 pub use config::{CoordinatorConfig, DEFAULT_CHECKPOINT_TIMEOUT, OperatorTasks};
 pub use coordinator::CheckpointCoordinator;
+pub use coordinator::collect_garbage;
 pub use fence::NewestGeneration;
 pub use registry::{SharedFileEntry, SharedFileRegistry};
 pub use savepoint::{delete_own_savepoint_dir, reserve_savepoint_id};
@@ -27,4 +28,4 @@ pub use store::{
     AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreOutcome,
     SkippedCheckpoint,
 };
-pub use sweep::{SweepReport, collect_garbage, plan_orphan_sweep};
+pub use sweep::{SweepReport, plan_orphan_sweep};

@@ -1,7 +1,8 @@
 //! The savepoint lifecycle at the coordinator (`docs/savepoints.md`): triggered at a barrier like a
 //! checkpoint, under an id of the same sequence reserved in the job's storage and in the target storage
 //! of the user's choosing, where its files and metadata go; it never enters the completed-checkpoint
-//! store, so it is never subsumed, never an incremental base and never deleted by the job. A checkpoint
+//! store, so it is never subsumed, never an incremental base and never deleted by the job (`docs/protocol.md`
+//! invariant P9). A checkpoint
 //! completing first does not end it (`docs/faults.md`, "Savepoints are not checkpoints").
 
 use bytes::Bytes;

@@ -1,6 +1,6 @@
 //! The completed-checkpoint store: which checkpoints exist, their roles on the job's line, the latest
 //! one, retention of the last N and subsumption of older ones (as Flink's `CompletedCheckpointStore`).
-//! Its deletion rules are `docs/protocol.md`, "Subsumption and garbage collection", and
+//! Its deletion rules are `docs/protocol.md`, "Subsumption and garbage collection" (invariant P7), and
 //! `docs/faults.md`.
 
 use std::collections::{BTreeSet, HashSet};

@@ -1,12 +1,10 @@
 //! The orphan sweep: deletes what crashed, failed, aborted or losing attempts left in storage
-//! (`docs/protocol.md`, "The orphan sweep"), and its read-only plan for an operator (`statectl gc
+//! (`docs/protocol.md`, "The orphan sweep", invariant P8), and its read-only plan for an operator (`statectl gc
 //! --dry-run`), which registers nothing and writes nothing (`docs/faults.md`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use crate::checkpoint::coordinator::CheckpointCoordinator;
-use crate::checkpoint::fence::NewestGeneration;
 use crate::checkpoint::pending::Outcome;
 use crate::checkpoint::pending::Outcomes;
 use crate::checkpoint::store::CompletedCheckpointStore;
@@ -208,49 +206,6 @@ pub async fn plan_orphan_sweep(
         &mut report,
     );
     report.deleted = doomed.into_iter().map(|f| f.path.clone()).collect();
-    Ok(report)
-}
-
-/// The orphan sweep of the stopped job in `storage`, as an operator runs it (`statectl gc`): refuses while the job's
-/// newest coordinator generation has not shut down (a job that may be running, whose uploads in flight
-/// nobody here knows), unless `force` (a job that crashed). It then opens a coordinator (its generation
-/// fences any coordinator that is in fact still running), sweeps
-/// ([`CheckpointCoordinator::sweep_orphans`]) and shuts it down again, retaining every checkpoint, so
-/// that the job counts as stopped afterwards.
-///
-/// # Errors
-/// [`Error::IllegalState`](crate::Error::IllegalState) naming the live generation; storage errors.
-pub async fn collect_garbage(
-    storage: &CheckpointStorage,
-    min_age: Duration,
-    force: bool,
-    clock: std::sync::Arc<dyn crate::Clock>,
-) -> Result<SweepReport> {
-    if let Some(newest) = NewestGeneration::read(storage).await?
-        && !newest.closed
-        && !force
-    {
-        return Err(crate::Error::IllegalState(format!(
-            "coordinator generation {} of this job has not shut down: the job may be running, and its \
-             uploads in flight are not known here. Stop the job first, or force the sweep if it \
-             crashed (a coordinator that is in fact running is then fenced); a dry run is always safe",
-            newest.generation
-        )));
-    }
-    // Every checkpoint in storage is read and protected whatever the retained count; opening deletes
-    // nothing.
-    let mut coordinator = CheckpointCoordinator::open_with_clock(
-        storage.clone(),
-        crate::CoordinatorConfig::single_operator("gc", 1, usize::MAX),
-        clock,
-    )
-    .await?;
-    let swept = coordinator.sweep_orphans(min_age).await;
-    let closed = coordinator
-        .shutdown(crate::checkpoint::CancellationPolicy::RetainOnCancellation)
-        .await;
-    let report = swept?;
-    closed?;
     Ok(report)
 }
 

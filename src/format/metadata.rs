@@ -13,24 +13,23 @@ pub(crate) const MAGIC: &[u8; 8] = b"SBCHKMD\x01";
 /// operator id, version 2 each file's local name; versions 1 to 3 are still read (generation 0).
 pub(crate) const VERSION: u16 = 4;
 
-/// The public face of this format: `CheckpointMetadata` to and from the bytes of a `_metadata` file.
-impl CheckpointMetadata {
-    /// Encodes the metadata as the bytes of a `_metadata` file (`docs/formats.md`).
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a string, blob or count exceeds the
-    /// format's `u32` lengths (an operator state blob over 4 GiB, say).
-    pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
-        encode(self)
-    }
+/// Encodes `meta` as the bytes of a `_metadata` file (`docs/formats.md`, "Checkpoint metadata file",
+/// the newest version): for an engine that passes metadata between processes.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if a string, blob or count exceeds the format's `u32` lengths (an operator
+/// state blob over 4 GiB, say).
+pub fn encode_metadata(meta: &CheckpointMetadata) -> Result<Vec<u8>> {
+    encode(meta)
+}
 
-    /// Decodes the bytes of a `_metadata` file.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`](crate::Error::Corrupt) naming `path` for a bad magic, version, checksum or field.
-    pub fn from_bytes(bytes: &[u8], path: &str) -> crate::Result<Self> {
-        decode(bytes, path)
-    }
+/// Decodes the bytes of a `_metadata` file of any version this build reads (versions 1 to 4); `path`
+/// names the file in errors.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `path` for a bad magic, version, checksum or field.
+pub fn decode_metadata(bytes: &[u8], path: &str) -> Result<CheckpointMetadata> {
+    decode(bytes, path)
 }
 
 /// Encodes `meta` into the bytes of a `_metadata` file.

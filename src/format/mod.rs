@@ -1,4 +1,5 @@
-//! File formats (specified byte by byte in `docs/formats.md`).
+//! File formats (specified byte by byte in `docs/formats.md`), bytes in and bytes out. Public: the
+//! `_metadata` codec, for engines that pass checkpoint metadata between processes.
 
 pub(crate) mod bytes;
 pub(crate) mod keyed_file;
@@ -10,3 +11,5 @@ pub(crate) mod keyed_file;
 )]
 pub(crate) mod lsm_rows;
 pub(crate) mod metadata;
+
+pub use metadata::{decode_metadata, encode_metadata};

@@ -10,7 +10,8 @@ use crate::heap::config::HeapConfig;
 use crate::heap::snapshot::SnapshotJob;
 use crate::heap::states::StateTables;
 use crate::heap::table::{
-    ListCell, MapCell, StateTable, ValueSerde, entry_hash, list_serde, map_serde, value_serde,
+    CurrentKey, ListCell, MapCell, StateTable, ValueSerde, entry_hash, list_serde, map_serde,
+    value_serde,
 };
 use crate::key_group::router::KeyRoute;
 use crate::key_group::{KeyGroupRange, locate_hash};
@@ -31,13 +32,6 @@ use crate::storage::CheckpointStorage;
 
 type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);
 type TableMut<'a, K, N, S> = (&'a mut StateTable<K, N, S>, &'a CurrentKey<K>);
-
-pub(crate) struct CurrentKey<K> {
-    pub(crate) key: K,
-    pub(crate) key_hash: u64,
-    pub(crate) key_group: u32,
-    pub(crate) kg_index: usize,
-}
 
 /// Keyed state kept in memory in copy-on-write maps, snapshotted as full keyed snapshot files.
 pub struct HeapKeyedStateBackend<K> {

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::heap::backend::CurrentKey;
 use crate::heap::cow_map::PageRef;
-use crate::heap::table::{MapCell, StateTable, entry_hash, mix_entry_hash, namespace_hash};
+use crate::heap::table::{
+    CurrentKey, MapCell, StateTable, entry_hash, mix_entry_hash, namespace_hash,
+};
 use crate::key_group::locate_hash;
 use crate::keyed::backend::{StateKey, StateValue};
 use crate::keyed::identity::SubtaskIdentity;

@@ -13,6 +13,14 @@ use crate::heap::cow_map::{CowMap, CowSnapshot};
 use crate::keyed::backend::StateKey;
 use crate::snapshot::state_meta::StateMeta;
 
+/// The current key of a heap backend, located: its stable hash, key group and index in the owned range.
+pub(crate) struct CurrentKey<K> {
+    pub(crate) key: K,
+    pub(crate) key_hash: u64,
+    pub(crate) key_group: u32,
+    pub(crate) kg_index: usize,
+}
+
 /// Map hash of `(key, namespace)` from the key's stable hash (`xxh3_64`, well mixed in every bit).
 ///
 /// The key group takes the low bits of the key's hash (`hash % max_parallelism`), so every key of a key

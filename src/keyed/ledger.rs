@@ -1,6 +1,6 @@
 //! What a backend knows of its own snapshots, kept the same way by both backends: the highest id it
 //! snapshotted or was restored from (ids never repeat), the checkpoints it snapshotted that were neither
-//! confirmed nor aborted yet, and the last one confirmed. Notifications are hints (`docs/protocol.md`):
+//! confirmed nor aborted yet, and the last one confirmed. Notifications are hints (`docs/protocol.md`, invariant P10):
 //! the ledger ignores what it cannot match.
 
 use std::collections::BTreeSet;

@@ -2,11 +2,7 @@
 //! checkpoint), the uploads in flight, the diff base, and what completion and abort notifications do to
 //! them (`docs/lsm.md`, `docs/protocol.md`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Instant;
-
-use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::keyed::backend::PendingSnapshot;
@@ -16,9 +12,10 @@ use crate::rocksdb::canonical::CanonicalExport;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::Db;
 use crate::rocksdb::instance::remove_dir_if_exists;
-use crate::rocksdb::snapshot::{SnapshotTarget, UploadGuard, UploadJob};
+use crate::rocksdb::snapshot::{
+    DiffBase, PendingUpload, PendingUploads, SnapshotTarget, UploadGuard, UploadJob,
+};
 use crate::rocksdb::states::LsmStates;
-use crate::snapshot::handle::StateFile;
 use crate::storage::CheckpointStorage;
 
 /// Aborted checkpoints in a row that reused the diff base after which the backend rebases.
@@ -26,34 +23,6 @@ const REBASE_AFTER_ABORTS: u32 = 3;
 
 /// Unresolved checkpoints a RocksDB backend remembers.
 const MAX_PENDING_UPLOADS: usize = 64;
-
-/// Files of a checkpoint's asynchronous phase, by local SST name; `None` while it runs.
-pub(crate) struct PendingUpload {
-    pub(crate) aborted: bool,
-    pub(crate) shared: Option<HashMap<String, StateFile>>,
-    /// Whether the upload reused files of the diff base (set when it finished).
-    pub(crate) reused_base: bool,
-    /// Where it uploads: the storage its files live in if it becomes the base.
-    pub(crate) storage: CheckpointStorage,
-}
-
-/// Checkpoints whose asynchronous phase ran or runs, not yet confirmed or aborted. Shared with the
-/// asynchronous phases.
-pub(crate) type PendingUploads = Arc<Mutex<BTreeMap<u64, PendingUpload>>>;
-
-/// The diff base: the shared files of the last confirmed checkpoint, by local SST name.
-#[derive(Debug, Clone)]
-pub(crate) struct DiffBase {
-    pub(crate) checkpoint_id: u64,
-    pub(crate) shared: HashMap<String, StateFile>,
-    /// The storage the files live in: a checkpoint into another storage reuses none of them (a CLAIM
-    /// restore from another job's storage, say).
-    pub(crate) storage: CheckpointStorage,
-    /// Confirmed by a completion notification of this backend's own upload; a base seeded by a restore
-    /// is not, and is dropped at the first abort of a checkpoint that reused it (it may be a pinned
-    /// checkpoint's, whose files the coordinator never lets a checkpoint reuse).
-    pub(crate) confirmed: bool,
-}
 
 /// What the synchronous phase reads of the backend besides its checkpoint bookkeeping.
 pub(crate) struct SnapshotSource<'a> {

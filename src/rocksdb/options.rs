@@ -33,8 +33,7 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 /// - level compaction with `level_compaction_dynamic_level_bytes`, `max_background_jobs = 2` (this
 ///   crate targets small task managers; RocksDB's default is 2 as well);
 /// - `bytes_per_sync = 1 MiB`: SST writes are synced as they go, so the memtable flush of a checkpoint's
-///   synchronous phase does not end in one long sync (`benches/incremental.rs`: sync phase max 376 ms
-///   without it, 45 ms with it, at 1% churn of a 0.55 GB DB);
+///   synchronous phase does not end in one long sync (figures in `docs/lsm.md`);
 /// - block-based tables with 16 KiB blocks, a shared LRU cache of `block_cache_bytes` for data blocks
 ///   (index and filter blocks stay in the table readers), and a 10 bits/key bloom filter on whole keys
 ///   (point reads are the common case);

@@ -1,21 +1,50 @@
 //! The asynchronous phase of an LSM checkpoint: diff the native checkpoint's SST files against the diff
 //! base, upload the new ones under unique names, reuse the others as placeholders (`docs/lsm.md`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;
-use crate::rocksdb::checkpointing::{DiffBase, PendingUploads};
 use crate::rocksdb::instance::remove_dir_if_exists;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
 use crate::snapshot::layout::{SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
 use crate::snapshot::result::{SnapshotMetrics, SnapshotResult};
 use crate::storage::CheckpointStorage;
 use crate::storage::transfer::upload_file;
+
+/// Files of a checkpoint's asynchronous phase, by local SST name; `None` while it runs.
+pub(crate) struct PendingUpload {
+    pub(crate) aborted: bool,
+    pub(crate) shared: Option<HashMap<String, StateFile>>,
+    /// Whether the upload reused files of the diff base (set when it finished).
+    pub(crate) reused_base: bool,
+    /// Where it uploads: the storage its files live in if it becomes the base.
+    pub(crate) storage: CheckpointStorage,
+}
+
+/// Checkpoints whose asynchronous phase ran or runs, not yet confirmed or aborted. Shared with the
+/// asynchronous phases.
+pub(crate) type PendingUploads = Arc<Mutex<BTreeMap<u64, PendingUpload>>>;
+
+/// The diff base: the shared files of the last confirmed checkpoint, by local SST name.
+#[derive(Debug, Clone)]
+pub(crate) struct DiffBase {
+    pub(crate) checkpoint_id: u64,
+    pub(crate) shared: HashMap<String, StateFile>,
+    /// The storage the files live in: a checkpoint into another storage reuses none of them (a CLAIM
+    /// restore from another job's storage, say).
+    pub(crate) storage: CheckpointStorage,
+    /// Confirmed by a completion notification of this backend's own upload; a base seeded by a restore
+    /// is not, and is dropped at the first abort of a checkpoint that reused it (it may be a pinned
+    /// checkpoint's, whose files the coordinator never lets a checkpoint reuse).
+    pub(crate) confirmed: bool,
+}
 
 /// Where a snapshot goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! Checks of keyed state handle sets: what a restore accepts, and what a checkpoint must hold to complete
-//! (`docs/protocol.md`, "Backends: notifications are hints, restore validates").
+//! (`docs/protocol.md`, "Backends: notifications are hints, restore validates", invariant P10).
 
 use crate::error::{Error, Result};
 use crate::key_group::KeyGroupRange;

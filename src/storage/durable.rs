@@ -1,5 +1,5 @@
 //! Durability of directory entries on a local-directory storage with fsync: new directories and deletes
-//! that must be ordered (`docs/protocol.md`, "Local storage durability"). Every other store makes an
+//! that must be ordered (`docs/protocol.md`, "Local storage durability", invariant P11). Every other store makes an
 //! operation durable before it returns, so these are no-ops there.
 
 use std::path::{Path as LocalPath, PathBuf as LocalPathBuf};

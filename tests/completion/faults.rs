@@ -91,7 +91,7 @@ async fn write_metadata(
         .object_store()
         .put(
             &storage.path(&format!("chk-{id}/_metadata")),
-            bytes::Bytes::from(meta.to_bytes().unwrap()).into(),
+            bytes::Bytes::from(statebackend::format::encode_metadata(&meta).unwrap()).into(),
         )
         .await
         .unwrap();
@@ -444,14 +444,13 @@ fn lost_race_with_an_unreadable_winner_keeps_the_winner() {
         let won = w.snapshot(id, &storage).unwrap().run().await.unwrap();
         let lost = l.snapshot(id, &storage).unwrap().run().await.unwrap();
         // The winner's metadata, in a format version this build cannot read.
-        let mut bytes = CheckpointMetadata {
+        let mut bytes = statebackend::format::encode_metadata(&CheckpointMetadata {
             checkpoint_id: id,
             timestamp_ms: 0,
             kind: SnapshotKind::Checkpoint,
             generation: 99,
             tasks: vec![ack(0, &won)],
-        }
-        .to_bytes()
+        })
         .unwrap();
         bytes[8..10].copy_from_slice(&99u16.to_le_bytes());
         let path = format!("chk-{id}/_metadata");

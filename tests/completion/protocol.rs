@@ -352,7 +352,7 @@ pub(crate) async fn foreign_metadata(
         .object_store()
         .put(
             &storage.path(&format!("chk-{id}/_metadata")),
-            bytes::Bytes::from(meta.to_bytes().unwrap()).into(),
+            bytes::Bytes::from(statebackend::format::encode_metadata(&meta).unwrap()).into(),
         )
         .await
         .unwrap();

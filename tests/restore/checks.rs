@@ -279,7 +279,7 @@ fn metadata_blob_over_4_gib_is_an_error_not_a_truncation() {
             ..Default::default()
         }],
     };
-    let err = meta.to_bytes().unwrap_err();
+    let err = statebackend::format::encode_metadata(&meta).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     assert!(err.to_string().contains("operator state value"), "{err}");
 }

@@ -1,19 +1,16 @@
-//! The invariants, checked against what storage really holds (the store without faults):
+//! The invariants of `docs/protocol.md`, checked against what storage really holds (the store without
+//! faults):
 //! - every checkpoint in storage (retained, pinned or abandoned) is readable, has every file it
 //!   references with the recorded size and CRC32, and restores exactly to the model at its barrier
-//!   (checked once per checkpoint: files are immutable and their bytes are checked every step);
+//!   (checked once per checkpoint: files are immutable and their bytes are checked every step; P3, P7);
 //! - the latest checkpoint a coordinator reported complete, or a newer one, exists; a pinned one exists
-//!   for ever; checkpoint ids never repeat (checked at each trigger);
+//!   for ever; checkpoint ids never repeat (checked at each trigger; P1, P3, P7);
 //! - a completed savepoint is never deleted (its metadata and files stay, and it restores to its model);
-//!   what other jobs wrote into the savepoint target stays byte for byte;
+//!   what other jobs wrote into the savepoint target stays byte for byte (P9);
 //! - no coordinator is fenced unless a newer generation exists; the latest restorable checkpoint is of
-//!   the newest generation among them (never an older generation's once a newer one completed);
+//!   the newest generation among them (never an older generation's once a newer one completed; P5, P6);
 //! - after quiet time, a checkpoint still completes (no endless decline) and a sweep leaves no
-//!   unreferenced file.
-//!
-//! A failover never restores a checkpoint a rollback left behind, nor one older than the line's newest
-//! completed checkpoint (`failover.rs`), and a dry run of the
-//! orphan sweep changes no byte (`operators.rs`).
+//!   unreferenced file (P8).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

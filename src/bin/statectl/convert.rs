@@ -169,7 +169,7 @@ async fn write(
         generation: meta.generation,
         tasks,
     };
-    let bytes = out.to_bytes().map_err(|e| e.to_string())?;
+    let bytes = statebackend::format::encode_metadata(&out).map_err(|e| e.to_string())?;
     let path = target.path(&format!("savepoints/sp-{id}/_metadata"));
     target
         .object_store()
