@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::checkpoint::store_types::SkippedCheckpoint;
 use crate::snapshot::handle::CheckpointMetadata;
+use crate::storage::CheckpointStorage;
 
 /// What the registry knows of one shared file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +102,49 @@ impl SharedFileRegistry {
     /// the next completion.
     pub fn doomed(&self) -> Vec<String> {
         self.doomed.keys().cloned().collect()
+    }
+
+    /// Deletes the doomed files through `storage`, each leaving the doomed set once its delete succeeded
+    /// (a failed one stays doomed, never reusable, and is retried); nothing while `blocked_by` names
+    /// checkpoints whose metadata cannot be read (they may reference anything). Returns how many were
+    /// deleted; what was kept goes into `warnings`.
+    pub(crate) async fn delete_doomed(
+        &mut self,
+        storage: &CheckpointStorage,
+        blocked_by: &[SkippedCheckpoint],
+        warnings: &mut Vec<String>,
+    ) -> usize {
+        let doomed = self.to_delete();
+        if doomed.is_empty() {
+            return 0;
+        }
+        if !blocked_by.is_empty() {
+            let ids: Vec<String> = blocked_by
+                .iter()
+                .map(|u| format!("chk-{}", u.checkpoint_id))
+                .collect();
+            warnings.push(format!(
+                "{} unused shared files kept: the metadata of {} cannot be read and may reference them",
+                doomed.len(),
+                ids.join(", ")
+            ));
+            return 0;
+        }
+        let mut deleted = 0;
+        for path in &doomed {
+            match storage.delete(path).await {
+                Ok(()) => {
+                    tracing::debug!(path = %path, "deleted a shared file no known checkpoint uses");
+                    self.deleted(path);
+                    deleted += 1;
+                }
+                // Maybe deleted: it stays doomed (never reusable) and is retried.
+                Err(e) => warnings.push(format!(
+                    "unused shared file {path} not deleted (retried at the next completion): {e}"
+                )),
+            }
+        }
+        deleted
     }
 
     /// Doomed files no known checkpoint references: their delete is (re)tried. A doomed file that a

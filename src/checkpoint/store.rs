@@ -432,42 +432,13 @@ impl CompletedCheckpointStore {
         }
     }
 
-    /// Deletes the doomed shared files no known checkpoint references, each leaving the doomed set once
-    /// its delete succeeded; nothing while metadata in storage is unreadable. Returns how many were
-    /// deleted.
+    /// Deletes the doomed shared files (`SharedFileRegistry::delete_doomed`); returns how many.
     async fn delete_doomed(&mut self, warnings: &mut Vec<String>) -> usize {
-        let doomed = self.known.registry().to_delete();
-        if doomed.is_empty() {
-            return 0;
-        }
-        if !self.unreadable.is_empty() {
-            let ids: Vec<String> = self
-                .unreadable
-                .iter()
-                .map(|u| format!("chk-{}", u.checkpoint_id))
-                .collect();
-            warnings.push(format!(
-                "{} unused shared files kept: the metadata of {} cannot be read and may reference them",
-                doomed.len(),
-                ids.join(", ")
-            ));
-            return 0;
-        }
-        let mut deleted = 0;
-        for path in &doomed {
-            match self.storage.delete(path).await {
-                Ok(()) => {
-                    tracing::debug!(path = %path, "deleted a shared file no known checkpoint uses");
-                    self.known.registry_mut().deleted(path);
-                    deleted += 1;
-                }
-                // Maybe deleted: it stays doomed (never reusable) and is retried.
-                Err(e) => warnings.push(format!(
-                    "unused shared file {path} not deleted (retried at the next completion): {e}"
-                )),
-            }
-        }
-        deleted
+        let blocked_by = &self.unreadable;
+        self.known
+            .registry_mut()
+            .delete_doomed(&self.storage, blocked_by, warnings)
+            .await
     }
 
     /// Runs `restore` on the newest restorable checkpoint by `(generation, id)` (retained or pinned, never
