@@ -12,7 +12,7 @@ use crate::keyed::backend::{StateKey, StateValue};
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::map_iter::MapEntries;
 use crate::rocksdb::db::{Db, db_error};
-use crate::rocksdb::import_rows::Rows;
+use crate::rocksdb::restore::import_rows::Rows;
 use crate::rocksdb::rows::scan_prefix;
 
 /// Row keys of a batch in one buffer, and the batch positions in row-key order (what `multi_get` wants).

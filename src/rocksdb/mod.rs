@@ -8,19 +8,11 @@
 mod backend;
 #[cfg(feature = "rocksdb")]
 mod bulk;
-#[cfg(feature = "rocksdb")]
-mod canonical;
-#[cfg(feature = "rocksdb")]
-mod checkpointing;
 mod config;
 #[cfg(feature = "rocksdb")]
 mod current;
 #[cfg(feature = "rocksdb")]
 mod db;
-#[cfg(feature = "rocksdb")]
-mod import;
-#[cfg(feature = "rocksdb")]
-mod import_rows;
 #[cfg(feature = "rocksdb")]
 mod instance;
 #[cfg(feature = "rocksdb")]

@@ -13,7 +13,7 @@ use crate::snapshot_io::load::LoadedFile;
 
 use crate::format::lsm_rows::{push_key_group, push_list_element, push_varint};
 use crate::rocksdb::db::Db;
-use crate::rocksdb::import_rows::{Rows, SortError, write_sorted};
+use crate::rocksdb::restore::import_rows::{Rows, SortError, write_sorted};
 use crate::rocksdb::states::LsmStates;
 
 /// The row key of `key` in `namespace` of key group `key_group`: `[key group][varint len][key][varint

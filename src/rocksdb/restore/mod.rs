@@ -1,5 +1,9 @@
-//! Restore of the RocksDB backend from incremental checkpoint handles, at the same or another parallelism
-//! (`docs/lsm.md`, "Restore").
+//! Restore of the RocksDB backend: from its native incremental checkpoints (here) or from canonical
+//! snapshot files (`import`, sorting rows into SST files in `import_rows`), at the same or another
+//! parallelism (`docs/lsm.md`, "Restore").
+
+pub(crate) mod import;
+pub(crate) mod import_rows;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,13 +17,13 @@ use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::rocksdb::backend::RocksDbKeyedStateBackend;
-use crate::rocksdb::checkpointing::Checkpoints;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
-use crate::rocksdb::import::import_canonical;
 use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
 use crate::rocksdb::options::lsm_db_options;
-use crate::rocksdb::snapshot::DiffBase;
+use crate::rocksdb::restore::import::import_canonical;
+use crate::rocksdb::snapshot::Checkpoints;
+use crate::rocksdb::snapshot::upload::DiffBase;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot_io::load::load_handle;

@@ -53,7 +53,7 @@ pub(crate) enum SnapshotTarget {
     Checkpoint,
     /// A native savepoint: every file uploaded, private, never a base.
     Savepoint,
-    /// A canonical savepoint: the rows re-encoded as one keyed snapshot file (`rocksdb/canonical.rs`), never a
+    /// A canonical savepoint: the rows re-encoded as one keyed snapshot file (`rocksdb/snapshot/canonical.rs`), never a
     /// base.
     CanonicalSavepoint,
 }

@@ -16,7 +16,7 @@ use crate::keyed::identity::SubtaskIdentity;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
 use crate::rocksdb::options::{cf_descriptors, lsm_db_options};
-use crate::rocksdb::snapshot::UploadGuard;
+use crate::rocksdb::snapshot::upload::UploadGuard;
 use crate::snapshot::layout::savepoint_dir;
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::{StateKind, StateMeta};

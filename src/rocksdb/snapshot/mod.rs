@@ -1,6 +1,10 @@
-//! The RocksDB backend's side of the checkpoint protocol: the synchronous phase (a native RocksDB
-//! checkpoint), the uploads in flight, the diff base, and what completion and abort notifications do to
-//! them (`docs/lsm.md`, `docs/protocol.md`).
+//! The RocksDB backend's snapshots: the synchronous phase and the checkpoint bookkeeping (here), the
+//! incremental upload (`upload`) and the canonical export (`canonical`). Its side of the checkpoint
+//! protocol: the synchronous phase (a native RocksDB checkpoint), the uploads in flight, the diff base,
+//! and what completion and abort notifications do to them (`docs/lsm.md`, `docs/protocol.md`).
+
+pub(crate) mod canonical;
+pub(crate) mod upload;
 
 use std::time::Instant;
 
@@ -8,11 +12,11 @@ use crate::error::{Error, Result};
 use crate::keyed::backend::PendingSnapshot;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
-use crate::rocksdb::canonical::CanonicalExport;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::Db;
 use crate::rocksdb::instance::remove_dir_if_exists;
-use crate::rocksdb::snapshot::{
+use crate::rocksdb::snapshot::canonical::CanonicalExport;
+use crate::rocksdb::snapshot::upload::{
     DiffBase, PendingUpload, PendingUploads, SnapshotTarget, UploadGuard, UploadJob,
 };
 use crate::rocksdb::states::LsmStates;
