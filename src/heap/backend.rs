@@ -35,16 +35,16 @@ type TableMut<'a, K, N, S> = (&'a mut StateTable<K, N, S>, &'a CurrentKey<K>);
 
 /// Keyed state kept in memory in copy-on-write maps, snapshotted as full keyed snapshot files.
 pub struct HeapKeyedStateBackend<K> {
-    pub(crate) identity: SubtaskIdentity,
-    pub(crate) config: HeapConfig,
+    identity: SubtaskIdentity,
+    config: HeapConfig,
     /// Identity in storage, drawn from the storage's id source at the first snapshot or restore.
-    pub(crate) backend_id: Option<String>,
+    backend_id: Option<String>,
     /// Every state, by id and name.
-    pub(crate) states: StateTables<K>,
-    pub(crate) current: Option<CurrentKey<K>>,
-    pub(crate) key_buf: Vec<u8>,
+    states: StateTables<K>,
+    current: Option<CurrentKey<K>>,
+    key_buf: Vec<u8>,
     /// Ids snapshotted, unconfirmed and confirmed.
-    pub(crate) ledger: SnapshotLedger,
+    ledger: SnapshotLedger,
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -64,6 +64,25 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             key_buf: Vec::with_capacity(64),
             ledger: SnapshotLedger::default(),
         })
+    }
+
+    /// A backend restored (`heap/restore.rs`): `states` holds the restored records, `backend_id` was
+    /// drawn for it, and ids up to `restored_from` are refused.
+    ///
+    /// # Errors
+    /// As [`HeapKeyedStateBackend::new`].
+    pub(super) fn restored(
+        identity: SubtaskIdentity,
+        config: HeapConfig,
+        backend_id: String,
+        states: StateTables<K>,
+        restored_from: Option<u64>,
+    ) -> Result<Self> {
+        let mut backend = Self::new(identity, config)?;
+        backend.backend_id = Some(backend_id);
+        backend.states = states;
+        backend.ledger = SnapshotLedger::restored(restored_from);
+        Ok(backend)
     }
 
     /// Makes `key`, of stable hash `hash`, the current key.

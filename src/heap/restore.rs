@@ -9,10 +9,10 @@ use crate::format::keyed_file::read as keyed_file;
 use crate::format::keyed_file::read::check_key_group;
 use crate::heap::backend::HeapKeyedStateBackend;
 use crate::heap::config::HeapConfig;
+use crate::heap::states::StateTables;
 use crate::heap::table::RawTable;
 use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
-use crate::keyed::ledger::SnapshotLedger;
 use crate::snapshot::handle::KeyedStateHandle;
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot_io::load::load_handle;
@@ -47,19 +47,15 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         // referenced again, so `Claim` and `NoClaim` restore alike (the coordinator's mode decides who
         // may delete them).
         let _ = mode;
-        let mut backend = HeapKeyedStateBackend::new(identity, config)?;
-        backend.backend_id = Some(storage.new_backend_id(
-            backend.identity.operator_id(),
-            backend.identity.subtask_index(),
-        ));
-        let range = backend.identity.key_groups();
+        config.validate()?;
+        let backend_id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
+        let range = identity.key_groups();
         let relevant = crate::snapshot::validate::restore_handles(
-            backend.identity.operator_id(),
-            backend.identity.max_parallelism(),
+            identity.operator_id(),
+            identity.max_parallelism(),
             range,
             handles,
         )?;
-        backend.ledger = SnapshotLedger::restored(handles.first().map(|h| h.checkpoint_id));
         let loads = relevant
             .into_iter()
             .map(|h| load_handle(storage, h, range, "heap"));
@@ -117,13 +113,15 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 }
             }
         }
+        let mut states = StateTables::new();
         for (meta, groups, len) in raw {
-            backend.states.add_restored(RawTable {
+            states.add_restored(RawTable {
                 meta,
                 groups: Arc::new(groups.into_iter().collect()),
                 len,
             });
         }
-        Ok(backend)
+        let restored_from = handles.first().map(|h| h.checkpoint_id);
+        HeapKeyedStateBackend::restored(identity, config, backend_id, states, restored_from)
     }
 }

@@ -32,19 +32,19 @@ use crate::storage::CheckpointStorage;
 
 /// Keyed state in an embedded RocksDB instance, checkpointed incrementally (see `docs/lsm.md`).
 pub struct RocksDbKeyedStateBackend<K> {
-    pub(crate) identity: SubtaskIdentity,
-    pub(crate) config: RocksDbConfig,
+    pub(super) identity: SubtaskIdentity,
+    pub(super) config: RocksDbConfig,
     /// Identity in storage (in handles and upload names), drawn from the storage's id source at the first
     /// snapshot or restore.
-    pub(crate) backend_id: Option<String>,
+    pub(super) backend_id: Option<String>,
     /// The RocksDB instance and its working directory.
-    pub(crate) db: Db,
+    pub(super) db: Db,
     /// Every state, by id and name.
-    pub(crate) states: LsmStates,
+    pub(super) states: LsmStates,
     /// The current key and its row prefix.
-    pub(crate) current: CurrentKeyPrefix<K>,
+    pub(super) current: CurrentKeyPrefix<K>,
     /// Snapshot ids, uploads in flight and the diff base.
-    pub(crate) checkpoints: Checkpoints,
+    pub(super) checkpoints: Checkpoints,
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
