@@ -6,6 +6,8 @@ mod durable;
 mod file;
 mod local_read;
 pub(crate) mod probe;
+#[cfg(feature = "aws")]
+mod s3_uploads;
 mod staging;
 #[cfg(feature = "rocksdb")]
 pub(crate) mod transfer;

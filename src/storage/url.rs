@@ -246,7 +246,7 @@ fn cloud(
                     .with_allow_http(endpoint.starts_with("http://"));
             }
             let store = Arc::new(builder.clone().build().map_err(|e| e.to_string())?);
-            let lister = super::uploads::s3::S3Uploads::new(
+            let lister = super::s3_uploads::S3Uploads::new(
                 &builder,
                 store.clone(),
                 settings.request_timeout,
