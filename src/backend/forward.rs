@@ -7,6 +7,7 @@
 use super::*;
 use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::map_iter::MapEntries;
+use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
 
 /// Forwarding methods from a list of `ref|mut name[generics](args) -> ret;` (`ref`: `&self`, `mut`:
 /// `&mut self`; generics are names with at most one trait bound each): each becomes an `#[inline]`
@@ -106,6 +107,11 @@ impl<K: StateKey> StateAccess<K> for StateBackend<K> {
             keys: &[K],
             f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>
         ) -> Result<()>;
+        mut timer_register[N: StateKey](state: StateId, ns: &N, timestamp: u64) -> Result<()>;
+        mut timer_delete[N: StateKey](state: StateId, ns: &N, timestamp: u64) -> Result<()>;
+        mut timer_next[N: StateKey](state: StateId) -> Result<Option<u64>>;
+        mut timer_count[N: StateKey](state: StateId) -> Result<u64>;
+        mut timer_pop_due[N: StateKey](state: StateId, time: u64) -> Result<Option<Timer<K, N>>>;
     }
 
     // A lifetime in the signature: written out.
@@ -142,6 +148,9 @@ impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
         mut aggregating_state[N: StateKey, IN, ACC: StateValue, OUT](
             descriptor: &AggregatingStateDescriptor<N, IN, ACC, OUT>
         ) -> Result<AggregatingState<N, IN, ACC, OUT>>;
+        mut timer_service[N: StateKey](
+            descriptor: &TimerServiceDescriptor<N>
+        ) -> Result<TimerService<N>>;
         ref keys[N: StateKey](state: StateId, ns: &N) -> Result<Vec<K>>;
         ref keys_and_namespaces[N: StateKey](state: StateId) -> Result<Vec<(K, N)>>;
         mut drop_state(name: &str) -> Result<bool>;

@@ -4,20 +4,21 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::heap::bulk;
 use crate::heap::config::HeapConfig;
+use crate::heap::cursor::{KeyCursor, access_error};
 use crate::heap::snapshot::SnapshotJob;
 use crate::heap::states::StateTables;
 use crate::heap::table::{
     CurrentKey, ListCell, MapCell, StateTable, ValueSerde, entry_hash, list_serde, map_serde,
     value_serde,
 };
+use crate::heap::timers::TimerTable;
+use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
-use crate::key_group::{KeyGroupRange, locate_hash};
 use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
-use crate::keyed::checks::{check_route, no_current_key, wrong_state};
 use crate::keyed::descriptor::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,
@@ -26,12 +27,16 @@ use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use crate::keyed::timers::{
+    TimeDomain, Timer, TimerService, TimerServiceDescriptor, check_state_name, timer_state_meta,
+};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
 
 type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);
 type TableMut<'a, K, N, S> = (&'a mut StateTable<K, N, S>, &'a CurrentKey<K>);
+type TimersMut<'a, K, N> = (&'a mut TimerTable<K, N>, &'a CurrentKey<K>);
 
 /// Keyed state kept in memory in copy-on-write maps, snapshotted as full keyed snapshot files.
 pub struct HeapKeyedStateBackend<K> {
@@ -41,8 +46,8 @@ pub struct HeapKeyedStateBackend<K> {
     backend_id: Option<String>,
     /// Every state, by id and name.
     states: StateTables<K>,
-    current: Option<CurrentKey<K>>,
-    key_buf: Vec<u8>,
+    /// The current key, located.
+    current: KeyCursor<K>,
     /// Ids snapshotted, unconfirmed and confirmed.
     ledger: SnapshotLedger,
 }
@@ -60,8 +65,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             config,
             backend_id: None,
             states: StateTables::new(),
-            current: None,
-            key_buf: Vec::with_capacity(64),
+            current: KeyCursor::new(),
             ledger: SnapshotLedger::default(),
         })
     }
@@ -83,23 +87,6 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         backend.states = states;
         backend.ledger = SnapshotLedger::restored(restored_from);
         Ok(backend)
-    }
-
-    /// Makes `key`, of stable hash `hash`, the current key.
-    #[inline]
-    pub(crate) fn set_located(&mut self, key: K, hash: u64) -> Result<()> {
-        let at = locate_hash(
-            hash,
-            self.identity.max_parallelism(),
-            self.identity.key_groups(),
-        )?;
-        self.current = Some(CurrentKey {
-            key,
-            key_hash: at.hash,
-            key_group: at.key_group,
-            kg_index: at.index,
-        });
-        Ok(())
     }
 
     /// The settings this backend runs with.
@@ -138,6 +125,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         meta: StateMeta,
         serde: ValueSerde<S>,
     ) -> Result<StateId> {
+        check_state_name(&meta)?;
         let groups = self.identity.key_groups().len() as usize;
         self.states
             .register::<N, S>(meta, serde, groups, self.config.restore_threads)
@@ -152,11 +140,11 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
         self.ledger.begin(checkpoint_id, of)?;
-        let (states, frozen) = self.states.freeze();
         let identity = &self.identity;
         let backend_id = self.backend_id.get_or_insert_with(|| {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         });
+        let (states, frozen) = self.states.freeze();
         let job = SnapshotJob {
             checkpoint_id,
             states,
@@ -166,12 +154,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             backend_id: backend_id.clone(),
             savepoint: of == SnapshotOf::Savepoint,
         };
-        let sync_duration = start.elapsed();
-        Ok(PendingSnapshot::new(
-            checkpoint_id,
-            sync_duration,
-            job.run(storage.clone(), sync_duration),
-        ))
+        Ok(job.start(storage, start))
     }
 
     /// The typed table of `id`, without needing a current key.
@@ -180,38 +163,30 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         self.states.typed(id).ok_or_else(|| access_error(true, id))
     }
 
+    /// The typed table of `id` and the current key.
     #[inline]
-    pub(crate) fn table<N: StateKey, S: 'static>(
-        &self,
-        id: StateId,
-    ) -> Result<TableRef<'_, K, N, S>> {
-        match (self.states.typed(id), self.current.as_ref()) {
-            (Some(table), Some(current)) => Ok((table, current)),
-            _ => Err(access_error(self.current.is_some(), id)),
-        }
+    fn table<N: StateKey, S: 'static>(&self, id: StateId) -> Result<TableRef<'_, K, N, S>> {
+        self.current.with(self.states.typed(id), id)
     }
 
+    /// The typed table of `id`, to write, and the current key.
     #[inline]
-    pub(crate) fn table_mut<N: StateKey, S: 'static>(
-        &mut self,
-        id: StateId,
-    ) -> Result<TableMut<'_, K, N, S>> {
-        match (self.states.typed_mut(id), self.current.as_ref()) {
-            (Some(table), Some(current)) => Ok((table, current)),
-            _ => Err(access_error(self.current.is_some(), id)),
-        }
+    fn table_mut<N: StateKey, S: 'static>(&mut self, id: StateId) -> Result<TableMut<'_, K, N, S>> {
+        self.current.with(self.states.typed_mut(id), id)
     }
-}
 
-/// The error of a state access without a current key or with a state handle of other types; out of line,
-/// so the per-record path stays short.
-#[cold]
-#[inline(never)]
-pub(crate) fn access_error(has_current_key: bool, id: StateId) -> Error {
-    if has_current_key {
-        wrong_state(id)
-    } else {
-        no_current_key()
+    /// The timers of `id` and the current key.
+    #[inline]
+    fn timers_at_key<N: StateKey>(&mut self, id: StateId) -> Result<TimersMut<'_, K, N>> {
+        self.current.with(self.states.timers_mut(id), id)
+    }
+
+    /// The timers of `id`, without needing a current key.
+    #[inline]
+    fn timers<N: StateKey>(&mut self, id: StateId) -> Result<&mut TimerTable<K, N>> {
+        self.states
+            .timers_mut(id)
+            .ok_or_else(|| access_error(true, id))
     }
 }
 
@@ -443,6 +418,45 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         let table = table.ok_or_else(|| access_error(true, state))?;
         bulk::value_modify_batch(table, &self.identity, ns, keys, f)
     }
+
+    #[inline]
+    fn timer_register<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
+        let (t, c) = self.timers_at_key::<N>(state)?;
+        t.register(c.kg_index, c.key_hash, &c.key, ns, ts);
+        Ok(())
+    }
+
+    fn timer_delete<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
+        let (t, c) = self.timers_at_key::<N>(state)?;
+        t.delete(c.kg_index, c.key_hash, &c.key, ns, ts);
+        Ok(())
+    }
+
+    fn timer_next<N: StateKey>(&mut self, state: StateId) -> Result<Option<u64>> {
+        Ok(self.timers::<N>(state)?.next())
+    }
+
+    fn timer_count<N: StateKey>(&mut self, state: StateId) -> Result<u64> {
+        Ok(self.timers::<N>(state)?.len() as u64)
+    }
+
+    #[inline]
+    fn timer_pop_due<N: StateKey>(
+        &mut self,
+        state: StateId,
+        time: u64,
+    ) -> Result<Option<Timer<K, N>>> {
+        let Some(p) = self.timers::<N>(state)?.pop_due(time) else {
+            return Ok(None);
+        };
+        self.current
+            .set_known(p.key.clone(), p.key_hash, p.kg_index, &self.identity);
+        Ok(Some(Timer {
+            key: p.key,
+            namespace: p.namespace,
+            timestamp: p.timestamp,
+        }))
+    }
 }
 
 impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
@@ -456,27 +470,20 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        let hash = key.stable_hash(&mut self.key_buf);
-        self.set_located(key, hash)
+        self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        check_route(&route, self.identity.max_parallelism())?;
-        debug_assert_eq!(
-            route.hash(),
-            key.stable_hash(&mut self.key_buf),
-            "the route is not the key's"
-        );
-        self.set_located(key, route.hash())
+        self.current.set_routed(key, route, &self.identity)
     }
 
     fn current_key(&self) -> Option<&K> {
-        self.current.as_ref().map(|c| &c.key)
+        self.current.get().map(|c| &c.key)
     }
 
     fn current_key_group(&self) -> Option<u32> {
-        self.current.as_ref().map(|c| c.key_group)
+        self.current.get().map(|c| c.key_group)
     }
 
     fn value_state<N: StateKey, V: StateValue>(
@@ -526,6 +533,21 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
         let id = self.register::<N, ACC>(meta, value_serde())?;
         Ok(AggregatingState::new(id, d.function.clone()))
+    }
+
+    fn timer_service<N: StateKey>(
+        &mut self,
+        d: &TimerServiceDescriptor<N>,
+    ) -> Result<TimerService<N>> {
+        let groups = self.identity.key_groups().len() as usize;
+        let mut id = |domain| {
+            let meta = timer_state_meta::<K, N>(&d.name, domain);
+            self.states.register_timers::<N>(meta, groups)
+        };
+        Ok(TimerService::new(
+            id(TimeDomain::EventTime)?,
+            id(TimeDomain::ProcessingTime)?,
+        ))
     }
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {

@@ -4,12 +4,14 @@ pub(crate) mod backend;
 mod bulk;
 pub(crate) mod config;
 pub(crate) mod cow_map;
+mod cursor;
 mod decode;
 mod prefetch;
 mod restore;
 mod snapshot;
 mod states;
 pub(crate) mod table;
+mod timers;
 
 pub use backend::HeapKeyedStateBackend;
 pub use config::HeapConfig;

@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
 use crate::heap::config::HeapConfig;
 use crate::heap::table::FrozenTable;
+use crate::keyed::backend::PendingSnapshot;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::layout::{checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
@@ -50,7 +51,18 @@ pub(crate) fn snapshot_file_name(
 }
 
 impl SnapshotJob {
-    pub(crate) async fn run(
+    /// The snapshot whose synchronous phase began at `started` and froze `self`: its asynchronous phase
+    /// writes to `storage`.
+    pub(crate) fn start(self, storage: &CheckpointStorage, started: Instant) -> PendingSnapshot {
+        let sync_duration = started.elapsed();
+        PendingSnapshot::new(
+            self.checkpoint_id,
+            sync_duration,
+            self.run(storage.clone(), sync_duration),
+        )
+    }
+
+    async fn run(
         self,
         storage: CheckpointStorage,
         sync_duration: Duration,

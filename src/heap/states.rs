@@ -11,6 +11,7 @@ use crate::heap::decode::decode_raw;
 use crate::heap::table::{
     DroppedTable, ErasedTable, FrozenTable, RawTable, StateTable, ValueSerde,
 };
+use crate::heap::timers::TimerTable;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::checks::wrong_state;
 use crate::snapshot::state_meta::StateMeta;
@@ -85,6 +86,48 @@ impl<K: StateKey> StateTables<K> {
         decode_raw(raw, &mut table, migration.as_ref(), restore_threads)?;
         self.tables[id.0 as usize] = Box::new(table);
         Ok(id)
+    }
+
+    /// The id of the timers `meta` describes (kind [`crate::snapshot::StateKind::Timers`]), with `groups`
+    /// key groups: new, already registered, or restored and decoded now.
+    ///
+    /// # Errors
+    /// [`Error::IncompatibleSchema`] or [`Error::InvalidArgument`] if a state of that name has another
+    /// kind, codecs or Rust types; decode errors of restored timers.
+    pub(crate) fn register_timers<N: StateKey>(
+        &mut self,
+        meta: StateMeta,
+        groups: usize,
+    ) -> Result<StateId> {
+        let Some(&id) = self.by_name.get(&meta.name) else {
+            let id = StateId(self.tables.len() as u32);
+            self.by_name.insert(meta.name.clone(), id);
+            self.tables
+                .push(Box::new(TimerTable::<K, N>::new(meta, groups)));
+            return Ok(id);
+        };
+        let existing = &self.tables[id.0 as usize];
+        meta.check_compatible(existing.meta())?;
+        if (existing.as_ref() as &dyn Any).is::<TimerTable<K, N>>() {
+            return Ok(id);
+        }
+        let Some(raw) = (existing.as_ref() as &dyn Any).downcast_ref::<RawTable>() else {
+            return Err(Error::InvalidArgument(format!(
+                "timers `{}` are registered with other Rust types",
+                meta.name
+            )));
+        };
+        let table = TimerTable::<K, N>::restored(meta, groups, raw)?;
+        self.tables[id.0 as usize] = Box::new(table);
+        Ok(id)
+    }
+
+    /// The timers of `id` if they hold these types.
+    #[inline]
+    pub(crate) fn timers_mut<N: StateKey>(&mut self, id: StateId) -> Option<&mut TimerTable<K, N>> {
+        self.tables
+            .get_mut(id.0 as usize)
+            .and_then(|t| (t.as_mut() as &mut dyn Any).downcast_mut())
     }
 
     /// The table of `id` if it holds these types.

@@ -15,6 +15,7 @@ use crate::keyed::descriptor::{
 };
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
 use crate::snapshot::result::{SavepointFormat, SnapshotResult};
 use crate::storage::CheckpointStorage;
 
@@ -139,6 +140,17 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> {
         &mut self,
         descriptor: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
     ) -> Result<AggregatingState<N, IN, ACC, OUT>>;
+
+    /// Registers (or looks up) a timer service (as Flink's `getInternalTimerService`): its event-time and
+    /// processing-time timers are keyed state of this backend, in its snapshots and restores.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state`] (a restored service with another key or namespace codec is
+    /// [`Error::IncompatibleSchema`](crate::Error::IncompatibleSchema)).
+    fn timer_service<N: StateKey>(
+        &mut self,
+        descriptor: &TimerServiceDescriptor<N>,
+    ) -> Result<TimerService<N>>;
 
     /// Keys that have state `state` in namespace `ns` (as Flink's `getKeys`), in no particular order.
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>>;
@@ -390,5 +402,31 @@ pub(crate) mod sealed {
             keys: &[K],
             f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
         ) -> Result<()>;
+
+        /// Timer primitive: adds the current key's timer `(ns, timestamp)` to the timers `state` (a set).
+        fn timer_register<N: StateKey>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            timestamp: u64,
+        ) -> Result<()>;
+        /// Timer primitive: removes the current key's timer `(ns, timestamp)`, if present.
+        fn timer_delete<N: StateKey>(
+            &mut self,
+            state: StateId,
+            ns: &N,
+            timestamp: u64,
+        ) -> Result<()>;
+        /// Timer primitive: the earliest timestamp of `state`'s timers.
+        fn timer_next<N: StateKey>(&mut self, state: StateId) -> Result<Option<u64>>;
+        /// Timer primitive: how many timers `state` holds.
+        fn timer_count<N: StateKey>(&mut self, state: StateId) -> Result<u64>;
+        /// Timer primitive: removes the earliest timer with a timestamp up to `time` and makes its key
+        /// the current key; `None` if there is none.
+        fn timer_pop_due<N: StateKey>(
+            &mut self,
+            state: StateId,
+            time: u64,
+        ) -> Result<Option<Timer<K, N>>>;
     }
 }

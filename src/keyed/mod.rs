@@ -8,6 +8,7 @@ pub(crate) mod ledger;
 pub(crate) mod map_iter;
 pub(crate) mod state;
 pub(crate) mod state_ops;
+pub(crate) mod timers;
 
 pub use backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 pub use descriptor::{
@@ -17,3 +18,4 @@ pub use descriptor::{
 pub use identity::SubtaskIdentity;
 pub use map_iter::MapEntries;
 pub use state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+pub use timers::{Fired, TimeDomain, Timer, TimerService, TimerServiceDescriptor};

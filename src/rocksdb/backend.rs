@@ -16,6 +16,9 @@ use crate::keyed::descriptor::{
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use crate::keyed::timers::{
+    TimeDomain, Timer, TimerService, TimerServiceDescriptor, check_state_name, timer_state_meta,
+};
 use crate::rocksdb::bulk;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::current::CurrentKeyPrefix;
@@ -25,7 +28,8 @@ use crate::rocksdb::migrate::MigrationFor;
 use crate::rocksdb::rows::delete_prefix;
 use crate::rocksdb::snapshot::upload::SnapshotTarget;
 use crate::rocksdb::snapshot::{Checkpoints, SnapshotSource};
-use crate::rocksdb::states::{LsmStates, broken_state};
+use crate::rocksdb::states::LsmStates;
+use crate::rocksdb::timers::TimerQueues;
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
@@ -45,6 +49,8 @@ pub struct RocksDbKeyedStateBackend<K> {
     pub(super) current: CurrentKeyPrefix<K>,
     /// Snapshot ids, uploads in flight and the diff base.
     pub(super) checkpoints: Checkpoints,
+    /// The cached heads of the timer queues.
+    pub(super) timers: TimerQueues,
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
@@ -70,6 +76,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     ) -> Result<Self> {
         let db = Db::open(&config, instance)?;
         let states = LsmStates::load(&db)?;
+        let timers = TimerQueues::new(&identity);
         Ok(RocksDbKeyedStateBackend {
             identity,
             config,
@@ -78,6 +85,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             states,
             current: CurrentKeyPrefix::new(),
             checkpoints: Checkpoints::default(),
+            timers,
         })
     }
 
@@ -139,20 +147,12 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         storage: &CheckpointStorage,
         target: SnapshotTarget,
     ) -> Result<PendingSnapshot> {
-        if let Some(broken) = self.states.broken() {
-            return Err(broken_state(&broken.meta.name));
-        }
-        self.checkpoints.begin(checkpoint_id, target)?;
-        let identity = &self.identity;
-        let backend_id = self.backend_id.get_or_insert_with(|| {
-            storage.new_backend_id(identity.operator_id(), identity.subtask_index())
-        });
         let source = SnapshotSource {
             db: &self.db,
             states: &self.states,
             identity: &self.identity,
             config: &self.config,
-            backend_id: backend_id.clone(),
+            backend_id: &mut self.backend_id,
         };
         self.checkpoints
             .sync_phase(source, checkpoint_id, storage, target)
@@ -164,10 +164,12 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         self.states.cf(&self.db, id)
     }
 
-    /// Row key of the current key in `ns` (plus `user_key` bytes for map rows) in the scratch buffer.
+    /// Row key of the current key in `ns`, in a new buffer (map rows append the user key).
     #[inline]
-    fn row_key<N: StateKey>(&self, ns: &N, scratch: &mut Vec<u8>) -> Result<()> {
-        self.current.row_key(ns, scratch)
+    fn new_row_key<N: StateKey>(&self, ns: &N) -> Result<Vec<u8>> {
+        let mut key = Vec::with_capacity(64);
+        self.current.row_key(ns, &mut key)?;
+        Ok(key)
     }
 
     #[inline]
@@ -186,6 +188,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     }
 
     fn register(&mut self, meta: StateMeta, migration: MigrationFor) -> Result<StateId> {
+        check_state_name(&meta)?;
         self.states.register(&mut self.db, meta, migration)
     }
 
@@ -214,8 +217,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
 impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
     #[inline]
     fn value_get<N: StateKey, V: StateValue>(&self, state: StateId, ns: &N) -> Result<Option<V>> {
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let key = self.new_row_key(ns)?;
         match self.get_raw(state, &key)? {
             Some(bytes) => V::decode(&bytes).map(Some),
             None => Ok(None),
@@ -230,7 +232,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         value: V,
     ) -> Result<()> {
         let mut key = self.current.take_buffer();
-        self.row_key(ns, &mut key)?;
+        self.current.row_key(ns, &mut key)?;
         let at = key.len();
         value.encode(&mut key);
         let result = self.put_raw(state, &key[..at], &key[at..]);
@@ -245,7 +247,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         f: &mut dyn FnMut(Option<&V>) -> Option<V>,
     ) -> Result<()> {
         let mut key = self.current.take_buffer();
-        self.row_key(ns, &mut key)?;
+        self.current.row_key(ns, &mut key)?;
         let old = match self.get_raw(state, &key)? {
             Some(bytes) => Some(V::decode(&bytes)?),
             None => None,
@@ -264,8 +266,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
     }
 
     fn value_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let key = self.new_row_key(ns)?;
         self.delete_raw(state, &key)
     }
 
@@ -274,8 +275,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         state: StateId,
         ns: &N,
     ) -> Result<Option<Vec<V>>> {
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let key = self.new_row_key(ns)?;
         let Some(bytes) = self.get_raw(state, &key)? else {
             return Ok(None);
         };
@@ -295,8 +295,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         if values.is_empty() {
             return Ok(());
         }
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let key = self.new_row_key(ns)?;
         self.db.merge(self.cf(state)?, &key, &encode_list(&values))
     }
 
@@ -306,8 +305,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         values: Vec<V>,
     ) -> Result<()> {
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let key = self.new_row_key(ns)?;
         if values.is_empty() {
             return self.delete_raw(state, &key);
         }
@@ -315,8 +313,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
     }
 
     fn list_clear<N: StateKey, V: StateValue>(&mut self, state: StateId, ns: &N) -> Result<()> {
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let key = self.new_row_key(ns)?;
         self.delete_raw(state, &key)
     }
 
@@ -326,8 +323,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         uk: &UK,
     ) -> Result<Option<V>> {
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let mut key = self.new_row_key(ns)?;
         uk.encode(&mut key);
         match self.get_raw(state, &key)? {
             Some(bytes) => V::decode(&bytes).map(Some),
@@ -342,8 +338,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         uk: UK,
         value: V,
     ) -> Result<()> {
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let mut key = self.new_row_key(ns)?;
         uk.encode(&mut key);
         let mut bytes = Vec::new();
         value.encode(&mut bytes);
@@ -356,8 +351,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         uk: &UK,
     ) -> Result<()> {
-        let mut key = Vec::with_capacity(64);
-        self.row_key(ns, &mut key)?;
+        let mut key = self.new_row_key(ns)?;
         uk.encode(&mut key);
         self.delete_raw(state, &key)
     }
@@ -367,8 +361,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         state: StateId,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, V>> {
-        let mut prefix = Vec::with_capacity(64);
-        self.row_key(ns, &mut prefix)?;
+        let prefix = self.new_row_key(ns)?;
         Ok(bulk::map_iter(&self.db, self.cf(state)?, prefix))
     }
 
@@ -377,8 +370,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         state: StateId,
         ns: &N,
     ) -> Result<bool> {
-        let mut prefix = Vec::with_capacity(64);
-        self.row_key(ns, &mut prefix)?;
+        let prefix = self.new_row_key(ns)?;
         bulk::map_is_empty(&self.db, self.cf(state)?, &prefix)
     }
 
@@ -388,8 +380,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         entries: Vec<(UK, V)>,
     ) -> Result<()> {
-        let mut prefix = Vec::with_capacity(64);
-        self.row_key(ns, &mut prefix)?;
+        let prefix = self.new_row_key(ns)?;
         bulk::map_put_all(&self.db, self.cf(state)?, &prefix, entries)
     }
 
@@ -399,8 +390,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         ns: &N,
         keep: &mut dyn FnMut(&UK, &V) -> bool,
     ) -> Result<()> {
-        let mut prefix = Vec::with_capacity(64);
-        self.row_key(ns, &mut prefix)?;
+        let prefix = self.new_row_key(ns)?;
         bulk::map_retain(&self.db, self.cf(state)?, &prefix, keep)
     }
 
@@ -409,8 +399,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         state: StateId,
         ns: &N,
     ) -> Result<()> {
-        let mut prefix = Vec::with_capacity(64);
-        self.row_key(ns, &mut prefix)?;
+        let prefix = self.new_row_key(ns)?;
         delete_prefix(&self.db, self.cf(state)?, &prefix)
     }
 
@@ -442,6 +431,36 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
     ) -> Result<()> {
         bulk::value_modify_batch(&self.db, self.cf(state)?, &self.identity, ns, keys, f)
+    }
+
+    fn timer_register<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
+        let cf = self.states.timer_cf(&self.db, state)?;
+        let current = &mut self.current;
+        (self.timers).write(&self.db, cf, state, current, ns, ts, true)
+    }
+
+    fn timer_delete<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
+        let cf = self.states.timer_cf(&self.db, state)?;
+        let current = &mut self.current;
+        (self.timers).write(&self.db, cf, state, current, ns, ts, false)
+    }
+
+    fn timer_next<N: StateKey>(&mut self, state: StateId) -> Result<Option<u64>> {
+        let cf = self.states.timer_cf(&self.db, state)?;
+        self.timers.next(&self.db, cf, state)
+    }
+
+    fn timer_count<N: StateKey>(&mut self, state: StateId) -> Result<u64> {
+        TimerQueues::count(&self.db, self.states.timer_cf(&self.db, state)?)
+    }
+
+    fn timer_pop_due<N: StateKey>(
+        &mut self,
+        id: StateId,
+        time: u64,
+    ) -> Result<Option<Timer<K, N>>> {
+        let cf = self.states.timer_cf(&self.db, id)?;
+        (self.timers).pop_due(&self.db, cf, id, time, &mut self.current)
     }
 }
 
@@ -519,6 +538,18 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         ))
     }
 
+    fn timer_service<N: StateKey>(
+        &mut self,
+        d: &TimerServiceDescriptor<N>,
+    ) -> Result<TimerService<N>> {
+        let [event, processing] = [TimeDomain::EventTime, TimeDomain::ProcessingTime]
+            .map(|domain| timer_state_meta::<K, N>(&d.name, domain));
+        let (event, processing) = self
+            .states
+            .register_timers(&mut self.db, event, processing)?;
+        Ok(TimerService::new(event, processing))
+    }
+
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
         self.states.check_namespace::<N>(state)?;
         bulk::keys(&self.db, self.cf(state)?, &self.identity, ns)
@@ -530,6 +561,9 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
     }
 
     fn drop_state(&mut self, name: &str) -> Result<bool> {
+        if let Some(id) = self.states.find(name) {
+            self.timers.forget(id);
+        }
         self.states.drop_state(&mut self.db, name)
     }
 
@@ -547,11 +581,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         storage: &CheckpointStorage,
         format: SavepointFormat,
     ) -> Result<PendingSnapshot> {
-        let target = match format {
-            SavepointFormat::Canonical => SnapshotTarget::CanonicalSavepoint,
-            SavepointFormat::Native => SnapshotTarget::Savepoint,
-        };
-        self.snapshot_to(savepoint_id, storage, target)
+        self.snapshot_to(savepoint_id, storage, SnapshotTarget::savepoint(format))
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {

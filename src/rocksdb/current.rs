@@ -3,7 +3,7 @@
 //! with the buffers reused from key to key so that setting a key allocates nothing.
 
 use crate::error::Result;
-use crate::format::lsm_rows::{key_prefix, push_namespace};
+use crate::format::lsm_rows::{key_prefix, push_namespace, push_timer_row};
 use crate::key_group::router::KeyRoute;
 use crate::key_group::{locate_hash, locate_key, stable_key_hash};
 use crate::keyed::backend::StateKey;
@@ -101,6 +101,43 @@ impl<K: StateKey> CurrentKeyPrefix<K> {
         out.extend_from_slice(&self.prefix);
         push_namespace(out, |o| ns.encode(o));
         Ok(())
+    }
+
+    /// The timer row key of the current key in `ns` at `timestamp` in `out` (`docs/formats.md`, timer
+    /// rows).
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
+    #[inline]
+    pub(crate) fn timer_row<N: StateKey>(
+        &self,
+        ns: &N,
+        timestamp: u64,
+        max_parallelism: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        if self.key.is_none() {
+            return Err(no_current_key());
+        }
+        out.clear();
+        push_timer_row(&self.prefix, max_parallelism, timestamp, out, |o| {
+            ns.encode(o)
+        });
+        Ok(())
+    }
+
+    /// Makes `key`, whose encoding is `key_bytes` and key group `key_group` (a fired timer's row), the
+    /// current key without hashing it again.
+    pub(crate) fn set_encoded(
+        &mut self,
+        key: K,
+        key_bytes: &[u8],
+        key_group: u32,
+        max_parallelism: u32,
+    ) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(key_bytes);
+        self.located(key, key_group, max_parallelism);
     }
 
     /// A row buffer to build a row key and value in without allocating; give it back with

@@ -161,6 +161,14 @@ impl Db {
         self.db.raw_iterator_cf(cf)
     }
 
+    /// A raw iterator over the rows of `cf` below `upper` (exclusive): RocksDB stops there instead of
+    /// stepping over the rows and tombstones beyond (`iterate_upper_bound`).
+    pub(crate) fn iter_below(&self, cf: &ColumnFamily, upper: &[u8]) -> DBRawIterator<'_> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(upper.to_vec());
+        self.db.raw_iterator_cf_opt(cf, read)
+    }
+
     /// The values of every state's meta row, in name order.
     ///
     /// # Errors

@@ -27,6 +27,8 @@ mod rows;
 mod snapshot;
 #[cfg(feature = "rocksdb")]
 mod states;
+#[cfg(feature = "rocksdb")]
+mod timers;
 
 #[cfg(feature = "rocksdb")]
 pub use backend::RocksDbKeyedStateBackend;

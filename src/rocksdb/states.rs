@@ -13,7 +13,7 @@ use crate::format::lsm_rows::{cf_name, decode_meta, meta_key};
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::checks::wrong_state;
 use crate::rocksdb::db::Db;
-use crate::snapshot::state_meta::StateMeta;
+use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// One state of the backend.
 pub(crate) struct LsmState {
@@ -111,6 +111,33 @@ impl LsmStates {
             return Err(broken_state(&state.meta.name));
         }
         db.cf(&state.cf).ok_or_else(|| wrong_state(id))
+    }
+
+    /// Registers (or finds) the event-time and processing-time timers of a timer service, described by
+    /// `event` and `processing` (kind [`StateKind::Timers`]).
+    ///
+    /// # Errors
+    /// As [`LsmStates::register`] (a timestamp's encoding never changes: nothing migrates).
+    pub(crate) fn register_timers(
+        &mut self,
+        db: &mut Db,
+        event: StateMeta,
+        processing: StateMeta,
+    ) -> Result<(StateId, StateId)> {
+        let event = self.register(db, event, |_, _| Ok(None))?;
+        Ok((event, self.register(db, processing, |_, _| Ok(None))?))
+    }
+
+    /// The column family of the timers `id` in `db`.
+    ///
+    /// # Errors
+    /// As [`LsmStates::cf`]; [`Error::InvalidArgument`] if `id` is a state of another kind.
+    #[inline]
+    pub(crate) fn timer_cf<'d>(&self, db: &'d Db, id: StateId) -> Result<&'d ColumnFamily> {
+        match self.get(id) {
+            Some(state) if state.meta.kind == StateKind::Timers => self.cf(db, id),
+            _ => Err(wrong_state(id)),
+        }
     }
 
     /// A state a failed migration broke, if any (no snapshot may be taken then).

@@ -11,6 +11,7 @@ fn kind_name(kind: StateKind) -> &'static str {
         StateKind::Map => "Map",
         StateKind::Reducing => "Reducing",
         StateKind::Aggregating => "Aggregating",
+        StateKind::Timers => "Timers",
     }
 }
 
@@ -27,6 +28,9 @@ pub enum StateKind {
     Reducing,
     /// An accumulator folded by an aggregate function.
     Aggregating,
+    /// The timers of one timer service in one time domain (`docs/timers.md`): a set of `(key, namespace,
+    /// timestamp)`; a snapshot record per timer, its value the timestamp in ms as 8 bytes big-endian.
+    Timers,
 }
 
 impl StateKind {
@@ -38,6 +42,7 @@ impl StateKind {
             StateKind::Map => 2,
             StateKind::Reducing => 3,
             StateKind::Aggregating => 4,
+            StateKind::Timers => 5,
         }
     }
 
@@ -49,6 +54,7 @@ impl StateKind {
             2 => StateKind::Map,
             3 => StateKind::Reducing,
             4 => StateKind::Aggregating,
+            5 => StateKind::Timers,
             _ => return None,
         })
     }

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod model;
+mod timers;
 
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;
@@ -276,6 +277,14 @@ macro_rules! conformance {
             #[test]
             fn routed_keys() {
                 routed_keys_land_where_hashed_keys_do(&mut $make);
+            }
+            #[test]
+            fn timers() {
+                timers::timer_semantics(&mut $make);
+            }
+            #[test]
+            fn many_timers() {
+                timers::many_timers_fire_in_order(&mut $make);
             }
         }
     };

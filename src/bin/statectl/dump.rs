@@ -33,6 +33,11 @@ fn value_text(meta: &StateMeta, value: &[u8]) -> Option<String> {
         StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
             Some(text(&meta.value_codec, value))
         }
+        // A timer's value is its timestamp (ms), 8 bytes big-endian.
+        StateKind::Timers => {
+            let ts: [u8; 8] = value.try_into().ok()?;
+            Some(format!("timer at {}", u64::from_be_bytes(ts)))
+        }
         StateKind::List => {
             let mut at = 0;
             let n = u32_at(value, &mut at)?;

@@ -30,6 +30,7 @@ fn state_kind(k: StateKind) -> &'static str {
         StateKind::Map => "map",
         StateKind::Reducing => "reducing",
         StateKind::Aggregating => "aggregating",
+        StateKind::Timers => "timers",
     }
 }
 

@@ -77,6 +77,24 @@ pub(crate) fn import_canonical(
                     push_row_prefix(o, *key_group, max_parallelism, r.key, r.namespace)
                 };
                 match kind {
+                    StateKind::Timers => {
+                        let ts: [u8; 8] = r.value.try_into().map_err(|_| {
+                            Error::corrupt(
+                                &file.path,
+                                format!("a timer with a {}-byte timestamp", r.value.len()),
+                            )
+                        })?;
+                        out.push(
+                            |o| {
+                                push_key_group(*key_group, max_parallelism, o);
+                                o.extend_from_slice(&ts);
+                                push_varint(r.key.len() as u32, o);
+                                o.extend_from_slice(r.key);
+                                o.extend_from_slice(r.namespace);
+                            },
+                            |_| {},
+                        );
+                    }
                     StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
                         out.push(prefix, |o| o.extend_from_slice(r.value));
                     }

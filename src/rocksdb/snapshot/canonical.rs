@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 use crate::format::keyed_file::{DEFAULT_FRAME_BYTES, DEFAULT_ZSTD_LEVEL};
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
-use crate::format::lsm_rows::{cf_name, key_group_prefix, split_list, split_row_key};
+use crate::format::lsm_rows::{
+    cf_name, key_group_prefix, split_list, split_row_key, split_timer_row,
+};
 use crate::keyed::identity::SubtaskIdentity;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
@@ -117,9 +119,22 @@ impl CanonicalExport {
                     if row >= end.as_slice() {
                         break;
                     }
+                    if meta.kind == StateKind::Timers {
+                        let timer = split_timer_row(row, max_parallelism)
+                            .map_err(|e| Error::corrupt(&path, e.to_string()))?;
+                        writer.add_record(
+                            state,
+                            |o| o.extend_from_slice(timer.key),
+                            |o| o.extend_from_slice(timer.namespace),
+                            |o| o.extend_from_slice(&timer.timestamp.to_be_bytes()),
+                        )?;
+                        it.next();
+                        continue;
+                    }
                     let parts = split_row_key(row, max_parallelism)
                         .map_err(|e| Error::corrupt(&path, e.to_string()))?;
                     match meta.kind {
+                        StateKind::Timers => unreachable!("timer rows are written above"),
                         StateKind::Map => {
                             let same = map_of
                                 .as_ref()

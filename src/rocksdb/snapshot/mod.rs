@@ -19,7 +19,7 @@ use crate::rocksdb::snapshot::canonical::CanonicalExport;
 use crate::rocksdb::snapshot::upload::{
     DiffBase, PendingUpload, PendingUploads, SnapshotTarget, UploadGuard, UploadJob,
 };
-use crate::rocksdb::states::LsmStates;
+use crate::rocksdb::states::{LsmStates, broken_state};
 use crate::storage::CheckpointStorage;
 
 /// Aborted checkpoints in a row that reused the diff base after which the backend rebases.
@@ -34,7 +34,8 @@ pub(crate) struct SnapshotSource<'a> {
     pub(crate) states: &'a LsmStates,
     pub(crate) identity: &'a SubtaskIdentity,
     pub(crate) config: &'a RocksDbConfig,
-    pub(crate) backend_id: String,
+    /// The backend's identity in storage, drawn from `storage` at its first snapshot.
+    pub(crate) backend_id: &'a mut Option<String>,
 }
 
 /// The backend's checkpoint bookkeeping, as a component that owns it: the snapshot ledger, the uploads in
@@ -74,7 +75,7 @@ impl Checkpoints {
     ///
     /// # Errors
     /// [`Error::IllegalState`] if the id does not exceed every id snapshotted or restored from.
-    pub(crate) fn begin(&mut self, checkpoint_id: u64, target: SnapshotTarget) -> Result<()> {
+    fn begin(&mut self, checkpoint_id: u64, target: SnapshotTarget) -> Result<()> {
         let of = match target {
             SnapshotTarget::Checkpoint => SnapshotOf::Checkpoint,
             SnapshotTarget::Savepoint | SnapshotTarget::CanonicalSavepoint => SnapshotOf::Savepoint,
@@ -103,6 +104,15 @@ impl Checkpoints {
             config,
             backend_id,
         } = source;
+        if let Some(broken) = states.broken() {
+            return Err(broken_state(&broken.meta.name));
+        }
+        self.begin(checkpoint_id, target)?;
+        let backend_id = backend_id
+            .get_or_insert_with(|| {
+                storage.new_backend_id(identity.operator_id(), identity.subtask_index())
+            })
+            .clone();
         let local = db.instance().checkpoint(checkpoint_id);
         remove_dir_if_exists(&local)?;
         if let Some(parent) = local.parent() {

@@ -14,6 +14,7 @@ use crate::key_group::KeyGroupRange;
 use crate::rocksdb::instance::remove_dir_if_exists;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFile};
 use crate::snapshot::layout::{SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
+use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::result::{SnapshotMetrics, SnapshotResult};
 use crate::storage::CheckpointStorage;
 use crate::storage::transfer::upload_file;
@@ -56,6 +57,16 @@ pub(crate) enum SnapshotTarget {
     /// A canonical savepoint: the rows re-encoded as one keyed snapshot file (`rocksdb/snapshot/canonical.rs`), never a
     /// base.
     CanonicalSavepoint,
+}
+
+impl SnapshotTarget {
+    /// The target of a savepoint in `format`.
+    pub(crate) fn savepoint(format: SavepointFormat) -> Self {
+        match format {
+            SavepointFormat::Canonical => SnapshotTarget::CanonicalSavepoint,
+            SavepointFormat::Native => SnapshotTarget::Savepoint,
+        }
+    }
 }
 
 /// Everything the asynchronous phase needs; owns no reference to the DB.

@@ -1,0 +1,314 @@
+//! The RocksDB backend's timer queues (`docs/timers.md`): the timers of a service and time domain are the
+//! rows of its column family (`[key group][timestamp BE][key len][key][namespace]`, empty values), and
+//! this component keeps, per owned key group, a cache of its earliest rows, as Flink's
+//! `RocksDBCachingPriorityQueueSet` does, plus an ordered index of the key groups' earliest timestamps
+//! (Flink's `KeyGroupPartitionedPriorityQueue`).
+//!
+//! A key group's cache holds exactly the live rows below its *bound* (all of them when there is no bound):
+//! a refill reads forward from the bound only, with the next key group as the iterator's upper bound, so
+//! the tombstones of fired timers, which are all below the bound, are never stepped over again (Flink's
+//! RocksDB timers slowed down over them, FLINK-40584). The cache is a cache: every write goes to the DB
+//! first, so a snapshot of the DB holds the timers whatever the cache holds, and a restored backend starts
+//! with empty caches.
+
+use std::collections::BTreeSet;
+
+use rocksdb::ColumnFamily;
+
+use crate::error::Result;
+use crate::format::lsm_rows::{key_group_prefix, split_timer_row};
+use crate::key_group::KeyGroupRange;
+use crate::keyed::backend::{StateId, StateKey};
+use crate::keyed::identity::SubtaskIdentity;
+use crate::keyed::timers::Timer;
+use crate::rocksdb::current::CurrentKeyPrefix;
+use crate::rocksdb::db::{Db, db_error};
+use crate::rocksdb::rows::scan_prefix;
+
+/// Rows a refill reads into a key group's cache; a cache grown by registrations below its bound to
+/// twice this gives back its last rows (the bound moves down).
+const CACHE_ROWS: usize = 128;
+
+/// One key group's earliest timers.
+struct GroupCache {
+    /// The live rows below `bound`, every one of them.
+    rows: BTreeSet<Box<[u8]>>,
+    /// `None`: `rows` is the whole key group. `Some(b)`: rows from `b` on are in the DB only.
+    bound: Option<Box<[u8]>>,
+}
+
+/// The caches of one service and domain over the owned key groups.
+struct Queue {
+    groups: Vec<GroupCache>,
+    /// `(earliest timestamp, key-group index)` of every key group with cached rows.
+    heads: BTreeSet<(u64, usize)>,
+    /// Key groups whose cache is empty but whose rows beyond the bound are unknown: refilled before the
+    /// earliest timer is answered.
+    unknown: BTreeSet<usize>,
+}
+
+/// The timer queues of one RocksDB backend, by the state id of their column family.
+pub(crate) struct TimerQueues {
+    queues: Vec<Option<Queue>>,
+    /// The owned key groups.
+    range: KeyGroupRange,
+    max_parallelism: u32,
+}
+
+impl Queue {
+    /// Nothing cached; every key group unknown (a new or restored DB).
+    fn new(range: KeyGroupRange, max_parallelism: u32) -> Queue {
+        Queue {
+            groups: range
+                .iter()
+                .map(|kg| GroupCache {
+                    rows: BTreeSet::new(),
+                    bound: Some(key_group_prefix(kg, max_parallelism).into()),
+                })
+                .collect(),
+            heads: BTreeSet::new(),
+            unknown: (0..range.len() as usize).collect(),
+        }
+    }
+
+    fn head(&self, kg: usize, max_parallelism: u32) -> Option<u64> {
+        let row = self.groups[kg].rows.first()?;
+        split_timer_row(row, max_parallelism)
+            .ok()
+            .map(|r| r.timestamp)
+    }
+
+    /// Re-files key group `kg` in the head index and the unknown set after its cache changed (`old`: its
+    /// head before).
+    fn rehead(&mut self, kg: usize, old: Option<u64>, max_parallelism: u32) {
+        let new = self.head(kg, max_parallelism);
+        if new != old {
+            if let Some(old) = old {
+                self.heads.remove(&(old, kg));
+            }
+            if let Some(new) = new {
+                self.heads.insert((new, kg));
+            }
+        }
+        let group = &self.groups[kg];
+        if group.rows.is_empty() && group.bound.is_some() {
+            self.unknown.insert(kg);
+        } else {
+            self.unknown.remove(&kg);
+        }
+    }
+
+    /// Reads the next rows of key group `kg` from its bound into its empty cache.
+    fn refill(
+        &mut self,
+        db: &Db,
+        cf: &ColumnFamily,
+        range: KeyGroupRange,
+        kg: usize,
+        max_parallelism: u32,
+    ) -> Result<()> {
+        let group = &mut self.groups[kg];
+        let Some(bound) = group.bound.take() else {
+            return Ok(());
+        };
+        let end = key_group_prefix(range.start() + kg as u32 + 1, max_parallelism);
+        let mut it = db.iter_below(cf, &end);
+        it.seek(&bound);
+        while let Some(row) = it.key() {
+            if group.rows.len() == CACHE_ROWS {
+                group.bound = Some(row.into());
+                break;
+            }
+            group.rows.insert(row.into());
+            it.next();
+        }
+        it.status().map_err(|e| db_error("timer refill", e))?;
+        self.rehead(kg, None, max_parallelism);
+        Ok(())
+    }
+}
+
+impl TimerQueues {
+    /// No queue yet, for the key groups of `identity`.
+    pub(crate) fn new(identity: &SubtaskIdentity) -> Self {
+        TimerQueues {
+            queues: Vec::new(),
+            range: identity.key_groups(),
+            max_parallelism: identity.max_parallelism(),
+        }
+    }
+
+    fn queue(&mut self, id: StateId) -> &mut Queue {
+        let i = id.0 as usize;
+        if self.queues.len() <= i {
+            self.queues.resize_with(i + 1, || None);
+        }
+        let (range, max_parallelism) = (self.range, self.max_parallelism);
+        self.queues[i].get_or_insert_with(|| Queue::new(range, max_parallelism))
+    }
+
+    /// Forgets the cache of `id` (its column family was dropped or replaced).
+    pub(crate) fn forget(&mut self, id: StateId) {
+        if let Some(q) = self.queues.get_mut(id.0 as usize) {
+            *q = None;
+        }
+    }
+
+    /// Writes timer row `row` of key group index `kg` to `cf` and caches it if it is below the bound.
+    ///
+    /// # Errors
+    /// [`crate::Error::Local`] from RocksDB.
+    fn register(
+        &mut self,
+        db: &Db,
+        cf: &ColumnFamily,
+        id: StateId,
+        kg: usize,
+        row: &[u8],
+    ) -> Result<()> {
+        let max_parallelism = self.max_parallelism;
+        db.put(cf, row, &[])?;
+        let q = self.queue(id);
+        let group = &mut q.groups[kg];
+        if group.bound.as_deref().is_some_and(|b| row >= b) {
+            return Ok(());
+        }
+        let old = q.head(kg, max_parallelism);
+        let group = &mut q.groups[kg];
+        if !group.rows.insert(row.into()) {
+            return Ok(());
+        }
+        if group.rows.len() > 2 * CACHE_ROWS {
+            // Everything below the last row stays cached: it becomes the bound.
+            group.bound = group.rows.pop_last();
+        }
+        q.rehead(kg, old, max_parallelism);
+        Ok(())
+    }
+
+    /// Deletes timer row `row` of key group index `kg` from `cf` and from the cache.
+    ///
+    /// # Errors
+    /// [`crate::Error::Local`] from RocksDB.
+    fn delete(
+        &mut self,
+        db: &Db,
+        cf: &ColumnFamily,
+        id: StateId,
+        kg: usize,
+        row: &[u8],
+    ) -> Result<()> {
+        let max_parallelism = self.max_parallelism;
+        let q = self.queue(id);
+        let group = &mut q.groups[kg];
+        let below = group.bound.as_deref().is_none_or(|b| row < b);
+        if below && !group.rows.contains(row) {
+            // Below the bound every live row is cached: there is no such timer (and no tombstone).
+            return Ok(());
+        }
+        db.delete(cf, row)?;
+        if below {
+            let old = q.head(kg, max_parallelism);
+            q.groups[kg].rows.remove(row);
+            q.rehead(kg, old, max_parallelism);
+        }
+        Ok(())
+    }
+
+    /// The earliest timestamp of `id`'s timers.
+    ///
+    /// # Errors
+    /// [`crate::Error::Local`] from RocksDB (refilling a key group's cache).
+    pub(crate) fn next(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<Option<u64>> {
+        let (range, max_parallelism) = (self.range, self.max_parallelism);
+        let q = self.queue(id);
+        while let Some(kg) = q.unknown.pop_first() {
+            q.refill(db, cf, range, kg, max_parallelism)?;
+        }
+        Ok(q.heads.first().map(|(ts, _)| *ts))
+    }
+
+    /// Registers (`add`) or deletes the current key's timer `(ns, timestamp)` of `id` in `cf`.
+    ///
+    /// # Errors
+    /// [`crate::Error::IllegalState`] without a current key; [`crate::Error::Local`] from RocksDB.
+    #[allow(clippy::too_many_arguments, reason = "the timer and where it goes")]
+    pub(crate) fn write<K: StateKey, N: StateKey>(
+        &mut self,
+        db: &Db,
+        cf: &ColumnFamily,
+        id: StateId,
+        current: &mut CurrentKeyPrefix<K>,
+        ns: &N,
+        timestamp: u64,
+        add: bool,
+    ) -> Result<()> {
+        let mut row = current.take_buffer();
+        let result = current
+            .timer_row(ns, timestamp, self.max_parallelism, &mut row)
+            .and_then(|()| {
+                let kg = current
+                    .key_group()
+                    .map_or(0, |g| (g - self.range.start()) as usize);
+                if add {
+                    self.register(db, cf, id, kg, &row)
+                } else {
+                    self.delete(db, cf, id, kg, &row)
+                }
+            });
+        current.give_back(row);
+        result
+    }
+
+    /// Removes the earliest timer of `id` if its timestamp is at most `time` (deleted from `cf`) and
+    /// makes its key the current key.
+    ///
+    /// # Errors
+    /// [`crate::Error::Local`] from RocksDB; [`crate::Error::Corrupt`] for a row or key that does not
+    /// decode.
+    pub(crate) fn pop_due<K: StateKey, N: StateKey>(
+        &mut self,
+        db: &Db,
+        cf: &ColumnFamily,
+        id: StateId,
+        time: u64,
+        current: &mut CurrentKeyPrefix<K>,
+    ) -> Result<Option<Timer<K, N>>> {
+        match self.next(db, cf, id)? {
+            Some(ts) if ts <= time => {}
+            _ => return Ok(None),
+        }
+        let max_parallelism = self.max_parallelism;
+        let q = self.queue(id);
+        let Some((_, kg)) = q.heads.pop_first() else {
+            return Ok(None);
+        };
+        let Some(row) = q.groups[kg].rows.pop_first() else {
+            return Ok(None);
+        };
+        // The key group's entry left the index with `pop_first`: file it under its new head.
+        q.rehead(kg, None, max_parallelism);
+        db.delete(cf, &row)?;
+        let parts = split_timer_row(&row, max_parallelism)?;
+        let (key, namespace) = (K::decode(parts.key)?, N::decode(parts.namespace)?);
+        current.set_encoded(key.clone(), parts.key, parts.key_group, max_parallelism);
+        Ok(Some(Timer {
+            key,
+            namespace,
+            timestamp: parts.timestamp,
+        }))
+    }
+
+    /// Timers of `cf` (a scan of the column family).
+    ///
+    /// # Errors
+    /// [`crate::Error::Local`] from RocksDB.
+    pub(crate) fn count(db: &Db, cf: &ColumnFamily) -> Result<u64> {
+        let mut count = 0;
+        scan_prefix(db, cf, &[], |_, _| {
+            count += 1;
+            Ok(true)
+        })?;
+        Ok(count)
+    }
+}
