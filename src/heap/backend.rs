@@ -56,7 +56,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// An empty backend of subtask `identity`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `config` is invalid (no restore thread, a frame size outside 1 to
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `config` is invalid (no restore thread, a frame size outside 1 to
     /// 2^30 bytes).
     pub fn new(identity: SubtaskIdentity, config: HeapConfig) -> Result<Self> {
         config.validate()?;
@@ -449,12 +449,12 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         let Some(p) = self.timers::<N>(state)?.pop_due(time) else {
             return Ok(None);
         };
-        self.current
-            .set_known(p.key.clone(), p.key_hash, p.kg_index, &self.identity);
+        let slot = p.slot;
+        (self.current).set_known(slot.key.clone(), slot.key_hash, p.kg_index, &self.identity);
         Ok(Some(Timer {
-            key: p.key,
-            namespace: p.namespace,
-            timestamp: p.timestamp,
+            key: slot.key,
+            namespace: slot.ns,
+            timestamp: slot.ts,
         }))
     }
 }
@@ -542,7 +542,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         let groups = self.identity.key_groups().len() as usize;
         let mut id = |domain| {
             let meta = timer_state_meta::<K, N>(&d.name, domain);
-            self.states.register_timers::<N>(meta, groups)
+            (self.states).register_timers::<N>(meta, groups, self.config.restore_threads)
         };
         Ok(TimerService::new(
             id(TimeDomain::EventTime)?,

@@ -89,7 +89,7 @@ impl<K: StateKey> StateTables<K> {
     }
 
     /// The id of the timers `meta` describes (kind [`crate::snapshot::StateKind::Timers`]), with `groups`
-    /// key groups: new, already registered, or restored and decoded now.
+    /// key groups: new, already registered, or restored and decoded now (on `restore_threads` threads).
     ///
     /// # Errors
     /// [`Error::IncompatibleSchema`] or [`Error::InvalidArgument`] if a state of that name has another
@@ -98,6 +98,7 @@ impl<K: StateKey> StateTables<K> {
         &mut self,
         meta: StateMeta,
         groups: usize,
+        restore_threads: usize,
     ) -> Result<StateId> {
         let Some(&id) = self.by_name.get(&meta.name) else {
             let id = StateId(self.tables.len() as u32);
@@ -117,7 +118,7 @@ impl<K: StateKey> StateTables<K> {
                 meta.name
             )));
         };
-        let table = TimerTable::<K, N>::restored(meta, groups, raw)?;
+        let table = TimerTable::<K, N>::restored(meta, groups, raw, restore_threads)?;
         self.tables[id.0 as usize] = Box::new(table);
         Ok(id)
     }

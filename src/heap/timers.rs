@@ -1,43 +1,278 @@
-//! The heap backend's timers of one timer service and time domain (`docs/timers.md`): per owned key group
-//! an ordered set behind an `Arc`, copied on the first write after a snapshot froze it, so the synchronous
+//! The heap backend's timers of one timer service and time domain (`docs/timers.md`): per owned key group a
+//! [`TimerGroup`] behind an `Arc`, copied on the first write after a snapshot froze it, so the synchronous
 //! phase clones one `Arc` per key group whatever the number of timers (Flink's heap timers copy the whole
 //! queue there); across key groups an ordered index of each group's earliest timestamp, as Flink's
 //! `KeyGroupPartitionedPriorityQueue` keeps a heap of the key groups' heads.
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use crate::error::{Error, Result};
 use crate::format::keyed_file::KeyedFileWriter;
-use crate::heap::table::{ErasedTable, FrozenTable, RawTable, group_records};
+use crate::heap::table::{ErasedTable, FrozenTable, RawTable, group_records, namespace_hash};
 use crate::key_group::stable_key_hash;
 use crate::keyed::backend::StateKey;
+use crate::keyed::heads::KeyGroupHeads;
 use crate::snapshot::state_meta::StateMeta;
 
-/// Where a timer sorts in its key group: timestamp (ms), the key's stable hash, and a number telling apart
-/// timers of equal timestamp and key hash (another namespace, or a hash collision). Keys need no order of
-/// their own, and a fired timer carries its key's hash, so making its key current hashes nothing.
-type Slot = (u64, u64, u32);
-
-/// One key group's timers.
-type Group<K, N> = BTreeMap<Slot, (K, N)>;
-
-/// A timer taken off the queue: its key-group index, key hash, key, namespace and timestamp.
-pub(crate) struct Popped<K, N> {
-    pub(crate) kg_index: usize,
+/// One timer: its timestamp (ms), its key's stable hash (kept so that making a fired timer's key current
+/// hashes nothing), key and namespace. Ordered by timestamp, then key hash only: timers of equal
+/// timestamp and key hash are interchangeable for the order, and copies of one timer are equal.
+#[derive(Clone)]
+pub(crate) struct Slot<K, N> {
+    pub(crate) ts: u64,
     pub(crate) key_hash: u64,
     pub(crate) key: K,
-    pub(crate) namespace: N,
-    pub(crate) timestamp: u64,
+    pub(crate) ns: N,
+}
+
+impl<K, N> Slot<K, N> {
+    fn order(&self) -> (u64, u64) {
+        (self.ts, self.key_hash)
+    }
+}
+
+impl<K, N> PartialEq for Slot<K, N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.order() == other.order()
+    }
+}
+impl<K, N> Eq for Slot<K, N> {}
+impl<K, N> PartialOrd for Slot<K, N> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K, N> Ord for Slot<K, N> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.order().cmp(&other.order())
+    }
+}
+
+/// Hash of a timer in its key group's set: the key's stable hash, the namespace's and the timestamp.
+#[inline]
+fn timer_hash<N: std::hash::Hash>(key_hash: u64, ns: &N, ts: u64) -> u64 {
+    (key_hash ^ namespace_hash(ns).rotate_left(21))
+        .wrapping_add(ts.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// One key group's timers. The set holds each timer once (set semantics; what snapshots write); the order
+/// is a sorted run popped from the front plus a binary heap of the timers added since the run was last
+/// merged, so registering costs a set insert and a heap push, and firing mostly pops the run in order.
+/// Deleting removes from the set only: the run and the heap may hold copies of timers no longer in the set
+/// (or twice), which are dropped when they come first, and the run is rebuilt from the set when copies
+/// outnumber timers twice over.
+#[derive(Clone)]
+pub(crate) struct TimerGroup<K, N> {
+    set: HashTable<Slot<K, N>>,
+    run: VecDeque<Slot<K, N>>,
+    recent: BinaryHeap<Reverse<Slot<K, N>>>,
+}
+
+impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
+    fn new() -> Self {
+        TimerGroup {
+            set: HashTable::new(),
+            run: VecDeque::new(),
+            recent: BinaryHeap::new(),
+        }
+    }
+
+    /// Key group `kg`'s timers from its restored records (`bytes`, of state `name`): sorted once, equal
+    /// timers once, the set built from the run.
+    fn restored(name: &str, kg: usize, bytes: &[u8]) -> Result<Self> {
+        let mut run = Vec::new();
+        for record in group_records(kg, bytes) {
+            let (_, k, n, v) = record?;
+            let ts: [u8; 8] = v.try_into().map_err(|_| {
+                Error::corrupt(
+                    "<restored timers>",
+                    format!("a timer of `{name}` has a {}-byte timestamp", v.len()),
+                )
+            })?;
+            run.push(Slot {
+                ts: u64::from_be_bytes(ts),
+                key_hash: stable_key_hash(k),
+                key: K::decode(k)?,
+                ns: N::decode(n)?,
+            });
+        }
+        run.sort_unstable();
+        let mut group = TimerGroup::new();
+        group.set.reserve(run.len(), Self::hash_of);
+        let mut kept: Vec<Slot<K, N>> = Vec::with_capacity(run.len());
+        for slot in run {
+            // Equal timers are adjacent (same timestamp and key hash): a file holds each once, but
+            // nothing here relies on it.
+            let twice = kept
+                .iter()
+                .rev()
+                .take_while(|k| k.order() == slot.order())
+                .any(|k| k.key == slot.key && k.ns == slot.ns);
+            if !twice {
+                group
+                    .set
+                    .insert_unique(Self::hash_of(&slot), slot.clone(), Self::hash_of);
+                kept.push(slot);
+            }
+        }
+        group.run = kept.into();
+        Ok(group)
+    }
+
+    fn hash_of(slot: &Slot<K, N>) -> u64 {
+        timer_hash(slot.key_hash, &slot.ns, slot.ts)
+    }
+
+    /// Adds a timer; whether it was new.
+    fn insert(&mut self, slot: Slot<K, N>) -> bool {
+        let hash = Self::hash_of(&slot);
+        let same = |s: &Slot<K, N>| s.ts == slot.ts && s.key == slot.key && s.ns == slot.ns;
+        if self.set.find(hash, same).is_some() {
+            return false;
+        }
+        self.set.insert_unique(hash, slot.clone(), Self::hash_of);
+        self.recent.push(Reverse(slot));
+        true
+    }
+
+    /// Removes a timer from the set; whether it was there.
+    fn remove(&mut self, key_hash: u64, key: &K, ns: &N, ts: u64) -> bool {
+        let hash = timer_hash(key_hash, ns, ts);
+        let same = |s: &Slot<K, N>| s.ts == ts && s.key == *key && s.ns == *ns;
+        let Ok(entry) = self.set.find_entry(hash, same) else {
+            return false;
+        };
+        entry.remove();
+        if self.run.len() + self.recent.len() > 2 * self.set.len() + 64 {
+            self.rebuild();
+        }
+        true
+    }
+
+    /// The run rebuilt from the set, no copies, the heap empty.
+    fn rebuild(&mut self) {
+        let mut all: Vec<Slot<K, N>> = self.set.iter().cloned().collect();
+        all.sort_unstable();
+        self.run = all.into();
+        self.recent.clear();
+    }
+
+    /// The heap merged into the run once it holds more than an eighth of it (amortized O(1) per timer).
+    fn merge_if_large(&mut self) {
+        let recent = self.recent.len();
+        if recent <= 64 || recent * 8 <= self.run.len() {
+            return;
+        }
+        let mut added: Vec<Slot<K, N>> = std::mem::take(&mut self.recent)
+            .into_vec()
+            .into_iter()
+            .map(|Reverse(s)| s)
+            .collect();
+        added.sort_unstable();
+        let mut merged = Vec::with_capacity(self.run.len() + added.len());
+        let mut run = std::mem::take(&mut self.run).into_iter().peekable();
+        let mut added = added.into_iter().peekable();
+        loop {
+            let from_run = match (run.peek(), added.peek()) {
+                (Some(r), Some(a)) => r <= a,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let next = if from_run { run.next() } else { added.next() };
+            merged.extend(next);
+        }
+        self.run = merged.into();
+    }
+
+    /// Whether the earliest copy is in the run rather than the heap.
+    fn first_in_run(&self) -> Option<bool> {
+        match (self.run.front(), self.recent.peek()) {
+            (Some(r), Some(Reverse(h))) => Some(r <= h),
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether every copy is a distinct timer of the set (no copy of a removed timer, none twice).
+    fn clean(&self) -> bool {
+        self.run.len() + self.recent.len() == self.set.len()
+    }
+
+    /// The earliest copy's timestamp, unchecked (it may be a removed timer's).
+    fn first_ts(&self) -> Option<u64> {
+        match (self.run.front(), self.recent.peek()) {
+            (Some(r), Some(Reverse(h))) => Some(r.ts.min(h.ts)),
+            (Some(r), None) => Some(r.ts),
+            (None, Some(Reverse(h))) => Some(h.ts),
+            (None, None) => None,
+        }
+    }
+
+    /// The earliest timer's timestamp; copies of removed timers that come first are dropped.
+    fn head(&mut self) -> Option<u64> {
+        self.merge_if_large();
+        loop {
+            if self.clean() {
+                return self.first_ts();
+            }
+            let in_run = self.first_in_run()?;
+            let first = if in_run {
+                self.run.front()?
+            } else {
+                &self.recent.peek()?.0
+            };
+            let hash = Self::hash_of(first);
+            let same = |s: &Slot<K, N>| s.ts == first.ts && s.key == first.key && s.ns == first.ns;
+            if self.set.find(hash, same).is_some() {
+                return Some(first.ts);
+            }
+            if in_run {
+                self.run.pop_front();
+            } else {
+                self.recent.pop();
+            }
+        }
+    }
+
+    /// Removes and returns the earliest timer.
+    fn pop(&mut self) -> Option<Slot<K, N>> {
+        self.merge_if_large();
+        loop {
+            let first = if self.first_in_run()? {
+                self.run.pop_front()?
+            } else {
+                self.recent.pop()?.0
+            };
+            let hash = Self::hash_of(&first);
+            let same = |s: &Slot<K, N>| s.ts == first.ts && s.key == first.key && s.ns == first.ns;
+            if let Ok(entry) = self.set.find_entry(hash, same) {
+                entry.remove();
+                return Some(first);
+            }
+        }
+    }
+}
+
+/// A timer taken off the queue and its key-group index.
+pub(crate) struct Popped<K, N> {
+    pub(crate) kg_index: usize,
+    pub(crate) slot: Slot<K, N>,
 }
 
 /// The timers of one service and domain.
 pub(crate) struct TimerTable<K, N> {
     meta: StateMeta,
-    groups: Vec<Arc<Group<K, N>>>,
-    /// `(earliest timestamp, key-group index)` of every key group with timers.
-    heads: BTreeSet<(u64, usize)>,
+    groups: Vec<Arc<TimerGroup<K, N>>>,
+    /// Each key group's earliest copy's timestamp: exact where a key group is clean, else at most the
+    /// earliest timer's (checked when it comes first).
+    heads: KeyGroupHeads,
     len: usize,
 }
 
@@ -46,136 +281,94 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
     pub(crate) fn new(meta: StateMeta, groups: usize) -> Self {
         TimerTable {
             meta,
-            groups: (0..groups).map(|_| Arc::new(BTreeMap::new())).collect(),
-            heads: BTreeSet::new(),
+            groups: (0..groups).map(|_| Arc::new(TimerGroup::new())).collect(),
+            heads: KeyGroupHeads::new(groups),
             len: 0,
         }
     }
 
     /// The timers of `raw`'s records (written by either backend: key, namespace, timestamp as 8 bytes
-    /// big-endian), `groups` key groups.
+    /// big-endian), `groups` key groups, built on up to `threads` threads (whole key groups each).
     ///
     /// # Errors
-    /// [`Error::Corrupt`] for a record whose key or namespace does not decode or whose value is not 8
-    /// bytes.
-    pub(crate) fn restored(meta: StateMeta, groups: usize, raw: &RawTable) -> Result<Self> {
+    /// [`Error::Corrupt`] for a record whose key or namespace does not decode, whose value is not 8
+    /// bytes, or whose key group is outside the range.
+    pub(crate) fn restored(
+        meta: StateMeta,
+        groups: usize,
+        raw: &RawTable,
+        threads: usize,
+    ) -> Result<Self> {
         let mut table = TimerTable::new(meta, groups);
-        for (kg, bytes) in raw.groups.iter() {
-            let mut timers = Vec::new();
-            for record in group_records(*kg, bytes) {
-                let (_, k, n, v) = record?;
-                let ts: [u8; 8] = v.try_into().map_err(|_| {
-                    Error::corrupt(
-                        "<restored timers>",
-                        format!(
-                            "a timer of `{}` has a {}-byte timestamp",
-                            table.meta.name,
-                            v.len()
-                        ),
-                    )
+        let name = &table.meta.name;
+        let build = |chunk: &[(usize, Vec<u8>)]| -> Result<Vec<(usize, TimerGroup<K, N>)>> {
+            chunk
+                .iter()
+                .map(|(kg, bytes)| Ok((*kg, TimerGroup::restored(name, *kg, bytes)?)))
+                .collect()
+        };
+        let threads = threads.clamp(1, raw.groups.len().max(1));
+        let per = raw.groups.len().div_ceil(threads).max(1);
+        let chunks: Vec<&[(usize, Vec<u8>)]> = raw.groups.chunks(per).collect();
+        for built in crate::parallel::run_each(chunks, |_, chunk| build(chunk)) {
+            for (kg, group) in built? {
+                let slot = table.groups.get_mut(kg).ok_or_else(|| {
+                    Error::corrupt("<restored timers>", "key group outside the restored range")
                 })?;
-                timers.push((
-                    u64::from_be_bytes(ts),
-                    stable_key_hash(k),
-                    K::decode(k)?,
-                    N::decode(n)?,
-                ));
-            }
-            // Sorted, equal timers once, numbered within equal (timestamp, key hash): then built in one
-            // pass from the sorted run.
-            timers.sort_unstable_by_key(|t| (t.0, t.1));
-            let mut group: Vec<(Slot, (K, N))> = Vec::with_capacity(timers.len());
-            for (ts, hash, key, ns) in timers {
-                let mut dup = 0;
-                let mut seen = false;
-                for (slot, (k, n)) in group.iter().rev() {
-                    if (slot.0, slot.1) != (ts, hash) {
-                        break;
-                    }
-                    seen |= *k == key && *n == ns;
-                    dup = dup.max(slot.2 + 1);
-                }
-                if !seen {
-                    group.push(((ts, hash, dup), (key, ns)));
-                }
-            }
-            let slot = table.groups.get_mut(*kg).ok_or_else(|| {
-                Error::corrupt("<restored timers>", "key group outside the restored range")
-            })?;
-            table.len += group.len();
-            *slot = Arc::new(group.into_iter().collect());
-            if let Some(head) = table.head(*kg) {
-                table.heads.insert((head, *kg));
+                table.len += group.set.len();
+                *slot = Arc::new(group);
+                table.rehead(kg);
             }
         }
         Ok(table)
     }
 
-    /// The earliest timestamp of key group `kg`.
-    fn head(&self, kg: usize) -> Option<u64> {
-        self.groups[kg].first_key_value().map(|(slot, _)| slot.0)
-    }
-
-    /// The slot of `(key, ns, ts)` in key group `kg` if the timer is there, else the number a new one
-    /// takes.
-    fn find(
-        &self,
-        kg: usize,
-        hash: u64,
-        key: &K,
-        ns: &N,
-        ts: u64,
-    ) -> std::result::Result<Slot, u32> {
-        let mut next = 0;
-        for (slot, (k, n)) in self.groups[kg].range((ts, hash, 0)..=(ts, hash, u32::MAX)) {
-            if k == key && n == ns {
-                return Ok(*slot);
-            }
-            next = slot.2 + 1;
-        }
-        Err(next)
-    }
-
-    /// Moves key group `kg`'s entry in the head index from `old` to its head now.
-    fn rehead(&mut self, kg: usize, old: Option<u64>) {
-        let new = self.head(kg);
-        if new != old {
-            if let Some(old) = old {
-                self.heads.remove(&(old, kg));
-            }
-            if let Some(new) = new {
-                self.heads.insert((new, kg));
-            }
-        }
+    /// Files key group `kg` under its earliest copy's timestamp.
+    fn rehead(&mut self, kg: usize) {
+        self.heads.set(kg, self.groups[kg].first_ts());
     }
 
     /// Adds timer `(key, ns, ts)` of key group `kg` (key hash `hash`); one already there stays one.
-    pub(crate) fn register(&mut self, kg: usize, hash: u64, key: &K, ns: &N, ts: u64) {
-        let Err(dup) = self.find(kg, hash, key, ns, ts) else {
-            return;
+    #[inline]
+    pub(crate) fn register(&mut self, kg: usize, key_hash: u64, key: &K, ns: &N, ts: u64) {
+        let slot = Slot {
+            ts,
+            key_hash,
+            key: key.clone(),
+            ns: ns.clone(),
         };
-        let old = self.head(kg);
-        Arc::make_mut(&mut self.groups[kg]).insert((ts, hash, dup), (key.clone(), ns.clone()));
+        if !Arc::make_mut(&mut self.groups[kg]).insert(slot) {
+            return;
+        }
         self.len += 1;
-        if old.is_none_or(|h| ts < h) {
-            self.rehead(kg, old);
+        if self.heads.get(kg).is_none_or(|h| ts < h) {
+            self.heads.set(kg, Some(ts));
         }
     }
 
     /// Removes timer `(key, ns, ts)` of key group `kg`, if there.
-    pub(crate) fn delete(&mut self, kg: usize, hash: u64, key: &K, ns: &N, ts: u64) {
-        let Ok(slot) = self.find(kg, hash, key, ns, ts) else {
+    #[inline]
+    pub(crate) fn delete(&mut self, kg: usize, key_hash: u64, key: &K, ns: &N, ts: u64) {
+        if !Arc::make_mut(&mut self.groups[kg]).remove(key_hash, key, ns, ts) {
             return;
-        };
-        let old = self.head(kg);
-        Arc::make_mut(&mut self.groups[kg]).remove(&slot);
+        }
         self.len -= 1;
-        self.rehead(kg, old);
+        // A rebuilt run may start later: the head is refiled (a removed timer's copy still in front is
+        // checked when it comes first).
+        self.rehead(kg);
     }
 
-    /// The earliest timestamp.
-    pub(crate) fn next(&self) -> Option<u64> {
-        self.heads.first().map(|(ts, _)| *ts)
+    /// The earliest timestamp: the first head, checked (a removed timer's copy in front is dropped and
+    /// its key group refiled until the first head is a timer's).
+    pub(crate) fn next(&mut self) -> Option<u64> {
+        loop {
+            let (ts, kg) = self.heads.first()?;
+            let head = Arc::make_mut(&mut self.groups[kg]).head();
+            if head == Some(ts) {
+                return head;
+            }
+            self.heads.set(kg, head);
+        }
     }
 
     /// Timers held.
@@ -184,25 +377,18 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
     }
 
     /// Removes and returns the earliest timer if its timestamp is at most `time`.
+    #[inline]
     pub(crate) fn pop_due(&mut self, time: u64) -> Option<Popped<K, N>> {
-        let &(ts, kg) = self.heads.first()?;
-        if ts > time {
+        if self.next()? > time {
             return None;
         }
-        self.heads.pop_first();
-        let ((timestamp, key_hash, _), (key, namespace)) =
-            Arc::make_mut(&mut self.groups[kg]).pop_first()?;
+        let (_, kg) = self.heads.first()?;
+        let group = Arc::make_mut(&mut self.groups[kg]);
+        let slot = group.pop()?;
+        let head = group.first_ts();
+        self.heads.set(kg, head);
         self.len -= 1;
-        if let Some(head) = self.head(kg) {
-            self.heads.insert((head, kg));
-        }
-        Some(Popped {
-            kg_index: kg,
-            key_hash,
-            key,
-            namespace,
-            timestamp,
-        })
+        Some(Popped { kg_index: kg, slot })
     }
 }
 
@@ -224,8 +410,8 @@ impl<K: StateKey, N: StateKey> ErasedTable<K> for TimerTable<K, N> {
     }
 }
 
-/// The timers a synchronous phase froze: the key groups' sets, shared until the backend writes to them.
-struct FrozenTimers<K, N>(Vec<Arc<Group<K, N>>>);
+/// The timers a synchronous phase froze: the key groups, shared until the backend writes to them.
+struct FrozenTimers<K, N>(Vec<Arc<TimerGroup<K, N>>>);
 
 impl<K: StateKey, N: StateKey> FrozenTable for FrozenTimers<K, N> {
     fn write_group(
@@ -234,13 +420,13 @@ impl<K: StateKey, N: StateKey> FrozenTable for FrozenTimers<K, N> {
         state: u32,
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
-        let group = std::mem::take(&mut self.0[kg_index]);
-        for ((ts, _, _), (key, ns)) in group.iter() {
+        let group = std::mem::replace(&mut self.0[kg_index], Arc::new(TimerGroup::new()));
+        for slot in group.set.iter() {
             writer.add_record(
                 state,
-                |b| key.encode(b),
-                |b| ns.encode(b),
-                |b| b.extend_from_slice(&ts.to_be_bytes()),
+                |b| slot.key.encode(b),
+                |b| slot.ns.encode(b),
+                |b| b.extend_from_slice(&slot.ts.to_be_bytes()),
             )?;
         }
         Ok(())

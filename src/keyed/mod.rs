@@ -3,6 +3,7 @@
 pub(crate) mod backend;
 pub(crate) mod checks;
 pub(crate) mod descriptor;
+pub(crate) mod heads;
 pub(crate) mod identity;
 pub(crate) mod ledger;
 pub(crate) mod map_iter;

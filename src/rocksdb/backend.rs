@@ -147,6 +147,9 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         storage: &CheckpointStorage,
         target: SnapshotTarget,
     ) -> Result<PendingSnapshot> {
+        // Timer writes still pending belong to this snapshot.
+        let (db, states) = (&self.db, &self.states);
+        self.timers.flush_all(db, |id| states.timer_cf(db, id))?;
         let source = SnapshotSource {
             db: &self.db,
             states: &self.states,
@@ -451,7 +454,8 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
     }
 
     fn timer_count<N: StateKey>(&mut self, state: StateId) -> Result<u64> {
-        TimerQueues::count(&self.db, self.states.timer_cf(&self.db, state)?)
+        let cf = self.states.timer_cf(&self.db, state)?;
+        self.timers.count(&self.db, cf, state)
     }
 
     fn timer_pop_due<N: StateKey>(

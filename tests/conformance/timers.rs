@@ -165,11 +165,18 @@ pub fn many_timers_fire_in_order<B: KeyedStateBackend<u64>>(b: &mut B) {
         x ^= x >> 7;
         x ^= x << 17;
         let (key, ns, ts) = (x % 20_000, (x >> 20) as u32 % 3, (x >> 32) % 5000);
-        b.set_current_key(key).unwrap();
         if i % 7 == 3 {
+            // Mostly a timer registered before: the earliest at or after a random one.
+            let (ts, key, ns) = model
+                .range((ts, key, ns)..)
+                .next()
+                .copied()
+                .unwrap_or((ts, key, ns));
+            b.set_current_key(key).unwrap();
             svc.delete(b, TimeDomain::EventTime, &ns, ts).unwrap();
             model.remove(&(ts, key, ns));
         } else {
+            b.set_current_key(key).unwrap();
             svc.register_event_time(b, &ns, ts).unwrap();
             model.insert((ts, key, ns));
         }
@@ -196,18 +203,36 @@ const MAX_P: u32 = 32;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Register { key: u64, ns: u32, ts: u64 },
-    Delete { key: u64, ns: u32, ts: u64 },
-    Fire { watermark: u64, max: usize },
-    CheckpointRestore { parallelism: u32 },
-    SavepointSwitch { parallelism: u32 },
+    Register {
+        key: u64,
+        ns: u32,
+        ts: u64,
+    },
+    /// Deletes a random timer (absent) or, with `existing`, the model's timer at that position.
+    Delete {
+        key: u64,
+        ns: u32,
+        ts: u64,
+        existing: Option<usize>,
+    },
+    Fire {
+        watermark: u64,
+        max: usize,
+    },
+    CheckpointRestore {
+        parallelism: u32,
+    },
+    SavepointSwitch {
+        parallelism: u32,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let key = 0u64..40;
     prop_oneof![
         6 => (key.clone(), 0u32..3, 0u64..200).prop_map(|(key, ns, ts)| Op::Register { key, ns, ts }),
-        2 => (key, 0u32..3, 0u64..200).prop_map(|(key, ns, ts)| Op::Delete { key, ns, ts }),
+        3 => (key, 0u32..3, 0u64..200, proptest::option::weighted(0.8, any::<usize>()))
+            .prop_map(|(key, ns, ts, existing)| Op::Delete { key, ns, ts, existing }),
         2 => (0u64..220, 1usize..6).prop_map(|(watermark, max)| Op::Fire { watermark, max }),
         1 => (1u32..=3).prop_map(|parallelism| Op::CheckpointRestore { parallelism }),
         1 => (1u32..=3).prop_map(|parallelism| Op::SavepointSwitch { parallelism }),
@@ -319,7 +344,13 @@ proptest! {
             let mut model = Model::new();
             for op in &ops {
                 match *op {
-                    Op::Register { key, ns, ts } | Op::Delete { key, ns, ts } => {
+                    Op::Register { key, ns, ts } | Op::Delete { key, ns, ts, .. } => {
+                        let (ts, key, ns) = match *op {
+                            Op::Delete { existing: Some(i), .. } if !model.is_empty() => {
+                                *model.iter().nth(i % model.len()).unwrap()
+                            }
+                            _ => (ts, key, ns),
+                        };
                         let i = job.owner_of(key);
                         let b = &mut job.backends[i];
                         let svc = Job::service(b);

@@ -1,0 +1,87 @@
+//! The earliest timestamp of each owned key group and the earliest of all, for timer queues partitioned by
+//! key group (as Flink's `KeyGroupPartitionedPriorityQueue` keeps a heap of the key groups' heads): a
+//! tournament tree of minimums over the key groups, updated in place in O(log key groups) with no
+//! allocation, the earliest read in O(1).
+
+/// A key group without timers.
+const EMPTY: (u64, u32) = (u64::MAX, u32::MAX);
+
+/// Heads of `groups` key groups (indexes in the owned range).
+pub(crate) struct KeyGroupHeads {
+    /// Leaves (a power of two, at least the key groups).
+    leaves: usize,
+    /// `tree[1]` the root, `tree[leaves + g]` key group `g`'s `(timestamp, g)`; a parent holds the smaller
+    /// of its children (ties to the lower key group).
+    tree: Vec<(u64, u32)>,
+}
+
+impl KeyGroupHeads {
+    /// All `groups` key groups empty.
+    pub(crate) fn new(groups: usize) -> Self {
+        let leaves = groups.next_power_of_two().max(1);
+        KeyGroupHeads {
+            leaves,
+            tree: vec![EMPTY; 2 * leaves],
+        }
+    }
+
+    /// Key group `kg`'s head.
+    #[inline]
+    pub(crate) fn get(&self, kg: usize) -> Option<u64> {
+        let (ts, g) = self.tree[self.leaves + kg];
+        (g != EMPTY.1).then_some(ts)
+    }
+
+    /// Sets key group `kg`'s head (`None`: no timers).
+    #[inline]
+    pub(crate) fn set(&mut self, kg: usize, head: Option<u64>) {
+        let mut i = self.leaves + kg;
+        self.tree[i] = head.map_or(EMPTY, |ts| (ts, kg as u32));
+        while i > 1 {
+            i /= 2;
+            let least = self.tree[2 * i].min(self.tree[2 * i + 1]);
+            if self.tree[i] == least {
+                break;
+            }
+            self.tree[i] = least;
+        }
+    }
+
+    /// The earliest head and its key group.
+    #[inline]
+    pub(crate) fn first(&self) -> Option<(u64, usize)> {
+        let (ts, g) = self.tree[1];
+        (g != EMPTY.1).then_some((ts, g as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyGroupHeads;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_first_head_is_the_least_of_a_model_under_random_updates() {
+        for groups in [1usize, 2, 3, 7, 128, 200] {
+            let mut heads = KeyGroupHeads::new(groups);
+            let mut model: Vec<Option<u64>> = vec![None; groups];
+            let mut x = 0x2545_f491_4f6c_dd1d_u64;
+            for _ in 0..2000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let kg = (x % groups as u64) as usize;
+                let head = (x >> 40 != 0).then_some((x >> 20) % 50);
+                heads.set(kg, head);
+                model[kg] = head;
+                let least: BTreeSet<(u64, usize)> = model
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(g, h)| h.map(|t| (t, g)))
+                    .collect();
+                assert_eq!(heads.first(), least.first().copied(), "{groups} groups");
+                assert_eq!(heads.get(kg), head);
+            }
+        }
+    }
+}
