@@ -39,9 +39,15 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 7)]
     pub(crate) seed: u64,
     /// Count per tumbling event-time window of this many ms (a word's event time is its position in
-    /// its split, 1 ms apart) instead of in total.
+    /// its split, 1 ms apart) instead of in total. Each window is emitted when the watermark passes its
+    /// end, by an event-time timer per word and window, and committed with the next completed checkpoint
+    /// (`<output-dir>/emitted/`).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) window_ms: Option<u64>,
+    /// With `--window-ms`: no timers, every window is emitted at the end of input (the job before
+    /// timers, for comparison).
+    #[arg(long, requires = "window_ms")]
+    pub(crate) windows_at_end: bool,
 
     /// State backend: heap or lsm.
     #[arg(long, default_value = "heap")]
@@ -103,6 +109,11 @@ impl Args {
 
     pub(crate) fn checkpointing(&self) -> bool {
         !self.no_checkpoints
+    }
+
+    /// Whether windows are emitted by timers as the watermark passes them.
+    pub(crate) fn firing_windows(&self) -> bool {
+        self.window_ms.is_some() && !self.windows_at_end
     }
 }
 

@@ -5,10 +5,15 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use statebackend::keyed::{Fired, Timer, TimerService};
 use statebackend::*;
 use timely::dataflow::operators::Capability;
 
 use crate::checkpointing::{AckRecord, COUNT, encode_ack};
+use crate::windows::{Watermarks, WindowSink};
+
+/// Timers fired per activation of the operator at most: barriers and records wait no longer than that.
+const FIRE_BATCH: usize = 10_000;
 
 /// A word record: the word, its stable hash (computed once at the source, used by the exchange and by
 /// state access) and its event time (its position in its split, in ms).
@@ -38,7 +43,19 @@ pub(crate) enum Counting {
     Windows {
         state: ReducingState<u64, u64>,
         window_ms: u64,
+        /// `None`: every window is emitted at the end of input; else windows are emitted as the
+        /// watermark passes their end, by a timer per word and window.
+        firing: Option<Firing>,
     },
+}
+
+/// Windows emitted by timers as the watermark passes them (`windows.rs`).
+pub(crate) struct Firing {
+    pub(crate) timers: TimerService<u64>,
+    pub(crate) watermarks: Watermarks,
+    /// The watermark of the epochs counted so far.
+    pub(crate) watermark: u64,
+    pub(crate) sink: WindowSink,
 }
 
 /// State of one counting task.
@@ -93,24 +110,113 @@ impl Counter {
                 self.ones.resize(self.keys.len(), 1);
                 state.add_batch(&mut self.backend, &VoidNamespace, &self.keys, &self.ones)
             }
-            Counting::Windows { state, window_ms } => {
+            Counting::Windows {
+                state,
+                window_ms,
+                firing,
+            } => {
                 // Per record, located by the hash the source computed: no second hash of the word.
                 for (word, hash, event_time) in records.drain(..) {
                     let route = self.router.route_hash(hash);
                     self.backend.set_current_key_routed(word, route)?;
-                    state.add(&mut self.backend, &(event_time / window_ms), 1)?;
+                    let window = event_time / window_ms;
+                    if let Some(f) = firing
+                        && state.get(&self.backend, &window)?.is_none()
+                    {
+                        // The first word of its window: a timer at the window's last millisecond, so it
+                        // fires once the watermark is past it (later words find it registered).
+                        let end = (window + 1).saturating_mul(*window_ms) - 1;
+                        f.timers
+                            .register_event_time(&mut self.backend, &window, end)?;
+                    }
+                    state.add(&mut self.backend, &window, 1)?;
                 }
                 Ok(())
             }
         }
     }
 
+    /// A watermark record of epoch `epoch` from source `source`.
+    pub(crate) fn add_watermark(&mut self, epoch: u64, source: u32, position: u64) {
+        if let Counting::Windows {
+            firing: Some(f), ..
+        } = &mut self.counting
+        {
+            f.watermarks.add(epoch, source, position);
+        }
+    }
+
+    /// The watermark moved on with the epochs before `open`.
+    pub(crate) fn advance_watermark(&mut self, open: u64) {
+        if let Counting::Windows {
+            firing: Some(f), ..
+        } = &mut self.counting
+        {
+            f.watermark = f.watermarks.advance(open);
+        }
+    }
+
+    /// Emits the windows the watermark passed (all of them at the end of input), at most
+    /// [`FIRE_BATCH`]; whether due ones remain (the operator is activated again).
+    pub(crate) fn fire(&mut self, end_of_input: bool) -> statebackend::Result<bool> {
+        let Counter {
+            backend, counting, ..
+        } = self;
+        let Counting::Windows {
+            state,
+            firing: Some(f),
+            ..
+        } = counting
+        else {
+            return Ok(false);
+        };
+        let Some(time) = (if end_of_input {
+            Some(u64::MAX)
+        } else {
+            f.watermark.checked_sub(1)
+        }) else {
+            return Ok(false);
+        };
+        let sink = &mut f.sink;
+        let fired =
+            f.timers
+                .fire_event_time(backend, time, FIRE_BATCH, |b, t: Timer<String, u64>| {
+                    let count = state.get(b, &t.namespace)?.unwrap_or(0);
+                    state.clear(b, &t.namespace)?;
+                    sink.emit(t.key, t.namespace, count);
+                    Ok(())
+                })?;
+        Ok(fired == Fired::More)
+    }
+
+    /// The end of input, all windows emitted: the emitted windows become output.
+    pub(crate) fn finish_output(&mut self) -> std::io::Result<()> {
+        match &mut self.counting {
+            Counting::Windows {
+                firing: Some(f), ..
+            } => f.sink.finish(),
+            _ => Ok(()),
+        }
+    }
+
     /// Synchronous phase of checkpoint `id` (every record of epochs up to `id` is counted); the
-    /// asynchronous phase goes to tokio.
+    /// asynchronous phase goes to tokio. Windows emitted since the last checkpoint are staged with it.
     pub(crate) fn snapshot(&mut self, id: u64) {
         self.next_checkpoint = id + 1;
         match self.backend.snapshot(id, &self.env.storage) {
             Ok(pending) => {
+                if let Counting::Windows {
+                    firing: Some(f), ..
+                } = &mut self.counting
+                    && let Err(e) = f.sink.stage(id)
+                {
+                    // Not acknowledged: the checkpoint never completes, the job restarts from an
+                    // earlier one.
+                    panic!(
+                        "worker {}: staging the windows of checkpoint {id}: {e}",
+                        self.env.worker
+                    );
+                }
                 let tx = self.results.0.clone();
                 self.running += 1;
                 self.env.runtime.spawn(async move {
@@ -127,6 +233,16 @@ impl Counter {
             self.waiting -= 1;
             if done {
                 self.backend.notify_checkpoint_complete(id);
+                if let Counting::Windows {
+                    firing: Some(f), ..
+                } = &mut self.counting
+                    && let Err(e) = f.sink.commit_through(id)
+                {
+                    panic!(
+                        "worker {}: committing the windows of checkpoint {id}: {e}",
+                        self.env.worker
+                    );
+                }
             } else {
                 self.backend.notify_checkpoint_aborted(id);
             }
@@ -191,6 +307,10 @@ impl Counter {
                     out.push((word, 0, count.unwrap_or(0)));
                 }
             }
+            // Emitted as the watermark passed them.
+            Counting::Windows {
+                firing: Some(_), ..
+            } => {}
             Counting::Windows { state, .. } => {
                 for (word, window) in state.keys_and_namespaces(&self.backend)? {
                     self.backend.set_current_key(word.clone())?;

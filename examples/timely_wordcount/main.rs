@@ -19,6 +19,7 @@ mod args;
 mod checkpointing;
 mod count;
 mod source;
+mod windows;
 mod worker;
 
 use std::process::ExitCode;
@@ -94,7 +95,16 @@ fn verify(args: &args::Args) -> ExitCode {
     );
     let peers = args.peers();
     let mut got = std::collections::HashMap::new();
-    for worker in 0..peers {
+    if args.firing_windows() {
+        match windows::read_emitted(&args.output_dir) {
+            Ok(emitted) => got = emitted,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for worker in (0..peers).filter(|_| !args.firing_windows()) {
         let path = args
             .output_dir
             .join(format!("counts-{worker}-of-{peers}.tsv"));

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use statebackend::keyed::TimerServiceDescriptor;
 use statebackend::rocksdb::RocksDbConfig;
 use statebackend::*;
 use timely::container::CapacityContainerBuilder;
@@ -16,8 +17,9 @@ use timely::worker::Worker;
 
 use crate::args::Args;
 use crate::checkpointing::{self, AckRecord, COUNT};
-use crate::count::{Counter, Counting, Counts, Env, Record};
+use crate::count::{Counter, Counting, Counts, Env, Firing, Record};
 use crate::source::{self, Split};
+use crate::windows::{self, WatermarkRecord, Watermarks, WindowSink};
 
 /// A timely input of `D` records at `u64` epochs.
 type In<D> = InputHandle<u64, CapacityContainerBuilder<Vec<D>>>;
@@ -57,6 +59,12 @@ pub(crate) fn run(
             decision.1 = rt.block_on(c.trigger()).map_err(|e| e.to_string())?;
             coordinator = Some(c);
         }
+    }
+    if index == 0 && args.firing_windows() {
+        // Before any worker emits: the output agrees with the restore point.
+        let restored = (decision.0 != NONE).then_some(decision.0);
+        windows::prepare_output(&args.output_dir, restored)
+            .map_err(|e| format!("{}: {e}", args.output_dir.display()))?;
     }
     let (restore_id, first_epoch) = agree(worker, index, peers, decision);
     let restored = match restore_id {
@@ -112,21 +120,25 @@ pub(crate) fn run(
     let results: Rc<RefCell<Option<Counts>>> = Rc::default();
     let coordinator = Rc::new(RefCell::new(coordinator));
     let mut words = In::<Record>::new();
+    let mut marks = In::<WatermarkRecord>::new();
     let mut source_acks = In::<AckRecord>::new();
     let probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
         let backend = backend.take().expect("built once");
-        let counting = counting(args, backend);
+        let counting = counting(args, backend, index, peers);
         let (backend, counting) = match counting {
             Ok(c) => c,
             Err(e) => panic!("registering the state: {e}"),
         };
         let out = results.clone();
         let (store, handle, checkpointing) = (storage.clone(), rt.clone(), args.checkpointing());
+        let watermarks = scope.input_from(&mut marks);
         let count_acks = scope
             .input_from(&mut words)
-            .unary_frontier(
+            .binary_frontier(
+                watermarks,
                 Exchange::new(move |r: &Record| u64::from(router.route_hash(r.1).subtask())),
+                Exchange::new(|m: &WatermarkRecord| u64::from(m.0)),
                 "Count",
                 |cap, info| {
                     let activator = scope.activator_for(info.address.clone());
@@ -142,8 +154,21 @@ pub(crate) fn run(
                     // Records of epochs after the earliest open one wait here: a checkpoint's state must
                     // hold exactly the epochs up to its id (the barrier alignment of Flink).
                     let mut stash: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
-                    move |(input, frontier), output| {
-                        let lower = frontier.frontier().first().copied();
+                    let mut finished = false;
+                    move |(input, frontier), (marks, marks_frontier), output| {
+                        marks.for_each(|stamp, data| {
+                            let time = stamp.least().copied().unwrap_or(0);
+                            for (_, source, position) in data.drain(..) {
+                                counter.add_watermark(time, source, position);
+                            }
+                        });
+                        let lower = match (
+                            frontier.frontier().first(),
+                            marks_frontier.frontier().first(),
+                        ) {
+                            (Some(a), Some(b)) => Some(*a.min(b)),
+                            (a, b) => a.or(b).copied(),
+                        };
                         let open = lower.unwrap_or(u64::MAX);
                         // Epochs before the frontier are complete: count what waited, then snapshot.
                         while let Some(mut entry) = stash.first_entry() {
@@ -155,11 +180,18 @@ pub(crate) fn run(
                             }
                             entry.remove();
                         }
+                        counter.advance_watermark(open);
                         if let Some(done) = lower.and_then(|t| t.checked_sub(1))
                             && counter.env.checkpointing
                             && done >= counter.next_checkpoint
                         {
                             counter.snapshot(done);
+                        }
+                        // Windows the watermark passed, a batch at a time: barriers wait at most a batch.
+                        match counter.fire(false) {
+                            Ok(true) => activator.activate(),
+                            Ok(false) => {}
+                            Err(e) => panic!("worker {index}: firing windows: {e}"),
                         }
                         input.for_each(|stamp, data| {
                             let time = stamp.least().copied().unwrap_or(open);
@@ -183,6 +215,20 @@ pub(crate) fn run(
                             }
                         }
                         if lower.is_none() {
+                            if !finished {
+                                // The end of input: every window is emitted, however many are left.
+                                loop {
+                                    match counter.fire(true) {
+                                        Ok(true) => {}
+                                        Ok(false) => break,
+                                        Err(e) => panic!("worker {index}: firing windows: {e}"),
+                                    }
+                                }
+                                if let Err(e) = counter.finish_output() {
+                                    panic!("worker {index}: writing the windows: {e}");
+                                }
+                                finished = true;
+                            }
                             if out.borrow().is_none() {
                                 match counter.results() {
                                     Ok(r) => *out.borrow_mut() = Some(r),
@@ -226,11 +272,13 @@ pub(crate) fn run(
         splits,
         first_epoch,
         &mut words,
+        &mut marks,
         &mut source_acks,
         &probe,
         &coordinator,
     )?;
     words.close();
+    marks.close();
     source_acks.close();
     while worker.step() {}
     write_results(
@@ -272,10 +320,12 @@ fn agree(worker: &mut Worker, index: u32, peers: u32, decision: (u64, u64)) -> (
     got.borrow().expect("received")
 }
 
-/// Registers the counting state on `backend`.
+/// Registers the counting state (and the windows' timers) on `backend` of worker `index` of `peers`.
 fn counting(
     args: &Args,
     mut backend: StateBackend<String>,
+    index: u32,
+    peers: u32,
 ) -> Result<(StateBackend<String>, Counting)> {
     let counting = match args.window_ms {
         None => Counting::Total(backend.reducing_state(&ReducingStateDescriptor::new(
@@ -288,6 +338,15 @@ fn counting(
                 |a: &u64, b: &u64| a + b,
             ))?,
             window_ms,
+            firing: match args.windows_at_end {
+                true => None,
+                false => Some(Firing {
+                    timers: backend.timer_service(&TimerServiceDescriptor::new("windows"))?,
+                    watermarks: Watermarks::new(peers),
+                    watermark: 0,
+                    sink: WindowSink::new(&args.output_dir, index, peers),
+                }),
+            },
         },
     };
     Ok((backend, counting))
@@ -305,6 +364,7 @@ fn run_source(
     mut splits: Vec<Split>,
     first_epoch: u64,
     words: &mut In<Record>,
+    marks: &mut In<WatermarkRecord>,
     acks: &mut In<AckRecord>,
     probe: &ProbeHandle<u64>,
     coordinator: &Rc<RefCell<Option<CheckpointCoordinator>>>,
@@ -312,7 +372,24 @@ fn run_source(
     let epoch_length = Duration::from_millis(args.epoch_ms);
     let mut epoch = first_epoch;
     words.advance_to(epoch);
+    marks.advance_to(epoch);
     acks.advance_to(epoch);
+    let peers = worker.peers() as u32;
+    // The least position not yet emitted of this source's splits (`u64::MAX`: none left), to every
+    // counting worker, at the end of each epoch: the watermark (`windows.rs`).
+    let send_watermark = |marks: &mut In<WatermarkRecord>, splits: &[Split]| {
+        if args.firing_windows() {
+            let least = splits
+                .iter()
+                .filter(|s| s.next < args.words_per_split)
+                .map(|s| s.next)
+                .min()
+                .unwrap_or(u64::MAX);
+            for to in 0..peers {
+                marks.send((to, index, least));
+            }
+        }
+    };
     let mut epoch_start = Instant::now();
     let mut emitted = 0u64;
     loop {
@@ -335,6 +412,7 @@ fn run_source(
         }
         let offsets = || -> Vec<(u32, u64)> { splits.iter().map(|s| (s.index, s.next)).collect() };
         if !more {
+            send_watermark(marks, &splits);
             // The last epoch of this source is acknowledged with the final offsets, so its checkpoint can
             // complete. Checkpoints of later epochs (other sources still running) cannot: this source has
             // finished, as Flink before FLIP-147 (checkpoints after some tasks finished).
@@ -344,6 +422,7 @@ fn run_source(
             return Ok(emitted);
         }
         if epoch_start.elapsed() >= epoch_length {
+            send_watermark(marks, &splits);
             if args.checkpointing() {
                 acks.send(checkpointing::source_ack(epoch, index, &offsets()));
                 if let Some(c) = coordinator.borrow_mut().as_mut() {
@@ -361,6 +440,7 @@ fn run_source(
             }
             epoch += 1;
             words.advance_to(epoch);
+            marks.advance_to(epoch);
             acks.advance_to(epoch);
             epoch_start = Instant::now();
         }
