@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::{assign_to_key_group, operator_index_for_key_group};
+use statebackend::keyed::{Fired, TimeDomain, TimerServiceDescriptor};
 use statebackend::rocksdb::RocksDbConfig;
 #[cfg(feature = "rocksdb")]
 use statebackend::rocksdb::RocksDbKeyedStateBackend;
@@ -23,6 +24,12 @@ pub type Model = BTreeMap<(usize, u64), u64>;
 
 fn desc() -> ValueStateDescriptor<VoidNamespace, u64> {
     ValueStateDescriptor::new("v")
+}
+
+/// Every key has one event-time timer, at its value: the timers mirror the state, so every check of a
+/// restored snapshot checks both.
+fn timers() -> TimerServiceDescriptor<VoidNamespace> {
+    TimerServiceDescriptor::new("t")
 }
 
 /// One subtask's backend.
@@ -140,12 +147,21 @@ impl Task {
     pub fn put(&mut self, key: u64, value: u64) -> Result<()> {
         on!(&mut self.backend, b => {
             let s = b.value_state(&desc())?;
+            let t = b.timer_service(&timers())?;
             b.set_current_key(key)?;
+            if let Some(old) = s.value(&**b, &VoidNamespace)? {
+                t.delete(&mut **b, TimeDomain::EventTime, &VoidNamespace, old)?;
+            }
+            t.register_event_time(&mut **b, &VoidNamespace, value)?;
             s.update(&mut **b, &VoidNamespace, value)
         })
     }
 
-    /// Every key and value of the state.
+    /// Every key and value of the state, checked against the timers (which it fires, in calls of 7: a
+    /// restored copy's only).
+    ///
+    /// # Errors
+    /// [`Error::IllegalState`] if the timers are not one per key at its value.
     pub fn read_all(&mut self) -> Result<BTreeMap<u64, u64>> {
         on!(&mut self.backend, b => {
             let s = b.value_state(&desc())?;
@@ -155,6 +171,28 @@ impl Task {
                 if let Some(v) = s.value(&**b, &VoidNamespace)? {
                     out.insert(k, v);
                 }
+            }
+            let t = b.timer_service(&timers())?;
+            let mut fired = BTreeMap::new();
+            let mut last = 0;
+            loop {
+                let more = t.fire_event_time(&mut **b, u64::MAX, 7, |_, timer| {
+                    if timer.timestamp < last || fired.insert(timer.key, timer.timestamp).is_some() {
+                        return Err(Error::IllegalState(format!("timer {timer:?} out of order or twice")));
+                    }
+                    last = timer.timestamp;
+                    Ok(())
+                })?;
+                if more == Fired::Done {
+                    break;
+                }
+            }
+            if fired != out {
+                return Err(Error::IllegalState(format!(
+                    "{} timers for {} keys: the timers do not mirror the state",
+                    fired.len(),
+                    out.len()
+                )));
             }
             Ok(out)
         })
