@@ -22,7 +22,16 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use statebackend::keyed::{Fired, TimeDomain, TimerService, TimerServiceDescriptor};
 use statebackend::*;
 
-const N: u64 = 1_000_000;
+/// Timers of the workload: 1M under `cargo bench`, 10,000 when `cargo test` runs the bench once.
+fn timers_n() -> u64 {
+    if measuring() { 1_000_000 } else { 10_000 }
+}
+
+/// Whether this is `cargo bench` (which passes `--bench`) rather than `cargo test` checking that the bench
+/// runs.
+fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
 
 fn config(kind: BackendKind, dir: &std::path::Path) -> StateBackendConfig {
     StateBackendConfig {
@@ -93,12 +102,17 @@ fn fire_all(b: &mut StateBackend<u64>, time: u64) -> u64 {
     }
 }
 
-/// Whether the printed figures run (not with `TIMERS_BENCH_FIGURES=0`).
+/// Whether the printed figures run (under `cargo bench`, not with `TIMERS_BENCH_FIGURES=0`).
 fn figures() -> bool {
-    std::env::var("TIMERS_BENCH_FIGURES").map_or(true, |v| v != "0")
+    measuring() && std::env::var("TIMERS_BENCH_FIGURES").map_or(true, |v| v != "0")
 }
 
 fn bench(c: &mut Criterion) {
+    #[allow(
+        non_snake_case,
+        reason = "the workload's size, named as the docs name it"
+    )]
+    let N = timers_n();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

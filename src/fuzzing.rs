@@ -86,9 +86,9 @@ pub fn repair_metadata(bytes: &mut [u8]) {
     }
 }
 
-/// Runs the RocksDB backend's row decoders on `bytes`: a row key at both key-group widths, a list value, a
-/// state's meta information. None may panic; a decoded row key re-encodes to a prefix of the input, and a
-/// decoded meta re-encodes to bytes that decode to the same meta.
+/// Runs the RocksDB backend's row decoders on `bytes`: a row key and a timer row at both key-group widths,
+/// a list value, a state's meta information. None may panic; a decoded row key re-encodes to a prefix of
+/// the input, a decoded timer row to the input, and a decoded meta to bytes that decode to the same meta.
 ///
 /// # Panics
 /// When a decoder breaks one of those properties (that is the finding).
@@ -104,6 +104,17 @@ pub fn lsm_decoders(bytes: &[u8]) {
                 bytes.starts_with(&again),
                 "a row key does not re-encode to its bytes"
             );
+        }
+    }
+    for max_parallelism in [128, 32_768] {
+        if let Ok(timer) = keys::split_timer_row(bytes, max_parallelism) {
+            let mut prefix = Vec::new();
+            keys::key_prefix(timer.key_group, max_parallelism, timer.key, &mut prefix);
+            let mut again = Vec::new();
+            keys::push_timer_row(&prefix, max_parallelism, timer.timestamp, &mut again, |o| {
+                o.extend_from_slice(timer.namespace)
+            });
+            assert_eq!(again, bytes, "a timer row does not re-encode to its bytes");
         }
     }
     if let Ok(elements) = keys::split_list(bytes) {
