@@ -71,7 +71,14 @@ pub(crate) struct TimerGroup<K, N> {
     set: HashTable<Slot<K, N>>,
     run: VecDeque<Slot<K, N>>,
     recent: BinaryHeap<Reverse<Slot<K, N>>>,
+    /// Copies at the front of the run whose set entries were looked up ahead of their turn ([`WARM_AHEAD`]
+    /// at a time): independent lookups overlap their cache misses, where one lookup per fired timer
+    /// waited for memory each time.
+    warmed: usize,
 }
+
+/// Copies of the run whose set entries a firing looks up ahead (only due ones).
+const WARM_AHEAD: usize = 32;
 
 impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
     fn new() -> Self {
@@ -79,6 +86,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
             set: HashTable::new(),
             run: VecDeque::new(),
             recent: BinaryHeap::new(),
+            warmed: 0,
         }
     }
 
@@ -160,6 +168,24 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
         all.sort_unstable();
         self.run = all.into();
         self.recent.clear();
+        self.warmed = 0;
+    }
+
+    /// Looks up the set entries of the run's next copies due at `time`, at most [`WARM_AHEAD`] (results
+    /// unused: the lookups bring their memory in together, so the pops that follow find it cached).
+    fn warm(&mut self, time: u64) {
+        let mut warmed = 0;
+        for slot in self
+            .run
+            .iter()
+            .take(WARM_AHEAD)
+            .take_while(|s| s.ts <= time)
+        {
+            let same = |s: &Slot<K, N>| s.ts == slot.ts && s.key == slot.key && s.ns == slot.ns;
+            std::hint::black_box(self.set.find(Self::hash_of(slot), same));
+            warmed += 1;
+        }
+        self.warmed = warmed.max(1);
     }
 
     /// The heap merged into the run once it holds more than an eighth of it (amortized O(1) per timer).
@@ -188,6 +214,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
             merged.extend(next);
         }
         self.run = merged.into();
+        self.warmed = 0;
     }
 
     /// Whether the earliest copy is in the run rather than the heap.
@@ -234,6 +261,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
                 return Some(first.ts);
             }
             if in_run {
+                self.warmed = self.warmed.saturating_sub(1);
                 self.run.pop_front();
             } else {
                 self.recent.pop();
@@ -241,11 +269,12 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
         }
     }
 
-    /// Removes and returns the earliest timer.
-    fn pop(&mut self) -> Option<Slot<K, N>> {
+    /// Removes and returns the earliest timer (the caller fires timers due at `time`: those are warmed).
+    fn pop(&mut self, time: u64) -> Option<Slot<K, N>> {
         self.merge_if_large();
         loop {
             let first = if self.first_in_run()? {
+                self.warmed = self.warmed.saturating_sub(1);
                 self.run.pop_front()?
             } else {
                 self.recent.pop()?.0
@@ -254,6 +283,9 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
             let same = |s: &Slot<K, N>| s.ts == first.ts && s.key == first.key && s.ns == first.ns;
             if let Ok(entry) = self.set.find_entry(hash, same) {
                 entry.remove();
+                if self.warmed == 0 {
+                    self.warm(time);
+                }
                 return Some(first);
             }
         }
@@ -384,7 +416,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
         }
         let (_, kg) = self.heads.first()?;
         let group = Arc::make_mut(&mut self.groups[kg]);
-        let slot = group.pop()?;
+        let slot = group.pop(time)?;
         let head = group.first_ts();
         self.heads.set(kg, head);
         self.len -= 1;
