@@ -28,7 +28,7 @@ use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::keyed::timers::{
-    TimeDomain, Timer, TimerService, TimerServiceDescriptor, check_state_name, timer_state_meta,
+    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
@@ -125,7 +125,6 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         meta: StateMeta,
         serde: ValueSerde<S>,
     ) -> Result<StateId> {
-        check_state_name(&meta)?;
         let groups = self.identity.key_groups().len() as usize;
         self.states
             .register::<N, S>(meta, serde, groups, self.config.restore_threads)

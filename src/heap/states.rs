@@ -14,6 +14,7 @@ use crate::heap::table::{
 use crate::heap::timers::TimerTable;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::checks::wrong_state;
+use crate::keyed::timers::check_state_name;
 use crate::snapshot::state_meta::StateMeta;
 
 /// Every state of one heap backend.
@@ -51,6 +52,7 @@ impl<K: StateKey> StateTables<K> {
         groups: usize,
         restore_threads: usize,
     ) -> Result<StateId> {
+        check_state_name(&meta)?;
         let Some(&id) = self.by_name.get(&meta.name) else {
             let id = StateId(self.tables.len() as u32);
             self.tables.push(Box::new(StateTable::<K, N, S>::new(

@@ -36,6 +36,14 @@ impl<K, N> Slot<K, N> {
     }
 }
 
+impl<K: PartialEq, N: PartialEq> Slot<K, N> {
+    /// Whether this is timer `(key, ns, ts)`.
+    #[inline]
+    fn is(&self, key: &K, ns: &N, ts: u64) -> bool {
+        self.ts == ts && self.key == *key && self.ns == *ns
+    }
+}
+
 impl<K, N> PartialEq for Slot<K, N> {
     fn eq(&self, other: &Self) -> bool {
         self.order() == other.order()
@@ -136,13 +144,19 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
         timer_hash(slot.key_hash, &slot.ns, slot.ts)
     }
 
-    /// Adds a timer; whether it was new.
-    fn insert(&mut self, slot: Slot<K, N>) -> bool {
-        let hash = Self::hash_of(&slot);
-        let same = |s: &Slot<K, N>| s.ts == slot.ts && s.key == slot.key && s.ns == slot.ns;
-        if self.set.find(hash, same).is_some() {
+    /// Adds timer `(key, ns, ts)` of a key with stable hash `key_hash`; whether it was new (the key and
+    /// namespace are cloned only then).
+    fn insert(&mut self, key_hash: u64, key: &K, ns: &N, ts: u64) -> bool {
+        let hash = timer_hash(key_hash, ns, ts);
+        if self.set.find(hash, |s| s.is(key, ns, ts)).is_some() {
             return false;
         }
+        let slot = Slot {
+            ts,
+            key_hash,
+            key: key.clone(),
+            ns: ns.clone(),
+        };
         self.set.insert_unique(hash, slot.clone(), Self::hash_of);
         self.recent.push(Reverse(slot));
         true
@@ -151,8 +165,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
     /// Removes a timer from the set; whether it was there.
     fn remove(&mut self, key_hash: u64, key: &K, ns: &N, ts: u64) -> bool {
         let hash = timer_hash(key_hash, ns, ts);
-        let same = |s: &Slot<K, N>| s.ts == ts && s.key == *key && s.ns == *ns;
-        let Ok(entry) = self.set.find_entry(hash, same) else {
+        let Ok(entry) = self.set.find_entry(hash, |s| s.is(key, ns, ts)) else {
             return false;
         };
         entry.remove();
@@ -181,7 +194,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
             .take(WARM_AHEAD)
             .take_while(|s| s.ts <= time)
         {
-            let same = |s: &Slot<K, N>| s.ts == slot.ts && s.key == slot.key && s.ns == slot.ns;
+            let same = |s: &Slot<K, N>| s.is(&slot.key, &slot.ns, slot.ts);
             std::hint::black_box(self.set.find(Self::hash_of(slot), same));
             warmed += 1;
         }
@@ -256,7 +269,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
                 &self.recent.peek()?.0
             };
             let hash = Self::hash_of(first);
-            let same = |s: &Slot<K, N>| s.ts == first.ts && s.key == first.key && s.ns == first.ns;
+            let same = |s: &Slot<K, N>| s.is(&first.key, &first.ns, first.ts);
             if self.set.find(hash, same).is_some() {
                 return Some(first.ts);
             }
@@ -280,7 +293,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
                 self.recent.pop()?.0
             };
             let hash = Self::hash_of(&first);
-            let same = |s: &Slot<K, N>| s.ts == first.ts && s.key == first.key && s.ns == first.ns;
+            let same = |s: &Slot<K, N>| s.is(&first.key, &first.ns, first.ts);
             if let Ok(entry) = self.set.find_entry(hash, same) {
                 entry.remove();
                 if self.warmed == 0 {
@@ -363,13 +376,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
     /// Adds timer `(key, ns, ts)` of key group `kg` (key hash `hash`); one already there stays one.
     #[inline]
     pub(crate) fn register(&mut self, kg: usize, key_hash: u64, key: &K, ns: &N, ts: u64) {
-        let slot = Slot {
-            ts,
-            key_hash,
-            key: key.clone(),
-            ns: ns.clone(),
-        };
-        if !Arc::make_mut(&mut self.groups[kg]).insert(slot) {
+        if !Arc::make_mut(&mut self.groups[kg]).insert(key_hash, key, ns, ts) {
             return;
         }
         self.len += 1;

@@ -17,7 +17,7 @@ use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::keyed::timers::{
-    TimeDomain, Timer, TimerService, TimerServiceDescriptor, check_state_name, timer_state_meta,
+    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
 use crate::rocksdb::bulk;
 use crate::rocksdb::config::RocksDbConfig;
@@ -191,7 +191,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     }
 
     fn register(&mut self, meta: StateMeta, migration: MigrationFor) -> Result<StateId> {
-        check_state_name(&meta)?;
         self.states.register(&mut self.db, meta, migration)
     }
 

@@ -8,6 +8,7 @@ use crate::codec::{ByteMigration, migration_failed};
 use crate::error::Result;
 use crate::format::lsm_rows::{cf_name, encode_meta, meta_key, push_list_element, split_list};
 use crate::keyed::backend::StateId;
+use crate::keyed::timers::check_state_name;
 use crate::rocksdb::db::Db;
 use crate::rocksdb::rows::scan_prefix;
 use crate::rocksdb::states::{LsmStates, broken_state};
@@ -37,6 +38,7 @@ impl LsmStates {
         meta: StateMeta,
         migration: MigrationFor,
     ) -> Result<StateId> {
+        check_state_name(&meta)?;
         if let Some(id) = self.find(&meta.name) {
             let state = self.get_mut(id);
             if state.broken {
