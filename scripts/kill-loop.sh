@@ -88,6 +88,11 @@ echo "kill-loop: $retained retained checkpoints verified; incomplete multipart u
 [ "$uploads" = "0" ] || [ "$uploads" = "null" ] || { echo "kill-loop: multipart uploads left"; exit 1; }
 echo "kill-loop: $backend, $killed kills in $runs runs ($mid_checkpoint left a checkpoint in flight, $staged_kills of them a staging file; $finished_early runs finished first); final: $listed files in storage, $referenced referenced, $kept kept unreferenced, $staging staging files, $leaked_local local directories left"
 # The one unreferenced file allowed is the id watermark (`_trigger` of the highest aborted id).
-[ "$kept" -le 1 ] && [ "$staging" -eq 0 ] && [ "$leaked_local" -eq 0 ] || { echo "kill-loop: leftovers"; exit 1; }
+[ "$kept" -le 1 ] && [ "$staging" -eq 0 ] && [ "$leaked_local" -eq 0 ] || {
+  echo "kill-loop: leftovers:"
+  [ -z "$url" ] && find "$ck/$job" -name '*#[0-9]*'
+  (find "$work/local" -mindepth 1 -maxdepth 1 2>/dev/null || true)
+  exit 1
+}
 echo "kill-loop: ok"
 rm -rf "$work"

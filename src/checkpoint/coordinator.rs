@@ -349,11 +349,11 @@ impl CheckpointCoordinator {
     /// `min_age` protects uploads of checkpoints this coordinator does not know of (another coordinator's,
     /// or one pending before a restart), so it must exceed the longest checkpoint. While any metadata in
     /// storage is unreadable, nothing is deleted ([`SweepReport::blocked_by_unreadable`]). `savepoints/`
-    /// and anything else outside `shared/`, `chk-*` and `_probe/` is never touched. On a local directory the
-    /// sweep also lists the staging files (`<name>#<digits>`) that a process killed mid-write leaves,
-    /// which `object_store`'s listing hides; they are never part of a checkpoint and go by the same age
-    /// rule. Once a coordinator of a newer generation exists, nothing is deleted
-    /// ([`SweepReport::fenced`]).
+    /// and anything else outside `shared/`, `chk-*` and `_probe/` is never touched, but for staging files:
+    /// on a local directory the sweep also lists the staging files (`<name>#<digits>`) that a process
+    /// killed mid-write leaves anywhere under the job root, which `object_store`'s listing hides; they are
+    /// never part of anything and go by the same age rule. Once a coordinator of a newer generation
+    /// exists, nothing is deleted ([`SweepReport::fenced`]).
     ///
     /// # Errors
     /// Storage errors while checking the fence, measuring the clock, listing, reading or deleting (what

@@ -18,7 +18,7 @@ use crate::storage::{CheckpointStorage, ListedFile};
 /// What an orphan sweep found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Files listed under `shared/`, `chk-*/` and `_probe/`.
+    /// Files listed under `shared/`, `chk-*/` and `_probe/`, and staging files anywhere under the job root.
     pub listed: usize,
     /// Of those, referenced by a checkpoint, or part of one (its metadata and markers): kept.
     pub referenced: usize,
@@ -61,6 +61,12 @@ fn place(path: &str) -> Place<'_> {
         JobPath::Checkpoint { id, name } => Place::Checkpoint { id, name },
         JobPath::Protocol(_) | JobPath::Savepoint { .. } | JobPath::Other => Place::Other,
     }
+}
+
+/// Whether the sweep looks at a listed file: checkpoints, shared files and probes, and staging files
+/// anywhere (never anything's content: what a killed writer left, of a protocol file or a savepoint too).
+fn is_swept(file: &ListedFile) -> bool {
+    file.staging || !matches!(place(&file.path), Place::Other)
 }
 
 /// What the classification needs besides the listing.
@@ -108,7 +114,8 @@ fn classify<'f>(
                 }
             }
             Place::Shared | Place::Probe => false,
-            Place::Other => continue,
+            // Listed here only as a staging file (`is_swept`): it goes by the age rule.
+            Place::Other => false,
         };
         if part_of_checkpoint || inputs.referenced.contains(file.path.as_str()) {
             report.referenced += 1;
@@ -174,7 +181,7 @@ pub async fn plan_orphan_sweep(
         .list_all()
         .await?
         .into_iter()
-        .filter(|f| !matches!(place(&f.path), Place::Other))
+        .filter(is_swept)
         .collect();
     let dirs = storage.list_checkpoint_dirs().await?;
     let (found, unreadable) = read_all(storage, &dirs, |_| false).await?;
@@ -250,7 +257,7 @@ impl OrphanSweep {
             .list_all()
             .await?
             .into_iter()
-            .filter(|f| !matches!(place(&f.path), Place::Other))
+            .filter(is_swept)
             .collect();
         report.listed = listed.len();
         // Checkpoints this coordinator knows whose metadata the listing does not have were deleted by

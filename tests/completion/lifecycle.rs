@@ -2,6 +2,7 @@
 //! corrupt and missing files, and the fallback to the previous checkpoint.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::common::faulty::FaultyStore;
 use crate::common::*;
@@ -160,8 +161,8 @@ fn abort_deletes_what_the_checkpoint_wrote_and_ids_are_never_reused() {
         assert_eq!(c2.trigger().await.unwrap(), id3 + 1);
         // What the crashed attempt left is the orphan sweep's once it is older than the minimum age (on
         // the store's clock: none here).
-        clock.advance(std::time::Duration::from_secs(60));
-        let swept = c2.sweep_orphans(std::time::Duration::ZERO).await.unwrap();
+        clock.advance(Duration::from_secs(60));
+        let swept = c2.sweep_orphans(Duration::ZERO).await.unwrap();
         assert!(
             swept
                 .deleted
@@ -509,5 +510,61 @@ fn fuzz_empty_snapshot_file_is_corrupt_not_a_storage_error() {
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
         assert!(err.to_string().contains("chk-1/op-0.keyed"), "{err}");
+    });
+}
+
+/// Found by the kill loop in CI: a process killed while writing one of the protocol's own files (the
+/// sweep's `_clock` probe, a generation marker, a lineage record) left `<name>#<digits>` outside `shared/`
+/// and `chk-*/`, where the sweep neither counted nor deleted anything, so it stayed for good.
+#[test]
+fn kill_loop_staging_file_of_a_protocol_write_is_swept() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            fsync: false,
+            ..StorageConfig::default()
+        };
+        let storage = CheckpointStorage::local(dir.path(), "protocol-staging", &config).unwrap();
+        let (mut coord, _clock) = clocked(&storage, 1, 1).await;
+        let mut b =
+            vec![HeapKeyedStateBackend::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
+        fill(&mut b[0], 0..100, 1);
+        checkpoint(&mut coord, &mut b).await;
+        let root = dir.path().join("protocol-staging");
+        let left = [
+            format!("{CLOCK_FILE}#2"),
+            format!("{COORDINATORS_DIR}/7#1"),
+            format!("{LINEAGE_DIR}/00000000000000000003#14"),
+            format!("{SAVEPOINT_DIR}/sp-9/op-0-0123456789abcdef.keyed#5"),
+        ];
+        for f in &left {
+            let path = root.join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, vec![7u8; 64]).unwrap();
+        }
+        // Young: kept (a live writer may be about to rename it), and counted as such.
+        let young = coord.sweep_orphans(Duration::from_secs(60)).await.unwrap();
+        assert!(young.deleted.is_empty(), "{young:?}");
+        assert!(young.too_young >= left.len(), "{young:?}");
+        let sweep = coord.sweep_orphans(Duration::ZERO).await.unwrap();
+        let mut deleted = sweep.deleted.clone();
+        deleted.sort();
+        let mut expected = left.to_vec();
+        expected.sort();
+        assert_eq!(deleted, expected, "{sweep:?}");
+        for f in &left {
+            assert!(!root.join(f).exists(), "{f} stayed");
+        }
+        // The protocol's own files are untouched, and the checkpoint restores.
+        assert!(
+            root.join(COORDINATORS_DIR)
+                .read_dir()
+                .unwrap()
+                .next()
+                .is_some()
+        );
+        assert_retained_files_intact(&coord, true).await;
+        let again = coord.sweep_orphans(Duration::ZERO).await.unwrap();
+        assert!(again.deleted.is_empty(), "{again:?}");
     });
 }
