@@ -7,12 +7,12 @@
 use std::any::Any;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::Arc;
 
 use hashbrown::HashTable;
 
 use crate::error::{Error, Result};
 use crate::format::keyed_file::KeyedFileWriter;
+use crate::heap::cow_map::CowArc;
 use crate::heap::table::{ErasedTable, FrozenTable, RawTable, group_records, namespace_hash};
 use crate::key_group::stable_key_hash;
 use crate::keyed::backend::StateKey;
@@ -69,16 +69,22 @@ fn timer_hash<N: std::hash::Hash>(key_hash: u64, ns: &N, ts: u64) -> u64 {
 }
 
 /// One key group's timers. The set holds each timer once (set semantics; what snapshots write); the order
-/// is a sorted run popped from the front plus a binary heap of the timers added since the run was last
-/// merged, so registering costs a set insert and a heap push, and firing mostly pops the run in order.
-/// Deleting removes from the set only: the run and the heap may hold copies of timers no longer in the set
-/// (or twice), which are dropped when they come first, and the run is rebuilt from the set when copies
-/// outnumber timers twice over.
+/// is a sorted run popped from the front, a binary heap, and an unsorted buffer of the timers added since
+/// the order was last asked for. Registering costs a set insert and an append (a heap push, whose sift
+/// reads far into the heap, cost twice as much); the first question about the order settles the buffer:
+/// into the heap while it is small, else sorted and merged into the run, so firing mostly pops the run in
+/// order. Deleting removes from the set only: the run, the heap and the buffer may hold copies of timers
+/// no longer in the set (or twice), which are dropped when they come first, and the run is rebuilt from
+/// the set when copies outnumber timers twice over.
 #[derive(Clone)]
 pub(crate) struct TimerGroup<K, N> {
     set: HashTable<Slot<K, N>>,
     run: VecDeque<Slot<K, N>>,
     recent: BinaryHeap<Reverse<Slot<K, N>>>,
+    /// Timers added since the order was last asked for, unsorted.
+    fresh: Vec<Slot<K, N>>,
+    /// The least timestamp in `fresh` (`u64::MAX` when empty).
+    fresh_min: u64,
     /// Copies at the front of the run whose set entries were looked up ahead of their turn ([`WARM_AHEAD`]
     /// at a time): independent lookups overlap their cache misses, where one lookup per fired timer
     /// waited for memory each time.
@@ -94,6 +100,8 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
             set: HashTable::new(),
             run: VecDeque::new(),
             recent: BinaryHeap::new(),
+            fresh: Vec::new(),
+            fresh_min: u64::MAX,
             warmed: 0,
         }
     }
@@ -158,7 +166,8 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
             ns: ns.clone(),
         };
         self.set.insert_unique(hash, slot.clone(), Self::hash_of);
-        self.recent.push(Reverse(slot));
+        self.fresh_min = self.fresh_min.min(ts);
+        self.fresh.push(slot);
         true
     }
 
@@ -169,7 +178,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
             return false;
         };
         entry.remove();
-        if self.run.len() + self.recent.len() > 2 * self.set.len() + 64 {
+        if self.copies() > 2 * self.set.len() + 64 {
             self.rebuild();
         }
         true
@@ -181,6 +190,8 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
         all.sort_unstable();
         self.run = all.into();
         self.recent.clear();
+        self.fresh.clear();
+        self.fresh_min = u64::MAX;
         self.warmed = 0;
     }
 
@@ -201,17 +212,31 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
         self.warmed = warmed.max(1);
     }
 
-    /// The heap merged into the run once it holds more than an eighth of it (amortized O(1) per timer).
-    fn merge_if_large(&mut self) {
-        let recent = self.recent.len();
-        if recent <= 64 || recent * 8 <= self.run.len() {
+    /// Copies of timers held in the run, the heap and the buffer.
+    fn copies(&self) -> usize {
+        self.run.len() + self.recent.len() + self.fresh.len()
+    }
+
+    /// Settles the buffer before the order is read: the heap and the buffer merged into the run once they
+    /// hold more than an eighth of it (amortized O(1) per timer), else the buffer pushed onto the heap.
+    fn settle(&mut self) {
+        if self.fresh.is_empty() {
             return;
         }
-        let mut added: Vec<Slot<K, N>> = std::mem::take(&mut self.recent)
-            .into_vec()
-            .into_iter()
-            .map(|Reverse(s)| s)
-            .collect();
+        self.fresh_min = u64::MAX;
+        let recent = self.recent.len() + self.fresh.len();
+        if recent <= 64 || recent * 8 <= self.run.len() {
+            let fresh = std::mem::take(&mut self.fresh);
+            self.recent.extend(fresh.into_iter().map(Reverse));
+            return;
+        }
+        let mut added: Vec<Slot<K, N>> = std::mem::take(&mut self.fresh);
+        added.extend(
+            std::mem::take(&mut self.recent)
+                .into_vec()
+                .into_iter()
+                .map(|Reverse(s)| s),
+        );
         added.sort_unstable();
         let mut merged = Vec::with_capacity(self.run.len() + added.len());
         let mut run = std::mem::take(&mut self.run).into_iter().peekable();
@@ -230,7 +255,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
         self.warmed = 0;
     }
 
-    /// Whether the earliest copy is in the run rather than the heap.
+    /// Whether the earliest copy is in the run rather than the heap (the buffer settled).
     fn first_in_run(&self) -> Option<bool> {
         match (self.run.front(), self.recent.peek()) {
             (Some(r), Some(Reverse(h))) => Some(r <= h),
@@ -242,22 +267,20 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
 
     /// Whether every copy is a distinct timer of the set (no copy of a removed timer, none twice).
     fn clean(&self) -> bool {
-        self.run.len() + self.recent.len() == self.set.len()
+        self.copies() == self.set.len()
     }
 
     /// The earliest copy's timestamp, unchecked (it may be a removed timer's).
     fn first_ts(&self) -> Option<u64> {
-        match (self.run.front(), self.recent.peek()) {
-            (Some(r), Some(Reverse(h))) => Some(r.ts.min(h.ts)),
-            (Some(r), None) => Some(r.ts),
-            (None, Some(Reverse(h))) => Some(h.ts),
-            (None, None) => None,
-        }
+        let run = self.run.front().map_or(u64::MAX, |s| s.ts);
+        let recent = self.recent.peek().map_or(u64::MAX, |Reverse(s)| s.ts);
+        let least = run.min(recent).min(self.fresh_min);
+        (self.copies() > 0).then_some(least)
     }
 
     /// The earliest timer's timestamp; copies of removed timers that come first are dropped.
     fn head(&mut self) -> Option<u64> {
-        self.merge_if_large();
+        self.settle();
         loop {
             if self.clean() {
                 return self.first_ts();
@@ -284,7 +307,7 @@ impl<K: StateKey, N: StateKey> TimerGroup<K, N> {
 
     /// Removes and returns the earliest timer (the caller fires timers due at `time`: those are warmed).
     fn pop(&mut self, time: u64) -> Option<Slot<K, N>> {
-        self.merge_if_large();
+        self.settle();
         loop {
             let first = if self.first_in_run()? {
                 self.warmed = self.warmed.saturating_sub(1);
@@ -314,7 +337,7 @@ pub(crate) struct Popped<K, N> {
 /// The timers of one service and domain.
 pub(crate) struct TimerTable<K, N> {
     meta: StateMeta,
-    groups: Vec<Arc<TimerGroup<K, N>>>,
+    groups: Vec<CowArc<TimerGroup<K, N>>>,
     /// Each key group's earliest copy's timestamp: exact where a key group is clean, else at most the
     /// earliest timer's (checked when it comes first).
     heads: KeyGroupHeads,
@@ -326,7 +349,9 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
     pub(crate) fn new(meta: StateMeta, groups: usize) -> Self {
         TimerTable {
             meta,
-            groups: (0..groups).map(|_| Arc::new(TimerGroup::new())).collect(),
+            groups: (0..groups)
+                .map(|_| CowArc::new(TimerGroup::new()))
+                .collect(),
             heads: KeyGroupHeads::new(groups),
             len: 0,
         }
@@ -361,7 +386,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
                     Error::corrupt("<restored timers>", "key group outside the restored range")
                 })?;
                 table.len += group.set.len();
-                *slot = Arc::new(group);
+                *slot = CowArc::new(group);
                 table.rehead(kg);
             }
         }
@@ -376,7 +401,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
     /// Adds timer `(key, ns, ts)` of key group `kg` (key hash `hash`); one already there stays one.
     #[inline]
     pub(crate) fn register(&mut self, kg: usize, key_hash: u64, key: &K, ns: &N, ts: u64) {
-        if !Arc::make_mut(&mut self.groups[kg]).insert(key_hash, key, ns, ts) {
+        if !self.groups[kg].make_mut().insert(key_hash, key, ns, ts) {
             return;
         }
         self.len += 1;
@@ -388,7 +413,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
     /// Removes timer `(key, ns, ts)` of key group `kg`, if there.
     #[inline]
     pub(crate) fn delete(&mut self, kg: usize, key_hash: u64, key: &K, ns: &N, ts: u64) {
-        if !Arc::make_mut(&mut self.groups[kg]).remove(key_hash, key, ns, ts) {
+        if !self.groups[kg].make_mut().remove(key_hash, key, ns, ts) {
             return;
         }
         self.len -= 1;
@@ -402,7 +427,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
     pub(crate) fn next(&mut self) -> Option<u64> {
         loop {
             let (ts, kg) = self.heads.first()?;
-            let head = Arc::make_mut(&mut self.groups[kg]).head();
+            let head = self.groups[kg].make_mut().head();
             if head == Some(ts) {
                 return head;
             }
@@ -422,7 +447,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
             return None;
         }
         let (_, kg) = self.heads.first()?;
-        let group = Arc::make_mut(&mut self.groups[kg]);
+        let group = self.groups[kg].make_mut();
         let slot = group.pop(time)?;
         let head = group.first_ts();
         self.heads.set(kg, head);
@@ -450,7 +475,7 @@ impl<K: StateKey, N: StateKey> ErasedTable<K> for TimerTable<K, N> {
 }
 
 /// The timers a synchronous phase froze: the key groups, shared until the backend writes to them.
-struct FrozenTimers<K, N>(Vec<Arc<TimerGroup<K, N>>>);
+struct FrozenTimers<K, N>(Vec<CowArc<TimerGroup<K, N>>>);
 
 impl<K: StateKey, N: StateKey> FrozenTable for FrozenTimers<K, N> {
     fn write_group(
@@ -459,7 +484,7 @@ impl<K: StateKey, N: StateKey> FrozenTable for FrozenTimers<K, N> {
         state: u32,
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
-        let group = std::mem::replace(&mut self.0[kg_index], Arc::new(TimerGroup::new()));
+        let group = std::mem::replace(&mut self.0[kg_index], CowArc::new(TimerGroup::new()));
         for slot in group.set.iter() {
             writer.add_record(
                 state,
@@ -469,5 +494,93 @@ impl<K: StateKey, N: StateKey> FrozenTable for FrozenTimers<K, N> {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::state_meta::StateKind;
+    use std::collections::BTreeSet;
+
+    /// Random registrations, deletions, peeks and firings, with snapshots freezing the key groups now
+    /// and then, against a sorted set: enough timers per key group to pass every path (the buffer settled
+    /// into the heap and merged into the run, rebuilds after deletions, lookups warmed ahead).
+    #[test]
+    fn the_table_matches_a_sorted_set_through_merges_rebuilds_and_frozen_copies() {
+        let groups = 4;
+        let meta = StateMeta::new::<u64, u32, u64>("_timer/t/event", StateKind::Timers);
+        let mut table = TimerTable::<u64, u32>::new(meta, groups);
+        let mut model: BTreeSet<(u64, u64, u32)> = BTreeSet::new();
+        let mut frozen = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Key group and stable hash of a key (its group chosen by the test, not the router).
+        let at = |key: u64| {
+            (
+                (key % groups as u64) as usize,
+                stable_key_hash(&key.to_be_bytes()),
+            )
+        };
+        let mut time = 0;
+        for step in 0..60_000 {
+            let key = next() % 3_000;
+            let (kg, hash) = at(key);
+            let ns = (next() % 2) as u32;
+            let ts = time + next() % 20_000;
+            match next() % 16 {
+                0..=8 => {
+                    table.register(kg, hash, &key, &ns, ts);
+                    model.insert((ts, key, ns));
+                }
+                9..=11 => {
+                    // Mostly a timer that exists.
+                    let (ts, key, ns) = match model.iter().nth((next() % 64) as usize) {
+                        Some(t) if next() % 4 != 0 => *t,
+                        _ => (ts, key, ns),
+                    };
+                    let (kg, hash) = at(key);
+                    table.delete(kg, hash, &key, &ns, ts);
+                    model.remove(&(ts, key, ns));
+                }
+                12 => assert_eq!(table.next(), model.first().map(|t| t.0), "step {step}"),
+                13 => frozen.push(table.freeze()),
+                _ => {
+                    time += next() % 40;
+                    // In timestamp order; equal timestamps in any order.
+                    let mut fired = Vec::new();
+                    while let Some(p) = table.pop_due(time) {
+                        assert!(fired.last().is_none_or(|&(t, _, _)| t <= p.slot.ts));
+                        fired.push((p.slot.ts, p.slot.key, p.slot.ns));
+                    }
+                    fired.sort_unstable();
+                    let later = model.split_off(&(time + 1, 0, 0));
+                    let due: Vec<_> = std::mem::replace(&mut model, later).into_iter().collect();
+                    assert_eq!(fired, due, "step {step}");
+                }
+            }
+            if step % 10_000 == 5_000 {
+                // Most timers deleted at once: copies outnumber timers, the runs are rebuilt.
+                let doomed: Vec<_> = model.iter().filter(|t| t.1 % 4 != 0).copied().collect();
+                for (ts, key, ns) in doomed {
+                    let (kg, hash) = at(key);
+                    table.delete(kg, hash, &key, &ns, ts);
+                    model.remove(&(ts, key, ns));
+                }
+            }
+            assert_eq!(table.len(), model.len(), "step {step}");
+            if frozen.len() > 3 {
+                frozen.remove(0);
+            }
+        }
+        assert!(
+            model.len() > 1_000,
+            "too few timers held to reach the merges"
+        );
     }
 }

@@ -152,9 +152,9 @@ fn unique<T: ?Sized>(arc: &mut Arc<T>, copy: impl FnOnce(&T) -> Arc<T>) -> &mut 
     // Pairs with the release decrement of the last other handle (a snapshot dropping its copy on another
     // thread), so that handle's reads happen before our writes; `Arc::get_mut` orders the same way.
     fence(Ordering::Acquire);
-    // SAFETY: the strong count is 1 and the map never creates a `Weak` to its pages or key-group maps
-    // (no `Arc::downgrade` in this module; the types are private), so `arc` is the only handle to the
-    // value. We hold `&mut arc`, so no other handle can be cloned from it while the returned borrow lives,
+    // SAFETY: the strong count is 1 and the map never creates a `Weak` to its pages or key-group maps, nor
+    // `CowArc` to its value (no `Arc::downgrade` in this module or below; the types and the field are
+    // private), so `arc` is the only handle to the value. We hold `&mut arc`, so no other handle can be cloned from it while the returned borrow lives,
     // and the borrow is tied to `arc`'s. The pointer comes from `Arc::as_ptr`, valid while `arc` is.
     unsafe { &mut *Arc::as_ptr(arc).cast_mut() }
 }
@@ -547,7 +547,10 @@ impl<K, N, S> CowSnapshot<K, N, S> {
 
 mod batch;
 mod build;
+mod cow_arc;
+
 pub(crate) use batch::PageRef;
 pub(crate) use build::GroupBuilder;
+pub(crate) use cow_arc::CowArc;
 #[cfg(test)]
 mod tests;
