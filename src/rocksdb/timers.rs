@@ -15,7 +15,11 @@
 //! written as one `WriteBatch` sorted by row (a stable sort: writes of one row keep their order), so the
 //! memtable takes them in key order (random inserts into its skip list dominated a profile); written when
 //! a queue holds [`PENDING_OPS`] and before anything reads its column family past the cache: a refill, a
-//! count, a snapshot (`TimerQueues::flush_all`). A dropped state's pending writes are dropped with it.
+//! count, a snapshot (`TimerQueues::flush_all`). A dropped state's pending writes are dropped with it. A
+//! batch that fails is gone, so its queue is marked lost: every later access to it and every snapshot of
+//! the backend fail (`IllegalState`) until the backend is restored, rather than answer or checkpoint
+//! timers with registrations or deletions missing. A refill that fails leaves the cache as it was, to be
+//! retried.
 
 use std::collections::BTreeSet;
 
@@ -58,6 +62,9 @@ struct Queue {
     unknown: BTreeSet<usize>,
     /// Writes not yet in the DB, in order: `(row, put)` (`false`: delete).
     pending: Vec<(Box<[u8]>, bool)>,
+    /// A batch of pending writes that failed (RocksDB's error): they are gone, so the queue answers
+    /// nothing more and no snapshot holds it until the backend is restored.
+    lost: Option<String>,
 }
 
 /// The timer queues of one RocksDB backend, by the state id of their column family.
@@ -82,6 +89,7 @@ impl Queue {
             heads: KeyGroupHeads::new(range.len() as usize),
             unknown: (0..range.len() as usize).collect(),
             pending: Vec::new(),
+            lost: None,
         }
     }
 
@@ -89,7 +97,8 @@ impl Queue {
     ///
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB (the writes are dropped: the cache may then disagree with the
-    /// DB, so the backend's timers are not to be trusted until it is restored).
+    /// DB, so the queue is marked lost: every later access and every snapshot fails until the backend is
+    /// restored).
     fn flush(&mut self, db: &Db, cf: &ColumnFamily) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -104,7 +113,17 @@ impl Queue {
                 batch.delete_cf(cf, row);
             }
         }
+        #[cfg(test)]
+        let batch = match tests::FAIL_FLUSH.with(|f| f.replace(false)) {
+            true => {
+                let e = crate::Error::local("timer writes", "injected write error");
+                self.lost = Some(e.to_string());
+                return Err(e);
+            }
+            false => batch,
+        };
         db.write(batch, "timer writes")
+            .inspect_err(|e| self.lost = Some(e.to_string()))
     }
 
     /// Queues a write; writes the queue's pending writes once there are [`PENDING_OPS`].
@@ -158,10 +177,26 @@ impl Queue {
             group.rows.insert(row.into());
             it.next();
         }
-        it.status().map_err(|e| db_error("timer refill", e))?;
+        if let Err(e) = it.status() {
+            // As before the refill, to be retried: an empty cache below the old bound (without the
+            // bound the rows not read would count as no timers).
+            group.rows.clear();
+            group.bound = Some(bound);
+            self.rehead(kg, max_parallelism);
+            return Err(db_error("timer refill", e));
+        }
         self.rehead(kg, max_parallelism);
         Ok(())
     }
+}
+
+/// The error of every access to a timer queue, and of every snapshot, after a batch of its writes failed.
+fn lost_writes(id: StateId, why: &str) -> crate::Error {
+    crate::Error::IllegalState(format!(
+        "the timers of state id {} lost writes ({why}): registrations or deletions are missing, so no \
+         timer is answered and no snapshot is taken; restore the backend from its checkpoint",
+        id.0
+    ))
 }
 
 impl TimerQueues {
@@ -174,27 +209,40 @@ impl TimerQueues {
         }
     }
 
-    fn queue(&mut self, id: StateId) -> &mut Queue {
+    /// The queue of `id`, made on first use.
+    ///
+    /// # Errors
+    /// [`crate::Error::IllegalState`] if a batch of its writes failed ([`lost_writes`]).
+    fn queue(&mut self, id: StateId) -> Result<&mut Queue> {
         let i = id.0 as usize;
         if self.queues.len() <= i {
             self.queues.resize_with(i + 1, || None);
         }
         let (range, max_parallelism) = (self.range, self.max_parallelism);
-        self.queues[i].get_or_insert_with(|| Queue::new(range, max_parallelism))
+        let q = self.queues[i].get_or_insert_with(|| Queue::new(range, max_parallelism));
+        match &q.lost {
+            Some(why) => Err(lost_writes(id, why)),
+            None => Ok(q),
+        }
     }
 
     /// Writes every queue's pending writes (before a snapshot); `cf_of` finds a queue's column family.
     ///
     /// # Errors
-    /// [`crate::Error::Local`] from RocksDB; `cf_of`'s errors.
+    /// [`crate::Error::Local`] from RocksDB; `cf_of`'s errors; [`crate::Error::IllegalState`] if a batch
+    /// of a queue's writes failed before (the snapshot would miss them).
     pub(crate) fn flush_all<'d>(
         &mut self,
         db: &'d Db,
         cf_of: impl Fn(StateId) -> Result<&'d ColumnFamily>,
     ) -> Result<()> {
         for (i, queue) in self.queues.iter_mut().enumerate() {
+            let id = StateId(i as u32);
+            if let Some(why) = queue.as_ref().and_then(|q| q.lost.as_deref()) {
+                return Err(lost_writes(id, why));
+            }
             if let Some(q) = queue.as_mut().filter(|q| !q.pending.is_empty()) {
-                q.flush(db, cf_of(StateId(i as u32))?)?;
+                q.flush(db, cf_of(id)?)?;
             }
         }
         Ok(())
@@ -220,7 +268,7 @@ impl TimerQueues {
         row: &[u8],
     ) -> Result<()> {
         let max_parallelism = self.max_parallelism;
-        let q = self.queue(id);
+        let q = self.queue(id)?;
         q.push(db, cf, row.into(), true)?;
         let group = &mut q.groups[kg];
         if group.bound.as_deref().is_some_and(|b| row >= b) || !group.rows.insert(row.into()) {
@@ -247,7 +295,7 @@ impl TimerQueues {
         row: &[u8],
     ) -> Result<()> {
         let max_parallelism = self.max_parallelism;
-        let q = self.queue(id);
+        let q = self.queue(id)?;
         let group = &mut q.groups[kg];
         if group.bound.as_deref().is_none_or(|b| row < b) {
             // Below the bound every live row is cached: a row not cached is no timer (and no tombstone).
@@ -265,7 +313,7 @@ impl TimerQueues {
     /// [`crate::Error::Local`] from RocksDB (refilling a key group's cache).
     pub(crate) fn next(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<Option<u64>> {
         let (range, max_parallelism) = (self.range, self.max_parallelism);
-        let q = self.queue(id);
+        let q = self.queue(id)?;
         if !q.unknown.is_empty() {
             // A refill reads the DB past the cache: every pending write first.
             q.flush(db, cf)?;
@@ -327,7 +375,7 @@ impl TimerQueues {
             _ => return Ok(None),
         }
         let max_parallelism = self.max_parallelism;
-        let q = self.queue(id);
+        let q = self.queue(id)?;
         let Some((_, kg)) = q.heads.first() else {
             return Ok(None);
         };
@@ -352,12 +400,80 @@ impl TimerQueues {
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB.
     pub(crate) fn count(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<u64> {
-        self.queue(id).flush(db, cf)?;
+        self.queue(id)?.flush(db, cf)?;
         let mut count = 0;
         scan_prefix(db, cf, &[], |_, _| {
             count += 1;
             Ok(true)
         })?;
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use crate::keyed::{TimeDomain, TimerServiceDescriptor};
+    use crate::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
+    use crate::*;
+
+    thread_local! {
+        /// The next batch of timer writes fails with an injected RocksDB write error.
+        pub(super) static FAIL_FLUSH: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// A failed batch of timer writes dropped its registrations, but the queue went on answering and the
+    /// next checkpoint held the timers without them. Now every access and every snapshot is refused, and
+    /// a restore from the last checkpoint has every timer of that checkpoint.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lost_timer_writes_refuse_the_queue_and_snapshots_until_a_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = CheckpointStorage::in_memory("timers-lost").unwrap();
+        let identity = SubtaskIdentity::new("op", 128, 1, 0).unwrap();
+        let config = RocksDbConfig {
+            local_dir: dir.path().into(),
+            ..RocksDbConfig::default()
+        };
+        let mut b = RocksDbKeyedStateBackend::<u64>::new(identity.clone(), config.clone()).unwrap();
+        let svc = b.timer_service(&TimerServiceDescriptor::new("t")).unwrap();
+        let register = |b: &mut RocksDbKeyedStateBackend<u64>, keys: std::ops::Range<u64>| {
+            for k in keys {
+                b.set_current_key(k).unwrap();
+                svc.register_event_time(b, &VoidNamespace, 1_000 + k)?;
+            }
+            Ok::<_, Error>(())
+        };
+        register(&mut b, 0..100).unwrap();
+        let handle = b.snapshot(1, &storage).unwrap().run().await.unwrap().handle;
+        FAIL_FLUSH.with(|f| f.set(true));
+        let err = register(&mut b, 100..40_000).expect_err("the injected write error");
+        assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
+        let event = TimeDomain::EventTime;
+        for e in [
+            svc.next_timer(&mut b, event).err(),
+            svc.len(&mut b, event).err(),
+            register(&mut b, 50_000..50_001).err(),
+        ] {
+            let e = e.expect("refused");
+            assert!(e.to_string().contains("lost writes"), "{e}");
+        }
+        let refused = b.snapshot(2, &storage).err().expect("snapshot refused");
+        assert!(refused.to_string().contains("lost writes"), "{refused}");
+        drop(b);
+        let mut r = RocksDbKeyedStateBackend::<u64>::restore(
+            identity,
+            config,
+            &storage,
+            &[handle],
+            RestoreMode::NoClaim,
+        )
+        .await
+        .unwrap();
+        let svc = r
+            .timer_service(&TimerServiceDescriptor::<VoidNamespace>::new("t"))
+            .unwrap();
+        assert_eq!(svc.len(&mut r, event).unwrap(), 100);
+        assert_eq!(svc.next_timer(&mut r, event).unwrap(), Some(1_000));
     }
 }
