@@ -485,7 +485,11 @@ impl<K: StateKey, N: StateKey> FrozenTable for FrozenTimers<K, N> {
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
         let group = std::mem::replace(&mut self.0[kg_index], CowArc::new(TimerGroup::new()));
-        for slot in group.set.iter() {
+        // In timer order (timestamp, key hash): sorting here, in the asynchronous phase, leaves a restore
+        // of this backend an already sorted run (its sort then only checks the order).
+        let mut slots: Vec<&Slot<K, N>> = group.set.iter().collect();
+        slots.sort_unstable_by_key(|s| s.order());
+        for slot in slots {
             writer.add_record(
                 state,
                 |b| slot.key.encode(b),
