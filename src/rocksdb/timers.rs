@@ -113,17 +113,7 @@ impl Queue {
                 batch.delete_cf(cf, row);
             }
         }
-        #[cfg(test)]
-        let batch = match tests::FAIL_FLUSH.with(|f| f.replace(false)) {
-            true => {
-                let e = crate::Error::local("timer writes", "injected write error");
-                self.lost = Some(e.to_string());
-                return Err(e);
-            }
-            false => batch,
-        };
-        db.write(batch, "timer writes")
-            .inspect_err(|e| self.lost = Some(e.to_string()))
+        write_batch(db, batch).inspect_err(|e| self.lost = Some(e.to_string()))
     }
 
     /// Queues a write; writes the queue's pending writes once there are [`PENDING_OPS`].
@@ -188,6 +178,15 @@ impl Queue {
         self.rehead(kg, max_parallelism);
         Ok(())
     }
+}
+
+/// Writes one batch of a queue's pending writes (in tests, the one `tests::FAIL_FLUSH` names fails).
+fn write_batch(db: &Db, batch: WriteBatch) -> Result<()> {
+    #[cfg(test)]
+    if tests::FAIL_FLUSH.with(|f| f.replace(false)) {
+        return Err(crate::Error::local("timer writes", "injected write error"));
+    }
+    db.write(batch, "timer writes")
 }
 
 /// The error of every access to a timer queue, and of every snapshot, after a batch of its writes failed.
