@@ -436,7 +436,7 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
     }
 
     fn timer_count<N: StateKey>(&mut self, state: StateId) -> Result<u64> {
-        Ok(self.timers::<N>(state)?.len() as u64)
+        Ok(self.timers::<N>(state)?.count() as u64)
     }
 
     #[inline]
