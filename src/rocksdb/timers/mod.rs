@@ -6,22 +6,27 @@
 //!
 //! A key group's cache holds exactly the live rows below its *bound* (all of them when there is no bound):
 //! a refill reads forward from the bound only, with the next key group as the iterator's upper bound, so
-//! the tombstones of fired timers, which are all below the bound, are never stepped over again (Flink's
-//! RocksDB timers slowed down over them, FLINK-40584). The cache is a cache: every write goes to the DB
-//! first, so a snapshot of the DB holds the timers whatever the cache holds, and a restored backend starts
-//! with empty caches.
+//! the fired timers' rows, which are all below the bound, are never stepped over again (Flink's RocksDB
+//! timers slowed down over their tombstones, FLINK-40584). The cache is a cache: every registration and
+//! deletion goes to the DB first, so a snapshot of the DB holds the timers whatever the cache holds, and a
+//! restored backend starts with empty caches.
 //!
-//! Timer writes (registrations, deletes, fired timers' deletes) of a queue are held as pending writes and
-//! written as one `WriteBatch` sorted by row (a stable sort: writes of one row keep their order), so the
-//! memtable takes them in key order (random inserts into its skip list dominated a profile); written when
-//! a queue holds [`PENDING_OPS`] and before anything reads its column family past the cache: a refill, a
-//! count, a snapshot (`TimerQueues::flush_all`). A dropped state's pending writes are dropped with it. A
-//! batch that fails is gone, so its queue is marked lost: every later access to it and every snapshot of
-//! the backend fail (`IllegalState`) until the backend is restored, rather than answer or checkpoint
-//! timers with registrations or deletions missing. A refill that fails leaves the cache as it was, to be
-//! retried.
+//! Registrations and deletions of a queue are held as pending writes ([`pending`]) and written as one
+//! `WriteBatch` sorted by row, so the memtable takes them in key order; written when a batch is full and
+//! before anything reads the column family past the cache: a refill, a count, a snapshot
+//! (`TimerQueues::flush_all`). Fired timers write no tombstone each: a key group's fired rows always lie
+//! below its earliest live row (a registration below the last fired row writes them off first), so one
+//! range deletion per key group, from its first fired row to its earliest live row, deletes them, written
+//! before a snapshot or a count and every [`FIRED_RANGE_ROWS`] fired timers (a tombstone per fired timer
+//! was more than half of firing's cost; successive ranges do not overlap, which RocksDB fragments in
+//! quadratic time). A dropped state's pending writes are dropped with it. A batch that fails is gone, so
+//! its queue is marked lost: every later access to it and every snapshot of the backend fail
+//! (`IllegalState`) until the backend is restored, rather than answer or checkpoint timers with
+//! registrations or deletions missing. A refill that fails leaves the cache as it was, to be retried.
 
-use std::collections::BTreeSet;
+mod pending;
+
+use std::collections::{BTreeSet, VecDeque};
 
 use rocksdb::{ColumnFamily, WriteBatch};
 
@@ -36,32 +41,49 @@ use crate::keyed::timers::Timer;
 use crate::rocksdb::current::CurrentKeyPrefix;
 use crate::rocksdb::db::{Db, db_error};
 use crate::rocksdb::rows::scan_prefix;
+use pending::PendingWrites;
 
 /// Rows a refill reads into a key group's cache; a cache grown by registrations below its bound to
 /// twice this gives back its last rows (the bound moves down).
 const CACHE_ROWS: usize = 512;
 
-/// Pending timer writes of a queue before they are written.
-const PENDING_OPS: usize = 16 << 10;
+/// Rows a queue fires before their range deletions are written (also written before a snapshot or a
+/// count): at most one range tombstone per key group per this many fired timers.
+const FIRED_RANGE_ROWS: usize = 64 << 10;
 
 /// One key group's earliest timers.
 struct GroupCache {
-    /// The live rows below `bound`, every one of them.
-    rows: BTreeSet<Box<[u8]>>,
+    /// The live rows below `bound`, every one of them, sorted (a refill appends in order, firing pops the
+    /// front; a registration or deletion below the bound inserts or removes at its place, within at most
+    /// twice [`CACHE_ROWS`]).
+    rows: VecDeque<Box<[u8]>>,
     /// `None`: `rows` is the whole key group. `Some(b)`: rows from `b` on are in the DB only.
     bound: Option<Box<[u8]>>,
 }
 
+/// The first and the last row a key group fired since its last range deletion.
+type FiredSpan = (Box<[u8]>, Box<[u8]>);
+
 /// The caches of one service and domain over the owned key groups.
 struct Queue {
+    /// The owned key groups and the max parallelism (to name a key group's rows).
+    range: KeyGroupRange,
+    max_parallelism: u32,
     groups: Vec<GroupCache>,
     /// The earliest cached timestamp of every key group with cached rows.
     heads: KeyGroupHeads,
     /// Key groups whose cache is empty but whose rows beyond the bound are unknown: refilled before the
     /// earliest timer is answered.
     unknown: BTreeSet<usize>,
-    /// Writes not yet in the DB, in order: `(row, put)` (`false`: delete).
-    pending: Vec<(Box<[u8]>, bool)>,
+    /// Writes not yet in the DB.
+    pending: PendingWrites,
+    /// Per key group index, the first and the last row fired since the key group's last range deletion
+    /// (fired in row order: a registration below the last one writes the range deletions first). Fired
+    /// rows are deleted by one range deletion per key group now and then, not a tombstone per row.
+    fired_span: Vec<Option<FiredSpan>>,
+    /// The key groups with a `fired_span`, and the rows fired since the last range deletions.
+    fired: Vec<usize>,
+    fired_rows: usize,
     /// A batch of pending writes that failed (RocksDB's error): they are gone, so the queue answers
     /// nothing more and no snapshot holds it until the backend is restored.
     lost: Option<String>,
@@ -79,54 +101,83 @@ impl Queue {
     /// Nothing cached; every key group unknown (a new or restored DB).
     fn new(range: KeyGroupRange, max_parallelism: u32) -> Queue {
         Queue {
+            range,
+            max_parallelism,
             groups: range
                 .iter()
                 .map(|kg| GroupCache {
-                    rows: BTreeSet::new(),
+                    rows: VecDeque::new(),
                     bound: Some(key_group_prefix(kg, max_parallelism).into()),
                 })
                 .collect(),
             heads: KeyGroupHeads::new(range.len() as usize),
             unknown: (0..range.len() as usize).collect(),
-            pending: Vec::new(),
+            pending: PendingWrites::default(),
+            fired_span: vec![None; range.len() as usize],
+            fired: Vec::new(),
+            fired_rows: 0,
             lost: None,
         }
     }
 
-    /// Writes the pending writes to `cf`, sorted by row.
+    /// Whether writes wait for the DB.
+    fn dirty(&self) -> bool {
+        !self.pending.is_empty() || !self.fired.is_empty()
+    }
+
+    /// The end of key group index `kg`'s rows below its earliest live row, none of them live (fired,
+    /// deleted or never there): its earliest cached row, else its bound, else the next key group's first
+    /// row (nothing of the key group is live).
+    fn live_from(&self, kg: usize) -> Vec<u8> {
+        let group = &self.groups[kg];
+        match (group.rows.front(), &group.bound) {
+            (Some(row), _) | (None, Some(row)) => row.to_vec(),
+            (None, None) => {
+                let next = self.range.start() + kg as u32 + 1;
+                key_group_prefix(next, self.max_parallelism)
+            }
+        }
+    }
+
+    /// Writes the pending writes to `cf`, sorted by row, and with `ranges` the range deletions of the rows
+    /// fired since the last ones: per key group that fired, from its first fired row to its earliest live
+    /// row (past its last fired row), so successive ranges of a key group do not overlap (RocksDB
+    /// fragments overlapping range tombstones in time quadratic in their number).
     ///
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB (the writes are dropped: the cache may then disagree with the
     /// DB, so the queue is marked lost: every later access and every snapshot fails until the backend is
     /// restored).
-    fn flush(&mut self, db: &Db, cf: &ColumnFamily) -> Result<()> {
-        if self.pending.is_empty() {
+    fn flush(&mut self, db: &Db, cf: &ColumnFamily, ranges: bool) -> Result<()> {
+        if self.pending.is_empty() && !(ranges && self.fired_rows > 0) {
             return Ok(());
         }
-        let mut pending = std::mem::take(&mut self.pending);
-        pending.sort_by(|a, b| a.0.cmp(&b.0));
         let mut batch = WriteBatch::default();
-        for (row, put) in &pending {
-            if *put {
-                batch.put_cf(cf, row, []);
-            } else {
-                batch.delete_cf(cf, row);
+        self.pending.drain_into(cf, &mut batch);
+        if ranges {
+            // After the rows: a put in the batch below a key group's earliest live row is of a timer
+            // fired or deleted since, which the range deletion then covers.
+            for kg in std::mem::take(&mut self.fired) {
+                let end = self.live_from(kg);
+                if let Some((start, _)) = self.fired_span[kg].take() {
+                    batch.delete_range_cf(cf, &start[..], &end[..]);
+                }
             }
+            self.fired_rows = 0;
         }
         write_batch(db, batch).inspect_err(|e| self.lost = Some(e.to_string()))
     }
 
-    /// Queues a write; writes the queue's pending writes once there are [`PENDING_OPS`].
-    fn push(&mut self, db: &Db, cf: &ColumnFamily, row: Box<[u8]>, put: bool) -> Result<()> {
-        self.pending.push((row, put));
-        if self.pending.len() >= PENDING_OPS {
-            self.flush(db, cf)?;
+    /// Queues a write; writes the queue's pending writes once they fill a batch.
+    fn push(&mut self, db: &Db, cf: &ColumnFamily, row: &[u8], put: bool) -> Result<()> {
+        if self.pending.push(row, put) {
+            self.flush(db, cf, false)?;
         }
         Ok(())
     }
 
     fn head(&self, kg: usize, max_parallelism: u32) -> Option<u64> {
-        let row = self.groups[kg].rows.first()?;
+        let row = self.groups[kg].rows.front()?;
         split_timer_row(row, max_parallelism)
             .ok()
             .map(|r| r.timestamp)
@@ -138,7 +189,7 @@ impl Queue {
         let group = &self.groups[kg];
         if group.rows.is_empty() && group.bound.is_some() {
             self.unknown.insert(kg);
-        } else {
+        } else if !self.unknown.is_empty() {
             self.unknown.remove(&kg);
         }
     }
@@ -164,7 +215,7 @@ impl Queue {
                 group.bound = Some(row.into());
                 break;
             }
-            group.rows.insert(row.into());
+            group.rows.push_back(row.into());
             it.next();
         }
         if let Err(e) = it.status() {
@@ -240,8 +291,8 @@ impl TimerQueues {
             if let Some(why) = queue.as_ref().and_then(|q| q.lost.as_deref()) {
                 return Err(lost_writes(id, why));
             }
-            if let Some(q) = queue.as_mut().filter(|q| !q.pending.is_empty()) {
-                q.flush(db, cf_of(id)?)?;
+            if let Some(q) = queue.as_mut().filter(|q| q.dirty()) {
+                q.flush(db, cf_of(id)?, true)?;
             }
         }
         Ok(())
@@ -268,14 +319,27 @@ impl TimerQueues {
     ) -> Result<()> {
         let max_parallelism = self.max_parallelism;
         let q = self.queue(id)?;
-        q.push(db, cf, row.into(), true)?;
+        if q.fired_span[kg]
+            .as_ref()
+            .is_some_and(|(_, last)| row < &**last)
+        {
+            // Fired rows not yet range-deleted must stay below the key group's earliest live row (their
+            // range ends there, and a refill starts above it): below the last of them, they go first.
+            q.flush(db, cf, true)?;
+        }
+        q.push(db, cf, row, true)?;
         let group = &mut q.groups[kg];
-        if group.bound.as_deref().is_some_and(|b| row >= b) || !group.rows.insert(row.into()) {
+        if group.bound.as_deref().is_some_and(|b| row >= b) {
             return Ok(());
         }
+        match group.rows.binary_search_by(|r| (**r).cmp(row)) {
+            Ok(_) => return Ok(()),
+            Err(at) => group.rows.insert(at, row.into()),
+        }
         if group.rows.len() > 2 * CACHE_ROWS {
-            // Everything below the last row stays cached: it becomes the bound.
-            group.bound = group.rows.pop_last();
+            // Everything below the last row stays cached: it becomes the bound (a live row, so above
+            // every fired row still to be range-deleted).
+            group.bound = group.rows.pop_back();
         }
         q.rehead(kg, max_parallelism);
         Ok(())
@@ -298,12 +362,13 @@ impl TimerQueues {
         let group = &mut q.groups[kg];
         if group.bound.as_deref().is_none_or(|b| row < b) {
             // Below the bound every live row is cached: a row not cached is no timer (and no tombstone).
-            if !group.rows.remove(row) {
-                return Ok(());
+            match group.rows.binary_search_by(|r| (**r).cmp(row)) {
+                Ok(at) => drop(group.rows.remove(at)),
+                Err(_) => return Ok(()),
             }
             q.rehead(kg, max_parallelism);
         }
-        q.push(db, cf, row.into(), false)
+        q.push(db, cf, row, false)
     }
 
     /// The earliest timestamp of `id`'s timers.
@@ -314,8 +379,9 @@ impl TimerQueues {
         let (range, max_parallelism) = (self.range, self.max_parallelism);
         let q = self.queue(id)?;
         if !q.unknown.is_empty() {
-            // A refill reads the DB past the cache: every pending write first.
-            q.flush(db, cf)?;
+            // A refill reads the DB past the cache: every pending write first (fired rows are below the
+            // bounds, which only a registration moves down, writing their range deletions first).
+            q.flush(db, cf, false)?;
         }
         while let Some(kg) = q.unknown.pop_first() {
             q.refill(db, cf, range, kg, max_parallelism)?;
@@ -378,7 +444,7 @@ impl TimerQueues {
         let Some((_, kg)) = q.heads.first() else {
             return Ok(None);
         };
-        let Some(row) = q.groups[kg].rows.pop_first() else {
+        let Some(row) = q.groups[kg].rows.pop_front() else {
             return Ok(None);
         };
         q.rehead(kg, max_parallelism);
@@ -386,7 +452,19 @@ impl TimerQueues {
         let (key, namespace) = (K::decode(parts.key)?, N::decode(parts.namespace)?);
         current.set_encoded(key.clone(), parts.key, parts.key_group, max_parallelism);
         let timestamp = parts.timestamp;
-        q.push(db, cf, row, false)?;
+        // Deleted with the key group's other fired rows by one range deletion, written before a snapshot
+        // or a count reads the column family, or after [`FIRED_RANGE_ROWS`] fired rows.
+        match &mut q.fired_span[kg] {
+            None => {
+                q.fired.push(kg);
+                q.fired_span[kg] = Some((row.clone(), row));
+            }
+            Some((_, last)) => *last = row,
+        }
+        q.fired_rows += 1;
+        if q.fired_rows >= FIRED_RANGE_ROWS {
+            q.flush(db, cf, true)?;
+        }
         Ok(Some(Timer {
             key,
             namespace,
@@ -399,7 +477,7 @@ impl TimerQueues {
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB.
     pub(crate) fn count(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<u64> {
-        self.queue(id)?.flush(db, cf)?;
+        self.queue(id)?.flush(db, cf, true)?;
         let mut count = 0;
         scan_prefix(db, cf, &[], |_, _| {
             count += 1;
@@ -410,69 +488,4 @@ impl TimerQueues {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::cell::Cell;
-
-    use crate::keyed::{TimeDomain, TimerServiceDescriptor};
-    use crate::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
-    use crate::*;
-
-    thread_local! {
-        /// The next batch of timer writes fails with an injected RocksDB write error.
-        pub(super) static FAIL_FLUSH: Cell<bool> = const { Cell::new(false) };
-    }
-
-    /// A failed batch of timer writes dropped its registrations, but the queue went on answering and the
-    /// next checkpoint held the timers without them. Now every access and every snapshot is refused, and
-    /// a restore from the last checkpoint has every timer of that checkpoint.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn lost_timer_writes_refuse_the_queue_and_snapshots_until_a_restore() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = CheckpointStorage::in_memory("timers-lost").unwrap();
-        let identity = SubtaskIdentity::new("op", 128, 1, 0).unwrap();
-        let config = RocksDbConfig {
-            local_dir: dir.path().into(),
-            ..RocksDbConfig::default()
-        };
-        let mut b = RocksDbKeyedStateBackend::<u64>::new(identity.clone(), config.clone()).unwrap();
-        let svc = b.timer_service(&TimerServiceDescriptor::new("t")).unwrap();
-        let register = |b: &mut RocksDbKeyedStateBackend<u64>, keys: std::ops::Range<u64>| {
-            for k in keys {
-                b.set_current_key(k).unwrap();
-                svc.register_event_time(b, &VoidNamespace, 1_000 + k)?;
-            }
-            Ok::<_, Error>(())
-        };
-        register(&mut b, 0..100).unwrap();
-        let handle = b.snapshot(1, &storage).unwrap().run().await.unwrap().handle;
-        FAIL_FLUSH.with(|f| f.set(true));
-        let err = register(&mut b, 100..40_000).expect_err("the injected write error");
-        assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
-        let event = TimeDomain::EventTime;
-        for e in [
-            svc.next_timer(&mut b, event).err(),
-            svc.len(&mut b, event).err(),
-            register(&mut b, 50_000..50_001).err(),
-        ] {
-            let e = e.expect("refused");
-            assert!(e.to_string().contains("lost writes"), "{e}");
-        }
-        let refused = b.snapshot(2, &storage).err().expect("snapshot refused");
-        assert!(refused.to_string().contains("lost writes"), "{refused}");
-        drop(b);
-        let mut r = RocksDbKeyedStateBackend::<u64>::restore(
-            identity,
-            config,
-            &storage,
-            &[handle],
-            RestoreMode::NoClaim,
-        )
-        .await
-        .unwrap();
-        let svc = r
-            .timer_service(&TimerServiceDescriptor::<VoidNamespace>::new("t"))
-            .unwrap();
-        assert_eq!(svc.len(&mut r, event).unwrap(), 100);
-        assert_eq!(svc.next_timer(&mut r, event).unwrap(), Some(1_000));
-    }
-}
+mod tests;
