@@ -8,7 +8,8 @@
 //! `next_timer`). Printed once per backend: checkpoint bytes per timer and the duration of that
 //! checkpoint's asynchronous phase, and for RocksDB the fire rate of
 //! each of 10 rounds of register 1M / fire 1M (tombstones of fired timers must not slow later rounds).
-//! `TIMERS_BENCH_10M=1` adds the heap's synchronous phase at 10M timers; `TIMERS_BENCH_FIGURES=0` leaves
+//! `TIMERS_BENCH_10M=1` adds the heap's synchronous phase at 10M timers, `TIMERS_BENCH_ROUNDS=n` runs n
+//! rounds on RocksDB; `TIMERS_BENCH_FIGURES=0` leaves
 //! out the printed figures (for profiling one group).
 
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
@@ -101,6 +102,13 @@ fn fire_all(b: &mut StateBackend<u64>, time: u64) -> u64 {
             return fired;
         }
     }
+}
+
+/// Rounds of register / fire on RocksDB: 10, or `TIMERS_BENCH_ROUNDS` (at least 10) to see where the
+/// rate settles.
+fn rounds() -> u64 {
+    let asked = std::env::var("TIMERS_BENCH_ROUNDS").ok();
+    asked.and_then(|r| r.parse().ok()).unwrap_or(10).max(10)
 }
 
 /// Whether the printed figures run (under `cargo bench`, not with `TIMERS_BENCH_FIGURES=0`).
@@ -288,7 +296,7 @@ fn bench(c: &mut Criterion) {
         }
         let mut b = StateBackend::new(&identity(), &config(kind, tmp.path())).unwrap();
         let mut rates = Vec::new();
-        for round in 0..10 {
+        for round in 0..rounds() {
             register(&mut b, 0..N, round + 100);
             let start = Instant::now();
             let fired = fire_all(&mut b, u64::MAX);
@@ -297,7 +305,8 @@ fn bench(c: &mut Criterion) {
         }
         let shown: Vec<String> = rates.iter().map(|r| format!("{r:.2}")).collect();
         eprintln!(
-            "timers {name}: 10 rounds of register 1M / fire 1M, fire M/s per round: [{}]; round 10 / round 1 = {:.2}",
+            "timers {name}: {} rounds of register 1M / fire 1M, fire M/s per round: [{}]; round 10 / round 1 = {:.2}",
+            rates.len(),
             shown.join(", "),
             rates[9] / rates[0]
         );
