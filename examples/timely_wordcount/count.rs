@@ -120,16 +120,17 @@ impl Counter {
                     let route = self.router.route_hash(hash);
                     self.backend.set_current_key_routed(word, route)?;
                     let window = event_time / window_ms;
+                    // One lookup says whether this is its window's first word.
+                    let first = state.add_first(&mut self.backend, &window, 1)?;
                     if let Some(f) = firing
-                        && state.get(&self.backend, &window)?.is_none()
+                        && first
                     {
-                        // The first word of its window: a timer at the window's last millisecond, so it
-                        // fires once the watermark is past it (later words find it registered).
+                        // A timer at the window's last millisecond, so it fires once the watermark is
+                        // past it (later words find it registered).
                         let end = (window + 1).saturating_mul(*window_ms) - 1;
                         f.timers
                             .register_event_time(&mut self.backend, &window, end)?;
                     }
-                    state.add(&mut self.backend, &window, 1)?;
                 }
                 Ok(())
             }

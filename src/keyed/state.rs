@@ -379,6 +379,28 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         })
     }
 
+    /// As [`ReducingState::add`], and whether the state held no value before: the first value of this key
+    /// and namespace (an engine registers a window's timer then, without a read of its own before every
+    /// add). Errors as [`ReducingState::get`].
+    pub fn add_first<K: StateKey, B: KeyedStateBackend<K>>(
+        &self,
+        backend: &mut B,
+        ns: &N,
+        value: V,
+    ) -> Result<bool> {
+        let mut value = Some(value);
+        let mut first = false;
+        backend.value_modify::<N, V>(self.id, ns, &mut |old| {
+            let added = value.take()?;
+            first = old.is_none();
+            Some(match old {
+                Some(old) => (self.reduce)(old, &added),
+                None => added,
+            })
+        })?;
+        Ok(first)
+    }
+
     /// Removes the value. Errors as [`ReducingState::get`].
     pub fn clear<K: StateKey, B: KeyedStateBackend<K>>(
         &self,

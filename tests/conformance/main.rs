@@ -152,6 +152,16 @@ fn reducing_and_aggregating_semantics<B: KeyedStateBackend<u64>>(b: &mut B) {
     a.clear(b, &NS).unwrap();
     assert_eq!(r.get(b, &NS).unwrap(), None);
     assert_eq!(a.get(b, &NS).unwrap(), None);
+    // `add_first` says which add found the state empty: the first, and the first after a clear.
+    let firsts: Vec<bool> = [5, 2, 7]
+        .into_iter()
+        .map(|v| r.add_first(b, &NS, v).unwrap())
+        .collect();
+    assert_eq!(firsts, [true, false, false]);
+    assert_eq!(r.get(b, &NS).unwrap(), Some(7));
+    r.clear(b, &NS).unwrap();
+    assert!(r.add_first(b, &NS, 1).unwrap());
+    assert_eq!(r.get(b, &NS).unwrap(), Some(1));
 }
 
 fn registration_rules<B: KeyedStateBackend<u64>>(b: &mut B) {
