@@ -38,7 +38,9 @@ async fn lost_timer_writes_refuse_the_queue_and_snapshots_until_a_restore() {
     // The registrations wait in a batch, written before the first read past the caches.
     register(&mut b, 100..40_000).unwrap();
     let event = TimeDomain::EventTime;
-    let err = svc.next_timer(&mut b, event).expect_err("the injected write error");
+    let err = svc
+        .next_timer(&mut b, event)
+        .expect_err("the injected write error");
     assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
     for e in [
         svc.next_timer(&mut b, event).err(),
