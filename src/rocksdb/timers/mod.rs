@@ -61,6 +61,25 @@ struct GroupCache {
     bound: Option<Box<[u8]>>,
 }
 
+impl GroupCache {
+    /// Caches `row` at its place; whether it was not cached yet.
+    fn insert(&mut self, row: &[u8]) -> bool {
+        match self.rows.binary_search_by(|r| (**r).cmp(row)) {
+            Ok(_) => false,
+            Err(at) => {
+                self.rows.insert(at, row.into());
+                true
+            }
+        }
+    }
+
+    /// Removes `row` from the cache; whether it was cached.
+    fn remove(&mut self, row: &[u8]) -> bool {
+        let found = self.rows.binary_search_by(|r| (**r).cmp(row));
+        found.map(|at| self.rows.remove(at)).is_ok()
+    }
+}
+
 /// The first and the last row a key group fired since its last range deletion.
 type FiredSpan = (Box<[u8]>, Box<[u8]>);
 
@@ -149,7 +168,7 @@ impl Queue {
     /// DB, so the queue is marked lost: every later access and every snapshot fails until the backend is
     /// restored).
     fn flush(&mut self, db: &Db, cf: &ColumnFamily, ranges: bool) -> Result<()> {
-        if self.pending.is_empty() && !(ranges && self.fired_rows > 0) {
+        if self.pending.is_empty() && (!ranges || self.fired.is_empty()) {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
@@ -329,12 +348,8 @@ impl TimerQueues {
         }
         q.push(db, cf, row, true)?;
         let group = &mut q.groups[kg];
-        if group.bound.as_deref().is_some_and(|b| row >= b) {
+        if group.bound.as_deref().is_some_and(|b| row >= b) || !group.insert(row) {
             return Ok(());
-        }
-        match group.rows.binary_search_by(|r| (**r).cmp(row)) {
-            Ok(_) => return Ok(()),
-            Err(at) => group.rows.insert(at, row.into()),
         }
         if group.rows.len() > 2 * CACHE_ROWS {
             // Everything below the last row stays cached: it becomes the bound (a live row, so above
@@ -362,9 +377,8 @@ impl TimerQueues {
         let group = &mut q.groups[kg];
         if group.bound.as_deref().is_none_or(|b| row < b) {
             // Below the bound every live row is cached: a row not cached is no timer (and no tombstone).
-            match group.rows.binary_search_by(|r| (**r).cmp(row)) {
-                Ok(at) => drop(group.rows.remove(at)),
-                Err(_) => return Ok(()),
+            if !group.remove(row) {
+                return Ok(());
             }
             q.rehead(kg, max_parallelism);
         }
