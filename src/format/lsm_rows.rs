@@ -246,9 +246,12 @@ pub(crate) fn meta_key(state_name: &str) -> Vec<u8> {
     k
 }
 
+/// What a state's column family name starts with.
+pub(crate) const CF_PREFIX: &str = "s:";
+
 /// Column family name of a state.
 pub(crate) fn cf_name(state_name: &str) -> String {
-    format!("s:{state_name}")
+    format!("{CF_PREFIX}{state_name}")
 }
 
 /// Encodes a state's meta information (same fields as in the keyed snapshot header, `docs/formats.md`).

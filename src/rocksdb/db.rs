@@ -11,7 +11,7 @@ use rocksdb::{
 use crate::error::{Error, Result};
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::instance::InstanceDir;
-use crate::rocksdb::options::{cf_descriptors, lsm_db_options};
+use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
 
 /// Prefix of the rows in the `default` column family that describe states (`docs/formats.md`).
 const META_PREFIX: &[u8] = b"meta:";
@@ -30,7 +30,7 @@ pub(crate) fn db_error(what: impl std::fmt::Display, e: rocksdb::Error) -> Error
 /// One backend's RocksDB instance in its own working directory.
 pub(crate) struct Db {
     db: DB,
-    options: Options,
+    cf_options: ColumnFamilyOptions,
     _cache: Cache,
     write: WriteOptions,
     read: ReadOptions,
@@ -47,18 +47,19 @@ impl Db {
         let dir = instance.db();
         std::fs::create_dir_all(&dir).map_err(|e| Error::local(dir.display().to_string(), e))?;
         let (options, cache) = lsm_db_options(config);
+        let cf_options = ColumnFamilyOptions::new(config, &cache);
         let cfs = if dir.join("CURRENT").exists() {
             DB::list_cf(&options, &dir).map_err(|e| db_error(dir.display(), e))?
         } else {
             vec!["default".to_string()]
         };
-        let db = DB::open_cf_descriptors(&options, &dir, cf_descriptors(&cfs, &options))
+        let db = DB::open_cf_descriptors(&options, &dir, cf_options.descriptors(&cfs))
             .map_err(|e| db_error(dir.display(), e))?;
         let mut write = WriteOptions::default();
         write.disable_wal(true);
         Ok(Db {
             db,
-            options,
+            cf_options,
             _cache: cache,
             write,
             read: ReadOptions::default(),
@@ -71,9 +72,9 @@ impl Db {
         &self.instance
     }
 
-    /// The options every column family is created and opened with.
-    pub(crate) fn options(&self) -> &Options {
-        &self.options
+    /// The options column family `cf` is created and opened with.
+    pub(crate) fn cf_options(&self, cf: &str) -> &Options {
+        self.cf_options.of(cf)
     }
 
     /// The RocksDB handle itself (the crate's benches, through the `internals` feature).
@@ -201,7 +202,7 @@ impl Db {
     /// [`Error::Local`] naming the column family if RocksDB cannot create it.
     pub(crate) fn create_cf(&mut self, name: &str) -> Result<()> {
         self.db
-            .create_cf(name, &self.options)
+            .create_cf(name, self.cf_options.of(name))
             .map_err(|e| db_error(format!("column family {name}"), e))
     }
 

@@ -2,6 +2,8 @@
 
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options};
 
+use crate::format::lsm_rows::CF_PREFIX;
+use crate::keyed::timers::TIMER_STATE_PREFIX;
 use crate::rocksdb::config::RocksDbConfig;
 
 /// Name of the merge operator that appends list elements.
@@ -36,18 +38,26 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 ///   synchronous phase does not end in one long sync (figures in `docs/lsm.md`);
 /// - block-based tables with 16 KiB blocks, a shared LRU cache of `block_cache_bytes` for data blocks
 ///   (index and filter blocks stay in the table readers), and a 10 bits/key bloom filter on whole keys
-///   (point reads are the common case);
+///   (point reads are the common case), in the SSTs and in every memtable (2% of its bytes) — except in
+///   timer column families ([`ColumnFamilyOptions`]);
 /// - the list merge operator `sb-list-append` (harmless on column families without lists);
 /// - background compaction unless `auto_compaction` is off.
 pub fn lsm_db_options(config: &RocksDbConfig) -> (Options, Cache) {
     let cache = Cache::new_lru_cache(config.block_cache_bytes);
+    (options(config, &cache, true), cache)
+}
+
+/// The options of [`lsm_db_options`] with `cache`, with bloom filters or without.
+fn options(config: &RocksDbConfig, cache: &Cache, blooms: bool) -> Options {
     let mut table = BlockBasedOptions::default();
-    table.set_block_cache(&cache);
+    table.set_block_cache(cache);
     table.set_block_size(16 << 10);
     // Index and filter blocks stay in the table readers, outside the cache: a filter block of a large SST
     // is hundreds of KB, larger than one shard of a 64-shard LRU cache, and was read and checksummed again
     // on nearly every get (`benches/lsm_ops.rs`: 190 µs per get with them in the cache, see docs/lsm.md).
-    table.set_bloom_filter(10.0, false);
+    if blooms {
+        table.set_bloom_filter(10.0, false);
+    }
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -55,8 +65,10 @@ pub fn lsm_db_options(config: &RocksDbConfig) -> (Options, Cache) {
     opts.set_max_write_buffer_number(3);
     // A whole-key bloom filter per memtable (2% of its bytes): a key lives in one memtable or SST only,
     // so most point reads would otherwise walk every memtable's skip list to find nothing.
-    opts.set_memtable_prefix_bloom_ratio(0.02);
-    opts.set_memtable_whole_key_filtering(true);
+    if blooms {
+        opts.set_memtable_prefix_bloom_ratio(0.02);
+        opts.set_memtable_whole_key_filtering(true);
+    }
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_level_compaction_dynamic_level_bytes(true);
     opts.set_max_background_jobs(2);
@@ -72,7 +84,7 @@ pub fn lsm_db_options(config: &RocksDbConfig) -> (Options, Cache) {
     }
     opts.set_block_based_table_factory(&table);
     opts.set_merge_operator_associative(LIST_MERGE_OPERATOR, list_append);
-    (opts, cache)
+    opts
 }
 
 /// Whether a file in `dir` can be created with `O_DIRECT` (Linux only; `false` elsewhere). Some file
@@ -105,14 +117,38 @@ pub(crate) fn supports_direct_io(dir: &std::path::Path) -> bool {
     }
 }
 
-/// Column family descriptors for `names`, each with `options` (RocksDB's `open_cf` would give every column
-/// family default options: no merge operator, no bloom filter, another cache).
-pub(crate) fn cf_descriptors(
-    names: &[String],
-    options: &Options,
-) -> Vec<rocksdb::ColumnFamilyDescriptor> {
-    names
-        .iter()
-        .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, options.clone()))
-        .collect()
+/// The options of each column family: keyed states' as [`lsm_db_options`]; timer column families (the
+/// states `_timer/...`, `docs/timers.md`) the same without bloom filters, in memtables and SSTs: a timer
+/// column family is only ever read by iterators, never by a point read, and hashing every registered row
+/// into the memtable's filter was a tenth of a registration (`benches/timers.rs`).
+pub(crate) struct ColumnFamilyOptions {
+    states: Options,
+    timers: Options,
+}
+
+impl ColumnFamilyOptions {
+    /// The options for `config`, sharing `cache` (the DB's block cache).
+    pub(crate) fn new(config: &RocksDbConfig, cache: &Cache) -> ColumnFamilyOptions {
+        ColumnFamilyOptions {
+            states: options(config, cache, true),
+            timers: options(config, cache, false),
+        }
+    }
+
+    /// The options of column family `name`.
+    pub(crate) fn of(&self, name: &str) -> &Options {
+        let timers = name
+            .strip_prefix(CF_PREFIX)
+            .is_some_and(|state| state.starts_with(TIMER_STATE_PREFIX));
+        if timers { &self.timers } else { &self.states }
+    }
+
+    /// Column family descriptors for `names`, each with its options (RocksDB's `open_cf` would give every
+    /// column family default options: no merge operator, no bloom filter, another cache).
+    pub(crate) fn descriptors(&self, names: &[String]) -> Vec<rocksdb::ColumnFamilyDescriptor> {
+        names
+            .iter()
+            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, self.of(n).clone()))
+            .collect()
+    }
 }

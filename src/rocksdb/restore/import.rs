@@ -142,7 +142,7 @@ pub(crate) fn import_canonical(
         let name = &state.meta.name;
         let ssts = write_sorted(
             state_rows,
-            db.options(),
+            db.cf_options(&state.cf),
             &db.instance().path().join(format!("import-{i}")),
             max_parallelism,
             restore_threads,

@@ -20,7 +20,7 @@ use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
 use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
-use crate::rocksdb::options::lsm_db_options;
+use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
 use crate::rocksdb::restore::import::import_canonical;
 use crate::rocksdb::snapshot::Checkpoints;
 use crate::rocksdb::snapshot::upload::DiffBase;
@@ -251,15 +251,12 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         else {
             return Ok(());
         };
-        let (options, _cache) = lsm_db_options(&self.config);
+        let (options, cache) = lsm_db_options(&self.config);
+        let cf_options = ColumnFamilyOptions::new(&self.config, &cache);
         let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(dir.display(), e))?;
-        let other = DB::open_cf_descriptors_read_only(
-            &options,
-            dir,
-            crate::rocksdb::options::cf_descriptors(&cfs, &options),
-            false,
-        )
-        .map_err(|e| db_error(dir.display(), e))?;
+        let other =
+            DB::open_cf_descriptors_read_only(&options, dir, cf_options.descriptors(&cfs), false)
+                .map_err(|e| db_error(dir.display(), e))?;
         let path = dir.display().to_string();
         for item in other.prefix_iterator(b"meta:") {
             let (key, value) = item.map_err(|e| db_error(&path, e))?;

@@ -17,7 +17,7 @@ use crate::format::lsm_rows::{
 use crate::keyed::identity::SubtaskIdentity;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
-use crate::rocksdb::options::{cf_descriptors, lsm_db_options};
+use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
 use crate::rocksdb::snapshot::upload::UploadGuard;
 use crate::snapshot::layout::savepoint_dir;
 use crate::snapshot::result::SnapshotResult;
@@ -74,12 +74,13 @@ impl CanonicalExport {
     /// Reads the native checkpoint key group by key group, state by state, and writes the records.
     fn encode(self, sink: &mut ChunkSink) -> Result<FileSummary> {
         let path = self.local_dir.display().to_string();
-        let (options, _cache) = lsm_db_options(&self.config);
+        let (options, cache) = lsm_db_options(&self.config);
+        let cf_options = ColumnFamilyOptions::new(&self.config, &cache);
         let cfs = DB::list_cf(&options, &self.local_dir).map_err(|e| db_error(&path, e))?;
         let db = DB::open_cf_descriptors_read_only(
             &options,
             &self.local_dir,
-            cf_descriptors(&cfs, &options),
+            cf_options.descriptors(&cfs),
             false,
         )
         .map_err(|e| db_error(&path, e))?;

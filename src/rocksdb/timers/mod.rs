@@ -51,6 +51,9 @@ const CACHE_ROWS: usize = 512;
 /// count): at most one range tombstone per key group per this many fired timers.
 const FIRED_RANGE_ROWS: usize = 64 << 10;
 
+/// Bytes of a `WriteBatch`'s header (sequence number and count).
+const BATCH_HEADER: usize = 12;
+
 /// One key group's earliest timers.
 struct GroupCache {
     /// The live rows below `bound`, every one of them, sorted (a refill appends in order, firing pops the
@@ -171,7 +174,8 @@ impl Queue {
         if self.pending.is_empty() && (!ranges || self.fired.is_empty()) {
             return Ok(());
         }
-        let mut batch = WriteBatch::default();
+        // Sized once: growing it by doubling copied the batch over and over.
+        let mut batch = WriteBatch::with_capacity_bytes(BATCH_HEADER + self.pending.batch_bytes());
         self.pending.drain_into(cf, &mut batch);
         if ranges {
             // After the rows: a put in the batch below a key group's earliest live row is of a timer
