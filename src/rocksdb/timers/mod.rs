@@ -24,9 +24,10 @@
 //! (`IllegalState`) until the backend is restored, rather than answer or checkpoint timers with
 //! registrations or deletions missing. A refill that fails leaves the cache as it was, to be retried.
 
+mod cache;
 mod pending;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use rocksdb::{ColumnFamily, WriteBatch};
 
@@ -41,6 +42,7 @@ use crate::keyed::timers::Timer;
 use crate::rocksdb::current::CurrentKeyPrefix;
 use crate::rocksdb::db::{Db, db_error};
 use crate::rocksdb::rows::scan_prefix;
+use cache::Rows;
 use pending::PendingWrites;
 
 /// Rows a refill reads into a key group's cache; a cache grown by registrations below its bound to
@@ -59,32 +61,14 @@ struct GroupCache {
     /// The live rows below `bound`, every one of them, sorted (a refill appends in order, firing pops the
     /// front; a registration or deletion below the bound inserts or removes at its place, within at most
     /// twice [`CACHE_ROWS`]).
-    rows: VecDeque<Box<[u8]>>,
+    rows: Rows,
     /// `None`: `rows` is the whole key group. `Some(b)`: rows from `b` on are in the DB only.
     bound: Option<Box<[u8]>>,
 }
 
-impl GroupCache {
-    /// Caches `row` at its place; whether it was not cached yet.
-    fn insert(&mut self, row: &[u8]) -> bool {
-        match self.rows.binary_search_by(|r| (**r).cmp(row)) {
-            Ok(_) => false,
-            Err(at) => {
-                self.rows.insert(at, row.into());
-                true
-            }
-        }
-    }
-
-    /// Removes `row` from the cache; whether it was cached.
-    fn remove(&mut self, row: &[u8]) -> bool {
-        let found = self.rows.binary_search_by(|r| (**r).cmp(row));
-        found.map(|at| self.rows.remove(at)).is_ok()
-    }
-}
-
-/// The first and the last row a key group fired since its last range deletion.
-type FiredSpan = (Box<[u8]>, Box<[u8]>);
+/// The first and the last row a key group fired since its last range deletion (the last one's buffer
+/// is reused as the key group fires on).
+type FiredSpan = (Box<[u8]>, Vec<u8>);
 
 /// The caches of one service and domain over the owned key groups.
 struct Queue {
@@ -128,7 +112,7 @@ impl Queue {
             groups: range
                 .iter()
                 .map(|kg| GroupCache {
-                    rows: VecDeque::new(),
+                    rows: Rows::default(),
                     bound: Some(key_group_prefix(kg, max_parallelism).into()),
                 })
                 .collect(),
@@ -152,7 +136,7 @@ impl Queue {
     /// row (nothing of the key group is live).
     fn live_from(&self, kg: usize) -> Vec<u8> {
         let group = &self.groups[kg];
-        match (group.rows.front(), &group.bound) {
+        match (group.rows.front(), group.bound.as_deref()) {
             (Some(row), _) | (None, Some(row)) => row.to_vec(),
             (None, None) => {
                 let next = self.range.start() + kg as u32 + 1;
@@ -238,7 +222,7 @@ impl Queue {
                 group.bound = Some(row.into());
                 break;
             }
-            group.rows.push_back(row.into());
+            group.rows.push_back(row);
             it.next();
         }
         if let Err(e) = it.status() {
@@ -344,7 +328,7 @@ impl TimerQueues {
         let q = self.queue(id)?;
         if q.fired_span[kg]
             .as_ref()
-            .is_some_and(|(_, last)| row < &**last)
+            .is_some_and(|(_, last)| row < last.as_slice())
         {
             // Fired rows not yet range-deleted must stay below the key group's earliest live row (their
             // range ends there, and a refill starts above it): below the last of them, they go first.
@@ -352,7 +336,7 @@ impl TimerQueues {
         }
         q.push(db, cf, row, true)?;
         let group = &mut q.groups[kg];
-        if group.bound.as_deref().is_some_and(|b| row >= b) || !group.insert(row) {
+        if group.bound.as_deref().is_some_and(|b| row >= b) || !group.rows.insert(row) {
             return Ok(());
         }
         if group.rows.len() > 2 * CACHE_ROWS {
@@ -381,7 +365,7 @@ impl TimerQueues {
         let group = &mut q.groups[kg];
         if group.bound.as_deref().is_none_or(|b| row < b) {
             // Below the bound every live row is cached: a row not cached is no timer (and no tombstone).
-            if !group.remove(row) {
+            if !group.rows.remove(row) {
                 return Ok(());
             }
             q.rehead(kg, max_parallelism);
@@ -462,11 +446,13 @@ impl TimerQueues {
         let Some((_, kg)) = q.heads.first() else {
             return Ok(None);
         };
-        let Some(row) = q.groups[kg].rows.pop_front() else {
+        let Some(span) = q.groups[kg].rows.pop_front() else {
             return Ok(None);
         };
         q.rehead(kg, max_parallelism);
-        let parts = split_timer_row(&row, max_parallelism)?;
+        // Readable until the key group's cache is written again.
+        let row = q.groups[kg].rows.get(span);
+        let parts = split_timer_row(row, max_parallelism)?;
         let (key, namespace) = (K::decode(parts.key)?, N::decode(parts.namespace)?);
         current.set_encoded(key.clone(), parts.key, parts.key_group, max_parallelism);
         let timestamp = parts.timestamp;
@@ -475,9 +461,12 @@ impl TimerQueues {
         match &mut q.fired_span[kg] {
             None => {
                 q.fired.push(kg);
-                q.fired_span[kg] = Some((row.clone(), row));
+                q.fired_span[kg] = Some((row.into(), row.to_vec()));
             }
-            Some((_, last)) => *last = row,
+            Some((_, last)) => {
+                last.clear();
+                last.extend_from_slice(row);
+            }
         }
         q.fired_rows += 1;
         if q.fired_rows >= FIRED_RANGE_ROWS {
