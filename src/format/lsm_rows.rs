@@ -174,6 +174,15 @@ pub(crate) struct TimerRow<'a> {
     pub(crate) namespace: &'a [u8],
 }
 
+/// The timestamp of timer row `row` alone (the 8 bytes after the key group), without decoding the rest
+/// as [`split_timer_row`] does; `None` for a row too short to hold one.
+#[inline]
+pub(crate) fn timer_row_timestamp(row: &[u8], max_parallelism: u32) -> Option<u64> {
+    let at = key_group_bytes(max_parallelism);
+    let ts: [u8; 8] = row.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(ts))
+}
+
 /// Splits a timer row key ([`push_timer_row`]) of a backend with `max_parallelism`.
 ///
 /// # Errors

@@ -3,16 +3,22 @@
 //! tournament tree of minimums over the key groups, updated in place in O(log key groups) with no
 //! allocation, the earliest read in O(1).
 
-/// A key group without timers.
-const EMPTY: (u64, u32) = (u64::MAX, u32::MAX);
+/// A key group without timers (greater than every head: a key group index is below `u32::MAX`).
+const EMPTY: u128 = u128::MAX;
+
+/// A head as one integer, `timestamp << 32 | key group`: one comparison orders by timestamp, then key group.
+#[inline]
+fn entry(ts: u64, kg: usize) -> u128 {
+    (u128::from(ts) << 32) | kg as u128
+}
 
 /// Heads of `groups` key groups (indexes in the owned range).
 pub(crate) struct KeyGroupHeads {
     /// Leaves (a power of two, at least the key groups).
     leaves: usize,
-    /// `tree[1]` the root, `tree[leaves + g]` key group `g`'s `(timestamp, g)`; a parent holds the smaller
-    /// of its children (ties to the lower key group).
-    tree: Vec<(u64, u32)>,
+    /// `tree[1]` the root, `tree[leaves + g]` key group `g`'s [`entry`]; a parent holds the smaller of its
+    /// children (ties to the lower key group).
+    tree: Vec<u128>,
 }
 
 impl KeyGroupHeads {
@@ -28,18 +34,20 @@ impl KeyGroupHeads {
     /// Key group `kg`'s head.
     #[inline]
     pub(crate) fn get(&self, kg: usize) -> Option<u64> {
-        let (ts, g) = self.tree[self.leaves + kg];
-        (g != EMPTY.1).then_some(ts)
+        let head = self.tree[self.leaves + kg];
+        (head != EMPTY).then_some((head >> 32) as u64)
     }
 
     /// Sets key group `kg`'s head (`None`: no timers).
     #[inline]
     pub(crate) fn set(&mut self, kg: usize, head: Option<u64>) {
         let mut i = self.leaves + kg;
-        self.tree[i] = head.map_or(EMPTY, |ts| (ts, kg as u32));
+        let mut least = head.map_or(EMPTY, |ts| entry(ts, kg));
+        self.tree[i] = least;
         while i > 1 {
+            // The parent's new value: the smaller of the child just set and its sibling.
+            least = least.min(self.tree[i ^ 1]);
             i /= 2;
-            let least = self.tree[2 * i].min(self.tree[2 * i + 1]);
             if self.tree[i] == least {
                 break;
             }
@@ -50,8 +58,8 @@ impl KeyGroupHeads {
     /// The earliest head and its key group.
     #[inline]
     pub(crate) fn first(&self) -> Option<(u64, usize)> {
-        let (ts, g) = self.tree[1];
-        (g != EMPTY.1).then_some((ts, g as usize))
+        let head = self.tree[1];
+        (head != EMPTY).then_some(((head >> 32) as u64, head as u32 as usize))
     }
 }
 

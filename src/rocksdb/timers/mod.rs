@@ -34,7 +34,7 @@ use rocksdb::{ColumnFamily, WriteBatch};
 use crate::keyed::heads::KeyGroupHeads;
 
 use crate::error::Result;
-use crate::format::lsm_rows::{key_group_prefix, split_timer_row};
+use crate::format::lsm_rows::{key_group_prefix, split_timer_row, timer_row_timestamp};
 use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::identity::SubtaskIdentity;
@@ -184,10 +184,7 @@ impl Queue {
     }
 
     fn head(&self, kg: usize, max_parallelism: u32) -> Option<u64> {
-        let row = self.groups[kg].rows.front()?;
-        split_timer_row(row, max_parallelism)
-            .ok()
-            .map(|r| r.timestamp)
+        timer_row_timestamp(self.groups[kg].rows.front()?, max_parallelism)
     }
 
     /// Re-files key group `kg` in the head index and the unknown set after its cache changed.
