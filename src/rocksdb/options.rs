@@ -39,7 +39,7 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 /// - block-based tables with 16 KiB blocks, a shared LRU cache of `block_cache_bytes` for data blocks
 ///   (index and filter blocks stay in the table readers), and a 10 bits/key bloom filter on whole keys
 ///   (point reads are the common case), in the SSTs and in every memtable (2% of its bytes) — except in
-///   timer column families ([`ColumnFamilyOptions`]);
+///   timer column families (states `_timer/...`, only ever read by iterators), which have none;
 /// - the list merge operator `sb-list-append` (harmless on column families without lists);
 /// - background compaction unless `auto_compaction` is off.
 pub fn lsm_db_options(config: &RocksDbConfig) -> (Options, Cache) {
