@@ -375,6 +375,14 @@ impl TimerQueues {
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB (refilling a key group's cache).
     pub(crate) fn next(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<Option<u64>> {
+        Ok(self.known(db, cf, id)?.heads.first().map(|(ts, _)| ts))
+    }
+
+    /// The queue of `id` with every key group's earliest rows cached (unknown key groups refilled).
+    ///
+    /// # Errors
+    /// [`crate::Error::Local`] from RocksDB (refilling a key group's cache).
+    fn known(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<&mut Queue> {
         let (range, max_parallelism) = (self.range, self.max_parallelism);
         let q = self.queue(id)?;
         if !q.unknown.is_empty() {
@@ -385,7 +393,7 @@ impl TimerQueues {
         while let Some(kg) = q.unknown.pop_first() {
             q.refill(db, cf, range, kg, max_parallelism)?;
         }
-        Ok(q.heads.first().map(|(ts, _)| ts))
+        Ok(q)
     }
 
     /// Registers (`add`) or deletes the current key's timer `(ns, timestamp)` of `id` in `cf`.
@@ -434,13 +442,9 @@ impl TimerQueues {
         time: u64,
         current: &mut CurrentKeyPrefix<K>,
     ) -> Result<Option<Timer<K, N>>> {
-        match self.next(db, cf, id)? {
-            Some(ts) if ts <= time => {}
-            _ => return Ok(None),
-        }
         let max_parallelism = self.max_parallelism;
-        let q = self.queue(id)?;
-        let Some((_, kg)) = q.heads.first() else {
+        let q = self.known(db, cf, id)?;
+        let Some((_, kg)) = q.heads.first().filter(|&(ts, _)| ts <= time) else {
             return Ok(None);
         };
         let Some(span) = q.groups[kg].rows.pop_front() else {
