@@ -183,13 +183,13 @@ impl Queue {
         Ok(())
     }
 
-    fn head(&self, kg: usize, max_parallelism: u32) -> Option<u64> {
-        timer_row_timestamp(self.groups[kg].rows.front()?, max_parallelism)
+    fn head(&self, kg: usize) -> Option<u64> {
+        timer_row_timestamp(self.groups[kg].rows.front()?, self.max_parallelism)
     }
 
     /// Re-files key group `kg` in the head index and the unknown set after its cache changed.
-    fn rehead(&mut self, kg: usize, max_parallelism: u32) {
-        self.heads.set(kg, self.head(kg, max_parallelism));
+    fn rehead(&mut self, kg: usize) {
+        self.heads.set(kg, self.head(kg));
         let group = &self.groups[kg];
         if group.rows.is_empty() && group.bound.is_some() {
             self.unknown.insert(kg);
@@ -199,19 +199,12 @@ impl Queue {
     }
 
     /// Reads the next rows of key group `kg` from its bound into its empty cache.
-    fn refill(
-        &mut self,
-        db: &Db,
-        cf: &ColumnFamily,
-        range: KeyGroupRange,
-        kg: usize,
-        max_parallelism: u32,
-    ) -> Result<()> {
+    fn refill(&mut self, db: &Db, cf: &ColumnFamily, kg: usize) -> Result<()> {
+        let end = key_group_prefix(self.range.start() + kg as u32 + 1, self.max_parallelism);
         let group = &mut self.groups[kg];
         let Some(bound) = group.bound.take() else {
             return Ok(());
         };
-        let end = key_group_prefix(range.start() + kg as u32 + 1, max_parallelism);
         let mut it = db.iter_below(cf, &end);
         it.seek(&bound);
         while let Some(row) = it.key() {
@@ -227,11 +220,66 @@ impl Queue {
             // bound the rows not read would count as no timers).
             group.rows.clear();
             group.bound = Some(bound);
-            self.rehead(kg, max_parallelism);
+            self.rehead(kg);
             return Err(db_error("timer refill", e));
         }
-        self.rehead(kg, max_parallelism);
+        self.rehead(kg);
         Ok(())
+    }
+
+    /// Refills every key group whose earliest rows are unknown, writing the pending writes first (fired rows
+    /// are below the bounds, which only a registration moves down, writing their range deletions first).
+    fn refill_unknown(&mut self, db: &Db, cf: &ColumnFamily) -> Result<()> {
+        if !self.unknown.is_empty() {
+            self.flush(db, cf, false)?;
+        }
+        while let Some(kg) = self.unknown.pop_first() {
+            self.refill(db, cf, kg)?;
+        }
+        Ok(())
+    }
+
+    /// Writes timer row `row` of key group index `kg` to `cf` and caches it if it is below the bound.
+    ///
+    /// # Errors
+    /// [`crate::Error::Local`] from RocksDB.
+    fn register(&mut self, db: &Db, cf: &ColumnFamily, kg: usize, row: &[u8]) -> Result<()> {
+        if self.fired_span[kg]
+            .as_ref()
+            .is_some_and(|(_, last)| row < last.as_slice())
+        {
+            // Fired rows not yet range-deleted must stay below the key group's earliest live row (their
+            // range ends there, and a refill starts above it): below the last of them, they go first.
+            self.flush(db, cf, true)?;
+        }
+        self.push(db, cf, row, true)?;
+        let group = &mut self.groups[kg];
+        if group.bound.as_deref().is_some_and(|b| row >= b) || !group.rows.insert(row) {
+            return Ok(());
+        }
+        if group.rows.len() > 2 * CACHE_ROWS {
+            // Everything below the last row stays cached: it becomes the bound (a live row, so above
+            // every fired row still to be range-deleted).
+            group.bound = group.rows.pop_back();
+        }
+        self.rehead(kg);
+        Ok(())
+    }
+
+    /// Deletes timer row `row` of key group index `kg` from `cf` and from the cache.
+    ///
+    /// # Errors
+    /// [`crate::Error::Local`] from RocksDB.
+    fn delete(&mut self, db: &Db, cf: &ColumnFamily, kg: usize, row: &[u8]) -> Result<()> {
+        let group = &mut self.groups[kg];
+        if group.bound.as_deref().is_none_or(|b| row < b) {
+            // Below the bound every live row is cached: a row not cached is no timer (and no tombstone).
+            if !group.rows.remove(row) {
+                return Ok(());
+            }
+            self.rehead(kg);
+        }
+        self.push(db, cf, row, false)
     }
 }
 
@@ -309,67 +357,6 @@ impl TimerQueues {
         }
     }
 
-    /// Writes timer row `row` of key group index `kg` to `cf` and caches it if it is below the bound.
-    ///
-    /// # Errors
-    /// [`crate::Error::Local`] from RocksDB.
-    fn register(
-        &mut self,
-        db: &Db,
-        cf: &ColumnFamily,
-        id: StateId,
-        kg: usize,
-        row: &[u8],
-    ) -> Result<()> {
-        let max_parallelism = self.max_parallelism;
-        let q = self.queue(id)?;
-        if q.fired_span[kg]
-            .as_ref()
-            .is_some_and(|(_, last)| row < last.as_slice())
-        {
-            // Fired rows not yet range-deleted must stay below the key group's earliest live row (their
-            // range ends there, and a refill starts above it): below the last of them, they go first.
-            q.flush(db, cf, true)?;
-        }
-        q.push(db, cf, row, true)?;
-        let group = &mut q.groups[kg];
-        if group.bound.as_deref().is_some_and(|b| row >= b) || !group.rows.insert(row) {
-            return Ok(());
-        }
-        if group.rows.len() > 2 * CACHE_ROWS {
-            // Everything below the last row stays cached: it becomes the bound (a live row, so above
-            // every fired row still to be range-deleted).
-            group.bound = group.rows.pop_back();
-        }
-        q.rehead(kg, max_parallelism);
-        Ok(())
-    }
-
-    /// Deletes timer row `row` of key group index `kg` from `cf` and from the cache.
-    ///
-    /// # Errors
-    /// [`crate::Error::Local`] from RocksDB.
-    fn delete(
-        &mut self,
-        db: &Db,
-        cf: &ColumnFamily,
-        id: StateId,
-        kg: usize,
-        row: &[u8],
-    ) -> Result<()> {
-        let max_parallelism = self.max_parallelism;
-        let q = self.queue(id)?;
-        let group = &mut q.groups[kg];
-        if group.bound.as_deref().is_none_or(|b| row < b) {
-            // Below the bound every live row is cached: a row not cached is no timer (and no tombstone).
-            if !group.rows.remove(row) {
-                return Ok(());
-            }
-            q.rehead(kg, max_parallelism);
-        }
-        q.push(db, cf, row, false)
-    }
-
     /// The earliest timestamp of `id`'s timers.
     ///
     /// # Errors
@@ -383,16 +370,8 @@ impl TimerQueues {
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB (refilling a key group's cache).
     fn known(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<&mut Queue> {
-        let (range, max_parallelism) = (self.range, self.max_parallelism);
         let q = self.queue(id)?;
-        if !q.unknown.is_empty() {
-            // A refill reads the DB past the cache: every pending write first (fired rows are below the
-            // bounds, which only a registration moves down, writing their range deletions first).
-            q.flush(db, cf, false)?;
-        }
-        while let Some(kg) = q.unknown.pop_first() {
-            q.refill(db, cf, range, kg, max_parallelism)?;
-        }
+        q.refill_unknown(db, cf)?;
         Ok(q)
     }
 
@@ -418,10 +397,11 @@ impl TimerQueues {
                 let kg = current
                     .key_group()
                     .map_or(0, |g| (g - self.range.start()) as usize);
+                let q = self.queue(id)?;
                 if add {
-                    self.register(db, cf, id, kg, &row)
+                    q.register(db, cf, kg, &row)
                 } else {
-                    self.delete(db, cf, id, kg, &row)
+                    q.delete(db, cf, kg, &row)
                 }
             });
         current.give_back(row);
@@ -450,7 +430,7 @@ impl TimerQueues {
         let Some(span) = q.groups[kg].rows.pop_front() else {
             return Ok(None);
         };
-        q.rehead(kg, max_parallelism);
+        q.rehead(kg);
         // Readable until the key group's cache is written again.
         let row = q.groups[kg].rows.get(span);
         let parts = split_timer_row(row, max_parallelism)?;
