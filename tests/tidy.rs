@@ -560,12 +560,17 @@ fn file_cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<Strin
 #[test]
 fn no_files_import_each_other_in_a_circle_but_the_keyed_api() {
     let cycles = file_cycles(&file_edges());
-    // The trait's methods return the state objects and the timer service handle, which call the trait:
-    // one idea in three files.
-    let allowed: BTreeSet<String> = ["keyed/backend.rs", "keyed/state.rs", "keyed/timers.rs"]
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    // The trait's methods return the state objects and the timer service handle, which call the trait
+    // (the state objects through their typed access, `typed.rs`): one idea in four files.
+    let allowed: BTreeSet<String> = [
+        "keyed/backend.rs",
+        "keyed/state.rs",
+        "keyed/timers.rs",
+        "keyed/typed.rs",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
     let others: Vec<_> = cycles.iter().filter(|c| **c != allowed).collect();
     assert!(
         others.is_empty(),

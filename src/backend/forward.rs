@@ -8,6 +8,8 @@ use super::*;
 use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
+use crate::keyed::ttl::TtlTimes;
+use crate::snapshot::state_meta::StateKind;
 
 /// Forwarding methods from a list of `ref|mut name[generics](args) -> ret;` (`ref`: `&self`, `mut`:
 /// `&mut self`; generics are names with at most one trait bound each): each becomes an `#[inline]`
@@ -112,6 +114,12 @@ impl<K: StateKey> StateAccess<K> for StateBackend<K> {
         mut timer_next[N: StateKey](state: StateId) -> Result<Option<u64>>;
         mut timer_count[N: StateKey](state: StateId) -> Result<u64>;
         mut timer_pop_due[N: StateKey](state: StateId, time: u64) -> Result<Option<Timer<K, N>>>;
+        mut register_state[N: StateKey, UK: StateKey, V: StateValue](
+            name: &str,
+            kind: StateKind
+        ) -> Result<StateId>;
+        ref ttl_times() -> &TtlTimes;
+        mut ttl_times_mut() -> &mut TtlTimes;
     }
 
     // A lifetime in the signature: written out.

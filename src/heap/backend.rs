@@ -19,17 +19,13 @@ use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
 use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
-use crate::keyed::descriptor::{
-    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
-    ValueStateDescriptor,
-};
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::keyed::timers::{
-    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
+    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta, timers_not_a_state,
 };
+use crate::keyed::ttl::TtlTimes;
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
@@ -50,6 +46,8 @@ pub struct HeapKeyedStateBackend<K> {
     current: KeyCursor<K>,
     /// Ids snapshotted, unconfirmed and confirmed.
     ledger: SnapshotLedger,
+    /// The times TTL states expire against.
+    ttl: TtlTimes,
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -67,6 +65,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             states: StateTables::new(),
             current: KeyCursor::new(),
             ledger: SnapshotLedger::default(),
+            ttl: TtlTimes::default(),
         })
     }
 
@@ -419,6 +418,33 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
     }
 
     #[inline]
+    fn register_state<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+    ) -> Result<StateId> {
+        let mut meta = StateMeta::new::<K, N, V>(name, kind);
+        match kind {
+            StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
+                self.register::<N, V>(meta, value_serde())
+            }
+            StateKind::List => self.register::<N, ListCell<V>>(meta, list_serde()),
+            StateKind::Map => {
+                meta.user_key_codec = UK::codec_id();
+                self.register::<N, MapCell<UK, V>>(meta, map_serde())
+            }
+            StateKind::Timers => Err(timers_not_a_state(name)),
+        }
+    }
+
+    fn ttl_times(&self) -> &TtlTimes {
+        &self.ttl
+    }
+
+    fn ttl_times_mut(&mut self) -> &mut TtlTimes {
+        &mut self.ttl
+    }
+
     fn timer_register<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
         let (t, c) = self.timers_at_key::<N>(state)?;
         t.register(c.kg_index, c.key_hash, &c.key, ns, ts);
@@ -469,11 +495,13 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
+        self.ttl.on_new_key();
         self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        self.ttl.on_new_key();
         self.current.set_routed(key, route, &self.identity)
     }
 
@@ -483,55 +511,6 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     fn current_key_group(&self) -> Option<u32> {
         self.current.get().map(|c| c.key_group)
-    }
-
-    fn value_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ValueStateDescriptor<N, V>,
-    ) -> Result<ValueState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
-        Ok(ValueState::new(self.register::<N, V>(meta, value_serde())?))
-    }
-
-    fn list_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ListStateDescriptor<N, V>,
-    ) -> Result<ListState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
-        Ok(ListState::new(
-            self.register::<N, ListCell<V>>(meta, list_serde())?,
-        ))
-    }
-
-    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        d: &MapStateDescriptor<N, UK, V>,
-    ) -> Result<MapState<N, UK, V>> {
-        let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
-        meta.user_key_codec = UK::codec_id();
-        Ok(MapState::new(
-            self.register::<N, MapCell<UK, V>>(meta, map_serde())?,
-        ))
-    }
-
-    fn reducing_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ReducingStateDescriptor<N, V>,
-    ) -> Result<ReducingState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
-        Ok(ReducingState::new(
-            self.register::<N, V>(meta, value_serde())?,
-            d.reduce.clone(),
-        ))
-    }
-
-    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
-        &mut self,
-        d: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
-    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
-        let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
-        let id = self.register::<N, ACC>(meta, value_serde())?;
-        Ok(AggregatingState::new(id, d.function.clone()))
     }
 
     fn timer_service<N: StateKey>(

@@ -3,9 +3,11 @@
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::Codec;
+use crate::clock::Clock;
+use crate::codec::{Codec, VoidNamespace};
 use crate::error::Result;
 use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
@@ -16,7 +18,9 @@ use crate::keyed::descriptor::{
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
+use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTimes};
 use crate::snapshot::result::{SavepointFormat, SnapshotResult};
+use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
 
 /// Types usable as keys, namespaces and map user keys.
@@ -111,35 +115,69 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> {
     /// Key group of the current key.
     fn current_key_group(&self) -> Option<u32>;
 
-    /// Registers (or looks up) a value state.
+    /// Registers (or looks up) a value state (with TTL if the descriptor has one, `docs/ttl.md`).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if a state of that name exists with another
-    /// kind or codecs, here or in the restored snapshot.
+    /// kind or codecs, here or in the restored snapshot, or the TTL is 0 ms.
     fn value_state<N: StateKey, V: StateValue>(
         &mut self,
         descriptor: &ValueStateDescriptor<N, V>,
-    ) -> Result<ValueState<N, V>>;
+    ) -> Result<ValueState<N, V>> {
+        let d = descriptor;
+        let id = register::<K, Self, N, VoidNamespace, V>(self, &d.name, StateKind::Value, d.ttl)?;
+        Ok(ValueState::new(id, d.ttl))
+    }
     /// Registers (or looks up) a list state. Errors as [`KeyedStateBackend::value_state`].
     fn list_state<N: StateKey, V: StateValue>(
         &mut self,
         descriptor: &ListStateDescriptor<N, V>,
-    ) -> Result<ListState<N, V>>;
+    ) -> Result<ListState<N, V>> {
+        let d = descriptor;
+        let id = register::<K, Self, N, VoidNamespace, V>(self, &d.name, StateKind::List, d.ttl)?;
+        Ok(ListState::new(id, d.ttl))
+    }
     /// Registers (or looks up) a map state. Errors as [`KeyedStateBackend::value_state`].
     fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
         &mut self,
         descriptor: &MapStateDescriptor<N, UK, V>,
-    ) -> Result<MapState<N, UK, V>>;
+    ) -> Result<MapState<N, UK, V>> {
+        let d = descriptor;
+        let id = register::<K, Self, N, UK, V>(self, &d.name, StateKind::Map, d.ttl)?;
+        Ok(MapState::new(id, d.ttl))
+    }
     /// Registers (or looks up) a reducing state. Errors as [`KeyedStateBackend::value_state`].
     fn reducing_state<N: StateKey, V: StateValue>(
         &mut self,
         descriptor: &ReducingStateDescriptor<N, V>,
-    ) -> Result<ReducingState<N, V>>;
+    ) -> Result<ReducingState<N, V>> {
+        let d = descriptor;
+        let kind = StateKind::Reducing;
+        let id = register::<K, Self, N, VoidNamespace, V>(self, &d.name, kind, d.ttl)?;
+        Ok(ReducingState::new(id, d.reduce.clone(), d.ttl))
+    }
     /// Registers (or looks up) an aggregating state. Errors as [`KeyedStateBackend::value_state`].
     fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
         &mut self,
         descriptor: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
-    ) -> Result<AggregatingState<N, IN, ACC, OUT>>;
+    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
+        let d = descriptor;
+        let kind = StateKind::Aggregating;
+        let id = register::<K, Self, N, VoidNamespace, ACC>(self, &d.name, kind, d.ttl)?;
+        Ok(AggregatingState::new(id, d.function.clone(), d.ttl))
+    }
+
+    /// Reads processing time for TTL states (`docs/ttl.md`) from `clock` from now on (the system clock
+    /// until this is called): a component, as a checkpoint coordinator's clock.
+    fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.ttl_times_mut().set_clock(clock);
+    }
+
+    /// The event time of TTL states with [`TtlTime::EventTime`](crate::keyed::TtlTime::EventTime) moves to `watermark_ms` (the engine
+    /// passes each watermark as it advances; a smaller one than before is ignored).
+    fn set_ttl_watermark(&mut self, watermark_ms: u64) {
+        self.ttl_times_mut().set_watermark(watermark_ms);
+    }
 
     /// Registers (or looks up) a timer service (as Flink's `getInternalTimerService`): its event-time and
     /// processing-time timers are keyed state of this backend, in its snapshots and restores.
@@ -232,6 +270,32 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> {
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64);
     /// The checkpoint `checkpoint_id` failed or timed out.
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64);
+}
+
+/// Registers state `name` of `kind` on `backend`: its values as they are without `ttl`, as
+/// [`Stamped`] values (`ttl(<codec>)`) with it, and then the backend samples the TTL's time.
+///
+/// # Errors
+/// As [`KeyedStateBackend::value_state`].
+fn register<
+    K: StateKey,
+    B: KeyedStateBackend<K> + ?Sized,
+    N: StateKey,
+    UK: StateKey,
+    V: StateValue,
+>(
+    backend: &mut B,
+    name: &str,
+    kind: StateKind,
+    ttl: Option<StateTtlConfig>,
+) -> Result<StateId> {
+    let Some(ttl) = ttl else {
+        return backend.register_state::<N, UK, V>(name, kind);
+    };
+    ttl.check(name)?;
+    let id = backend.register_state::<N, UK, Stamped<V>>(name, kind)?;
+    backend.ttl_times_mut().watch(ttl.time);
+    Ok(id)
 }
 
 /// The seal of [`KeyedStateBackend`] and its primitives: a public trait in a private module, so no other
@@ -402,6 +466,22 @@ pub(crate) mod sealed {
             keys: &[K],
             f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
         ) -> Result<()>;
+
+        /// Registration primitive: the state `name` of `kind` (not timers), its stored values `V` (a
+        /// value, reduced value or accumulator; a list's elements; a map's values under user keys `UK`,
+        /// which the other kinds ignore).
+        ///
+        /// # Errors
+        /// As [`KeyedStateBackend::value_state`].
+        fn register_state<N: StateKey, UK: StateKey, V: StateValue>(
+            &mut self,
+            name: &str,
+            kind: StateKind,
+        ) -> Result<StateId>;
+        /// TTL primitive: the times TTL states expire against.
+        fn ttl_times(&self) -> &TtlTimes;
+        /// TTL primitive: the times TTL states expire against, to change.
+        fn ttl_times_mut(&mut self) -> &mut TtlTimes;
 
         /// Timer primitive: adds the current key's timer `(ns, timestamp)` to the timers `state` (a set).
         fn timer_register<N: StateKey>(

@@ -10,6 +10,8 @@ pub(crate) mod map_iter;
 pub(crate) mod state;
 pub(crate) mod state_ops;
 pub(crate) mod timers;
+pub(crate) mod ttl;
+pub(crate) mod typed;
 
 pub use backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 pub use descriptor::{
@@ -20,3 +22,4 @@ pub use identity::SubtaskIdentity;
 pub use map_iter::MapEntries;
 pub use state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 pub use timers::{Fired, TimeDomain, Timer, TimerService, TimerServiceDescriptor};
+pub use ttl::{Stamped, StateTtlConfig, TtlTime, TtlVisibility};

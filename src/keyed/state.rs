@@ -12,6 +12,8 @@ use crate::error::Result;
 use crate::keyed::backend::{KeyedStateBackend, StateId, StateKey, StateValue};
 use crate::keyed::descriptor::{AggregateFunction, ReduceFn};
 use crate::keyed::map_iter::MapEntries;
+use crate::keyed::ttl::StateTtlConfig;
+use crate::keyed::typed::StateRef;
 
 /// `keys_with_state()`, `keys_and_namespaces()` and `id()`, the same for every state object.
 macro_rules! common_methods {
@@ -25,7 +27,7 @@ macro_rules! common_methods {
             backend: &B,
             ns: &N,
         ) -> Result<Vec<K>> {
-            backend.keys(self.id, ns)
+            backend.keys(self.at.id, ns)
         }
 
         /// Every `(key, namespace)` with state (as Flink's `getKeysAndNamespaces`), in no particular order.
@@ -36,35 +38,35 @@ macro_rules! common_methods {
             &self,
             backend: &B,
         ) -> Result<Vec<(K, N)>> {
-            backend.keys_and_namespaces(self.id)
+            backend.keys_and_namespaces(self.at.id)
         }
 
         /// The id of this state in its backend (for [`KeyedStateBackend::keys`]).
         pub fn id(&self) -> StateId {
-            self.id
+            self.at.id
         }
     };
 }
 
 /// A single value per key and namespace.
 pub struct ValueState<N, V> {
-    pub(crate) id: StateId,
+    pub(crate) at: StateRef,
     _types: Types<(N, V)>,
 }
 
 impl<N, V> Clone for ValueState<N, V> {
     fn clone(&self) -> Self {
         ValueState {
-            id: self.id,
+            at: self.at,
             _types: PhantomData,
         }
     }
 }
 
 impl<N: StateKey, V: StateValue> ValueState<N, V> {
-    pub(crate) fn new(id: StateId) -> Self {
+    pub(crate) fn new(id: StateId, ttl: Option<StateTtlConfig>) -> Self {
         ValueState {
-            id,
+            at: StateRef::new(id, ttl),
             _types: PhantomData,
         }
     }
@@ -79,7 +81,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         backend: &B,
         ns: &N,
     ) -> Result<Option<V>> {
-        backend.value_get(self.id, ns)
+        self.at.get(backend, ns)
     }
 
     /// Sets the value of the current key. Errors as [`ValueState::value`].
@@ -90,7 +92,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         ns: &N,
         value: V,
     ) -> Result<()> {
-        backend.value_put(self.id, ns, value)
+        self.at.put(backend, ns, value)
     }
 
     /// Removes the value of the current key. Errors as [`ValueState::value`].
@@ -99,7 +101,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         backend: &mut B,
         ns: &N,
     ) -> Result<()> {
-        backend.value_clear::<N, V>(self.id, ns)
+        self.at.clear::<K, B, N, V>(backend, ns)
     }
 
     common_methods!();
@@ -107,23 +109,23 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
 
 /// A list of values per key and namespace. An empty list is the same as no list.
 pub struct ListState<N, V> {
-    pub(crate) id: StateId,
+    pub(crate) at: StateRef,
     _types: Types<(N, V)>,
 }
 
 impl<N, V> Clone for ListState<N, V> {
     fn clone(&self) -> Self {
         ListState {
-            id: self.id,
+            at: self.at,
             _types: PhantomData,
         }
     }
 }
 
 impl<N: StateKey, V: StateValue> ListState<N, V> {
-    pub(crate) fn new(id: StateId) -> Self {
+    pub(crate) fn new(id: StateId, ttl: Option<StateTtlConfig>) -> Self {
         ListState {
-            id,
+            at: StateRef::new(id, ttl),
             _types: PhantomData,
         }
     }
@@ -133,7 +135,7 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
     /// # Errors
     /// [`Error::IllegalState`](crate::Error::IllegalState) without a current key.
     pub fn get<K: StateKey, B: KeyedStateBackend<K>>(&self, backend: &B, ns: &N) -> Result<Vec<V>> {
-        Ok(backend.list_get(self.id, ns)?.unwrap_or_default())
+        Ok(self.at.list_get(backend, ns)?.unwrap_or_default())
     }
 
     /// Appends `value`. Errors as [`ListState::get`].
@@ -143,7 +145,7 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
         ns: &N,
         value: V,
     ) -> Result<()> {
-        backend.list_add_all(self.id, ns, vec![value])
+        self.at.list_add_all(backend, ns, vec![value])
     }
 
     /// Appends all `values`. Errors as [`ListState::get`].
@@ -153,7 +155,7 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
         ns: &N,
         values: Vec<V>,
     ) -> Result<()> {
-        backend.list_add_all(self.id, ns, values)
+        self.at.list_add_all(backend, ns, values)
     }
 
     /// Replaces the list with `values`. Errors as [`ListState::get`].
@@ -163,7 +165,7 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
         ns: &N,
         values: Vec<V>,
     ) -> Result<()> {
-        backend.list_update(self.id, ns, values)
+        self.at.list_update(backend, ns, values)
     }
 
     /// Removes the list. Errors as [`ListState::get`].
@@ -172,7 +174,7 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
         backend: &mut B,
         ns: &N,
     ) -> Result<()> {
-        backend.list_clear::<N, V>(self.id, ns)
+        self.at.list_clear::<K, B, N, V>(backend, ns)
     }
 
     common_methods!();
@@ -180,23 +182,23 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
 
 /// A map from user keys `UK` to values `V` per key and namespace.
 pub struct MapState<N, UK, V> {
-    pub(crate) id: StateId,
+    pub(crate) at: StateRef,
     _types: Types<(N, UK, V)>,
 }
 
 impl<N, UK, V> Clone for MapState<N, UK, V> {
     fn clone(&self) -> Self {
         MapState {
-            id: self.id,
+            at: self.at,
             _types: PhantomData,
         }
     }
 }
 
 impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
-    pub(crate) fn new(id: StateId) -> Self {
+    pub(crate) fn new(id: StateId, ttl: Option<StateTtlConfig>) -> Self {
         MapState {
-            id,
+            at: StateRef::new(id, ttl),
             _types: PhantomData,
         }
     }
@@ -211,7 +213,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         ns: &N,
         uk: &UK,
     ) -> Result<Option<V>> {
-        backend.map_get::<N, UK, V>(self.id, ns, uk)
+        self.at.map_get(backend, ns, uk)
     }
 
     /// Whether `uk` is present. Errors as [`MapState::get`].
@@ -232,7 +234,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         uk: UK,
         value: V,
     ) -> Result<()> {
-        backend.map_put(self.id, ns, uk, value)
+        self.at.map_put(backend, ns, uk, value)
     }
 
     /// Removes `uk`. Errors as [`MapState::get`].
@@ -242,7 +244,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         ns: &N,
         uk: &UK,
     ) -> Result<()> {
-        backend.map_remove::<N, UK, V>(self.id, ns, uk)
+        self.at.map_remove::<K, B, N, UK, V>(backend, ns, uk)
     }
 
     /// All entries, collected, in no particular order. Errors as [`MapState::get`].
@@ -251,7 +253,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         backend: &B,
         ns: &N,
     ) -> Result<Vec<(UK, V)>> {
-        backend.map_entries(self.id, ns)
+        self.at.map_iter(backend, ns)?.collect()
     }
 
     /// The entries, streamed as they are read ([`MapEntries`]), in no particular order. Errors as
@@ -261,7 +263,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         backend: &'a B,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, V>> {
-        backend.map_iter(self.id, ns)
+        self.at.map_iter(backend, ns)
     }
 
     /// The user keys, streamed. Errors as [`MapState::get`].
@@ -289,7 +291,8 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         ns: &N,
         entries: impl IntoIterator<Item = (UK, V)>,
     ) -> Result<()> {
-        backend.map_put_all(self.id, ns, entries.into_iter().collect())
+        self.at
+            .map_put_all(backend, ns, entries.into_iter().collect())
     }
 
     /// Keeps only the entries for which `keep` answers true: Flink's removal through the entry iterator.
@@ -300,7 +303,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         ns: &N,
         mut keep: impl FnMut(&UK, &V) -> bool,
     ) -> Result<()> {
-        backend.map_retain(self.id, ns, &mut keep)
+        self.at.map_retain(backend, ns, &mut keep)
     }
 
     /// Whether the map is empty, without reading its entries. Errors as [`MapState::get`].
@@ -309,7 +312,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         backend: &B,
         ns: &N,
     ) -> Result<bool> {
-        backend.map_is_empty::<N, UK, V>(self.id, ns)
+        self.at.map_is_empty::<K, B, N, UK, V>(backend, ns)
     }
 
     /// Removes the whole map. Errors as [`MapState::get`].
@@ -318,7 +321,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
         backend: &mut B,
         ns: &N,
     ) -> Result<()> {
-        backend.map_clear::<N, UK, V>(self.id, ns)
+        self.at.map_clear::<K, B, N, UK, V>(backend, ns)
     }
 
     common_methods!();
@@ -326,7 +329,7 @@ impl<N: StateKey, UK: StateKey, V: StateValue> MapState<N, UK, V> {
 
 /// A value combined with every added value by a reduce function.
 pub struct ReducingState<N, V> {
-    pub(crate) id: StateId,
+    pub(crate) at: StateRef,
     pub(crate) reduce: ReduceFn<V>,
     _types: Types<N>,
 }
@@ -334,7 +337,7 @@ pub struct ReducingState<N, V> {
 impl<N, V> Clone for ReducingState<N, V> {
     fn clone(&self) -> Self {
         ReducingState {
-            id: self.id,
+            at: self.at,
             reduce: self.reduce.clone(),
             _types: PhantomData,
         }
@@ -342,9 +345,9 @@ impl<N, V> Clone for ReducingState<N, V> {
 }
 
 impl<N: StateKey, V: StateValue> ReducingState<N, V> {
-    pub(crate) fn new(id: StateId, reduce: ReduceFn<V>) -> Self {
+    pub(crate) fn new(id: StateId, reduce: ReduceFn<V>, ttl: Option<StateTtlConfig>) -> Self {
         ReducingState {
-            id,
+            at: StateRef::new(id, ttl),
             reduce,
             _types: PhantomData,
         }
@@ -359,7 +362,7 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         backend: &B,
         ns: &N,
     ) -> Result<Option<V>> {
-        backend.value_get(self.id, ns)
+        self.at.get(backend, ns)
     }
 
     /// Combines `value` into the stored value (or stores it if none). Errors as [`ReducingState::get`].
@@ -370,7 +373,7 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         value: V,
     ) -> Result<()> {
         let mut value = Some(value);
-        backend.value_modify::<N, V>(self.id, ns, &mut |old| {
+        self.at.modify::<K, B, N, V>(backend, ns, &mut |old| {
             let added = value.take()?;
             Some(match old {
                 Some(old) => (self.reduce)(old, &added),
@@ -390,7 +393,7 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
     ) -> Result<bool> {
         let mut value = Some(value);
         let mut first = false;
-        backend.value_modify::<N, V>(self.id, ns, &mut |old| {
+        self.at.modify::<K, B, N, V>(backend, ns, &mut |old| {
             let added = value.take()?;
             first = old.is_none();
             Some(match old {
@@ -407,7 +410,7 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         backend: &mut B,
         ns: &N,
     ) -> Result<()> {
-        backend.value_clear::<N, V>(self.id, ns)
+        self.at.clear::<K, B, N, V>(backend, ns)
     }
 
     common_methods!();
@@ -415,7 +418,7 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
 
 /// An accumulator folded by an [`AggregateFunction`]; reads give the function's result.
 pub struct AggregatingState<N, IN, ACC, OUT> {
-    pub(crate) id: StateId,
+    pub(crate) at: StateRef,
     pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
     _types: Types<N>,
 }
@@ -423,7 +426,7 @@ pub struct AggregatingState<N, IN, ACC, OUT> {
 impl<N, IN, ACC, OUT> Clone for AggregatingState<N, IN, ACC, OUT> {
     fn clone(&self) -> Self {
         AggregatingState {
-            id: self.id,
+            at: self.at,
             function: self.function.clone(),
             _types: PhantomData,
         }
@@ -431,9 +434,13 @@ impl<N, IN, ACC, OUT> Clone for AggregatingState<N, IN, ACC, OUT> {
 }
 
 impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
-    pub(crate) fn new(id: StateId, function: Arc<dyn AggregateFunction<IN, ACC, OUT>>) -> Self {
+    pub(crate) fn new(
+        id: StateId,
+        function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
+        ttl: Option<StateTtlConfig>,
+    ) -> Self {
         AggregatingState {
-            id,
+            at: StateRef::new(id, ttl),
             function,
             _types: PhantomData,
         }
@@ -448,8 +455,9 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
         backend: &B,
         ns: &N,
     ) -> Result<Option<OUT>> {
-        Ok(backend
-            .value_get::<N, ACC>(self.id, ns)?
+        Ok(self
+            .at
+            .get::<K, B, N, ACC>(backend, ns)?
             .map(|acc| self.function.get_result(&acc)))
     }
 
@@ -460,7 +468,7 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
         ns: &N,
         value: &IN,
     ) -> Result<()> {
-        backend.value_modify::<N, ACC>(self.id, ns, &mut |old| {
+        self.at.modify::<K, B, N, ACC>(backend, ns, &mut |old| {
             let mut acc = old
                 .cloned()
                 .unwrap_or_else(|| self.function.create_accumulator());
@@ -475,7 +483,7 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
         backend: &mut B,
         ns: &N,
     ) -> Result<()> {
-        backend.value_clear::<N, ACC>(self.id, ns)
+        self.at.clear::<K, B, N, ACC>(backend, ns)
     }
 
     common_methods!();

@@ -18,7 +18,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         keys: &[K],
         out: &mut Vec<Option<V>>,
     ) -> Result<()> {
-        backend.value_get_batch(self.id, ns, keys, out)
+        self.at.get_batch(backend, ns, keys, out)
     }
 
     /// Sets `keys[i]` to `values[i]` in `ns`. Does not change the current key.
@@ -33,7 +33,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         keys: &[K],
         values: &[V],
     ) -> Result<()> {
-        backend.value_put_batch(self.id, ns, keys, values)
+        self.at.put_batch(backend, ns, keys, values)
     }
 
     /// Replaces the value of each `keys[i]` with `f(i, old)` (removes it on `None`): read-modify-write
@@ -45,7 +45,7 @@ impl<N: StateKey, V: StateValue> ValueState<N, V> {
         keys: &[K],
         mut f: impl FnMut(usize, Option<&V>) -> Option<V>,
     ) -> Result<()> {
-        backend.value_modify_batch(self.id, ns, keys, &mut f)
+        self.at.modify_batch(backend, ns, keys, &mut f)
     }
 }
 
@@ -71,12 +71,13 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         values: &[V],
     ) -> Result<()> {
         check_lengths(keys.len(), values.len())?;
-        backend.value_modify_batch::<N, V>(self.id, ns, keys, &mut |i, old| {
-            Some(match old {
-                Some(old) => (self.reduce)(old, &values[i]),
-                None => values[i].clone(),
+        self.at
+            .modify_batch::<K, B, N, V>(backend, ns, keys, &mut |i, old| {
+                Some(match old {
+                    Some(old) => (self.reduce)(old, &values[i]),
+                    None => values[i].clone(),
+                })
             })
-        })
     }
 
     /// The reduced values of `keys` in `ns`, appended to `out`. Errors as [`ValueState::get_batch`].
@@ -87,7 +88,7 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         keys: &[K],
         out: &mut Vec<Option<V>>,
     ) -> Result<()> {
-        backend.value_get_batch(self.id, ns, keys, out)
+        self.at.get_batch(backend, ns, keys, out)
     }
 
     /// Reduces the values of the current key in `sources` into `target` and clears the sources (as
@@ -102,8 +103,8 @@ impl<N: StateKey, V: StateValue> ReducingState<N, V> {
         sources: &[N],
     ) -> Result<()> {
         for source in sources.iter().filter(|s| *s != target) {
-            if let Some(value) = backend.value_get::<N, V>(self.id, source)? {
-                backend.value_clear::<N, V>(self.id, source)?;
+            if let Some(value) = self.at.get::<K, B, N, V>(backend, source)? {
+                self.at.clear::<K, B, N, V>(backend, source)?;
                 self.add(backend, target, value)?;
             }
         }
@@ -124,13 +125,14 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
         values: &[IN],
     ) -> Result<()> {
         check_lengths(keys.len(), values.len())?;
-        backend.value_modify_batch::<N, ACC>(self.id, ns, keys, &mut |i, old| {
-            let mut acc = old
-                .cloned()
-                .unwrap_or_else(|| self.function.create_accumulator());
-            self.function.add(&values[i], &mut acc);
-            Some(acc)
-        })
+        self.at
+            .modify_batch::<K, B, N, ACC>(backend, ns, keys, &mut |i, old| {
+                let mut acc = old
+                    .cloned()
+                    .unwrap_or_else(|| self.function.create_accumulator());
+                self.function.add(&values[i], &mut acc);
+                Some(acc)
+            })
     }
 
     /// The results of `keys` in `ns`, appended to `out`. Errors as [`ValueState::get_batch`].
@@ -142,7 +144,8 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
         out: &mut Vec<Option<OUT>>,
     ) -> Result<()> {
         let mut accs = Vec::with_capacity(keys.len());
-        backend.value_get_batch::<N, ACC>(self.id, ns, keys, &mut accs)?;
+        self.at
+            .get_batch::<K, B, N, ACC>(backend, ns, keys, &mut accs)?;
         out.extend(
             accs.into_iter()
                 .map(|acc| acc.map(|acc| self.function.get_result(&acc))),
@@ -162,11 +165,11 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
         target: &N,
         sources: &[N],
     ) -> Result<()> {
-        let mut merged: Option<ACC> = backend.value_get(self.id, target)?;
+        let mut merged: Option<ACC> = self.at.get(backend, target)?;
         let mut changed = false;
         for source in sources.iter().filter(|s| *s != target) {
-            if let Some(acc) = backend.value_get::<N, ACC>(self.id, source)? {
-                backend.value_clear::<N, ACC>(self.id, source)?;
+            if let Some(acc) = self.at.get::<K, B, N, ACC>(backend, source)? {
+                self.at.clear::<K, B, N, ACC>(backend, source)?;
                 merged = Some(match merged {
                     Some(m) => self.function.merge(m, acc),
                     None => acc,
@@ -175,7 +178,7 @@ impl<N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<N, IN, ACC, OUT> {
             }
         }
         match merged {
-            Some(acc) if changed => backend.value_put(self.id, target, acc),
+            Some(acc) if changed => self.at.put(backend, target, acc),
             _ => Ok(()),
         }
     }
@@ -194,9 +197,9 @@ impl<N: StateKey, V: StateValue> ListState<N, V> {
         sources: &[N],
     ) -> Result<()> {
         for source in sources.iter().filter(|s| *s != target) {
-            if let Some(values) = backend.list_get::<N, V>(self.id, source)? {
-                backend.list_clear::<N, V>(self.id, source)?;
-                backend.list_add_all(self.id, target, values)?;
+            if let Some(values) = self.at.list_get::<K, B, N, V>(backend, source)? {
+                self.at.list_clear::<K, B, N, V>(backend, source)?;
+                self.at.list_add_all(backend, target, values)?;
             }
         }
         Ok(())

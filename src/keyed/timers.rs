@@ -43,6 +43,14 @@ pub(crate) fn timer_state_name(service: &str, domain: TimeDomain) -> String {
     format!("{TIMER_STATE_PREFIX}{service}/{}", domain.as_str())
 }
 
+/// The error of registering a state of kind [`StateKind::Timers`] as a state: timers come from a
+/// timer service.
+pub(crate) fn timers_not_a_state(name: &str) -> crate::Error {
+    crate::Error::InvalidArgument(format!(
+        "state `{name}`: timers are registered through a timer service, not as a keyed state"
+    ))
+}
+
 /// What a snapshot records about the timers of one service and domain: kind [`StateKind::Timers`], the
 /// key and namespace codecs, the timestamp as the value codec.
 pub(crate) fn timer_state_meta<K: Codec, N: Codec>(service: &str, domain: TimeDomain) -> StateMeta {

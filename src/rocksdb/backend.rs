@@ -9,16 +9,12 @@ use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
 use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
-use crate::keyed::descriptor::{
-    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
-    ValueStateDescriptor,
-};
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::keyed::timers::{
-    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
+    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta, timers_not_a_state,
 };
+use crate::keyed::ttl::TtlTimes;
 use crate::rocksdb::bulk;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::current::CurrentKeyPrefix;
@@ -51,6 +47,8 @@ pub struct RocksDbKeyedStateBackend<K> {
     pub(super) checkpoints: Checkpoints,
     /// The cached heads of the timer queues.
     pub(super) timers: TimerQueues,
+    /// The times TTL states expire against.
+    pub(super) ttl: TtlTimes,
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
@@ -86,6 +84,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             current: CurrentKeyPrefix::new(),
             checkpoints: Checkpoints::default(),
             timers,
+            ttl: TtlTimes::default(),
         })
     }
 
@@ -435,6 +434,28 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         bulk::value_modify_batch(&self.db, self.cf(state)?, &self.identity, ns, keys, f)
     }
 
+    fn register_state<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+    ) -> Result<StateId> {
+        let mut meta = StateMeta::new::<K, N, V>(name, kind);
+        match kind {
+            StateKind::Timers => return Err(timers_not_a_state(name)),
+            StateKind::Map => meta.user_key_codec = UK::codec_id(),
+            _ => {}
+        }
+        self.register(meta, byte_migration::<V>)
+    }
+
+    fn ttl_times(&self) -> &TtlTimes {
+        &self.ttl
+    }
+
+    fn ttl_times_mut(&mut self) -> &mut TtlTimes {
+        &mut self.ttl
+    }
+
     fn timer_register<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
         let cf = self.states.timer_cf(&self.db, state)?;
         let current = &mut self.current;
@@ -478,11 +499,13 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
+        self.ttl.on_new_key();
         self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        self.ttl.on_new_key();
         self.current.set_routed(key, route, &self.identity)
     }
 
@@ -492,53 +515,6 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
 
     fn current_key_group(&self) -> Option<u32> {
         self.current.key_group()
-    }
-
-    fn value_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ValueStateDescriptor<N, V>,
-    ) -> Result<ValueState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Value);
-        Ok(ValueState::new(self.register(meta, byte_migration::<V>)?))
-    }
-
-    fn list_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ListStateDescriptor<N, V>,
-    ) -> Result<ListState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::List);
-        Ok(ListState::new(self.register(meta, byte_migration::<V>)?))
-    }
-
-    fn map_state<N: StateKey, UK: StateKey, V: StateValue>(
-        &mut self,
-        d: &MapStateDescriptor<N, UK, V>,
-    ) -> Result<MapState<N, UK, V>> {
-        let mut meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Map);
-        meta.user_key_codec = UK::codec_id();
-        Ok(MapState::new(self.register(meta, byte_migration::<V>)?))
-    }
-
-    fn reducing_state<N: StateKey, V: StateValue>(
-        &mut self,
-        d: &ReducingStateDescriptor<N, V>,
-    ) -> Result<ReducingState<N, V>> {
-        let meta = StateMeta::new::<K, N, V>(&d.name, StateKind::Reducing);
-        Ok(ReducingState::new(
-            self.register(meta, byte_migration::<V>)?,
-            d.reduce.clone(),
-        ))
-    }
-
-    fn aggregating_state<N: StateKey, IN, ACC: StateValue, OUT>(
-        &mut self,
-        d: &AggregatingStateDescriptor<N, IN, ACC, OUT>,
-    ) -> Result<AggregatingState<N, IN, ACC, OUT>> {
-        let meta = StateMeta::new::<K, N, ACC>(&d.name, StateKind::Aggregating);
-        Ok(AggregatingState::new(
-            self.register(meta, byte_migration::<ACC>)?,
-            d.function.clone(),
-        ))
     }
 
     fn timer_service<N: StateKey>(

@@ -8,6 +8,7 @@
 mod common;
 mod model;
 mod timers;
+mod ttl;
 
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;
@@ -295,6 +296,18 @@ macro_rules! conformance {
             #[test]
             fn many_timers() {
                 timers::many_timers_fire_in_order(&mut $make);
+            }
+            #[test]
+            fn ttl_values() {
+                ttl::value_reducing_and_aggregating_expire(&mut $make);
+            }
+            #[test]
+            fn ttl_lists_and_maps() {
+                ttl::lists_and_maps_expire_per_element_and_entry(&mut $make);
+            }
+            #[test]
+            fn ttl_event_time() {
+                ttl::event_time_visibility_and_registration(&mut $make);
             }
         }
     };

@@ -1,0 +1,296 @@
+//! State time-to-live (`docs/ttl.md`), as Flink's `StateTtlConfig`: the setting a state descriptor carries,
+//! the stored form of a TTL state's values (the value and the time of its last write, inline), and the
+//! times a backend reads expiry against (processing time from its [`Clock`], event time from the last
+//! watermark the engine passed).
+
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+
+/// When an entry of a TTL state expires, and whether a read may still see it (Flink's `StateTtlConfig`).
+/// Plain data: build it with [`StateTtlConfig::new`] and struct update syntax.
+///
+/// An entry (a value; a list element; a map entry) written at time `t` (ms, in the chosen [`TtlTime`])
+/// expires at `t + ttl_ms`: from then on no read returns it under [`TtlVisibility::NeverReturnExpired`].
+/// Every write (create, update, add, put) restarts its clock; a read does not (Flink's default
+/// `OnCreateAndWrite`).
+///
+/// ```
+/// use statebackend::keyed::{StateTtlConfig, TtlTime};
+/// let ttl = StateTtlConfig { time: TtlTime::EventTime, ..StateTtlConfig::new(60_000) };
+/// assert_eq!(ttl.ttl_ms, 60_000);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateTtlConfig {
+    /// Time to live after the last write, in milliseconds of [`StateTtlConfig::time`]; at least 1
+    /// (registering a state with 0 is [`Error::InvalidArgument`]).
+    pub ttl_ms: u64,
+    /// Whether an expired entry not yet cleaned up may still be read (default: never).
+    pub visibility: TtlVisibility,
+    /// Which time the entry lives in (default: processing time).
+    pub time: TtlTime,
+}
+
+impl StateTtlConfig {
+    /// `ttl_ms` milliseconds of processing time, expired entries never returned.
+    pub fn new(ttl_ms: u64) -> Self {
+        StateTtlConfig {
+            ttl_ms,
+            visibility: TtlVisibility::NeverReturnExpired,
+            time: TtlTime::ProcessingTime,
+        }
+    }
+
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `state` if `ttl_ms` is 0.
+    pub(crate) fn check(&self, state: &str) -> Result<()> {
+        if self.ttl_ms == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "state `{state}`: a TTL of 0 ms would expire every entry as it is written"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether an entry last written at `last_update_ms` has expired at `now_ms`: `last_update_ms +
+    /// ttl_ms <= now_ms` (as Flink's `TtlUtils.expired`; saturating, so an entry of the far future never
+    /// expires by overflow).
+    #[inline]
+    pub(crate) fn expired(&self, last_update_ms: u64, now_ms: u64) -> bool {
+        last_update_ms.saturating_add(self.ttl_ms) <= now_ms
+    }
+
+    /// `value` as written at `now_ms`.
+    #[inline]
+    pub(crate) fn stamp<V>(&self, value: V, now_ms: u64) -> Stamped<V> {
+        Stamped {
+            value,
+            last_update_ms: now_ms,
+        }
+    }
+
+    /// The value of a stored entry if a read at `now_ms` returns it.
+    #[inline]
+    pub(crate) fn read<V>(&self, stored: Option<Stamped<V>>, now_ms: u64) -> Option<V> {
+        stored
+            .filter(|s| self.visible(s.last_update_ms, now_ms))
+            .map(|s| s.value)
+    }
+
+    /// As [`StateTtlConfig::read`], by reference.
+    #[inline]
+    pub(crate) fn read_ref<'v, V>(
+        &self,
+        stored: Option<&'v Stamped<V>>,
+        now_ms: u64,
+    ) -> Option<&'v V> {
+        stored
+            .filter(|s| self.visible(s.last_update_ms, now_ms))
+            .map(|s| &s.value)
+    }
+
+    /// Whether a read at `now_ms` returns an entry last written at `last_update_ms`.
+    #[inline]
+    pub(crate) fn visible(&self, last_update_ms: u64, now_ms: u64) -> bool {
+        self.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp
+            || !self.expired(last_update_ms, now_ms)
+    }
+}
+
+/// Whether reads return entries that expired but are still stored (Flink's `StateVisibility`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TtlVisibility {
+    /// An expired entry is never returned (it reads as absent).
+    #[default]
+    NeverReturnExpired,
+    /// An expired entry is returned until a cleanup removes it (fewer checks; the entry may outlive its
+    /// TTL by the time until the next cleanup).
+    ReturnExpiredIfNotCleanedUp,
+}
+
+/// The time an entry's TTL is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TtlTime {
+    /// The backend's clock ([`KeyedStateBackend::set_clock`](crate::KeyedStateBackend::set_clock),
+    /// the system clock unless another is set), read when the current key is set (once per record) and
+    /// once per batch call.
+    #[default]
+    ProcessingTime,
+    /// The last watermark the engine passed to
+    /// [`KeyedStateBackend::set_ttl_watermark`](crate::KeyedStateBackend::set_ttl_watermark) (0 before
+    /// the first): an entry lives `ttl_ms` of event time past the watermark at its last write. Flink's
+    /// TTL knows processing time only (FLINK-12005).
+    EventTime,
+}
+
+/// A stored value of a TTL state: the value and the time of its last write (ms, in the state's
+/// [`TtlTime`]), inline (no allocation of its own on the heap backend). Its codec is `ttl(<value codec>)`:
+/// the 8-byte big-endian timestamp, then the value's encoding (`docs/formats.md`). The last write's time
+/// rather than the expiry time is stored, so a TTL changed across a restore applies to every restored
+/// entry without a rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped<V> {
+    /// The user's value.
+    pub value: V,
+    /// When it was last written, in ms of the state's time.
+    pub last_update_ms: u64,
+}
+
+/// Bytes of the timestamp in front of a stamped value's encoding.
+pub(crate) const STAMP_BYTES: usize = 8;
+
+impl<V: Codec> Codec for Stamped<V> {
+    const ID: &'static str = "ttl";
+
+    /// `ttl(<V's codec id>)`.
+    fn codec_id() -> String {
+        format!("ttl({})", V::codec_id())
+    }
+
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.last_update_ms.to_be_bytes());
+        self.value.encode(out);
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let Some((ts, value)) = bytes.split_first_chunk::<STAMP_BYTES>() else {
+            return Err(Error::corrupt(
+                "<ttl value>",
+                format!(
+                    "{} bytes, shorter than the {STAMP_BYTES}-byte timestamp",
+                    bytes.len()
+                ),
+            ));
+        };
+        Ok(Stamped {
+            value: V::decode(value)?,
+            last_update_ms: u64::from_be_bytes(*ts),
+        })
+    }
+}
+
+/// The times a backend's TTL states expire against: its clock (processing time), sampled when the current
+/// key is set once a processing-time TTL state is registered, and the last event-time watermark the
+/// engine passed. A component of each backend, injected through `set_clock`.
+#[derive(Debug, Clone)]
+pub struct TtlTimes {
+    clock: Arc<dyn Clock>,
+    /// The clock's time when the current key was last set (ms), if sampling.
+    processing_ms: u64,
+    /// Whether a processing-time TTL state is registered (only then is the clock read per record).
+    sampling: bool,
+    /// The greatest watermark passed (ms), 0 before the first.
+    watermark_ms: u64,
+}
+
+impl Default for TtlTimes {
+    fn default() -> Self {
+        TtlTimes {
+            clock: Arc::new(SystemClock),
+            processing_ms: 0,
+            sampling: false,
+            watermark_ms: 0,
+        }
+    }
+}
+
+impl TtlTimes {
+    /// Reads processing time from `clock` from now on.
+    pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+        if self.sampling {
+            self.processing_ms = self.clock.now_ms_coarse();
+        }
+    }
+
+    /// Moves the event time of TTL states to `watermark_ms` (a smaller watermark than one passed
+    /// before is ignored: watermarks do not go back).
+    pub(crate) fn set_watermark(&mut self, watermark_ms: u64) {
+        self.watermark_ms = self.watermark_ms.max(watermark_ms);
+    }
+
+    /// A state living in `time` was registered: processing time is sampled per record from now on.
+    pub(crate) fn watch(&mut self, time: TtlTime) {
+        if time == TtlTime::ProcessingTime && !self.sampling {
+            self.sampling = true;
+            self.processing_ms = self.clock.now_ms_coarse();
+        }
+    }
+
+    /// The current key changed (a new record): samples the clock if a processing-time TTL state exists.
+    #[inline]
+    pub(crate) fn on_new_key(&mut self) {
+        if self.sampling {
+            self.processing_ms = self.clock.now_ms_coarse();
+        }
+    }
+
+    /// Now in `time` (ms): the sampled processing time, or the clock read again if `fresh` (batch calls,
+    /// which set no current key); the last watermark in event time.
+    #[inline]
+    pub(crate) fn now_ms(&self, time: TtlTime, fresh: bool) -> u64 {
+        match time {
+            TtlTime::ProcessingTime if fresh || !self.sampling => self.clock.now_ms_coarse(),
+            TtlTime::ProcessingTime => self.processing_ms,
+            TtlTime::EventTime => self.watermark_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_stamped_value_is_its_timestamp_then_the_value_and_short_bytes_are_corrupt() {
+        let s = Stamped {
+            value: 7u32,
+            last_update_ms: 0x0102_0304_0506_0708,
+        };
+        let mut out = Vec::new();
+        s.encode(&mut out);
+        assert_eq!(out, [1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 7]);
+        assert_eq!(Stamped::<u32>::decode(&out).unwrap(), s);
+        assert!(matches!(
+            Stamped::<u32>::decode(&out[..7]),
+            Err(Error::Corrupt { .. })
+        ));
+        assert_eq!(Stamped::<u64>::codec_id(), "ttl(u64:be)");
+    }
+
+    #[test]
+    fn expiry_is_at_last_update_plus_ttl_and_never_by_overflow() {
+        let ttl = StateTtlConfig::new(100);
+        assert!(!ttl.expired(1_000, 1_099));
+        assert!(ttl.expired(1_000, 1_100));
+        assert!(!ttl.expired(u64::MAX - 5, u64::MAX - 1));
+        let lax = StateTtlConfig {
+            visibility: TtlVisibility::ReturnExpiredIfNotCleanedUp,
+            ..ttl
+        };
+        assert!(lax.visible(1_000, 5_000) && !ttl.visible(1_000, 5_000));
+        assert!(StateTtlConfig::new(0).check("s").is_err());
+    }
+
+    #[test]
+    fn processing_time_is_sampled_per_key_and_watermarks_do_not_go_back() {
+        let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_millis(500)));
+        let mut times = TtlTimes::default();
+        times.set_clock(clock.clone());
+        times.watch(TtlTime::ProcessingTime);
+        clock.advance(Duration::from_millis(10));
+        assert_eq!(times.now_ms(TtlTime::ProcessingTime, false), 500);
+        assert_eq!(times.now_ms(TtlTime::ProcessingTime, true), 510);
+        times.on_new_key();
+        assert_eq!(times.now_ms(TtlTime::ProcessingTime, false), 510);
+        assert_eq!(times.now_ms(TtlTime::EventTime, false), 0);
+        times.set_watermark(40);
+        times.set_watermark(30);
+        assert_eq!(times.now_ms(TtlTime::EventTime, true), 40);
+    }
+}
