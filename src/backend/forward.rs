@@ -8,7 +8,7 @@ use super::*;
 use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
-use crate::keyed::ttl::TtlTimes;
+use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
 use crate::snapshot::state_meta::StateKind;
 
 /// Forwarding methods from a list of `ref|mut name[generics](args) -> ret;` (`ref`: `&self`, `mut`:
@@ -116,7 +116,8 @@ impl<K: StateKey> StateAccess<K> for StateBackend<K> {
         mut timer_pop_due[N: StateKey](state: StateId, time: u64) -> Result<Option<Timer<K, N>>>;
         mut register_state[N: StateKey, UK: StateKey, V: StateValue](
             name: &str,
-            kind: StateKind
+            kind: StateKind,
+            ttl: Option<StateTtlConfig>
         ) -> Result<StateId>;
         ref ttl_times() -> &TtlTimes;
         mut ttl_times_mut() -> &mut TtlTimes;

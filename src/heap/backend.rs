@@ -8,13 +8,12 @@ use crate::error::Result;
 use crate::heap::bulk;
 use crate::heap::config::HeapConfig;
 use crate::heap::cursor::{KeyCursor, access_error};
+use crate::heap::serde::{ListCell, MapCell, list_serde, map_serde, value_serde};
 use crate::heap::snapshot::SnapshotJob;
 use crate::heap::states::StateTables;
-use crate::heap::table::{
-    CurrentKey, ListCell, MapCell, StateTable, ValueSerde, entry_hash, list_serde, map_serde,
-    value_serde,
-};
+use crate::heap::table::{CurrentKey, StateTable, entry_hash};
 use crate::heap::timers::TimerTable;
+use crate::heap::ttl::{ttl_list_serde, ttl_map_serde, ttl_value_serde};
 use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
 use crate::keyed::backend::sealed::StateAccess;
@@ -23,11 +22,11 @@ use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::timers::{
-    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta, timers_not_a_state,
+    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
-use crate::keyed::ttl::TtlTimes;
+use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTimes};
 use crate::snapshot::result::SavepointFormat;
-use crate::snapshot::state_meta::{StateKind, StateMeta};
+use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
 
 type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);
@@ -119,16 +118,6 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         self.ledger.last_completed()
     }
 
-    fn register<N: StateKey, S: Clone + Send + Sync + 'static>(
-        &mut self,
-        meta: StateMeta,
-        serde: ValueSerde<S>,
-    ) -> Result<StateId> {
-        let groups = self.identity.key_groups().len() as usize;
-        self.states
-            .register::<N, S>(meta, serde, groups, self.config.restore_threads)
-    }
-
     /// The synchronous phase of a checkpoint or a savepoint: freezes every live state, O(key groups).
     fn sync_phase(
         &mut self,
@@ -142,7 +131,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let backend_id = self.backend_id.get_or_insert_with(|| {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         });
-        let (states, frozen) = self.states.freeze();
+        let (states, frozen) = self.states.freeze(&self.ttl);
         let job = SnapshotJob {
             checkpoint_id,
             states,
@@ -417,24 +406,26 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         bulk::value_modify_batch(table, &self.identity, ns, keys, f)
     }
 
-    #[inline]
     fn register_state<N: StateKey, UK: StateKey, V: StateValue>(
         &mut self,
         name: &str,
         kind: StateKind,
+        ttl: Option<StateTtlConfig>,
     ) -> Result<StateId> {
-        let mut meta = StateMeta::new::<K, N, V>(name, kind);
-        match kind {
-            StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
-                self.register::<N, V>(meta, value_serde())
-            }
-            StateKind::List => self.register::<N, ListCell<V>>(meta, list_serde()),
-            StateKind::Map => {
-                meta.user_key_codec = UK::codec_id();
-                self.register::<N, MapCell<UK, V>>(meta, map_serde())
-            }
-            StateKind::Timers => Err(timers_not_a_state(name)),
-        }
+        let groups = self.identity.key_groups().len() as usize;
+        let threads = self.config.restore_threads;
+        let states = &mut self.states;
+        let Some(ttl) = ttl else {
+            let serdes = (value_serde(), list_serde(), map_serde());
+            return states.register_kind::<N, UK, V>(name, kind, serdes, groups, threads);
+        };
+        // Values stored with their last write's time (`heap/ttl.rs`).
+        let serdes = (
+            ttl_value_serde(ttl),
+            ttl_list_serde(ttl),
+            ttl_map_serde(ttl),
+        );
+        states.register_kind::<N, UK, Stamped<V>>(name, kind, serdes, groups, threads)
     }
 
     fn ttl_times(&self) -> &TtlTimes {
@@ -445,6 +436,7 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         &mut self.ttl
     }
 
+    #[inline]
     fn timer_register<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
         let (t, c) = self.timers_at_key::<N>(state)?;
         t.register(c.kg_index, c.key_hash, &c.key, ns, ts);
@@ -529,11 +521,11 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
-        self.states.keys(state, ns)
+        self.states.keys(state, ns, &self.ttl)
     }
 
     fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
-        self.states.keys_and_namespaces(state)
+        self.states.keys_and_namespaces(state, &self.ttl)
     }
 
     fn drop_state(&mut self, name: &str) -> Result<bool> {

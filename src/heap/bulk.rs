@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::heap::cow_map::PageRef;
-use crate::heap::table::{
-    CurrentKey, MapCell, StateTable, entry_hash, mix_entry_hash, namespace_hash,
-};
+use crate::heap::serde::MapCell;
+use crate::heap::table::{CurrentKey, StateTable, entry_hash, mix_entry_hash, namespace_hash};
 use crate::key_group::locate_hash;
 use crate::keyed::backend::{StateKey, StateValue};
 use crate::keyed::identity::SubtaskIdentity;

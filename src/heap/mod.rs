@@ -8,10 +8,12 @@ mod cursor;
 mod decode;
 mod prefetch;
 mod restore;
+mod serde;
 mod snapshot;
 mod states;
 pub(crate) mod table;
 mod timers;
+mod ttl;
 
 pub use backend::HeapKeyedStateBackend;
 pub use config::HeapConfig;

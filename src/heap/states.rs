@@ -8,14 +8,21 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::heap::decode::decode_raw;
-use crate::heap::table::{
-    DroppedTable, ErasedTable, FrozenTable, RawTable, StateTable, ValueSerde,
-};
+use crate::heap::serde::{ListCell, MapCell, ValueSerde};
+use crate::heap::table::{DroppedTable, ErasedTable, FrozenTable, RawTable, StateTable};
 use crate::heap::timers::TimerTable;
-use crate::keyed::backend::{StateId, StateKey};
+use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::wrong_state;
-use crate::keyed::timers::check_state_name;
-use crate::snapshot::state_meta::StateMeta;
+use crate::keyed::timers::{check_state_name, timers_not_a_state};
+use crate::keyed::ttl::TtlTimes;
+use crate::snapshot::state_meta::{StateKind, StateMeta};
+
+/// The serdes of a value, a list and a map state whose values are `S`.
+pub(crate) type KindSerdes<UK, S> = (
+    ValueSerde<S>,
+    ValueSerde<ListCell<S>>,
+    ValueSerde<MapCell<UK, S>>,
+);
 
 /// Every state of one heap backend.
 pub(crate) struct StateTables<K> {
@@ -63,11 +70,16 @@ impl<K: StateKey> StateTables<K> {
             self.by_name.insert(meta.name, id);
             return Ok(id);
         };
-        let existing = &self.tables[id.0 as usize];
-        if (existing.as_ref() as &dyn Any).is::<StateTable<K, N, S>>() {
-            meta.check_compatible(existing.meta())?;
+        let existing = &mut self.tables[id.0 as usize];
+        if let Some(table) =
+            (existing.as_mut() as &mut dyn Any).downcast_mut::<StateTable<K, N, S>>()
+        {
+            meta.check_compatible(&table.meta)?;
+            // The latest registration's TTL applies (another `ttl_ms` is the same state).
+            table.serde = serde;
             return Ok(id);
         }
+        let existing = &self.tables[id.0 as usize];
         let migrate = meta.check_layout(existing.meta())?;
         let Some(raw) = (existing.as_ref() as &dyn Any).downcast_ref::<RawTable>() else {
             meta.check_compatible(existing.meta())?;
@@ -88,6 +100,35 @@ impl<K: StateKey> StateTables<K> {
         decode_raw(raw, &mut table, migration.as_ref(), restore_threads)?;
         self.tables[id.0 as usize] = Box::new(table);
         Ok(id)
+    }
+
+    /// The id of state `name` of `kind` (not timers) whose values are `S`, registered as
+    /// [`StateTables::register`] with the serde of its kind's table (`serdes`: a value's, a list's, a
+    /// map's, whose user keys are `UK`).
+    ///
+    /// # Errors
+    /// As [`StateTables::register`]; [`Error::InvalidArgument`] for kind timers.
+    pub(crate) fn register_kind<N: StateKey, UK: StateKey, S: StateValue>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+        (value, list, map): KindSerdes<UK, S>,
+        groups: usize,
+        restore_threads: usize,
+    ) -> Result<StateId> {
+        let mut meta = StateMeta::new::<K, N, S>(name, kind);
+        let threads = restore_threads;
+        match kind {
+            StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
+                self.register::<N, S>(meta, value, groups, threads)
+            }
+            StateKind::List => self.register::<N, ListCell<S>>(meta, list, groups, threads),
+            StateKind::Map => {
+                meta.user_key_codec = UK::codec_id();
+                self.register::<N, MapCell<UK, S>>(meta, map, groups, threads)
+            }
+            StateKind::Timers => Err(timers_not_a_state(name)),
+        }
     }
 
     /// The id of the timers `meta` describes (kind [`crate::snapshot::StateKind::Timers`]), with `groups`
@@ -162,14 +203,20 @@ impl<K: StateKey> StateTables<K> {
             .ok_or_else(|| wrong_state(id))
     }
 
-    /// Keys with an entry in namespace `ns` of state `id`, registered or still restored records.
+    /// Keys with an entry in namespace `ns` of state `id`, registered or still restored records (of a
+    /// registered TTL state, those a read returns at `times`' now).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `id` is not a state or `N` not its namespace type; decode errors of
     /// restored records.
-    pub(crate) fn keys<N: StateKey>(&self, id: StateId, ns: &N) -> Result<Vec<K>> {
+    pub(crate) fn keys<N: StateKey>(
+        &self,
+        id: StateId,
+        ns: &N,
+        times: &TtlTimes,
+    ) -> Result<Vec<K>> {
         let table = self.table(id)?;
-        if let Some(keys) = table.keys_in_namespace(ns) {
+        if let Some(keys) = table.keys_in_namespace(ns, times) {
             return Ok(keys);
         }
         let raw = (table as &dyn Any)
@@ -186,14 +233,19 @@ impl<K: StateKey> StateTables<K> {
             .collect()
     }
 
-    /// Every (key, namespace) pair of state `id`, registered or still restored records.
+    /// Every (key, namespace) pair of state `id`, registered or still restored records (TTL as
+    /// [`StateTables::keys`]).
     ///
     /// # Errors
     /// As [`StateTables::keys`].
-    pub(crate) fn keys_and_namespaces<N: StateKey>(&self, id: StateId) -> Result<Vec<(K, N)>> {
+    pub(crate) fn keys_and_namespaces<N: StateKey>(
+        &self,
+        id: StateId,
+        times: &TtlTimes,
+    ) -> Result<Vec<(K, N)>> {
         let table = self.table(id)?;
         let mut out: Vec<(K, N)> = Vec::new();
-        if table.keys_and_namespaces(&mut out) {
+        if table.keys_and_namespaces(&mut out, times) {
             return Ok(out);
         }
         let raw = (table as &dyn Any)
@@ -230,14 +282,18 @@ impl<K: StateKey> StateTables<K> {
     }
 
     /// The synchronous phase: every live state's description and a frozen view of its table, in the same
-    /// order; O(states x key groups), whatever the number of entries.
-    pub(crate) fn freeze(&mut self) -> (Vec<StateMeta>, Vec<Box<dyn FrozenTable>>) {
+    /// order; O(states x key groups), whatever the number of entries. TTL states are frozen with the
+    /// cutoff of `times`' now: their snapshot leaves out what expired.
+    pub(crate) fn freeze(
+        &mut self,
+        times: &TtlTimes,
+    ) -> (Vec<StateMeta>, Vec<Box<dyn FrozenTable>>) {
         let metas = self.live().map(|t| t.meta().clone()).collect();
         let frozen = self
             .tables
             .iter_mut()
             .filter(|t| !t.is_dropped())
-            .map(|t| t.freeze())
+            .map(|t| t.freeze(times))
             .collect();
         (metas, frozen)
     }

@@ -5,12 +5,13 @@ use std::any::Any;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use crate::codec::{Codec, Migration, migration_for};
 use crate::error::Result;
-use crate::format::bytes::{Decoder, PutExt};
+use crate::format::bytes::Decoder;
 use crate::format::keyed_file::KeyedFileWriter;
 use crate::heap::cow_map::{CowMap, CowSnapshot};
+use crate::heap::serde::{TtlSerde, ValueSerde};
 use crate::keyed::backend::StateKey;
+use crate::keyed::ttl::TtlTimes;
 use crate::snapshot::state_meta::StateMeta;
 
 /// The current key of a heap backend, located: its stable hash, key group and index in the owned range.
@@ -45,121 +46,24 @@ pub(crate) fn mix_entry_hash(key_hash: u64, namespace_hash: u64) -> u64 {
     (key_hash ^ namespace_hash).rotate_right(16)
 }
 
-/// How a table's stored value becomes bytes and back (value, list or map encoding), and how it is read
-/// from an older value codec (schema evolution, `docs/savepoints.md`).
-pub(crate) struct ValueSerde<S> {
-    pub(crate) encode: fn(&S, &mut Vec<u8>),
-    pub(crate) decode: fn(&[u8]) -> Result<S>,
-    /// `(state name, stored value codec)`: `None` if the stored codec is the registered one, else the
-    /// decoder of values written by the stored one.
-    pub(crate) migration: fn(&str, &str) -> Result<Option<Migration<S>>>,
-}
-
-impl<S> Clone for ValueSerde<S> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<S> Copy for ValueSerde<S> {}
-
-/// Stored form of list state.
-pub(crate) type ListCell<V> = Arc<Vec<V>>;
-/// Stored form of map state.
-pub(crate) type MapCell<UK, V> = Arc<hashbrown::HashMap<UK, V, foldhash::fast::FixedState>>;
-
-/// Serde of value, reducing and aggregating state: the value's codec.
-pub(crate) fn value_serde<V: Codec>() -> ValueSerde<V> {
-    ValueSerde {
-        encode: V::encode,
-        decode: V::decode,
-        migration: migration_for::<V>,
-    }
-}
-
-/// Serde of list state: `u32` count, then each element `u32` length + bytes (little-endian).
-pub(crate) fn list_serde<V: Codec + 'static>() -> ValueSerde<ListCell<V>> {
-    ValueSerde {
-        encode: |list, out| {
-            // Saturates: such a list is far over the 1 GiB frame limit, which the writer reports.
-            out.put_u32(u32::try_from(list.len()).unwrap_or(u32::MAX));
-            for v in list.iter() {
-                out.put_len_prefixed(|b| v.encode(b));
-            }
-        },
-        decode: |bytes| decode_list(bytes, V::decode),
-        migration: |state, stored| {
-            Ok(
-                migration_for::<V>(state, stored)?.map(|m| -> Migration<ListCell<V>> {
-                    Arc::new(move |bytes| decode_list(bytes, &*m))
-                }),
-            )
-        },
-    }
-}
-
-fn decode_list<V>(bytes: &[u8], element: impl Fn(&[u8]) -> Result<V>) -> Result<ListCell<V>> {
-    let mut d = Decoder::new(bytes, 0, "<list value>");
-    let n = d.count("list length", 4)?;
-    let mut list = Vec::with_capacity(n);
-    for _ in 0..n {
-        list.push(element(d.bytes("list element")?)?);
-    }
-    d.finish("list")?;
-    Ok(Arc::new(list))
-}
-
-/// Serde of map state: `u32` count, then each entry: `u32` length + user key, `u32` length + value.
-pub(crate) fn map_serde<UK: StateKey, V: Codec + 'static>() -> ValueSerde<MapCell<UK, V>> {
-    ValueSerde {
-        encode: |map, out| {
-            // Saturates: such a map is far over the 1 GiB frame limit, which the writer reports.
-            out.put_u32(u32::try_from(map.len()).unwrap_or(u32::MAX));
-            for (k, v) in map.iter() {
-                out.put_len_prefixed(|b| k.encode(b));
-                out.put_len_prefixed(|b| v.encode(b));
-            }
-        },
-        decode: |bytes| decode_map(bytes, V::decode),
-        migration: |state, stored| {
-            Ok(
-                migration_for::<V>(state, stored)?.map(|m| -> Migration<MapCell<UK, V>> {
-                    Arc::new(move |bytes| decode_map(bytes, &*m))
-                }),
-            )
-        },
-    }
-}
-
-fn decode_map<UK: StateKey, V>(
-    bytes: &[u8],
-    value: impl Fn(&[u8]) -> Result<V>,
-) -> Result<MapCell<UK, V>> {
-    let mut d = Decoder::new(bytes, 0, "<map value>");
-    let n = d.count("map size", 8)?;
-    let mut map = hashbrown::HashMap::with_capacity_and_hasher(n, Default::default());
-    for _ in 0..n {
-        let k = UK::decode(d.bytes("map user key")?)?;
-        map.insert(k, value(d.bytes("map value")?)?);
-    }
-    d.finish("map")?;
-    Ok(Arc::new(map))
-}
-
 /// A state table whose types are erased, as the backend keeps them.
 ///
 /// The backend finds the typed table of a state handle by upcasting to `dyn Any` and downcasting: one
 /// virtual call (`type_id`) per state access.
 pub(crate) trait ErasedTable<K>: Any + Send {
     fn meta(&self) -> &StateMeta;
-    /// Synchronous phase: a frozen view, O(key groups).
-    fn freeze(&mut self) -> Box<dyn FrozenTable>;
+    /// Synchronous phase: a frozen view, O(key groups); with TTL, the view leaves out what expired at
+    /// `times`' now (`docs/ttl.md`).
+    fn freeze(&mut self, times: &TtlTimes) -> Box<dyn FrozenTable>;
     /// Entries in the table.
     fn len(&self) -> usize;
-    /// Keys with an entry in namespace `ns`; `None` if `ns` is not this table's namespace type.
-    fn keys_in_namespace(&self, ns: &dyn Any) -> Option<Vec<K>>;
-    /// Appends every `(key, namespace)` to `out`, a `Vec<(K, N)>`; false if `N` is not this table's
-    /// namespace type (or the table is raw: the backend decodes those).
-    fn keys_and_namespaces(&self, out: &mut dyn Any) -> bool;
+    /// Keys with an entry in namespace `ns` (with TTL, one a read returns at `times`' now); `None` if
+    /// `ns` is not this table's namespace type.
+    fn keys_in_namespace(&self, ns: &dyn Any, times: &TtlTimes) -> Option<Vec<K>>;
+    /// Appends every `(key, namespace)` to `out`, a `Vec<(K, N)>` (with TTL, those a read returns at
+    /// `times`' now); false if `N` is not this table's namespace type (or the table is raw: the backend
+    /// decodes those).
+    fn keys_and_namespaces(&self, out: &mut dyn Any, times: &TtlTimes) -> bool;
     /// Whether the state was dropped ([`DroppedTable`]).
     fn is_dropped(&self) -> bool {
         false
@@ -173,16 +77,16 @@ impl<K: StateKey> ErasedTable<K> for DroppedTable {
     fn meta(&self) -> &StateMeta {
         &self.0
     }
-    fn freeze(&mut self) -> Box<dyn FrozenTable> {
+    fn freeze(&mut self, _times: &TtlTimes) -> Box<dyn FrozenTable> {
         Box::new(FrozenRawTable(Arc::new(Vec::new())))
     }
     fn len(&self) -> usize {
         0
     }
-    fn keys_in_namespace(&self, _ns: &dyn Any) -> Option<Vec<K>> {
+    fn keys_in_namespace(&self, _ns: &dyn Any, _times: &TtlTimes) -> Option<Vec<K>> {
         None
     }
-    fn keys_and_namespaces(&self, _out: &mut dyn Any) -> bool {
+    fn keys_and_namespaces(&self, _out: &mut dyn Any, _times: &TtlTimes) -> bool {
         false
     }
     fn is_dropped(&self) -> bool {
@@ -224,41 +128,59 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
-    fn freeze(&mut self) -> Box<dyn FrozenTable> {
+    fn freeze(&mut self, times: &TtlTimes) -> Box<dyn FrozenTable> {
+        let ttl = self.serde.ttl.and_then(|t| Some((t, t.cutoff(times)?)));
         Box::new(FrozenStateTable {
             snapshot: self.map.snapshot(),
             serde: self.serde,
+            ttl,
         })
     }
     fn len(&self) -> usize {
         self.map.len()
     }
-    fn keys_in_namespace(&self, ns: &dyn Any) -> Option<Vec<K>> {
+    fn keys_in_namespace(&self, ns: &dyn Any, times: &TtlTimes) -> Option<Vec<K>> {
         let ns = ns.downcast_ref::<N>()?;
+        let live = self.read_filter(times);
         Some(
             (0..self.map.groups())
                 .flat_map(|g| self.map.iter_group(g))
-                .filter(|e| e.ns == *ns)
+                .filter(|e| e.ns == *ns && live(&e.value))
                 .map(|e| e.key.clone())
                 .collect(),
         )
     }
-    fn keys_and_namespaces(&self, out: &mut dyn Any) -> bool {
+    fn keys_and_namespaces(&self, out: &mut dyn Any, times: &TtlTimes) -> bool {
         let Some(out) = out.downcast_mut::<Vec<(K, N)>>() else {
             return false;
         };
+        let live = self.read_filter(times);
         out.extend(
             (0..self.map.groups())
                 .flat_map(|g| self.map.iter_group(g))
+                .filter(|e| live(&e.value))
                 .map(|e| (e.key.clone(), e.ns.clone())),
         );
         true
     }
 }
 
+impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N, S> {
+    /// Whether a read at `times`' now returns (some of) a stored value: always without TTL.
+    fn read_filter(&self, times: &TtlTimes) -> impl Fn(&S) -> bool {
+        let ttl = self
+            .serde
+            .ttl
+            .and_then(|t| Some((t, t.read_cutoff(times)?)));
+        move |value| ttl.is_none_or(|(t, cutoff)| t.live(value, cutoff))
+    }
+}
+
 struct FrozenStateTable<K, N, S> {
     snapshot: CowSnapshot<K, N, S>,
     serde: ValueSerde<S>,
+    /// With TTL and something expired at the synchronous phase: the cutoff values are written at.
+    ttl: Option<(TtlSerde<S>, u64)>,
 }
 
 impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenStateTable<K, N, S> {
@@ -272,13 +194,29 @@ impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenS
             return Ok(());
         };
         let encode = self.serde.encode;
+        let Some((ttl, cutoff)) = self.ttl else {
+            for e in group.iter() {
+                writer.add_record(
+                    state,
+                    |b| e.key.encode(b),
+                    |b| e.ns.encode(b),
+                    |b| encode(&e.value, b),
+                )?;
+            }
+            return Ok(());
+        };
+        // Expired entries, list elements and map entries are left out (cleanup in full snapshots).
+        let mut live = Vec::new();
         for e in group.iter() {
-            writer.add_record(
-                state,
-                |b| e.key.encode(b),
-                |b| e.ns.encode(b),
-                |b| encode(&e.value, b),
-            )?;
+            live.clear();
+            if ttl.encode_live(&e.value, cutoff, &mut live) {
+                writer.add_record(
+                    state,
+                    |b| e.key.encode(b),
+                    |b| e.ns.encode(b),
+                    |b| b.extend_from_slice(&live),
+                )?;
+            }
         }
         Ok(())
     }
@@ -330,17 +268,19 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
-    fn freeze(&mut self) -> Box<dyn FrozenTable> {
+    /// Raw records of a state not registered since the restore pass through as they are (their TTL,
+    /// if any, is only known once the state is registered).
+    fn freeze(&mut self, _times: &TtlTimes) -> Box<dyn FrozenTable> {
         Box::new(FrozenRawTable(self.groups.clone()))
     }
     fn len(&self) -> usize {
         self.len
     }
-    fn keys_in_namespace(&self, _ns: &dyn Any) -> Option<Vec<K>> {
+    fn keys_in_namespace(&self, _ns: &dyn Any, _times: &TtlTimes) -> Option<Vec<K>> {
         // Raw records need the namespace's codec; the backend answers for them (it knows `N`).
         None
     }
-    fn keys_and_namespaces(&self, _out: &mut dyn Any) -> bool {
+    fn keys_and_namespaces(&self, _out: &mut dyn Any, _times: &TtlTimes) -> bool {
         false
     }
 }

@@ -18,7 +18,7 @@ use crate::keyed::descriptor::{
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
-use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTimes};
+use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
 use crate::snapshot::result::{SavepointFormat, SnapshotResult};
 use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
@@ -272,29 +272,31 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> {
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64);
 }
 
-/// Registers state `name` of `kind` on `backend`: its values as they are without `ttl`, as
-/// [`Stamped`] values (`ttl(<codec>)`) with it, and then the backend samples the TTL's time.
+/// Registers state `name` of `kind` on `backend`, with `ttl` if any (then the backend samples the TTL's
+/// time from now on).
 ///
 /// # Errors
 /// As [`KeyedStateBackend::value_state`].
-fn register<
+fn register<K, B, N, UK, V>(
+    backend: &mut B,
+    name: &str,
+    kind: StateKind,
+    ttl: Option<StateTtlConfig>,
+) -> Result<StateId>
+where
     K: StateKey,
     B: KeyedStateBackend<K> + ?Sized,
     N: StateKey,
     UK: StateKey,
     V: StateValue,
->(
-    backend: &mut B,
-    name: &str,
-    kind: StateKind,
-    ttl: Option<StateTtlConfig>,
-) -> Result<StateId> {
-    let Some(ttl) = ttl else {
-        return backend.register_state::<N, UK, V>(name, kind);
-    };
-    ttl.check(name)?;
-    let id = backend.register_state::<N, UK, Stamped<V>>(name, kind)?;
-    backend.ttl_times_mut().watch(ttl.time);
+{
+    if let Some(ttl) = ttl {
+        ttl.check(name)?;
+    }
+    let id = backend.register_state::<N, UK, V>(name, kind, ttl)?;
+    if let Some(ttl) = ttl {
+        backend.ttl_times_mut().watch(ttl.time);
+    }
     Ok(id)
 }
 
@@ -467,9 +469,10 @@ pub(crate) mod sealed {
             f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
         ) -> Result<()>;
 
-        /// Registration primitive: the state `name` of `kind` (not timers), its stored values `V` (a
-        /// value, reduced value or accumulator; a list's elements; a map's values under user keys `UK`,
-        /// which the other kinds ignore).
+        /// Registration primitive: the state `name` of `kind` (not timers), its values `V` (a value,
+        /// reduced value or accumulator; a list's elements; a map's values under user keys `UK`, which
+        /// the other kinds ignore), stored as they are, or with `ttl` as [`Stamped<V>`](crate::keyed::Stamped) (`docs/ttl.md`:
+        /// the backend then knows how they expire, for key listings and cleanup).
         ///
         /// # Errors
         /// As [`KeyedStateBackend::value_state`].
@@ -477,6 +480,7 @@ pub(crate) mod sealed {
             &mut self,
             name: &str,
             kind: StateKind,
+            ttl: Option<StateTtlConfig>,
         ) -> Result<StateId>;
         /// TTL primitive: the times TTL states expire against.
         fn ttl_times(&self) -> &TtlTimes;

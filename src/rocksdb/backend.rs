@@ -14,7 +14,7 @@ use crate::keyed::map_iter::MapEntries;
 use crate::keyed::timers::{
     TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta, timers_not_a_state,
 };
-use crate::keyed::ttl::TtlTimes;
+use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTimes};
 use crate::rocksdb::bulk;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::current::CurrentKeyPrefix;
@@ -26,6 +26,7 @@ use crate::rocksdb::snapshot::upload::SnapshotTarget;
 use crate::rocksdb::snapshot::{Checkpoints, SnapshotSource};
 use crate::rocksdb::states::LsmStates;
 use crate::rocksdb::timers::TimerQueues;
+use crate::rocksdb::ttl::RowExpiry;
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::storage::CheckpointStorage;
@@ -155,6 +156,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             identity: &self.identity,
             config: &self.config,
             backend_id: &mut self.backend_id,
+            ttl: &self.ttl,
         };
         self.checkpoints
             .sync_phase(source, checkpoint_id, storage, target)
@@ -191,6 +193,13 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
 
     fn register(&mut self, meta: StateMeta, migration: MigrationFor) -> Result<StateId> {
         self.states.register(&mut self.db, meta, migration)
+    }
+
+    /// Which rows of state `id` a read returns now: `None` for all (no TTL, nothing expired yet, or
+    /// expired values returned until cleaned up).
+    fn read_expiry(&self, id: StateId) -> Option<RowExpiry> {
+        let state = self.states.get(id)?;
+        RowExpiry::at(state.meta.kind, state.ttl, &self.ttl, true)
     }
 
     /// Flushes the memtables and compacts every column family over its whole key range (RocksDB's
@@ -438,14 +447,23 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         &mut self,
         name: &str,
         kind: StateKind,
+        ttl: Option<StateTtlConfig>,
     ) -> Result<StateId> {
-        let mut meta = StateMeta::new::<K, N, V>(name, kind);
+        let mut meta = match ttl {
+            None => StateMeta::new::<K, N, V>(name, kind),
+            Some(_) => StateMeta::new::<K, N, Stamped<V>>(name, kind),
+        };
         match kind {
             StateKind::Timers => return Err(timers_not_a_state(name)),
             StateKind::Map => meta.user_key_codec = UK::codec_id(),
             _ => {}
         }
-        self.register(meta, byte_migration::<V>)
+        let id = match ttl {
+            None => self.register(meta, byte_migration::<V>)?,
+            Some(_) => self.register(meta, byte_migration::<Stamped<V>>)?,
+        };
+        self.states.get_mut(id).ttl = ttl;
+        Ok(id)
     }
 
     fn ttl_times(&self) -> &TtlTimes {
@@ -456,6 +474,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         &mut self.ttl
     }
 
+    #[inline]
     fn timer_register<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
         let cf = self.states.timer_cf(&self.db, state)?;
         let current = &mut self.current;
@@ -531,12 +550,14 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
         self.states.check_namespace::<N>(state)?;
-        bulk::keys(&self.db, self.cf(state)?, &self.identity, ns)
+        let expiry = self.read_expiry(state);
+        bulk::keys(&self.db, self.cf(state)?, &self.identity, ns, expiry)
     }
 
     fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
         self.states.check_namespace::<N>(state)?;
-        bulk::keys_and_namespaces(&self.db, self.cf(state)?, &self.identity)
+        let expiry = self.read_expiry(state);
+        bulk::keys_and_namespaces(&self.db, self.cf(state)?, &self.identity, expiry)
     }
 
     fn drop_state(&mut self, name: &str) -> Result<bool> {

@@ -14,6 +14,7 @@ use crate::keyed::map_iter::MapEntries;
 use crate::rocksdb::db::{Db, db_error};
 use crate::rocksdb::restore::import_rows::Rows;
 use crate::rocksdb::rows::scan_prefix;
+use crate::rocksdb::ttl::RowExpiry;
 
 /// Row keys of a batch in one buffer, and the batch positions in row-key order (what `multi_get` wants).
 struct BatchRows {
@@ -254,8 +255,8 @@ pub(crate) fn map_retain<UK: StateKey, V: StateValue>(
     db.write(write, "write batch")
 }
 
-/// The owned keys with a row in namespace `ns`, in row order (the caller checked `N` is the state's
-/// namespace type).
+/// The owned keys with a row (a live one, given the state's `expiry`) in namespace `ns`, in row order
+/// (the caller checked `N` is the state's namespace type).
 ///
 /// # Errors
 /// Decode and RocksDB errors.
@@ -264,6 +265,7 @@ pub(crate) fn keys<K: StateKey, N: StateKey>(
     cf: &ColumnFamily,
     identity: &SubtaskIdentity,
     ns: &N,
+    expiry: Option<RowExpiry>,
 ) -> Result<Vec<K>> {
     let mut want = Vec::new();
     ns.encode(&mut want);
@@ -271,9 +273,11 @@ pub(crate) fn keys<K: StateKey, N: StateKey>(
     let mut last: Vec<u8> = Vec::new();
     let mut first = true;
     let owned = identity.key_groups();
-    scan_prefix(db, cf, &[], |k, _| {
+    scan_prefix(db, cf, &[], |k, v| {
         let row = split_row_key(k, identity.max_parallelism())?;
-        let wanted = row.namespace == want.as_slice() && owned.contains(row.key_group);
+        let wanted = row.namespace == want.as_slice()
+            && owned.contains(row.key_group)
+            && expiry.is_none_or(|e| e.live(v));
         if wanted && (first || row.key != last.as_slice()) {
             first = false;
             last.clear();
@@ -285,7 +289,8 @@ pub(crate) fn keys<K: StateKey, N: StateKey>(
     Ok(out)
 }
 
-/// Every owned (key, namespace) pair with a row, in row order (the caller checked `N`).
+/// Every owned (key, namespace) pair with a row (a live one, given the state's `expiry`), in row order
+/// (the caller checked `N`).
 ///
 /// # Errors
 /// Decode and RocksDB errors.
@@ -293,14 +298,15 @@ pub(crate) fn keys_and_namespaces<K: StateKey, N: StateKey>(
     db: &Db,
     cf: &ColumnFamily,
     identity: &SubtaskIdentity,
+    expiry: Option<RowExpiry>,
 ) -> Result<Vec<(K, N)>> {
     let owned = identity.key_groups();
     let mut out = Vec::new();
     // Rows of one (key, namespace) are adjacent (map rows differ only in their user key).
     let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
-    scan_prefix(db, cf, &[], |k, _| {
+    scan_prefix(db, cf, &[], |k, v| {
         let row = split_row_key(k, identity.max_parallelism())?;
-        if !owned.contains(row.key_group) {
+        if !owned.contains(row.key_group) || expiry.is_some_and(|e| !e.live(v)) {
             return Ok(true);
         }
         if last

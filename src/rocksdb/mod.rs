@@ -29,6 +29,8 @@ mod snapshot;
 mod states;
 #[cfg(feature = "rocksdb")]
 mod timers;
+#[cfg(feature = "rocksdb")]
+mod ttl;
 
 #[cfg(feature = "rocksdb")]
 pub use backend::RocksDbKeyedStateBackend;

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 use crate::format::lsm_rows::{cf_name, decode_meta, meta_key};
 use crate::keyed::backend::{StateId, StateKey};
 use crate::keyed::checks::wrong_state;
+use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
 use crate::rocksdb::db::Db;
+use crate::rocksdb::ttl::RowExpiry;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// One state of the backend.
@@ -25,6 +27,8 @@ pub(crate) struct LsmState {
     /// A migration of its rows failed while writing: some rows are in the new encoding under the old meta
     /// row. The state refuses every access and the backend every snapshot; restore the backend again.
     pub(crate) broken: bool,
+    /// Its TTL, once registered with one (`docs/ttl.md`; not stored: the descriptor brings it).
+    pub(crate) ttl: Option<StateTtlConfig>,
 }
 
 /// The error of every access to a state whose migration failed while writing.
@@ -75,6 +79,7 @@ impl LsmStates {
             cf,
             registered,
             broken: false,
+            ttl: None,
         });
         id
     }
@@ -153,6 +158,14 @@ impl LsmStates {
     /// Descriptions of all live states, in id order.
     pub(crate) fn metas(&self) -> Vec<StateMeta> {
         self.live().map(|s| s.meta.clone()).collect()
+    }
+
+    /// What expired at `times`' now, for the states of [`LsmStates::metas`] in their order (`None`: a
+    /// state without TTL, or nothing expired yet): a canonical savepoint leaves those rows out.
+    pub(crate) fn expiries(&self, times: &TtlTimes) -> Vec<Option<RowExpiry>> {
+        self.live()
+            .map(|s| RowExpiry::at(s.meta.kind, s.ttl, times, false))
+            .collect()
     }
 
     fn live(&self) -> impl Iterator<Item = &LsmState> {

@@ -306,6 +306,10 @@ macro_rules! conformance {
                 ttl::lists_and_maps_expire_per_element_and_entry(&mut $make);
             }
             #[test]
+            fn ttl_key_listings() {
+                ttl::key_listings_leave_out_keys_whose_state_expired(&mut $make);
+            }
+            #[test]
             fn ttl_event_time() {
                 ttl::event_time_visibility_and_registration(&mut $make);
             }

@@ -363,3 +363,166 @@ fn timestamps_survive_checkpoints_rescales_savepoint_switches_and_a_changed_ttl(
         }
     });
 }
+
+pub fn key_listings_leave_out_keys_whose_state_expired<B: KeyedStateBackend<u64>>(b: &mut B) {
+    let clock = manual_clock(b);
+    let ttl = StateTtlConfig::new(100);
+    let lax = StateTtlConfig {
+        visibility: TtlVisibility::ReturnExpiredIfNotCleanedUp,
+        ..ttl
+    };
+    let value = b
+        .value_state(&ValueStateDescriptor::<Ns, u64>::new("v").with_ttl(ttl))
+        .unwrap();
+    let list = b
+        .list_state(&ListStateDescriptor::<Ns, u64>::new("l").with_ttl(ttl))
+        .unwrap();
+    let map = b
+        .map_state(&MapStateDescriptor::<Ns, u8, u64>::new("m").with_ttl(ttl))
+        .unwrap();
+    let shown = b
+        .value_state(&ValueStateDescriptor::<Ns, u64>::new("lax").with_ttl(lax))
+        .unwrap();
+    for key in 1..=4u64 {
+        b.set_current_key(key).unwrap();
+        value.update(b, &NS, key).unwrap();
+        list.add(b, &NS, key).unwrap();
+        map.put(b, &NS, 1, key).unwrap();
+        shown.update(b, &NS, key).unwrap();
+    }
+    clock.advance(Duration::from_millis(50));
+    for key in 3..=4u64 {
+        b.set_current_key(key).unwrap();
+        value.update(b, &NS, key).unwrap();
+        list.add(b, &NS, key).unwrap();
+        // Key 3's map keeps its expired entry beside a live one: the key still has state.
+        map.put(b, &NS, if key == 3 { 2 } else { 1 }, key).unwrap();
+    }
+    clock.advance(Duration::from_millis(50));
+    let sorted = |mut keys: Vec<u64>| {
+        keys.sort_unstable();
+        keys
+    };
+    assert_eq!(sorted(value.keys_with_state(b, &NS).unwrap()), [3, 4]);
+    assert_eq!(sorted(list.keys_with_state(b, &NS).unwrap()), [3, 4]);
+    assert_eq!(sorted(map.keys_with_state(b, &NS).unwrap()), [3, 4]);
+    let pairs: Vec<(u64, Ns)> = value.keys_and_namespaces(b).unwrap();
+    assert_eq!(sorted(pairs.into_iter().map(|(k, _)| k).collect()), [3, 4]);
+    let pairs: Vec<(u64, Ns)> = map.keys_and_namespaces(b).unwrap();
+    assert_eq!(pairs.len(), 2);
+    let mut visited = Vec::new();
+    b.apply_to_all_keys(list.id(), &NS, &mut |_, key| {
+        visited.push(*key);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(sorted(visited), [3, 4]);
+    assert_eq!(
+        sorted(shown.keys_with_state(b, &NS).unwrap()),
+        [1, 2, 3, 4],
+        "expired but returned until cleaned up"
+    );
+}
+
+/// Keys 0..n of states "v", "l", "m" written at t and t + 500 (keys below n/2 first), on `b`'s clock.
+fn fill_three(b: &mut StateBackend<u64>, clock: &ManualClock, ttl: StateTtlConfig, n: u64) {
+    let (v, l, m) = three(b, ttl);
+    for key in 0..n {
+        if key == n / 2 {
+            clock.advance(Duration::from_millis(500));
+        }
+        b.set_current_key(key).unwrap();
+        v.update(b, &NS, key).unwrap();
+        l.add_all(b, &NS, vec![key, key + 1]).unwrap();
+        m.put(b, &NS, 7, key).unwrap();
+    }
+    // Lists and maps of the first half get a live part: only their expired parts go.
+    b.set_current_key(0).unwrap();
+    l.add(b, &NS, 1_000).unwrap();
+    m.put(b, &NS, 8, 1_000).unwrap();
+}
+
+type Three = (
+    ValueState<Ns, u64>,
+    ListState<Ns, u64>,
+    MapState<Ns, u8, u64>,
+);
+
+fn three(b: &mut StateBackend<u64>, ttl: StateTtlConfig) -> Three {
+    (
+        b.value_state(&ValueStateDescriptor::new("v").with_ttl(ttl))
+            .unwrap(),
+        b.list_state(&ListStateDescriptor::new("l").with_ttl(ttl))
+            .unwrap(),
+        b.map_state(&MapStateDescriptor::new("m").with_ttl(ttl))
+            .unwrap(),
+    )
+}
+
+#[test]
+fn full_snapshots_and_canonical_savepoints_leave_out_what_expired() {
+    let rt = runtime();
+    rt.block_on(async {
+        let n = 40;
+        for kind in backend_kinds() {
+            // A RocksDB checkpoint is its SST files as they are (cleanup there is compaction's).
+            let formats: &[bool] = match kind {
+                BackendKind::Heap => &[false, true],
+                BackendKind::RocksDb => &[true],
+            };
+            for &canonical in formats {
+                let dir = tempfile::tempdir().unwrap();
+                let storage = CheckpointStorage::in_memory("ttl").unwrap();
+                let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000)));
+                let config = backend_config(kind, dir.path());
+                let mut b = StateBackend::<u64>::new(&identity(MAX_P, 1, 0), &config).unwrap();
+                b.set_clock(clock.clone());
+                // Expired values are returned until cleaned up: what a restore reads is what was written.
+                let lax = StateTtlConfig {
+                    visibility: TtlVisibility::ReturnExpiredIfNotCleanedUp,
+                    ..StateTtlConfig::new(1_000)
+                };
+                fill_three(&mut b, &clock, lax, n);
+                clock.advance(Duration::from_millis(500));
+                let pending = if canonical {
+                    b.savepoint(1, &storage, SavepointFormat::Canonical)
+                } else {
+                    b.snapshot(1, &storage)
+                };
+                let handle = pending.unwrap().run().await.unwrap().handle;
+                let handles = [handle];
+                let id = identity(MAX_P, 1, 0);
+                let mut r: StateBackend<u64> =
+                    StateBackend::restore(&id, &config, &storage, &handles, RestoreMode::NoClaim)
+                        .await
+                        .unwrap();
+                r.set_clock(clock.clone());
+                let (v, l, m) = three(&mut r, lax);
+                let what = format!("{kind}, canonical {canonical}");
+                for key in 0..n {
+                    r.set_current_key(key).unwrap();
+                    let expired = key < n / 2;
+                    let value = v.value(&r, &NS).unwrap();
+                    assert_eq!(value, (!expired).then_some(key), "{what}: key {key}");
+                    let mut list = l.get(&r, &NS).unwrap();
+                    let mut entries = m.entries(&r, &NS).unwrap();
+                    entries.sort_unstable();
+                    match (key, expired) {
+                        (0, _) => {
+                            assert_eq!(list, [1_000], "{what}");
+                            assert_eq!(entries, [(8, 1_000)], "{what}");
+                        }
+                        (_, true) => {
+                            assert!(list.is_empty() && entries.is_empty(), "{what}: key {key}")
+                        }
+                        (_, false) => {
+                            list.sort_unstable();
+                            assert_eq!(list, [key, key + 1], "{what}");
+                            assert_eq!(entries, [(7, key)], "{what}");
+                        }
+                    }
+                }
+            }
+        }
+    });
+}

@@ -14,6 +14,7 @@ use crate::heap::cow_map::CowArc;
 use crate::heap::table::{ErasedTable, FrozenTable, RawTable};
 use crate::keyed::backend::StateKey;
 use crate::keyed::heads::KeyGroupHeads;
+use crate::keyed::ttl::TtlTimes;
 use crate::snapshot::state_meta::StateMeta;
 
 pub(crate) use group::Slot;
@@ -142,17 +143,17 @@ impl<K: StateKey, N: StateKey> ErasedTable<K> for TimerTable<K, N> {
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
-    fn freeze(&mut self) -> Box<dyn FrozenTable> {
+    fn freeze(&mut self, _times: &TtlTimes) -> Box<dyn FrozenTable> {
         Box::new(FrozenTimers(self.groups.clone()))
     }
     /// Exact, without changing the table: key groups with unresolved writes are sorted aside.
     fn len(&self) -> usize {
         self.groups.iter().map(|g| g.held()).sum()
     }
-    fn keys_in_namespace(&self, _ns: &dyn Any) -> Option<Vec<K>> {
+    fn keys_in_namespace(&self, _ns: &dyn Any, _times: &TtlTimes) -> Option<Vec<K>> {
         None
     }
-    fn keys_and_namespaces(&self, _out: &mut dyn Any) -> bool {
+    fn keys_and_namespaces(&self, _out: &mut dyn Any, _times: &TtlTimes) -> bool {
         false
     }
 }

@@ -1,6 +1,6 @@
 //! Canonical savepoints of the RocksDB backend: its rows written as a keyed snapshot file (the format the heap
 //! backend writes and both backends restore; `docs/savepoints.md`), from a native checkpoint opened
-//! read-only while processing goes on.
+//! read-only while processing goes on. What had expired in TTL states is left out.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
 use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
 use crate::rocksdb::snapshot::upload::UploadGuard;
+use crate::rocksdb::ttl::RowExpiry;
 use crate::snapshot::layout::savepoint_dir;
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
@@ -37,6 +38,9 @@ pub(crate) struct CanonicalExport {
     pub(crate) identity: SubtaskIdentity,
     /// The states in the savepoint, in header order.
     pub(crate) states: Vec<StateMeta>,
+    /// Per state, in the same order: what had expired at the synchronous phase (TTL states,
+    /// `docs/ttl.md`), left out of the savepoint.
+    pub(crate) expiries: Vec<Option<RowExpiry>>,
 }
 
 impl CanonicalExport {
@@ -110,6 +114,8 @@ impl CanonicalExport {
             let start = key_group_prefix(key_group, max_parallelism);
             let end = key_group_prefix(key_group + 1, max_parallelism);
             for (state, (meta, cf)) in self.states.iter().zip(&handles).enumerate() {
+                let expiry = self.expiries.get(state).copied().flatten();
+                let live = |value: &[u8]| expiry.is_none_or(|e| e.live(value));
                 let state = state as u32;
                 let mut it = db.raw_iterator_cf(cf);
                 it.seek(&start);
@@ -132,6 +138,10 @@ impl CanonicalExport {
                         it.next();
                         continue;
                     }
+                    if !live(value) {
+                        it.next();
+                        continue;
+                    }
                     let parts = split_row_key(row, max_parallelism)
                         .map_err(|e| Error::corrupt(&path, e.to_string()))?;
                     match meta.kind {
@@ -150,8 +160,11 @@ impl CanonicalExport {
                             entries.push((parts.user_key.to_vec(), value.to_vec()));
                         }
                         StateKind::List => {
-                            let elements = split_list(value)
+                            let mut elements = split_list(value)
                                 .map_err(|e| Error::corrupt(&path, e.to_string()))?;
+                            if let Some(expiry) = expiry {
+                                elements.retain(|e| expiry.part_live(e));
+                            }
                             if !elements.is_empty() {
                                 writer.add_record(
                                     state,

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::keyed::backend::PendingSnapshot;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
+use crate::keyed::ttl::TtlTimes;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::Db;
 use crate::rocksdb::instance::remove_dir_if_exists;
@@ -36,6 +37,8 @@ pub(crate) struct SnapshotSource<'a> {
     pub(crate) config: &'a RocksDbConfig,
     /// The backend's identity in storage, drawn from `storage` at its first snapshot.
     pub(crate) backend_id: &'a mut Option<String>,
+    /// The times TTL states expire against (a canonical savepoint leaves out what expired).
+    pub(crate) ttl: &'a TtlTimes,
 }
 
 /// The backend's checkpoint bookkeeping, as a component that owns it: the snapshot ledger, the uploads in
@@ -103,6 +106,7 @@ impl Checkpoints {
             identity,
             config,
             backend_id,
+            ttl,
         } = source;
         if let Some(broken) = states.broken() {
             return Err(broken_state(&broken.meta.name));
@@ -187,6 +191,7 @@ impl Checkpoints {
                 identity: identity.clone(),
                 // Live states only: dropped ones have no column family any more.
                 states: states.metas(),
+                expiries: states.expiries(ttl),
             };
             return Ok(PendingSnapshot::new(
                 checkpoint_id,

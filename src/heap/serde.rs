@@ -1,0 +1,185 @@
+//! How a heap table's stored values become bytes and back: the value, list and map encodings of keyed
+//! snapshot records (`docs/formats.md`), reading older codecs (schema evolution, `docs/savepoints.md`),
+//! and for a state with TTL how its values expire (the TTL serdes themselves: `heap/ttl.rs`).
+
+use std::sync::Arc;
+
+use crate::codec::{Codec, Migration, migration_for};
+use crate::error::Result;
+use crate::format::bytes::{Decoder, PutExt};
+use crate::keyed::backend::StateKey;
+use crate::keyed::ttl::{StateTtlConfig, TtlTimes, TtlVisibility};
+
+/// How a table's stored value becomes bytes and back (value, list or map encoding), and how it is read
+/// from an older value codec (schema evolution, `docs/savepoints.md`).
+pub(crate) struct ValueSerde<S> {
+    pub(crate) encode: fn(&S, &mut Vec<u8>),
+    pub(crate) decode: fn(&[u8]) -> Result<S>,
+    /// `(state name, stored value codec)`: `None` if the stored codec is the registered one, else the
+    /// decoder of values written by the stored one.
+    pub(crate) migration: fn(&str, &str) -> Result<Option<Migration<S>>>,
+    /// A state with TTL: how its values expire (`heap/ttl.rs`).
+    pub(crate) ttl: Option<TtlSerde<S>>,
+}
+
+impl<S> ValueSerde<S> {
+    /// This serde for a state with TTL `ttl`.
+    pub(crate) fn with_ttl(self, ttl: TtlSerde<S>) -> Self {
+        ValueSerde {
+            ttl: Some(ttl),
+            ..self
+        }
+    }
+}
+
+impl<S> Clone for ValueSerde<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for ValueSerde<S> {}
+
+/// Stored form of list state.
+pub(crate) type ListCell<V> = Arc<Vec<V>>;
+/// Stored form of map state.
+pub(crate) type MapCell<UK, V> = Arc<hashbrown::HashMap<UK, V, foldhash::fast::FixedState>>;
+
+/// Serde of value, reducing and aggregating state: the value's codec.
+pub(crate) fn value_serde<V: Codec>() -> ValueSerde<V> {
+    ValueSerde {
+        encode: V::encode,
+        decode: V::decode,
+        migration: migration_for::<V>,
+        ttl: None,
+    }
+}
+
+/// Serde of list state: `u32` count, then each element `u32` length + bytes (little-endian).
+pub(crate) fn list_serde<V: Codec + 'static>() -> ValueSerde<ListCell<V>> {
+    ValueSerde {
+        encode: |list, out| {
+            // Saturates: such a list is far over the 1 GiB frame limit, which the writer reports.
+            out.put_u32(u32::try_from(list.len()).unwrap_or(u32::MAX));
+            for v in list.iter() {
+                out.put_len_prefixed(|b| v.encode(b));
+            }
+        },
+        decode: |bytes| decode_list(bytes, V::decode),
+        migration: |state, stored| {
+            Ok(
+                migration_for::<V>(state, stored)?.map(|m| -> Migration<ListCell<V>> {
+                    Arc::new(move |bytes| decode_list(bytes, &*m))
+                }),
+            )
+        },
+        ttl: None,
+    }
+}
+
+fn decode_list<V>(bytes: &[u8], element: impl Fn(&[u8]) -> Result<V>) -> Result<ListCell<V>> {
+    let mut d = Decoder::new(bytes, 0, "<list value>");
+    let n = d.count("list length", 4)?;
+    let mut list = Vec::with_capacity(n);
+    for _ in 0..n {
+        list.push(element(d.bytes("list element")?)?);
+    }
+    d.finish("list")?;
+    Ok(Arc::new(list))
+}
+
+/// Serde of map state: `u32` count, then each entry: `u32` length + user key, `u32` length + value.
+pub(crate) fn map_serde<UK: StateKey, V: Codec + 'static>() -> ValueSerde<MapCell<UK, V>> {
+    ValueSerde {
+        encode: |map, out| {
+            // Saturates: such a map is far over the 1 GiB frame limit, which the writer reports.
+            out.put_u32(u32::try_from(map.len()).unwrap_or(u32::MAX));
+            for (k, v) in map.iter() {
+                out.put_len_prefixed(|b| k.encode(b));
+                out.put_len_prefixed(|b| v.encode(b));
+            }
+        },
+        decode: |bytes| decode_map(bytes, V::decode),
+        migration: |state, stored| {
+            Ok(
+                migration_for::<V>(state, stored)?.map(|m| -> Migration<MapCell<UK, V>> {
+                    Arc::new(move |bytes| decode_map(bytes, &*m))
+                }),
+            )
+        },
+        ttl: None,
+    }
+}
+
+fn decode_map<UK: StateKey, V>(
+    bytes: &[u8],
+    value: impl Fn(&[u8]) -> Result<V>,
+) -> Result<MapCell<UK, V>> {
+    let mut d = Decoder::new(bytes, 0, "<map value>");
+    let n = d.count("map size", 8)?;
+    let mut map = hashbrown::HashMap::with_capacity_and_hasher(n, Default::default());
+    for _ in 0..n {
+        let k = UK::decode(d.bytes("map user key")?)?;
+        map.insert(k, value(d.bytes("map value")?)?);
+    }
+    d.finish("map")?;
+    Ok(Arc::new(map))
+}
+
+/// The TTL of a table's values, and how to judge and write them at a cutoff: a part (a value, a list
+/// element, a map entry) last written at or before the cutoff has expired.
+pub(crate) struct TtlSerde<S> {
+    config: StateTtlConfig,
+    /// Whether any part of the value was written after the cutoff (ms).
+    live: fn(&S, u64) -> bool,
+    /// Appends the encoding of the value's parts written after the cutoff (the table's encoding: a list
+    /// or map with fewer elements); false, with nothing appended, if none was.
+    encode_live: fn(&S, u64, &mut Vec<u8>) -> bool,
+}
+
+impl<S> Clone for TtlSerde<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for TtlSerde<S> {}
+
+impl<S> TtlSerde<S> {
+    /// `config`'s expiry of values judged by `live` and written by `encode_live` (see the fields).
+    pub(crate) fn new(
+        config: StateTtlConfig,
+        live: fn(&S, u64) -> bool,
+        encode_live: fn(&S, u64, &mut Vec<u8>) -> bool,
+    ) -> Self {
+        TtlSerde {
+            config,
+            live,
+            encode_live,
+        }
+    }
+
+    /// The cutoff now (the clock read again; the last watermark): parts last written at or before it
+    /// have expired; `None` while nothing can have (now is below the TTL).
+    pub(crate) fn cutoff(&self, times: &TtlTimes) -> Option<u64> {
+        let now = times.now_ms(self.config.time, true);
+        now.checked_sub(self.config.ttl_ms)
+    }
+
+    /// [`TtlSerde::cutoff`] for reads: `None` also when expired values are returned until cleaned up.
+    pub(crate) fn read_cutoff(&self, times: &TtlTimes) -> Option<u64> {
+        match self.config.visibility {
+            TtlVisibility::NeverReturnExpired => self.cutoff(times),
+            TtlVisibility::ReturnExpiredIfNotCleanedUp => None,
+        }
+    }
+
+    /// Whether `value` has a part written after `cutoff`.
+    #[inline]
+    pub(crate) fn live(&self, value: &S, cutoff: u64) -> bool {
+        (self.live)(value, cutoff)
+    }
+
+    /// Appends `value`'s parts written after `cutoff`; false if there is none.
+    pub(crate) fn encode_live(&self, value: &S, cutoff: u64, out: &mut Vec<u8>) -> bool {
+        (self.encode_live)(value, cutoff, out)
+    }
+}
