@@ -9,6 +9,7 @@ mod common;
 mod model;
 mod timers;
 mod ttl;
+mod ttl_model;
 
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;
