@@ -4,6 +4,9 @@
 //! watermark the engine passed).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
 
 use crate::clock::{Clock, SystemClock};
 use crate::codec::Codec;
@@ -174,7 +177,8 @@ impl<V: Codec> Codec for Stamped<V> {
 
 /// The times a backend's TTL states expire against: its clock (processing time), sampled when the current
 /// key is set once a processing-time TTL state is registered, and the last event-time watermark the
-/// engine passed. A component of each backend, injected through `set_clock`.
+/// engine passed. A component of each backend, injected through `set_clock`; what background threads read
+/// of it (RocksDB's compaction filter) is [`SharedTtlTime`].
 #[derive(Debug, Clone)]
 pub struct TtlTimes {
     clock: Arc<dyn Clock>,
@@ -182,17 +186,55 @@ pub struct TtlTimes {
     processing_ms: u64,
     /// Whether a processing-time TTL state is registered (only then is the clock read per record).
     sampling: bool,
+    /// Records sampled (for the exact reading every [`EXACT_READ_EVERY`]).
+    records: u32,
     /// The greatest watermark passed (ms), 0 before the first.
     watermark_ms: u64,
+    /// The same clock and watermark for other threads.
+    shared: Arc<SharedTtlTime>,
 }
 
 impl Default for TtlTimes {
     fn default() -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         TtlTimes {
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             processing_ms: 0,
             sampling: false,
+            records: 0,
             watermark_ms: 0,
+            shared: Arc::new(SharedTtlTime {
+                clock: RwLock::new(clock),
+                watermark_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+/// Records between two exact readings of the clock in [`TtlTimes::on_new_key`].
+const EXACT_READ_EVERY: u32 = 1 << 10;
+
+/// A backend's TTL times as other threads read them (RocksDB's compaction filter): its clock and its last
+/// watermark, kept in step by [`TtlTimes`].
+#[derive(Debug)]
+pub(crate) struct SharedTtlTime {
+    clock: RwLock<Arc<dyn Clock>>,
+    watermark_ms: AtomicU64,
+}
+
+impl SharedTtlTime {
+    /// Now in `time` (ms): the clock read now, or the last watermark.
+    #[cfg_attr(
+        not(feature = "rocksdb"),
+        allow(
+            dead_code,
+            reason = "only RocksDB's compaction filter reads it from another thread"
+        )
+    )]
+    pub(crate) fn now_ms(&self, time: TtlTime) -> u64 {
+        match time {
+            TtlTime::ProcessingTime => self.clock.read().now_ms_coarse(),
+            TtlTime::EventTime => self.watermark_ms.load(Ordering::Acquire),
         }
     }
 }
@@ -200,6 +242,7 @@ impl Default for TtlTimes {
 impl TtlTimes {
     /// Reads processing time from `clock` from now on.
     pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        *self.shared.clock.write() = clock.clone();
         self.clock = clock;
         if self.sampling {
             self.processing_ms = self.clock.now_ms_coarse();
@@ -210,6 +253,19 @@ impl TtlTimes {
     /// before is ignored: watermarks do not go back).
     pub(crate) fn set_watermark(&mut self, watermark_ms: u64) {
         self.watermark_ms = self.watermark_ms.max(watermark_ms);
+        (self.shared.watermark_ms).fetch_max(watermark_ms, Ordering::AcqRel);
+    }
+
+    /// The clock and watermark for other threads, kept in step with these.
+    #[cfg_attr(
+        not(feature = "rocksdb"),
+        allow(
+            dead_code,
+            reason = "only RocksDB's compaction filter reads it from another thread"
+        )
+    )]
+    pub(crate) fn shared(&self) -> Arc<SharedTtlTime> {
+        self.shared.clone()
     }
 
     /// A state living in `time` was registered: processing time is sampled per record from now on.
@@ -220,11 +276,19 @@ impl TtlTimes {
         }
     }
 
-    /// The current key changed (a new record): samples the clock if a processing-time TTL state exists.
+    /// The current key changed (a new record): samples the clock if a processing-time TTL state exists,
+    /// its cheap reading ([`Clock::now_ms_coarse`]) and every [`EXACT_READ_EVERY`]th record its exact one
+    /// (so that a cheap reading that fell behind, say a clock thread not scheduled, lags by that many
+    /// records at most).
     #[inline]
     pub(crate) fn on_new_key(&mut self) {
         if self.sampling {
-            self.processing_ms = self.clock.now_ms_coarse();
+            self.records = self.records.wrapping_add(1);
+            self.processing_ms = if self.records.is_multiple_of(EXACT_READ_EVERY) {
+                self.clock.now_ms().max(self.clock.now_ms_coarse())
+            } else {
+                self.clock.now_ms_coarse()
+            };
         }
     }
 
@@ -292,5 +356,14 @@ mod tests {
         times.set_watermark(40);
         times.set_watermark(30);
         assert_eq!(times.now_ms(TtlTime::EventTime, true), 40);
+        let shared = times.shared();
+        assert_eq!(shared.now_ms(TtlTime::EventTime), 40);
+        assert_eq!(shared.now_ms(TtlTime::ProcessingTime), 510);
+        times.set_clock(Arc::new(ManualClock::new(UNIX_EPOCH)));
+        assert_eq!(
+            shared.now_ms(TtlTime::ProcessingTime),
+            0,
+            "a new clock is seen by other threads"
+        );
     }
 }

@@ -2,7 +2,6 @@
 
 use rocksdb::{ColumnFamily, DBPinnableSlice};
 
-use crate::codec::byte_migration;
 use crate::error::Result;
 use crate::format::lsm_rows::{encode_list, split_list};
 use crate::key_group::KeyGroupRange;
@@ -12,23 +11,22 @@ use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKe
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::timers::{
-    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta, timers_not_a_state,
+    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
-use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTimes};
+use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
 use crate::rocksdb::bulk;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::current::CurrentKeyPrefix;
 use crate::rocksdb::db::Db;
 use crate::rocksdb::instance::InstanceDir;
-use crate::rocksdb::migrate::MigrationFor;
 use crate::rocksdb::rows::delete_prefix;
 use crate::rocksdb::snapshot::upload::SnapshotTarget;
 use crate::rocksdb::snapshot::{Checkpoints, SnapshotSource};
 use crate::rocksdb::states::LsmStates;
 use crate::rocksdb::timers::TimerQueues;
-use crate::rocksdb::ttl::RowExpiry;
+use crate::rocksdb::ttl::{RowExpiry, TtlFilters};
 use crate::snapshot::result::SavepointFormat;
-use crate::snapshot::state_meta::{StateKind, StateMeta};
+use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
 
 /// Keyed state in an embedded RocksDB instance, checkpointed incrementally (see `docs/lsm.md`).
@@ -50,6 +48,8 @@ pub struct RocksDbKeyedStateBackend<K> {
     pub(super) timers: TimerQueues,
     /// The times TTL states expire against.
     pub(super) ttl: TtlTimes,
+    /// Each column family's TTL, for its compaction filter.
+    pub(super) filters: TtlFilters,
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
@@ -73,7 +73,9 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         backend_id: Option<String>,
         instance: InstanceDir,
     ) -> Result<Self> {
-        let db = Db::open(&config, instance)?;
+        let ttl = TtlTimes::default();
+        let filters = TtlFilters::new(ttl.shared());
+        let db = Db::open(&config, instance, filters.clone())?;
         let states = LsmStates::load(&db)?;
         let timers = TimerQueues::new(&identity);
         Ok(RocksDbKeyedStateBackend {
@@ -85,7 +87,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             current: CurrentKeyPrefix::new(),
             checkpoints: Checkpoints::default(),
             timers,
-            ttl: TtlTimes::default(),
+            ttl,
+            filters,
         })
     }
 
@@ -189,10 +192,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     #[inline]
     fn delete_raw(&self, id: StateId, key: &[u8]) -> Result<()> {
         self.db.delete(self.cf(id)?, key)
-    }
-
-    fn register(&mut self, meta: StateMeta, migration: MigrationFor) -> Result<StateId> {
-        self.states.register(&mut self.db, meta, migration)
     }
 
     /// Which rows of state `id` a read returns now: `None` for all (no TTL, nothing expired yet, or
@@ -449,20 +448,9 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         kind: StateKind,
         ttl: Option<StateTtlConfig>,
     ) -> Result<StateId> {
-        let mut meta = match ttl {
-            None => StateMeta::new::<K, N, V>(name, kind),
-            Some(_) => StateMeta::new::<K, N, Stamped<V>>(name, kind),
-        };
-        match kind {
-            StateKind::Timers => return Err(timers_not_a_state(name)),
-            StateKind::Map => meta.user_key_codec = UK::codec_id(),
-            _ => {}
-        }
-        let id = match ttl {
-            None => self.register(meta, byte_migration::<V>)?,
-            Some(_) => self.register(meta, byte_migration::<Stamped<V>>)?,
-        };
-        self.states.get_mut(id).ttl = ttl;
+        let id = (self.states).register_kind::<K, N, UK, V>(&mut self.db, name, kind, ttl)?;
+        let cf = &self.states.get_mut(id).cf;
+        self.filters.set(cf, kind, ttl);
         Ok(id)
     }
 
@@ -563,6 +551,9 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
     fn drop_state(&mut self, name: &str) -> Result<bool> {
         if let Some(id) = self.states.find(name) {
             self.timers.forget(id);
+            if let Some(state) = self.states.get(id) {
+                self.filters.set(&state.cf, state.meta.kind, None);
+            }
         }
         self.states.drop_state(&mut self.db, name)
     }

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::instance::InstanceDir;
 use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
+use crate::rocksdb::ttl::TtlFilters;
 
 /// Prefix of the rows in the `default` column family that describe states (`docs/formats.md`).
 const META_PREFIX: &[u8] = b"meta:";
@@ -43,11 +44,16 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Local`] naming the directory if it cannot be created or RocksDB cannot open it.
-    pub(crate) fn open(config: &RocksDbConfig, instance: InstanceDir) -> Result<Db> {
+    /// Keyed states' column families compact with the TTL filters of `filters` (`rocksdb/ttl.rs`).
+    pub(crate) fn open(
+        config: &RocksDbConfig,
+        instance: InstanceDir,
+        filters: TtlFilters,
+    ) -> Result<Db> {
         let dir = instance.db();
         std::fs::create_dir_all(&dir).map_err(|e| Error::local(dir.display().to_string(), e))?;
         let (options, cache) = lsm_db_options(config);
-        let cf_options = ColumnFamilyOptions::new(config, &cache);
+        let cf_options = ColumnFamilyOptions::new(config, &cache, Some(filters));
         let cfs = if dir.join("CURRENT").exists() {
             DB::list_cf(&options, &dir).map_err(|e| db_error(dir.display(), e))?
         } else {
@@ -202,7 +208,7 @@ impl Db {
     /// [`Error::Local`] naming the column family if RocksDB cannot create it.
     pub(crate) fn create_cf(&mut self, name: &str) -> Result<()> {
         self.db
-            .create_cf(name, self.cf_options.of(name))
+            .create_cf(name, &self.cf_options.for_cf(name))
             .map_err(|e| db_error(format!("column family {name}"), e))
     }
 

@@ -4,11 +4,12 @@
 
 use rocksdb::WriteBatch;
 
-use crate::codec::{ByteMigration, migration_failed};
+use crate::codec::{ByteMigration, byte_migration, migration_failed};
 use crate::error::Result;
 use crate::format::lsm_rows::{cf_name, encode_meta, meta_key, push_list_element, split_list};
-use crate::keyed::backend::StateId;
-use crate::keyed::timers::check_state_name;
+use crate::keyed::backend::{StateId, StateKey, StateValue};
+use crate::keyed::timers::{check_state_name, timers_not_a_state};
+use crate::keyed::ttl::{Stamped, StateTtlConfig};
 use crate::rocksdb::db::Db;
 use crate::rocksdb::rows::scan_prefix;
 use crate::rocksdb::states::{LsmStates, broken_state};
@@ -23,6 +24,36 @@ pub(crate) type MigrationFor = fn(&str, &str) -> Result<Option<ByteMigration>>;
 const MIGRATION_BATCH_BYTES: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 
 impl LsmStates {
+    /// Registers (or finds) state `name` of `kind` (not timers) whose values are `V`, stored as they are
+    /// or, with `ttl`, as [`Stamped<V>`] (`docs/ttl.md`), as [`LsmStates::register`] does; the state
+    /// keeps its TTL for key listings, canonical savepoints and compaction.
+    ///
+    /// # Errors
+    /// As [`LsmStates::register`]; [`crate::Error::InvalidArgument`] for kind timers.
+    pub(crate) fn register_kind<K: StateKey, N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        db: &mut Db,
+        name: &str,
+        kind: StateKind,
+        ttl: Option<StateTtlConfig>,
+    ) -> Result<StateId> {
+        let mut meta = match ttl {
+            None => StateMeta::new::<K, N, V>(name, kind),
+            Some(_) => StateMeta::new::<K, N, Stamped<V>>(name, kind),
+        };
+        match kind {
+            StateKind::Timers => return Err(timers_not_a_state(name)),
+            StateKind::Map => meta.user_key_codec = UK::codec_id(),
+            _ => {}
+        }
+        let id = match ttl {
+            None => self.register(db, meta, byte_migration::<V>)?,
+            Some(_) => self.register(db, meta, byte_migration::<Stamped<V>>)?,
+        };
+        self.get_mut(id).ttl = ttl;
+        Ok(id)
+    }
+
     /// Registers a state, or finds it: a state registered before must match `meta` exactly; a restored
     /// state not registered yet must match its kind and key, namespace and user key codecs, and its
     /// values are migrated (`migration`) if its value codec differs.

@@ -5,6 +5,7 @@ use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Option
 use crate::format::lsm_rows::CF_PREFIX;
 use crate::keyed::timers::TIMER_STATE_PREFIX;
 use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::ttl::TtlFilters;
 
 /// Name of the merge operator that appends list elements.
 pub(crate) const LIST_MERGE_OPERATOR: &str = "sb-list-append";
@@ -124,15 +125,37 @@ pub(crate) fn supports_direct_io(dir: &std::path::Path) -> bool {
 pub(crate) struct ColumnFamilyOptions {
     states: Options,
     timers: Options,
+    /// The TTL compaction filters of a backend's own DB (`rocksdb/ttl.rs`); `None` for the read-only
+    /// opens of a restore or an export, which never compact.
+    filters: Option<TtlFilters>,
 }
 
 impl ColumnFamilyOptions {
-    /// The options for `config`, sharing `cache` (the DB's block cache).
-    pub(crate) fn new(config: &RocksDbConfig, cache: &Cache) -> ColumnFamilyOptions {
+    /// The options for `config`, sharing `cache` (the DB's block cache); keyed states' column families
+    /// with the TTL compaction filter of `filters`, if given.
+    pub(crate) fn new(
+        config: &RocksDbConfig,
+        cache: &Cache,
+        filters: Option<TtlFilters>,
+    ) -> ColumnFamilyOptions {
         ColumnFamilyOptions {
             states: options(config, cache, true),
             timers: options(config, cache, false),
+            filters,
         }
+    }
+
+    /// The options column family `name` is created or opened with: [`ColumnFamilyOptions::of`], and for
+    /// a keyed state the TTL compaction filter (it keeps every row while the state has no TTL).
+    pub(crate) fn for_cf(&self, name: &str) -> Options {
+        let mut options = self.of(name).clone();
+        let keyed_state = name
+            .strip_prefix(CF_PREFIX)
+            .is_some_and(|state| !state.starts_with(TIMER_STATE_PREFIX));
+        if let Some(filters) = self.filters.as_ref().filter(|_| keyed_state) {
+            options.set_compaction_filter_factory(filters.factory(name));
+        }
+        options
     }
 
     /// The options of column family `name`.
@@ -148,7 +171,7 @@ impl ColumnFamilyOptions {
     pub(crate) fn descriptors(&self, names: &[String]) -> Vec<rocksdb::ColumnFamilyDescriptor> {
         names
             .iter()
-            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, self.of(n).clone()))
+            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, self.for_cf(n)))
             .collect()
     }
 }

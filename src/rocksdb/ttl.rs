@@ -1,9 +1,20 @@
 //! TTL states on the RocksDB backend (`docs/ttl.md`): their row values start with the 8-byte big-endian
 //! time of their last write (a list's each element), so whether a row is live is read off its bytes,
-//! whatever the value's type: for key listings now, canonical savepoints and the compaction filter.
+//! whatever the value's type: for key listings, canonical savepoints and the compaction filter, which
+//! removes expired rows as RocksDB compacts (Flink's `FlinkCompactionFilter`, through rust-rocksdb's
+//! compaction filter factory).
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rocksdb::CompactionDecision;
+use rocksdb::compaction_filter::CompactionFilter;
+use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 
 use crate::format::lsm_rows::split_list;
-use crate::keyed::ttl::{STAMP_BYTES, StateTtlConfig, TtlTimes, TtlVisibility};
+use crate::keyed::ttl::{STAMP_BYTES, SharedTtlTime, StateTtlConfig, TtlTimes, TtlVisibility};
 use crate::snapshot::state_meta::StateKind;
 
 /// Which rows of one TTL state are live: those with a part (the value; a list element) written after
@@ -27,10 +38,14 @@ impl RowExpiry {
         if for_reads && ttl.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp {
             return None;
         }
-        let cutoff = times.now_ms(ttl.time, true).checked_sub(ttl.ttl_ms)?;
+        RowExpiry::at_ms(kind, ttl, times.now_ms(ttl.time, true))
+    }
+
+    /// The expiry of a state of `kind` with `ttl` at `now_ms`; `None` while nothing can have expired.
+    fn at_ms(kind: StateKind, ttl: StateTtlConfig, now_ms: u64) -> Option<RowExpiry> {
         Some(RowExpiry {
             list: kind == StateKind::List,
-            cutoff,
+            cutoff: now_ms.checked_sub(ttl.ttl_ms)?,
         })
     }
 
@@ -48,6 +63,90 @@ impl RowExpiry {
             return self.part_live(value);
         }
         split_list(value).map_or(true, |elements| elements.iter().any(|e| self.part_live(e)))
+    }
+}
+
+/// The TTL of each column family of one backend, as its compaction filters read it: set when a state is
+/// registered (with or without TTL; a restored state has none until then), with the backend's clock and
+/// watermark. Cloned into every column family's compaction filter factory.
+#[derive(Clone, Debug)]
+pub(crate) struct TtlFilters {
+    time: Arc<SharedTtlTime>,
+    states: Arc<RwLock<HashMap<String, (StateKind, StateTtlConfig)>>>,
+}
+
+/// The name RocksDB logs for the compaction filter of TTL states.
+const FILTER_NAME: &CStr = c"sb-ttl";
+
+impl TtlFilters {
+    /// No column family with TTL yet; time read from `time`.
+    pub(crate) fn new(time: Arc<SharedTtlTime>) -> Self {
+        TtlFilters {
+            time,
+            states: Arc::default(),
+        }
+    }
+
+    /// Column family `cf` holds a state of `kind` with `ttl` (or without: `None`) from now on.
+    pub(crate) fn set(&self, cf: &str, kind: StateKind, ttl: Option<StateTtlConfig>) {
+        let mut states = self.states.write();
+        match ttl {
+            Some(ttl) => states.insert(cf.to_string(), (kind, ttl)),
+            None => states.remove(cf),
+        };
+    }
+
+    /// The compaction filter factory of column family `cf`.
+    pub(crate) fn factory(&self, cf: &str) -> TtlFilterFactory {
+        TtlFilterFactory {
+            cf: cf.to_string(),
+            filters: self.clone(),
+        }
+    }
+}
+
+/// Makes one [`TtlFilter`] per compaction of a column family, with the cutoff of that moment.
+pub(crate) struct TtlFilterFactory {
+    cf: String,
+    filters: TtlFilters,
+}
+
+impl CompactionFilterFactory for TtlFilterFactory {
+    type Filter = TtlFilter;
+
+    fn create(&mut self, _context: CompactionFilterContext) -> TtlFilter {
+        let state = self.filters.states.read().get(&self.cf).copied();
+        let expiry = state.and_then(|(kind, ttl)| {
+            RowExpiry::at_ms(kind, ttl, self.filters.time.now_ms(ttl.time))
+        });
+        TtlFilter { expiry }
+    }
+
+    fn name(&self) -> &CStr {
+        FILTER_NAME
+    }
+}
+
+/// Removes the rows of one compaction that have expired: a value or map row written at or before the
+/// cutoff, a list row all of whose elements were. A list with some live elements is kept whole (its
+/// expired elements go from canonical savepoints and are never read; rewriting a value here would need
+/// rust-rocksdb's `Decision::Change`, which takes a `'static` buffer). Rows written through the merge
+/// operator (list appends) are seen once a compaction has merged them into a value.
+pub(crate) struct TtlFilter {
+    /// `None`: the column family has no TTL, or nothing can have expired.
+    expiry: Option<RowExpiry>,
+}
+
+impl CompactionFilter for TtlFilter {
+    fn filter(&mut self, _level: u32, _key: &[u8], value: &[u8]) -> CompactionDecision {
+        match self.expiry {
+            Some(expiry) if !expiry.live(value) => CompactionDecision::Remove,
+            _ => CompactionDecision::Keep,
+        }
+    }
+
+    fn name(&self) -> &CStr {
+        FILTER_NAME
     }
 }
 

@@ -526,3 +526,73 @@ fn full_snapshots_and_canonical_savepoints_leave_out_what_expired() {
         }
     });
 }
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_compaction_removes_expired_rows() {
+    let mut b = lsm::<u64>(MAX_P, 1, 0);
+    let clock = manual_clock(&mut b);
+    // Expired values are returned until cleaned up: a read shows whether compaction removed a row.
+    let lax = StateTtlConfig {
+        visibility: TtlVisibility::ReturnExpiredIfNotCleanedUp,
+        ..StateTtlConfig::new(1_000)
+    };
+    let v = b
+        .value_state(&ValueStateDescriptor::<Ns, u64>::new("v").with_ttl(lax))
+        .unwrap();
+    let l = b
+        .list_state(&ListStateDescriptor::<Ns, u64>::new("l").with_ttl(lax))
+        .unwrap();
+    let m = b
+        .map_state(&MapStateDescriptor::<Ns, u8, u64>::new("m").with_ttl(lax))
+        .unwrap();
+    let plain = b
+        .value_state(&ValueStateDescriptor::<Ns, u64>::new("plain"))
+        .unwrap();
+    let n = 4_000u64;
+    for key in 0..n {
+        if key == n / 2 {
+            clock.advance(Duration::from_millis(500));
+        }
+        b.set_current_key(key).unwrap();
+        v.update(&mut b, &NS, key).unwrap();
+        l.update(&mut b, &NS, vec![key]).unwrap();
+        m.put(&mut b, &NS, 1, key).unwrap();
+        plain.update(&mut b, &NS, key).unwrap();
+    }
+    // Key 0's list gets a live element: the row stays whole.
+    b.set_current_key(0).unwrap();
+    l.add(&mut b, &NS, 7).unwrap();
+    let sst = |b: &statebackend::rocksdb::RocksDbKeyedStateBackend<u64>| {
+        b.compact().unwrap();
+        b.aggregated_int_property("rocksdb.total-sst-files-size")
+            .unwrap()
+            .unwrap()
+    };
+    let before = sst(&b);
+    clock.advance(Duration::from_millis(500));
+    let after = sst(&b);
+    for key in 0..n {
+        b.set_current_key(key).unwrap();
+        let expired = key < n / 2;
+        assert_eq!(
+            v.value(&b, &NS).unwrap(),
+            (!expired).then_some(key),
+            "key {key}"
+        );
+        assert_eq!(
+            m.get(&b, &NS, &1).unwrap(),
+            (!expired).then_some(key),
+            "key {key}"
+        );
+        let list = l.get(&b, &NS).unwrap();
+        match key {
+            0 => assert_eq!(list, [0, 7]),
+            _ if expired => assert!(list.is_empty(), "key {key}"),
+            _ => assert_eq!(list, [key]),
+        }
+        assert_eq!(plain.value(&b, &NS).unwrap(), Some(key), "no TTL: kept");
+    }
+    // Three TTL states lost half their rows; the plain state kept all of its.
+    assert!(after < before * 8 / 10, "{before} -> {after} bytes");
+}

@@ -252,7 +252,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             return Ok(());
         };
         let (options, cache) = lsm_db_options(&self.config);
-        let cf_options = ColumnFamilyOptions::new(&self.config, &cache);
+        let cf_options = ColumnFamilyOptions::new(&self.config, &cache, None);
         let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(dir.display(), e))?;
         let other =
             DB::open_cf_descriptors_read_only(&options, dir, cf_options.descriptors(&cfs), false)

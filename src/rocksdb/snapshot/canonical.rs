@@ -79,7 +79,7 @@ impl CanonicalExport {
     fn encode(self, sink: &mut ChunkSink) -> Result<FileSummary> {
         let path = self.local_dir.display().to_string();
         let (options, cache) = lsm_db_options(&self.config);
-        let cf_options = ColumnFamilyOptions::new(&self.config, &cache);
+        let cf_options = ColumnFamilyOptions::new(&self.config, &cache, None);
         let cfs = DB::list_cf(&options, &self.local_dir).map_err(|e| db_error(&path, e))?;
         let db = DB::open_cf_descriptors_read_only(
             &options,
