@@ -3,7 +3,8 @@
 
 /// `bytes` as text if `codec_id` is one of the crate's built-in codecs and the bytes decode: numbers in
 /// decimal, `utf8` quoted (Rust escapes), `bytes` and unknown codecs `None` (the caller shows hex), the void
-/// namespace and `unit` as `-`, a pair as `(a, b)` (its parts by their own ids).
+/// namespace and `unit` as `-`, a pair as `(a, b)` (its parts by their own ids), a TTL state's value
+/// (`ttl(<id>)`) as `<value> (written at <ms> ms)`.
 pub fn describe_encoded(codec_id: &str, bytes: &[u8]) -> Option<String> {
     macro_rules! be {
         ($t:ty) => {
@@ -35,6 +36,16 @@ pub fn describe_encoded(codec_id: &str, bytes: &[u8]) -> Option<String> {
         },
         "utf8" => format!("{:?}", std::str::from_utf8(bytes).ok()?),
         "void-namespace" | "unit" if bytes.is_empty() => "-".into(),
+        id if id.starts_with("ttl(") => {
+            // A value of a state with TTL (`docs/ttl.md`): the time of its last write, then the value.
+            let inner = id.strip_prefix("ttl(")?.strip_suffix(')')?;
+            let (written, value) = bytes.split_first_chunk::<8>()?;
+            format!(
+                "{} (written at {} ms)",
+                describe_encoded(inner, value).unwrap_or_else(|| hex_bytes(value)),
+                u64::from_be_bytes(*written)
+            )
+        }
         id => {
             let inner = id.strip_prefix("pair(")?.strip_suffix(')')?;
             let (a, b) = split_pair(inner)?;
@@ -104,6 +115,16 @@ mod tests {
             "bytes are shown as hex by the caller"
         );
         assert_eq!(describe_encoded("u64:be", &[1, 2]), None, "wrong length");
+        let stamped = crate::keyed::Stamped {
+            value: 7u64,
+            last_update_ms: 1_000_000,
+        };
+        assert_eq!(text(stamped).as_deref(), Some("7 (written at 1000000 ms)"));
+        assert_eq!(
+            describe_encoded("ttl(u64:be)", &[0; 7]),
+            None,
+            "shorter than a timestamp"
+        );
         assert_eq!(describe_encoded("someone-elses", &[1]), None);
         assert_eq!(hex_bytes(&[0xab, 0x01]), "0xab01");
     }
