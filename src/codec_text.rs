@@ -115,11 +115,13 @@ mod tests {
             "bytes are shown as hex by the caller"
         );
         assert_eq!(describe_encoded("u64:be", &[1, 2]), None, "wrong length");
-        let stamped = crate::keyed::Stamped {
-            value: 7u64,
-            last_update_ms: 1_000_000,
-        };
-        assert_eq!(text(stamped).as_deref(), Some("7 (written at 1000000 ms)"));
+        // A TTL state's value: the last write's time (ms, big-endian), then the value.
+        let mut stamped = 1_000_000u64.to_be_bytes().to_vec();
+        7u64.encode(&mut stamped);
+        assert_eq!(
+            describe_encoded("ttl(u64:be)", &stamped).as_deref(),
+            Some("7 (written at 1000000 ms)")
+        );
         assert_eq!(
             describe_encoded("ttl(u64:be)", &[0; 7]),
             None,
