@@ -8,7 +8,7 @@ use crate::codec::{Codec, Migration, migration_for};
 use crate::error::Result;
 use crate::format::bytes::{Decoder, PutExt};
 use crate::keyed::backend::StateKey;
-use crate::keyed::ttl::{StateTtlConfig, TtlTimes, TtlVisibility};
+use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
 
 /// How a table's stored value becomes bytes and back (value, list or map encoding), and how it is read
 /// from an older value codec (schema evolution, `docs/savepoints.md`).
@@ -157,19 +157,9 @@ impl<S> TtlSerde<S> {
         }
     }
 
-    /// The cutoff now (the clock read again; the last watermark): parts last written at or before it
-    /// have expired; `None` while nothing can have (now is below the TTL).
-    pub(crate) fn cutoff(&self, times: &TtlTimes) -> Option<u64> {
-        let now = times.now_ms(self.config.time, true);
-        now.checked_sub(self.config.ttl_ms)
-    }
-
-    /// [`TtlSerde::cutoff`] for reads: `None` also when expired values are returned until cleaned up.
-    pub(crate) fn read_cutoff(&self, times: &TtlTimes) -> Option<u64> {
-        match self.config.visibility {
-            TtlVisibility::NeverReturnExpired => self.cutoff(times),
-            TtlVisibility::ReturnExpiredIfNotCleanedUp => None,
-        }
+    /// The cutoff now on `times`, for a snapshot or (`for_reads`) a read: [`StateTtlConfig::cutoff`].
+    pub(crate) fn cutoff(&self, times: &TtlTimes, for_reads: bool) -> Option<u64> {
+        self.config.cutoff(times, for_reads)
     }
 
     /// Whether `value` has a part written after `cutoff`.

@@ -129,7 +129,10 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
         &self.meta
     }
     fn freeze(&mut self, times: &TtlTimes) -> Box<dyn FrozenTable> {
-        let ttl = self.serde.ttl.and_then(|t| Some((t, t.cutoff(times)?)));
+        let ttl = self
+            .serde
+            .ttl
+            .and_then(|t| Some((t, t.cutoff(times, false)?)));
         Box::new(FrozenStateTable {
             snapshot: self.map.snapshot(),
             serde: self.serde,
@@ -171,7 +174,7 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N
         let ttl = self
             .serde
             .ttl
-            .and_then(|t| Some((t, t.read_cutoff(times)?)));
+            .and_then(|t| Some((t, t.cutoff(times, true)?)));
         move |value| ttl.is_none_or(|(t, cutoff)| t.live(value, cutoff))
     }
 }

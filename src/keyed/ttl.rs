@@ -94,6 +94,23 @@ impl StateTtlConfig {
             .map(|s| &s.value)
     }
 
+    /// The cutoff at `now_ms`: an entry last written at or before it has expired (the same test as
+    /// [`StateTtlConfig::expired`], as one comparison per entry); `None` while nothing can have expired
+    /// (`now_ms` below the TTL).
+    #[inline]
+    pub(crate) fn cutoff_at(&self, now_ms: u64) -> Option<u64> {
+        now_ms.checked_sub(self.ttl_ms)
+    }
+
+    /// The cutoff now on `times` (the clock read again; the last watermark): for cleanup, or with
+    /// `for_reads` for a read, which has none when it returns expired values until they are cleaned up.
+    pub(crate) fn cutoff(&self, times: &TtlTimes, for_reads: bool) -> Option<u64> {
+        if for_reads && self.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp {
+            return None;
+        }
+        self.cutoff_at(times.now_ms(self.time, true))
+    }
+
     /// Whether a read at `now_ms` returns an entry last written at `last_update_ms`.
     #[inline]
     pub(crate) fn visible(&self, last_update_ms: u64, now_ms: u64) -> bool {

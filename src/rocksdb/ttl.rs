@@ -14,7 +14,7 @@ use rocksdb::compaction_filter::CompactionFilter;
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 
 use crate::format::lsm_rows::split_list;
-use crate::keyed::ttl::{STAMP_BYTES, SharedTtlTime, StateTtlConfig, TtlTimes, TtlVisibility};
+use crate::keyed::ttl::{STAMP_BYTES, SharedTtlTime, StateTtlConfig, TtlTimes};
 use crate::snapshot::state_meta::StateKind;
 
 /// Which rows of one TTL state are live: those with a part (the value; a list element) written after
@@ -34,18 +34,17 @@ impl RowExpiry {
         times: &TtlTimes,
         for_reads: bool,
     ) -> Option<RowExpiry> {
-        let ttl = ttl?;
-        if for_reads && ttl.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp {
-            return None;
-        }
-        RowExpiry::at_ms(kind, ttl, times.now_ms(ttl.time, true))
+        Some(RowExpiry {
+            list: kind == StateKind::List,
+            cutoff: ttl?.cutoff(times, for_reads)?,
+        })
     }
 
     /// The expiry of a state of `kind` with `ttl` at `now_ms`; `None` while nothing can have expired.
     fn at_ms(kind: StateKind, ttl: StateTtlConfig, now_ms: u64) -> Option<RowExpiry> {
         Some(RowExpiry {
             list: kind == StateKind::List,
-            cutoff: now_ms.checked_sub(ttl.ttl_ms)?,
+            cutoff: ttl.cutoff_at(now_ms)?,
         })
     }
 
