@@ -305,3 +305,49 @@ pub fn owner<K: Codec>(key: &K, max_parallelism: u32, parallelism: u32) -> usize
     )
     .unwrap() as usize
 }
+
+/// Takes checkpoint `id` (or, with `savepoint`, a canonical savepoint) of every one of `backends` into
+/// `storage`, then replaces them with `parallelism` subtasks of max parallelism `max_parallelism` restored
+/// from it (NO_CLAIM) with `config`, which may name the other backend kind (a canonical savepoint switches).
+pub async fn snapshot_and_restore(
+    backends: &mut Vec<StateBackend<u64>>,
+    storage: &CheckpointStorage,
+    id: u64,
+    savepoint: bool,
+    config: &StateBackendConfig,
+    max_parallelism: u32,
+    parallelism: u32,
+) {
+    let pending: Vec<_> = backends
+        .iter_mut()
+        .map(|b| {
+            if savepoint {
+                b.savepoint(id, storage, SavepointFormat::Canonical)
+            } else {
+                b.snapshot(id, storage)
+            }
+            .unwrap()
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for p in pending {
+        handles.push(p.run().await.unwrap().handle);
+    }
+    backends.clear();
+    for index in 0..parallelism {
+        let identity = identity(max_parallelism, parallelism, index);
+        let b = StateBackend::restore(&identity, config, storage, &handles, RestoreMode::NoClaim)
+            .await
+            .unwrap();
+        backends.push(b);
+    }
+}
+
+/// The kind a canonical savepoint of a `kind` backend switches to: the other one, or the heap when this
+/// build has no RocksDB.
+pub fn switched(kind: BackendKind) -> BackendKind {
+    match kind {
+        BackendKind::Heap if backend_kinds().len() > 1 => BackendKind::RocksDb,
+        _ => BackendKind::Heap,
+    }
+}

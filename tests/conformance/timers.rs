@@ -265,44 +265,21 @@ impl Job {
 
     async fn snapshot_and_restore(&mut self, parallelism: u32, savepoint: bool) {
         self.next_id += 1;
-        let id = self.next_id;
-        let storage = self.storage.clone();
-        let pending: Vec<_> = self
-            .backends
-            .iter_mut()
-            .map(|b| {
-                if savepoint {
-                    b.savepoint(id, &storage, SavepointFormat::Canonical)
-                } else {
-                    b.snapshot(id, &storage)
-                }
-                .unwrap()
-            })
-            .collect();
-        let mut handles = Vec::new();
-        for p in pending {
-            handles.push(p.run().await.unwrap().handle);
-        }
         if savepoint {
-            self.kind = match self.kind {
-                BackendKind::Heap if backend_kinds().len() > 1 => BackendKind::RocksDb,
-                _ => BackendKind::Heap,
-            };
+            self.kind = switched(self.kind);
         }
-        self.backends.clear();
-        for index in 0..parallelism {
-            let identity = identity(MAX_P, parallelism, index);
-            let b = StateBackend::restore(
-                &identity,
-                &self.config(),
-                &storage,
-                &handles,
-                RestoreMode::NoClaim,
-            )
-            .await
-            .unwrap();
-            self.backends.push(b);
-        }
+        let (storage, config) = (self.storage.clone(), self.config());
+        let (id, backends) = (self.next_id, &mut self.backends);
+        snapshot_and_restore(
+            backends,
+            &storage,
+            id,
+            savepoint,
+            &config,
+            MAX_P,
+            parallelism,
+        )
+        .await;
     }
 
     /// Each subtask's count and earliest timer equal the model's for its key groups.

@@ -305,11 +305,7 @@ fn timestamps_survive_checkpoints_rescales_savepoint_switches_and_a_changed_ttl(
                 let handle = pending.unwrap().run().await.unwrap().handle;
                 drop(b);
                 // The other backend when the savepoint is canonical; two subtasks.
-                let restored_kind = match (canonical, kind) {
-                    (true, BackendKind::Heap) if backend_kinds().len() > 1 => BackendKind::RocksDb,
-                    (true, _) => BackendKind::Heap,
-                    (false, k) => k,
-                };
+                let restored_kind = if canonical { switched(kind) } else { kind };
                 let config = backend_config(restored_kind, dir.path());
                 let mut backends = Vec::new();
                 for index in 0..2 {

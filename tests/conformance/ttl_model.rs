@@ -224,40 +224,24 @@ impl Job {
 
     async fn restore(&mut self, parallelism: u32, savepoint: bool) {
         self.next_id += 1;
-        let id = self.next_id;
-        let storage = self.storage.clone();
-        let pending: Vec<_> = self
-            .backends
-            .iter_mut()
-            .map(|b| {
-                if savepoint {
-                    b.savepoint(id, &storage, SavepointFormat::Canonical)
-                } else {
-                    b.snapshot(id, &storage)
-                }
-                .unwrap()
-            })
-            .collect();
-        let mut handles = Vec::new();
-        for p in pending {
-            handles.push(p.run().await.unwrap().handle);
-        }
         if savepoint {
-            self.kind = match self.kind {
-                BackendKind::Heap if backend_kinds().len() > 1 => BackendKind::RocksDb,
-                _ => BackendKind::Heap,
-            };
+            self.kind = switched(self.kind);
         }
-        self.backends.clear();
         let config = backend_config(self.kind, self.dir.path());
-        for index in 0..parallelism {
-            let identity = identity(MAX_P, parallelism, index);
-            let mut b =
-                StateBackend::restore(&identity, &config, &storage, &handles, RestoreMode::NoClaim)
-                    .await
-                    .unwrap();
+        let (storage, id) = (self.storage.clone(), self.next_id);
+        let backends = &mut self.backends;
+        snapshot_and_restore(
+            backends,
+            &storage,
+            id,
+            savepoint,
+            &config,
+            MAX_P,
+            parallelism,
+        )
+        .await;
+        for b in backends {
             b.set_clock(self.clock.clone());
-            self.backends.push(b);
         }
     }
 }
