@@ -10,6 +10,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 mod schema;
+#[cfg(feature = "rocksdb")]
+pub(crate) use schema::rewriting;
 pub(crate) use schema::{ByteMigration, byte_migration, migration_failed, migration_for};
 pub use schema::{
     Migration, SchemaCompatibility, WrittenCodec, schema_compatibility, versioned_id,

@@ -116,14 +116,15 @@ pub(crate) fn byte_migration<T: Codec + 'static>(
     state: &str,
     stored: &str,
 ) -> Result<Option<ByteMigration>> {
-    Ok(
-        migration_for::<T>(state, stored)?.map(|m| -> ByteMigration {
-            Arc::new(move |bytes: &[u8], out: &mut Vec<u8>| {
-                m(bytes)?.encode(out);
-                Ok(())
-            })
-        }),
-    )
+    Ok(migration_for::<T>(state, stored)?.map(rewriting))
+}
+
+/// The byte rewrite of a migration into `T`: decode through `m`, encode as `T`.
+pub(crate) fn rewriting<T: Codec + 'static>(m: Migration<T>) -> ByteMigration {
+    Arc::new(move |bytes: &[u8], out: &mut Vec<u8>| {
+        m(bytes)?.encode(out);
+        Ok(())
+    })
 }
 
 /// The error of a value codec that cannot read what a snapshot stored.

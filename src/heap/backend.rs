@@ -8,12 +8,12 @@ use crate::error::Result;
 use crate::heap::bulk;
 use crate::heap::config::HeapConfig;
 use crate::heap::cursor::{KeyCursor, access_error};
-use crate::heap::serde::{ListCell, MapCell, list_serde, map_serde, value_serde};
+use crate::heap::serde::{ListCell, MapCell};
 use crate::heap::snapshot::SnapshotJob;
 use crate::heap::states::StateTables;
 use crate::heap::table::{CurrentKey, StateTable, entry_hash};
 use crate::heap::timers::TimerTable;
-use crate::heap::ttl::{ttl_list_serde, ttl_map_serde, ttl_value_serde};
+use crate::heap::ttl::IncrementalCleanup;
 use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
 use crate::keyed::backend::sealed::StateAccess;
@@ -24,7 +24,7 @@ use crate::keyed::map_iter::MapEntries;
 use crate::keyed::timers::{
     TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
-use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTimes};
+use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
@@ -47,6 +47,8 @@ pub struct HeapKeyedStateBackend<K> {
     ledger: SnapshotLedger,
     /// The times TTL states expire against.
     ttl: TtlTimes,
+    /// When expired entries are cleaned up between records.
+    cleanup: IncrementalCleanup,
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -59,6 +61,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         config.validate()?;
         Ok(HeapKeyedStateBackend {
             identity,
+            cleanup: IncrementalCleanup::new(config.ttl_cleanup_slots_per_record),
             config,
             backend_id: None,
             states: StateTables::new(),
@@ -389,6 +392,7 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         keys: &[K],
         values: &[V],
     ) -> Result<()> {
+        self.records(keys.len());
         let table = self.states.typed_mut::<N, V>(state);
         let table = table.ok_or_else(|| access_error(true, state))?;
         bulk::value_put_batch(table, &self.identity, ns, keys, values)
@@ -401,6 +405,7 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         keys: &[K],
         f: &mut dyn FnMut(usize, Option<&V>) -> Option<V>,
     ) -> Result<()> {
+        self.records(keys.len());
         let table = self.states.typed_mut::<N, V>(state);
         let table = table.ok_or_else(|| access_error(true, state))?;
         bulk::value_modify_batch(table, &self.identity, ns, keys, f)
@@ -414,18 +419,12 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
     ) -> Result<StateId> {
         let groups = self.identity.key_groups().len() as usize;
         let threads = self.config.restore_threads;
-        let states = &mut self.states;
-        let Some(ttl) = ttl else {
-            let serdes = (value_serde(), list_serde(), map_serde());
-            return states.register_kind::<N, UK, V>(name, kind, serdes, groups, threads);
-        };
-        // Values stored with their last write's time (`heap/ttl.rs`).
-        let serdes = (
-            ttl_value_serde(ttl),
-            ttl_list_serde(ttl),
-            ttl_map_serde(ttl),
-        );
-        states.register_kind::<N, UK, Stamped<V>>(name, kind, serdes, groups, threads)
+        let ttl = ttl.map(|ttl| (ttl, ttl.restored_at(&self.ttl)));
+        let id = (self.states).register_kind::<N, UK, V>(name, kind, ttl, groups, threads)?;
+        if ttl.is_some() {
+            self.cleanup.activate();
+        }
+        Ok(id)
     }
 
     fn ttl_times(&self) -> &TtlTimes {
@@ -476,6 +475,25 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
     }
 }
 
+impl<K: StateKey> HeapKeyedStateBackend<K> {
+    /// `n` records of a batch call, for incremental TTL cleanup.
+    #[inline]
+    fn records(&mut self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if let Some(slots) = self.cleanup.on_records(n) {
+            self.clean_expired(slots);
+        }
+    }
+
+    /// One step of incremental TTL cleanup (`HeapConfig::ttl_cleanup_slots_per_record`), out of line:
+    /// it runs once every 1,024 records.
+    #[cold]
+    #[inline(never)]
+    fn clean_expired(&mut self, slots: usize) {
+        self.states.clean_expired(slots, &self.ttl);
+    }
+}
+
 impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     fn max_parallelism(&self) -> u32 {
         self.identity.max_parallelism()
@@ -488,12 +506,18 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
         self.ttl.on_new_key();
+        if let Some(slots) = self.cleanup.on_records(1) {
+            self.clean_expired(slots);
+        }
         self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
         self.ttl.on_new_key();
+        if let Some(slots) = self.cleanup.on_records(1) {
+            self.clean_expired(slots);
+        }
         self.current.set_routed(key, route, &self.identity)
     }
 

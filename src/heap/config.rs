@@ -20,6 +20,13 @@ pub struct HeapConfig {
     /// registers it, key groups split among them (a state under 1 MiB of records uses one), at least 1.
     /// Default: the machine's available parallelism, at most 4.
     pub restore_threads: usize,
+    /// Incremental TTL cleanup (`docs/ttl.md`; Flink's `cleanupIncrementally`): slots of the map of every
+    /// state with TTL checked per record (a new current key; a batch counts its keys), in steps every
+    /// 1,024 records, removing what expired. A slot holds one entry or none (maps are at most 7/8 full);
+    /// at the default 8, a state of `n` entries is walked once in about `n / 6` records. 0 turns it off:
+    /// expired entries then stay in memory until a write of their key replaces them, or a
+    /// snapshot and restore leaves them out. Default 8.
+    pub ttl_cleanup_slots_per_record: usize,
 }
 
 impl Default for HeapConfig {
@@ -28,6 +35,7 @@ impl Default for HeapConfig {
             zstd_level: Some(DEFAULT_ZSTD_LEVEL),
             frame_bytes: DEFAULT_FRAME_BYTES,
             restore_threads: crate::parallel::default_restore_threads(),
+            ttl_cleanup_slots_per_record: 8,
         }
     }
 }

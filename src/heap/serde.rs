@@ -4,20 +4,27 @@
 
 use std::sync::Arc;
 
-use crate::codec::{Codec, Migration, migration_for};
+use crate::codec::{Codec, Migration};
 use crate::error::Result;
 use crate::format::bytes::{Decoder, PutExt};
+use crate::heap::cow_map::sweep::Sweep;
 use crate::keyed::backend::StateKey;
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
+use crate::keyed::ttl_switch::ReadStored;
+
+/// `(state name, stored value codec, restore time)` → the decoder of values written by the stored codec,
+/// `None` if it is the registered one ([`ReadStored::migration`]).
+pub(crate) type MigrationFor<S> = fn(&str, &str, u64) -> Result<Option<Migration<S>>>;
 
 /// How a table's stored value becomes bytes and back (value, list or map encoding), and how it is read
 /// from an older value codec (schema evolution, `docs/savepoints.md`).
 pub(crate) struct ValueSerde<S> {
     pub(crate) encode: fn(&S, &mut Vec<u8>),
     pub(crate) decode: fn(&[u8]) -> Result<S>,
-    /// `(state name, stored value codec)`: `None` if the stored codec is the registered one, else the
-    /// decoder of values written by the stored one.
-    pub(crate) migration: fn(&str, &str) -> Result<Option<Migration<S>>>,
+    /// `(state name, stored value codec, restore time)`: `None` if the stored codec is the registered
+    /// one, else the decoder of values written by the stored one (TTL switched on stamps values with the
+    /// restore time: [`ReadStored`]).
+    pub(crate) migration: MigrationFor<S>,
     /// A state with TTL: how its values expire (`heap/ttl.rs`).
     pub(crate) ttl: Option<TtlSerde<S>>,
 }
@@ -44,18 +51,20 @@ pub(crate) type ListCell<V> = Arc<Vec<V>>;
 /// Stored form of map state.
 pub(crate) type MapCell<UK, V> = Arc<hashbrown::HashMap<UK, V, foldhash::fast::FixedState>>;
 
-/// Serde of value, reducing and aggregating state: the value's codec.
-pub(crate) fn value_serde<V: Codec>() -> ValueSerde<V> {
+/// Serde of value, reducing and aggregating state: the value's codec; stored values of another codec are
+/// read as `R` says (with or without TTL).
+pub(crate) fn value_serde<V: Codec, R: ReadStored<V>>() -> ValueSerde<V> {
     ValueSerde {
         encode: V::encode,
         decode: V::decode,
-        migration: migration_for::<V>,
+        migration: R::migration,
         ttl: None,
     }
 }
 
-/// Serde of list state: `u32` count, then each element `u32` length + bytes (little-endian).
-pub(crate) fn list_serde<V: Codec + 'static>() -> ValueSerde<ListCell<V>> {
+/// Serde of list state: `u32` count, then each element `u32` length + bytes (little-endian); elements of
+/// another codec are read as `R` says.
+pub(crate) fn list_serde<V: Codec + 'static, R: ReadStored<V>>() -> ValueSerde<ListCell<V>> {
     ValueSerde {
         encode: |list, out| {
             // Saturates: such a list is far over the 1 GiB frame limit, which the writer reports.
@@ -65,9 +74,9 @@ pub(crate) fn list_serde<V: Codec + 'static>() -> ValueSerde<ListCell<V>> {
             }
         },
         decode: |bytes| decode_list(bytes, V::decode),
-        migration: |state, stored| {
+        migration: |state, stored, restored_at_ms| {
             Ok(
-                migration_for::<V>(state, stored)?.map(|m| -> Migration<ListCell<V>> {
+                R::migration(state, stored, restored_at_ms)?.map(|m| -> Migration<ListCell<V>> {
                     Arc::new(move |bytes| decode_list(bytes, &*m))
                 }),
             )
@@ -87,8 +96,10 @@ fn decode_list<V>(bytes: &[u8], element: impl Fn(&[u8]) -> Result<V>) -> Result<
     Ok(Arc::new(list))
 }
 
-/// Serde of map state: `u32` count, then each entry: `u32` length + user key, `u32` length + value.
-pub(crate) fn map_serde<UK: StateKey, V: Codec + 'static>() -> ValueSerde<MapCell<UK, V>> {
+/// Serde of map state: `u32` count, then each entry: `u32` length + user key, `u32` length + value;
+/// values of another codec are read as `R` says.
+pub(crate) fn map_serde<UK: StateKey, V: Codec + 'static, R: ReadStored<V>>()
+-> ValueSerde<MapCell<UK, V>> {
     ValueSerde {
         encode: |map, out| {
             // Saturates: such a map is far over the 1 GiB frame limit, which the writer reports.
@@ -99,11 +110,13 @@ pub(crate) fn map_serde<UK: StateKey, V: Codec + 'static>() -> ValueSerde<MapCel
             }
         },
         decode: |bytes| decode_map(bytes, V::decode),
-        migration: |state, stored| {
+        migration: |state, stored, restored_at_ms| {
             Ok(
-                migration_for::<V>(state, stored)?.map(|m| -> Migration<MapCell<UK, V>> {
-                    Arc::new(move |bytes| decode_map(bytes, &*m))
-                }),
+                R::migration(state, stored, restored_at_ms)?.map(
+                    |m| -> Migration<MapCell<UK, V>> {
+                        Arc::new(move |bytes| decode_map(bytes, &*m))
+                    },
+                ),
             )
         },
         ttl: None,
@@ -134,6 +147,9 @@ pub(crate) struct TtlSerde<S> {
     /// Appends the encoding of the value's parts written after the cutoff (the table's encoding: a list
     /// or map with fewer elements); false, with nothing appended, if none was.
     encode_live: fn(&S, u64, &mut Vec<u8>) -> bool,
+    /// What incremental cleanup does with the value at the cutoff: keep it (nothing expired), remove it
+    /// (everything did), or replace it with its live parts.
+    prune: fn(&S, u64) -> Sweep<S>,
 }
 
 impl<S> Clone for TtlSerde<S> {
@@ -144,16 +160,19 @@ impl<S> Clone for TtlSerde<S> {
 impl<S> Copy for TtlSerde<S> {}
 
 impl<S> TtlSerde<S> {
-    /// `config`'s expiry of values judged by `live` and written by `encode_live` (see the fields).
+    /// `config`'s expiry of values judged by `live`, written by `encode_live` and cleaned up by `prune`
+    /// (see the fields).
     pub(crate) fn new(
         config: StateTtlConfig,
         live: fn(&S, u64) -> bool,
         encode_live: fn(&S, u64, &mut Vec<u8>) -> bool,
+        prune: fn(&S, u64) -> Sweep<S>,
     ) -> Self {
         TtlSerde {
             config,
             live,
             encode_live,
+            prune,
         }
     }
 
@@ -171,5 +190,11 @@ impl<S> TtlSerde<S> {
     /// Appends `value`'s parts written after `cutoff`; false if there is none.
     pub(crate) fn encode_live(&self, value: &S, cutoff: u64, out: &mut Vec<u8>) -> bool {
         (self.encode_live)(value, cutoff, out)
+    }
+
+    /// `value` without its parts written at or before `cutoff` (incremental cleanup).
+    #[inline]
+    pub(crate) fn prune(&self, value: &S, cutoff: u64) -> Sweep<S> {
+        (self.prune)(value, cutoff)
     }
 }

@@ -8,13 +8,15 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::heap::decode::decode_raw;
-use crate::heap::serde::{ListCell, MapCell, ValueSerde};
+use crate::heap::serde::{ListCell, MapCell, ValueSerde, list_serde, map_serde, value_serde};
 use crate::heap::table::{DroppedTable, ErasedTable, FrozenTable, RawTable, StateTable};
 use crate::heap::timers::TimerTable;
+use crate::heap::ttl::{ttl_list_serde, ttl_map_serde, ttl_value_serde};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::wrong_state;
 use crate::keyed::timers::{check_state_name, timers_not_a_state};
-use crate::keyed::ttl::TtlTimes;
+use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTimes};
+use crate::keyed::ttl_switch::Plain;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// The serdes of a value, a list and a map state whose values are `S`.
@@ -47,7 +49,8 @@ impl<K: StateKey> StateTables<K> {
 
     /// The id of the state `meta` describes, with a table of `groups` key groups: a new one, the one
     /// already registered with the same types, or a restored one decoded now (on `restore_threads`
-    /// threads, through the codec's migration if the stored encoding is older).
+    /// threads, through the codec's migration if the stored encoding is older, or TTL was switched on or
+    /// off: values stored without a stamp are stamped `restored_at_ms`, `keyed/ttl_switch.rs`).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] or [`Error::IncompatibleSchema`] if the state exists with another kind,
@@ -58,6 +61,7 @@ impl<K: StateKey> StateTables<K> {
         serde: ValueSerde<S>,
         groups: usize,
         restore_threads: usize,
+        restored_at_ms: u64,
     ) -> Result<StateId> {
         check_state_name(&meta)?;
         let Some(&id) = self.by_name.get(&meta.name) else {
@@ -92,7 +96,7 @@ impl<K: StateKey> StateTables<K> {
         // (`docs/savepoints.md`); the table then holds the new type and snapshots the new encoding.
         let stored = &raw.meta.value_codec;
         let migration = if migrate {
-            (serde.migration)(&meta.name, stored)?
+            (serde.migration)(&meta.name, stored, restored_at_ms)?
         } else {
             None
         };
@@ -102,30 +106,57 @@ impl<K: StateKey> StateTables<K> {
         Ok(id)
     }
 
-    /// The id of state `name` of `kind` (not timers) whose values are `S`, registered as
-    /// [`StateTables::register`] with the serde of its kind's table (`serdes`: a value's, a list's, a
-    /// map's, whose user keys are `UK`).
+    /// The id of state `name` of `kind` (not timers) whose values are `V`, stored as they are or, with
+    /// `ttl` (its setting and the restore time values stored without TTL are stamped with), as
+    /// [`Stamped<V>`] (`heap/ttl.rs`), registered as [`StateTables::register`] with the serde of its
+    /// kind's table (map user keys `UK`).
     ///
     /// # Errors
     /// As [`StateTables::register`]; [`Error::InvalidArgument`] for kind timers.
-    pub(crate) fn register_kind<N: StateKey, UK: StateKey, S: StateValue>(
+    pub(crate) fn register_kind<N: StateKey, UK: StateKey, V: StateValue>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+        ttl: Option<(StateTtlConfig, u64)>,
+        groups: usize,
+        restore_threads: usize,
+    ) -> Result<StateId> {
+        let Some((ttl, at)) = ttl else {
+            let serdes = (
+                value_serde::<V, Plain>(),
+                list_serde::<V, Plain>(),
+                map_serde::<UK, V, Plain>(),
+            );
+            return self.register_as::<N, UK, V>(name, kind, serdes, groups, (restore_threads, 0));
+        };
+        // Values stored with their last write's time.
+        let serdes = (
+            ttl_value_serde(ttl),
+            ttl_list_serde(ttl),
+            ttl_map_serde(ttl),
+        );
+        self.register_as::<N, UK, Stamped<V>>(name, kind, serdes, groups, (restore_threads, at))
+    }
+
+    /// [`StateTables::register_kind`] with the serdes of values stored as `S`; `(threads, at)`: the
+    /// restore threads and the restore time.
+    fn register_as<N: StateKey, UK: StateKey, S: StateValue>(
         &mut self,
         name: &str,
         kind: StateKind,
         (value, list, map): KindSerdes<UK, S>,
         groups: usize,
-        restore_threads: usize,
+        (threads, at): (usize, u64),
     ) -> Result<StateId> {
         let mut meta = StateMeta::new::<K, N, S>(name, kind);
-        let threads = restore_threads;
         match kind {
             StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
-                self.register::<N, S>(meta, value, groups, threads)
+                self.register::<N, S>(meta, value, groups, threads, at)
             }
-            StateKind::List => self.register::<N, ListCell<S>>(meta, list, groups, threads),
+            StateKind::List => self.register::<N, ListCell<S>>(meta, list, groups, threads, at),
             StateKind::Map => {
                 meta.user_key_codec = UK::codec_id();
-                self.register::<N, MapCell<UK, S>>(meta, map, groups, threads)
+                self.register::<N, MapCell<UK, S>>(meta, map, groups, threads, at)
             }
             StateKind::Timers => Err(timers_not_a_state(name)),
         }
@@ -164,6 +195,13 @@ impl<K: StateKey> StateTables<K> {
         let table = TimerTable::<K, N>::restored(meta, groups, raw, restore_threads)?;
         self.tables[id.0 as usize] = Box::new(table);
         Ok(id)
+    }
+
+    /// Incremental TTL cleanup: up to `slots` slots of every state with TTL (`ErasedTable::clean_expired`).
+    pub(crate) fn clean_expired(&mut self, slots: usize, times: &TtlTimes) {
+        for table in &mut self.tables {
+            table.clean_expired(slots, times);
+        }
     }
 
     /// The timers of `id` if they hold these types.

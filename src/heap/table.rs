@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::format::bytes::Decoder;
 use crate::format::keyed_file::KeyedFileWriter;
+use crate::heap::cow_map::sweep::SweepCursor;
 use crate::heap::cow_map::{CowMap, CowSnapshot};
 use crate::heap::serde::{TtlSerde, ValueSerde};
 use crate::keyed::backend::StateKey;
@@ -68,6 +69,12 @@ pub(crate) trait ErasedTable<K>: Any + Send {
     fn is_dropped(&self) -> bool {
         false
     }
+    /// Incremental TTL cleanup (`docs/ttl.md`): visits up to `slots` slots of the map from where the last
+    /// call stopped, removing entries, list elements and map entries that expired at `times`' now.
+    /// Nothing for a state without TTL.
+    fn clean_expired(&mut self, slots: usize, times: &TtlTimes) {
+        let _ = (slots, times);
+    }
 }
 
 /// What stays of a dropped state: its id answers `InvalidArgument`, snapshots skip it.
@@ -110,6 +117,8 @@ pub(crate) struct StateTable<K, N, S> {
     pub(crate) meta: StateMeta,
     pub(crate) map: CowMap<K, N, S>,
     pub(crate) serde: ValueSerde<S>,
+    /// Where incremental TTL cleanup goes on.
+    sweep: SweepCursor,
 }
 
 impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N, S> {
@@ -118,6 +127,7 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N
             meta,
             map: CowMap::new(groups),
             serde,
+            sweep: SweepCursor::default(),
         }
     }
 }
@@ -165,6 +175,13 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
                 .map(|e| (e.key.clone(), e.ns.clone())),
         );
         true
+    }
+    fn clean_expired(&mut self, slots: usize, times: &TtlTimes) {
+        let Some(ttl) = self.serde.ttl else { return };
+        let Some(cutoff) = ttl.cutoff(times, false) else {
+            return;
+        };
+        (self.sweep).step(&mut self.map, slots, |value| ttl.prune(value, cutoff));
     }
 }
 

@@ -2,16 +2,22 @@
 //! elements, map values), and their serdes add what snapshots and key listings need: whether a stored
 //! value still has a part written after a cutoff, and its encoding without the expired parts.
 
+use std::sync::Arc;
+
 use crate::codec::Codec;
 use crate::format::bytes::PutExt;
+use crate::heap::cow_map::sweep::Sweep;
 use crate::heap::serde::{
     ListCell, MapCell, TtlSerde, ValueSerde, list_serde, map_serde, value_serde,
 };
-use crate::keyed::backend::StateKey;
+use crate::keyed::backend::{StateKey, StateValue};
 use crate::keyed::ttl::{Stamped, StateTtlConfig};
+use crate::keyed::ttl_switch::WithTtl;
 
 /// Serde of a value, reducing or aggregating state with TTL: [`Stamped`] values.
-pub(crate) fn ttl_value_serde<V: Codec>(config: StateTtlConfig) -> ValueSerde<Stamped<V>> {
+pub(crate) fn ttl_value_serde<V: Codec + 'static>(
+    config: StateTtlConfig,
+) -> ValueSerde<Stamped<V>> {
     let ttl = TtlSerde::new(
         config,
         |s: &Stamped<V>, cutoff| s.last_update_ms > cutoff,
@@ -22,12 +28,16 @@ pub(crate) fn ttl_value_serde<V: Codec>(config: StateTtlConfig) -> ValueSerde<St
             }
             live
         },
+        |s, cutoff| match s.last_update_ms > cutoff {
+            true => Sweep::Keep,
+            false => Sweep::Remove,
+        },
     );
-    value_serde::<Stamped<V>>().with_ttl(ttl)
+    value_serde::<Stamped<V>, WithTtl>().with_ttl(ttl)
 }
 
 /// Serde of a list state with TTL: each element [`Stamped`].
-pub(crate) fn ttl_list_serde<V: Codec + 'static>(
+pub(crate) fn ttl_list_serde<V: StateValue>(
     config: StateTtlConfig,
 ) -> ValueSerde<ListCell<Stamped<V>>> {
     let ttl = TtlSerde::new(
@@ -45,12 +55,20 @@ pub(crate) fn ttl_list_serde<V: Codec + 'static>(
             }
             count > 0
         },
+        |list, cutoff| {
+            let live = list.iter().filter(|s| s.last_update_ms > cutoff);
+            match live.clone().count() {
+                0 => Sweep::Remove,
+                n if n == list.len() => Sweep::Keep,
+                _ => Sweep::Replace(Arc::new(live.cloned().collect())),
+            }
+        },
     );
-    list_serde::<Stamped<V>>().with_ttl(ttl)
+    list_serde::<Stamped<V>, WithTtl>().with_ttl(ttl)
 }
 
 /// Serde of a map state with TTL: each entry's value [`Stamped`].
-pub(crate) fn ttl_map_serde<UK: StateKey, V: Codec + 'static>(
+pub(crate) fn ttl_map_serde<UK: StateKey, V: StateValue>(
     config: StateTtlConfig,
 ) -> ValueSerde<MapCell<UK, Stamped<V>>> {
     let ttl = TtlSerde::new(
@@ -69,14 +87,71 @@ pub(crate) fn ttl_map_serde<UK: StateKey, V: Codec + 'static>(
             }
             count > 0
         },
+        |map, cutoff| {
+            let live = map.iter().filter(|(_, s)| s.last_update_ms > cutoff);
+            match live.clone().count() {
+                0 => Sweep::Remove,
+                n if n == map.len() => Sweep::Keep,
+                _ => Sweep::Replace(Arc::new(
+                    live.map(|(k, s)| (k.clone(), s.clone())).collect(),
+                )),
+            }
+        },
     );
-    map_serde::<UK, Stamped<V>>().with_ttl(ttl)
+    map_serde::<UK, Stamped<V>, WithTtl>().with_ttl(ttl)
+}
+
+/// Records between two incremental cleanup steps: the cleanup of [`HeapConfig::ttl_cleanup_slots_per_record`]
+/// is done in steps of this many records' worth, so that a record pays one counter and a branch, and a
+/// step walks its slots in order (sequential memory, no per-record call).
+///
+/// [`HeapConfig::ttl_cleanup_slots_per_record`]: crate::heap::HeapConfig::ttl_cleanup_slots_per_record
+pub(crate) const CLEANUP_EVERY_RECORDS: u32 = 1 << 10;
+
+/// When the heap backend cleans up expired entries incrementally (as Flink's `cleanupIncrementally` with
+/// cleanup for every record): a count of records, and the slots a step visits per record counted. Off
+/// until a state with TTL is registered, or if the setting is 0.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IncrementalCleanup {
+    slots_per_record: usize,
+    records: u32,
+    active: bool,
+}
+
+impl IncrementalCleanup {
+    /// Cleanup of `slots_per_record` slots of each TTL state per record, once a TTL state exists.
+    pub(crate) fn new(slots_per_record: usize) -> Self {
+        IncrementalCleanup {
+            slots_per_record,
+            records: 0,
+            active: false,
+        }
+    }
+
+    /// A state with TTL was registered: cleanup runs from now on (unless its setting is 0).
+    pub(crate) fn activate(&mut self) {
+        self.active = self.slots_per_record > 0;
+    }
+
+    /// `records` more records (a new current key, or the keys of a batch): the slots to clean now, once
+    /// [`CLEANUP_EVERY_RECORDS`] have gathered.
+    #[inline]
+    pub(crate) fn on_records(&mut self, records: u32) -> Option<usize> {
+        if !self.active {
+            return None;
+        }
+        self.records = self.records.saturating_add(records);
+        if self.records < CLEANUP_EVERY_RECORDS {
+            return None;
+        }
+        let due = std::mem::take(&mut self.records) as usize;
+        Some(due.saturating_mul(self.slots_per_record))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn stamped(value: u32, last_update_ms: u64) -> Stamped<u32> {
         Stamped {

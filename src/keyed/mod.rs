@@ -11,6 +11,7 @@ pub(crate) mod state;
 pub(crate) mod state_ops;
 pub(crate) mod timers;
 pub(crate) mod ttl;
+pub(crate) mod ttl_switch;
 pub(crate) mod typed;
 
 pub use backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};

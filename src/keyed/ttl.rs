@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 
 use crate::clock::{Clock, SystemClock};
-use crate::codec::Codec;
+use crate::codec::{Codec, Migration, WrittenCodec};
 use crate::error::{Error, Result};
 
 /// When an entry of a TTL state expires, and whether a read may still see it (Flink's `StateTtlConfig`).
@@ -111,6 +111,18 @@ impl StateTtlConfig {
         self.cutoff_at(times.now_ms(self.time, true))
     }
 
+    /// The time a value restored without a stamp is given when this TTL is switched on across a restore
+    /// (`keyed/ttl_switch.rs`), so it lives a full TTL from the restore: processing time from the clock;
+    /// event time from the last watermark or, before the first one, the clock's time (event times are
+    /// taken to be epoch milliseconds; if they are not, such values outlive their TTL rather than expire
+    /// at the first watermark).
+    pub(crate) fn restored_at(&self, times: &TtlTimes) -> u64 {
+        match times.now_ms(self.time, true) {
+            0 => times.now_ms(TtlTime::ProcessingTime, true),
+            now => now,
+        }
+    }
+
     /// Whether a read at `now_ms` returns an entry last written at `last_update_ms`.
     #[inline]
     pub(crate) fn visible(&self, last_update_ms: u64, now_ms: u64) -> bool {
@@ -161,7 +173,7 @@ pub struct Stamped<V> {
 /// Bytes of the timestamp in front of a stamped value's encoding.
 pub(crate) const STAMP_BYTES: usize = 8;
 
-impl<V: Codec> Codec for Stamped<V> {
+impl<V: Codec + 'static> Codec for Stamped<V> {
     const ID: &'static str = "ttl";
 
     /// `ttl(<V's codec id>)`.
@@ -176,19 +188,55 @@ impl<V: Codec> Codec for Stamped<V> {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self> {
-        let Some((ts, value)) = bytes.split_first_chunk::<STAMP_BYTES>() else {
-            return Err(Error::corrupt(
-                "<ttl value>",
-                format!(
-                    "{} bytes, shorter than the {STAMP_BYTES}-byte timestamp",
-                    bytes.len()
-                ),
-            ));
-        };
+        let (ts, value) = split_stamp(bytes)?;
         Ok(Stamped {
             value: V::decode(value)?,
-            last_update_ms: u64::from_be_bytes(*ts),
+            last_update_ms: ts,
         })
+    }
+
+    /// A stamp in front of a value `V` migrates from (`ttl(u32:be)` read as `ttl(u64:be)`); a value
+    /// stored without a stamp is read by the state's registration (TTL switched on: `keyed/ttl_switch.rs`).
+    fn migration_from(written: &WrittenCodec<'_>) -> Option<Migration<Self>> {
+        stamped_migration_from::<V>(written)
+    }
+}
+
+/// What [`Stamped`]'s codec reads: a stamp in front of another value codec's bytes (`ttl(<x>)` with `x`
+/// not `V`'s identity), through `V`'s migration from `x`.
+pub(crate) fn stamped_migration_from<V: Codec + 'static>(
+    written: &WrittenCodec<'_>,
+) -> Option<Migration<Stamped<V>>> {
+    let inner = stamped_inner(written.id)?;
+    let value = V::migration_from(&WrittenCodec::parse(inner))?;
+    Some(Arc::new(move |bytes: &[u8]| {
+        let (ts, rest) = split_stamp(bytes)?;
+        Ok(Stamped {
+            value: value(rest)?,
+            last_update_ms: ts,
+        })
+    }))
+}
+
+/// `<x>` of a stored identity `ttl(<x>)`.
+pub(crate) fn stamped_inner(stored: &str) -> Option<&str> {
+    stored.strip_prefix("ttl(")?.strip_suffix(')')
+}
+
+/// A stamped value's timestamp and the value's bytes.
+///
+/// # Errors
+/// [`Error::Corrupt`] if `bytes` is shorter than the stamp.
+pub(crate) fn split_stamp(bytes: &[u8]) -> Result<(u64, &[u8])> {
+    match bytes.split_first_chunk::<STAMP_BYTES>() {
+        Some((ts, rest)) => Ok((u64::from_be_bytes(*ts), rest)),
+        None => Err(Error::corrupt(
+            "<ttl value>",
+            format!(
+                "{} bytes, shorter than the {STAMP_BYTES}-byte timestamp",
+                bytes.len()
+            ),
+        )),
     }
 }
 

@@ -448,7 +448,9 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         kind: StateKind,
         ttl: Option<StateTtlConfig>,
     ) -> Result<StateId> {
-        let id = (self.states).register_kind::<K, N, UK, V>(&mut self.db, name, kind, ttl)?;
+        let at = ttl.map_or(0, |ttl| ttl.restored_at(&self.ttl));
+        let db = &mut self.db;
+        let id = (self.states).register_kind::<K, N, UK, V>(db, name, kind, ttl, at)?;
         let cf = &self.states.get_mut(id).cf;
         self.filters.set(cf, kind, ttl);
         Ok(id)

@@ -4,20 +4,21 @@
 
 use rocksdb::WriteBatch;
 
-use crate::codec::{ByteMigration, byte_migration, migration_failed};
+use crate::codec::{ByteMigration, migration_failed, rewriting};
 use crate::error::Result;
 use crate::format::lsm_rows::{cf_name, encode_meta, meta_key, push_list_element, split_list};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::timers::{check_state_name, timers_not_a_state};
 use crate::keyed::ttl::{Stamped, StateTtlConfig};
+use crate::keyed::ttl_switch::{Plain, ReadStored, WithTtl};
 use crate::rocksdb::db::Db;
 use crate::rocksdb::rows::scan_prefix;
 use crate::rocksdb::states::{LsmStates, broken_state};
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// `(state name, stored value codec)` → the rewrite of a stored value (the registering codec's
-/// [`crate::codec::byte_migration`]).
-pub(crate) type MigrationFor = fn(&str, &str) -> Result<Option<ByteMigration>>;
+/// [`crate::codec::byte_migration`], or TTL switched on or off: `keyed/ttl_switch.rs`).
+pub(crate) type MigrationFor<'a> = &'a dyn Fn(&str, &str) -> Result<Option<ByteMigration>>;
 
 /// Bytes of rewritten rows per write batch while migrating (bounds the memory a migration holds; small
 /// in unit tests, so that a few thousand rows make several batches).
@@ -26,7 +27,9 @@ const MIGRATION_BATCH_BYTES: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 }
 impl LsmStates {
     /// Registers (or finds) state `name` of `kind` (not timers) whose values are `V`, stored as they are
     /// or, with `ttl`, as [`Stamped<V>`] (`docs/ttl.md`), as [`LsmStates::register`] does; the state
-    /// keeps its TTL for key listings, canonical savepoints and compaction.
+    /// keeps its TTL for key listings, canonical savepoints and compaction. A restored state whose TTL
+    /// was switched on has its values stamped `restored_at_ms` (`keyed/ttl_switch.rs`); switched off,
+    /// their stamps removed.
     ///
     /// # Errors
     /// As [`LsmStates::register`]; [`crate::Error::InvalidArgument`] for kind timers.
@@ -36,6 +39,7 @@ impl LsmStates {
         name: &str,
         kind: StateKind,
         ttl: Option<StateTtlConfig>,
+        restored_at_ms: u64,
     ) -> Result<StateId> {
         let mut meta = match ttl {
             None => StateMeta::new::<K, N, V>(name, kind),
@@ -47,8 +51,14 @@ impl LsmStates {
             _ => {}
         }
         let id = match ttl {
-            None => self.register(db, meta, byte_migration::<V>)?,
-            Some(_) => self.register(db, meta, byte_migration::<Stamped<V>>)?,
+            None => self.register(db, meta, &|state, stored| {
+                Ok(<Plain as ReadStored<V>>::migration(state, stored, 0)?.map(rewriting))
+            })?,
+            Some(_) => self.register(db, meta, &|state, stored| {
+                let m =
+                    <WithTtl as ReadStored<Stamped<V>>>::migration(state, stored, restored_at_ms);
+                Ok(m?.map(rewriting))
+            })?,
         };
         self.get_mut(id).ttl = ttl;
         Ok(id)

@@ -129,8 +129,8 @@ impl LsmStates {
         event: StateMeta,
         processing: StateMeta,
     ) -> Result<(StateId, StateId)> {
-        let event = self.register(db, event, |_, _| Ok(None))?;
-        Ok((event, self.register(db, processing, |_, _| Ok(None))?))
+        let event = self.register(db, event, &|_, _| Ok(None))?;
+        Ok((event, self.register(db, processing, &|_, _| Ok(None))?))
     }
 
     /// The column family of the timers `id` in `db`.

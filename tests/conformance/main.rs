@@ -9,7 +9,9 @@ mod common;
 mod model;
 mod timers;
 mod ttl;
+mod ttl_cleanup;
 mod ttl_model;
+mod ttl_switch;
 
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;

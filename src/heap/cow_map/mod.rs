@@ -489,13 +489,43 @@ where
     /// Removes `(key, ns)`; copies shared structure only if the entry exists.
     pub(crate) fn remove(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<S> {
         let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
+        self.remove_at_position(kg, p, i)
+    }
+
+    /// What is at position `(kg, page, slot)` (for a walk over the map, `sweep.rs`).
+    pub(crate) fn at(&self, kg: usize, page: usize, slot: usize) -> At<'_, S> {
+        let Some(group) = self.groups.get(kg) else {
+            return At::PastGroups;
+        };
+        let Some(page) = group.pages.get(page) else {
+            return At::PastPages;
+        };
+        match page.slots.get(slot) {
+            None => At::PastSlots,
+            Some(None) => At::Empty,
+            Some(Some(e)) => At::Value(&e.value),
+        }
+    }
+
+    /// Removes the entry at `(kg, page, slot)` (found by a lookup or [`CowMap::at`]) by backward shift,
+    /// copying shared structure first; returns its value.
+    #[inline]
+    pub(crate) fn remove_at_position(&mut self, kg: usize, page: usize, slot: usize) -> Option<S> {
         let group = unique_group(&mut self.groups[kg]);
-        let page = &mut group.pages[p];
-        let removed = remove_at(page_slots(page, self.epoch), i)?;
+        let page = &mut group.pages[page];
+        let removed = remove_at(page_slots(page, self.epoch), slot)?;
         page.entries -= 1;
         group.len -= 1;
         self.len -= 1;
         Some(removed.value)
+    }
+
+    /// Replaces the value at `(kg, page, slot)` found by [`CowMap::at`]; copies shared structure first.
+    pub(crate) fn replace_at_position(&mut self, kg: usize, page: usize, slot: usize, value: S) {
+        let group = unique_group(&mut self.groups[kg]);
+        if let Some(e) = &mut page_slots(&mut group.pages[page], self.epoch)[slot] {
+            e.value = value;
+        }
     }
 
     /// Entries of key group `kg`.
@@ -511,6 +541,17 @@ where
             groups: self.groups.iter().map(|g| Some(Arc::clone(g))).collect(),
         }
     }
+}
+
+/// What a position `(kg, page, slot)` of a [`CowMap`] holds ([`CowMap::at`]): a key group past the last
+/// one, a page past the key group's last one, a slot past the page's last one, an empty slot, or an
+/// entry's value.
+pub(crate) enum At<'a, S> {
+    PastGroups,
+    PastPages,
+    PastSlots,
+    Empty,
+    Value(&'a S),
 }
 
 /// A frozen version of a [`CowMap`], independent of later writes; `Send` if the entries are.
@@ -548,6 +589,7 @@ impl<K, N, S> CowSnapshot<K, N, S> {
 mod batch;
 mod build;
 mod cow_arc;
+pub(crate) mod sweep;
 
 pub(crate) use batch::PageRef;
 pub(crate) use build::GroupBuilder;

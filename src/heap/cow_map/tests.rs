@@ -213,3 +213,59 @@ fn a_write_after_a_snapshot_copies_one_page_and_the_directory_only() {
     assert_eq!(frozen.iter().find(|e| e.key == 5).unwrap().value, 5);
     assert_eq!(map.get(0, h(5), &5, &()), Some(&99));
 }
+
+#[test]
+fn a_sweep_in_small_steps_removes_and_rewrites_like_the_model_and_spares_a_snapshot() {
+    let groups = 3;
+    let mut map: CowMap<u64, u32, u64> = CowMap::new(groups);
+    for key in 0..5_000u64 {
+        map.insert((key % 3) as usize, h(key), &key, &0, key);
+    }
+    let before = contents(&map, groups);
+    let mut snap = map.snapshot();
+    // Odd values are removed, values divisible by 4 become `+ 1`, the rest stay.
+    let judge = |v: &u64| match v {
+        v if v % 2 == 1 => sweep::Sweep::Remove,
+        v if v % 4 == 0 => sweep::Sweep::Replace(v + 1),
+        _ => sweep::Sweep::Keep,
+    };
+    let mut cursor = sweep::SweepCursor::default();
+    // Steps of 7 slots until a round ended.
+    let mut steps = 0;
+    while !cursor.step(&mut map, 7, judge) {
+        steps += 1;
+    }
+    assert!(
+        steps > 5_000 / 7,
+        "a round visits every entry: {steps} steps"
+    );
+    let expected: Vec<_> = before
+        .iter()
+        .filter(|(_, v)| v % 2 == 0)
+        .map(|&(k, v)| (k, if v % 4 == 0 { v + 1 } else { v }))
+        .collect();
+    // A round that ended may have gone on into the next one's first slots (up to 6 of them).
+    let first_round = contents(&map, groups);
+    assert!(first_round.len() <= expected.len() && first_round.len() + 6 >= expected.len());
+    // Rewritten values (4n + 1) are odd: a second round removes them.
+    assert!(first_round.iter().all(|e| expected.contains(e)));
+    assert_eq!(map.len(), first_round.len());
+    for (kg, key, ns) in first_round.iter().map(|(k, _)| *k) {
+        assert!(map.get(kg, h(key), &key, &ns).is_some(), "{key} findable");
+    }
+    while !cursor.step(&mut map, 7, judge) {}
+    let second: Vec<_> = expected
+        .iter()
+        .filter(|(_, v)| v % 2 == 0)
+        .copied()
+        .collect();
+    assert_eq!(contents(&map, groups), second);
+    // The snapshot still shows every entry as it was.
+    let mut frozen = Vec::new();
+    for g in 0..groups {
+        let group = snap.take_group(g).unwrap();
+        frozen.extend(group.iter().map(|e| ((g, e.key, e.ns), e.value)));
+    }
+    frozen.sort();
+    assert_eq!(frozen, before);
+}
