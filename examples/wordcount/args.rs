@@ -52,6 +52,12 @@ pub(crate) struct Args {
     /// fixed-delay:ATTEMPTS:DELAY_MS | failure-rate:MAX:INTERVAL_MS:DELAY_MS | none
     #[arg(long, default_value = "fixed-delay:3:100")]
     pub(crate) restart: String,
+    /// State TTL of the counts, in event time: a line's event time is its source offset (the line's
+    /// index, or for a file its byte position) read as milliseconds, so a word's count expires once the
+    /// source has moved this far past its last occurrence, and its next occurrence counts from 1. The
+    /// verification replays the same rule.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) ttl_ms: Option<u64>,
     /// Subtasks of the counting operator.
     #[arg(long, default_value_t = 1, value_parser = parallelism())]
     pub(crate) parallelism: u32,

@@ -11,6 +11,12 @@
 //! `--stop-with-savepoint DIR` ends the run with a canonical savepoint (at the end of the input, or after
 //! `--stop-after` records); `--from-savepoint` starts a run from one, with any backend and parallelism.
 //!
+//! `--ttl-ms N` gives the counts an event-time TTL (`docs/ttl.md`): a line's event time is its source
+//! offset, the job passes it to every subtask as the TTL watermark, and a word's count expires once the
+//! source is `N` past its last occurrence (its next occurrence counts from 1). The verification replays
+//! that rule in its single pass, so exactly-once holds with expiry, through failures, rescales and
+//! savepoints that switch the backend.
+//!
 //! Stdin and socket input are buffered in memory as they arrive so that they can be replayed after a failure
 //! (a replayable source is what exactly-once state needs).
 
@@ -153,7 +159,7 @@ impl Job {
             let (backends, offset) =
                 self.restore_from_savepoint(&dir, &subtasks, &config, attempt)?;
             source.seek(offset).map_err(io_err)?;
-            return Task::new(backends, router);
+            return Task::new(backends, router, self.args.ttl_ms);
         }
         if self.coordinator.store().latest().is_none() {
             source.seek(0).map_err(io_err)?;
@@ -161,7 +167,7 @@ impl Job {
                 .iter()
                 .map(|identity| StateBackend::new(identity, &config))
                 .collect::<statebackend::Result<_>>()?;
-            return Task::new(backends, router);
+            return Task::new(backends, router, self.args.ttl_ms);
         }
         let started = Instant::now();
         let storage = self.storage.clone();
@@ -198,7 +204,7 @@ impl Job {
             .iter()
             .map(|s| format!("chk-{} ({})", s.checkpoint_id, s.reason))
             .collect();
-        let task = Task::new(backends, router)?;
+        let task = Task::new(backends, router, self.args.ttl_ms)?;
         let entries = task.entries();
         self.restores.push(format!(
             "attempt {attempt}: restored checkpoint {} at parallelism {parallelism} in {:.1} ms, {entries} entries, source offset {offset}{}",
@@ -231,12 +237,16 @@ impl Job {
         source: &mut Source,
     ) -> statebackend::Result<AttemptEnd> {
         let mut task = self.start_task(parallelism, max_parallelism, source, attempt)?;
+        // Event time resumes where the restored checkpoint left it.
+        task.set_event_time(source.offset());
         let fail_after = self.args.fail_after.get(attempt as usize - 1).copied();
         let mut line = String::new();
         let mut processed = 0u64;
         let mut since_checkpoint = 0u64;
         let mut in_flight: Option<InFlight> = None;
         while source.next_line(&mut line).map_err(io_err)? {
+            // A line's event time is its source offset (only read with `--ttl-ms`).
+            task.set_event_time(source.offset());
             for word in words(&line) {
                 task.count(word)?;
             }
@@ -529,6 +539,7 @@ fn run(args: Args) -> Result<(), String> {
     } else {
         CancellationPolicy::RetainOnCancellation
     };
+    let ttl_ms = job.args.ttl_ms;
     let Job {
         rt,
         mut coordinator,
@@ -551,7 +562,8 @@ fn run(args: Args) -> Result<(), String> {
 
     // Where the job stopped: the end of the input, or the savepoint it stopped with.
     let end = source.offset();
-    let (expected, total) = single_pass_count(&mut source, end).map_err(|e| e.to_string())?;
+    let (expected, total, expired) =
+        single_pass_count(&mut source, end, ttl_ms).map_err(|e| e.to_string())?;
     let got_total: u64 = result.values().sum();
     let mismatches = expected
         .iter()
@@ -563,14 +575,22 @@ fn run(args: Args) -> Result<(), String> {
         elapsed.as_secs_f64(),
         attempt
     );
-    if mismatches > 0 || got_total != total {
+    let counted: u64 = expected.values().sum();
+    if mismatches > 0 || got_total != counted {
         return Err(format!(
-            "counts differ from a single-pass count: {mismatches} words differ, {got_total} counted vs {total} expected"
+            "counts differ from a single-pass count: {mismatches} words differ, {got_total} counted vs {counted} expected"
         ));
     }
-    println!(
-        "verified: {total} words, {} distinct, exactly-once",
-        expected.len()
-    );
+    match ttl_ms {
+        None => println!(
+            "verified: {total} words, {} distinct, exactly-once",
+            expected.len()
+        ),
+        Some(ttl) => println!(
+            "verified: {total} words, {} distinct counts live, exactly-once with a TTL of {ttl} (event time: source offsets); {} counts expired on the way",
+            expected.len(),
+            expired
+        ),
+    }
     Ok(())
 }

@@ -107,20 +107,39 @@ pub(crate) fn words(line: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Word counts (and the number of words) of the source's lines from the beginning up to offset `until`
-/// (exclusive; a job stopped with a savepoint counted that far), in one plain pass.
+/// (exclusive; a job stopped with a savepoint counted that far), in one plain pass; with `ttl_ms`, as the
+/// job's event-time TTL counts them: a line's event time is the source offset after it, a count whose
+/// last occurrence is `ttl_ms` or more behind restarts, and counts expired at the end are left out. The
+/// third number is how many times a count expired.
 pub(crate) fn single_pass_count(
     source: &mut Source,
     until: u64,
-) -> std::io::Result<(HashMap<String, u64>, u64)> {
+    ttl_ms: Option<u64>,
+) -> std::io::Result<(HashMap<String, u64>, u64, u64)> {
     source.seek(0)?;
-    let mut counts = HashMap::new();
-    let mut total = 0;
+    // Word -> (count, event time of its last occurrence).
+    let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+    let (mut total, mut expired) = (0, 0);
     let mut line = String::new();
+    let mut now = 0;
+    let over = |last: u64, now: u64| ttl_ms.is_some_and(|ttl| last.saturating_add(ttl) <= now);
     while source.offset() < until && source.next_line(&mut line)? {
+        now = source.offset();
         for w in words(&line) {
-            *counts.entry(w).or_insert(0) += 1;
+            let (count, last) = counts.entry(w).or_insert((0, now));
+            if *count > 0 && over(*last, now) {
+                *count = 0;
+                expired += 1;
+            }
+            *count += 1;
+            *last = now;
             total += 1;
         }
     }
-    Ok((counts, total))
+    let live = counts
+        .into_iter()
+        .filter(|(_, (_, last))| !over(*last, now))
+        .map(|(w, (count, _))| (w, count))
+        .collect::<HashMap<_, _>>();
+    Ok((live, total, expired))
 }

@@ -1,8 +1,11 @@
 //! The counting operator: one `StateBackend` per subtask (heap or LSM, chosen at run time by a flag), the
 //! word counts in a `ValueState<u64>` per word, records routed to their subtask by a `KeyGroupRouter`.
+//! With `--ttl-ms`, the counts have an event-time TTL: a word's count expires once event time (each line's
+//! source offset) has moved that far past its last occurrence, and its next occurrence counts from 1.
 
 use std::collections::BTreeMap;
 
+use statebackend::keyed::{StateTtlConfig, TtlTime};
 use statebackend::{
     KeyGroupRouter, KeyedStateBackend, StateBackend, ValueState, ValueStateDescriptor,
     VoidNamespace,
@@ -13,26 +16,46 @@ pub(crate) struct Task {
     pub(crate) backends: Vec<StateBackend<String>>,
     pub(crate) counts: Vec<ValueState<VoidNamespace, u64>>,
     router: KeyGroupRouter,
+    ttl_ms: Option<u64>,
 }
 
-pub(crate) fn descriptor() -> ValueStateDescriptor<VoidNamespace, u64> {
-    ValueStateDescriptor::new("word-count")
+/// The counts' descriptor, with an event-time TTL of `ttl_ms` if given.
+pub(crate) fn descriptor(ttl_ms: Option<u64>) -> ValueStateDescriptor<VoidNamespace, u64> {
+    let d = ValueStateDescriptor::new("word-count");
+    match ttl_ms {
+        Some(ms) => d.with_ttl(StateTtlConfig {
+            time: TtlTime::EventTime,
+            ..StateTtlConfig::new(ms)
+        }),
+        None => d,
+    }
 }
 
 impl Task {
     pub(crate) fn new(
         mut backends: Vec<StateBackend<String>>,
         router: KeyGroupRouter,
+        ttl_ms: Option<u64>,
     ) -> statebackend::Result<Self> {
         let counts = backends
             .iter_mut()
-            .map(|b| b.value_state(&descriptor()))
+            .map(|b| b.value_state(&descriptor(ttl_ms)))
             .collect::<statebackend::Result<_>>()?;
         Ok(Task {
             backends,
             counts,
             router,
+            ttl_ms,
         })
+    }
+
+    /// Event time moves to `ms` (the watermark of every subtask; only with a TTL).
+    pub(crate) fn set_event_time(&mut self, ms: u64) {
+        if self.ttl_ms.is_some() {
+            for b in &mut self.backends {
+                b.set_ttl_watermark(ms);
+            }
+        }
     }
 
     /// Counts one word in the subtask that owns it; the word is hashed once, for routing and state.
