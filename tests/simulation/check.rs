@@ -21,7 +21,7 @@ use statebackend::snapshot::StateFile;
 use statebackend::snapshot::layout::*;
 use statebackend::*;
 
-use crate::job::restored_model;
+use crate::job::{expected, restored_model};
 use crate::sim::{MIN_AGE, Part, Sim, Step, violation};
 
 /// The readable checkpoints in storage (retained, pinned, abandoned). Unreadable metadata must be one a
@@ -116,21 +116,31 @@ async fn verify(sim: &mut Sim, storage: &CheckpointStorage, meta: &CheckpointMet
     let Some(model) = sim.models.get(&id) else {
         violation!("snapshot {id} in storage was never triggered");
     };
-    match restored_model(storage, meta, sim.dir.path()).await {
-        Ok(restored) if &restored == model => {
+    let at = sim.barrier_ms.get(&id).copied().unwrap_or_default();
+    let (values, live) = expected(model, at);
+    match restored_model(storage, meta, sim.dir.path(), at).await {
+        Ok(restored) if restored.0 == values && restored.1 == live => {
             sim.verified.insert(id);
             Ok(())
         }
-        Ok(restored) => {
-            let diff: Vec<_> = model
+        Ok((restored, restored_live)) => {
+            let diff: Vec<_> = values
                 .iter()
                 .filter(|(k, v)| restored.get(k) != Some(v))
                 .take(5)
                 .collect();
+            let diff_live: Vec<_> = (live.iter())
+                .filter(|(k, v)| restored_live.get(k) != Some(v))
+                .chain(restored_live.iter().filter(|(k, _)| !live.contains_key(k)))
+                .take(5)
+                .collect();
             violation!(
-                "snapshot {id} restores {} entries, the model has {}; first differences {diff:?}",
+                "snapshot {id} restores {} entries and {} live TTL entries at event time {at}, the \
+                 model has {} and {}; first differences {diff:?}, TTL state {diff_live:?}",
                 restored.len(),
-                model.len()
+                restored_live.len(),
+                values.len(),
+                live.len()
             );
         }
         Err(e) => violation!("snapshot {id} does not restore: {e}"),

@@ -1,5 +1,5 @@
 //! The simulated job: two operators, `counter` on the heap backend and `window` on the RocksDB backend, each a
-//! value state `v: u64 -> u64`, and the `BTreeMap` model of both.
+//! value state `v: u64 -> u64` and its copy `e` with an event-time TTL, and the `BTreeMap` model of both.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::{assign_to_key_group, operator_index_for_key_group};
-use statebackend::keyed::{Fired, TimeDomain, TimerServiceDescriptor};
+use statebackend::keyed::{Fired, StateTtlConfig, TimeDomain, TimerServiceDescriptor, TtlTime};
 use statebackend::rocksdb::RocksDbConfig;
 #[cfg(feature = "rocksdb")]
 use statebackend::rocksdb::RocksDbKeyedStateBackend;
@@ -19,11 +19,39 @@ pub const MAX_P: u32 = 16;
 /// Operators, by index: heap, then LSM.
 pub const OPS: [&str; 2] = ["counter", "window"];
 
-/// The model: `(operator index, key) -> value`.
-pub type Model = BTreeMap<(usize, u64), u64>;
+/// The model: `(operator index, key) -> (value, event time of its write)`.
+pub type Model = BTreeMap<(usize, u64), (u64, u64)>;
+
+/// What a snapshot restores: `(operator index, key) -> value` of `v`, and of `e` as read at the
+/// snapshot's event time.
+pub type Restored = (BTreeMap<(usize, u64), u64>, BTreeMap<(usize, u64), u64>);
+
+/// Event time (the simulation's count of writes) an entry of `e` lives after its write.
+pub const TTL_MS: u64 = 60;
+
+/// The model's view of a snapshot taken at event time `at`: every value, and those of `e` not expired.
+pub fn expected(model: &Model, at: u64) -> Restored {
+    let values = model.iter().map(|(k, (v, _))| (*k, *v)).collect();
+    let live = model
+        .iter()
+        .filter(|(_, (_, written))| written + TTL_MS > at)
+        .map(|(k, (v, _))| (*k, *v))
+        .collect();
+    (values, live)
+}
 
 fn desc() -> ValueStateDescriptor<VoidNamespace, u64> {
     ValueStateDescriptor::new("v")
+}
+
+/// `v`'s copy with an event-time TTL: written with `v`, read at a snapshot's event time, it must hold what
+/// the model says is live then (heap snapshots and RocksDB compactions leave expired entries out).
+fn ttl_desc() -> ValueStateDescriptor<VoidNamespace, u64> {
+    let ttl = StateTtlConfig {
+        time: TtlTime::EventTime,
+        ..StateTtlConfig::new(TTL_MS)
+    };
+    ValueStateDescriptor::new("e").with_ttl(ttl)
 }
 
 /// Every key has one event-time timer, at its value: the timers mirror the state, so every check of a
@@ -144,11 +172,15 @@ impl Task {
         })
     }
 
-    pub fn put(&mut self, key: u64, value: u64) -> Result<()> {
+    /// Writes `key`'s value at event time `now` (the TTL watermark moves there first).
+    pub fn put(&mut self, key: u64, value: u64, now: u64) -> Result<()> {
         on!(&mut self.backend, b => {
             let s = b.value_state(&desc())?;
+            let e = b.value_state(&ttl_desc())?;
             let t = b.timer_service(&timers())?;
+            b.set_ttl_watermark(now);
             b.set_current_key(key)?;
+            e.update(&mut **b, &VoidNamespace, value)?;
             if let Some(old) = s.value(&**b, &VoidNamespace)? {
                 t.delete(&mut **b, TimeDomain::EventTime, &VoidNamespace, old)?;
             }
@@ -157,14 +189,23 @@ impl Task {
         })
     }
 
-    /// Every key and value of the state, checked against the timers (which it fires, in calls of 7: a
-    /// restored copy's only).
+    /// Every key and value of `v`, checked against the timers (which it fires, in calls of 7: a restored
+    /// copy's only), and of `e` read at event time `at`.
     ///
     /// # Errors
     /// [`Error::IllegalState`] if the timers are not one per key at its value.
-    pub fn read_all(&mut self) -> Result<BTreeMap<u64, u64>> {
+    pub fn read_all(&mut self, at: u64) -> Result<(BTreeMap<u64, u64>, BTreeMap<u64, u64>)> {
         on!(&mut self.backend, b => {
             let s = b.value_state(&desc())?;
+            let e = b.value_state(&ttl_desc())?;
+            b.set_ttl_watermark(at);
+            let mut live = BTreeMap::new();
+            for k in e.keys_with_state(&**b, &VoidNamespace)? {
+                b.set_current_key(k)?;
+                if let Some(v) = e.value(&**b, &VoidNamespace)? {
+                    live.insert(k, v);
+                }
+            }
             let mut out = BTreeMap::new();
             for k in s.keys_with_state(&**b, &VoidNamespace)? {
                 b.set_current_key(k)?;
@@ -194,7 +235,7 @@ impl Task {
                     out.len()
                 )));
             }
-            Ok(out)
+            Ok((out, live))
         })
     }
 
@@ -256,14 +297,15 @@ pub fn job_config(
     }
 }
 
-/// The state of checkpoint (or savepoint) `meta` restored at parallelism 1, as a model. A canonical
-/// savepoint of the LSM operator is restored on the heap backend (either backend reads it).
+/// The state of checkpoint (or savepoint) `meta` restored at parallelism 1, `e` read at event time `at`.
+/// A canonical savepoint of the LSM operator is restored on the heap backend (either backend reads it).
 pub async fn restored_model(
     storage: &CheckpointStorage,
     meta: &CheckpointMetadata,
     dir: &Path,
-) -> Result<Model> {
-    let mut model = Model::new();
+    at: u64,
+) -> Result<Restored> {
+    let (mut model, mut live) = Restored::default();
     for (op, name) in OPS.iter().enumerate() {
         let handles = meta.keyed_handles(name);
         let canonical = handles.iter().all(|h| h.format == HandleFormat::KeyedFile);
@@ -285,9 +327,9 @@ pub async fn restored_model(
         } else {
             Task::restore(op, 1, 0, dir, storage, &handles, RestoreMode::NoClaim).await?
         };
-        for (k, v) in task.read_all()? {
-            model.insert((op, k), v);
-        }
+        let (values, ttl_values) = task.read_all(at)?;
+        model.extend(values.into_iter().map(|(k, v)| ((op, k), v)));
+        live.extend(ttl_values.into_iter().map(|(k, v)| ((op, k), v)));
     }
-    Ok(model)
+    Ok((model, live))
 }

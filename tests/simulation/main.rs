@@ -1,6 +1,7 @@
 //! Deterministic simulation of the checkpoint protocol, in the manner of FoundationDB's and SlateDB's
 //! simulation tests: a seed drives a coordinator (and sometimes an old leader with its own tasks beside it)
-//! and a job of two operators on the heap and the RocksDB backend through random schedules of state updates,
+//! and a job of two operators on the heap and the RocksDB backend (each with a state, its timers, and a copy
+//! with an event-time TTL whose watermark is the count of writes) through random schedules of state updates,
 //! checkpoints and savepoints (canonical and native, into a target other jobs write to), acknowledgements
 //! (duplicate, late, reordered), notifications (lost, duplicate), aborts, timeouts, restores (CLAIM and
 //! NO_CLAIM), rescales, rollbacks, orphan sweeps, an operator's `statectl gc` (dry and real, forced or not)
@@ -8,7 +9,8 @@
 //! that took effect, lands writes after their caller gave up, loses deletes, runs its clock up to a
 //! minimum age off, sometimes ignores conditional create (which `open` must refuse), and crashes the
 //! coordinator or a task at a store call (the future is dropped there). After every step `check.rs`'s
-//! invariants must hold. Every name in storage comes from the seed: a seed replays byte for byte.
+//! invariants must hold; a restored snapshot's TTL state must hold exactly what the model says was live
+//! at its barrier's event time. Every name in storage comes from the seed: a seed replays byte for byte.
 //!
 //! `SIM_SEEDS` (default 2000) seeds from `SIM_SEED_BASE` (default 0), `SIM_STEPS` (default 120) steps
 //! each; `SIM_SEED=n` runs one seed and prints its log. A failing seed prints how to run it again.

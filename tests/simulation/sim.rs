@@ -112,6 +112,10 @@ pub struct Sim {
     pub generations: u64,
     /// The model at each checkpoint's (or savepoint's) barrier.
     pub models: BTreeMap<u64, Model>,
+    /// Event time: writes so far (TTL state expires in it, `job::TTL_MS`).
+    pub event_ms: u64,
+    /// The event time at each checkpoint's (or savepoint's) barrier.
+    pub barrier_ms: BTreeMap<u64, u64>,
     pub inflight: BTreeMap<u64, Inflight>,
     pub notes: Vec<Note>,
     /// Acknowledgements to deliver again or late (retries, dead generations).
@@ -206,6 +210,8 @@ impl Sim {
             timelines: BTreeMap::new(),
             generations: 0,
             models: BTreeMap::new(),
+            event_ms: 0,
+            barrier_ms: BTreeMap::new(),
             inflight: BTreeMap::new(),
             notes: Vec::new(),
             late: Vec::new(),

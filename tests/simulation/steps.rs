@@ -46,16 +46,17 @@ impl Sim {
             return Ok(());
         };
         for (key, value) in writes {
+            self.event_ms += 1;
             let sub = owner(key, timeline.parallelism[op]);
             let task = timeline
                 .tasks
                 .iter_mut()
                 .find(|t| t.op == op && t.subtask == sub)
                 .expect("owner task");
-            if let Err(e) = task.put(key, value) {
+            if let Err(e) = task.put(key, value, self.event_ms) {
                 violation!("write of key {key} to {}-{sub} failed: {e}", OPS[op]);
             }
-            timeline.model.insert((op, key), value);
+            timeline.model.insert((op, key), (value, self.event_ms));
         }
         Ok(())
     }
@@ -143,6 +144,7 @@ impl Sim {
             .collect();
         let (model, generation) = (timeline.model.clone(), timeline.generation);
         self.models.insert(id, model);
+        self.barrier_ms.insert(id, self.event_ms);
         self.inflight.insert(
             id,
             Inflight {
