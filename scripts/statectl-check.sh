@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # statectl against checkpoints and savepoints the wordcount job wrote: every command on both backends,
-# `dump` of a canonical savepoint adding up to the input's words,
+# `dump` of a canonical savepoint adding up to the input's words, `dump --ttl-ms` of a TTL state,
 # `--json` output, a damaged file that `verify` must name (exit 2), the orphan sweep with a stray file,
 # and, with a checkpoint URL on S3, the same against the S3 test server.
 # usage: scripts/statectl-check.sh [CHECKPOINT_URL]
@@ -134,6 +134,22 @@ for backend in heap rocksdb; do
   fi
   echo "statectl-check: $backend on ${url:-a local directory}: ok"
 done
+# A TTL state (wordcount --ttl-ms: event time is the source offset): dump --ttl-ms judges each count at
+# --now-ms. At the savepoint's own offset none has expired (the savepoint left out what had) and there are
+# as many as the job counted live; a TTL later, all have.
+"$job_bin" --records 300000 --ttl-ms 20000 --parallelism 2 --checkpoint-dir "$ck" --job-id "statectl-ttl-$$" \
+  --stop-with-savepoint "$ck" >"$work/job.log"
+sp=$(sed -n 's/^stopped with savepoint at source offset [0-9]*: //p' "$work/job.log")
+at=$(sed -n 's/^stopped with savepoint at source offset \([0-9]*\): .*/\1/p' "$work/job.log")
+live=$(sed -n 's/^verified: [0-9]* words, \([0-9]*\) distinct counts live.*/\1/p' "$work/job.log")
+[ -n "$sp" ] && [ -n "$at" ] && [ -n "$live" ] || { cat "$work/job.log" >&2; fail "ttl: no savepoint or count"; }
+"$ctl" dump "$sp" --state word-count --ttl-ms 20000 --now-ms "$at" >"$work/out"
+expect "dump --ttl-ms" 'written at [0-9]* ms, expires at [0-9]* ms)$' "$work/out"
+! grep -q 'expired)' "$work/out" || fail "dump --ttl-ms at the savepoint's offset shows an expired count"
+[ "$(wc -l <"$work/out")" = "$live" ] || fail "dump --ttl-ms: $(wc -l <"$work/out") counts, the job had $live"
+[ "$("$ctl" dump "$sp" --state word-count --ttl-ms 20000 --now-ms $((at + 20000)) | grep -c 'expired)$')" \
+  = "$live" ] || fail "dump --ttl-ms a TTL later: not every count expired"
+echo "statectl-check: dump --ttl-ms: ok"
 # A bad argument is one line on stderr and exit 1.
 set +e
 "$ctl" inspect "$work/not-a-snapshot" 2>"$work/err"

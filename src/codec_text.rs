@@ -6,6 +6,22 @@
 /// namespace and `unit` as `-`, a pair as `(a, b)` (its parts by their own ids), a TTL state's value
 /// (`ttl(<id>)`) as `<value> (written at <ms> ms)`.
 pub fn describe_encoded(codec_id: &str, bytes: &[u8]) -> Option<String> {
+    describe_encoded_at(codec_id, bytes, None)
+}
+
+/// A TTL to judge stamped values by in [`describe_encoded_at`]: the state's time to live and the time
+/// (ms, in the state's TTL time: the clock for processing time, a watermark for event time) to judge at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlView {
+    /// The state's time to live (ms).
+    pub ttl_ms: u64,
+    /// Now (ms): a value written at `t` has expired if `t + ttl_ms <= now_ms`, as the backends judge.
+    pub now_ms: u64,
+}
+
+/// As [`describe_encoded`]; with `ttl`, a TTL state's value also says when it expires or that it has:
+/// `<value> (written at <ms> ms, expires at <ms> ms)` or `<value> (written at <ms> ms, expired)`.
+pub fn describe_encoded_at(codec_id: &str, bytes: &[u8], ttl: Option<TtlView>) -> Option<String> {
     macro_rules! be {
         ($t:ty) => {
             <$t>::from_be_bytes(bytes.try_into().ok()?).to_string()
@@ -40,10 +56,17 @@ pub fn describe_encoded(codec_id: &str, bytes: &[u8]) -> Option<String> {
             // A value of a state with TTL (`docs/ttl.md`): the time of its last write, then the value.
             let inner = id.strip_prefix("ttl(")?.strip_suffix(')')?;
             let (written, value) = bytes.split_first_chunk::<8>()?;
+            let written = u64::from_be_bytes(*written);
+            let expiry = match ttl {
+                None => String::new(),
+                Some(view) => match written.saturating_add(view.ttl_ms) {
+                    at if at <= view.now_ms => ", expired".into(),
+                    at => format!(", expires at {at} ms"),
+                },
+            };
             format!(
-                "{} (written at {} ms)",
-                describe_encoded(inner, value).unwrap_or_else(|| hex_bytes(value)),
-                u64::from_be_bytes(*written)
+                "{} (written at {written} ms{expiry})",
+                describe_encoded_at(inner, value, ttl).unwrap_or_else(|| hex_bytes(value)),
             )
         }
         id => {
@@ -54,8 +77,8 @@ pub fn describe_encoded(codec_id: &str, bytes: &[u8]) -> Option<String> {
             let second = &bytes[4 + len..];
             format!(
                 "({}, {})",
-                describe_encoded(a, first).unwrap_or_else(|| hex_bytes(first)),
-                describe_encoded(b, second).unwrap_or_else(|| hex_bytes(second))
+                describe_encoded_at(a, first, ttl).unwrap_or_else(|| hex_bytes(first)),
+                describe_encoded_at(b, second, ttl).unwrap_or_else(|| hex_bytes(second))
             )
         }
     })
@@ -121,6 +144,20 @@ mod tests {
         assert_eq!(
             describe_encoded("ttl(u64:be)", &stamped).as_deref(),
             Some("7 (written at 1000000 ms)")
+        );
+        let view = |now_ms| {
+            Some(TtlView {
+                ttl_ms: 500,
+                now_ms,
+            })
+        };
+        assert_eq!(
+            describe_encoded_at("ttl(u64:be)", &stamped, view(1_000_499)).as_deref(),
+            Some("7 (written at 1000000 ms, expires at 1000500 ms)")
+        );
+        assert_eq!(
+            describe_encoded_at("ttl(u64:be)", &stamped, view(1_000_500)).as_deref(),
+            Some("7 (written at 1000000 ms, expired)")
         );
         assert_eq!(
             describe_encoded("ttl(u64:be)", &[0; 7]),

@@ -5,6 +5,6 @@
 mod keyed;
 mod location;
 
-pub use crate::codec_text::{describe_encoded, hex_bytes};
+pub use crate::codec_text::{TtlView, describe_encoded, describe_encoded_at, hex_bytes};
 pub use keyed::{KeyedRecord, keyed_file_entry_counts, keyed_file_records, keyed_file_states};
 pub use location::SnapshotLocation;

@@ -3,14 +3,15 @@
 use std::process::ExitCode;
 
 use serde_json::json;
-use statebackend::inspect::{describe_encoded, hex_bytes};
+use statebackend::inspect::{TtlView, describe_encoded_at, hex_bytes};
 use statebackend::snapshot::{HandleFormat, StateKind, StateMeta};
 
 use crate::job::open_snapshot;
 
-/// `bytes` as text by their codec, hex if the codec is not one of the crate's.
-fn text(codec: &str, bytes: &[u8]) -> String {
-    describe_encoded(codec, bytes).unwrap_or_else(|| hex_bytes(bytes))
+/// `bytes` as text by their codec, hex if the codec is not one of the crate's; a TTL state's values judged
+/// by `ttl` if given.
+fn text(codec: &str, bytes: &[u8], ttl: Option<TtlView>) -> String {
+    describe_encoded_at(codec, bytes, ttl).unwrap_or_else(|| hex_bytes(bytes))
 }
 
 /// Reads a `u32` little-endian count or length at `*at`.
@@ -28,10 +29,10 @@ fn bytes_at<'a>(value: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
 }
 
 /// A record's value as text by its state's kind (`docs/formats.md`, "Record").
-fn value_text(meta: &StateMeta, value: &[u8]) -> Option<String> {
+fn value_text(meta: &StateMeta, value: &[u8], ttl: Option<TtlView>) -> Option<String> {
     match meta.kind {
         StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
-            Some(text(&meta.value_codec, value))
+            Some(text(&meta.value_codec, value, ttl))
         }
         // A timer's value is its timestamp (ms), 8 bytes big-endian.
         StateKind::Timers => {
@@ -43,7 +44,7 @@ fn value_text(meta: &StateMeta, value: &[u8]) -> Option<String> {
             let n = u32_at(value, &mut at)?;
             let mut parts = Vec::with_capacity(n.min(1 << 16));
             for _ in 0..n {
-                parts.push(text(&meta.value_codec, bytes_at(value, &mut at)?));
+                parts.push(text(&meta.value_codec, bytes_at(value, &mut at)?, ttl));
             }
             (at == value.len()).then(|| format!("[{}]", parts.join(", ")))
         }
@@ -52,8 +53,8 @@ fn value_text(meta: &StateMeta, value: &[u8]) -> Option<String> {
             let n = u32_at(value, &mut at)?;
             let mut parts = Vec::with_capacity(n.min(1 << 16));
             for _ in 0..n {
-                let k = text(&meta.user_key_codec, bytes_at(value, &mut at)?);
-                let v = text(&meta.value_codec, bytes_at(value, &mut at)?);
+                let k = text(&meta.user_key_codec, bytes_at(value, &mut at)?, None);
+                let v = text(&meta.value_codec, bytes_at(value, &mut at)?, ttl);
                 parts.push(format!("{k}: {v}"));
             }
             (at == value.len()).then(|| format!("{{{}}}", parts.join(", ")))
@@ -61,11 +62,14 @@ fn value_text(meta: &StateMeta, value: &[u8]) -> Option<String> {
     }
 }
 
+/// Prints state `state` of the snapshot in `dir` (only `key_group`'s records if given), as JSON with
+/// `as_json`; with `ttl`, a TTL state's values say when they expire or that they have.
 pub(crate) async fn dump(
     dir: &str,
     state: &str,
     key_group: Option<u32>,
     as_json: bool,
+    ttl: Option<TtlView>,
 ) -> Result<ExitCode, String> {
     let (at, meta) = open_snapshot(dir).await?;
     let mut rows = Vec::new();
@@ -91,9 +95,9 @@ pub(crate) async fn dump(
         for r in records.iter().filter(|r| r.state == index) {
             rows.push((
                 r.key_group,
-                text(&meta.key_codec, &r.key),
-                text(&meta.namespace_codec, &r.namespace),
-                value_text(meta, &r.value).unwrap_or_else(|| hex_bytes(&r.value)),
+                text(&meta.key_codec, &r.key, None),
+                text(&meta.namespace_codec, &r.namespace, None),
+                value_text(meta, &r.value, ttl).unwrap_or_else(|| hex_bytes(&r.value)),
             ));
         }
     }

@@ -25,6 +25,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use statebackend::inspect::TtlView;
+use statebackend::{Clock, SystemClock};
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +83,14 @@ enum Command {
         key_group: Option<u32>,
         #[arg(long)]
         json: bool,
+        /// The state's TTL (ms): each value of a TTL state then says when it expires, or that it has
+        /// (at `--now-ms`). Snapshots do not store TTLs: pass the descriptor's.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        ttl_ms: Option<u64>,
+        /// The time to judge expiry at (ms, in the state's TTL time: a watermark for event time).
+        /// Default: the system clock now (processing time).
+        #[arg(long, requires = "ttl_ms")]
+        now_ms: Option<u64>,
     },
     /// Reads every file of one checkpoint or savepoint, checking its size and CRC32; exits 2 naming each
     /// damaged or missing file.
@@ -174,7 +184,15 @@ fn main() -> ExitCode {
                 state,
                 key_group,
                 json,
-            } => dump::dump(&checkpoint, &state, key_group, json).await,
+                ttl_ms,
+                now_ms,
+            } => {
+                let ttl = ttl_ms.map(|ttl_ms| TtlView {
+                    ttl_ms,
+                    now_ms: now_ms.unwrap_or_else(|| SystemClock.now_ms()),
+                });
+                dump::dump(&checkpoint, &state, key_group, json, ttl).await
+            }
             Command::Savepoint {
                 action: SavepointCommand::Convert { src, dst, to: _ },
             } => convert::convert(&src, &dst).await,
