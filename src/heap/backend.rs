@@ -25,6 +25,7 @@ use crate::keyed::timers::{
     TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
+use crate::keyed::typed::{apply_refreshes, apply_refreshes_keeping_key};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
@@ -476,21 +477,25 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
-    /// `n` records of a batch call, for incremental TTL cleanup.
+    /// A record's edge (a new current key): TTL refreshes queued by reads are written, processing time is
+    /// sampled, and every 1,024 records a step of incremental TTL cleanup runs.
     #[inline]
-    fn records(&mut self, n: usize) {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        if let Some(slots) = self.cleanup.on_records(n) {
-            self.clean_expired(slots);
+    fn next_record(&mut self) -> Result<()> {
+        if self.ttl.refreshes().pending() {
+            apply_refreshes(self)?;
         }
+        self.ttl.on_new_key();
+        self.records(1);
+        Ok(())
     }
 
-    /// One step of incremental TTL cleanup (`HeapConfig::ttl_cleanup_slots_per_record`), out of line:
-    /// it runs once every 1,024 records.
-    #[cold]
-    #[inline(never)]
-    fn clean_expired(&mut self, slots: usize) {
-        self.states.clean_expired(slots, &self.ttl);
+    /// `n` records (a new current key, or a batch's keys): every 1,024 a step of incremental TTL cleanup
+    /// (`HeapConfig::ttl_cleanup_slots_per_record`; `StateTables::clean_expired`, out of line).
+    #[inline]
+    fn records(&mut self, n: usize) {
+        if let Some(slots) = self.cleanup.on_records(n) {
+            self.states.clean_expired(slots, &self.ttl);
+        }
     }
 }
 
@@ -505,19 +510,13 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        self.ttl.on_new_key();
-        if let Some(slots) = self.cleanup.on_records(1) {
-            self.clean_expired(slots);
-        }
+        self.next_record()?;
         self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        self.ttl.on_new_key();
-        if let Some(slots) = self.cleanup.on_records(1) {
-            self.clean_expired(slots);
-        }
+        self.next_record()?;
         self.current.set_routed(key, route, &self.identity)
     }
 
@@ -561,6 +560,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         checkpoint_id: u64,
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
+        apply_refreshes_keeping_key(self)?;
         self.sync_phase(checkpoint_id, storage, SnapshotOf::Checkpoint)
     }
 
@@ -571,6 +571,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         _format: SavepointFormat,
     ) -> Result<PendingSnapshot> {
         // The heap backend's native format is the canonical one.
+        apply_refreshes_keeping_key(self)?;
         self.sync_phase(savepoint_id, storage, SnapshotOf::Savepoint)
     }
 

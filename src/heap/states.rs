@@ -197,7 +197,10 @@ impl<K: StateKey> StateTables<K> {
         Ok(id)
     }
 
-    /// Incremental TTL cleanup: up to `slots` slots of every state with TTL (`ErasedTable::clean_expired`).
+    /// Incremental TTL cleanup: up to `slots` slots of every state with TTL (`ErasedTable::clean_expired`);
+    /// out of line, as it runs once every 1,024 records.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn clean_expired(&mut self, slots: usize, times: &TtlTimes) {
         for table in &mut self.tables {
             table.clean_expired(slots, times);

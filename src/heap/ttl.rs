@@ -136,10 +136,11 @@ impl IncrementalCleanup {
     /// `records` more records (a new current key, or the keys of a batch): the slots to clean now, once
     /// [`CLEANUP_EVERY_RECORDS`] have gathered.
     #[inline]
-    pub(crate) fn on_records(&mut self, records: u32) -> Option<usize> {
+    pub(crate) fn on_records(&mut self, records: usize) -> Option<usize> {
         if !self.active {
             return None;
         }
+        let records = u32::try_from(records).unwrap_or(u32::MAX);
         self.records = self.records.saturating_add(records);
         if self.records < CLEANUP_EVERY_RECORDS {
             return None;
