@@ -422,8 +422,8 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         let threads = self.config.restore_threads;
         let ttl = ttl.map(|ttl| (ttl, ttl.restored_at(&self.ttl)));
         let id = (self.states).register_kind::<N, UK, V>(name, kind, ttl, groups, threads)?;
-        if ttl.is_some() {
-            self.cleanup.activate();
+        if ttl.is_some() && self.cleanup.activate() {
+            self.ttl.count_records();
         }
         Ok(id)
     }
@@ -478,22 +478,25 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// A record's edge (a new current key): TTL refreshes queued by reads are written, processing time is
-    /// sampled, and every 1,024 records a step of incremental TTL cleanup runs.
+    /// sampled, and every 1,024th record a step of incremental TTL cleanup runs
+    /// (`HeapConfig::ttl_cleanup_slots_per_record`; `StateTables::clean_expired`, out of line).
     #[inline]
     fn next_record(&mut self) -> Result<()> {
         if self.ttl.refreshes().pending() {
             apply_refreshes(self)?;
         }
-        self.ttl.on_new_key();
-        self.records(1);
+        if self.ttl.on_new_key()
+            && let Some(slots) = self.cleanup.due()
+        {
+            self.states.clean_expired(slots, &self.ttl);
+        }
         Ok(())
     }
 
-    /// `n` records (a new current key, or a batch's keys): every 1,024 a step of incremental TTL cleanup
-    /// (`HeapConfig::ttl_cleanup_slots_per_record`; `StateTables::clean_expired`, out of line).
+    /// `n` keys of a batch call, for incremental TTL cleanup.
     #[inline]
     fn records(&mut self, n: usize) {
-        if let Some(slots) = self.cleanup.on_records(n) {
+        if let Some(slots) = self.cleanup.on_batch(n) {
             self.states.clean_expired(slots, &self.ttl);
         }
     }

@@ -148,8 +148,9 @@ pub(crate) struct TtlSerde<S> {
     /// or map with fewer elements); false, with nothing appended, if none was.
     encode_live: fn(&S, u64, &mut Vec<u8>) -> bool,
     /// What incremental cleanup does with the value at the cutoff: keep it (nothing expired), remove it
-    /// (everything did), or replace it with its live parts.
-    prune: fn(&S, u64) -> Sweep<S>,
+    /// (everything did), or replace it with its live parts; and the oldest stamp kept (`u64::MAX` if
+    /// none).
+    prune: fn(&S, u64) -> (Sweep<S>, u64),
 }
 
 impl<S> Clone for TtlSerde<S> {
@@ -166,7 +167,7 @@ impl<S> TtlSerde<S> {
         config: StateTtlConfig,
         live: fn(&S, u64) -> bool,
         encode_live: fn(&S, u64, &mut Vec<u8>) -> bool,
-        prune: fn(&S, u64) -> Sweep<S>,
+        prune: fn(&S, u64) -> (Sweep<S>, u64),
     ) -> Self {
         TtlSerde {
             config,
@@ -192,9 +193,15 @@ impl<S> TtlSerde<S> {
         (self.encode_live)(value, cutoff, out)
     }
 
-    /// `value` without its parts written at or before `cutoff` (incremental cleanup).
+    /// `value` without its parts written at or before `cutoff` (incremental cleanup), and the oldest
+    /// stamp of what is kept (`u64::MAX` if nothing).
     #[inline]
-    pub(crate) fn prune(&self, value: &S, cutoff: u64) -> Sweep<S> {
+    pub(crate) fn prune(&self, value: &S, cutoff: u64) -> (Sweep<S>, u64) {
         (self.prune)(value, cutoff)
+    }
+
+    /// The state's time to live (ms).
+    pub(crate) fn ttl_ms(&self) -> u64 {
+        self.config.ttl_ms
     }
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::format::bytes::Decoder;
 use crate::format::keyed_file::KeyedFileWriter;
-use crate::heap::cow_map::sweep::SweepCursor;
 use crate::heap::cow_map::{CowMap, CowSnapshot};
 use crate::heap::serde::{TtlSerde, ValueSerde};
+use crate::heap::ttl::TtlSweep;
 use crate::keyed::backend::StateKey;
 use crate::keyed::ttl::TtlTimes;
 use crate::snapshot::state_meta::StateMeta;
@@ -117,8 +117,8 @@ pub(crate) struct StateTable<K, N, S> {
     pub(crate) meta: StateMeta,
     pub(crate) map: CowMap<K, N, S>,
     pub(crate) serde: ValueSerde<S>,
-    /// Where incremental TTL cleanup goes on.
-    sweep: SweepCursor,
+    /// Where incremental TTL cleanup goes on, and when it is due.
+    sweep: TtlSweep,
 }
 
 impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N, S> {
@@ -127,7 +127,7 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N
             meta,
             map: CowMap::new(groups),
             serde,
-            sweep: SweepCursor::default(),
+            sweep: TtlSweep::default(),
         }
     }
 }
@@ -181,7 +181,7 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
         let Some(cutoff) = ttl.cutoff(times, false) else {
             return;
         };
-        (self.sweep).step(&mut self.map, slots, |value| ttl.prune(value, cutoff));
+        (self.sweep).step(&mut self.map, slots, &ttl, cutoff);
     }
 }
 

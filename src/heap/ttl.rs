@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use crate::codec::Codec;
 use crate::format::bytes::PutExt;
-use crate::heap::cow_map::sweep::Sweep;
+use crate::heap::cow_map::CowMap;
+use crate::heap::cow_map::sweep::{Sweep, SweepCursor};
 use crate::heap::serde::{
     ListCell, MapCell, TtlSerde, ValueSerde, list_serde, map_serde, value_serde,
 };
 use crate::keyed::backend::{StateKey, StateValue};
-use crate::keyed::ttl::{Stamped, StateTtlConfig};
+use crate::keyed::ttl::{EXACT_READ_EVERY, Stamped, StateTtlConfig};
 use crate::keyed::ttl_switch::WithTtl;
 
 /// Serde of a value, reducing or aggregating state with TTL: [`Stamped`] values.
@@ -29,8 +30,8 @@ pub(crate) fn ttl_value_serde<V: Codec + 'static>(
             live
         },
         |s, cutoff| match s.last_update_ms > cutoff {
-            true => Sweep::Keep,
-            false => Sweep::Remove,
+            true => (Sweep::Keep, s.last_update_ms),
+            false => (Sweep::Remove, u64::MAX),
         },
     );
     value_serde::<Stamped<V>, WithTtl>().with_ttl(ttl)
@@ -57,10 +58,11 @@ pub(crate) fn ttl_list_serde<V: StateValue>(
         },
         |list, cutoff| {
             let live = list.iter().filter(|s| s.last_update_ms > cutoff);
-            match live.clone().count() {
-                0 => Sweep::Remove,
-                n if n == list.len() => Sweep::Keep,
-                _ => Sweep::Replace(Arc::new(live.cloned().collect())),
+            let oldest = live.clone().map(|s| s.last_update_ms).min();
+            match (live.clone().count(), oldest) {
+                (_, None) => (Sweep::Remove, u64::MAX),
+                (n, Some(oldest)) if n == list.len() => (Sweep::Keep, oldest),
+                (_, Some(oldest)) => (Sweep::Replace(Arc::new(live.cloned().collect())), oldest),
             }
         },
     );
@@ -89,32 +91,75 @@ pub(crate) fn ttl_map_serde<UK: StateKey, V: StateValue>(
         },
         |map, cutoff| {
             let live = map.iter().filter(|(_, s)| s.last_update_ms > cutoff);
-            match live.clone().count() {
-                0 => Sweep::Remove,
-                n if n == map.len() => Sweep::Keep,
-                _ => Sweep::Replace(Arc::new(
-                    live.map(|(k, s)| (k.clone(), s.clone())).collect(),
-                )),
+            let oldest = live.clone().map(|(_, s)| s.last_update_ms).min();
+            match (live.clone().count(), oldest) {
+                (_, None) => (Sweep::Remove, u64::MAX),
+                (n, Some(oldest)) if n == map.len() => (Sweep::Keep, oldest),
+                (_, Some(oldest)) => {
+                    let kept = live.map(|(k, s)| (k.clone(), s.clone())).collect();
+                    (Sweep::Replace(Arc::new(kept)), oldest)
+                }
             }
         },
     );
     map_serde::<UK, Stamped<V>, WithTtl>().with_ttl(ttl)
 }
 
-/// Records between two incremental cleanup steps: the cleanup of [`HeapConfig::ttl_cleanup_slots_per_record`]
-/// is done in steps of this many records' worth, so that a record pays one counter and a branch, and a
-/// step walks its slots in order (sequential memory, no per-record call).
-///
-/// [`HeapConfig::ttl_cleanup_slots_per_record`]: crate::heap::HeapConfig::ttl_cleanup_slots_per_record
-pub(crate) const CLEANUP_EVERY_RECORDS: u32 = 1 << 10;
+/// A TTL state's incremental cleanup (`docs/ttl.md`): where its walk over the map is, and when a walk is
+/// worth doing. A round that ends knows the oldest stamp it kept; entries written since it began carry
+/// its start time or later (time does not go back: the clock is taken to be monotonic, watermarks are);
+/// so until the cutoff passes the older of the two nothing can have expired, and steps do nothing (a
+/// state whose entries all live pays no walk; one with entries expiring all the time is walked on).
+#[derive(Debug, Default)]
+pub(crate) struct TtlSweep {
+    cursor: SweepCursor,
+    /// The cutoff (ms) from which something may have expired.
+    due_ms: u64,
+    /// The oldest stamp (ms) the current round kept so far.
+    round_oldest_ms: Option<u64>,
+    /// The time (ms, `cutoff + ttl_ms`) the current round began at.
+    round_start_ms: Option<u64>,
+}
+
+impl TtlSweep {
+    /// Up to `slots` slots of `map`, removing and pruning what `ttl` says expired at `cutoff`, if
+    /// anything can have.
+    pub(crate) fn step<K: Eq + Clone, N: Eq + Clone, S: Clone>(
+        &mut self,
+        map: &mut CowMap<K, N, S>,
+        slots: usize,
+        ttl: &TtlSerde<S>,
+        cutoff: u64,
+    ) {
+        if cutoff < self.due_ms {
+            return;
+        }
+        let now = cutoff.saturating_add(ttl.ttl_ms());
+        self.round_start_ms.get_or_insert(now);
+        let mut oldest = self.round_oldest_ms.unwrap_or(u64::MAX);
+        let ended = self.cursor.step(map, slots, |value| {
+            let (sweep, kept) = ttl.prune(value, cutoff);
+            oldest = oldest.min(kept);
+            sweep
+        });
+        self.round_oldest_ms = Some(oldest);
+        if ended {
+            let start = self.round_start_ms.take().unwrap_or(now);
+            self.due_ms = oldest.min(start);
+            self.round_oldest_ms = None;
+        }
+    }
+}
 
 /// When the heap backend cleans up expired entries incrementally (as Flink's `cleanupIncrementally` with
-/// cleanup for every record): a count of records, and the slots a step visits per record counted. Off
-/// until a state with TTL is registered, or if the setting is 0.
+/// cleanup for every record): every 1,024th record (counted by the backend's `TtlTimes`, which also samples
+/// the clock on them) a step walks `slots_per_record` slots for each of them; batch calls count their
+/// keys here. Off until a state with TTL is registered, or if the setting is 0.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IncrementalCleanup {
     slots_per_record: usize,
-    records: u32,
+    /// Keys of batch calls since their last step.
+    batched: usize,
     active: bool,
 }
 
@@ -123,29 +168,36 @@ impl IncrementalCleanup {
     pub(crate) fn new(slots_per_record: usize) -> Self {
         IncrementalCleanup {
             slots_per_record,
-            records: 0,
+            batched: 0,
             active: false,
         }
     }
 
-    /// A state with TTL was registered: cleanup runs from now on (unless its setting is 0).
-    pub(crate) fn activate(&mut self) {
+    /// A state with TTL was registered: cleanup runs from now on (unless its setting is 0); true if it
+    /// does (the backend then has its records counted).
+    pub(crate) fn activate(&mut self) -> bool {
         self.active = self.slots_per_record > 0;
+        self.active
     }
 
-    /// `records` more records (a new current key, or the keys of a batch): the slots to clean now, once
-    /// [`CLEANUP_EVERY_RECORDS`] have gathered.
+    /// The slots to clean at a 1,024th record.
     #[inline]
-    pub(crate) fn on_records(&mut self, records: usize) -> Option<usize> {
+    pub(crate) fn due(&self) -> Option<usize> {
+        self.active
+            .then(|| (EXACT_READ_EVERY as usize).saturating_mul(self.slots_per_record))
+    }
+
+    /// `keys` more keys of a batch call: the slots to clean now, once 1,024 have gathered.
+    #[inline]
+    pub(crate) fn on_batch(&mut self, keys: usize) -> Option<usize> {
         if !self.active {
             return None;
         }
-        let records = u32::try_from(records).unwrap_or(u32::MAX);
-        self.records = self.records.saturating_add(records);
-        if self.records < CLEANUP_EVERY_RECORDS {
+        self.batched = self.batched.saturating_add(keys);
+        if self.batched < EXACT_READ_EVERY as usize {
             return None;
         }
-        let due = std::mem::take(&mut self.records) as usize;
+        let due = std::mem::take(&mut self.batched);
         Some(due.saturating_mul(self.slots_per_record))
     }
 }

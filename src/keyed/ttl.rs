@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, ticked_ms_started};
 use crate::codec::{Codec, Migration, WrittenCodec};
 use crate::error::{Error, Result};
 use crate::keyed::ttl_refresh::Refreshes;
@@ -268,7 +268,11 @@ pub struct TtlTimes {
     processing_ms: u64,
     /// Whether a processing-time TTL state is registered (only then is the clock read per record).
     sampling: bool,
-    /// Records sampled (for the exact reading every [`EXACT_READ_EVERY`]).
+    /// Whether `clock` is the default [`SystemClock`]: its coarse reading is then inlined.
+    system_clock: bool,
+    /// Whether records are counted (while sampling, or for the heap's incremental cleanup).
+    counting: bool,
+    /// Records counted (for the exact reading every [`EXACT_READ_EVERY`]).
     records: u32,
     /// The greatest watermark passed (ms), 0 before the first.
     watermark_ms: u64,
@@ -285,6 +289,8 @@ impl Default for TtlTimes {
             clock: clock.clone(),
             processing_ms: 0,
             sampling: false,
+            system_clock: true,
+            counting: false,
             records: 0,
             watermark_ms: 0,
             shared: Arc::new(SharedTtlTime {
@@ -296,8 +302,9 @@ impl Default for TtlTimes {
     }
 }
 
-/// Records between two exact readings of the clock in [`TtlTimes::on_new_key`].
-const EXACT_READ_EVERY: u32 = 1 << 10;
+/// Records between two exact readings of the clock in [`TtlTimes::on_new_key`] (and two steps of the
+/// heap's incremental cleanup).
+pub(crate) const EXACT_READ_EVERY: u32 = 1 << 10;
 
 /// A backend's TTL times as other threads read them (RocksDB's compaction filter): its clock and its last
 /// watermark, kept in step by [`TtlTimes`].
@@ -335,6 +342,7 @@ impl TtlTimes {
     pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
         *self.shared.clock.write() = clock.clone();
         self.clock = clock;
+        self.system_clock = false;
         if self.sampling {
             self.processing_ms = self.clock.now_ms_coarse();
         }
@@ -363,6 +371,7 @@ impl TtlTimes {
     pub(crate) fn watch(&mut self, time: TtlTime) {
         if time == TtlTime::ProcessingTime && !self.sampling {
             self.sampling = true;
+            self.counting = true;
             self.processing_ms = self.clock.now_ms_coarse();
         }
     }
@@ -371,16 +380,31 @@ impl TtlTimes {
     /// its cheap reading ([`Clock::now_ms_coarse`]) and every [`EXACT_READ_EVERY`]th record its exact one
     /// (so that a cheap reading that fell behind, say a clock thread not scheduled, lags by that many
     /// records at most).
+    /// Returns whether this record is a [`EXACT_READ_EVERY`]th one (counted while sampling or once
+    /// [`TtlTimes::count_records`] asked: the heap's incremental cleanup runs on them).
     #[inline]
-    pub(crate) fn on_new_key(&mut self) {
+    pub(crate) fn on_new_key(&mut self) -> bool {
+        if !self.counting {
+            return false;
+        }
+        self.records = self.records.wrapping_add(1);
+        let every = self.records.is_multiple_of(EXACT_READ_EVERY);
         if self.sampling {
-            self.records = self.records.wrapping_add(1);
-            self.processing_ms = if self.records.is_multiple_of(EXACT_READ_EVERY) {
+            self.processing_ms = if every {
                 self.clock.now_ms().max(self.clock.now_ms_coarse())
+            } else if self.system_clock {
+                // `watch` read the system clock's coarse time once, which started its clock thread.
+                ticked_ms_started()
             } else {
                 self.clock.now_ms_coarse()
             };
         }
+        every
+    }
+
+    /// Records are counted from now on, so that [`TtlTimes::on_new_key`] tells every 1,024th.
+    pub(crate) fn count_records(&mut self) {
+        self.counting = true;
     }
 
     /// Now in `time` (ms): the sampled processing time, or the clock read again if `fresh` (batch calls,
@@ -441,7 +465,7 @@ mod tests {
         clock.advance(Duration::from_millis(10));
         assert_eq!(times.now_ms(TtlTime::ProcessingTime, false), 500);
         assert_eq!(times.now_ms(TtlTime::ProcessingTime, true), 510);
-        times.on_new_key();
+        let _ = times.on_new_key();
         assert_eq!(times.now_ms(TtlTime::ProcessingTime, false), 510);
         assert_eq!(times.now_ms(TtlTime::EventTime, false), 0);
         times.set_watermark(40);

@@ -512,7 +512,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         if self.ttl.refreshes().pending() {
             apply_refreshes(self)?;
         }
-        self.ttl.on_new_key();
+        let _ = self.ttl.on_new_key();
         self.current.set(key, &self.identity)
     }
 
@@ -521,7 +521,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         if self.ttl.refreshes().pending() {
             apply_refreshes(self)?;
         }
-        self.ttl.on_new_key();
+        let _ = self.ttl.on_new_key();
         self.current.set_routed(key, route, &self.identity)
     }
 

@@ -492,22 +492,18 @@ where
         self.remove_at_position(kg, p, i)
     }
 
-    /// What is at position `(kg, page, slot)` (for a walk over the map, `sweep.rs`).
-    pub(crate) fn at(&self, kg: usize, page: usize, slot: usize) -> At<'_, S> {
+    /// The slots of page `page` of key group `kg` (for a walk over the map, `sweep.rs`).
+    pub(crate) fn page_at(&self, kg: usize, page: usize) -> At<'_, K, N, S> {
         let Some(group) = self.groups.get(kg) else {
             return At::PastGroups;
         };
-        let Some(page) = group.pages.get(page) else {
-            return At::PastPages;
-        };
-        match page.slots.get(slot) {
-            None => At::PastSlots,
-            Some(None) => At::Empty,
-            Some(Some(e)) => At::Value(&e.value),
+        match group.pages.get(page) {
+            None => At::PastPages,
+            Some(p) => At::Page(&p.slots),
         }
     }
 
-    /// Removes the entry at `(kg, page, slot)` (found by a lookup or [`CowMap::at`]) by backward shift,
+    /// Removes the entry at `(kg, page, slot)` (found by a lookup or [`CowMap::page_at`]) by backward shift,
     /// copying shared structure first; returns its value.
     #[inline]
     pub(crate) fn remove_at_position(&mut self, kg: usize, page: usize, slot: usize) -> Option<S> {
@@ -520,7 +516,7 @@ where
         Some(removed.value)
     }
 
-    /// Replaces the value at `(kg, page, slot)` found by [`CowMap::at`]; copies shared structure first.
+    /// Replaces the value at `(kg, page, slot)` found by [`CowMap::page_at`]; copies shared structure first.
     pub(crate) fn replace_at_position(&mut self, kg: usize, page: usize, slot: usize, value: S) {
         let group = unique_group(&mut self.groups[kg]);
         if let Some(e) = &mut page_slots(&mut group.pages[page], self.epoch)[slot] {
@@ -543,15 +539,12 @@ where
     }
 }
 
-/// What a position `(kg, page, slot)` of a [`CowMap`] holds ([`CowMap::at`]): a key group past the last
-/// one, a page past the key group's last one, a slot past the page's last one, an empty slot, or an
-/// entry's value.
-pub(crate) enum At<'a, S> {
+/// What a position `(kg, page)` of a [`CowMap`] holds ([`CowMap::page_at`]): a key group past the last
+/// one, a page past the key group's last one, or a page's slots.
+pub(crate) enum At<'a, K, N, S> {
     PastGroups,
     PastPages,
-    PastSlots,
-    Empty,
-    Value(&'a S),
+    Page(&'a [Option<Entry<K, N, S>>]),
 }
 
 /// A frozen version of a [`CowMap`], independent of later writes; `Send` if the entries are.

@@ -30,8 +30,8 @@ impl SweepCursor {
     /// an empty key group), asking `judge` about each entry, and stays after the last slot visited.
     /// Entries moved by a removal (backward shift) are visited where they land; a split page may have
     /// some of its entries visited twice or not until the next round, as any incremental cleanup
-    /// allows. Returns whether a round ended (the cursor went back to the first key group), or the map
-    /// is empty.
+    /// allows. Returns whether a round ended (the cursor went back to the first slot; the step stops
+    /// there, so every round starts at the first slot), or the map is empty.
     pub(crate) fn step<K, N, S>(
         &mut self,
         map: &mut CowMap<K, N, S>,
@@ -43,45 +43,63 @@ impl SweepCursor {
         N: Eq + Clone,
         S: Clone,
     {
-        let mut round_ended = false;
-        for _ in 0..slots {
+        let mut budget = slots;
+        while budget > 0 {
             if map.len() == 0 {
                 return true;
             }
-            let (kg, page, slot) = (self.kg, self.page, self.slot);
-            let verdict = match map.at(kg, page, slot) {
+            let (kg, page) = (self.kg, self.page);
+            let page_slots = match map.page_at(kg, page) {
                 At::PastGroups => {
+                    // A round ends here, and the step with it: the next round starts at the first slot.
                     *self = SweepCursor::default();
-                    round_ended = true;
-                    continue;
+                    return true;
                 }
                 At::PastPages => {
                     *self = SweepCursor {
                         kg: kg + 1,
                         ..SweepCursor::default()
                     };
+                    budget -= 1;
                     continue;
                 }
-                At::PastSlots => {
-                    self.page += 1;
-                    self.slot = 0;
-                    continue;
-                }
-                At::Empty => Sweep::Keep,
-                At::Value(value) => judge(value),
+                At::Page(slots) => slots,
             };
-            match verdict {
+            if self.slot >= page_slots.len() {
+                self.page += 1;
+                self.slot = 0;
+                budget -= 1;
+                continue;
+            }
+            // Read-only up to the first entry to change: most are kept, and a page a snapshot shares is
+            // copied only for a change.
+            let end = page_slots.len().min(self.slot + budget);
+            let change = (self.slot..end).find_map(|i| match &page_slots[i] {
+                Some(e) => match judge(&e.value) {
+                    Sweep::Keep => None,
+                    change => Some((i, change)),
+                },
+                None => None,
+            });
+            let Some((i, change)) = change else {
+                budget -= end - self.slot;
+                self.slot = end;
+                continue;
+            };
+            budget -= i + 1 - self.slot;
+            self.slot = i;
+            match change {
                 Sweep::Keep => self.slot += 1,
                 Sweep::Replace(value) => {
-                    map.replace_at_position(kg, page, slot, value);
+                    map.replace_at_position(kg, page, i, value);
                     self.slot += 1;
                 }
                 // The cursor stays: the backward shift may have moved the next entry into this slot.
                 Sweep::Remove => {
-                    map.remove_at_position(kg, page, slot);
+                    map.remove_at_position(kg, page, i);
                 }
             }
         }
-        round_ended || map.len() == 0
+        map.len() == 0
     }
 }
