@@ -13,7 +13,7 @@ use rocksdb::CompactionDecision;
 use rocksdb::compaction_filter::CompactionFilter;
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 
-use crate::format::lsm_rows::split_list;
+use crate::format::lsm_rows::{push_list_element, split_list};
 use crate::keyed::ttl::{STAMP_BYTES, SharedTtlTime, StateTtlConfig, TtlTimes};
 use crate::snapshot::state_meta::StateKind;
 
@@ -118,7 +118,10 @@ impl CompactionFilterFactory for TtlFilterFactory {
         let expiry = state.and_then(|(kind, ttl)| {
             RowExpiry::at_ms(kind, ttl, self.filters.time.now_ms(ttl.time))
         });
-        TtlFilter { expiry }
+        TtlFilter {
+            expiry,
+            changed: Vec::new(),
+        }
     }
 
     fn name(&self) -> &CStr {
@@ -127,25 +130,64 @@ impl CompactionFilterFactory for TtlFilterFactory {
 }
 
 /// Removes the rows of one compaction that have expired: a value or map row written at or before the
-/// cutoff, a list row all of whose elements were. A list with some live elements is kept whole (its
-/// expired elements go from canonical savepoints and are never read; rewriting a value here would need
-/// rust-rocksdb's `Decision::Change`, which takes a `'static` buffer). Rows written through the merge
-/// operator (list appends) are seen once a compaction has merged them into a value.
+/// cutoff, a list row all of whose elements were; a list row with some live elements is rewritten
+/// without the expired ones. Rows written through the merge operator (list appends) are seen once a
+/// compaction has merged them into a value.
 pub(crate) struct TtlFilter {
     /// `None`: the column family has no TTL, or nothing can have expired.
     expiry: Option<RowExpiry>,
+    /// The rewritten list row of the last call (see `filter`).
+    changed: Vec<u8>,
 }
 
 impl CompactionFilter for TtlFilter {
     fn filter(&mut self, _level: u32, _key: &[u8], value: &[u8]) -> CompactionDecision {
-        match self.expiry {
-            Some(expiry) if !expiry.live(value) => CompactionDecision::Remove,
-            _ => CompactionDecision::Keep,
+        let Some(expiry) = self.expiry else {
+            return CompactionDecision::Keep;
+        };
+        if !expiry.list {
+            return match expiry.part_live(value) {
+                true => CompactionDecision::Keep,
+                false => CompactionDecision::Remove,
+            };
         }
+        // A malformed list is kept: reading it reports it.
+        let Ok(elements) = split_list(value) else {
+            return CompactionDecision::Keep;
+        };
+        let live = elements.iter().filter(|e| expiry.part_live(e)).count();
+        if live == elements.len() {
+            return CompactionDecision::Keep;
+        }
+        if live == 0 {
+            return CompactionDecision::Remove;
+        }
+        self.changed.clear();
+        for e in elements.iter().filter(|e| expiry.part_live(e)) {
+            push_list_element(e, &mut self.changed);
+        }
+        CompactionDecision::Change(self.changed_row())
     }
 
     fn name(&self) -> &CStr {
         FILTER_NAME
+    }
+}
+
+impl TtlFilter {
+    /// The rewritten row, for `Decision::Change`, whose slice rust-rocksdb types `'static`.
+    #[allow(
+        unsafe_code,
+        reason = "rust-rocksdb's Decision::Change takes &'static [u8]; without it a partly expired list stays whole"
+    )]
+    fn changed_row(&self) -> &'static [u8] {
+        // SAFETY: the slice points into `self.changed`, which is neither changed nor dropped until this
+        // filter is called again or dropped. rust-rocksdb's filter callback (`compaction_filter.rs`,
+        // `filter_callback`) only stores the pointer and length in RocksDB's out-parameters, and RocksDB's
+        // C wrapper (`db/c.cc`, `rocksdb_compactionfilter_t::Filter`) copies the bytes into its own
+        // `std::string` (`new_value->assign`) as soon as the callback returns, before either can happen.
+        // Nothing else sees the `'static` lifetime.
+        unsafe { std::slice::from_raw_parts(self.changed.as_ptr(), self.changed.len()) }
     }
 }
 
