@@ -9,7 +9,6 @@ use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
-use crate::keyed::typed::{apply_refreshes, apply_refreshes_keeping_key};
 use crate::snapshot::state_meta::StateKind;
 
 /// Forwarding methods from a list of `ref|mut name[generics](args) -> ret;` (`ref`: `&self`, `mut`:
@@ -136,46 +135,11 @@ impl<K: StateKey> StateAccess<K> for StateBackend<K> {
 }
 
 impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
-    // Reads through this type queue their TTL refreshes for it (`keyed/ttl_refresh.rs`): it applies them
-    // at its record edges before the backend inside applies its own.
-    #[inline]
-    fn set_current_key(&mut self, key: K) -> Result<()> {
-        if self.ttl_times().refreshes().pending() {
-            apply_refreshes(self)?;
-        }
-        on!(&mut self.inner, b => b.set_current_key(key))
-    }
-
-    #[inline]
-    fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        if self.ttl_times().refreshes().pending() {
-            apply_refreshes(self)?;
-        }
-        on!(&mut self.inner, b => b.set_current_key_routed(key, route))
-    }
-
-    fn snapshot(
-        &mut self,
-        checkpoint_id: u64,
-        storage: &CheckpointStorage,
-    ) -> Result<PendingSnapshot> {
-        apply_refreshes_keeping_key(self)?;
-        on!(&mut self.inner, b => b.snapshot(checkpoint_id, storage))
-    }
-
-    fn savepoint(
-        &mut self,
-        savepoint_id: u64,
-        storage: &CheckpointStorage,
-        format: SavepointFormat,
-    ) -> Result<PendingSnapshot> {
-        apply_refreshes_keeping_key(self)?;
-        on!(&mut self.inner, b => b.savepoint(savepoint_id, storage, format))
-    }
-
     forward! {
         ref max_parallelism() -> u32;
         ref key_group_range() -> KeyGroupRange;
+        mut set_current_key(key: K) -> Result<()>;
+        mut set_current_key_routed(key: K, route: KeyRoute) -> Result<()>;
         ref current_key() -> Option<&K>;
         ref current_key_group() -> Option<u32>;
         mut value_state[N: StateKey, V: StateValue](
@@ -199,6 +163,12 @@ impl<K: StateKey> KeyedStateBackend<K> for StateBackend<K> {
         ref keys[N: StateKey](state: StateId, ns: &N) -> Result<Vec<K>>;
         ref keys_and_namespaces[N: StateKey](state: StateId) -> Result<Vec<(K, N)>>;
         mut drop_state(name: &str) -> Result<bool>;
+        mut snapshot(checkpoint_id: u64, storage: &CheckpointStorage) -> Result<PendingSnapshot>;
+        mut savepoint(
+            savepoint_id: u64,
+            storage: &CheckpointStorage,
+            format: SavepointFormat
+        ) -> Result<PendingSnapshot>;
         mut notify_checkpoint_complete(checkpoint_id: u64);
         mut notify_checkpoint_aborted(checkpoint_id: u64);
     }

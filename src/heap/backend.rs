@@ -25,7 +25,6 @@ use crate::keyed::timers::{
     TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
-use crate::keyed::typed::{apply_refreshes, apply_refreshes_keeping_key};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
@@ -477,14 +476,11 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
-    /// A record's edge (a new current key): TTL refreshes queued by reads are written, processing time is
-    /// sampled, and every 1,024th record a step of incremental TTL cleanup runs
-    /// (`HeapConfig::ttl_cleanup_slots_per_record`; `StateTables::clean_expired`, out of line).
+    /// A record's edge (a new current key): processing time is sampled, and every 1,024th record a step
+    /// of incremental TTL cleanup runs (`HeapConfig::ttl_cleanup_slots_per_record`;
+    /// `StateTables::clean_expired`, out of line).
     #[inline]
     fn next_record(&mut self) -> Result<()> {
-        if self.ttl.refreshes().pending() {
-            apply_refreshes(self)?;
-        }
         if self.ttl.on_new_key()
             && let Some(slots) = self.cleanup.due()
         {
@@ -563,7 +559,6 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         checkpoint_id: u64,
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
-        apply_refreshes_keeping_key(self)?;
         self.sync_phase(checkpoint_id, storage, SnapshotOf::Checkpoint)
     }
 
@@ -574,7 +569,6 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         _format: SavepointFormat,
     ) -> Result<PendingSnapshot> {
         // The heap backend's native format is the canonical one.
-        apply_refreshes_keeping_key(self)?;
         self.sync_phase(savepoint_id, storage, SnapshotOf::Savepoint)
     }
 

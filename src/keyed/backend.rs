@@ -86,7 +86,7 @@ impl PendingSnapshot {
 ///
 /// Sealed: implemented by this crate's backends only ([`crate::heap::HeapKeyedStateBackend`], the RocksDB
 /// backend and [`crate::StateBackend`]), so that its primitives may change without breaking engines.
-pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> + 'static {
+pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> {
     /// Max parallelism of the job (number of key groups).
     fn max_parallelism(&self) -> u32;
     /// Key groups this backend owns.

@@ -11,15 +11,14 @@ use parking_lot::RwLock;
 use crate::clock::{Clock, SystemClock, ticked_ms_started};
 use crate::codec::{Codec, Migration, WrittenCodec};
 use crate::error::{Error, Result};
-use crate::keyed::ttl_refresh::Refreshes;
 
 /// When an entry of a TTL state expires, and whether a read may still see it (Flink's `StateTtlConfig`).
 /// Plain data: build it with [`StateTtlConfig::new`] and struct update syntax.
 ///
 /// An entry (a value; a list element; a map entry) written at time `t` (ms, in the chosen [`TtlTime`])
 /// expires at `t + ttl_ms`: from then on no read returns it under [`TtlVisibility::NeverReturnExpired`].
-/// Every write (create, update, add, put) restarts its clock; a read does too under
-/// [`TtlUpdate::OnReadAndWrite`] (the default, as Flink's, is [`TtlUpdate::OnCreateAndWrite`]).
+/// Every write (create, update, add, put) restarts its clock; a read does not (Flink's default
+/// `OnCreateAndWrite`; its `OnReadAndWrite` is not offered, `docs/ttl.md`).
 ///
 /// ```
 /// use statebackend::keyed::{StateTtlConfig, TtlTime};
@@ -35,8 +34,6 @@ pub struct StateTtlConfig {
     pub visibility: TtlVisibility,
     /// Which time the entry lives in (default: processing time).
     pub time: TtlTime,
-    /// Whether reads restart the clock too (default: writes only).
-    pub update: TtlUpdate,
 }
 
 impl StateTtlConfig {
@@ -46,7 +43,6 @@ impl StateTtlConfig {
             ttl_ms,
             visibility: TtlVisibility::NeverReturnExpired,
             time: TtlTime::ProcessingTime,
-            update: TtlUpdate::OnCreateAndWrite,
         }
     }
 
@@ -133,19 +129,6 @@ impl StateTtlConfig {
         self.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp
             || !self.expired(last_update_ms, now_ms)
     }
-}
-
-/// What restarts an entry's time to live (Flink's `StateTtlConfig.UpdateType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum TtlUpdate {
-    /// Creating and writing it (value update, list add or update, map put, reduce, aggregate add).
-    #[default]
-    OnCreateAndWrite,
-    /// Also reading it: a read that returns a value, list elements or map entries stamps them with the
-    /// read's time. A read takes the backend by shared reference, so the new stamp is written at the next
-    /// record's edge (the next `set_current_key`, or a snapshot's synchronous phase): a write per read,
-    /// on RocksDB a read and a write of the row, as Flink's.
-    OnReadAndWrite,
 }
 
 /// Whether reads return entries that expired but are still stored (Flink's `StateVisibility`).
@@ -278,8 +261,6 @@ pub struct TtlTimes {
     watermark_ms: u64,
     /// The same clock and watermark for other threads.
     shared: Arc<SharedTtlTime>,
-    /// Reads of `OnReadAndWrite` states to stamp again at the next record's edge.
-    refreshes: Refreshes,
 }
 
 impl Default for TtlTimes {
@@ -297,7 +278,6 @@ impl Default for TtlTimes {
                 clock: RwLock::new(clock),
                 watermark_ms: AtomicU64::new(0),
             }),
-            refreshes: Refreshes::default(),
         }
     }
 }
@@ -332,12 +312,6 @@ impl SharedTtlTime {
 }
 
 impl TtlTimes {
-    /// Refreshes queued by reads of `OnReadAndWrite` states (`keyed/ttl_refresh.rs`).
-    #[inline]
-    pub(crate) fn refreshes(&self) -> &Refreshes {
-        &self.refreshes
-    }
-
     /// Reads processing time from `clock` from now on.
     pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
         *self.shared.clock.write() = clock.clone();

@@ -2,14 +2,10 @@
 //! what the backend stores for a state object's values: `V` as it is, or `Stamped<V>` (the value and
 //! the time of its last write, `docs/ttl.md`) for a state with TTL, whose reads leave out what expired.
 
-use std::sync::Arc;
-
-use parking_lot::Mutex;
-
 use crate::error::Result;
 use crate::keyed::backend::{KeyedStateBackend, StateId, StateKey, StateValue};
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTime, TtlUpdate};
+use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTime};
 
 /// A registered state's id and TTL, with typed reads and writes through a backend's primitives.
 #[derive(Debug, Clone, Copy)]
@@ -23,77 +19,6 @@ pub(crate) struct StateRef {
 #[inline]
 fn now<K: StateKey, B: KeyedStateBackend<K>>(time: TtlTime, backend: &B, fresh: bool) -> u64 {
     backend.ttl_times().now_ms(time, fresh)
-}
-
-/// Whether a read at `now` that returns an entry last written at `stamp` restarts its TTL
-/// ([`TtlUpdate::OnReadAndWrite`]; an entry stamped `now` already is left alone).
-#[inline]
-fn refreshes(ttl: &StateTtlConfig, stamp: u64, now: u64) -> bool {
-    ttl.update == TtlUpdate::OnReadAndWrite && stamp < now && ttl.visible(stamp, now)
-}
-
-/// `s` stamped `at` (or later, if it was written later than the read that refreshes it).
-fn restamp<V: Clone>(s: &Stamped<V>, at: u64) -> Stamped<V> {
-    Stamped {
-        value: s.value.clone(),
-        last_update_ms: s.last_update_ms.max(at),
-    }
-}
-
-/// Queues `write` for the next record's edge (`keyed/ttl_refresh.rs`), with the current key of now made
-/// current again and `ns`.
-fn refresh_at_key<K, B, N>(
-    b: &B,
-    ns: &N,
-    write: impl FnOnce(&mut B, &N) -> Result<()> + Send + 'static,
-) where
-    K: StateKey,
-    B: KeyedStateBackend<K>,
-    N: StateKey,
-{
-    let Some(key) = b.current_key().cloned() else {
-        return;
-    };
-    let ns = ns.clone();
-    b.ttl_times()
-        .refreshes()
-        .push::<B>(Box::new(move |b: &mut B| {
-            b.set_current_key(key)?;
-            write(b, &ns)
-        }));
-}
-
-/// Applies the refreshes queued through `B` (each makes its key current; the caller sets the key it
-/// wants next, or restores it). Called at every record's edge of `B` when something is queued.
-///
-/// # Errors
-/// The first error of a refresh's write; the refreshes after it are dropped (their values then expire
-/// as last written).
-#[cold]
-pub(crate) fn apply_refreshes<K: StateKey, B: KeyedStateBackend<K>>(backend: &mut B) -> Result<()> {
-    let refreshes = backend.ttl_times().refreshes().take::<B>();
-    for refresh in refreshes {
-        refresh(backend)?;
-    }
-    Ok(())
-}
-
-/// As [`apply_refreshes`] before a snapshot's synchronous phase: the current key is set back after.
-///
-/// # Errors
-/// As [`apply_refreshes`].
-pub(crate) fn apply_refreshes_keeping_key<K: StateKey, B: KeyedStateBackend<K>>(
-    backend: &mut B,
-) -> Result<()> {
-    if !backend.ttl_times().refreshes().pending() {
-        return Ok(());
-    }
-    let current = backend.current_key().cloned();
-    apply_refreshes(backend)?;
-    match current {
-        Some(key) => backend.set_current_key(key),
-        None => Ok(()),
-    }
 }
 
 /// Stamps every value of `values` with `now_ms`.
@@ -117,16 +42,7 @@ impl StateRef {
             return b.value_get(self.id, ns);
         };
         let now = now(ttl.time, b, false);
-        let stored = b.value_get::<N, Stamped<V>>(self.id, ns)?;
-        if let Some(s) = &stored
-            && refreshes(ttl, s.last_update_ms, now)
-        {
-            let id = self.id;
-            refresh_at_key(b, ns, move |b: &mut B, ns| {
-                b.value_modify::<N, Stamped<V>>(id, ns, &mut |old| old.map(|s| restamp(s, now)))
-            });
-        }
-        Ok(ttl.read(stored, now))
+        Ok(ttl.read(b.value_get::<N, Stamped<V>>(self.id, ns)?, now))
     }
 
     #[inline]
@@ -185,23 +101,6 @@ impl StateRef {
         let now = now(ttl.time, b, true);
         let mut stored = Vec::with_capacity(keys.len());
         b.value_get_batch::<N, Stamped<V>>(self.id, ns, keys, &mut stored)?;
-        let read: Vec<K> = (keys.iter().zip(&stored))
-            .filter(|(_, s)| {
-                s.as_ref()
-                    .is_some_and(|s| refreshes(ttl, s.last_update_ms, now))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !read.is_empty() {
-            let (id, ns) = (self.id, ns.clone());
-            b.ttl_times()
-                .refreshes()
-                .push::<B>(Box::new(move |b: &mut B| {
-                    b.value_modify_batch::<N, Stamped<V>>(id, &ns, &read, &mut |_, old| {
-                        old.map(|s| restamp(s, now))
-                    })
-                }));
-        }
         out.extend(stored.into_iter().map(|s| ttl.read(s, now)));
         Ok(())
     }
@@ -251,20 +150,6 @@ impl StateRef {
         let Some(stored) = b.list_get::<N, Stamped<V>>(self.id, ns)? else {
             return Ok(None);
         };
-        if stored.iter().any(|s| refreshes(ttl, s.last_update_ms, now)) {
-            let (id, ttl) = (self.id, *ttl);
-            refresh_at_key(b, ns, move |b: &mut B, ns| {
-                let Some(list) = b.list_get::<N, Stamped<V>>(id, ns)? else {
-                    return Ok(());
-                };
-                // What the read returned, stamped with its time; what had expired is written out.
-                let kept: Vec<_> = (list.iter())
-                    .filter(|s| ttl.visible(s.last_update_ms, now))
-                    .map(|s| restamp(s, now))
-                    .collect();
-                b.list_update(id, ns, kept)
-            });
-        }
         let live: Vec<V> = stored
             .into_iter()
             .filter_map(|s| ttl.read(Some(s), now))
@@ -324,16 +209,7 @@ impl StateRef {
             return b.map_get(self.id, ns, uk);
         };
         let now = now(ttl.time, b, false);
-        let stored = b.map_get::<N, UK, Stamped<V>>(self.id, ns, uk)?;
-        if let Some(s) = &stored
-            && refreshes(ttl, s.last_update_ms, now)
-        {
-            let (id, uk) = (self.id, uk.clone());
-            refresh_at_key(b, ns, move |b: &mut B, ns| {
-                refresh_entries::<K, B, N, UK, V>(b, id, ns, vec![uk], now)
-            });
-        }
-        Ok(ttl.read(stored, now))
+        Ok(ttl.read(b.map_get::<N, UK, Stamped<V>>(self.id, ns, uk)?, now))
     }
 
     pub(crate) fn map_put<K, B, N, UK, V>(&self, b: &mut B, ns: &N, uk: UK, value: V) -> Result<()>
@@ -378,49 +254,14 @@ impl StateRef {
         UK: StateKey,
         V: StateValue,
     {
-        self.map_entries::<K, B, N, UK, V>(b, ns, true)
-    }
-
-    /// [`StateRef::map_iter`]; `refresh`: whether the entries returned restart their TTL (under
-    /// [`TtlUpdate::OnReadAndWrite`]: queued as they are returned, written at the next record's edge).
-    fn map_entries<'a, K, B, N, UK, V>(
-        &self,
-        b: &'a B,
-        ns: &N,
-        refresh: bool,
-    ) -> Result<MapEntries<'a, UK, V>>
-    where
-        K: StateKey,
-        B: KeyedStateBackend<K>,
-        N: StateKey,
-        UK: StateKey,
-        V: StateValue,
-    {
         let Some(ttl) = self.ttl else {
             return b.map_iter(self.id, ns);
         };
         let now = now(ttl.time, b, false);
         let stored = b.map_iter::<N, UK, Stamped<V>>(self.id, ns)?;
-        // The user keys of the entries returned that a read restarts, written back at the next edge.
-        let read: Option<Arc<Mutex<Vec<UK>>>> =
-            (refresh && ttl.update == TtlUpdate::OnReadAndWrite).then(Default::default);
-        if let Some(read) = &read {
-            let (id, read) = (self.id, read.clone());
-            refresh_at_key(b, ns, move |b: &mut B, ns| {
-                let uks = std::mem::take(&mut *read.lock());
-                refresh_entries::<K, B, N, UK, V>(b, id, ns, uks, now)
-            });
-        }
         Ok(MapEntries::new(stored.filter_map(
             move |entry| match entry {
-                Ok((uk, s)) => {
-                    if let Some(read) = &read
-                        && refreshes(&ttl, s.last_update_ms, now)
-                    {
-                        read.lock().push(uk.clone());
-                    }
-                    ttl.read(Some(s), now).map(|v| Ok((uk, v)))
-                }
+                Ok((uk, s)) => ttl.read(Some(s), now).map(|v| Ok((uk, v))),
                 Err(e) => Some(Err(e)),
             },
         )))
@@ -486,7 +327,7 @@ impl StateRef {
         if self.ttl.is_none() {
             return b.map_is_empty::<N, UK, V>(self.id, ns);
         }
-        match self.map_entries::<K, B, N, UK, V>(b, ns, false)?.next() {
+        match self.map_iter::<K, B, N, UK, V>(b, ns)?.next() {
             None => Ok(true),
             Some(entry) => entry.map(|_| false),
         }
@@ -505,27 +346,4 @@ impl StateRef {
             Some(_) => b.map_clear::<N, UK, Stamped<V>>(self.id, ns),
         }
     }
-}
-
-/// Stamps the entries `uks` of a map state with `at` (those still there), for a read that restarted them.
-fn refresh_entries<K, B, N, UK, V>(
-    b: &mut B,
-    id: StateId,
-    ns: &N,
-    uks: Vec<UK>,
-    at: u64,
-) -> Result<()>
-where
-    K: StateKey,
-    B: KeyedStateBackend<K>,
-    N: StateKey,
-    UK: StateKey,
-    V: StateValue,
-{
-    for uk in uks {
-        if let Some(s) = b.map_get::<N, UK, Stamped<V>>(id, ns, &uk)? {
-            b.map_put(id, ns, uk, restamp(&s, at))?;
-        }
-    }
-    Ok(())
 }

@@ -14,7 +14,6 @@ use crate::keyed::timers::{
     TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
-use crate::keyed::typed::{apply_refreshes, apply_refreshes_keeping_key};
 use crate::rocksdb::bulk;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::current::CurrentKeyPrefix;
@@ -509,18 +508,12 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        if self.ttl.refreshes().pending() {
-            apply_refreshes(self)?;
-        }
         let _ = self.ttl.on_new_key();
         self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        if self.ttl.refreshes().pending() {
-            apply_refreshes(self)?;
-        }
         let _ = self.ttl.on_new_key();
         self.current.set_routed(key, route, &self.identity)
     }
@@ -572,7 +565,6 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         checkpoint_id: u64,
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
-        apply_refreshes_keeping_key(self)?;
         self.snapshot_to(checkpoint_id, storage, SnapshotTarget::Checkpoint)
     }
 
@@ -582,7 +574,6 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         storage: &CheckpointStorage,
         format: SavepointFormat,
     ) -> Result<PendingSnapshot> {
-        apply_refreshes_keeping_key(self)?;
         self.snapshot_to(savepoint_id, storage, SnapshotTarget::savepoint(format))
     }
 
