@@ -480,13 +480,12 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// of incremental TTL cleanup runs (`HeapConfig::ttl_cleanup_slots_per_record`;
     /// `StateTables::clean_expired`, out of line).
     #[inline]
-    fn next_record(&mut self) -> Result<()> {
+    fn next_record(&mut self) {
         if self.ttl.on_new_key()
             && let Some(slots) = self.cleanup.due()
         {
             self.states.clean_expired(slots, &self.ttl);
         }
-        Ok(())
     }
 
     /// `n` keys of a batch call, for incremental TTL cleanup.
@@ -509,13 +508,13 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
-        self.next_record()?;
+        self.next_record();
         self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
-        self.next_record()?;
+        self.next_record();
         self.current.set_routed(key, route, &self.identity)
     }
 
