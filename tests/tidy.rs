@@ -561,9 +561,11 @@ fn file_cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<Strin
 fn no_files_import_each_other_in_a_circle_but_the_keyed_api() {
     let cycles = file_cycles(&file_edges());
     // The trait's methods return the state objects and the timer service handle, which call the trait
-    // (the state objects through their typed access, `typed.rs`): one idea in four files.
+    // (the state objects through their typed access, `typed.rs`, whose reads that restart a TTL queue
+    // typed writes, `read_refresh.rs`): one idea in five files.
     let allowed: BTreeSet<String> = [
         "keyed/backend.rs",
+        "keyed/read_refresh.rs",
         "keyed/state.rs",
         "keyed/timers.rs",
         "keyed/typed.rs",

@@ -7,8 +7,10 @@
 use super::*;
 use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::map_iter::MapEntries;
+use crate::keyed::read_refresh::RefreshWrite;
 use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
+use crate::keyed::ttl_refresh::Mark;
 use crate::snapshot::state_meta::StateKind;
 
 /// Forwarding methods from a list of `ref|mut name[generics](args) -> ret;` (`ref`: `&self`, `mut`:
@@ -36,6 +38,22 @@ macro_rules! forward {
 }
 
 impl<K: StateKey> StateAccess<K> for StateBackend<K> {
+    // A read through this type queues its TTL restarts for the backend inside, which writes them at its
+    // own record edges and snapshots (`keyed/ttl_refresh.rs`).
+    fn queue_refresh<W: RefreshWrite<K>>(
+        &self,
+        write: W,
+        state: StateId,
+        marks: &[Mark<'_>],
+        at: u64,
+    ) {
+        on!(&self.inner, b => b.queue_refresh(write, state, marks, at))
+    }
+
+    fn write_refreshes(&mut self) -> Result<()> {
+        on!(&mut self.inner, b => b.write_refreshes())
+    }
+
     forward! {
         ref value_get[N: StateKey, V: StateValue](state: StateId, ns: &N) -> Result<Option<V>>;
         mut value_put[N: StateKey, V: StateValue](state: StateId, ns: &N, value: V) -> Result<()>;

@@ -21,6 +21,7 @@ use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKe
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::keyed::map_iter::MapEntries;
+use crate::keyed::read_refresh::{apply_refreshes_keeping_key, at_record_edge};
 use crate::keyed::timers::{
     TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
@@ -508,12 +509,14 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
+        at_record_edge(self)?;
         self.next_record();
         self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        at_record_edge(self)?;
         self.next_record();
         self.current.set_routed(key, route, &self.identity)
     }
@@ -550,6 +553,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn drop_state(&mut self, name: &str) -> Result<bool> {
+        apply_refreshes_keeping_key(self)?;
         Ok(self.states.drop_state(name))
     }
 
@@ -558,6 +562,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         checkpoint_id: u64,
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
+        apply_refreshes_keeping_key(self)?;
         self.sync_phase(checkpoint_id, storage, SnapshotOf::Checkpoint)
     }
 
@@ -568,6 +573,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         _format: SavepointFormat,
     ) -> Result<PendingSnapshot> {
         // The heap backend's native format is the canonical one.
+        apply_refreshes_keeping_key(self)?;
         self.sync_phase(savepoint_id, storage, SnapshotOf::Savepoint)
     }
 

@@ -198,10 +198,15 @@ impl<K: StateKey> StateTables<K> {
     }
 
     /// Incremental TTL cleanup: up to `slots` slots of every state with TTL (`ErasedTable::clean_expired`);
-    /// out of line, as it runs once every 1,024 records.
+    /// out of line, as it runs once every 1,024 records. Skipped while reads of `OnReadAndWrite` states
+    /// are marked (`keyed/ttl_refresh.rs`): it could remove an entry such a read kept alive before its
+    /// new stamp is written (as the queue is applied, each write sets a current key: a record edge).
     #[cold]
     #[inline(never)]
     pub(crate) fn clean_expired(&mut self, slots: usize, times: &TtlTimes) {
+        if times.refreshes().marked() {
+            return;
+        }
         for table in &mut self.tables {
             table.clean_expired(slots, times);
         }
@@ -257,7 +262,8 @@ impl<K: StateKey> StateTables<K> {
         times: &TtlTimes,
     ) -> Result<Vec<K>> {
         let table = self.table(id)?;
-        if let Some(keys) = table.keys_in_namespace(ns, times) {
+        let marks = times.refreshes().marks_of(id.0);
+        if let Some(keys) = table.keys_in_namespace(ns, times, marks.as_ref()) {
             return Ok(keys);
         }
         let raw = (table as &dyn Any)
@@ -286,7 +292,8 @@ impl<K: StateKey> StateTables<K> {
     ) -> Result<Vec<(K, N)>> {
         let table = self.table(id)?;
         let mut out: Vec<(K, N)> = Vec::new();
-        if table.keys_and_namespaces(&mut out, times) {
+        let marks = times.refreshes().marks_of(id.0);
+        if table.keys_and_namespaces(&mut out, times, marks.as_ref()) {
             return Ok(out);
         }
         let raw = (table as &dyn Any)

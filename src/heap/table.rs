@@ -13,6 +13,7 @@ use crate::heap::serde::{TtlSerde, ValueSerde};
 use crate::heap::ttl::TtlSweep;
 use crate::keyed::backend::StateKey;
 use crate::keyed::ttl::TtlTimes;
+use crate::keyed::ttl_refresh::ReadMarks;
 use crate::snapshot::state_meta::StateMeta;
 
 /// The current key of a heap backend, located: its stable hash, key group and index in the owned range.
@@ -58,13 +59,23 @@ pub(crate) trait ErasedTable<K>: Any + Send {
     fn freeze(&mut self, times: &TtlTimes) -> Box<dyn FrozenTable>;
     /// Entries in the table.
     fn len(&self) -> usize;
-    /// Keys with an entry in namespace `ns` (with TTL, one a read returns at `times`' now); `None` if
-    /// `ns` is not this table's namespace type.
-    fn keys_in_namespace(&self, ns: &dyn Any, times: &TtlTimes) -> Option<Vec<K>>;
+    /// Keys with an entry in namespace `ns` (with TTL, one a read returns at `times`' now, or one a
+    /// queued read in `marks` keeps alive); `None` if `ns` is not this table's namespace type.
+    fn keys_in_namespace(
+        &self,
+        ns: &dyn Any,
+        times: &TtlTimes,
+        marks: Option<&ReadMarks>,
+    ) -> Option<Vec<K>>;
     /// Appends every `(key, namespace)` to `out`, a `Vec<(K, N)>` (with TTL, those a read returns at
-    /// `times`' now); false if `N` is not this table's namespace type (or the table is raw: the backend
-    /// decodes those).
-    fn keys_and_namespaces(&self, out: &mut dyn Any, times: &TtlTimes) -> bool;
+    /// `times`' now, or kept alive by a queued read in `marks`); false if `N` is not this table's
+    /// namespace type (or the table is raw: the backend decodes those).
+    fn keys_and_namespaces(
+        &self,
+        out: &mut dyn Any,
+        times: &TtlTimes,
+        marks: Option<&ReadMarks>,
+    ) -> bool;
     /// Whether the state was dropped ([`DroppedTable`]).
     fn is_dropped(&self) -> bool {
         false
@@ -90,10 +101,20 @@ impl<K: StateKey> ErasedTable<K> for DroppedTable {
     fn len(&self) -> usize {
         0
     }
-    fn keys_in_namespace(&self, _ns: &dyn Any, _times: &TtlTimes) -> Option<Vec<K>> {
+    fn keys_in_namespace(
+        &self,
+        _ns: &dyn Any,
+        _times: &TtlTimes,
+        _marks: Option<&ReadMarks>,
+    ) -> Option<Vec<K>> {
         None
     }
-    fn keys_and_namespaces(&self, _out: &mut dyn Any, _times: &TtlTimes) -> bool {
+    fn keys_and_namespaces(
+        &self,
+        _out: &mut dyn Any,
+        _times: &TtlTimes,
+        _marks: Option<&ReadMarks>,
+    ) -> bool {
         false
     }
     fn is_dropped(&self) -> bool {
@@ -152,26 +173,36 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
     fn len(&self) -> usize {
         self.map.len()
     }
-    fn keys_in_namespace(&self, ns: &dyn Any, times: &TtlTimes) -> Option<Vec<K>> {
+    fn keys_in_namespace(
+        &self,
+        ns: &dyn Any,
+        times: &TtlTimes,
+        marks: Option<&ReadMarks>,
+    ) -> Option<Vec<K>> {
         let ns = ns.downcast_ref::<N>()?;
-        let live = self.read_filter(times);
+        let live = self.read_filter(times, marks);
         Some(
             (0..self.map.groups())
                 .flat_map(|g| self.map.iter_group(g))
-                .filter(|e| e.ns == *ns && live(&e.value))
+                .filter(|e| e.ns == *ns && live(&e.key, &e.ns, &e.value))
                 .map(|e| e.key.clone())
                 .collect(),
         )
     }
-    fn keys_and_namespaces(&self, out: &mut dyn Any, times: &TtlTimes) -> bool {
+    fn keys_and_namespaces(
+        &self,
+        out: &mut dyn Any,
+        times: &TtlTimes,
+        marks: Option<&ReadMarks>,
+    ) -> bool {
         let Some(out) = out.downcast_mut::<Vec<(K, N)>>() else {
             return false;
         };
-        let live = self.read_filter(times);
+        let live = self.read_filter(times, marks);
         out.extend(
             (0..self.map.groups())
                 .flat_map(|g| self.map.iter_group(g))
-                .filter(|e| live(&e.value))
+                .filter(|e| live(&e.key, &e.ns, &e.value))
                 .map(|e| (e.key.clone(), e.ns.clone())),
         );
         true
@@ -186,13 +217,28 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
 }
 
 impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N, S> {
-    /// Whether a read at `times`' now returns (some of) a stored value: always without TTL.
-    fn read_filter(&self, times: &TtlTimes) -> impl Fn(&S) -> bool {
+    /// Whether a read at `times`' now returns (some of) the stored value of a key and namespace, or a
+    /// queued read in `marks` keeps some of it alive: always without TTL.
+    fn read_filter<'m>(
+        &self,
+        times: &TtlTimes,
+        marks: Option<&'m ReadMarks>,
+    ) -> impl Fn(&K, &N, &S) -> bool + 'm {
         let ttl = self
             .serde
             .ttl
             .and_then(|t| Some((t, t.cutoff(times, true)?)));
-        move |value| ttl.is_none_or(|(t, cutoff)| t.live(value, cutoff))
+        move |key, ns, value| {
+            ttl.is_none_or(|(t, cutoff)| {
+                t.live(value, cutoff)
+                    || marks.is_some_and(|m| {
+                        let (mut k, mut n) = (Vec::new(), Vec::new());
+                        key.encode(&mut k);
+                        ns.encode(&mut n);
+                        m.keeps_some(&k, &n, cutoff)
+                    })
+            })
+        }
     }
 }
 
@@ -296,11 +342,21 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
     fn len(&self) -> usize {
         self.len
     }
-    fn keys_in_namespace(&self, _ns: &dyn Any, _times: &TtlTimes) -> Option<Vec<K>> {
+    fn keys_in_namespace(
+        &self,
+        _ns: &dyn Any,
+        _times: &TtlTimes,
+        _marks: Option<&ReadMarks>,
+    ) -> Option<Vec<K>> {
         // Raw records need the namespace's codec; the backend answers for them (it knows `N`).
         None
     }
-    fn keys_and_namespaces(&self, _out: &mut dyn Any, _times: &TtlTimes) -> bool {
+    fn keys_and_namespaces(
+        &self,
+        _out: &mut dyn Any,
+        _times: &TtlTimes,
+        _marks: Option<&ReadMarks>,
+    ) -> bool {
         false
     }
 }

@@ -16,9 +16,11 @@ use crate::keyed::descriptor::{
     ValueStateDescriptor,
 };
 use crate::keyed::map_iter::MapEntries;
+use crate::keyed::read_refresh::{RefreshWrite, apply_refreshes_keeping_key};
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
+use crate::keyed::ttl_refresh::Mark;
 use crate::snapshot::result::{SavepointFormat, SnapshotResult};
 use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
@@ -86,7 +88,7 @@ impl PendingSnapshot {
 ///
 /// Sealed: implemented by this crate's backends only ([`crate::heap::HeapKeyedStateBackend`], the RocksDB
 /// backend and [`crate::StateBackend`]), so that its primitives may change without breaking engines.
-pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> {
+pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> + 'static {
     /// Max parallelism of the job (number of key groups).
     fn max_parallelism(&self) -> u32;
     /// Key groups this backend owns.
@@ -486,6 +488,34 @@ pub(crate) mod sealed {
         fn ttl_times(&self) -> &TtlTimes;
         /// TTL primitive: the times TTL states expire against, to change.
         fn ttl_times_mut(&mut self) -> &mut TtlTimes;
+        /// TTL primitive: queues `write` of a read that restarted entries (`OnReadAndWrite`,
+        /// `keyed/ttl_refresh.rs`) with `marks` of what it kept alive, read at `at` (ms), for the backend
+        /// that holds the queue to apply at its next record edge, write to a TTL state or snapshot (the
+        /// engine's `StateBackend` hands it to the backend inside).
+        fn queue_refresh<W: RefreshWrite<K>>(
+            &self,
+            write: W,
+            state: StateId,
+            marks: &[Mark<'_>],
+            at: u64,
+        ) where
+            Self: KeyedStateBackend<K> + Sized,
+        {
+            let refresh = Box::new(move |b: &mut Self| write.write(b));
+            (self.ttl_times().refreshes()).push::<Self>(refresh, state.0, marks, at);
+        }
+
+        /// TTL primitive: writes what reads queued through [`StateAccess::queue_refresh`], keeping the
+        /// current key (before a write to a TTL state).
+        ///
+        /// # Errors
+        /// The first error of a queued write.
+        fn write_refreshes(&mut self) -> Result<()>
+        where
+            Self: KeyedStateBackend<K> + Sized,
+        {
+            apply_refreshes_keeping_key(self)
+        }
 
         /// Timer primitive: adds the current key's timer `(ns, timestamp)` to the timers `state` (a set).
         fn timer_register<N: StateKey>(

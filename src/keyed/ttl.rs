@@ -11,14 +11,15 @@ use parking_lot::RwLock;
 use crate::clock::{Clock, SystemClock, ticked_ms_started};
 use crate::codec::{Codec, Migration, WrittenCodec};
 use crate::error::{Error, Result};
+use crate::keyed::ttl_refresh::Refreshes;
 
 /// When an entry of a TTL state expires, and whether a read may still see it (Flink's `StateTtlConfig`).
 /// Plain data: build it with [`StateTtlConfig::new`] and struct update syntax.
 ///
 /// An entry (a value; a list element; a map entry) written at time `t` (ms, in the chosen [`TtlTime`])
 /// expires at `t + ttl_ms`: from then on no read returns it under [`TtlVisibility::NeverReturnExpired`].
-/// Every write (create, update, add, put) restarts its clock; a read does not (Flink's default
-/// `OnCreateAndWrite`; its `OnReadAndWrite` is not offered, `docs/ttl.md`).
+/// Every write (create, update, add, put) restarts its clock; a read does too under
+/// [`TtlUpdate::OnReadAndWrite`] (the default, as Flink's, is [`TtlUpdate::OnCreateAndWrite`]).
 ///
 /// ```
 /// use statebackend::keyed::{StateTtlConfig, TtlTime};
@@ -34,6 +35,8 @@ pub struct StateTtlConfig {
     pub visibility: TtlVisibility,
     /// Which time the entry lives in (default: processing time).
     pub time: TtlTime,
+    /// Whether reads restart the clock too (default: writes only).
+    pub update: TtlUpdate,
 }
 
 impl StateTtlConfig {
@@ -43,6 +46,7 @@ impl StateTtlConfig {
             ttl_ms,
             visibility: TtlVisibility::NeverReturnExpired,
             time: TtlTime::ProcessingTime,
+            update: TtlUpdate::OnCreateAndWrite,
         }
     }
 
@@ -74,15 +78,7 @@ impl StateTtlConfig {
         }
     }
 
-    /// The value of a stored entry if a read at `now_ms` returns it.
-    #[inline]
-    pub(crate) fn read<V>(&self, stored: Option<Stamped<V>>, now_ms: u64) -> Option<V> {
-        stored
-            .filter(|s| self.visible(s.last_update_ms, now_ms))
-            .map(|s| s.value)
-    }
-
-    /// As [`StateTtlConfig::read`], by reference.
+    /// The value of a stored entry if a read at `now_ms` returns it, by reference.
     #[inline]
     pub(crate) fn read_ref<'v, V>(
         &self,
@@ -129,6 +125,20 @@ impl StateTtlConfig {
         self.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp
             || !self.expired(last_update_ms, now_ms)
     }
+}
+
+/// What restarts an entry's time to live (Flink's `StateTtlConfig.UpdateType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TtlUpdate {
+    /// Creating and writing it (value update, list add or update, map put, reduce, aggregate add).
+    #[default]
+    OnCreateAndWrite,
+    /// Also reading it: a read that returns a value, list elements or map entries stamps them with the
+    /// read's time, as a write would (Flink's `OnReadAndWrite`). Reads borrow the backend shared, so the
+    /// new stamps are written when the backend is next borrowed mutably (a new current key, a write to a
+    /// TTL state, a snapshot); until then every read path sees them (`docs/ttl.md`). A read that restarts
+    /// something costs a write (on RocksDB a read and a write of the row), as Flink's.
+    OnReadAndWrite,
 }
 
 /// Whether reads return entries that expired but are still stored (Flink's `StateVisibility`).
@@ -261,6 +271,9 @@ pub struct TtlTimes {
     watermark_ms: u64,
     /// The same clock and watermark for other threads.
     shared: Arc<SharedTtlTime>,
+    /// Reads of `OnReadAndWrite` states whose new stamps are not written yet (shared with RocksDB's
+    /// compaction filter).
+    refreshes: Refreshes,
 }
 
 impl Default for TtlTimes {
@@ -278,6 +291,7 @@ impl Default for TtlTimes {
                 clock: RwLock::new(clock),
                 watermark_ms: AtomicU64::new(0),
             }),
+            refreshes: Refreshes::default(),
         }
     }
 }
@@ -312,6 +326,12 @@ impl SharedTtlTime {
 }
 
 impl TtlTimes {
+    /// Reads of `OnReadAndWrite` states not written yet (`keyed/ttl_refresh.rs`).
+    #[inline]
+    pub(crate) fn refreshes(&self) -> &Refreshes {
+        &self.refreshes
+    }
+
     /// Reads processing time from `clock` from now on.
     pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
         *self.shared.clock.write() = clock.clone();

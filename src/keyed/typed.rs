@@ -5,13 +5,27 @@
 use crate::error::Result;
 use crate::keyed::backend::{KeyedStateBackend, StateId, StateKey, StateValue};
 use crate::keyed::map_iter::MapEntries;
-use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTime};
+use crate::keyed::read_refresh::{
+    ReadCheck, queue_batch, queue_list, queue_map, queue_value, restarts, settle,
+};
+use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTime, TtlUpdate, TtlVisibility};
 
 /// A registered state's id and TTL, with typed reads and writes through a backend's primitives.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StateRef {
     pub(crate) id: StateId,
     ttl: Option<StateTtlConfig>,
+    /// What a read of one value must do, known at registration (the hot read path's one branch).
+    reads: Reads,
+}
+
+/// How [`StateRef::get`] reads: as it is stored, or judged against a TTL; in the common TTL case (an
+/// expired value is never returned, reads restart nothing) a live value needs no more than its stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    Plain,
+    Ttl,
+    TtlOther,
 }
 
 /// Now in `time` (ms) on `backend`: processing time as sampled when the current key was set, or read
@@ -28,7 +42,17 @@ fn stamp_all<V>(ttl: &StateTtlConfig, values: Vec<V>, now_ms: u64) -> Vec<Stampe
 
 impl StateRef {
     pub(crate) fn new(id: StateId, ttl: Option<StateTtlConfig>) -> Self {
-        StateRef { id, ttl }
+        let reads = match ttl {
+            None => Reads::Plain,
+            Some(t)
+                if t.update == TtlUpdate::OnCreateAndWrite
+                    && t.visibility == TtlVisibility::NeverReturnExpired =>
+            {
+                Reads::Ttl
+            }
+            Some(_) => Reads::TtlOther,
+        };
+        StateRef { id, ttl, reads }
     }
 
     /// The value (a value, reduced value or accumulator) of the current key in `ns`.
@@ -38,11 +62,74 @@ impl StateRef {
         b: &B,
         ns: &N,
     ) -> Result<Option<V>> {
+        if self.reads == Reads::Plain {
+            return b.value_get(self.id, ns);
+        }
         let Some(ttl) = &self.ttl else {
             return b.value_get(self.id, ns);
         };
         let now = now(ttl.time, b, false);
-        Ok(ttl.read(b.value_get::<N, Stamped<V>>(self.id, ns)?, now))
+        let Some(s) = b.value_get::<N, Stamped<V>>(self.id, ns)? else {
+            return Ok(None);
+        };
+        // The common case inline: live, and the read restarts nothing.
+        if self.reads == Reads::Ttl && !ttl.expired(s.last_update_ms, now) {
+            return Ok(Some(s.value));
+        }
+        Ok(self.get_rest::<K, B, N, V>(b, ns, s, now))
+    }
+
+    /// [`StateRef::get`] of a value that expired by its stamp (a queued read may keep it alive) or whose
+    /// read restarts it, out of line.
+    #[cold]
+    #[inline(never)]
+    fn get_rest<K: StateKey, B: KeyedStateBackend<K>, N: StateKey, V: StateValue>(
+        &self,
+        b: &B,
+        ns: &N,
+        s: Stamped<V>,
+        now: u64,
+    ) -> Option<V> {
+        if !self.returns(b, ns, None::<&()>, s.last_update_ms, now) {
+            return None;
+        }
+        if self
+            .ttl
+            .is_some_and(|ttl| restarts(&ttl, s.last_update_ms, now))
+        {
+            queue_value::<K, B, N, V>(b, self.id, ns, now);
+        }
+        Some(s.value)
+    }
+
+    /// Whether a read at `now` returns an entry stamped `stamp` of the current key, `ns` and `uk`: not
+    /// expired, or kept alive by a queued read (`keyed/ttl_refresh.rs`).
+    #[inline]
+    fn returns<K: StateKey, B: KeyedStateBackend<K>, N: StateKey, UK: StateKey>(
+        &self,
+        b: &B,
+        ns: &N,
+        uk: Option<&UK>,
+        stamp: u64,
+        now: u64,
+    ) -> bool {
+        let Some(ttl) = &self.ttl else { return true };
+        ttl.visible(stamp, now) || self.kept(b, ns, uk, stamp, now)
+    }
+
+    /// Whether a queued read keeps an expired entry alive (out of line: only when something expired).
+    #[cold]
+    fn kept<K: StateKey, B: KeyedStateBackend<K>, N: StateKey, UK: StateKey>(
+        &self,
+        b: &B,
+        ns: &N,
+        uk: Option<&UK>,
+        stamp: u64,
+        now: u64,
+    ) -> bool {
+        let Some(ttl) = &self.ttl else { return true };
+        ReadCheck::new(b, self.id, b.current_key(), ns, ttl, now)
+            .is_some_and(|c| c.keeps(uk, stamp))
     }
 
     #[inline]
@@ -55,6 +142,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.value_put(self.id, ns, value);
         };
+        settle(b)?;
         let now = now(ttl.time, b, false);
         b.value_put(self.id, ns, ttl.stamp(value, now))
     }
@@ -70,6 +158,7 @@ impl StateRef {
         let Some(ttl) = self.ttl else {
             return b.value_modify(self.id, ns, f);
         };
+        settle(b)?;
         let now = now(ttl.time, b, false);
         b.value_modify::<N, Stamped<V>>(self.id, ns, &mut |old| {
             f(ttl.read_ref(old, now)).map(|v| ttl.stamp(v, now))
@@ -83,7 +172,10 @@ impl StateRef {
     ) -> Result<()> {
         match self.ttl {
             None => b.value_clear::<N, V>(self.id, ns),
-            Some(_) => b.value_clear::<N, Stamped<V>>(self.id, ns),
+            Some(_) => {
+                settle(b)?;
+                b.value_clear::<N, Stamped<V>>(self.id, ns)
+            }
         }
     }
 
@@ -101,7 +193,25 @@ impl StateRef {
         let now = now(ttl.time, b, true);
         let mut stored = Vec::with_capacity(keys.len());
         b.value_get_batch::<N, Stamped<V>>(self.id, ns, keys, &mut stored)?;
-        out.extend(stored.into_iter().map(|s| ttl.read(s, now)));
+        let check = ReadCheck::new(b, self.id, None::<&K>, ns, ttl, now);
+        let mut read = Vec::new();
+        for (key, s) in keys.iter().zip(stored) {
+            let s = s.filter(|s| {
+                ttl.visible(s.last_update_ms, now)
+                    || check
+                        .as_ref()
+                        .is_some_and(|c| c.keeps_key(key, s.last_update_ms))
+            });
+            if let Some(s) = &s
+                && restarts(ttl, s.last_update_ms, now)
+            {
+                read.push(key.clone());
+            }
+            out.push(s.map(|s| s.value));
+        }
+        if !read.is_empty() {
+            queue_batch::<K, B, N, V>(b, self.id, ns, read, now);
+        }
         Ok(())
     }
 
@@ -115,6 +225,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.value_put_batch(self.id, ns, keys, values);
         };
+        settle(b)?;
         let now = now(ttl.time, b, true);
         let stamped = stamp_all(ttl, values.to_vec(), now);
         b.value_put_batch(self.id, ns, keys, &stamped)
@@ -131,6 +242,7 @@ impl StateRef {
         let Some(ttl) = self.ttl else {
             return b.value_modify_batch(self.id, ns, keys, f);
         };
+        settle(b)?;
         let now = now(ttl.time, b, true);
         b.value_modify_batch::<N, Stamped<V>>(self.id, ns, keys, &mut |i, old| {
             f(i, ttl.read_ref(old, now)).map(|v| ttl.stamp(v, now))
@@ -150,10 +262,25 @@ impl StateRef {
         let Some(stored) = b.list_get::<N, Stamped<V>>(self.id, ns)? else {
             return Ok(None);
         };
+        let mut restart = false;
+        // Marks are asked only if an element expired by its stamp (one check for the list).
+        let check = (stored.iter().any(|s| !ttl.visible(s.last_update_ms, now)))
+            .then(|| ReadCheck::new(b, self.id, b.current_key(), ns, ttl, now))
+            .flatten();
         let live: Vec<V> = stored
             .into_iter()
-            .filter_map(|s| ttl.read(Some(s), now))
+            .filter(|s| {
+                ttl.visible(s.last_update_ms, now)
+                    || (check.as_ref()).is_some_and(|c| c.keeps(None::<&()>, s.last_update_ms))
+            })
+            .map(|s| {
+                restart |= restarts(ttl, s.last_update_ms, now);
+                s.value
+            })
             .collect();
+        if restart {
+            queue_list::<K, B, N, V>(b, self.id, *ttl, ns, now);
+        }
         Ok((!live.is_empty()).then_some(live))
     }
 
@@ -166,6 +293,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.list_add_all(self.id, ns, values);
         };
+        settle(b)?;
         let now = now(ttl.time, b, false);
         b.list_add_all(self.id, ns, stamp_all(ttl, values, now))
     }
@@ -179,6 +307,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.list_update(self.id, ns, values);
         };
+        settle(b)?;
         let now = now(ttl.time, b, false);
         b.list_update(self.id, ns, stamp_all(ttl, values, now))
     }
@@ -190,7 +319,10 @@ impl StateRef {
     ) -> Result<()> {
         match self.ttl {
             None => b.list_clear::<N, V>(self.id, ns),
-            Some(_) => b.list_clear::<N, Stamped<V>>(self.id, ns),
+            Some(_) => {
+                settle(b)?;
+                b.list_clear::<N, Stamped<V>>(self.id, ns)
+            }
         }
     }
 }
@@ -209,7 +341,16 @@ impl StateRef {
             return b.map_get(self.id, ns, uk);
         };
         let now = now(ttl.time, b, false);
-        Ok(ttl.read(b.map_get::<N, UK, Stamped<V>>(self.id, ns, uk)?, now))
+        let Some(s) = b.map_get::<N, UK, Stamped<V>>(self.id, ns, uk)? else {
+            return Ok(None);
+        };
+        if !self.returns(b, ns, Some(uk), s.last_update_ms, now) {
+            return Ok(None);
+        }
+        if restarts(ttl, s.last_update_ms, now) {
+            queue_map::<K, B, N, UK, V>(b, self.id, ns, vec![uk.clone()], now);
+        }
+        Ok(Some(s.value))
     }
 
     pub(crate) fn map_put<K, B, N, UK, V>(&self, b: &mut B, ns: &N, uk: UK, value: V) -> Result<()>
@@ -223,6 +364,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.map_put(self.id, ns, uk, value);
         };
+        settle(b)?;
         let now = now(ttl.time, b, false);
         b.map_put(self.id, ns, uk, ttl.stamp(value, now))
     }
@@ -237,15 +379,37 @@ impl StateRef {
     {
         match self.ttl {
             None => b.map_remove::<N, UK, V>(self.id, ns, uk),
-            Some(_) => b.map_remove::<N, UK, Stamped<V>>(self.id, ns, uk),
+            Some(_) => {
+                settle(b)?;
+                b.map_remove::<N, UK, Stamped<V>>(self.id, ns, uk)
+            }
         }
     }
 
-    /// The map's entries without the expired ones, streamed.
+    /// The map's entries without the expired ones, streamed (read in full first when the read restarts
+    /// them, [`TtlUpdate::OnReadAndWrite`]).
     pub(crate) fn map_iter<'a, K, B, N, UK, V>(
         &self,
         b: &'a B,
         ns: &N,
+    ) -> Result<MapEntries<'a, UK, V>>
+    where
+        K: StateKey,
+        B: KeyedStateBackend<K>,
+        N: StateKey,
+        UK: StateKey,
+        V: StateValue,
+    {
+        self.map_entries::<K, B, N, UK, V>(b, ns, true)
+    }
+
+    /// [`StateRef::map_iter`]; `restart`: whether the read restarts what it returns (not for
+    /// `is_empty`).
+    fn map_entries<'a, K, B, N, UK, V>(
+        &self,
+        b: &'a B,
+        ns: &N,
+        restart: bool,
     ) -> Result<MapEntries<'a, UK, V>>
     where
         K: StateKey,
@@ -259,9 +423,37 @@ impl StateRef {
         };
         let now = now(ttl.time, b, false);
         let stored = b.map_iter::<N, UK, Stamped<V>>(self.id, ns)?;
+        let check = ReadCheck::new(b, self.id, b.current_key(), ns, &ttl, now);
+        let returns = move |uk: &UK, s: &Stamped<V>| {
+            ttl.visible(s.last_update_ms, now)
+                || check
+                    .as_ref()
+                    .is_some_and(|c| c.keeps(Some(uk), s.last_update_ms))
+        };
+        if ttl.update == TtlUpdate::OnReadAndWrite && restart {
+            // A read restarts every entry it returns: the live entries are read in full here, so that
+            // all of them are marked (an iteration the caller stops early restarts them all too).
+            let mut live = Vec::new();
+            for entry in stored {
+                let (uk, s) = entry?;
+                if returns(&uk, &s) {
+                    live.push((uk, s));
+                }
+            }
+            let restarted: Vec<UK> = (live.iter())
+                .filter(|(_, s)| restarts(&ttl, s.last_update_ms, now))
+                .map(|(uk, _)| uk.clone())
+                .collect();
+            if !restarted.is_empty() {
+                queue_map::<K, B, N, UK, V>(b, self.id, ns, restarted, now);
+            }
+            return Ok(MapEntries::new(
+                live.into_iter().map(|(uk, s)| Ok((uk, s.value))),
+            ));
+        }
         Ok(MapEntries::new(stored.filter_map(
             move |entry| match entry {
-                Ok((uk, s)) => ttl.read(Some(s), now).map(|v| Ok((uk, v))),
+                Ok((uk, s)) => returns(&uk, &s).then(|| Ok((uk, s.value))),
                 Err(e) => Some(Err(e)),
             },
         )))
@@ -283,6 +475,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.map_put_all(self.id, ns, entries);
         };
+        settle(b)?;
         let now = now(ttl.time, b, false);
         let stamped = entries
             .into_iter()
@@ -309,6 +502,7 @@ impl StateRef {
         let Some(ttl) = self.ttl else {
             return b.map_retain(self.id, ns, keep);
         };
+        settle(b)?;
         let now = now(ttl.time, b, false);
         b.map_retain::<N, UK, Stamped<V>>(self.id, ns, &mut |uk, s| {
             ttl.read_ref(Some(s), now).is_some_and(|v| keep(uk, v))
@@ -327,7 +521,7 @@ impl StateRef {
         if self.ttl.is_none() {
             return b.map_is_empty::<N, UK, V>(self.id, ns);
         }
-        match self.map_iter::<K, B, N, UK, V>(b, ns)?.next() {
+        match self.map_entries::<K, B, N, UK, V>(b, ns, false)?.next() {
             None => Ok(true),
             Some(entry) => entry.map(|_| false),
         }
@@ -343,7 +537,10 @@ impl StateRef {
     {
         match self.ttl {
             None => b.map_clear::<N, UK, V>(self.id, ns),
-            Some(_) => b.map_clear::<N, UK, Stamped<V>>(self.id, ns),
+            Some(_) => {
+                settle(b)?;
+                b.map_clear::<N, UK, Stamped<V>>(self.id, ns)
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::map_iter::MapEntries;
+use crate::keyed::read_refresh::{apply_refreshes_keeping_key, at_record_edge};
 use crate::keyed::timers::{
     TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
@@ -24,7 +25,7 @@ use crate::rocksdb::snapshot::upload::SnapshotTarget;
 use crate::rocksdb::snapshot::{Checkpoints, SnapshotSource};
 use crate::rocksdb::states::LsmStates;
 use crate::rocksdb::timers::TimerQueues;
-use crate::rocksdb::ttl::{RowExpiry, TtlFilters};
+use crate::rocksdb::ttl::{ListedRows, TtlFilters};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::state_meta::StateKind;
 use crate::storage::CheckpointStorage;
@@ -74,7 +75,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         instance: InstanceDir,
     ) -> Result<Self> {
         let ttl = TtlTimes::default();
-        let filters = TtlFilters::new(ttl.shared());
+        let filters = TtlFilters::new(&ttl, identity.max_parallelism());
         let db = Db::open(&config, instance, filters.clone())?;
         let states = LsmStates::load(&db)?;
         let timers = TimerQueues::new(&identity);
@@ -194,11 +195,10 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         self.db.delete(self.cf(id)?, key)
     }
 
-    /// Which rows of state `id` a read returns now: `None` for all (no TTL, nothing expired yet, or
-    /// expired values returned until cleaned up).
-    fn read_expiry(&self, id: StateId) -> Option<RowExpiry> {
+    /// Which rows of state `id` a key listing counts now (`rocksdb/ttl.rs`): `None` for all.
+    fn listed_rows(&self, id: StateId) -> Option<ListedRows> {
         let state = self.states.get(id)?;
-        RowExpiry::at(state.meta.kind, state.ttl, &self.ttl, true)
+        ListedRows::at(id, state.meta.kind, state.ttl, &self.ttl)
     }
 
     /// Flushes the memtables and compacts every column family over its whole key range (RocksDB's
@@ -452,7 +452,7 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         let db = &mut self.db;
         let id = (self.states).register_kind::<K, N, UK, V>(db, name, kind, ttl, at)?;
         let cf = &self.states.get_mut(id).cf;
-        self.filters.set(cf, kind, ttl);
+        self.filters.set(cf, id, kind, ttl);
         Ok(id)
     }
 
@@ -508,12 +508,14 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
 
     #[inline]
     fn set_current_key(&mut self, key: K) -> Result<()> {
+        at_record_edge(self)?;
         let _ = self.ttl.on_new_key();
         self.current.set(key, &self.identity)
     }
 
     #[inline]
     fn set_current_key_routed(&mut self, key: K, route: KeyRoute) -> Result<()> {
+        at_record_edge(self)?;
         let _ = self.ttl.on_new_key();
         self.current.set_routed(key, route, &self.identity)
     }
@@ -540,21 +542,22 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {
         self.states.check_namespace::<N>(state)?;
-        let expiry = self.read_expiry(state);
-        bulk::keys(&self.db, self.cf(state)?, &self.identity, ns, expiry)
+        let rows = self.listed_rows(state);
+        bulk::keys(&self.db, self.cf(state)?, &self.identity, ns, rows.as_ref())
     }
 
     fn keys_and_namespaces<N: StateKey>(&self, state: StateId) -> Result<Vec<(K, N)>> {
         self.states.check_namespace::<N>(state)?;
-        let expiry = self.read_expiry(state);
-        bulk::keys_and_namespaces(&self.db, self.cf(state)?, &self.identity, expiry)
+        let rows = self.listed_rows(state);
+        bulk::keys_and_namespaces(&self.db, self.cf(state)?, &self.identity, rows.as_ref())
     }
 
     fn drop_state(&mut self, name: &str) -> Result<bool> {
+        apply_refreshes_keeping_key(self)?;
         if let Some(id) = self.states.find(name) {
             self.timers.forget(id);
             if let Some(state) = self.states.get(id) {
-                self.filters.set(&state.cf, state.meta.kind, None);
+                self.filters.set(&state.cf, id, state.meta.kind, None);
             }
         }
         self.states.drop_state(&mut self.db, name)
@@ -565,6 +568,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         checkpoint_id: u64,
         storage: &CheckpointStorage,
     ) -> Result<PendingSnapshot> {
+        apply_refreshes_keeping_key(self)?;
         self.snapshot_to(checkpoint_id, storage, SnapshotTarget::Checkpoint)
     }
 
@@ -574,6 +578,7 @@ impl<K: StateKey> KeyedStateBackend<K> for RocksDbKeyedStateBackend<K> {
         storage: &CheckpointStorage,
         format: SavepointFormat,
     ) -> Result<PendingSnapshot> {
+        apply_refreshes_keeping_key(self)?;
         self.snapshot_to(savepoint_id, storage, SnapshotTarget::savepoint(format))
     }
 

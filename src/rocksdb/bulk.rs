@@ -14,7 +14,7 @@ use crate::keyed::map_iter::MapEntries;
 use crate::rocksdb::db::{Db, db_error};
 use crate::rocksdb::restore::import_rows::Rows;
 use crate::rocksdb::rows::scan_prefix;
-use crate::rocksdb::ttl::RowExpiry;
+use crate::rocksdb::ttl::ListedRows;
 
 /// Row keys of a batch in one buffer, and the batch positions in row-key order (what `multi_get` wants).
 struct BatchRows {
@@ -265,7 +265,7 @@ pub(crate) fn keys<K: StateKey, N: StateKey>(
     cf: &ColumnFamily,
     identity: &SubtaskIdentity,
     ns: &N,
-    expiry: Option<RowExpiry>,
+    rows: Option<&ListedRows>,
 ) -> Result<Vec<K>> {
     let mut want = Vec::new();
     ns.encode(&mut want);
@@ -277,7 +277,7 @@ pub(crate) fn keys<K: StateKey, N: StateKey>(
         let row = split_row_key(k, identity.max_parallelism())?;
         let wanted = row.namespace == want.as_slice()
             && owned.contains(row.key_group)
-            && expiry.is_none_or(|e| e.live(v));
+            && rows.is_none_or(|r| r.live(row.key, row.namespace, v));
         if wanted && (first || row.key != last.as_slice()) {
             first = false;
             last.clear();
@@ -298,7 +298,7 @@ pub(crate) fn keys_and_namespaces<K: StateKey, N: StateKey>(
     db: &Db,
     cf: &ColumnFamily,
     identity: &SubtaskIdentity,
-    expiry: Option<RowExpiry>,
+    rows: Option<&ListedRows>,
 ) -> Result<Vec<(K, N)>> {
     let owned = identity.key_groups();
     let mut out = Vec::new();
@@ -306,7 +306,8 @@ pub(crate) fn keys_and_namespaces<K: StateKey, N: StateKey>(
     let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
     scan_prefix(db, cf, &[], |k, v| {
         let row = split_row_key(k, identity.max_parallelism())?;
-        if !owned.contains(row.key_group) || expiry.is_some_and(|e| !e.live(v)) {
+        let live = || rows.is_none_or(|r| r.live(row.key, row.namespace, v));
+        if !owned.contains(row.key_group) || !live() {
             return Ok(true);
         }
         if last

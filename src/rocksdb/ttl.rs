@@ -13,8 +13,10 @@ use rocksdb::CompactionDecision;
 use rocksdb::compaction_filter::CompactionFilter;
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 
-use crate::format::lsm_rows::{push_list_element, split_list};
-use crate::keyed::ttl::{STAMP_BYTES, SharedTtlTime, StateTtlConfig, TtlTimes};
+use crate::format::lsm_rows::{push_list_element, split_list, split_row_key};
+use crate::keyed::backend::StateId;
+use crate::keyed::ttl::{STAMP_BYTES, SharedTtlTime, StateTtlConfig, TtlTimes, split_stamp};
+use crate::keyed::ttl_refresh::{Mark, ReadMarks, SharedMarks};
 use crate::snapshot::state_meta::StateKind;
 
 /// Which rows of one TTL state are live: those with a part (the value; a list element) written after
@@ -65,32 +67,76 @@ impl RowExpiry {
     }
 }
 
+/// Which rows a key listing of a TTL state counts: live ones, and ones a queued read keeps alive
+/// (`OnReadAndWrite`, `keyed/ttl_refresh.rs`).
+#[derive(Debug)]
+pub(crate) struct ListedRows {
+    expiry: RowExpiry,
+    marks: Option<ReadMarks>,
+}
+
+impl ListedRows {
+    /// For state `id` of `kind` with `ttl` at `times`' now (the clock read again); `None` if every row
+    /// counts (no TTL, nothing can have expired, or reads return expired values).
+    pub(crate) fn at(
+        id: StateId,
+        kind: StateKind,
+        ttl: Option<StateTtlConfig>,
+        times: &TtlTimes,
+    ) -> Option<ListedRows> {
+        Some(ListedRows {
+            expiry: RowExpiry::at(kind, ttl, times, true)?,
+            marks: times.refreshes().marks_of(id.0),
+        })
+    }
+
+    /// Whether the row of `key` and `ns` (as encoded in the row key) with value `value` counts.
+    pub(crate) fn live(&self, key: &[u8], ns: &[u8], value: &[u8]) -> bool {
+        self.expiry.live(value)
+            || (self.marks.as_ref()).is_some_and(|m| m.keeps_some(key, ns, self.expiry.cutoff))
+    }
+}
+
 /// The TTL of each column family of one backend, as its compaction filters read it: set when a state is
 /// registered (with or without TTL; a restored state has none until then), with the backend's clock and
-/// watermark. Cloned into every column family's compaction filter factory.
+/// watermark, and the reads of `OnReadAndWrite` states not written yet. Cloned into every column
+/// family's compaction filter factory.
 #[derive(Clone, Debug)]
 pub(crate) struct TtlFilters {
     time: Arc<SharedTtlTime>,
-    states: Arc<RwLock<HashMap<String, (StateKind, StateTtlConfig)>>>,
+    marks: SharedMarks,
+    max_parallelism: u32,
+    states: Arc<RwLock<HashMap<String, FilteredState>>>,
+}
+
+/// A TTL state as its compaction filter sees it.
+#[derive(Clone, Copy, Debug)]
+struct FilteredState {
+    id: StateId,
+    kind: StateKind,
+    ttl: StateTtlConfig,
 }
 
 /// The name RocksDB logs for the compaction filter of TTL states.
 const FILTER_NAME: &CStr = c"sb-ttl";
 
 impl TtlFilters {
-    /// No column family with TTL yet; time read from `time`.
-    pub(crate) fn new(time: Arc<SharedTtlTime>) -> Self {
+    /// No column family with TTL yet; time read from `times`' shared clock and watermark, queued reads
+    /// from its refreshes; row keys of a backend with `max_parallelism`.
+    pub(crate) fn new(times: &TtlTimes, max_parallelism: u32) -> Self {
         TtlFilters {
-            time,
+            time: times.shared(),
+            marks: times.refreshes().shared(),
+            max_parallelism,
             states: Arc::default(),
         }
     }
 
-    /// Column family `cf` holds a state of `kind` with `ttl` (or without: `None`) from now on.
-    pub(crate) fn set(&self, cf: &str, kind: StateKind, ttl: Option<StateTtlConfig>) {
+    /// Column family `cf` holds state `id` of `kind` with `ttl` (or without: `None`) from now on.
+    pub(crate) fn set(&self, cf: &str, id: StateId, kind: StateKind, ttl: Option<StateTtlConfig>) {
         let mut states = self.states.write();
         match ttl {
-            Some(ttl) => states.insert(cf.to_string(), (kind, ttl)),
+            Some(ttl) => states.insert(cf.to_string(), FilteredState { id, kind, ttl }),
             None => states.remove(cf),
         };
     }
@@ -115,11 +161,12 @@ impl CompactionFilterFactory for TtlFilterFactory {
 
     fn create(&mut self, _context: CompactionFilterContext) -> TtlFilter {
         let state = self.filters.states.read().get(&self.cf).copied();
-        let expiry = state.and_then(|(kind, ttl)| {
-            RowExpiry::at_ms(kind, ttl, self.filters.time.now_ms(ttl.time))
-        });
+        let expiry = state
+            .and_then(|s| RowExpiry::at_ms(s.kind, s.ttl, self.filters.time.now_ms(s.ttl.time)));
         TtlFilter {
             expiry,
+            state,
+            filters: self.filters.clone(),
             changed: Vec::new(),
         }
     }
@@ -132,21 +179,25 @@ impl CompactionFilterFactory for TtlFilterFactory {
 /// Removes the rows of one compaction that have expired: a value or map row written at or before the
 /// cutoff, a list row all of whose elements were; a list row with some live elements is rewritten
 /// without the expired ones. Rows written through the merge operator (list appends) are seen once a
-/// compaction has merged them into a value.
+/// compaction has merged them into a value. What a queued read of an `OnReadAndWrite` state keeps
+/// alive is kept (its new stamp is written at the backend's next record edge).
 pub(crate) struct TtlFilter {
     /// `None`: the column family has no TTL, or nothing can have expired.
     expiry: Option<RowExpiry>,
+    state: Option<FilteredState>,
+    filters: TtlFilters,
     /// The rewritten list row of the last call (see `filter`).
     changed: Vec<u8>,
 }
 
 impl CompactionFilter for TtlFilter {
-    fn filter(&mut self, _level: u32, _key: &[u8], value: &[u8]) -> CompactionDecision {
+    fn filter(&mut self, _level: u32, key: &[u8], value: &[u8]) -> CompactionDecision {
         let Some(expiry) = self.expiry else {
             return CompactionDecision::Keep;
         };
         if !expiry.list {
-            return match expiry.part_live(value) {
+            let kept = kept_by_read(self.state, expiry, &self.filters, key, value);
+            return match expiry.part_live(value) || kept {
                 true => CompactionDecision::Keep,
                 false => CompactionDecision::Remove,
             };
@@ -155,15 +206,17 @@ impl CompactionFilter for TtlFilter {
         let Ok(elements) = split_list(value) else {
             return CompactionDecision::Keep;
         };
-        let live = elements.iter().filter(|e| expiry.part_live(e)).count();
-        if live == elements.len() {
+        let (state, filters) = (self.state, &self.filters);
+        let live = |e: &[u8]| expiry.part_live(e) || kept_by_read(state, expiry, filters, key, e);
+        let kept = elements.iter().filter(|e| live(e)).count();
+        if kept == elements.len() {
             return CompactionDecision::Keep;
         }
-        if live == 0 {
+        if kept == 0 {
             return CompactionDecision::Remove;
         }
         self.changed.clear();
-        for e in elements.iter().filter(|e| expiry.part_live(e)) {
+        for e in elements.iter().filter(|e| live(e)) {
             push_list_element(e, &mut self.changed);
         }
         CompactionDecision::Change(self.changed_row())
@@ -172,6 +225,30 @@ impl CompactionFilter for TtlFilter {
     fn name(&self) -> &CStr {
         FILTER_NAME
     }
+}
+
+/// Whether a queued read keeps the expired part `part` (a value, a map entry's value, a list element:
+/// stamp first) of row `key` of `state` alive against `expiry`.
+fn kept_by_read(
+    state: Option<FilteredState>,
+    expiry: RowExpiry,
+    filters: &TtlFilters,
+    key: &[u8],
+    part: &[u8],
+) -> bool {
+    let Some(state) = state else { return false };
+    let (Ok(row), Ok((stamp, _))) = (
+        split_row_key(key, filters.max_parallelism),
+        split_stamp(part),
+    ) else {
+        return false;
+    };
+    let entry = Mark {
+        key: row.key,
+        ns: row.namespace,
+        uk: (state.kind == StateKind::Map).then_some(row.user_key),
+    };
+    (filters.marks).keeps(state.id.0, entry, stamp, expiry.cutoff, state.ttl.ttl_ms)
 }
 
 impl TtlFilter {

@@ -12,6 +12,7 @@ mod ttl;
 mod ttl_cleanup;
 mod ttl_model;
 mod ttl_switch;
+mod ttl_update;
 
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;
@@ -315,6 +316,10 @@ macro_rules! conformance {
             #[test]
             fn ttl_event_time() {
                 ttl::event_time_visibility_and_registration(&mut $make);
+            }
+            #[test]
+            fn ttl_on_read_and_write() {
+                ttl_update::reads_restart_the_ttl(&mut $make);
             }
         }
     };

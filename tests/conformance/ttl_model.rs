@@ -1,7 +1,10 @@
 //! Property test of state TTL: random writes of value, list and map state and clock moves, interleaved
 //! with checkpoints, restores at 1, 2 or 3 subtasks and canonical savepoints that switch the backend,
 //! checked against a model of `(value, last write)` after every step: no read path (value, list, map
-//! entries, keys with state) ever returns what has expired, and nothing live is lost.
+//! entries, keys with state) ever returns what has expired, and nothing live is lost. A second variant
+//! has reads restart the TTL (`TtlUpdate::OnReadAndWrite`): there the model restamps what each read
+//! returns, key listings (which restart nothing) are checked after every step, and the other read
+//! paths only at some steps (reading everything every step would keep everything alive).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,7 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::common::*;
 use proptest::prelude::*;
-use statebackend::keyed::StateTtlConfig;
+use statebackend::keyed::{StateTtlConfig, TtlUpdate};
 use statebackend::*;
 
 const MAX_P: u32 = 32;
@@ -47,6 +50,16 @@ enum Op {
         parallelism: u32,
         savepoint: bool,
     },
+    /// Reads of one key: its value, list and map entries.
+    Read {
+        key: u64,
+    },
+    /// A batch read of values, with no current key set.
+    BatchRead {
+        keys: Vec<u64>,
+    },
+    /// Every read path of every key (after every step in the variant where reads do not restart).
+    Observe,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -59,12 +72,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (key, 0u8..3).prop_map(|(key, uk)| Op::MapRemove { key, uk }),
         3 => (1u64..=60).prop_map(|ms| Op::Advance { ms }),
         1 => (1u32..=3, any::<bool>()).prop_map(|(parallelism, savepoint)| Op::Restore { parallelism, savepoint }),
+        2 => (0..KEYS).prop_map(|key| Op::Read { key }),
+        1 => proptest::collection::vec(0..KEYS, 1..4).prop_map(|keys| Op::BatchRead { keys }),
+        1 => Just(Op::Observe),
     ]
 }
 
-/// Every write with its time (ms); what a read returns is what was written less than `TTL_MS` ago.
+/// Every write (and, if `on_read`, read) with its time (ms); what a read returns is what was written
+/// less than `TTL_MS` ago.
 #[derive(Default, Debug)]
 struct Model {
+    on_read: bool,
     values: BTreeMap<u64, (u32, u64)>,
     lists: BTreeMap<u64, Vec<(u32, u64)>>,
     maps: BTreeMap<(u64, u8), (u32, u64)>,
@@ -111,6 +129,47 @@ impl Model {
         }
         v
     }
+
+    /// What a read of `key`'s value, list and map at `now` returns (restamped if reads restart).
+    fn read(&mut self, key: u64, now: u64) -> (Option<u32>, Vec<u32>, BTreeMap<u8, u32>) {
+        let view = self.view(now);
+        let value = view.values.get(&key).copied();
+        let list = view.lists.get(&key).cloned().unwrap_or_default();
+        let map: BTreeMap<u8, u32> = (view.maps.range((key, 0)..=(key, u8::MAX)))
+            .map(|(&(_, uk), &x)| (uk, x))
+            .collect();
+        if self.on_read {
+            self.restamp_value(key, now);
+            if let Some(l) = self.lists.get_mut(&key) {
+                l.retain(|e| live(e.1, now));
+                l.iter_mut().for_each(|e| e.1 = now);
+            }
+            for (_, (_, at)) in self.maps.range_mut((key, 0)..=(key, u8::MAX)) {
+                if live(*at, now) {
+                    *at = now;
+                }
+            }
+        }
+        (value, list, map)
+    }
+
+    fn restamp_value(&mut self, key: u64, now: u64) {
+        if let Some((_, at)) = self.values.get_mut(&key)
+            && self.on_read
+            && live(*at, now)
+        {
+            *at = now;
+        }
+    }
+
+    /// Every read path of every key at `now`, restamped if reads restart.
+    fn observe(&mut self, now: u64) -> View {
+        let view = self.view(now);
+        for key in 0..KEYS {
+            self.read(key, now);
+        }
+        view
+    }
 }
 
 type States = (
@@ -119,8 +178,15 @@ type States = (
     MapState<VoidNamespace, u8, u32>,
 );
 
-fn states(b: &mut StateBackend<u64>) -> States {
-    let ttl = StateTtlConfig::new(TTL_MS);
+fn states(b: &mut StateBackend<u64>, on_read: bool) -> States {
+    let update = match on_read {
+        true => TtlUpdate::OnReadAndWrite,
+        false => TtlUpdate::OnCreateAndWrite,
+    };
+    let ttl = StateTtlConfig {
+        update,
+        ..StateTtlConfig::new(TTL_MS)
+    };
     (
         b.value_state(&ValueStateDescriptor::new("v").with_ttl(ttl))
             .unwrap(),
@@ -138,6 +204,7 @@ struct Job {
     storage: CheckpointStorage,
     backends: Vec<StateBackend<u64>>,
     next_id: u64,
+    on_read: bool,
 }
 
 impl Job {
@@ -161,7 +228,7 @@ impl Job {
         };
         let i = self.owner(key);
         let b = &mut self.backends[i];
-        let (v, l, m) = states(b);
+        let (v, l, m) = states(b, self.on_read);
         let ns = VoidNamespace;
         b.set_current_key(key).unwrap();
         match *op {
@@ -189,15 +256,62 @@ impl Job {
         }
     }
 
+    /// Keys with state in each of the three states, as the backends list them now.
+    fn listed(&mut self) -> [BTreeSet<u64>; 3] {
+        let mut keys: [BTreeSet<u64>; 3] = Default::default();
+        for b in &mut self.backends {
+            let (v, l, m) = states(b, self.on_read);
+            for (i, id) in [v.id(), l.id(), m.id()].into_iter().enumerate() {
+                keys[i].extend(b.keys(id, &VoidNamespace).unwrap());
+                let pairs: Vec<(u64, VoidNamespace)> = b.keys_and_namespaces(id).unwrap();
+                let listed: BTreeSet<u64> =
+                    b.keys(id, &VoidNamespace).unwrap().into_iter().collect();
+                assert_eq!(
+                    pairs.into_iter().map(|p| p.0).collect::<BTreeSet<_>>(),
+                    listed
+                );
+            }
+        }
+        keys
+    }
+
+    /// What one key's value, list and map entries read now.
+    fn read(&mut self, key: u64) -> (Option<u32>, Vec<u32>, BTreeMap<u8, u32>) {
+        let i = self.owner(key);
+        let on_read = self.on_read;
+        let b = &mut self.backends[i];
+        let (v, l, m) = states(b, on_read);
+        b.set_current_key(key).unwrap();
+        let ns = VoidNamespace;
+        let value = v.value(b, &ns).unwrap();
+        let list = l.get(b, &ns).unwrap();
+        let map = m.entries(b, &ns).unwrap().into_iter().collect();
+        (value, list, map)
+    }
+
+    /// Values of `keys` by batch reads, one per owning backend, with no current key set for them.
+    fn batch_read(&mut self, keys: &[u64]) -> BTreeMap<u64, Option<u32>> {
+        let mut out = BTreeMap::new();
+        let parallelism = self.backends.len() as u32;
+        for (i, b) in self.backends.iter_mut().enumerate() {
+            let (v, _, _) = states(b, self.on_read);
+            let mine: Vec<u64> = (keys.iter().copied())
+                .filter(|k| owner(k, MAX_P, parallelism) == i)
+                .collect();
+            let mut values = Vec::new();
+            v.get_batch(b, &VoidNamespace, &mine, &mut values).unwrap();
+            out.extend(mine.into_iter().zip(values));
+        }
+        out
+    }
+
     /// What the backends answer on every read path now.
     fn observe(&mut self) -> View {
         let mut view = View::default();
         let ns = VoidNamespace;
+        view.keys = self.listed();
         for b in &mut self.backends {
-            let (v, l, m) = states(b);
-            for (i, keys) in [v.id(), l.id(), m.id()].into_iter().enumerate() {
-                view.keys[i].extend(b.keys(keys, &ns).unwrap());
-            }
+            let (v, l, m) = states(b, self.on_read);
             let range = b.key_group_range();
             let owned = (0..KEYS).filter(|k| {
                 range.contains(
@@ -246,6 +360,71 @@ impl Job {
     }
 }
 
+/// Runs `ops` from a backend of the kind `start_on_rocksdb` picks, checking the backends against the model
+/// after every step (reads restart the TTL if `on_read`).
+fn run(ops: &[Op], start_on_rocksdb: bool, on_read: bool) -> Result<(), TestCaseError> {
+    let rt = runtime();
+    rt.block_on(async {
+        let kinds = backend_kinds();
+        let kind = if start_on_rocksdb {
+            *kinds.last().unwrap()
+        } else {
+            BackendKind::Heap
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000)));
+        let mut first =
+            StateBackend::new(&identity(MAX_P, 1, 0), &backend_config(kind, dir.path())).unwrap();
+        first.set_clock(clock.clone());
+        let mut job = Job {
+            kind,
+            dir,
+            clock,
+            storage: CheckpointStorage::in_memory("ttl-model").unwrap(),
+            backends: vec![first],
+            next_id: 0,
+            on_read,
+        };
+        let mut model = Model {
+            on_read,
+            ..Model::default()
+        };
+        for op in ops {
+            let now = job.now();
+            match op {
+                Op::Advance { ms } => job.clock.advance(Duration::from_millis(*ms)),
+                Op::Restore {
+                    parallelism,
+                    savepoint,
+                } => job.restore(*parallelism, *savepoint).await,
+                Op::Read { key } => {
+                    let (value, list, map) = model.read(*key, now);
+                    prop_assert_eq!(job.read(*key), (value, list, map), "{:?}", op);
+                }
+                Op::BatchRead { keys } => {
+                    let expected: BTreeMap<u64, Option<u32>> = (keys.iter())
+                        .map(|&k| (k, model.view(now).values.get(&k).copied()))
+                        .collect();
+                    keys.iter().for_each(|&k| model.restamp_value(k, now));
+                    prop_assert_eq!(job.batch_read(keys), expected, "{:?}", op);
+                }
+                Op::Observe => {
+                    let expected = model.observe(now);
+                    prop_assert_eq!(job.observe(), expected, "{:?}", op);
+                }
+                _ => job.apply(&mut model, op),
+            }
+            let now = job.now();
+            if on_read {
+                prop_assert_eq!(job.listed(), model.view(now).keys, "after {:?}", op);
+            } else {
+                prop_assert_eq!(job.observe(), model.view(now), "after {:?}", op);
+            }
+        }
+        Ok(())
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
@@ -253,33 +432,14 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..150),
         start_on_rocksdb in any::<bool>(),
     ) {
-        let rt = runtime();
-        rt.block_on(async {
-            let kinds = backend_kinds();
-            let kind = if start_on_rocksdb { *kinds.last().unwrap() } else { BackendKind::Heap };
-            let dir = tempfile::tempdir().unwrap();
-            let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000)));
-            let mut first = StateBackend::new(&identity(MAX_P, 1, 0), &backend_config(kind, dir.path())).unwrap();
-            first.set_clock(clock.clone());
-            let mut job = Job {
-                kind,
-                dir,
-                clock,
-                storage: CheckpointStorage::in_memory("ttl-model").unwrap(),
-                backends: vec![first],
-                next_id: 0,
-            };
-            let mut model = Model::default();
-            for op in &ops {
-                match *op {
-                    Op::Advance { ms } => job.clock.advance(Duration::from_millis(ms)),
-                    Op::Restore { parallelism, savepoint } => job.restore(parallelism, savepoint).await,
-                    _ => job.apply(&mut model, op),
-                }
-                let now = job.now();
-                prop_assert_eq!(job.observe(), model.view(now), "after {:?}", op);
-            }
-            Ok(())
-        })?;
+        run(&ops, start_on_rocksdb, false)?;
+    }
+
+    #[test]
+    fn reads_that_restart_the_ttl_keep_exactly_what_they_returned_alive_on_every_read_path(
+        ops in proptest::collection::vec(op(), 1..150),
+        start_on_rocksdb in any::<bool>(),
+    ) {
+        run(&ops, start_on_rocksdb, true)?;
     }
 }

@@ -15,6 +15,7 @@ use crate::heap::table::{ErasedTable, FrozenTable, RawTable};
 use crate::keyed::backend::StateKey;
 use crate::keyed::heads::KeyGroupHeads;
 use crate::keyed::ttl::TtlTimes;
+use crate::keyed::ttl_refresh::ReadMarks;
 use crate::snapshot::state_meta::StateMeta;
 
 pub(crate) use group::Slot;
@@ -150,10 +151,20 @@ impl<K: StateKey, N: StateKey> ErasedTable<K> for TimerTable<K, N> {
     fn len(&self) -> usize {
         self.groups.iter().map(|g| g.held()).sum()
     }
-    fn keys_in_namespace(&self, _ns: &dyn Any, _times: &TtlTimes) -> Option<Vec<K>> {
+    fn keys_in_namespace(
+        &self,
+        _ns: &dyn Any,
+        _times: &TtlTimes,
+        _marks: Option<&ReadMarks>,
+    ) -> Option<Vec<K>> {
         None
     }
-    fn keys_and_namespaces(&self, _out: &mut dyn Any, _times: &TtlTimes) -> bool {
+    fn keys_and_namespaces(
+        &self,
+        _out: &mut dyn Any,
+        _times: &TtlTimes,
+        _marks: Option<&ReadMarks>,
+    ) -> bool {
         false
     }
 }
