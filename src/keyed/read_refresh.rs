@@ -1,6 +1,7 @@
 //! The typed side of reads that restart a TTL ([`TtlUpdate::OnReadAndWrite`], `keyed/ttl_refresh.rs`):
-//! what a read queues and marks, how the backend type it went through applies the queue, and how a read
-//! path asks the marks whether an entry expired by its stamp was kept alive by a read not written yet.
+//! what a read queues and marks, how the backend holding the queue (the heap or RocksDB backend, also
+//! behind the engine's `StateBackend`) applies it, and how a read path asks the marks whether an entry
+//! expired by its stamp was kept alive by a read not written yet.
 
 use std::marker::PhantomData;
 
@@ -30,8 +31,8 @@ fn encoded<T: StateKey>(x: &T) -> Vec<u8> {
     out
 }
 
-/// Applies the refreshes queued through `B` (each makes its key current; the caller sets the key it
-/// wants next). Called at every record's edge of `B` when something is queued.
+/// Applies the refreshes queued for `B` (each makes its key current; the caller sets the key it wants
+/// next). Called at every record's edge of `B` when something is queued.
 ///
 /// # Errors
 /// The first error of a refresh's write; the refreshes after it are dropped (their entries then expire
@@ -70,8 +71,8 @@ pub(crate) fn apply_refreshes_keeping_key<K: StateKey, B: KeyedStateBackend<K>>(
     applied.and(restored)
 }
 
-/// At a record's edge (a new current key) of `B`: what reads queued through `B` is written (one load
-/// when nothing is queued).
+/// At a record's edge (a new current key) of `B`: what reads queued for `B` is written (one load when
+/// nothing is queued).
 ///
 /// # Errors
 /// As [`apply_refreshes`].
