@@ -1,6 +1,8 @@
 //! The RocksDB options the backend runs with.
 
-use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options};
+use rocksdb::{
+    BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, MergeOperands, Options,
+};
 
 use crate::format::lsm_rows::CF_PREFIX;
 use crate::keyed::timers::TIMER_STATE_PREFIX;
@@ -88,6 +90,16 @@ fn options(config: &RocksDbConfig, cache: &Cache, blooms: bool) -> Options {
     opts
 }
 
+/// The options of timer column families: [`options`] without bloom filters, with universal compaction
+/// (RocksDB's default universal options) if [`RocksDbConfig::universal_timer_compaction`].
+fn timer_options(config: &RocksDbConfig, cache: &Cache) -> Options {
+    let mut opts = options(config, cache, false);
+    if config.universal_timer_compaction {
+        opts.set_compaction_style(DBCompactionStyle::Universal);
+    }
+    opts
+}
+
 /// Whether a file in `dir` can be created with `O_DIRECT` (Linux only; `false` elsewhere). Some file
 /// systems refuse the flag (`EINVAL`; tmpfs before Linux 6.6, some FUSE and network file systems), and
 /// RocksDB would then fail every flush with an I/O error and stop writing. The probe file
@@ -119,9 +131,10 @@ pub(crate) fn supports_direct_io(dir: &std::path::Path) -> bool {
 }
 
 /// The options of each column family: keyed states' as [`lsm_db_options`]; timer column families (the
-/// states `_timer/...`, `docs/timers.md`) the same without bloom filters, in memtables and SSTs: a timer
+/// states `_timer/...`, `docs/timers.md`) the same without bloom filters, in memtables and SSTs (a timer
 /// column family is only ever read by iterators, never by a point read, and hashing every registered row
-/// into the memtable's filter was a tenth of a registration (`benches/timers.rs`).
+/// into the memtable's filter was a tenth of a registration, `benches/timers.rs`), and with universal
+/// compaction unless [`RocksDbConfig::universal_timer_compaction`] is off.
 pub(crate) struct ColumnFamilyOptions {
     states: Options,
     timers: Options,
@@ -140,7 +153,7 @@ impl ColumnFamilyOptions {
     ) -> ColumnFamilyOptions {
         ColumnFamilyOptions {
             states: options(config, cache, true),
-            timers: options(config, cache, false),
+            timers: timer_options(config, cache),
             filters,
         }
     }

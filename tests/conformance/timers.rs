@@ -391,3 +391,69 @@ proptest! {
         })?;
     }
 }
+
+/// Timer column families are compacted as tiers or as levels (`RocksDbConfig::universal_timer_compaction`):
+/// a checkpoint written with either, compacted into several levels and runs, restores and fires exactly
+/// its timers with the other, at the same and at another parallelism.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn timers_restore_across_timer_compaction_styles() {
+    let rt = runtime();
+    rt.block_on(async {
+        for written_universal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = CheckpointStorage::in_memory("timer-compaction").unwrap();
+            let config = |universal: bool| {
+                let mut c = backend_config(BackendKind::RocksDb, dir.path());
+                c.rocksdb.universal_timer_compaction = universal;
+                c.rocksdb.write_buffer_bytes = 64 << 10;
+                c
+            };
+            let d = TimerServiceDescriptor::<u32>::new("t");
+            let mut b =
+                StateBackend::<u64>::new(&identity(32, 1, 0), &config(written_universal)).unwrap();
+            let service = b.timer_service(&d).unwrap();
+            let mut model = BTreeSet::new();
+            // Several flushes (64 KiB memtables) and a manual compaction in between: files in several
+            // runs and levels.
+            for round in 0..4u64 {
+                for key in 0..3_000u64 {
+                    let ts = (key * 7_919 + round * 13) % 100_000;
+                    b.set_current_key(key).unwrap();
+                    service
+                        .register_event_time(&mut b, &(round as u32), ts)
+                        .unwrap();
+                    model.insert((ts, key, round as u32));
+                }
+                if round == 1 {
+                    b.as_rocksdb().unwrap().compact().unwrap();
+                }
+            }
+            let handle = b.snapshot(1, &storage).unwrap().run().await.unwrap().handle;
+            drop(b);
+            for parallelism in [1u32, 2] {
+                let mut fired = BTreeSet::new();
+                for index in 0..parallelism {
+                    let id = identity(32, parallelism, index);
+                    let mut r = StateBackend::<u64>::restore(
+                        &id,
+                        &config(!written_universal),
+                        &storage,
+                        std::slice::from_ref(&handle),
+                        RestoreMode::NoClaim,
+                    )
+                    .await
+                    .unwrap();
+                    let service = r.timer_service(&d).unwrap();
+                    let all = drain(&mut r, &service, TimeDomain::EventTime, u64::MAX, 1_000);
+                    assert!(all.windows(2).all(|w| w[0] <= w[1]), "in timestamp order");
+                    fired.extend(all);
+                }
+                assert_eq!(
+                    fired, model,
+                    "written universal: {written_universal}, parallelism {parallelism}"
+                );
+            }
+        }
+    });
+}
