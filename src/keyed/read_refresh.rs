@@ -107,7 +107,7 @@ pub(crate) struct ReadCheck {
 }
 
 impl ReadCheck {
-    /// For reads at `now` of `key` and `ns` of state `id`; `None` when no read of the state is queued or
+    /// For reads at `now` of `key` and `ns` of state `id`; `None` when no read is queued or
     /// nothing can have expired (one load in the common case).
     pub(crate) fn new<K: StateKey, B: KeyedStateBackend<K>, N: StateKey>(
         b: &B,
@@ -255,33 +255,35 @@ where
     }
 }
 
-/// Queues `write` through `b`, marking `uks` of the current key and `ns` of state `id` (map entries
-/// returned) and the whole value, list or "some entry" of the map, as read at `at`.
-fn queue<K, B, N, UK>(
+/// Queues the write `make` builds for the current key of `b` (nothing without one), marking the whole
+/// value, list or "some entry" of the map under that key and `ns` of state `id`, and the map entries
+/// `uks` (encoded user keys), as read at `at`.
+fn queue<K, B, N, W>(
     b: &B,
     id: StateId,
-    key: &K,
     ns: &N,
-    uks: &[UK],
+    uks: &[Vec<u8>],
     at: u64,
-    write: impl RefreshWrite<K>,
+    make: impl FnOnce(K) -> W,
 ) where
     K: StateKey,
     B: KeyedStateBackend<K>,
     N: StateKey,
-    UK: StateKey,
+    W: RefreshWrite<K>,
 {
+    let Some(key) = b.current_key() else {
+        return;
+    };
     let (key_bytes, ns_bytes) = (encoded(key), encoded(ns));
-    let uk_bytes: Vec<Vec<u8>> = uks.iter().map(encoded).collect();
     let marks: Vec<Mark<'_>> = std::iter::once(None)
-        .chain(uk_bytes.iter().map(|u| Some(u.as_slice())))
+        .chain(uks.iter().map(|u| Some(u.as_slice())))
         .map(|uk| Mark {
             key: &key_bytes,
             ns: &ns_bytes,
             uk,
         })
         .collect();
-    b.queue_refresh(write, id, &marks, at);
+    b.queue_refresh(make(key.clone()), id, &marks, at);
 }
 
 /// A value read at `at` restarts: the current key's value in `ns` of state `id`.
@@ -292,17 +294,13 @@ where
     N: StateKey,
     V: StateValue,
 {
-    let Some(key) = b.current_key().cloned() else {
-        return;
-    };
-    let write = ValueRefresh::<K, N, V> {
+    queue(b, id, ns, &[], at, |key| ValueRefresh::<K, N, V> {
         id,
-        key: key.clone(),
+        key,
         ns: ns.clone(),
         at,
         _value: PhantomData,
-    };
-    queue::<K, B, N, ()>(b, id, &key, ns, &[], at, write);
+    });
 }
 
 /// The values of `keys` a batch read at `at` returned restart.
@@ -340,18 +338,14 @@ where
     N: StateKey,
     V: StateValue,
 {
-    let Some(key) = b.current_key().cloned() else {
-        return;
-    };
-    let write = ListRefresh::<K, N, V> {
+    queue(b, id, ns, &[], at, |key| ListRefresh::<K, N, V> {
         id,
-        key: key.clone(),
+        key,
         ns: ns.clone(),
         ttl,
         at,
         _value: PhantomData,
-    };
-    queue::<K, B, N, ()>(b, id, &key, ns, &[], at, write);
+    });
 }
 
 /// The map entries `uks` a read at `at` returned restart (those still there when it is written).
@@ -363,17 +357,13 @@ where
     UK: StateKey,
     V: StateValue,
 {
-    let Some(key) = b.current_key().cloned() else {
-        return;
-    };
-    let marked = uks.clone();
-    let write = MapRefresh::<K, N, UK, V> {
+    let marked: Vec<Vec<u8>> = uks.iter().map(encoded).collect();
+    queue(b, id, ns, &marked, at, |key| MapRefresh::<K, N, UK, V> {
         id,
-        key: key.clone(),
+        key,
         ns: ns.clone(),
         uks,
         at,
         _value: PhantomData,
-    };
-    queue::<K, B, N, UK>(b, id, &key, ns, &marked, at, write);
+    });
 }

@@ -136,29 +136,16 @@ impl Refreshes {
     }
 
     /// The marks as RocksDB's compaction filter reads them, from its own threads.
-    #[cfg_attr(
-        not(feature = "rocksdb"),
-        allow(
-            dead_code,
-            reason = "only RocksDB's compaction filter reads them from another thread"
-        )
-    )]
     pub(crate) fn shared(&self) -> SharedMarks {
         SharedMarks(self.queue.clone())
     }
 
-    /// The marks of state `state`, if any read of it is queued.
+    /// The marks of state `state`, if any read is queued (one load otherwise).
     pub(crate) fn marks_of(&self, state: u32) -> Option<ReadMarks> {
-        if !self.pending() {
-            return None;
-        }
-        let queue = self.queue.lock();
-        let prefix = state.to_be_bytes();
-        let marks: HashMap<Vec<u8>, ReadTimes> = (queue.marks.iter())
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, at)| (k.clone(), *at))
-            .collect();
-        (!marks.is_empty()).then_some(ReadMarks { state, marks })
+        self.pending().then(|| ReadMarks {
+            state,
+            shared: self.shared(),
+        })
     }
 }
 
@@ -179,17 +166,21 @@ impl std::fmt::Debug for SharedMarks {
     }
 }
 
-#[cfg_attr(
-    not(feature = "rocksdb"),
-    allow(
-        dead_code,
-        reason = "only RocksDB's compaction filter reads them from another thread"
-    )
-)]
 impl SharedMarks {
+    /// The times of the first and the latest queued read of `entry` of state `state` (a lock, and a
+    /// lookup while any mark is there).
+    fn read_at(&self, state: u32, entry: Mark<'_>) -> Option<ReadTimes> {
+        let queue = self.0.lock();
+        if queue.marks.is_empty() {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(12 + entry.key.len() + entry.ns.len());
+        mark_key(state, entry.key, entry.ns, entry.uk, &mut buf);
+        queue.marks.get(&buf).copied()
+    }
+
     /// Whether queued reads keep the entry `entry` of state `state` stamped `stamp` alive against
-    /// `cutoff` (as [`ReadMarks::keeps`], without copying the marks: asked of each expired row a
-    /// compaction meets; a lock, and a lookup while any mark is there).
+    /// `cutoff` (see [`kept`]): asked of each expired row a compaction meets, and by [`ReadMarks`].
     pub(crate) fn keeps(
         &self,
         state: u32,
@@ -198,30 +189,23 @@ impl SharedMarks {
         cutoff: u64,
         ttl_ms: u64,
     ) -> bool {
-        let queue = self.0.lock();
-        if queue.marks.is_empty() {
-            return false;
-        }
-        let mut buf = Vec::new();
-        mark_key(state, entry.key, entry.ns, entry.uk, &mut buf);
-        (queue.marks.get(&buf)).is_some_and(|t| kept(*t, stamp, cutoff, ttl_ms))
+        (self.read_at(state, entry)).is_some_and(|t| kept(t, stamp, cutoff, ttl_ms))
     }
 }
 
-/// The queued reads of one state (a copy, for one read path's call).
+/// The queued reads of one state, as a read path asks them (each question a lookup in the shared
+/// marks).
 #[derive(Debug)]
 pub(crate) struct ReadMarks {
     state: u32,
-    marks: HashMap<Vec<u8>, ReadTimes>,
+    shared: SharedMarks,
 }
 
 impl ReadMarks {
     /// The times (ms) of the first and the latest queued read of `key` and `ns` (with `uk`: of that map
     /// entry; without: of the value, the list, or some entry of the map).
     pub(crate) fn read_at(&self, key: &[u8], ns: &[u8], uk: Option<&[u8]>) -> Option<ReadTimes> {
-        let mut buf = Vec::with_capacity(12 + key.len() + ns.len());
-        mark_key(self.state, key, ns, uk, &mut buf);
-        self.marks.get(&buf).copied()
+        (self.shared).read_at(self.state, Mark { key, ns, uk })
     }
 
     /// Whether queued reads keep the entry at `key`/`ns`/`uk` alive against `cutoff` (ms: an entry
@@ -235,7 +219,7 @@ impl ReadMarks {
         cutoff: u64,
         ttl_ms: u64,
     ) -> bool {
-        (self.read_at(key, ns, uk)).is_some_and(|t| kept(t, stamp, cutoff, ttl_ms))
+        (self.shared).keeps(self.state, Mark { key, ns, uk }, stamp, cutoff, ttl_ms)
     }
 
     /// Whether a queued read of `key`/`ns` keeps something of it alive against `cutoff` (key listings:
@@ -267,7 +251,7 @@ mod tests {
         assert_eq!(marks.read_at(b"k", b"n", Some(b"u")), Some((50, 50)));
         assert_eq!(marks.read_at(b"k", b"n", Some(b"v")), None);
         assert_eq!(marks.read_at(b"kn", b"", None), None);
-        assert!(r.marks_of(2).is_none());
+        assert_eq!(r.marks_of(2).unwrap().read_at(b"k", b"n", None), None);
         // Stamped 10 with a TTL of 100: read alive at 40 and 50, kept alive until 150 (cutoff 50).
         assert!(marks.keeps(b"k", b"n", None, 10, 49, 100));
         assert!(!marks.keeps(b"k", b"n", None, 10, 50, 100));

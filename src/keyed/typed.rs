@@ -263,15 +263,17 @@ impl StateRef {
             return Ok(None);
         };
         let mut restart = false;
-        // Marks are asked only if an element expired by its stamp (one check for the list).
-        let check = (stored.iter().any(|s| !ttl.visible(s.last_update_ms, now)))
-            .then(|| ReadCheck::new(b, self.id, b.current_key(), ns, ttl, now))
-            .flatten();
+        // Marks are asked only once an element expired by its stamp, and looked up once for the list.
+        let mut check: Option<Option<ReadCheck>> = None;
         let live: Vec<V> = stored
             .into_iter()
             .filter(|s| {
                 ttl.visible(s.last_update_ms, now)
-                    || (check.as_ref()).is_some_and(|c| c.keeps(None::<&()>, s.last_update_ms))
+                    || (check.get_or_insert_with(|| {
+                        ReadCheck::new(b, self.id, b.current_key(), ns, ttl, now)
+                    }))
+                    .as_ref()
+                    .is_some_and(|c| c.keeps(None::<&()>, s.last_update_ms))
             })
             .map(|s| {
                 restart |= restarts(ttl, s.last_update_ms, now);
