@@ -114,7 +114,7 @@ impl StateRef {
         now: u64,
     ) -> bool {
         let Some(ttl) = &self.ttl else { return true };
-        ttl.visible(stamp, now) || self.kept(b, ns, uk, stamp, now)
+        ttl.visible(stamp, now) || self.kept(b, ttl, ns, uk, stamp, now)
     }
 
     /// Whether a queued read keeps an expired entry alive (out of line: only when something expired).
@@ -122,12 +122,12 @@ impl StateRef {
     fn kept<K: StateKey, B: KeyedStateBackend<K>, N: StateKey, UK: StateKey>(
         &self,
         b: &B,
+        ttl: &StateTtlConfig,
         ns: &N,
         uk: Option<&UK>,
         stamp: u64,
         now: u64,
     ) -> bool {
-        let Some(ttl) = &self.ttl else { return true };
         ReadCheck::new(b, self.id, b.current_key(), ns, ttl, now)
             .is_some_and(|c| c.keeps(uk, stamp))
     }
