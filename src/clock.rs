@@ -20,9 +20,9 @@ pub trait Clock: Send + Sync + fmt::Debug {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// [`Clock::now_ms`], possibly a few milliseconds behind, read cheaply enough to sample once per
-    /// record: the processing time of state TTL (`docs/ttl.md`). The default is [`Clock::now_ms`]; the
-    /// system clock answers from a clock thread (see [`SystemClock`]).
+    /// [`Clock::now_ms`], possibly a few milliseconds behind, read cheaply enough for every access to a
+    /// state with processing-time TTL (`docs/ttl.md`). The default is [`Clock::now_ms`]; the system clock
+    /// answers from a clock thread (see [`SystemClock`]).
     fn now_ms_coarse(&self) -> u64 {
         self.now_ms()
     }
@@ -42,7 +42,8 @@ impl Clock for SystemClock {
     /// far more than the read itself, between random memory accesses (`benches/ttl.rs`, heap get with
     /// processing-time TTL: 1.5x without, the clock read where a tick's load costs nothing measurable).
     /// Never earlier than a reading before (a wall clock set back holds it until it catches up); behind by
-    /// a millisecond, or by as long as the thread is not scheduled. If the thread cannot start, it is
+    /// a millisecond, or by as long as the thread is not scheduled (a backend with a processing-time TTL
+    /// state moves it to an exact reading every 1,024 records). If the thread cannot start, it is
     /// [`Clock::now_ms`].
     #[inline]
     fn now_ms_coarse(&self) -> u64 {
@@ -57,9 +58,9 @@ static TICKER: Once = Once::new();
 /// Whether the clock thread runs.
 static TICKING: AtomicBool = AtomicBool::new(false);
 
-/// [`SystemClock::now_ms_coarse`]: the last tick, after starting the clock thread on the first call.
-#[inline]
-fn ticked_ms() -> u64 {
+/// Starts the clock thread if no one has; returns whether it runs (`false` if it could not start: then
+/// [`last_tick_ms`] moves only by [`advance_tick`]).
+pub(crate) fn start_ticking() -> bool {
     TICKER.call_once(|| {
         TICKED_MS.store(SystemClock.now_ms(), Ordering::Relaxed);
         let started = std::thread::Builder::new()
@@ -72,19 +73,33 @@ fn ticked_ms() -> u64 {
             });
         TICKING.store(started.is_ok(), Ordering::Relaxed);
     });
-    ticked_ms_started()
+    TICKING.load(Ordering::Relaxed)
 }
 
-/// The last tick without the check that the clock thread was started: for a caller that read
-/// [`SystemClock::now_ms_coarse`] once before (before that it reads the OS clock, exact and slower).
-/// Inlined into the per-record TTL sampling, where the trait call cost a tenth of a heap TTL get.
+/// [`SystemClock::now_ms_coarse`]: the last tick, after starting the clock thread on the first call; the
+/// OS clock if the thread could not start.
 #[inline]
-pub(crate) fn ticked_ms_started() -> u64 {
-    if TICKING.load(Ordering::Relaxed) {
-        TICKED_MS.load(Ordering::Relaxed)
+fn ticked_ms() -> u64 {
+    if start_ticking() {
+        last_tick_ms()
     } else {
         SystemClock.now_ms()
     }
+}
+
+/// The clock thread's last tick (ms since the epoch), one relaxed load and nothing else: for a caller
+/// that saw [`start_ticking`] answer `true`. Inlined into every access to a processing-time TTL state,
+/// where one more check (whether the thread runs) or a copy sampled per record cost a heap TTL write a
+/// measurable part of its time (`docs/ttl.md`).
+#[inline]
+pub(crate) fn last_tick_ms() -> u64 {
+    TICKED_MS.load(Ordering::Relaxed)
+}
+
+/// Moves the tick forward to `exact_ms`, an exact reading of the system clock a caller took (never back):
+/// bounds how far the tick can lag when the clock thread is not scheduled.
+pub(crate) fn advance_tick(exact_ms: u64) {
+    TICKED_MS.fetch_max(exact_ms, Ordering::Relaxed);
 }
 
 /// A clock that moves only when told to (tests, deterministic simulation).

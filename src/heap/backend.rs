@@ -477,7 +477,7 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
 }
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
-    /// A record's edge (a new current key): processing time is sampled, and every 1,024th record a step
+    /// A record's edge (a new current key): records are counted, and every 1,024th record a step
     /// of incremental TTL cleanup runs (`HeapConfig::ttl_cleanup_slots_per_record`;
     /// `StateTables::clean_expired`, out of line).
     #[inline]

@@ -274,8 +274,8 @@ pub trait KeyedStateBackend<K: StateKey>: Send + sealed::StateAccess<K> + 'stati
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64);
 }
 
-/// Registers state `name` of `kind` on `backend`, with `ttl` if any (then the backend samples the TTL's
-/// time from now on).
+/// Registers state `name` of `kind` on `backend`, with `ttl` if any (then the backend watches the TTL's
+/// time from now on: `TtlTimes::watch`).
 ///
 /// # Errors
 /// As [`KeyedStateBackend::value_state`].

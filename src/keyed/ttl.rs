@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::clock::{Clock, SystemClock, ticked_ms_started};
+use crate::clock::{Clock, SystemClock, advance_tick, last_tick_ms, start_ticking};
 use crate::codec::{Codec, Migration, WrittenCodec};
 use crate::error::{Error, Result};
 use crate::keyed::ttl_refresh::Refreshes;
@@ -104,7 +104,7 @@ impl StateTtlConfig {
         if for_reads && self.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp {
             return None;
         }
-        self.cutoff_at(times.now_ms(self.time, true))
+        self.cutoff_at(times.now_ms(self.time))
     }
 
     /// The time a value restored without a stamp is given when this TTL is switched on across a restore
@@ -113,8 +113,8 @@ impl StateTtlConfig {
     /// taken to be epoch milliseconds; if they are not, such values outlive their TTL rather than expire
     /// at the first watermark).
     pub(crate) fn restored_at(&self, times: &TtlTimes) -> u64 {
-        match times.now_ms(self.time, true) {
-            0 => times.now_ms(TtlTime::ProcessingTime, true),
+        match times.now_ms(self.time) {
+            0 => times.now_ms(TtlTime::ProcessingTime),
             now => now,
         }
     }
@@ -156,8 +156,8 @@ pub enum TtlVisibility {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TtlTime {
     /// The backend's clock ([`KeyedStateBackend::set_clock`](crate::KeyedStateBackend::set_clock),
-    /// the system clock unless another is set), read when the current key is set (once per record) and
-    /// once per batch call.
+    /// the system clock unless another is set), read at each access to the state (on the system clock
+    /// one relaxed load of its clock thread's tick, at most a millisecond behind).
     #[default]
     ProcessingTime,
     /// The last watermark the engine passed to
@@ -250,20 +250,19 @@ pub(crate) fn split_stamp(bytes: &[u8]) -> Result<(u64, &[u8])> {
     }
 }
 
-/// The times a backend's TTL states expire against: its clock (processing time), sampled when the current
-/// key is set once a processing-time TTL state is registered, and the last event-time watermark the
-/// engine passed. A component of each backend, injected through `set_clock`; what background threads read
-/// of it (RocksDB's compaction filter) is [`SharedTtlTime`].
+/// The times a backend's TTL states expire against: its clock (processing time), read at each access
+/// to a TTL state, and the last event-time watermark the engine passed. A component of each backend,
+/// injected through `set_clock`; what background threads read of it (RocksDB's compaction filter) is
+/// [`SharedTtlTime`].
 #[derive(Debug)]
 pub struct TtlTimes {
     clock: Arc<dyn Clock>,
-    /// The clock's time when the current key was last set (ms), if sampling.
-    processing_ms: u64,
-    /// Whether a processing-time TTL state is registered (only then is the clock read per record).
-    sampling: bool,
-    /// Whether `clock` is the default [`SystemClock`]: its coarse reading is then inlined.
+    /// Whether `clock` is the default [`SystemClock`].
     system_clock: bool,
-    /// Whether records are counted (while sampling, or for the heap's incremental cleanup).
+    /// Whether processing time is the system clock's thread tick ([`last_tick_ms`], inlined): the system
+    /// clock, once a processing-time TTL state started its thread.
+    ticking: bool,
+    /// Whether records are counted (while ticking, or for the heap's incremental cleanup).
     counting: bool,
     /// Records counted (for the exact reading every [`EXACT_READ_EVERY`]).
     records: u32,
@@ -281,9 +280,8 @@ impl Default for TtlTimes {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         TtlTimes {
             clock: clock.clone(),
-            processing_ms: 0,
-            sampling: false,
             system_clock: true,
+            ticking: false,
             counting: false,
             records: 0,
             watermark_ms: 0,
@@ -337,9 +335,7 @@ impl TtlTimes {
         *self.shared.clock.write() = clock.clone();
         self.clock = clock;
         self.system_clock = false;
-        if self.sampling {
-            self.processing_ms = self.clock.now_ms_coarse();
-        }
+        self.ticking = false;
     }
 
     /// Moves the event time of TTL states to `watermark_ms` (a smaller watermark than one passed
@@ -361,21 +357,20 @@ impl TtlTimes {
         self.shared.clone()
     }
 
-    /// A state living in `time` was registered: processing time is sampled per record from now on.
+    /// A state living in `time` was registered: a processing-time state on the system clock starts its
+    /// clock thread and reads its tick from now on.
     pub(crate) fn watch(&mut self, time: TtlTime) {
-        if time == TtlTime::ProcessingTime && !self.sampling {
-            self.sampling = true;
-            self.counting = true;
-            self.processing_ms = self.clock.now_ms_coarse();
+        if time == TtlTime::ProcessingTime && self.system_clock && !self.ticking {
+            self.ticking = start_ticking();
+            self.counting |= self.ticking;
         }
     }
 
-    /// The current key changed (a new record): samples the clock if a processing-time TTL state exists,
-    /// its cheap reading ([`Clock::now_ms_coarse`]) and every [`EXACT_READ_EVERY`]th record its exact one
-    /// (so that a cheap reading that fell behind, say a clock thread not scheduled, lags by that many
-    /// records at most).
-    /// Returns whether this record is a [`EXACT_READ_EVERY`]th one (counted while sampling or once
-    /// [`TtlTimes::count_records`] asked: the heap's incremental cleanup runs on them).
+    /// The current key changed (a new record). Returns whether this record is a [`EXACT_READ_EVERY`]th
+    /// one (counted while ticking or once [`TtlTimes::count_records`] asked: the heap's incremental
+    /// cleanup runs on them); while ticking, such a record also moves the tick to an exact reading of the
+    /// system clock (so that a tick that fell behind, its thread not scheduled, lags by that many records
+    /// at most).
     #[inline]
     pub(crate) fn on_new_key(&mut self) -> bool {
         if !self.counting {
@@ -383,15 +378,8 @@ impl TtlTimes {
         }
         self.records = self.records.wrapping_add(1);
         let every = self.records.is_multiple_of(EXACT_READ_EVERY);
-        if self.sampling {
-            self.processing_ms = if every {
-                self.clock.now_ms().max(self.clock.now_ms_coarse())
-            } else if self.system_clock {
-                // `watch` read the system clock's coarse time once, which started its clock thread.
-                ticked_ms_started()
-            } else {
-                self.clock.now_ms_coarse()
-            };
+        if every && self.ticking {
+            advance_tick(SystemClock.now_ms());
         }
         every
     }
@@ -401,13 +389,15 @@ impl TtlTimes {
         self.counting = true;
     }
 
-    /// Now in `time` (ms): the sampled processing time, or the clock read again if `fresh` (batch calls,
-    /// which set no current key); the last watermark in event time.
+    /// Now in `time` (ms): the clock's coarse reading ([`Clock::now_ms_coarse`]; on the system clock one
+    /// relaxed load of its tick), or the last watermark in event time. Read at each access to a TTL state
+    /// rather than sampled once per record: a copy stored per record cost a heap TTL write about a sixth
+    /// of its time (`docs/ttl.md`).
     #[inline]
-    pub(crate) fn now_ms(&self, time: TtlTime, fresh: bool) -> u64 {
+    pub(crate) fn now_ms(&self, time: TtlTime) -> u64 {
         match time {
-            TtlTime::ProcessingTime if fresh || !self.sampling => self.clock.now_ms_coarse(),
-            TtlTime::ProcessingTime => self.processing_ms,
+            TtlTime::ProcessingTime if self.ticking => last_tick_ms(),
+            TtlTime::ProcessingTime => self.clock.now_ms_coarse(),
             TtlTime::EventTime => self.watermark_ms,
         }
     }
@@ -451,20 +441,18 @@ mod tests {
     }
 
     #[test]
-    fn processing_time_is_sampled_per_key_and_watermarks_do_not_go_back() {
+    fn processing_time_is_read_at_each_access_and_watermarks_do_not_go_back() {
         let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_millis(500)));
         let mut times = TtlTimes::default();
         times.set_clock(clock.clone());
         times.watch(TtlTime::ProcessingTime);
+        assert_eq!(times.now_ms(TtlTime::ProcessingTime), 500);
         clock.advance(Duration::from_millis(10));
-        assert_eq!(times.now_ms(TtlTime::ProcessingTime, false), 500);
-        assert_eq!(times.now_ms(TtlTime::ProcessingTime, true), 510);
-        let _ = times.on_new_key();
-        assert_eq!(times.now_ms(TtlTime::ProcessingTime, false), 510);
-        assert_eq!(times.now_ms(TtlTime::EventTime, false), 0);
+        assert_eq!(times.now_ms(TtlTime::ProcessingTime), 510);
+        assert_eq!(times.now_ms(TtlTime::EventTime), 0);
         times.set_watermark(40);
         times.set_watermark(30);
-        assert_eq!(times.now_ms(TtlTime::EventTime, true), 40);
+        assert_eq!(times.now_ms(TtlTime::EventTime), 40);
         let shared = times.shared();
         assert_eq!(shared.now_ms(TtlTime::EventTime), 40);
         assert_eq!(shared.now_ms(TtlTime::ProcessingTime), 510);
@@ -474,5 +462,21 @@ mod tests {
             0,
             "a new clock is seen by other threads"
         );
+    }
+
+    #[test]
+    fn the_system_clock_is_its_ticks_and_a_tick_left_behind_catches_up_within_1024_records() {
+        let mut times = TtlTimes::default();
+        times.watch(TtlTime::ProcessingTime);
+        assert!(times.ticking, "the clock thread starts on this machine");
+        let before = SystemClock.now_ms();
+        let now = times.now_ms(TtlTime::ProcessingTime);
+        assert!(now + 1_000 >= before && now <= SystemClock.now_ms());
+        // A tick that lags (its thread not scheduled) is moved to an exact reading by the 1,024th record.
+        let exact_at_start = SystemClock.now_ms();
+        for _ in 0..EXACT_READ_EVERY {
+            let _ = times.on_new_key();
+        }
+        assert!(times.now_ms(TtlTime::ProcessingTime) >= exact_at_start);
     }
 }

@@ -28,11 +28,10 @@ enum Reads {
     TtlOther,
 }
 
-/// Now in `time` (ms) on `backend`: processing time as sampled when the current key was set, or read
-/// from the clock again if `fresh` (batch calls).
+/// Now in `time` (ms) on `backend` (`TtlTimes::now_ms`).
 #[inline]
-fn now<K: StateKey, B: KeyedStateBackend<K>>(time: TtlTime, backend: &B, fresh: bool) -> u64 {
-    backend.ttl_times().now_ms(time, fresh)
+fn now<K: StateKey, B: KeyedStateBackend<K>>(time: TtlTime, backend: &B) -> u64 {
+    backend.ttl_times().now_ms(time)
 }
 
 /// Stamps every value of `values` with `now_ms`.
@@ -68,7 +67,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.value_get(self.id, ns);
         };
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         let Some(s) = b.value_get::<N, Stamped<V>>(self.id, ns)? else {
             return Ok(None);
         };
@@ -143,7 +142,7 @@ impl StateRef {
             return b.value_put(self.id, ns, value);
         };
         settle(b)?;
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         b.value_put(self.id, ns, ttl.stamp(value, now))
     }
 
@@ -159,7 +158,7 @@ impl StateRef {
             return b.value_modify(self.id, ns, f);
         };
         settle(b)?;
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         b.value_modify::<N, Stamped<V>>(self.id, ns, &mut |old| {
             f(ttl.read_ref(old, now)).map(|v| ttl.stamp(v, now))
         })
@@ -190,7 +189,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.value_get_batch(self.id, ns, keys, out);
         };
-        let now = now(ttl.time, b, true);
+        let now = now(ttl.time, b);
         let mut stored = Vec::with_capacity(keys.len());
         b.value_get_batch::<N, Stamped<V>>(self.id, ns, keys, &mut stored)?;
         let check = ReadCheck::new(b, self.id, None::<&K>, ns, ttl, now);
@@ -226,7 +225,7 @@ impl StateRef {
             return b.value_put_batch(self.id, ns, keys, values);
         };
         settle(b)?;
-        let now = now(ttl.time, b, true);
+        let now = now(ttl.time, b);
         let stamped = stamp_all(ttl, values.to_vec(), now);
         b.value_put_batch(self.id, ns, keys, &stamped)
     }
@@ -243,7 +242,7 @@ impl StateRef {
             return b.value_modify_batch(self.id, ns, keys, f);
         };
         settle(b)?;
-        let now = now(ttl.time, b, true);
+        let now = now(ttl.time, b);
         b.value_modify_batch::<N, Stamped<V>>(self.id, ns, keys, &mut |i, old| {
             f(i, ttl.read_ref(old, now)).map(|v| ttl.stamp(v, now))
         })
@@ -258,7 +257,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.list_get(self.id, ns);
         };
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         let Some(stored) = b.list_get::<N, Stamped<V>>(self.id, ns)? else {
             return Ok(None);
         };
@@ -296,7 +295,7 @@ impl StateRef {
             return b.list_add_all(self.id, ns, values);
         };
         settle(b)?;
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         b.list_add_all(self.id, ns, stamp_all(ttl, values, now))
     }
 
@@ -310,7 +309,7 @@ impl StateRef {
             return b.list_update(self.id, ns, values);
         };
         settle(b)?;
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         b.list_update(self.id, ns, stamp_all(ttl, values, now))
     }
 
@@ -342,7 +341,7 @@ impl StateRef {
         let Some(ttl) = &self.ttl else {
             return b.map_get(self.id, ns, uk);
         };
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         let Some(s) = b.map_get::<N, UK, Stamped<V>>(self.id, ns, uk)? else {
             return Ok(None);
         };
@@ -367,7 +366,7 @@ impl StateRef {
             return b.map_put(self.id, ns, uk, value);
         };
         settle(b)?;
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         b.map_put(self.id, ns, uk, ttl.stamp(value, now))
     }
 
@@ -423,7 +422,7 @@ impl StateRef {
         let Some(ttl) = self.ttl else {
             return b.map_iter(self.id, ns);
         };
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         let stored = b.map_iter::<N, UK, Stamped<V>>(self.id, ns)?;
         let check = ReadCheck::new(b, self.id, b.current_key(), ns, &ttl, now);
         let returns = move |uk: &UK, s: &Stamped<V>| {
@@ -478,7 +477,7 @@ impl StateRef {
             return b.map_put_all(self.id, ns, entries);
         };
         settle(b)?;
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         let stamped = entries
             .into_iter()
             .map(|(uk, v)| (uk, ttl.stamp(v, now)))
@@ -505,7 +504,7 @@ impl StateRef {
             return b.map_retain(self.id, ns, keep);
         };
         settle(b)?;
-        let now = now(ttl.time, b, false);
+        let now = now(ttl.time, b);
         b.map_retain::<N, UK, Stamped<V>>(self.id, ns, &mut |uk, s| {
             ttl.read_ref(Some(s), now).is_some_and(|v| keep(uk, v))
         })
