@@ -466,20 +466,23 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
 
     #[inline]
     fn timer_register<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
-        let cf = self.states.timer_cf(&self.db, state)?;
+        self.states.check_timers(state)?;
+        let cf = || self.states.timer_cf(&self.db, state);
         let current = &mut self.current;
-        (self.timers).write(&self.db, cf, state, current, ns, ts, true)
+        (self.timers).write(&self.db, &cf, state, current, ns, ts, true)
     }
 
     fn timer_delete<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
-        let cf = self.states.timer_cf(&self.db, state)?;
+        self.states.check_timers(state)?;
+        let cf = || self.states.timer_cf(&self.db, state);
         let current = &mut self.current;
-        (self.timers).write(&self.db, cf, state, current, ns, ts, false)
+        (self.timers).write(&self.db, &cf, state, current, ns, ts, false)
     }
 
     fn timer_next<N: StateKey>(&mut self, state: StateId) -> Result<Option<u64>> {
-        let cf = self.states.timer_cf(&self.db, state)?;
-        self.timers.next(&self.db, cf, state)
+        self.states.check_timers(state)?;
+        let cf = || self.states.timer_cf(&self.db, state);
+        self.timers.next(&self.db, &cf, state)
     }
 
     fn timer_count<N: StateKey>(&mut self, state: StateId) -> Result<u64> {
@@ -492,8 +495,9 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         id: StateId,
         time: u64,
     ) -> Result<Option<Timer<K, N>>> {
-        let cf = self.states.timer_cf(&self.db, id)?;
-        (self.timers).pop_due(&self.db, cf, id, time, &mut self.current)
+        self.states.check_timers(id)?;
+        let cf = || self.states.timer_cf(&self.db, id);
+        (self.timers).pop_due(&self.db, &cf, id, time, &mut self.current)
     }
 }
 

@@ -15,7 +15,7 @@ pub(crate) struct CurrentKeyPrefix<K> {
     key: Option<(K, u32)>,
     /// `[key group][key len][key]` of the current key.
     prefix: Vec<u8>,
-    /// The key's encoding while it is set; a row buffer of the value paths in between.
+    /// The key's encoding while a key is being set; a row buffer of the value paths in between.
     scratch: Vec<u8>,
 }
 
@@ -135,9 +135,8 @@ impl<K: StateKey> CurrentKeyPrefix<K> {
         key_group: u32,
         max_parallelism: u32,
     ) {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(key_bytes);
-        self.located(key, key_group, max_parallelism);
+        key_prefix(key_group, max_parallelism, key_bytes, &mut self.prefix);
+        self.key = Some((key, key_group));
     }
 
     /// A row buffer to build a row key and value in without allocating; give it back with

@@ -139,8 +139,21 @@ impl LsmStates {
     /// As [`LsmStates::cf`]; [`Error::InvalidArgument`] if `id` is a state of another kind.
     #[inline]
     pub(crate) fn timer_cf<'d>(&self, db: &'d Db, id: StateId) -> Result<&'d ColumnFamily> {
+        self.check_timers(id)?;
+        self.cf(db, id)
+    }
+
+    /// Whether `id` is timers whose column family [`LsmStates::timer_cf`] can look up.
+    ///
+    /// # Errors
+    /// As [`LsmStates::timer_cf`], but for a column family missing from `db`.
+    #[inline]
+    pub(crate) fn check_timers(&self, id: StateId) -> Result<()> {
         match self.get(id) {
-            Some(state) if state.meta.kind == StateKind::Timers => self.cf(db, id),
+            Some(state) if state.meta.kind == StateKind::Timers && state.broken => {
+                Err(broken_state(&state.meta.name))
+            }
+            Some(state) if state.meta.kind == StateKind::Timers => Ok(()),
             _ => Err(wrong_state(id)),
         }
     }

@@ -109,7 +109,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
             if head == Some(ts) {
                 return head;
             }
-            self.heads.set(kg, head);
+            self.heads.replace_first(head);
         }
     }
 
@@ -135,7 +135,7 @@ impl<K: StateKey, N: StateKey> TimerTable<K, N> {
         let group = self.groups[kg].make_mut();
         let slot = group.pop()?;
         let head = group.first_ts();
-        self.heads.set(kg, head);
+        self.heads.replace_first(head);
         Some(Popped { kg_index: kg, slot })
     }
 }

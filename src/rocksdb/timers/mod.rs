@@ -45,6 +45,10 @@ use crate::rocksdb::rows::scan_prefix;
 use cache::Rows;
 use pending::PendingWrites;
 
+/// A queue's column family, looked up only when a refill or a write needs it: RocksDB's lookup by name
+/// (a string-keyed map) on every fired timer was a twelfth of firing's instructions.
+pub(crate) type CfOf<'a, 'd> = &'a dyn Fn() -> Result<&'d ColumnFamily>;
+
 /// Rows a refill reads into a key group's cache; a cache grown by registrations below its bound to
 /// twice this gives back its last rows (the bound moves down).
 const CACHE_ROWS: usize = 512;
@@ -176,9 +180,9 @@ impl Queue {
     }
 
     /// Queues a write; writes the queue's pending writes once they fill a batch.
-    fn push(&mut self, db: &Db, cf: &ColumnFamily, row: &[u8], put: bool) -> Result<()> {
+    fn push(&mut self, db: &Db, cf: CfOf<'_, '_>, row: &[u8], put: bool) -> Result<()> {
         if self.pending.push(row, put) {
-            self.flush(db, cf, false)?;
+            self.flush(db, cf()?, false)?;
         }
         Ok(())
     }
@@ -195,6 +199,16 @@ impl Queue {
             self.unknown.insert(kg);
         } else if !self.unknown.is_empty() {
             self.unknown.remove(&kg);
+        }
+    }
+
+    /// [`Queue::rehead`] for key group `kg` after its earliest row was taken (it held the earliest head,
+    /// and a key group with cached rows is not unknown).
+    fn rehead_popped(&mut self, kg: usize) {
+        self.heads.replace_first(self.head(kg));
+        let group = &self.groups[kg];
+        if group.rows.is_empty() && group.bound.is_some() {
+            self.unknown.insert(kg);
         }
     }
 
@@ -229,10 +243,12 @@ impl Queue {
 
     /// Refills every key group whose earliest rows are unknown, writing the pending writes first (fired rows
     /// are below the bounds, which only a registration moves down, writing their range deletions first).
-    fn refill_unknown(&mut self, db: &Db, cf: &ColumnFamily) -> Result<()> {
-        if !self.unknown.is_empty() {
-            self.flush(db, cf, false)?;
+    fn refill_unknown(&mut self, db: &Db, cf: CfOf<'_, '_>) -> Result<()> {
+        if self.unknown.is_empty() {
+            return Ok(());
         }
+        let cf = cf()?;
+        self.flush(db, cf, false)?;
         while let Some(kg) = self.unknown.pop_first() {
             self.refill(db, cf, kg)?;
         }
@@ -243,14 +259,14 @@ impl Queue {
     ///
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB.
-    fn register(&mut self, db: &Db, cf: &ColumnFamily, kg: usize, row: &[u8]) -> Result<()> {
+    fn register(&mut self, db: &Db, cf: CfOf<'_, '_>, kg: usize, row: &[u8]) -> Result<()> {
         if self.fired_span[kg]
             .as_ref()
             .is_some_and(|(_, last)| row < last.as_slice())
         {
             // Fired rows not yet range-deleted must stay below the key group's earliest live row (their
             // range ends there, and a refill starts above it): below the last of them, they go first.
-            self.flush(db, cf, true)?;
+            self.flush(db, cf()?, true)?;
         }
         self.push(db, cf, row, true)?;
         let group = &mut self.groups[kg];
@@ -270,7 +286,7 @@ impl Queue {
     ///
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB.
-    fn delete(&mut self, db: &Db, cf: &ColumnFamily, kg: usize, row: &[u8]) -> Result<()> {
+    fn delete(&mut self, db: &Db, cf: CfOf<'_, '_>, kg: usize, row: &[u8]) -> Result<()> {
         let group = &mut self.groups[kg];
         if group.bound.as_deref().is_none_or(|b| row < b) {
             // Below the bound every live row is cached: a row not cached is no timer (and no tombstone).
@@ -361,7 +377,7 @@ impl TimerQueues {
     ///
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB (refilling a key group's cache).
-    pub(crate) fn next(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<Option<u64>> {
+    pub(crate) fn next(&mut self, db: &Db, cf: CfOf<'_, '_>, id: StateId) -> Result<Option<u64>> {
         Ok(self.known(db, cf, id)?.heads.first().map(|(ts, _)| ts))
     }
 
@@ -369,7 +385,7 @@ impl TimerQueues {
     ///
     /// # Errors
     /// [`crate::Error::Local`] from RocksDB (refilling a key group's cache).
-    fn known(&mut self, db: &Db, cf: &ColumnFamily, id: StateId) -> Result<&mut Queue> {
+    fn known(&mut self, db: &Db, cf: CfOf<'_, '_>, id: StateId) -> Result<&mut Queue> {
         let q = self.queue(id)?;
         q.refill_unknown(db, cf)?;
         Ok(q)
@@ -383,7 +399,7 @@ impl TimerQueues {
     pub(crate) fn write<K: StateKey, N: StateKey>(
         &mut self,
         db: &Db,
-        cf: &ColumnFamily,
+        cf: CfOf<'_, '_>,
         id: StateId,
         current: &mut CurrentKeyPrefix<K>,
         ns: &N,
@@ -417,7 +433,7 @@ impl TimerQueues {
     pub(crate) fn pop_due<K: StateKey, N: StateKey>(
         &mut self,
         db: &Db,
-        cf: &ColumnFamily,
+        cf: CfOf<'_, '_>,
         id: StateId,
         time: u64,
         current: &mut CurrentKeyPrefix<K>,
@@ -430,7 +446,7 @@ impl TimerQueues {
         let Some(span) = q.groups[kg].rows.pop_front() else {
             return Ok(None);
         };
-        q.rehead(kg);
+        q.rehead_popped(kg);
         // Readable until the key group's cache is written again.
         let row = q.groups[kg].rows.get(span);
         let parts = split_timer_row(row, max_parallelism)?;
@@ -451,7 +467,7 @@ impl TimerQueues {
         }
         q.fired_rows += 1;
         if q.fired_rows >= FIRED_RANGE_ROWS {
-            q.flush(db, cf, true)?;
+            q.flush(db, cf()?, true)?;
         }
         Ok(Some(Timer {
             key,
