@@ -391,8 +391,8 @@ impl TtlTimes {
 
     /// Now in `time` (ms): the clock's coarse reading ([`Clock::now_ms_coarse`]; on the system clock one
     /// relaxed load of its tick), or the last watermark in event time. Read at each access to a TTL state
-    /// rather than sampled once per record: a copy stored per record cost a heap TTL write about a sixth
-    /// of its time (`docs/ttl.md`).
+    /// rather than sampled once per record: a copy stored per record cost a heap TTL write up to a sixth
+    /// of its time in one build (`docs/ttl.md`).
     #[inline]
     pub(crate) fn now_ms(&self, time: TtlTime) -> u64 {
         match time {
