@@ -153,8 +153,9 @@ impl TtlSweep {
 
 /// When the heap backend cleans up expired entries incrementally (as Flink's `cleanupIncrementally` with
 /// cleanup for every record): every 1,024th record (counted by the backend's `TtlTimes`, which also moves
-/// the system clock's tick to an exact reading on them) a step walks `slots_per_record` slots for each of them; batch calls count their
-/// keys here. Off until a state with TTL is registered, or if the setting is 0.
+/// the system clock's tick to an exact reading on them) a step walks `slots_per_record` slots for each of
+/// them; batch calls count their keys here. Off until a state with TTL is registered, or if the setting
+/// is 0.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IncrementalCleanup {
     slots_per_record: usize,

@@ -466,22 +466,19 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
 
     #[inline]
     fn timer_register<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
-        self.states.check_timers(state)?;
-        let cf = || self.states.timer_cf(&self.db, state);
+        let cf = self.states.timer_cf_later(&self.db, state)?;
         let current = &mut self.current;
         (self.timers).write(&self.db, &cf, state, current, ns, ts, true)
     }
 
     fn timer_delete<N: StateKey>(&mut self, state: StateId, ns: &N, ts: u64) -> Result<()> {
-        self.states.check_timers(state)?;
-        let cf = || self.states.timer_cf(&self.db, state);
+        let cf = self.states.timer_cf_later(&self.db, state)?;
         let current = &mut self.current;
         (self.timers).write(&self.db, &cf, state, current, ns, ts, false)
     }
 
     fn timer_next<N: StateKey>(&mut self, state: StateId) -> Result<Option<u64>> {
-        self.states.check_timers(state)?;
-        let cf = || self.states.timer_cf(&self.db, state);
+        let cf = self.states.timer_cf_later(&self.db, state)?;
         self.timers.next(&self.db, &cf, state)
     }
 
@@ -490,13 +487,13 @@ impl<K: StateKey> StateAccess<K> for RocksDbKeyedStateBackend<K> {
         self.timers.count(&self.db, cf, state)
     }
 
+    #[inline]
     fn timer_pop_due<N: StateKey>(
         &mut self,
         id: StateId,
         time: u64,
     ) -> Result<Option<Timer<K, N>>> {
-        self.states.check_timers(id)?;
-        let cf = || self.states.timer_cf(&self.db, id);
+        let cf = self.states.timer_cf_later(&self.db, id)?;
         (self.timers).pop_due(&self.db, &cf, id, time, &mut self.current)
     }
 }

@@ -143,12 +143,31 @@ impl LsmStates {
         self.cf(db, id)
     }
 
+    /// The column family of the timers `id` in `db`, to look up only when needed (by name, a string-keyed
+    /// map: too slow for every fired timer): `id` is checked now, the returned closure looks it up.
+    ///
+    /// # Errors
+    /// As [`LsmStates::timer_cf`], returned now, except for a column family missing from `db`, which the
+    /// closure returns.
+    #[inline]
+    pub(crate) fn timer_cf_later<'a, 'd>(
+        &'a self,
+        db: &'d Db,
+        id: StateId,
+    ) -> Result<impl Fn() -> Result<&'d ColumnFamily> + 'a>
+    where
+        'd: 'a,
+    {
+        self.check_timers(id)?;
+        Ok(move || self.cf(db, id))
+    }
+
     /// Whether `id` is timers whose column family [`LsmStates::timer_cf`] can look up.
     ///
     /// # Errors
     /// As [`LsmStates::timer_cf`], but for a column family missing from `db`.
     #[inline]
-    pub(crate) fn check_timers(&self, id: StateId) -> Result<()> {
+    fn check_timers(&self, id: StateId) -> Result<()> {
         match self.get(id) {
             Some(state) if state.meta.kind == StateKind::Timers && state.broken => {
                 Err(broken_state(&state.meta.name))
