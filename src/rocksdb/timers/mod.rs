@@ -182,7 +182,10 @@ impl Queue {
     /// Queues a write; writes the queue's pending writes once they fill a batch.
     fn push(&mut self, db: &Db, cf: CfOf<'_, '_>, row: &[u8], put: bool) -> Result<()> {
         if self.pending.push(row, put) {
-            self.flush(db, cf()?, false)?;
+            // The row is pending and the caller's cache change comes after: a column family not found
+            // here leaves them apart, as a failed write does, so it marks the queue lost the same way.
+            let cf = cf().inspect_err(|e| self.lost = Some(e.to_string()))?;
+            self.flush(db, cf, false)?;
         }
         Ok(())
     }
