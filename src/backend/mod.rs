@@ -22,7 +22,7 @@ use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, 
 use crate::rocksdb::RocksDbKeyedStateBackend;
 use crate::snapshot::handle::{CheckpointMetadata, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
-use crate::snapshot::result::SavepointFormat;
+use crate::snapshot::result::{RestoreSources, SavepointFormat};
 use crate::storage::CheckpointStorage;
 pub use config::{BackendKind, StateBackendConfig};
 
@@ -171,6 +171,13 @@ impl<K: StateKey> StateBackend<K> {
     /// Names of all states, registered or restored.
     pub fn state_names(&self) -> Vec<String> {
         on!(&self.inner, b => b.state_names())
+    }
+
+    /// Where the restore that made this backend read its files: local copies (local recovery, the
+    /// `local_recovery_dir` of its kind's settings) or checkpoint storage, and each local copy that was
+    /// missing or damaged and read from storage instead. All zero for a backend that was not restored.
+    pub fn restore_sources(&self) -> &RestoreSources {
+        on!(&self.inner, b => b.restore_sources())
     }
 
     /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].

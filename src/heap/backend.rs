@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::heap::bulk;
+use crate::heap::checkpoints::HeapCheckpoints;
 use crate::heap::config::HeapConfig;
 use crate::heap::cursor::{KeyCursor, access_error};
 use crate::heap::serde::{ListCell, MapCell};
@@ -19,15 +20,16 @@ use crate::key_group::router::KeyRoute;
 use crate::keyed::backend::sealed::StateAccess;
 use crate::keyed::backend::{KeyedStateBackend, PendingSnapshot, StateId, StateKey, StateValue};
 use crate::keyed::identity::SubtaskIdentity;
-use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
+use crate::keyed::ledger::SnapshotOf;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::read_refresh::{apply_refreshes_keeping_key, at_record_edge};
 use crate::keyed::timers::{
     TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
 };
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
-use crate::snapshot::result::SavepointFormat;
+use crate::snapshot::result::{RestoreSources, SavepointFormat};
 use crate::snapshot::state_meta::StateKind;
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 
 type TableRef<'a, K, N, S> = (&'a StateTable<K, N, S>, &'a CurrentKey<K>);
@@ -38,14 +40,12 @@ type TimersMut<'a, K, N> = (&'a mut TimerTable<K, N>, &'a CurrentKey<K>);
 pub struct HeapKeyedStateBackend<K> {
     identity: SubtaskIdentity,
     config: HeapConfig,
-    /// Identity in storage, drawn from the storage's id source at the first snapshot or restore.
-    backend_id: Option<String>,
     /// Every state, by id and name.
     states: StateTables<K>,
     /// The current key, located.
     current: KeyCursor<K>,
-    /// Ids snapshotted, unconfirmed and confirmed.
-    ledger: SnapshotLedger,
+    /// Identity in storage, the snapshot ledger, local copies, where the restore read from.
+    checkpoints: HeapCheckpoints,
     /// The times TTL states expire against.
     ttl: TtlTimes,
     /// When expired entries are cleaned up between records.
@@ -63,31 +63,30 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         Ok(HeapKeyedStateBackend {
             identity,
             cleanup: IncrementalCleanup::new(config.ttl_cleanup_slots_per_record),
+            checkpoints: HeapCheckpoints::new(
+                config.local_recovery_dir.clone().map(LocalCopies::new),
+            ),
             config,
-            backend_id: None,
             states: StateTables::new(),
             current: KeyCursor::new(),
-            ledger: SnapshotLedger::default(),
             ttl: TtlTimes::default(),
         })
     }
 
-    /// A backend restored (`heap/restore.rs`): `states` holds the restored records, `backend_id` was
-    /// drawn for it, and ids up to `restored_from` are refused.
+    /// A backend restored (`heap/restore.rs`): `states` holds the restored records, `checkpoints` its
+    /// backend id, the ids it refuses and where the restore read from.
     ///
     /// # Errors
     /// As [`HeapKeyedStateBackend::new`].
     pub(super) fn restored(
         identity: SubtaskIdentity,
         config: HeapConfig,
-        backend_id: String,
         states: StateTables<K>,
-        restored_from: Option<u64>,
+        checkpoints: HeapCheckpoints,
     ) -> Result<Self> {
         let mut backend = Self::new(identity, config)?;
-        backend.backend_id = Some(backend_id);
         backend.states = states;
-        backend.ledger = SnapshotLedger::restored(restored_from);
+        backend.checkpoints = checkpoints;
         Ok(backend)
     }
 
@@ -104,7 +103,14 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// Identity of this backend instance in its state handles, `<operator>-<subtask>-<16 hex>`: drawn
     /// from the checkpoint storage's id source at the first snapshot or restore (`None` before).
     pub fn backend_id(&self) -> Option<&str> {
-        self.backend_id.as_deref()
+        self.checkpoints.backend_id()
+    }
+
+    /// Where the restore that made this backend read its files: local copies (local recovery,
+    /// [`HeapConfig::local_recovery_dir`]) or checkpoint storage, and why a local copy was not used.
+    /// All zero for a backend that was not restored.
+    pub fn restore_sources(&self) -> &RestoreSources {
+        self.checkpoints.restore_sources()
     }
 
     /// Entries (key, namespace pairs) of all states together.
@@ -119,7 +125,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 
     /// The last checkpoint confirmed by [`KeyedStateBackend::notify_checkpoint_complete`].
     pub fn last_completed_checkpoint(&self) -> Option<u64> {
-        self.ledger.last_completed()
+        self.checkpoints.last_completed()
     }
 
     /// The synchronous phase of a checkpoint or a savepoint: freezes every live state, O(key groups).
@@ -130,11 +136,9 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         of: SnapshotOf,
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
-        self.ledger.begin(checkpoint_id, of)?;
-        let identity = &self.identity;
-        let backend_id = self.backend_id.get_or_insert_with(|| {
-            storage.new_backend_id(identity.operator_id(), identity.subtask_index())
-        });
+        let (backend_id, local) =
+            self.checkpoints
+                .begin(checkpoint_id, of, storage, &self.identity)?;
         let (states, frozen) = self.states.freeze(&self.ttl);
         let job = SnapshotJob {
             checkpoint_id,
@@ -142,8 +146,9 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             frozen,
             config: self.config.clone(),
             identity: self.identity.clone(),
-            backend_id: backend_id.clone(),
+            backend_id,
             savepoint: of == SnapshotOf::Savepoint,
+            local,
         };
         Ok(job.start(storage, start))
     }
@@ -578,18 +583,10 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
-        // A hint: only a snapshot of this backend that was not aborted can be confirmed.
-        if !self.ledger.confirm(checkpoint_id) {
-            tracing::debug!(
-                checkpoint_id,
-                "heap backend: completion of a checkpoint it has no unconfirmed snapshot of, ignored"
-            );
-        }
+        self.checkpoints.confirmed(checkpoint_id);
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
-        // Heap snapshots are full and private: an aborted one leaves nothing behind in the backend.
-        self.ledger.abort(checkpoint_id);
-        tracing::debug!(checkpoint_id, "heap backend: checkpoint aborted");
+        self.checkpoints.aborted(checkpoint_id);
     }
 }

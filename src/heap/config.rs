@@ -1,5 +1,7 @@
 //! Settings of the heap backend (plain data, units in the names).
 
+use std::path::PathBuf;
+
 use crate::error::{Error, Result};
 use crate::format::keyed_file::{DEFAULT_FRAME_BYTES, DEFAULT_ZSTD_LEVEL, MAX_FRAME_RAW_LEN};
 
@@ -27,6 +29,13 @@ pub struct HeapConfig {
     /// expired entries then stay in memory until a write of their key replaces them, or a
     /// snapshot and restore leaves them out. Default 8.
     pub ttl_cleanup_slots_per_record: usize,
+    /// Local recovery (`docs/local-recovery.md`; Flink's `execution.state-recovery.from-local`, off by
+    /// default there too): with a directory, the asynchronous phase also writes each checkpoint's file
+    /// under it, deleted once a later checkpoint of the backend is confirmed or the checkpoint is
+    /// aborted; a restore on this machine reads the file from there when its size and CRC32 match the
+    /// handle, and from checkpoint storage otherwise (reported by `restore_sources`). Give every backend
+    /// of a machine the same directory, one that outlives the process. Default `None` (off).
+    pub local_recovery_dir: Option<PathBuf>,
 }
 
 impl Default for HeapConfig {
@@ -36,6 +45,7 @@ impl Default for HeapConfig {
             frame_bytes: DEFAULT_FRAME_BYTES,
             restore_threads: crate::parallel::default_restore_threads(),
             ttl_cleanup_slots_per_record: 8,
+            local_recovery_dir: None,
         }
     }
 }

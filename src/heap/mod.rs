@@ -2,6 +2,7 @@
 
 pub(crate) mod backend;
 mod bulk;
+mod checkpoints;
 pub(crate) mod config;
 pub(crate) mod cow_map;
 mod cursor;

@@ -8,6 +8,7 @@ use crate::format::bytes::PutExt;
 use crate::format::keyed_file::read as keyed_file;
 use crate::format::keyed_file::read::check_key_group;
 use crate::heap::backend::HeapKeyedStateBackend;
+use crate::heap::checkpoints::HeapCheckpoints;
 use crate::heap::config::HeapConfig;
 use crate::heap::states::StateTables;
 use crate::heap::table::RawTable;
@@ -15,8 +16,9 @@ use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::handle::KeyedStateHandle;
 use crate::snapshot::restore_mode::RestoreMode;
+use crate::snapshot::result::RestoreSources;
 use crate::snapshot_io::load::load_handle;
-
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 
 impl<K: StateKey> HeapKeyedStateBackend<K> {
@@ -45,8 +47,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     ) -> Result<Self> {
         // Every heap snapshot is full and names only files of its own: the restored files are never
         // referenced again, so `Claim` and `NoClaim` restore alike (the coordinator's mode decides who
-        // may delete them).
-        let _ = mode;
+        // may delete them); only the local copies read are this backend's to delete under `Claim`.
         config.validate()?;
         let backend_id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
         let range = identity.key_groups();
@@ -56,10 +57,18 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             range,
             handles,
         )?;
+        let mut local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let loads = relevant
-            .into_iter()
-            .map(|h| load_handle(storage, h, range, "heap"));
+            .iter()
+            .map(|h| load_handle(storage, h, range, "heap", local.as_ref()));
         let loaded = futures::future::try_join_all(loads).await?;
+        let mut sources = RestoreSources::default();
+        for (file, handle) in loaded.iter().zip(&relevant) {
+            sources.merge(file.sources.clone());
+            if let Some(local) = local.as_mut().filter(|_| mode == RestoreMode::Claim) {
+                local.inherit(handle);
+            }
+        }
 
         // Per state, record bytes per key-group index, only for key groups that have records: a header
         // may name many states, and a dense vector per state and key group would let a small file
@@ -122,6 +131,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             });
         }
         let restored_from = handles.first().map(|h| h.checkpoint_id);
-        HeapKeyedStateBackend::restored(identity, config, backend_id, states, restored_from)
+        let checkpoints = HeapCheckpoints::restored(backend_id, restored_from, local, sources);
+        HeapKeyedStateBackend::restored(identity, config, states, checkpoints)
     }
 }

@@ -12,6 +12,7 @@ use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::layout::{checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::StateMeta;
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::snapshot_io::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::storage::CheckpointStorage;
 
@@ -25,6 +26,8 @@ pub(crate) struct SnapshotJob {
     pub(crate) backend_id: String,
     /// A savepoint (`savepoints/sp-<id>/`) rather than a checkpoint (`chk-<id>/`).
     pub(crate) savepoint: bool,
+    /// Where to keep a local copy of the checkpoint's file (local recovery), if anywhere.
+    pub(crate) local: Option<LocalCopies>,
 }
 
 /// Object-store path (relative to the job root) of a heap snapshot file:
@@ -63,7 +66,7 @@ impl SnapshotJob {
     }
 
     async fn run(
-        self,
+        mut self,
         storage: CheckpointStorage,
         sync_duration: Duration,
     ) -> Result<SnapshotResult> {
@@ -75,7 +78,30 @@ impl SnapshotJob {
             self.identity.clone(),
             self.backend_id.clone(),
         );
-        let summary = upload_keyed_file(&storage, &relative, move |sink| self.encode(sink)).await?;
+        let copy = self.local.take().and_then(|local| {
+            let name = relative.rsplit('/').next().unwrap_or(&relative);
+            let opened = local
+                .writer(&backend_id, checkpoint_id, storage.next_id())
+                .and_then(|writer| {
+                    let path = writer.path_for(name);
+                    let file = std::fs::File::create(&path)
+                        .map_err(|e| crate::Error::local(path.display(), e))?;
+                    Ok((writer, file))
+                });
+            opened
+                .inspect_err(|e| {
+                    tracing::warn!(checkpoint_id, error = %e, "heap backend: no local copy of this checkpoint")
+                })
+                .ok()
+        });
+        let (writer, file) = copy.unzip();
+        let (summary, copied) =
+            upload_keyed_file(&storage, &relative, file, move |sink| self.encode(sink)).await?;
+        if let Some(writer) = writer.filter(|_| copied)
+            && let Err(e) = writer.publish()
+        {
+            tracing::warn!(checkpoint_id, error = %e, "heap backend: no local copy of this checkpoint");
+        }
         Ok(keyed_file_result(
             backend_id,
             identity.operator_id().to_string(),

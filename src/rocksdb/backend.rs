@@ -26,17 +26,15 @@ use crate::rocksdb::snapshot::{Checkpoints, SnapshotSource};
 use crate::rocksdb::states::LsmStates;
 use crate::rocksdb::timers::TimerQueues;
 use crate::rocksdb::ttl::{ListedRows, TtlFilters};
-use crate::snapshot::result::SavepointFormat;
+use crate::snapshot::result::{RestoreSources, SavepointFormat};
 use crate::snapshot::state_meta::StateKind;
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 
 /// Keyed state in an embedded RocksDB instance, checkpointed incrementally (see `docs/lsm.md`).
 pub struct RocksDbKeyedStateBackend<K> {
     pub(super) identity: SubtaskIdentity,
     pub(super) config: RocksDbConfig,
-    /// Identity in storage (in handles and upload names), drawn from the storage's id source at the first
-    /// snapshot or restore.
-    pub(super) backend_id: Option<String>,
     /// The RocksDB instance and its working directory.
     pub(super) db: Db,
     /// Every state, by id and name.
@@ -64,14 +62,13 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     pub fn new(identity: SubtaskIdentity, config: RocksDbConfig) -> Result<Self> {
         config.validate()?;
         let instance = InstanceDir::create(&identity, &config)?;
-        Self::open_db(identity, config, None, instance)
+        Self::open_db(identity, config, instance)
     }
 
     /// Opens (or creates) the DB in the instance directory and loads the meta information of its states.
     pub(crate) fn open_db(
         identity: SubtaskIdentity,
         config: RocksDbConfig,
-        backend_id: Option<String>,
         instance: InstanceDir,
     ) -> Result<Self> {
         let ttl = TtlTimes::default();
@@ -79,14 +76,14 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let db = Db::open(&config, instance, filters.clone())?;
         let states = LsmStates::load(&db)?;
         let timers = TimerQueues::new(&identity);
+        let checkpoints = Checkpoints::new(config.local_recovery_dir.clone().map(LocalCopies::new));
         Ok(RocksDbKeyedStateBackend {
             identity,
             config,
-            backend_id,
             db,
             states,
             current: CurrentKeyPrefix::new(),
-            checkpoints: Checkpoints::default(),
+            checkpoints,
             timers,
             ttl,
             filters,
@@ -107,7 +104,14 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// `<operator>-<subtask>-<16 hex>`: drawn from the checkpoint storage's id source at the first snapshot
     /// or restore, kept by a CLAIM restore of the same key groups (`None` before).
     pub fn backend_id(&self) -> Option<&str> {
-        self.backend_id.as_deref()
+        self.checkpoints.backend_id()
+    }
+
+    /// Where the restore that made this backend read its files: local copies (local recovery,
+    /// [`RocksDbConfig::local_recovery_dir`]) or checkpoint storage, and why a local copy was not used.
+    /// All zero for a backend that was not restored.
+    pub fn restore_sources(&self) -> &RestoreSources {
+        self.checkpoints.restore_sources()
     }
 
     /// Names of all states, registered or restored.
@@ -159,7 +163,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             states: &self.states,
             identity: &self.identity,
             config: &self.config,
-            backend_id: &mut self.backend_id,
             ttl: &self.ttl,
         };
         self.checkpoints

@@ -52,6 +52,15 @@ pub struct RocksDbConfig {
     /// 1M timers is steadier, and incremental checkpoints upload no more. Either setting restores
     /// checkpoints written with the other.
     pub universal_timer_compaction: bool,
+    /// Local recovery (`docs/local-recovery.md`; Flink's `execution.state-recovery.from-local`, off by
+    /// default there too): with a directory, each checkpoint's files are also kept under it (hard links
+    /// to the native checkpoint's files, so no byte is written twice on one file system), deleted once a
+    /// later checkpoint of the backend is confirmed or the checkpoint is aborted; a restore on this
+    /// machine reads a file from there when its size and CRC32 match the handle, and from checkpoint
+    /// storage otherwise (reported by `restore_sources`). Give every backend of a machine the same
+    /// directory, one that outlives the process (not `local_dir`'s working directories); it should be on
+    /// the file system of `local_dir`. Default `None` (off).
+    pub local_recovery_dir: Option<PathBuf>,
 }
 
 impl Default for RocksDbConfig {
@@ -65,6 +74,7 @@ impl Default for RocksDbConfig {
             auto_compaction: true,
             restore_threads: crate::parallel::default_restore_threads(),
             universal_timer_compaction: true,
+            local_recovery_dir: None,
         }
     }
 }

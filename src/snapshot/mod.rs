@@ -14,5 +14,5 @@ pub use handle::{
     TaskStateSnapshot,
 };
 pub use restore_mode::RestoreMode;
-pub use result::{SavepointFormat, SnapshotMetrics, SnapshotResult};
+pub use result::{RestoreSources, SavepointFormat, SnapshotMetrics, SnapshotResult};
 pub use state_meta::{StateKind, StateMeta};

@@ -34,6 +34,48 @@ pub struct SnapshotResult {
     pub metrics: SnapshotMetrics,
 }
 
+/// Where a restore read its state from: local copies (local recovery) or checkpoint storage, and why a
+/// local copy it looked for was not used. A backend reports it after its restore
+/// (`StateBackend::restore_sources`); without local recovery every file is remote and nothing falls back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreSources {
+    /// Files read from local copies.
+    pub local_files: u32,
+    /// Bytes of those files.
+    pub local_bytes: u64,
+    /// Files read from checkpoint storage.
+    pub remote_files: u32,
+    /// Bytes read from checkpoint storage (the whole file, or the owned key groups' ranges of a keyed
+    /// file another subtask wrote).
+    pub remote_bytes: u64,
+    /// With local recovery on: each file whose local copy was missing or damaged (size or CRC32 not the
+    /// handle's), with the reason; each was read from checkpoint storage instead.
+    pub fallbacks: Vec<String>,
+}
+
+impl RestoreSources {
+    /// Counts a file read locally.
+    pub(crate) fn local(&mut self, bytes: u64) {
+        self.local_files += 1;
+        self.local_bytes += bytes;
+    }
+
+    /// Counts a file read from checkpoint storage.
+    pub(crate) fn remote(&mut self, bytes: u64) {
+        self.remote_files += 1;
+        self.remote_bytes += bytes;
+    }
+
+    /// Adds the counts of `other`.
+    pub(crate) fn merge(&mut self, other: RestoreSources) {
+        self.local_files += other.local_files;
+        self.local_bytes += other.local_bytes;
+        self.remote_files += other.remote_files;
+        self.remote_bytes += other.remote_bytes;
+        self.fallbacks.extend(other.fallbacks);
+    }
+}
+
 /// The format of a savepoint (`docs/savepoints.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SavepointFormat {

@@ -6,6 +6,8 @@ use crate::format::keyed_file::read::{self as keyed_file, HEADER_PREFIX};
 use crate::format::keyed_file::{FOOTER_LEN, FileHeader, IndexEntry};
 use crate::key_group::KeyGroupRange;
 use crate::snapshot::handle::{HandleFormat, KeyedStateHandle};
+use crate::snapshot::result::RestoreSources;
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::{CheckpointStorage, RangeSource};
 
 /// The key groups of one file that a restore needs, decoded to raw record bytes.
@@ -15,9 +17,13 @@ pub(crate) struct LoadedFile {
     pub(crate) header: FileHeader,
     /// Decoded record bytes of each wanted key group that has records, ascending.
     pub(crate) groups: Vec<(u32, Vec<u8>)>,
+    /// Whether the file was read from its local copy or checkpoint storage, and how many bytes.
+    pub(crate) sources: RestoreSources,
 }
 
-/// Reads and checks one handle's file; decodes the key groups in `range`.
+/// Reads and checks one handle's file; decodes the key groups in `range`. With `local` (local recovery),
+/// an intact local copy of the file (its size and CRC32 the handle's) is read instead of checkpoint
+/// storage; a missing or damaged one is reported in the result's `sources` and storage read.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] if the handle is not a keyed-file (canonical) handle (`restorer` names the
@@ -28,6 +34,7 @@ pub(crate) async fn load_handle(
     handle: &KeyedStateHandle,
     range: KeyGroupRange,
     restorer: &str,
+    local: Option<&LocalCopies>,
 ) -> Result<LoadedFile> {
     if handle.format != HandleFormat::KeyedFile {
         return Err(Error::InvalidArgument(format!(
@@ -44,9 +51,35 @@ pub(crate) async fn load_handle(
             handle.files.len()
         )));
     };
+    let mut sources = RestoreSources::default();
+    let local_bytes = match local {
+        None => None,
+        Some(local) => {
+            let (local, h, f) = (local.clone(), handle.clone(), file.clone());
+            let read = tokio::task::spawn_blocking(move || local.read_verified(&h, &f))
+                .await
+                .map_err(|e| Error::IllegalState(format!("local copy reader panicked: {e}")))?;
+            match read {
+                Ok(bytes) => Some(bytes),
+                Err(why) => {
+                    let why = format!("{}: {why}", file.path);
+                    tracing::warn!(%why, "restore: read from checkpoint storage instead of the local copy");
+                    sources.fallbacks.push(why);
+                    None
+                }
+            }
+        }
+    };
     // A file this restore needs whole is read whole, so that its CRC32 is checked on every store.
     let whole = handle.key_groups.intersection(&range) == handle.key_groups;
-    let source = if whole {
+    let source = if let Some(bytes) = local_bytes {
+        // Size and CRC32 checked against the handle already.
+        sources.local(file.size_bytes);
+        RangeSource::Bytes {
+            bytes: bytes.into(),
+            path: storage.path(&file.path),
+        }
+    } else if whole {
         RangeSource::Bytes {
             bytes: storage.read(&file.path).await?,
             path: storage.path(&file.path),
@@ -100,6 +133,13 @@ pub(crate) async fn load_handle(
         ));
     }
     let ranges: Vec<_> = wanted.iter().map(|e| e.offset..e.offset + e.len).collect();
+    if sources.local_files == 0 {
+        sources.remote(if whole {
+            file.size_bytes
+        } else {
+            ranges.iter().map(|r| r.end - r.start).sum()
+        });
+    }
     let blocks = source.read_many(&ranges).await?;
     let decode_path = path.clone();
     let groups = tokio::task::spawn_blocking(move || {
@@ -120,6 +160,7 @@ pub(crate) async fn load_handle(
         path,
         header,
         groups,
+        sources,
     })
 }
 

@@ -16,6 +16,10 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 pub(crate) struct ChunkSink {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     pending: Vec<u8>,
+    /// A local copy written beside the upload (local recovery), until a write to it fails.
+    local: Option<std::fs::File>,
+    /// Whether a write to the local copy failed (the copy is then not kept).
+    local_failed: bool,
 }
 
 impl ChunkSink {
@@ -36,6 +40,13 @@ impl ChunkSink {
     }
 
     fn send(&mut self) -> Result<()> {
+        if let Some(file) = &mut self.local
+            && let Err(e) = std::io::Write::write_all(file, &self.pending)
+        {
+            tracing::warn!(error = %e, "snapshot: the local copy could not be written; not kept");
+            self.local = None;
+            self.local_failed = true;
+        }
         self.tx
             .blocking_send(std::mem::take(&mut self.pending))
             .map_err(|_| Error::IllegalState("snapshot upload stopped".into()))
@@ -43,7 +54,9 @@ impl ChunkSink {
 }
 
 /// Uploads the file `relative` (a path under `storage`'s job root) whose bytes `encode` produces on a
-/// blocking thread; returns `encode`'s summary once the file is durable in storage.
+/// blocking thread; returns `encode`'s summary once the file is durable in storage, and whether every
+/// byte also went into `local` (a local copy for local recovery, written on the encoder's thread; a
+/// failed local write only stops the copy).
 ///
 /// # Errors
 /// The first error of the encoder or the upload; nothing of the file is left in storage then (a failed
@@ -51,8 +64,9 @@ impl ChunkSink {
 pub(crate) async fn upload_keyed_file<F>(
     storage: &CheckpointStorage,
     relative: &str,
+    local: Option<std::fs::File>,
     encode: F,
-) -> Result<FileSummary>
+) -> Result<(FileSummary, bool)>
 where
     F: FnOnce(&mut ChunkSink) -> Result<FileSummary> + Send + 'static,
 {
@@ -61,10 +75,12 @@ where
         let mut sink = ChunkSink {
             tx,
             pending: Vec::new(),
+            local_failed: false,
+            local,
         };
         let summary = encode(&mut sink)?;
         sink.send()?;
-        Ok(summary)
+        Ok((summary, sink.local.is_some() && !sink.local_failed))
     });
     let mut file = storage.writer(relative);
     let mut upload_error = None;
@@ -76,7 +92,7 @@ where
     }
     // Dropping the receiver stops the encoder if the upload failed.
     drop(rx);
-    let encoded: Result<FileSummary> = encoder
+    let encoded: Result<(FileSummary, bool)> = encoder
         .await
         .map_err(|e| Error::IllegalState(format!("snapshot encoder panicked: {e}")))?;
     let summary = match (upload_error, encoded) {

@@ -110,7 +110,7 @@ pub(crate) async fn download_file(
         let local = local.to_path_buf();
         let shown = path.clone();
         return tokio::task::spawn_blocking(move || {
-            copy_local(&source, &local, expected, hard_link, &shown)
+            copy_verified(&source, &local, expected, hard_link, &shown)
         })
         .await
         .map_err(|e| Error::local(relative, e))?;
@@ -152,13 +152,19 @@ pub(crate) async fn download_file(
     Ok(())
 }
 
-/// The local-directory path of [`CheckpointStorage::download_file`]: link or copy, then verify.
-fn copy_local(
+/// Puts the local file `source` at the new path `local` (a hard link when `hard_link` is set and both are
+/// on one file system, a copy otherwise) and checks it against `expected`; errors name `shown`.
+///
+/// # Errors
+/// [`Error::NotFound`] if `source` is missing; [`Error::Corrupt`] if its size or CRC32 differ (nothing is
+/// left at `local` then); [`Error::Storage`] for local I/O errors. The local-directory path of
+/// [`download_file`], and local recovery's restore of a RocksDB file.
+pub(crate) fn copy_verified(
     source: &LocalPath,
     local: &LocalPath,
     expected: Transferred,
     hard_link: bool,
-    shown: &object_store::path::Path,
+    shown: &dyn std::fmt::Display,
 ) -> Result<()> {
     use std::io::Read;
     let meta = match std::fs::metadata(source) {

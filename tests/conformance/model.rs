@@ -151,7 +151,12 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let storage = CheckpointStorage::in_memory("model").unwrap();
-            let mut backends = vec![HeapKeyedStateBackend::<u64>::new(identity(MAX_P, 1, 0), HeapConfig::default()).unwrap()];
+            // Every checkpoint is also kept locally; every other restore reads the local copies (and
+            // must read nothing from storage), the others find them gone (another machine) and read
+            // storage.
+            let local_dir = tempfile::tempdir().unwrap();
+            let with_local = HeapConfig { local_recovery_dir: Some(local_dir.path().to_path_buf()), ..HeapConfig::default() };
+            let mut backends = vec![HeapKeyedStateBackend::<u64>::new(identity(MAX_P, 1, 0), with_local.clone()).unwrap()];
             let mut model = Model::default();
             for (i, op) in ops.iter().enumerate() {
                 let Op::CheckpointRestore { parallelism, writes_during_async } = *op else {
@@ -172,8 +177,18 @@ proptest! {
                     handles.push(p.run().await.unwrap().handle);
                 }
                 backends = Vec::new();
+                let local = id % 2 == 0;
+                if !local {
+                    for entry in std::fs::read_dir(local_dir.path()).unwrap() {
+                        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+                    }
+                }
                 for idx in 0..parallelism {
-                    backends.push(HeapKeyedStateBackend::restore(identity(MAX_P, parallelism, idx), HeapConfig::default(), &storage, &handles, RestoreMode::Claim).await.unwrap());
+                    let restored = HeapKeyedStateBackend::restore(identity(MAX_P, parallelism, idx), with_local.clone(), &storage, &handles, RestoreMode::Claim).await.unwrap();
+                    let sources = restored.restore_sources();
+                    prop_assert_eq!(sources.remote_files == 0, local, "{:?}", sources);
+                    prop_assert_eq!(sources.fallbacks.len() as u32, sources.remote_files, "{:?}", sources);
+                    backends.push(restored);
                 }
                 prop_assert_eq!(&observe(&mut backends), &frozen);
                 model = frozen;

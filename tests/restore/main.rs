@@ -1,6 +1,6 @@
 //! Restore: snapshot isolation and round trips at the same and another parallelism, the handle sets a
 //! restore accepts and refuses, the RocksDB backend's restore checks, and the run-time-chosen backend through
-//! checkpoint and restore.
+//! checkpoint and restore, and local recovery on both backends.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
@@ -9,5 +9,6 @@ mod common;
 
 mod checks;
 mod chosen_backend;
+mod local_recovery;
 mod rocksdb_checks;
 mod round_trips;

@@ -26,7 +26,9 @@ use crate::rocksdb::snapshot::Checkpoints;
 use crate::rocksdb::snapshot::upload::DiffBase;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
+use crate::snapshot::result::RestoreSources;
 use crate::snapshot_io::load::load_handle;
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 use crate::storage::transfer::{Transferred, download_file};
 
@@ -43,13 +45,16 @@ fn bounds(range: KeyGroupRange, max_parallelism: u32) -> Option<(Vec<u8>, Vec<u8
     ))
 }
 
-/// Downloads every file of `handle` into the new directory `dir`, in parallel, checking sizes and CRC32s.
+/// Puts every file of `handle` into the new directory `dir`, in parallel, checking sizes and CRC32s:
+/// from its local copy when `local` has an intact one (local recovery), else downloaded. Returns where
+/// each came from.
 async fn download(
     storage: &CheckpointStorage,
     handle: &KeyedStateHandle,
     dir: &Path,
     concurrency: usize,
-) -> Result<()> {
+    local: Option<&LocalCopies>,
+) -> Result<RestoreSources> {
     remove_dir_if_exists(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let mut seen = std::collections::HashSet::new();
@@ -69,20 +74,52 @@ async fn download(
             ));
         }
     }
-    let results: Vec<Result<()>> = futures::stream::iter(&handle.files)
+    let results: Vec<Result<(bool, Option<String>)>> = futures::stream::iter(&handle.files)
         .map(|f| async move {
             let expected = Transferred {
                 size_bytes: f.size_bytes,
                 crc32: f.crc32,
             };
-            // SSTs are immutable in RocksDB too: a hard link is safe. Other files are copied.
+            // SSTs are immutable in RocksDB too: a hard link is safe. Other files are copied (RocksDB
+            // appends to a MANIFEST it opens).
             let link = f.local_name.ends_with(".sst");
-            download_file(storage, &f.path, &dir.join(&f.local_name), expected, link).await
+            let target = dir.join(&f.local_name);
+            let fallback = match local {
+                None => None,
+                Some(local) => {
+                    let (local, handle, file, to) =
+                        (local.clone(), handle.clone(), f.clone(), target.clone());
+                    let found = tokio::task::spawn_blocking(move || {
+                        local.restore_file(&handle, &file, &to, link)
+                    })
+                    .await
+                    .map_err(|e| Error::local(target.display(), e))?;
+                    match found {
+                        Ok(()) => return Ok((true, None)),
+                        Err(why) => Some(format!("{}: {why}", f.path)),
+                    }
+                }
+            };
+            download_file(storage, &f.path, &target, expected, link).await?;
+            Ok((false, fallback))
         })
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    results.into_iter().collect()
+    let mut sources = RestoreSources::default();
+    for (r, f) in results.into_iter().zip(&handle.files) {
+        let (was_local, fallback) = r?;
+        if was_local {
+            sources.local(f.size_bytes);
+        } else {
+            sources.remote(f.size_bytes);
+        }
+        if let Some(why) = fallback {
+            tracing::warn!(%why, "lsm restore: read from checkpoint storage instead of the local copy");
+            sources.fallbacks.push(why);
+        }
+    }
+    Ok(sources)
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
@@ -126,7 +163,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 .iter()
                 .all(|h| h.format == HandleFormat::KeyedFile)
         {
-            return Self::restore_canonical(identity, config, storage, &overlapping, handles).await;
+            return Self::restore_canonical(identity, config, storage, &overlapping, handles, mode)
+                .await;
         }
         for h in &overlapping {
             if h.format == HandleFormat::RocksIncrementalRowsV1 {
@@ -149,12 +187,22 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let instance = InstanceDir::create(&identity, &config)?;
         let Some((first, rest)) = overlapping.split_first() else {
             let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
-            let mut backend = Self::open_db(identity, config, Some(id), instance)?;
-            backend.checkpoints = Checkpoints::restored(restored_id, None);
+            let local = config.local_recovery_dir.clone().map(LocalCopies::new);
+            let mut backend = Self::open_db(identity, config, instance)?;
+            backend.checkpoints =
+                Checkpoints::restored(id, restored_id, None, local, RestoreSources::default());
             return Ok(backend);
         };
         let db_dir = instance.db();
-        download(storage, first, &db_dir, config.transfer_concurrency).await?;
+        let local = config.local_recovery_dir.clone().map(LocalCopies::new);
+        let mut sources = download(
+            storage,
+            first,
+            &db_dir,
+            config.transfer_concurrency,
+            local.as_ref(),
+        )
+        .await?;
         let keep_identity =
             mode == RestoreMode::Claim && rest.is_empty() && first.key_groups == owned;
         let backend_id = if keep_identity {
@@ -162,14 +210,23 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         } else {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         };
-        let mut backend = Self::open_db(identity, config.clone(), Some(backend_id), instance)
+        let mut backend = Self::open_db(identity, config.clone(), instance)
             .map_err(|e| corrupt_if_db(e, storage, first))?;
         if first.key_groups != owned {
             backend.clip_to(owned)?;
         }
         for (i, other) in rest.iter().enumerate() {
             let dir = backend.db.instance().path().join(format!("restore-{i}"));
-            download(storage, other, &dir, config.transfer_concurrency).await?;
+            sources.merge(
+                download(
+                    storage,
+                    other,
+                    &dir,
+                    config.transfer_concurrency,
+                    local.as_ref(),
+                )
+                .await?,
+            );
             let copied = backend.copy_owned_from(&dir);
             remove_dir_if_exists(&dir)?;
             copied.map_err(|e| corrupt_if_db(e, storage, other))?;
@@ -185,7 +242,15 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 .map(|f| (f.local_name.clone(), f.clone()))
                 .collect::<HashMap<_, _>>(),
         });
-        backend.checkpoints = Checkpoints::restored(restored_id, base);
+        let local = local.map(|mut local| {
+            if mode == RestoreMode::Claim {
+                for h in &overlapping {
+                    local.inherit(h);
+                }
+            }
+            local
+        });
+        backend.checkpoints = Checkpoints::restored(backend_id, restored_id, base, local, sources);
         tracing::info!(
             dir = %db_dir.display(),
             handles = overlapping.len(),
@@ -203,16 +268,31 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         storage: &CheckpointStorage,
         overlapping: &[&KeyedStateHandle],
         handles: &[KeyedStateHandle],
+        mode: RestoreMode,
     ) -> Result<Self> {
         let owned = identity.key_groups();
+        let mut local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let loads = overlapping
             .iter()
-            .map(|h| load_handle(storage, h, owned, "LSM"));
+            .map(|h| load_handle(storage, h, owned, "LSM", local.as_ref()));
         let loaded = futures::future::try_join_all(loads).await?;
+        let mut sources = RestoreSources::default();
+        for (file, handle) in loaded.iter().zip(overlapping) {
+            sources.merge(file.sources.clone());
+            if let Some(local) = local.as_mut().filter(|_| mode == RestoreMode::Claim) {
+                local.inherit(handle);
+            }
+        }
         let instance = InstanceDir::create(&identity, &config)?;
         let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
-        let mut backend = Self::open_db(identity, config, Some(id), instance)?;
-        backend.checkpoints = Checkpoints::restored(handles.first().map(|h| h.checkpoint_id), None);
+        let mut backend = Self::open_db(identity, config, instance)?;
+        backend.checkpoints = Checkpoints::restored(
+            id,
+            handles.first().map(|h| h.checkpoint_id),
+            None,
+            local,
+            sources,
+        );
         import_canonical(
             &mut backend.states,
             &mut backend.db,

@@ -61,7 +61,9 @@ impl CanonicalExport {
         );
         // `self` (with the guard that removes the native checkpoint) moves into the encoder and is dropped
         // when it ends.
-        let summary = upload_keyed_file(&storage, &relative, move |sink| self.encode(sink)).await?;
+        // A savepoint has no local copy (local recovery keeps checkpoints).
+        let (summary, _) =
+            upload_keyed_file(&storage, &relative, None, move |sink| self.encode(sink)).await?;
         Ok(keyed_file_result(
             backend_id,
             identity.operator_id().to_string(),

@@ -21,6 +21,8 @@ use crate::rocksdb::snapshot::upload::{
     DiffBase, PendingUpload, PendingUploads, SnapshotTarget, UploadGuard, UploadJob,
 };
 use crate::rocksdb::states::{LsmStates, broken_state};
+use crate::snapshot::result::RestoreSources;
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 
 /// Aborted checkpoints in a row that reused the diff base after which the backend rebases.
@@ -35,33 +37,66 @@ pub(crate) struct SnapshotSource<'a> {
     pub(crate) states: &'a LsmStates,
     pub(crate) identity: &'a SubtaskIdentity,
     pub(crate) config: &'a RocksDbConfig,
-    /// The backend's identity in storage, drawn from `storage` at its first snapshot.
-    pub(crate) backend_id: &'a mut Option<String>,
     /// The times TTL states expire against (a canonical savepoint leaves out what expired).
     pub(crate) ttl: &'a TtlTimes,
 }
 
 /// The backend's checkpoint bookkeeping, as a component that owns it: the snapshot ledger, the uploads in
-/// flight (shared with their asynchronous phases), the diff base and the aborts that reused it.
+/// flight (shared with their asynchronous phases), the diff base and the aborts that reused it, the
+/// backend's identity in storage, the local copies of local recovery and where the restore read from.
 #[derive(Default)]
 pub(crate) struct Checkpoints {
+    /// The backend's identity in storage (in handles and upload names), drawn from the storage's id
+    /// source at the first snapshot or restore.
+    backend_id: Option<String>,
     ledger: SnapshotLedger,
     pending: PendingUploads,
     base: Option<DiffBase>,
     /// Finished uploads that reused the base and were aborted since the last confirmed checkpoint.
     aborts_reusing_base: u32,
+    /// Local recovery's copies of this backend's checkpoints, when it is on.
+    local: Option<LocalCopies>,
+    /// Where the restore that made this backend read its files (empty for a new backend).
+    restore_sources: RestoreSources,
 }
 
 impl Checkpoints {
-    /// The bookkeeping of a backend restored from checkpoint (or savepoint) `restored`, with the diff base
-    /// a CLAIM restore of the same key groups keeps (unconfirmed: dropped at the first abort that reused
-    /// it).
-    pub(crate) fn restored(restored: Option<u64>, base: Option<DiffBase>) -> Self {
+    /// The bookkeeping of a new backend keeping local copies in `local` (local recovery), if given.
+    pub(crate) fn new(local: Option<LocalCopies>) -> Self {
         Checkpoints {
-            ledger: SnapshotLedger::restored(restored),
-            base,
+            local,
             ..Checkpoints::default()
         }
+    }
+
+    /// The bookkeeping of a backend restored as `backend_id` from checkpoint (or savepoint) `restored`,
+    /// with the diff base a CLAIM restore of the same key groups keeps (unconfirmed: dropped at the first
+    /// abort that reused it), its local copies and where the restore read from.
+    pub(crate) fn restored(
+        backend_id: String,
+        restored: Option<u64>,
+        base: Option<DiffBase>,
+        local: Option<LocalCopies>,
+        restore_sources: RestoreSources,
+    ) -> Self {
+        Checkpoints {
+            backend_id: Some(backend_id),
+            ledger: SnapshotLedger::restored(restored),
+            base,
+            local,
+            restore_sources,
+            ..Checkpoints::default()
+        }
+    }
+
+    /// The backend's identity in storage (`None` before its first snapshot or restore).
+    pub(crate) fn backend_id(&self) -> Option<&str> {
+        self.backend_id.as_deref()
+    }
+
+    /// Where the restore that made this backend read its files.
+    pub(crate) fn restore_sources(&self) -> &RestoreSources {
+        &self.restore_sources
     }
 
     /// The last checkpoint confirmed.
@@ -105,14 +140,14 @@ impl Checkpoints {
             states,
             identity,
             config,
-            backend_id,
             ttl,
         } = source;
         if let Some(broken) = states.broken() {
             return Err(broken_state(&broken.meta.name));
         }
         self.begin(checkpoint_id, target)?;
-        let backend_id = backend_id
+        let backend_id = self
+            .backend_id
             .get_or_insert_with(|| {
                 storage.new_backend_id(identity.operator_id(), identity.subtask_index())
             })
@@ -214,6 +249,10 @@ impl Checkpoints {
             key_groups: identity.key_groups(),
             concurrency: config.transfer_concurrency,
             entries: states.estimated_entries(db),
+            local: self
+                .local
+                .clone()
+                .filter(|_| target == SnapshotTarget::Checkpoint),
         };
         Ok(PendingSnapshot::new(
             checkpoint_id,
@@ -222,8 +261,9 @@ impl Checkpoints {
         ))
     }
 
-    /// `notify_checkpoint_complete`: the checkpoint becomes the diff base if this backend finished its
-    /// upload and it was not aborted; anything else is ignored (a hint, `docs/protocol.md`).
+    /// `notify_checkpoint_complete`: the checkpoint becomes the diff base if this backend finished its upload and it was not aborted, and
+    /// local copies of earlier checkpoints are deleted; anything else is ignored (a hint,
+    /// `docs/protocol.md`).
     pub(crate) fn confirmed(&mut self, checkpoint_id: u64) {
         let mut pending = self.pending.lock();
         // A hint (`docs/protocol.md`): only a checkpoint whose upload this backend finished and that was
@@ -264,14 +304,21 @@ impl Checkpoints {
         }
         self.ledger.completed(checkpoint_id);
         self.aborts_reusing_base = 0;
+        if let (Some(local), Some(backend_id)) = (&mut self.local, &self.backend_id) {
+            local.confirmed(backend_id, checkpoint_id);
+        }
         // Older pending checkpoints are subsumed by this one.
         pending.retain(|id, _| *id > checkpoint_id);
     }
 
-    /// `notify_checkpoint_aborted`: a running upload is flagged (it deletes what it uploaded); a finished
-    /// one is forgotten, and the base dropped when it may be stale (a rebase, `docs/protocol.md`).
+    /// `notify_checkpoint_aborted`: a running upload is flagged (it deletes
+    /// what it uploaded); a finished one is forgotten, and the base dropped when it may be stale (a
+    /// rebase, `docs/protocol.md`); its local copy is deleted.
     pub(crate) fn aborted(&mut self, checkpoint_id: u64) {
         self.ledger.abort(checkpoint_id);
+        if let (Some(local), Some(backend_id)) = (&self.local, &self.backend_id) {
+            local.aborted(backend_id, checkpoint_id);
+        }
         let mut pending = self.pending.lock();
         match pending.get_mut(&checkpoint_id) {
             // Still uploading: the asynchronous phase sees the flag, deletes its uploads and fails.

@@ -16,6 +16,7 @@ use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFi
 use crate::snapshot::layout::{SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::result::{SnapshotMetrics, SnapshotResult};
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 use crate::storage::transfer::upload_file;
 
@@ -87,6 +88,8 @@ pub(crate) struct UploadJob {
     pub(crate) key_groups: KeyGroupRange,
     pub(crate) concurrency: usize,
     pub(crate) entries: u64,
+    /// Where to keep a local copy of the checkpoint (local recovery), if anywhere.
+    pub(crate) local: Option<LocalCopies>,
 }
 
 /// A file of the native checkpoint and what to do with it.
@@ -125,6 +128,33 @@ impl Drop for UploadGuard {
 impl UploadJob {
     pub(crate) async fn run(self, sync_duration: Duration) -> Result<SnapshotResult> {
         self.run_inner(sync_duration).await
+    }
+
+    /// Keeps the native checkpoint's `files` as the checkpoint's local copy (hard links, or copies across
+    /// file systems), published whole or not at all. A failure is logged, never the checkpoint's: local
+    /// recovery is an optimization, checkpoint storage holds the checkpoint.
+    async fn keep_local(&self, local: &LocalCopies, files: &[StateFile]) {
+        let (local, dir, checkpoint_id) =
+            (local.clone(), self.local_dir.clone(), self.checkpoint_id);
+        let (backend_id, nonce) = (self.backend_id.clone(), self.storage.next_id());
+        let names: Vec<String> = files.iter().map(|f| f.local_name.clone()).collect();
+        let kept = tokio::task::spawn_blocking(move || {
+            let writer = local.writer(&backend_id, checkpoint_id, nonce)?;
+            for name in &names {
+                writer.link_or_copy(&dir.join(name), name)?;
+            }
+            writer.publish()
+        })
+        .await;
+        match kept {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(checkpoint_id, error = %e, "lsm backend: no local copy of this checkpoint")
+            }
+            Err(e) => {
+                tracing::warn!(checkpoint_id, error = %e, "lsm backend: no local copy of this checkpoint")
+            }
+        }
     }
 
     fn plan(&self) -> Result<Vec<Plan>> {
@@ -262,6 +292,9 @@ impl UploadJob {
         let files_uploaded = uploaded.len() as u32;
         files.extend(uploaded);
         files.sort_by(|a, b| a.local_name.cmp(&b.local_name));
+        if let Some(local) = &self.local {
+            self.keep_local(local, &files).await;
+        }
         if self.target == SnapshotTarget::Checkpoint {
             let shared: HashMap<String, StateFile> = files
                 .iter()

@@ -1,0 +1,314 @@
+//! Local recovery: a copy of each of a backend's own checkpoints kept on local disk beside the upload,
+//! read first by a restore on the same machine, and deleted in step with the checkpoints it copies (as
+//! Flink's local recovery, `TaskLocalStateStore`; `docs/local-recovery.md`).
+//!
+//! Layout: `<root>/<backend id>/chk-<n>/<file name>`, one directory per checkpoint, its files named by
+//! [`local_file_name`]. A copy is written into `<root>/<backend id>/.tmp-chk-<n>-<16 hex>/` and renamed
+//! into place when complete, so a directory `chk-<n>` holds a whole checkpoint or is absent; its files are
+//! trusted only when their size and CRC32 match the handle's.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::snapshot::handle::{KeyedStateHandle, StateFile};
+#[cfg(feature = "rocksdb")]
+use crate::storage::transfer::{Transferred, copy_verified};
+
+/// The name a file of a handle has inside a local copy: its RocksDB local name (`000012.sst`), or the
+/// last component of its storage path for a keyed file.
+pub(crate) fn local_file_name(file: &StateFile) -> &str {
+    if file.local_name.is_empty() {
+        file.path.rsplit('/').next().unwrap_or(&file.path)
+    } else {
+        &file.local_name
+    }
+}
+
+/// A name usable as one path component: bytes outside `[A-Za-z0-9._-]` become `%XX`, and `.`/`..` are
+/// escaped too (a backend id from a handle is data, never a path).
+fn component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && name.len() > 2) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%0");
+    }
+    out
+}
+
+/// Why a local copy of a file was not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotLocal {
+    /// No copy of the file's checkpoint, or not of this file.
+    Missing,
+    /// A copy whose size or CRC32 differs from the handle, or that could not be read.
+    Damaged(String),
+}
+
+impl std::fmt::Display for NotLocal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotLocal::Missing => f.write_str("no local copy"),
+            NotLocal::Damaged(why) => write!(f, "local copy damaged: {why}"),
+        }
+    }
+}
+
+/// The local copies of one backend's checkpoints under a local-recovery root: where they go, which a
+/// restore may read, and which a confirmation or an abort deletes. Cheap to clone (one path and a list).
+#[derive(Debug, Clone)]
+pub(crate) struct LocalCopies {
+    root: PathBuf,
+    /// Copies of other backends' checkpoints this backend was restored from with CLAIM: deleted at its
+    /// first confirmed checkpoint, which replaces them.
+    inherited: Vec<PathBuf>,
+}
+
+impl LocalCopies {
+    /// The copies under `root` (created when the first copy is written).
+    pub(crate) fn new(root: PathBuf) -> Self {
+        LocalCopies {
+            root,
+            inherited: Vec::new(),
+        }
+    }
+
+    fn backend_dir(&self, backend_id: &str) -> PathBuf {
+        self.root.join(component(backend_id))
+    }
+
+    /// Directory of the copy of checkpoint `checkpoint_id` of `backend_id`.
+    pub(crate) fn checkpoint_dir(&self, backend_id: &str, checkpoint_id: u64) -> PathBuf {
+        self.backend_dir(backend_id)
+            .join(format!("chk-{checkpoint_id}"))
+    }
+
+    /// A writer of the copy of checkpoint `checkpoint_id` of `backend_id`, into a new temporary directory
+    /// (`nonce` makes its name unique among concurrent writers).
+    ///
+    /// # Errors
+    /// [`Error::Local`] if the directory cannot be created.
+    pub(crate) fn writer(
+        &self,
+        backend_id: &str,
+        checkpoint_id: u64,
+        nonce: u64,
+    ) -> Result<LocalCopyWriter> {
+        let parent = self.backend_dir(backend_id);
+        let tmp = parent.join(format!(".tmp-chk-{checkpoint_id}-{nonce:016x}"));
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::local(tmp.display(), e))?;
+        Ok(LocalCopyWriter {
+            tmp,
+            target: self.checkpoint_dir(backend_id, checkpoint_id),
+            published: false,
+        })
+    }
+
+    /// Path of the local copy of `file` of `handle` (which may not exist).
+    fn file_path(&self, handle: &KeyedStateHandle, file: &StateFile) -> PathBuf {
+        self.checkpoint_dir(&handle.backend_id, handle.checkpoint_id)
+            .join(component(local_file_name(file)))
+    }
+
+    /// Puts the local copy of `file` of `handle` at the new path `target` (a hard link when `hard_link`
+    /// is set and both are on one file system, else a copy), checked against the handle's size and CRC32
+    /// (the whole file read once); nothing is left at `target` when it is not used.
+    #[cfg(feature = "rocksdb")]
+    pub(crate) fn restore_file(
+        &self,
+        handle: &KeyedStateHandle,
+        file: &StateFile,
+        target: &Path,
+        hard_link: bool,
+    ) -> std::result::Result<(), NotLocal> {
+        let source = self.file_path(handle, file);
+        let expected = Transferred {
+            size_bytes: file.size_bytes,
+            crc32: file.crc32,
+        };
+        match copy_verified(&source, target, expected, hard_link, &source.display()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(target);
+                match e {
+                    Error::NotFound { .. } => Err(NotLocal::Missing),
+                    other => Err(NotLocal::Damaged(other.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The bytes of the local copy of `file` of `handle`, if one exists with the handle's size and CRC32.
+    pub(crate) fn read_verified(
+        &self,
+        handle: &KeyedStateHandle,
+        file: &StateFile,
+    ) -> std::result::Result<Vec<u8>, NotLocal> {
+        let path = self.file_path(handle, file);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NotLocal::Missing),
+            Err(e) => return Err(NotLocal::Damaged(format!("{}: {e}", path.display()))),
+        };
+        if bytes.len() as u64 != file.size_bytes {
+            return Err(NotLocal::Damaged(format!(
+                "{}: {} bytes, the handle says {}",
+                path.display(),
+                bytes.len(),
+                file.size_bytes
+            )));
+        }
+        let crc = crc32fast::hash(&bytes);
+        if crc != file.crc32 {
+            return Err(NotLocal::Damaged(format!(
+                "{}: CRC32 {crc:08x}, the handle says {:08x}",
+                path.display(),
+                file.crc32
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Remembers that this backend restored from `handle` with CLAIM: that copy is deleted at this
+    /// backend's first confirmed checkpoint (a copy under this backend's own id goes by
+    /// [`LocalCopies::confirmed`] anyway).
+    pub(crate) fn inherit(&mut self, handle: &KeyedStateHandle) {
+        self.inherited
+            .push(self.checkpoint_dir(&handle.backend_id, handle.checkpoint_id));
+    }
+
+    /// Checkpoint `checkpoint_id` of `backend_id` was confirmed: the copies of its earlier checkpoints
+    /// (subsumed, or never confirmed) and the inherited ones are deleted, and abandoned temporary
+    /// directories of earlier checkpoints. Best effort: a failure is logged, never returned (a copy left
+    /// behind is only disk space; a restore checks every file it reads).
+    pub(crate) fn confirmed(&mut self, backend_id: &str, checkpoint_id: u64) {
+        for dir in std::mem::take(&mut self.inherited) {
+            if dir != self.checkpoint_dir(backend_id, checkpoint_id) {
+                remove_logged(&dir);
+                // The restored backend's directory, if nothing else is left in it.
+                if let Some(parent) = dir.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+        }
+        let parent = self.backend_dir(backend_id);
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if copy_id(name).is_some_and(|id| id < checkpoint_id) {
+                remove_logged(&entry.path());
+            }
+        }
+    }
+
+    /// Checkpoint `checkpoint_id` of `backend_id` was aborted: its copy is deleted (best effort, as
+    /// [`LocalCopies::confirmed`]).
+    pub(crate) fn aborted(&self, backend_id: &str, checkpoint_id: u64) {
+        remove_logged(&self.checkpoint_dir(backend_id, checkpoint_id));
+    }
+}
+
+/// The checkpoint id of a copy's directory name, `chk-<n>` or `.tmp-chk-<n>-<nonce>`.
+fn copy_id(name: &str) -> Option<u64> {
+    if let Some(id) = name.strip_prefix("chk-") {
+        return id.parse().ok();
+    }
+    let rest = name.strip_prefix(".tmp-chk-")?;
+    rest.split('-').next()?.parse().ok()
+}
+
+fn remove_logged(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not delete a local copy of a checkpoint");
+        }
+    }
+}
+
+/// One local copy being written: files go into a temporary directory, which [`LocalCopyWriter::publish`]
+/// renames into place; dropped unpublished, it deletes what it wrote.
+#[derive(Debug)]
+pub(crate) struct LocalCopyWriter {
+    tmp: PathBuf,
+    target: PathBuf,
+    published: bool,
+}
+
+impl LocalCopyWriter {
+    /// Path of the copy's file for `file` of the handle, to be created by the caller.
+    pub(crate) fn path_for(&self, name: &str) -> PathBuf {
+        self.tmp.join(component(name))
+    }
+
+    /// Adds the local file `source` as `name`: a hard link when both are on one file system (the source
+    /// is immutable: an SST of a native checkpoint), otherwise a copy.
+    ///
+    /// # Errors
+    /// [`Error::Local`] if neither works.
+    #[cfg(feature = "rocksdb")]
+    pub(crate) fn link_or_copy(&self, source: &Path, name: &str) -> Result<()> {
+        let to = self.path_for(name);
+        if std::fs::hard_link(source, &to).is_ok() {
+            return Ok(());
+        }
+        std::fs::copy(source, &to)
+            .map(|_| ())
+            .map_err(|e| Error::local(to.display(), e))
+    }
+
+    /// Moves the complete copy into place (replacing an older copy of the same checkpoint, which a
+    /// restore would not trust anyway unless it matched).
+    ///
+    /// # Errors
+    /// [`Error::Local`] if the rename fails; the temporary directory is deleted then.
+    pub(crate) fn publish(mut self) -> Result<()> {
+        if self.target.exists() {
+            remove_logged(&self.target);
+        }
+        std::fs::rename(&self.tmp, &self.target)
+            .map_err(|e| Error::local(self.target.display(), e))?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for LocalCopyWriter {
+    fn drop(&mut self) {
+        if !self.published {
+            remove_logged(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_never_leave_their_directory() {
+        assert_eq!(component("op-1-00ff"), "op-1-00ff");
+        assert_eq!(component("a/b"), "a%2Fb");
+        assert_eq!(component(".."), "%2E%2E");
+        assert_eq!(component("."), "%2E");
+        assert_eq!(component(""), "%0");
+        assert_eq!(component("000012.sst"), "000012.sst");
+    }
+
+    #[test]
+    fn copy_ids_are_read_from_final_and_temporary_names() {
+        assert_eq!(copy_id("chk-12"), Some(12));
+        assert_eq!(copy_id(".tmp-chk-7-00000000000000ff"), Some(7));
+        assert_eq!(copy_id("chk-x"), None);
+        assert_eq!(copy_id("other"), None);
+    }
+}
