@@ -5,7 +5,9 @@
 #   - the counts equal a single-pass count (the job's own `verified: ... exactly-once`),
 #   - storage holds nothing that no retained checkpoint references, staging files included (the job's
 #     final sweep report, and, for a local directory, no `name#digits` staging file),
-#   - no LSM instance directory is left in the local directory.
+#   - no LSM instance directory is left in the local directory,
+#   - the last restore read every file from the local copies of local recovery (`docs/local-recovery.md`:
+#     a copy is published before its checkpoint can complete, so the latest completed one always has one).
 # usage: scripts/kill-loop.sh [heap|rocksdb] [KILLS] [CHECKPOINT_URL]
 #   CHECKPOINT_URL: default a new local directory; s3://bucket/prefix needs the S3 variables
 #   (`. scripts/s3-test-server.sh`) and builds the job with --features aws.
@@ -28,7 +30,7 @@ job="kill-loop-$backend-$$"
 awk -v n="${KILL_LOOP_LINES:-8000000}" 'BEGIN { srand(7); for (i = 0; i < n; i++) print "w" int(60000 * rand() ^ 3) }' >"$work/input.txt"
 args=(--backend "$backend" --input "$work/input.txt" --checkpoint-every 25000
   --parallelism 2 --retained 2 --restart none --checkpoint-dir "$ck" --job-id "$job"
-  --local-dir "$work/local" --output "$work/counts.tsv")
+  --local-dir "$work/local" --local-recovery-dir "$work/recovery" --output "$work/counts.tsv")
 killed=0 finished_early=0 mid_checkpoint=0 staged_kills=0 runs=0
 resume=()
 while [ "$killed" -lt "$kills" ]; do
@@ -68,6 +70,12 @@ done
 "$bin" "${args[@]}" --resume >"$work/final.log" 2>&1 || { cat "$work/final.log"; echo "kill-loop: the final run failed"; exit 1; }
 grep -E '^(verified|storage after|nothing to resume|  attempt)' "$work/final.log"
 grep -q '^verified: .* exactly-once$' "$work/final.log"
+# A restore of the final run read nothing from checkpoint storage.
+if grep -q 'restored checkpoint' "$work/final.log"; then
+  grep -q 'restored checkpoint .* files: [0-9]* local, 0 from storage' "$work/final.log" ||
+    { echo "kill-loop: the final restore did not read its files from the local copies"; exit 1; }
+fi
+copies=$( (find "$work/recovery" -mindepth 3 -maxdepth 3 -name 'chk-*' 2>/dev/null || true) | wc -l)
 # storage after the sweep: L files, R of retained checkpoints ..., K kept unreferenced ..., D deleted
 read -r listed referenced kept < <(sed -nE 's/^storage after the sweep: ([0-9]+) files, ([0-9]+) of .*, ([0-9]+) kept .*/\1 \2 \3/p' "$work/final.log")
 leaked_local=$( (find "$work/local" -mindepth 1 -maxdepth 1 2>/dev/null || true) | wc -l)
@@ -86,7 +94,11 @@ done
 uploads=$("$ctl" du "$root" --json | sed -n 's/.*"incomplete_multipart_uploads":\([0-9a-z]*\).*/\1/p')
 echo "kill-loop: $retained retained checkpoints verified; incomplete multipart uploads: $uploads"
 [ "$uploads" = "0" ] || [ "$uploads" = "null" ] || { echo "kill-loop: multipart uploads left"; exit 1; }
-echo "kill-loop: $backend, $killed kills in $runs runs ($mid_checkpoint left a checkpoint in flight, $staged_kills of them a staging file; $finished_early runs finished first); final: $listed files in storage, $referenced referenced, $kept kept unreferenced, $staging staging files, $leaked_local local directories left"
+echo "kill-loop: $backend, $killed kills in $runs runs ($mid_checkpoint left a checkpoint in flight, $staged_kills of them a staging file; $finished_early runs finished first); final: $listed files in storage, $referenced referenced, $kept kept unreferenced, $staging staging files, $leaked_local local directories left, $copies local checkpoint copies kept"
+# Local copies: a backend keeps its last confirmed checkpoint and the unresolved ones after it; a job
+# started afresh (after a run that finished first) begins a new line of ids, and the old line's copies
+# stay (local disk only; a restore checks every byte).
+[ "$copies" -le $((4 * (finished_early + 1))) ] || { find "$work/recovery"; echo "kill-loop: local copies pile up"; exit 1; }
 # The one unreferenced file allowed is the id watermark (`_trigger` of the highest aborted id).
 [ "$kept" -le 1 ] && [ "$staging" -eq 0 ] && [ "$leaked_local" -eq 0 ] || {
   echo "kill-loop: leftovers:"

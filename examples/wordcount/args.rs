@@ -17,6 +17,11 @@ pub(crate) struct Args {
     /// it and removes that one when it ends (default: `statebackend-<job id>` in the temporary directory).
     #[arg(long, value_parser = local_path)]
     pub(crate) local_dir: Option<PathBuf>,
+    /// Local recovery (`docs/local-recovery.md`): every checkpoint is also kept in this directory, and a
+    /// restart on this machine restores from it (checked against checkpoint storage's handles, read from
+    /// storage where it is missing or damaged). Off without it.
+    #[arg(long, value_parser = local_path)]
+    pub(crate) local_recovery_dir: Option<PathBuf>,
     /// Input file (`-` for stdin); without it a seeded Zipf word stream is generated.
     #[arg(long)]
     pub(crate) input: Option<String>,

@@ -31,8 +31,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use statebackend::checkpoint::{CancellationPolicy, SweepReport};
+use statebackend::heap::HeapConfig;
 use statebackend::inspect::SnapshotLocation;
 use statebackend::key_group::default_max_parallelism;
+use statebackend::snapshot::RestoreSources;
 use statebackend::{
     Acknowledgement, CheckpointCoordinator, CheckpointStats, CheckpointStorage, CoordinatorConfig,
     KeyGroupRouter, KeyedStateBackend, RestoreMode, StateBackend, StateBackendConfig,
@@ -204,10 +206,24 @@ impl Job {
             .iter()
             .map(|s| format!("chk-{} ({})", s.checkpoint_id, s.reason))
             .collect();
+        let mut sources = RestoreSources::default();
+        for b in &backends {
+            sources.merge(b.restore_sources());
+        }
         let task = Task::new(backends, router, self.args.ttl_ms)?;
         let entries = task.entries();
+        let local = if self.args.local_recovery_dir.is_some() {
+            format!(
+                ", files: {} local, {} from storage ({} local copies missing or damaged)",
+                sources.local_files,
+                sources.remote_files,
+                sources.fallbacks.len()
+            )
+        } else {
+            String::new()
+        };
         self.restores.push(format!(
-            "attempt {attempt}: restored checkpoint {} at parallelism {parallelism} in {:.1} ms, {entries} entries, source offset {offset}{}",
+            "attempt {attempt}: restored checkpoint {} at parallelism {parallelism} in {:.1} ms, {entries} entries, source offset {offset}{local}{}",
             outcome.checkpoint_id,
             started.elapsed().as_secs_f64() * 1e3,
             if skipped.is_empty() { String::new() } else { format!(", skipped unreadable {}", skipped.join(", ")) }
@@ -217,15 +233,20 @@ impl Job {
 
     /// The settings of the job's backends (every subtask's alike).
     fn backend_config(&self) -> statebackend::Result<StateBackendConfig> {
+        let local_recovery_dir = self.args.local_recovery_dir.clone();
         Ok(StateBackendConfig {
             kind: self.args.backend.parse()?,
             rocksdb: RocksDbConfig {
                 local_dir: self.args.local_dir.clone().unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("statebackend-{}", self.args.job_id))
                 }),
+                local_recovery_dir: local_recovery_dir.clone(),
                 ..RocksDbConfig::default()
             },
-            ..StateBackendConfig::default()
+            heap: HeapConfig {
+                local_recovery_dir,
+                ..HeapConfig::default()
+            },
         })
     }
 

@@ -17,6 +17,8 @@ pub(crate) struct HeapCheckpoints {
     ledger: SnapshotLedger,
     /// Local recovery's copies of this backend's checkpoints, when it is on.
     local: Option<LocalCopies>,
+    /// The storage the last checkpoint went to: where the copies a confirmation deletes belong.
+    storage: Option<CheckpointStorage>,
     /// Where the restore that made this backend read its files (empty for a new backend).
     restore_sources: RestoreSources,
 }
@@ -42,6 +44,7 @@ impl HeapCheckpoints {
             backend_id: Some(backend_id),
             ledger: SnapshotLedger::restored(restored_from),
             local,
+            storage: None,
             restore_sources,
         }
     }
@@ -80,11 +83,14 @@ impl HeapCheckpoints {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         });
         let local = self.local.clone().filter(|_| of == SnapshotOf::Checkpoint);
+        if local.is_some() {
+            self.storage = Some(storage.clone());
+        }
         Ok((backend_id.clone(), local))
     }
 
     /// `notify_checkpoint_complete`: confirms a snapshot of this backend that was not aborted (a hint:
-    /// anything else is ignored) and deletes the local copies of earlier checkpoints.
+    /// anything else is ignored) and deletes the job's local copies of earlier checkpoints.
     pub(crate) fn confirmed(&mut self, checkpoint_id: u64) {
         if !self.ledger.confirm(checkpoint_id) {
             tracing::debug!(
@@ -93,8 +99,8 @@ impl HeapCheckpoints {
             );
             return;
         }
-        if let (Some(local), Some(backend_id)) = (&mut self.local, &self.backend_id) {
-            local.confirmed(backend_id, checkpoint_id);
+        if let (Some(local), Some(storage)) = (&self.local, &self.storage) {
+            local.confirmed(storage, checkpoint_id);
         }
     }
 
@@ -102,8 +108,10 @@ impl HeapCheckpoints {
     /// checkpoint's local copy are touched.
     pub(crate) fn aborted(&mut self, checkpoint_id: u64) {
         self.ledger.abort(checkpoint_id);
-        if let (Some(local), Some(backend_id)) = (&self.local, &self.backend_id) {
-            local.aborted(backend_id, checkpoint_id);
+        if let (Some(local), Some(backend_id), Some(storage)) =
+            (&self.local, &self.backend_id, &self.storage)
+        {
+            local.aborted(storage, backend_id, checkpoint_id);
         }
         tracing::debug!(checkpoint_id, "heap backend: checkpoint aborted");
     }

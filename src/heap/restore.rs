@@ -47,7 +47,8 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     ) -> Result<Self> {
         // Every heap snapshot is full and names only files of its own: the restored files are never
         // referenced again, so `Claim` and `NoClaim` restore alike (the coordinator's mode decides who
-        // may delete them); only the local copies read are this backend's to delete under `Claim`.
+        // may delete them).
+        let _ = mode;
         config.validate()?;
         let backend_id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
         let range = identity.key_groups();
@@ -57,17 +58,14 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             range,
             handles,
         )?;
-        let mut local = config.local_recovery_dir.clone().map(LocalCopies::new);
+        let local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let loads = relevant
-            .iter()
+            .into_iter()
             .map(|h| load_handle(storage, h, range, "heap", local.as_ref()));
         let loaded = futures::future::try_join_all(loads).await?;
         let mut sources = RestoreSources::default();
-        for (file, handle) in loaded.iter().zip(&relevant) {
-            sources.merge(file.sources.clone());
-            if let Some(local) = local.as_mut().filter(|_| mode == RestoreMode::Claim) {
-                local.inherit(handle);
-            }
+        for file in &loaded {
+            sources.merge(&file.sources);
         }
 
         // Per state, record bytes per key-group index, only for key groups that have records: a header

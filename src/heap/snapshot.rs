@@ -81,7 +81,7 @@ impl SnapshotJob {
         let copy = self.local.take().and_then(|local| {
             let name = relative.rsplit('/').next().unwrap_or(&relative);
             let opened = local
-                .writer(&backend_id, checkpoint_id, storage.next_id())
+                .writer(&storage, &backend_id, checkpoint_id)
                 .and_then(|writer| {
                     let path = writer.path_for(name);
                     let file = std::fs::File::create(&path)

@@ -66,13 +66,13 @@ impl RestoreSources {
         self.remote_bytes += bytes;
     }
 
-    /// Adds the counts of `other`.
-    pub(crate) fn merge(&mut self, other: RestoreSources) {
+    /// Adds the counts and fallbacks of `other` (another file, or another subtask's restore).
+    pub fn merge(&mut self, other: &RestoreSources) {
         self.local_files += other.local_files;
         self.local_bytes += other.local_bytes;
         self.remote_files += other.remote_files;
         self.remote_bytes += other.remote_bytes;
-        self.fallbacks.extend(other.fallbacks);
+        self.fallbacks.extend(other.fallbacks.iter().cloned());
     }
 }
 

@@ -55,8 +55,8 @@ pub(crate) async fn load_handle(
     let local_bytes = match local {
         None => None,
         Some(local) => {
-            let (local, h, f) = (local.clone(), handle.clone(), file.clone());
-            let read = tokio::task::spawn_blocking(move || local.read_verified(&h, &f))
+            let (local, s, h, f) = (local.clone(), storage.clone(), handle.clone(), file.clone());
+            let read = tokio::task::spawn_blocking(move || local.read_verified(&s, &h, &f))
                 .await
                 .map_err(|e| Error::IllegalState(format!("local copy reader panicked: {e}")))?;
             match read {

@@ -2,15 +2,18 @@
 //! read first by a restore on the same machine, and deleted in step with the checkpoints it copies (as
 //! Flink's local recovery, `TaskLocalStateStore`; `docs/local-recovery.md`).
 //!
-//! Layout: `<root>/<backend id>/chk-<n>/<file name>`, one directory per checkpoint, its files named by
-//! [`local_file_name`]. A copy is written into `<root>/<backend id>/.tmp-chk-<n>-<16 hex>/` and renamed
-//! into place when complete, so a directory `chk-<n>` holds a whole checkpoint or is absent; its files are
-//! trusted only when their size and CRC32 match the handle's.
+//! Layout: `<root>/<job>/<backend id>/chk-<n>/<file name>`, where `<job>` is the checkpoint storage's job
+//! root (`CheckpointStorage::job_root`), one directory per checkpoint of one backend, its files named by
+//! [`local_file_name`]; every name is one escaped path component. A copy is written into
+//! `<root>/<job>/<backend id>/.tmp-chk-<n>-<16 hex>/` and renamed into place when complete, so a
+//! directory `chk-<n>` holds a whole checkpoint or is absent; its files are trusted only when their size
+//! and CRC32 match the handle's.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::snapshot::handle::{KeyedStateHandle, StateFile};
+use crate::storage::CheckpointStorage;
 #[cfg(feature = "rocksdb")]
 use crate::storage::transfer::{Transferred, copy_verified};
 
@@ -59,59 +62,71 @@ impl std::fmt::Display for NotLocal {
     }
 }
 
-/// The local copies of one backend's checkpoints under a local-recovery root: where they go, which a
-/// restore may read, and which a confirmation or an abort deletes. Cheap to clone (one path and a list).
+/// The local copies of checkpoints under a local-recovery root: where a copy goes, which a restore may
+/// read, and which a confirmation or an abort deletes. Cheap to clone (one path).
 #[derive(Debug, Clone)]
 pub(crate) struct LocalCopies {
     root: PathBuf,
-    /// Copies of other backends' checkpoints this backend was restored from with CLAIM: deleted at its
-    /// first confirmed checkpoint, which replaces them.
-    inherited: Vec<PathBuf>,
 }
 
 impl LocalCopies {
     /// The copies under `root` (created when the first copy is written).
     pub(crate) fn new(root: PathBuf) -> Self {
-        LocalCopies {
-            root,
-            inherited: Vec::new(),
-        }
+        LocalCopies { root }
     }
 
-    fn backend_dir(&self, backend_id: &str) -> PathBuf {
-        self.root.join(component(backend_id))
+    /// Directory of the copies of the job whose checkpoints go to `storage`.
+    fn job_dir(&self, storage: &CheckpointStorage) -> PathBuf {
+        self.root.join(component(&storage.job_root()))
     }
 
-    /// Directory of the copy of checkpoint `checkpoint_id` of `backend_id`.
-    pub(crate) fn checkpoint_dir(&self, backend_id: &str, checkpoint_id: u64) -> PathBuf {
-        self.backend_dir(backend_id)
+    /// Directory of the copy of checkpoint `checkpoint_id` of `backend_id` in `storage`.
+    fn checkpoint_dir(
+        &self,
+        storage: &CheckpointStorage,
+        backend_id: &str,
+        checkpoint_id: u64,
+    ) -> PathBuf {
+        self.job_dir(storage)
+            .join(component(backend_id))
             .join(format!("chk-{checkpoint_id}"))
     }
 
-    /// A writer of the copy of checkpoint `checkpoint_id` of `backend_id`, into a new temporary directory
-    /// (`nonce` makes its name unique among concurrent writers).
+    /// A writer of the copy of checkpoint `checkpoint_id` of `backend_id`, whose files go to `storage`,
+    /// into a new temporary directory.
     ///
     /// # Errors
     /// [`Error::Local`] if the directory cannot be created.
     pub(crate) fn writer(
         &self,
+        storage: &CheckpointStorage,
         backend_id: &str,
         checkpoint_id: u64,
-        nonce: u64,
     ) -> Result<LocalCopyWriter> {
-        let parent = self.backend_dir(backend_id);
-        let tmp = parent.join(format!(".tmp-chk-{checkpoint_id}-{nonce:016x}"));
+        let target = self.checkpoint_dir(storage, backend_id, checkpoint_id);
+        let parent = target
+            .parent()
+            .ok_or_else(|| Error::local(target.display(), "no parent directory"))?;
+        let tmp = parent.join(format!(
+            ".tmp-chk-{checkpoint_id}-{:016x}",
+            storage.next_id()
+        ));
         std::fs::create_dir_all(&tmp).map_err(|e| Error::local(tmp.display(), e))?;
         Ok(LocalCopyWriter {
             tmp,
-            target: self.checkpoint_dir(backend_id, checkpoint_id),
+            target,
             published: false,
         })
     }
 
-    /// Path of the local copy of `file` of `handle` (which may not exist).
-    fn file_path(&self, handle: &KeyedStateHandle, file: &StateFile) -> PathBuf {
-        self.checkpoint_dir(&handle.backend_id, handle.checkpoint_id)
+    /// Path of the local copy of `file` of `handle`, read from `storage` (which may not exist).
+    fn file_path(
+        &self,
+        storage: &CheckpointStorage,
+        handle: &KeyedStateHandle,
+        file: &StateFile,
+    ) -> PathBuf {
+        self.checkpoint_dir(storage, &handle.backend_id, handle.checkpoint_id)
             .join(component(local_file_name(file)))
     }
 
@@ -121,12 +136,13 @@ impl LocalCopies {
     #[cfg(feature = "rocksdb")]
     pub(crate) fn restore_file(
         &self,
+        storage: &CheckpointStorage,
         handle: &KeyedStateHandle,
         file: &StateFile,
         target: &Path,
         hard_link: bool,
     ) -> std::result::Result<(), NotLocal> {
-        let source = self.file_path(handle, file);
+        let source = self.file_path(storage, handle, file);
         let expected = Transferred {
             size_bytes: file.size_bytes,
             crc32: file.crc32,
@@ -143,13 +159,15 @@ impl LocalCopies {
         }
     }
 
-    /// The bytes of the local copy of `file` of `handle`, if one exists with the handle's size and CRC32.
+    /// The bytes of the local copy of `file` of `handle` (read from `storage`), if one exists with the
+    /// handle's size and CRC32.
     pub(crate) fn read_verified(
         &self,
+        storage: &CheckpointStorage,
         handle: &KeyedStateHandle,
         file: &StateFile,
     ) -> std::result::Result<Vec<u8>, NotLocal> {
-        let path = self.file_path(handle, file);
+        let path = self.file_path(storage, handle, file);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NotLocal::Missing),
@@ -174,45 +192,46 @@ impl LocalCopies {
         Ok(bytes)
     }
 
-    /// Remembers that this backend restored from `handle` with CLAIM: that copy is deleted at this
-    /// backend's first confirmed checkpoint (a copy under this backend's own id goes by
-    /// [`LocalCopies::confirmed`] anyway).
-    pub(crate) fn inherit(&mut self, handle: &KeyedStateHandle) {
-        self.inherited
-            .push(self.checkpoint_dir(&handle.backend_id, handle.checkpoint_id));
-    }
-
-    /// Checkpoint `checkpoint_id` of `backend_id` was confirmed: the copies of its earlier checkpoints
-    /// (subsumed, or never confirmed) and the inherited ones are deleted, and abandoned temporary
-    /// directories of earlier checkpoints. Best effort: a failure is logged, never returned (a copy left
-    /// behind is only disk space; a restore checks every file it reads).
-    pub(crate) fn confirmed(&mut self, backend_id: &str, checkpoint_id: u64) {
-        for dir in std::mem::take(&mut self.inherited) {
-            if dir != self.checkpoint_dir(backend_id, checkpoint_id) {
-                remove_logged(&dir);
-                // The restored backend's directory, if nothing else is left in it.
-                if let Some(parent) = dir.parent() {
-                    let _ = std::fs::remove_dir(parent);
-                }
-            }
-        }
-        let parent = self.backend_dir(backend_id);
-        let Ok(entries) = std::fs::read_dir(&parent) else {
+    /// Checkpoint `checkpoint_id` of the job whose checkpoints go to `storage` was confirmed: every copy
+    /// of an earlier checkpoint of that job is deleted, whichever backend wrote it (subsumed, never
+    /// confirmed, or left by a backend that died: a failover restores under a new backend id, the heap
+    /// backend always), with abandoned temporary directories and backend directories left empty.
+    /// Checkpoint ids never repeat within a job and grow along its line, so no later restore of the job
+    /// asks for those (a fallback to an older retained checkpoint reads storage). Best effort: a failure
+    /// is logged, never returned (a copy left behind is only disk space; a restore checks every byte).
+    pub(crate) fn confirmed(&self, storage: &CheckpointStorage, checkpoint_id: u64) {
+        let Ok(backends) = std::fs::read_dir(self.job_dir(storage)) else {
             return;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if copy_id(name).is_some_and(|id| id < checkpoint_id) {
-                remove_logged(&entry.path());
+        for backend in backends.flatten() {
+            let dir = backend.path();
+            let Ok(copies) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for copy in copies.flatten() {
+                let name = copy.file_name();
+                if name
+                    .to_str()
+                    .and_then(copy_id)
+                    .is_some_and(|id| id < checkpoint_id)
+                {
+                    remove_logged(&copy.path());
+                }
             }
+            // Fails, as it should, while the directory holds anything.
+            let _ = std::fs::remove_dir(&dir);
         }
     }
 
-    /// Checkpoint `checkpoint_id` of `backend_id` was aborted: its copy is deleted (best effort, as
-    /// [`LocalCopies::confirmed`]).
-    pub(crate) fn aborted(&self, backend_id: &str, checkpoint_id: u64) {
-        remove_logged(&self.checkpoint_dir(backend_id, checkpoint_id));
+    /// Checkpoint `checkpoint_id` of `backend_id` (its files in `storage`) was aborted: its copy is
+    /// deleted (best effort, as [`LocalCopies::confirmed`]).
+    pub(crate) fn aborted(
+        &self,
+        storage: &CheckpointStorage,
+        backend_id: &str,
+        checkpoint_id: u64,
+    ) {
+        remove_logged(&self.checkpoint_dir(storage, backend_id, checkpoint_id));
     }
 }
 

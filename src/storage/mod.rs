@@ -90,6 +90,12 @@ impl CheckpointStorage {
         &self.store
     }
 
+    /// The job root in the object store (`<prefix>/<job id>`), as text: names the job in local recovery's
+    /// directory (`docs/local-recovery.md`).
+    pub(crate) fn job_root(&self) -> String {
+        self.root.to_string()
+    }
+
     /// Object-store path of `relative` (a path below the job root).
     pub fn path(&self, relative: &str) -> Path {
         Path::from(format!("{}/{relative}", self.root))

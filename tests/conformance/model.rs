@@ -177,7 +177,7 @@ proptest! {
                     handles.push(p.run().await.unwrap().handle);
                 }
                 backends = Vec::new();
-                let local = id % 2 == 0;
+                let local = id.is_multiple_of(2);
                 if !local {
                     for entry in std::fs::read_dir(local_dir.path()).unwrap() {
                         std::fs::remove_dir_all(entry.unwrap().path()).unwrap();

@@ -1,7 +1,7 @@
 //! Local recovery on both backends: a restore on the same machine reads its files from the local copies
 //! (no byte from checkpoint storage, counted by the store), a damaged or missing copy falls back to
 //! storage and says so, a rescale reads the overlapping copies locally, and copies go with the
-//! checkpoints they copy (a later confirmation, an abort, a CLAIM restore's first checkpoint).
+//! checkpoints they copy (an abort; a later confirmation, also of copies a dead backend left).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,20 +65,27 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Names of the checkpoint copies under `local`, as `<backend id>/chk-<n>`.
+/// Names of the checkpoint copies under `local` (`<job>/<backend id>/chk-<n>`), as `<backend id>/chk-<n>`;
+/// a leftover empty backend directory shows as `<backend id>/`.
 fn copies(local: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for backend in std::fs::read_dir(local).into_iter().flatten().flatten() {
-        for chk in std::fs::read_dir(backend.path())
+    let list = |dir: &Path| -> Vec<std::fs::DirEntry> {
+        std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
-        {
-            out.push(format!(
-                "{}/{}",
-                backend.file_name().to_string_lossy(),
-                chk.file_name().to_string_lossy()
-            ));
+            .collect()
+    };
+    let mut out = Vec::new();
+    for job in list(local) {
+        for backend in list(&job.path()) {
+            let name = backend.file_name().to_string_lossy().into_owned();
+            let chks = list(&backend.path());
+            if chks.is_empty() {
+                out.push(format!("{name}/"));
+            }
+            for chk in chks {
+                out.push(format!("{name}/{}", chk.file_name().to_string_lossy()));
+            }
         }
     }
     out.sort();
@@ -284,8 +291,16 @@ fn local_copies_go_with_the_checkpoints_they_copy() {
                 "{kind}: {kept:?}"
             );
 
-            // A CLAIM restore keeps the restored copies until its own first checkpoint is confirmed;
-            // then only the new checkpoint's copies are left.
+            // A checkpoint snapshotted and copied, then the process dies: neither confirmed nor aborted.
+            let id = job.coordinator.trigger().await.unwrap();
+            for b in &mut job.backends {
+                b.snapshot(id, &job.storage).unwrap().run().await.unwrap();
+            }
+            assert_eq!(copies(local.path()).len(), 4, "{kind}");
+            drop(std::mem::take(&mut job.backends));
+
+            // The restore leaves every copy; its first confirmed checkpoint deletes all earlier ones of
+            // the job, the dead backends' included: only the new checkpoint's copies are left.
             let before: Vec<String> = copies(local.path());
             let mut restored = restore_all(&job, kind, work.path(), local.path(), 2).await;
             assert_eq!(copies(local.path()), before, "{kind}");
@@ -295,12 +310,14 @@ fn local_copies_go_with_the_checkpoints_they_copy() {
                 .iter()
                 .map(|b| b.backend_id().unwrap().to_string())
                 .collect();
+            let latest = coordinator.store().latest().unwrap().checkpoint_id;
             let kept = copies(local.path());
             assert_eq!(kept.len(), 2, "{kind}: {kept:?}");
             for c in &kept {
                 assert!(
-                    ids.iter().any(|id| c.starts_with(id.as_str())),
-                    "{kind}: {c} is not a restored backend's copy"
+                    ids.iter().any(|id| c.starts_with(id.as_str()))
+                        && c.ends_with(&format!("/chk-{latest}")),
+                    "{kind}: {c} is not a copy of the restored backends' checkpoint {latest}"
                 );
             }
         }

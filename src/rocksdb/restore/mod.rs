@@ -87,10 +87,15 @@ async fn download(
             let fallback = match local {
                 None => None,
                 Some(local) => {
-                    let (local, handle, file, to) =
-                        (local.clone(), handle.clone(), f.clone(), target.clone());
+                    let (local, storage, handle, file, to) = (
+                        local.clone(),
+                        storage.clone(),
+                        handle.clone(),
+                        f.clone(),
+                        target.clone(),
+                    );
                     let found = tokio::task::spawn_blocking(move || {
-                        local.restore_file(&handle, &file, &to, link)
+                        local.restore_file(&storage, &handle, &file, &to, link)
                     })
                     .await
                     .map_err(|e| Error::local(target.display(), e))?;
@@ -163,8 +168,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 .iter()
                 .all(|h| h.format == HandleFormat::KeyedFile)
         {
-            return Self::restore_canonical(identity, config, storage, &overlapping, handles, mode)
-                .await;
+            return Self::restore_canonical(identity, config, storage, &overlapping, handles).await;
         }
         for h in &overlapping {
             if h.format == HandleFormat::RocksIncrementalRowsV1 {
@@ -218,7 +222,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         for (i, other) in rest.iter().enumerate() {
             let dir = backend.db.instance().path().join(format!("restore-{i}"));
             sources.merge(
-                download(
+                &download(
                     storage,
                     other,
                     &dir,
@@ -242,14 +246,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 .map(|f| (f.local_name.clone(), f.clone()))
                 .collect::<HashMap<_, _>>(),
         });
-        let local = local.map(|mut local| {
-            if mode == RestoreMode::Claim {
-                for h in &overlapping {
-                    local.inherit(h);
-                }
-            }
-            local
-        });
         backend.checkpoints = Checkpoints::restored(backend_id, restored_id, base, local, sources);
         tracing::info!(
             dir = %db_dir.display(),
@@ -268,20 +264,16 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         storage: &CheckpointStorage,
         overlapping: &[&KeyedStateHandle],
         handles: &[KeyedStateHandle],
-        mode: RestoreMode,
     ) -> Result<Self> {
         let owned = identity.key_groups();
-        let mut local = config.local_recovery_dir.clone().map(LocalCopies::new);
+        let local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let loads = overlapping
             .iter()
             .map(|h| load_handle(storage, h, owned, "LSM", local.as_ref()));
         let loaded = futures::future::try_join_all(loads).await?;
         let mut sources = RestoreSources::default();
-        for (file, handle) in loaded.iter().zip(overlapping) {
-            sources.merge(file.sources.clone());
-            if let Some(local) = local.as_mut().filter(|_| mode == RestoreMode::Claim) {
-                local.inherit(handle);
-            }
+        for file in &loaded {
+            sources.merge(&file.sources);
         }
         let instance = InstanceDir::create(&identity, &config)?;
         let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());

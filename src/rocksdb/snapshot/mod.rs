@@ -261,9 +261,9 @@ impl Checkpoints {
         ))
     }
 
-    /// `notify_checkpoint_complete`: the checkpoint becomes the diff base if this backend finished its upload and it was not aborted, and
-    /// local copies of earlier checkpoints are deleted; anything else is ignored (a hint,
-    /// `docs/protocol.md`).
+    /// `notify_checkpoint_complete`: the checkpoint becomes the diff base if this backend finished its
+    /// upload and it was not aborted, and the job's local copies of earlier checkpoints are deleted;
+    /// anything else is ignored (a hint, `docs/protocol.md`).
     pub(crate) fn confirmed(&mut self, checkpoint_id: u64) {
         let mut pending = self.pending.lock();
         // A hint (`docs/protocol.md`): only a checkpoint whose upload this backend finished and that was
@@ -290,6 +290,9 @@ impl Checkpoints {
         else {
             return;
         };
+        if let Some(local) = &self.local {
+            local.confirmed(&storage, checkpoint_id);
+        }
         if self
             .base
             .as_ref()
@@ -304,9 +307,6 @@ impl Checkpoints {
         }
         self.ledger.completed(checkpoint_id);
         self.aborts_reusing_base = 0;
-        if let (Some(local), Some(backend_id)) = (&mut self.local, &self.backend_id) {
-            local.confirmed(backend_id, checkpoint_id);
-        }
         // Older pending checkpoints are subsumed by this one.
         pending.retain(|id, _| *id > checkpoint_id);
     }
@@ -316,10 +316,12 @@ impl Checkpoints {
     /// rebase, `docs/protocol.md`); its local copy is deleted.
     pub(crate) fn aborted(&mut self, checkpoint_id: u64) {
         self.ledger.abort(checkpoint_id);
-        if let (Some(local), Some(backend_id)) = (&self.local, &self.backend_id) {
-            local.aborted(backend_id, checkpoint_id);
-        }
         let mut pending = self.pending.lock();
+        if let (Some(local), Some(backend_id), Some(p)) =
+            (&self.local, &self.backend_id, pending.get(&checkpoint_id))
+        {
+            local.aborted(&p.storage, backend_id, checkpoint_id);
+        }
         match pending.get_mut(&checkpoint_id) {
             // Still uploading: the asynchronous phase sees the flag, deletes its uploads and fails.
             Some(p) if p.shared.is_none() => p.aborted = true,

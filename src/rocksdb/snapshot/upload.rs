@@ -136,10 +136,10 @@ impl UploadJob {
     async fn keep_local(&self, local: &LocalCopies, files: &[StateFile]) {
         let (local, dir, checkpoint_id) =
             (local.clone(), self.local_dir.clone(), self.checkpoint_id);
-        let (backend_id, nonce) = (self.backend_id.clone(), self.storage.next_id());
+        let (backend_id, storage) = (self.backend_id.clone(), self.storage.clone());
         let names: Vec<String> = files.iter().map(|f| f.local_name.clone()).collect();
         let kept = tokio::task::spawn_blocking(move || {
-            let writer = local.writer(&backend_id, checkpoint_id, nonce)?;
+            let writer = local.writer(&storage, &backend_id, checkpoint_id)?;
             for name in &names {
                 writer.link_or_copy(&dir.join(name), name)?;
             }
