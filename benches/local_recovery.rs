@@ -1,9 +1,10 @@
 //! Local recovery (`docs/local-recovery.md`): a same-range restore of the latest checkpoint read from the
 //! local copies against the same restore read from checkpoint storage, for both backends, in one run.
-//! Checkpoint storage is an object store in memory behind a wrapper that counts the bytes it returns
-//! (`tests/common/faulty.rs`), so "remote" is every byte through `object_store`'s API without a network;
-//! after the timings the bench prints the bytes each restore read from storage and where its files came
-//! from.
+//! Checkpoint storage is an object store behind a wrapper that counts the bytes it returns
+//! (`tests/common/faulty.rs`): in memory by default, so "remote" is every byte through `object_store`'s
+//! API without a network; with `STATEBACKEND_TEST_S3_URL` (and `--features aws`; `.
+//! scripts/s3-test-server.sh` starts a server and sets it) the S3 server. After the timings the bench
+//! prints the bytes each restore read from storage and where its files came from.
 //!
 //! - `rocksdb_restore/{remote,local}`: `SB_LR_KEYS` keys (default 1M; 5M is about 1 GB of SSTs) of
 //!   200-byte incompressible values, two checkpoints, restore of the second into a new backend.
@@ -60,6 +61,40 @@ struct Job {
     latest: CheckpointMetadata,
 }
 
+/// Checkpoint storage of a new job behind a byte-counting wrapper: the S3 server of
+/// `STATEBACKEND_TEST_S3_URL` (`s3://bucket/prefix`) if set, else memory.
+fn counted_storage() -> (Arc<faulty::FaultyStore>, CheckpointStorage) {
+    let Ok(url) = std::env::var("STATEBACKEND_TEST_S3_URL") else {
+        let store = faulty::FaultyStore::new();
+        return (
+            store.clone(),
+            CheckpointStorage::new(store, "local-recovery").unwrap(),
+        );
+    };
+    // A job id no earlier run used: buckets outlive runs.
+    let job = format!(
+        "local-recovery-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let s3 = CheckpointStorage::from_url(&url, &job, &StorageConfig::default())
+        .expect("an s3:// URL needs `--features aws` and the AWS_* variables");
+    let store = faulty::FaultyStore::over(s3.object_store().clone());
+    let prefix = url
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or("", |(_, prefix)| prefix);
+    let storage = CheckpointStorage::with_prefix(
+        store.clone(),
+        &object_store::path::Path::from(prefix),
+        &job,
+    )
+    .unwrap();
+    (store, storage)
+}
+
 fn job(
     rt: &tokio::runtime::Runtime,
     kind: BackendKind,
@@ -68,8 +103,7 @@ fn job(
     local: &Path,
 ) -> Job {
     rt.block_on(async {
-        let store = faulty::FaultyStore::new();
-        let storage = CheckpointStorage::new(store.clone(), "local-recovery").unwrap();
+        let (store, storage) = counted_storage();
         let mut coordinator = CheckpointCoordinator::open(
             storage.clone(),
             CoordinatorConfig::single_operator("op", 1, 1),

@@ -38,18 +38,33 @@ pub enum Fault {
     IgnoreCreate,
 }
 
-/// Injects [`Fault`]s into operations on paths containing an armed pattern.
-#[derive(Debug, Default)]
+/// Injects [`Fault`]s into operations on paths containing an armed pattern, and counts the bytes reads
+/// return; over an in-memory store, or any other.
+#[derive(Debug)]
 pub struct FaultyStore {
-    inner: Arc<object_store::memory::InMemory>,
+    inner: Arc<dyn ObjectStore>,
     armed: Mutex<Vec<(String, Fault)>>,
     /// Bytes returned by reads (whole objects and ranges) since the last `take_bytes_read`.
     bytes_read: std::sync::atomic::AtomicU64,
 }
 
 impl FaultyStore {
+    /// Over a new in-memory store.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::over(Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    /// Over `inner` (an S3 client, say).
+    #[allow(
+        dead_code,
+        reason = "used by some of the crates that include this module"
+    )]
+    pub fn over(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
+        Arc::new(FaultyStore {
+            inner,
+            armed: Mutex::default(),
+            bytes_read: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Writes to paths containing `pattern` fail from now on.

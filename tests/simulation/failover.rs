@@ -422,6 +422,13 @@ impl Sim {
             violation!("restored checkpoint {id} was never triggered");
         };
         let (tasks, meta) = outcome.value;
+        let sources: Vec<_> = tasks.iter().map(|t| t.restore_sources()).collect();
+        if sources.iter().any(|s| s.local_files > 0) {
+            self.count("restore read local copies");
+        }
+        if sources.iter().any(|s| !s.fallbacks.is_empty()) {
+            self.count("restore fell back past a local copy");
+        }
         self.generations += 1;
         let timeline = Timeline {
             tasks,

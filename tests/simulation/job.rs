@@ -83,8 +83,28 @@ pub struct Task {
     pub backend: Backend,
 }
 
+/// Local recovery's directory in the simulation's directory `dir`, where the seed turned it on (half the
+/// seeds create it, `Sim::new`): restores then read local copies first, and the others read storage with
+/// its faults.
+fn local_recovery(dir: &Path) -> Option<std::path::PathBuf> {
+    let recovery = dir.join(LOCAL_RECOVERY_DIR);
+    recovery.is_dir().then_some(recovery)
+}
+
+/// Name of local recovery's directory in a simulation's directory.
+pub const LOCAL_RECOVERY_DIR: &str = "recovery";
+
+/// Settings of a subtask's heap backend: local recovery as the seed chose.
+fn heap_config(dir: &Path) -> HeapConfig {
+    HeapConfig {
+        local_recovery_dir: local_recovery(dir),
+        ..HeapConfig::default()
+    }
+}
+
 /// Settings of a subtask's RocksDB backend: small, no background compaction (the SST files then depend on the
-/// writes alone, so a seed replays), one transfer at a time (ordered store calls).
+/// writes alone, so a seed replays), one transfer at a time (ordered store calls), local recovery as the
+/// seed chose.
 pub fn lsm_config(local_dir: &Path) -> RocksDbConfig {
     RocksDbConfig {
         local_dir: local_dir.into(),
@@ -93,6 +113,7 @@ pub fn lsm_config(local_dir: &Path) -> RocksDbConfig {
         write_buffer_bytes: 1 << 20,
         direct_io: false,
         auto_compaction: false,
+        local_recovery_dir: local_recovery(local_dir),
         ..RocksDbConfig::default()
     }
 }
@@ -111,15 +132,17 @@ pub fn owner(key: u64, parallelism: u32) -> u32 {
 }
 
 impl Task {
+    /// Where this subtask's restore read its files (local copies in seeds with local recovery).
+    pub fn restore_sources(&self) -> statebackend::snapshot::RestoreSources {
+        on!(&self.backend, b => b.restore_sources().clone())
+    }
+
     /// A new, empty subtask.
     pub fn new(op: usize, parallelism: u32, subtask: u32, dir: &Path) -> Self {
         let backend = match op {
             0 => Backend::Heap(Box::new(
-                HeapKeyedStateBackend::new(
-                    identity(0, parallelism, subtask),
-                    HeapConfig::default(),
-                )
-                .expect("heap"),
+                HeapKeyedStateBackend::new(identity(0, parallelism, subtask), heap_config(dir))
+                    .expect("heap"),
             )),
             _ => Backend::Lsm(Box::new(
                 RocksDbKeyedStateBackend::new(identity(1, parallelism, subtask), lsm_config(dir))
@@ -147,7 +170,7 @@ impl Task {
             0 => Backend::Heap(Box::new(
                 HeapKeyedStateBackend::restore(
                     identity(0, parallelism, subtask),
-                    HeapConfig::default(),
+                    heap_config(dir),
                     storage,
                     handles,
                     mode,

@@ -228,6 +228,15 @@ fn simulation() {
                 "no crash at the `{point}` step in {seeds} seeds: the harness does not exercise it"
             );
         }
+        // Half the seeds keep local copies (`Sim::new`): some failover must restore from them.
+        assert!(
+            events
+                .get("restore read local copies")
+                .copied()
+                .unwrap_or(0)
+                > 0,
+            "no restore read a local copy in {seeds} seeds: local recovery is not exercised"
+        );
     }
 }
 
