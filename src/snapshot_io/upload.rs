@@ -16,10 +16,9 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 pub(crate) struct ChunkSink {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     pending: Vec<u8>,
-    /// A local copy written beside the upload (local recovery), until a write to it fails.
+    /// A local copy written beside the upload (local recovery); dropped when a write to it fails, and
+    /// then not kept.
     local: Option<std::fs::File>,
-    /// Whether a write to the local copy failed (the copy is then not kept).
-    local_failed: bool,
 }
 
 impl ChunkSink {
@@ -45,7 +44,6 @@ impl ChunkSink {
         {
             tracing::warn!(error = %e, "snapshot: the local copy could not be written; not kept");
             self.local = None;
-            self.local_failed = true;
         }
         self.tx
             .blocking_send(std::mem::take(&mut self.pending))
@@ -75,12 +73,11 @@ where
         let mut sink = ChunkSink {
             tx,
             pending: Vec::new(),
-            local_failed: false,
             local,
         };
         let summary = encode(&mut sink)?;
         sink.send()?;
-        Ok((summary, sink.local.is_some() && !sink.local_failed))
+        Ok((summary, sink.local.is_some()))
     });
     let mut file = storage.writer(relative);
     let mut upload_error = None;
