@@ -66,6 +66,14 @@ impl RestoreSources {
         self.remote_bytes += bytes;
     }
 
+    /// Records that the file at storage path `path` was read from checkpoint storage because its local
+    /// copy was not usable (`why`), and logs it.
+    pub(crate) fn fell_back(&mut self, path: &str, why: impl std::fmt::Display) {
+        let line = format!("{path}: {why}");
+        tracing::warn!(%line, "restore: read from checkpoint storage instead of the local copy");
+        self.fallbacks.push(line);
+    }
+
     /// Adds the counts and fallbacks of `other` (another file, or another subtask's restore).
     pub fn merge(&mut self, other: &RestoreSources) {
         self.local_files += other.local_files;

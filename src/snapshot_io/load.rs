@@ -55,21 +55,15 @@ pub(crate) async fn load_handle(
     let local_bytes = match local {
         None => None,
         Some(local) => {
-            let (local, s, h, f) = (local.clone(), storage.clone(), handle.clone(), file.clone());
-            let read = tokio::task::spawn_blocking(move || local.read_verified(&s, &h, &f))
+            let copy = local.file(storage, handle, file);
+            let read = tokio::task::spawn_blocking(move || copy.read())
                 .await
                 .map_err(|e| Error::IllegalState(format!("local copy reader panicked: {e}")))?;
-            match read {
-                Ok(bytes) => Some(bytes),
-                Err(why) => {
-                    let why = format!("{}: {why}", file.path);
-                    tracing::warn!(%why, "restore: read from checkpoint storage instead of the local copy");
-                    sources.fallbacks.push(why);
-                    None
-                }
-            }
+            read.inspect_err(|why| sources.fell_back(&file.path, why))
+                .ok()
         }
     };
+    let from_local = local_bytes.is_some();
     // A file this restore needs whole is read whole, so that its CRC32 is checked on every store.
     let whole = handle.key_groups.intersection(&range) == handle.key_groups;
     let source = if let Some(bytes) = local_bytes {
@@ -133,7 +127,7 @@ pub(crate) async fn load_handle(
         ));
     }
     let ranges: Vec<_> = wanted.iter().map(|e| e.offset..e.offset + e.len).collect();
-    if sources.local_files == 0 {
+    if !from_local {
         sources.remote(if whole {
             file.size_bytes
         } else {

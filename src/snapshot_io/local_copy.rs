@@ -119,77 +119,20 @@ impl LocalCopies {
         })
     }
 
-    /// Path of the local copy of `file` of `handle`, read from `storage` (which may not exist).
-    fn file_path(
+    /// Where the local copy of `file` of `handle`, read from `storage`, would be, and what it must hold.
+    pub(crate) fn file(
         &self,
         storage: &CheckpointStorage,
         handle: &KeyedStateHandle,
         file: &StateFile,
-    ) -> PathBuf {
-        self.checkpoint_dir(storage, &handle.backend_id, handle.checkpoint_id)
-            .join(component(local_file_name(file)))
-    }
-
-    /// Puts the local copy of `file` of `handle` at the new path `target` (a hard link when `hard_link`
-    /// is set and both are on one file system, else a copy), checked against the handle's size and CRC32
-    /// (the whole file read once); nothing is left at `target` when it is not used.
-    #[cfg(feature = "rocksdb")]
-    pub(crate) fn restore_file(
-        &self,
-        storage: &CheckpointStorage,
-        handle: &KeyedStateHandle,
-        file: &StateFile,
-        target: &Path,
-        hard_link: bool,
-    ) -> std::result::Result<(), NotLocal> {
-        let source = self.file_path(storage, handle, file);
-        let expected = Transferred {
+    ) -> LocalFile {
+        LocalFile {
+            path: self
+                .checkpoint_dir(storage, &handle.backend_id, handle.checkpoint_id)
+                .join(component(local_file_name(file))),
             size_bytes: file.size_bytes,
             crc32: file.crc32,
-        };
-        match copy_verified(&source, target, expected, hard_link, &source.display()) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = std::fs::remove_file(target);
-                match e {
-                    Error::NotFound { .. } => Err(NotLocal::Missing),
-                    other => Err(NotLocal::Damaged(other.to_string())),
-                }
-            }
         }
-    }
-
-    /// The bytes of the local copy of `file` of `handle` (read from `storage`), if one exists with the
-    /// handle's size and CRC32.
-    pub(crate) fn read_verified(
-        &self,
-        storage: &CheckpointStorage,
-        handle: &KeyedStateHandle,
-        file: &StateFile,
-    ) -> std::result::Result<Vec<u8>, NotLocal> {
-        let path = self.file_path(storage, handle, file);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NotLocal::Missing),
-            Err(e) => return Err(NotLocal::Damaged(format!("{}: {e}", path.display()))),
-        };
-        if bytes.len() as u64 != file.size_bytes {
-            return Err(NotLocal::Damaged(format!(
-                "{}: {} bytes, the handle says {}",
-                path.display(),
-                bytes.len(),
-                file.size_bytes
-            )));
-        }
-        let crc = crc32fast::hash(&bytes);
-        if crc != file.crc32 {
-            return Err(NotLocal::Damaged(format!(
-                "{}: CRC32 {crc:08x}, the handle says {:08x}",
-                path.display(),
-                file.crc32
-            )));
-        }
-        Ok(bytes)
     }
 
     /// Checkpoint `checkpoint_id` of the job whose checkpoints go to `storage` was confirmed: every copy
@@ -232,6 +175,71 @@ impl LocalCopies {
         checkpoint_id: u64,
     ) {
         remove_logged(&self.checkpoint_dir(storage, backend_id, checkpoint_id));
+    }
+}
+
+/// The local copy of one file of a handle: its path (which may not exist) and the size and CRC32 the
+/// handle gives it. Owned, so a blocking thread can check it.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalFile {
+    path: PathBuf,
+    size_bytes: u64,
+    crc32: u32,
+}
+
+impl LocalFile {
+    /// Puts the copy at the new path `target` (a hard link when `hard_link` is set and both are on one
+    /// file system, else a copy), checked against the handle's size and CRC32 (the whole file read
+    /// once); nothing is left at `target` when it is not used.
+    #[cfg(feature = "rocksdb")]
+    pub(crate) fn restore_to(
+        &self,
+        target: &Path,
+        hard_link: bool,
+    ) -> std::result::Result<(), NotLocal> {
+        let expected = Transferred {
+            size_bytes: self.size_bytes,
+            crc32: self.crc32,
+        };
+        copy_verified(
+            &self.path,
+            target,
+            expected,
+            hard_link,
+            &self.path.display(),
+        )
+        .map_err(|e| {
+            let _ = std::fs::remove_file(target);
+            match e {
+                Error::NotFound { .. } => NotLocal::Missing,
+                other => NotLocal::Damaged(other.to_string()),
+            }
+        })
+    }
+
+    /// The copy's bytes, if it exists with the handle's size and CRC32.
+    pub(crate) fn read(&self) -> std::result::Result<Vec<u8>, NotLocal> {
+        let path = self.path.display();
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NotLocal::Missing),
+            Err(e) => return Err(NotLocal::Damaged(format!("{path}: {e}"))),
+        };
+        if bytes.len() as u64 != self.size_bytes {
+            return Err(NotLocal::Damaged(format!(
+                "{path}: {} bytes, the handle says {}",
+                bytes.len(),
+                self.size_bytes
+            )));
+        }
+        let crc = crc32fast::hash(&bytes);
+        if crc != self.crc32 {
+            return Err(NotLocal::Damaged(format!(
+                "{path}: CRC32 {crc:08x}, the handle says {:08x}",
+                self.crc32
+            )));
+        }
+        Ok(bytes)
     }
 }
 

@@ -28,7 +28,7 @@ use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot::result::RestoreSources;
 use crate::snapshot_io::load::load_handle;
-use crate::snapshot_io::local_copy::LocalCopies;
+use crate::snapshot_io::local_copy::{LocalCopies, NotLocal};
 use crate::storage::CheckpointStorage;
 use crate::storage::transfer::{Transferred, download_file};
 
@@ -74,7 +74,7 @@ async fn download(
             ));
         }
     }
-    let results: Vec<Result<(bool, Option<String>)>> = futures::stream::iter(&handle.files)
+    let results: Vec<Result<(bool, Option<NotLocal>)>> = futures::stream::iter(&handle.files)
         .map(|f| async move {
             let expected = Transferred {
                 size_bytes: f.size_bytes,
@@ -87,21 +87,13 @@ async fn download(
             let fallback = match local {
                 None => None,
                 Some(local) => {
-                    let (local, storage, handle, file, to) = (
-                        local.clone(),
-                        storage.clone(),
-                        handle.clone(),
-                        f.clone(),
-                        target.clone(),
-                    );
-                    let found = tokio::task::spawn_blocking(move || {
-                        local.restore_file(&storage, &handle, &file, &to, link)
-                    })
-                    .await
-                    .map_err(|e| Error::local(target.display(), e))?;
+                    let (copy, to) = (local.file(storage, handle, f), target.clone());
+                    let found = tokio::task::spawn_blocking(move || copy.restore_to(&to, link))
+                        .await
+                        .map_err(|e| Error::local(target.display(), e))?;
                     match found {
                         Ok(()) => return Ok((true, None)),
-                        Err(why) => Some(format!("{}: {why}", f.path)),
+                        Err(why) => Some(why),
                     }
                 }
             };
@@ -120,8 +112,7 @@ async fn download(
             sources.remote(f.size_bytes);
         }
         if let Some(why) = fallback {
-            tracing::warn!(%why, "lsm restore: read from checkpoint storage instead of the local copy");
-            sources.fallbacks.push(why);
+            sources.fell_back(&f.path, why);
         }
     }
     Ok(sources)
