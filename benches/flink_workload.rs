@@ -4,6 +4,11 @@
 //! 128, one subtask owning all key groups; checkpoint 1 (confirmed); update 10,000 keys; checkpoint 2;
 //! restore into a fresh backend from the local checkpoint directory; verify every key.
 //!
+//! The heap runs twice: with full checkpoints and with `HeapConfig::incremental` (its checkpoint 2 is a
+//! delta; its writes before checkpoint 1 are not logged, since a new state is written whole by its first
+//! checkpoint, so the write-path cost of the change log is measured by `examples/hot_path_probe.rs value
+//! plain write --incremental` instead, `docs/heap-incremental.md`).
+//!
 //! Run: `cargo bench --bench flink_workload` (prints the median of 5 runs of each figure per backend).
 
 use std::time::{Duration, Instant};
@@ -42,7 +47,9 @@ trait Subject: KeyedStateBackend<i64> + Sized {
     const NAME: &'static str;
     /// Flink 2.3's figures for the same rows (from the issue), `-` where not measured.
     const FLINK: [&'static str; 10];
-    fn create(dir: &std::path::Path) -> Self;
+    /// An empty backend; `incremental` turns incremental checkpoints on where the kind has a setting
+    /// for it (the heap; RocksDB's are always incremental).
+    fn create(dir: &std::path::Path, incremental: bool) -> Self;
     fn restore(
         rt: &tokio::runtime::Runtime,
         dir: &std::path::Path,
@@ -56,8 +63,12 @@ impl Subject for HeapKeyedStateBackend<i64> {
     const FLINK: [&'static str; 10] = [
         "1.57", "2.96", "2.61", "5.8", "422", "17.0", "-", "-", "17.0", "1800",
     ];
-    fn create(_: &std::path::Path) -> Self {
-        HeapKeyedStateBackend::new(identity(), HeapConfig::default()).expect("backend")
+    fn create(_: &std::path::Path, incremental: bool) -> Self {
+        let config = HeapConfig {
+            incremental,
+            ..HeapConfig::default()
+        };
+        HeapKeyedStateBackend::new(identity(), config).expect("backend")
     }
     fn restore(
         rt: &tokio::runtime::Runtime,
@@ -94,7 +105,7 @@ impl Subject for RocksDbKeyedStateBackend<i64> {
     const FLINK: [&'static str; 10] = [
         "0.309", "0.299", "-", "362", "37", "24.0", "7.6", "5.3", "0.148", "33",
     ];
-    fn create(dir: &std::path::Path) -> Self {
+    fn create(dir: &std::path::Path, _incremental: bool) -> Self {
         RocksDbKeyedStateBackend::new(identity(), rocksdb_config(dir.join("lsm-local")))
             .expect("backend")
     }
@@ -119,19 +130,20 @@ fn run_once<B: Subject>(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     run: usize,
+    incremental: bool,
 ) -> Figures {
     let mut keys: Vec<i64> = (0..KEYS).collect();
     keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(run as u64));
     let storage = CheckpointStorage::local(
         dir,
-        &format!("{}-run-{run}", B::NAME),
+        &format!("{}-{incremental}-run-{run}", B::NAME),
         &StorageConfig {
             fsync: false,
             ..StorageConfig::default()
         },
     )
     .expect("storage");
-    let mut b = B::create(dir);
+    let mut b = B::create(dir, incremental);
     let desc = ValueStateDescriptor::<VoidNamespace, i64>::new("value");
     let s = b.value_state(&desc).expect("state");
     let ns = VoidNamespace;
@@ -220,20 +232,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("rt");
-    report::<HeapKeyedStateBackend<i64>>(&rt, runs);
+    report::<HeapKeyedStateBackend<i64>>(&rt, runs, false);
+    report::<HeapKeyedStateBackend<i64>>(&rt, runs, true);
     #[cfg(feature = "rocksdb")]
-    report::<RocksDbKeyedStateBackend<i64>>(&rt, runs);
+    report::<RocksDbKeyedStateBackend<i64>>(&rt, runs, false);
 }
 
-fn report<B: Subject>(rt: &tokio::runtime::Runtime, runs: usize) {
+fn report<B: Subject>(rt: &tokio::runtime::Runtime, runs: usize, incremental: bool) {
     let dir = tempfile::tempdir().expect("dir");
     let all: Vec<Figures> = (0..runs)
-        .map(|i| run_once::<B>(rt, dir.path(), i))
+        .map(|i| run_once::<B>(rt, dir.path(), i, incremental))
         .collect();
     let m = |f: fn(&Figures) -> f64| median(all.iter().map(f).collect());
     println!(
-        "flink_workload: {} backend, median of {runs} run(s) ({KEYS} keys, max parallelism 128)",
-        B::NAME
+        "flink_workload: {} backend{}, median of {runs} run(s) ({KEYS} keys, max parallelism 128)",
+        B::NAME,
+        if incremental {
+            " with incremental checkpoints"
+        } else {
+            ""
+        }
     );
     println!(
         "{:<28} {:>14} {:>16}",

@@ -65,9 +65,10 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             cleanup: IncrementalCleanup::new(config.ttl_cleanup_slots_per_record),
             checkpoints: HeapCheckpoints::new(
                 config.local_recovery_dir.clone().map(LocalCopies::new),
+                config.chain_book(),
             ),
+            states: StateTables::new(config.incremental),
             config,
-            states: StateTables::new(),
             current: KeyCursor::new(),
             ttl: TtlTimes::default(),
         })
@@ -136,19 +137,20 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         of: SnapshotOf,
     ) -> Result<PendingSnapshot> {
         let start = Instant::now();
-        let (backend_id, local) =
-            self.checkpoints
-                .begin(checkpoint_id, of, storage, &self.identity)?;
-        let (states, frozen) = self.states.freeze(&self.ttl);
+        let begun = self
+            .checkpoints
+            .begin(checkpoint_id, of, storage, &self.identity)?;
+        let (states, frozen) = self.states.freeze(&self.ttl, begun.cut);
         let job = SnapshotJob {
             checkpoint_id,
             states,
             frozen,
             config: self.config.clone(),
             identity: self.identity.clone(),
-            backend_id,
+            backend_id: begun.backend_id,
             savepoint: of == SnapshotOf::Savepoint,
-            local,
+            local: begun.local,
+            chain: begun.chain,
         };
         Ok(job.start(storage, start))
     }
@@ -583,7 +585,9 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
-        self.checkpoints.confirmed(checkpoint_id);
+        if let Some(base) = self.checkpoints.confirmed(checkpoint_id) {
+            self.states.changes_base_moved(base);
+        }
     }
 
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {

@@ -1,7 +1,10 @@
 //! The heap backend's checkpoint bookkeeping, as a component that owns it: its identity in storage, the
-//! snapshot ledger, the local copies of local recovery, and where its restore read from.
+//! snapshot ledger, the chain of incremental checkpoints, the local copies of local recovery, and where
+//! its restore read from.
 
 use crate::error::Result;
+use crate::heap::chain::{ChainBook, ChainUpload};
+use crate::heap::delta::Cut;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::snapshot::result::RestoreSources;
@@ -9,7 +12,7 @@ use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 
 /// What a heap backend knows of its snapshots besides the frozen state.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct HeapCheckpoints {
     /// Identity in storage, drawn from the storage's id source at the first snapshot or restore.
     backend_id: Option<String>,
@@ -21,24 +24,42 @@ pub(crate) struct HeapCheckpoints {
     storage: Option<CheckpointStorage>,
     /// Where the restore that made this backend read its files (empty for a new backend).
     restore_sources: RestoreSources,
+    /// The diff base and uploads of incremental checkpoints, when they are on.
+    chain: Option<ChainBook>,
+}
+
+/// What the synchronous phase of a snapshot learns from the bookkeeping.
+pub(crate) struct Begun {
+    /// The backend's identity in storage.
+    pub(crate) backend_id: String,
+    /// Where the checkpoint's local copy goes (local recovery), if anywhere.
+    pub(crate) local: Option<LocalCopies>,
+    /// How the tables are cut: untracked (a savepoint, or incremental checkpoints off), full or delta.
+    pub(crate) cut: Cut,
+    /// For a checkpoint of a chain: the base's files and the uploads in flight.
+    pub(crate) chain: Option<ChainUpload>,
 }
 
 impl HeapCheckpoints {
-    /// The bookkeeping of a new backend keeping local copies in `local`, if given.
-    pub(crate) fn new(local: Option<LocalCopies>) -> Self {
+    /// The bookkeeping of a new backend keeping local copies in `local`, if given, and chains of
+    /// incremental checkpoints in `chain`, if given.
+    pub(crate) fn new(local: Option<LocalCopies>, chain: Option<ChainBook>) -> Self {
         HeapCheckpoints {
             local,
+            chain,
             ..HeapCheckpoints::default()
         }
     }
 
     /// The bookkeeping of a backend restored from checkpoint `restored_from` as `backend_id`, with its
-    /// local copies and where the restore read from.
+    /// local copies, where the restore read from and its chain bookkeeping (no base: the first
+    /// checkpoint after a restore is full, so nothing of the restored files is referenced again).
     pub(crate) fn restored(
         backend_id: String,
         restored_from: Option<u64>,
         local: Option<LocalCopies>,
         restore_sources: RestoreSources,
+        chain: Option<ChainBook>,
     ) -> Self {
         HeapCheckpoints {
             backend_id: Some(backend_id),
@@ -46,6 +67,7 @@ impl HeapCheckpoints {
             local,
             storage: None,
             restore_sources,
+            chain,
         }
     }
 
@@ -64,9 +86,9 @@ impl HeapCheckpoints {
         &self.restore_sources
     }
 
-    /// Records the synchronous phase of snapshot `checkpoint_id` of `identity`: returns the backend id
-    /// (drawn from `storage` at the first snapshot) and, for a checkpoint with local recovery on, where
-    /// its local copy goes.
+    /// Records the synchronous phase of snapshot `checkpoint_id` of `identity`: the backend id (drawn
+    /// from `storage` at the first snapshot), for a checkpoint with local recovery on where its local copy
+    /// goes, and with incremental checkpoints on whether it is full or a delta.
     ///
     /// # Errors
     /// [`Error::IllegalState`](crate::Error::IllegalState) if the id does not exceed every id
@@ -77,7 +99,7 @@ impl HeapCheckpoints {
         of: SnapshotOf,
         storage: &CheckpointStorage,
         identity: &SubtaskIdentity,
-    ) -> Result<(String, Option<LocalCopies>)> {
+    ) -> Result<Begun> {
         self.ledger.begin(checkpoint_id, of)?;
         let backend_id = self.backend_id.get_or_insert_with(|| {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
@@ -86,28 +108,46 @@ impl HeapCheckpoints {
         if local.is_some() {
             self.storage = Some(storage.clone());
         }
-        Ok((backend_id.clone(), local))
+        let (cut, chain) = match (&mut self.chain, of) {
+            (Some(book), SnapshotOf::Checkpoint) => {
+                let (cut, upload) = book.begin(checkpoint_id, storage);
+                (cut, Some(upload))
+            }
+            _ => (Cut::Untracked, None),
+        };
+        Ok(Begun {
+            backend_id: backend_id.clone(),
+            local,
+            cut,
+            chain,
+        })
     }
 
     /// `notify_checkpoint_complete`: confirms a snapshot of this backend that was not aborted (a hint:
-    /// anything else is ignored) and deletes the job's local copies of earlier checkpoints.
-    pub(crate) fn confirmed(&mut self, checkpoint_id: u64) {
+    /// anything else is ignored) and deletes the job's local copies of earlier checkpoints. Returns the
+    /// checkpoint if it became the diff base of incremental checkpoints (the tables then drop the changes
+    /// it holds).
+    pub(crate) fn confirmed(&mut self, checkpoint_id: u64) -> Option<u64> {
         if !self.ledger.confirm(checkpoint_id) {
             tracing::debug!(
                 checkpoint_id,
                 "heap backend: completion of a checkpoint it has no unconfirmed snapshot of, ignored"
             );
-            return;
+            return None;
         }
         if let (Some(local), Some(storage)) = (&self.local, &self.storage) {
             local.confirmed(storage, checkpoint_id);
         }
+        self.chain.as_mut()?.confirmed(checkpoint_id)
     }
 
-    /// `notify_checkpoint_aborted`: heap snapshots are full and private, so only the ledger and the
-    /// checkpoint's local copy are touched.
+    /// `notify_checkpoint_aborted`: the ledger, the chain bookkeeping (a running upload deletes its file;
+    /// a stale base is dropped) and the checkpoint's local copy.
     pub(crate) fn aborted(&mut self, checkpoint_id: u64) {
         self.ledger.abort(checkpoint_id);
+        if let Some(book) = &mut self.chain {
+            book.aborted(checkpoint_id);
+        }
         if let (Some(local), Some(backend_id), Some(storage)) =
             (&self.local, &self.backend_id, &self.storage)
         {

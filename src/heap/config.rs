@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::format::keyed_file::{DEFAULT_FRAME_BYTES, DEFAULT_ZSTD_LEVEL, MAX_FRAME_RAW_LEN};
+use crate::heap::chain::ChainBook;
 
 /// Settings of a heap backend; its identity is a [`SubtaskIdentity`](crate::SubtaskIdentity) of its own.
 ///
@@ -36,6 +37,17 @@ pub struct HeapConfig {
     /// handle, and from checkpoint storage otherwise (reported by `restore_sources`). Give every backend
     /// of a machine the same directory, one that outlives the process. Default `None` (off).
     pub local_recovery_dir: Option<PathBuf>,
+    /// Incremental checkpoints (`docs/heap-incremental.md`; as Flink's `execution.checkpointing.incremental`
+    /// for its RocksDB backend): each checkpoint after a confirmed one writes only the entries written or
+    /// removed since, as a delta file on top of the confirmed checkpoint's files (a chain of shared files
+    /// the registry counts). Writes then log their entry's hash (a bounded log per state). Savepoints
+    /// stay full and canonical. Default `false` (every checkpoint full and private).
+    pub incremental: bool,
+    /// Files a chain of incremental checkpoints holds at most, the full file included: the checkpoint
+    /// after a chain of this length is full, and so is the one after deltas that passed the full
+    /// file's bytes (stored bytes stay under twice the full size, a restore reads at most this many
+    /// files per subtask). At least 1; default 10.
+    pub max_chain_files: usize,
 }
 
 impl Default for HeapConfig {
@@ -46,17 +58,31 @@ impl Default for HeapConfig {
             restore_threads: crate::parallel::default_restore_threads(),
             ttl_cleanup_slots_per_record: 8,
             local_recovery_dir: None,
+            incremental: false,
+            max_chain_files: 10,
         }
     }
 }
 
 impl HeapConfig {
+    /// The chain bookkeeping of a backend with these settings: `Some` with incremental checkpoints on.
+    pub(crate) fn chain_book(&self) -> Option<ChainBook> {
+        self.incremental
+            .then(|| ChainBook::new(self.max_chain_files))
+    }
+
     /// # Errors
-    /// [`Error::InvalidArgument`] for no restore thread or a frame size outside 1 to 2^30 bytes.
+    /// [`Error::InvalidArgument`] for no restore thread, a frame size outside 1 to 2^30 bytes or a chain
+    /// of no file.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.restore_threads == 0 {
             return Err(Error::InvalidArgument(
                 "restore_threads is 0; at least 1 decodes".into(),
+            ));
+        }
+        if self.max_chain_files == 0 {
+            return Err(Error::InvalidArgument(
+                "max_chain_files is 0; a chain holds at least its full file".into(),
             ));
         }
         let limit = MAX_FRAME_RAW_LEN as usize;

@@ -1,12 +1,15 @@
-//! The heap state backend: copy-on-write maps in memory, full snapshots as keyed snapshot files.
+//! The heap state backend: copy-on-write maps in memory, snapshots as keyed snapshot files (full, or
+//! incremental chains of a full file and deltas).
 
 pub(crate) mod backend;
 mod bulk;
+mod chain;
 mod checkpoints;
 pub(crate) mod config;
 pub(crate) mod cow_map;
 mod cursor;
 mod decode;
+mod delta;
 mod prefetch;
 mod restore;
 mod serde;

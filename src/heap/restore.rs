@@ -45,9 +45,9 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         handles: &[KeyedStateHandle],
         mode: RestoreMode,
     ) -> Result<Self> {
-        // Every heap snapshot is full and names only files of its own: the restored files are never
-        // referenced again, so `Claim` and `NoClaim` restore alike (the coordinator's mode decides who
-        // may delete them).
+        // The first checkpoint after a restore is full and names only files of its own (a new chain with
+        // incremental checkpoints): the restored files are never referenced again, so `Claim` and
+        // `NoClaim` restore alike (the coordinator's mode decides who may delete them).
         let _ = mode;
         config.validate()?;
         let backend_id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
@@ -61,7 +61,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let loads = relevant
             .into_iter()
-            .map(|h| load_handle(storage, h, range, "heap", local.as_ref()));
+            .map(|h| load_handle(storage, h, range, "heap", local.as_ref(), true));
         let loaded = futures::future::try_join_all(loads).await?;
         let mut sources = RestoreSources::default();
         for file in &loaded {
@@ -120,7 +120,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 }
             }
         }
-        let mut states = StateTables::new();
+        let mut states = StateTables::new(config.incremental);
         for (meta, groups, len) in raw {
             states.add_restored(RawTable {
                 meta,
@@ -129,7 +129,9 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             });
         }
         let restored_from = handles.first().map(|h| h.checkpoint_id);
-        let checkpoints = HeapCheckpoints::restored(backend_id, restored_from, local, sources);
+        let chain = config.chain_book();
+        let checkpoints =
+            HeapCheckpoints::restored(backend_id, restored_from, local, sources, chain);
         HeapKeyedStateBackend::restored(identity, config, states, checkpoints)
     }
 }

@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
+use crate::heap::chain::ChainUpload;
 use crate::heap::config::HeapConfig;
 use crate::heap::table::FrozenTable;
 use crate::keyed::backend::PendingSnapshot;
 use crate::keyed::identity::SubtaskIdentity;
-use crate::snapshot::layout::{checkpoint_dir, savepoint_dir};
+use crate::snapshot::handle::{FileScope, HandleFormat, StateFile};
+use crate::snapshot::layout::{SHARED_DIR, checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
 use crate::snapshot::state_meta::StateMeta;
 use crate::snapshot_io::local_copy::LocalCopies;
@@ -28,6 +30,9 @@ pub(crate) struct SnapshotJob {
     pub(crate) savepoint: bool,
     /// Where to keep a local copy of the checkpoint's file (local recovery), if anywhere.
     pub(crate) local: Option<LocalCopies>,
+    /// For a checkpoint of an incremental chain: the base's files (a delta) or none (a full file), and
+    /// the bookkeeping of uploads in flight. `None`: one private full file.
+    pub(crate) chain: Option<ChainUpload>,
 }
 
 /// Object-store path (relative to the job root) of a heap snapshot file:
@@ -53,6 +58,16 @@ pub(crate) fn snapshot_file_name(
     )
 }
 
+/// Object-store path of a file of a heap incremental chain written by checkpoint `checkpoint_id` of
+/// backend `backend_id`: `shared/<backend id>-<n>-<16 hex random>.keyed`, shared because later
+/// checkpoints of the chain reference it.
+fn chain_file_name(backend_id: &str, checkpoint_id: u64, storage: &CheckpointStorage) -> String {
+    format!(
+        "{SHARED_DIR}/{backend_id}-{checkpoint_id}-{:016x}.keyed",
+        storage.next_id()
+    )
+}
+
 impl SnapshotJob {
     /// The snapshot whose synchronous phase began at `started` and froze `self`: its asynchronous phase
     /// writes to `storage`.
@@ -71,13 +86,20 @@ impl SnapshotJob {
         sync_duration: Duration,
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
-        let relative =
-            snapshot_file_name(&self.identity, self.checkpoint_id, self.savepoint, &storage);
+        let chain = self.chain.take();
+        let relative = match &chain {
+            Some(_) => chain_file_name(&self.backend_id, self.checkpoint_id, &storage),
+            None => {
+                snapshot_file_name(&self.identity, self.checkpoint_id, self.savepoint, &storage)
+            }
+        };
         let (checkpoint_id, identity, backend_id) = (
             self.checkpoint_id,
             self.identity.clone(),
             self.backend_id.clone(),
         );
+        let delta = chain.as_ref().is_some_and(|c| c.base_id.is_some());
+        let copies = self.local.clone();
         let copy = self.local.take().and_then(|local| {
             let name = relative.rsplit('/').next().unwrap_or(&relative);
             let opened = local
@@ -95,8 +117,41 @@ impl SnapshotJob {
                 .ok()
         });
         let (writer, file) = copy.unzip();
-        let (summary, copied) =
-            upload_keyed_file(&storage, &relative, file, move |sink| self.encode(sink)).await?;
+        let uploaded = upload_keyed_file(&storage, &relative, file, move |sink| {
+            self.encode(sink, delta)
+        })
+        .await;
+        let (summary, copied) = match (uploaded, &chain) {
+            (Ok(done), _) => done,
+            (Err(e), Some(chain)) => {
+                chain.pending.lock().remove(&checkpoint_id);
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
+        if let Some(chain) = chain {
+            let new = StateFile {
+                path: relative,
+                scope: FileScope::Shared,
+                size_bytes: summary.size,
+                crc32: summary.crc32,
+                created_by: checkpoint_id,
+                local_name: String::new(),
+            };
+            return chain_result(ChainDone {
+                chain,
+                new,
+                storage: &storage,
+                backend_id,
+                identity,
+                checkpoint_id,
+                summary,
+                local: copies.zip(writer.filter(|_| copied)),
+                sync_duration,
+                started,
+            })
+            .await;
+        }
         if let Some(writer) = writer.filter(|_| copied)
             && let Err(e) = writer.publish()
         {
@@ -115,12 +170,19 @@ impl SnapshotJob {
         ))
     }
 
-    /// Encodes the whole file into `sink`; releases each key group once written.
-    fn encode(mut self, sink: &mut ChunkSink) -> Result<FileSummary> {
+    /// Encodes the whole file into `sink` (a delta file if `delta`: each table's changes, or the
+    /// table whole where it rewrites); releases each key group once written.
+    fn encode(mut self, sink: &mut ChunkSink, delta: bool) -> Result<FileSummary> {
+        let rewrite = delta.then(|| {
+            (0..self.frozen.len() as u32)
+                .filter(|&i| self.frozen[i as usize].rewrites())
+                .collect()
+        });
         let header = FileHeader {
             max_parallelism: self.identity.max_parallelism(),
             key_groups: self.identity.key_groups(),
             states: std::mem::take(&mut self.states),
+            rewrite,
         };
         let options = WriterOptions {
             zstd_level: self.config.zstd_level,
@@ -139,4 +201,100 @@ impl SnapshotJob {
         sink.push(last)?;
         Ok(summary)
     }
+}
+
+/// A finished upload of a file of an incremental chain, to become the checkpoint's result.
+struct ChainDone<'a> {
+    chain: ChainUpload,
+    new: StateFile,
+    storage: &'a CheckpointStorage,
+    backend_id: String,
+    identity: SubtaskIdentity,
+    checkpoint_id: u64,
+    summary: FileSummary,
+    /// The local copies, and the copy of the new file, written whole, not yet published.
+    local: Option<(LocalCopies, crate::snapshot_io::local_copy::LocalCopyWriter)>,
+    sync_duration: Duration,
+    started: Instant,
+}
+
+/// The result of a checkpoint of a chain: its handle lists the base's files (placeholders, with the ids of
+/// the checkpoints that uploaded them) and the new file. A checkpoint aborted while it uploaded deletes
+/// its file and fails; one that finished is recorded so that its confirmation makes it the base.
+async fn chain_result(done: ChainDone<'_>) -> Result<SnapshotResult> {
+    let ChainDone {
+        chain,
+        new,
+        storage,
+        backend_id,
+        identity,
+        checkpoint_id,
+        summary,
+        local,
+        sync_duration,
+        started,
+    } = done;
+    let mut files = chain.base;
+    files.push(new);
+    let aborted = {
+        let mut pending = chain.pending.lock();
+        match pending.get_mut(&checkpoint_id) {
+            Some(p) if p.aborted => {
+                pending.remove(&checkpoint_id);
+                true
+            }
+            Some(p) => {
+                p.files = Some(files.clone());
+                false
+            }
+            // Forgotten (too many unresolved): its confirmation will be ignored, the handle is valid.
+            None => false,
+        }
+    };
+    let new = files.last().expect("the new file was just pushed");
+    if aborted {
+        // Nothing of an aborted checkpoint stays in storage (FLINK-30461), and it never becomes a base.
+        if let Err(e) = storage.delete(&new.path).await {
+            tracing::warn!(path = %new.path, error = %e, "could not delete the upload of an aborted checkpoint; the orphan sweep will");
+        }
+        return Err(crate::Error::IllegalState(format!(
+            "checkpoint {checkpoint_id} was aborted during its asynchronous phase"
+        )));
+    }
+    if let Some((copies, writer)) = local {
+        // The base's files come from the base's local copy (hard links), so that the copy of this
+        // checkpoint holds its whole chain; one missing fails only this copy.
+        let linked = match chain.base_id {
+            Some(base_id) => files[..files.len() - 1].iter().try_for_each(|f| {
+                let source = copies.copy_path(storage, &backend_id, base_id, f);
+                writer.link_or_copy(&source, crate::snapshot_io::local_copy::local_file_name(f))
+            }),
+            None => Ok(()),
+        };
+        if let Err(e) = linked.and_then(|()| writer.publish()) {
+            tracing::warn!(checkpoint_id, error = %e, "heap backend: no local copy of this checkpoint");
+        }
+    }
+    let full_bytes = files.iter().map(|f| f.size_bytes).sum();
+    let files_reused = files.len() as u32 - 1;
+    let handle = crate::snapshot::handle::KeyedStateHandle {
+        backend_id,
+        operator_id: identity.operator_id().to_string(),
+        checkpoint_id,
+        max_parallelism: identity.max_parallelism(),
+        key_groups: identity.key_groups(),
+        format: HandleFormat::KeyedChain,
+        files,
+    };
+    let metrics = crate::snapshot::result::SnapshotMetrics {
+        sync_duration,
+        async_duration: started.elapsed(),
+        checkpointed_bytes: summary.size,
+        full_bytes,
+        state_bytes: summary.raw_bytes,
+        entries: summary.records,
+        files_uploaded: 1,
+        files_reused,
+    };
+    Ok(SnapshotResult { handle, metrics })
 }

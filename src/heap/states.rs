@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::heap::decode::decode_raw;
+use crate::heap::delta::Cut;
 use crate::heap::serde::{ListCell, MapCell, ValueSerde, list_serde, map_serde, value_serde};
 use crate::heap::table::{DroppedTable, ErasedTable, FrozenTable, RawTable, StateTable};
 use crate::heap::timers::TimerTable;
@@ -30,13 +31,18 @@ pub(crate) type KindSerdes<UK, S> = (
 pub(crate) struct StateTables<K> {
     tables: Vec<Box<dyn ErasedTable<K>>>,
     by_name: HashMap<String, StateId>,
+    /// Whether new tables log their changes (incremental checkpoints).
+    track_changes: bool,
 }
 
 impl<K: StateKey> StateTables<K> {
-    pub(crate) fn new() -> Self {
+    /// No states; tables registered later log their changes if `track_changes` (incremental
+    /// checkpoints).
+    pub(crate) fn new(track_changes: bool) -> Self {
         StateTables {
             tables: Vec::new(),
             by_name: HashMap::new(),
+            track_changes,
         }
     }
 
@@ -70,6 +76,7 @@ impl<K: StateKey> StateTables<K> {
                 meta.clone(),
                 groups,
                 serde,
+                self.track_changes,
             )));
             self.by_name.insert(meta.name, id);
             return Ok(id);
@@ -100,7 +107,7 @@ impl<K: StateKey> StateTables<K> {
         } else {
             None
         };
-        let mut table = StateTable::<K, N, S>::new(meta, groups, serde);
+        let mut table = StateTable::<K, N, S>::new(meta, groups, serde, self.track_changes);
         decode_raw(raw, &mut table, migration.as_ref(), restore_threads)?;
         self.tables[id.0 as usize] = Box::new(table);
         Ok(id)
@@ -331,18 +338,27 @@ impl<K: StateKey> StateTables<K> {
 
     /// The synchronous phase: every live state's description and a frozen view of its table, in the same
     /// order; O(states x key groups), whatever the number of entries. TTL states are frozen with the
-    /// cutoff of `times`' now: their snapshot leaves out what expired.
+    /// cutoff of `times`' now: their snapshot leaves out what expired. `cut` as
+    /// [`ErasedTable::freeze`].
     pub(crate) fn freeze(
         &mut self,
         times: &TtlTimes,
+        cut: Cut,
     ) -> (Vec<StateMeta>, Vec<Box<dyn FrozenTable>>) {
         let metas = self.live().map(|t| t.meta().clone()).collect();
         let frozen = self
             .tables
             .iter_mut()
             .filter(|t| !t.is_dropped())
-            .map(|t| t.freeze(times))
+            .map(|t| t.freeze(times, cut))
             .collect();
         (metas, frozen)
+    }
+
+    /// The diff base of incremental checkpoints moved to checkpoint `base_id`.
+    pub(crate) fn changes_base_moved(&mut self, base_id: u64) {
+        for t in &mut self.tables {
+            t.changes_base_moved(base_id);
+        }
     }
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::format::bytes::Decoder;
 use crate::format::keyed_file::KeyedFileWriter;
-use crate::heap::cow_map::{CowMap, CowSnapshot};
+use crate::heap::cow_map::{CowMap, CowSnapshot, Entry};
+use crate::heap::delta::{Cut, FrozenChanges};
 use crate::heap::serde::{TtlSerde, ValueSerde};
 use crate::heap::ttl::TtlSweep;
 use crate::keyed::backend::StateKey;
@@ -55,8 +56,14 @@ pub(crate) fn mix_entry_hash(key_hash: u64, namespace_hash: u64) -> u64 {
 pub(crate) trait ErasedTable<K>: Any + Send {
     fn meta(&self) -> &StateMeta;
     /// Synchronous phase: a frozen view, O(key groups); with TTL, the view leaves out what expired at
-    /// `times`' now (`docs/ttl.md`).
-    fn freeze(&mut self, times: &TtlTimes) -> Box<dyn FrozenTable>;
+    /// `times`' now (`docs/ttl.md`). `cut` says whether the change log is cut and what the view writes:
+    /// the whole table or its changes since the diff base (`heap/delta.rs`).
+    fn freeze(&mut self, times: &TtlTimes, cut: Cut) -> Box<dyn FrozenTable>;
+    /// The diff base of incremental checkpoints moved to checkpoint `base_id`: changes logged up to it
+    /// are dropped. Nothing for a table that logs no changes.
+    fn changes_base_moved(&mut self, base_id: u64) {
+        let _ = base_id;
+    }
     /// Entries in the table.
     fn len(&self) -> usize;
     /// Keys with an entry in namespace `ns` (with TTL, one a read returns at `times`' now, or one a
@@ -95,8 +102,8 @@ impl<K: StateKey> ErasedTable<K> for DroppedTable {
     fn meta(&self) -> &StateMeta {
         &self.0
     }
-    fn freeze(&mut self, _times: &TtlTimes) -> Box<dyn FrozenTable> {
-        Box::new(FrozenRawTable(Arc::new(Vec::new())))
+    fn freeze(&mut self, _times: &TtlTimes, _cut: Cut) -> Box<dyn FrozenTable> {
+        Box::new(FrozenRawTable(Arc::new(Vec::new()), true))
     }
     fn len(&self) -> usize {
         0
@@ -124,6 +131,11 @@ impl<K: StateKey> ErasedTable<K> for DroppedTable {
 
 /// A frozen table, written out key group by key group.
 pub(crate) trait FrozenTable: Send {
+    /// Whether the records written replace every earlier record of the state (a full write); false for
+    /// a delta's changes, which apply on top of the earlier files of the chain.
+    fn rewrites(&self) -> bool {
+        true
+    }
     /// Writes the records of key group `kg_index` as state number `state`, then releases that group.
     fn write_group(
         &mut self,
@@ -143,10 +155,21 @@ pub(crate) struct StateTable<K, N, S> {
 }
 
 impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N, S> {
-    pub(crate) fn new(meta: StateMeta, groups: usize, serde: ValueSerde<S>) -> Self {
+    /// An empty table of `groups` key groups; with `track_changes` (incremental checkpoints), its map logs
+    /// changes and its first delta writes it whole.
+    pub(crate) fn new(
+        meta: StateMeta,
+        groups: usize,
+        serde: ValueSerde<S>,
+        track_changes: bool,
+    ) -> Self {
+        let mut map = CowMap::new(groups);
+        if track_changes {
+            map.track_changes();
+        }
         StateTable {
             meta,
-            map: CowMap::new(groups),
+            map,
             serde,
             sweep: TtlSweep::default(),
         }
@@ -159,16 +182,28 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
-    fn freeze(&mut self, times: &TtlTimes) -> Box<dyn FrozenTable> {
+    fn freeze(&mut self, times: &TtlTimes, cut: Cut) -> Box<dyn FrozenTable> {
         let ttl = self
             .serde
             .ttl
             .and_then(|t| Some((t, t.cutoff(times, false)?)));
+        let segments = cut
+            .checkpoint()
+            .map(|id| self.map.cut_changes(id))
+            .unwrap_or_default();
+        let delta = match cut {
+            Cut::Delta(_) => FrozenChanges::new(segments),
+            Cut::Untracked | Cut::Full(_) => None,
+        };
         Box::new(FrozenStateTable {
             snapshot: self.map.snapshot(),
             serde: self.serde,
             ttl,
+            delta,
         })
+    }
+    fn changes_base_moved(&mut self, base_id: u64) {
+        self.map.changes_base_moved(base_id);
     }
     fn len(&self) -> usize {
         self.map.len()
@@ -247,42 +282,69 @@ struct FrozenStateTable<K, N, S> {
     serde: ValueSerde<S>,
     /// With TTL and something expired at the synchronous phase: the cutoff values are written at.
     ttl: Option<(TtlSerde<S>, u64)>,
+    /// For a delta that writes this table's changes: what changed since the diff base.
+    delta: Option<FrozenChanges<K, N>>,
+}
+
+impl<K: StateKey, N: StateKey, S> FrozenStateTable<K, N, S> {
+    /// Writes entry `e` as a record of `state`; false (nothing written) if everything in it expired.
+    fn write_entry(
+        &self,
+        e: &Entry<K, N, S>,
+        state: u32,
+        writer: &mut KeyedFileWriter,
+        live: &mut Vec<u8>,
+    ) -> Result<bool> {
+        let Some((ttl, cutoff)) = self.ttl else {
+            let encode = self.serde.encode;
+            writer.add_record(
+                state,
+                |b| e.key.encode(b),
+                |b| e.ns.encode(b),
+                |b| encode(&e.value, b),
+            )?;
+            return Ok(true);
+        };
+        // Expired entries, list elements and map entries are left out.
+        live.clear();
+        if !ttl.encode_live(&e.value, cutoff, live) {
+            return Ok(false);
+        }
+        writer.add_record(
+            state,
+            |b| e.key.encode(b),
+            |b| e.ns.encode(b),
+            |b| b.extend_from_slice(live),
+        )?;
+        Ok(true)
+    }
 }
 
 impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenStateTable<K, N, S> {
+    fn rewrites(&self) -> bool {
+        self.delta.is_none()
+    }
     fn write_group(
         &mut self,
         kg_index: usize,
         state: u32,
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
-        let Some(group) = self.snapshot.take_group(kg_index) else {
-            return Ok(());
-        };
-        let encode = self.serde.encode;
-        let Some((ttl, cutoff)) = self.ttl else {
-            for e in group.iter() {
-                writer.add_record(
-                    state,
-                    |b| e.key.encode(b),
-                    |b| e.ns.encode(b),
-                    |b| encode(&e.value, b),
-                )?;
-            }
-            return Ok(());
-        };
-        // Expired entries, list elements and map entries are left out (cleanup in full snapshots).
+        let group = self.snapshot.take_group(kg_index);
         let mut live = Vec::new();
+        if let Some(mut delta) = self.delta.take() {
+            let written = delta.write_group(kg_index, group.as_deref(), state, writer, |e, w| {
+                self.write_entry(e, state, w, &mut live)
+            });
+            self.delta = Some(delta);
+            return written;
+        }
+        let Some(group) = group else {
+            return Ok(());
+        };
+        // Expired entries are left out (cleanup in full snapshots).
         for e in group.iter() {
-            live.clear();
-            if ttl.encode_live(&e.value, cutoff, &mut live) {
-                writer.add_record(
-                    state,
-                    |b| e.key.encode(b),
-                    |b| e.ns.encode(b),
-                    |b| b.extend_from_slice(&live),
-                )?;
-            }
+            self.write_entry(e, state, writer, &mut live)?;
         }
         Ok(())
     }
@@ -336,8 +398,12 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
     }
     /// Raw records of a state not registered since the restore pass through as they are (their TTL,
     /// if any, is only known once the state is registered).
-    fn freeze(&mut self, _times: &TtlTimes) -> Box<dyn FrozenTable> {
-        Box::new(FrozenRawTable(self.groups.clone()))
+    fn freeze(&mut self, _times: &TtlTimes, cut: Cut) -> Box<dyn FrozenTable> {
+        // Unchanged since the restore, whose first checkpoint is full: a delta has nothing of it.
+        Box::new(FrozenRawTable(
+            self.groups.clone(),
+            !matches!(cut, Cut::Delta(_)),
+        ))
     }
     fn len(&self) -> usize {
         self.len
@@ -361,15 +427,23 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
     }
 }
 
-struct FrozenRawTable(Arc<Vec<(usize, Vec<u8>)>>);
+/// Restored records frozen as they are, and whether they are written (a full write) or not (a delta:
+/// they did not change).
+struct FrozenRawTable(Arc<Vec<(usize, Vec<u8>)>>, bool);
 
 impl FrozenTable for FrozenRawTable {
+    fn rewrites(&self) -> bool {
+        self.1
+    }
     fn write_group(
         &mut self,
         kg_index: usize,
         state: u32,
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
+        if !self.1 {
+            return Ok(());
+        }
         let Ok(at) = self.0.binary_search_by_key(&kg_index, |(kg, _)| *kg) else {
             return Ok(());
         };

@@ -20,6 +20,8 @@ pub async fn keyed_file_states(
 ) -> Result<Vec<StateMeta>> {
     let file = match (handle.format, handle.files.as_slice()) {
         (HandleFormat::KeyedFile, [file]) => file,
+        // A chain's states are its newest file's.
+        (HandleFormat::KeyedChain, [.., newest]) => newest,
         _ => {
             return Err(Error::InvalidArgument(format!(
                 "backend {}'s handle is {:?} with {} files, not one keyed file",
@@ -71,7 +73,7 @@ pub async fn keyed_file_records(
         }
         None => handle.key_groups,
     };
-    let loaded = load_handle(storage, handle, range, "dump", None).await?;
+    let loaded = load_handle(storage, handle, range, "dump", None, true).await?;
     let mut records = Vec::new();
     for (key_group, bytes) in &loaded.groups {
         for r in crate::format::keyed_file::read::records(bytes, &loaded.path) {
@@ -112,7 +114,7 @@ pub async fn keyed_file_entry_counts(
     while let Some(last) = range.end().filter(|end| from <= *end) {
         let to = last.min(from.saturating_add(KEY_GROUPS_PER_READ - 1));
         let part = KeyGroupRange::new(from, to)?;
-        let loaded = load_handle(storage, handle, part, "inspect", None).await?;
+        let loaded = load_handle(storage, handle, part, "inspect", None, true).await?;
         counts.resize(loaded.header.states.len(), 0);
         for (_, bytes) in &loaded.groups {
             for r in crate::format::keyed_file::read::records(bytes, &loaded.path) {

@@ -37,7 +37,8 @@ pub struct StateFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HandleFormat {
-    /// One keyed snapshot file (`docs/formats.md`): a full snapshot of the heap backend.
+    /// One keyed snapshot file (`docs/formats.md`): a full snapshot of the heap backend (incremental
+    /// checkpoints off), or a canonical savepoint of either backend. Tag 0.
     KeyedFile,
     /// The files of a native RocksDB checkpoint of the RocksDB backend: shared SST files (uploaded once, reused
     /// by later checkpoints) and private MANIFEST/CURRENT/OPTIONS files, each with its local name. Its rows
@@ -47,6 +48,11 @@ pub enum HandleFormat {
     /// row format 2. Known so that a restore can say why it refuses it ([`crate::Error::InvalidArgument`]);
     /// no version of this crate that writes format 2 reads it. Tag 1.
     RocksIncrementalRowsV1,
+    /// A chain of keyed snapshot files of the heap backend's incremental checkpoints
+    /// (`docs/heap-incremental.md`): a full file first (format version 1, canonical), then delta files
+    /// (format version 2), oldest first, every file shared; the state is the full file's with each delta
+    /// applied in order. Tag 3.
+    KeyedChain,
 }
 
 impl HandleFormat {
@@ -55,6 +61,7 @@ impl HandleFormat {
             HandleFormat::KeyedFile => 0,
             HandleFormat::RocksIncrementalRowsV1 => 1,
             HandleFormat::RocksIncremental => 2,
+            HandleFormat::KeyedChain => 3,
         }
     }
     pub(crate) fn from_tag(tag: u8) -> Option<Self> {
@@ -62,6 +69,7 @@ impl HandleFormat {
             0 => Some(HandleFormat::KeyedFile),
             1 => Some(HandleFormat::RocksIncrementalRowsV1),
             2 => Some(HandleFormat::RocksIncremental),
+            3 => Some(HandleFormat::KeyedChain),
             _ => None,
         }
     }

@@ -5,37 +5,47 @@ use crate::error::{Error, Result};
 use crate::format::keyed_file::read::{self as keyed_file, HEADER_PREFIX};
 use crate::format::keyed_file::{FOOTER_LEN, FileHeader, IndexEntry};
 use crate::key_group::KeyGroupRange;
-use crate::snapshot::handle::{HandleFormat, KeyedStateHandle};
+use crate::snapshot::handle::{HandleFormat, KeyedStateHandle, StateFile};
 use crate::snapshot::result::RestoreSources;
 use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::{CheckpointStorage, RangeSource};
 
-/// The key groups of one file that a restore needs, decoded to raw record bytes.
-pub(crate) struct LoadedFile {
-    /// The file's path as the store names it (for errors).
-    pub(crate) path: String,
-    pub(crate) header: FileHeader,
-    /// Decoded record bytes of each wanted key group that has records, ascending.
-    pub(crate) groups: Vec<(u32, Vec<u8>)>,
-    /// Whether the file was read from its local copy or checkpoint storage, and how many bytes.
-    pub(crate) sources: RestoreSources,
-}
+pub(crate) use crate::snapshot_io::loaded::LoadedFile;
 
 /// Reads and checks one handle's file; decodes the key groups in `range`. With `local` (local recovery),
 /// an intact local copy of the file (its size and CRC32 the handle's) is read instead of checkpoint
-/// storage; a missing or damaged one is reported in the result's `sources` and storage read.
+/// storage; a missing or damaged one is reported in the result's `sources` and storage read. With
+/// `chains` (the heap backend), a [`HandleFormat::KeyedChain`] handle is read too: every file of the
+/// chain, merged into the records of its newest state (`snapshot_io/chain.rs`).
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] if the handle is not a keyed-file (canonical) handle (`restorer` names the
-/// backend that refuses it); [`Error::NotFound`] if the file is missing; [`Error::Corrupt`] naming the
-/// file if its size, CRC32, footer, index, header or a frame is wrong.
+/// [`Error::InvalidArgument`] if the handle is not a keyed-file (canonical) handle, or a chain without
+/// `chains` (`restorer` names the backend that refuses it); [`Error::NotFound`] if a file is missing;
+/// [`Error::Corrupt`] naming the file if its size, CRC32, footer, index, header or a frame is wrong, or
+/// a chain's files do not fit together.
 pub(crate) async fn load_handle(
     storage: &CheckpointStorage,
     handle: &KeyedStateHandle,
     range: KeyGroupRange,
     restorer: &str,
     local: Option<&LocalCopies>,
+    chains: bool,
 ) -> Result<LoadedFile> {
+    if chains && handle.format == HandleFormat::KeyedChain {
+        if handle.files.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "a chain handle of backend {} lists no file",
+                handle.backend_id
+            )));
+        }
+        let loads = handle
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, file)| load_file(storage, handle, file, range, local, i > 0));
+        let files = futures::future::try_join_all(loads).await?;
+        return crate::snapshot_io::chain::merge(files);
+    }
     if handle.format != HandleFormat::KeyedFile {
         return Err(Error::InvalidArgument(format!(
             "the {restorer} backend cannot restore backend {}'s {:?} snapshot of checkpoint {}: only a \
@@ -51,6 +61,19 @@ pub(crate) async fn load_handle(
             handle.files.len()
         )));
     };
+    load_file(storage, handle, file, range, local, false).await
+}
+
+/// Reads and checks `file` of `handle` (a delta file if `delta`, a full one otherwise), as
+/// [`load_handle`] does for a handle of one file.
+async fn load_file(
+    storage: &CheckpointStorage,
+    handle: &KeyedStateHandle,
+    file: &StateFile,
+    range: KeyGroupRange,
+    local: Option<&LocalCopies>,
+    delta: bool,
+) -> Result<LoadedFile> {
     let mut sources = RestoreSources::default();
     let local_bytes = match local {
         None => None,
@@ -102,6 +125,17 @@ pub(crate) async fn load_handle(
     }
     let (index, header, header_len) = read_index_and_header(&source, &path, true).await?;
     let index = index.unwrap_or_default();
+    if header.rewrite.is_some() != delta {
+        let (is, expected) = if delta {
+            ("a full file", "a delta")
+        } else {
+            ("a delta file", "a full file")
+        };
+        return Err(Error::corrupt(
+            &path,
+            format!("{is} where its handle has {expected}"),
+        ));
+    }
     if header.max_parallelism != handle.max_parallelism || header.key_groups != handle.key_groups {
         return Err(Error::corrupt(
             &path,

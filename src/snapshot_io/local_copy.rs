@@ -119,6 +119,19 @@ impl LocalCopies {
         })
     }
 
+    /// Where the local copy of `file` in checkpoint `checkpoint_id` of backend `backend_id` (whose
+    /// checkpoints go to `storage`) would be.
+    pub(crate) fn copy_path(
+        &self,
+        storage: &CheckpointStorage,
+        backend_id: &str,
+        checkpoint_id: u64,
+        file: &StateFile,
+    ) -> PathBuf {
+        self.checkpoint_dir(storage, backend_id, checkpoint_id)
+            .join(component(local_file_name(file)))
+    }
+
     /// Where the local copy of `file` of `handle`, read from `storage`, would be, and what it must hold.
     pub(crate) fn file(
         &self,
@@ -278,11 +291,11 @@ impl LocalCopyWriter {
     }
 
     /// Adds the local file `source` as `name`: a hard link when both are on one file system (the source
-    /// is immutable: an SST of a native checkpoint), otherwise a copy.
+    /// is immutable: an SST of a native checkpoint, a file of a heap chain's earlier copy), otherwise a
+    /// copy.
     ///
     /// # Errors
     /// [`Error::Local`] if neither works.
-    #[cfg(feature = "rocksdb")]
     pub(crate) fn link_or_copy(&self, source: &Path, name: &str) -> Result<()> {
         let to = self.path_for(name);
         if std::fs::hard_link(source, &to).is_ok() {

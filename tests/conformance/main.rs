@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod incremental_model;
 mod model;
 mod timers;
 mod ttl;

@@ -1,4 +1,4 @@
-//! Incremental checkpoints of the RocksDB backend: the diff against the last confirmed checkpoint, restore,
+//! Incremental checkpoints of both backends: the diff against the last confirmed checkpoint, restore,
 //! and one test per known pitfall (named after its bug).
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
@@ -6,4 +6,5 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod heap;
 mod rocksdb;

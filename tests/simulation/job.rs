@@ -94,10 +94,17 @@ fn local_recovery(dir: &Path) -> Option<std::path::PathBuf> {
 /// Name of local recovery's directory in a simulation's directory.
 pub const LOCAL_RECOVERY_DIR: &str = "recovery";
 
-/// Settings of a subtask's heap backend: local recovery as the seed chose.
+/// Name of the marker in a simulation's directory that turns the heap backends' incremental checkpoints on
+/// (half the seeds, by the second bit of the seed, `Sim::new`).
+pub const HEAP_INCREMENTAL_MARK: &str = "heap-incremental";
+
+/// Settings of a subtask's heap backend: local recovery and incremental checkpoints (chains of at most 3
+/// files, so that full checkpoints come often) as the seed chose.
 fn heap_config(dir: &Path) -> HeapConfig {
     HeapConfig {
         local_recovery_dir: local_recovery(dir),
+        incremental: dir.join(HEAP_INCREMENTAL_MARK).is_dir(),
+        max_chain_files: 3,
         ..HeapConfig::default()
     }
 }

@@ -237,6 +237,11 @@ fn simulation() {
                 > 0,
             "no restore read a local copy in {seeds} seeds: local recovery is not exercised"
         );
+        // Half the seeds run the heap backends with incremental checkpoints (`Sim::new`).
+        assert!(
+            events.get("heap delta acknowledged").copied().unwrap_or(0) > 0,
+            "no heap delta was acknowledged in {seeds} seeds: heap incremental chains are not exercised"
+        );
     }
 }
 

@@ -198,6 +198,11 @@ impl Sim {
             std::fs::create_dir(dir.path().join(crate::job::LOCAL_RECOVERY_DIR))
                 .expect("recovery dir");
         }
+        // Heap incremental checkpoints by the seed's second bit, independent of local recovery.
+        if (seed / 2) % 2 == 1 {
+            std::fs::create_dir(dir.path().join(crate::job::HEAP_INCREMENTAL_MARK))
+                .expect("heap incremental mark");
+        }
         Sim {
             rng,
             clock,

@@ -321,6 +321,11 @@ impl Sim {
             return Ok(());
         };
         let task = timeline.tasks[i].ack(&result);
+        if result.handle.format == statebackend::snapshot::HandleFormat::KeyedChain
+            && result.handle.files.len() > 1
+        {
+            self.count("heap delta acknowledged");
+        }
         self.late.push((id, task.clone()));
         let metrics = Some(result.metrics);
         self.deliver_ack(n, id, task, metrics).await

@@ -120,7 +120,7 @@ async fn write(
                 ));
             }
             let kind = match handle.format {
-                HandleFormat::KeyedFile => BackendKind::Heap,
+                HandleFormat::KeyedFile | HandleFormat::KeyedChain => BackendKind::Heap,
                 _ => BackendKind::RocksDb,
             };
             let identity = SubtaskIdentity::new(

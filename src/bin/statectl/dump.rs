@@ -78,7 +78,10 @@ pub(crate) async fn dump(
         if key_group.is_some_and(|g| !handle.key_groups.contains(g)) {
             continue;
         }
-        if handle.format != HandleFormat::KeyedFile {
+        if !matches!(
+            handle.format,
+            HandleFormat::KeyedFile | HandleFormat::KeyedChain
+        ) {
             return Err(format!(
                 "{dir} is a native LSM snapshot (its rows are inside RocksDB's files): dump reads canonical snapshots (heap checkpoints, canonical savepoints)"
             ));

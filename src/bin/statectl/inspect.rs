@@ -19,8 +19,15 @@ fn format_name(f: HandleFormat) -> &'static str {
         HandleFormat::KeyedFile => "canonical keyed file",
         HandleFormat::RocksIncremental => "LSM native (RocksDB files)",
         HandleFormat::RocksIncrementalRowsV1 => "LSM native, row format 1 (not restorable)",
+        HandleFormat::KeyedChain => "heap incremental chain (full keyed file, then deltas)",
         _ => "unknown",
     }
+}
+
+/// Whether a handle of format `f` holds keyed files, which name their states (a chain's newest file
+/// names the chain's).
+fn keyed(f: HandleFormat) -> bool {
+    matches!(f, HandleFormat::KeyedFile | HandleFormat::KeyedChain)
 }
 
 fn state_kind(k: StateKind) -> &'static str {
@@ -45,7 +52,7 @@ pub(crate) async fn inspect(dir: &str, entries: bool, as_json: bool) -> Result<E
     let mut tasks = Vec::new();
     for task in &meta.tasks {
         let states: Option<Vec<(StateMeta, Option<u64>)>> = match &task.keyed_state {
-            Some(h) if h.format == HandleFormat::KeyedFile && entries => {
+            Some(h) if keyed(h.format) && entries => {
                 let (states, counts) =
                     statebackend::inspect::keyed_file_entry_counts(&at.storage, h)
                         .await
@@ -57,7 +64,7 @@ pub(crate) async fn inspect(dir: &str, entries: bool, as_json: bool) -> Result<E
                         .collect(),
                 )
             }
-            Some(h) if h.format == HandleFormat::KeyedFile => Some(
+            Some(h) if keyed(h.format) => Some(
                 statebackend::inspect::keyed_file_states(&at.storage, h)
                     .await
                     .map_err(|e| e.to_string())?

@@ -9,8 +9,16 @@ use crate::snapshot::state_meta::StateMeta;
 
 /// First 8 bytes of a keyed snapshot file, and its last 8.
 pub(crate) const MAGIC: &[u8; 8] = b"SBKEYED\x01";
-/// Current format version.
+/// Format version of a full file (every record of its key groups): what savepoints and full
+/// checkpoints are.
 pub(crate) const VERSION: u16 = 1;
+/// Format version of a delta file of a heap incremental checkpoint (`docs/formats.md`, "Delta files"):
+/// the header also lists the states whose records replace every earlier one, and a record may be a
+/// tombstone ([`TOMBSTONE`]).
+pub(crate) const DELTA_VERSION: u16 = 2;
+/// Bit of a record's `state` word that marks a tombstone in a delta file: the key and namespace are
+/// removed, the value bytes are empty.
+pub(crate) const TOMBSTONE: u32 = 1 << 31;
 /// Size of the fixed footer in bytes.
 pub(crate) const FOOTER_LEN: usize = 32;
 /// Size of the fixed part of the header (magic, version, body length).
@@ -40,6 +48,22 @@ pub(crate) struct FileHeader {
     pub(crate) max_parallelism: u32,
     pub(crate) key_groups: KeyGroupRange,
     pub(crate) states: Vec<StateMeta>,
+    /// `None` for a full file (version 1). For a delta file (version 2): the indices of the states whose
+    /// records here replace all their records of earlier files of the chain (rewritten whole: a state
+    /// registered anew, or one whose changes were not tracked); the other states' records and tombstones
+    /// apply on top of the earlier files'.
+    pub(crate) rewrite: Option<Vec<u32>>,
+}
+
+impl FileHeader {
+    /// The format version of a file with this header.
+    pub(crate) fn version(&self) -> u16 {
+        if self.rewrite.is_some() {
+            DELTA_VERSION
+        } else {
+            VERSION
+        }
+    }
 }
 
 /// One index entry: the frames of `key_group` occupy `[offset, offset + len)`.
@@ -72,6 +96,7 @@ pub(crate) struct KeyedFileWriter {
     compressor: Option<zstd::bulk::Compressor<'static>>,
     records: u64,
     raw_bytes: u64,
+    version: u16,
 }
 
 /// What a finished file is: its size, CRC32 and content counts.
@@ -102,7 +127,7 @@ impl KeyedFileWriter {
         let frame_capacity = options.frame_bytes.min(MAX_FRAME_RAW_LEN as usize);
         let mut out = Vec::with_capacity(frame_capacity);
         out.extend_from_slice(MAGIC);
-        out.put_u16(VERSION);
+        out.put_u16(header.version());
         let mut body = Vec::new();
         body.put_u32(header.max_parallelism);
         body.put_u32(header.key_groups.start());
@@ -115,6 +140,12 @@ impl KeyedFileWriter {
             body.try_put_bytes(s.namespace_codec.as_bytes(), "namespace codec")?;
             body.try_put_bytes(s.value_codec.as_bytes(), "value codec")?;
             body.try_put_bytes(s.user_key_codec.as_bytes(), "user key codec")?;
+        }
+        if let Some(rewrite) = &header.rewrite {
+            body.try_put_count(rewrite.len(), "rewritten state count")?;
+            for &state in rewrite {
+                body.put_u32(state);
+            }
         }
         out.try_put_count(body.len(), "header length")?;
         out.extend_from_slice(&body);
@@ -130,6 +161,7 @@ impl KeyedFileWriter {
             compressor,
             records: 0,
             raw_bytes: 0,
+            version: header.version(),
         })
     }
 
@@ -170,6 +202,25 @@ impl KeyedFileWriter {
             self.flush_frame()?;
         }
         Ok(())
+    }
+
+    /// Appends a tombstone of `(key, namespace)` of state `state` to the current key group: a delta
+    /// file's record that removes the entry the earlier files of the chain may hold.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] in a full file, which has no tombstones.
+    pub(crate) fn add_tombstone(
+        &mut self,
+        state: u32,
+        key: impl FnOnce(&mut Vec<u8>),
+        namespace: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
+        if self.version != DELTA_VERSION {
+            return Err(Error::InvalidArgument(
+                "a tombstone written into a full keyed file".into(),
+            ));
+        }
+        self.add_record(state | TOMBSTONE, key, namespace, |_| {})
     }
 
     fn flush_frame(&mut self) -> Result<()> {
@@ -246,7 +297,7 @@ impl KeyedFileWriter {
         self.out.put_u64(index_offset);
         self.out.put_u64(index.len() as u64);
         self.out.put_u32(crc32fast::hash(&index));
-        self.out.put_u16(VERSION);
+        self.out.put_u16(self.version);
         self.out.put_u16(0);
         self.out.extend_from_slice(MAGIC);
         let last = self.take_output();

@@ -4,8 +4,8 @@
 use std::io::Read;
 
 use super::{
-    CODEC_NONE, CODEC_ZSTD, FOOTER_LEN, FileHeader, HEADER_PREFIX_LEN, IndexEntry, MAGIC,
-    MAX_EXPANSION, MAX_FRAME_RAW_LEN, VERSION,
+    CODEC_NONE, CODEC_ZSTD, DELTA_VERSION, FOOTER_LEN, FileHeader, HEADER_PREFIX_LEN, IndexEntry,
+    MAGIC, MAX_EXPANSION, MAX_FRAME_RAW_LEN, VERSION,
 };
 use crate::error::{Error, Result};
 use crate::format::bytes::Decoder;
@@ -16,6 +16,8 @@ pub(crate) struct Footer {
     pub(crate) index_offset: u64,
     pub(crate) index_len: u64,
     index_crc: u32,
+    /// Format version: [`VERSION`] (a full file) or [`DELTA_VERSION`] (a delta file).
+    pub(crate) version: u16,
 }
 
 /// Parses the last [`FOOTER_LEN`] bytes of a file of `file_len` bytes.
@@ -38,10 +40,12 @@ pub(crate) fn parse_footer(bytes: &[u8], file_len: u64, path: &str) -> Result<Fo
             "bad magic at the end: not a keyed snapshot file or truncated",
         ));
     }
-    if version != VERSION {
+    if version != VERSION && version != DELTA_VERSION {
         return Err(Error::corrupt(
             path,
-            format!("unsupported format version {version}, this build reads {VERSION}"),
+            format!(
+                "unsupported format version {version}, this build reads {VERSION} and {DELTA_VERSION}"
+            ),
         ));
     }
     if reserved != 0 {
@@ -60,6 +64,7 @@ pub(crate) fn parse_footer(bytes: &[u8], file_len: u64, path: &str) -> Result<Fo
         index_offset,
         index_len,
         index_crc,
+        version,
     })
 }
 
@@ -104,10 +109,13 @@ pub(crate) fn header_len(prefix: &[u8], footer: &Footer, path: &str) -> Result<u
         return Err(Error::corrupt(path, "bad magic: not a keyed snapshot file"));
     }
     let version = d.u16("version")?;
-    if version != VERSION {
+    if version != footer.version {
         return Err(Error::corrupt(
             path,
-            format!("unsupported format version {version}, this build reads {VERSION}"),
+            format!(
+                "header says format version {version}, footer {}",
+                footer.version
+            ),
         ));
     }
     let len = HEADER_PREFIX_LEN as u64 + u64::from(d.u32("header length")?) + 4;
@@ -123,7 +131,8 @@ pub(crate) const HEADER_PREFIX: u64 = HEADER_PREFIX_LEN as u64;
 /// Parses the whole header (`header_len` bytes from offset 0).
 pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
     let mut d = Decoder::new(bytes, 0, path);
-    d.take(HEADER_PREFIX_LEN - 4, "magic and version")?;
+    d.take(HEADER_PREFIX_LEN - 6, "magic")?;
+    let version = d.u16("version")?;
     let body = d.bytes("header")?;
     let crc = d.u32("header crc")?;
     d.finish("header")?;
@@ -138,11 +147,28 @@ pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
     for _ in 0..n {
         states.push(d.state_meta()?);
     }
+    let rewrite = if version == DELTA_VERSION {
+        let count = d.count("rewritten state count", 4)?;
+        let mut rewrite = Vec::with_capacity(count);
+        for _ in 0..count {
+            let state = d.u32("rewritten state")?;
+            if state as usize >= states.len() || rewrite.last().is_some_and(|&p| p >= state) {
+                return Err(d.error(format!(
+                    "rewritten state {state} is not a state of the header, or out of order"
+                )));
+            }
+            rewrite.push(state);
+        }
+        Some(rewrite)
+    } else {
+        None
+    };
     d.finish("header body")?;
     Ok(FileHeader {
         max_parallelism,
         key_groups,
         states,
+        rewrite,
     })
 }
 

@@ -16,6 +16,7 @@ fn header() -> FileHeader {
             value_codec: "u64:be".into(),
             user_key_codec: String::new(),
         }],
+        rewrite: None,
     }
 }
 

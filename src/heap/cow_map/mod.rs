@@ -18,122 +18,11 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
+pub(crate) use probe::Entry;
+use probe::{MIN_SLOTS, Slot, find_in, home, place, remove_at, slots_for, stored_hash};
+
 /// Average entries per page above which the next page of the key group splits.
 pub(crate) const SPLIT_AT: usize = 64;
-/// Slots of the smallest page (a power of two).
-const MIN_SLOTS: usize = 8;
-
-/// One mapping `(key, namespace) -> value` with its map hash.
-#[derive(Clone, Debug)]
-pub(crate) struct Entry<K, N, S> {
-    /// The map hash; never zero so that an empty slot (`None`) costs no extra byte.
-    pub(crate) hash: NonZeroU64,
-    pub(crate) key: K,
-    pub(crate) ns: N,
-    pub(crate) value: S,
-}
-
-/// A page slot: empty or one entry.
-type Slot<K, N, S> = Option<Entry<K, N, S>>;
-
-/// The stored form of a map hash: zero becomes `u64::MAX`, so equal hashes stay equal.
-#[inline]
-fn stored_hash(hash: u64) -> NonZeroU64 {
-    NonZeroU64::new(hash).unwrap_or(NonZeroU64::MAX)
-}
-
-/// First slot to probe for `hash` in a page of `slots` slots (a power of two). Uses bits 32.., which the
-/// directory (low bits, at most 2^32 pages) never uses.
-#[inline]
-fn home(hash: u64, slots: usize) -> usize {
-    (hash >> 32) as usize & (slots - 1)
-}
-
-/// Slots for a page that will hold `entries`: a power of two, at most 3/4 full.
-fn slots_for(entries: usize) -> usize {
-    (entries * 4 / 3 + 1).next_power_of_two().max(MIN_SLOTS)
-}
-
-/// Slot of `(key, ns)` in `slots` and its entry, or `None`: a walk of the probe run from the home slot,
-/// which most entries occupy, so that check comes first in straight-line code. Pages always keep an empty
-/// slot, and the walk is bounded by the page size in any case.
-///
-/// (Comparing the first four slots of the run branch-free, SwissTable style, measured slower here: it
-/// touches more cache lines per lookup. Choosing between the home slot and the next one branch-free with
-/// `select_unpredictable` measured no faster at 1M keys and slower at 10k, see `docs/design.md`.)
-#[inline]
-fn find_in<'a, K: Eq, N: Eq, S>(
-    slots: &'a [Slot<K, N, S>],
-    hash: NonZeroU64,
-    key: &K,
-    ns: &N,
-) -> Option<(usize, &'a Entry<K, N, S>)> {
-    let mask = slots.len().wrapping_sub(1);
-    let mut i = home(hash.get(), slots.len());
-    match slots.get(i) {
-        Some(Some(e)) if e.hash == hash && e.key == *key && e.ns == *ns => return Some((i, e)),
-        Some(None) | None => return None,
-        Some(Some(_)) => i = (i + 1) & mask,
-    }
-    for _ in 1..slots.len() {
-        match slots.get(i)? {
-            None => return None,
-            Some(e) if e.hash == hash && e.key == *key && e.ns == *ns => return Some((i, e)),
-            Some(_) => i = (i + 1) & mask,
-        }
-    }
-    None
-}
-
-/// Puts `entry` into its probe run, Robin Hood style (Celis, 1986): walking from its home slot, it takes
-/// the place of the first resident that is closer to its own home, which then moves on in its place.
-/// Displacements stay even, so the entries inserted last (into fuller pages) are not the ones that sit
-/// far from home. Returns the slot `entry` ended in. The caller guarantees a free slot.
-#[inline]
-fn place<K, N, S>(slots: &mut [Slot<K, N, S>], mut entry: Entry<K, N, S>) -> usize {
-    let mask = slots.len() - 1;
-    let mut i = home(entry.hash.get(), slots.len());
-    let mut displacement = 0;
-    let mut landed = None;
-    loop {
-        match &mut slots[i] {
-            None => {
-                slots[i] = Some(entry);
-                return landed.unwrap_or(i);
-            }
-            Some(resident) => {
-                let theirs = i.wrapping_sub(home(resident.hash.get(), mask + 1)) & mask;
-                if theirs < displacement {
-                    std::mem::swap(resident, &mut entry);
-                    landed.get_or_insert(i);
-                    displacement = theirs;
-                }
-            }
-        }
-        i = (i + 1) & mask;
-        displacement += 1;
-    }
-}
-
-/// Removes the entry in slot `i` by backward-shift deletion (Knuth, TAOCP vol. 3, algorithm 6.4R): later
-/// entries of the same probe run move back, so lookups never need tombstones.
-fn remove_at<K, N, S>(slots: &mut [Slot<K, N, S>], i: usize) -> Option<Entry<K, N, S>> {
-    let mask = slots.len() - 1;
-    let removed = slots[i].take();
-    let mut hole = i;
-    let mut j = i;
-    loop {
-        j = (j + 1) & mask;
-        let Some(e) = &slots[j] else { break };
-        let its_home = home(e.hash.get(), slots.len());
-        // The entry at `j` may fill the hole unless its home lies cyclically in (hole, j].
-        if (j.wrapping_sub(its_home) & mask) >= (j.wrapping_sub(hole) & mask) {
-            slots[hole] = slots[j].take();
-            hole = j;
-        }
-    }
-    removed
-}
 
 /// Mutable access to the value behind `arc`, copying it first if a snapshot still shares it.
 ///
@@ -263,6 +152,22 @@ impl<K, N, S> KeyGroupMap<K, N, S> {
 }
 
 impl<K: Eq, N: Eq, S> KeyGroupMap<K, N, S> {
+    /// Whether `(key, ns)` with map hash `hash` (as the writer gave it) is in this key group.
+    pub(crate) fn contains(&self, hash: NonZeroU64, key: &K, ns: &N) -> bool {
+        self.find(hash, key, ns).is_some()
+    }
+
+    /// The entries whose stored map hash has the low [`changes::HASH_BITS`] bits `hash48`: those a logged
+    /// word ([`changes::word`]) names. The page is found by the low bits alone (a directory has fewer
+    /// than 2^32 pages), and every slot of it is compared.
+    pub(crate) fn with_hash_bits(&self, hash48: u64) -> impl Iterator<Item = &Entry<K, N, S>> {
+        self.pages
+            .get(self.page_no(hash48))
+            .into_iter()
+            .flat_map(|p| p.slots.iter().flatten())
+            .filter(move |e| e.hash.get() & changes::HASH_MASK == hash48)
+    }
+
     /// `(page, slot)` of `(key, ns)`.
     #[inline]
     fn find(&self, hash: NonZeroU64, key: &K, ns: &N) -> Option<(usize, usize)> {
@@ -359,6 +264,8 @@ pub(crate) struct CowMap<K, N, S> {
     len: usize,
     /// Number of snapshots taken so far.
     epoch: u64,
+    /// What changed since the checkpoints (heap incremental checkpoints); off unless turned on.
+    changes: ChangeTracker<K, N>,
 }
 
 impl<K, N, S> CowMap<K, N, S>
@@ -374,7 +281,24 @@ where
             groups: vec![empty; groups],
             len: 0,
             epoch: 0,
+            changes: ChangeTracker::off(),
         }
+    }
+
+    /// Tracks changes from now on (heap incremental checkpoints): the first delta writes the map whole.
+    pub(crate) fn track_changes(&mut self) {
+        self.changes.start();
+    }
+
+    /// A checkpoint's synchronous phase, with changes tracked: the segments a delta against the diff base
+    /// writes, the new one (changes since the last checkpoint) last. Empty when changes are not tracked.
+    pub(crate) fn cut_changes(&mut self, checkpoint_id: u64) -> Vec<Arc<Changes<K, N>>> {
+        self.changes.cut(checkpoint_id, self.len)
+    }
+
+    /// The diff base moved to checkpoint `base_id`: changes up to it are forgotten.
+    pub(crate) fn changes_base_moved(&mut self, base_id: u64) {
+        self.changes.base_moved(base_id);
     }
 
     /// Number of entries.
@@ -399,7 +323,9 @@ where
     /// Mutable access to the value of `(key, ns)`; copies shared structure only if the entry exists.
     #[inline]
     pub(crate) fn get_mut(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<&mut S> {
-        let (p, i) = self.groups[kg].find(stored_hash(hash), key, ns)?;
+        let stored = stored_hash(hash);
+        let (p, i) = self.groups[kg].find(stored, key, ns)?;
+        self.changes.written(kg, stored.get());
         let group = unique_group(&mut self.groups[kg]);
         page_slots(&mut group.pages[p], self.epoch)[i]
             .as_mut()
@@ -418,6 +344,7 @@ where
     ) -> &mut S {
         let hash = stored_hash(hash);
         let found = self.groups[kg].find(hash, key, ns);
+        self.changes.written(kg, hash.get());
         let group = unique_group(&mut self.groups[kg]);
         let (p, i) = found.unwrap_or_else(|| {
             self.len += 1;
@@ -460,6 +387,7 @@ where
         let hash = stored_hash(hash);
         let Some((p, i)) = self.groups[kg].find(hash, key, ns) else {
             if let Some(value) = f(None) {
+                self.changes.written(kg, hash.get());
                 self.len += 1;
                 let entry = Entry {
                     hash,
@@ -476,9 +404,14 @@ where
         let slots = page_slots(page, self.epoch);
         let Some(entry) = &mut slots[i] else { return };
         match f(Some(&entry.value)) {
-            Some(value) => entry.value = value,
+            Some(value) => {
+                entry.value = value;
+                self.changes.written(kg, hash.get());
+            }
             None => {
-                remove_at(slots, i);
+                if let Some(removed) = remove_at(slots, i) {
+                    self.changes.removed(kg, hash, removed.key, removed.ns);
+                }
                 page.entries -= 1;
                 group.len -= 1;
                 self.len -= 1;
@@ -513,6 +446,8 @@ where
         page.entries -= 1;
         group.len -= 1;
         self.len -= 1;
+        self.changes
+            .removed(kg, removed.hash, removed.key, removed.ns);
         Some(removed.value)
     }
 
@@ -521,6 +456,7 @@ where
         let group = unique_group(&mut self.groups[kg]);
         if let Some(e) = &mut page_slots(&mut group.pages[page], self.epoch)[slot] {
             e.value = value;
+            self.changes.written(kg, e.hash.get());
         }
     }
 
@@ -581,11 +517,14 @@ impl<K, N, S> CowSnapshot<K, N, S> {
 
 mod batch;
 mod build;
+pub(crate) mod changes;
 mod cow_arc;
+mod probe;
 pub(crate) mod sweep;
 
 pub(crate) use batch::PageRef;
 pub(crate) use build::GroupBuilder;
+pub(crate) use changes::{ChangeTracker, Changes};
 pub(crate) use cow_arc::CowArc;
 #[cfg(test)]
 mod tests;

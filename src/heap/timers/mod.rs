@@ -11,6 +11,7 @@ use std::any::Any;
 use crate::error::{Error, Result};
 use crate::format::keyed_file::KeyedFileWriter;
 use crate::heap::cow_map::CowArc;
+use crate::heap::delta::Cut;
 use crate::heap::table::{ErasedTable, FrozenTable, RawTable};
 use crate::keyed::backend::StateKey;
 use crate::keyed::heads::KeyGroupHeads;
@@ -144,7 +145,8 @@ impl<K: StateKey, N: StateKey> ErasedTable<K> for TimerTable<K, N> {
     fn meta(&self) -> &StateMeta {
         &self.meta
     }
-    fn freeze(&mut self, _times: &TtlTimes) -> Box<dyn FrozenTable> {
+    /// Timers are written whole by every snapshot, deltas included (they replace the earlier files').
+    fn freeze(&mut self, _times: &TtlTimes, _cut: Cut) -> Box<dyn FrozenTable> {
         Box::new(FrozenTimers(self.groups.clone()))
     }
     /// Exact, without changing the table: key groups with unresolved writes are sorted aside.

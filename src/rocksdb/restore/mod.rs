@@ -260,7 +260,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let loads = overlapping
             .iter()
-            .map(|h| load_handle(storage, h, owned, "LSM", local.as_ref()));
+            .map(|h| load_handle(storage, h, owned, "LSM", local.as_ref(), false));
         let loaded = futures::future::try_join_all(loads).await?;
         let mut sources = RestoreSources::default();
         for file in &loaded {

@@ -95,6 +95,7 @@ impl CanonicalExport {
             max_parallelism,
             key_groups: self.identity.key_groups(),
             states: self.states.clone(),
+            rewrite: None,
         };
         let mut writer = KeyedFileWriter::new(
             &header,

@@ -1,0 +1,202 @@
+//! Heap incremental checkpoints against full ones, same state, same churn, same sitting:
+//! `SB_HI_KEYS` `u64` keys (default 1M) with `u64` values in one value state, storage in memory. Each
+//! measured iteration first writes 1% of the keys (untimed; uniform, or Zipf with exponent 1 over the key
+//! space), then takes one checkpoint (synchronous + asynchronous phase) and confirms it:
+//! - `heap_checkpoint_1pct/full`: `HeapConfig::incremental` off, every checkpoint writes every entry;
+//! - `heap_checkpoint_1pct/incremental_uniform`, `.../incremental_zipf`: incremental on, chains of up to
+//!   10 files (so one checkpoint in ten is full, as a long run sees them);
+//! - `heap_restore/full`, `heap_restore/chain_of_10`: restore of 1M keys from one full checkpoint, and
+//!   from a full checkpoint plus 9 deltas of 1% churn each.
+//!
+//! It then prints, per variant, the median bytes uploaded by a delta and its synchronous and
+//! asynchronous phases. Run: `cargo bench --bench heap_incremental`. Targets (`docs/heap-incremental.md`):
+//! a delta at 1% churn of 1M keys ≤ 200 KB, synchronous phase ≤ 1 ms, asynchronous ≤ 10 ms; restore of a
+//! chain of 10 ≤ 1.3× the full restore.
+
+#![allow(missing_docs, reason = "criterion macros generate undocumented items")]
+#![allow(clippy::unwrap_used, reason = "a bench fails loudly")]
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::*;
+
+const NS: VoidNamespace = VoidNamespace;
+
+fn keys() -> u64 {
+    std::env::var("SB_HI_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+#[derive(Clone, Copy)]
+enum Churn {
+    Uniform,
+    Zipf,
+}
+
+struct Job {
+    backend: HeapKeyedStateBackend<u64>,
+    state: ValueState<VoidNamespace, u64>,
+    storage: CheckpointStorage,
+    next_id: u64,
+    rng: rand::rngs::StdRng,
+    zipf: Zipf<f64>,
+    /// (bytes uploaded, files in the handle, sync phase, async phase) per measured checkpoint.
+    stats: Vec<(u64, usize, Duration, Duration)>,
+    last: Option<KeyedStateHandle>,
+}
+
+impl Job {
+    fn new(incremental: bool) -> Self {
+        let config = HeapConfig {
+            incremental,
+            ..HeapConfig::default()
+        };
+        let identity = SubtaskIdentity::new("op", 128, 1, 0).unwrap();
+        let mut backend = HeapKeyedStateBackend::new(identity, config).unwrap();
+        let state = backend
+            .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
+            .unwrap();
+        for k in 0..keys() {
+            backend.set_current_key(k).unwrap();
+            state.update(&mut backend, &NS, k).unwrap();
+        }
+        Job {
+            backend,
+            state,
+            storage: CheckpointStorage::in_memory("heap-incremental").unwrap(),
+            next_id: 1,
+            rng: rand::rngs::StdRng::seed_from_u64(7),
+            zipf: Zipf::new(keys() as f64, 1.0).unwrap(),
+            stats: Vec::new(),
+            last: None,
+        }
+    }
+
+    fn churn(&mut self, churn: Churn) {
+        for _ in 0..keys() / 100 {
+            let k = match churn {
+                Churn::Uniform => self.rng.random_range(0..keys()),
+                Churn::Zipf => self.zipf.sample(&mut self.rng) as u64 - 1,
+            };
+            self.backend.set_current_key(k).unwrap();
+            let v: u64 = self.rng.random();
+            self.state.update(&mut self.backend, &NS, v).unwrap();
+        }
+    }
+
+    /// One checkpoint, confirmed; returns its duration (both phases).
+    fn checkpoint(&mut self, rt: &tokio::runtime::Runtime) -> Duration {
+        let id = self.next_id;
+        self.next_id += 1;
+        let started = Instant::now();
+        let pending = self.backend.snapshot(id, &self.storage).unwrap();
+        let result = rt.block_on(pending.run()).unwrap();
+        let took = started.elapsed();
+        self.backend.notify_checkpoint_complete(id);
+        let m = &result.metrics;
+        self.stats.push((
+            m.checkpointed_bytes,
+            result.handle.files.len(),
+            m.sync_duration,
+            m.async_duration,
+        ));
+        self.last = Some(result.handle);
+        took
+    }
+}
+
+fn median<T: Copy + Ord>(mut v: Vec<T>) -> Option<T> {
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+fn report(name: &str, job: &Job) {
+    let deltas: Vec<_> = job.stats.iter().filter(|s| s.1 != 1).collect();
+    let full: Vec<_> = job.stats.iter().filter(|s| s.1 == 1).collect();
+    eprintln!(
+        "heap_incremental {name}: {} checkpoints ({} deltas); median delta {:?} bytes, sync {:?}, async {:?}; \
+         median full {:?} bytes, async {:?}",
+        job.stats.len(),
+        deltas.len(),
+        median(deltas.iter().map(|s| s.0).collect()),
+        median(deltas.iter().map(|s| s.2).collect()),
+        median(deltas.iter().map(|s| s.3).collect()),
+        median(full.iter().map(|s| s.0).collect()),
+        median(full.iter().map(|s| s.3).collect()),
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("heap_checkpoint_1pct");
+    g.sample_size(20);
+    for (name, incremental, churn) in [
+        ("full", false, Churn::Uniform),
+        ("incremental_uniform", true, Churn::Uniform),
+        ("incremental_zipf", true, Churn::Zipf),
+    ] {
+        let mut job = Job::new(incremental);
+        job.checkpoint(&rt);
+        job.stats.clear();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    job.churn(churn);
+                    total += job.checkpoint(&rt);
+                }
+                total
+            })
+        });
+        report(name, &job);
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("heap_restore");
+    g.sample_size(10);
+    let mut full = Job::new(false);
+    full.checkpoint(&rt);
+    let mut chain = Job::new(true);
+    chain.checkpoint(&rt);
+    for _ in 0..9 {
+        chain.churn(Churn::Uniform);
+        chain.checkpoint(&rt);
+    }
+    assert_eq!(chain.last.as_ref().unwrap().files.len(), 10);
+    for (name, job) in [("full", &full), ("chain_of_10", &chain)] {
+        let handles = vec![job.last.clone().unwrap()];
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let identity = SubtaskIdentity::new("op", 128, 1, 0).unwrap();
+                let mut restored = rt
+                    .block_on(HeapKeyedStateBackend::<u64>::restore(
+                        identity,
+                        HeapConfig::default(),
+                        &job.storage,
+                        &handles,
+                        RestoreMode::Claim,
+                    ))
+                    .unwrap();
+                // Registering decodes the restored records into the map, as a job's first access does.
+                restored
+                    .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
+                    .unwrap();
+                restored
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,191 @@
+//! The heap backend's side of incremental checkpoints (`docs/heap-incremental.md`): the diff base (the
+//! chain of files of the last checkpoint this backend confirmed), the uploads in flight, and what
+//! confirmations and aborts do to them. The rules are the RocksDB backend's (`docs/protocol.md`,
+//! "Backends: notifications are hints, restore validates"): only a confirmed checkpoint whose upload
+//! finished here becomes the base, a savepoint never does, and an abort of a delta drops the base when it
+//! may be stale (a rebase: the next checkpoint is full).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::heap::delta::Cut;
+use crate::snapshot::handle::StateFile;
+use crate::storage::CheckpointStorage;
+
+/// Aborted deltas in a row after which the backend rebases.
+const REBASE_AFTER_ABORTS: u32 = 3;
+/// Unresolved checkpoints remembered; older ones are forgotten (their confirmation is then ignored).
+const MAX_PENDING: usize = 64;
+
+/// A checkpoint of the chain whose asynchronous phase runs or ran, neither confirmed nor aborted yet.
+pub(crate) struct PendingChain {
+    /// Aborted while its upload ran: the upload deletes its file and fails.
+    pub(crate) aborted: bool,
+    /// The chain of the finished upload, full file first: what the checkpoint's handle lists.
+    pub(crate) files: Option<Vec<StateFile>>,
+    /// Whether it is a delta (it reuses the base's files).
+    pub(crate) delta: bool,
+    /// Where its files are.
+    pub(crate) storage: CheckpointStorage,
+}
+
+/// The chains in flight, shared with their asynchronous phases.
+pub(crate) type PendingChains = Arc<Mutex<BTreeMap<u64, PendingChain>>>;
+
+/// The diff base: the files of the last checkpoint this backend confirmed.
+#[derive(Clone)]
+struct Base {
+    checkpoint_id: u64,
+    files: Vec<StateFile>,
+    storage: CheckpointStorage,
+}
+
+/// What the asynchronous phase of a checkpoint of a chain needs.
+pub(crate) struct ChainUpload {
+    /// The base's files (empty for a full checkpoint), which the new file is appended to.
+    pub(crate) base: Vec<StateFile>,
+    /// The base's checkpoint (`None` for a full checkpoint): where its local copies are.
+    pub(crate) base_id: Option<u64>,
+    pub(crate) pending: PendingChains,
+}
+
+/// The chain bookkeeping of one heap backend with incremental checkpoints on.
+pub(crate) struct ChainBook {
+    /// Files a chain holds at most; the next checkpoint is full once the base has this many.
+    max_files: usize,
+    base: Option<Base>,
+    pending: PendingChains,
+    aborts_reusing_base: u32,
+}
+
+impl ChainBook {
+    /// No base yet: the first checkpoint is full. Chains hold at most `max_files` files (at least 1).
+    pub(crate) fn new(max_files: usize) -> Self {
+        ChainBook {
+            max_files: max_files.max(1),
+            base: None,
+            pending: PendingChains::default(),
+            aborts_reusing_base: 0,
+        }
+    }
+
+    /// The synchronous phase of checkpoint `checkpoint_id` into `storage`: how the tables are cut (a full
+    /// checkpoint when there is no base, it lives in another storage, its chain is at its length limit
+    /// or its deltas passed its full file's bytes; a delta otherwise), and what the upload needs.
+    pub(crate) fn begin(
+        &mut self,
+        checkpoint_id: u64,
+        storage: &CheckpointStorage,
+    ) -> (Cut, ChainUpload) {
+        if self
+            .base
+            .as_ref()
+            .is_some_and(|b| !b.storage.same_location(storage))
+        {
+            tracing::info!(
+                checkpoint_id,
+                "heap backend: the diff base lives in another storage; this checkpoint is full"
+            );
+            self.base = None;
+        }
+        let base = self.base.as_ref().filter(|b| {
+            let delta_bytes: u64 = b.files.iter().skip(1).map(|f| f.size_bytes).sum();
+            let full_bytes = b.files.first().map_or(0, |f| f.size_bytes);
+            b.files.len() < self.max_files && delta_bytes <= full_bytes
+        });
+        let (cut, files, base_id) = match base {
+            Some(b) => (
+                Cut::Delta(checkpoint_id),
+                b.files.clone(),
+                Some(b.checkpoint_id),
+            ),
+            None => (Cut::Full(checkpoint_id), Vec::new(), None),
+        };
+        let mut pending = self.pending.lock();
+        pending.insert(
+            checkpoint_id,
+            PendingChain {
+                aborted: false,
+                files: None,
+                delta: base_id.is_some(),
+                storage: storage.clone(),
+            },
+        );
+        while pending.len() > MAX_PENDING {
+            pending.pop_first();
+        }
+        drop(pending);
+        let upload = ChainUpload {
+            base: files,
+            base_id,
+            pending: self.pending.clone(),
+        };
+        (cut, upload)
+    }
+
+    /// `notify_checkpoint_complete`: the checkpoint becomes the base if its upload finished here and it
+    /// was not aborted; returns the new base's id (the tables then drop their changes up to it).
+    pub(crate) fn confirmed(&mut self, checkpoint_id: u64) -> Option<u64> {
+        let mut pending = self.pending.lock();
+        let finished = pending
+            .get(&checkpoint_id)
+            .is_some_and(|p| !p.aborted && p.files.is_some());
+        if !finished {
+            return None;
+        }
+        let p = pending.remove(&checkpoint_id)?;
+        pending.retain(|id, _| *id > checkpoint_id);
+        drop(pending);
+        if self
+            .base
+            .as_ref()
+            .is_some_and(|b| b.checkpoint_id >= checkpoint_id)
+        {
+            return None;
+        }
+        self.base = Some(Base {
+            checkpoint_id,
+            files: p.files?,
+            storage: p.storage,
+        });
+        self.aborts_reusing_base = 0;
+        Some(checkpoint_id)
+    }
+
+    /// `notify_checkpoint_aborted`: a running upload is flagged (it deletes its file and fails); a
+    /// finished delta is forgotten and the base dropped when it may be stale, as the RocksDB backend's
+    /// rebase: an older finished upload is still unresolved (a lost notification), or this is the third
+    /// aborted delta in a row.
+    pub(crate) fn aborted(&mut self, checkpoint_id: u64) {
+        let mut pending = self.pending.lock();
+        let Some(p) = pending.get_mut(&checkpoint_id) else {
+            return;
+        };
+        if p.files.is_none() {
+            p.aborted = true;
+            return;
+        }
+        let delta = p.delta;
+        pending.remove(&checkpoint_id);
+        let base_id = self.base.as_ref().map(|b| b.checkpoint_id);
+        let lost_notification = pending.iter().any(|(id, u)| {
+            *id < checkpoint_id && u.files.is_some() && base_id.is_none_or(|b| *id > b)
+        });
+        drop(pending);
+        if delta {
+            self.aborts_reusing_base += 1;
+        }
+        if delta && (lost_notification || self.aborts_reusing_base >= REBASE_AFTER_ABORTS) {
+            tracing::info!(
+                checkpoint_id,
+                lost_notification,
+                aborts = self.aborts_reusing_base,
+                "heap backend: the diff base may be stale; the next checkpoint is full"
+            );
+            self.base = None;
+            self.aborts_reusing_base = 0;
+        }
+    }
+}
