@@ -96,11 +96,12 @@ impl<K: StateKey, N: StateKey> FrozenChanges<K, N> {
         let hi = self.words.partition_point(|w| w >> HASH_BITS <= kg);
         if let Some(group) = group {
             for &w in &self.words[lo..hi] {
-                for e in group.with_hash_bits(w & HASH_MASK) {
+                group.try_for_each_with_hash_bits(w & HASH_MASK, |e| {
                     if !write(e, writer)? {
                         writer.add_tombstone(state, |b| e.key.encode(b), |b| e.ns.encode(b))?;
                     }
-                }
+                    Ok(())
+                })?;
             }
         }
         let lo = self.removed.partition_point(|r| (r.0 as usize) < kg_index);

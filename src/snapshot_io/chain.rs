@@ -51,7 +51,7 @@ pub(crate) fn merge(files: Vec<LoadedFile>) -> Result<LoadedFile> {
     let mut seen = hashbrown::HashSet::with_hasher(foldhash::fast::FixedState::with_seed(0));
     for (kg, parts) in by_group {
         seen.clear();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(parts.iter().map(|(_, b)| b.len()).sum());
         for (j, bytes) in parts {
             let file = &files[j];
             for record in records(bytes, &file.path) {

@@ -1,8 +1,6 @@
 //! Reading a keyed snapshot file: footer, index, header, frames and records, each checked before use
 //! (format in `docs/formats.md`, "Keyed snapshot file").
 
-use std::io::Read;
-
 use super::{
     CODEC_NONE, CODEC_ZSTD, DELTA_VERSION, FOOTER_LEN, FileHeader, HEADER_PREFIX_LEN, IndexEntry,
     MAGIC, MAX_EXPANSION, MAX_FRAME_RAW_LEN, VERSION,
@@ -180,6 +178,26 @@ pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming `path` and the offset for a bad header, checksum or payload.
+/// Runs `f` with this thread's zstd decompression context. Creating a context costs more than
+/// decompressing a small frame (a heap incremental chain has a frame per key group in each delta file:
+/// `docs/heap-incremental.md`, "Measured"), so each thread keeps one.
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let z = match &mut *slot {
+            Some(z) => z,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        f(z)
+    })
+}
+
 pub(crate) fn decode_frames(bytes: &[u8], offset: u64, path: &str) -> Result<Vec<u8>> {
     let mut frames = Vec::new();
     let mut total: u64 = 0;
@@ -214,11 +232,11 @@ pub(crate) fn decode_frames(bytes: &[u8], offset: u64, path: &str) -> Result<Vec
         }
         let start = raw.len();
         if codec == CODEC_ZSTD {
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(stored)
-                .map_err(|e| d.error(format!("zstd: {e}")))?;
-            (&mut decoder)
-                .take(u64::from(raw_len) + 1)
-                .read_to_end(&mut raw)
+            // Appended into the capacity reserved above (no zero-fill first); a frame that decodes to
+            // more than the capacity fails, one of another length than `raw_len` fails below.
+            let mut cursor = std::io::Cursor::new(&mut raw);
+            cursor.set_position(start as u64);
+            with_decompressor(|z| z.decompress_to_buffer(stored, &mut cursor))
                 .map_err(|e| d.error(format!("zstd frame does not decode: {e}")))?;
         } else {
             raw.extend_from_slice(stored);

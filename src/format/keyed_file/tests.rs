@@ -131,10 +131,19 @@ fn zstd_frame_claiming_over_1024_times_its_bytes_is_refused_before_allocation() 
     let err = decode_frames(&bad, 100, "test").unwrap_err();
     assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
     assert!(err.to_string().contains("above the limit"), "{err}");
-    // A claim at the limit passes the header check; the payload then decodes to fewer bytes than
-    // claimed, and that is the error. The allocation was at most 1,024 times the block.
+    // A claim at the limit passes the header check; the payload (1 MiB) does not fit the bytes claimed
+    // and reserved, and that is the error. The allocation was at most 1,024 times the block.
     let at_limit = frame(CODEC_ZSTD, zeros.len() as u32 * 1024, &zeros);
     let err = decode_frames(&at_limit, 0, "test").unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+    assert!(err.to_string().contains("does not decode"), "{err}");
+    // A claim above what the payload decodes to: the length check is the error.
+    let data: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let packed = zstd::bulk::compress(&data, 3).unwrap();
+    let short = frame(CODEC_ZSTD, data.len() as u32 + 100, &packed);
+    let err = decode_frames(&short, 0, "test").unwrap_err();
     assert!(err.to_string().contains("its header says"), "{err}");
 }
 

@@ -157,15 +157,41 @@ impl<K: Eq, N: Eq, S> KeyGroupMap<K, N, S> {
         self.find(hash, key, ns).is_some()
     }
 
-    /// The entries whose stored map hash has the low [`changes::HASH_BITS`] bits `hash48`: those a logged
-    /// word ([`changes::word`]) names. The page is found by the low bits alone (a directory has fewer
-    /// than 2^32 pages), and every slot of it is compared.
-    pub(crate) fn with_hash_bits(&self, hash48: u64) -> impl Iterator<Item = &Entry<K, N, S>> {
-        self.pages
-            .get(self.page_no(hash48))
-            .into_iter()
-            .flat_map(|p| p.slots.iter().flatten())
-            .filter(move |e| e.hash.get() & changes::HASH_MASK == hash48)
+    /// Calls `f` with every entry whose stored map hash has the low [`changes::HASH_BITS`] bits
+    /// `hash48`: those a logged word ([`changes::word`]) names. The page is found by the low bits alone (a
+    /// directory has fewer than 2^32 pages); inside it, the probe run from the home slot holds them all
+    /// (Robin Hood placement leaves no empty slot between an entry and its home), and the home slot
+    /// depends on bits 32..48 only while the page has at most 2^16 slots; a larger page is scanned whole.
+    ///
+    /// # Errors
+    /// The first error of `f`, which then sees no further entry.
+    pub(crate) fn try_for_each_with_hash_bits<E>(
+        &self,
+        hash48: u64,
+        mut f: impl FnMut(&Entry<K, N, S>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Some(page) = self.pages.get(self.page_no(hash48)) else {
+            return Ok(());
+        };
+        let slots = &page.slots;
+        let matches = |e: &Entry<K, N, S>| e.hash.get() & changes::HASH_MASK == hash48;
+        if slots.len() > 1 << (changes::HASH_BITS - 32) {
+            return slots
+                .iter()
+                .flatten()
+                .filter(|e| matches(e))
+                .try_for_each(f);
+        }
+        let mask = slots.len() - 1;
+        let mut i = home(hash48, slots.len());
+        for _ in 0..slots.len() {
+            let Some(e) = &slots[i] else { break };
+            if matches(e) {
+                f(e)?;
+            }
+            i = (i + 1) & mask;
+        }
+        Ok(())
     }
 
     /// `(page, slot)` of `(key, ns)`.

@@ -267,3 +267,35 @@ fn a_sweep_in_small_steps_removes_and_rewrites_like_the_model_and_spares_a_snaps
     frozen.sort();
     assert_eq!(frozen, before);
 }
+
+/// A logged word names its entries by the low 48 bits of their hash: the probe-run walk must find every
+/// entry with those bits, including ones that differ above them and ones pushed along the run by Robin
+/// Hood insertion or left by backward-shift deletion, and nothing else.
+#[test]
+fn entries_are_found_by_the_low_48_bits_of_their_hash() {
+    let mut map: CowMap<u64, u32, u64> = CowMap::new(1);
+    // Hashes in 64 classes of equal low 48 bits; high bits tell the members apart.
+    let hash = |k: u64| (h(k % 64) & changes::HASH_MASK) | ((k / 64) << 48);
+    for k in 0..6_000u64 {
+        map.insert(0, hash(k), &k, &0, k);
+    }
+    for k in (0..6_000u64).step_by(7) {
+        map.remove(0, hash(k), &k, &0);
+    }
+    let group = map.snapshot().take_group(0).unwrap();
+    for class in 0..64u64 {
+        let bits = hash(class) & changes::HASH_MASK;
+        let mut found = Vec::new();
+        group
+            .try_for_each_with_hash_bits(bits, |e| {
+                found.push(e.key);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        found.sort_unstable();
+        let expected: Vec<u64> = (0..6_000u64)
+            .filter(|k| k % 64 == class && k % 7 != 0)
+            .collect();
+        assert_eq!(found, expected, "class {class}");
+    }
+}
