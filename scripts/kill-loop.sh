@@ -8,7 +8,8 @@
 #   - no LSM instance directory is left in the local directory,
 #   - the last restore read every file from the local copies of local recovery (`docs/local-recovery.md`:
 #     a copy is published before its checkpoint can complete, so the latest completed one always has one).
-# usage: scripts/kill-loop.sh [heap|rocksdb] [KILLS] [CHECKPOINT_URL]
+# usage: scripts/kill-loop.sh [heap|heap-incremental|rocksdb] [KILLS] [CHECKPOINT_URL]
+#   heap-incremental: the heap backend with incremental checkpoints (chains of shared files).
 #   CHECKPOINT_URL: default a new local directory; s3://bucket/prefix needs the S3 variables
 #   (`. scripts/s3-test-server.sh`) and builds the job with --features aws.
 set -euo pipefail
@@ -28,7 +29,9 @@ job="kill-loop-$backend-$$"
 # A file source: a restarted run seeks to the checkpointed offset at once (a generated stream would be
 # generated again first). Skewed words, as the job's own generator makes.
 awk -v n="${KILL_LOOP_LINES:-8000000}" 'BEGIN { srand(7); for (i = 0; i < n; i++) print "w" int(60000 * rand() ^ 3) }' >"$work/input.txt"
-args=(--backend "$backend" --input "$work/input.txt" --checkpoint-every 25000
+backend_args=(--backend "$backend")
+[ "$backend" = heap-incremental ] && backend_args=(--backend heap --heap-incremental)
+args=("${backend_args[@]}" --input "$work/input.txt" --checkpoint-every 25000
   --parallelism 2 --retained 2 --restart none --checkpoint-dir "$ck" --job-id "$job"
   --local-dir "$work/local" --local-recovery-dir "$work/recovery" --output "$work/counts.tsv")
 killed=0 finished_early=0 mid_checkpoint=0 staged_kills=0 runs=0

@@ -9,10 +9,14 @@ use clap::builder::RangedU64ValueParser;
 #[derive(Parser, Debug)]
 #[command(about = "Checkpointed word count on a statebackend keyed state backend")]
 pub(crate) struct Args {
-    /// State backend: `heap` (copy-on-write maps, full snapshots) or `rocksdb` (LSM, incremental
-    /// checkpoints).
+    /// State backend: `heap` (copy-on-write maps, full snapshots unless `--heap-incremental`) or `rocksdb`
+    /// (LSM, incremental checkpoints).
     #[arg(long, default_value = "heap", value_parser = ["heap", "rocksdb"])]
     pub(crate) backend: String,
+    /// Incremental checkpoints of the heap backend (`docs/heap-incremental.md`): after a confirmed
+    /// checkpoint, each writes only the counts changed since.
+    #[arg(long)]
+    pub(crate) heap_incremental: bool,
     /// Local directory of the rocksdb backend: each subtask's backend creates a directory of its own in
     /// it and removes that one when it ends (default: `statebackend-<job id>` in the temporary directory).
     #[arg(long, value_parser = local_path)]

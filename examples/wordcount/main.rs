@@ -245,6 +245,7 @@ impl Job {
             },
             heap: HeapConfig {
                 local_recovery_dir,
+                incremental: self.args.heap_incremental,
                 ..HeapConfig::default()
             },
         })
