@@ -12,12 +12,15 @@ use crate::heap::checkpoints::HeapCheckpoints;
 use crate::heap::config::HeapConfig;
 use crate::heap::states::StateTables;
 use crate::heap::table::RawTable;
+use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::handle::KeyedStateHandle;
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot::result::RestoreSources;
-use crate::snapshot_io::load::load_handle;
+use crate::snapshot::state_meta::StateMeta;
+use crate::snapshot_io::chain::visit;
+use crate::snapshot_io::load::load_parts;
 use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 
@@ -61,77 +64,136 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let loads = relevant
             .into_iter()
-            .map(|h| load_handle(storage, h, range, "heap", local.as_ref(), true));
+            .map(|h| load_parts(storage, h, range, "heap", local.as_ref(), true));
         let loaded = futures::future::try_join_all(loads).await?;
         let mut sources = RestoreSources::default();
-        for file in &loaded {
+        for file in loaded.iter().flatten() {
             sources.merge(&file.sources);
         }
-
-        // Per state, record bytes per key-group index, only for key groups that have records: a header
-        // may name many states, and a dense vector per state and key group would let a small file
-        // allocate states x key groups before any record is read.
-        let mut raw: Vec<(
-            crate::snapshot::state_meta::StateMeta,
-            BTreeMap<usize, Vec<u8>>,
-            usize,
-        )> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
-        for file in &loaded {
-            let mut slots = Vec::with_capacity(file.header.states.len());
-            for meta in &file.header.states {
-                let slot = *by_name.entry(meta.name.clone()).or_insert_with(|| {
-                    raw.push((meta.clone(), BTreeMap::new(), 0));
-                    raw.len() - 1
-                });
-                if raw[slot].0 != *meta {
-                    // Every file is intact (its checksums held): the subtasks wrote the state with
-                    // different codecs (a partly upgraded job). Not a corrupt file, so a restore never
-                    // falls back over it to an older checkpoint.
-                    raw[slot].0.check_compatible(meta).map_err(|e| match e {
-                        Error::IncompatibleSchema { state, reason } => Error::IncompatibleSchema {
-                            state,
-                            reason: format!(
-                                "{reason} in another file of the same checkpoint ({})",
-                                file.path
-                            ),
-                        },
-                        other => other,
-                    })?;
-                }
-                slots.push(slot);
-            }
-            for (key_group, bytes) in &file.groups {
-                let kg_index = range.index_of(*key_group).ok_or_else(|| {
-                    Error::corrupt(&file.path, "key group outside the restore range")
+        let mut raw = RawStates::default();
+        for parts in &loaded {
+            let [file] = parts.as_slice() else {
+                // A chain: its records visited newest file first, without a merged copy.
+                let newest = parts.last().expect("a chain has files");
+                let slots = raw.slots(&newest.header.states, &newest.path)?;
+                let path = &newest.path;
+                let max_parallelism = newest.header.max_parallelism;
+                visit(parts, |key_group, state, key, namespace, value| {
+                    check_key_group(key, max_parallelism, key_group, path)?;
+                    raw.add(
+                        slots[state as usize],
+                        range,
+                        key_group,
+                        path,
+                        [key, namespace, value],
+                    )
                 })?;
+                continue;
+            };
+            let slots = raw.slots(&file.header.states, &file.path)?;
+            for (key_group, bytes) in &file.groups {
                 for record in keyed_file::records(bytes, &file.path) {
                     let r = record?;
                     let slot = *slots.get(r.state as usize).ok_or_else(|| {
                         Error::corrupt(&file.path, format!("record of unknown state {}", r.state))
                     })?;
                     check_key_group(r.key, file.header.max_parallelism, *key_group, &file.path)?;
-                    let (_, groups, len) = &mut raw[slot];
-                    let out = groups.entry(kg_index).or_default();
-                    out.put_bytes(r.key);
-                    out.put_bytes(r.namespace);
-                    out.put_bytes(r.value);
-                    *len += 1;
+                    raw.add(
+                        slot,
+                        range,
+                        *key_group,
+                        &file.path,
+                        [r.key, r.namespace, r.value],
+                    )?;
                 }
             }
         }
         let mut states = StateTables::new(config.incremental);
-        for (meta, groups, len) in raw {
-            states.add_restored(RawTable {
-                meta,
-                groups: Arc::new(groups.into_iter().collect()),
-                len,
-            });
+        for table in raw.into_tables() {
+            states.add_restored(table);
         }
         let restored_from = handles.first().map(|h| h.checkpoint_id);
         let chain = config.chain_book();
         let checkpoints =
             HeapCheckpoints::restored(backend_id, restored_from, local, sources, chain);
         HeapKeyedStateBackend::restored(identity, config, states, checkpoints)
+    }
+}
+
+/// The restored records of every state, gathered from the files of a restore: per state, record bytes per
+/// key-group index, only for key groups that have records (a header may name many states, and a dense
+/// vector per state and key group would let a small file allocate states x key groups before any record
+/// is read).
+#[derive(Default)]
+struct RawStates {
+    states: Vec<(StateMeta, BTreeMap<usize, Vec<u8>>, usize)>,
+    by_name: HashMap<String, usize>,
+}
+
+impl RawStates {
+    /// The slot of each state of a file's header (`metas`, of the file at `path`), added if new.
+    ///
+    /// # Errors
+    /// [`Error::IncompatibleSchema`] if a state was described with other codecs by another file.
+    fn slots(&mut self, metas: &[StateMeta], path: &str) -> Result<Vec<usize>> {
+        let mut slots = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let slot = *self.by_name.entry(meta.name.clone()).or_insert_with(|| {
+                self.states.push((meta.clone(), BTreeMap::new(), 0));
+                self.states.len() - 1
+            });
+            if self.states[slot].0 != *meta {
+                // Every file is intact (its checksums held): the subtasks wrote the state with
+                // different codecs (a partly upgraded job). Not a corrupt file, so a restore never
+                // falls back over it to an older checkpoint.
+                self.states[slot]
+                    .0
+                    .check_compatible(meta)
+                    .map_err(|e| match e {
+                        Error::IncompatibleSchema { state, reason } => Error::IncompatibleSchema {
+                            state,
+                            reason: format!(
+                                "{reason} in another file of the same checkpoint ({path})"
+                            ),
+                        },
+                        other => other,
+                    })?;
+            }
+            slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// Adds the record `[key, namespace, value]` of key group `key_group` (of `range`) to state `slot`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming `path` if the key group is outside `range`.
+    fn add(
+        &mut self,
+        slot: usize,
+        range: KeyGroupRange,
+        key_group: u32,
+        path: &str,
+        record: [&[u8]; 3],
+    ) -> Result<()> {
+        let kg_index = range
+            .index_of(key_group)
+            .ok_or_else(|| Error::corrupt(path, "key group outside the restore range"))?;
+        let (_, groups, len) = &mut self.states[slot];
+        let out = groups.entry(kg_index).or_default();
+        for part in record {
+            out.put_bytes(part);
+        }
+        *len += 1;
+        Ok(())
+    }
+
+    /// One raw table per state, in the order the states were first seen.
+    fn into_tables(self) -> impl Iterator<Item = RawTable> {
+        self.states.into_iter().map(|(meta, groups, len)| RawTable {
+            meta,
+            groups: Arc::new(groups.into_iter().collect()),
+            len,
+        })
     }
 }

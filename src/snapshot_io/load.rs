@@ -31,6 +31,23 @@ pub(crate) async fn load_handle(
     local: Option<&LocalCopies>,
     chains: bool,
 ) -> Result<LoadedFile> {
+    let files = load_parts(storage, handle, range, restorer, local, chains).await?;
+    crate::snapshot_io::chain::merge(files)
+}
+
+/// As [`load_handle`], with a chain's files returned as they are, full file first (one file for a
+/// keyed-file handle), for a restore that visits a chain's records itself (`snapshot_io/chain.rs`).
+///
+/// # Errors
+/// As [`load_handle`].
+pub(crate) async fn load_parts(
+    storage: &CheckpointStorage,
+    handle: &KeyedStateHandle,
+    range: KeyGroupRange,
+    restorer: &str,
+    local: Option<&LocalCopies>,
+    chains: bool,
+) -> Result<Vec<LoadedFile>> {
     if chains && handle.format == HandleFormat::KeyedChain {
         if handle.files.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -43,8 +60,7 @@ pub(crate) async fn load_handle(
             .iter()
             .enumerate()
             .map(|(i, file)| load_file(storage, handle, file, range, local, i > 0));
-        let files = futures::future::try_join_all(loads).await?;
-        return crate::snapshot_io::chain::merge(files);
+        return futures::future::try_join_all(loads).await;
     }
     if handle.format != HandleFormat::KeyedFile {
         return Err(Error::InvalidArgument(format!(
@@ -61,7 +77,9 @@ pub(crate) async fn load_handle(
             handle.files.len()
         )));
     };
-    load_file(storage, handle, file, range, local, false).await
+    Ok(vec![
+        load_file(storage, handle, file, range, local, false).await?,
+    ])
 }
 
 /// Reads and checks `file` of `handle` (a delta file if `delta`, a full one otherwise), as
