@@ -9,7 +9,8 @@
 //!   from a full checkpoint plus 9 deltas of 1% churn each.
 //!
 //! It then prints, per variant, the median bytes uploaded by a delta and its synchronous and
-//! asynchronous phases. Run: `cargo bench --bench heap_incremental`. Targets (`docs/heap-incremental.md`):
+//! asynchronous phases, and the bytes of the largest handle (a chain's files) over the median full file
+//! (what the retained checkpoint keeps stored). Run: `cargo bench --bench heap_incremental`. Targets (`docs/heap-incremental.md`):
 //! a delta at 1% churn of 1M keys ≤ 200 KB, synchronous phase ≤ 1 ms, asynchronous ≤ 10 ms; restore of a
 //! chain of 10 ≤ 1.3× the full restore.
 
@@ -46,8 +47,9 @@ struct Job {
     next_id: u64,
     rng: rand::rngs::StdRng,
     zipf: Zipf<f64>,
-    /// (bytes uploaded, files in the handle, sync phase, async phase) per measured checkpoint.
-    stats: Vec<(u64, usize, Duration, Duration)>,
+    /// (bytes uploaded, files in the handle, sync phase, async phase, bytes of the handle's files) per
+    /// measured checkpoint.
+    stats: Vec<(u64, usize, Duration, Duration, u64)>,
     last: Option<KeyedStateHandle>,
 }
 
@@ -105,6 +107,7 @@ impl Job {
             result.handle.files.len(),
             m.sync_duration,
             m.async_duration,
+            m.full_bytes,
         ));
         self.last = Some(result.handle);
         took
@@ -121,7 +124,7 @@ fn report(name: &str, job: &Job) {
     let full: Vec<_> = job.stats.iter().filter(|s| s.1 == 1).collect();
     eprintln!(
         "heap_incremental {name}: {} checkpoints ({} deltas); median delta {:?} bytes, sync {:?}, async {:?}; \
-         median full {:?} bytes, async {:?}",
+         median full {:?} bytes, async {:?}; largest handle / median full file: {:.2}",
         job.stats.len(),
         deltas.len(),
         median(deltas.iter().map(|s| s.0).collect()),
@@ -129,6 +132,10 @@ fn report(name: &str, job: &Job) {
         median(deltas.iter().map(|s| s.3).collect()),
         median(full.iter().map(|s| s.0).collect()),
         median(full.iter().map(|s| s.3).collect()),
+        job.stats.iter().map(|s| s.4).max().unwrap_or(0) as f64
+            / median(full.iter().map(|s| s.0).collect())
+                .unwrap_or(1)
+                .max(1) as f64,
     );
 }
 

@@ -5,11 +5,12 @@
 //! - `hot_path_probe value <plain|ttl|ttl-event> <write|get>`: a heap `ValueState<VoidNamespace, u64>`
 //!   through the engine's `StateBackend`, 1M keys inserted in order, then 2M writes (or gets) of random
 //!   keys, each after `set_current_key`; `ttl` is a day of processing-time TTL, `ttl-event` a day of event
-//!   time. Prints the time of the 2M operations (ms) on stderr. With `--incremental`, the backend has
-//!   incremental checkpoints on and checkpoints (confirmed, into memory, untimed) after the inserts and
-//!   after every `--checkpoint-every` writes (default 10,000: 1% of the keys), so every write is logged
-//!   as in a job at 1% churn; under callgrind count the writes alone with
-//!   `--toggle-collect='*ValueState*update*'`.
+//!   time. Prints the time of the 2M operations (ms) on stderr. With `--checkpoint-every N`, a checkpoint
+//!   (confirmed, into memory, untimed) follows the inserts and every N operations; with `--incremental`
+//!   as well, the backend has incremental checkpoints on, so every write between two checkpoints is
+//!   logged (N = 10,000 is a job at 1% churn). Compare `--incremental` against the same
+//!   `--checkpoint-every` without it (the copy-on-write copies after each checkpoint are then the same);
+//!   under callgrind count the writes alone with `--toggle-collect='*ValueState*update*'`.
 //! - `hot_path_probe fire [--timers N] [--bench-order]` (RocksDB): N event-time timers (default 1M), one
 //!   per key with pseudo-random timestamps, registered and then fired in calls of 10,000; with
 //!   `--bench-order` a tenth is deleted first, as `benches/timers.rs` does, otherwise the column family is
@@ -37,12 +38,11 @@ enum Probe {
     Value {
         ttl: Expiry,
         op: Op,
-        /// Incremental checkpoints on, with a checkpoint after the inserts and every `checkpoint_every`
-        /// writes.
+        /// Incremental checkpoints on.
         #[arg(long)]
         incremental: bool,
-        /// Writes between two checkpoints with `--incremental`.
-        #[arg(long, default_value_t = 10_000)]
+        /// Operations between two checkpoints (0: no checkpoint).
+        #[arg(long, default_value_t = 0)]
         checkpoint_every: u64,
     },
     /// RocksDB timers: register, then fire all.
@@ -76,7 +76,7 @@ fn main() -> Result<()> {
             op,
             incremental,
             checkpoint_every,
-        } => value(ttl, op, incremental.then_some(checkpoint_every.max(1))),
+        } => value(ttl, op, incremental, checkpoint_every),
         Probe::Fire {
             timers,
             bench_order,
@@ -84,11 +84,12 @@ fn main() -> Result<()> {
     }
 }
 
-fn value(ttl: Expiry, op: Op, checkpoint_every: Option<u64>) -> Result<()> {
+fn value(ttl: Expiry, op: Op, incremental: bool, checkpoint_every: u64) -> Result<()> {
+    let checkpoint_every = (checkpoint_every > 0).then_some(checkpoint_every);
     let n: u64 = 1_000_000;
     let identity = SubtaskIdentity::new("probe", 128, 1, 0)?;
     let mut config = StateBackendConfig::default();
-    config.heap.incremental = checkpoint_every.is_some();
+    config.heap.incremental = incremental;
     let mut b = StateBackend::<u64>::new(&identity, &config)?;
     let storage = CheckpointStorage::in_memory("probe")?;
     let rt = tokio::runtime::Builder::new_current_thread()
