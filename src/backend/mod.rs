@@ -92,8 +92,8 @@ impl<K: StateKey> StateBackend<K> {
     /// A backend of `config.kind` for subtask `identity` restored from `handles` (the keyed state handles
     /// of the operator in one checkpoint; those of other subtasks are read only where they overlap the
     /// owned key groups, so this rescales). With [`RestoreMode::Claim`] and the same key groups the
-    /// RocksDB kind's next checkpoint stays incremental; the heap kind's first checkpoint after a restore
-    /// is full in either mode.
+    /// RocksDB kind's next checkpoint stays incremental, and so does the heap kind's with incremental
+    /// checkpoints on (`HeapConfig::incremental`); after `NoClaim` the first checkpoint is full.
     ///
     /// # Errors
     /// As [`HeapKeyedStateBackend::restore`] and `RocksDbKeyedStateBackend::restore`: invalid handles

@@ -65,7 +65,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             cleanup: IncrementalCleanup::new(config.ttl_cleanup_slots_per_record),
             checkpoints: HeapCheckpoints::new(
                 config.local_recovery_dir.clone().map(LocalCopies::new),
-                config.chain_book(),
+                config.chain_book(None),
             ),
             states: StateTables::new(config.incremental),
             config,

@@ -34,20 +34,46 @@ pub(crate) struct PendingChain {
 /// The chains in flight, shared with their asynchronous phases.
 pub(crate) type PendingChains = Arc<Mutex<BTreeMap<u64, PendingChain>>>;
 
-/// The diff base: the files of the last checkpoint this backend confirmed.
+/// The diff base: the files of the last checkpoint this backend confirmed, or of the checkpoint a CLAIM
+/// restore of the same key groups read.
 #[derive(Clone)]
-struct Base {
+pub(crate) struct Base {
     checkpoint_id: u64,
     files: Vec<StateFile>,
     storage: CheckpointStorage,
+    /// The backend whose local copies hold the base's files (local recovery): this one, or the one
+    /// that wrote the restored checkpoint.
+    backend_id: String,
+    /// Confirmed by this backend; `false` for a restored base, which the first abort of a delta drops.
+    confirmed: bool,
+}
+
+impl Base {
+    /// The base of a backend restored in CLAIM mode from `files`, the chain of checkpoint
+    /// `checkpoint_id` that backend `backend_id` wrote to `storage`.
+    pub(crate) fn restored(
+        checkpoint_id: u64,
+        files: Vec<StateFile>,
+        storage: CheckpointStorage,
+        backend_id: String,
+    ) -> Self {
+        Base {
+            checkpoint_id,
+            files,
+            storage,
+            backend_id,
+            confirmed: false,
+        }
+    }
 }
 
 /// What the asynchronous phase of a checkpoint of a chain needs.
 pub(crate) struct ChainUpload {
     /// The base's files (empty for a full checkpoint), which the new file is appended to.
     pub(crate) base: Vec<StateFile>,
-    /// The base's checkpoint (`None` for a full checkpoint): where its local copies are.
-    pub(crate) base_id: Option<u64>,
+    /// The base's checkpoint and the backend that wrote its local copies (`None` for a full
+    /// checkpoint).
+    pub(crate) base_id: Option<(u64, String)>,
     pub(crate) pending: PendingChains,
 }
 
@@ -61,11 +87,12 @@ pub(crate) struct ChainBook {
 }
 
 impl ChainBook {
-    /// No base yet: the first checkpoint is full. Chains hold at most `max_files` files (at least 1).
-    pub(crate) fn new(max_files: usize) -> Self {
+    /// Chains of at most `max_files` files (at least 1) on `base`; without one the first checkpoint is
+    /// full.
+    pub(crate) fn new(max_files: usize, base: Option<Base>) -> Self {
         ChainBook {
             max_files: max_files.max(1),
-            base: None,
+            base,
             pending: PendingChains::default(),
             aborts_reusing_base: 0,
         }
@@ -99,7 +126,7 @@ impl ChainBook {
             Some(b) => (
                 Cut::Delta(checkpoint_id),
                 b.files.clone(),
-                Some(b.checkpoint_id),
+                Some((b.checkpoint_id, b.backend_id.clone())),
             ),
             None => (Cut::Full(checkpoint_id), Vec::new(), None),
         };
@@ -125,9 +152,10 @@ impl ChainBook {
         (cut, upload)
     }
 
-    /// `notify_checkpoint_complete`: the checkpoint becomes the base if its upload finished here and it
-    /// was not aborted; returns the new base's id (the tables then drop their changes up to it).
-    pub(crate) fn confirmed(&mut self, checkpoint_id: u64) -> Option<u64> {
+    /// `notify_checkpoint_complete`: the checkpoint of `backend_id` becomes the base if its upload
+    /// finished here and it was not aborted; returns the new base's id (the tables then drop their
+    /// changes up to it).
+    pub(crate) fn confirmed(&mut self, checkpoint_id: u64, backend_id: &str) -> Option<u64> {
         let mut pending = self.pending.lock();
         let finished = pending
             .get(&checkpoint_id)
@@ -149,6 +177,8 @@ impl ChainBook {
             checkpoint_id,
             files: p.files?,
             storage: p.storage,
+            backend_id: backend_id.to_string(),
+            confirmed: true,
         });
         self.aborts_reusing_base = 0;
         Some(checkpoint_id)
@@ -156,8 +186,8 @@ impl ChainBook {
 
     /// `notify_checkpoint_aborted`: a running upload is flagged (it deletes its file and fails); a
     /// finished delta is forgotten and the base dropped when it may be stale, as the RocksDB backend's
-    /// rebase: an older finished upload is still unresolved (a lost notification), or this is the third
-    /// aborted delta in a row.
+    /// rebase: an older finished upload is still unresolved (a lost notification), the base came from a
+    /// restore and was never confirmed here, or this is the third aborted delta in a row.
     pub(crate) fn aborted(&mut self, checkpoint_id: u64) {
         let mut pending = self.pending.lock();
         let Some(p) = pending.get_mut(&checkpoint_id) else {
@@ -177,7 +207,12 @@ impl ChainBook {
         if delta {
             self.aborts_reusing_base += 1;
         }
-        if delta && (lost_notification || self.aborts_reusing_base >= REBASE_AFTER_ABORTS) {
+        let restored_base = self.base.as_ref().is_some_and(|b| !b.confirmed);
+        if delta
+            && (lost_notification
+                || restored_base
+                || self.aborts_reusing_base >= REBASE_AFTER_ABORTS)
+        {
             tracing::info!(
                 checkpoint_id,
                 lost_notification,

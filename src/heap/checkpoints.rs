@@ -138,7 +138,8 @@ impl HeapCheckpoints {
         if let (Some(local), Some(storage)) = (&self.local, &self.storage) {
             local.confirmed(storage, checkpoint_id);
         }
-        self.chain.as_mut()?.confirmed(checkpoint_id)
+        let backend_id = self.backend_id.as_deref()?;
+        self.chain.as_mut()?.confirmed(checkpoint_id, backend_id)
     }
 
     /// `notify_checkpoint_aborted`: the ledger, the chain bookkeeping (a running upload deletes its file;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::format::keyed_file::{DEFAULT_FRAME_BYTES, DEFAULT_ZSTD_LEVEL, MAX_FRAME_RAW_LEN};
-use crate::heap::chain::ChainBook;
+use crate::heap::chain::{Base, ChainBook};
 
 /// Settings of a heap backend; its identity is a [`SubtaskIdentity`](crate::SubtaskIdentity) of its own.
 ///
@@ -65,10 +65,11 @@ impl Default for HeapConfig {
 }
 
 impl HeapConfig {
-    /// The chain bookkeeping of a backend with these settings: `Some` with incremental checkpoints on.
-    pub(crate) fn chain_book(&self) -> Option<ChainBook> {
+    /// The chain bookkeeping of a backend with these settings on `base` (a CLAIM restore's chain):
+    /// `Some` with incremental checkpoints on.
+    pub(crate) fn chain_book(&self, base: Option<Base>) -> Option<ChainBook> {
         self.incremental
-            .then(|| ChainBook::new(self.max_chain_files))
+            .then(|| ChainBook::new(self.max_chain_files, base))
     }
 
     /// # Errors

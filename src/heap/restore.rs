@@ -8,6 +8,7 @@ use crate::format::bytes::PutExt;
 use crate::format::keyed_file::read as keyed_file;
 use crate::format::keyed_file::read::check_key_group;
 use crate::heap::backend::HeapKeyedStateBackend;
+use crate::heap::chain::Base;
 use crate::heap::checkpoints::HeapCheckpoints;
 use crate::heap::config::HeapConfig;
 use crate::heap::states::StateTables;
@@ -15,7 +16,7 @@ use crate::heap::table::RawTable;
 use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
-use crate::snapshot::handle::KeyedStateHandle;
+use crate::snapshot::handle::{HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot::result::RestoreSources;
 use crate::snapshot::state_meta::StateMeta;
@@ -33,7 +34,9 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     ///
     /// Restored states are registered on first use by a descriptor with the same name, kind and codecs;
     /// states never registered are carried into the next snapshot unchanged. The backend then refuses
-    /// snapshot ids up to the restored checkpoint's.
+    /// snapshot ids up to the restored checkpoint's. With [`HeapConfig::incremental`], a
+    /// [`RestoreMode::Claim`] restore of one chain of the same key groups continues it (the next
+    /// checkpoint is a delta on it); any other restore starts a new chain with a full checkpoint.
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`] if the handles are not one checkpoint's state of this operator with
@@ -48,10 +51,6 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         handles: &[KeyedStateHandle],
         mode: RestoreMode,
     ) -> Result<Self> {
-        // The first checkpoint after a restore is full and names only files of its own (a new chain with
-        // incremental checkpoints): the restored files are never referenced again, so `Claim` and
-        // `NoClaim` restore alike (the coordinator's mode decides who may delete them).
-        let _ = mode;
         config.validate()?;
         let backend_id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
         let range = identity.key_groups();
@@ -61,6 +60,23 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             range,
             handles,
         )?;
+        // With incremental checkpoints, a CLAIM restore of one chain of the same key groups continues it:
+        // the next checkpoint is a delta on the restored files (as the RocksDB backend's). Otherwise
+        // (NO_CLAIM: nothing restored may be referenced; a rescale; full files) the first checkpoint is
+        // full and names only files of its own.
+        let continued = match (mode, relevant.as_slice()) {
+            (RestoreMode::Claim, [h])
+                if h.key_groups == range && h.format == HandleFormat::KeyedChain =>
+            {
+                Some(Base::restored(
+                    h.checkpoint_id,
+                    h.files.clone(),
+                    storage.clone(),
+                    h.backend_id.clone(),
+                ))
+            }
+            _ => None,
+        };
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let loads = relevant
             .into_iter()
@@ -113,7 +129,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             states.add_restored(table);
         }
         let restored_from = handles.first().map(|h| h.checkpoint_id);
-        let chain = config.chain_book();
+        let chain = config.chain_book(continued);
         let checkpoints =
             HeapCheckpoints::restored(backend_id, restored_from, local, sources, chain);
         HeapKeyedStateBackend::restored(identity, config, states, checkpoints)

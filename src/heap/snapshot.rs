@@ -264,9 +264,9 @@ async fn chain_result(done: ChainDone<'_>) -> Result<SnapshotResult> {
     if let Some((copies, writer)) = local {
         // The base's files come from the base's local copy (hard links), so that the copy of this
         // checkpoint holds its whole chain; one missing fails only this copy.
-        let linked = match chain.base_id {
-            Some(base_id) => files[..files.len() - 1].iter().try_for_each(|f| {
-                let source = copies.copy_path(storage, &backend_id, base_id, f);
+        let linked = match &chain.base_id {
+            Some((base_id, base_backend)) => files[..files.len() - 1].iter().try_for_each(|f| {
+                let source = copies.copy_path(storage, base_backend, *base_id, f);
                 writer.link_or_copy(&source, crate::snapshot_io::local_copy::local_file_name(f))
             }),
             None => Ok(()),

@@ -107,8 +107,14 @@ impl<K: StateKey> StateTables<K> {
         } else {
             None
         };
+        // Records with the codecs they were written with are exactly the restored chain's: a delta on it
+        // logs this table's changes from here. Migrated ones are rewritten whole by the next delta.
+        let unchanged = meta == raw.meta;
         let mut table = StateTable::<K, N, S>::new(meta, groups, serde, self.track_changes);
         decode_raw(raw, &mut table, migration.as_ref(), restore_threads)?;
+        if unchanged {
+            table.map.changes_continue_from_base();
+        }
         self.tables[id.0 as usize] = Box::new(table);
         Ok(id)
     }

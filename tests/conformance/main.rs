@@ -332,6 +332,21 @@ conformance!(
     HeapKeyedStateBackend::<u64>::new(common::identity(128, 2, 0), HeapConfig::default()).unwrap()
 );
 
+/// Heap settings with incremental checkpoints on (chains of at most 3 files).
+fn heap_incremental() -> HeapConfig {
+    HeapConfig {
+        incremental: true,
+        max_chain_files: 3,
+        ..HeapConfig::default()
+    }
+}
+
+conformance!(
+    heap_incremental,
+    HeapKeyedStateBackend::<u64>::new(common::identity(128, 1, 0), heap_incremental()).unwrap(),
+    HeapKeyedStateBackend::<u64>::new(common::identity(128, 2, 0), heap_incremental()).unwrap()
+);
+
 #[cfg(feature = "rocksdb")]
 conformance!(
     lsm,

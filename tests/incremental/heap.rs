@@ -188,3 +188,158 @@ fn an_unconfirmed_checkpoint_is_never_a_base_and_its_changes_go_into_the_next_de
         assert_eq!(got[&905], 4);
     });
 }
+
+#[test]
+fn a_claim_restore_of_the_same_key_groups_continues_the_chain_and_no_claim_or_a_rescale_starts_anew()
+ {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("heap-continue").unwrap();
+        let config = incremental(10);
+        let mut b = heaps(1, &config);
+        fill(&mut b[0], 0..5_000, 1);
+        let first = b[0].snapshot(1, &storage).unwrap().run().await.unwrap();
+        b[0].notify_checkpoint_complete(1);
+        fill(&mut b[0], 0..50, 2);
+        let second = b[0].snapshot(2, &storage).unwrap().run().await.unwrap();
+        let meta = CheckpointMetadata {
+            checkpoint_id: 2,
+            timestamp_ms: 0,
+            kind: SnapshotKind::Checkpoint,
+            generation: 1,
+            tasks: vec![TaskStateSnapshot::keyed("op", 0, second.handle.clone())],
+        };
+        let expected = all_counts(&mut b);
+        drop(b);
+
+        // CLAIM, same key groups: the state is registered (decoded) before the next write, and the next
+        // checkpoint is a delta on the restored chain holding only the new change.
+        let mut claimed = restore_at(&storage, &meta, 1, &config).await;
+        assert_eq!(all_counts(&mut claimed), expected);
+        fill(&mut claimed[0], 100..110, 3);
+        let third = claimed[0]
+            .snapshot(3, &storage)
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(
+            third.handle.files.len(),
+            3,
+            "the restored chain plus a delta"
+        );
+        assert_eq!(third.handle.files[..2], second.handle.files[..]);
+        assert_eq!(third.metrics.entries, 10, "only the changed entries");
+        let third_meta = CheckpointMetadata {
+            checkpoint_id: 3,
+            tasks: vec![TaskStateSnapshot::keyed("op", 0, third.handle.clone())],
+            ..meta.clone()
+        };
+        let mut again = restore_at(&storage, &third_meta, 1, &config).await;
+        assert_eq!(all_counts(&mut again), all_counts(&mut claimed));
+        // An abort of a delta on a restored base drops it: the next checkpoint is full.
+        claimed[0].notify_checkpoint_aborted(3);
+        let fourth = claimed[0]
+            .snapshot(4, &storage)
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(
+            fourth.handle.files.len(),
+            1,
+            "rebased after an abort on a restored base"
+        );
+
+        // NO_CLAIM: nothing restored may be referenced.
+        let handles = handles(&meta);
+        let mut no_claim = Heap::restore(
+            identity(128, 1, 0),
+            config.clone(),
+            &storage,
+            &handles,
+            RestoreMode::NoClaim,
+        )
+        .await
+        .unwrap();
+        fill(&mut no_claim, 0..1, 5);
+        let after_no_claim = no_claim.snapshot(5, &storage).unwrap().run().await.unwrap();
+        assert_eq!(after_no_claim.handle.files.len(), 1);
+        assert!(
+            after_no_claim
+                .handle
+                .files
+                .iter()
+                .all(|f| f.created_by == 5 && f.path != first.handle.files[0].path)
+        );
+
+        // A rescale: each new subtask starts a chain of its own.
+        let mut rescaled = restore_at(&storage, &meta, 2, &config).await;
+        for (i, b) in rescaled.iter_mut().enumerate() {
+            let r = b.snapshot(6, &storage).unwrap().run().await.unwrap();
+            assert_eq!(r.handle.files.len(), 1, "subtask {i}");
+        }
+    });
+}
+
+/// TTL in a delta: an entry written since the base whose TTL expired by the synchronous phase gets a
+/// tombstone, entries the base holds expire on their own, and nothing expired or overwritten comes back.
+#[test]
+fn a_delta_of_a_state_with_ttl_restores_what_was_live_at_its_synchronous_phase() {
+    use statebackend::keyed::StateTtlConfig;
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("heap-ttl-delta").unwrap();
+        let config = incremental(10);
+        let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000)));
+        let mut b = Heap::new(identity(128, 1, 0), config.clone()).unwrap();
+        b.set_clock(clock.clone());
+        let d = ValueStateDescriptor::<VoidNamespace, u64>::new("ttl")
+            .with_ttl(StateTtlConfig::new(100));
+        let s = b.value_state(&d).unwrap();
+        let put = |b: &mut Heap, k: u64, v: u64| {
+            b.set_current_key(k).unwrap();
+            s.update(b, &VoidNamespace, v).unwrap();
+        };
+        for k in 0..100 {
+            put(&mut b, k, 1);
+        }
+        b.snapshot(1, &storage).unwrap().run().await.unwrap();
+        b.notify_checkpoint_complete(1);
+        put(&mut b, 200, 2); // written since the base, expired by checkpoint 2
+        put(&mut b, 5, 2); // overwritten, expired by checkpoint 2 as is the base's value
+        clock.advance(Duration::from_millis(60));
+        for k in 10..20 {
+            put(&mut b, k, 3); // live at checkpoint 2
+        }
+        b.set_current_key(15).unwrap();
+        s.clear(&mut b, &VoidNamespace).unwrap();
+        clock.advance(Duration::from_millis(60));
+        let second = b.snapshot(2, &storage).unwrap().run().await.unwrap();
+        assert_eq!(second.handle.files.len(), 2, "a delta");
+        assert_eq!(
+            second.metrics.entries, 12,
+            "9 live upserts, tombstones for the expired 200 and 5 and the cleared 15"
+        );
+        let meta = CheckpointMetadata {
+            checkpoint_id: 2,
+            timestamp_ms: 0,
+            kind: SnapshotKind::Checkpoint,
+            generation: 1,
+            tasks: vec![TaskStateSnapshot::keyed("op", 0, second.handle)],
+        };
+        let mut restored = restore_at(&storage, &meta, 1, &config).await;
+        let r = &mut restored[0];
+        r.set_clock(clock.clone());
+        let rs = r.value_state(&d).unwrap();
+        let mut live = BTreeMap::new();
+        for k in (0..100).chain([200]) {
+            r.set_current_key(k).unwrap();
+            if let Some(v) = rs.value(r, &VoidNamespace).unwrap() {
+                live.insert(k, v);
+            }
+        }
+        let expected: BTreeMap<u64, u64> = (10..20).filter(|k| *k != 15).map(|k| (k, 3)).collect();
+        assert_eq!(live, expected);
+    });
+}

@@ -97,6 +97,18 @@ impl<K, N> ChangeTracker<K, N> {
         self.log.rewrite = true;
     }
 
+    /// Logs from now on without rewriting first, for a new table whose `entries` entries are exactly
+    /// what the diff base holds of its state (decoded from a CLAIM restore's records with unchanged
+    /// codecs). Nothing if tracking is off.
+    pub(crate) fn continue_from_base(&mut self, entries: usize) {
+        if self.mode == Mode::Off {
+            return;
+        }
+        self.mode = Mode::Logging;
+        self.log.rewrite = false;
+        self.cap = (entries / 4).max(MIN_CAP);
+    }
+
     /// Logs a write of the entry with map hash `hash` in key group `kg`.
     #[inline]
     pub(crate) fn written(&mut self, kg: usize, hash: u64) {

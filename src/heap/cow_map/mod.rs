@@ -316,6 +316,12 @@ where
         self.changes.start();
     }
 
+    /// The map holds exactly what the diff base holds of its state (decoded from a CLAIM restore's records
+    /// with unchanged codecs): changes are logged from now on, without rewriting it whole first.
+    pub(crate) fn changes_continue_from_base(&mut self) {
+        self.changes.continue_from_base(self.len);
+    }
+
     /// A checkpoint's synchronous phase, with changes tracked: the segments a delta against the diff base
     /// writes, the new one (changes since the last checkpoint) last. Empty when changes are not tracked.
     pub(crate) fn cut_changes(&mut self, checkpoint_id: u64) -> Vec<Arc<Changes<K, N>>> {
