@@ -56,6 +56,44 @@ async fn snapshots(corpus: &Path) -> Result<()> {
         let bytes = read(&storage, &result.handle.files[0].path).await;
         write(&corpus.join("restore"), &format!("heap-{n}"), &bytes);
     }
+    // Delta files of incremental chains (format version 2: rewritten states, tombstones), which the
+    // target also restores as the delta of a chain.
+    for (n, level) in [Some(1), None].into_iter().enumerate() {
+        let storage = CheckpointStorage::in_memory("seeds")?;
+        let config = HeapConfig {
+            zstd_level: level,
+            incremental: true,
+            ..HeapConfig::default()
+        };
+        let mut b =
+            HeapKeyedStateBackend::<u64>::new(SubtaskIdentity::new("op", 16, 1, 0)?, config)?;
+        let v = b.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))?;
+        let m = b.map_state(&MapStateDescriptor::<VoidNamespace, u64, u64>::new("m"))?;
+        for k in 0..40u64 {
+            b.set_current_key(k)?;
+            v.update(&mut b, &VoidNamespace, k)?;
+            m.put(&mut b, &VoidNamespace, k, k)?;
+        }
+        b.snapshot(1, &storage)?.run().await?;
+        b.notify_checkpoint_complete(1);
+        for k in 0..10u64 {
+            b.set_current_key(k)?;
+            if k % 2 == 0 {
+                v.clear(&mut b, &VoidNamespace)?;
+            } else {
+                v.update(&mut b, &VoidNamespace, k + 100)?;
+            }
+            m.remove(&mut b, &VoidNamespace, &k)?;
+        }
+        b.drop_state("m")?;
+        let l = b.list_state::<u64, u64>(&ListStateDescriptor::new("l"))?;
+        b.set_current_key(1)?;
+        l.add(&mut b, &0, 5)?;
+        let result = b.snapshot(2, &storage)?.run().await?;
+        let delta = result.handle.files.last().expect("a delta");
+        let bytes = read(&storage, &delta.path).await;
+        write(&corpus.join("restore"), &format!("heap-delta-{n}"), &bytes);
+    }
     Ok(())
 }
 
