@@ -267,8 +267,90 @@ async fn write_lsm_job(root: &Path) {
     );
 }
 
+/// Keys the heap chain job writes in checkpoint 1 and removes in checkpoint 2 (tombstones).
+const GONE: std::ops::RangeInclusive<u64> = 41..=50;
+
+/// Writes the heap chain job into `root/heap-chain-job`: `window` at parallelism 2 (subtask 0
+/// zstd-compressed, subtask 1 raw) with incremental checkpoints. Checkpoint 1 (full files, version 1)
+/// holds the content plus keys `GONE`, a wrong value of key 1 and a state `junk`; checkpoint 2 (delta
+/// files, version 2: upserts, tombstones, the dropped state absent) sets key 1 right, removes `GONE` and
+/// drops `junk`, so that its chain holds exactly the content. Checkpoint 1 is subsumed: its files stay
+/// as checkpoint 2's placeholders.
+async fn write_heap_chain_job(root: &Path) {
+    let storage = storage(root, "heap-chain-job", 13);
+    let mut coordinator = CheckpointCoordinator::open_with_clock(
+        storage.clone(),
+        CoordinatorConfig::single_operator("window", 2, 1),
+        clock(),
+    )
+    .await
+    .unwrap();
+    let mut backends: Vec<HeapKeyedStateBackend<u64>> = [Some(3), None]
+        .into_iter()
+        .enumerate()
+        .map(|(i, zstd_level)| {
+            let config = HeapConfig {
+                zstd_level,
+                incremental: true,
+                ..HeapConfig::default()
+            };
+            HeapKeyedStateBackend::new(window(2, i as u32), config).unwrap()
+        })
+        .collect();
+    for b in &mut backends {
+        fill(b);
+        let s = states(b);
+        let junk = b
+            .list_state(&ListStateDescriptor::<VoidNamespace, u64>::new("junk"))
+            .unwrap();
+        for k in GONE.chain([1]) {
+            if b.set_current_key(k).is_ok() {
+                s.value.update(b, &0, 999).unwrap();
+                junk.add(b, &VoidNamespace, k).unwrap();
+            }
+        }
+    }
+    for round in 0..2 {
+        if round == 1 {
+            for b in &mut backends {
+                let s = states(b);
+                for k in GONE.chain([1]) {
+                    if b.set_current_key(k).is_ok() {
+                        match value_of(k, 0) {
+                            Some(v) if KEYS.contains(&k) => s.value.update(b, &0, v).unwrap(),
+                            _ => s.value.clear(b, &0).unwrap(),
+                        }
+                    }
+                }
+                b.drop_state("junk").unwrap();
+            }
+        }
+        let id = coordinator.trigger().await.unwrap();
+        let mut last = None;
+        for (i, b) in backends.iter_mut().enumerate() {
+            let result = b.snapshot(id, &storage).unwrap().run().await.unwrap();
+            assert_eq!(result.handle.files.len(), round + 1, "round {round}");
+            let ack = TaskStateSnapshot::keyed("window", i as u32, result.handle);
+            last = Some(
+                coordinator
+                    .acknowledge(id, ack, Some(result.metrics))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(
+            matches!(last, Some(Acknowledgement::Completed(_))),
+            "{last:?}"
+        );
+        for b in &mut backends {
+            b.notify_checkpoint_complete(id);
+        }
+    }
+}
+
 async fn write_all(root: &Path) {
     write_heap_job(root).await;
+    write_heap_chain_job(root).await;
     #[cfg(feature = "rocksdb")]
     write_lsm_job(root).await;
 }
@@ -327,6 +409,70 @@ async fn todays_writer_writes_the_pinned_heap_snapshots_byte_for_byte() {
             written[path] == *bytes,
             "{path} differs from the pinned bytes"
         );
+    }
+}
+
+/// The heap chain job's snapshot files (metadata, shared keyed files), without the protocol's markers
+/// and statistics.
+fn chain_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    files(dir)
+        .into_iter()
+        .filter(|(path, _)| path.starts_with("chk-") || path.starts_with(SHARED_DIR))
+        .filter(|(path, _)| !path.ends_with(STATS_FILE) && !path.ends_with(TRIGGER_MARKER))
+        .collect()
+}
+
+#[tokio::test]
+async fn todays_writer_writes_the_pinned_heap_chain_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    write_heap_chain_job(dir.path()).await;
+    let pinned = chain_files(&fixtures().join("jobs/heap-chain-job"));
+    let written = chain_files(&dir.path().join("heap-chain-job"));
+    assert_eq!(
+        pinned.keys().collect::<Vec<_>>(),
+        written.keys().collect::<Vec<_>>(),
+        "the same files"
+    );
+    for (path, bytes) in &pinned {
+        assert!(
+            written[path] == *bytes,
+            "{path} differs from the pinned bytes"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pinned_heap_chain_restores_to_its_content() {
+    let root = copy_of(&fixtures().join("jobs"));
+    let storage = storage(root.path(), "heap-chain-job", 99);
+    let meta = storage.read_checkpoint_metadata(2).await.unwrap();
+    let handles = meta.keyed_handles("window");
+    assert!(handles.iter().all(|h| h.files.len() == 2), "{handles:?}");
+    for parallelism in [1, 3] {
+        let mut checked = 0;
+        for i in 0..parallelism {
+            let mut b = HeapKeyedStateBackend::<u64>::restore(
+                window(parallelism, i),
+                HeapConfig::default(),
+                &storage,
+                &handles,
+                RestoreMode::NoClaim,
+            )
+            .await
+            .unwrap();
+            checked += check(&mut b, "heap chain");
+            let s = states(&mut b);
+            for k in GONE {
+                if b.set_current_key(k).is_ok() {
+                    assert_eq!(s.value.value(&b, &0).unwrap(), None, "key {k} was removed");
+                }
+            }
+            assert!(
+                !b.state_names().contains(&"junk".to_string()),
+                "the dropped state stays dropped"
+            );
+        }
+        assert_eq!(checked, KEYS.count(), "at parallelism {parallelism}");
     }
 }
 
