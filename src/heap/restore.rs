@@ -1,6 +1,6 @@
 //! Restoring a heap backend from keyed snapshot files, at the same or another parallelism.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -142,7 +142,9 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 /// is read).
 #[derive(Default)]
 struct RawStates {
-    states: Vec<(StateMeta, BTreeMap<usize, Vec<u8>>, usize)>,
+    /// Per state: its description, `(key-group index, record bytes)` in arrival order (sorted by index
+    /// at the end), and its record count.
+    states: Vec<(StateMeta, Vec<(usize, Vec<u8>)>, usize)>,
     by_name: HashMap<String, usize>,
 }
 
@@ -155,7 +157,7 @@ impl RawStates {
         let mut slots = Vec::with_capacity(metas.len());
         for meta in metas {
             let slot = *self.by_name.entry(meta.name.clone()).or_insert_with(|| {
-                self.states.push((meta.clone(), BTreeMap::new(), 0));
+                self.states.push((meta.clone(), Vec::new(), 0));
                 self.states.len() - 1
             });
             if self.states[slot].0 != *meta {
@@ -196,7 +198,12 @@ impl RawStates {
             .index_of(key_group)
             .ok_or_else(|| Error::corrupt(path, "key group outside the restore range"))?;
         let (_, groups, len) = &mut self.states[slot];
-        let out = groups.entry(kg_index).or_default();
+        // Records come key group by key group: a state's records of one key group arrive together, so
+        // the last group is the one to write to unless this record starts another.
+        if groups.last().is_none_or(|(last, _)| *last != kg_index) {
+            groups.push((kg_index, Vec::new()));
+        }
+        let out = &mut groups.last_mut().expect("pushed above").1;
         for part in record {
             out.put_bytes(part);
         }
@@ -206,10 +213,22 @@ impl RawStates {
 
     /// One raw table per state, in the order the states were first seen.
     fn into_tables(self) -> impl Iterator<Item = RawTable> {
-        self.states.into_iter().map(|(meta, groups, len)| RawTable {
-            meta,
-            groups: Arc::new(groups.into_iter().collect()),
-            len,
+        self.states.into_iter().map(|(meta, mut groups, len)| {
+            // Ascending by key-group index, one entry per index (files arrive in any order, and a key
+            // group split between two runs of arrival is joined).
+            groups.sort_by_key(|(kg, _)| *kg);
+            let mut joined: Vec<(usize, Vec<u8>)> = Vec::with_capacity(groups.len());
+            for (kg, bytes) in groups {
+                match joined.last_mut() {
+                    Some((last, into)) if *last == kg => into.extend_from_slice(&bytes),
+                    _ => joined.push((kg, bytes)),
+                }
+            }
+            RawTable {
+                meta,
+                groups: Arc::new(joined),
+                len,
+            }
         })
     }
 }
