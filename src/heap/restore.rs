@@ -140,11 +140,14 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
 /// key-group index, only for key groups that have records (a header may name many states, and a dense
 /// vector per state and key group would let a small file allocate states x key groups before any record
 /// is read).
+/// `(key-group index, record bytes)` of one state, as a [`RawTable`] holds them.
+type GroupRecords = Vec<(usize, Vec<u8>)>;
+
 #[derive(Default)]
 struct RawStates {
     /// Per state: its description, `(key-group index, record bytes)` in arrival order (sorted by index
     /// at the end), and its record count.
-    states: Vec<(StateMeta, Vec<(usize, Vec<u8>)>, usize)>,
+    states: Vec<(StateMeta, GroupRecords, usize)>,
     by_name: HashMap<String, usize>,
 }
 
@@ -217,7 +220,7 @@ impl RawStates {
             // Ascending by key-group index, one entry per index (files arrive in any order, and a key
             // group split between two runs of arrival is joined).
             groups.sort_by_key(|(kg, _)| *kg);
-            let mut joined: Vec<(usize, Vec<u8>)> = Vec::with_capacity(groups.len());
+            let mut joined: GroupRecords = Vec::with_capacity(groups.len());
             for (kg, bytes) in groups {
                 match joined.last_mut() {
                     Some((last, into)) if *last == kg => into.extend_from_slice(&bytes),
