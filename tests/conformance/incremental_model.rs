@@ -6,17 +6,14 @@
 //! uploaded. Every restore reads the latest completed checkpoint and must equal the `BTreeMap` model as
 //! frozen at that checkpoint's synchronous phase.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::common::*;
+use crate::model::{self, MAX_P, Model, apply, observe};
 use object_store::ObjectStoreExt;
 use proptest::prelude::*;
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
-use statebackend::key_group::assign_to_key_group;
 use statebackend::*;
-
-const MAX_P: u32 = 32;
-const KEYS: u64 = 48;
 
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -29,28 +26,8 @@ enum Outcome {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put {
-        key: u64,
-        ns: u8,
-        value: u32,
-    },
-    Clear {
-        key: u64,
-        ns: u8,
-    },
-    ListAdd {
-        key: u64,
-        value: u32,
-    },
-    MapPut {
-        key: u64,
-        uk: u8,
-        value: u32,
-    },
-    MapRemove {
-        key: u64,
-        uk: u8,
-    },
+    /// A write of `model.rs` (value put or clear, list append, map put or remove).
+    Write(model::Op),
     DropList,
     Checkpoint {
         outcome: Outcome,
@@ -62,120 +39,31 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let key = 0u64..KEYS;
     let outcome = prop_oneof![
         5 => Just(Outcome::Confirmed),
         1 => Just(Outcome::AbortedAfter),
         1 => Just(Outcome::AbortedDuring),
         1 => Just(Outcome::Lost),
     ];
+    let write = model::op()
+        .prop_filter("writes only", |op| {
+            !matches!(op, model::Op::CheckpointRestore { .. })
+        })
+        .prop_map(Op::Write);
     prop_oneof![
-        6 => (key.clone(), 0u8..3, any::<u32>()).prop_map(|(key, ns, value)| Op::Put { key, ns, value }),
-        2 => (key.clone(), 0u8..3).prop_map(|(key, ns)| Op::Clear { key, ns }),
-        2 => (key.clone(), any::<u32>()).prop_map(|(key, value)| Op::ListAdd { key, value }),
-        2 => (key.clone(), 0u8..4, any::<u32>()).prop_map(|(key, uk, value)| Op::MapPut { key, uk, value }),
-        1 => (key, 0u8..4).prop_map(|(key, uk)| Op::MapRemove { key, uk }),
+        13 => write,
         1 => Just(Op::DropList),
         4 => (outcome, 0u8..8).prop_map(|(outcome, writes_during_async)| Op::Checkpoint { outcome, writes_during_async }),
         1 => (1u32..=3).prop_map(|parallelism| Op::Restore { parallelism }),
     ]
 }
 
-#[derive(Default, Clone, PartialEq, Debug)]
-struct Model {
-    values: BTreeMap<(u64, u8), u32>,
-    lists: BTreeMap<u64, Vec<u32>>,
-    maps: BTreeMap<(u64, u8), u32>,
-}
-
-struct States {
-    value: ValueState<u8, u32>,
-    list: ListState<VoidNamespace, u32>,
-    map: MapState<VoidNamespace, u8, u32>,
-}
-
-fn states(b: &mut HeapKeyedStateBackend<u64>) -> States {
-    States {
-        value: b.value_state(&ValueStateDescriptor::new("value")).unwrap(),
-        list: b.list_state(&ListStateDescriptor::new("list")).unwrap(),
-        map: b.map_state(&MapStateDescriptor::new("map")).unwrap(),
-    }
-}
-
-fn apply(backends: &mut [HeapKeyedStateBackend<u64>], model: &mut Model, op: &Op) {
-    let p = backends.len() as u32;
-    let key = match op {
-        Op::Put { key, .. }
-        | Op::Clear { key, .. }
-        | Op::ListAdd { key, .. }
-        | Op::MapPut { key, .. }
-        | Op::MapRemove { key, .. } => *key,
-        Op::DropList => {
-            for b in backends.iter_mut() {
-                b.drop_state("list").unwrap();
-            }
-            model.lists.clear();
-            return;
-        }
-        Op::Checkpoint { .. } | Op::Restore { .. } => return,
-    };
-    let b = &mut backends[owner(&key, MAX_P, p)];
-    let s = states(b);
-    b.set_current_key(key).unwrap();
-    let v = VoidNamespace;
-    match *op {
-        Op::Put { ns, value, .. } => {
-            s.value.update(b, &ns, value).unwrap();
-            model.values.insert((key, ns), value);
-        }
-        Op::Clear { ns, .. } => {
-            s.value.clear(b, &ns).unwrap();
-            model.values.remove(&(key, ns));
-        }
-        Op::ListAdd { value, .. } => {
-            s.list.add(b, &v, value).unwrap();
-            model.lists.entry(key).or_default().push(value);
-        }
-        Op::MapPut { uk, value, .. } => {
-            s.map.put(b, &v, uk, value).unwrap();
-            model.maps.insert((key, uk), value);
-        }
-        Op::MapRemove { uk, .. } => {
-            s.map.remove(b, &v, &uk).unwrap();
-            model.maps.remove(&(key, uk));
-        }
-        _ => unreachable!(),
-    }
-}
-
-fn observe(backends: &mut [HeapKeyedStateBackend<u64>]) -> Model {
-    let mut m = Model::default();
-    let v = VoidNamespace;
+/// `drop_state("list")` on every backend.
+fn drop_list(backends: &mut [HeapKeyedStateBackend<u64>], model: &mut Model) {
     for b in backends.iter_mut() {
-        let s = states(b);
-        for key in 0..KEYS {
-            if !b
-                .key_group_range()
-                .contains(assign_to_key_group(&key.to_be_bytes(), MAX_P).unwrap())
-            {
-                continue;
-            }
-            b.set_current_key(key).unwrap();
-            for ns in 0..3u8 {
-                if let Some(x) = s.value.value(b, &ns).unwrap() {
-                    m.values.insert((key, ns), x);
-                }
-            }
-            let list = s.list.get(b, &v).unwrap();
-            if !list.is_empty() {
-                m.lists.insert(key, list);
-            }
-            for (uk, x) in s.map.entries(b, &v).unwrap() {
-                m.maps.insert((key, uk), x);
-            }
-        }
+        b.drop_state("list").unwrap();
     }
-    m
+    model.lists.clear();
 }
 
 async fn delete(storage: &CheckpointStorage, paths: impl IntoIterator<Item = String>) {
@@ -208,8 +96,8 @@ proptest! {
                         let pending: Vec<_> = backends.iter_mut().map(|b| b.snapshot(id, &storage).unwrap()).collect();
                         let frozen = model.clone();
                         for k in 0..u64::from(writes_during_async) {
-                            apply(&mut backends, &mut model, &Op::Put { key: k, ns: 1, value: 9 });
-                            apply(&mut backends, &mut model, &Op::MapRemove { key: k, uk: 1 });
+                            apply(&mut backends, &mut model, &model::Op::Put { key: k, ns: 1, value: 9 });
+                            apply(&mut backends, &mut model, &model::Op::MapRemove { key: k, uk: 1 });
                         }
                         if let Outcome::AbortedDuring = outcome {
                             for b in backends.iter_mut() {
@@ -261,7 +149,8 @@ proptest! {
                         prop_assert_eq!(&observe(&mut backends), frozen);
                         model = frozen.clone();
                     }
-                    _ => apply(&mut backends, &mut model, op),
+                    Op::Write(ref write) => apply(&mut backends, &mut model, write),
+                    Op::DropList => drop_list(&mut backends, &mut model),
                 }
             }
             prop_assert_eq!(&observe(&mut backends), &model);

@@ -9,10 +9,10 @@ use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::key_group::assign_to_key_group;
 use statebackend::*;
 
-const MAX_P: u32 = 32;
+pub(crate) const MAX_P: u32 = 32;
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(crate) enum Op {
     Put {
         key: u64,
         ns: u8,
@@ -42,7 +42,7 @@ enum Op {
     },
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     let key = 0u64..64;
     prop_oneof![
         4 => (key.clone(), 0u8..3, any::<u32>()).prop_map(|(key, ns, value)| Op::Put { key, ns, value }),
@@ -55,9 +55,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 #[derive(Default, Clone, PartialEq, Debug)]
-struct Model {
+pub(crate) struct Model {
     values: BTreeMap<(u64, u8), u32>,
-    lists: BTreeMap<u64, Vec<u32>>,
+    pub(crate) lists: BTreeMap<u64, Vec<u32>>,
     maps: BTreeMap<(u64, u8), u32>,
 }
 
@@ -75,7 +75,7 @@ fn states(b: &mut HeapKeyedStateBackend<u64>) -> States {
     }
 }
 
-fn apply(backends: &mut [HeapKeyedStateBackend<u64>], model: &mut Model, op: &Op) {
+pub(crate) fn apply(backends: &mut [HeapKeyedStateBackend<u64>], model: &mut Model, op: &Op) {
     let p = backends.len() as u32;
     let key = match op {
         Op::Put { key, .. }
@@ -114,7 +114,7 @@ fn apply(backends: &mut [HeapKeyedStateBackend<u64>], model: &mut Model, op: &Op
     }
 }
 
-fn observe(backends: &mut [HeapKeyedStateBackend<u64>]) -> Model {
+pub(crate) fn observe(backends: &mut [HeapKeyedStateBackend<u64>]) -> Model {
     let mut m = Model::default();
     let v = VoidNamespace;
     for b in backends.iter_mut() {
