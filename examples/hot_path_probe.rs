@@ -11,6 +11,9 @@
 //!   logged (N = 10,000 is a job at 1% churn). Compare `--incremental` against the same
 //!   `--checkpoint-every` without it (the copy-on-write copies after each checkpoint are then the same);
 //!   under callgrind count the writes alone with `--toggle-collect='*ValueState*update*'`.
+//! - `hot_path_probe restore [--rounds N]`: 1M heap value-state keys checkpointed once into memory,
+//!   then restored N times (each followed by the state's registration, which decodes the records);
+//!   prints the median and minimum restore time (ms). Profile it with `perf record`.
 //! - `hot_path_probe fire [--timers N] [--bench-order]` (RocksDB): N event-time timers (default 1M), one
 //!   per key with pseudo-random timestamps, registered and then fired in calls of 10,000; with
 //!   `--bench-order` a tenth is deleted first, as `benches/timers.rs` does, otherwise the column family is
@@ -45,6 +48,13 @@ enum Probe {
         #[arg(long, default_value_t = 0)]
         checkpoint_every: u64,
     },
+    /// Heap restore: 1M value-state keys checkpointed once (full, into memory), then restored `rounds`
+    /// times, each restore followed by the state's registration (which decodes the records).
+    Restore {
+        /// Restores timed.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+    },
     /// RocksDB timers: register, then fire all.
     Fire {
         /// Timers registered and fired.
@@ -77,6 +87,7 @@ fn main() -> Result<()> {
             incremental,
             checkpoint_every,
         } => value(ttl, op, incremental, checkpoint_every),
+        Probe::Restore { rounds } => restore(rounds),
         Probe::Fire {
             timers,
             bench_order,
@@ -144,6 +155,45 @@ fn value(ttl: Expiry, op: Op, incremental: bool, checkpoint_every: u64) -> Resul
     }
     eprintln!("{:.1} ms", (start.elapsed() - untimed).as_secs_f64() * 1e3);
     println!("{sum}");
+    Ok(())
+}
+
+fn restore(rounds: u32) -> Result<()> {
+    let identity = SubtaskIdentity::new("probe", 128, 1, 0)?;
+    let config = StateBackendConfig::default();
+    let mut b = StateBackend::<u64>::new(&identity, &config)?;
+    let storage = CheckpointStorage::in_memory("probe")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("no runtime: {e}")))?;
+    let d = ValueStateDescriptor::<VoidNamespace, u64>::new("v");
+    let v = b.value_state(&d)?;
+    for k in 0..1_000_000u64 {
+        b.set_current_key(k)?;
+        v.update(&mut b, &VoidNamespace, k)?;
+    }
+    let handle = rt.block_on(b.snapshot(1, &storage)?.run())?.handle;
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut r = rt.block_on(StateBackend::<u64>::restore(
+            &identity,
+            &config,
+            &storage,
+            std::slice::from_ref(&handle),
+            RestoreMode::Claim,
+        ))?;
+        r.value_state(&d)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "restore of 1M keys: median {:.1} ms, min {:.1} ms ({rounds} rounds)",
+        times[times.len() / 2],
+        times[0]
+    );
     Ok(())
 }
 

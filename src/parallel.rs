@@ -35,8 +35,53 @@ pub(crate) fn run_each<T: Send, R: Send>(
     })
 }
 
+/// `items` cut into at most `parts` contiguous runs of about equal total `weight` (bytes, say), in order,
+/// none empty; `parts` of 0 counts as 1.
+pub(crate) fn runs_by_weight<T>(
+    items: Vec<T>,
+    parts: usize,
+    weight: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let parts = parts.max(1);
+    let total: usize = items.iter().map(&weight).sum();
+    let mut runs: Vec<Vec<T>> = Vec::with_capacity(parts);
+    let mut run = Vec::new();
+    let mut seen = 0usize;
+    for item in items {
+        seen += weight(&item);
+        run.push(item);
+        // Close run `runs.len()` once the runs so far hold their share of the weight.
+        if runs.len() + 1 < parts && seen * parts >= total * (runs.len() + 1) {
+            runs.push(std::mem::take(&mut run));
+        }
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn runs_cover_every_item_once_in_order() {
+        let items: Vec<(usize, usize)> = (0..10).map(|g| (g, 1 + g * 3)).collect();
+        for parts in 0..=12 {
+            let runs = super::runs_by_weight(items.clone(), parts, |(_, w)| *w);
+            assert!(!runs.is_empty() && runs.len() <= parts.max(1));
+            let flat: Vec<usize> = runs
+                .iter()
+                .flat_map(|r| r.iter().map(|(g, _)| *g))
+                .collect();
+            assert_eq!(flat, (0..10).collect::<Vec<_>>(), "{parts} parts");
+            assert!(runs.iter().all(|r| !r.is_empty()));
+        }
+        assert!(super::runs_by_weight(Vec::<usize>::new(), 3, |w| *w).is_empty());
+        // A run closes once it holds its share: the heavy first item alone, then the rest.
+        let runs = super::runs_by_weight(vec![100, 1, 1], 2, |w| *w);
+        assert_eq!(runs, vec![vec![100], vec![1, 1]]);
+    }
+
     #[test]
     fn results_come_in_item_order() {
         let out = super::run_each((0..5).collect(), |n, x: u32| (n, x * 2));

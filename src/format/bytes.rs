@@ -127,14 +127,22 @@ impl<'a> Decoder<'a> {
     #[inline]
     pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return Err(self.error(format!(
-                "truncated: {what} needs {n} bytes, {} remain",
-                self.remaining()
-            )));
+            return Err(self.truncated(n, what));
         }
         let out = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(out)
+    }
+
+    /// The error of a field of `n` bytes past the end; apart from [`Decoder::take`] so that the reads
+    /// of a record inline into their callers (a restore parses millions of them).
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, n: usize, what: &str) -> Error {
+        self.error(format!(
+            "truncated: {what} needs {n} bytes, {} remain",
+            self.remaining()
+        ))
     }
 
     #[inline]

@@ -43,7 +43,7 @@ pub(crate) fn decode_raw<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'sta
         None => decode(v),
         Some(m) => m(v).map_err(|e| migration_failed(state, stored, ours, e)),
     };
-    let build = |chunk: &[(usize, Vec<u8>)]| -> Result<Built<K, N, S>> {
+    let build = |chunk: Vec<&(usize, Vec<u8>)>| -> Result<Built<K, N, S>> {
         let mut built = Vec::with_capacity(chunk.len());
         for (kg, bytes) in chunk {
             let mut group = GroupBuilder::new(group_records(*kg, bytes).count(), epoch);
@@ -57,7 +57,8 @@ pub(crate) fn decode_raw<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'sta
         }
         Ok(built)
     };
-    let chunks = split_by_bytes(groups, total, threads);
+    let chunks =
+        crate::parallel::runs_by_weight(groups.iter().collect(), threads, |(_, b)| b.len());
     let results = crate::parallel::run_each(chunks, |_, chunk| build(chunk));
     for result in results {
         for (kg, group) in result? {
@@ -65,48 +66,4 @@ pub(crate) fn decode_raw<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'sta
         }
     }
     Ok(())
-}
-
-/// `groups` cut into at most `parts` contiguous runs of about equal bytes.
-fn split_by_bytes(
-    groups: &[(usize, Vec<u8>)],
-    total: usize,
-    parts: usize,
-) -> Vec<&[(usize, Vec<u8>)]> {
-    let mut chunks = Vec::with_capacity(parts);
-    let (mut start, mut bytes) = (0, 0usize);
-    for (i, (_, b)) in groups.iter().enumerate() {
-        bytes += b.len();
-        // Close run `chunks.len()` once it holds its share of the bytes.
-        if chunks.len() + 1 < parts && bytes * parts >= total * (chunks.len() + 1) {
-            chunks.push(&groups[start..=i]);
-            start = i + 1;
-        }
-    }
-    if start < groups.len() {
-        chunks.push(&groups[start..]);
-    }
-    chunks
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_by_bytes;
-
-    #[test]
-    fn runs_cover_every_group_once_in_order() {
-        let groups: Vec<(usize, Vec<u8>)> = (0..10).map(|g| (g, vec![0; 1 + g * 3])).collect();
-        let total = groups.iter().map(|(_, b)| b.len()).sum();
-        for parts in 1..=12 {
-            let chunks = split_by_bytes(&groups, total, parts);
-            assert!(!chunks.is_empty() && chunks.len() <= parts);
-            let flat: Vec<usize> = chunks
-                .iter()
-                .flat_map(|c| c.iter().map(|(g, _)| *g))
-                .collect();
-            assert_eq!(flat, (0..10).collect::<Vec<_>>(), "{parts} parts");
-            assert!(chunks.iter().all(|c| !c.is_empty()));
-        }
-        assert_eq!(split_by_bytes(&[], 0, 3).len(), 0);
-    }
 }

@@ -78,23 +78,24 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             _ => None,
         };
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
+        let threads = config.restore_threads;
         let loads = relevant
             .into_iter()
-            .map(|h| load_parts(storage, h, range, "heap", local.as_ref(), true));
+            .map(|h| load_parts(storage, h, range, "heap", local.as_ref(), threads));
         let loaded = futures::future::try_join_all(loads).await?;
         let mut sources = RestoreSources::default();
         for file in loaded.iter().flatten() {
             sources.merge(&file.sources);
         }
         let mut raw = RawStates::default();
-        for parts in &loaded {
+        for parts in loaded {
             let [file] = parts.as_slice() else {
                 // A chain: its records visited newest file first, without a merged copy.
                 let newest = parts.last().expect("a chain has files");
                 let slots = raw.slots(&newest.header.states, &newest.path)?;
                 let path = &newest.path;
                 let max_parallelism = newest.header.max_parallelism;
-                visit(parts, |key_group, state, key, namespace, value| {
+                visit(&parts, |key_group, state, key, namespace, value| {
                     check_key_group(key, max_parallelism, key_group, path)?;
                     raw.add(
                         slots[state as usize],
@@ -107,20 +108,15 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                 continue;
             };
             let slots = raw.slots(&file.header.states, &file.path)?;
-            for (key_group, bytes) in &file.groups {
-                for record in keyed_file::records(bytes, &file.path) {
-                    let r = record?;
-                    let slot = *slots.get(r.state as usize).ok_or_else(|| {
-                        Error::corrupt(&file.path, format!("record of unknown state {}", r.state))
-                    })?;
-                    check_key_group(r.key, file.header.max_parallelism, *key_group, &file.path)?;
-                    raw.add(
-                        slot,
-                        range,
-                        *key_group,
-                        &file.path,
-                        [r.key, r.namespace, r.value],
-                    )?;
+            let file = parts.into_iter().next().expect("one file");
+            let runs = crate::parallel::runs_by_weight(file.groups, threads, |(_, b)| b.len());
+            let (path, max_parallelism) = (&file.path, file.header.max_parallelism);
+            let split = crate::parallel::run_each(runs, |_, run| {
+                split_by_state(run, &slots, range, max_parallelism, path)
+            });
+            for run in split {
+                for (slot, kg_index, bytes, len) in run? {
+                    raw.add_group(slot, kg_index, bytes, len);
                 }
             }
         }
@@ -207,11 +203,20 @@ impl RawStates {
             groups.push((kg_index, Vec::new()));
         }
         let out = &mut groups.last_mut().expect("pushed above").1;
+        // The state word of a raw table's record is not read (see `RawTable`).
+        out.put_u32(0);
         for part in record {
             out.put_bytes(part);
         }
         *len += 1;
         Ok(())
+    }
+
+    /// Adds `len` records of state `slot` in key group `kg_index`, as a keyed file holds them.
+    fn add_group(&mut self, slot: usize, kg_index: usize, bytes: Vec<u8>, len: usize) {
+        let (_, groups, count) = &mut self.states[slot];
+        groups.push((kg_index, bytes));
+        *count += len;
     }
 
     /// One raw table per state, in the order the states were first seen.
@@ -234,4 +239,78 @@ impl RawStates {
             }
         })
     }
+}
+
+/// A state's records of one key group: `(state slot, key-group index, records as the file holds them,
+/// record count)`.
+type StateGroup = (usize, usize, Vec<u8>, usize);
+
+/// The records of a run of one file's decoded key groups (`(key group, records)`), split by state (the
+/// file's state `i` is slot `slots[i]`) and checked: every record of a known state and in the key group
+/// its key hashes to. A key group holding one state's records alone (the common case) is taken over as it
+/// is; one holding several states' is copied into a buffer per state.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `path` for a record that does not parse, of an unknown state or in another
+/// key group than its key's, or a key group outside `range`.
+fn split_by_state(
+    run: Vec<(u32, Vec<u8>)>,
+    slots: &[usize],
+    range: KeyGroupRange,
+    max_parallelism: u32,
+    path: &str,
+) -> Result<Vec<StateGroup>> {
+    let mut out = Vec::with_capacity(run.len());
+    // Per file state: its records in the key group at hand.
+    let mut counts = vec![0usize; slots.len()];
+    for (key_group, bytes) in run {
+        let kg_index = range
+            .index_of(key_group)
+            .ok_or_else(|| Error::corrupt(path, "key group outside the restore range"))?;
+        counts.fill(0);
+        let (mut first, mut distinct) = (0u32, 0usize);
+        for record in keyed_file::records(&bytes, path) {
+            let r = record?;
+            let count = counts.get_mut(r.state as usize).ok_or_else(|| {
+                Error::corrupt(path, format!("record of unknown state {}", r.state))
+            })?;
+            check_key_group(r.key, max_parallelism, key_group, path)?;
+            if *count == 0 {
+                distinct += 1;
+                if distinct == 1 {
+                    first = r.state;
+                }
+            }
+            *count += 1;
+        }
+        if distinct == 1 {
+            let slot = slots[first as usize];
+            out.push((slot, kg_index, bytes, counts[first as usize]));
+            continue;
+        }
+        let mut per_state: Vec<(u32, Vec<u8>)> = Vec::with_capacity(distinct);
+        let mut at = 0;
+        for record in keyed_file::records(&bytes, path) {
+            let r = record?;
+            let len = 16 + r.key.len() + r.namespace.len() + r.value.len();
+            let into = match per_state.iter().position(|(s, _)| *s == r.state) {
+                Some(i) => &mut per_state[i].1,
+                None => {
+                    per_state.push((r.state, Vec::new()));
+                    &mut per_state.last_mut().expect("pushed above").1
+                }
+            };
+            into.extend_from_slice(&bytes[at..at + len]);
+            at += len;
+        }
+        for (state, records) in per_state {
+            out.push((
+                slots[state as usize],
+                kg_index,
+                records,
+                counts[state as usize],
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -6,7 +6,6 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::format::bytes::Decoder;
 use crate::format::keyed_file::KeyedFileWriter;
 use crate::heap::cow_map::{CowMap, CowSnapshot, Entry};
 use crate::heap::delta::{Cut, FrozenChanges};
@@ -354,8 +353,10 @@ impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenS
 pub(crate) type RawRecord<'a> = (usize, &'a [u8], &'a [u8], &'a [u8]);
 
 /// Records of a restored state that the job has not registered yet: `(key-group index, records)` for the
-/// key groups that have records, ascending by index; the records are the raw `u32 len + key, u32 len +
-/// namespace, u32 len + value` triples exactly as restored.
+/// key groups that have records, ascending by index; the records are exactly as a keyed snapshot file
+/// holds them (`u32 state, u32 len + key, u32 len + namespace, u32 len + value`, `docs/formats.md`), so
+/// that a key group of one state is taken over from the file's decoded frames without a copy. The state
+/// word is the restored file's numbering and is ignored here.
 pub(crate) struct RawTable {
     pub(crate) meta: StateMeta,
     pub(crate) groups: Arc<Vec<(usize, Vec<u8>)>>,
@@ -376,20 +377,8 @@ pub(crate) fn group_records(
     kg: usize,
     bytes: &[u8],
 ) -> impl Iterator<Item = Result<RawRecord<'_>>> {
-    let mut d = Decoder::new(bytes, 0, "<restored records>");
-    std::iter::from_fn(move || {
-        if d.is_empty() {
-            return None;
-        }
-        Some((|| {
-            Ok((
-                kg,
-                d.bytes("key")?,
-                d.bytes("namespace")?,
-                d.bytes("value")?,
-            ))
-        })())
-    })
+    crate::format::keyed_file::read::records(bytes, "<restored records>")
+        .map(move |r| r.map(|r| (kg, r.key, r.namespace, r.value)))
 }
 
 impl<K: StateKey> ErasedTable<K> for RawTable {
@@ -447,10 +436,8 @@ impl FrozenTable for FrozenRawTable {
         let Ok(at) = self.0.binary_search_by_key(&kg_index, |(kg, _)| *kg) else {
             return Ok(());
         };
-        let bytes = &self.0[at].1;
-        let mut d = Decoder::new(bytes, 0, "<restored records>");
-        while !d.is_empty() {
-            let (k, n, v) = (d.bytes("key")?, d.bytes("namespace")?, d.bytes("value")?);
+        for record in group_records(kg_index, &self.0[at].1) {
+            let (_, k, n, v) = record?;
             writer.add_record(
                 state,
                 |b| b.extend_from_slice(k),

@@ -73,7 +73,7 @@ pub async fn keyed_file_records(
         }
         None => handle.key_groups,
     };
-    let loaded = load_handle(storage, handle, range, "dump", None, true).await?;
+    let loaded = load_handle(storage, handle, range, "dump", None, 1).await?;
     let mut records = Vec::new();
     for (key_group, bytes) in &loaded.groups {
         for r in crate::format::keyed_file::read::records(bytes, &loaded.path) {
@@ -114,7 +114,7 @@ pub async fn keyed_file_entry_counts(
     while let Some(last) = range.end().filter(|end| from <= *end) {
         let to = last.min(from.saturating_add(KEY_GROUPS_PER_READ - 1));
         let part = KeyGroupRange::new(from, to)?;
-        let loaded = load_handle(storage, handle, part, "inspect", None, true).await?;
+        let loaded = load_handle(storage, handle, part, "inspect", None, 1).await?;
         counts.resize(loaded.header.states.len(), 0);
         for (_, bytes) in &loaded.groups {
             for r in crate::format::keyed_file::read::records(bytes, &loaded.path) {

@@ -14,13 +14,14 @@ pub(crate) use crate::snapshot_io::loaded::LoadedFile;
 
 /// Reads and checks one handle's file; decodes the key groups in `range`. With `local` (local recovery),
 /// an intact local copy of the file (its size and CRC32 the handle's) is read instead of checkpoint
-/// storage; a missing or damaged one is reported in the result's `sources` and storage read. With
-/// `chains` (the heap backend), a [`HandleFormat::KeyedChain`] handle is read too: every file of the
-/// chain, merged into the records of its newest state (`snapshot_io/chain.rs`).
+/// storage; a missing or damaged one is reported in the result's `sources` and storage read. A
+/// [`HandleFormat::KeyedChain`] handle (heap incremental) is read whole: every file of the chain, merged
+/// into the records of its newest state (`snapshot_io/chain.rs`). A file's key groups are decompressed
+/// on up to `threads` threads (the calling one included; a file under 1 MiB uses one).
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] if the handle is not a keyed-file (canonical) handle, or a chain without
-/// `chains` (`restorer` names the backend that refuses it); [`Error::NotFound`] if a file is missing;
+/// [`Error::InvalidArgument`] if the handle is neither a keyed-file (canonical) handle nor a chain
+/// (`restorer` names the backend that refuses it); [`Error::NotFound`] if a file is missing;
 /// [`Error::Corrupt`] naming the file if its size, CRC32, footer, index, header or a frame is wrong, or
 /// a chain's files do not fit together.
 pub(crate) async fn load_handle(
@@ -29,9 +30,9 @@ pub(crate) async fn load_handle(
     range: KeyGroupRange,
     restorer: &str,
     local: Option<&LocalCopies>,
-    chains: bool,
+    threads: usize,
 ) -> Result<LoadedFile> {
-    let files = load_parts(storage, handle, range, restorer, local, chains).await?;
+    let files = load_parts(storage, handle, range, restorer, local, threads).await?;
     crate::snapshot_io::chain::merge(files)
 }
 
@@ -46,9 +47,9 @@ pub(crate) async fn load_parts(
     range: KeyGroupRange,
     restorer: &str,
     local: Option<&LocalCopies>,
-    chains: bool,
+    threads: usize,
 ) -> Result<Vec<LoadedFile>> {
-    if chains && handle.format == HandleFormat::KeyedChain {
+    if handle.format == HandleFormat::KeyedChain {
         if handle.files.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "a chain handle of backend {} lists no file",
@@ -59,7 +60,7 @@ pub(crate) async fn load_parts(
             .files
             .iter()
             .enumerate()
-            .map(|(i, file)| load_file(storage, handle, file, range, local, i > 0));
+            .map(|(i, file)| load_file(storage, handle, file, range, local, i > 0, threads));
         return futures::future::try_join_all(loads).await;
     }
     if handle.format != HandleFormat::KeyedFile {
@@ -78,7 +79,7 @@ pub(crate) async fn load_parts(
         )));
     };
     Ok(vec![
-        load_file(storage, handle, file, range, local, false).await?,
+        load_file(storage, handle, file, range, local, false, threads).await?,
     ])
 }
 
@@ -91,6 +92,7 @@ async fn load_file(
     range: KeyGroupRange,
     local: Option<&LocalCopies>,
     delta: bool,
+    threads: usize,
 ) -> Result<LoadedFile> {
     let mut sources = RestoreSources::default();
     let local_bytes = match local {
@@ -189,16 +191,11 @@ async fn load_file(
     let blocks = source.read_many(&ranges).await?;
     let decode_path = path.clone();
     let groups = tokio::task::spawn_blocking(move || {
-        wanted
-            .iter()
-            .zip(blocks)
-            .map(|(e, bytes)| {
-                Ok((
-                    e.key_group,
-                    keyed_file::decode_frames(&bytes, e.offset, &decode_path)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()
+        decode_groups(
+            wanted.into_iter().zip(blocks).collect(),
+            threads,
+            &decode_path,
+        )
     })
     .await
     .map_err(|e| Error::IllegalState(format!("restore decoder panicked: {e}")))??;
@@ -208,6 +205,42 @@ async fn load_file(
         groups,
         sources,
     })
+}
+
+/// Below this many stored bytes a file's key groups are decompressed on one thread (a thread costs more
+/// than it saves).
+const PARALLEL_FROM_BYTES: usize = 1 << 20;
+
+/// The decoded records of each key group of `blocks` (index entry, its stored frames), in order: runs of
+/// key groups of about equal stored bytes decompressed on up to `threads` threads (the calling one
+/// included).
+fn decode_groups(
+    blocks: Vec<(IndexEntry, bytes::Bytes)>,
+    threads: usize,
+    path: &str,
+) -> Result<Vec<(u32, Vec<u8>)>> {
+    let total: usize = blocks.iter().map(|(_, b)| b.len()).sum();
+    let parts = if total < PARALLEL_FROM_BYTES {
+        1
+    } else {
+        threads.clamp(1, blocks.len().max(1))
+    };
+    let runs = crate::parallel::runs_by_weight(blocks, parts, |(_, b)| b.len());
+    let decoded = crate::parallel::run_each(runs, |_, run| {
+        run.into_iter()
+            .map(|(e, bytes)| {
+                Ok((
+                    e.key_group,
+                    keyed_file::decode_frames(&bytes, e.offset, path)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+    });
+    let mut groups = Vec::new();
+    for run in decoded {
+        groups.extend(run?);
+    }
+    Ok(groups)
 }
 
 /// The header of the keyed snapshot file `file` (its states with kinds and codec ids, and its key groups),

@@ -258,9 +258,16 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     ) -> Result<Self> {
         let owned = identity.key_groups();
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
-        let loads = overlapping
-            .iter()
-            .map(|h| load_handle(storage, h, owned, "LSM", local.as_ref(), false));
+        let loads = overlapping.iter().map(|h| {
+            load_handle(
+                storage,
+                h,
+                owned,
+                "LSM",
+                local.as_ref(),
+                config.restore_threads,
+            )
+        });
         let loaded = futures::future::try_join_all(loads).await?;
         let mut sources = RestoreSources::default();
         for file in &loaded {
