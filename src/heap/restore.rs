@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::format::bytes::PutExt;
 use crate::format::keyed_file::read as keyed_file;
 use crate::format::keyed_file::read::check_key_group;
 use crate::heap::backend::HeapKeyedStateBackend;
@@ -20,7 +19,7 @@ use crate::snapshot::handle::{HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot::result::RestoreSources;
 use crate::snapshot::state_meta::StateMeta;
-use crate::snapshot_io::chain::visit;
+use crate::snapshot_io::chain::{Chain, Seen};
 use crate::snapshot_io::load::load_parts;
 use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
@@ -90,21 +89,20 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let mut raw = RawStates::default();
         for parts in loaded {
             let [file] = parts.as_slice() else {
-                // A chain: its records visited newest file first, without a merged copy.
-                let newest = parts.last().expect("a chain has files");
-                let slots = raw.slots(&newest.header.states, &newest.path)?;
-                let path = &newest.path;
-                let max_parallelism = newest.header.max_parallelism;
-                visit(&parts, |key_group, state, key, namespace, value| {
-                    check_key_group(key, max_parallelism, key_group, path)?;
-                    raw.add(
-                        slots[state as usize],
-                        range,
-                        key_group,
-                        path,
-                        [key, namespace, value],
-                    )
-                })?;
+                // A chain: its live records visited newest file first, runs of key groups on threads.
+                let chain = Chain::new(&parts)?;
+                let header = chain.header();
+                let slots = raw.slots(&header.states, chain.path())?;
+                let groups: Vec<_> = chain.groups().enumerate().collect();
+                let runs = crate::parallel::runs_by_weight(groups, threads, |(_, (_, b))| *b);
+                let split = crate::parallel::run_each(runs, |_, run| {
+                    chain_by_state(&chain, run, &slots, range, header.max_parallelism)
+                });
+                for run in split {
+                    for (slot, kg_index, bytes, len) in run? {
+                        raw.add_group(slot, kg_index, bytes, len);
+                    }
+                }
                 continue;
             };
             let slots = raw.slots(&file.header.states, &file.path)?;
@@ -179,37 +177,6 @@ impl RawStates {
             slots.push(slot);
         }
         Ok(slots)
-    }
-
-    /// Adds the record `[key, namespace, value]` of key group `key_group` (of `range`) to state `slot`.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] naming `path` if the key group is outside `range`.
-    fn add(
-        &mut self,
-        slot: usize,
-        range: KeyGroupRange,
-        key_group: u32,
-        path: &str,
-        record: [&[u8]; 3],
-    ) -> Result<()> {
-        let kg_index = range
-            .index_of(key_group)
-            .ok_or_else(|| Error::corrupt(path, "key group outside the restore range"))?;
-        let (_, groups, len) = &mut self.states[slot];
-        // Records come key group by key group: a state's records of one key group arrive together, so
-        // the last group is the one to write to unless this record starts another.
-        if groups.last().is_none_or(|(last, _)| *last != kg_index) {
-            groups.push((kg_index, Vec::new()));
-        }
-        let out = &mut groups.last_mut().expect("pushed above").1;
-        // The state word of a raw table's record is not read (see `RawTable`).
-        out.put_u32(0);
-        for part in record {
-            out.put_bytes(part);
-        }
-        *len += 1;
-        Ok(())
     }
 
     /// Adds `len` records of state `slot` in key group `kg_index`, as a keyed file holds them.
@@ -310,6 +277,51 @@ fn split_by_state(
                 records,
                 counts[state as usize],
             ));
+        }
+    }
+    Ok(out)
+}
+
+/// The live records of a run of a chain's key groups (`(position in `[`Chain::groups`]`, (key group,
+/// bytes))`), per state (the newest file's state `i` is slot `slots[i]`) and checked as
+/// [`split_by_state`] checks a file's; each record copied as its file holds it.
+///
+/// # Errors
+/// As [`Chain::visit_group`] and [`split_by_state`].
+fn chain_by_state(
+    chain: &Chain<'_>,
+    run: Vec<(usize, (u32, usize))>,
+    slots: &[usize],
+    range: KeyGroupRange,
+    max_parallelism: u32,
+) -> Result<Vec<StateGroup>> {
+    let path = chain.path();
+    let mut out = Vec::with_capacity(run.len());
+    let mut seen = Seen::default();
+    for (group, (key_group, bytes)) in run {
+        let kg_index = range
+            .index_of(key_group)
+            .ok_or_else(|| Error::corrupt(path, "key group outside the restore range"))?;
+        // Per state of the newest file: its records of this key group and their count.
+        let mut per_state: Vec<(u32, Vec<u8>, usize)> = Vec::new();
+        chain.visit_group(group, &mut seen, |state, r, record| {
+            check_key_group(r.key, max_parallelism, key_group, path)?;
+            let i = match per_state.iter().position(|(s, _, _)| *s == state) {
+                Some(i) => i,
+                None => {
+                    // The first state of a key group is usually its only one: room for all its bytes.
+                    let room = if per_state.is_empty() { bytes } else { 0 };
+                    per_state.push((state, Vec::with_capacity(room), 0));
+                    per_state.len() - 1
+                }
+            };
+            let (_, into, len) = &mut per_state[i];
+            into.extend_from_slice(record);
+            *len += 1;
+            Ok(())
+        })?;
+        for (state, records, len) in per_state {
+            out.push((slots[state as usize], kg_index, records, len));
         }
     }
     Ok(out)
