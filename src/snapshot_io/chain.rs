@@ -86,8 +86,11 @@ pub(crate) struct Chain<'a> {
     targets: Vec<Vec<Option<u32>>>,
     /// Per key group with records, ascending: the decoded records of each file that has some, newest
     /// file first.
-    groups: Vec<(u32, Vec<(usize, &'a [u8])>)>,
+    groups: Vec<(u32, Vec<FilePart<'a>>)>,
 }
+
+/// One file's decoded records of a key group: `(position of the file in the chain, records)`.
+type FilePart<'a> = (usize, &'a [u8]);
 
 impl<'a> Chain<'a> {
     /// The chain of `files` (full file first, each checked by `load_handle`).
