@@ -40,9 +40,11 @@ pub enum HandleFormat {
     /// One keyed snapshot file (`docs/formats.md`): a full snapshot of the heap backend (incremental
     /// checkpoints off), or a canonical savepoint of either backend. Tag 0.
     KeyedFile,
-    /// The files of a native RocksDB checkpoint of the RocksDB backend: shared SST files (uploaded once, reused
-    /// by later checkpoints) and private MANIFEST/CURRENT/OPTIONS files, each with its local name. Its rows
-    /// are in LSM row format 2 (`docs/formats.md`, "RocksDB backend rows"). Tag 2.
+    /// The files of a native RocksDB checkpoint of the RocksDB backend, each with its local name: shared SST
+    /// and OPTIONS files (uploaded once, reused by later checkpoints while unchanged) and the private
+    /// MANIFEST; a restore writes RocksDB's CURRENT from the MANIFEST's name (handles written before also
+    /// list CURRENT, an empty log and a private OPTIONS). Its rows are in LSM row format 2
+    /// (`docs/formats.md`, "RocksDB backend rows"). Tag 2.
     RocksIncremental,
     /// A native RocksDB checkpoint in LSM row format 1 (2-byte key groups, `u32` lengths), written before
     /// row format 2. Known so that a restore can say why it refuses it ([`crate::Error::InvalidArgument`]);

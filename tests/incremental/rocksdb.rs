@@ -55,7 +55,41 @@ fn only_new_sst_files_upload_and_reused_files_are_byte_identical() {
         assert_eq!(
             s2.checkpointed_bytes,
             new_ssts.iter().map(|f| f.size_bytes).sum::<u64>() + private,
-            "uploaded = new SSTs + MANIFEST/CURRENT/OPTIONS"
+            "uploaded = new SSTs + MANIFEST"
+        );
+        // One PUT per new SST plus one: the OPTIONS file is shared and unchanged, CURRENT is written by
+        // the restore.
+        assert_eq!(
+            s2.files_uploaded as usize,
+            new_ssts.len() + 1,
+            "{s2:?} {:?}",
+            second
+                .files()
+                .map(|f| (&f.local_name, f.created_by))
+                .collect::<Vec<_>>()
+        );
+        let names = |c: &CheckpointMetadata| -> Vec<(String, FileScope, u64)> {
+            c.files()
+                .map(|f| (f.local_name.clone(), f.scope, f.created_by))
+                .collect()
+        };
+        for (name, scope, created_by) in names(&second) {
+            assert_ne!(name, "CURRENT", "CURRENT is not uploaded");
+            if name.starts_with("OPTIONS-") {
+                assert_eq!(
+                    (scope, created_by),
+                    (FileScope::Shared, 1),
+                    "OPTIONS reused"
+                );
+            }
+            if name.starts_with("MANIFEST-") {
+                assert_eq!((scope, created_by), (FileScope::Private, 2));
+            }
+        }
+        assert!(
+            names(&second)
+                .iter()
+                .any(|(n, _, _)| n.starts_with("OPTIONS-"))
         );
         assert!(s2.checkpointed_bytes < s2.full_bytes / 2, "{s2:?}");
         assert_retained_files_intact(&coord, true).await;

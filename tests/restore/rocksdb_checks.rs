@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::common::*;
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
-use statebackend::snapshot::HandleFormat;
+use statebackend::snapshot::{HandleFormat, StateFile};
 use statebackend::*;
 
 const NS: VoidNamespace = VoidNamespace;
@@ -102,6 +102,68 @@ fn row_format_1_checkpoints_are_refused_with_a_clear_error() {
         .unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.to_string().contains("row format 1"), "{err}");
+    });
+}
+
+/// Checkpoints do not upload RocksDB's CURRENT: a restore writes it from the handle's one MANIFEST. A handle
+/// without CURRENT that lists no MANIFEST, or two, is a `Corrupt` error naming the count, never a guess.
+#[test]
+fn current_is_written_from_the_one_manifest_or_the_handle_is_corrupt() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("current").unwrap();
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let mut b = vec![lsm::<u64>(128, 1, 0)];
+        fill(&mut b[0], 0..50, 1);
+        checkpoint(&mut coord, &mut b).await;
+        let good = handles(coord.store().latest().unwrap());
+        let names: Vec<&str> = good[0]
+            .files
+            .iter()
+            .map(|f| f.local_name.as_str())
+            .collect();
+        assert!(!names.contains(&"CURRENT"), "{names:?}");
+        let mut restored = Lsm::restore(
+            identity(128, 1, 0),
+            lsm_config(),
+            &storage,
+            &good,
+            RestoreMode::NoClaim,
+        )
+        .await
+        .unwrap();
+        assert_eq!(read_counts(&mut restored).len(), 50);
+        let manifest = good[0]
+            .files
+            .iter()
+            .find(|f| f.local_name.starts_with("MANIFEST-"))
+            .unwrap()
+            .clone();
+        let mut none = good.clone();
+        none[0]
+            .files
+            .retain(|f| !f.local_name.starts_with("MANIFEST-"));
+        let mut two = good.clone();
+        two[0].files.push(StateFile {
+            local_name: "MANIFEST-999999".into(),
+            ..manifest
+        });
+        for (handles, count) in [(none, 0), (two, 2)] {
+            let err = Lsm::restore(
+                identity(128, 1, 0),
+                lsm_config(),
+                &storage,
+                &handles,
+                RestoreMode::NoClaim,
+            )
+            .await
+            .err()
+            .unwrap();
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+            assert!(
+                err.to_string().contains(&format!("lists {count} MANIFEST")),
+                "{err}"
+            );
+        }
     });
 }
 

@@ -23,6 +23,7 @@ use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
 use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
 use crate::rocksdb::restore::import::import_canonical;
 use crate::rocksdb::snapshot::Checkpoints;
+use crate::rocksdb::snapshot::upload::CURRENT;
 use crate::rocksdb::snapshot::upload::DiffBase;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
@@ -103,6 +104,9 @@ async fn download(
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    if !handle.files.iter().any(|f| f.local_name == CURRENT) {
+        write_current(storage, handle, dir)?;
+    }
     let mut sources = RestoreSources::default();
     for (r, f) in results.into_iter().zip(&handle.files) {
         let (was_local, fallback) = r?;
@@ -116,6 +120,37 @@ async fn download(
         }
     }
     Ok(sources)
+}
+
+/// Writes RocksDB's `CURRENT` file into `dir`, naming the one MANIFEST of `handle`: checkpoints do not
+/// upload it (`rocksdb/snapshot/upload.rs`); those written before list it, and keep theirs.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the handle's first file if the handle lists no MANIFEST or several;
+/// [`Error::Local`] if the file cannot be written.
+fn write_current(storage: &CheckpointStorage, handle: &KeyedStateHandle, dir: &Path) -> Result<()> {
+    let manifests: Vec<&str> = (handle.files.iter())
+        .map(|f| f.local_name.as_str())
+        .filter(|name| name.starts_with("MANIFEST-"))
+        .collect();
+    let [manifest] = manifests.as_slice() else {
+        let path = handle
+            .files
+            .first()
+            .map_or(String::new(), |f| storage.path(&f.path).to_string());
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "a native checkpoint without CURRENT lists {} MANIFEST files, not one (backend {}, \
+                 checkpoint {})",
+                manifests.len(),
+                handle.backend_id,
+                handle.checkpoint_id
+            ),
+        ));
+    };
+    let path = dir.join(CURRENT);
+    std::fs::write(&path, format!("{manifest}\n")).map_err(|e| io_error(&path, e))
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {

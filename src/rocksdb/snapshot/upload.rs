@@ -48,6 +48,18 @@ pub(crate) struct DiffBase {
     pub(crate) confirmed: bool,
 }
 
+/// RocksDB's file naming the current MANIFEST, which a checkpoint does not upload
+/// (`rocksdb/restore/mod.rs` writes it from the handle's MANIFEST).
+pub(crate) const CURRENT: &str = "CURRENT";
+
+/// Whether a native checkpoint's file is shared (uploaded once under a unique name and reused by later
+/// checkpoints while its local name and size stay): SSTs, immutable in RocksDB, and OPTIONS files,
+/// which RocksDB writes once under a new number whenever the options change (on open, on a new column
+/// family) and never modifies. The MANIFEST grows with every flush: private, uploaded every time.
+pub(crate) fn is_shared_kind(local_name: &str) -> bool {
+    local_name.ends_with(".sst") || local_name.starts_with("OPTIONS-")
+}
+
 /// Where a snapshot goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SnapshotTarget {
@@ -170,9 +182,19 @@ impl UploadJob {
         let mut plans = Vec::new();
         for entry in entries {
             let local_name = entry.file_name().to_string_lossy().into_owned();
+            if local_name == CURRENT {
+                // One line naming the MANIFEST, which the handle lists: a restore writes it (one PUT
+                // less per checkpoint).
+                continue;
+            }
             let size = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-            let is_sst = local_name.ends_with(".sst");
-            if is_sst
+            if size == 0 && local_name.ends_with(".log") {
+                // The write-ahead log is off: the checkpoint's log file is empty, and RocksDB opens
+                // without it (nothing to replay). One PUT less per checkpoint.
+                continue;
+            }
+            let shared = is_shared_kind(&local_name);
+            if shared
                 && self.target == SnapshotTarget::Checkpoint
                 && let Some(reused) = self
                     .base
@@ -183,7 +205,7 @@ impl UploadJob {
                 plans.push(Plan::Reuse(reused.clone()));
                 continue;
             }
-            let (remote, scope) = match (self.target, is_sst) {
+            let (remote, scope) = match (self.target, shared) {
                 (SnapshotTarget::Checkpoint, true) => (
                     format!(
                         "{SHARED_DIR}/{}-{}-{nonce:016x}-{local_name}",
