@@ -58,6 +58,10 @@ pub(crate) struct Args {
     /// Local directory of the RocksDB backend (default: the system's temporary directory).
     #[arg(long)]
     pub(crate) local_dir: Option<PathBuf>,
+    /// Memory of all RocksDB backends of this process together, MiB: one budget the workers share
+    /// (memtables, data, index and filter blocks; `docs/engines.md`, "Memory"), at least 16.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
+    pub(crate) memory_budget_mib: u64,
     /// Checkpoint storage: a directory or a URL (`s3://bucket/prefix` with `--features aws`).
     #[arg(long)]
     pub(crate) checkpoint_dir: String,

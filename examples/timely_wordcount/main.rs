@@ -26,6 +26,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use statebackend::rocksdb::{MemoryBudget, MemoryBudgetConfig};
 
 fn main() -> ExitCode {
     let args = args::Args::parse();
@@ -51,9 +52,20 @@ fn main() -> ExitCode {
         }
     };
     let handle = runtime.handle().clone();
+    // One memory budget for the RocksDB backends of every worker of this process.
+    let budget = match MemoryBudget::new(MemoryBudgetConfig {
+        total_bytes: (args.memory_budget_mib << 20) as usize,
+        ..MemoryBudgetConfig::default()
+    }) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("memory budget: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let started = Instant::now();
     let job = args.clone();
-    let guards = timely::execute(config, move |w| worker::run(w, &job, &handle));
+    let guards = timely::execute(config, move |w| worker::run(w, &job, &handle, &budget));
     let results = match guards {
         Ok(guards) => guards.join(),
         Err(e) => {

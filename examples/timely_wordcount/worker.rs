@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use statebackend::keyed::TimerServiceDescriptor;
-use statebackend::rocksdb::RocksDbConfig;
+use statebackend::rocksdb::{MemoryBudget, RocksDbConfig};
 use statebackend::*;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -34,6 +34,7 @@ pub(crate) fn run(
     worker: &mut Worker,
     args: &Args,
     rt: &tokio::runtime::Handle,
+    budget: &MemoryBudget,
 ) -> Result<u64, String> {
     let index = worker.index() as u32;
     let peers = worker.peers() as u32;
@@ -96,15 +97,17 @@ pub(crate) fn run(
     };
     let backend = match &restored {
         Some(meta) => rt
-            .block_on(StateBackend::restore_checkpoint(
+            .block_on(StateBackend::restore_checkpoint_with_memory_budget(
                 &identity,
                 &config,
+                budget,
                 &storage,
                 meta,
                 RestoreMode::Claim,
             ))
             .map_err(|e| format!("restore: {e}"))?,
-        None => StateBackend::new(&identity, &config).map_err(|e| e.to_string())?,
+        None => StateBackend::with_memory_budget(&identity, &config, budget)
+            .map_err(|e| e.to_string())?,
     };
     let splits = match &restored {
         Some(meta) => checkpointing::restored_splits(meta, index, peers)

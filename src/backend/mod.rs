@@ -18,6 +18,7 @@ use crate::keyed::descriptor::{
 };
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::state::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use crate::rocksdb::MemoryBudget;
 #[cfg(feature = "rocksdb")]
 use crate::rocksdb::RocksDbKeyedStateBackend;
 use crate::snapshot::handle::{CheckpointMetadata, KeyedStateHandle};
@@ -70,16 +71,44 @@ impl<K: StateKey> StateBackend<K> {
     /// in a build without the `rocksdb` feature; [`Error::Local`](crate::Error::Local) if the RocksDB
     /// backend cannot create its directory or DB.
     pub fn new(identity: &SubtaskIdentity, config: &StateBackendConfig) -> Result<Self> {
+        Self::new_in(identity, config, None)
+    }
+
+    /// As [`StateBackend::new`]; a RocksDB kind's memtables and blocks are counted against `budget`,
+    /// shared with every backend the engine gives it to (`docs/engines.md`, "Memory"). The heap kind
+    /// ignores it: its state is the process's heap.
+    ///
+    /// # Errors
+    /// As [`StateBackend::new`].
+    pub fn with_memory_budget(
+        identity: &SubtaskIdentity,
+        config: &StateBackendConfig,
+        budget: &MemoryBudget,
+    ) -> Result<Self> {
+        Self::new_in(identity, config, Some(budget))
+    }
+
+    #[cfg_attr(not(feature = "rocksdb"), allow(unused_variables))]
+    fn new_in(
+        identity: &SubtaskIdentity,
+        config: &StateBackendConfig,
+        budget: Option<&MemoryBudget>,
+    ) -> Result<Self> {
         let identity = identity.clone();
         let inner = match config.kind {
             BackendKind::Heap => {
                 Inner::Heap(HeapKeyedStateBackend::new(identity, config.heap.clone())?)
             }
             #[cfg(feature = "rocksdb")]
-            BackendKind::RocksDb => Inner::RocksDb(RocksDbKeyedStateBackend::new(
-                identity,
-                config.rocksdb.clone(),
-            )?),
+            BackendKind::RocksDb => {
+                let rocksdb = config.rocksdb.clone();
+                Inner::RocksDb(match budget {
+                    Some(budget) => {
+                        RocksDbKeyedStateBackend::with_memory_budget(identity, rocksdb, budget)?
+                    }
+                    None => RocksDbKeyedStateBackend::new(identity, rocksdb)?,
+                })
+            }
             #[cfg(not(feature = "rocksdb"))]
             BackendKind::RocksDb => return Err(no_rocksdb()),
         };
@@ -107,6 +136,33 @@ impl<K: StateKey> StateBackend<K> {
         handles: &[KeyedStateHandle],
         mode: RestoreMode,
     ) -> Result<Self> {
+        Self::restore_in(identity, config, None, storage, handles, mode).await
+    }
+
+    /// As [`StateBackend::restore`], with `budget` as [`StateBackend::with_memory_budget`].
+    ///
+    /// # Errors
+    /// As [`StateBackend::restore`].
+    pub async fn restore_with_memory_budget(
+        identity: &SubtaskIdentity,
+        config: &StateBackendConfig,
+        budget: &MemoryBudget,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+    ) -> Result<Self> {
+        Self::restore_in(identity, config, Some(budget), storage, handles, mode).await
+    }
+
+    #[cfg_attr(not(feature = "rocksdb"), allow(unused_variables))]
+    async fn restore_in(
+        identity: &SubtaskIdentity,
+        config: &StateBackendConfig,
+        budget: Option<&MemoryBudget>,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+    ) -> Result<Self> {
         let identity = identity.clone();
         let inner = match config.kind {
             BackendKind::Heap => Inner::Heap(
@@ -120,16 +176,21 @@ impl<K: StateKey> StateBackend<K> {
                 .await?,
             ),
             #[cfg(feature = "rocksdb")]
-            BackendKind::RocksDb => Inner::RocksDb(
-                RocksDbKeyedStateBackend::restore(
-                    identity,
-                    config.rocksdb.clone(),
-                    storage,
-                    handles,
-                    mode,
-                )
-                .await?,
-            ),
+            BackendKind::RocksDb => {
+                let rocksdb = config.rocksdb.clone();
+                Inner::RocksDb(match budget {
+                    Some(budget) => {
+                        RocksDbKeyedStateBackend::restore_with_memory_budget(
+                            identity, rocksdb, budget, storage, handles, mode,
+                        )
+                        .await?
+                    }
+                    None => {
+                        RocksDbKeyedStateBackend::restore(identity, rocksdb, storage, handles, mode)
+                            .await?
+                    }
+                })
+            }
             #[cfg(not(feature = "rocksdb"))]
             BackendKind::RocksDb => return Err(no_rocksdb()),
         };
@@ -151,11 +212,37 @@ impl<K: StateKey> StateBackend<K> {
         checkpoint: &CheckpointMetadata,
         mode: RestoreMode,
     ) -> Result<Self> {
+        Self::restore_checkpoint_in(identity, config, None, storage, checkpoint, mode).await
+    }
+
+    /// As [`StateBackend::restore_checkpoint`], with `budget` as [`StateBackend::with_memory_budget`].
+    ///
+    /// # Errors
+    /// As [`StateBackend::restore`].
+    pub async fn restore_checkpoint_with_memory_budget(
+        identity: &SubtaskIdentity,
+        config: &StateBackendConfig,
+        budget: &MemoryBudget,
+        storage: &CheckpointStorage,
+        checkpoint: &CheckpointMetadata,
+        mode: RestoreMode,
+    ) -> Result<Self> {
+        Self::restore_checkpoint_in(identity, config, Some(budget), storage, checkpoint, mode).await
+    }
+
+    async fn restore_checkpoint_in(
+        identity: &SubtaskIdentity,
+        config: &StateBackendConfig,
+        budget: Option<&MemoryBudget>,
+        storage: &CheckpointStorage,
+        checkpoint: &CheckpointMetadata,
+        mode: RestoreMode,
+    ) -> Result<Self> {
         let handles = checkpoint.keyed_handles(identity.operator_id());
         if handles.is_empty() {
-            return Self::new(identity, config);
+            return Self::new_in(identity, config, budget);
         }
-        Self::restore(identity, config, storage, &handles, mode).await
+        Self::restore_in(identity, config, budget, storage, &handles, mode).await
     }
 
     /// The kind inside.

@@ -20,6 +20,8 @@ use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::current::CurrentKeyPrefix;
 use crate::rocksdb::db::Db;
 use crate::rocksdb::instance::InstanceDir;
+use crate::rocksdb::memory::MemoryBudget;
+use crate::rocksdb::options::Memory;
 use crate::rocksdb::rows::delete_prefix;
 use crate::rocksdb::snapshot::upload::SnapshotTarget;
 use crate::rocksdb::snapshot::{Checkpoints, SnapshotSource};
@@ -52,28 +54,17 @@ pub struct RocksDbKeyedStateBackend<K> {
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
-    /// An empty backend of subtask `identity`, working in a new directory of its own inside
-    /// `config.local_dir` (nothing else there is touched).
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `config` is invalid;
-    /// [`Error::Local`](crate::Error::Local) if the directory or the DB cannot
-    /// be created.
-    pub fn new(identity: SubtaskIdentity, config: RocksDbConfig) -> Result<Self> {
-        config.validate()?;
-        let instance = InstanceDir::create(&identity, &config)?;
-        Self::open_db(identity, config, instance)
-    }
-
     /// Opens (or creates) the DB in the instance directory and loads the meta information of its states.
     pub(crate) fn open_db(
         identity: SubtaskIdentity,
         config: RocksDbConfig,
         instance: InstanceDir,
+        budget: Option<&MemoryBudget>,
     ) -> Result<Self> {
         let ttl = TtlTimes::default();
         let filters = TtlFilters::new(&ttl, identity.max_parallelism());
-        let db = Db::open(&config, instance, filters.clone())?;
+        let memory = Memory::of(&config, budget);
+        let db = Db::open(&config, instance, filters.clone(), memory)?;
         let states = LsmStates::load(&db)?;
         let timers = TimerQueues::new(&identity);
         let checkpoints = Checkpoints::new(config.local_recovery_dir.clone().map(LocalCopies::new));

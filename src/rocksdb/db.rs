@@ -4,14 +4,14 @@
 //! here as a typed [`Error`] naming what failed; the backend above sees states, rows and batches.
 
 use rocksdb::{
-    Cache, ColumnFamily, DB, DBPinnableSlice, DBRawIterator, FlushOptions,
-    IngestExternalFileOptions, Options, ReadOptions, WriteBatch, WriteOptions,
+    ColumnFamily, DB, DBPinnableSlice, DBRawIterator, FlushOptions, IngestExternalFileOptions,
+    Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
 use crate::error::{Error, Result};
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::instance::InstanceDir;
-use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
+use crate::rocksdb::options::{ColumnFamilyOptions, Memory, options_with};
 use crate::rocksdb::ttl::TtlFilters;
 
 /// Prefix of the rows in the `default` column family that describe states (`docs/formats.md`).
@@ -32,7 +32,7 @@ pub(crate) fn db_error(what: impl std::fmt::Display, e: rocksdb::Error) -> Error
 pub(crate) struct Db {
     db: DB,
     cf_options: ColumnFamilyOptions,
-    _cache: Cache,
+    memory: Memory,
     write: WriteOptions,
     read: ReadOptions,
     /// Declared last: fields drop in order, so the DB is closed before its directory is removed.
@@ -44,16 +44,18 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Local`] naming the directory if it cannot be created or RocksDB cannot open it.
-    /// Keyed states' column families compact with the TTL filters of `filters` (`rocksdb/ttl.rs`).
+    /// Keyed states' column families compact with the TTL filters of `filters` (`rocksdb/ttl.rs`); blocks
+    /// and memtables live in `memory` (a cache of its own, or a budget shared with other backends).
     pub(crate) fn open(
         config: &RocksDbConfig,
         instance: InstanceDir,
         filters: TtlFilters,
+        memory: Memory,
     ) -> Result<Db> {
         let dir = instance.db();
         std::fs::create_dir_all(&dir).map_err(|e| Error::local(dir.display().to_string(), e))?;
-        let (options, cache) = lsm_db_options(config);
-        let cf_options = ColumnFamilyOptions::new(config, &cache, Some(filters));
+        let options = options_with(config, &memory);
+        let cf_options = ColumnFamilyOptions::new(config, &memory, Some(filters));
         let cfs = if dir.join("CURRENT").exists() {
             DB::list_cf(&options, &dir).map_err(|e| db_error(dir.display(), e))?
         } else {
@@ -66,11 +68,17 @@ impl Db {
         Ok(Db {
             db,
             cf_options,
-            _cache: cache,
+            memory,
             write,
             read: ReadOptions::default(),
             instance,
         })
+    }
+
+    /// Where the DB's blocks and memtables live (the read-only opens of a restore or a canonical savepoint
+    /// use it too).
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// The working directory (the DB, native checkpoints, restore downloads).

@@ -15,6 +15,7 @@ mod current;
 mod db;
 #[cfg(feature = "rocksdb")]
 mod instance;
+mod memory;
 #[cfg(feature = "rocksdb")]
 mod migrate;
 #[cfg(feature = "rocksdb")]
@@ -35,6 +36,7 @@ mod ttl;
 #[cfg(feature = "rocksdb")]
 pub use backend::RocksDbKeyedStateBackend;
 pub use config::RocksDbConfig;
+pub use memory::{MemoryBudget, MemoryBudgetConfig};
 /// The RocksDB options of every column family and of the DB, for this crate's benches (raw-RocksDB
 /// baselines with the backend's options); not part of the public API (`internals` feature).
 #[cfg(all(feature = "rocksdb", feature = "internals"))]

@@ -1,12 +1,14 @@
 //! The RocksDB options the backend runs with.
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, MergeOperands, Options,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType,
+    MergeOperands, Options,
 };
 
 use crate::format::lsm_rows::CF_PREFIX;
 use crate::keyed::timers::TIMER_STATE_PREFIX;
 use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::memory::MemoryBudget;
 use crate::rocksdb::ttl::TtlFilters;
 
 /// Name of the merge operator that appends list elements.
@@ -45,23 +47,86 @@ fn list_append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -
 ///   timer column families (states `_timer/...`, only ever read by iterators), which have none;
 /// - the list merge operator `sb-list-append` (harmless on column families without lists);
 /// - background compaction unless `auto_compaction` is off.
+///
+/// Under a [`MemoryBudget`] (see [`Memory`]) the cache is the budget's, memtables are charged to it by
+/// its write-buffer manager, and index and filter blocks live in the cache too: partitioned (a get reads
+/// one small partition, not a whole SST's filter), level 0's and the top-level index pinned there.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub fn lsm_db_options(config: &RocksDbConfig) -> (Options, Cache) {
-    let cache = Cache::new_lru_cache(config.block_cache_bytes);
-    (options(config, &cache, true), cache)
+    let memory = Memory::of(config, None);
+    (options(config, &memory, true), memory.cache().clone())
 }
 
-/// The options of [`lsm_db_options`] with `cache`, with bloom filters or without.
-fn options(config: &RocksDbConfig, cache: &Cache, blooms: bool) -> Options {
+/// Where a DB's memory comes from: a block cache of its own (`RocksDbConfig::block_cache_bytes`,
+/// memtables uncounted) or a [`MemoryBudget`] shared with other backends. Cloning shares the cache.
+#[derive(Clone)]
+pub(crate) enum Memory {
+    Own(Cache),
+    Budget(MemoryBudget),
+}
+
+impl Memory {
+    /// The budget's memory if there is one, else a new cache of `config.block_cache_bytes`.
+    pub(crate) fn of(config: &RocksDbConfig, budget: Option<&MemoryBudget>) -> Memory {
+        match budget {
+            Some(budget) => Memory::Budget(budget.clone()),
+            None => Memory::Own(Cache::new_lru_cache(config.block_cache_bytes)),
+        }
+    }
+
+    /// The block cache.
+    pub(crate) fn cache(&self) -> &Cache {
+        match self {
+            Memory::Own(cache) => cache,
+            Memory::Budget(budget) => budget.cache(),
+        }
+    }
+
+    /// The budget, if the memory is one.
+    pub(crate) fn budget(&self) -> Option<&MemoryBudget> {
+        match self {
+            Memory::Own(_) => None,
+            Memory::Budget(budget) => Some(budget),
+        }
+    }
+}
+
+/// The DB options of [`lsm_db_options`] with `memory` (a budget's or a cache of the DB's own).
+pub(crate) fn options_with(config: &RocksDbConfig, memory: &Memory) -> Options {
+    options(config, memory, true)
+}
+
+/// The options of [`lsm_db_options`] with `memory`, with bloom filters or without.
+fn options(config: &RocksDbConfig, memory: &Memory, blooms: bool) -> Options {
     let mut table = BlockBasedOptions::default();
-    table.set_block_cache(cache);
+    table.set_block_cache(memory.cache());
     table.set_block_size(16 << 10);
-    // Index and filter blocks stay in the table readers, outside the cache: a filter block of a large SST
-    // is hundreds of KB, larger than one shard of a 64-shard LRU cache, and was read and checksummed again
-    // on nearly every get (`benches/lsm_ops.rs`: 190 µs per get with them in the cache, see docs/lsm.md).
+    // Without a budget, index and filter blocks stay in the table readers, outside the cache: a filter
+    // block of a large SST is hundreds of KB, larger than one shard of a 64-shard LRU cache, and was read
+    // and checksummed again on nearly every get (`benches/lsm_ops.rs`: 190 µs per get with them in the
+    // cache, see docs/lsm.md). A budget must count them: partitioned, so a get reads one partition of
+    // about a block, with level 0's and the top level pinned in the cache.
     if blooms {
         table.set_bloom_filter(10.0, false);
     }
+    if memory.budget().is_some() {
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_pin_top_level_index_and_filter(true);
+    }
     let mut opts = Options::default();
+    if let Some(budget) = memory.budget() {
+        opts.set_write_buffer_manager(budget.write_buffers());
+        // A memtable is charged in arena blocks (RocksDB's default: an eighth of `write_buffer_size`,
+        // 2 MiB): with one per column family of every backend, a small budget would be full of barely
+        // used blocks. A 64th of the memtables' share, between 64 KiB and the default.
+        let share =
+            budget.config().total_bytes / 100 * usize::from(budget.config().write_buffer_percent);
+        let arena = (share / 64).clamp(64 << 10, (config.write_buffer_bytes / 8).max(64 << 10));
+        opts.set_arena_block_size(arena);
+    }
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_write_buffer_size(config.write_buffer_bytes);
@@ -92,8 +157,8 @@ fn options(config: &RocksDbConfig, cache: &Cache, blooms: bool) -> Options {
 
 /// The options of timer column families: [`options`] without bloom filters, with universal compaction
 /// (RocksDB's default universal options) if [`RocksDbConfig::universal_timer_compaction`].
-fn timer_options(config: &RocksDbConfig, cache: &Cache) -> Options {
-    let mut opts = options(config, cache, false);
+fn timer_options(config: &RocksDbConfig, memory: &Memory) -> Options {
+    let mut opts = options(config, memory, false);
     if config.universal_timer_compaction {
         opts.set_compaction_style(DBCompactionStyle::Universal);
     }
@@ -144,16 +209,16 @@ pub(crate) struct ColumnFamilyOptions {
 }
 
 impl ColumnFamilyOptions {
-    /// The options for `config`, sharing `cache` (the DB's block cache); keyed states' column families
-    /// with the TTL compaction filter of `filters`, if given.
+    /// The options for `config`, sharing `memory` (the DB's block cache, or its budget); keyed states'
+    /// column families with the TTL compaction filter of `filters`, if given.
     pub(crate) fn new(
         config: &RocksDbConfig,
-        cache: &Cache,
+        memory: &Memory,
         filters: Option<TtlFilters>,
     ) -> ColumnFamilyOptions {
         ColumnFamilyOptions {
-            states: options(config, cache, true),
-            timers: timer_options(config, cache),
+            states: options(config, memory, true),
+            timers: timer_options(config, memory),
             filters,
         }
     }

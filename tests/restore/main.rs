@@ -10,5 +10,6 @@ mod common;
 mod checks;
 mod chosen_backend;
 mod local_recovery;
+mod memory_budget;
 mod rocksdb_checks;
 mod round_trips;

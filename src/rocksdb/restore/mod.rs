@@ -1,6 +1,6 @@
-//! Restore of the RocksDB backend: from its native incremental checkpoints (here) or from canonical
-//! snapshot files (`import`, sorting rows into SST files in `import_rows`), at the same or another
-//! parallelism (`docs/lsm.md`, "Restore").
+//! Opening the RocksDB backend: empty (`new`, `with_memory_budget`, here), or restored from its native
+//! incremental checkpoints (here) or from canonical snapshot files (`import`, sorting rows into SST files
+//! in `import_rows`), at the same or another parallelism (`docs/lsm.md`, "Restore").
 
 pub(crate) mod import;
 pub(crate) mod import_rows;
@@ -20,7 +20,8 @@ use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
 use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
-use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
+use crate::rocksdb::memory::MemoryBudget;
+use crate::rocksdb::options::{ColumnFamilyOptions, options_with};
 use crate::rocksdb::restore::import::import_canonical;
 use crate::rocksdb::snapshot::Checkpoints;
 use crate::rocksdb::snapshot::upload::CURRENT;
@@ -154,6 +155,40 @@ fn write_current(storage: &CheckpointStorage, handle: &KeyedStateHandle, dir: &P
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
+    /// An empty backend of subtask `identity`, working in a new directory of its own inside
+    /// `config.local_dir` (nothing else there is touched).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `config` is invalid;
+    /// [`Error::Local`](crate::Error::Local) if the directory or the DB cannot
+    /// be created.
+    pub fn new(identity: SubtaskIdentity, config: RocksDbConfig) -> Result<Self> {
+        Self::create(identity, config, None)
+    }
+
+    /// As [`RocksDbKeyedStateBackend::new`], with its memtables and blocks counted against `budget`,
+    /// shared with the other backends the engine gives it to (`config.block_cache_bytes` is then unused).
+    ///
+    /// # Errors
+    /// As [`RocksDbKeyedStateBackend::new`].
+    pub fn with_memory_budget(
+        identity: SubtaskIdentity,
+        config: RocksDbConfig,
+        budget: &MemoryBudget,
+    ) -> Result<Self> {
+        Self::create(identity, config, Some(budget))
+    }
+
+    fn create(
+        identity: SubtaskIdentity,
+        config: RocksDbConfig,
+        budget: Option<&MemoryBudget>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let instance = InstanceDir::create(&identity, &config)?;
+        Self::open_db(identity, config, instance, budget)
+    }
+
     /// Restores a backend from the keyed state handles of a checkpoint (all subtasks' handles, or those
     /// that overlap `config.key_groups`), keeping only the owned key groups.
     ///
@@ -179,6 +214,33 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         handles: &[KeyedStateHandle],
         mode: RestoreMode,
     ) -> Result<Self> {
+        Self::restore_in(identity, config, None, storage, handles, mode).await
+    }
+
+    /// As [`RocksDbKeyedStateBackend::restore`], the restored backend's memtables and blocks counted against
+    /// `budget` (as [`RocksDbKeyedStateBackend::with_memory_budget`]).
+    ///
+    /// # Errors
+    /// As [`RocksDbKeyedStateBackend::restore`].
+    pub async fn restore_with_memory_budget(
+        identity: SubtaskIdentity,
+        config: RocksDbConfig,
+        budget: &MemoryBudget,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+    ) -> Result<Self> {
+        Self::restore_in(identity, config, Some(budget), storage, handles, mode).await
+    }
+
+    async fn restore_in(
+        identity: SubtaskIdentity,
+        config: RocksDbConfig,
+        budget: Option<&MemoryBudget>,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+    ) -> Result<Self> {
         config.validate()?;
         let owned = identity.key_groups();
         // Checked before anything is downloaded; the largest overlap first: it becomes the DB, the others
@@ -194,7 +256,15 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 .iter()
                 .all(|h| h.format == HandleFormat::KeyedFile)
         {
-            return Self::restore_canonical(identity, config, storage, &overlapping, handles).await;
+            return Self::restore_canonical(
+                identity,
+                config,
+                budget,
+                storage,
+                &overlapping,
+                handles,
+            )
+            .await;
         }
         for h in &overlapping {
             if h.format == HandleFormat::RocksIncrementalRowsV1 {
@@ -218,7 +288,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let Some((first, rest)) = overlapping.split_first() else {
             let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
             let local = config.local_recovery_dir.clone().map(LocalCopies::new);
-            let mut backend = Self::open_db(identity, config, instance)?;
+            let mut backend = Self::open_db(identity, config, instance, budget)?;
             backend.checkpoints =
                 Checkpoints::restored(id, restored_id, None, local, RestoreSources::default());
             return Ok(backend);
@@ -240,7 +310,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         } else {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         };
-        let mut backend = Self::open_db(identity, config.clone(), instance)
+        let mut backend = Self::open_db(identity, config.clone(), instance, budget)
             .map_err(|e| corrupt_if_db(e, storage, first))?;
         if first.key_groups != owned {
             backend.clip_to(owned)?;
@@ -287,6 +357,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     async fn restore_canonical(
         identity: SubtaskIdentity,
         config: RocksDbConfig,
+        budget: Option<&MemoryBudget>,
         storage: &CheckpointStorage,
         overlapping: &[&KeyedStateHandle],
         handles: &[KeyedStateHandle],
@@ -310,7 +381,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         }
         let instance = InstanceDir::create(&identity, &config)?;
         let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
-        let mut backend = Self::open_db(identity, config, instance)?;
+        let mut backend = Self::open_db(identity, config, instance, budget)?;
         backend.checkpoints = Checkpoints::restored(
             id,
             handles.first().map(|h| h.checkpoint_id),
@@ -356,8 +427,9 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         else {
             return Ok(());
         };
-        let (options, cache) = lsm_db_options(&self.config);
-        let cf_options = ColumnFamilyOptions::new(&self.config, &cache, None);
+        let memory = self.db.memory().clone();
+        let options = options_with(&self.config, &memory);
+        let cf_options = ColumnFamilyOptions::new(&self.config, &memory, None);
         let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(dir.display(), e))?;
         let other =
             DB::open_cf_descriptors_read_only(&options, dir, cf_options.descriptors(&cfs), false)

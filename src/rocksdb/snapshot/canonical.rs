@@ -17,7 +17,7 @@ use crate::format::lsm_rows::{
 use crate::keyed::identity::SubtaskIdentity;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
-use crate::rocksdb::options::{ColumnFamilyOptions, lsm_db_options};
+use crate::rocksdb::options::{ColumnFamilyOptions, Memory, options_with};
 use crate::rocksdb::snapshot::upload::UploadGuard;
 use crate::rocksdb::ttl::RowExpiry;
 use crate::snapshot::layout::savepoint_dir;
@@ -35,6 +35,8 @@ pub(crate) struct CanonicalExport {
     pub(crate) storage: CheckpointStorage,
     pub(crate) backend_id: String,
     pub(crate) config: RocksDbConfig,
+    /// The backend's memory (its cache or budget), for the read-only open of the native checkpoint.
+    pub(crate) memory: Memory,
     pub(crate) identity: SubtaskIdentity,
     /// The states in the savepoint, in header order.
     pub(crate) states: Vec<StateMeta>,
@@ -80,8 +82,8 @@ impl CanonicalExport {
     /// Reads the native checkpoint key group by key group, state by state, and writes the records.
     fn encode(self, sink: &mut ChunkSink) -> Result<FileSummary> {
         let path = self.local_dir.display().to_string();
-        let (options, cache) = lsm_db_options(&self.config);
-        let cf_options = ColumnFamilyOptions::new(&self.config, &cache, None);
+        let options = options_with(&self.config, &self.memory);
+        let cf_options = ColumnFamilyOptions::new(&self.config, &self.memory, None);
         let cfs = DB::list_cf(&options, &self.local_dir).map_err(|e| db_error(&path, e))?;
         let db = DB::open_cf_descriptors_read_only(
             &options,

@@ -223,6 +223,7 @@ impl Checkpoints {
                 storage: storage.clone(),
                 backend_id: backend_id.clone(),
                 config: config.clone(),
+                memory: db.memory().clone(),
                 identity: identity.clone(),
                 // Live states only: dropped ones have no column family any more.
                 states: states.metas(),
