@@ -19,9 +19,11 @@ pub struct HeapConfig {
     pub zstd_level: Option<i32>,
     /// Uncompressed bytes per snapshot frame, 1 to 2^30 (the format's frame limit). Default 1 MiB.
     pub frame_bytes: usize,
-    /// Threads, the calling one included, that decode a restored state into the map when the job
-    /// registers it, key groups split among them (a state under 1 MiB of records uses one), at least 1.
-    /// Default: the machine's available parallelism, at most 4.
+    /// Threads, the calling one included, that restore: they decompress a restored file's key groups
+    /// and split its records by state (a file under 1 MiB uses one), visit a chain's key groups, and
+    /// decode a restored state into the map when the job registers it (a state under 1 MiB of records
+    /// uses one); key groups are split among them. At least 1. Default: the machine's available
+    /// parallelism, at most 4.
     pub restore_threads: usize,
     /// Incremental TTL cleanup (`docs/ttl.md`; Flink's `cleanupIncrementally`): slots of the map of every
     /// state with TTL checked per record (a new current key; a batch counts its keys), in steps every
