@@ -100,15 +100,11 @@ impl<K: StateKey> StateBackend<K> {
                 Inner::Heap(HeapKeyedStateBackend::new(identity, config.heap.clone())?)
             }
             #[cfg(feature = "rocksdb")]
-            BackendKind::RocksDb => {
-                let rocksdb = config.rocksdb.clone();
-                Inner::RocksDb(match budget {
-                    Some(budget) => {
-                        RocksDbKeyedStateBackend::with_memory_budget(identity, rocksdb, budget)?
-                    }
-                    None => RocksDbKeyedStateBackend::new(identity, rocksdb)?,
-                })
-            }
+            BackendKind::RocksDb => Inner::RocksDb(RocksDbKeyedStateBackend::create(
+                identity,
+                config.rocksdb.clone(),
+                budget,
+            )?),
             #[cfg(not(feature = "rocksdb"))]
             BackendKind::RocksDb => return Err(no_rocksdb()),
         };
@@ -176,21 +172,17 @@ impl<K: StateKey> StateBackend<K> {
                 .await?,
             ),
             #[cfg(feature = "rocksdb")]
-            BackendKind::RocksDb => {
-                let rocksdb = config.rocksdb.clone();
-                Inner::RocksDb(match budget {
-                    Some(budget) => {
-                        RocksDbKeyedStateBackend::restore_with_memory_budget(
-                            identity, rocksdb, budget, storage, handles, mode,
-                        )
-                        .await?
-                    }
-                    None => {
-                        RocksDbKeyedStateBackend::restore(identity, rocksdb, storage, handles, mode)
-                            .await?
-                    }
-                })
-            }
+            BackendKind::RocksDb => Inner::RocksDb(
+                RocksDbKeyedStateBackend::restore_in(
+                    identity,
+                    config.rocksdb.clone(),
+                    budget,
+                    storage,
+                    handles,
+                    mode,
+                )
+                .await?,
+            ),
             #[cfg(not(feature = "rocksdb"))]
             BackendKind::RocksDb => return Err(no_rocksdb()),
         };

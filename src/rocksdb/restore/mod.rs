@@ -179,7 +179,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         Self::create(identity, config, Some(budget))
     }
 
-    fn create(
+    /// [`RocksDbKeyedStateBackend::new`], under `budget` if given (the run-time-chosen backend's path).
+    pub(crate) fn create(
         identity: SubtaskIdentity,
         config: RocksDbConfig,
         budget: Option<&MemoryBudget>,
@@ -233,7 +234,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         Self::restore_in(identity, config, Some(budget), storage, handles, mode).await
     }
 
-    async fn restore_in(
+    /// [`RocksDbKeyedStateBackend::restore`], under `budget` if given (the run-time-chosen backend's path).
+    pub(crate) async fn restore_in(
         identity: SubtaskIdentity,
         config: RocksDbConfig,
         budget: Option<&MemoryBudget>,
