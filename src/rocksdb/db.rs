@@ -171,6 +171,31 @@ impl Db {
             .map_err(|e| db_error(what, e))
     }
 
+    /// Removes every row of `cf` in each `[from, to)` of `ranges`: first the SST files lying wholly inside a
+    /// range (`DeleteFilesInRange`: no rewrite, their space is freed at once), then whatever is left there
+    /// with one range tombstone per range (`DeleteRange`), so that no older version a deleted file hid can
+    /// come back.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming `what` if RocksDB fails either step.
+    pub(crate) fn delete_ranges(
+        &self,
+        cf: &ColumnFamily,
+        ranges: &[(&[u8], &[u8])],
+        what: &str,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for &(from, to) in ranges {
+            // DeleteFilesInRange includes `to`; no row is a bare key-group prefix, so a file ending
+            // exactly at `to` holds no row at or past it that should stay.
+            self.db
+                .delete_file_in_range_cf(cf, from, to)
+                .map_err(|e| db_error(what, e))?;
+            batch.delete_range_cf(cf, from, to);
+        }
+        self.write(batch, what)
+    }
+
     /// A raw iterator over `cf` (seek, then step; check `status()` at the end).
     pub(crate) fn iter(&self, cf: &ColumnFamily) -> DBRawIterator<'_> {
         self.db.raw_iterator_cf(cf)

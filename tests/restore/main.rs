@@ -12,4 +12,5 @@ mod chosen_backend;
 mod local_recovery;
 mod memory_budget;
 mod rocksdb_checks;
+mod rocksdb_rescale;
 mod round_trips;

@@ -4,24 +4,20 @@
 
 pub(crate) mod import;
 pub(crate) mod import_rows;
+pub(crate) mod rescale;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
-use rocksdb::{DB, WriteBatch};
 
 use crate::error::{Error, Result};
-use crate::format::lsm_rows::key_group_prefix;
-use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::StateKey;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::config::RocksDbConfig;
-use crate::rocksdb::db::db_error;
 use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
 use crate::rocksdb::memory::MemoryBudget;
-use crate::rocksdb::options::{ColumnFamilyOptions, options_with};
 use crate::rocksdb::restore::import::import_canonical;
 use crate::rocksdb::snapshot::Checkpoints;
 use crate::rocksdb::snapshot::upload::CURRENT;
@@ -36,15 +32,6 @@ use crate::storage::transfer::{Transferred, download_file};
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::local(path.display().to_string(), e)
-}
-
-/// `[start, end)` row-key bounds of a key-group range of a backend with `max_parallelism`.
-fn bounds(range: KeyGroupRange, max_parallelism: u32) -> Option<(Vec<u8>, Vec<u8>)> {
-    let end = range.end()?;
-    Some((
-        key_group_prefix(range.start(), max_parallelism),
-        key_group_prefix(end + 1, max_parallelism),
-    ))
 }
 
 /// Puts every file of `handle` into the new directory `dir`, in parallel, checking sizes and CRC32s:
@@ -297,14 +284,23 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         };
         let db_dir = instance.db();
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
-        let mut sources = download(
-            storage,
-            first,
-            &db_dir,
-            config.transfer_concurrency,
-            local.as_ref(),
-        )
-        .await?;
+        // Every handle's files at once: the first into the database directory, the others beside it.
+        let dirs: Vec<PathBuf> = std::iter::once(db_dir.clone())
+            .chain((0..rest.len()).map(|i| instance.path().join(format!("restore-{i}"))))
+            .collect();
+        let downloads = overlapping.iter().zip(&dirs).map(|(handle, dir)| {
+            download(
+                storage,
+                handle,
+                dir,
+                config.transfer_concurrency,
+                local.as_ref(),
+            )
+        });
+        let mut sources = RestoreSources::default();
+        for downloaded in futures::future::try_join_all(downloads).await? {
+            sources.merge(&downloaded);
+        }
         let keep_identity =
             mode == RestoreMode::Claim && rest.is_empty() && first.key_groups == owned;
         let backend_id = if keep_identity {
@@ -312,26 +308,26 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         } else {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         };
+        let max_parallelism = identity.max_parallelism();
         let mut backend = Self::open_db(identity, config.clone(), instance, budget)
             .map_err(|e| corrupt_if_db(e, storage, first))?;
         if first.key_groups != owned {
-            backend.clip_to(owned)?;
+            // Each handle gives only the key groups it was written for.
+            let keep = owned.intersection(&first.key_groups);
+            rescale::clip(&backend.db, &backend.states, keep, max_parallelism)?;
         }
-        for (i, other) in rest.iter().enumerate() {
-            let dir = backend.db.instance().path().join(format!("restore-{i}"));
-            sources.merge(
-                &download(
-                    storage,
-                    other,
-                    &dir,
-                    config.transfer_concurrency,
-                    local.as_ref(),
-                )
-                .await?,
+        for (other, dir) in rest.iter().zip(&dirs[1..]) {
+            let taken = rescale::take_key_groups(
+                &mut backend.states,
+                &mut backend.db,
+                &config,
+                dir,
+                owned.intersection(&other.key_groups),
+                max_parallelism,
+                config.restore_threads,
             );
-            let copied = backend.copy_owned_from(&dir);
-            remove_dir_if_exists(&dir)?;
-            copied.map_err(|e| corrupt_if_db(e, storage, other))?;
+            remove_dir_if_exists(dir)?;
+            taken.map_err(|e| corrupt_if_db(e, storage, other))?;
         }
         let base = keep_identity.then(|| DiffBase {
             checkpoint_id: first.checkpoint_id,
@@ -403,76 +399,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             "lsm backend restored from canonical snapshots"
         );
         Ok(backend)
-    }
-
-    /// Removes every row outside `owned` from every column family (`delete_range`).
-    fn clip_to(&mut self, owned: KeyGroupRange) -> Result<()> {
-        let max_parallelism = self.identity.max_parallelism();
-        let max = key_group_prefix(max_parallelism, max_parallelism);
-        let (start, end) = bounds(owned, max_parallelism).unwrap_or((max.clone(), max));
-        for (_, state) in self.states.all() {
-            let Some(cf) = self.db.cf(&state.cf) else {
-                continue;
-            };
-            let mut batch = WriteBatch::default();
-            batch.delete_range_cf(cf, [0u8; 0].as_slice(), start.as_slice());
-            batch.delete_range_cf(cf, end.as_slice(), [0xffu8, 0xff, 0xff].as_slice());
-            self.db.write(batch, "delete_range on restore")?;
-        }
-        Ok(())
-    }
-
-    /// Copies the owned key groups of every state of the DB in `dir` into this backend.
-    fn copy_owned_from(&mut self, dir: &PathBuf) -> Result<()> {
-        let Some((start, end)) =
-            bounds(self.identity.key_groups(), self.identity.max_parallelism())
-        else {
-            return Ok(());
-        };
-        let memory = self.db.memory().clone();
-        let options = options_with(&self.config, &memory);
-        let cf_options = ColumnFamilyOptions::new(&self.config, &memory, None);
-        let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(dir.display(), e))?;
-        let other =
-            DB::open_cf_descriptors_read_only(&options, dir, cf_options.descriptors(&cfs), false)
-                .map_err(|e| db_error(dir.display(), e))?;
-        let path = dir.display().to_string();
-        for item in other.prefix_iterator(b"meta:") {
-            let (key, value) = item.map_err(|e| db_error(&path, e))?;
-            if !key.starts_with(b"meta:") {
-                break;
-            }
-            let meta = crate::format::lsm_rows::decode_meta(&value, &path)?;
-            let id = self.states.register_restored(&mut self.db, meta)?;
-            let cf_name = self
-                .states
-                .get(id)
-                .map(|s| s.cf.clone())
-                .unwrap_or_default();
-            let (Some(from), Some(to)) = (other.cf_handle(&cf_name), self.db.cf(&cf_name)) else {
-                return Err(Error::corrupt(
-                    &path,
-                    format!("column family {cf_name} is missing"),
-                ));
-            };
-            let mut it = other.raw_iterator_cf(from);
-            it.seek(&start);
-            let mut batch = WriteBatch::default();
-            while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                if k >= end.as_slice() {
-                    break;
-                }
-                batch.put_cf(to, k, v);
-                if batch.len() >= 10_000 {
-                    self.db
-                        .write(std::mem::take(&mut batch), "copy on restore")?;
-                }
-                it.next();
-            }
-            it.status().map_err(|e| db_error(&path, e))?;
-            self.db.write(batch, "copy on restore")?;
-        }
-        Ok(())
     }
 }
 

@@ -1,0 +1,216 @@
+//! Restoring the RocksDB backend's native checkpoints at another parallelism (`docs/lsm.md`, "Restore"):
+//! the database of the handle with the largest overlap is clipped to the owned key groups (whole SST files
+//! dropped, the rest behind range tombstones), and the owned key groups of every other handle are written
+//! into new SST files, several key-group runs at once, and ingested. Rows are sorted by key group first
+//! (`docs/formats.md`, "RocksDB backend rows"), so a run of key groups is one key range: nothing is
+//! sorted, nothing passes through a memtable, and nothing is compacted to make room.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{DB, ReadOptions, SstFileWriter};
+
+use crate::error::{Error, Result};
+use crate::format::lsm_rows::key_group_prefix;
+use crate::key_group::KeyGroupRange;
+use crate::rocksdb::config::RocksDbConfig;
+use crate::rocksdb::db::{Db, db_error};
+use crate::rocksdb::options::{ColumnFamilyOptions, options_with};
+use crate::rocksdb::states::LsmStates;
+
+/// An SST file written by a rescale is closed at this size (bytes) and the next one begun, as RocksDB's
+/// own compactions cut theirs (`target_file_size_base`, 64 MiB by default): a later compaction of the
+/// ingested rows rewrites a file at a time.
+const FILE_BYTES: u64 = 64 << 20;
+
+/// Beyond the last key-group prefix of any max parallelism (prefixes are at most 2 bytes, the first below
+/// 0x80): the end of the range above the owned key groups.
+const ABOVE_EVERY_ROW: &[u8] = &[0xff, 0xff, 0xff];
+
+/// The row keys `[start, end)` of the key groups of `range`; `None` for an empty range.
+fn bounds(range: KeyGroupRange, max_parallelism: u32) -> Option<(Vec<u8>, Vec<u8>)> {
+    let end = range.end()?;
+    Some((
+        key_group_prefix(range.start(), max_parallelism),
+        key_group_prefix(end + 1, max_parallelism),
+    ))
+}
+
+/// Removes every row outside the key groups `keep` from every state's column family of `db`
+/// (FLINK-21321): SST files wholly outside are dropped, the rest is hidden by two range tombstones per
+/// column family and goes at the next compaction.
+///
+/// # Errors
+/// [`Error::Local`] if RocksDB fails to delete.
+pub(crate) fn clip(
+    db: &Db,
+    states: &LsmStates,
+    keep: KeyGroupRange,
+    max_parallelism: u32,
+) -> Result<()> {
+    let max = key_group_prefix(max_parallelism, max_parallelism);
+    let (start, end) = bounds(keep, max_parallelism).unwrap_or((max.clone(), max));
+    for (_, state) in states.all() {
+        let Some(cf) = db.cf(&state.cf) else {
+            continue;
+        };
+        let ranges: [(&[u8], &[u8]); 2] = [(&[], &start), (&end, ABOVE_EVERY_ROW)];
+        db.delete_ranges(cf, &ranges, "clipping a restored database")?;
+    }
+    Ok(())
+}
+
+/// One piece of a rescale's copying: the rows of key groups `[first, end)` of one column family.
+struct Piece {
+    cf: String,
+    first: u32,
+    end: u32,
+}
+
+/// Takes the rows of the key groups `take` of every state of the RocksDB database in `dir` (a downloaded
+/// checkpoint of another subtask, opened read-only) into `db`, which holds none of them: each state is
+/// registered (created, or checked against the state of the same name), and its rows are written in key
+/// order into SST files beside `dir` on up to `threads` threads, one run of key groups each, then ingested
+/// into its column family. The files are removed whether or not this succeeds.
+///
+/// # Errors
+/// [`Error::Local`] naming `dir` if RocksDB cannot open or read it, or naming the files if they cannot
+/// be written or ingested; [`Error::Corrupt`] naming `dir` if a state's column family is missing or its
+/// description is malformed; [`Error::InvalidArgument`] if a state is described differently than a
+/// registered one.
+pub(crate) fn take_key_groups(
+    states: &mut LsmStates,
+    db: &mut Db,
+    config: &RocksDbConfig,
+    dir: &Path,
+    take: KeyGroupRange,
+    max_parallelism: u32,
+    threads: usize,
+) -> Result<()> {
+    if take.is_empty() {
+        return Ok(());
+    }
+    let memory = db.memory().clone();
+    let options = options_with(config, &memory);
+    let cf_options = ColumnFamilyOptions::new(config, &memory, None);
+    let path = dir.display().to_string();
+    let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(&path, e))?;
+    let other =
+        DB::open_cf_descriptors_read_only(&options, dir, cf_options.descriptors(&cfs), false)
+            .map_err(|e| db_error(&path, e))?;
+    let mut pieces = Vec::new();
+    for item in other.prefix_iterator(b"meta:") {
+        let (key, value) = item.map_err(|e| db_error(&path, e))?;
+        if !key.starts_with(b"meta:") {
+            break;
+        }
+        let meta = crate::format::lsm_rows::decode_meta(&value, &path)?;
+        let id = states.register_restored(db, meta)?;
+        let cf = states.get(id).map(|s| s.cf.clone()).unwrap_or_default();
+        if other.cf_handle(&cf).is_none() || db.cf(&cf).is_none() {
+            return Err(Error::corrupt(
+                &path,
+                format!("column family {cf} is missing"),
+            ));
+        }
+        // Runs of about equal numbers of key groups: keys hash uniformly over them.
+        let parts = (threads.max(1) as u32).min(take.len());
+        for p in 0..parts {
+            let first = take.start() + take.len() * p / parts;
+            let end = take.start() + take.len() * (p + 1) / parts;
+            pieces.push(Piece {
+                cf: cf.clone(),
+                first,
+                end,
+            });
+        }
+    }
+    let out = dir.with_extension("ssts");
+    crate::rocksdb::instance::remove_dir_if_exists(&out)?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::local(out.display().to_string(), e))?;
+    // Each column family's pieces are of one size: dealt out in turn, every thread gets as much.
+    let mut runs: Vec<Vec<Piece>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
+    for (i, piece) in pieces.into_iter().enumerate() {
+        runs[i % threads.max(1)].push(piece);
+    }
+    runs.retain(|run| !run.is_empty());
+    let db_now: &Db = db;
+    let written = crate::parallel::run_each(runs, |n, run| {
+        let mut files = Vec::new();
+        for (i, piece) in run.iter().enumerate() {
+            let stem = out.join(format!("{n}-{i}"));
+            let options = db_now.cf_options(&piece.cf);
+            let ssts = write_piece(&other, piece, max_parallelism, options, &stem)?;
+            files.push((piece.cf.clone(), ssts));
+        }
+        Ok::<_, Error>(files)
+    });
+    let ingested = (|| {
+        let mut by_cf: Vec<(String, Vec<PathBuf>)> = Vec::new();
+        for run in written {
+            for (cf, ssts) in run? {
+                match by_cf.iter_mut().find(|(c, _)| *c == cf) {
+                    Some((_, all)) => all.extend(ssts),
+                    None => by_cf.push((cf, ssts)),
+                }
+            }
+        }
+        for (cf, ssts) in &by_cf {
+            let Some(handle) = db.cf(cf) else { continue };
+            if !ssts.is_empty() {
+                db.ingest(handle, ssts)?;
+            }
+        }
+        Ok(())
+    })();
+    drop(other);
+    crate::rocksdb::instance::remove_dir_if_exists(&out)?;
+    ingested
+}
+
+/// Writes the rows of `piece` in `other` into SST files `<stem>-<i>.sst` of at most about
+/// [`FILE_BYTES`] each, made with `options` (the target column family's); returns them in key order
+/// (none if the key groups hold no row).
+fn write_piece(
+    other: &DB,
+    piece: &Piece,
+    max_parallelism: u32,
+    options: &rocksdb::Options,
+    stem: &Path,
+) -> Result<Vec<PathBuf>> {
+    let cf = other
+        .cf_handle(&piece.cf)
+        .ok_or_else(|| Error::corrupt(stem.display(), format!("no column family {}", piece.cf)))?;
+    let start = key_group_prefix(piece.first, max_parallelism);
+    let mut read = ReadOptions::default();
+    read.set_iterate_upper_bound(key_group_prefix(piece.end, max_parallelism));
+    // Read once, in order: keep the shared block cache for the rows the job will read.
+    read.fill_cache(false);
+    read.set_readahead_size(2 << 20);
+    let mut it = other.raw_iterator_cf_opt(cf, read);
+    it.seek(&start);
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut writer: Option<SstFileWriter> = None;
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let w = match &mut writer {
+            Some(w) => w,
+            None => {
+                let sst = PathBuf::from(format!("{}-{}.sst", stem.display(), files.len()));
+                let w = writer.insert(SstFileWriter::create(options));
+                w.open(&sst).map_err(|e| db_error(sst.display(), e))?;
+                files.push(sst);
+                w
+            }
+        };
+        w.put(k, v).map_err(|e| db_error(stem.display(), e))?;
+        if w.file_size() >= FILE_BYTES {
+            w.finish().map_err(|e| db_error(stem.display(), e))?;
+            writer = None;
+        }
+        it.next();
+    }
+    it.status().map_err(|e| db_error(stem.display(), e))?;
+    if let Some(mut w) = writer {
+        w.finish().map_err(|e| db_error(stem.display(), e))?;
+    }
+    Ok(files)
+}
