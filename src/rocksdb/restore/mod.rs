@@ -325,9 +325,10 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 owned.intersection(&other.key_groups),
                 max_parallelism,
                 config.restore_threads,
+                &|e| corrupt_if_db(e, storage, other),
             );
             remove_dir_if_exists(dir)?;
-            taken.map_err(|e| corrupt_if_db(e, storage, other))?;
+            taken?;
         }
         let base = keep_identity.then(|| DiffBase {
             checkpoint_id: first.checkpoint_id,

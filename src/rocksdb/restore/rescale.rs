@@ -73,10 +73,11 @@ struct Piece {
 /// into its column family. The files are removed whether or not this succeeds.
 ///
 /// # Errors
-/// [`Error::Local`] naming `dir` if RocksDB cannot open or read it, or naming the files if they cannot
-/// be written or ingested; [`Error::Corrupt`] naming `dir` if a state's column family is missing or its
-/// description is malformed; [`Error::InvalidArgument`] if a state is described differently than a
-/// registered one.
+/// `unreadable` applied to the [`Error::Local`] naming `dir` if RocksDB cannot open or read it (its files
+/// passed their checks, so the caller names the checkpoint corrupt); [`Error::Local`] naming the files if
+/// they cannot be written or ingested (a local fault, such as a full disk, not the checkpoint's);
+/// [`Error::Corrupt`] naming `dir` if a state's column family is missing or its description is malformed;
+/// [`Error::InvalidArgument`] if a state is described differently than a registered one.
 pub(crate) fn take_key_groups(
     states: &mut LsmStates,
     db: &mut Db,
@@ -85,6 +86,7 @@ pub(crate) fn take_key_groups(
     take: KeyGroupRange,
     max_parallelism: u32,
     threads: usize,
+    unreadable: &(dyn Fn(Error) -> Error + Sync),
 ) -> Result<()> {
     if take.is_empty() {
         return Ok(());
@@ -93,13 +95,13 @@ pub(crate) fn take_key_groups(
     let options = options_with(config, &memory);
     let cf_options = ColumnFamilyOptions::new(config, &memory, None);
     let path = dir.display().to_string();
-    let cfs = DB::list_cf(&options, dir).map_err(|e| db_error(&path, e))?;
+    let cfs = DB::list_cf(&options, dir).map_err(|e| unreadable(db_error(&path, e)))?;
     let other =
         DB::open_cf_descriptors_read_only(&options, dir, cf_options.descriptors(&cfs), false)
-            .map_err(|e| db_error(&path, e))?;
+            .map_err(|e| unreadable(db_error(&path, e)))?;
     let mut pieces = Vec::new();
     for item in other.prefix_iterator(b"meta:") {
-        let (key, value) = item.map_err(|e| db_error(&path, e))?;
+        let (key, value) = item.map_err(|e| unreadable(db_error(&path, e)))?;
         if !key.starts_with(b"meta:") {
             break;
         }
@@ -139,7 +141,7 @@ pub(crate) fn take_key_groups(
         for (i, piece) in run.iter().enumerate() {
             let stem = out.join(format!("{n}-{i}"));
             let options = db_now.cf_options(&piece.cf);
-            let ssts = write_piece(&other, piece, max_parallelism, options, &stem)?;
+            let ssts = write_piece(&other, piece, max_parallelism, options, &stem, unreadable)?;
             files.push((piece.cf.clone(), ssts));
         }
         Ok::<_, Error>(files)
@@ -169,13 +171,14 @@ pub(crate) fn take_key_groups(
 
 /// Writes the rows of `piece` in `other` into SST files `<stem>-<i>.sst` of at most about
 /// [`FILE_BYTES`] each, made with `options` (the target column family's); returns them in key order
-/// (none if the key groups hold no row).
+/// (none if the key groups hold no row); a failed read of `other` goes through `unreadable`.
 fn write_piece(
     other: &DB,
     piece: &Piece,
     max_parallelism: u32,
     options: &rocksdb::Options,
     stem: &Path,
+    unreadable: &(dyn Fn(Error) -> Error + Sync),
 ) -> Result<Vec<PathBuf>> {
     let cf = other
         .cf_handle(&piece.cf)
@@ -208,7 +211,8 @@ fn write_piece(
         }
         it.next();
     }
-    it.status().map_err(|e| db_error(stem.display(), e))?;
+    it.status()
+        .map_err(|e| unreadable(db_error(stem.display(), e)))?;
     if let Some(mut w) = writer {
         w.finish().map_err(|e| db_error(stem.display(), e))?;
     }
