@@ -146,8 +146,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// `config.local_dir` (nothing else there is touched).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `config` is invalid;
-    /// [`Error::Local`](crate::Error::Local) if the directory or the DB cannot
+    /// [`Error::InvalidArgument`] if `config` is invalid;
+    /// [`Error::Local`] if the directory or the DB cannot
     /// be created.
     pub fn new(identity: SubtaskIdentity, config: RocksDbConfig) -> Result<Self> {
         Self::create(identity, config, None)
