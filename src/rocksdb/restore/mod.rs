@@ -324,7 +324,6 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                 dir,
                 owned.intersection(&other.key_groups),
                 max_parallelism,
-                config.restore_threads,
                 &|e| corrupt_if_db(e, storage, other),
             );
             remove_dir_if_exists(dir)?;

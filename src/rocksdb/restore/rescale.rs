@@ -69,8 +69,8 @@ struct Piece {
 /// Takes the rows of the key groups `take` of every state of the RocksDB database in `dir` (a downloaded
 /// checkpoint of another subtask, opened read-only) into `db`, which holds none of them: each state is
 /// registered (created, or checked against the state of the same name), and its rows are written in key
-/// order into SST files beside `dir` on up to `threads` threads, one run of key groups each, then ingested
-/// into its column family. The files are removed whether or not this succeeds.
+/// order into SST files beside `dir` on up to `config.restore_threads` threads, one run of key groups
+/// each, then ingested into its column family. The files are removed whether or not this succeeds.
 ///
 /// # Errors
 /// `unreadable` applied to the [`Error::Local`] naming `dir` if RocksDB cannot open or read it (its files
@@ -85,9 +85,9 @@ pub(crate) fn take_key_groups(
     dir: &Path,
     take: KeyGroupRange,
     max_parallelism: u32,
-    threads: usize,
     unreadable: &(dyn Fn(Error) -> Error + Sync),
 ) -> Result<()> {
+    let threads = config.restore_threads;
     if take.is_empty() {
         return Ok(());
     }
