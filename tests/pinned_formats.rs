@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use statebackend::checkpoint::StatsFile;
 use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::ids::SeededIds;
 use statebackend::operator::OperatorStateBackend;
@@ -517,8 +518,8 @@ async fn pinned_heap_checkpoint_and_savepoint_restore_to_their_content() {
         check_source(&mut ops);
     }
     let stats = std::fs::read(root.path().join("heap-job/chk-1").join(STATS_FILE)).unwrap();
-    let (_, _, state_bytes) = CheckpointStats::parse_stats_file(&stats, 1).unwrap();
-    assert!(state_bytes > 0);
+    let parsed = StatsFile::parse(&stats, 1).unwrap();
+    assert!(parsed.state_bytes > 0);
 }
 
 /// The canonical savepoint restores on the RocksDB backend too, and the native LSM checkpoint restores.

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use crate::checkpoint::stats_file::StatsFile;
 use crate::checkpoint::store::RegistryStats;
 use crate::snapshot::result::SnapshotMetrics;
+use crate::snapshot::sizes::{LARGEST_KEY_GROUPS, StateSizes};
 
 /// What [`crate::CheckpointCoordinator::acknowledge`] did with an acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,9 @@ pub struct CheckpointStats {
     pub files_uploaded: u32,
     /// Files reused from earlier checkpoints.
     pub files_reused: u32,
+    /// Entries and bytes per state and bytes per key group, summed over the subtasks
+    /// (`docs/state-sizes.md`); exact only where every subtask's figure is.
+    pub sizes: StateSizes,
     /// Checkpoints subsumed by this one.
     pub subsumed: Vec<u64>,
     /// Checkpoints this coordinator aborted on its own and had not reported yet: older pending
@@ -124,38 +129,19 @@ pub struct CheckpointStats {
 }
 
 impl CheckpointStats {
-    /// The content of a checkpoint's `_stats` file (`docs/formats.md`): ASCII `key value` lines.
+    /// The content of a checkpoint's `_stats` file (`docs/formats.md`; [`StatsFile`]): key groups, the
+    /// largest only.
     pub(crate) fn to_stats_file(&self) -> bytes::Bytes {
-        bytes::Bytes::from(format!(
-            "statebackend-stats 1\ncheckpoint {}\nsync_us {}\nasync_us {}\nstate_bytes {}\n",
-            self.checkpoint_id,
-            self.sync_duration.as_micros(),
-            self.async_duration.as_micros(),
-            self.state_bytes
-        ))
-    }
-
-    /// Durations `(sync, async)` and state bytes from the content of a `_stats` file, if it is one of
-    /// version 1 for `checkpoint_id` (anything else, e.g. of a newer release: `None`).
-    pub fn parse_stats_file(bytes: &[u8], checkpoint_id: u64) -> Option<(Duration, Duration, u64)> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut lines = text.lines();
-        if lines.next()? != "statebackend-stats 1" {
-            return None;
+        let mut sizes = self.sizes.clone();
+        sizes.keep_largest_key_groups(LARGEST_KEY_GROUPS);
+        StatsFile {
+            checkpoint_id: self.checkpoint_id,
+            sync_duration: self.sync_duration,
+            async_duration: self.async_duration,
+            state_bytes: self.state_bytes,
+            sizes,
         }
-        let mut fields = std::collections::HashMap::new();
-        for line in lines {
-            let (k, v) = line.split_once(' ')?;
-            fields.insert(k, v.parse::<u64>().ok()?);
-        }
-        if fields.get("checkpoint") != Some(&checkpoint_id) {
-            return None;
-        }
-        Some((
-            Duration::from_micros(*fields.get("sync_us")?),
-            Duration::from_micros(*fields.get("async_us")?),
-            *fields.get("state_bytes")?,
-        ))
+        .encode()
     }
 
     /// Sums the subtasks' metrics of checkpoint `checkpoint_id`.
@@ -176,7 +162,11 @@ impl CheckpointStats {
             full_bytes: m.clone().map(|m| m.full_bytes).sum(),
             state_bytes: m.clone().map(|m| m.state_bytes).sum(),
             files_uploaded: m.clone().map(|m| m.files_uploaded).sum(),
-            files_reused: m.map(|m| m.files_reused).sum(),
+            files_reused: m.clone().map(|m| m.files_reused).sum(),
+            sizes: m.fold(StateSizes::default(), |mut sum, m| {
+                sum.merge(&m.sizes);
+                sum
+            }),
             subsumed: Vec::new(),
             aborted_pending: Vec::new(),
             registry: RegistryStats::default(),

@@ -13,6 +13,7 @@ pub(crate) mod lineage;
 pub(crate) mod pending;
 pub(crate) mod registry;
 mod savepoint;
+pub(crate) mod stats_file;
 pub(crate) mod store;
 mod store_types;
 pub(crate) mod sweep;
@@ -24,6 +25,7 @@ pub use coordinator::collect_garbage;
 pub use fence::NewestGeneration;
 pub use registry::{SharedFileEntry, SharedFileRegistry};
 pub use savepoint::{delete_own_savepoint_dir, reserve_savepoint_id};
+pub use stats_file::StatsFile;
 pub use store::{
     AddOutcome, CancellationPolicy, CompletedCheckpointStore, RegistryStats, RestoreOutcome,
     SkippedCheckpoint,

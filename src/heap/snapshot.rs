@@ -13,6 +13,7 @@ use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::handle::{FileScope, HandleFormat, StateFile};
 use crate::snapshot::layout::{SHARED_DIR, checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
+use crate::snapshot::sizes::{SizeTally, StateSizes};
 use crate::snapshot::state_meta::StateMeta;
 use crate::snapshot_io::local_copy::LocalCopies;
 use crate::snapshot_io::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
@@ -121,7 +122,7 @@ impl SnapshotJob {
             self.encode(sink, delta)
         })
         .await;
-        let (summary, copied) = match (uploaded, &chain) {
+        let ((summary, sizes), copied) = match (uploaded, &chain) {
             (Ok(done), _) => done,
             (Err(e), Some(chain)) => {
                 chain.pending.lock().remove(&checkpoint_id);
@@ -146,6 +147,7 @@ impl SnapshotJob {
                 identity,
                 checkpoint_id,
                 summary,
+                sizes,
                 local: copies.zip(writer.filter(|_| copied)),
                 sync_duration,
                 started,
@@ -165,14 +167,17 @@ impl SnapshotJob {
             identity.key_groups(),
             relative,
             summary,
+            sizes,
             sync_duration,
             started.elapsed(),
         ))
     }
 
     /// Encodes the whole file into `sink` (a delta file if `delta`: each table's changes, or the
-    /// table whole where it rewrites); releases each key group once written.
-    fn encode(mut self, sink: &mut ChunkSink, delta: bool) -> Result<FileSummary> {
+    /// table whole where it rewrites); releases each key group once written. Returns the file's summary
+    /// and, for a full file, each state's and key group's size (a delta's counts are of changes, not
+    /// sizes: none).
+    fn encode(mut self, sink: &mut ChunkSink, delta: bool) -> Result<(FileSummary, StateSizes)> {
         let rewrite = delta.then(|| {
             (0..self.frozen.len() as u32)
                 .filter(|&i| self.frozen[i as usize].rewrites())
@@ -189,17 +194,24 @@ impl SnapshotJob {
             frame_bytes: self.config.frame_bytes,
         };
         let mut writer = KeyedFileWriter::new(&header, options)?;
+        let mut tally = SizeTally::new(header.states.iter().map(|s| s.name.as_str()));
         for (kg_index, key_group) in self.identity.key_groups().iter().enumerate() {
             writer.begin_key_group(key_group)?;
             for (state, table) in self.frozen.iter_mut().enumerate() {
                 table.write_group(kg_index, state as u32, &mut writer)?;
+                tally.add(key_group, state, writer.counts());
             }
             writer.end_key_group()?;
             sink.push(writer.take_output())?;
         }
         let (last, summary) = writer.finish()?;
         sink.push(last)?;
-        Ok(summary)
+        let sizes = if delta {
+            StateSizes::default()
+        } else {
+            tally.finish()
+        };
+        Ok((summary, sizes))
     }
 }
 
@@ -212,6 +224,7 @@ struct ChainDone<'a> {
     identity: SubtaskIdentity,
     checkpoint_id: u64,
     summary: FileSummary,
+    sizes: StateSizes,
     /// The local copies, and the copy of the new file, written whole, not yet published.
     local: Option<(LocalCopies, crate::snapshot_io::local_copy::LocalCopyWriter)>,
     sync_duration: Duration,
@@ -230,6 +243,7 @@ async fn chain_result(done: ChainDone<'_>) -> Result<SnapshotResult> {
         identity,
         checkpoint_id,
         summary,
+        sizes,
         local,
         sync_duration,
         started,
@@ -295,6 +309,7 @@ async fn chain_result(done: ChainDone<'_>) -> Result<SnapshotResult> {
         entries: summary.records,
         files_uploaded: 1,
         files_reused,
+        sizes,
     };
     Ok(SnapshotResult { handle, metrics })
 }

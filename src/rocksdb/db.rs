@@ -317,6 +317,20 @@ impl Db {
         Ok(())
     }
 
+    /// RocksDB's approximation of the SST bytes of each key range `[start, end)` of `ranges` in the column
+    /// family `cf` (`GetApproximateSizes`, files only: memtables are not counted), in the order given.
+    pub(crate) fn approximate_sizes(
+        &self,
+        cf: &ColumnFamily,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+    ) -> Vec<u64> {
+        let ranges: Vec<rocksdb::Range<'_>> = ranges
+            .iter()
+            .map(|(start, end)| rocksdb::Range::new(start, end))
+            .collect();
+        self.db.get_approximate_sizes_cf(cf, &ranges)
+    }
+
     /// The integer property `property` summed over the column families of `names`; `None` if RocksDB
     /// knows it for none of them.
     ///

@@ -15,6 +15,7 @@ use crate::keyed::checks::wrong_state;
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
 use crate::rocksdb::db::Db;
 use crate::rocksdb::ttl::RowExpiry;
+use crate::snapshot::sizes::{KeyGroupSize, StateSize, StateSizes};
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 
 /// One state of the backend.
@@ -208,6 +209,60 @@ impl LsmStates {
     pub(crate) fn column_families(&self) -> Vec<&str> {
         let live = self.live().map(|s| s.cf.as_str());
         live.chain(["default"]).collect()
+    }
+
+    /// Each live state's entries and bytes and each key group's bytes of `key_groups` (max parallelism
+    /// `max_parallelism`), as RocksDB estimates them (`docs/state-sizes.md`): per state
+    /// `rocksdb.estimate-num-keys` (a map counts once per user key) and `rocksdb.estimate-live-data-size`,
+    /// per key group `GetApproximateSizes` over the key group's rows summed over the states. SST files
+    /// only: the caller flushed the memtables. A property RocksDB cannot give counts 0.
+    pub(crate) fn sizes(
+        &self,
+        db: &Db,
+        key_groups: crate::key_group::KeyGroupRange,
+        max_parallelism: u32,
+    ) -> StateSizes {
+        use crate::format::lsm_rows::key_group_prefix;
+        let ranges: Vec<(Vec<u8>, Vec<u8>)> = key_groups
+            .iter()
+            .map(|g| {
+                (
+                    key_group_prefix(g, max_parallelism),
+                    key_group_prefix(g + 1, max_parallelism),
+                )
+            })
+            .collect();
+        let mut group_bytes = vec![0u64; ranges.len()];
+        let mut states = Vec::new();
+        for s in self.live() {
+            let names = [s.cf.as_str()];
+            let property = |p: &str| db.int_property(&names, p).ok().flatten().unwrap_or(0);
+            states.push(StateSize {
+                name: s.meta.name.clone(),
+                entries: property("rocksdb.estimate-num-keys"),
+                bytes: property("rocksdb.estimate-live-data-size"),
+                exact: false,
+            });
+            if let Some(cf) = db.cf(&s.cf) {
+                for (sum, bytes) in group_bytes
+                    .iter_mut()
+                    .zip(db.approximate_sizes(cf, &ranges))
+                {
+                    *sum += bytes;
+                }
+            }
+        }
+        let key_groups = key_groups
+            .iter()
+            .zip(group_bytes)
+            .filter(|&(_, bytes)| bytes > 0)
+            .map(|(key_group, bytes)| KeyGroupSize {
+                key_group,
+                bytes,
+                exact: false,
+            })
+            .collect();
+        StateSizes { states, key_groups }
     }
 
     /// Entries of all states, as RocksDB estimates them (`rocksdb.estimate-num-keys`; map entries count one

@@ -6,6 +6,7 @@ pub(crate) mod handle;
 pub mod layout;
 pub(crate) mod restore_mode;
 pub(crate) mod result;
+pub(crate) mod sizes;
 pub(crate) mod state_meta;
 pub(crate) mod validate;
 
@@ -15,4 +16,5 @@ pub use handle::{
 };
 pub use restore_mode::RestoreMode;
 pub use result::{RestoreSources, SavepointFormat, SnapshotMetrics, SnapshotResult};
+pub use sizes::{KeyGroupSize, LARGEST_KEY_GROUPS, StateSize, StateSizes};
 pub use state_meta::{StateKind, StateMeta};

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use crate::snapshot::handle::KeyedStateHandle;
+use crate::snapshot::sizes::StateSizes;
 
 /// Measurements of one snapshot of one backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotMetrics {
     /// Time the synchronous phase blocked processing.
     pub sync_duration: Duration,
@@ -23,6 +24,9 @@ pub struct SnapshotMetrics {
     pub files_uploaded: u32,
     /// Files reused from earlier checkpoints (placeholders).
     pub files_reused: u32,
+    /// Entries and bytes per state and bytes per key group (`docs/state-sizes.md`): exact on the heap
+    /// backend's full snapshots, RocksDB's estimates on the RocksDB backend, empty for a heap delta.
+    pub sizes: StateSizes,
 }
 
 /// The outcome of a snapshot's asynchronous phase.

@@ -59,14 +59,15 @@ impl ChunkSink {
 /// # Errors
 /// The first error of the encoder or the upload; nothing of the file is left in storage then (a failed
 /// upload is aborted and the path deleted, best effort).
-pub(crate) async fn upload_keyed_file<F>(
+pub(crate) async fn upload_keyed_file<F, T>(
     storage: &CheckpointStorage,
     relative: &str,
     local: Option<std::fs::File>,
     encode: F,
-) -> Result<(FileSummary, bool)>
+) -> Result<(T, bool)>
 where
-    F: FnOnce(&mut ChunkSink) -> Result<FileSummary> + Send + 'static,
+    F: FnOnce(&mut ChunkSink) -> Result<T> + Send + 'static,
+    T: Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
     let encoder = tokio::task::spawn_blocking(move || {
@@ -89,7 +90,7 @@ where
     }
     // Dropping the receiver stops the encoder if the upload failed.
     drop(rx);
-    let encoded: Result<(FileSummary, bool)> = encoder
+    let encoded: Result<(T, bool)> = encoder
         .await
         .map_err(|e| Error::IllegalState(format!("snapshot encoder panicked: {e}")))?;
     let summary = match (upload_error, encoded) {
@@ -122,6 +123,7 @@ pub(crate) fn keyed_file_result(
     key_groups: crate::key_group::KeyGroupRange,
     relative: String,
     summary: FileSummary,
+    sizes: crate::snapshot::sizes::StateSizes,
     sync_duration: std::time::Duration,
     async_duration: std::time::Duration,
 ) -> crate::snapshot::result::SnapshotResult {
@@ -151,6 +153,7 @@ pub(crate) fn keyed_file_result(
         entries: summary.records,
         files_uploaded: 1,
         files_reused: 0,
+        sizes,
     };
     crate::snapshot::result::SnapshotResult { handle, metrics }
 }

@@ -8,6 +8,7 @@
 mod common;
 mod incremental_model;
 mod model;
+mod sizes;
 mod timers;
 mod ttl;
 mod ttl_cleanup;
@@ -321,6 +322,14 @@ macro_rules! conformance {
             #[test]
             fn ttl_on_read_and_write() {
                 ttl_update::reads_restart_the_ttl(&mut $make);
+            }
+            #[test]
+            fn state_sizes() {
+                sizes::sizes_at_a_checkpoint(&mut $make, false);
+            }
+            #[test]
+            fn state_sizes_canonical() {
+                sizes::sizes_at_a_checkpoint(&mut $make, true);
             }
         }
     };

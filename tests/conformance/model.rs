@@ -173,9 +173,19 @@ proptest! {
                     apply(&mut backends, &mut scratch, &Op::ListAdd { key: k, value: 7 });
                 }
                 let mut handles = Vec::new();
+                let mut sizes = statebackend::snapshot::StateSizes::default();
                 for p in pending {
-                    handles.push(p.run().await.unwrap().handle);
+                    let result = p.run().await.unwrap();
+                    sizes.merge(&result.metrics.sizes);
+                    handles.push(result.handle);
                 }
+                // The sizes summed over the subtasks are the frozen model's, exactly (a state no operation
+                // registered yet is in no snapshot).
+                let entries = |name: &str| sizes.state(name).map_or((0, true), |s| (s.entries, s.exact));
+                prop_assert_eq!(entries("value"), (frozen.values.len() as u64, true));
+                prop_assert_eq!(entries("list"), (frozen.lists.len() as u64, true));
+                let map_keys = frozen.maps.keys().map(|(k, _)| k).collect::<std::collections::BTreeSet<_>>();
+                prop_assert_eq!(entries("map"), (map_keys.len() as u64, true));
                 backends = Vec::new();
                 let local = id.is_multiple_of(2);
                 if !local {

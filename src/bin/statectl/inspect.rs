@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use serde_json::json;
-use statebackend::snapshot::{FileScope, HandleFormat, StateKind, StateMeta};
+use statebackend::snapshot::{FileScope, HandleFormat, SnapshotKind, StateKind, StateMeta};
 
 use crate::job::{bytes, kind_name, open_snapshot, time};
+use crate::list::{key_groups_json, states_json, stats_file};
 
 fn scope(s: FileScope) -> &'static str {
     match s {
@@ -76,6 +77,11 @@ pub(crate) async fn inspect(dir: &str, entries: bool, as_json: bool) -> Result<E
         };
         tasks.push((task, states));
     }
+    // A checkpoint's figures as the coordinator recorded them (a savepoint has no `_stats` file).
+    let stats = match at.kind {
+        SnapshotKind::Checkpoint => stats_file(&at.storage, at.id).await,
+        SnapshotKind::Savepoint => None,
+    };
     if as_json {
         let out: Vec<_> = tasks
             .iter()
@@ -101,7 +107,9 @@ pub(crate) async fn inspect(dir: &str, entries: bool, as_json: bool) -> Result<E
         out!(
             "{}",
             json!({"kind": kind_name(meta.kind), "id": meta.checkpoint_id,
-                "time": time(meta.timestamp_ms), "timestamp_ms": meta.timestamp_ms, "tasks": out})
+                "time": time(meta.timestamp_ms), "timestamp_ms": meta.timestamp_ms, "tasks": out,
+                "states": stats.as_ref().map(|s| states_json(&s.sizes)),
+                "largest_key_groups": stats.as_ref().map(|s| key_groups_json(&s.sizes))})
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -115,6 +123,29 @@ pub(crate) async fn inspect(dir: &str, entries: bool, as_json: bool) -> Result<E
         bytes(full),
         meta.files().count()
     );
+    if let Some(sizes) = stats.as_ref().map(|s| &s.sizes).filter(|s| !s.is_empty()) {
+        out!("state sizes, summed over the subtasks (~: RocksDB's estimate):");
+        for s in &sizes.states {
+            let approx = if s.exact { "" } else { "~" };
+            out!(
+                "  state {:<24} {approx}{} entries, {approx}{}",
+                s.name,
+                s.entries,
+                bytes(s.bytes)
+            );
+        }
+        let groups: Vec<String> = sizes
+            .key_groups
+            .iter()
+            .map(|g| {
+                let approx = if g.exact { "" } else { "~" };
+                format!("{} {approx}{}", g.key_group, bytes(g.bytes))
+            })
+            .collect();
+        if !groups.is_empty() {
+            out!("  largest key groups: {}", groups.join(", "));
+        }
+    }
     for (task, states) in &tasks {
         out!("\ntask {} subtask {}", task.operator_id, task.subtask_index);
         if let Some(h) = &task.keyed_state {

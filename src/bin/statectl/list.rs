@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use serde_json::json;
+use statebackend::checkpoint::StatsFile;
 use statebackend::snapshot::SnapshotKind;
-use statebackend::{
-    CheckpointMetadata, CheckpointStats, CheckpointStorage, snapshot::layout::STATS_FILE,
-};
+use statebackend::snapshot::StateSizes;
+use statebackend::{CheckpointMetadata, CheckpointStorage, snapshot::layout::STATS_FILE};
 
 use crate::job::{Found, bytes, kind_name, open_job, snapshots, time};
 
@@ -132,24 +132,19 @@ pub(crate) async fn history(url: &str, as_json: bool) -> Result<ExitCode, String
             .count();
         let since_ms = previous.map(|p| meta.timestamp_ms.saturating_sub(p));
         previous = Some(meta.timestamp_ms);
-        let phases = phases(&storage, meta.checkpoint_id).await;
-        rows.push((
-            meta,
-            full,
-            uploaded,
-            files,
-            uploaded_files,
-            since_ms,
-            phases,
-        ));
+        let stats = stats_file(&storage, meta.checkpoint_id).await;
+        rows.push((meta, full, uploaded, files, uploaded_files, since_ms, stats));
     }
     if as_json {
         let out: Vec<_> = rows
             .iter()
             .map(
-                |(meta, full, uploaded, files, uploaded_files, since_ms, phases)| {
+                |(meta, full, uploaded, files, uploaded_files, since_ms, stats)| {
+                    let phases = stats.as_ref().map(phases_ms);
                     json!({"id": meta.checkpoint_id, "time": time(meta.timestamp_ms),
                     "sync_ms": phases.map(|p| p.0), "async_ms": phases.map(|p| p.1),
+                    "states": stats.as_ref().map(|s| states_json(&s.sizes)),
+                    "largest_key_groups": stats.as_ref().map(|s| key_groups_json(&s.sizes)),
                     "timestamp_ms": meta.timestamp_ms, "since_previous_ms": since_ms,
                     "full_bytes": full, "uploaded_bytes": uploaded,
                     "reused_bytes": full - uploaded, "files": files,
@@ -161,7 +156,7 @@ pub(crate) async fn history(url: &str, as_json: bool) -> Result<ExitCode, String
         return Ok(ExitCode::SUCCESS);
     }
     out!(
-        "{:>6}  {:<20} {:>9} {:>9} {:>10} {:>11} {:>11} {:>9}  bar: # uploaded, . reused (scaled to the largest, {})",
+        "{:>6}  {:<20} {:>9} {:>9} {:>10} {:>11} {:>11} {:>9}  {:<BAR$}  largest state",
         "id",
         "time (UTC)",
         "since",
@@ -170,14 +165,15 @@ pub(crate) async fn history(url: &str, as_json: bool) -> Result<ExitCode, String
         "uploaded",
         "reused",
         "files",
-        bytes(largest)
+        format!("# uploaded, . reused (of {})", bytes(largest))
     );
-    for (meta, full, uploaded, files, uploaded_files, since_ms, phases) in &rows {
+    for (meta, full, uploaded, files, uploaded_files, since_ms, stats) in &rows {
+        let phases = stats.as_ref().map(phases_ms);
         let width = |n: u64| ((n as f64 / largest as f64) * BAR as f64).round() as usize;
         let up = width(*uploaded).max(usize::from(*uploaded > 0));
         let total = width(*full).max(up);
         out!(
-            "{:>6}  {:<20} {:>9} {:>9} {:>10} {:>11} {:>11} {:>4}/{:<4}  {}{}",
+            "{:>6}  {:<20} {:>9} {:>9} {:>10} {:>11} {:>11} {:>4}/{:<4}  {:<BAR$}  {}",
             meta.checkpoint_id,
             time(meta.timestamp_ms),
             since_ms.map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1e3)),
@@ -187,8 +183,11 @@ pub(crate) async fn history(url: &str, as_json: bool) -> Result<ExitCode, String
             bytes(full - uploaded),
             uploaded_files,
             files,
-            "#".repeat(up),
-            ".".repeat(total - up)
+            format!("{}{}", "#".repeat(up), ".".repeat(total - up)),
+            stats
+                .as_ref()
+                .and_then(|s| largest_state(&s.sizes))
+                .unwrap_or_else(|| "-".to_string())
         );
     }
     if rows.is_empty() {
@@ -197,9 +196,9 @@ pub(crate) async fn history(url: &str, as_json: bool) -> Result<ExitCode, String
     Ok(ExitCode::SUCCESS)
 }
 
-/// `(sync ms, async ms)` of checkpoint `id` from its `_stats` file, if it has a readable one (the longest
-/// subtask's phases, as the coordinator recorded them).
-async fn phases(storage: &CheckpointStorage, id: u64) -> Option<(f64, f64)> {
+/// Checkpoint `id`'s `_stats` file, if it has a readable one (phases of the longest subtask, state sizes
+/// summed over the subtasks, as the coordinator recorded them).
+pub(crate) async fn stats_file(storage: &CheckpointStorage, id: u64) -> Option<StatsFile> {
     use object_store::ObjectStoreExt;
     let path = storage.path(&format!("chk-{id}/{STATS_FILE}"));
     let bytes = storage
@@ -210,6 +209,38 @@ async fn phases(storage: &CheckpointStorage, id: u64) -> Option<(f64, f64)> {
         .bytes()
         .await
         .ok()?;
-    let (sync, asynchronous, _) = CheckpointStats::parse_stats_file(&bytes, id)?;
-    Some((sync.as_secs_f64() * 1e3, asynchronous.as_secs_f64() * 1e3))
+    StatsFile::parse(&bytes, id)
+}
+
+/// `(sync ms, async ms)` of a `_stats` file.
+fn phases_ms(stats: &StatsFile) -> (f64, f64) {
+    (
+        stats.sync_duration.as_secs_f64() * 1e3,
+        stats.async_duration.as_secs_f64() * 1e3,
+    )
+}
+
+/// The largest state by bytes, as `name bytes` (`~` before an estimate).
+fn largest_state(sizes: &StateSizes) -> Option<String> {
+    let s = sizes.states.iter().max_by_key(|s| s.bytes)?;
+    let approx = if s.exact { "" } else { "~" };
+    Some(format!("{} {approx}{}", s.name, bytes(s.bytes)))
+}
+
+/// Each state's figures, as JSON.
+pub(crate) fn states_json(sizes: &StateSizes) -> serde_json::Value {
+    sizes
+        .states
+        .iter()
+        .map(|s| json!({"name": s.name, "entries": s.entries, "bytes": s.bytes, "exact": s.exact}))
+        .collect()
+}
+
+/// The key groups' figures (a `_stats` file keeps the largest), as JSON.
+pub(crate) fn key_groups_json(sizes: &StateSizes) -> serde_json::Value {
+    sizes
+        .key_groups
+        .iter()
+        .map(|g| json!({"key_group": g.key_group, "bytes": g.bytes, "exact": g.exact}))
+        .collect()
 }

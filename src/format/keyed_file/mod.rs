@@ -274,6 +274,11 @@ impl KeyedFileWriter {
         Ok(())
     }
 
+    /// Records and uncompressed record bytes written so far, `(records, bytes)`.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.records, self.raw_bytes)
+    }
+
     /// Bytes written since the last call; the caller streams them to storage in order.
     pub(crate) fn take_output(&mut self) -> Vec<u8> {
         let chunk = std::mem::take(&mut self.out);

@@ -22,6 +22,7 @@ use crate::rocksdb::snapshot::upload::UploadGuard;
 use crate::rocksdb::ttl::RowExpiry;
 use crate::snapshot::layout::savepoint_dir;
 use crate::snapshot::result::SnapshotResult;
+use crate::snapshot::sizes::{SizeTally, StateSizes};
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::snapshot_io::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
 use crate::storage::CheckpointStorage;
@@ -64,7 +65,7 @@ impl CanonicalExport {
         // `self` (with the guard that removes the native checkpoint) moves into the encoder and is dropped
         // when it ends.
         // A savepoint has no local copy (local recovery keeps checkpoints).
-        let (summary, _) =
+        let ((summary, sizes), _) =
             upload_keyed_file(&storage, &relative, None, move |sink| self.encode(sink)).await?;
         Ok(keyed_file_result(
             backend_id,
@@ -74,13 +75,15 @@ impl CanonicalExport {
             identity.key_groups(),
             relative,
             summary,
+            sizes,
             sync_duration,
             started.elapsed(),
         ))
     }
 
-    /// Reads the native checkpoint key group by key group, state by state, and writes the records.
-    fn encode(self, sink: &mut ChunkSink) -> Result<FileSummary> {
+    /// Reads the native checkpoint key group by key group, state by state, and writes the records;
+    /// returns the file's summary and each state's and key group's size in it (exact: the records written).
+    fn encode(self, sink: &mut ChunkSink) -> Result<(FileSummary, StateSizes)> {
         let path = self.local_dir.display().to_string();
         let options = options_with(&self.config, &self.memory);
         let cf_options = ColumnFamilyOptions::new(&self.config, &self.memory, None);
@@ -113,6 +116,7 @@ impl CanonicalExport {
                 Error::IllegalState(format!("column family {cf} is missing from {path}"))
             })?);
         }
+        let mut tally = SizeTally::new(self.states.iter().map(|s| s.name.as_str()));
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for key_group in self.identity.key_groups().iter() {
             writer.begin_key_group(key_group)?;
@@ -199,13 +203,14 @@ impl CanonicalExport {
                 if let Some((k, n)) = map_of.take() {
                     write_map(&mut writer, state, &k, &n, &entries)?;
                 }
+                tally.add(key_group, state as usize, writer.counts());
             }
             writer.end_key_group()?;
             sink.push(writer.take_output())?;
         }
         let (last, summary) = writer.finish()?;
         sink.push(last)?;
-        Ok(summary)
+        Ok((summary, tally.finish()))
     }
 }
 

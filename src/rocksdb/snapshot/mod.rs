@@ -249,7 +249,7 @@ impl Checkpoints {
             max_parallelism: identity.max_parallelism(),
             key_groups: identity.key_groups(),
             concurrency: config.transfer_concurrency,
-            entries: states.estimated_entries(db),
+            sizes: states.sizes(db, identity.key_groups(), identity.max_parallelism()),
             local: self
                 .local
                 .clone()

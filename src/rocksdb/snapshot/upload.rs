@@ -16,6 +16,7 @@ use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle, StateFi
 use crate::snapshot::layout::{SAVEPOINT_DIR, SHARED_DIR, checkpoint_dir};
 use crate::snapshot::result::SavepointFormat;
 use crate::snapshot::result::{SnapshotMetrics, SnapshotResult};
+use crate::snapshot::sizes::StateSizes;
 use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 use crate::storage::transfer::upload_file;
@@ -99,7 +100,8 @@ pub(crate) struct UploadJob {
     pub(crate) max_parallelism: u32,
     pub(crate) key_groups: KeyGroupRange,
     pub(crate) concurrency: usize,
-    pub(crate) entries: u64,
+    /// Each state's and key group's size, as RocksDB estimated them in the synchronous phase.
+    pub(crate) sizes: StateSizes,
     /// Where to keep a local copy of the checkpoint (local recovery), if anywhere.
     pub(crate) local: Option<LocalCopies>,
 }
@@ -344,9 +346,10 @@ impl UploadJob {
             checkpointed_bytes,
             full_bytes,
             state_bytes: full_bytes,
-            entries: self.entries,
+            entries: self.sizes.states.iter().map(|s| s.entries).sum(),
             files_uploaded,
             files_reused,
+            sizes: self.sizes,
         };
         tracing::debug!(checkpoint_id, ?metrics, "lsm snapshot written");
         Ok(SnapshotResult { handle, metrics })
