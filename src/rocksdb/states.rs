@@ -18,6 +18,12 @@ use crate::rocksdb::ttl::RowExpiry;
 use crate::snapshot::sizes::{KeyGroupSize, StateSize, StateSizes};
 use crate::snapshot::state_meta::{StateKind, StateMeta};
 
+/// Key-group ranges (key groups × states) whose approximate sizes a synchronous phase reads at most:
+/// each is an index lookup in every SST file it overlaps, about 1.2-2.5 µs with 1M rows a state
+/// (`docs/state-sizes.md`), so 1,024 cost about 1 ms; a subtask with more key groups reports per-state
+/// figures only.
+pub(crate) const MAX_KEY_GROUP_RANGES: usize = 1024;
+
 /// One state of the backend.
 pub(crate) struct LsmState {
     pub(crate) meta: StateMeta,
@@ -213,9 +219,10 @@ impl LsmStates {
 
     /// Each live state's entries and bytes and each key group's bytes of `key_groups` (max parallelism
     /// `max_parallelism`), as RocksDB estimates them (`docs/state-sizes.md`): per state
-    /// `rocksdb.estimate-num-keys` (a map counts once per user key) and `rocksdb.estimate-live-data-size`,
-    /// per key group `GetApproximateSizes` over the key group's rows summed over the states. SST files
-    /// only: the caller flushed the memtables. A property RocksDB cannot give counts 0.
+    /// `rocksdb.estimate-num-keys` (a map counts once per user key) and `rocksdb.live-sst-files-size`,
+    /// per key group `GetApproximateSizes` over the key group's rows summed over the states, left out
+    /// when key groups × states exceed [`MAX_KEY_GROUP_RANGES`]. SST files only: the caller flushed the
+    /// memtables. A property RocksDB cannot give counts 0.
     pub(crate) fn sizes(
         &self,
         db: &Db,
@@ -223,8 +230,10 @@ impl LsmStates {
         max_parallelism: u32,
     ) -> StateSizes {
         use crate::format::lsm_rows::key_group_prefix;
+        let per_key_group = key_groups.len() as usize * self.live().count() <= MAX_KEY_GROUP_RANGES;
         let ranges: Vec<(Vec<u8>, Vec<u8>)> = key_groups
             .iter()
+            .filter(|_| per_key_group)
             .map(|g| {
                 (
                     key_group_prefix(g, max_parallelism),
@@ -240,10 +249,10 @@ impl LsmStates {
             states.push(StateSize {
                 name: s.meta.name.clone(),
                 entries: property("rocksdb.estimate-num-keys"),
-                bytes: property("rocksdb.estimate-live-data-size"),
+                bytes: property("rocksdb.live-sst-files-size"),
                 exact: false,
             });
-            if let Some(cf) = db.cf(&s.cf) {
+            if let Some(cf) = db.cf(&s.cf).filter(|_| per_key_group) {
                 for (sum, bytes) in group_bytes
                     .iter_mut()
                     .zip(db.approximate_sizes(cf, &ranges))

@@ -87,3 +87,31 @@ pub(crate) fn sizes_at_a_checkpoint<B: KeyedStateBackend<u64>>(b: &mut B, canoni
         );
     }
 }
+
+/// Key-group figures cost an index lookup per key group and state in RocksDB's synchronous phase: a
+/// subtask with more than 1,024 of them reports per-state figures only.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_rocksdb_subtask_with_many_key_groups_reports_per_state_figures_only() {
+    for (max_parallelism, key_group_figures) in [(1024, true), (2048, false)] {
+        let mut b = common::lsm::<u64>(max_parallelism, 1, 0);
+        let v = b
+            .value_state(&ValueStateDescriptor::<Ns, u64>::new("v"))
+            .unwrap();
+        for key in 0..VALUES {
+            b.set_current_key(key).unwrap();
+            v.update(&mut b, &NS, key).unwrap();
+        }
+        let storage = CheckpointStorage::in_memory("sizes").unwrap();
+        let result = common::runtime()
+            .block_on(b.snapshot(1, &storage).unwrap().run())
+            .unwrap();
+        let sizes = &result.metrics.sizes;
+        assert_eq!(sizes.state("v").map(|s| s.entries), Some(VALUES));
+        assert_eq!(
+            !sizes.key_groups.is_empty(),
+            key_group_figures,
+            "max parallelism {max_parallelism}"
+        );
+    }
+}

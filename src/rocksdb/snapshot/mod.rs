@@ -209,6 +209,11 @@ impl Checkpoints {
             }
             SnapshotTarget::Savepoint | SnapshotTarget::CanonicalSavepoint => None,
         };
+        // Each state's size, read while the memtables are empty (a canonical export counts its records).
+        let sizes = match target {
+            SnapshotTarget::CanonicalSavepoint => Default::default(),
+            _ => states.sizes(db, identity.key_groups(), identity.max_parallelism()),
+        };
         let sync_duration = start.elapsed();
         let guard = UploadGuard {
             dir: local.clone(),
@@ -249,7 +254,7 @@ impl Checkpoints {
             max_parallelism: identity.max_parallelism(),
             key_groups: identity.key_groups(),
             concurrency: config.transfer_concurrency,
-            sizes: states.sizes(db, identity.key_groups(), identity.max_parallelism()),
+            sizes,
             local: self
                 .local
                 .clone()
