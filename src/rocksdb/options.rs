@@ -109,12 +109,21 @@ fn options(config: &RocksDbConfig, memory: &Memory, blooms: bool) -> Options {
     if blooms {
         table.set_bloom_filter(10.0, false);
     }
-    if memory.budget().is_some() {
-        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_partition_filters(true);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        table.set_pin_top_level_index_and_filter(true);
+    match memory.budget().map(|b| b.config().pin_index_and_filters) {
+        None => {}
+        Some(false) => {
+            table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+            table.set_partition_filters(true);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            table.set_pin_top_level_index_and_filter(true);
+        }
+        // Whole blocks must be pinned: left evictable, a large SST's filter block was read again on
+        // nearly every get (1 ms a get on 10M compacted keys, `docs/engines.md`).
+        Some(true) => {
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_unpartitioned_pinning_tier(rocksdb::BlockBasedTablePinningTier::All);
+        }
     }
     let mut opts = Options::default();
     if let Some(budget) = memory.budget() {

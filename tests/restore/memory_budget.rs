@@ -19,6 +19,7 @@ fn a_budget_never_hangs_or_fails_a_write_while_another_backend_holds_the_memtabl
     let budget = MemoryBudget::new(MemoryBudgetConfig {
         total_bytes: 16 << 20,
         write_buffer_percent: 50,
+        ..MemoryBudgetConfig::default()
     })
     .unwrap();
     let mut backends: Vec<Lsm> = (0..2)
@@ -85,6 +86,55 @@ fn a_budget_never_hangs_or_fails_a_write_while_another_backend_holds_the_memtabl
     assert!(budget.usage_bytes() > 0, "reads cache blocks in the budget");
 }
 
+/// With `pin_index_and_filters`, every SST's whole index and filter blocks are pinned in the budget's
+/// cache once read: reads find every value, present or absent, and the cache's pinned bytes exceed those
+/// of the default (partitioned, only the top level pinned) by about the blocks' size.
+#[test]
+fn pinned_index_and_filters_read_every_value_and_stay_pinned_in_the_budget() {
+    let pinned_after_reads = |pin: bool| -> u64 {
+        let budget = MemoryBudget::new(MemoryBudgetConfig {
+            total_bytes: 32 << 20,
+            pin_index_and_filters: pin,
+            ..MemoryBudgetConfig::default()
+        })
+        .unwrap();
+        let mut b = Lsm::with_memory_budget(identity(128, 1, 0), lsm_config(), &budget).unwrap();
+        let s = b
+            .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))
+            .unwrap();
+        let keys = 100_000u64;
+        for k in 0..keys {
+            b.set_current_key(k).unwrap();
+            s.update(&mut b, &VoidNamespace, k * 3).unwrap();
+        }
+        b.compact().unwrap();
+        for k in 0..keys + 1_000 {
+            b.set_current_key(k).unwrap();
+            let expected = (k < keys).then_some(k * 3);
+            assert_eq!(
+                s.value(&b, &VoidNamespace).unwrap(),
+                expected,
+                "key {k}, pinned {pin}"
+            );
+        }
+        // One cache for every column family: the sum over them is a multiple of the cache's figure.
+        let families = 2; // the state's and `default`
+        b.aggregated_int_property("rocksdb.block-cache-pinned-usage")
+            .unwrap()
+            .unwrap()
+            / families
+    };
+    let (partitioned, pinned) = (pinned_after_reads(false), pinned_after_reads(true));
+    eprintln!(
+        "pinned in the cache: {partitioned} bytes partitioned, {pinned} bytes with whole blocks pinned"
+    );
+    // 100,000 keys: a filter block of about 125 KB (10 bits a key) and the index block.
+    assert!(
+        pinned >= partitioned + (100 << 10),
+        "{partitioned} against {pinned}"
+    );
+}
+
 /// A budget under 16 MiB, or memtables given 0% or over 90% of it, is an `InvalidArgument`.
 #[test]
 fn unworkable_budgets_are_refused() {
@@ -92,6 +142,7 @@ fn unworkable_budgets_are_refused() {
         let err = MemoryBudget::new(MemoryBudgetConfig {
             total_bytes,
             write_buffer_percent,
+            ..MemoryBudgetConfig::default()
         })
         .err()
         .unwrap();
