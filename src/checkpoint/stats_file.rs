@@ -89,14 +89,7 @@ impl StatsFile {
                 ) else {
                     continue;
                 };
-                match states.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, f)) => f[i] = Some(value),
-                    None => {
-                        let mut f = [None; 3];
-                        f[i] = Some(value);
-                        states.push((name, f));
-                    }
-                }
+                set_field(&mut states, name, i, value);
             } else if let Some(rest) = key.strip_prefix("key_group.") {
                 let Some((group, field)) = rest.split_once('.') else {
                     continue;
@@ -107,14 +100,7 @@ impl StatsFile {
                 ) else {
                     continue;
                 };
-                match key_groups.iter_mut().find(|(g, _)| *g == group) {
-                    Some((_, f)) => f[i] = Some(value),
-                    None => {
-                        let mut f = [None; 2];
-                        f[i] = Some(value);
-                        key_groups.push((group, f));
-                    }
-                }
+                set_field(&mut key_groups, group, i, value);
             } else {
                 fields.insert(key, value);
             }
@@ -151,6 +137,23 @@ impl StatsFile {
             sizes: StateSizes { states, key_groups },
         })
     }
+}
+
+/// Sets field `i` of the entry for `key` in `entries` (appended if new, so entries keep the file's order).
+fn set_field<K: PartialEq, const N: usize>(
+    entries: &mut Vec<(K, [Option<u64>; N])>,
+    key: K,
+    i: usize,
+    value: u64,
+) {
+    let at = match entries.iter().position(|(k, _)| *k == key) {
+        Some(at) => at,
+        None => {
+            entries.push((key, [None; N]));
+            entries.len() - 1
+        }
+    };
+    entries[at].1[i] = Some(value);
 }
 
 /// The position of `field` in `known`.

@@ -87,7 +87,7 @@ pub(crate) fn take_key_groups(
     max_parallelism: u32,
     unreadable: &(dyn Fn(Error) -> Error + Sync),
 ) -> Result<()> {
-    let threads = config.restore_threads;
+    let threads = config.restore_threads.max(1);
     if take.is_empty() {
         return Ok(());
     }
@@ -115,7 +115,7 @@ pub(crate) fn take_key_groups(
             ));
         }
         // Runs of about equal numbers of key groups: keys hash uniformly over them.
-        let parts = (threads.max(1) as u32).min(take.len());
+        let parts = (threads as u32).min(take.len());
         for p in 0..parts {
             let first = take.start() + take.len() * p / parts;
             let end = take.start() + take.len() * (p + 1) / parts;
@@ -130,9 +130,9 @@ pub(crate) fn take_key_groups(
     crate::rocksdb::instance::remove_dir_if_exists(&out)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::local(out.display().to_string(), e))?;
     // Each column family's pieces are of one size: dealt out in turn, every thread gets as much.
-    let mut runs: Vec<Vec<Piece>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<Piece>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, piece) in pieces.into_iter().enumerate() {
-        runs[i % threads.max(1)].push(piece);
+        runs[i % threads].push(piece);
     }
     runs.retain(|run| !run.is_empty());
     let db_now: &Db = db;
