@@ -6,7 +6,12 @@
 //! - `heap_checkpoint_1pct/incremental_uniform`, `.../incremental_zipf`: incremental on, chains of up to
 //!   10 files (so one checkpoint in ten is full, as a long run sees them);
 //! - `heap_restore/full`, `heap_restore/chain_of_10`: restore of 1M keys from one full checkpoint, and
-//!   from a full checkpoint plus 9 deltas of 1% churn each.
+//!   from a full checkpoint plus 9 deltas of 1% churn each;
+//! - `heap_checkpoint_elements/...`: `SB_HI_ELEMENT_KEYS` keys (default 20,000), each with a list of 100
+//!   `u64` elements or a map of 100 `u32 -> u64` user keys, incremental on; each iteration gives 1% of
+//!   the keys one element (`list_append`: `ListState::add`, an append record; `list_update`: the same
+//!   list set whole, a whole record) or one user key (`map_put`: `MapState::put`, a patch record;
+//!   `map_put_all`: `put_all` of that one user key, which writes the map whole), then checkpoints.
 //!
 //! It then prints, per variant, the median bytes uploaded by a delta and its synchronous and
 //! asynchronous phases, and the bytes of the largest handle (a chain's files) over the median full file
@@ -94,13 +99,7 @@ impl Job {
 
     /// One checkpoint, confirmed; returns its duration (both phases).
     fn checkpoint(&mut self, rt: &tokio::runtime::Runtime) -> Duration {
-        let id = self.next_id;
-        self.next_id += 1;
-        let started = Instant::now();
-        let pending = self.backend.snapshot(id, &self.storage).unwrap();
-        let result = rt.block_on(pending.run()).unwrap();
-        let took = started.elapsed();
-        self.backend.notify_checkpoint_complete(id);
+        let (took, result) = checkpoint(&mut self.backend, &self.storage, &mut self.next_id, rt);
         let m = &result.metrics;
         self.stats.push((
             m.checkpointed_bytes,
@@ -112,6 +111,117 @@ impl Job {
         self.last = Some(result.handle);
         took
     }
+}
+
+/// How `heap_checkpoint_elements` writes its state.
+#[derive(Clone, Copy)]
+enum Elements {
+    ListAppend,
+    ListUpdate,
+    MapPut,
+    MapPutAll,
+}
+
+/// A job with one list or map state of 100 elements or user keys per key, incremental checkpoints on.
+struct ElementJob {
+    backend: HeapKeyedStateBackend<u64>,
+    list: ListState<VoidNamespace, u64>,
+    map: MapState<VoidNamespace, u32, u64>,
+    storage: CheckpointStorage,
+    next_id: u64,
+    rng: rand::rngs::StdRng,
+    /// Bytes uploaded by each measured checkpoint.
+    uploaded: Vec<u64>,
+}
+
+fn element_keys() -> u64 {
+    std::env::var("SB_HI_ELEMENT_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+impl ElementJob {
+    fn new(kind: Elements) -> Self {
+        let config = HeapConfig {
+            incremental: true,
+            ..HeapConfig::default()
+        };
+        let identity = SubtaskIdentity::new("op", 128, 1, 0).unwrap();
+        let mut backend = HeapKeyedStateBackend::new(identity, config).unwrap();
+        let list = backend.list_state(&ListStateDescriptor::new("l")).unwrap();
+        let map = backend.map_state(&MapStateDescriptor::new("m")).unwrap();
+        for k in 0..element_keys() {
+            backend.set_current_key(k).unwrap();
+            match kind {
+                Elements::ListAppend | Elements::ListUpdate => {
+                    list.update(&mut backend, &NS, (0..100).collect()).unwrap()
+                }
+                Elements::MapPut | Elements::MapPutAll => map
+                    .put_all(&mut backend, &NS, (0..100).map(|u| (u, k)))
+                    .unwrap(),
+            }
+        }
+        ElementJob {
+            backend,
+            list,
+            map,
+            storage: CheckpointStorage::in_memory("heap-elements").unwrap(),
+            next_id: 1,
+            rng: rand::rngs::StdRng::seed_from_u64(11),
+            uploaded: Vec::new(),
+        }
+    }
+
+    /// 1% of the keys get one element or user key, written as `kind` says.
+    fn churn(&mut self, kind: Elements) {
+        for _ in 0..element_keys() / 100 {
+            let k = self.rng.random_range(0..element_keys());
+            let v: u64 = self.rng.random();
+            let b = &mut self.backend;
+            b.set_current_key(k).unwrap();
+            match kind {
+                Elements::ListAppend => self.list.add(b, &NS, v).unwrap(),
+                Elements::ListUpdate => {
+                    let mut list = self.list.get(b, &NS).unwrap();
+                    list.push(v);
+                    self.list.update(b, &NS, list).unwrap();
+                }
+                Elements::MapPut => self.map.put(b, &NS, (v % 200) as u32, v).unwrap(),
+                Elements::MapPutAll => self
+                    .map
+                    .put_all(b, &NS, vec![((v % 200) as u32, v)])
+                    .unwrap(),
+            }
+        }
+    }
+
+    /// One checkpoint, confirmed; returns its duration (both phases).
+    fn checkpoint(&mut self, rt: &tokio::runtime::Runtime) -> Duration {
+        let (took, result) = checkpoint(&mut self.backend, &self.storage, &mut self.next_id, rt);
+        if result.handle.files.len() > 1 {
+            self.uploaded.push(result.metrics.checkpointed_bytes);
+        }
+        took
+    }
+}
+
+/// Checkpoint `next_id` of `backend` into `storage` (both phases), confirmed; the next id is counted on.
+/// Returns its duration and result.
+fn checkpoint(
+    backend: &mut HeapKeyedStateBackend<u64>,
+    storage: &CheckpointStorage,
+    next_id: &mut u64,
+    rt: &tokio::runtime::Runtime,
+) -> (Duration, SnapshotResult) {
+    let id = *next_id;
+    *next_id += 1;
+    let started = Instant::now();
+    let pending = backend.snapshot(id, storage).unwrap();
+    let result = rt.block_on(pending.run()).unwrap();
+    let took = started.elapsed();
+    backend.notify_checkpoint_complete(id);
+    (took, result)
 }
 
 fn median<T: Copy + Ord>(mut v: Vec<T>) -> Option<T> {
@@ -201,6 +311,34 @@ fn bench(c: &mut Criterion) {
                 restored
             })
         });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("heap_checkpoint_elements");
+    g.sample_size(20);
+    for (name, kind) in [
+        ("list_append", Elements::ListAppend),
+        ("list_update", Elements::ListUpdate),
+        ("map_put", Elements::MapPut),
+        ("map_put_all", Elements::MapPutAll),
+    ] {
+        let mut job = ElementJob::new(kind);
+        job.checkpoint(&rt);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    job.churn(kind);
+                    total += job.checkpoint(&rt);
+                }
+                total
+            })
+        });
+        eprintln!(
+            "heap_incremental elements {name}: {} deltas, median {:?} bytes uploaded",
+            job.uploaded.len(),
+            median(job.uploaded.clone()),
+        );
     }
     g.finish();
 }

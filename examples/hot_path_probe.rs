@@ -10,7 +10,9 @@
 //!   as well, the backend has incremental checkpoints on, so every write between two checkpoints is
 //!   logged (N = 10,000 is a job at 1% churn). Compare `--incremental` against the same
 //!   `--checkpoint-every` without it (the copy-on-write copies after each checkpoint are then the same);
-//!   under callgrind count the writes alone with `--toggle-collect='*ValueState*update*'`.
+//!   under callgrind count the writes alone with `--toggle-collect='*ValueState*update*'`. With
+//!   `--in-process`, each checkpoint's frozen version is kept for in-process recovery
+//!   (`docs/local-recovery.md`): compare against the same `--checkpoint-every` without it.
 //! - `hot_path_probe restore [--rounds N]`: 1M heap value-state keys checkpointed once into memory,
 //!   then restored N times (each followed by the state's registration, which decodes the records);
 //!   prints the median and minimum restore time (ms). Profile it with `perf record`.
@@ -47,6 +49,10 @@ enum Probe {
         /// Operations between two checkpoints (0: no checkpoint).
         #[arg(long, default_value_t = 0)]
         checkpoint_every: u64,
+        /// In-process recovery on: each checkpoint's frozen version stays in memory until the next
+        /// one is confirmed, so every page is copied at its first write after a checkpoint.
+        #[arg(long)]
+        in_process: bool,
     },
     /// Heap restore: 1M value-state keys checkpointed once (full, into memory), then restored `rounds`
     /// times, each restore followed by the state's registration (which decodes the records).
@@ -86,7 +92,8 @@ fn main() -> Result<()> {
             op,
             incremental,
             checkpoint_every,
-        } => value(ttl, op, incremental, checkpoint_every),
+            in_process,
+        } => value(ttl, op, (incremental, in_process), checkpoint_every),
         Probe::Restore { rounds } => restore(rounds),
         Probe::Fire {
             timers,
@@ -95,13 +102,23 @@ fn main() -> Result<()> {
     }
 }
 
-fn value(ttl: Expiry, op: Op, incremental: bool, checkpoint_every: u64) -> Result<()> {
+/// `(incremental, in_process)`: incremental checkpoints and in-process recovery on or off.
+fn value(
+    ttl: Expiry,
+    op: Op,
+    (incremental, in_process): (bool, bool),
+    checkpoint_every: u64,
+) -> Result<()> {
     let checkpoint_every = (checkpoint_every > 0).then_some(checkpoint_every);
     let n: u64 = 1_000_000;
     let identity = SubtaskIdentity::new("probe", 128, 1, 0)?;
     let mut config = StateBackendConfig::default();
     config.heap.incremental = incremental;
     let mut b = StateBackend::<u64>::new(&identity, &config)?;
+    let recovery = statebackend::heap::InProcessRecovery::new();
+    if in_process {
+        b.set_in_process_recovery(&recovery);
+    }
     let storage = CheckpointStorage::in_memory("probe")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -94,6 +94,44 @@ async fn snapshots(corpus: &Path) -> Result<()> {
         let bytes = read(&storage, &delta.path).await;
         write(&corpus.join("restore"), &format!("heap-delta-{n}"), &bytes);
     }
+    // Deltas of version 3 with append records and of version 4 with patch records too, on a full file
+    // like the target's chain base (the same states and content): lists of 20 keys get one element
+    // each, and in version 4 their maps a user key.
+    for (n, (level, patches)) in [(Some(1), false), (None, false), (Some(1), true)]
+        .into_iter()
+        .enumerate()
+    {
+        let storage = CheckpointStorage::in_memory("seeds")?;
+        let config = HeapConfig {
+            zstd_level: level,
+            incremental: true,
+            ..HeapConfig::default()
+        };
+        let mut b =
+            HeapKeyedStateBackend::<u64>::new(SubtaskIdentity::new("op", 16, 1, 0)?, config)?;
+        let v = b.value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("v"))?;
+        let l = b.list_state(&ListStateDescriptor::<u64, u64>::new("l"))?;
+        let m = b.map_state(&MapStateDescriptor::<VoidNamespace, u64, u64>::new("m"))?;
+        for k in 0..40u64 {
+            b.set_current_key(k)?;
+            v.update(&mut b, &VoidNamespace, k)?;
+            l.add(&mut b, &(k % 3), k)?;
+            m.put(&mut b, &VoidNamespace, k, k)?;
+        }
+        b.snapshot(1, &storage)?.run().await?;
+        b.notify_checkpoint_complete(1);
+        for k in 0..20u64 {
+            b.set_current_key(k)?;
+            l.add(&mut b, &(k % 3), k + 100)?;
+            if patches {
+                m.put(&mut b, &VoidNamespace, k + 100, k)?;
+            }
+        }
+        let result = b.snapshot(2, &storage)?.run().await?;
+        let delta = result.handle.files.last().expect("a delta");
+        let bytes = read(&storage, &delta.path).await;
+        write(&corpus.join("restore"), &format!("heap-append-delta-{n}"), &bytes);
+    }
     Ok(())
 }
 

@@ -268,6 +268,15 @@ async fn write_lsm_job(root: &Path) {
     );
 }
 
+/// The heap chain job whose deltas are of format `version` (2 to 4).
+fn chain_job(version: u16) -> &'static str {
+    match version {
+        2 => "heap-chain-job",
+        3 => "heap-append-job",
+        _ => "heap-patch-job",
+    }
+}
+
 /// Keys the heap chain job writes in checkpoint 1 and removes in checkpoint 2 (tombstones).
 const GONE: std::ops::RangeInclusive<u64> = 41..=50;
 
@@ -277,8 +286,16 @@ const GONE: std::ops::RangeInclusive<u64> = 41..=50;
 /// files, version 2: upserts, tombstones, the dropped state absent) sets key 1 right, removes `GONE` and
 /// drops `junk`, so that its chain holds exactly the content. Checkpoint 1 is subsumed: its files stay
 /// as checkpoint 2's placeholders.
-async fn write_heap_chain_job(root: &Path) {
-    let storage = storage(root, "heap-chain-job", 13);
+///
+/// The delta files are of format `version`: 2 is `heap-chain-job`; 3 is `heap-append-job`, where
+/// checkpoint 1 also lacks the last element of every list, which checkpoint 2 appends (append records
+/// where the list had elements); 4 is `heap-patch-job`, as 3 and also without the last user key of
+/// every map and with a user key `gone` in maps of two, which checkpoint 2 puts and removes (patch
+/// records where the map had user keys).
+async fn write_heap_chain_job(root: &Path, version: u16) {
+    let job = chain_job(version);
+    let (appends, patches) = (version >= 3, version >= 4);
+    let storage = storage(root, job, 13);
     let mut coordinator = CheckpointCoordinator::open_with_clock(
         storage.clone(),
         CoordinatorConfig::single_operator("window", 2, 1),
@@ -301,6 +318,23 @@ async fn write_heap_chain_job(root: &Path) {
     for b in &mut backends {
         fill(b);
         let s = states(b);
+        for k in KEYS.filter(|_| appends) {
+            if b.set_current_key(k).is_ok() && !list_of(k).is_empty() {
+                let mut list = list_of(k);
+                list.pop();
+                s.list.update(b, &VoidNamespace, list).unwrap();
+            }
+        }
+        for k in KEYS.filter(|_| patches) {
+            if b.set_current_key(k).is_ok()
+                && let Some((last, _)) = map_of(k).pop_last()
+            {
+                s.map.remove(b, &7, &last).unwrap();
+                if map_of(k).len() == 2 {
+                    s.map.put(b, &7, "gone".into(), 0).unwrap();
+                }
+            }
+        }
         let junk = b
             .list_state(&ListStateDescriptor::<VoidNamespace, u64>::new("junk"))
             .unwrap();
@@ -324,6 +358,21 @@ async fn write_heap_chain_job(root: &Path) {
                     }
                 }
                 b.drop_state("junk").unwrap();
+                for k in KEYS.filter(|_| appends) {
+                    if b.set_current_key(k).is_ok()
+                        && let Some(last) = list_of(k).pop()
+                    {
+                        s.list.add(b, &VoidNamespace, last).unwrap();
+                    }
+                }
+                for k in KEYS.filter(|_| patches) {
+                    if b.set_current_key(k).is_ok()
+                        && let Some((last, v)) = map_of(k).pop_last()
+                    {
+                        s.map.put(b, &7, last, v).unwrap();
+                        s.map.remove(b, &7, &"gone".to_string()).unwrap();
+                    }
+                }
             }
         }
         let id = coordinator.trigger().await.unwrap();
@@ -351,7 +400,9 @@ async fn write_heap_chain_job(root: &Path) {
 
 async fn write_all(root: &Path) {
     write_heap_job(root).await;
-    write_heap_chain_job(root).await;
+    for version in [2, 3, 4] {
+        write_heap_chain_job(root, version).await;
+    }
     #[cfg(feature = "rocksdb")]
     write_lsm_job(root).await;
 }
@@ -424,57 +475,81 @@ fn chain_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 #[tokio::test]
-async fn todays_writer_writes_the_pinned_heap_chain_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    write_heap_chain_job(dir.path()).await;
-    let pinned = chain_files(&fixtures().join("jobs/heap-chain-job"));
-    let written = chain_files(&dir.path().join("heap-chain-job"));
-    assert_eq!(
-        pinned.keys().collect::<Vec<_>>(),
-        written.keys().collect::<Vec<_>>(),
-        "the same files"
-    );
-    for (path, bytes) in &pinned {
-        assert!(
-            written[path] == *bytes,
-            "{path} differs from the pinned bytes"
+async fn todays_writer_writes_the_pinned_heap_chains_byte_for_byte() {
+    for version in [2, 3, 4] {
+        let job = chain_job(version);
+        let dir = tempfile::tempdir().unwrap();
+        write_heap_chain_job(dir.path(), version).await;
+        let pinned = chain_files(&fixtures().join("jobs").join(job));
+        let written = chain_files(&dir.path().join(job));
+        assert_eq!(
+            pinned.keys().collect::<Vec<_>>(),
+            written.keys().collect::<Vec<_>>(),
+            "{job}: the same files"
         );
+        for (path, bytes) in &pinned {
+            assert!(
+                written[path] == *bytes,
+                "{job}: {path} differs from the pinned bytes"
+            );
+        }
     }
 }
 
 #[tokio::test]
-async fn pinned_heap_chain_restores_to_its_content() {
+async fn pinned_heap_chains_restore_to_their_content() {
     let root = copy_of(&fixtures().join("jobs"));
-    let storage = storage(root.path(), "heap-chain-job", 99);
-    let meta = storage.read_checkpoint_metadata(2).await.unwrap();
-    let handles = meta.keyed_handles("window");
-    assert!(handles.iter().all(|h| h.files.len() == 2), "{handles:?}");
-    for parallelism in [1, 3] {
-        let mut checked = 0;
-        for i in 0..parallelism {
-            let mut b = HeapKeyedStateBackend::<u64>::restore(
-                window(parallelism, i),
-                HeapConfig::default(),
-                &storage,
-                &handles,
-                RestoreMode::NoClaim,
-            )
-            .await
-            .unwrap();
-            checked += check(&mut b, "heap chain");
-            let s = states(&mut b);
-            for k in GONE {
-                if b.set_current_key(k).is_ok() {
-                    assert_eq!(s.value.value(&b, &0).unwrap(), None, "key {k} was removed");
-                }
-            }
-            assert!(
-                !b.state_names().contains(&"junk".to_string()),
-                "the dropped state stays dropped"
+    for version in [2, 3, 4] {
+        let job = chain_job(version);
+        let storage = storage(root.path(), job, 99);
+        let meta = storage.read_checkpoint_metadata(2).await.unwrap();
+        let handles = meta.keyed_handles("window");
+        assert!(handles.iter().all(|h| h.files.len() == 2), "{handles:?}");
+        for h in &handles {
+            let delta = std::fs::read(root.path().join(job).join(&h.files[1].path)).unwrap();
+            assert_eq!(
+                delta[8..10],
+                version.to_le_bytes(),
+                "{job}: the delta's format version"
             );
         }
-        assert_eq!(checked, KEYS.count(), "at parallelism {parallelism}");
+        for parallelism in [1, 3] {
+            let mut checked = 0;
+            for i in 0..parallelism {
+                let mut b = restored(&storage, &handles, parallelism, i).await;
+                checked += check(&mut b, job);
+                let s = states(&mut b);
+                for k in GONE {
+                    if b.set_current_key(k).is_ok() {
+                        assert_eq!(s.value.value(&b, &0).unwrap(), None, "key {k} was removed");
+                    }
+                }
+                assert!(
+                    !b.state_names().contains(&"junk".to_string()),
+                    "the dropped state stays dropped"
+                );
+            }
+            assert_eq!(checked, KEYS.count(), "{job} at parallelism {parallelism}");
+        }
     }
+}
+
+/// Subtask `i` of `parallelism` of `window`, restored from `handles` (NO_CLAIM, default settings).
+async fn restored(
+    storage: &CheckpointStorage,
+    handles: &[KeyedStateHandle],
+    parallelism: u32,
+    i: u32,
+) -> HeapKeyedStateBackend<u64> {
+    HeapKeyedStateBackend::<u64>::restore(
+        window(parallelism, i),
+        HeapConfig::default(),
+        storage,
+        handles,
+        RestoreMode::NoClaim,
+    )
+    .await
+    .unwrap()
 }
 
 /// `dir` copied into a temporary directory (restores must not touch the fixtures).
@@ -501,15 +576,7 @@ async fn pinned_heap_checkpoint_and_savepoint_restore_to_their_content() {
         for parallelism in [1, 3] {
             let mut checked = 0;
             for i in 0..parallelism {
-                let mut b = HeapKeyedStateBackend::<u64>::restore(
-                    window(parallelism, i),
-                    HeapConfig::default(),
-                    &storage,
-                    &handles,
-                    RestoreMode::NoClaim,
-                )
-                .await
-                .unwrap();
+                let mut b = restored(&storage, &handles, parallelism, i).await;
                 checked += check(&mut b, what);
             }
             assert_eq!(checked, KEYS.count(), "{what} at parallelism {parallelism}");
@@ -551,4 +618,64 @@ async fn pinned_lsm_checkpoint_and_canonical_savepoint_restore_on_rocksdb() {
         }
         assert_eq!(checked, KEYS.count(), "{what}");
     }
+}
+
+/// `statectl dump` reads a chain as one full file: in the deltas of versions 3 and 4, each list's
+/// append records and each map's patch records are merged into whole values (u64 keys big-endian,
+/// strings as UTF-8, `docs/formats.md`).
+#[tokio::test]
+async fn dump_of_a_chain_with_append_and_patch_records_shows_whole_lists_and_maps() {
+    fn counted(v: &[u8]) -> (usize, &[u8]) {
+        (
+            u32::from_le_bytes(v[..4].try_into().unwrap()) as usize,
+            &v[4..],
+        )
+    }
+    fn field(v: &[u8]) -> (&[u8], &[u8]) {
+        let (n, rest) = counted(v);
+        rest.split_at(n)
+    }
+    let root = copy_of(&fixtures().join("jobs"));
+    let storage = storage(root.path(), chain_job(4), 99);
+    let meta = storage.read_checkpoint_metadata(2).await.unwrap();
+    let (mut lists, mut maps) = (0, 0);
+    for handle in meta.keyed_handles("window") {
+        let (states, records) = statebackend::inspect::keyed_file_records(&storage, &handle, None)
+            .await
+            .unwrap();
+        for r in records {
+            let k = u64::from_be_bytes(r.key[..8].try_into().unwrap());
+            let (n, mut rest) = counted(&r.value);
+            match states[r.state].name.as_str() {
+                "list" => {
+                    let mut list = Vec::new();
+                    for _ in 0..n {
+                        let (e, next) = field(rest);
+                        list.push(String::from_utf8(e.to_vec()).unwrap());
+                        rest = next;
+                    }
+                    assert_eq!(list, list_of(k), "list of {k}");
+                    assert!(rest.is_empty(), "a whole list, nothing after it");
+                    lists += 1;
+                }
+                "map" => {
+                    let mut map = BTreeMap::new();
+                    for _ in 0..n {
+                        let (uk, next) = field(rest);
+                        let (v, next) = field(next);
+                        let v = u64::from_be_bytes(v.try_into().unwrap());
+                        map.insert(String::from_utf8(uk.to_vec()).unwrap(), v);
+                        rest = next;
+                    }
+                    assert_eq!(map, map_of(k), "map of {k}");
+                    assert!(rest.is_empty(), "a whole map, nothing after it");
+                    maps += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    let with = |f: fn(u64) -> usize| KEYS.filter(|&k| f(k) > 0).count();
+    assert_eq!(lists, with(|k| list_of(k).len()));
+    assert_eq!(maps, with(|k| map_of(k).len()));
 }

@@ -8,6 +8,7 @@
 pub(crate) mod config;
 
 use crate::error::Result;
+use crate::heap::InProcessRecovery;
 use crate::heap::backend::HeapKeyedStateBackend;
 use crate::key_group::KeyGroupRange;
 use crate::key_group::router::KeyRoute;
@@ -235,6 +236,47 @@ impl<K: StateKey> StateBackend<K> {
             return Self::new_in(identity, config, budget);
         }
         Self::restore_in(identity, config, budget, storage, &handles, mode).await
+    }
+
+    /// As [`StateBackend::restore`]; the heap kind takes the state from `recovery` when it keeps the
+    /// frozen version that produced the owned key groups' handle, and keeps its own checkpoints there
+    /// ([`HeapKeyedStateBackend::restore_in_process`], `docs/local-recovery.md`). The RocksDB kind
+    /// restores as [`StateBackend::restore`] does (its local copy is what a restart on the machine
+    /// reads).
+    ///
+    /// # Errors
+    /// As [`StateBackend::restore`].
+    pub async fn restore_in_process(
+        identity: &SubtaskIdentity,
+        config: &StateBackendConfig,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+        recovery: &InProcessRecovery,
+    ) -> Result<Self> {
+        if config.kind != BackendKind::Heap {
+            return Self::restore_in(identity, config, None, storage, handles, mode).await;
+        }
+        let heap = HeapKeyedStateBackend::restore_in_process(
+            identity.clone(),
+            config.heap.clone(),
+            storage,
+            handles,
+            mode,
+            recovery,
+        )
+        .await?;
+        Ok(heap.into())
+    }
+
+    /// The heap kind keeps a frozen version of each checkpoint from now on in `recovery`
+    /// ([`HeapKeyedStateBackend::set_in_process_recovery`]); the RocksDB kind ignores it.
+    pub fn set_in_process_recovery(&mut self, recovery: &InProcessRecovery) {
+        match &mut self.inner {
+            Inner::Heap(b) => b.set_in_process_recovery(recovery),
+            #[cfg(feature = "rocksdb")]
+            Inner::RocksDb(_) => {}
+        }
     }
 
     /// The kind inside.

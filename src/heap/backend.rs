@@ -8,7 +8,9 @@ use crate::error::Result;
 use crate::heap::bulk;
 use crate::heap::checkpoints::HeapCheckpoints;
 use crate::heap::config::HeapConfig;
+use crate::heap::cow_map::Logged;
 use crate::heap::cursor::{KeyCursor, access_error};
+use crate::heap::in_process::InProcessRecovery;
 use crate::heap::serde::{ListCell, MapCell};
 use crate::heap::snapshot::SnapshotJob;
 use crate::heap::states::StateTables;
@@ -23,9 +25,7 @@ use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::SnapshotOf;
 use crate::keyed::map_iter::MapEntries;
 use crate::keyed::read_refresh::{apply_refreshes_keeping_key, at_record_edge};
-use crate::keyed::timers::{
-    TimeDomain, Timer, TimerService, TimerServiceDescriptor, timer_state_meta,
-};
+use crate::keyed::timers::{Timer, TimerService, TimerServiceDescriptor};
 use crate::keyed::ttl::{StateTtlConfig, TtlTimes};
 use crate::snapshot::result::{RestoreSources, SavepointFormat};
 use crate::snapshot::state_meta::StateKind;
@@ -91,6 +91,14 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         Ok(backend)
     }
 
+    /// Keeps a frozen version of each checkpoint from now on in `recovery`, shared by the process's heap
+    /// backends, for [`HeapKeyedStateBackend::restore_in_process`] (`docs/local-recovery.md`,
+    /// "In-process recovery"). Memory: each page written since the last confirmed checkpoint is held
+    /// twice; writes pay about one page copy per page written in a checkpoint interval.
+    pub fn set_in_process_recovery(&mut self, recovery: &InProcessRecovery) {
+        self.checkpoints.set_in_process(recovery.clone());
+    }
+
     /// The settings this backend runs with.
     pub fn config(&self) -> &HeapConfig {
         &self.config
@@ -141,6 +149,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             .checkpoints
             .begin(checkpoint_id, of, storage, &self.identity)?;
         let (states, frozen) = self.states.freeze(&self.ttl, begun.cut);
+        let keep = self.states.keep_version(begun.keep);
         let job = SnapshotJob {
             checkpoint_id,
             states,
@@ -151,6 +160,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             savepoint: of == SnapshotOf::Savepoint,
             local: begun.local,
             chain: begun.chain,
+            keep,
         };
         Ok(job.start(storage, start))
     }
@@ -251,9 +261,9 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         }
         let (t, c) = self.table_mut::<N, ListCell<V>>(state)?;
         let hash = entry_hash(c.key_hash, ns);
-        let list = t
-            .map
-            .get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
+        let append = Logged::Append(|l: &ListCell<V>| l.len());
+        let list =
+            (t.map).get_or_insert_logged(c.kg_index, hash, &c.key, ns, Default::default, append);
         Arc::make_mut(list).extend(values);
         Ok(())
     }
@@ -301,11 +311,7 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         value: V,
     ) -> Result<()> {
         let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
-        let hash = entry_hash(c.key_hash, ns);
-        let map = t
-            .map
-            .get_or_insert_with(c.kg_index, hash, &c.key, ns, Default::default);
-        Arc::make_mut(map).insert(uk, value);
+        bulk::map_put(t, c, ns, uk, value);
         Ok(())
     }
 
@@ -316,18 +322,7 @@ impl<K: StateKey> StateAccess<K> for HeapKeyedStateBackend<K> {
         uk: &UK,
     ) -> Result<()> {
         let (t, c) = self.table_mut::<N, MapCell<UK, V>>(state)?;
-        let hash = entry_hash(c.key_hash, ns);
-        let Some(map) = t.map.get(c.kg_index, hash, &c.key, ns) else {
-            return Ok(());
-        };
-        if !map.contains_key(uk) {
-            return Ok(());
-        }
-        if map.len() == 1 {
-            t.map.remove(c.kg_index, hash, &c.key, ns);
-        } else if let Some(map) = t.map.get_mut(c.kg_index, hash, &c.key, ns) {
-            Arc::make_mut(map).remove(uk);
-        }
+        bulk::map_remove(t, c, ns, uk);
         Ok(())
     }
 
@@ -541,14 +536,7 @@ impl<K: StateKey> KeyedStateBackend<K> for HeapKeyedStateBackend<K> {
         d: &TimerServiceDescriptor<N>,
     ) -> Result<TimerService<N>> {
         let groups = self.identity.key_groups().len() as usize;
-        let mut id = |domain| {
-            let meta = timer_state_meta::<K, N>(&d.name, domain);
-            (self.states).register_timers::<N>(meta, groups, self.config.restore_threads)
-        };
-        Ok(TimerService::new(
-            id(TimeDomain::EventTime)?,
-            id(TimeDomain::ProcessingTime)?,
-        ))
+        (self.states).timer_service(&d.name, groups, self.config.restore_threads)
     }
 
     fn keys<N: StateKey>(&self, state: StateId, ns: &N) -> Result<Vec<K>> {

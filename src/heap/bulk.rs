@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::heap::cow_map::PageRef;
+use crate::heap::cow_map::{Logged, PageRef};
 use crate::heap::serde::MapCell;
 use crate::heap::table::{CurrentKey, StateTable, entry_hash, mix_entry_hash, namespace_hash};
 use crate::key_group::locate_hash;
@@ -187,6 +187,46 @@ pub(crate) fn map_is_empty<K: StateKey, N: StateKey, UK: StateKey, V: StateValue
     map_cell(table, ns).is_none_or(|m| m.is_empty())
 }
 
+/// Puts `uk -> value` into the current key's map in `ns`; in a map that exists, logged as a change of
+/// that user key alone (a delta writes only the user keys that changed).
+pub(crate) fn map_put<K: StateKey, N: StateKey, UK: StateKey, V: StateValue>(
+    t: &mut StateTable<K, N, MapCell<UK, V>>,
+    c: &CurrentKey<K>,
+    ns: &N,
+    uk: UK,
+    value: V,
+) {
+    let hash = entry_hash(c.key_hash, ns);
+    let patch = Logged::Patch(&|b: &mut Vec<u8>| uk.encode(b));
+    let map = (t.map).get_or_insert_logged(c.kg_index, hash, &c.key, ns, Default::default, patch);
+    Arc::make_mut(map).insert(uk, value);
+}
+
+/// Removes `uk` from the current key's map in `ns`, and the map's entry with its last user key; else
+/// logged as a change of that user key alone.
+pub(crate) fn map_remove<K: StateKey, N: StateKey, UK: StateKey, V: StateValue>(
+    t: &mut StateTable<K, N, MapCell<UK, V>>,
+    c: &CurrentKey<K>,
+    ns: &N,
+    uk: &UK,
+) {
+    let hash = entry_hash(c.key_hash, ns);
+    let Some(map) = t.map.get(c.kg_index, hash, &c.key, ns) else {
+        return;
+    };
+    if !map.contains_key(uk) {
+        return;
+    }
+    if map.len() == 1 {
+        t.map.remove(c.kg_index, hash, &c.key, ns);
+        return;
+    }
+    let patch = Logged::Patch(&|b: &mut Vec<u8>| uk.encode(b));
+    if let Some(map) = t.map.get_mut(c.kg_index, hash, &c.key, ns, patch) {
+        Arc::make_mut(map).remove(uk);
+    }
+}
+
 /// Puts `entries` into the current key's map in `ns`.
 pub(crate) fn map_put_all<K: StateKey, N: StateKey, UK: StateKey, V: StateValue>(
     t: &mut StateTable<K, N, MapCell<UK, V>>,
@@ -227,7 +267,7 @@ pub(crate) fn map_retain<K: StateKey, N: StateKey, UK: StateKey, V: StateValue>(
     let hash = entry_hash(c.key_hash, ns);
     if all {
         t.map.remove(c.kg_index, hash, &c.key, ns);
-    } else if let Some(map) = t.map.get_mut(c.kg_index, hash, &c.key, ns) {
+    } else if let Some(map) = t.map.get_mut(c.kg_index, hash, &c.key, ns, Logged::Write) {
         let map = Arc::make_mut(map);
         for k in &gone {
             map.remove(k);

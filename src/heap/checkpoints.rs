@@ -5,6 +5,7 @@
 use crate::error::Result;
 use crate::heap::chain::{ChainBook, ChainUpload};
 use crate::heap::delta::Cut;
+use crate::heap::in_process::InProcessRecovery;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::keyed::ledger::{SnapshotLedger, SnapshotOf};
 use crate::snapshot::result::RestoreSources;
@@ -26,6 +27,8 @@ pub(crate) struct HeapCheckpoints {
     restore_sources: RestoreSources,
     /// The diff base and uploads of incremental checkpoints, when they are on.
     chain: Option<ChainBook>,
+    /// In-process recovery's kept versions, when the engine gave them.
+    in_process: Option<InProcessRecovery>,
 }
 
 /// What the synchronous phase of a snapshot learns from the bookkeeping.
@@ -38,6 +41,9 @@ pub(crate) struct Begun {
     pub(crate) cut: Cut,
     /// For a checkpoint of a chain: the base's files and the uploads in flight.
     pub(crate) chain: Option<ChainUpload>,
+    /// For a checkpoint with in-process recovery: where its frozen version is kept, and the job root
+    /// it is kept under.
+    pub(crate) keep: Option<(InProcessRecovery, String)>,
 }
 
 impl HeapCheckpoints {
@@ -68,7 +74,13 @@ impl HeapCheckpoints {
             storage: None,
             restore_sources,
             chain,
+            in_process: None,
         }
+    }
+
+    /// Keeps a frozen version of every checkpoint from now on in `recovery` (in-process recovery).
+    pub(crate) fn set_in_process(&mut self, recovery: InProcessRecovery) {
+        self.in_process = Some(recovery);
     }
 
     /// Identity in storage (`None` before the first snapshot or restore).
@@ -105,7 +117,10 @@ impl HeapCheckpoints {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         });
         let local = self.local.clone().filter(|_| of == SnapshotOf::Checkpoint);
-        if local.is_some() {
+        let keep = (self.in_process.clone())
+            .filter(|_| of == SnapshotOf::Checkpoint)
+            .map(|r| (r, storage.job_root()));
+        if local.is_some() || keep.is_some() {
             self.storage = Some(storage.clone());
         }
         let (cut, chain) = match (&mut self.chain, of) {
@@ -120,6 +135,7 @@ impl HeapCheckpoints {
             local,
             cut,
             chain,
+            keep,
         })
     }
 
@@ -138,6 +154,9 @@ impl HeapCheckpoints {
         if let (Some(local), Some(storage)) = (&self.local, &self.storage) {
             local.confirmed(storage, checkpoint_id);
         }
+        if let (Some(kept), Some(storage)) = (&self.in_process, &self.storage) {
+            kept.confirmed(&storage.job_root(), checkpoint_id);
+        }
         let backend_id = self.backend_id.as_deref()?;
         self.chain.as_mut()?.confirmed(checkpoint_id, backend_id)
     }
@@ -153,6 +172,11 @@ impl HeapCheckpoints {
             (&self.local, &self.backend_id, &self.storage)
         {
             local.aborted(storage, backend_id, checkpoint_id);
+        }
+        if let (Some(kept), Some(backend_id), Some(storage)) =
+            (&self.in_process, &self.backend_id, &self.storage)
+        {
+            kept.aborted(&storage.job_root(), backend_id, checkpoint_id);
         }
         tracing::debug!(checkpoint_id, "heap backend: checkpoint aborted");
     }

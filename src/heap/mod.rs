@@ -10,6 +10,8 @@ pub(crate) mod cow_map;
 mod cursor;
 mod decode;
 mod delta;
+mod frozen;
+mod in_process;
 mod prefetch;
 mod restore;
 mod serde;
@@ -21,3 +23,4 @@ mod ttl;
 
 pub use backend::HeapKeyedStateBackend;
 pub use config::HeapConfig;
+pub use in_process::InProcessRecovery;

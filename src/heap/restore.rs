@@ -4,12 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::format::bytes::PutExt;
 use crate::format::keyed_file::read as keyed_file;
 use crate::format::keyed_file::read::check_key_group;
 use crate::heap::backend::HeapKeyedStateBackend;
 use crate::heap::chain::Base;
 use crate::heap::checkpoints::HeapCheckpoints;
 use crate::heap::config::HeapConfig;
+use crate::heap::in_process::{InProcessRecovery, RetainedTables};
 use crate::heap::states::StateTables;
 use crate::heap::table::RawTable;
 use crate::key_group::KeyGroupRange;
@@ -50,6 +52,19 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         handles: &[KeyedStateHandle],
         mode: RestoreMode,
     ) -> Result<Self> {
+        let sources = RestoreSources::default();
+        Self::restore_reporting(identity, config, storage, handles, mode, sources).await
+    }
+
+    /// [`HeapKeyedStateBackend::restore`], adding to `sources` (where the state was not found first).
+    async fn restore_reporting(
+        identity: SubtaskIdentity,
+        config: HeapConfig,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+        mut sources: RestoreSources,
+    ) -> Result<Self> {
         config.validate()?;
         let backend_id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
         let range = identity.key_groups();
@@ -59,30 +74,13 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             range,
             handles,
         )?;
-        // With incremental checkpoints, a CLAIM restore of one chain of the same key groups continues it:
-        // the next checkpoint is a delta on the restored files (as the RocksDB backend's). Otherwise
-        // (NO_CLAIM: nothing restored may be referenced; a rescale; full files) the first checkpoint is
-        // full and names only files of its own.
-        let continued = match (mode, relevant.as_slice()) {
-            (RestoreMode::Claim, [h])
-                if h.key_groups == range && h.format == HandleFormat::KeyedChain =>
-            {
-                Some(Base::restored(
-                    h.checkpoint_id,
-                    h.files.clone(),
-                    storage.clone(),
-                    h.backend_id.clone(),
-                ))
-            }
-            _ => None,
-        };
+        let continued = continued_chain(mode, &relevant, range, storage);
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let threads = config.restore_threads;
         let loads = relevant
             .into_iter()
             .map(|h| load_parts(storage, h, range, "heap", local.as_ref(), threads));
         let loaded = futures::future::try_join_all(loads).await?;
-        let mut sources = RestoreSources::default();
         for file in loaded.iter().flatten() {
             sources.merge(&file.sources);
         }
@@ -127,6 +125,110 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         let checkpoints =
             HeapCheckpoints::restored(backend_id, restored_from, local, sources, chain);
         HeapKeyedStateBackend::restored(identity, config, states, checkpoints)
+    }
+}
+
+impl<K: StateKey> HeapKeyedStateBackend<K> {
+    /// [`HeapKeyedStateBackend::restore`], taking the state from `recovery` when it keeps the frozen
+    /// version that produced the handle of the owned key groups (in-process recovery,
+    /// `docs/local-recovery.md`): no file is read, the maps are the kept ones, copied page by page as
+    /// the restored backend writes them, O(states x key groups) (a TTL state whose snapshot left
+    /// something out is swept once, O(its entries)); the first checkpoint after it is full (no
+    /// incremental chain continues on files this restore did not read). Otherwise the files are read as
+    /// `restore` reads them and the reason is one of `restore_sources().fallbacks`. Either way the
+    /// restored backend keeps its own checkpoints in `recovery`.
+    ///
+    /// # Errors
+    /// As [`HeapKeyedStateBackend::restore`].
+    pub async fn restore_in_process(
+        identity: SubtaskIdentity,
+        config: HeapConfig,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+        recovery: &InProcessRecovery,
+    ) -> Result<Self> {
+        let mut backend = match kept_version::<K>(&identity, storage, handles, recovery) {
+            Ok((handle, kept)) => {
+                config.validate()?;
+                // Never a continued chain: this restore read none of the chain's files, so the next
+                // checkpoint is full and references nothing it did not write (a file damaged or gone
+                // since would otherwise break every later checkpoint of the chain).
+                let states = StateTables::from_memory(&kept, config.incremental);
+                let sources = RestoreSources {
+                    in_process: 1,
+                    ..RestoreSources::default()
+                };
+                let checkpoints = HeapCheckpoints::restored(
+                    storage.new_backend_id(identity.operator_id(), identity.subtask_index()),
+                    Some(handle.checkpoint_id),
+                    config.local_recovery_dir.clone().map(LocalCopies::new),
+                    sources,
+                    config.chain_book(None),
+                );
+                HeapKeyedStateBackend::restored(identity, config, states, checkpoints)?
+            }
+            Err(why) => {
+                let mut sources = RestoreSources::default();
+                if let Some(h) = handles.first() {
+                    sources.not_in_process(h.checkpoint_id, why);
+                }
+                Self::restore_reporting(identity, config, storage, handles, mode, sources).await?
+            }
+        };
+        backend.set_in_process_recovery(recovery);
+        Ok(backend)
+    }
+}
+
+/// The one handle of the owned key groups among `handles` and the version `recovery` keeps of it, or why
+/// there is none to take.
+fn kept_version<'h, K: StateKey>(
+    identity: &SubtaskIdentity,
+    storage: &CheckpointStorage,
+    handles: &'h [KeyedStateHandle],
+    recovery: &InProcessRecovery,
+) -> std::result::Result<(&'h KeyedStateHandle, Arc<RetainedTables<K>>), &'static str> {
+    let range = identity.key_groups();
+    let relevant = crate::snapshot::validate::restore_handles(
+        identity.operator_id(),
+        identity.max_parallelism(),
+        range,
+        handles,
+    )
+    .map_err(|_| "the handles do not restore this subtask as they are")?;
+    let [handle] = relevant.as_slice() else {
+        return Err("a rescale: the owned key groups are in several handles");
+    };
+    if handle.key_groups != range {
+        return Err("a rescale: the handle holds other key groups too");
+    }
+    let kept = recovery.find::<K>(&storage.job_root(), handle)?;
+    Ok((handle, kept))
+}
+
+/// With incremental checkpoints, a CLAIM restore of one chain of the same key groups continues it: the
+/// next checkpoint is a delta on the restored files (as the RocksDB backend's). Otherwise (NO_CLAIM:
+/// nothing restored may be referenced; a rescale; full files) the first checkpoint is full and names only
+/// files of its own.
+fn continued_chain(
+    mode: RestoreMode,
+    relevant: &[&KeyedStateHandle],
+    range: KeyGroupRange,
+    storage: &CheckpointStorage,
+) -> Option<Base> {
+    match (mode, relevant) {
+        (RestoreMode::Claim, [h])
+            if h.key_groups == range && h.format == HandleFormat::KeyedChain =>
+        {
+            Some(Base::restored(
+                h.checkpoint_id,
+                h.files.clone(),
+                storage.clone(),
+                h.backend_id.clone(),
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -316,7 +418,16 @@ fn chain_by_state(
                 }
             };
             let (_, into, len) = &mut per_state[i];
-            into.extend_from_slice(record);
+            match record {
+                Some(record) => into.extend_from_slice(record),
+                // A list merged from append records: the record as a file would hold it.
+                None => {
+                    into.put_u32(r.state);
+                    into.put_bytes(r.key);
+                    into.put_bytes(r.namespace);
+                    into.put_bytes(r.value);
+                }
+            }
             *len += 1;
             Ok(())
         })?;

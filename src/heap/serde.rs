@@ -20,6 +20,12 @@ pub(crate) type MigrationFor<S> = fn(&str, &str, u64) -> Result<Option<Migration
 /// from an older value codec (schema evolution, `docs/savepoints.md`).
 pub(crate) struct ValueSerde<S> {
     pub(crate) encode: fn(&S, &mut Vec<u8>),
+    /// A list: encodes the elements from the given position on as a list value (an append record of a
+    /// delta file, `docs/formats.md`); `None` for other kinds.
+    pub(crate) encode_tail: Option<fn(&S, usize, &mut Vec<u8>)>,
+    /// A map: encodes a patch record's value (`docs/formats.md`) of the user keys given as codec bytes:
+    /// those the map holds with their values, then the others as removed; `None` for other kinds.
+    pub(crate) encode_patch: Option<EncodePatch<S>>,
     pub(crate) decode: fn(&[u8]) -> Result<S>,
     /// `(state name, stored value codec, restore time)`: `None` if the stored codec is the registered
     /// one, else the decoder of values written by the stored one (TTL switched on stamps values with the
@@ -51,11 +57,16 @@ pub(crate) type ListCell<V> = Arc<Vec<V>>;
 /// Stored form of map state.
 pub(crate) type MapCell<UK, V> = Arc<hashbrown::HashMap<UK, V, foldhash::fast::FixedState>>;
 
+/// Encodes a map's patch record value for the given user keys ([`ValueSerde::encode_patch`]).
+pub(crate) type EncodePatch<S> = fn(&S, &[&[u8]], &mut Vec<u8>) -> Result<()>;
+
 /// Serde of value, reducing and aggregating state: the value's codec; stored values of another codec are
 /// read as `R` says (with or without TTL).
 pub(crate) fn value_serde<V: Codec, R: ReadStored<V>>() -> ValueSerde<V> {
     ValueSerde {
         encode: V::encode,
+        encode_tail: None,
+        encode_patch: None,
         decode: V::decode,
         migration: R::migration,
         ttl: None,
@@ -66,13 +77,9 @@ pub(crate) fn value_serde<V: Codec, R: ReadStored<V>>() -> ValueSerde<V> {
 /// another codec are read as `R` says.
 pub(crate) fn list_serde<V: Codec + 'static, R: ReadStored<V>>() -> ValueSerde<ListCell<V>> {
     ValueSerde {
-        encode: |list, out| {
-            // Saturates: such a list is far over the 1 GiB frame limit, which the writer reports.
-            out.put_u32(u32::try_from(list.len()).unwrap_or(u32::MAX));
-            for v in list.iter() {
-                out.put_len_prefixed(|b| v.encode(b));
-            }
-        },
+        encode: |list, out| encode_list(list, out),
+        encode_tail: Some(|list, from, out| encode_list(list.get(from..).unwrap_or_default(), out)),
+        encode_patch: None,
         decode: |bytes| decode_list(bytes, V::decode),
         migration: |state, stored, restored_at_ms| {
             Ok(
@@ -82,6 +89,14 @@ pub(crate) fn list_serde<V: Codec + 'static, R: ReadStored<V>>() -> ValueSerde<L
             )
         },
         ttl: None,
+    }
+}
+
+fn encode_list<V: Codec>(list: &[V], out: &mut Vec<u8>) {
+    // Saturates: such a list is far over the 1 GiB frame limit, which the writer reports.
+    out.put_u32(u32::try_from(list.len()).unwrap_or(u32::MAX));
+    for v in list {
+        out.put_len_prefixed(|b| v.encode(b));
     }
 }
 
@@ -101,6 +116,8 @@ fn decode_list<V>(bytes: &[u8], element: impl Fn(&[u8]) -> Result<V>) -> Result<
 pub(crate) fn map_serde<UK: StateKey, V: Codec + 'static, R: ReadStored<V>>()
 -> ValueSerde<MapCell<UK, V>> {
     ValueSerde {
+        encode_tail: None,
+        encode_patch: Some(encode_map_patch::<UK, V>),
         encode: |map, out| {
             // Saturates: such a map is far over the 1 GiB frame limit, which the writer reports.
             out.put_u32(u32::try_from(map.len()).unwrap_or(u32::MAX));
@@ -121,6 +138,34 @@ pub(crate) fn map_serde<UK: StateKey, V: Codec + 'static, R: ReadStored<V>>()
         },
         ttl: None,
     }
+}
+
+/// A patch record's value of `map` for `user_keys` (codec bytes): `u32` count, then each user key the map
+/// holds with its value as a map value's entries, then `u32` count and each removed user key (`u32`
+/// length + bytes).
+fn encode_map_patch<UK: StateKey, V: Codec>(
+    map: &MapCell<UK, V>,
+    user_keys: &[&[u8]],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let mut removed = Vec::new();
+    let mut held = Vec::with_capacity(user_keys.len());
+    for &bytes in user_keys {
+        match map.get(&UK::decode(bytes)?) {
+            Some(v) => held.push((bytes, v)),
+            None => removed.push(bytes),
+        }
+    }
+    out.put_u32(held.len() as u32);
+    for (k, v) in held {
+        out.put_bytes(k);
+        out.put_len_prefixed(|b| v.encode(b));
+    }
+    out.put_u32(removed.len() as u32);
+    for k in removed {
+        out.put_bytes(k);
+    }
+    Ok(())
 }
 
 fn decode_map<UK: StateKey, V>(

@@ -7,7 +7,8 @@ use crate::error::Result;
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
 use crate::heap::chain::ChainUpload;
 use crate::heap::config::HeapConfig;
-use crate::heap::table::FrozenTable;
+use crate::heap::frozen::FrozenTable;
+use crate::heap::in_process::KeepVersion;
 use crate::keyed::backend::PendingSnapshot;
 use crate::keyed::identity::SubtaskIdentity;
 use crate::snapshot::handle::{FileScope, HandleFormat, StateFile};
@@ -34,6 +35,8 @@ pub(crate) struct SnapshotJob {
     /// For a checkpoint of an incremental chain: the base's files (a delta) or none (a full file), and
     /// the bookkeeping of uploads in flight. `None`: one private full file.
     pub(crate) chain: Option<ChainUpload>,
+    /// In-process recovery: keeps the frozen version under the handle the upload produced.
+    pub(crate) keep: Option<KeepVersion>,
 }
 
 /// Object-store path (relative to the job root) of a heap snapshot file:
@@ -72,13 +75,22 @@ fn chain_file_name(backend_id: &str, checkpoint_id: u64, storage: &CheckpointSto
 impl SnapshotJob {
     /// The snapshot whose synchronous phase began at `started` and froze `self`: its asynchronous phase
     /// writes to `storage`.
-    pub(crate) fn start(self, storage: &CheckpointStorage, started: Instant) -> PendingSnapshot {
+    pub(crate) fn start(
+        mut self,
+        storage: &CheckpointStorage,
+        started: Instant,
+    ) -> PendingSnapshot {
         let sync_duration = started.elapsed();
-        PendingSnapshot::new(
-            self.checkpoint_id,
-            sync_duration,
-            self.run(storage.clone(), sync_duration),
-        )
+        let keep = self.keep.take();
+        let checkpoint_id = self.checkpoint_id;
+        let run = self.run(storage.clone(), sync_duration);
+        PendingSnapshot::new(checkpoint_id, sync_duration, async move {
+            let result = run.await?;
+            if let Some(keep) = keep {
+                keep(result.handle.clone());
+            }
+            Ok(result)
+        })
     }
 
     async fn run(
@@ -175,19 +187,22 @@ impl SnapshotJob {
 
     /// Encodes the whole file into `sink` (a delta file if `delta`: each table's changes, or the
     /// table whole where it rewrites); releases each key group once written. Returns the file's summary
-    /// and, for a full file, each state's and key group's size (a delta's counts are of changes, not
-    /// sizes: none).
+    /// and each state's and key group's size (a delta's states not written whole: estimates).
     fn encode(mut self, sink: &mut ChunkSink, delta: bool) -> Result<(FileSummary, StateSizes)> {
         let rewrite = delta.then(|| {
             (0..self.frozen.len() as u32)
                 .filter(|&i| self.frozen[i as usize].rewrites())
                 .collect()
         });
+        let appends = delta && self.frozen.iter().any(|t| t.appends());
+        let patches = delta && self.frozen.iter().any(|t| t.patches());
         let header = FileHeader {
             max_parallelism: self.identity.max_parallelism(),
             key_groups: self.identity.key_groups(),
             states: std::mem::take(&mut self.states),
             rewrite,
+            appends,
+            patches,
         };
         let options = WriterOptions {
             zstd_level: self.config.zstd_level,
@@ -198,20 +213,21 @@ impl SnapshotJob {
         for (kg_index, key_group) in self.identity.key_groups().iter().enumerate() {
             writer.begin_key_group(key_group)?;
             for (state, table) in self.frozen.iter_mut().enumerate() {
+                let estimate = table.estimate_group(kg_index);
                 table.write_group(kg_index, state as u32, &mut writer)?;
-                tally.add(key_group, state, writer.counts());
+                match estimate {
+                    Some(estimate) => {
+                        tally.add_estimate(key_group, state, writer.counts(), estimate)
+                    }
+                    None => tally.add(key_group, state, writer.counts()),
+                }
             }
             writer.end_key_group()?;
             sink.push(writer.take_output())?;
         }
         let (last, summary) = writer.finish()?;
         sink.push(last)?;
-        let sizes = if delta {
-            StateSizes::default()
-        } else {
-            tally.finish()
-        };
-        Ok((summary, sizes))
+        Ok((summary, tally.finish()))
     }
 }
 

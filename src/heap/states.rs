@@ -9,13 +9,17 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::heap::decode::decode_raw;
 use crate::heap::delta::Cut;
+use crate::heap::frozen::FrozenTable;
+use crate::heap::in_process::{InProcessRecovery, KeepVersion, RetainedTables, to_raw};
 use crate::heap::serde::{ListCell, MapCell, ValueSerde, list_serde, map_serde, value_serde};
-use crate::heap::table::{DroppedTable, ErasedTable, FrozenTable, RawTable, StateTable};
+use crate::heap::table::{DroppedTable, ErasedTable, RawTable, StateTable};
 use crate::heap::timers::TimerTable;
 use crate::heap::ttl::{ttl_list_serde, ttl_map_serde, ttl_value_serde};
 use crate::keyed::backend::{StateId, StateKey, StateValue};
 use crate::keyed::checks::wrong_state;
-use crate::keyed::timers::{check_state_name, timers_not_a_state};
+use crate::keyed::timers::{
+    TimeDomain, TimerService, check_state_name, timer_state_meta, timers_not_a_state,
+};
 use crate::keyed::ttl::{Stamped, StateTtlConfig, TtlTimes};
 use crate::keyed::ttl_switch::Plain;
 use crate::snapshot::state_meta::{StateKind, StateMeta};
@@ -33,6 +37,9 @@ pub(crate) struct StateTables<K> {
     by_name: HashMap<String, StateId>,
     /// Whether new tables log their changes (incremental checkpoints).
     track_changes: bool,
+    /// Ids of typed tables a restore took from memory (in-process recovery) that no descriptor has
+    /// registered yet: a registration that does not fit them takes their records instead.
+    from_memory: Vec<u32>,
 }
 
 impl<K: StateKey> StateTables<K> {
@@ -43,7 +50,70 @@ impl<K: StateKey> StateTables<K> {
             tables: Vec::new(),
             by_name: HashMap::new(),
             track_changes,
+            from_memory: Vec::new(),
         }
+    }
+
+    /// The states of a restore from memory (in-process recovery): each kept table restored, typed
+    /// tables marked as not registered yet.
+    pub(crate) fn from_memory(kept: &RetainedTables<K>, track_changes: bool) -> Self {
+        let mut states = StateTables::new(track_changes);
+        for kept in &kept.0 {
+            let table = kept.restore(track_changes);
+            let id = states.tables.len() as u32;
+            if !(table.as_ref() as &dyn Any).is::<RawTable>() {
+                states.from_memory.push(id);
+            }
+            states
+                .by_name
+                .insert(table.meta().name.clone(), StateId(id));
+            states.tables.push(table);
+        }
+        states
+    }
+
+    /// The first registration of table `id` if a restore took it from memory: kept as it is if `fits`
+    /// (the same Rust types and codecs), else replaced by its records, exactly those its checkpoint's
+    /// file holds, so that the registration goes on as after a restore from the file (migration, TTL
+    /// switched on or off).
+    ///
+    /// # Errors
+    /// Those of writing the records (`in_process::to_raw`).
+    fn first_registration(
+        &mut self,
+        id: StateId,
+        groups: usize,
+        fits: impl FnOnce(&dyn ErasedTable<K>) -> bool,
+    ) -> Result<()> {
+        let Some(at) = self.from_memory.iter().position(|&i| i == id.0) else {
+            return Ok(());
+        };
+        self.from_memory.swap_remove(at);
+        let existing = &mut self.tables[id.0 as usize];
+        if !fits(existing.as_ref()) {
+            *existing = Box::new(to_raw(existing.as_mut(), groups)?);
+        }
+        Ok(())
+    }
+
+    /// Synchronous phase of a checkpoint with in-process recovery (`keep`: where, under which job root):
+    /// a second frozen version of every live state, to be kept under the handle the upload produces;
+    /// `None` without in-process recovery or if a state cannot be kept (`ErasedTable::retain`).
+    pub(crate) fn keep_version(
+        &mut self,
+        keep: Option<(InProcessRecovery, String)>,
+    ) -> Option<KeepVersion> {
+        let (recovery, job) = keep?;
+        let kept = self
+            .tables
+            .iter_mut()
+            .filter(|t| !t.is_dropped())
+            .map(|t| t.retain())
+            .collect::<Option<Vec<_>>>()?;
+        let tables = RetainedTables(kept);
+        Some(Box::new(move |handle| {
+            recovery.publish(job, handle, tables)
+        }))
     }
 
     /// Adds the restored records of a state no descriptor registered yet.
@@ -81,6 +151,11 @@ impl<K: StateKey> StateTables<K> {
             self.by_name.insert(meta.name, id);
             return Ok(id);
         };
+        self.first_registration(id, groups, |t| {
+            (t as &dyn Any)
+                .downcast_ref::<StateTable<K, N, S>>()
+                .is_some_and(|t| t.meta == meta)
+        })?;
         let existing = &mut self.tables[id.0 as usize];
         if let Some(table) =
             (existing.as_mut() as &mut dyn Any).downcast_mut::<StateTable<K, N, S>>()
@@ -194,6 +269,9 @@ impl<K: StateKey> StateTables<K> {
                 .push(Box::new(TimerTable::<K, N>::new(meta, groups)));
             return Ok(id);
         };
+        self.first_registration(id, groups, |t| {
+            (t as &dyn Any).is::<TimerTable<K, N>>() && *t.meta() == meta
+        })?;
         let existing = &self.tables[id.0 as usize];
         meta.check_compatible(existing.meta())?;
         if (existing.as_ref() as &dyn Any).is::<TimerTable<K, N>>() {
@@ -208,6 +286,27 @@ impl<K: StateKey> StateTables<K> {
         let table = TimerTable::<K, N>::restored(meta, groups, raw, restore_threads)?;
         self.tables[id.0 as usize] = Box::new(table);
         Ok(id)
+    }
+
+    /// The timer service `name` of namespace `N`: its event-time and processing-time timers, registered
+    /// as [`StateTables::register_timers`] registers them.
+    ///
+    /// # Errors
+    /// As [`StateTables::register_timers`].
+    pub(crate) fn timer_service<N: StateKey>(
+        &mut self,
+        name: &str,
+        groups: usize,
+        restore_threads: usize,
+    ) -> Result<TimerService<N>> {
+        let mut id = |domain| {
+            let meta = timer_state_meta::<K, N>(name, domain);
+            self.register_timers::<N>(meta, groups, restore_threads)
+        };
+        Ok(TimerService::new(
+            id(TimeDomain::EventTime)?,
+            id(TimeDomain::ProcessingTime)?,
+        ))
     }
 
     /// Incremental TTL cleanup: up to `slots` slots of every state with TTL (`ErasedTable::clean_expired`);

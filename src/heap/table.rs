@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::format::keyed_file::KeyedFileWriter;
-use crate::heap::cow_map::{CowMap, CowSnapshot, Entry};
+use crate::heap::cow_map::{CowMap, CowSnapshot};
 use crate::heap::delta::{Cut, FrozenChanges};
+use crate::heap::frozen::{FrozenStateTable, FrozenTable};
 use crate::heap::serde::{TtlSerde, ValueSerde};
 use crate::heap::ttl::TtlSweep;
 use crate::keyed::backend::StateKey;
@@ -92,6 +93,13 @@ pub(crate) trait ErasedTable<K>: Any + Send {
     fn clean_expired(&mut self, slots: usize, times: &TtlTimes) {
         let _ = (slots, times);
     }
+    /// Synchronous phase of a checkpoint with in-process recovery (`heap/in_process.rs`), right after
+    /// [`ErasedTable::freeze`]: a second frozen version, kept for a restore in the process, O(key
+    /// groups), with TTL the cutoff that freeze wrote at (what the file leaves out, the restore sweeps
+    /// out); `None` if the table has none to keep.
+    fn retain(&mut self) -> Option<Box<dyn RetainedTable<K>>> {
+        None
+    }
 }
 
 /// What stays of a dropped state: its id answers `InvalidArgument`, snapshots skip it.
@@ -128,22 +136,6 @@ impl<K: StateKey> ErasedTable<K> for DroppedTable {
     }
 }
 
-/// A frozen table, written out key group by key group.
-pub(crate) trait FrozenTable: Send {
-    /// Whether the records written replace every earlier record of the state (a full write); false for
-    /// a delta's changes, which apply on top of the earlier files of the chain.
-    fn rewrites(&self) -> bool {
-        true
-    }
-    /// Writes the records of key group `kg_index` as state number `state`, then releases that group.
-    fn write_group(
-        &mut self,
-        kg_index: usize,
-        state: u32,
-        writer: &mut KeyedFileWriter,
-    ) -> Result<()>;
-}
-
 /// The typed table of a registered state: `(key, namespace) -> S`.
 pub(crate) struct StateTable<K, N, S> {
     pub(crate) meta: StateMeta,
@@ -151,6 +143,8 @@ pub(crate) struct StateTable<K, N, S> {
     pub(crate) serde: ValueSerde<S>,
     /// Where incremental TTL cleanup goes on, and when it is due.
     sweep: TtlSweep,
+    /// With TTL: the cutoff the last synchronous phase froze the table at, if anything had expired.
+    frozen_cutoff: Option<u64>,
 }
 
 impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N, S> {
@@ -166,11 +160,17 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N
         if track_changes {
             map.track_changes();
         }
+        StateTable::with_map(meta, map, serde)
+    }
+
+    /// A table of `map` (a restore in the process, `heap/in_process.rs`).
+    pub(crate) fn with_map(meta: StateMeta, map: CowMap<K, N, S>, serde: ValueSerde<S>) -> Self {
         StateTable {
             meta,
             map,
             serde,
             sweep: TtlSweep::default(),
+            frozen_cutoff: None,
         }
     }
 }
@@ -190,16 +190,22 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
             .checkpoint()
             .map(|id| self.map.cut_changes(id))
             .unwrap_or_default();
+        // Append and patch records of a list or map without TTL only: with TTL, a full write leaves out
+        // the elements and user keys expired by then, which the ones a delta leaves alone would not be.
+        let serde = &self.serde;
+        let element_records =
+            (serde.encode_tail.is_some() || serde.encode_patch.is_some()) && serde.ttl.is_none();
         let delta = match cut {
-            Cut::Delta(_) => FrozenChanges::new(segments),
+            Cut::Delta(_) => FrozenChanges::new(segments, element_records),
             Cut::Untracked | Cut::Full(_) => None,
         };
-        Box::new(FrozenStateTable {
-            snapshot: self.map.snapshot(),
-            serde: self.serde,
+        self.frozen_cutoff = ttl.map(|(_, cutoff)| cutoff);
+        Box::new(FrozenStateTable::new(
+            self.map.snapshot(),
+            self.serde,
             ttl,
             delta,
-        })
+        ))
     }
     fn changes_base_moved(&mut self, base_id: u64) {
         self.map.changes_base_moved(base_id);
@@ -241,6 +247,16 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> ErasedTable<K>
         );
         true
     }
+    fn retain(&mut self) -> Option<Box<dyn RetainedTable<K>>> {
+        // What the last freeze left out of the file, the restore sweeps out.
+        let ttl = self.serde.ttl.zip(self.frozen_cutoff);
+        Some(Box::new(RetainedState {
+            meta: self.meta.clone(),
+            snapshot: self.map.snapshot(),
+            serde: self.serde,
+            ttl,
+        }))
+    }
     fn clean_expired(&mut self, slots: usize, times: &TtlTimes) {
         let Some(ttl) = self.serde.ttl else { return };
         let Some(cutoff) = ttl.cutoff(times, false) else {
@@ -273,79 +289,6 @@ impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> StateTable<K, N
                     })
             })
         }
-    }
-}
-
-struct FrozenStateTable<K, N, S> {
-    snapshot: CowSnapshot<K, N, S>,
-    serde: ValueSerde<S>,
-    /// With TTL and something expired at the synchronous phase: the cutoff values are written at.
-    ttl: Option<(TtlSerde<S>, u64)>,
-    /// For a delta that writes this table's changes: what changed since the diff base.
-    delta: Option<FrozenChanges<K, N>>,
-}
-
-impl<K: StateKey, N: StateKey, S> FrozenStateTable<K, N, S> {
-    /// Writes entry `e` as a record of `state`; false (nothing written) if everything in it expired.
-    fn write_entry(
-        &self,
-        e: &Entry<K, N, S>,
-        state: u32,
-        writer: &mut KeyedFileWriter,
-        live: &mut Vec<u8>,
-    ) -> Result<bool> {
-        let Some((ttl, cutoff)) = self.ttl else {
-            let encode = self.serde.encode;
-            writer.add_record(
-                state,
-                |b| e.key.encode(b),
-                |b| e.ns.encode(b),
-                |b| encode(&e.value, b),
-            )?;
-            return Ok(true);
-        };
-        // Expired entries, list elements and map entries are left out.
-        live.clear();
-        if !ttl.encode_live(&e.value, cutoff, live) {
-            return Ok(false);
-        }
-        writer.add_record(
-            state,
-            |b| e.key.encode(b),
-            |b| e.ns.encode(b),
-            |b| b.extend_from_slice(live),
-        )?;
-        Ok(true)
-    }
-}
-
-impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenStateTable<K, N, S> {
-    fn rewrites(&self) -> bool {
-        self.delta.is_none()
-    }
-    fn write_group(
-        &mut self,
-        kg_index: usize,
-        state: u32,
-        writer: &mut KeyedFileWriter,
-    ) -> Result<()> {
-        let group = self.snapshot.take_group(kg_index);
-        let mut live = Vec::new();
-        if let Some(mut delta) = self.delta.take() {
-            let written = delta.write_group(kg_index, group.as_deref(), state, writer, |e, w| {
-                self.write_entry(e, state, w, &mut live)
-            });
-            self.delta = Some(delta);
-            return written;
-        }
-        let Some(group) = group else {
-            return Ok(());
-        };
-        // Expired entries are left out (cleanup in full snapshots).
-        for e in group.iter() {
-            self.write_entry(e, state, writer, &mut live)?;
-        }
-        Ok(())
     }
 }
 
@@ -414,6 +357,13 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
     ) -> bool {
         false
     }
+    fn retain(&mut self) -> Option<Box<dyn RetainedTable<K>>> {
+        Some(Box::new(RetainedRaw(RawTable {
+            meta: self.meta.clone(),
+            groups: Arc::clone(&self.groups),
+            len: self.len,
+        })))
+    }
 }
 
 /// Restored records frozen as they are, and whether they are written (a full write) or not (a delta:
@@ -446,5 +396,54 @@ impl FrozenTable for FrozenRawTable {
             )?;
         }
         Ok(())
+    }
+}
+
+/// One state's frozen version, kept for a restore in the process.
+pub(crate) trait RetainedTable<K>: Send + Sync {
+    /// A table holding the version for a restored backend (the version stays as it is); with
+    /// `track_changes` its change log starts as after a restore of the same records from a file.
+    fn restore(&self, track_changes: bool) -> Box<dyn ErasedTable<K>>;
+}
+
+/// A registered state's frozen map.
+pub(crate) struct RetainedState<K, N, S> {
+    meta: StateMeta,
+    snapshot: CowSnapshot<K, N, S>,
+    serde: ValueSerde<S>,
+    /// With TTL and something expired at the synchronous phase: the cutoff the snapshot wrote at.
+    ttl: Option<(TtlSerde<S>, u64)>,
+}
+
+impl<K: StateKey, N: StateKey, S: Clone + Send + Sync + 'static> RetainedTable<K>
+    for RetainedState<K, N, S>
+{
+    fn restore(&self, track_changes: bool) -> Box<dyn ErasedTable<K>> {
+        let mut map = CowMap::from_snapshot(&self.snapshot);
+        if let Some((ttl, cutoff)) = &self.ttl {
+            // What the checkpoint's file leaves out goes: entries, list elements and map entries that
+            // expired at its cutoff (one round over the map, O(entries), copying the pages it changes).
+            TtlSweep::default().step(&mut map, usize::MAX, ttl, *cutoff);
+        }
+        if track_changes {
+            // The map holds exactly its checkpoint's records, as a map decoded from the file with
+            // unchanged codecs does.
+            map.track_changes();
+            map.changes_continue_from_base();
+        }
+        Box::new(StateTable::with_map(self.meta.clone(), map, self.serde))
+    }
+}
+
+/// A restored state's records that the job had not registered yet.
+pub(crate) struct RetainedRaw(pub(crate) RawTable);
+
+impl<K: StateKey> RetainedTable<K> for RetainedRaw {
+    fn restore(&self, _track_changes: bool) -> Box<dyn ErasedTable<K>> {
+        Box::new(RawTable {
+            meta: self.0.meta.clone(),
+            groups: Arc::clone(&self.0.groups),
+            len: self.0.len,
+        })
     }
 }

@@ -55,6 +55,9 @@ pub struct RestoreSources {
     /// With local recovery on: each file whose local copy was missing or damaged (size or CRC32 not the
     /// handle's), with the reason; each was read from checkpoint storage instead.
     pub fallbacks: Vec<String>,
+    /// Handles whose state a heap backend took from memory (in-process recovery,
+    /// `heap::InProcessRecovery`): no file of theirs was read.
+    pub in_process: u32,
 }
 
 impl RestoreSources {
@@ -78,6 +81,15 @@ impl RestoreSources {
         self.fallbacks.push(line);
     }
 
+    /// Records that a heap restore read its files because the in-process copy of checkpoint
+    /// `checkpoint_id` could not be taken (`why`: a rescale, a version already dropped), and logs it at
+    /// debug level: unlike a damaged local copy, this is expected.
+    pub(crate) fn not_in_process(&mut self, checkpoint_id: u64, why: &str) {
+        let line = format!("in-process copy of checkpoint {checkpoint_id}: {why}");
+        tracing::debug!(%line, "restore: read the files instead of the in-process copy");
+        self.fallbacks.push(line);
+    }
+
     /// Adds the counts and fallbacks of `other` (another file, or another subtask's restore).
     pub fn merge(&mut self, other: &RestoreSources) {
         self.local_files += other.local_files;
@@ -85,6 +97,7 @@ impl RestoreSources {
         self.remote_files += other.remote_files;
         self.remote_bytes += other.remote_bytes;
         self.fallbacks.extend(other.fallbacks.iter().cloned());
+        self.in_process += other.in_process;
     }
 }
 

@@ -39,7 +39,8 @@ pub struct KeyGroupSize {
 }
 
 /// The sizes of the states and key groups of a snapshot (`docs/state-sizes.md`). Empty when the backend
-/// measured none: a heap delta of an incremental chain writes only what changed, so it reports none yet.
+/// measured none. A heap delta of an incremental chain writes only what changed: its states written
+/// whole are exact, the others estimated (entries exact, bytes from a sample of entries).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateSizes {
     /// One entry per state, in the order of the snapshot's states (a sum: by first appearance).
@@ -144,6 +145,39 @@ impl SizeTally {
                 key_group,
                 bytes,
                 exact: true,
+            }),
+        }
+    }
+
+    /// Credits state `state` (header index) in `key_group` with an estimate, `entries` and `bytes`,
+    /// instead of what the writer wrote since the last call (a heap delta's changes of a state it does
+    /// not write whole; its counters are now `counts`); the state's and the key group's figures are then
+    /// estimates.
+    pub(crate) fn add_estimate(
+        &mut self,
+        key_group: u32,
+        state: usize,
+        counts: (u64, u64),
+        (entries, bytes): (u64, u64),
+    ) {
+        self.last = counts;
+        if let Some(s) = self.sizes.states.get_mut(state) {
+            s.entries += entries;
+            s.bytes += bytes;
+            s.exact = false;
+        }
+        if entries == 0 {
+            return;
+        }
+        match self.sizes.key_groups.last_mut() {
+            Some(g) if g.key_group == key_group => {
+                g.bytes += bytes;
+                g.exact = false;
+            }
+            _ => self.sizes.key_groups.push(KeyGroupSize {
+                key_group,
+                bytes,
+                exact: false,
             }),
         }
     }

@@ -5,14 +5,18 @@
 //! first one seen (the newest) wins, a tombstone removes it, and older records of it are skipped. A state
 //! takes records from the newest file back to the first file that rewrites it (or the full file); a
 //! file whose header lacks the state ends its history (the state was dropped there and registered anew).
-//! Only the deltas' records are remembered, so the full file's records cost one lookup each.
+//! Only the deltas' records are remembered, so the full file's records cost one lookup each. An append
+//! record (a list's new elements) or a patch record (a map's changed user keys) does not decide its
+//! entry: it waits for the older record that does, and the entry is that record's list followed by the
+//! appended elements, or its map with the patches applied, oldest first.
 
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::format::bytes::PutExt;
 use crate::format::keyed_file::read::{Record, records};
-use crate::format::keyed_file::{FileHeader, TOMBSTONE};
+use crate::format::keyed_file::{APPEND, FileHeader, PATCH, TOMBSTONE};
+use crate::snapshot_io::element_merge::{Part, merge_list, merge_map};
 use crate::snapshot_io::loaded::LoadedFile;
 
 /// The records of the chain `files` (full file first, each checked by `load_handle`) as one full file's:
@@ -71,12 +75,20 @@ pub(crate) fn visit(
     Ok(chain.header())
 }
 
-/// The `(state, key, namespace)` a key group's visit has decided; kept by the caller between key groups
-/// so that its memory is reused.
+/// The `(state, key, namespace)` a key group's visit has decided, and the append records waiting for
+/// the record that decides theirs; kept by the caller between key groups so that its memory is reused.
 #[derive(Default)]
-pub(crate) struct Seen<'a>(
-    hashbrown::HashSet<(u32, &'a [u8], &'a [u8]), foldhash::fast::FixedState>,
-);
+pub(crate) struct Seen<'a> {
+    decided: hashbrown::HashSet<Entry<'a>, foldhash::fast::FixedState>,
+    /// Per entry, the values of its append or patch records seen so far with their files' paths, newest
+    /// first, and whether they are patches.
+    appended: hashbrown::HashMap<Entry<'a>, (Vec<Part<'a>>, bool), foldhash::fast::FixedState>,
+    /// The merged value of the entry being passed on.
+    merged: Vec<u8>,
+}
+
+/// `(state, key, namespace)` of a record.
+type Entry<'a> = (u32, &'a [u8], &'a [u8]);
 
 /// The files of a heap incremental chain, checked to fit together and grouped by key group, for visits
 /// of one key group at a time (a restore visits runs of key groups on several threads).
@@ -135,6 +147,8 @@ impl<'a> Chain<'a> {
             key_groups: newest.key_groups,
             states: newest.states.clone(),
             rewrite: None,
+            appends: false,
+            patches: false,
         }
     }
 
@@ -151,21 +165,35 @@ impl<'a> Chain<'a> {
 
     /// Calls `f(state, record, record bytes)` for every live record of the `group`th key group (see
     /// [`Chain::groups`]): `state` numbers the newest file's states, `record bytes` are the record as
-    /// its file holds it. `seen` is cleared first.
+    /// its file holds it, `None` for an entry whose list was merged from append records (its value is
+    /// then the merged list value). `seen` is cleared first.
     ///
     /// # Errors
-    /// [`Error::Corrupt`] naming the file of a record that does not parse, of an unknown state, or of a
-    /// tombstone in the full file; the first error of `f`.
+    /// [`Error::Corrupt`] naming the file of a record that does not parse, of an unknown state, of a
+    /// tombstone in the full file, of an append record in a file of a version without them, or one
+    /// whose entry's older record is a tombstone, missing or not a list value; the first error of `f`.
     pub(crate) fn visit_group(
         &self,
         group: usize,
         seen: &mut Seen<'a>,
-        mut f: impl FnMut(u32, Record<'a>, &'a [u8]) -> Result<()>,
+        mut f: impl FnMut(u32, Record<'_>, Option<&'a [u8]>) -> Result<()>,
     ) -> Result<()> {
-        let seen = &mut seen.0;
-        seen.clear();
+        let Seen {
+            decided,
+            appended,
+            merged,
+        } = seen;
+        decided.clear();
+        appended.clear();
         for &(j, bytes) in &self.groups[group].1 {
             let file = &self.files[j];
+            let mut kinds = TOMBSTONE;
+            if file.header.appends {
+                kinds |= APPEND;
+            }
+            if file.header.patches {
+                kinds |= PATCH;
+            }
             let mut at = 0;
             for record in records(bytes, &file.path) {
                 let r = record?;
@@ -173,7 +201,12 @@ impl<'a> Chain<'a> {
                 let raw = &bytes[at..at + len];
                 at += len;
                 let tombstone = r.state & TOMBSTONE != 0;
-                let state = r.state & !TOMBSTONE;
+                let patch = r.state & kinds & PATCH != 0;
+                let append = r.state & kinds & APPEND != 0;
+                if u8::from(tombstone) + u8::from(patch) + u8::from(append) > 1 {
+                    return Err(Error::corrupt(&file.path, "a record of two kinds"));
+                }
+                let state = r.state & !kinds;
                 let Some(target) = *self.targets[j].get(state as usize).ok_or_else(|| {
                     Error::corrupt(&file.path, format!("record of unknown state {state}"))
                 })?
@@ -183,16 +216,63 @@ impl<'a> Chain<'a> {
                 if tombstone && j == 0 {
                     return Err(Error::corrupt(&file.path, "a tombstone in a full file"));
                 }
+                let entry = (target, r.key, r.namespace);
+                if append || patch {
+                    if !decided.contains(&entry) {
+                        let (parts, patches) = appended.entry(entry).or_insert((Vec::new(), patch));
+                        if *patches != patch {
+                            return Err(Error::corrupt(
+                                &file.path,
+                                "append and patch records of one entry",
+                            ));
+                        }
+                        parts.push((r.value, &file.path));
+                    }
+                    continue;
+                }
                 // Only the deltas' records are remembered: nothing older than the full file is read.
                 let first = if j == 0 {
-                    seen.is_empty() || !seen.contains(&(target, r.key, r.namespace))
+                    decided.is_empty() || !decided.contains(&entry)
                 } else {
-                    seen.insert((target, r.key, r.namespace))
+                    decided.insert(entry)
                 };
-                if first && !tombstone {
-                    f(target, r, raw)?;
+                if !first {
+                    continue;
+                }
+                let tails = if appended.is_empty() {
+                    None
+                } else {
+                    appended.remove(&entry)
+                };
+                match tails {
+                    None if tombstone => {}
+                    None => f(target, r, Some(raw))?,
+                    Some(_) if tombstone => {
+                        return Err(Error::corrupt(
+                            &file.path,
+                            "append or patch records on top of a tombstone",
+                        ));
+                    }
+                    Some((parts, patches)) => {
+                        let base = (r.value, file.path.as_str());
+                        match patches {
+                            false => merge_list(base, &parts, merged)?,
+                            true => merge_map(base, &parts, merged)?,
+                        }
+                        let merged = Record {
+                            value: &merged[..],
+                            ..r
+                        };
+                        f(target, merged, None)?;
+                    }
                 }
             }
+        }
+        if !appended.is_empty() {
+            return Err(Error::corrupt(
+                self.path(),
+                "append or patch records with no earlier record of their entry in the chain",
+            ));
         }
         Ok(())
     }
@@ -234,4 +314,167 @@ fn state_targets(files: &[LoadedFile]) -> Result<Vec<Vec<Option<u32>>>> {
         }
     }
     Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+    use crate::format::bytes::PutExt;
+    use crate::format::keyed_file::{APPEND, FileHeader, PATCH, TOMBSTONE};
+    use crate::key_group::KeyGroupRange;
+    use crate::snapshot::state_meta::{StateKind, StateMeta};
+    use crate::snapshot_io::element_merge::tests::list;
+    use crate::snapshot_io::loaded::LoadedFile;
+
+    /// A file of one list state (`u64` keys) holding `records` `(state word, key, list value)` in key
+    /// group 0; a delta (version 3) unless `full`.
+    fn file(path: &str, full: bool, records: &[(u32, u64, Vec<u8>)]) -> LoadedFile {
+        let mut bytes = Vec::new();
+        for (state, key, value) in records {
+            bytes.put_u32(*state);
+            bytes.put_bytes(&key.to_be_bytes());
+            bytes.put_bytes(&[]);
+            bytes.put_bytes(value);
+        }
+        LoadedFile {
+            path: path.into(),
+            header: FileHeader {
+                max_parallelism: 1,
+                key_groups: KeyGroupRange::new(0, 0).unwrap(),
+                states: vec![StateMeta::new::<u64, (), u64>("l", StateKind::List)],
+                rewrite: (!full).then(Vec::new),
+                appends: !full,
+                patches: !full,
+            },
+            groups: vec![(0, bytes)],
+            sources: Default::default(),
+        }
+    }
+
+    /// A merged record: key and value bytes.
+    type KeyValue = (Vec<u8>, Vec<u8>);
+
+    /// The records `merge` makes of `files`, or the error's text.
+    fn merged(files: Vec<LoadedFile>) -> Result<Vec<KeyValue>, String> {
+        let out = merge(files).map_err(|e| e.to_string())?;
+        let records = crate::format::keyed_file::read::records(&out.groups[0].1, "merged");
+        Ok(records
+            .map(|r| r.unwrap())
+            .map(|r| (r.key.to_vec(), r.value.to_vec()))
+            .collect())
+    }
+
+    #[test]
+    fn a_chain_of_appends_restores_the_whole_list_and_an_append_on_nothing_is_corrupt() {
+        let full = || {
+            file(
+                "full",
+                true,
+                &[(0, 1, list(&[b"a"])), (0, 2, list(&[b"z"]))],
+            )
+        };
+        let chain = vec![
+            full(),
+            file(
+                "d1",
+                false,
+                &[(APPEND, 1, list(&[b"b"])), (TOMBSTONE, 2, vec![])],
+            ),
+            file("d2", false, &[(APPEND, 1, list(&[b"c", b"d"]))]),
+        ];
+        let key = 1u64.to_be_bytes().to_vec();
+        assert_eq!(
+            merged(chain).unwrap(),
+            vec![(key, list(&[b"a", b"b", b"c", b"d"]))]
+        );
+        for (expected, delta) in [
+            (
+                "`d2`: append or patch records with no earlier record",
+                (APPEND, 3, list(&[b"x"])),
+            ),
+            (
+                "`d1`: append or patch records on top of a tombstone",
+                (APPEND, 2, list(&[b"x"])),
+            ),
+            (
+                "`d2`: a record of two kinds",
+                (APPEND | TOMBSTONE, 1, vec![]),
+            ),
+            (
+                "`d2`: an append record on a value that is not a list",
+                (APPEND, 1, vec![1]),
+            ),
+        ] {
+            let tombstone = file("d1", false, &[(TOMBSTONE, 2, vec![])]);
+            let err = merged(vec![full(), tombstone, file("d2", false, &[delta])]).unwrap_err();
+            assert!(err.contains(expected), "expected `{expected}`: {err}");
+        }
+        // A file of version 2 has no append records: the bit makes an unknown state.
+        let mut v2 = file("v2", false, &[(APPEND, 1, list(&[b"b"]))]);
+        v2.header.appends = false;
+        let err = merged(vec![full(), v2]).unwrap_err();
+        assert!(err.contains("unknown state"), "{err}");
+    }
+
+    /// A map value of `entries`, or a patch value of `entries` put and `removed` when `removed` is given.
+    fn map(entries: &[(&[u8], &[u8])], removed: Option<&[&[u8]]>) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.put_u32(entries.len() as u32);
+        for (k, v) in entries {
+            out.put_bytes(k);
+            out.put_bytes(v);
+        }
+        if let Some(removed) = removed {
+            out.put_u32(removed.len() as u32);
+            for k in removed {
+                out.put_bytes(k);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn patches_apply_to_the_base_map_oldest_first_and_never_mix_with_appends() {
+        let full = || {
+            file(
+                "full",
+                true,
+                &[(0, 1, map(&[(b"a", b"1"), (b"b", b"2")], None))],
+            )
+        };
+        let d1 = file(
+            "d1",
+            false,
+            &[(PATCH, 1, map(&[(b"b", b"3"), (b"c", b"4")], Some(&[])))],
+        );
+        let d2 = file(
+            "d2",
+            false,
+            &[(PATCH, 1, map(&[(b"d", b"5")], Some(&[b"a", b"c"])))],
+        );
+        let d3 = file(
+            "d3",
+            false,
+            &[(PATCH, 1, map(&[(b"c", b"6")], Some(&[b"zz"])))],
+        );
+        let key = 1u64.to_be_bytes().to_vec();
+        let expected = map(&[(b"b", b"3"), (b"c", b"6"), (b"d", b"5")], None);
+        assert_eq!(
+            merged(vec![full(), d1, d2, d3]).unwrap(),
+            vec![(key, expected)]
+        );
+        let append = file("d2", false, &[(APPEND, 1, list(&[b"x"]))]);
+        let patch = file("d1", false, &[(PATCH, 1, map(&[], Some(&[b"a"])))]);
+        let err = merged(vec![full(), patch, append]).unwrap_err();
+        assert!(
+            err.contains("`d1`: append and patch records of one entry"),
+            "{err}"
+        );
+        let bad = file("d1", false, &[(PATCH, 1, map(&[(b"b", b"3")], None))]);
+        let err = merged(vec![full(), bad]).unwrap_err();
+        assert!(
+            err.contains("`d1`"),
+            "a patch without its removed keys: {err}"
+        );
+    }
 }

@@ -10,9 +10,9 @@ use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
 use statebackend::snapshot::{FileScope, HandleFormat, SnapshotKind};
 use statebackend::*;
 
-type Heap = HeapKeyedStateBackend<u64>;
+pub(crate) type Heap = HeapKeyedStateBackend<u64>;
 
-fn incremental(max_chain_files: usize) -> HeapConfig {
+pub(crate) fn incremental(max_chain_files: usize) -> HeapConfig {
     HeapConfig {
         incremental: true,
         max_chain_files,
@@ -20,7 +20,7 @@ fn incremental(max_chain_files: usize) -> HeapConfig {
     }
 }
 
-fn heaps(parallelism: u32, config: &HeapConfig) -> Vec<Heap> {
+pub(crate) fn heaps(parallelism: u32, config: &HeapConfig) -> Vec<Heap> {
     (0..parallelism)
         .map(|i| Heap::new(identity(128, parallelism, i), config.clone()).unwrap())
         .collect()
@@ -43,7 +43,7 @@ fn remove(backends: &mut [Heap], keys: impl IntoIterator<Item = u64> + Clone) {
     }
 }
 
-async fn restore_at(
+pub(crate) async fn restore_at(
     storage: &CheckpointStorage,
     meta: &CheckpointMetadata,
     parallelism: u32,
@@ -341,5 +341,64 @@ fn a_delta_of_a_state_with_ttl_restores_what_was_live_at_its_synchronous_phase()
         }
         let expected: BTreeMap<u64, u64> = (10..20).filter(|k| *k != 15).map(|k| (k, 3)).collect();
         assert_eq!(live, expected);
+    });
+}
+
+/// A delta writes only what changed, yet reports every state's size: the states it writes whole exactly,
+/// the others estimated (entries exact, bytes from a sample), close to what a full snapshot of the same
+/// state counts.
+#[test]
+fn a_delta_reports_every_states_size_entries_exact_and_bytes_estimated() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("heap-sizes").unwrap();
+        let config = incremental(10);
+        let mut coord = coordinator(&storage, 1, 1).await;
+        let mut b = heaps(1, &config);
+        let events = ListStateDescriptor::<VoidNamespace, u64>::new("events");
+        fill(&mut b[0], 0..20_000, 1);
+        let list = b[0].list_state(&events).unwrap();
+        for k in 0..5_000u64 {
+            b[0].set_current_key(k).unwrap();
+            list.update(&mut b[0], &VoidNamespace, (0..1 + k % 10).collect())
+                .unwrap();
+        }
+        checkpoint(&mut coord, &mut b).await;
+        fill(&mut b[0], 0..200, 2);
+        // Registered after the base: the delta writes it whole, so its figures are exact.
+        let late = b[0]
+            .value_state(&ValueStateDescriptor::<VoidNamespace, u64>::new("late"))
+            .unwrap();
+        for k in 0..300u64 {
+            b[0].set_current_key(k).unwrap();
+            late.update(&mut b[0], &VoidNamespace, k).unwrap();
+        }
+        let id = coord.trigger().await.unwrap();
+        let delta = b[0].snapshot(id, &storage).unwrap().run().await.unwrap();
+        assert_eq!(delta.handle.files.len(), 2, "a delta");
+        let full = b[0]
+            .savepoint(id + 1, &storage, SavepointFormat::Canonical)
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        let (estimated, exact) = (&delta.metrics.sizes, &full.metrics.sizes);
+        for (name, within_percent) in [("counts", 1), ("events", 20), ("late", 0)] {
+            let (e, x) = (estimated.state(name).unwrap(), exact.state(name).unwrap());
+            assert_eq!(e.entries, x.entries, "{name}: entries are exact");
+            assert_eq!(
+                e.exact,
+                name == "late",
+                "{name}: exact only when written whole"
+            );
+            let off = e.bytes.abs_diff(x.bytes) * 100;
+            assert!(
+                off <= x.bytes * within_percent,
+                "{name}: {} bytes against {}",
+                e.bytes,
+                x.bytes
+            );
+        }
+        assert_eq!(estimated.key_groups.len(), exact.key_groups.len());
+        assert!(estimated.key_groups.iter().all(|g| !g.exact));
     });
 }

@@ -7,4 +7,5 @@
 mod common;
 
 mod heap;
+mod heap_elements;
 mod rocksdb;

@@ -9,6 +9,7 @@ mod common;
 
 mod checks;
 mod chosen_backend;
+mod in_process;
 mod local_recovery;
 mod memory_budget;
 mod rocksdb_checks;

@@ -393,7 +393,7 @@ impl Sim {
                         for i in 0..parallelism[op] {
                             let p = parallelism[op];
                             tasks.push(
-                                Task::restore(op, p, i, &dir, &storage, &handles, mode).await?,
+                                Task::failover(op, p, i, &dir, &storage, &handles, mode).await?,
                             );
                         }
                     }
@@ -426,7 +426,20 @@ impl Sim {
         if sources.iter().any(|s| s.local_files > 0) {
             self.count("restore read local copies");
         }
-        if sources.iter().any(|s| !s.fallbacks.is_empty()) {
+        if sources.iter().any(|s| s.in_process > 0) {
+            self.count("restore took in-process copies");
+        }
+        let in_process_miss = |line: &String| line.starts_with("in-process copy of checkpoint");
+        if sources
+            .iter()
+            .any(|s| s.fallbacks.iter().any(in_process_miss))
+        {
+            self.count("restore read files past the in-process copies");
+        }
+        if sources
+            .iter()
+            .any(|s| !s.fallbacks.iter().all(in_process_miss))
+        {
             self.count("restore fell back past a local copy");
         }
         self.generations += 1;

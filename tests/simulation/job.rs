@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::heap::{HeapConfig, HeapKeyedStateBackend, InProcessRecovery};
 use statebackend::key_group::{assign_to_key_group, operator_index_for_key_group};
 use statebackend::keyed::{Fired, StateTtlConfig, TimeDomain, TimerServiceDescriptor, TtlTime};
 use statebackend::rocksdb::RocksDbConfig;
@@ -98,6 +98,32 @@ pub const LOCAL_RECOVERY_DIR: &str = "recovery";
 /// (half the seeds, by the second bit of the seed, `Sim::new`).
 pub const HEAP_INCREMENTAL_MARK: &str = "heap-incremental";
 
+/// Name of the marker in a simulation's directory that gives the heap backends in-process recovery (a
+/// quarter of the seeds, by the third bit of the seed, `Sim::new`): a failover then takes the heap
+/// subtasks' state from the versions their checkpoints kept in memory where the handle matches.
+pub const IN_PROCESS_MARK: &str = "in-process";
+
+/// Every simulation's in-process recovery, by its directory: one component per simulated process.
+static IN_PROCESS: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, InProcessRecovery>>,
+> = std::sync::OnceLock::new();
+
+/// The heap backends' in-process recovery of the simulation in `dir`, if its seed turned it on.
+pub fn in_process(dir: &Path) -> Option<InProcessRecovery> {
+    if !dir.join(IN_PROCESS_MARK).is_dir() {
+        return None;
+    }
+    let mut all = IN_PROCESS.get_or_init(Default::default).lock().unwrap();
+    Some(all.entry(dir.to_path_buf()).or_default().clone())
+}
+
+/// Drops the versions the simulation in `dir` kept (it ended).
+pub fn forget_in_process(dir: &Path) {
+    if let Some(all) = IN_PROCESS.get() {
+        all.lock().unwrap().remove(dir);
+    }
+}
+
 /// Settings of a subtask's heap backend: local recovery and incremental checkpoints (chains of at most 3
 /// files, so that full checkpoints come often) as the seed chose.
 fn heap_config(dir: &Path) -> HeapConfig {
@@ -147,10 +173,15 @@ impl Task {
     /// A new, empty subtask.
     pub fn new(op: usize, parallelism: u32, subtask: u32, dir: &Path) -> Self {
         let backend = match op {
-            0 => Backend::Heap(Box::new(
-                HeapKeyedStateBackend::new(identity(0, parallelism, subtask), heap_config(dir))
-                    .expect("heap"),
-            )),
+            0 => {
+                let mut heap =
+                    HeapKeyedStateBackend::new(identity(0, parallelism, subtask), heap_config(dir))
+                        .expect("heap");
+                if let Some(recovery) = in_process(dir) {
+                    heap.set_in_process_recovery(&recovery);
+                }
+                Backend::Heap(Box::new(heap))
+            }
             _ => Backend::Lsm(Box::new(
                 RocksDbKeyedStateBackend::new(identity(1, parallelism, subtask), lsm_config(dir))
                     .expect("lsm"),
@@ -161,6 +192,37 @@ impl Task {
             subtask,
             backend,
         }
+    }
+
+    /// A subtask of a failover restored from `handles` (of its operator) in `mode`: as
+    /// [`Task::restore`], the heap backend from its in-process copy where the seed keeps them and the
+    /// handle matches.
+    pub async fn failover(
+        op: usize,
+        parallelism: u32,
+        subtask: u32,
+        dir: &Path,
+        storage: &CheckpointStorage,
+        handles: &[KeyedStateHandle],
+        mode: RestoreMode,
+    ) -> Result<Self> {
+        let Some(recovery) = in_process(dir).filter(|_| op == 0) else {
+            return Self::restore(op, parallelism, subtask, dir, storage, handles, mode).await;
+        };
+        let heap = HeapKeyedStateBackend::restore_in_process(
+            identity(0, parallelism, subtask),
+            heap_config(dir),
+            storage,
+            handles,
+            mode,
+            &recovery,
+        )
+        .await?;
+        Ok(Task {
+            op,
+            subtask,
+            backend: Backend::Heap(Box::new(heap)),
+        })
     }
 
     /// A subtask restored from `handles` (of its operator) in `mode`.

@@ -55,7 +55,16 @@ type Counts = (BTreeMap<&'static str, u32>, BTreeMap<&'static str, u32>);
 
 /// Runs one seed; returns how often each crash point fired and each event happened, and the log.
 async fn run_seed(seed: u64, steps: usize) -> Result<(Counts, Vec<String>), Failure> {
-    let mut sim = Sim::new(seed).await;
+    let sim = Sim::new(seed).await;
+    let dir = sim.dir.path().to_path_buf();
+    let outcome = run_sim(sim, seed, steps).await;
+    // The versions the seed's heap backends kept in memory go with it.
+    job::forget_in_process(&dir);
+    outcome
+}
+
+/// The schedule of seed `seed`, `steps` steps, on `sim`.
+async fn run_sim(mut sim: Sim, seed: u64, steps: usize) -> Result<(Counts, Vec<String>), Failure> {
     let fail = |sim: &Sim, step, violation| Failure {
         seed,
         step,
@@ -236,6 +245,15 @@ fn simulation() {
                 .unwrap_or(0)
                 > 0,
             "no restore read a local copy in {seeds} seeds: local recovery is not exercised"
+        );
+        // A quarter of the seeds give the heap backends in-process recovery (`Sim::new`).
+        assert!(
+            events
+                .get("restore took in-process copies")
+                .copied()
+                .unwrap_or(0)
+                > 0,
+            "no restore took an in-process copy in {seeds} seeds: in-process recovery is not exercised"
         );
         // Half the seeds run the heap backends with incremental checkpoints (`Sim::new`).
         assert!(

@@ -203,6 +203,11 @@ impl Sim {
             std::fs::create_dir(dir.path().join(crate::job::HEAP_INCREMENTAL_MARK))
                 .expect("heap incremental mark");
         }
+        // In-process recovery of the heap backends by the third bit, independent of both.
+        if (seed / 4) % 2 == 1 {
+            std::fs::create_dir(dir.path().join(crate::job::IN_PROCESS_MARK))
+                .expect("in-process mark");
+        }
         Sim {
             rng,
             clock,

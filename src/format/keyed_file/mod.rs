@@ -16,9 +16,31 @@ pub(crate) const VERSION: u16 = 1;
 /// the header also lists the states whose records replace every earlier one, and a record may be a
 /// tombstone ([`TOMBSTONE`]).
 pub(crate) const DELTA_VERSION: u16 = 2;
+/// Format version of a delta file that may also hold append records ([`APPEND`]); otherwise as
+/// [`DELTA_VERSION`], which a delta without appends still is, so that older readers read it.
+pub(crate) const APPEND_VERSION: u16 = 3;
+/// Format version of a delta file that may also hold patch records ([`PATCH`]) beside append records.
+pub(crate) const PATCH_VERSION: u16 = 4;
 /// Bit of a record's `state` word that marks a tombstone in a delta file: the key and namespace are
 /// removed, the value bytes are empty.
 pub(crate) const TOMBSTONE: u32 = 1 << 31;
+/// Bit of a record's `state` word that marks an append record in a delta file of version
+/// [`APPEND_VERSION`]: its value is a list value whose elements follow those of the entry's record in
+/// an earlier file of the chain.
+pub(crate) const APPEND: u32 = 1 << 30;
+/// Bit of a record's `state` word that marks a patch record in a delta file of version
+/// [`PATCH_VERSION`]: its value holds the user keys of the entry's map put (with their values) and
+/// removed since the entry's record in an earlier file of the chain.
+pub(crate) const PATCH: u32 = 1 << 29;
+/// A delta file's record that changes part of an entry written in an earlier file of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ElementRecord {
+    /// [`APPEND`]: a list value of the elements appended to the entry's list.
+    Append,
+    /// [`PATCH`]: the user keys of the entry's map put (with their values) and removed.
+    Patch,
+}
+
 /// Size of the fixed footer in bytes.
 pub(crate) const FOOTER_LEN: usize = 32;
 /// Size of the fixed part of the header (magic, version, body length).
@@ -53,15 +75,20 @@ pub(crate) struct FileHeader {
     /// registered anew, or one whose changes were not tracked); the other states' records and tombstones
     /// apply on top of the earlier files'.
     pub(crate) rewrite: Option<Vec<u32>>,
+    /// A delta file that may hold append records (versions 3 and 4); false for every other file.
+    pub(crate) appends: bool,
+    /// A delta file that may hold patch records (version 4); false for every other file.
+    pub(crate) patches: bool,
 }
 
 impl FileHeader {
     /// The format version of a file with this header.
     pub(crate) fn version(&self) -> u16 {
-        if self.rewrite.is_some() {
-            DELTA_VERSION
-        } else {
-            VERSION
+        match (&self.rewrite, self.appends, self.patches) {
+            (Some(_), _, true) => PATCH_VERSION,
+            (Some(_), true, false) => APPEND_VERSION,
+            (Some(_), false, false) => DELTA_VERSION,
+            (None, _, _) => VERSION,
         }
     }
 }
@@ -115,6 +142,11 @@ impl KeyedFileWriter {
     /// # Errors
     /// [`Error::InvalidArgument`] if the zstd level is rejected or a header string is over 4 GiB.
     pub(crate) fn new(header: &FileHeader, options: WriterOptions) -> Result<Self> {
+        if (header.appends || header.patches) && header.rewrite.is_none() {
+            return Err(Error::InvalidArgument(
+                "append or patch records asked of a full keyed file".into(),
+            ));
+        }
         let compressor = options
             .zstd_level
             .map(|level| {
@@ -215,12 +247,38 @@ impl KeyedFileWriter {
         key: impl FnOnce(&mut Vec<u8>),
         namespace: impl FnOnce(&mut Vec<u8>),
     ) -> Result<()> {
-        if self.version != DELTA_VERSION {
+        if self.version == VERSION {
             return Err(Error::InvalidArgument(
                 "a tombstone written into a full keyed file".into(),
             ));
         }
         self.add_record(state | TOMBSTONE, key, namespace, |_| {})
+    }
+
+    /// Appends an element record of `(key, namespace)` of state `state` to the current key group: a
+    /// delta file's record whose value holds what changed in the entry's list or map since its record in
+    /// an earlier file of the chain ([`ElementRecord`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] in a file whose header does not allow records of that kind.
+    pub(crate) fn add_element(
+        &mut self,
+        kind: ElementRecord,
+        state: u32,
+        key: impl FnOnce(&mut Vec<u8>),
+        namespace: impl FnOnce(&mut Vec<u8>),
+        value: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
+        let (bit, since, what) = match kind {
+            ElementRecord::Append => (APPEND, APPEND_VERSION, "an append"),
+            ElementRecord::Patch => (PATCH, PATCH_VERSION, "a patch"),
+        };
+        if self.version < since {
+            return Err(Error::InvalidArgument(format!(
+                "{what} record written into a keyed file of a version without them"
+            )));
+        }
+        self.add_record(state | bit, key, namespace, value)
     }
 
     fn flush_frame(&mut self) -> Result<()> {

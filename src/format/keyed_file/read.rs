@@ -2,8 +2,8 @@
 //! (format in `docs/formats.md`, "Keyed snapshot file").
 
 use super::{
-    CODEC_NONE, CODEC_ZSTD, DELTA_VERSION, FOOTER_LEN, FileHeader, HEADER_PREFIX_LEN, IndexEntry,
-    MAGIC, MAX_EXPANSION, MAX_FRAME_RAW_LEN, VERSION,
+    APPEND_VERSION, CODEC_NONE, CODEC_ZSTD, DELTA_VERSION, FOOTER_LEN, FileHeader,
+    HEADER_PREFIX_LEN, IndexEntry, MAGIC, MAX_EXPANSION, MAX_FRAME_RAW_LEN, PATCH_VERSION, VERSION,
 };
 use crate::error::{Error, Result};
 use crate::format::bytes::Decoder;
@@ -14,7 +14,8 @@ pub(crate) struct Footer {
     pub(crate) index_offset: u64,
     pub(crate) index_len: u64,
     index_crc: u32,
-    /// Format version: [`VERSION`] (a full file) or [`DELTA_VERSION`] (a delta file).
+    /// Format version: [`VERSION`] (a full file), [`DELTA_VERSION`], [`APPEND_VERSION`] or
+    /// [`PATCH_VERSION`] (a delta file).
     pub(crate) version: u16,
 }
 
@@ -38,11 +39,11 @@ pub(crate) fn parse_footer(bytes: &[u8], file_len: u64, path: &str) -> Result<Fo
             "bad magic at the end: not a keyed snapshot file or truncated",
         ));
     }
-    if version != VERSION && version != DELTA_VERSION {
+    if !(VERSION..=PATCH_VERSION).contains(&version) {
         return Err(Error::corrupt(
             path,
             format!(
-                "unsupported format version {version}, this build reads {VERSION} and {DELTA_VERSION}"
+                "unsupported format version {version}, this build reads {VERSION} to {PATCH_VERSION}"
             ),
         ));
     }
@@ -145,7 +146,7 @@ pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
     for _ in 0..n {
         states.push(d.state_meta()?);
     }
-    let rewrite = if version == DELTA_VERSION {
+    let rewrite = if version >= DELTA_VERSION {
         let count = d.count("rewritten state count", 4)?;
         let mut rewrite = Vec::with_capacity(count);
         for _ in 0..count {
@@ -167,6 +168,8 @@ pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
         key_groups,
         states,
         rewrite,
+        appends: version >= APPEND_VERSION,
+        patches: version >= PATCH_VERSION,
     })
 }
 

@@ -17,6 +17,8 @@ fn header() -> FileHeader {
             user_key_codec: String::new(),
         }],
         rewrite: None,
+        appends: false,
+        patches: false,
     }
 }
 

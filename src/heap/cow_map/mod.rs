@@ -28,12 +28,10 @@ pub(crate) const SPLIT_AT: usize = 64;
 ///
 /// Same result as `Arc::make_mut`, without its atomic compare-and-swap when the value is not shared: a
 /// locked instruction per write drains the store buffer and stops the processor from running ahead into
-/// the next records' cache misses (`benches/heap_ops.rs`, update: see `docs/design.md`).
-#[inline]
-#[allow(
-    unsafe_code,
-    reason = "measured: see the doc comment and docs/design.md"
-)]
+/// the next records' cache misses (`benches/heap_ops.rs`, update: see `docs/design.md`). Always inlined:
+/// a call per write when LLVM chose not to (`docs/heap-incremental.md`, "Lists and maps").
+#[inline(always)]
+#[allow(unsafe_code, reason = "measured: the doc comment, docs/design.md")]
 fn unique<T: ?Sized>(arc: &mut Arc<T>, copy: impl FnOnce(&T) -> Arc<T>) -> &mut T {
     if Arc::strong_count(arc) != 1 {
         *arc = copy(arc);
@@ -59,10 +57,7 @@ fn unique<T: ?Sized>(arc: &mut Arc<T>, copy: impl FnOnce(&T) -> Arc<T>) -> &mut 
 /// and a directory is shared only with a snapshot, whose creation moves the epoch on (so every page it can
 /// reach has an older stamp).
 #[inline]
-#[allow(
-    unsafe_code,
-    reason = "measured: see the doc comment and docs/design.md"
-)]
+#[allow(unsafe_code, reason = "measured: the doc comment, docs/design.md")]
 fn page_slots<K: Clone, N: Clone, S: Clone>(
     page: &mut Page<K, N, S>,
     epoch: u64,
@@ -149,6 +144,11 @@ impl<K, N, S> KeyGroupMap<K, N, S> {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry<K, N, S>> {
         self.pages.iter().flat_map(|p| p.slots.iter().flatten())
     }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
 }
 
 impl<K: Eq, N: Eq, S> KeyGroupMap<K, N, S> {
@@ -158,40 +158,20 @@ impl<K: Eq, N: Eq, S> KeyGroupMap<K, N, S> {
     }
 
     /// Calls `f` with every entry whose stored map hash has the low [`changes::HASH_BITS`] bits
-    /// `hash48`: those a logged word ([`changes::word`]) names. The page is found by the low bits alone (a
-    /// directory has fewer than 2^32 pages); inside it, the probe run from the home slot holds them all
-    /// (Robin Hood placement leaves no empty slot between an entry and its home), and the home slot
-    /// depends on bits 32..48 only while the page has at most 2^16 slots; a larger page is scanned whole.
+    /// `hash48`: those a logged word ([`changes::word`]) names. The page is found by the low bits alone
+    /// (a directory has fewer than 2^32 pages), the entries inside it by [`probe::for_each_with_hash_bits`].
     ///
     /// # Errors
     /// The first error of `f`, which then sees no further entry.
     pub(crate) fn try_for_each_with_hash_bits<E>(
         &self,
         hash48: u64,
-        mut f: impl FnMut(&Entry<K, N, S>) -> Result<(), E>,
+        f: impl FnMut(&Entry<K, N, S>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let Some(page) = self.pages.get(self.page_no(hash48)) else {
-            return Ok(());
-        };
-        let slots = &page.slots;
-        let matches = |e: &Entry<K, N, S>| e.hash.get() & changes::HASH_MASK == hash48;
-        if slots.len() > 1 << (changes::HASH_BITS - 32) {
-            return slots
-                .iter()
-                .flatten()
-                .filter(|e| matches(e))
-                .try_for_each(f);
+        match self.pages.get(self.page_no(hash48)) {
+            Some(page) => probe::for_each_with_hash_bits(&page.slots, hash48, f),
+            None => Ok(()),
         }
-        let mask = slots.len() - 1;
-        let mut i = home(hash48, slots.len());
-        for _ in 0..slots.len() {
-            let Some(e) = &slots[i] else { break };
-            if matches(e) {
-                f(e)?;
-            }
-            i = (i + 1) & mask;
-        }
-        Ok(())
     }
 
     /// `(page, slot)` of `(key, ns)`.
@@ -316,8 +296,7 @@ where
         self.changes.start();
     }
 
-    /// The map holds exactly what the diff base holds of its state (decoded from a CLAIM restore's records
-    /// with unchanged codecs): changes are logged from now on, without rewriting it whole first.
+    /// The map is exactly the diff base's state (a CLAIM restore, unchanged codecs): logs without a rewrite.
     pub(crate) fn changes_continue_from_base(&mut self) {
         self.changes.continue_from_base(self.len);
     }
@@ -352,12 +331,20 @@ where
         find_in(&page.slots, hash, key, ns).map(|(_, e)| &e.value)
     }
 
-    /// Mutable access to the value of `(key, ns)`; copies shared structure only if the entry exists.
+    /// Mutable access to the value of `(key, ns)`, the write logged as `how` says; copies shared
+    /// structure only if the entry exists.
     #[inline]
-    pub(crate) fn get_mut(&mut self, kg: usize, hash: u64, key: &K, ns: &N) -> Option<&mut S> {
+    pub(crate) fn get_mut(
+        &mut self,
+        kg: usize,
+        hash: u64,
+        key: &K,
+        ns: &N,
+        how: Logged<'_, S>,
+    ) -> Option<&mut S> {
         let stored = stored_hash(hash);
         let (p, i) = self.groups[kg].find(stored, key, ns)?;
-        self.changes.written(kg, stored.get());
+        self.log_write(kg, stored.get(), Some((p, i)), how);
         let group = unique_group(&mut self.groups[kg]);
         page_slots(&mut group.pages[p], self.epoch)[i]
             .as_mut()
@@ -374,9 +361,23 @@ where
         ns: &N,
         make: impl FnOnce() -> S,
     ) -> &mut S {
+        self.get_or_insert_logged(kg, hash, key, ns, make, Logged::Write)
+    }
+
+    /// [`CowMap::get_or_insert_with`], a value that exists logged as `how` says (a new one as a write).
+    #[inline]
+    pub(crate) fn get_or_insert_logged(
+        &mut self,
+        kg: usize,
+        hash: u64,
+        key: &K,
+        ns: &N,
+        make: impl FnOnce() -> S,
+        how: Logged<'_, S>,
+    ) -> &mut S {
         let hash = stored_hash(hash);
         let found = self.groups[kg].find(hash, key, ns);
-        self.changes.written(kg, hash.get());
+        self.log_write(kg, hash.get(), found, how);
         let group = unique_group(&mut self.groups[kg]);
         let (p, i) = found.unwrap_or_else(|| {
             self.len += 1;
@@ -391,6 +392,31 @@ where
         match &mut page_slots(&mut group.pages[p], self.epoch)[i] {
             Some(e) => &mut e.value,
             None => unreachable!("slot {i} of page {p} was just found or filled"),
+        }
+    }
+
+    /// Logs a write of the entry with stored hash `hash` at `found` (`(page, slot)`, `None` if new).
+    #[inline]
+    fn log_write(
+        &mut self,
+        kg: usize,
+        hash: u64,
+        found: Option<(usize, usize)>,
+        how: Logged<'_, S>,
+    ) {
+        let value = |(p, i): (usize, usize)| self.groups[kg].pages[p].slots[i].as_ref();
+        match how {
+            // The write path of every other state: nothing read.
+            Logged::Write => self.changes.written(kg, hash),
+            Logged::Append(len) => match found.filter(|_| self.changes.logging()).and_then(value) {
+                Some(e) => {
+                    let before = len(&e.value);
+                    self.changes.appended(kg, hash, before);
+                }
+                None => self.changes.written(kg, hash),
+            },
+            Logged::Patch(user_key) if found.is_some() => self.changes.patched(kg, hash, user_key),
+            Logged::Patch(_) => self.changes.written(kg, hash),
         }
     }
 
@@ -501,8 +527,29 @@ where
     /// the epoch on, so every page is checked for sharing before its next write.
     pub(crate) fn snapshot(&mut self) -> CowSnapshot<K, N, S> {
         self.epoch += 1;
-        CowSnapshot {
-            groups: self.groups.iter().map(|g| Some(Arc::clone(g))).collect(),
+        CowSnapshot::new(
+            self.groups.iter().map(|g| Some(Arc::clone(g))).collect(),
+            self.epoch,
+        )
+    }
+
+    /// A map holding what `snapshot` holds (in-process recovery): O(key groups) pointer copies, the
+    /// snapshot left as it is. Its first write to a page copies it, so neither sees the other's writes;
+    /// a key group already taken out of the snapshot is empty. Changes are not tracked.
+    pub(crate) fn from_snapshot(snapshot: &CowSnapshot<K, N, S>) -> Self {
+        let empty = Arc::new(KeyGroupMap::new());
+        let groups: Vec<_> = snapshot
+            .groups()
+            .iter()
+            .map(|g| g.as_ref().map_or_else(|| Arc::clone(&empty), Arc::clone))
+            .collect();
+        CowMap {
+            len: groups.iter().map(|g| g.len).sum(),
+            groups,
+            // Every page the snapshot reaches was stamped before the snapshot moved its map's epoch on
+            // to `snapshot.epoch`, so none carries this map's stamp: each is checked before a write.
+            epoch: snapshot.epoch(),
+            changes: ChangeTracker::off(),
         }
     }
 }
@@ -513,11 +560,6 @@ pub(crate) enum At<'a, K, N, S> {
     PastGroups,
     PastPages,
     Page(&'a [Option<Entry<K, N, S>>]),
-}
-
-/// A frozen version of a [`CowMap`], independent of later writes; `Send` if the entries are.
-pub(crate) struct CowSnapshot<K, N, S> {
-    groups: Vec<Option<Arc<KeyGroupMap<K, N, S>>>>,
 }
 
 impl<K, N, S> CowMap<K, N, S> {
@@ -540,23 +582,18 @@ impl<K, N, S> CowMap<K, N, S> {
     }
 }
 
-impl<K, N, S> CowSnapshot<K, N, S> {
-    /// Takes key group `kg` out of the snapshot; dropping it releases pages that writers copied away from.
-    pub(crate) fn take_group(&mut self, kg: usize) -> Option<Arc<KeyGroupMap<K, N, S>>> {
-        self.groups.get_mut(kg)?.take()
-    }
-}
-
 mod batch;
 mod build;
 pub(crate) mod changes;
 mod cow_arc;
+mod frozen;
 mod probe;
 pub(crate) mod sweep;
 
 pub(crate) use batch::PageRef;
 pub(crate) use build::GroupBuilder;
-pub(crate) use changes::{ChangeTracker, Changes};
+pub(crate) use changes::{ChangeTracker, Changes, Logged};
 pub(crate) use cow_arc::CowArc;
+pub(crate) use frozen::CowSnapshot;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,8 @@
 
 use std::num::NonZeroU64;
 
+use super::changes::{HASH_BITS, HASH_MASK};
+
 /// One mapping `(key, namespace) -> value` with its map hash.
 #[derive(Clone, Debug)]
 pub(crate) struct Entry<K, N, S> {
@@ -31,6 +33,38 @@ pub(super) fn stored_hash(hash: u64) -> NonZeroU64 {
 #[inline]
 pub(super) fn home(hash: u64, slots: usize) -> usize {
     (hash >> 32) as usize & (slots - 1)
+}
+
+/// Calls `f` with every entry of `slots` whose stored map hash has the low [`HASH_BITS`] bits `hash48`.
+/// The probe run from the home slot holds them all (Robin Hood placement leaves no empty slot between
+/// an entry and its home), and the home slot depends on bits 32..48 only while the page has at most
+/// 2^16 slots; a larger page is scanned whole.
+///
+/// # Errors
+/// The first error of `f`, which then sees no further entry.
+pub(super) fn for_each_with_hash_bits<K, N, S, E>(
+    slots: &[Slot<K, N, S>],
+    hash48: u64,
+    mut f: impl FnMut(&Entry<K, N, S>) -> Result<(), E>,
+) -> Result<(), E> {
+    let matches = |e: &Entry<K, N, S>| e.hash.get() & HASH_MASK == hash48;
+    if slots.len() > 1 << (HASH_BITS - 32) {
+        return slots
+            .iter()
+            .flatten()
+            .filter(|e| matches(e))
+            .try_for_each(f);
+    }
+    let mask = slots.len() - 1;
+    let mut i = home(hash48, slots.len());
+    for _ in 0..slots.len() {
+        let Some(e) = &slots[i] else { break };
+        if matches(e) {
+            f(e)?;
+        }
+        i = (i + 1) & mask;
+    }
+    Ok(())
 }
 
 /// Slots for a page that will hold `entries`: a power of two, at most 3/4 full.

@@ -39,7 +39,7 @@ fn model_check(steps: u64, keys: u64, hash: impl Fn(u64, u32) -> u64) {
                 );
             }
             1 => {
-                if let Some(v) = map.get_mut(kg, hash, &key, &ns) {
+                if let Some(v) = map.get_mut(kg, hash, &key, &ns, Logged::Write) {
                     *v += 1;
                 }
                 if let Some(v) = model.get_mut(&(kg, key, ns)) {
@@ -171,7 +171,8 @@ fn a_snapshot_read_and_dropped_on_another_thread_while_the_map_is_written() {
             sum
         });
         for k in 0..300u64 {
-            *map.get_mut((k % 2) as usize, h(k), &k, &()).unwrap() += 1;
+            *map.get_mut((k % 2) as usize, h(k), &k, &(), Logged::Write)
+                .unwrap() += 1;
         }
         assert_eq!(reader.join().unwrap(), expected);
     }
@@ -182,7 +183,7 @@ fn a_snapshot_read_and_dropped_on_another_thread_while_the_map_is_written() {
 fn new_groups_share_one_empty_map_until_written() {
     let mut map: CowMap<u64, (), u64> = CowMap::new(4);
     assert!(map.get(2, h(1), &1, &()).is_none());
-    assert!(map.get_mut(2, h(1), &1, &()).is_none());
+    assert!(map.get_mut(2, h(1), &1, &(), Logged::Write).is_none());
     assert!(map.remove(2, h(1), &1, &()).is_none());
     map.insert(2, h(1), &1, &(), 10);
     assert_eq!(map.get(2, h(1), &1, &()), Some(&10));
@@ -199,7 +200,7 @@ fn a_write_after_a_snapshot_copies_one_page_and_the_directory_only() {
         map.insert(0, h(k), &k, &(), k);
     }
     let mut snap = map.snapshot();
-    *map.get_mut(0, h(5), &5, &()).unwrap() = 99;
+    *map.get_mut(0, h(5), &5, &(), Logged::Write).unwrap() = 99;
     let frozen = snap.take_group(0).unwrap();
     let live = &map.groups[0];
     assert_eq!(frozen.pages.len(), live.pages.len());

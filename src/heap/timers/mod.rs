@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::format::keyed_file::KeyedFileWriter;
 use crate::heap::cow_map::CowArc;
 use crate::heap::delta::Cut;
-use crate::heap::table::{ErasedTable, FrozenTable, RawTable};
+use crate::heap::frozen::FrozenTable;
+use crate::heap::table::{ErasedTable, RawTable, RetainedTable};
 use crate::keyed::backend::StateKey;
 use crate::keyed::heads::KeyGroupHeads;
 use crate::keyed::ttl::TtlTimes;
@@ -168,6 +169,32 @@ impl<K: StateKey, N: StateKey> ErasedTable<K> for TimerTable<K, N> {
         _marks: Option<&ReadMarks>,
     ) -> bool {
         false
+    }
+    fn retain(&mut self) -> Option<Box<dyn RetainedTable<K>>> {
+        Some(Box::new(RetainedTimers {
+            meta: self.meta.clone(),
+            groups: self.groups.clone(),
+        }))
+    }
+}
+
+/// The timers a checkpoint kept for a restore in the process: the key groups, shared until written.
+struct RetainedTimers<K, N> {
+    meta: StateMeta,
+    groups: Vec<CowArc<TimerGroup<K, N>>>,
+}
+
+impl<K: StateKey, N: StateKey> RetainedTable<K> for RetainedTimers<K, N> {
+    fn restore(&self, _track_changes: bool) -> Box<dyn ErasedTable<K>> {
+        let mut heads = KeyGroupHeads::new(self.groups.len());
+        for (kg, group) in self.groups.iter().enumerate() {
+            heads.set(kg, group.first_ts());
+        }
+        Box::new(TimerTable {
+            meta: self.meta.clone(),
+            groups: self.groups.clone(),
+            heads,
+        })
     }
 }
 

@@ -101,6 +101,8 @@ impl CanonicalExport {
             key_groups: self.identity.key_groups(),
             states: self.states.clone(),
             rewrite: None,
+            appends: false,
+            patches: false,
         };
         let mut writer = KeyedFileWriter::new(
             &header,
