@@ -268,13 +268,20 @@ async fn write_lsm_job(root: &Path) {
     );
 }
 
-/// The heap chain job whose deltas are of format `version` (2 to 4).
+/// The heap chain job whose deltas are of format `version` (2 to 5).
 fn chain_job(version: u16) -> &'static str {
     match version {
         2 => "heap-chain-job",
         3 => "heap-append-job",
-        _ => "heap-patch-job",
+        4 => "heap-patch-job",
+        _ => "heap-rolling-job",
     }
+}
+
+/// The checkpoint of the chain job of `version` whose chain holds the job's content: 2, or 3 for the
+/// rolling job.
+fn chain_checkpoint(version: u16) -> u64 {
+    if version >= 5 { 3 } else { 2 }
 }
 
 /// Keys the heap chain job writes in checkpoint 1 and removes in checkpoint 2 (tombstones).
@@ -291,10 +298,17 @@ const GONE: std::ops::RangeInclusive<u64> = 41..=50;
 /// checkpoint 1 also lacks the last element of every list, which checkpoint 2 appends (append records
 /// where the list had elements); 4 is `heap-patch-job`, as 3 and also without the last user key of
 /// every map and with a user key `gone` in maps of two, which checkpoint 2 puts and removes (patch
-/// records where the map had user keys).
+/// records where the map had user keys). Those three jobs have chains of at most 2 files: checkpoint 1
+/// is one full file, as every full checkpoint of a chain was before rolling materialization.
+///
+/// Version 5 is `heap-rolling-job`: as 4 with chains of the default limit (10 files, so slices of 8 key
+/// groups): checkpoint 1 writes a file per slice (version 5, whole for its slice), checkpoint 2 a delta
+/// without a slice (version 4), and checkpoint 3 rewrites key 1's value (unchanged) in a delta that
+/// holds the first slice whole (version 5) and leaves out checkpoint 1's file of that slice.
 async fn write_heap_chain_job(root: &Path, version: u16) {
     let job = chain_job(version);
     let (appends, patches) = (version >= 3, version >= 4);
+    let max_chain_files = if version >= 5 { 10 } else { 2 };
     let storage = storage(root, job, 13);
     let mut coordinator = CheckpointCoordinator::open_with_clock(
         storage.clone(),
@@ -310,6 +324,7 @@ async fn write_heap_chain_job(root: &Path, version: u16) {
             let config = HeapConfig {
                 zstd_level,
                 incremental: true,
+                max_chain_files,
                 ..HeapConfig::default()
             };
             HeapKeyedStateBackend::new(window(2, i as u32), config).unwrap()
@@ -345,7 +360,15 @@ async fn write_heap_chain_job(root: &Path, version: u16) {
             }
         }
     }
-    for round in 0..2 {
+    for round in 0..chain_checkpoint(version) {
+        if round == 2 {
+            for b in &mut backends {
+                let s = states(b);
+                if b.set_current_key(1).is_ok() {
+                    s.value.update(b, &0, value_of(1, 0).unwrap()).unwrap();
+                }
+            }
+        }
         if round == 1 {
             for b in &mut backends {
                 let s = states(b);
@@ -379,7 +402,12 @@ async fn write_heap_chain_job(root: &Path, version: u16) {
         let mut last = None;
         for (i, b) in backends.iter_mut().enumerate() {
             let result = b.snapshot(id, &storage).unwrap().run().await.unwrap();
-            assert_eq!(result.handle.files.len(), round + 1, "round {round}");
+            let new = result.handle.files.iter().filter(|f| f.created_by == id);
+            let expected_new = match (round, max_chain_files) {
+                (0, 10) => 8,
+                _ => 1,
+            };
+            assert_eq!(new.count(), expected_new, "round {round}");
             let ack = TaskStateSnapshot::keyed("window", i as u32, result.handle);
             last = Some(
                 coordinator
@@ -400,7 +428,7 @@ async fn write_heap_chain_job(root: &Path, version: u16) {
 
 async fn write_all(root: &Path) {
     write_heap_job(root).await;
-    for version in [2, 3, 4] {
+    for version in [2, 3, 4, 5] {
         write_heap_chain_job(root, version).await;
     }
     #[cfg(feature = "rocksdb")]
@@ -476,7 +504,7 @@ fn chain_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test]
 async fn todays_writer_writes_the_pinned_heap_chains_byte_for_byte() {
-    for version in [2, 3, 4] {
+    for version in [2, 3, 4, 5] {
         let job = chain_job(version);
         let dir = tempfile::tempdir().unwrap();
         write_heap_chain_job(dir.path(), version).await;
@@ -499,18 +527,36 @@ async fn todays_writer_writes_the_pinned_heap_chains_byte_for_byte() {
 #[tokio::test]
 async fn pinned_heap_chains_restore_to_their_content() {
     let root = copy_of(&fixtures().join("jobs"));
-    for version in [2, 3, 4] {
+    for version in [2, 3, 4, 5] {
         let job = chain_job(version);
         let storage = storage(root.path(), job, 99);
-        let meta = storage.read_checkpoint_metadata(2).await.unwrap();
+        let meta = (storage
+            .read_checkpoint_metadata(chain_checkpoint(version))
+            .await)
+            .unwrap();
         let handles = meta.keyed_handles("window");
-        assert!(handles.iter().all(|h| h.files.len() == 2), "{handles:?}");
+        // Rolling: 7 of checkpoint 1's 8 slice files, checkpoint 2's delta, checkpoint 3's.
+        let files = if version >= 5 { 9 } else { 2 };
+        assert!(
+            handles.iter().all(|h| h.files.len() == files),
+            "{handles:?}"
+        );
         for h in &handles {
-            let delta = std::fs::read(root.path().join(job).join(&h.files[1].path)).unwrap();
+            let version_of = |f: &statebackend::snapshot::StateFile| {
+                let bytes = std::fs::read(root.path().join(job).join(&f.path)).unwrap();
+                u16::from_le_bytes([bytes[8], bytes[9]])
+            };
+            let newest = h.files.last().unwrap();
             assert_eq!(
-                delta[8..10],
-                version.to_le_bytes(),
+                version_of(newest),
+                version,
                 "{job}: the delta's format version"
+            );
+            let oldest = if version >= 5 { 5 } else { 1 };
+            assert_eq!(
+                version_of(&h.files[0]),
+                oldest,
+                "{job}: the oldest file's version"
             );
         }
         for parallelism in [1, 3] {

@@ -60,12 +60,13 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
     /// 2^30 bytes).
     pub fn new(identity: SubtaskIdentity, config: HeapConfig) -> Result<Self> {
         config.validate()?;
+        let key_groups = identity.key_groups();
         Ok(HeapKeyedStateBackend {
             identity,
             cleanup: IncrementalCleanup::new(config.ttl_cleanup_slots_per_record),
             checkpoints: HeapCheckpoints::new(
                 config.local_recovery_dir.clone().map(LocalCopies::new),
-                config.chain_book(None),
+                config.chain_book(key_groups, None),
             ),
             states: StateTables::new(config.incremental),
             config,

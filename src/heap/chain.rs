@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::heap::delta::Cut;
-use crate::snapshot::handle::StateFile;
+use crate::heap::rolling::{ChainFile, NewFile, Plan, Rotation};
 use crate::storage::CheckpointStorage;
 
 /// Aborted deltas in a row after which the backend rebases.
@@ -23,8 +23,8 @@ const MAX_PENDING: usize = 64;
 pub(crate) struct PendingChain {
     /// Aborted while its upload ran: the upload deletes its file and fails.
     pub(crate) aborted: bool,
-    /// The chain of the finished upload, full file first: what the checkpoint's handle lists.
-    pub(crate) files: Option<Vec<StateFile>>,
+    /// The chain of the finished upload, oldest file first: what the checkpoint's handle lists.
+    pub(crate) files: Option<Vec<ChainFile>>,
     /// Whether it is a delta (it reuses the base's files).
     pub(crate) delta: bool,
     /// Where its files are.
@@ -39,7 +39,7 @@ pub(crate) type PendingChains = Arc<Mutex<BTreeMap<u64, PendingChain>>>;
 #[derive(Clone)]
 pub(crate) struct Base {
     checkpoint_id: u64,
-    files: Vec<StateFile>,
+    files: Vec<ChainFile>,
     storage: CheckpointStorage,
     /// The backend whose local copies hold the base's files (local recovery): this one, or the one
     /// that wrote the restored checkpoint.
@@ -53,7 +53,7 @@ impl Base {
     /// `checkpoint_id` that backend `backend_id` wrote to `storage`.
     pub(crate) fn restored(
         checkpoint_id: u64,
-        files: Vec<StateFile>,
+        files: Vec<ChainFile>,
         storage: CheckpointStorage,
         backend_id: String,
     ) -> Self {
@@ -69,8 +69,12 @@ impl Base {
 
 /// What the asynchronous phase of a checkpoint of a chain needs.
 pub(crate) struct ChainUpload {
-    /// The base's files (empty for a full checkpoint), which the new file is appended to.
-    pub(crate) base: Vec<StateFile>,
+    /// The base's files the new file is appended to (empty for a full checkpoint): all but those
+    /// every key group of which a newer file, or the new one, holds whole.
+    pub(crate) base: Vec<ChainFile>,
+    /// The files to write: a delta (with the slice of rolling materialization it holds whole, maybe
+    /// none), or the files of a full checkpoint.
+    pub(crate) files: Vec<NewFile>,
     /// The base's checkpoint and the backend that wrote its local copies (`None` for a full
     /// checkpoint).
     pub(crate) base_id: Option<(u64, String)>,
@@ -79,19 +83,23 @@ pub(crate) struct ChainUpload {
 
 /// The chain bookkeeping of one heap backend with incremental checkpoints on.
 pub(crate) struct ChainBook {
-    /// Files a chain holds at most; the next checkpoint is full once the base has this many.
-    max_files: usize,
+    /// What the next checkpoint writes: a full file, or a delta with which slice.
+    rotation: Rotation,
     base: Option<Base>,
     pending: PendingChains,
     aborts_reusing_base: u32,
 }
 
 impl ChainBook {
-    /// Chains of at most `max_files` files (at least 1) on `base`; without one the first checkpoint is
-    /// full.
-    pub(crate) fn new(max_files: usize, base: Option<Base>) -> Self {
+    /// Chains of at most `max_files` files (at least 1) of the key groups `key_groups` on `base`;
+    /// without one the first checkpoint is full.
+    pub(crate) fn new(
+        max_files: usize,
+        key_groups: crate::key_group::KeyGroupRange,
+        base: Option<Base>,
+    ) -> Self {
         ChainBook {
-            max_files: max_files.max(1),
+            rotation: Rotation::new(key_groups, max_files),
             base,
             pending: PendingChains::default(),
             aborts_reusing_base: 0,
@@ -99,8 +107,8 @@ impl ChainBook {
     }
 
     /// The synchronous phase of checkpoint `checkpoint_id` into `storage`: how the tables are cut (a full
-    /// checkpoint when there is no base, it lives in another storage, its chain is at its length limit
-    /// or its deltas passed its full file's bytes; a delta otherwise), and what the upload needs.
+    /// checkpoint when there is no base, it lives in another storage, or [`Rotation::plan`] says so; a
+    /// delta otherwise), and what the upload needs.
     pub(crate) fn begin(
         &mut self,
         checkpoint_id: u64,
@@ -117,18 +125,23 @@ impl ChainBook {
             );
             self.base = None;
         }
-        let base = self.base.as_ref().filter(|b| {
-            let delta_bytes: u64 = b.files.iter().skip(1).map(|f| f.size_bytes).sum();
-            let full_bytes = b.files.first().map_or(0, |f| f.size_bytes);
-            b.files.len() < self.max_files && delta_bytes <= full_bytes
-        });
-        let (cut, files, base_id) = match base {
-            Some(b) => (
+        let plan = match &self.base {
+            Some(b) => self.rotation.plan(&b.files),
+            None => Plan::Full,
+        };
+        let (cut, files, new, base_id) = match (plan, &self.base) {
+            (Plan::Delta { kept, whole }, Some(b)) => (
                 Cut::Delta(checkpoint_id),
-                b.files.clone(),
+                kept,
+                vec![NewFile::Delta(whole)],
                 Some((b.checkpoint_id, b.backend_id.clone())),
             ),
-            None => (Cut::Full(checkpoint_id), Vec::new(), None),
+            _ => (
+                Cut::Full(checkpoint_id),
+                Vec::new(),
+                self.rotation.full_files(),
+                None,
+            ),
         };
         let mut pending = self.pending.lock();
         pending.insert(
@@ -146,6 +159,7 @@ impl ChainBook {
         drop(pending);
         let upload = ChainUpload {
             base: files,
+            files: new,
             base_id,
             pending: self.pending.clone(),
         };

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::format::keyed_file::{DEFAULT_FRAME_BYTES, DEFAULT_ZSTD_LEVEL, MAX_FRAME_RAW_LEN};
 use crate::heap::chain::{Base, ChainBook};
+use crate::key_group::KeyGroupRange;
 
 /// Settings of a heap backend; its identity is a [`SubtaskIdentity`](crate::SubtaskIdentity) of its own.
 ///
@@ -67,11 +68,15 @@ impl Default for HeapConfig {
 }
 
 impl HeapConfig {
-    /// The chain bookkeeping of a backend with these settings on `base` (a CLAIM restore's chain):
+    /// The chain bookkeeping of a backend with these settings on `base` (a CLAIM restore's chain) of the key groups `key_groups`:
     /// `Some` with incremental checkpoints on.
-    pub(crate) fn chain_book(&self, base: Option<Base>) -> Option<ChainBook> {
+    pub(crate) fn chain_book(
+        &self,
+        key_groups: KeyGroupRange,
+        base: Option<Base>,
+    ) -> Option<ChainBook> {
         self.incremental
-            .then(|| ChainBook::new(self.max_chain_files, base))
+            .then(|| ChainBook::new(self.max_chain_files, key_groups, base))
     }
 
     /// # Errors

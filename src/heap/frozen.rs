@@ -29,15 +29,19 @@ pub(crate) trait FrozenTable: Send {
     }
     /// For a delta's changes of a state not written whole: the state's `(entries, record bytes)` in key
     /// group `kg_index`, entries exact, bytes estimated from a sample of entries; call before
-    /// [`FrozenTable::write_group`] of that group. `None` for a table written whole.
+    /// [`FrozenTable::write_group`] of that group when it is not written whole. `None` for a table
+    /// written whole.
     fn estimate_group(&mut self, _kg_index: usize) -> Option<(u64, u64)> {
         None
     }
-    /// Writes the records of key group `kg_index` as state number `state`, then releases that group.
+    /// Writes the records of key group `kg_index` as state number `state`, then releases that group:
+    /// every live entry if `whole` (a full file, or a key group of a delta's whole range), else only
+    /// what a delta has of it.
     fn write_group(
         &mut self,
         kg_index: usize,
         state: u32,
+        whole: bool,
         writer: &mut KeyedFileWriter,
     ) -> Result<()>;
 }
@@ -180,11 +184,12 @@ impl<K: StateKey, N: StateKey, S: Send + Sync + 'static> FrozenTable for FrozenS
         &mut self,
         kg_index: usize,
         state: u32,
+        whole: bool,
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
         let group = self.snapshot.take_group(kg_index);
         let mut live = Vec::new();
-        if let Some(mut delta) = self.delta.take() {
+        if !whole && let Some(mut delta) = self.delta.take() {
             let written =
                 delta.write_group(kg_index, group.as_deref(), state, writer, |e, from, w| {
                     self.write_entry(e, from, state, w, &mut live)

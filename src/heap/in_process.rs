@@ -227,6 +227,7 @@ pub(crate) fn to_raw<K: StateKey>(
         rewrite: None,
         appends: false,
         patches: false,
+        whole: crate::key_group::KeyGroupRange::EMPTY,
     };
     let options = WriterOptions {
         zstd_level: None,
@@ -239,7 +240,7 @@ pub(crate) fn to_raw<K: StateKey>(
     for kg_index in 0..groups {
         let before = writer.counts().0;
         writer.begin_key_group(kg_index as u32)?;
-        frozen.write_group(kg_index, 0, &mut writer)?;
+        frozen.write_group(kg_index, 0, true, &mut writer)?;
         writer.end_key_group()?;
         let frames = writer.take_output();
         let records = (writer.counts().0 - before) as usize;

@@ -4,6 +4,7 @@
 pub(crate) mod backend;
 mod bulk;
 mod chain;
+mod chain_result;
 mod checkpoints;
 pub(crate) mod config;
 pub(crate) mod cow_map;
@@ -14,6 +15,7 @@ mod frozen;
 mod in_process;
 mod prefetch;
 mod restore;
+mod rolling;
 mod serde;
 mod snapshot;
 mod states;

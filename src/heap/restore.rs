@@ -12,6 +12,7 @@ use crate::heap::chain::Base;
 use crate::heap::checkpoints::HeapCheckpoints;
 use crate::heap::config::HeapConfig;
 use crate::heap::in_process::{InProcessRecovery, RetainedTables};
+use crate::heap::rolling::{ChainFile, FrameBytes};
 use crate::heap::states::StateTables;
 use crate::heap::table::RawTable;
 use crate::key_group::KeyGroupRange;
@@ -23,6 +24,7 @@ use crate::snapshot::result::RestoreSources;
 use crate::snapshot::state_meta::StateMeta;
 use crate::snapshot_io::chain::{Chain, Seen};
 use crate::snapshot_io::load::load_parts;
+use crate::snapshot_io::loaded::LoadedFile;
 use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
 
@@ -74,7 +76,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             range,
             handles,
         )?;
-        let continued = continued_chain(mode, &relevant, range, storage);
+        let continued = continued_chain(mode, &relevant, range).cloned();
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
         let threads = config.restore_threads;
         let loads = relevant
@@ -84,6 +86,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
         for file in loaded.iter().flatten() {
             sources.merge(&file.sources);
         }
+        let continued = continued.map(|h| restored_base(h, &loaded[0], storage));
         let mut raw = RawStates::default();
         for parts in loaded {
             let [file] = parts.as_slice() else {
@@ -121,7 +124,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
             states.add_restored(table);
         }
         let restored_from = handles.first().map(|h| h.checkpoint_id);
-        let chain = config.chain_book(continued);
+        let chain = config.chain_book(range, continued);
         let checkpoints =
             HeapCheckpoints::restored(backend_id, restored_from, local, sources, chain);
         HeapKeyedStateBackend::restored(identity, config, states, checkpoints)
@@ -164,7 +167,7 @@ impl<K: StateKey> HeapKeyedStateBackend<K> {
                     Some(handle.checkpoint_id),
                     config.local_recovery_dir.clone().map(LocalCopies::new),
                     sources,
-                    config.chain_book(None),
+                    config.chain_book(identity.key_groups(), None),
                 );
                 HeapKeyedStateBackend::restored(identity, config, states, checkpoints)?
             }
@@ -211,25 +214,57 @@ fn kept_version<'h, K: StateKey>(
 /// next checkpoint is a delta on the restored files (as the RocksDB backend's). Otherwise (NO_CLAIM:
 /// nothing restored may be referenced; a rescale; full files) the first checkpoint is full and names only
 /// files of its own.
-fn continued_chain(
+fn continued_chain<'h>(
     mode: RestoreMode,
-    relevant: &[&KeyedStateHandle],
+    relevant: &[&'h KeyedStateHandle],
     range: KeyGroupRange,
-    storage: &CheckpointStorage,
-) -> Option<Base> {
+) -> Option<&'h KeyedStateHandle> {
     match (mode, relevant) {
         (RestoreMode::Claim, [h])
             if h.key_groups == range && h.format == HandleFormat::KeyedChain =>
         {
-            Some(Base::restored(
-                h.checkpoint_id,
-                h.files.clone(),
-                storage.clone(),
-                h.backend_id.clone(),
-            ))
+            Some(h)
         }
         _ => None,
     }
+}
+
+/// The diff base of a restore that continues the chain of `handle`, whose files `loaded` holds (all key
+/// groups, oldest first): each file's whole range from its header, and the bytes of its frames of whole
+/// key groups and of changes estimated as its size split in the shares of their decoded record bytes.
+fn restored_base(
+    handle: KeyedStateHandle,
+    loaded: &[LoadedFile],
+    storage: &CheckpointStorage,
+) -> Base {
+    let files = (handle.files.iter().zip(loaded))
+        .map(|(file, part)| {
+            let whole = part.header.whole_range();
+            let total: u64 = part.groups.iter().map(|(_, b)| b.len() as u64).sum();
+            let of_whole: u64 = (part.groups.iter())
+                .filter(|(kg, _)| whole.contains(*kg))
+                .map(|(_, b)| b.len() as u64)
+                .sum();
+            let share = |raw: u64| match total {
+                0 => 0,
+                _ => (u128::from(file.size_bytes) * u128::from(raw) / u128::from(total)) as u64,
+            };
+            ChainFile {
+                file: file.clone(),
+                whole,
+                bytes: FrameBytes {
+                    whole: share(of_whole),
+                    changes: share(total - of_whole),
+                },
+            }
+        })
+        .collect();
+    Base::restored(
+        handle.checkpoint_id,
+        files,
+        storage.clone(),
+        handle.backend_id,
+    )
 }
 
 /// The restored records of every state, gathered from the files of a restore: per state, record bytes per

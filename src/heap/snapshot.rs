@@ -6,15 +6,18 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::format::keyed_file::{FileHeader, FileSummary, KeyedFileWriter, WriterOptions};
 use crate::heap::chain::ChainUpload;
+use crate::heap::chain_result::{ChainDone, chain_result};
 use crate::heap::config::HeapConfig;
 use crate::heap::frozen::FrozenTable;
 use crate::heap::in_process::KeepVersion;
+use crate::heap::rolling::{ChainFile, FrameBytes, NewFile};
+use crate::key_group::KeyGroupRange;
 use crate::keyed::backend::PendingSnapshot;
 use crate::keyed::identity::SubtaskIdentity;
-use crate::snapshot::handle::{FileScope, HandleFormat, StateFile};
+use crate::snapshot::handle::{FileScope, StateFile};
 use crate::snapshot::layout::{SHARED_DIR, checkpoint_dir, savepoint_dir};
 use crate::snapshot::result::SnapshotResult;
-use crate::snapshot::sizes::{SizeTally, StateSizes};
+use crate::snapshot::sizes::SizeTally;
 use crate::snapshot::state_meta::StateMeta;
 use crate::snapshot_io::local_copy::LocalCopies;
 use crate::snapshot_io::upload::{ChunkSink, keyed_file_result, upload_keyed_file};
@@ -100,77 +103,104 @@ impl SnapshotJob {
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
         let chain = self.chain.take();
-        let relative = match &chain {
-            Some(_) => chain_file_name(&self.backend_id, self.checkpoint_id, &storage),
-            None => {
-                snapshot_file_name(&self.identity, self.checkpoint_id, self.savepoint, &storage)
-            }
-        };
         let (checkpoint_id, identity, backend_id) = (
             self.checkpoint_id,
             self.identity.clone(),
             self.backend_id.clone(),
         );
-        let delta = chain.as_ref().is_some_and(|c| c.base_id.is_some());
+        let kinds = chain
+            .as_ref()
+            .map_or_else(|| vec![NewFile::Full], |c| c.files.clone());
         let copies = self.local.clone();
-        let copy = self.local.take().and_then(|local| {
-            let name = relative.rsplit('/').next().unwrap_or(&relative);
-            let opened = local
-                .writer(&storage, &backend_id, checkpoint_id)
-                .and_then(|writer| {
-                    let path = writer.path_for(name);
-                    let file = std::fs::File::create(&path)
-                        .map_err(|e| crate::Error::local(path.display(), e))?;
-                    Ok((writer, file))
-                });
-            opened
-                .inspect_err(|e| {
-                    tracing::warn!(checkpoint_id, error = %e, "heap backend: no local copy of this checkpoint")
-                })
+        let mut local = self.local.take().and_then(|local| {
+            (local.writer(&storage, &backend_id, checkpoint_id))
+                .inspect_err(|e| warn_no_local_copy(checkpoint_id, e))
                 .ok()
         });
-        let (writer, file) = copy.unzip();
-        let uploaded = upload_keyed_file(&storage, &relative, file, move |sink| {
-            self.encode(sink, delta)
-        })
-        .await;
-        let ((summary, sizes), copied) = match (uploaded, &chain) {
-            (Ok(done), _) => done,
-            (Err(e), Some(chain)) => {
-                chain.pending.lock().remove(&checkpoint_id);
-                return Err(e);
-            }
-            (Err(e), None) => return Err(e),
-        };
-        if let Some(chain) = chain {
-            let new = StateFile {
-                path: relative,
-                scope: FileScope::Shared,
-                size_bytes: summary.size,
-                crc32: summary.crc32,
-                created_by: checkpoint_id,
-                local_name: String::new(),
+        let mut tally = SizeTally::new(self.states.iter().map(|s| s.name.as_str()));
+        let mut written: Vec<(String, FileSummary, FrameBytes, NewFile)> = Vec::new();
+        let mut job = self;
+        for kind in kinds {
+            let relative = match &chain {
+                Some(_) => chain_file_name(&backend_id, checkpoint_id, &storage),
+                None => snapshot_file_name(&identity, checkpoint_id, job.savepoint, &storage),
             };
+            let file = local.as_ref().and_then(|writer| {
+                let path = writer.path_for(relative.rsplit('/').next().unwrap_or(&relative));
+                (std::fs::File::create(&path))
+                    .map_err(|e| crate::Error::local(path.display(), e))
+                    .inspect_err(|e| warn_no_local_copy(checkpoint_id, e))
+                    .ok()
+            });
+            let uploaded = upload_keyed_file(&storage, &relative, file, move |sink| {
+                let encoded = job.encode(sink, kind, &mut tally)?;
+                Ok((encoded, job, tally))
+            })
+            .await;
+            let (((summary, bytes), back, back_tally), copied) = match uploaded {
+                Ok(done) => done,
+                Err(e) => {
+                    if let Some(chain) = &chain {
+                        chain.pending.lock().remove(&checkpoint_id);
+                    }
+                    // Files written before this one: no handle lists them.
+                    for (path, ..) in &written {
+                        if let Err(e) = storage.delete(path).await {
+                            tracing::warn!(path = %path, error = %e, "could not delete the upload of a failed checkpoint; the orphan sweep will");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            (job, tally) = (back, back_tally);
+            if !copied {
+                local = None;
+            }
+            written.push((relative, summary, bytes, kind));
+        }
+        let sizes = tally.finish();
+        if let Some(chain) = chain {
+            let range = identity.key_groups();
+            let new = (written.iter())
+                .map(|(path, summary, bytes, kind)| ChainFile {
+                    file: StateFile {
+                        path: path.clone(),
+                        scope: FileScope::Shared,
+                        size_bytes: summary.size,
+                        crc32: summary.crc32,
+                        created_by: checkpoint_id,
+                        local_name: String::new(),
+                    },
+                    whole: kind.whole(range),
+                    bytes: *bytes,
+                })
+                .collect();
+            let summaries = written.iter().map(|(_, s, ..)| *s).collect();
             return chain_result(ChainDone {
                 chain,
                 new,
+                summaries,
                 storage: &storage,
                 backend_id,
                 identity,
                 checkpoint_id,
-                summary,
                 sizes,
-                local: copies.zip(writer.filter(|_| copied)),
+                local: copies.zip(local),
                 sync_duration,
                 started,
             })
             .await;
         }
-        if let Some(writer) = writer.filter(|_| copied)
+        if let Some(writer) = local
             && let Err(e) = writer.publish()
         {
-            tracing::warn!(checkpoint_id, error = %e, "heap backend: no local copy of this checkpoint");
+            warn_no_local_copy(checkpoint_id, &e);
         }
+        let Some((relative, summary, ..)) = written.pop() else {
+            return Err(crate::Error::IllegalState(
+                "a snapshot wrote no file".into(),
+            ));
+        };
         Ok(keyed_file_result(
             backend_id,
             identity.operator_id().to_string(),
@@ -185,36 +215,63 @@ impl SnapshotJob {
         ))
     }
 
-    /// Encodes the whole file into `sink` (a delta file if `delta`: each table's changes, or the
-    /// table whole where it rewrites); releases each key group once written. Returns the file's summary
-    /// and each state's and key group's size (a delta's states not written whole: estimates).
-    fn encode(mut self, sink: &mut ChunkSink, delta: bool) -> Result<(FileSummary, StateSizes)> {
-        let rewrite = delta.then(|| {
+    /// Encodes file `kind` into `sink`, crediting `tally` with each state's and key group's size (a
+    /// delta's states not written whole: estimates): a full file of every key group, a delta file
+    /// (each table's changes, or the table whole where it rewrites, and every table whole in the key
+    /// groups of its whole range), or a slice of a full checkpoint (every table whole in the slice's
+    /// key groups, no other). Releases each key group once written. Returns the file's summary and the
+    /// bytes of its frames.
+    fn encode(
+        &mut self,
+        sink: &mut ChunkSink,
+        kind: NewFile,
+        tally: &mut SizeTally,
+    ) -> Result<(FileSummary, FrameBytes)> {
+        let range = self.identity.key_groups();
+        let rewrites = || {
             (0..self.frozen.len() as u32)
                 .filter(|&i| self.frozen[i as usize].rewrites())
                 .collect()
-        });
-        let appends = delta && self.frozen.iter().any(|t| t.appends());
-        let patches = delta && self.frozen.iter().any(|t| t.patches());
+        };
+        let delta = matches!(kind, NewFile::Delta(_));
+        let (rewrite, written) = match kind {
+            NewFile::Full => (None, range),
+            NewFile::Delta(_) => (Some(rewrites()), range),
+            NewFile::Slice(slice) => (Some(Vec::new()), slice),
+        };
         let header = FileHeader {
             max_parallelism: self.identity.max_parallelism(),
-            key_groups: self.identity.key_groups(),
-            states: std::mem::take(&mut self.states),
+            key_groups: range,
+            states: self.states.clone(),
             rewrite,
-            appends,
-            patches,
+            appends: delta && self.frozen.iter().any(|t| t.appends()),
+            patches: delta && self.frozen.iter().any(|t| t.patches()),
+            whole: match kind {
+                NewFile::Full => KeyGroupRange::EMPTY,
+                NewFile::Delta(whole) | NewFile::Slice(whole) => whole,
+            },
         };
+        let whole = header.whole_range();
         let options = WriterOptions {
             zstd_level: self.config.zstd_level,
             frame_bytes: self.config.frame_bytes,
         };
         let mut writer = KeyedFileWriter::new(&header, options)?;
-        let mut tally = SizeTally::new(header.states.iter().map(|s| s.name.as_str()));
-        for (kg_index, key_group) in self.identity.key_groups().iter().enumerate() {
+        tally.new_file();
+        let mut bytes = FrameBytes::default();
+        for key_group in written.iter() {
+            let Some(kg_index) = range.index_of(key_group) else {
+                continue;
+            };
+            let is_whole = whole.contains(key_group);
+            let before = writer.written();
             writer.begin_key_group(key_group)?;
             for (state, table) in self.frozen.iter_mut().enumerate() {
-                let estimate = table.estimate_group(kg_index);
-                table.write_group(kg_index, state as u32, &mut writer)?;
+                let estimate = match is_whole {
+                    true => None,
+                    false => table.estimate_group(kg_index),
+                };
+                table.write_group(kg_index, state as u32, is_whole, &mut writer)?;
                 match estimate {
                     Some(estimate) => {
                         tally.add_estimate(key_group, state, writer.counts(), estimate)
@@ -223,109 +280,20 @@ impl SnapshotJob {
                 }
             }
             writer.end_key_group()?;
+            let group_bytes = writer.written() - before;
+            match is_whole {
+                true => bytes.whole += group_bytes,
+                false => bytes.changes += group_bytes,
+            }
             sink.push(writer.take_output())?;
         }
         let (last, summary) = writer.finish()?;
         sink.push(last)?;
-        Ok((summary, tally.finish()))
+        Ok((summary, bytes))
     }
 }
 
-/// A finished upload of a file of an incremental chain, to become the checkpoint's result.
-struct ChainDone<'a> {
-    chain: ChainUpload,
-    new: StateFile,
-    storage: &'a CheckpointStorage,
-    backend_id: String,
-    identity: SubtaskIdentity,
-    checkpoint_id: u64,
-    summary: FileSummary,
-    sizes: StateSizes,
-    /// The local copies, and the copy of the new file, written whole, not yet published.
-    local: Option<(LocalCopies, crate::snapshot_io::local_copy::LocalCopyWriter)>,
-    sync_duration: Duration,
-    started: Instant,
-}
-
-/// The result of a checkpoint of a chain: its handle lists the base's files (placeholders, with the ids of
-/// the checkpoints that uploaded them) and the new file. A checkpoint aborted while it uploaded deletes
-/// its file and fails; one that finished is recorded so that its confirmation makes it the base.
-async fn chain_result(done: ChainDone<'_>) -> Result<SnapshotResult> {
-    let ChainDone {
-        chain,
-        new,
-        storage,
-        backend_id,
-        identity,
-        checkpoint_id,
-        summary,
-        sizes,
-        local,
-        sync_duration,
-        started,
-    } = done;
-    let mut files = chain.base;
-    files.push(new);
-    let aborted = {
-        let mut pending = chain.pending.lock();
-        match pending.get_mut(&checkpoint_id) {
-            Some(p) if p.aborted => {
-                pending.remove(&checkpoint_id);
-                true
-            }
-            Some(p) => {
-                p.files = Some(files.clone());
-                false
-            }
-            // Forgotten (too many unresolved): its confirmation will be ignored, the handle is valid.
-            None => false,
-        }
-    };
-    let new = files.last().expect("the new file was just pushed");
-    if aborted {
-        // Nothing of an aborted checkpoint stays in storage (FLINK-30461), and it never becomes a base.
-        if let Err(e) = storage.delete(&new.path).await {
-            tracing::warn!(path = %new.path, error = %e, "could not delete the upload of an aborted checkpoint; the orphan sweep will");
-        }
-        return Err(crate::Error::IllegalState(format!(
-            "checkpoint {checkpoint_id} was aborted during its asynchronous phase"
-        )));
-    }
-    if let Some((copies, writer)) = local {
-        // The base's files come from the base's local copy (hard links), so that the copy of this
-        // checkpoint holds its whole chain; one missing fails only this copy.
-        let linked = match &chain.base_id {
-            Some((base_id, base_backend)) => files[..files.len() - 1].iter().try_for_each(|f| {
-                let source = copies.copy_path(storage, base_backend, *base_id, f);
-                writer.link_or_copy(&source, crate::snapshot_io::local_copy::local_file_name(f))
-            }),
-            None => Ok(()),
-        };
-        if let Err(e) = linked.and_then(|()| writer.publish()) {
-            tracing::warn!(checkpoint_id, error = %e, "heap backend: no local copy of this checkpoint");
-        }
-    }
-    let full_bytes = files.iter().map(|f| f.size_bytes).sum();
-    let files_reused = files.len() as u32 - 1;
-    let handle = crate::snapshot::handle::KeyedStateHandle {
-        backend_id,
-        operator_id: identity.operator_id().to_string(),
-        checkpoint_id,
-        max_parallelism: identity.max_parallelism(),
-        key_groups: identity.key_groups(),
-        format: HandleFormat::KeyedChain,
-        files,
-    };
-    let metrics = crate::snapshot::result::SnapshotMetrics {
-        sync_duration,
-        async_duration: started.elapsed(),
-        checkpointed_bytes: summary.size,
-        full_bytes,
-        state_bytes: summary.raw_bytes,
-        entries: summary.records,
-        files_uploaded: 1,
-        files_reused,
-        sizes,
-    };
-    Ok(SnapshotResult { handle, metrics })
+/// Logs that checkpoint `checkpoint_id` keeps no local copy, and why.
+fn warn_no_local_copy(checkpoint_id: u64, error: &crate::Error) {
+    tracing::warn!(checkpoint_id, error = %error, "heap backend: no local copy of this checkpoint");
 }

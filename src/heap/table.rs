@@ -367,7 +367,7 @@ impl<K: StateKey> ErasedTable<K> for RawTable {
 }
 
 /// Restored records frozen as they are, and whether they are written (a full write) or not (a delta:
-/// they did not change).
+/// they did not change, so only the key groups of its whole range are written).
 struct FrozenRawTable(Arc<Vec<(usize, Vec<u8>)>>, bool);
 
 impl FrozenTable for FrozenRawTable {
@@ -378,9 +378,10 @@ impl FrozenTable for FrozenRawTable {
         &mut self,
         kg_index: usize,
         state: u32,
+        whole: bool,
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
-        if !self.1 {
+        if !self.1 && !whole {
             return Ok(());
         }
         let Ok(at) = self.0.binary_search_by_key(&kg_index, |(kg, _)| *kg) else {

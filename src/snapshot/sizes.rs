@@ -127,6 +127,11 @@ impl SizeTally {
         }
     }
 
+    /// Starts crediting a new writer's counters (a snapshot of several files: one writer each).
+    pub(crate) fn new_file(&mut self) {
+        self.last = (0, 0);
+    }
+
     /// Credits what the writer wrote since the last call (its counters are now `counts`, `(records,
     /// bytes)`) to state `state` (header index) in `key_group`; key groups must come in ascending order.
     pub(crate) fn add(&mut self, key_group: u32, state: usize, counts: (u64, u64)) {

@@ -16,7 +16,7 @@ pub(crate) use crate::snapshot_io::loaded::LoadedFile;
 /// an intact local copy of the file (its size and CRC32 the handle's) is read instead of checkpoint
 /// storage; a missing or damaged one is reported in the result's `sources` and storage read. A
 /// [`HandleFormat::KeyedChain`] handle (heap incremental) is read whole: every file of the chain, merged
-/// into the records of its newest state (`snapshot_io/chain.rs`). A file's key groups are decompressed
+/// into the records of its newest state (`snapshot_io/chain/mod.rs`). A file's key groups are decompressed
 /// on up to `threads` threads (the calling one included; a file under 1 MiB uses one).
 ///
 /// # Errors
@@ -36,8 +36,8 @@ pub(crate) async fn load_handle(
     crate::snapshot_io::chain::merge(files)
 }
 
-/// As [`load_handle`], with a chain's files returned as they are, full file first (one file for a
-/// keyed-file handle), for a restore that visits a chain's records itself (`snapshot_io/chain.rs`).
+/// As [`load_handle`], with a chain's files returned as they are, oldest first (one file for a
+/// keyed-file handle), for a restore that visits a chain's records itself (`snapshot_io/chain/mod.rs`).
 ///
 /// # Errors
 /// As [`load_handle`].
@@ -60,7 +60,12 @@ pub(crate) async fn load_parts(
             .files
             .iter()
             .enumerate()
-            .map(|(i, file)| load_file(storage, handle, file, range, local, i > 0, threads));
+            // The oldest file of a chain is a full file, or a delta once rolling materialization left
+            // the chain's full file behind; every later one is a delta.
+            .map(|(i, file)| {
+                let delta = (i > 0).then_some(true);
+                load_file(storage, handle, file, range, local, delta, threads)
+            });
         return futures::future::try_join_all(loads).await;
     }
     if handle.format != HandleFormat::KeyedFile {
@@ -79,19 +84,19 @@ pub(crate) async fn load_parts(
         )));
     };
     Ok(vec![
-        load_file(storage, handle, file, range, local, false, threads).await?,
+        load_file(storage, handle, file, range, local, Some(false), threads).await?,
     ])
 }
 
-/// Reads and checks `file` of `handle` (a delta file if `delta`, a full one otherwise), as
-/// [`load_handle`] does for a handle of one file.
+/// Reads and checks `file` of `handle` (a delta file if `delta` is `Some(true)`, a full one if
+/// `Some(false)`, either if `None`), as [`load_handle`] does for a handle of one file.
 async fn load_file(
     storage: &CheckpointStorage,
     handle: &KeyedStateHandle,
     file: &StateFile,
     range: KeyGroupRange,
     local: Option<&LocalCopies>,
-    delta: bool,
+    delta: Option<bool>,
     threads: usize,
 ) -> Result<LoadedFile> {
     let mut sources = RestoreSources::default();
@@ -145,7 +150,9 @@ async fn load_file(
     }
     let (index, header, header_len) = read_index_and_header(&source, &path, true).await?;
     let index = index.unwrap_or_default();
-    if header.rewrite.is_some() != delta {
+    if let Some(delta) = delta
+        && header.rewrite.is_some() != delta
+    {
         let (is, expected) = if delta {
             ("a full file", "a delta")
         } else {

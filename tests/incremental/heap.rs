@@ -20,6 +20,21 @@ pub(crate) fn incremental(max_chain_files: usize) -> HeapConfig {
     }
 }
 
+/// The checkpoints that wrote the files `h` lists, ascending, each once: `[id]` for a full checkpoint
+/// (one file per slice of rolling materialization), its base's and `id` for a delta.
+pub(crate) fn writers(h: &KeyedStateHandle) -> Vec<u64> {
+    let mut ids: Vec<u64> = h.files.iter().map(|f| f.created_by).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Whether `h` is a delta of checkpoint `id`: one new file, the rest placeholders of earlier ones.
+fn one_new_file(h: &KeyedStateHandle, id: u64) -> bool {
+    let new = h.files.iter().filter(|f| f.created_by == id).count();
+    new == 1 && h.files.last().is_some_and(|f| f.created_by == id) && h.files.len() > 1
+}
+
 pub(crate) fn heaps(parallelism: u32, config: &HeapConfig) -> Vec<Heap> {
     (0..parallelism)
         .map(|i| Heap::new(identity(128, parallelism, i), config.clone()).unwrap())
@@ -86,8 +101,8 @@ fn a_delta_uploads_only_the_changed_entries_and_restores_at_any_parallelism() {
         let s2 = checkpoint(&mut coord, &mut b).await;
         assert_eq!(s2.files_uploaded, 2, "one delta per subtask");
         assert_eq!(
-            s2.files_reused, 2,
-            "each delta is on its subtask's full file"
+            s2.files_reused, s1.files_uploaded,
+            "each delta is on its subtask's full checkpoint's files"
         );
         // 300 of 20,000 entries changed: their records are under 2% of the state's bytes (compressed, the
         // full file's equal values shrink more than the delta's).
@@ -99,9 +114,13 @@ fn a_delta_uploads_only_the_changed_entries_and_restores_at_any_parallelism() {
         let meta = coord.store().latest().unwrap().clone();
         for h in handles(&meta) {
             assert_eq!(h.format, HandleFormat::KeyedChain);
-            assert_eq!(h.files.len(), 2);
+            assert!(one_new_file(&h, 2), "{h:?}");
+            assert_eq!(
+                writers(&h),
+                [1, 2],
+                "the full checkpoint's files are placeholders"
+            );
             assert!(h.files.iter().all(|f| f.scope == FileScope::Shared));
-            assert_eq!(h.files[0].created_by, 1, "the full file is a placeholder");
         }
         // The subsumed checkpoint 1 is gone; the files checkpoint 2 still uses are not.
         assert_retained_files_intact(&coord, true).await;
@@ -118,8 +137,11 @@ fn a_delta_uploads_only_the_changed_entries_and_restores_at_any_parallelism() {
     });
 }
 
+/// Chains of at most 3 files: a full checkpoint writes a file per slice (two slices), the first delta
+/// none, and every later delta one slice in rotation, so that the chain drops its oldest files and no
+/// checkpoint after the first is full.
 #[test]
-fn chains_stop_at_their_limit_and_the_next_checkpoint_is_full() {
+fn chains_stay_within_their_limit_and_rotate_slices_instead_of_writing_a_full_checkpoint_again() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("heap-chain").unwrap();
         let config = incremental(3);
@@ -131,7 +153,9 @@ fn chains_stop_at_their_limit_and_the_next_checkpoint_is_full() {
             fill(&mut b[0], round * 10..round * 10 + 10, round);
             checkpoint(&mut coord, &mut b).await;
             let meta = coord.store().latest().unwrap().clone();
-            lengths.push(handles(&meta)[0].files.len());
+            let h = &handles(&meta)[0];
+            lengths.push(h.files.len());
+            assert!(round == 1 || one_new_file(h, round), "round {round}: {h:?}");
             assert_retained_files_intact(&coord, true).await;
             let mut restored = restore_at(&storage, &meta, 1, &config).await;
             assert_eq!(
@@ -140,7 +164,8 @@ fn chains_stop_at_their_limit_and_the_next_checkpoint_is_full() {
                 "round {round}"
             );
         }
-        assert_eq!(lengths, vec![1, 2, 3, 1, 2, 3, 1]);
+        // Slices of 64 key groups: [P0 P1], [P0 P1 D2], [P1 D2 S3], [S3 S4], [S4 S5], ...
+        assert_eq!(lengths, vec![2, 3, 3, 2, 2, 2, 2]);
     });
 }
 
@@ -156,7 +181,7 @@ fn an_unconfirmed_checkpoint_is_never_a_base_and_its_changes_go_into_the_next_de
         fill(&mut b[0], 0..10, 2);
         // Checkpoint 2 is never confirmed (declined, or its notification lost).
         let second = b[0].snapshot(2, &storage).unwrap().run().await.unwrap();
-        assert_eq!(second.handle.files.len(), 2);
+        assert!(one_new_file(&second.handle, 2));
         fill(&mut b[0], 500..510, 3);
         let savepoint = b[0]
             .savepoint(3, &storage, SavepointFormat::Canonical)
@@ -171,8 +196,9 @@ fn an_unconfirmed_checkpoint_is_never_a_base_and_its_changes_go_into_the_next_de
         );
         fill(&mut b[0], 900..910, 4);
         let fourth = b[0].snapshot(4, &storage).unwrap().run().await.unwrap();
-        assert_eq!(fourth.handle.files.len(), 2, "a delta on checkpoint 1");
-        assert_eq!(fourth.handle.files[0], first.handle.files[0]);
+        assert!(one_new_file(&fourth.handle, 4), "a delta");
+        let placeholders = &fourth.handle.files[..fourth.handle.files.len() - 1];
+        assert_eq!(placeholders, first.handle.files, "on checkpoint 1");
         let meta = CheckpointMetadata {
             checkpoint_id: 4,
             timestamp_ms: 0,
@@ -222,13 +248,23 @@ fn a_claim_restore_of_the_same_key_groups_continues_the_chain_and_no_claim_or_a_
             .run()
             .await
             .unwrap();
-        assert_eq!(
-            third.handle.files.len(),
-            3,
+        assert!(
+            one_new_file(&third.handle, 3),
             "the restored chain plus a delta"
         );
-        assert_eq!(third.handle.files[..2], second.handle.files[..]);
-        assert_eq!(third.metrics.entries, 10, "only the changed entries");
+        assert_eq!(writers(&third.handle), [1, 2, 3]);
+        let placeholders = &third.handle.files[..third.handle.files.len() - 1];
+        assert!(
+            placeholders.iter().all(|f| second.handle.files.contains(f)),
+            "the restored chain's files, less those the new slice replaces"
+        );
+        // The 10 changed entries and one slice of 128 / 9 key groups (about 600 of the 5,000 entries)
+        // written whole.
+        assert!(
+            (10..1_000).contains(&third.metrics.entries),
+            "the changes and a slice only: {:?}",
+            third.metrics
+        );
         let third_meta = CheckpointMetadata {
             checkpoint_id: 3,
             tasks: vec![TaskStateSnapshot::keyed("op", 0, third.handle.clone())],
@@ -245,8 +281,8 @@ fn a_claim_restore_of_the_same_key_groups_continues_the_chain_and_no_claim_or_a_
             .await
             .unwrap();
         assert_eq!(
-            fourth.handle.files.len(),
-            1,
+            writers(&fourth.handle),
+            [4],
             "rebased after an abort on a restored base"
         );
 
@@ -263,7 +299,7 @@ fn a_claim_restore_of_the_same_key_groups_continues_the_chain_and_no_claim_or_a_
         .unwrap();
         fill(&mut no_claim, 0..1, 5);
         let after_no_claim = no_claim.snapshot(5, &storage).unwrap().run().await.unwrap();
-        assert_eq!(after_no_claim.handle.files.len(), 1);
+        assert_eq!(writers(&after_no_claim.handle), [5], "a full checkpoint");
         assert!(
             after_no_claim
                 .handle
@@ -276,7 +312,7 @@ fn a_claim_restore_of_the_same_key_groups_continues_the_chain_and_no_claim_or_a_
         let mut rescaled = restore_at(&storage, &meta, 2, &config).await;
         for (i, b) in rescaled.iter_mut().enumerate() {
             let r = b.snapshot(6, &storage).unwrap().run().await.unwrap();
-            assert_eq!(r.handle.files.len(), 1, "subtask {i}");
+            assert_eq!(writers(&r.handle), [6], "subtask {i}: a full checkpoint");
         }
     });
 }
@@ -316,7 +352,7 @@ fn a_delta_of_a_state_with_ttl_restores_what_was_live_at_its_synchronous_phase()
         s.clear(&mut b, &VoidNamespace).unwrap();
         clock.advance(Duration::from_millis(60));
         let second = b.snapshot(2, &storage).unwrap().run().await.unwrap();
-        assert_eq!(second.handle.files.len(), 2, "a delta");
+        assert!(one_new_file(&second.handle, 2), "a delta");
         assert_eq!(
             second.metrics.entries, 12,
             "9 live upserts, tombstones for the expired 200 and 5 and the cleared 15"
@@ -374,7 +410,7 @@ fn a_delta_reports_every_states_size_entries_exact_and_bytes_estimated() {
         }
         let id = coord.trigger().await.unwrap();
         let delta = b[0].snapshot(id, &storage).unwrap().run().await.unwrap();
-        assert_eq!(delta.handle.files.len(), 2, "a delta");
+        assert!(one_new_file(&delta.handle, id), "a delta");
         let full = b[0]
             .savepoint(id + 1, &storage, SavepointFormat::Canonical)
             .unwrap()

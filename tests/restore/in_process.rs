@@ -248,7 +248,8 @@ fn a_claim_restore_of_a_chain_from_memory_starts_a_new_chain() {
             assert_eq!(b.restore_sources().in_process, 1);
             restored.push(b);
         }
-        // The first checkpoint names no file of the restored chain: a new full file each.
+        // The first checkpoint names no file of the restored chain: a new full checkpoint each (a file
+        // per slice of rolling materialization).
         write(&mut restored[0], 0..1_000, 3);
         write(&mut restored[1], 0..1_000, 3);
         checkpoint(&mut job.coordinator, &mut restored).await;
@@ -259,14 +260,24 @@ fn a_claim_restore_of_a_chain_from_memory_starts_a_new_chain() {
             .map(|f| &f.path)
             .collect();
         for h in &first {
-            assert_eq!(h.files.len(), 1, "{h:?}");
-            assert!(!old.contains(&&h.files[0].path));
+            assert!(
+                h.files.iter().all(|f| f.created_by == h.checkpoint_id),
+                "{h:?}"
+            );
+            assert!(h.files.iter().all(|f| !old.contains(&&f.path)));
         }
         // The next one is a delta on it.
         write(&mut restored[0], 0..1_000, 4);
         checkpoint(&mut job.coordinator, &mut restored).await;
         let second = handles(job.coordinator.store().latest().unwrap());
-        assert!(second.iter().any(|h| h.files.len() == 2), "{second:?}");
+        let delta_on_first = |h: &KeyedStateHandle| {
+            let (placeholders, new) = h.files.split_at(h.files.len() - 1);
+            new[0].created_by == h.checkpoint_id
+                && placeholders
+                    .iter()
+                    .all(|f| first.iter().any(|g| g.files.contains(f)))
+        };
+        assert!(second.iter().all(delta_on_first), "{second:?}");
     });
 }
 

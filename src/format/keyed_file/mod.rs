@@ -21,6 +21,9 @@ pub(crate) const DELTA_VERSION: u16 = 2;
 pub(crate) const APPEND_VERSION: u16 = 3;
 /// Format version of a delta file that may also hold patch records ([`PATCH`]) beside append records.
 pub(crate) const PATCH_VERSION: u16 = 4;
+/// Format version of a delta file that also holds some key groups *whole* (rolling materialization,
+/// [`FileHeader::whole`]): version 4 plus that range at the end of the header.
+pub(crate) const WHOLE_VERSION: u16 = 5;
 /// Bit of a record's `state` word that marks a tombstone in a delta file: the key and namespace are
 /// removed, the value bytes are empty.
 pub(crate) const TOMBSTONE: u32 = 1 << 31;
@@ -77,18 +80,33 @@ pub(crate) struct FileHeader {
     pub(crate) rewrite: Option<Vec<u32>>,
     /// A delta file that may hold append records (versions 3 and 4); false for every other file.
     pub(crate) appends: bool,
-    /// A delta file that may hold patch records (version 4); false for every other file.
+    /// A delta file that may hold patch records (versions 4 and 5); false for every other file.
     pub(crate) patches: bool,
+    /// For a delta file of version 5: the key groups (inside `key_groups`) it holds *whole*: every live
+    /// entry of every state of the header, as upserts, so that a chain's earlier files are not read for
+    /// them. Empty for every other file (a full file is whole for all its key groups: see
+    /// [`FileHeader::whole_range`]).
+    pub(crate) whole: KeyGroupRange,
 }
 
 impl FileHeader {
     /// The format version of a file with this header.
     pub(crate) fn version(&self) -> u16 {
         match (&self.rewrite, self.appends, self.patches) {
+            (Some(_), _, _) if !self.whole.is_empty() => WHOLE_VERSION,
             (Some(_), _, true) => PATCH_VERSION,
             (Some(_), true, false) => APPEND_VERSION,
             (Some(_), false, false) => DELTA_VERSION,
             (None, _, _) => VERSION,
+        }
+    }
+
+    /// The key groups this file holds whole: all of `key_groups` for a full file, [`FileHeader::whole`]
+    /// for a delta.
+    pub(crate) fn whole_range(&self) -> KeyGroupRange {
+        match self.rewrite {
+            None => self.key_groups,
+            Some(_) => self.whole,
         }
     }
 }
@@ -142,10 +160,18 @@ impl KeyedFileWriter {
     /// # Errors
     /// [`Error::InvalidArgument`] if the zstd level is rejected or a header string is over 4 GiB.
     pub(crate) fn new(header: &FileHeader, options: WriterOptions) -> Result<Self> {
-        if (header.appends || header.patches) && header.rewrite.is_none() {
+        if (header.appends || header.patches || !header.whole.is_empty())
+            && header.rewrite.is_none()
+        {
             return Err(Error::InvalidArgument(
-                "append or patch records asked of a full keyed file".into(),
+                "append or patch records or a whole range asked of a full keyed file".into(),
             ));
+        }
+        if header.whole.intersection(&header.key_groups) != header.whole {
+            return Err(Error::InvalidArgument(format!(
+                "whole range {} outside the file's key groups {}",
+                header.whole, header.key_groups
+            )));
         }
         let compressor = options
             .zstd_level
@@ -177,6 +203,10 @@ impl KeyedFileWriter {
             body.try_put_count(rewrite.len(), "rewritten state count")?;
             for &state in rewrite {
                 body.put_u32(state);
+            }
+            if !header.whole.is_empty() {
+                body.put_u32(header.whole.start());
+                body.put_u32(header.whole.start() + header.whole.len());
             }
         }
         out.try_put_count(body.len(), "header length")?;
@@ -330,6 +360,13 @@ impl KeyedFileWriter {
             }
         }
         Ok(())
+    }
+
+    /// Bytes of the file written so far (those handed out and those still buffered), once the frame
+    /// in progress is flushed: what a key group occupies is the difference across its
+    /// [`KeyedFileWriter::end_key_group`].
+    pub(crate) fn written(&self) -> u64 {
+        self.offset()
     }
 
     /// Records and uncompressed record bytes written so far, `(records, bytes)`.

@@ -4,9 +4,11 @@
 use super::{
     APPEND_VERSION, CODEC_NONE, CODEC_ZSTD, DELTA_VERSION, FOOTER_LEN, FileHeader,
     HEADER_PREFIX_LEN, IndexEntry, MAGIC, MAX_EXPANSION, MAX_FRAME_RAW_LEN, PATCH_VERSION, VERSION,
+    WHOLE_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::format::bytes::Decoder;
+use crate::key_group::KeyGroupRange;
 
 /// Parsed footer: where the index is.
 #[derive(Debug, Clone, Copy)]
@@ -14,8 +16,8 @@ pub(crate) struct Footer {
     pub(crate) index_offset: u64,
     pub(crate) index_len: u64,
     index_crc: u32,
-    /// Format version: [`VERSION`] (a full file), [`DELTA_VERSION`], [`APPEND_VERSION`] or
-    /// [`PATCH_VERSION`] (a delta file).
+    /// Format version: [`VERSION`] (a full file), [`DELTA_VERSION`], [`APPEND_VERSION`],
+    /// [`PATCH_VERSION`] or [`WHOLE_VERSION`] (a delta file).
     pub(crate) version: u16,
 }
 
@@ -39,11 +41,11 @@ pub(crate) fn parse_footer(bytes: &[u8], file_len: u64, path: &str) -> Result<Fo
             "bad magic at the end: not a keyed snapshot file or truncated",
         ));
     }
-    if !(VERSION..=PATCH_VERSION).contains(&version) {
+    if !(VERSION..=WHOLE_VERSION).contains(&version) {
         return Err(Error::corrupt(
             path,
             format!(
-                "unsupported format version {version}, this build reads {VERSION} to {PATCH_VERSION}"
+                "unsupported format version {version}, this build reads {VERSION} to {WHOLE_VERSION}"
             ),
         ));
     }
@@ -162,6 +164,21 @@ pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
     } else {
         None
     };
+    let whole = if version >= WHOLE_VERSION {
+        let (first, end) = (d.u32("whole range start")?, d.u32("whole range end")?);
+        let inside =
+            key_groups.contains(first) && first < end && end - 1 <= key_groups.end().unwrap_or(0);
+        match inside.then(|| KeyGroupRange::new(first, end - 1)) {
+            Some(Ok(whole)) => whole,
+            _ => {
+                return Err(d.error(format!(
+                    "whole range [{first}, {end}) is empty or outside the file's key groups {key_groups}"
+                )));
+            }
+        }
+    } else {
+        KeyGroupRange::EMPTY
+    };
     d.finish("header body")?;
     Ok(FileHeader {
         max_parallelism,
@@ -170,6 +187,7 @@ pub(crate) fn parse_header(bytes: &[u8], path: &str) -> Result<FileHeader> {
         rewrite,
         appends: version >= APPEND_VERSION,
         patches: version >= PATCH_VERSION,
+        whole,
     })
 }
 

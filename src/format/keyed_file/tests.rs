@@ -19,6 +19,7 @@ fn header() -> FileHeader {
         rewrite: None,
         appends: false,
         patches: false,
+        whole: crate::key_group::KeyGroupRange::EMPTY,
     }
 }
 
@@ -196,4 +197,82 @@ fn frames_that_would_expand_over_the_limit_are_written_uncompressed_and_restore(
     let raw = decode_frames(block, e.offset, "t").unwrap();
     let r = records(&raw, "t").next().unwrap().unwrap();
     assert_eq!(r.value, value.as_slice());
+}
+
+/// The header bytes a writer of `header` starts its file with.
+fn header_bytes(header: &FileHeader) -> Vec<u8> {
+    let options = WriterOptions {
+        zstd_level: None,
+        frame_bytes: 64,
+    };
+    KeyedFileWriter::new(header, options).unwrap().take_output()
+}
+
+#[test]
+fn a_version_5_header_keeps_its_whole_range_and_a_range_outside_the_file_is_refused() {
+    let mut delta = header();
+    delta.rewrite = Some(Vec::new());
+    delta.whole = KeyGroupRange::new(4, 7).unwrap();
+    assert_eq!(delta.version(), WHOLE_VERSION);
+    assert_eq!(delta.whole_range(), delta.whole);
+    let bytes = header_bytes(&delta);
+    let parsed = parse_header(&bytes, "test").unwrap();
+    assert_eq!(
+        parsed,
+        FileHeader {
+            appends: true,
+            patches: true,
+            ..delta.clone()
+        }
+    );
+    // Without a whole range a delta stays of the version older readers read.
+    let plain = FileHeader {
+        whole: KeyGroupRange::EMPTY,
+        ..delta.clone()
+    };
+    assert_eq!(plain.version(), DELTA_VERSION);
+    assert_eq!(
+        header().whole_range(),
+        header().key_groups,
+        "a full file is whole"
+    );
+    // The writer refuses a range outside the file's key groups, or on a full file.
+    let outside = FileHeader {
+        whole: KeyGroupRange::new(10, 20).unwrap(),
+        ..delta.clone()
+    };
+    let full = FileHeader {
+        rewrite: None,
+        ..delta.clone()
+    };
+    for bad in [outside, full] {
+        let err = KeyedFileWriter::new(
+            &bad,
+            WriterOptions {
+                zstd_level: None,
+                frame_bytes: 64,
+            },
+        );
+        assert_eq!(
+            err.err().unwrap().kind(),
+            crate::error::ErrorKind::InvalidArgument
+        );
+    }
+    // A reader refuses a stored range that is empty or outside, as a corrupt header.
+    let end = bytes.len() - 4;
+    for (first, end_exclusive) in [(6u32, 6u32), (12, 17), (9, 3)] {
+        let mut bad = bytes.clone();
+        bad[end - 8..end - 4].copy_from_slice(&first.to_le_bytes());
+        bad[end - 4..end].copy_from_slice(&end_exclusive.to_le_bytes());
+        let body = &bad[HEADER_PREFIX_LEN..end];
+        let crc = crc32fast::hash(body);
+        bad[end..].copy_from_slice(&crc.to_le_bytes());
+        let err = parse_header(&bad, "test").unwrap_err();
+        assert_eq!(
+            err.kind(),
+            crate::error::ErrorKind::Corrupt,
+            "{first}..{end_exclusive}: {err}"
+        );
+        assert!(err.to_string().contains("whole range"), "{err}");
+    }
 }

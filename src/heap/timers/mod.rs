@@ -206,8 +206,10 @@ impl<K: StateKey, N: StateKey> FrozenTable for FrozenTimers<K, N> {
         &mut self,
         kg_index: usize,
         state: u32,
+        _whole: bool,
         writer: &mut KeyedFileWriter,
     ) -> Result<()> {
+        // Timers are written whole in every file.
         let group = std::mem::replace(&mut self.0[kg_index], CowArc::new(TimerGroup::new()));
         // In timer order (timestamp, key hash), each once: resolving the log here, in the asynchronous
         // phase, leaves a restore an already sorted run (its sort then only checks the order).

@@ -103,6 +103,7 @@ impl CanonicalExport {
             rewrite: None,
             appends: false,
             patches: false,
+            whole: crate::key_group::KeyGroupRange::EMPTY,
         };
         let mut writer = KeyedFileWriter::new(
             &header,

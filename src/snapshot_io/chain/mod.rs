@@ -1,11 +1,13 @@
 //! Merging the files of a heap incremental chain (`docs/heap-incremental.md`): a full file, then deltas,
 //! into the records of the chain's newest state, so that a restore decodes them as one full file's.
 //!
-//! Per key group the files are read newest first. A record decides its `(state, key, namespace)`: the
-//! first one seen (the newest) wins, a tombstone removes it, and older records of it are skipped. A state
-//! takes records from the newest file back to the first file that rewrites it (or the full file); a
-//! file whose header lacks the state ends its history (the state was dropped there and registered anew).
-//! Only the deltas' records are remembered, so the full file's records cost one lookup each. An append
+//! Per key group the files are read newest first, back to the newest file that holds the key group
+//! whole (a full file, or a delta of rolling materialization whose whole range holds it); older files
+//! are not read for it. A record decides its `(state, key, namespace)`: the first one seen (the newest)
+//! wins, a tombstone removes it, and older records of it are skipped. A state takes records from the
+//! newest file back to the first file that rewrites it; a file whose header lacks the state ends its
+//! history (the state was dropped there and registered anew). Only the records of files newer than the
+//! key group's whole file are remembered, so the whole file's records cost one lookup each. An append
 //! record (a list's new elements) or a patch record (a map's changed user keys) does not decide its
 //! entry: it waits for the older record that does, and the entry is that record's list followed by the
 //! appended elements, or its map with the patches applied, oldest first.
@@ -97,8 +99,10 @@ pub(crate) struct Chain<'a> {
     /// Per file, per state of its header: the newest file's state its records belong to, if any.
     targets: Vec<Vec<Option<u32>>>,
     /// Per key group with records, ascending: the decoded records of each file that has some, newest
-    /// file first.
+    /// file first, back to the key group's whole file.
     groups: Vec<(u32, Vec<FilePart<'a>>)>,
+    /// Per key group of `groups`: the position in the chain of its whole file (the last file visited).
+    whole: Vec<usize>,
 }
 
 /// One file's decoded records of a key group: `(position of the file in the chain, records)`.
@@ -110,7 +114,7 @@ impl<'a> Chain<'a> {
     /// # Errors
     /// [`Error::InvalidArgument`] for no file; [`Error::Corrupt`] naming a file whose header disagrees
     /// with the chain (another key-group range or max parallelism, a state whose codecs change without
-    /// a rewrite).
+    /// a rewrite), or the newest file when some key group of the chain's range is whole in no file.
     pub(crate) fn new(files: &'a [LoadedFile]) -> Result<Self> {
         let Some(newest) = files.last() else {
             return Err(Error::InvalidArgument("a chain of no file".into()));
@@ -126,16 +130,41 @@ impl<'a> Chain<'a> {
             }
         }
         let targets = state_targets(files)?;
+        let range = newest.header.key_groups;
+        // Per key group of the range: the newest file that holds it whole.
+        let mut whole_file: Vec<Option<usize>> = vec![None; range.len() as usize];
+        for (j, file) in files.iter().enumerate() {
+            for kg in file.header.whole_range().iter() {
+                if let Some(i) = range.index_of(kg) {
+                    whole_file[i] = Some(j);
+                }
+            }
+        }
+        if let Some(i) = whole_file.iter().position(Option::is_none) {
+            return Err(Error::corrupt(
+                &newest.path,
+                format!(
+                    "no file of the chain holds key group {} whole",
+                    range.start() + i as u32
+                ),
+            ));
+        }
+        let whole_of = |kg: u32| range.index_of(kg).and_then(|i| whole_file[i]).unwrap_or(0);
         let mut by_group: BTreeMap<u32, Vec<(usize, &[u8])>> = BTreeMap::new();
         for (j, file) in files.iter().enumerate().rev() {
             for (kg, bytes) in &file.groups {
-                by_group.entry(*kg).or_default().push((j, bytes));
+                if j >= whole_of(*kg) {
+                    by_group.entry(*kg).or_default().push((j, bytes));
+                }
             }
         }
+        let groups: Vec<_> = by_group.into_iter().collect();
+        let whole = groups.iter().map(|(kg, _)| whole_of(*kg)).collect();
         Ok(Chain {
             files,
             targets,
-            groups: by_group.into_iter().collect(),
+            groups,
+            whole,
         })
     }
 
@@ -149,6 +178,7 @@ impl<'a> Chain<'a> {
             rewrite: None,
             appends: false,
             patches: false,
+            whole: crate::key_group::KeyGroupRange::EMPTY,
         }
     }
 
@@ -170,7 +200,7 @@ impl<'a> Chain<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] naming the file of a record that does not parse, of an unknown state, of a
-    /// tombstone in the full file, of an append record in a file of a version without them, or one
+    /// tombstone in the key group's whole file, of an append record in a file of a version without them, or one
     /// whose entry's older record is a tombstone, missing or not a list value; the first error of `f`.
     pub(crate) fn visit_group(
         &self,
@@ -185,6 +215,7 @@ impl<'a> Chain<'a> {
         } = seen;
         decided.clear();
         appended.clear();
+        let whole = self.whole[group];
         for &(j, bytes) in &self.groups[group].1 {
             let file = &self.files[j];
             let mut kinds = TOMBSTONE;
@@ -213,8 +244,11 @@ impl<'a> Chain<'a> {
                 else {
                     continue;
                 };
-                if tombstone && j == 0 {
-                    return Err(Error::corrupt(&file.path, "a tombstone in a full file"));
+                if tombstone && j == whole {
+                    return Err(Error::corrupt(
+                        &file.path,
+                        "a tombstone in a file that holds its key group whole",
+                    ));
                 }
                 let entry = (target, r.key, r.namespace);
                 if append || patch {
@@ -230,8 +264,8 @@ impl<'a> Chain<'a> {
                     }
                     continue;
                 }
-                // Only the deltas' records are remembered: nothing older than the full file is read.
-                let first = if j == 0 {
+                // Only newer files' records are remembered: nothing older than the whole file is read.
+                let first = if j == whole {
                     decided.is_empty() || !decided.contains(&entry)
                 } else {
                     decided.insert(entry)
@@ -317,164 +351,4 @@ fn state_targets(files: &[LoadedFile]) -> Result<Vec<Vec<Option<u32>>>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::merge;
-    use crate::format::bytes::PutExt;
-    use crate::format::keyed_file::{APPEND, FileHeader, PATCH, TOMBSTONE};
-    use crate::key_group::KeyGroupRange;
-    use crate::snapshot::state_meta::{StateKind, StateMeta};
-    use crate::snapshot_io::element_merge::tests::list;
-    use crate::snapshot_io::loaded::LoadedFile;
-
-    /// A file of one list state (`u64` keys) holding `records` `(state word, key, list value)` in key
-    /// group 0; a delta (version 3) unless `full`.
-    fn file(path: &str, full: bool, records: &[(u32, u64, Vec<u8>)]) -> LoadedFile {
-        let mut bytes = Vec::new();
-        for (state, key, value) in records {
-            bytes.put_u32(*state);
-            bytes.put_bytes(&key.to_be_bytes());
-            bytes.put_bytes(&[]);
-            bytes.put_bytes(value);
-        }
-        LoadedFile {
-            path: path.into(),
-            header: FileHeader {
-                max_parallelism: 1,
-                key_groups: KeyGroupRange::new(0, 0).unwrap(),
-                states: vec![StateMeta::new::<u64, (), u64>("l", StateKind::List)],
-                rewrite: (!full).then(Vec::new),
-                appends: !full,
-                patches: !full,
-            },
-            groups: vec![(0, bytes)],
-            sources: Default::default(),
-        }
-    }
-
-    /// A merged record: key and value bytes.
-    type KeyValue = (Vec<u8>, Vec<u8>);
-
-    /// The records `merge` makes of `files`, or the error's text.
-    fn merged(files: Vec<LoadedFile>) -> Result<Vec<KeyValue>, String> {
-        let out = merge(files).map_err(|e| e.to_string())?;
-        let records = crate::format::keyed_file::read::records(&out.groups[0].1, "merged");
-        Ok(records
-            .map(|r| r.unwrap())
-            .map(|r| (r.key.to_vec(), r.value.to_vec()))
-            .collect())
-    }
-
-    #[test]
-    fn a_chain_of_appends_restores_the_whole_list_and_an_append_on_nothing_is_corrupt() {
-        let full = || {
-            file(
-                "full",
-                true,
-                &[(0, 1, list(&[b"a"])), (0, 2, list(&[b"z"]))],
-            )
-        };
-        let chain = vec![
-            full(),
-            file(
-                "d1",
-                false,
-                &[(APPEND, 1, list(&[b"b"])), (TOMBSTONE, 2, vec![])],
-            ),
-            file("d2", false, &[(APPEND, 1, list(&[b"c", b"d"]))]),
-        ];
-        let key = 1u64.to_be_bytes().to_vec();
-        assert_eq!(
-            merged(chain).unwrap(),
-            vec![(key, list(&[b"a", b"b", b"c", b"d"]))]
-        );
-        for (expected, delta) in [
-            (
-                "`d2`: append or patch records with no earlier record",
-                (APPEND, 3, list(&[b"x"])),
-            ),
-            (
-                "`d1`: append or patch records on top of a tombstone",
-                (APPEND, 2, list(&[b"x"])),
-            ),
-            (
-                "`d2`: a record of two kinds",
-                (APPEND | TOMBSTONE, 1, vec![]),
-            ),
-            (
-                "`d2`: an append record on a value that is not a list",
-                (APPEND, 1, vec![1]),
-            ),
-        ] {
-            let tombstone = file("d1", false, &[(TOMBSTONE, 2, vec![])]);
-            let err = merged(vec![full(), tombstone, file("d2", false, &[delta])]).unwrap_err();
-            assert!(err.contains(expected), "expected `{expected}`: {err}");
-        }
-        // A file of version 2 has no append records: the bit makes an unknown state.
-        let mut v2 = file("v2", false, &[(APPEND, 1, list(&[b"b"]))]);
-        v2.header.appends = false;
-        let err = merged(vec![full(), v2]).unwrap_err();
-        assert!(err.contains("unknown state"), "{err}");
-    }
-
-    /// A map value of `entries`, or a patch value of `entries` put and `removed` when `removed` is given.
-    fn map(entries: &[(&[u8], &[u8])], removed: Option<&[&[u8]]>) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.put_u32(entries.len() as u32);
-        for (k, v) in entries {
-            out.put_bytes(k);
-            out.put_bytes(v);
-        }
-        if let Some(removed) = removed {
-            out.put_u32(removed.len() as u32);
-            for k in removed {
-                out.put_bytes(k);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn patches_apply_to_the_base_map_oldest_first_and_never_mix_with_appends() {
-        let full = || {
-            file(
-                "full",
-                true,
-                &[(0, 1, map(&[(b"a", b"1"), (b"b", b"2")], None))],
-            )
-        };
-        let d1 = file(
-            "d1",
-            false,
-            &[(PATCH, 1, map(&[(b"b", b"3"), (b"c", b"4")], Some(&[])))],
-        );
-        let d2 = file(
-            "d2",
-            false,
-            &[(PATCH, 1, map(&[(b"d", b"5")], Some(&[b"a", b"c"])))],
-        );
-        let d3 = file(
-            "d3",
-            false,
-            &[(PATCH, 1, map(&[(b"c", b"6")], Some(&[b"zz"])))],
-        );
-        let key = 1u64.to_be_bytes().to_vec();
-        let expected = map(&[(b"b", b"3"), (b"c", b"6"), (b"d", b"5")], None);
-        assert_eq!(
-            merged(vec![full(), d1, d2, d3]).unwrap(),
-            vec![(key, expected)]
-        );
-        let append = file("d2", false, &[(APPEND, 1, list(&[b"x"]))]);
-        let patch = file("d1", false, &[(PATCH, 1, map(&[], Some(&[b"a"])))]);
-        let err = merged(vec![full(), patch, append]).unwrap_err();
-        assert!(
-            err.contains("`d1`: append and patch records of one entry"),
-            "{err}"
-        );
-        let bad = file("d1", false, &[(PATCH, 1, map(&[(b"b", b"3")], None))]);
-        let err = merged(vec![full(), bad]).unwrap_err();
-        assert!(
-            err.contains("`d1`"),
-            "a patch without its removed keys: {err}"
-        );
-    }
-}
+mod tests;
