@@ -46,10 +46,12 @@ pub struct HeapConfig {
     /// the registry counts). Writes then log their entry's hash (a bounded log per state). Savepoints
     /// stay full and canonical. Default `false` (every checkpoint full and private).
     pub incremental: bool,
-    /// Files a chain of incremental checkpoints holds at most, the full file included: the checkpoint
-    /// after a chain of this length is full, and so is the one after deltas that passed the full
-    /// file's bytes (stored bytes stay under twice the full size, a restore reads at most this many
-    /// files per subtask). At least 1; default 10.
+    /// Files a chain of incremental checkpoints holds at most (a restore reads at most this many per
+    /// subtask). Rolling materialization (`docs/heap-incremental.md`) cuts the key groups into
+    /// `max_chain_files - 1` slices: a full checkpoint writes a file per slice, and every delta after
+    /// the first also rewrites one slice whole, so that the oldest files leave the chain and no
+    /// checkpoint after the first is full; at 1 every checkpoint is one full file, at 2 every other
+    /// delta rewrites every key group. At least 1; default 10.
     pub max_chain_files: usize,
 }
 
@@ -90,7 +92,7 @@ impl HeapConfig {
         }
         if self.max_chain_files == 0 {
             return Err(Error::InvalidArgument(
-                "max_chain_files is 0; a chain holds at least its full file".into(),
+                "max_chain_files is 0; a chain holds at least one file".into(),
             ));
         }
         let limit = MAX_FRAME_RAW_LEN as usize;
