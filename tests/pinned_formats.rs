@@ -156,9 +156,11 @@ fn clock() -> Arc<ManualClock> {
     ))
 }
 
+/// A backend of the heap job: every checkpoint one full private keyed file (the canonical format).
 fn heap(subtask: u32, zstd_level: Option<i32>) -> HeapKeyedStateBackend<u64> {
     let config = HeapConfig {
         zstd_level,
+        incremental: false,
         ..HeapConfig::default()
     };
     HeapKeyedStateBackend::new(window(2, subtask), config).unwrap()

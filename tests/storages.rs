@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use statebackend::heap::HeapConfig;
 use statebackend::heap::HeapKeyedStateBackend;
 use statebackend::*;
 
@@ -82,8 +81,8 @@ fn assert_matches_model(backends: &mut [Heap], model: &BTreeMap<u64, u64>) {
 async fn checkpoints_restore_exactly_and_subsumed_files_go(storage: CheckpointStorage) {
     let mut coord = coordinator(&storage, 1, 2).await;
     let mut backends = vec![
-        Heap::new(identity(128, 2, 0), HeapConfig::default()).unwrap(),
-        Heap::new(identity(128, 2, 1), HeapConfig::default()).unwrap(),
+        Heap::new(identity(128, 2, 0), full_files()).unwrap(),
+        Heap::new(identity(128, 2, 1), full_files()).unwrap(),
     ];
     let mut model = BTreeMap::new();
     let mut previous_files: Vec<String> = Vec::new();
@@ -124,7 +123,7 @@ async fn checkpoints_restore_exactly_and_subsumed_files_go(storage: CheckpointSt
 
 async fn orphans_are_swept_and_unreadable_metadata_blocks_the_sweep(storage: CheckpointStorage) {
     let (mut coord, _) = clocked(&storage, 1, 1).await;
-    let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
+    let mut b = vec![Heap::new(identity(128, 1, 0), full_files()).unwrap()];
     fill(&mut b[0], 0..200, 1);
     checkpoint(&mut coord, &mut b).await;
     // An upload nobody acknowledged (a task that died), and a checkpoint whose metadata this release cannot read.

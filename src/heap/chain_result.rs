@@ -86,16 +86,19 @@ pub(crate) async fn chain_result(done: ChainDone<'_>) -> Result<SnapshotResult> 
     }
     if let Some((copies, writer)) = local {
         // The base's files come from the base's local copy (hard links), so that the copy of this
-        // checkpoint holds its whole chain; one missing fails only this copy.
-        let linked = match &chain.base_id {
-            Some((base_id, base_backend)) => files[..reused].iter().try_for_each(|f| {
-                let f = &f.file;
+        // checkpoint holds its whole chain. One missing there (the base's copy gone: it was restored
+        // on another machine) is left out: a restore reads that file from checkpoint storage, the
+        // others locally (each file is checked against the handle on its own).
+        if let Some((base_id, base_backend)) = &chain.base_id {
+            for f in files[..reused].iter().map(|f| &f.file) {
                 let source = copies.copy_path(storage, base_backend, *base_id, f);
-                writer.link_or_copy(&source, crate::snapshot_io::local_copy::local_file_name(f))
-            }),
-            None => Ok(()),
-        };
-        if let Err(e) = linked.and_then(|()| writer.publish()) {
+                let name = crate::snapshot_io::local_copy::local_file_name(f);
+                if let Err(e) = writer.link_or_copy(&source, name) {
+                    tracing::info!(checkpoint_id, path = %f.path, error = %e, "heap backend: a file of the chain is not in the local copy");
+                }
+            }
+        }
+        if let Err(e) = writer.publish() {
             tracing::warn!(checkpoint_id, error = %e, "heap backend: no local copy of this checkpoint");
         }
     }

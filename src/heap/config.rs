@@ -44,7 +44,8 @@ pub struct HeapConfig {
     /// for its RocksDB backend): each checkpoint after a confirmed one writes only the entries written or
     /// removed since, as a delta file on top of the confirmed checkpoint's files (a chain of shared files
     /// the registry counts). Writes then log their entry's hash (a bounded log per state). Savepoints
-    /// stay full and canonical. Default `false` (every checkpoint full and private).
+    /// stay full and canonical. Default `true`; `false` makes every checkpoint one full private file
+    /// (canonical, so that the RocksDB backend restores it too).
     pub incremental: bool,
     /// Files a chain of incremental checkpoints holds at most (a restore reads at most this many per
     /// subtask). Rolling materialization (`docs/heap-incremental.md`) cuts the key groups into
@@ -63,7 +64,7 @@ impl Default for HeapConfig {
             restore_threads: crate::parallel::default_restore_threads(),
             ttl_cleanup_slots_per_record: 8,
             local_recovery_dir: None,
-            incremental: false,
+            incremental: true,
             max_chain_files: 10,
         }
     }

@@ -301,9 +301,11 @@ impl LocalCopyWriter {
         if std::fs::hard_link(source, &to).is_ok() {
             return Ok(());
         }
-        std::fs::copy(source, &to)
-            .map(|_| ())
-            .map_err(|e| Error::local(to.display(), e))
+        std::fs::copy(source, &to).map(|_| ()).map_err(|e| {
+            // No partial file stays behind (a restore would refuse it by its size anyway).
+            let _ = std::fs::remove_file(&to);
+            Error::local(to.display(), e)
+        })
     }
 
     /// Moves the complete copy into place (replacing an older copy of the same checkpoint, which a

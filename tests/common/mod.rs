@@ -187,6 +187,15 @@ pub fn backend_config(kind: BackendKind, dir: &std::path::Path) -> StateBackendC
     }
 }
 
+/// Heap settings whose every checkpoint is one full private keyed file under `chk-<n>/` (incremental
+/// checkpoints off): for tests of what becomes of a checkpoint's own files.
+pub fn full_files() -> HeapConfig {
+    HeapConfig {
+        incremental: false,
+        ..HeapConfig::default()
+    }
+}
+
 /// Subtask `index` of `parallelism` of operator `op`.
 pub fn identity(max_parallelism: u32, parallelism: u32, index: u32) -> SubtaskIdentity {
     SubtaskIdentity::new("op", max_parallelism, parallelism, index).expect("identity")
@@ -270,12 +279,30 @@ pub fn handles(meta: &CheckpointMetadata) -> Vec<KeyedStateHandle> {
         .collect()
 }
 
-/// Restores `parallelism` backends from checkpoint metadata.
+/// Restores `parallelism` backends from checkpoint metadata (CLAIM).
 pub async fn restore<K: StateKey>(
     storage: &CheckpointStorage,
     meta: &CheckpointMetadata,
     max_parallelism: u32,
     parallelism: u32,
+) -> Result<Vec<HeapKeyedStateBackend<K>>> {
+    restore_in_mode(
+        storage,
+        meta,
+        max_parallelism,
+        parallelism,
+        RestoreMode::Claim,
+    )
+    .await
+}
+
+/// Restores `parallelism` backends from checkpoint metadata in `mode`.
+pub async fn restore_in_mode<K: StateKey>(
+    storage: &CheckpointStorage,
+    meta: &CheckpointMetadata,
+    max_parallelism: u32,
+    parallelism: u32,
+    mode: RestoreMode,
 ) -> Result<Vec<HeapKeyedStateBackend<K>>> {
     let handles = handles(meta);
     let mut out = Vec::new();
@@ -286,7 +313,7 @@ pub async fn restore<K: StateKey>(
                 HeapConfig::default(),
                 storage,
                 &handles,
-                RestoreMode::Claim,
+                mode,
             )
             .await?,
         );

@@ -11,7 +11,7 @@ use statebackend::checkpoint::CancellationPolicy;
 use statebackend::checkpoint::CompletedCheckpointStore;
 use statebackend::checkpoint::Discarded;
 use statebackend::checkpoint::RestoreOutcome;
-use statebackend::heap::{HeapConfig, HeapKeyedStateBackend};
+use statebackend::heap::HeapKeyedStateBackend;
 use statebackend::snapshot::FileScope;
 use statebackend::snapshot::HandleFormat;
 use statebackend::snapshot::StateFile;
@@ -66,9 +66,7 @@ async fn setup(
     .unwrap();
     (
         coordinator,
-        vec![
-            HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), HeapConfig::default()).unwrap(),
-        ],
+        vec![HeapKeyedStateBackend::<u64>::new(identity(128, 1, 0), full_files()).unwrap()],
     )
 }
 
@@ -500,7 +498,7 @@ fn fuzz_empty_snapshot_file_is_corrupt_not_a_storage_error() {
         };
         let err = HeapKeyedStateBackend::<u64>::restore(
             identity(128, 1, 0),
-            HeapConfig::default(),
+            full_files(),
             &storage,
             &[handle],
             RestoreMode::Claim,
@@ -526,8 +524,7 @@ fn kill_loop_staging_file_of_a_protocol_write_is_swept() {
         };
         let storage = CheckpointStorage::local(dir.path(), "protocol-staging", &config).unwrap();
         let (mut coord, _clock) = clocked(&storage, 1, 1).await;
-        let mut b =
-            vec![HeapKeyedStateBackend::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
+        let mut b = vec![HeapKeyedStateBackend::new(identity(128, 1, 0), full_files()).unwrap()];
         fill(&mut b[0], 0..100, 1);
         checkpoint(&mut coord, &mut b).await;
         let root = dir.path().join("protocol-staging");

@@ -127,12 +127,16 @@ fn no_claim_checkpoint_survives_the_next_restart_and_is_restored_again() {
         let (mut coord, clock) = clocked(&storage, 1, 1).await;
         assert!(exists(&storage, "chk-1/_metadata").await);
         assert!(exists(&storage, &format!("chk-1/{PINNED_MARKER}")).await);
-        // The failover restores the pinned checkpoint again (as Flink).
+        // The failover restores the pinned checkpoint again (as Flink), in the job's mode: a CLAIM
+        // restore would continue its chain, and the coordinator refuses a checkpoint that references a
+        // NO_CLAIM checkpoint's files.
         let outcome = coord
             .store()
             .restore_latest(|meta| {
                 let storage = storage.clone();
-                async move { restore::<u64>(&storage, &meta, 128, 1).await }
+                async move {
+                    restore_in_mode::<u64>(&storage, &meta, 128, 1, RestoreMode::NoClaim).await
+                }
             })
             .await
             .unwrap();
@@ -459,7 +463,7 @@ fn heap_snapshot_files_of_aborted_checkpoints_are_swept() {
     runtime().block_on(async {
         let storage = CheckpointStorage::in_memory("sweep-heap").unwrap();
         let (mut coord, _) = clocked(&storage, 1, 1).await;
-        let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
+        let mut b = vec![Heap::new(identity(128, 1, 0), full_files()).unwrap()];
         fill(&mut b[0], 0..100, 1);
         checkpoint(&mut coord, &mut b).await;
         let (id, results) = snapshot_all(&mut coord, &mut b).await;
@@ -549,8 +553,8 @@ fn checkpoint_timeout_aborts_a_checkpoint_that_takes_too_long_and_the_next_compl
             .await
             .unwrap();
         let mut b = vec![
-            Heap::new(identity(128, 2, 0), HeapConfig::default()).unwrap(),
-            Heap::new(identity(128, 2, 1), HeapConfig::default()).unwrap(),
+            Heap::new(identity(128, 2, 0), full_files()).unwrap(),
+            Heap::new(identity(128, 2, 1), full_files()).unwrap(),
         ];
         fill(&mut b[0], 0..100, 1);
         fill(&mut b[1], 0..100, 1);

@@ -240,10 +240,11 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             owned,
             handles,
         )?;
+        // Keyed files, or heap chains merged into the records of one (both canonical records).
         if !overlapping.is_empty()
             && overlapping
                 .iter()
-                .all(|h| h.format == HandleFormat::KeyedFile)
+                .all(|h| matches!(h.format, HandleFormat::KeyedFile | HandleFormat::KeyedChain))
         {
             return Self::restore_canonical(
                 identity,
