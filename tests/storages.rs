@@ -304,7 +304,13 @@ mod hung_endpoint {
             let job = format!("hung-{:016x}", rand::random::<u64>());
             let storage = CheckpointStorage::from_url(&s3, &job, &settings).unwrap();
             let mut coord = coordinator(&storage, 1, 1).await;
-            let mut b = vec![Heap::new(identity(128, 1, 0), HeapConfig::default()).unwrap()];
+            let mut b = vec![
+                Heap::new(
+                    identity(128, 1, 0),
+                    statebackend::heap::HeapConfig::default(),
+                )
+                .unwrap(),
+            ];
             fill(&mut b[0], 0..1000, 1);
             checkpoint(&mut coord, &mut b).await;
             fill(&mut b[0], 0..1000, 2);

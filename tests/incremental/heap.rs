@@ -157,6 +157,15 @@ fn chains_stay_within_their_limit_and_rotate_slices_instead_of_writing_a_full_ch
             lengths.push(h.files.len());
             assert!(round == 1 || one_new_file(h, round), "round {round}: {h:?}");
             assert_retained_files_intact(&coord, true).await;
+            // One checkpoint retained: storage holds exactly its chain. A file the chain left is
+            // deleted once the checkpoint that listed it is subsumed.
+            let mut listed: Vec<String> = h.files.iter().map(|f| f.path.clone()).collect();
+            listed.sort();
+            assert_eq!(
+                objects(&storage, Some("shared")).await,
+                listed,
+                "round {round}"
+            );
             let mut restored = restore_at(&storage, &meta, 1, &config).await;
             assert_eq!(
                 all_counts(&mut restored),

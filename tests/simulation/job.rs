@@ -125,7 +125,8 @@ pub fn forget_in_process(dir: &Path) {
 }
 
 /// Settings of a subtask's heap backend: local recovery and incremental checkpoints (chains of at most 3
-/// files, so that full checkpoints come often) as the seed chose.
+/// files: two slices, so that rolling materialization drops files at every other checkpoint) as the seed
+/// chose.
 fn heap_config(dir: &Path) -> HeapConfig {
     HeapConfig {
         local_recovery_dir: local_recovery(dir),
