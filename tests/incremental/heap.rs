@@ -447,3 +447,52 @@ fn a_delta_reports_every_states_size_entries_exact_and_bytes_estimated() {
         assert!(estimated.key_groups.iter().all(|g| !g.exact));
     });
 }
+
+/// A full checkpoint of a chain is a file per slice: when one of them fails to upload, the checkpoint
+/// fails, the slices already uploaded are deleted (no handle lists them), and the next checkpoint
+/// completes.
+#[test]
+fn a_failed_slice_upload_deletes_the_slices_already_uploaded() {
+    use crate::common::faulty::FaultyStore;
+    use std::sync::Arc;
+    runtime().block_on(async {
+        let seeded = |store: Arc<FaultyStore>| {
+            CheckpointStorage::new(store, "slices")
+                .unwrap()
+                .with_id_source(Arc::new(statebackend::ids::SeededIds::new(5)))
+        };
+        let job = || {
+            let mut b = heaps(1, &incremental(10));
+            fill(&mut b[0], 0..5_000, 1);
+            b
+        };
+        // The same seed names the same files: learn the fourth slice file's name.
+        let first = {
+            let storage = seeded(FaultyStore::new());
+            let mut b = job();
+            b[0].snapshot(1, &storage)
+                .unwrap()
+                .run()
+                .await
+                .unwrap()
+                .handle
+        };
+        assert_eq!(first.files.len(), 9, "9 slices of 128 key groups");
+        let fourth = first.files[3].path.rsplit('-').next().unwrap().to_string();
+        let faulty = FaultyStore::new();
+        faulty.fail_writes_to(&fourth);
+        let storage = seeded(faulty.clone());
+        let mut b = job();
+        let failed = b[0].snapshot(1, &storage).unwrap().run().await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(
+            objects(&storage, Some("shared")).await,
+            Vec::<String>::new(),
+            "the three slices uploaded before the failure are deleted"
+        );
+        faulty.heal();
+        let next = b[0].snapshot(2, &storage).unwrap().run().await.unwrap();
+        assert_eq!(writers(&next.handle), [2], "a full checkpoint of its own");
+        assert_eq!(next.handle.files.len(), 9);
+    });
+}
