@@ -21,7 +21,7 @@ const MAX_PENDING: usize = 64;
 
 /// A checkpoint of the chain whose asynchronous phase runs or ran, neither confirmed nor aborted yet.
 pub(crate) struct PendingChain {
-    /// Aborted while its upload ran: the upload deletes its file and fails.
+    /// Aborted while its upload ran: the upload deletes its files and fails.
     pub(crate) aborted: bool,
     /// The chain of the finished upload, oldest file first: what the checkpoint's handle lists.
     pub(crate) files: Option<Vec<ChainFile>>,
