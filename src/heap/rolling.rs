@@ -9,7 +9,7 @@ use crate::snapshot::handle::StateFile;
 
 /// A file of a chain as the chain book knows it: its handle entry, the key groups it holds whole (all of
 /// them for a full file) and the bytes of its frames.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChainFile {
     pub(crate) file: StateFile,
     pub(crate) whole: KeyGroupRange,
@@ -61,13 +61,6 @@ pub(crate) enum Plan {
         whole: KeyGroupRange,
     },
 }
-
-impl PartialEq for ChainFile {
-    fn eq(&self, other: &Self) -> bool {
-        self.file.path == other.file.path && self.whole == other.whole
-    }
-}
-impl Eq for ChainFile {}
 
 /// The rotation of the slices of one backend's key groups.
 #[derive(Debug, Clone, Copy)]

@@ -8,9 +8,8 @@ use crate::snapshot::state_meta::{StateKind, StateMeta};
 use crate::snapshot_io::element_merge::tests::list;
 use crate::snapshot_io::loaded::LoadedFile;
 
-/// A file of one list state (`u64` keys) holding `records` `(state word, key, list value)` in key
-/// group 0; a delta (version 3) unless `full`.
-fn file(path: &str, full: bool, records: &[(u32, u64, Vec<u8>)]) -> LoadedFile {
+/// The record bytes of `records` `(state word, key, value)`, `u64` keys, empty namespaces.
+fn record_bytes(records: &[(u32, u64, Vec<u8>)]) -> Vec<u8> {
     let mut bytes = Vec::new();
     for (state, key, value) in records {
         bytes.put_u32(*state);
@@ -18,6 +17,13 @@ fn file(path: &str, full: bool, records: &[(u32, u64, Vec<u8>)]) -> LoadedFile {
         bytes.put_bytes(&[]);
         bytes.put_bytes(value);
     }
+    bytes
+}
+
+/// A file of one list state (`u64` keys) holding `records` `(state word, key, list value)` in key
+/// group 0; a delta (version 3) unless `full`.
+fn file(path: &str, full: bool, records: &[(u32, u64, Vec<u8>)]) -> LoadedFile {
+    let bytes = record_bytes(records);
     LoadedFile {
         path: path.into(),
         header: FileHeader {
@@ -110,16 +116,7 @@ fn slice_file(path: &str, whole: KeyGroupRange, groups: &[(u32, Records<'_>)]) -
     file.header.key_groups = KeyGroupRange::new(0, 1).unwrap();
     file.header.whole = whole;
     file.groups = (groups.iter())
-        .map(|(kg, records)| {
-            let mut bytes = Vec::new();
-            for (state, key, value) in records.iter() {
-                bytes.put_u32(*state);
-                bytes.put_bytes(&key.to_be_bytes());
-                bytes.put_bytes(&[]);
-                bytes.put_bytes(value);
-            }
-            (*kg, bytes)
-        })
+        .map(|(kg, records)| (*kg, record_bytes(records)))
         .collect();
     file
 }
@@ -185,10 +182,8 @@ fn map(entries: &[(&[u8], &[u8])], removed: Option<&[&[u8]]>) -> Vec<u8> {
         out.put_bytes(v);
     }
     if let Some(removed) = removed {
-        out.put_u32(removed.len() as u32);
-        for k in removed {
-            out.put_bytes(k);
-        }
+        // The removed user keys: counted byte strings, as a list value's elements.
+        out.extend(list(removed));
     }
     out
 }
