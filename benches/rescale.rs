@@ -4,8 +4,9 @@
 //!
 //! - `rocksdb_rescale/same_range`: subtask 0 of 2 restored at parallelism 2 (one handle, no clipping);
 //! - `rocksdb_rescale/2_to_3`: subtask 1 of 3 restored from the same checkpoint, the slowest subtask of a
-//!   rescale to 3: it overlaps both handles, opens the larger overlap as its database, clips it with
-//!   `delete_range` and takes its key groups of the other handle.
+//!   rescale to 3: it overlaps both handles, fetches the SST files of each that can hold its key groups,
+//!   ingests them into a new database as they are and clips it with `delete_range` (`docs/lsm.md`,
+//!   "Restore").
 //!
 //! Checkpoint storage is in memory, so both read the same bytes through `object_store` without a network.
 //! Target: `2_to_3` at most 1.3 times `same_range`. Run: `cargo bench --bench rescale`.

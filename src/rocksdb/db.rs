@@ -267,6 +267,36 @@ impl Db {
             .map_err(|e| db_error(&names, e))
     }
 
+    /// Ingests `files`, SST files another RocksDB database wrote for one column family (listed by
+    /// `ingest_db_files::files_oldest_first`), into `cf` as they are: hard-linked, their sequence numbers
+    /// kept (`rocksdb/ingest_db_files.rs`). All or nothing.
+    ///
+    /// # Errors
+    /// RocksDB's message if it refuses them: a file overlaps a row or range tombstone already in `cf`
+    /// (for instance one an earlier rescale wrote), or cannot be read or linked. `cf` is then unchanged.
+    pub(crate) fn ingest_db_files(
+        &self,
+        cf: &ColumnFamily,
+        files: &[&crate::rocksdb::ingest_db_files::SstFile],
+    ) -> std::result::Result<(), String> {
+        crate::rocksdb::ingest_db_files::ingest_db_files(&self.db, cf, files)
+    }
+
+    /// Whether every SST file of every column family but `default` (which holds no keyed rows) lies in
+    /// the row keys `[start, end)`, range tombstones included.
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the DB if RocksDB cannot list its files.
+    pub(crate) fn keyed_files_within(&self, start: &[u8], end: &[u8]) -> Result<bool> {
+        let dir = self.instance.db();
+        let files = crate::rocksdb::ingest_db_files::files_oldest_first(&self.db, &dir)
+            .map_err(|e| db_error(self.path(), e))?;
+        Ok(files
+            .iter()
+            .filter(|(cf, _)| cf != "default")
+            .all(|(_, files)| files.iter().all(|f| f.within(start, end))))
+    }
+
     /// A native RocksDB checkpoint (hard links of the SSTs, copies of the other files) into `dir`, which
     /// must not exist.
     ///

@@ -14,6 +14,8 @@ mod current;
 #[cfg(feature = "rocksdb")]
 mod db;
 #[cfg(feature = "rocksdb")]
+mod ingest_db_files;
+#[cfg(feature = "rocksdb")]
 mod instance;
 mod memory;
 #[cfg(feature = "rocksdb")]

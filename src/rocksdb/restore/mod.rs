@@ -2,14 +2,13 @@
 //! incremental checkpoints (here) or from canonical snapshot files (`import`, sorting rows into SST files
 //! in `import_rows`), at the same or another parallelism (`docs/lsm.md`, "Restore").
 
+pub(crate) mod fetch;
 pub(crate) mod import;
 pub(crate) mod import_rows;
 pub(crate) mod rescale;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-use futures::StreamExt;
+use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::keyed::backend::StateKey;
@@ -18,128 +17,17 @@ use crate::rocksdb::backend::RocksDbKeyedStateBackend;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::instance::{InstanceDir, remove_dir_if_exists};
 use crate::rocksdb::memory::MemoryBudget;
+use crate::rocksdb::options::Memory;
+use crate::rocksdb::restore::fetch::Fetch;
 use crate::rocksdb::restore::import::import_canonical;
 use crate::rocksdb::snapshot::Checkpoints;
-use crate::rocksdb::snapshot::upload::CURRENT;
 use crate::rocksdb::snapshot::upload::DiffBase;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
 use crate::snapshot::restore_mode::RestoreMode;
 use crate::snapshot::result::RestoreSources;
 use crate::snapshot_io::load::load_handle;
-use crate::snapshot_io::local_copy::{LocalCopies, NotLocal};
+use crate::snapshot_io::local_copy::LocalCopies;
 use crate::storage::CheckpointStorage;
-use crate::storage::transfer::{Transferred, download_file};
-
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::local(path.display().to_string(), e)
-}
-
-/// Puts every file of `handle` into the new directory `dir`, in parallel, checking sizes and CRC32s:
-/// from its local copy when `local` has an intact one (local recovery), else downloaded. Returns where
-/// each came from.
-async fn download(
-    storage: &CheckpointStorage,
-    handle: &KeyedStateHandle,
-    dir: &Path,
-    concurrency: usize,
-    local: Option<&LocalCopies>,
-) -> Result<RestoreSources> {
-    remove_dir_if_exists(dir)?;
-    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    let mut seen = std::collections::HashSet::new();
-    for f in &handle.files {
-        let ok = !f.local_name.is_empty()
-            && !f.local_name.contains(['/', '\\'])
-            && f.local_name != "."
-            && f.local_name != ".."
-            && seen.insert(f.local_name.as_str());
-        if !ok {
-            return Err(Error::corrupt(
-                storage.path(&f.path),
-                format!(
-                    "bad or repeated local file name `{}` in the handle",
-                    f.local_name
-                ),
-            ));
-        }
-    }
-    let results: Vec<Result<(bool, Option<NotLocal>)>> = futures::stream::iter(&handle.files)
-        .map(|f| async move {
-            let expected = Transferred {
-                size_bytes: f.size_bytes,
-                crc32: f.crc32,
-            };
-            // SSTs are immutable in RocksDB too: a hard link is safe. Other files are copied (RocksDB
-            // appends to a MANIFEST it opens).
-            let link = f.local_name.ends_with(".sst");
-            let target = dir.join(&f.local_name);
-            let fallback = match local {
-                None => None,
-                Some(local) => {
-                    let (copy, to) = (local.file(storage, handle, f), target.clone());
-                    let found = tokio::task::spawn_blocking(move || copy.restore_to(&to, link))
-                        .await
-                        .map_err(|e| Error::local(target.display(), e))?;
-                    match found {
-                        Ok(()) => return Ok((true, None)),
-                        Err(why) => Some(why),
-                    }
-                }
-            };
-            download_file(storage, &f.path, &target, expected, link).await?;
-            Ok((false, fallback))
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    if !handle.files.iter().any(|f| f.local_name == CURRENT) {
-        write_current(storage, handle, dir)?;
-    }
-    let mut sources = RestoreSources::default();
-    for (r, f) in results.into_iter().zip(&handle.files) {
-        let (was_local, fallback) = r?;
-        if was_local {
-            sources.local(f.size_bytes);
-        } else {
-            sources.remote(f.size_bytes);
-        }
-        if let Some(why) = fallback {
-            sources.fell_back(&f.path, why);
-        }
-    }
-    Ok(sources)
-}
-
-/// Writes RocksDB's `CURRENT` file into `dir`, naming the one MANIFEST of `handle`: checkpoints do not
-/// upload it (`rocksdb/snapshot/upload.rs`); those written before list it, and keep theirs.
-///
-/// # Errors
-/// [`Error::Corrupt`] naming the handle's first file if the handle lists no MANIFEST or several;
-/// [`Error::Local`] if the file cannot be written.
-fn write_current(storage: &CheckpointStorage, handle: &KeyedStateHandle, dir: &Path) -> Result<()> {
-    let manifests: Vec<&str> = (handle.files.iter())
-        .map(|f| f.local_name.as_str())
-        .filter(|name| name.starts_with("MANIFEST-"))
-        .collect();
-    let [manifest] = manifests.as_slice() else {
-        let path = handle
-            .files
-            .first()
-            .map_or(String::new(), |f| storage.path(&f.path).to_string());
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "a native checkpoint without CURRENT lists {} MANIFEST files, not one (backend {}, \
-                 checkpoint {})",
-                manifests.len(),
-                handle.backend_id,
-                handle.checkpoint_id
-            ),
-        ));
-    };
-    let path = dir.join(CURRENT);
-    std::fs::write(&path, format!("{manifest}\n")).map_err(|e| io_error(&path, e))
-}
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     /// An empty backend of subtask `identity`, working in a new directory of its own inside
@@ -285,23 +173,46 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         };
         let db_dir = instance.db();
         let local = config.local_recovery_dir.clone().map(LocalCopies::new);
-        // Every handle's files at once: the first into the database directory, the others beside it.
-        let dirs: Vec<PathBuf> = std::iter::once(db_dir.clone())
-            .chain((0..rest.len()).map(|i| instance.path().join(format!("restore-{i}"))))
+        let fetch = Fetch {
+            storage,
+            concurrency: config.transfer_concurrency,
+            local: local.as_ref(),
+        };
+        let rescaled = first.key_groups != owned || !rest.is_empty();
+        let unreadable = |e, h: &KeyedStateHandle| corrupt_if_db(e, storage, h);
+        let restore_dirs: Vec<PathBuf> = (0..overlapping.len())
+            .map(|i| instance.path().join(format!("restore-{i}")))
             .collect();
-        let downloads = overlapping.iter().zip(&dirs).map(|(handle, dir)| {
-            download(
-                storage,
-                handle,
-                dir,
-                config.transfer_concurrency,
-                local.as_ref(),
-            )
-        });
-        let mut sources = RestoreSources::default();
-        for downloaded in futures::future::try_join_all(downloads).await? {
-            sources.merge(&downloaded);
-        }
+        // A rescale fetches only the files that can hold owned rows, a directory per handle, and
+        // builds a new database of them. Otherwise, or when a database reaches beyond the key groups
+        // its handle claims, the first handle's files become the database and the others' are fetched
+        // whole beside it.
+        let partial = if rescaled {
+            let memory = Memory::of(&config, budget);
+            let dirs = &restore_dirs;
+            (fetch.overlapping(&config, &memory, &overlapping, dirs, owned, &unreadable)).await?
+        } else {
+            None
+        };
+        let (sources, base, takes) = match partial {
+            Some(sources) => {
+                let takes: Vec<_> = overlapping.iter().copied().zip(&restore_dirs).collect();
+                (sources, None, takes)
+            }
+            None => {
+                let dirs = std::iter::once(&db_dir).chain(&restore_dirs);
+                let fetches = overlapping
+                    .iter()
+                    .zip(dirs)
+                    .map(|(h, dir)| fetch.all(h, dir));
+                let mut sources = RestoreSources::default();
+                for fetched in futures::future::try_join_all(fetches).await? {
+                    sources.merge(&fetched);
+                }
+                let takes: Vec<_> = rest.iter().copied().zip(&restore_dirs).collect();
+                (sources, Some(first), takes)
+            }
+        };
         let keep_identity =
             mode == RestoreMode::Claim && rest.is_empty() && first.key_groups == owned;
         let backend_id = if keep_identity {
@@ -310,25 +221,37 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         };
         let max_parallelism = identity.max_parallelism();
-        let mut backend = Self::open_db(identity, config.clone(), instance, budget)
-            .map_err(|e| corrupt_if_db(e, storage, first))?;
-        if first.key_groups != owned {
-            // Each handle gives only the key groups it was written for.
+        let mut backend =
+            Self::open_db(identity, config.clone(), instance, budget).map_err(|e| match base {
+                Some(first) => corrupt_if_db(e, storage, first),
+                None => e,
+            })?;
+        if let Some(first) = base
+            && rescaled
+            && !rescale::holds_only(&backend.db, first.key_groups, max_parallelism)?
+        {
+            // Rows beyond the key groups its handle claims (hidden by an earlier rescale's range
+            // tombstones, say): clipped first, so that no copied row lands under them.
             let keep = owned.intersection(&first.key_groups);
             rescale::clip(&backend.db, &backend.states, keep, max_parallelism)?;
         }
-        for (other, dir) in rest.iter().zip(&dirs[1..]) {
+        for (other, dir) in takes {
             let taken = rescale::take_key_groups(
                 &mut backend.states,
                 &mut backend.db,
                 &config,
                 dir,
-                owned.intersection(&other.key_groups),
-                max_parallelism,
+                other,
+                owned,
                 &|e| corrupt_if_db(e, storage, other),
             );
             remove_dir_if_exists(dir)?;
             taken?;
+        }
+        if rescaled {
+            // Last: the other handles' files came in whole, with their other key groups, and RocksDB
+            // ingests another database's files only where nothing (no range tombstone either) is yet.
+            rescale::clip(&backend.db, &backend.states, owned, max_parallelism)?;
         }
         let base = keep_identity.then(|| DiffBase {
             checkpoint_id: first.checkpoint_id,

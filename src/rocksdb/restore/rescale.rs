@@ -1,9 +1,12 @@
 //! Restoring the RocksDB backend's native checkpoints at another parallelism (`docs/lsm.md`, "Restore"):
-//! the database of the handle with the largest overlap is clipped to the owned key groups (whole SST files
-//! dropped, the rest behind range tombstones), and the owned key groups of every other handle are written
-//! into new SST files, several key-group runs at once, and ingested. Rows are sorted by key group first
-//! (`docs/formats.md`, "RocksDB backend rows"), so a run of key groups is one key range: nothing is
-//! sorted, nothing passes through a memtable, and nothing is compacted to make room.
+//! each handle's SST files that can hold owned rows are ingested as they are (hard links, sequence
+//! numbers kept) into the restore's database, a new one or that of the handle with the largest overlap,
+//! and the result is clipped to the owned key groups (whole SST files dropped, the rest behind range
+//! tombstones). Where a column family's files reach beyond their handle's key groups or RocksDB refuses
+//! them, its owned rows are copied into new SST files instead, several key-group runs at once, and
+//! ingested. Rows are sorted by key group first (`docs/formats.md`, "RocksDB backend rows"), so a run of
+//! key groups is one key range: nothing is sorted, nothing passes through a memtable, and nothing is
+//! compacted to make room.
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +17,10 @@ use crate::format::lsm_rows::key_group_prefix;
 use crate::key_group::KeyGroupRange;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::{Db, db_error};
-use crate::rocksdb::options::{ColumnFamilyOptions, options_with};
+use crate::rocksdb::ingest_db_files::{SstFile, files_oldest_first};
+use crate::rocksdb::restore::fetch::{bounds, needed, open_read_only};
 use crate::rocksdb::states::LsmStates;
+use crate::snapshot::handle::KeyedStateHandle;
 
 /// An SST file written by a rescale is closed at this size (bytes) and the next one begun, as RocksDB's
 /// own compactions cut theirs (`target_file_size_base`, 64 MiB by default): a later compaction of the
@@ -25,15 +30,6 @@ const FILE_BYTES: u64 = 64 << 20;
 /// Beyond the last key-group prefix of any max parallelism (prefixes are at most 2 bytes, the first below
 /// 0x80): the end of the range above the owned key groups.
 const ABOVE_EVERY_ROW: &[u8] = &[0xff, 0xff, 0xff];
-
-/// The row keys `[start, end)` of the key groups of `range`; `None` for an empty range.
-fn bounds(range: KeyGroupRange, max_parallelism: u32) -> Option<(Vec<u8>, Vec<u8>)> {
-    let end = range.end()?;
-    Some((
-        key_group_prefix(range.start(), max_parallelism),
-        key_group_prefix(end + 1, max_parallelism),
-    ))
-}
 
 /// Removes every row outside the key groups `keep` from every state's column family of `db`
 /// (FLINK-21321): SST files wholly outside are dropped, the rest is hidden by two range tombstones per
@@ -59,6 +55,18 @@ pub(crate) fn clip(
     Ok(())
 }
 
+/// Whether every keyed row and range tombstone of `db` lies within the key groups `range`: only then may
+/// another database's files be ingested beside them before the clip (`take_key_groups`).
+///
+/// # Errors
+/// [`Error::Local`] if RocksDB cannot list the files.
+pub(crate) fn holds_only(db: &Db, range: KeyGroupRange, max_parallelism: u32) -> Result<bool> {
+    match bounds(range, max_parallelism) {
+        Some((start, end)) => db.keyed_files_within(&start, &end),
+        None => Ok(false),
+    }
+}
+
 /// One piece of a rescale's copying: the rows of key groups `[first, end)` of one column family.
 struct Piece {
     cf: String,
@@ -66,11 +74,17 @@ struct Piece {
     end: u32,
 }
 
-/// Takes the rows of the key groups `take` of every state of the RocksDB database in `dir` (a downloaded
-/// checkpoint of another subtask, opened read-only) into `db`, which holds none of them: each state is
-/// registered (created, or checked against the state of the same name), and its rows are written in key
-/// order into SST files beside `dir` on up to `config.restore_threads` threads, one run of key groups
-/// each, then ingested into its column family. The files are removed whether or not this succeeds.
+/// Takes the rows of the key groups `take` (`owned` and those `handle` claims) of every state of the
+/// RocksDB database in `dir` (`handle`'s files, downloaded; opened read-only) into `db`, which holds none
+/// of them. Each state is registered (created, or checked against the state of the same name). When the
+/// files of its column family that can hold rows of `take` (`fetch::needed`) lie within the key groups
+/// `claimed` (`handle`'s), they are ingested into `db` as they are (hard links, sequence numbers kept:
+/// `rocksdb/ingest_db_files.rs`), rows of the handle's other key groups with them: the caller clips `db`
+/// to its key groups afterwards. Where a file reaches beyond `claimed` (range tombstones an earlier
+/// rescale wrote and no compaction has dropped yet, say) or RocksDB refuses the files (they overlap what
+/// `db` holds), that state's rows of `take` are copied instead, in key order into SST files beside `dir`
+/// on up to `config.restore_threads` threads, one run of key groups each, and ingested. The copies are
+/// removed whether or not this succeeds.
 ///
 /// # Errors
 /// `unreadable` applied to the [`Error::Local`] naming `dir` if RocksDB cannot open or read it (its files
@@ -83,22 +97,21 @@ pub(crate) fn take_key_groups(
     db: &mut Db,
     config: &RocksDbConfig,
     dir: &Path,
-    take: KeyGroupRange,
-    max_parallelism: u32,
+    handle: &KeyedStateHandle,
+    owned: KeyGroupRange,
     unreadable: &(dyn Fn(Error) -> Error + Sync),
 ) -> Result<()> {
+    let (claimed, max_parallelism) = (handle.key_groups, handle.max_parallelism);
+    let take = owned.intersection(&claimed);
     let threads = config.restore_threads.max(1);
     if take.is_empty() {
         return Ok(());
     }
-    let memory = db.memory().clone();
-    let options = options_with(config, &memory);
-    let cf_options = ColumnFamilyOptions::new(config, &memory, None);
     let path = dir.display().to_string();
-    let cfs = DB::list_cf(&options, dir).map_err(|e| unreadable(db_error(&path, e)))?;
     let other =
-        DB::open_cf_descriptors_read_only(&options, dir, cf_options.descriptors(&cfs), false)
-            .map_err(|e| unreadable(db_error(&path, e)))?;
+        open_read_only(config, db.memory(), dir).map_err(|e| unreadable(db_error(&path, e)))?;
+    let files = files_oldest_first(&other, dir).map_err(|e| unreadable(db_error(&path, e)))?;
+    let (claimed_start, claimed_end) = bounds(claimed, max_parallelism).unwrap_or_default();
     let mut pieces = Vec::new();
     for item in other.prefix_iterator(b"meta:") {
         let (key, value) = item.map_err(|e| unreadable(db_error(&path, e)))?;
@@ -108,12 +121,36 @@ pub(crate) fn take_key_groups(
         let meta = crate::format::lsm_rows::decode_meta(&value, &path)?;
         let id = states.register_restored(db, meta)?;
         let cf = states.get(id).map(|s| s.cf.clone()).unwrap_or_default();
-        if other.cf_handle(&cf).is_none() || db.cf(&cf).is_none() {
+        let (Some(_), Some(target)) = (other.cf_handle(&cf), db.cf(&cf)) else {
             return Err(Error::corrupt(
                 &path,
                 format!("column family {cf} is missing"),
             ));
-        }
+        };
+        let Some((_, all)) = files.iter().find(|(name, _)| *name == cf) else {
+            // No file: a checkpoint holds every row in SST files, so the state has none.
+            continue;
+        };
+        // Only the files that can hold rows of `take` (a rescale may have fetched no other).
+        let ssts: Vec<&SstFile> = (all.iter())
+            .filter(|f| needed(f, claimed, owned, max_parallelism))
+            .collect();
+        let why = if ssts.iter().all(|f| f.within(&claimed_start, &claimed_end)) {
+            match db.ingest_db_files(target, &ssts) {
+                Ok(()) => continue,
+                Err(why) => why,
+            }
+        } else {
+            // Rows or range tombstones beyond the key groups the handle claims (an earlier rescale's
+            // tombstones, say) would come in with the files and cover what is not theirs.
+            "a file reaches beyond the key groups the handle claims".to_string()
+        };
+        tracing::warn!(
+            dir = %path,
+            column_family = %cf,
+            %why,
+            "rescale: copying a state's rows instead of ingesting its files"
+        );
         // Runs of about equal numbers of key groups: keys hash uniformly over them.
         let parts = (threads as u32).min(take.len());
         for p in 0..parts {
@@ -125,6 +162,9 @@ pub(crate) fn take_key_groups(
                 end,
             });
         }
+    }
+    if pieces.is_empty() {
+        return Ok(());
     }
     let out = dir.with_extension("ssts");
     crate::rocksdb::instance::remove_dir_if_exists(&out)?;
