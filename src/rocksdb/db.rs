@@ -268,7 +268,7 @@ impl Db {
     }
 
     /// Ingests `files`, SST files another RocksDB database wrote for one column family (listed by
-    /// `ingest_db_files::files_oldest_first`), into `cf` as they are: hard-linked, their sequence numbers
+    /// `db_files::files_oldest_first`), into `cf` as they are: hard-linked, their sequence numbers
     /// kept (`rocksdb/ingest_db_files.rs`). All or nothing.
     ///
     /// # Errors
@@ -277,7 +277,7 @@ impl Db {
     pub(crate) fn ingest_db_files(
         &self,
         cf: &ColumnFamily,
-        files: &[&crate::rocksdb::ingest_db_files::SstFile],
+        files: &[&crate::rocksdb::db_files::SstFile],
     ) -> std::result::Result<(), String> {
         crate::rocksdb::ingest_db_files::ingest_db_files(&self.db, cf, files)
     }
@@ -289,8 +289,8 @@ impl Db {
     /// [`Error::Local`] naming the DB if RocksDB cannot list its files.
     pub(crate) fn keyed_files_within(&self, start: &[u8], end: &[u8]) -> Result<bool> {
         let dir = self.instance.db();
-        let files = crate::rocksdb::ingest_db_files::files_oldest_first(&self.db, &dir)
-            .map_err(|e| db_error(self.path(), e))?;
+        let files = crate::rocksdb::db_files::files_oldest_first(&self.db, &dir)
+            .map_err(|message| Error::local(self.path(), message))?;
         Ok(files
             .iter()
             .filter(|(cf, _)| cf != "default")

@@ -14,6 +14,10 @@ mod current;
 #[cfg(feature = "rocksdb")]
 mod db;
 #[cfg(feature = "rocksdb")]
+mod db_files;
+#[cfg(feature = "rocksdb")]
+mod import_db_files;
+#[cfg(feature = "rocksdb")]
 mod ingest_db_files;
 #[cfg(feature = "rocksdb")]
 mod instance;

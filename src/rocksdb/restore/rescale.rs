@@ -17,7 +17,7 @@ use crate::format::lsm_rows::key_group_prefix;
 use crate::key_group::KeyGroupRange;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::{Db, db_error};
-use crate::rocksdb::ingest_db_files::{SstFile, files_oldest_first};
+use crate::rocksdb::db_files::{SstFile, files_oldest_first};
 use crate::rocksdb::restore::fetch::{bounds, needed, open_read_only};
 use crate::rocksdb::states::LsmStates;
 use crate::snapshot::handle::KeyedStateHandle;
@@ -110,7 +110,7 @@ pub(crate) fn take_key_groups(
     let path = dir.display().to_string();
     let other =
         open_read_only(config, db.memory(), dir).map_err(|e| unreadable(db_error(&path, e)))?;
-    let files = files_oldest_first(&other, dir).map_err(|e| unreadable(db_error(&path, e)))?;
+    let files = files_oldest_first(&other, dir).map_err(|m| unreadable(Error::local(&path, m)))?;
     let (claimed_start, claimed_end) = bounds(claimed, max_parallelism).unwrap_or_default();
     let mut pieces = Vec::new();
     for item in other.prefix_iterator(b"meta:") {
