@@ -12,7 +12,7 @@ use crate::format::lsm_rows::key_group_prefix;
 use crate::key_group::KeyGroupRange;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
-use crate::rocksdb::ingest_db_files::{SstFile, files_oldest_first};
+use crate::rocksdb::db_files::{SstFile, files_oldest_first};
 use crate::rocksdb::instance::remove_dir_if_exists;
 use crate::rocksdb::options::{ColumnFamilyOptions, Memory, options_with};
 use crate::rocksdb::snapshot::upload::CURRENT;
@@ -75,9 +75,19 @@ impl Fetch<'_> {
         dir: &Path,
         wanted: impl Fn(&StateFile) -> bool,
     ) -> Result<RestoreSources> {
-        let picked: Vec<&StateFile> = handle.files.iter().filter(|f| wanted(f)).collect();
+        let picked = handle.files.iter().filter(|f| wanted(f));
+        self.each(picked.map(|f| (handle, dir, f)).collect()).await
+    }
+
+    /// Each file `(handle, dir, file)` of `picked` into its `dir` (which exists), largest first (the
+    /// last to start is a small one), at most `concurrency` at a time.
+    async fn each(
+        &self,
+        mut picked: Vec<(&KeyedStateHandle, &Path, &StateFile)>,
+    ) -> Result<RestoreSources> {
+        picked.sort_by_key(|(_, _, f)| std::cmp::Reverse(f.size_bytes));
         let results: Vec<Result<(bool, Option<NotLocal>)>> = futures::stream::iter(&picked)
-            .map(|f| async move {
+            .map(|&(handle, dir, f)| async move {
                 let expected = Transferred {
                     size_bytes: f.size_bytes,
                     crc32: f.crc32,
@@ -106,7 +116,7 @@ impl Fetch<'_> {
             .collect()
             .await;
         let mut sources = RestoreSources::default();
-        for (r, f) in results.into_iter().zip(&picked) {
+        for (r, (_, _, f)) in results.into_iter().zip(&picked) {
             let (was_local, fallback) = r?;
             if was_local {
                 sources.local(f.size_bytes);
@@ -151,8 +161,8 @@ impl Fetch<'_> {
         }
         let mut wanted: Vec<HashSet<String>> = Vec::with_capacity(handles.len());
         for (handle, dir) in handles.iter().zip(dirs) {
-            let files = list_without_files(config, memory, dir)
-                .map_err(|e| unreadable(db_error(dir.display(), e), handle))?;
+            let files =
+                list_without_files(config, memory, dir).map_err(|e| unreadable(e, handle))?;
             match needed_files(&files, handle.key_groups, owned, handle.max_parallelism) {
                 Some(names) => wanted.push(names),
                 None => {
@@ -163,16 +173,15 @@ impl Fetch<'_> {
                 }
             }
         }
-        let rest = handles
-            .iter()
-            .zip(dirs)
-            .zip(&wanted)
-            .map(|((handle, dir), names)| {
-                self.files(handle, dir, |f| names.contains(&f.local_name))
-            });
-        for fetched in futures::future::try_join_all(rest).await? {
-            sources.merge(&fetched);
+        let mut picked = Vec::new();
+        for ((handle, dir), names) in handles.iter().zip(dirs).zip(&wanted) {
+            let files = handle
+                .files
+                .iter()
+                .filter(|f| names.contains(&f.local_name));
+            picked.extend(files.map(|f| (*handle, dir.as_path(), f)));
         }
+        sources.merge(&self.each(picked).await?);
         Ok(Some(sources))
     }
 }
@@ -188,13 +197,16 @@ pub(crate) fn bounds(range: KeyGroupRange, max_parallelism: u32) -> Option<(Vec<
 
 /// Every file of the database in `dir` (MANIFEST, OPTIONS and CURRENT there, its SST files perhaps
 /// not), by column family, from its MANIFEST.
+///
+/// # Errors
+/// [`Error::Local`] naming `dir` if RocksDB cannot open the database or list its files.
 fn list_without_files(
     config: &RocksDbConfig,
     memory: &Memory,
     dir: &Path,
-) -> std::result::Result<Vec<(String, Vec<SstFile>)>, rocksdb::Error> {
-    let db = open_read_only(config, memory, dir)?;
-    files_oldest_first(&db, dir)
+) -> Result<Vec<(String, Vec<SstFile>)>> {
+    let db = open_read_only(config, memory, dir).map_err(|e| db_error(dir.display(), e))?;
+    files_oldest_first(&db, dir).map_err(|message| Error::local(dir.display(), message))
 }
 
 /// The database of a downloaded handle in `dir`, read-only, with every column family it has. RocksDB

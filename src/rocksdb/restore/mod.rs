@@ -4,6 +4,7 @@
 
 pub(crate) mod fetch;
 pub(crate) mod import;
+pub(crate) mod import_handles;
 pub(crate) mod import_rows;
 pub(crate) mod rescale;
 
@@ -20,6 +21,7 @@ use crate::rocksdb::memory::MemoryBudget;
 use crate::rocksdb::options::Memory;
 use crate::rocksdb::restore::fetch::Fetch;
 use crate::rocksdb::restore::import::import_canonical;
+use crate::rocksdb::restore::import_handles::import_handles;
 use crate::rocksdb::snapshot::Checkpoints;
 use crate::rocksdb::snapshot::upload::DiffBase;
 use crate::snapshot::handle::{FileScope, HandleFormat, KeyedStateHandle};
@@ -187,8 +189,8 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         // builds a new database of them. Otherwise, or when a database reaches beyond the key groups
         // its handle claims, the first handle's files become the database and the others' are fetched
         // whole beside it.
+        let memory = Memory::of(&config, budget);
         let partial = if rescaled {
-            let memory = Memory::of(&config, budget);
             let dirs = &restore_dirs;
             (fetch.overlapping(&config, &memory, &overlapping, dirs, owned, &unreadable)).await?
         } else {
@@ -196,7 +198,27 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         };
         let (sources, base, takes) = match partial {
             Some(sources) => {
-                let takes: Vec<_> = overlapping.iter().copied().zip(&restore_dirs).collect();
+                // Every handle's needed files imported at once; if RocksDB refuses, a new database
+                // takes each handle's files or rows in turn.
+                let staging = instance.path().join("import");
+                let imported = import_handles(
+                    &config,
+                    &memory,
+                    &overlapping,
+                    &restore_dirs,
+                    owned,
+                    &db_dir,
+                    &staging,
+                    &unreadable,
+                )?;
+                let takes: Vec<_> = if imported {
+                    for dir in &restore_dirs {
+                        remove_dir_if_exists(dir)?;
+                    }
+                    Vec::new()
+                } else {
+                    overlapping.iter().copied().zip(&restore_dirs).collect()
+                };
                 (sources, None, takes)
             }
             None => {
