@@ -5,8 +5,13 @@
 //! - `rocksdb_rescale/same_range`: subtask 0 of 2 restored at parallelism 2 (one handle, no clipping);
 //! - `rocksdb_rescale/2_to_3`: subtask 1 of 3 restored from the same checkpoint, the slowest subtask of a
 //!   rescale to 3: it overlaps both handles, fetches the SST files of each that can hold its key groups,
-//!   ingests them into a new database as they are and clips it with `delete_range` (`docs/lsm.md`,
-//!   "Restore").
+//!   imports them as they are into a new database, one column family per state, and clips it with
+//!   `delete_range` (`docs/lsm.md`, "Restore").
+//!
+//! Each iteration writes its files into the page cache unsynced, and its database starts compacting as
+//! soon as it opens (its backend is dropped after the timing). Without more, the kernel's writeback of
+//! earlier iterations' files lands in later iterations, unevenly (2 -> 3 over same range: 1.2x to 2.1x
+//! in four runs): `settle` writes everything back before each timed restore (`sync`, untimed).
 //!
 //! Checkpoint storage is in memory, so both read the same bytes through `object_store` without a network.
 //! Target: `2_to_3` at most 1.3 times `same_range`. Run: `cargo bench --bench rescale`.
@@ -90,6 +95,14 @@ fn job(
     })
 }
 
+/// Before each timed restore (untimed): the earlier iterations' writes, downloads and the restored
+/// databases' first compactions, are written back (`sync`), so that no iteration pays the kernel's
+/// writeback of another's files.
+fn settle() {
+    let synced = std::process::Command::new("sync").status();
+    assert!(matches!(&synced, Ok(s) if s.success()), "sync: {synced:?}");
+}
+
 fn bench_rescale(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -106,7 +119,7 @@ fn bench_rescale(c: &mut Criterion) {
         let mut restored_keys = 0u64;
         group.bench_function(label, |b| {
             b.iter_batched(
-                || (),
+                settle,
                 |()| {
                     rt.block_on(StateBackend::<u64>::restore_checkpoint(
                         &identity,
