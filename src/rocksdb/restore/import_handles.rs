@@ -88,7 +88,7 @@ pub(crate) fn import_handles(
             tracing::warn!(
                 column_family = %cf,
                 %why,
-                "rescale: RocksDB refused to import the handles' files; copying rows instead"
+                "rescale: RocksDB refused to import the handles' files; ingesting them or copying rows instead"
             );
             drop(db);
             remove_dir_if_exists(db_dir)?;

@@ -189,15 +189,18 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         // builds a new database of them. Otherwise, or when a database reaches beyond the key groups
         // its handle claims, the first handle's files become the database and the others' are fetched
         // whole beside it.
-        let memory = Memory::of(&config, budget);
         let partial = if rescaled {
+            let memory = Memory::of(&config, budget);
             let dirs = &restore_dirs;
-            (fetch.overlapping(&config, &memory, &overlapping, dirs, owned, &unreadable)).await?
+            let fetched =
+                (fetch.overlapping(&config, &memory, &overlapping, dirs, owned, &unreadable))
+                    .await?;
+            fetched.map(|sources| (sources, memory))
         } else {
             None
         };
         let (sources, base, takes) = match partial {
-            Some(sources) => {
+            Some((sources, memory)) => {
                 // Every handle's needed files imported at once; if RocksDB refuses, a new database
                 // takes each handle's files or rows in turn.
                 let staging = instance.path().join("import");
