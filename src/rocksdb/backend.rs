@@ -54,17 +54,20 @@ pub struct RocksDbKeyedStateBackend<K> {
 }
 
 impl<K: StateKey> RocksDbKeyedStateBackend<K> {
-    /// Opens (or creates) the DB in the instance directory and loads the meta information of its states.
+    /// Opens (or creates) the DB in the instance directory and loads the meta information of its states;
+    /// with `paused`, its column families do not compact until the DB's `resume_compactions`
+    /// (`Db::open`).
     pub(crate) fn open_db(
         identity: SubtaskIdentity,
         config: RocksDbConfig,
         instance: InstanceDir,
         budget: Option<&MemoryBudget>,
+        paused: bool,
     ) -> Result<Self> {
         let ttl = TtlTimes::default();
         let filters = TtlFilters::new(&ttl, identity.max_parallelism());
         let memory = Memory::of(&config, budget);
-        let db = Db::open(&config, instance, filters.clone(), memory)?;
+        let db = Db::open(&config, instance, filters.clone(), memory, paused)?;
         let states = LsmStates::load(&db)?;
         let timers = TimerQueues::new(&identity);
         let checkpoints = Checkpoints::new(config.local_recovery_dir.clone().map(LocalCopies::new));

@@ -35,6 +35,8 @@ pub(crate) struct Db {
     memory: Memory,
     write: WriteOptions,
     read: ReadOptions,
+    /// The column families opened with automatic compactions off, until [`Db::resume_compactions`].
+    paused: Vec<String>,
     /// Declared last: fields drop in order, so the DB is closed before its directory is removed.
     instance: InstanceDir,
 }
@@ -46,11 +48,17 @@ impl Db {
     /// [`Error::Local`] naming the directory if it cannot be created or RocksDB cannot open it.
     /// Keyed states' column families compact with the TTL filters of `filters` (`rocksdb/ttl.rs`); blocks
     /// and memtables live in `memory` (a cache of its own, or a budget shared with other backends).
+    ///
+    /// With `paused`, no column family it opens compacts by itself until [`Db::resume_compactions`]:
+    /// a rescale clips first, so that RocksDB neither compacts rows about to be dropped nor stalls the
+    /// clip's writes on the level-0 files several handles brought (RocksDB counts level-0 files
+    /// against `level0_stop_writes_trigger` only while automatic compactions are on).
     pub(crate) fn open(
         config: &RocksDbConfig,
         instance: InstanceDir,
         filters: TtlFilters,
         memory: Memory,
+        paused: bool,
     ) -> Result<Db> {
         let dir = instance.db();
         std::fs::create_dir_all(&dir).map_err(|e| Error::local(dir.display().to_string(), e))?;
@@ -61,7 +69,17 @@ impl Db {
         } else {
             vec!["default".to_string()]
         };
-        let db = DB::open_cf_descriptors(&options, &dir, cf_options.descriptors(&cfs))
+        let descriptors = match paused {
+            false => cf_options.descriptors(&cfs),
+            true => (cfs.iter())
+                .map(|name| {
+                    let mut options = cf_options.for_cf(name);
+                    options.set_disable_auto_compactions(true);
+                    rocksdb::ColumnFamilyDescriptor::new(name, options)
+                })
+                .collect(),
+        };
+        let db = DB::open_cf_descriptors(&options, &dir, descriptors)
             .map_err(|e| db_error(dir.display(), e))?;
         let mut write = WriteOptions::default();
         write.disable_wal(true);
@@ -71,8 +89,25 @@ impl Db {
             memory,
             write,
             read: ReadOptions::default(),
+            paused: if paused { cfs } else { Vec::new() },
             instance,
         })
+    }
+
+    /// Turns automatic compactions back on in the column families [`Db::open`] paused (none otherwise).
+    ///
+    /// # Errors
+    /// [`Error::Local`] naming the DB if RocksDB refuses the option change.
+    pub(crate) fn resume_compactions(&mut self) -> Result<()> {
+        for name in std::mem::take(&mut self.paused) {
+            if let Some(cf) = self.db.cf_handle(&name) {
+                (self
+                    .db
+                    .set_options_cf(cf, &[("disable_auto_compactions", "false")]))
+                .map_err(|e| db_error(self.path(), e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Where the DB's blocks and memtables live (the read-only opens of a restore or a canonical savepoint

@@ -183,3 +183,62 @@ fn rescales_in_a_row_keep_the_model_whether_files_are_ingested_or_rows_copied() 
         }
     });
 }
+
+/// A rescaled database compacts by itself once clipped: the restore opens it with automatic compactions
+/// off (so that the clip's writes never wait behind the level-0 files several handles brought) and
+/// must turn them on again. Two databases whose state has three level-0 files each (one per checkpoint,
+/// below RocksDB's trigger of 4) rescale into one whose state has six; it must come back below the
+/// trigger. The `default` column family (the states' descriptions) holds one level-0 file throughout.
+#[test]
+fn a_rescaled_database_compacts_once_clipped() {
+    runtime().block_on(async {
+        let storage = CheckpointStorage::in_memory("compacts").unwrap();
+        let mut handles = Vec::new();
+        for subtask in 0..2 {
+            let mut b: Lsm = lsm(128, 2, subtask);
+            let mut last = None;
+            for id in 1..=3u64 {
+                fill(&mut b, (id * 1000)..(id * 1000 + 500), id);
+                last = Some(
+                    b.snapshot(id, &storage)
+                        .unwrap()
+                        .run()
+                        .await
+                        .unwrap()
+                        .handle,
+                );
+            }
+            let level0 = b.aggregated_int_property("rocksdb.num-files-at-level0");
+            assert_eq!(
+                level0.unwrap(),
+                Some(3 + 1),
+                "subtask {subtask} before the rescale"
+            );
+            handles.push(last.unwrap());
+        }
+        let restored = Lsm::restore(
+            identity(128, 1, 0),
+            config(1),
+            &storage,
+            &handles,
+            RestoreMode::NoClaim,
+        )
+        .await
+        .unwrap();
+        let level0 = || {
+            (restored.aggregated_int_property("rocksdb.num-files-at-level0"))
+                .unwrap()
+                .unwrap()
+        };
+        // A bound on the wait, not a timing: RocksDB compacts six small files in milliseconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while level0() > 3 + 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            level0() <= 3 + 1,
+            "{} level-0 files a minute after the restore",
+            level0()
+        );
+    });
+}

@@ -136,9 +136,10 @@ impl Fetch<'_> {
     /// its database opens read-only without its SST files to list them with their key ranges
     /// (`paranoid_checks` off); then come the SST files of the `default` column family (the states'
     /// descriptions), every level-0 file, and the deeper files whose key range meets the owned key
-    /// groups the handle claims. Returns `None` (and removes `dirs`) when some database reaches beyond
-    /// its key groups (range tombstones of an earlier rescale not compacted away yet): every file is
-    /// needed then.
+    /// groups the handle claims. Returns where the files came from and, per handle, the files fetched
+    /// by column family (as [`files_oldest_first`] lists them); `None` (and removes `dirs`) when some
+    /// database reaches beyond its key groups (range tombstones of an earlier rescale not compacted
+    /// away yet): every file is needed then.
     ///
     /// # Errors
     /// As [`Fetch::all`]; `unreadable` applied to [`Error::Local`] if RocksDB cannot list a handle's
@@ -151,7 +152,7 @@ impl Fetch<'_> {
         dirs: &[PathBuf],
         owned: KeyGroupRange,
         unreadable: &(dyn Fn(Error, &KeyedStateHandle) -> Error + Sync),
-    ) -> Result<Option<RestoreSources>> {
+    ) -> Result<Option<(RestoreSources, Vec<FilesByCf>)>> {
         let skeletons = handles.iter().zip(dirs).map(|(handle, dir)| {
             self.files_in_new_dir(handle, dir, |f| !f.local_name.ends_with(".sst"))
         });
@@ -159,12 +160,12 @@ impl Fetch<'_> {
         for fetched in futures::future::try_join_all(skeletons).await? {
             sources.merge(&fetched);
         }
-        let mut wanted: Vec<HashSet<String>> = Vec::with_capacity(handles.len());
+        let mut listed: Vec<FilesByCf> = Vec::with_capacity(handles.len());
         for (handle, dir) in handles.iter().zip(dirs) {
             let files =
                 list_without_files(config, memory, dir).map_err(|e| unreadable(e, handle))?;
-            match needed_files(&files, handle.key_groups, owned, handle.max_parallelism) {
-                Some(names) => wanted.push(names),
+            match needed_files(files, handle.key_groups, owned, handle.max_parallelism) {
+                Some(needed) => listed.push(needed),
                 None => {
                     for dir in dirs {
                         remove_dir_if_exists(dir)?;
@@ -174,7 +175,12 @@ impl Fetch<'_> {
             }
         }
         let mut picked = Vec::new();
-        for ((handle, dir), names) in handles.iter().zip(dirs).zip(&wanted) {
+        for ((handle, dir), files) in handles.iter().zip(dirs).zip(&listed) {
+            let names: HashSet<String> = files
+                .iter()
+                .flat_map(|(_, f)| f)
+                .map(SstFile::local_name)
+                .collect();
             let files = handle
                 .files
                 .iter()
@@ -182,9 +188,12 @@ impl Fetch<'_> {
             picked.extend(files.map(|f| (*handle, dir.as_path(), f)));
         }
         sources.merge(&self.each(picked).await?);
-        Ok(Some(sources))
+        Ok(Some((sources, listed)))
     }
 }
+
+/// A database's SST files by column family, as [`files_oldest_first`] lists them.
+pub(crate) type FilesByCf = Vec<(String, Vec<SstFile>)>;
 
 /// The row keys `[start, end)` of the key groups of `range`; `None` for an empty range.
 pub(crate) fn bounds(range: KeyGroupRange, max_parallelism: u32) -> Option<(Vec<u8>, Vec<u8>)> {
@@ -200,11 +209,7 @@ pub(crate) fn bounds(range: KeyGroupRange, max_parallelism: u32) -> Option<(Vec<
 ///
 /// # Errors
 /// [`Error::Local`] naming `dir` if RocksDB cannot open the database or list its files.
-fn list_without_files(
-    config: &RocksDbConfig,
-    memory: &Memory,
-    dir: &Path,
-) -> Result<Vec<(String, Vec<SstFile>)>> {
+fn list_without_files(config: &RocksDbConfig, memory: &Memory, dir: &Path) -> Result<FilesByCf> {
     let db = open_read_only(config, memory, dir).map_err(|e| db_error(dir.display(), e))?;
     files_oldest_first(&db, dir).map_err(|message| Error::local(dir.display(), message))
 }
@@ -242,29 +247,28 @@ pub(crate) fn needed(
     }
 }
 
-/// The local names of the SST files a restore of `owned` needs from a handle claiming `claimed` whose
-/// database holds `files`: all of the `default` column family and the [`needed`] ones of the others;
-/// `None` if a keyed state's file reaches beyond `claimed`.
+/// The SST files a restore of `owned` needs of `files`, a handle's database claiming `claimed`: all of
+/// the `default` column family and the [`needed`] ones of the others, by column family; `None` if a
+/// keyed state's file reaches beyond `claimed`.
 fn needed_files(
-    files: &[(String, Vec<SstFile>)],
+    files: FilesByCf,
     claimed: KeyGroupRange,
     owned: KeyGroupRange,
     max_parallelism: u32,
-) -> Option<HashSet<String>> {
+) -> Option<FilesByCf> {
     let (start, end) = bounds(claimed, max_parallelism)?;
-    let mut names = HashSet::new();
+    let mut picked = Vec::with_capacity(files.len());
     for (cf, files) in files {
-        for f in files {
-            let keyed = cf != "default";
-            if keyed && !f.within(&start, &end) {
-                return None;
-            }
-            if !keyed || needed(f, claimed, owned, max_parallelism) {
-                names.insert(f.local_name());
-            }
+        let keyed = cf != "default";
+        if keyed && files.iter().any(|f| !f.within(&start, &end)) {
+            return None;
         }
+        let files = files
+            .into_iter()
+            .filter(|f| !keyed || needed(f, claimed, owned, max_parallelism));
+        picked.push((cf, files.collect()));
     }
-    Some(names)
+    Some(picked)
 }
 
 /// Fails unless every local name of `handle` is a plain file name, once.

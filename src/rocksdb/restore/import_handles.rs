@@ -10,14 +10,13 @@ use rocksdb::DB;
 
 use crate::error::{Error, Result};
 use crate::format::lsm_rows::{cf_name, decode_meta, meta_key};
-use crate::key_group::KeyGroupRange;
 use crate::rocksdb::config::RocksDbConfig;
 use crate::rocksdb::db::db_error;
-use crate::rocksdb::db_files::{SstFile, files_oldest_first};
+use crate::rocksdb::db_files::SstFile;
 use crate::rocksdb::import_db_files::import_column_family;
 use crate::rocksdb::instance::remove_dir_if_exists;
 use crate::rocksdb::options::{ColumnFamilyOptions, Memory, options_with};
-use crate::rocksdb::restore::fetch::{bounds, needed, open_read_only};
+use crate::rocksdb::restore::fetch::FilesByCf;
 use crate::snapshot::handle::KeyedStateHandle;
 use crate::snapshot::state_meta::StateMeta;
 
@@ -29,20 +28,20 @@ struct ImportedState {
     files: Vec<SstFile>,
 }
 
-/// Builds the database of a rescale to the key groups `owned` in the new directory `db_dir` from
-/// `handles`, whose files a rescale's fetch put into `dirs` (one per handle, `Fetch::overlapping`):
-/// each state's column family imported from the files of every handle that can hold owned rows, the
-/// `default` column family holding the states' descriptions. Rows of key groups beyond `owned` come
-/// along; the caller clips them after opening the database. `staging` is a scratch directory on the
-/// same file system (links are made there).
+/// Builds the database of a rescale in the new directory `db_dir` from `handles`, whose files a
+/// rescale's fetch put into `dirs` (one per handle) and listed in `listed` (`Fetch::overlapping`: the
+/// files that can hold owned rows, by column family): each state's column family imported from those
+/// files of every handle, the `default` column family holding the states' descriptions. Rows of key
+/// groups the restore does not own come along; the caller clips them after opening the database.
+/// `staging` is a scratch directory on the same file system (links are made there).
 ///
-/// Returns `false`, with `db_dir` removed and the fetched files untouched, when a handle's file reaches
-/// beyond the key groups it claims or RocksDB refuses an import (files of two handles overlapping, a
-/// file without entries): the caller builds the database another way then.
+/// Returns `false`, with `db_dir` removed and the fetched files untouched, when RocksDB refuses an
+/// import (files of two handles overlapping, a file without entries): the caller builds the database
+/// another way then.
 ///
 /// # Errors
 /// - `unreadable` applied to the [`Error::Local`] naming a handle's directory if RocksDB cannot open it
-///   or list its files (its files passed their checks: the caller names the checkpoint corrupt);
+///   (its files passed their checks: the caller names the checkpoint corrupt);
 /// - [`Error::Corrupt`] naming the directory if a state's description is malformed;
 /// - [`Error::InvalidArgument`] if two handles describe a state differently;
 /// - [`Error::Local`] if the new database cannot be created or written.
@@ -55,19 +54,17 @@ pub(crate) fn import_handles(
     memory: &Memory,
     handles: &[&KeyedStateHandle],
     dirs: &[PathBuf],
-    owned: KeyGroupRange,
+    listed: Vec<FilesByCf>,
     db_dir: &Path,
     staging: &Path,
     unreadable: &(dyn Fn(Error, &KeyedStateHandle) -> Error + Sync),
 ) -> Result<bool> {
     let mut states: Vec<ImportedState> = Vec::new();
-    for (handle, dir) in handles.iter().zip(dirs) {
-        if !gather(config, memory, handle, dir, owned, &mut states).map_err(|e| match e {
+    for ((handle, dir), files) in handles.iter().zip(dirs).zip(listed) {
+        gather(config, memory, dir, files, &mut states).map_err(|e| match e {
             Error::Local { .. } => unreadable(e, handle),
             other => other,
-        })? {
-            return Ok(false);
-        }
+        })?;
     }
     remove_dir_if_exists(db_dir)?;
     let path = db_dir.display().to_string();
@@ -102,26 +99,24 @@ pub(crate) fn import_handles(
     Ok(true)
 }
 
-/// Adds to `states` the states `handle` describes in the database in `dir` and the files of theirs
-/// a restore of `owned` needs (`fetch::needed`). Returns `false` if such a file reaches beyond the key
-/// groups the handle claims.
+/// Adds to `states` the states the database in `dir` describes (its `default` column family, opened
+/// read-only alone), each with its column family's files of `files`. Files of a column family without
+/// a description (the `default` one) are left out: they hold no keyed rows.
 ///
 /// # Errors
 /// [`Error::Local`] naming `dir` if RocksDB cannot open or read it; as [`import_handles`] otherwise.
 fn gather(
     config: &RocksDbConfig,
     memory: &Memory,
-    handle: &KeyedStateHandle,
     dir: &Path,
-    owned: KeyGroupRange,
+    files: FilesByCf,
     states: &mut Vec<ImportedState>,
-) -> Result<bool> {
-    let (claimed, max_parallelism) = (handle.key_groups, handle.max_parallelism);
-    let Some((start, end)) = bounds(claimed, max_parallelism) else {
-        return Ok(false);
-    };
+) -> Result<()> {
     let path = dir.display().to_string();
-    let db = open_read_only(config, memory, dir).map_err(|e| db_error(&path, e))?;
+    let mut options = options_with(config, memory);
+    // Only the `default` column family's files are read; RocksDB need not check the others'.
+    options.set_paranoid_checks(false);
+    let db = DB::open_for_read_only(&options, dir, false).map_err(|e| db_error(&path, e))?;
     let mut met = Vec::new();
     for item in db.prefix_iterator(b"meta:") {
         let (key, stored) = item.map_err(|e| db_error(&path, e))?;
@@ -145,21 +140,10 @@ fn gather(
         };
         met.push(index);
     }
-    let listed = files_oldest_first(&db, dir).map_err(|message| Error::local(&path, message))?;
-    for (cf, files) in listed {
-        // A column family without a description (the `default` one) holds no keyed rows.
-        let Some(&i) = met.iter().find(|&&i| cf_name(&states[i].meta.name) == cf) else {
-            continue;
-        };
-        for f in files {
-            if !needed(&f, claimed, owned, max_parallelism) {
-                continue;
-            }
-            if !f.within(&start, &end) {
-                return Ok(false);
-            }
-            states[i].files.push(f);
+    for (cf, files) in files {
+        if let Some(&i) = met.iter().find(|&&i| cf_name(&states[i].meta.name) == cf) {
+            states[i].files.extend(files);
         }
     }
-    Ok(true)
+    Ok(())
 }

@@ -64,7 +64,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
     ) -> Result<Self> {
         config.validate()?;
         let instance = InstanceDir::create(&identity, &config)?;
-        Self::open_db(identity, config, instance, budget)
+        Self::open_db(identity, config, instance, budget, false)
     }
 
     /// Restores a backend from the keyed state handles of a checkpoint (all subtasks' handles, or those
@@ -168,7 +168,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         let Some((first, rest)) = overlapping.split_first() else {
             let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
             let local = config.local_recovery_dir.clone().map(LocalCopies::new);
-            let mut backend = Self::open_db(identity, config, instance, budget)?;
+            let mut backend = Self::open_db(identity, config, instance, budget, false)?;
             backend.checkpoints =
                 Checkpoints::restored(id, restored_id, None, local, RestoreSources::default());
             return Ok(backend);
@@ -195,12 +195,12 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             let fetched =
                 (fetch.overlapping(&config, &memory, &overlapping, dirs, owned, &unreadable))
                     .await?;
-            fetched.map(|sources| (sources, memory))
+            fetched.map(|(sources, listed)| (sources, listed, memory))
         } else {
             None
         };
         let (sources, base, takes) = match partial {
-            Some((sources, memory)) => {
+            Some((sources, listed, memory)) => {
                 // Every handle's needed files imported at once; if RocksDB refuses, a new database
                 // takes each handle's files or rows in turn.
                 let staging = instance.path().join("import");
@@ -209,7 +209,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
                     &memory,
                     &overlapping,
                     &restore_dirs,
-                    owned,
+                    listed,
                     &db_dir,
                     &staging,
                     &unreadable,
@@ -246,8 +246,9 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             storage.new_backend_id(identity.operator_id(), identity.subtask_index())
         };
         let max_parallelism = identity.max_parallelism();
-        let mut backend =
-            Self::open_db(identity, config.clone(), instance, budget).map_err(|e| match base {
+        // A rescaled database compacts once clipped (`Db::open`).
+        let mut backend = Self::open_db(identity, config.clone(), instance, budget, rescaled)
+            .map_err(|e| match base {
                 Some(first) => corrupt_if_db(e, storage, first),
                 None => e,
             })?;
@@ -277,6 +278,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
             // Last: the other handles' files came in whole, with their other key groups, and RocksDB
             // ingests another database's files only where nothing (no range tombstone either) is yet.
             rescale::clip(&backend.db, &backend.states, owned, max_parallelism)?;
+            backend.db.resume_compactions()?;
         }
         let base = keep_identity.then(|| DiffBase {
             checkpoint_id: first.checkpoint_id,
@@ -328,7 +330,7 @@ impl<K: StateKey> RocksDbKeyedStateBackend<K> {
         }
         let instance = InstanceDir::create(&identity, &config)?;
         let id = storage.new_backend_id(identity.operator_id(), identity.subtask_index());
-        let mut backend = Self::open_db(identity, config, instance, budget)?;
+        let mut backend = Self::open_db(identity, config, instance, budget, false)?;
         backend.checkpoints = Checkpoints::restored(
             id,
             handles.first().map(|h| h.checkpoint_id),
