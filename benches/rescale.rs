@@ -1,20 +1,29 @@
 //! Rescale of the RocksDB backend (`docs/lsm.md`, "Restore"): a job of 2 subtasks checkpoints
 //! `SB_RESCALE_KEYS` keys (default 5M; 200-byte incompressible values, about 1 GB of SST files in all),
-//! then, in one run:
+//! then, in one run, for two shapes of that checkpoint:
 //!
-//! - `rocksdb_rescale/same_range`: subtask 0 of 2 restored at parallelism 2 (one handle, no clipping);
-//! - `rocksdb_rescale/2_to_3`: subtask 1 of 3 restored from the same checkpoint, the slowest subtask of a
+//! - `rocksdb_rescale/<shape>/same_range`: subtask 0 of 2 restored at parallelism 2 (one handle, no clipping);
+//! - `rocksdb_rescale/<shape>/2_to_3`: subtask 1 of 3 restored from the same checkpoint, the slowest subtask of a
 //!   rescale to 3: it overlaps both handles, fetches the SST files of each that can hold its key groups,
 //!   imports them as they are into a new database, one column family per state, and clips it with
 //!   `delete_range` (`docs/lsm.md`, "Restore").
 //!
-//! Each iteration writes its files into the page cache unsynced, and its database starts compacting as
-//! soon as it opens (its backend is dropped after the timing). Without more, the kernel's writeback of
-//! earlier iterations' files lands in later iterations, unevenly (2 -> 3 over same range: 1.2x to 2.1x
-//! in four runs): `settle` writes everything back before each timed restore (`sync`, untimed).
+//! The shapes: `loaded` checkpoints right after the keys are written, while the databases still
+//! compact the load (level 0 holds a third or more of each database, and how much varies from run to
+//! run with the compactions' timing; every level-0 file holds rows of every key group, so a rescale
+//! fetches it); `settled` checkpoints once RocksDB reports no pending or running compaction, the shape
+//! of a job that has run for a while.
+//!
+//! The databases live in memory (`/dev/shm` where there is one): on this machine's ext4, a restore's
+//! time on disk depended on how long the file system had been idle, not on the restore (writing 600 MB
+//! with `dd` took 1.2-2.0 s of kernel time after five idle seconds, 0.16-0.18 s right after another
+//! write; the same on tmpfs 0.23-0.34 s either way), so the ratio ran from 1.2x to 3x between runs of
+//! one build. Before each timed restore, untimed, `settle` writes back whatever earlier iterations
+//! left dirty (`sync`; it matters where there is no `/dev/shm`).
 //!
 //! Checkpoint storage is in memory, so both read the same bytes through `object_store` without a network.
-//! Target: `2_to_3` at most 1.3 times `same_range`. Run: `cargo bench --bench rescale`.
+//! Target: `2_to_3` at most 1.3 times `same_range` of the same shape. Run: `cargo bench --bench rescale`
+//! (each restore is timed ten times, one per sample: `settle` takes seconds).
 
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 #![allow(clippy::unwrap_used, reason = "a bench fails loudly")]
@@ -22,7 +31,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use statebackend::rocksdb::RocksDbConfig;
 use statebackend::*;
@@ -52,11 +61,13 @@ fn config(work: &Path) -> StateBackendConfig {
     }
 }
 
-/// Checkpoint 1 of a job of 2 subtasks holding `keys` keys, each in the subtask its key group routes to.
+/// Checkpoint 1 of a job of 2 subtasks holding `keys` keys, each in the subtask its key group routes to;
+/// taken once RocksDB compacts nothing any more if `settled`, else right after the writes.
 fn job(
     rt: &tokio::runtime::Runtime,
     keys: u64,
     work: &Path,
+    settled: bool,
 ) -> (CheckpointStorage, CheckpointMetadata) {
     rt.block_on(async {
         let storage = CheckpointStorage::in_memory("rescale").unwrap();
@@ -80,6 +91,9 @@ fn job(
                 b.set_current_key(k).unwrap();
                 s.update(&mut b, &NS, v).unwrap();
             }
+            if settled {
+                wait_for_compactions(&b);
+            }
             let result = b.snapshot(id, &storage).unwrap().run().await.unwrap();
             coordinator
                 .acknowledge(
@@ -95,12 +109,29 @@ fn job(
     })
 }
 
-/// Before each timed restore (untimed): the earlier iterations' writes, downloads and the restored
-/// databases' first compactions, are written back (`sync`), so that no iteration pays the kernel's
-/// writeback of another's files.
+/// Waits until RocksDB reports no compaction pending or running in `backend` (checked every 100 ms).
+fn wait_for_compactions(backend: &StateBackend<u64>) {
+    let db = backend.as_rocksdb().unwrap();
+    let busy = |property: &str| db.aggregated_int_property(property).unwrap().unwrap() > 0;
+    while busy("rocksdb.compaction-pending") || busy("rocksdb.num-running-compactions") {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Before each timed restore (untimed, see the header): the earlier iterations' writes are written back.
 fn settle() {
     let synced = std::process::Command::new("sync").status();
     assert!(matches!(&synced, Ok(s) if s.success()), "sync: {synced:?}");
+}
+
+/// A new working directory in memory (`/dev/shm`) where there is one, else in the default temporary
+/// directory.
+fn work_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    match shm.is_dir() {
+        true => tempfile::tempdir_in(shm).unwrap(),
+        false => tempfile::tempdir().unwrap(),
+    }
 }
 
 fn bench_rescale(c: &mut Criterion) {
@@ -109,50 +140,53 @@ fn bench_rescale(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let (storage, latest) = job(&rt, keys(), work.path());
     let mut group = c.benchmark_group("rocksdb_rescale");
+    // One restore per sample: `settle` takes seconds, and criterion's linear sampling would run it
+    // hundreds of times.
+    group.sampling_mode(SamplingMode::Flat);
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(30));
-    for (label, parallelism, subtask) in [("same_range", 2, 0), ("2_to_3", 3, 1)] {
-        let identity = SubtaskIdentity::new("op", MAX_PARALLELISM, parallelism, subtask).unwrap();
-        let mut restored_keys = 0u64;
-        group.bench_function(label, |b| {
-            b.iter_batched(
-                settle,
-                |()| {
-                    rt.block_on(StateBackend::<u64>::restore_checkpoint(
-                        &identity,
-                        &config(work.path()),
-                        &storage,
-                        &latest,
-                        RestoreMode::NoClaim,
-                    ))
-                    .unwrap()
-                },
-                BatchSize::PerIteration,
+    group.warm_up_time(Duration::from_millis(1));
+    group.measurement_time(Duration::from_secs(2));
+    for (shape, settled) in [("loaded", false), ("settled", true)] {
+        let work = work_dir();
+        let (storage, latest) = job(&rt, keys(), work.path(), settled);
+        let files: u64 = (latest.keyed_handles("op").iter())
+            .flat_map(|h| &h.files)
+            .map(|f| f.size_bytes)
+            .sum();
+        println!("{shape}: the checkpoint's files hold {files} bytes");
+        for (label, parallelism, subtask) in [("same_range", 2, 0), ("2_to_3", 3, 1)] {
+            let identity =
+                SubtaskIdentity::new("op", MAX_PARALLELISM, parallelism, subtask).unwrap();
+            let restore = || {
+                rt.block_on(StateBackend::<u64>::restore_checkpoint(
+                    &identity,
+                    &config(work.path()),
+                    &storage,
+                    &latest,
+                    RestoreMode::NoClaim,
+                ))
+                .unwrap()
+            };
+            group.bench_function(format!("{shape}/{label}"), |b| {
+                b.iter_batched(settle, |()| restore(), BatchSize::PerIteration);
+            });
+            // Checked once after the timings: every owned key is there with its value.
+            let mut restored = restore();
+            let s = restored
+                .value_state(&ValueStateDescriptor::<VoidNamespace, Vec<u8>>::new("v"))
+                .unwrap();
+            let router = KeyGroupRouter::new(MAX_PARALLELISM, parallelism).unwrap();
+            let mut restored_keys = 0u64;
+            for k in (0..keys()).filter(|k| router.route(k).subtask() == subtask) {
+                restored.set_current_key(k).unwrap();
+                assert_eq!(s.value(&restored, &NS).unwrap().map(|v| v.len()), Some(200));
+                restored_keys += 1;
+            }
+            println!(
+                "{shape}/{label}: subtask {subtask} of {parallelism} holds {restored_keys} keys"
             );
-        });
-        // Checked once after the timings: every owned key is there with its value.
-        let mut restored: StateBackend<u64> = rt
-            .block_on(StateBackend::restore_checkpoint(
-                &identity,
-                &config(work.path()),
-                &storage,
-                &latest,
-                RestoreMode::NoClaim,
-            ))
-            .unwrap();
-        let s = restored
-            .value_state(&ValueStateDescriptor::<VoidNamespace, Vec<u8>>::new("v"))
-            .unwrap();
-        let router = KeyGroupRouter::new(MAX_PARALLELISM, parallelism).unwrap();
-        for k in (0..keys()).filter(|k| router.route(k).subtask() == subtask) {
-            restored.set_current_key(k).unwrap();
-            assert_eq!(s.value(&restored, &NS).unwrap().map(|v| v.len()), Some(200));
-            restored_keys += 1;
         }
-        println!("{label}: subtask {subtask} of {parallelism} holds {restored_keys} keys");
     }
     group.finish();
 }
