@@ -23,7 +23,9 @@
 //!
 //! Checkpoint storage is in memory, so both read the same bytes through `object_store` without a network.
 //! Target: `2_to_3` at most 1.3 times `same_range` of the same shape. Run: `cargo bench --bench rescale`
-//! (each restore is timed ten times, one per sample: `settle` takes seconds).
+//! (each restore is timed ten times, one per sample: `settle` takes seconds). After criterion's two
+//! benches of a shape the run prints the ratio of ten pairs of restores timed one after the other,
+//! which a drift of the machine between the two benches leaves alone.
 
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 #![allow(clippy::unwrap_used, reason = "a bench fails loudly")]
@@ -134,6 +136,61 @@ fn work_dir() -> tempfile::TempDir {
     }
 }
 
+/// Restores subtask `subtask` of `parallelism` from `latest`.
+fn restore_subtask(
+    rt: &tokio::runtime::Runtime,
+    work: &Path,
+    storage: &CheckpointStorage,
+    latest: &CheckpointMetadata,
+    (parallelism, subtask): (u32, u32),
+) -> StateBackend<u64> {
+    let identity = SubtaskIdentity::new("op", MAX_PARALLELISM, parallelism, subtask).unwrap();
+    rt.block_on(StateBackend::<u64>::restore_checkpoint(
+        &identity,
+        &config(work),
+        storage,
+        latest,
+        RestoreMode::NoClaim,
+    ))
+    .unwrap()
+}
+
+/// The two restores of the target, `same_range` then `2_to_3`, timed one after the other `rounds`
+/// times (each after `settle`): the median of each and of their ratios, so that a drift of the machine
+/// between criterion's two benches does not enter the ratio.
+fn paired(rounds: usize, mut restore: impl FnMut((u32, u32)) -> StateBackend<u64>) -> String {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut same, mut rescaled, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let mut timed = |which| {
+            settle();
+            let start = std::time::Instant::now();
+            let backend = restore(which);
+            let elapsed = start.elapsed().as_secs_f64() * 1e3;
+            drop(backend);
+            elapsed
+        };
+        let (a, b) = (timed(SAME_RANGE), timed(TWO_TO_THREE));
+        same.push(a);
+        rescaled.push(b);
+        ratios.push(b / a);
+    }
+    format!(
+        "{rounds} pairs: same range {:.0} ms, 2 -> 3 {:.0} ms (medians), ratio {:.2}x (median of the pairs' ratios)",
+        median(same),
+        median(rescaled),
+        median(ratios)
+    )
+}
+
+/// Subtask 0 of 2: one handle, its own key groups.
+const SAME_RANGE: (u32, u32) = (2, 0);
+/// Subtask 1 of 3: the slowest of a rescale from 2 to 3 (it overlaps both handles).
+const TWO_TO_THREE: (u32, u32) = (3, 1);
+
 fn bench_rescale(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -147,6 +204,7 @@ fn bench_rescale(c: &mut Criterion) {
     group.sample_size(10);
     group.warm_up_time(Duration::from_millis(1));
     group.measurement_time(Duration::from_secs(2));
+    let measuring = std::env::args().any(|a| a == "--bench");
     for (shape, settled) in [("loaded", false), ("settled", true)] {
         let work = work_dir();
         let (storage, latest) = job(&rt, keys(), work.path(), settled);
@@ -155,24 +213,20 @@ fn bench_rescale(c: &mut Criterion) {
             .map(|f| f.size_bytes)
             .sum();
         println!("{shape}: the checkpoint's files hold {files} bytes");
-        for (label, parallelism, subtask) in [("same_range", 2, 0), ("2_to_3", 3, 1)] {
-            let identity =
-                SubtaskIdentity::new("op", MAX_PARALLELISM, parallelism, subtask).unwrap();
-            let restore = || {
-                rt.block_on(StateBackend::<u64>::restore_checkpoint(
-                    &identity,
-                    &config(work.path()),
-                    &storage,
-                    &latest,
-                    RestoreMode::NoClaim,
-                ))
-                .unwrap()
-            };
+        let restore = |which| restore_subtask(&rt, work.path(), &storage, &latest, which);
+        for (label, (parallelism, subtask)) in
+            [("same_range", SAME_RANGE), ("2_to_3", TWO_TO_THREE)]
+        {
             group.bench_function(format!("{shape}/{label}"), |b| {
-                b.iter_batched(settle, |()| restore(), BatchSize::PerIteration);
+                b.iter_batched(
+                    settle,
+                    |()| restore((parallelism, subtask)),
+                    BatchSize::PerIteration,
+                );
             });
             // Checked once after the timings: every owned key is there with its value.
-            let mut restored = restore();
+            let mut restored = restore((parallelism, subtask));
+            let fetched = restored.restore_sources().remote_bytes;
             let s = restored
                 .value_state(&ValueStateDescriptor::<VoidNamespace, Vec<u8>>::new("v"))
                 .unwrap();
@@ -184,9 +238,13 @@ fn bench_rescale(c: &mut Criterion) {
                 restored_keys += 1;
             }
             println!(
-                "{shape}/{label}: subtask {subtask} of {parallelism} holds {restored_keys} keys"
+                "{shape}/{label}: subtask {subtask} of {parallelism} fetched {fetched} bytes and holds {restored_keys} keys"
             );
         }
+        println!(
+            "{shape}: {}",
+            paired(if measuring { 10 } else { 1 }, &restore)
+        );
     }
     group.finish();
 }
