@@ -168,6 +168,14 @@ mod tests {
     use crate::rocksdb::db_files::files_oldest_first;
     use crate::rocksdb::db_files::test_dbs::{expected, key, source_of, value};
 
+    /// The files of column family `s` of each of `sources` (the database in each of `dirs`).
+    fn state_files(sources: &[DB], dirs: &[tempfile::TempDir]) -> Vec<Vec<SstFile>> {
+        (sources.iter().zip(dirs))
+            .map(|(db, dir)| files_oldest_first(db, dir.path()).unwrap())
+            .map(|listed| listed.into_iter().find(|(cf, _)| cf == "s").unwrap().1)
+            .collect()
+    }
+
     /// Two databases' files of every level (sequence numbers overlapping, key ranges disjoint) imported
     /// as one new column family keep each key's newest version once the database is reopened; the
     /// files stay where they were; a range tombstone written after hides imported rows, before and after
@@ -179,12 +187,8 @@ mod tests {
             source_of(dirs[0].path(), "a"),
             source_of(dirs[1].path(), "b"),
         ];
-        let listed: Vec<_> = (sources.iter().zip(&dirs))
-            .map(|(db, dir)| files_oldest_first(db, dir.path()).unwrap())
-            .collect();
-        let ssts: Vec<&SstFile> = (listed.iter())
-            .flat_map(|files| &files.iter().find(|(cf, _)| cf == "s").unwrap().1)
-            .collect();
+        let listed = state_files(&sources, &dirs);
+        let ssts: Vec<&SstFile> = listed.iter().flatten().collect();
         assert_eq!(ssts.len(), 8, "four files of each database");
         assert!(ssts.iter().any(|f| f.level() > 0 && f.seqnos.1 > 0));
         let mut options = Options::default();
@@ -229,12 +233,8 @@ mod tests {
             source_of(dirs[0].path(), "a"),
             source_of(dirs[1].path(), "a"),
         ];
-        let listed: Vec<_> = (sources.iter().zip(&dirs))
-            .map(|(db, dir)| files_oldest_first(db, dir.path()).unwrap())
-            .collect();
-        let ssts: Vec<&SstFile> = (listed.iter())
-            .flat_map(|files| &files.iter().find(|(cf, _)| cf == "s").unwrap().1)
-            .collect();
+        let listed = state_files(&sources, &dirs);
+        let ssts: Vec<&SstFile> = listed.iter().flatten().collect();
         let mut options = Options::default();
         options.create_if_missing(true);
         let target = dirs[2].path().join("db");
