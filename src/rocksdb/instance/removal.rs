@@ -76,28 +76,26 @@ pub(super) fn remove_instance(dir: &Path) -> Result<()> {
         }
         let path = entry.path();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        let gone = if is_dir {
-            remove_dir_if_exists(&path)
+        let removed = if is_dir {
+            std::fs::remove_dir_all(&path)
         } else {
-            remove_file_if_exists(&path)
+            std::fs::remove_file(&path)
         };
-        gone?;
+        already_gone_is_fine(&path, removed)?;
         #[cfg(test)]
         super::test_hooks::run(&super::test_hooks::AFTER_ENTRY_REMOVED, &path);
     }
-    remove_file_if_exists(&dir.join(INSTANCE_LOCK))?;
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::local(dir.display(), e)),
-    }
+    let lock = dir.join(INSTANCE_LOCK);
+    already_gone_is_fine(&lock, std::fs::remove_file(&lock))?;
+    already_gone_is_fine(dir, std::fs::remove_dir(dir))
 }
 
-fn remove_file_if_exists(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::local(path.display(), e)),
+/// The outcome of removing `path`: done, or already gone (a removal is idempotent); any other failure is
+/// an [`Error::Local`] naming `path`.
+fn already_gone_is_fine(path: &Path, removed: std::io::Result<()>) -> Result<()> {
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::local(path.display(), e)),
+        _ => Ok(()),
     }
 }
 
@@ -120,12 +118,12 @@ fn has_instance_name(name: &std::ffi::OsStr) -> bool {
         && suffix.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Removes a directory and everything in it; one already gone is fine.
+///
+/// # Errors
+/// [`Error::Local`] naming `dir`.
 pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::local(dir.display().to_string(), e)),
-    }
+    already_gone_is_fine(dir, std::fs::remove_dir_all(dir))
 }
 
 /// Whether a lock file (locked by the caller) is empty and young: its directory is being created.
